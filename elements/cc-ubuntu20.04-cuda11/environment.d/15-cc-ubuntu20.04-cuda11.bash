@@ -1,0 +1,11 @@
+# cc-ubuntu20.04-cuda11: child image layered on cc-ubuntu20.04, which brings the
+# operating-system element. Sorted after the operating-system elements (10-*)
+# and before cc-cuda (20-*).
+
+# The CUDA 11 image: the generation is fixed, not a default.
+export CC_CUDA_GENERATION=11
+
+if [ "${DISTRO_NAME:-}" != ubuntu ] || [ "${DIB_RELEASE:-}" != focal ]; then
+    echo "cc-ubuntu20.04-cuda11: must be layered on cc-ubuntu20.04 (ubuntu focal); got DISTRO_NAME='${DISTRO_NAME:-}' DIB_RELEASE='${DIB_RELEASE:-}'" >&2
+    exit 1
+fi

@@ -1,0 +1,26 @@
+# cc-ubuntu24.04-rocm: Ubuntu 24.04 with the HWE kernel and AMD ROCm.
+# Sorted before the ubuntu element's 10-* file.
+
+export DIB_RELEASE="${DIB_RELEASE:-noble}"
+
+# Kernel metapackage installed instead of the GA kernel's.
+export CC_ROCM_KERNEL="${CC_ROCM_KERNEL:-linux-generic-hwe-24.04}"
+
+# Extra kernel command line for GPU compute (IOMMU passthrough), appended to
+# the bootloader's defaults by 50-cc-ubuntu24.04-rocm-cmdline.bash. Set it to
+# the empty string to append nothing (hence `-`, not `:-`).
+case "${ARCH:-}" in
+    arm64|aarch64)
+        _cc_rocm_cmdline_default="iommu.passthrough=1"
+        ;;
+    *)
+        _cc_rocm_cmdline_default="amd_iommu=on iommu=pt"
+        ;;
+esac
+export CC_ROCM_KERNEL_CMDLINE="${CC_ROCM_KERNEL_CMDLINE-${_cc_rocm_cmdline_default}}"
+unset _cc_rocm_cmdline_default
+
+# AMD's apt repositories (ROCm and the amdgpu driver): configuration from the
+# manifests, e.g. the versioned repository URLs with their suite. Empty here.
+export CC_ROCM_REPO_URL="${CC_ROCM_REPO_URL:-}"
+export CC_AMDGPU_REPO_URL="${CC_AMDGPU_REPO_URL:-}"

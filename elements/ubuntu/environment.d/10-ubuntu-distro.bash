@@ -1,0 +1,20 @@
+# Ubuntu operating-system element: identity of the distribution.
+# Sourced under `set -eu`; reads only declared variables via ${VAR:-default}.
+
+export DISTRO_NAME=ubuntu
+export DIB_RELEASE="${DIB_RELEASE:-noble}"
+export DIB_INIT_SYSTEM=systemd
+export EFI_BOOT_DIR=EFI/ubuntu
+export DIB_DEBIAN_COMPONENTS="${DIB_DEBIAN_COMPONENTS:-main,universe}"
+
+# Where the Ubuntu cloud image (squashfs + SHA256SUMS) for DIB_RELEASE is
+# downloaded from: a directory URL configured in the manifests. Empty here.
+export DIB_CLOUD_IMAGES="${DIB_CLOUD_IMAGES:-}"
+
+# Package mirror: empty keeps the sources shipped in the cloud image; the
+# manifest environment may set one.
+export DIB_DISTRIBUTION_MIRROR="${DIB_DISTRIBUTION_MIRROR:-}"
+
+# DIB's ubuntu element defaults cloud-init to the Ec2 datasource. Elements
+# sorted earlier (cc-cloud-init) or the manifest may choose another list.
+export DIB_CLOUD_INIT_DATASOURCES="${DIB_CLOUD_INIT_DATASOURCES:-Ec2}"

@@ -1,0 +1,183 @@
+//! The command line: parsing, dispatch and error rendering. Each command lives in its own file
+//! with its clap `*Args` and a short `run` that calls the library and renders the result.
+
+mod build;
+mod check;
+mod lint;
+mod query;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::manifest::{self, Model};
+use crate::store::Store;
+
+/// ccb builds, tests, inspects and publishes Chameleon's supported disk images.
+#[derive(Debug, Parser)]
+#[command(name = "ccb", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The project root (default: the nearest ancestor directory holding `manifests/`)
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Print only data and errors, no status lines
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print more detail (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Evaluate and validate every manifest and element reference
+    Check(check::CheckArgs),
+    /// Ask questions about targets, elements and the build graph
+    #[command(subcommand)]
+    Query(query::QueryCommand),
+    /// Build images (only `--dry-run` so far: print the plan)
+    Build(build::BuildArgs),
+    /// Check elements against diskimage-builder's dib-lint rules
+    Lint(lint::LintArgs),
+}
+
+/// What every command may need: the global flags, the project and the store, loaded lazily
+/// (`ccb query elements -e …` and `ccb lint` work outside a project).
+pub struct Context {
+    pub quiet: bool,
+    pub verbose: u8,
+    root_arg: Option<PathBuf>,
+    store: Option<Store>,
+}
+
+impl Context {
+    pub fn store(&mut self) -> Result<Store, CliError> {
+        if self.store.is_none() {
+            self.store = Some(Store::from_env().map_err(CliError::from_diag)?);
+        }
+        Ok(self.store.clone().expect("set above"))
+    }
+
+    /// The project root: `--root`, else the nearest ancestor of the current directory with
+    /// `manifests/`.
+    pub fn root(&self) -> Result<PathBuf, CliError> {
+        match &self.root_arg {
+            Some(r) => r
+                .canonicalize()
+                .map_err(|e| CliError::from_diag(crate::fsutil::FsError::new("resolve", r, e))),
+            None => {
+                let cwd = std::env::current_dir().map_err(|e| {
+                    CliError::from_diag(crate::fsutil::FsError::new("resolve", Path::new("."), e))
+                })?;
+                manifest::find_root(&cwd).map_err(CliError::from_diag)
+            }
+        }
+    }
+
+    pub fn root_if_any(&self) -> Option<PathBuf> {
+        self.root().ok()
+    }
+
+    pub fn model(&mut self) -> Result<Model, CliError> {
+        let root = self.root()?;
+        let store = self.store()?;
+        manifest::load(&root, &store).map_err(CliError::from_diag)
+    }
+}
+
+/// A failed command: a rendered diagnostic and an exit code (1 for failures, 2 for usage).
+pub struct CliError {
+    report: Option<miette::Report>,
+    code: u8,
+}
+
+impl CliError {
+    pub fn from_diag<E: miette::Diagnostic + Send + Sync + 'static>(e: E) -> Self {
+        Self {
+            report: Some(miette::Report::new(e)),
+            code: 1,
+        }
+    }
+
+    pub fn msg(text: impl Into<String>) -> Self {
+        Self {
+            report: Some(miette::miette!("{}", text.into())),
+            code: 1,
+        }
+    }
+
+    /// A failure already reported (e.g. lint findings printed one by one).
+    pub fn silent() -> Self {
+        Self {
+            report: None,
+            code: 1,
+        }
+    }
+
+    pub fn usage(text: impl Into<String>) -> Self {
+        Self {
+            report: Some(miette::miette!("{}", text.into())),
+            code: 2,
+        }
+    }
+}
+
+impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for CliError {
+    fn from(e: E) -> Self {
+        Self::from_diag(e)
+    }
+}
+
+fn install_report_hook() {
+    use std::io::IsTerminal;
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .color(color)
+                .unicode(color)
+                .terminal_links(false)
+                .context_lines(2)
+                .build(),
+        )
+    }));
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    install_report_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    let mut ctx = Context {
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+        root_arg: cli.root,
+        store: None,
+    };
+    let result = match cli.command {
+        Command::Check(args) => check::run(&mut ctx, args),
+        Command::Query(cmd) => query::run(&mut ctx, cmd),
+        Command::Build(args) => build::run(&mut ctx, args),
+        Command::Lint(args) => lint::run(&mut ctx, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(report) = err.report {
+                eprintln!("{report:?}");
+            }
+            ExitCode::from(err.code)
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Element digests: blake3 over an element directory's sorted relative paths, file contents,
+//! exec bits and symlink targets.
+//!
+//! File content hashes are cached by (path, size, mtime, ctime, inode), so a warm run lists
+//! directories and stats files but reads no element file. A file modified within two seconds
+//! of being hashed is not cached (its stamp could repeat after a quick second edit: git's
+//! "racy" entries).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ElementError;
+use crate::fsutil::FsError;
+use crate::keydoc::{hash_bytes, hash_str};
+use crate::store::Store;
+
+const RECORD: &str = "stat/elements.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(md: &std::fs::Metadata) -> Self {
+        Self {
+            size: md.len(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+            ino: md.ino(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    engine: String,
+    files: BTreeMap<PathBuf, (Stamp, String)>,
+}
+
+/// The stat cache of element file hashes.
+pub struct DigestCache {
+    record: Record,
+    dirty: bool,
+    now_ns: i128,
+    /// How many files were actually read (for tests and benchmarks).
+    pub files_read: usize,
+}
+
+impl DigestCache {
+    pub fn load(store: &Store) -> Self {
+        let record = store
+            .read_json::<Record>(RECORD)
+            .filter(|r| r.engine == crate::ENGINE_VERSION)
+            .unwrap_or_else(|| Record {
+                engine: crate::ENGINE_VERSION.to_string(),
+                files: BTreeMap::new(),
+            });
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Self {
+            record,
+            dirty: false,
+            now_ns,
+            files_read: 0,
+        }
+    }
+
+    /// An empty cache that is never saved.
+    pub fn in_memory() -> Self {
+        Self {
+            record: Record::default(),
+            dirty: false,
+            now_ns: 0,
+            files_read: 0,
+        }
+    }
+
+    pub fn save(&self, store: &Store) {
+        if self.dirty {
+            // A cache that cannot be written only costs time on the next run.
+            let _ = store.write_json(RECORD, &self.record);
+        }
+    }
+
+    fn file_hash(&mut self, path: &Path, md: &std::fs::Metadata) -> Result<String, FsError> {
+        let stamp = Stamp::of(md);
+        if let Some((s, h)) = self.record.files.get(path)
+            && *s == stamp
+        {
+            return Ok(h.clone());
+        }
+        let bytes = crate::fsutil::read(path)?;
+        self.files_read += 1;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if self.now_ns - stamp.mtime_ns.max(stamp.ctime_ns) > 2_000_000_000 {
+            self.record.files.insert(path.to_path_buf(), (stamp, hash.clone()));
+            self.dirty = true;
+        }
+        Ok(hash)
+    }
+
+    /// The digest of one element directory.
+    pub fn element_digest(&mut self, dir: &Path) -> Result<String, ElementError> {
+        let mut entries: Vec<(String, PathBuf)> = Vec::new();
+        collect(dir, dir, &mut entries)?;
+        entries.sort();
+        let mut h = blake3::Hasher::new();
+        hash_str(&mut h, "ccb-element-digest-v1");
+        for (rel, path) in entries {
+            let md = std::fs::symlink_metadata(&path).map_err(|e| FsError::new("stat", &path, e))?;
+            hash_str(&mut h, &rel);
+            let ft = md.file_type();
+            if ft.is_symlink() {
+                let target =
+                    std::fs::read_link(&path).map_err(|e| FsError::new("read link", &path, e))?;
+                hash_str(&mut h, "symlink");
+                hash_bytes(&mut h, target.as_os_str().as_encoded_bytes());
+            } else if ft.is_dir() {
+                hash_str(&mut h, "dir");
+            } else if ft.is_file() {
+                let exec = md.permissions().mode() & 0o111 != 0;
+                hash_str(&mut h, if exec { "exec" } else { "file" });
+                let fh = self.file_hash(&path, &md)?;
+                hash_str(&mut h, &fh);
+            } else {
+                hash_str(&mut h, "special");
+            }
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+}
+
+/// Every entry under `dir` (not following symlinks), as (relative path, full path). Python
+/// bytecode caches are skipped, as DIB does when merging elements.
+fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), FsError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| FsError::new("list", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "__pycache__" || path.extension().is_some_and(|e| e == "pyc") {
+            continue;
+        }
+        let rel = path
+            .strip_prefix(base)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        let ft = entry.file_type().map_err(|e| FsError::new("stat", &path, e))?;
+        out.push((rel, path.clone()));
+        if ft.is_dir() {
+            collect(base, &path, out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! diskimage-builder elements: discovery on a search path, dependency expansion, the merged
+//! per-phase view of an image's elements (scripts in run order, environment.d, static/ and
+//! bin/), the environment the build sees, package-installs, digests and lint.
+//!
+//! The contract is diskimage-builder's (see the team's `dib-element-format.md`), except that
+//! everything DIB leaves to hash order is sorted here, so the same inputs always give the same
+//! view and the same keys.
+
+pub mod digest;
+pub mod env;
+pub mod expand;
+pub mod lint;
+pub mod packages;
+pub mod search;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use digest::DigestCache;
+pub use expand::expand;
+pub use search::{ElementDir, SearchPath};
+pub use view::{ElementView, PHASES};
+
+use crate::manifest::{Arch, Image, Model};
+use crate::store::Store;
+
+/// Element resolution errors. The messages carry DIB's error classes ("not found", "already
+/// provided", "operating system") so that people who know DIB recognise them.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ElementError {
+    #[error("Element '{name}' not found{}", wanted_by.as_ref().map(|w| format!(" (required by {w})")).unwrap_or_default())]
+    #[diagnostic(code(ccb::element::not_found))]
+    NotFound {
+        name: String,
+        wanted_by: Option<String>,
+        #[help]
+        help: Option<String>,
+    },
+    #[error("{name}: already provided by {first}, and also provided by {second}")]
+    #[diagnostic(code(ccb::element::already_provided))]
+    ProvidedTwice {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("{name}: already provided by {provider}, but it was also requested by name")]
+    #[diagnostic(
+        code(ccb::element::already_provided),
+        help("request either `{name}` or `{provider}`, not both")
+    )]
+    RequestedButProvided { name: String, provider: String },
+    #[error("Please include an operating system element: nothing provides `operating-system`")]
+    #[diagnostic(
+        code(ccb::element::no_operating_system),
+        help("add an OS element such as `debian`, `ubuntu` or `centos` (or an element depending on one)")
+    )]
+    MissingOs,
+    #[error("element-provides do not settle: {0}")]
+    #[diagnostic(code(ccb::element::provides_cycle))]
+    ProvidesCycle(String),
+    #[error("element search path entry `{0}` is not a directory")]
+    #[diagnostic(code(ccb::element::invalid_dir))]
+    InvalidElementDir(String),
+    #[error(
+        "duplicate script `{phase}/{script}` in elements `{first}` and `{second}`: scripts of one phase share one directory"
+    )]
+    #[diagnostic(
+        code(ccb::element::duplicate_script),
+        help("rename one of them; diskimage-builder refuses the same name too")
+    )]
+    DuplicateScript {
+        phase: String,
+        script: String,
+        first: String,
+        second: String,
+    },
+    #[error("environment.d of element `{element}` failed: `{file}` {detail}")]
+    #[diagnostic(code(ccb::element::environment))]
+    Environment {
+        element: String,
+        file: String,
+        detail: String,
+    },
+    #[error("cannot run bash to source environment.d: {0}")]
+    Bash(#[source] std::io::Error),
+    #[error("element `{element}`: {file}: {message}")]
+    #[diagnostic(code(ccb::element::package_installs))]
+    Packages {
+        element: String,
+        file: String,
+        message: String,
+    },
+    #[error(
+        "element `{element}`: package `{package}` has a `when` condition on `{variable}`, which is not set"
+    )]
+    #[diagnostic(
+        code(ccb::element::when_unset),
+        help("set `{variable}` in the image's `env` or give it a default in an environment.d file")
+    )]
+    WhenUnset {
+        element: String,
+        package: String,
+        variable: String,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The variables ccb itself gives every build, besides the manifest's `env`.
+pub fn engine_env(arch: Arch, image_name: Option<&str>, elements: &[String]) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("ARCH".into(), arch.as_str().into());
+    env.insert("DIB_OFFLINE".into(), String::new());
+    env.insert("DIB_DEBUG_TRACE".into(), "0".into());
+    env.insert("DIB_CCB".into(), "1".into());
+    env.insert("IMAGE_ELEMENT".into(), elements.join(" "));
+    if let Some(name) = image_name {
+        env.insert("IMAGE_NAME".into(), name.into());
+    }
+    env
+}
+
+/// An image's elements for one arch, fully resolved: what every later stage needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resolved {
+    /// The expanded element closure, sorted.
+    pub elements: Vec<String>,
+    /// The merged view over `elements`.
+    pub view: ElementView,
+    /// Element name → digest, for the closure.
+    pub digests: BTreeMap<String, String>,
+    /// The subset of the closure that makes the base root filesystem (elements with `root.d`),
+    /// with its own view (environment from those elements only).
+    pub base: Option<BaseView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseView {
+    pub elements: Vec<String>,
+    pub view: ElementView,
+}
+
+/// How an image's elements are requested: the manifest's list plus DIB's automatic additions.
+pub fn requested_elements(image: &Image) -> Vec<String> {
+    let mut req: Vec<String> = Vec::new();
+    // DIB prepends `base` unless -n; ccb does the same for images.
+    req.push("base".into());
+    for e in &image.elements {
+        if !req.contains(e) {
+            req.push(e.clone());
+        }
+    }
+    req
+}
+
+/// The resolver: a search path with its digests, and the store for caching resolutions.
+pub struct Resolver<'a> {
+    pub path: SearchPath,
+    pub digests: BTreeMap<String, String>,
+    /// One digest for the whole search path: any element edit changes it.
+    pub path_digest: String,
+    store: &'a Store,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(path: SearchPath, store: &'a Store) -> Result<Self, ElementError> {
+        let mut cache = DigestCache::load(store);
+        let mut digests = BTreeMap::new();
+        for el in path.elements() {
+            digests.insert(el.name.clone(), cache.element_digest(&el.dir)?);
+        }
+        cache.save(store);
+        let mut h = blake3::Hasher::new();
+        for el in path.elements() {
+            crate::keydoc::hash_str(&mut h, &el.name);
+            crate::keydoc::hash_str(&mut h, &digests[&el.name]);
+        }
+        Ok(Self {
+            path,
+            digests,
+            path_digest: h.finalize().to_hex().to_string(),
+            store,
+        })
+    }
+
+    /// Expands and views `requested` under `declared` variables (the manifest's `env`),
+    /// caching the result by the search path's digest and the inputs.
+    pub fn resolve(
+        &self,
+        requested: &[String],
+        arch: Arch,
+        image_name: Option<&str>,
+        declared: &BTreeMap<String, String>,
+        with_base: bool,
+    ) -> Result<Resolved, ElementError> {
+        let mut h = blake3::Hasher::new();
+        crate::keydoc::hash_str(&mut h, crate::ENGINE_VERSION);
+        crate::keydoc::hash_str(&mut h, &self.path_digest);
+        crate::keydoc::hash_list(&mut h, requested);
+        crate::keydoc::hash_str(&mut h, arch.as_str());
+        crate::keydoc::hash_str(&mut h, image_name.unwrap_or("\0none"));
+        crate::keydoc::hash_map(&mut h, declared);
+        crate::keydoc::hash_str(&mut h, if with_base { "base" } else { "nobase" });
+        let rec = format!("resolve/{}.json", &h.finalize().to_hex()[..40]);
+        if let Some(r) = self.store.read_json::<Resolved>(&rec) {
+            return Ok(r);
+        }
+        let closure = expand(&self.path, requested)?;
+        let dirs: Vec<&ElementDir> = closure.iter().map(|n| self.path.get(n).expect("expanded")).collect();
+        let mut env_in = engine_env(arch, image_name, &closure);
+        env_in.extend(declared.clone());
+        let view = ElementView::build(&dirs, &env_in)?;
+        let base = if with_base {
+            let base_dirs: Vec<&ElementDir> = dirs
+                .iter()
+                .copied()
+                .filter(|d| d.dir.join("root.d").is_dir())
+                .collect();
+            let names: Vec<String> = base_dirs.iter().map(|d| d.name.clone()).collect();
+            let mut base_env = engine_env(arch, None, &names);
+            base_env.extend(declared.clone());
+            Some(BaseView {
+                view: ElementView::build(&base_dirs, &base_env)?,
+                elements: names,
+            })
+        } else {
+            None
+        };
+        let digests = closure
+            .iter()
+            .map(|n| (n.clone(), self.digests[n].clone()))
+            .collect();
+        let resolved = Resolved {
+            elements: closure,
+            view,
+            digests,
+            base,
+        };
+        // Failing to cache only costs time on the next run.
+        let _ = self.store.write_json(&rec, &resolved);
+        Ok(resolved)
+    }
+}
+
+/// Builds the element search path of a project: `--element-path` entries, `ELEMENTS_PATH`, the
+/// project's `elements/`, then third-party sources available locally.
+pub fn project_search_path(
+    model: Option<&Model>,
+    root: Option<&std::path::Path>,
+    extra: &[String],
+    warn: &mut dyn FnMut(&str),
+) -> Result<SearchPath, ElementError> {
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for entry in extra.iter().flat_map(|e| e.split(':')).filter(|s| !s.is_empty()) {
+        dirs.push(entry.into());
+    }
+    if let Some(env) = std::env::var_os("ELEMENTS_PATH") {
+        for entry in std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()) {
+            dirs.push(entry);
+        }
+    }
+    if let Some(root) = root {
+        let own = root.join("elements");
+        if own.is_dir() {
+            dirs.push(own);
+        }
+    }
+    if let (Some(model), Some(root)) = (model, root) {
+        for source in model.sources.values() {
+            if let Some(dir) = search::local_source_dir(root, source) {
+                dirs.push(dir);
+            }
+        }
+    }
+    SearchPath::scan(&dirs, warn)
+}
+
+/// An element error while resolving one target (or the search path, when `target` is `None`).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{}", match target { Some(t) => format!("cannot resolve the elements of {t}"), None => "cannot read the element search path".to_string() })]
+pub struct ForTarget {
+    pub target: Option<String>,
+    #[source]
+    #[diagnostic_source]
+    pub source: ElementError,
+}
+
+impl ForTarget {
+    pub fn new(target: Option<String>, source: ElementError) -> Self {
+        Self { target, source }
+    }
+}
+
+/// What `ccb check` verifies about elements: every image's elements expand for every arch.
+pub struct CheckSummary {
+    pub elements: usize,
+}
+
+pub fn check_model(
+    model: &Model,
+    store: &Store,
+    warn: &mut dyn FnMut(&str),
+) -> Result<CheckSummary, ForTarget> {
+    let path = project_search_path(Some(model), Some(&model.root), &[], warn)
+        .map_err(|e| ForTarget::new(None, e))?;
+    let resolver = Resolver::new(path, store).map_err(|e| ForTarget::new(None, e))?;
+    let mut used = BTreeSet::new();
+    for image in model.images_parents_first() {
+        for &arch in &image.arch {
+            let r = resolver
+                .resolve(
+                    &requested_elements(image),
+                    arch,
+                    Some(&image.published_name(arch)),
+                    &image.env,
+                    image.from.is_none(),
+                )
+                .map_err(|e| ForTarget::new(Some(format!("//images:{} ({arch})", image.key)), e))?;
+            used.extend(r.elements);
+        }
+    }
+    Ok(CheckSummary {
+        elements: used.len(),
+    })
+}

@@ -1,0 +1,99 @@
+//! The element search path: directories whose subdirectories are elements.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::ElementError;
+use crate::manifest::Source;
+
+/// One element: its name and directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementDir {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// Every element visible on a search path; earlier path entries override later ones.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPath {
+    pub dirs: Vec<PathBuf>,
+    elements: BTreeMap<String, ElementDir>,
+}
+
+impl SearchPath {
+    /// Lists the elements of each directory. An element found again in a later directory is
+    /// overridden by the earlier one, with a warning naming both (as DIB does).
+    pub fn scan(dirs: &[PathBuf], warn: &mut dyn FnMut(&str)) -> Result<Self, ElementError> {
+        let mut elements: BTreeMap<String, ElementDir> = BTreeMap::new();
+        let mut kept = Vec::new();
+        for dir in dirs {
+            if !dir.is_dir() {
+                return Err(ElementError::InvalidElementDir(dir.display().to_string()));
+            }
+            let rd = std::fs::read_dir(dir)
+                .map_err(|e| crate::fsutil::FsError::new("list", dir, e))?;
+            let mut entries: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            entries.sort();
+            for path in entries {
+                // Named by the basename of the real path, so symlinked element dirs resolve.
+                let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+                let Some(name) = real.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                if name.starts_with('.') {
+                    continue;
+                }
+                if let Some(existing) = elements.get(&name) {
+                    if existing.dir != real {
+                        warn(&format!(
+                            "element `{name}` in {} overrides {}",
+                            existing.dir.display(),
+                            real.display()
+                        ));
+                    }
+                    continue;
+                }
+                elements.insert(name.clone(), ElementDir { name, dir: real });
+            }
+            kept.push(dir.clone());
+        }
+        Ok(Self {
+            dirs: kept,
+            elements,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ElementDir> {
+        self.elements.get(name)
+    }
+
+    /// All elements, sorted by name.
+    pub fn elements(&self) -> impl Iterator<Item = &ElementDir> {
+        self.elements.values()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.elements.keys().cloned().collect()
+    }
+}
+
+/// The element directory of a third-party source when it is available on this machine: a local
+/// path (absolute, `file://`, or relative to the project root). Remote sources join the path
+/// once fetched into the store.
+pub fn local_source_dir(root: &Path, source: &Source) -> Option<PathBuf> {
+    let url = source.url.strip_prefix("file://").unwrap_or(&source.url);
+    if url.contains("://") || url.contains('@') {
+        return None;
+    }
+    let base = if Path::new(url).is_absolute() {
+        PathBuf::from(url)
+    } else {
+        root.join(url)
+    };
+    let dir = base.join(&source.path);
+    dir.is_dir().then_some(dir)
+}

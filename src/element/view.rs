@@ -1,0 +1,317 @@
+//! The merged view of a set of elements: per phase, every element's scripts in DIB's run order;
+//! environment.d files in sourcing order and the environment they produce; static/ and bin/
+//! merged; package lists.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ElementDir, ElementError};
+use crate::fsutil::FsError;
+
+/// DIB's phases, in run order.
+pub const PHASES: [&str; 10] = [
+    "root.d",
+    "extra-data.d",
+    "pre-install.d",
+    "install.d",
+    "post-install.d",
+    "post-root.d",
+    "block-device.d",
+    "pre-finalise.d",
+    "finalise.d",
+    "cleanup.d",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    pub name: String,
+    pub element: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub element: String,
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overwrite {
+    pub path: String,
+    pub winner: String,
+    pub loser: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageLists {
+    pub install: Vec<String>,
+    pub uninstall: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElementView {
+    /// Phase (`install.d`) → scripts in run order. Phases without scripts are absent.
+    pub phases: BTreeMap<String, Vec<Script>>,
+    /// environment.d files in sourcing order (bytewise by name).
+    pub environment: Vec<Script>,
+    /// The exported environment after sourcing environment.d over the declared variables.
+    pub env: BTreeMap<String, String>,
+    /// Phase → packages to install and uninstall (after pkg-map), sorted.
+    pub packages: BTreeMap<String, PackageLists>,
+    /// Files of static/ and bin/ given by more than one element (the later element wins).
+    pub overwrites: Vec<Overwrite>,
+    /// Files in phase directories that DIB's runner ignores (not executable, or a name with
+    /// characters outside `[0-9A-Za-z_-]`).
+    pub skipped: Vec<Skipped>,
+    /// The block-device layout: (element, file name) of the first `block-device-<arch>.yaml`
+    /// or `block-device-default.yaml`, in element order.
+    pub block_device: Option<(String, String)>,
+}
+
+/// Whether a phase script name is run: `^[0-9A-Za-z_-]+$` (DIB's RUN_PARTS_REGEX).
+pub fn runnable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether an environment.d file is sourced: `[0-9A-Za-z_.-]+`.
+pub fn env_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// The leading number GNU `sort -n` sees: an optional `-` and digits (none counts as 0).
+fn numeric_prefix(name: &str) -> (bool, &str) {
+    let (neg, rest) = match name.strip_prefix('-') {
+        Some(r) if r.starts_with(|c: char| c.is_ascii_digit()) => (true, r),
+        _ => (false, name),
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let num = rest[..digits].trim_start_matches('0');
+    (neg && !num.is_empty(), num)
+}
+
+fn cmp_magnitude(a: &str, b: &str) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// DIB's script order: `LC_ALL=C sort -n`: the numeric prefix compared as a number, ties broken
+/// by comparing the whole names bytewise. So `05-y` runs before `5-x` and `100-x` after `99-y`.
+pub fn run_parts_cmp(a: &str, b: &str) -> Ordering {
+    let (na, ma) = numeric_prefix(a);
+    let (nb, mb) = numeric_prefix(b);
+    let num = match (na, nb) {
+        (false, false) => cmp_magnitude(ma, mb),
+        (true, true) => cmp_magnitude(mb, ma),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+    };
+    num.then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// Regular files (following symlinks) directly in `dir`, sorted by name.
+fn files_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, FsError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FsError::new("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
+        let path = entry.path();
+        if path.is_file() {
+            out.push((entry.file_name().to_string_lossy().into_owned(), path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+/// Every file under `dir`, relative, recursively (following symlinked dirs is not done).
+fn tree_files(dir: &Path, base: &Path, out: &mut Vec<String>) -> Result<(), FsError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FsError::new("list", dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(|e| FsError::new("stat", &path, e))?;
+        if ft.is_dir() {
+            tree_files(&path, base, out)?;
+        } else {
+            out.push(path.strip_prefix(base).unwrap_or(&path).to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+impl ElementView {
+    /// Builds the view of `elements` (already expanded, sorted) under the `declared` variables.
+    pub fn build(
+        elements: &[&ElementDir],
+        declared: &BTreeMap<String, String>,
+    ) -> Result<Self, ElementError> {
+        let mut view = ElementView::default();
+
+        for phase in PHASES {
+            let mut scripts: Vec<Script> = Vec::new();
+            let mut owner: BTreeMap<String, String> = BTreeMap::new();
+            for el in elements {
+                for (name, path) in files_in(&el.dir.join(phase))? {
+                    if let Some(first) = owner.get(&name) {
+                        return Err(ElementError::DuplicateScript {
+                            phase: phase.to_string(),
+                            script: name,
+                            first: first.clone(),
+                            second: el.name.clone(),
+                        });
+                    }
+                    owner.insert(name.clone(), el.name.clone());
+                    let reason = if !runnable_name(&name) {
+                        Some("name has characters outside [0-9A-Za-z_-]")
+                    } else if !is_executable(&path) {
+                        Some("not executable")
+                    } else {
+                        None
+                    };
+                    match reason {
+                        Some(r) => view.skipped.push(Skipped {
+                            element: el.name.clone(),
+                            path: format!("{phase}/{name}"),
+                            reason: r.to_string(),
+                        }),
+                        None => scripts.push(Script {
+                            name,
+                            element: el.name.clone(),
+                        }),
+                    }
+                }
+            }
+            scripts.sort_by(|a, b| run_parts_cmp(&a.name, &b.name));
+            if !scripts.is_empty() {
+                view.phases.insert(phase.to_string(), scripts);
+            }
+        }
+
+        // environment.d: bytewise order of names (DIB sorts full paths with `sort -n`, which
+        // degenerates to a plain byte order since every path starts with `/`).
+        let mut env_files: Vec<(Script, PathBuf)> = Vec::new();
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for el in elements {
+            for (name, path) in files_in(&el.dir.join("environment.d"))? {
+                if !env_file_name(&name) {
+                    view.skipped.push(Skipped {
+                        element: el.name.clone(),
+                        path: format!("environment.d/{name}"),
+                        reason: "name has characters outside [0-9A-Za-z_.-]".into(),
+                    });
+                    continue;
+                }
+                if let Some(first) = owner.get(&name) {
+                    return Err(ElementError::DuplicateScript {
+                        phase: "environment.d".into(),
+                        script: name,
+                        first: first.clone(),
+                        second: el.name.clone(),
+                    });
+                }
+                owner.insert(name.clone(), el.name.clone());
+                env_files.push((
+                    Script {
+                        name,
+                        element: el.name.clone(),
+                    },
+                    path,
+                ));
+            }
+        }
+        env_files.sort_by(|a, b| a.0.name.as_bytes().cmp(b.0.name.as_bytes()));
+        view.env = super::env::source(&env_files, declared)?;
+        view.environment = env_files.into_iter().map(|(s, _)| s).collect();
+
+        // static/ and bin/: later elements (in sorted order) overwrite earlier ones.
+        for sub in ["static", "bin"] {
+            let mut owner: BTreeMap<String, String> = BTreeMap::new();
+            for el in elements {
+                let base = el.dir.join(sub);
+                let mut files = Vec::new();
+                tree_files(&base, &base, &mut files)?;
+                files.sort();
+                for f in files {
+                    let key = format!("{sub}/{f}");
+                    if let Some(prev) = owner.insert(key.clone(), el.name.clone()) {
+                        view.overwrites.push(Overwrite {
+                            path: key,
+                            winner: el.name.clone(),
+                            loser: prev,
+                        });
+                    }
+                }
+            }
+        }
+
+        let arch = declared.get("ARCH").cloned().unwrap_or_default();
+        let arch_file = format!("block-device-{}.yaml", if arch == "ppc64le" { "ppc64el" } else { &arch });
+        view.block_device = elements.iter().find_map(|el| {
+            [arch_file.as_str(), "block-device-default.yaml"]
+                .iter()
+                .find(|f| el.dir.join(f).is_file())
+                .map(|f| (el.name.clone(), f.to_string()))
+        });
+
+        view.packages = super::packages::evaluate(elements, &view.env)?;
+        Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        v.sort_by(|a, b| run_parts_cmp(a, b));
+        v
+    }
+
+    #[test]
+    fn scripts_sort_like_gnu_sort_n_in_the_c_locale() {
+        // The order GNU sort -n gives for these names (checked with coreutils).
+        let expected = [
+            "-n", "00-a", "Zed", "_u", "foo", "1a", "05-y", "5-x", "9", "10-a", "10-b", "99-z",
+            "100-q",
+        ];
+        let mut shuffled = expected.to_vec();
+        shuffled.reverse();
+        assert_eq!(sorted(&shuffled), expected);
+    }
+
+    #[test]
+    fn a_leading_zero_sorts_before_the_same_number_without() {
+        assert_eq!(sorted(&["5-x", "05-y"]), ["05-y", "5-x"]);
+        assert_eq!(sorted(&["100-x", "99-y"]), ["99-y", "100-x"]);
+    }
+
+    #[test]
+    fn only_plain_names_run() {
+        assert!(runnable_name("10-foo_bar-Baz"));
+        assert!(!runnable_name("10-foo.sh"));
+        assert!(!runnable_name(""));
+        assert!(env_file_name("10-foo.bash"));
+    }
+}

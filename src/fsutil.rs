@@ -1,0 +1,67 @@
+//! Filesystem helpers that always name the path in their errors (a bare "os error 2" helps
+//! nobody) and write atomically (temp file + rename), so a reader never sees half a file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// An I/O failure on a named path.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("failed to {action} `{}`", path.display())]
+pub struct FsError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FsError {
+    pub fn new(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::NotFound
+    }
+}
+
+pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
+    std::fs::read(path).map_err(|e| FsError::new("read", path, e))
+}
+
+pub fn read_to_string(path: &Path) -> Result<String, FsError> {
+    std::fs::read_to_string(path).map_err(|e| FsError::new("read", path, e))
+}
+
+pub fn create_dir_all(path: &Path) -> Result<(), FsError> {
+    std::fs::create_dir_all(path).map_err(|e| FsError::new("create directory", path, e))
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory, fsynced,
+/// then renamed over `path`. Concurrent writers of the same content are harmless.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    create_dir_all(dir)?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| FsError::new("create a file in", dir, e))?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_data())
+        .map_err(|e| FsError::new("write", tmp.path().to_path_buf(), e))?;
+    tmp.persist(path)
+        .map_err(|e| FsError::new("rename into place", path, e.error))?;
+    Ok(())
+}
+
+/// A path shown to people: relative to the current directory when it is inside it.
+pub fn display_path(path: &Path) -> String {
+    if let Ok(cwd) = std::env::current_dir()
+        && let Ok(rel) = path.strip_prefix(&cwd)
+        && !rel.as_os_str().is_empty()
+    {
+        return rel.display().to_string();
+    }
+    path.display().to_string()
+}

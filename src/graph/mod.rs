@@ -1,0 +1,360 @@
+//! The build graph: actions, their key documents and keys, the plan and `explain`.
+//!
+//! For each image and arch:
+//! - `base` (root images only): the root filesystem from `root.d`, made by the elements that
+//!   have a `root.d` (the OS elements), under the environment of those elements alone, so
+//!   editing a Chameleon element never re-runs debootstrap;
+//! - `layer`: phases extra-data → post-root of the image's own elements, on top of `base`, or of
+//!   the parent image's `layer` for an image with `from` (its closure minus its parent's);
+//! - `disk`: block-device → cleanup over the full closure, conversion to the formats;
+//! - `fetch`: one per artifact an image uses, keyed by the artifact's pinned digest;
+//! - `publish` (in `query graph` only): per site; never cached.
+//!
+//! A key is the blake3 of the action's key document (see [`crate::keydoc`]); documents hold
+//! element digests, the environment, package lists, artifact digests and the parent's key,
+//! never an absolute path, a timestamp or a host detail.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::element::{ForTarget, Resolved, Resolver, requested_elements};
+use crate::keydoc::KeyDoc;
+use crate::label::Target;
+use crate::manifest::{Arch, Model};
+use crate::store::{self, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Fetch,
+    Base,
+    Layer,
+    Disk,
+    Publish,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Fetch => "fetch",
+            Kind::Base => "base",
+            Kind::Layer => "layer",
+            Kind::Disk => "disk",
+            Kind::Publish => "publish",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    /// A stable identity across builds: `layer:debian12:amd64`, `fetch:cuda-runfile`.
+    pub id: String,
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    pub key: String,
+    /// Ids of the actions this one needs first.
+    pub deps: Vec<String>,
+    #[serde(skip)]
+    pub doc: KeyDoc,
+}
+
+/// Actions in dependency order (every action after its dependencies), and the element
+/// resolution of every (image, arch) involved.
+pub struct Graph {
+    pub actions: Vec<Action>,
+    pub resolved: BTreeMap<(String, Arch), Resolved>,
+}
+
+fn digests_of(resolved: &Resolved, names: &[String]) -> BTreeMap<String, String> {
+    names
+        .iter()
+        .filter_map(|n| resolved.digests.get(n).map(|d| (n.clone(), d.clone())))
+        .collect()
+}
+
+fn package_map(view: &crate::element::ElementView) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (phase, lists) in &view.packages {
+        if !lists.install.is_empty() {
+            out.insert(format!("{phase} install"), lists.install.join(" "));
+        }
+        if !lists.uninstall.is_empty() {
+            out.insert(format!("{phase} uninstall"), lists.uninstall.join(" "));
+        }
+    }
+    out
+}
+
+impl Graph {
+    pub fn get(&self, id: &str) -> Option<&Action> {
+        self.actions.iter().find(|a| a.id == id)
+    }
+
+    /// Builds the graph for `targets` and everything they need (parents' actions included).
+    pub fn build(
+        model: &Model,
+        resolver: &Resolver,
+        targets: &[Target],
+        with_publish: bool,
+    ) -> Result<Self, ForTarget> {
+        // Close over parents, then order parents first.
+        let mut wanted: BTreeSet<(String, Arch)> = BTreeSet::new();
+        for t in targets {
+            let mut cur = Some(t.image.clone());
+            while let Some(key) = cur {
+                wanted.insert((key.clone(), t.arch));
+                cur = model.images[&key].from.clone();
+            }
+        }
+        let mut graph = Graph {
+            actions: Vec::new(),
+            resolved: BTreeMap::new(),
+        };
+        let mut fetched: BTreeSet<String> = BTreeSet::new();
+        for image in model.images_parents_first() {
+            for &arch in &image.arch {
+                if !wanted.contains(&(image.key.clone(), arch)) {
+                    continue;
+                }
+                let label = format!("//images:{} ({arch})", image.key);
+                let published = image.published_name(arch);
+                let resolved = resolver
+                    .resolve(
+                        &requested_elements(image),
+                        arch,
+                        Some(&published),
+                        &image.env,
+                        image.from.is_none(),
+                    )
+                    .map_err(|e| ForTarget::new(Some(label.clone()), e))?;
+
+                // Artifacts.
+                let mut artifact_digests = BTreeMap::new();
+                let mut fetch_ids = Vec::new();
+                for (var, art_key) in &image.artifacts {
+                    let art = &model.artifacts[art_key];
+                    artifact_digests.insert(var.clone(), art.sha256.clone());
+                    let id = format!("fetch:{art_key}");
+                    if fetched.insert(art_key.clone()) {
+                        let doc = KeyDoc::new()
+                            .str("action", "fetch")
+                            .str("sha256", art.sha256.clone());
+                        graph.actions.push(Action {
+                            id: id.clone(),
+                            kind: Kind::Fetch,
+                            image: None,
+                            arch: None,
+                            key: doc.key(),
+                            deps: vec![],
+                            doc,
+                        });
+                    }
+                    fetch_ids.push(id);
+                }
+
+                // The layer's foundation: the base, or the parent's layer.
+                let (parent_id, parent_key, own): (String, String, Vec<String>) = match &image.from {
+                    None => {
+                        let base = resolved.base.as_ref().expect("root images resolve a base");
+                        let doc = KeyDoc::new()
+                            .str("action", "base")
+                            .str("engine", crate::ENGINE_VERSION)
+                            .str("arch", arch.as_str())
+                            .map("elements", digests_of(&resolved, &base.elements))
+                            .map("environment", base.view.env.clone());
+                        let id = format!("base:{}:{arch}", image.key);
+                        let key = doc.key();
+                        graph.actions.push(Action {
+                            id: id.clone(),
+                            kind: Kind::Base,
+                            image: Some(image.key.clone()),
+                            arch: Some(arch),
+                            key: key.clone(),
+                            deps: vec![],
+                            doc,
+                        });
+                        (id, key, resolved.elements.clone())
+                    }
+                    Some(parent) => {
+                        let parent_resolved = &graph.resolved[&(parent.clone(), arch)];
+                        let own: Vec<String> = resolved
+                            .elements
+                            .iter()
+                            .filter(|e| !parent_resolved.elements.contains(e))
+                            .cloned()
+                            .collect();
+                        let id = format!("layer:{parent}:{arch}");
+                        let key = graph.get(&id).map(|a| a.key.clone()).unwrap_or_default();
+                        (id, key, own)
+                    }
+                };
+
+                let layer_doc = KeyDoc::new()
+                    .str("action", "layer")
+                    .str("engine", crate::ENGINE_VERSION)
+                    .str("arch", arch.as_str())
+                    .str("parent", parent_key)
+                    .map("elements", digests_of(&resolved, &own))
+                    .map("environment", resolved.view.env.clone())
+                    .map("packages", package_map(&resolved.view))
+                    .map("artifacts", artifact_digests);
+                let layer_id = format!("layer:{}:{arch}", image.key);
+                let layer_key = layer_doc.key();
+                let mut deps = vec![parent_id];
+                deps.extend(fetch_ids);
+                graph.actions.push(Action {
+                    id: layer_id.clone(),
+                    kind: Kind::Layer,
+                    image: Some(image.key.clone()),
+                    arch: Some(arch),
+                    key: layer_key.clone(),
+                    deps,
+                    doc: layer_doc,
+                });
+
+                let disk_doc = KeyDoc::new()
+                    .str("action", "disk")
+                    .str("engine", crate::ENGINE_VERSION)
+                    .str("arch", arch.as_str())
+                    .str("layer", layer_key)
+                    .str("name", published.clone())
+                    .map("elements", resolved.digests.clone())
+                    .map("environment", resolved.view.env.clone())
+                    .list(
+                        "formats",
+                        image.formats.iter().map(|f| f.as_str().to_string()).collect(),
+                    )
+                    .str("size", image.size.clone().unwrap_or_else(|| "auto".into()))
+                    .str(
+                        "block-device",
+                        resolved
+                            .view
+                            .block_device
+                            .as_ref()
+                            .map(|(e, f)| format!("{e}/{f}"))
+                            .unwrap_or_else(|| "none".into()),
+                    );
+                let disk_id = format!("disk:{}:{arch}", image.key);
+                let disk_key = disk_doc.key();
+                graph.actions.push(Action {
+                    id: disk_id.clone(),
+                    kind: Kind::Disk,
+                    image: Some(image.key.clone()),
+                    arch: Some(arch),
+                    key: disk_key.clone(),
+                    deps: vec![layer_id],
+                    doc: disk_doc,
+                });
+
+                if with_publish {
+                    for (site_key, site) in &model.sites {
+                        if image.baremetal_only_for(arch) && !site.baremetal {
+                            continue;
+                        }
+                        let formats: Vec<String> = image
+                            .formats
+                            .iter()
+                            .filter(|f| site.formats.contains(f))
+                            .map(|f| f.as_str().to_string())
+                            .collect();
+                        if formats.is_empty() {
+                            continue;
+                        }
+                        let doc = KeyDoc::new()
+                            .str("action", "publish")
+                            .str("disk", disk_key.clone())
+                            .str("site", site_key.clone())
+                            .list("formats", formats);
+                        graph.actions.push(Action {
+                            id: format!("publish:{}:{arch}:{site_key}", image.key),
+                            kind: Kind::Publish,
+                            image: Some(image.key.clone()),
+                            arch: Some(arch),
+                            key: doc.key(),
+                            deps: vec![disk_id.clone()],
+                            doc,
+                        });
+                    }
+                }
+                graph.resolved.insert((image.key.clone(), arch), resolved);
+            }
+        }
+        Ok(graph)
+    }
+
+    /// The ids of the actions `id` needs, transitively, in graph order, `id` included.
+    pub fn closure(&self, id: &str) -> Vec<&Action> {
+        let mut need: BTreeSet<String> = BTreeSet::new();
+        let mut stack = vec![id.to_string()];
+        while let Some(cur) = stack.pop() {
+            if need.insert(cur.clone())
+                && let Some(a) = self.get(&cur)
+            {
+                stack.extend(a.deps.iter().cloned());
+            }
+        }
+        self.actions.iter().filter(|a| need.contains(&a.id)).collect()
+    }
+
+    /// The actions of one target: its own (`base`, `layer`, `disk`, `publish`), not its parent's.
+    pub fn actions_of(&self, target: &Target) -> Vec<&Action> {
+        self.actions
+            .iter()
+            .filter(|a| a.image.as_deref() == Some(&target.image) && a.arch == Some(target.arch))
+            .collect()
+    }
+}
+
+/// What the store says about one action.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum Status {
+    /// The store holds a result for this key.
+    Cached,
+    /// The action must run; `reasons` says why.
+    ToRun { reasons: Vec<String> },
+}
+
+/// The record `explain` diffs against: the key document of the last build of an action id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastBuild {
+    pub id: String,
+    pub key: String,
+    pub doc: KeyDoc,
+}
+
+pub fn last_record_name(id: &str) -> String {
+    format!("last/{}.json", store::name_for(id))
+}
+
+pub fn action_record_name(key: &str) -> String {
+    format!("actions/{key}.json")
+}
+
+/// Why an action would run: its inputs' changes since its last build, or "never built".
+pub fn status(store: &Store, action: &Action) -> Status {
+    if store.exists(&action_record_name(&action.key)) {
+        return Status::Cached;
+    }
+    let reasons = match store.read_json::<LastBuild>(&last_record_name(&action.id)) {
+        Some(last) => {
+            let d = action.doc.diff(&last.doc);
+            if d.is_empty() {
+                vec!["its output is missing from the store".into()]
+            } else {
+                d
+            }
+        }
+        None => vec!["never built".into()],
+    };
+    Status::ToRun { reasons }
+}
+
+/// The plan: every action in order with its status.
+pub fn plan<'g>(graph: &'g Graph, store: &Store) -> Vec<(&'g Action, Status)> {
+    graph.actions.iter().filter(|a| a.kind != Kind::Publish).map(|a| (a, status(store, a))).collect()
+}

@@ -1,0 +1,46 @@
+//! ccb builds, tests, inspects and publishes the Chameleon testbed's supported disk images.
+//!
+//! The data flows through one module per stage (see `ARCHITECTURE.md` in the team's shared notes):
+//!
+//! ```text
+//! manifests/*.ncl|*.toml ─manifest::load─▶ Model ─label::resolve─▶ targets
+//!   ─element::resolve─▶ ResolvedImage (closure, phases, environment, packages)
+//!   ─graph::Graph::build─▶ actions with keys ─graph::plan─▶ Plan (cached or to run, and why)
+//! ```
+//!
+//! Where to start reading:
+//! - [`manifest`]: evaluation of the Nickel/TOML manifests against `stdlib/ccb.ncl`, the
+//!   semantic checks Nickel does not do (cycles in `from`, duplicate published names), and the
+//!   evaluation cache that makes a warm `ccb check` cheap.
+//! - [`label`]: target syntax (`//images:ubuntu24.04`, `//...`, published names).
+//! - [`element`]: diskimage-builder element discovery, dependency expansion, phase ordering,
+//!   environment.d, package-installs, digests and lint.
+//! - [`graph`]: actions (`fetch`, `base`, `layer`, `disk`, `publish`), their key documents and
+//!   keys, the plan and `explain`.
+//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): stat cache, evaluation cache, action records.
+//! - [`cli`]: argument parsing and rendering; every command is a thin layer over the above.
+//!
+//! On-disk layout of the store (`$CCB_CACHE_DIR`, default `$XDG_CACHE_HOME/ccb`):
+//!
+//! ```text
+//! stdlib-<hash>/ccb.ncl       the embedded stdlib, written on first use
+//! eval/<project>.json         evaluated manifests + the stat of every file evaluation read
+//! stat/<project>.json         element file digests by (path, size, mtime, inode)
+//! resolve/<key>.json          resolved element views (closure, phases, environment, packages)
+//! actions/<key>.json          a built action's record: its key document, outputs, duration
+//! last/<action-id>.json       the key document of the last build of each action, for `explain`
+//! ```
+
+pub mod cli;
+pub mod diag;
+pub mod element;
+pub mod fsutil;
+pub mod graph;
+pub mod keydoc;
+pub mod label;
+pub mod manifest;
+pub mod store;
+pub mod ui;
+
+/// ccb's version, part of every action key: a new engine never reuses an old engine's outputs.
+pub const ENGINE_VERSION: &str = concat!("ccb-", env!("CARGO_PKG_VERSION"), "-engine-1");

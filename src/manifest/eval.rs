@@ -1,0 +1,232 @@
+//! Nickel evaluation of a project's manifests, and the evaluation cache.
+//!
+//! All categories are evaluated in one Nickel program (one `Program` costs ~8 ms of stdlib setup,
+//! so one per file would multiply that), generated as:
+//!
+//! ```nickel
+//! let ccb = import "ccb.ncl" in
+//! { images = (import "images.ncl") & (import "images.toml"), sites = …, … } | ccb.Project
+//! ```
+//!
+//! The result is cached under the store with the stat (size, mtime, ctime, inode) of every file
+//! Nickel read and the listing of `manifests/`; a warm run compares stats and skips Nickel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use nickel_lang_core::error::IntoDiagnostics;
+use nickel_lang_core::eval::cache::CacheImpl;
+use nickel_lang_core::program::{BuilderError, Program, ProgramBuilder};
+use nickel_lang_core::serialize::{self, ExportFormat};
+use serde::{Deserialize, Serialize};
+
+use super::{CATEGORIES, ManifestError};
+use crate::diag::SourceDiagnostic;
+use crate::fsutil::{self, FsError};
+use crate::store::{self, Store};
+
+/// The stdlib compiled into the binary, used when the project has no `stdlib/ccb.ncl`.
+pub const STDLIB_SOURCE: &str = include_str!("../../stdlib/ccb.ncl");
+
+/// Where the embedded stdlib is written so that Nickel can import it (Nickel imports only from
+/// disk): `<store>/stdlib-<hash>/ccb.ncl`, written once, atomically.
+pub struct EmbeddedStdlib;
+
+impl EmbeddedStdlib {
+    pub fn dir(store: &Store) -> Result<PathBuf, ManifestError> {
+        let hash = &blake3::hash(STDLIB_SOURCE.as_bytes()).to_hex()[..16];
+        let dir = store.path(&format!("stdlib-{hash}"));
+        let file = dir.join("ccb.ncl");
+        if !file.exists() {
+            fsutil::write_atomic(&file, STDLIB_SOURCE.as_bytes())?;
+        }
+        Ok(dir)
+    }
+}
+
+/// The evaluated manifests as JSON, with the files of each category.
+pub(super) struct Evaluated {
+    pub json: String,
+    pub files: BTreeMap<String, Vec<PathBuf>>,
+    pub from_cache: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path).ok()?;
+        Some(Self {
+            path: path.to_path_buf(),
+            size: md.len(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+            ino: md.ino(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EvalRecord {
+    engine: String,
+    listing: Vec<String>,
+    stdlib_dir: PathBuf,
+    inputs: Vec<Stamp>,
+    json: String,
+}
+
+fn listing(manifests: &Path) -> Result<Vec<String>, FsError> {
+    let rd = std::fs::read_dir(manifests).map_err(|e| FsError::new("list", manifests, e))?;
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn category_files(manifests: &Path) -> BTreeMap<String, Vec<PathBuf>> {
+    let mut files = BTreeMap::new();
+    for cat in CATEGORIES {
+        let found: Vec<PathBuf> = ["ncl", "toml"]
+            .iter()
+            .map(|ext| manifests.join(format!("{cat}.{ext}")))
+            .filter(|p| p.is_file())
+            .collect();
+        files.insert(cat.to_string(), found);
+    }
+    files
+}
+
+fn stdlib_dir(root: &Path, store: &Store) -> Result<PathBuf, ManifestError> {
+    let project = root.join("stdlib");
+    if project.join("ccb.ncl").is_file() {
+        Ok(project)
+    } else {
+        EmbeddedStdlib::dir(store)
+    }
+}
+
+/// The generated program that gathers every category under the `Project` contract.
+fn aggregate_source(files: &BTreeMap<String, Vec<PathBuf>>) -> String {
+    let mut src = String::from("let ccb = import \"ccb.ncl\" in\n{\n");
+    for (cat, paths) in files {
+        if paths.is_empty() {
+            continue;
+        }
+        let imports: Vec<String> = paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| format!("(import {:?})", n.to_string_lossy()))
+            .collect();
+        src.push_str(&format!("  {cat} = {},\n", imports.join(" & ")));
+    }
+    src.push_str("} | ccb.Project\n");
+    src
+}
+
+pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, ManifestError> {
+    let manifests = root.join("manifests");
+    let files = category_files(&manifests);
+    let listing = listing(&manifests)?;
+    let stdlib_dir = stdlib_dir(root, store)?;
+    let record_name = format!(
+        "eval/{}.json",
+        store::name_for(&format!("{}\0{}", root.display(), crate::ENGINE_VERSION))
+    );
+
+    if let Some(rec) = store.read_json::<EvalRecord>(&record_name)
+        && rec.engine == crate::ENGINE_VERSION
+        && rec.listing == listing
+        && rec.stdlib_dir == stdlib_dir
+        && rec.inputs.iter().all(|s| Stamp::of(&s.path).as_ref() == Some(s))
+    {
+        return Ok(Evaluated {
+            json: rec.json,
+            files,
+            from_cache: true,
+        });
+    }
+
+    let started = std::time::SystemTime::now();
+    let (json, read) = run_nickel(&manifests, &stdlib_dir, &files)?;
+
+    // A file modified in the same clock tick as our read could change again without changing
+    // its stamp ("racy" stamps, as git calls them): only cache when every input is older than
+    // a couple of seconds.
+    let now_ns = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let inputs: Option<Vec<Stamp>> = read.iter().map(|p| Stamp::of(p)).collect();
+    if let Some(inputs) = inputs
+        && inputs
+            .iter()
+            .all(|s| now_ns - s.mtime_ns.max(s.ctime_ns) > 2_000_000_000)
+    {
+        let rec = EvalRecord {
+            engine: crate::ENGINE_VERSION.to_string(),
+            listing,
+            stdlib_dir,
+            inputs,
+            json: json.clone(),
+        };
+        // A cache that cannot be written only costs time next run.
+        let _ = store.write_json(&record_name, &rec);
+    }
+    Ok(Evaluated {
+        json,
+        files,
+        from_cache: false,
+    })
+}
+
+/// Evaluates the aggregate program; returns the JSON export and every on-disk file Nickel read.
+fn run_nickel(
+    manifests: &Path,
+    stdlib_dir: &Path,
+    files: &BTreeMap<String, Vec<PathBuf>>,
+) -> Result<(String, Vec<PathBuf>), ManifestError> {
+    let source = aggregate_source(files);
+    let name = manifests.join("<ccb project>.ncl");
+    let mut prog: Program<CacheImpl> = ProgramBuilder::new()
+        .add_source_string(source, name.clone().into_os_string())
+        .add_import_paths([stdlib_dir.to_path_buf()])
+        .build()
+        .map_err(|e| match e {
+            BuilderError::Io { path, error } => ManifestError::Fs(FsError::new(
+                "read",
+                path.unwrap_or_else(|| manifests.to_path_buf()),
+                error,
+            )),
+            BuilderError::NoInputs => ManifestError::from(SourceDiagnostic::new("no manifest input")),
+        })?;
+    let result = prog.eval_full_for_export();
+    let mut nfiles = prog.files();
+    let value = match result {
+        Ok(v) => v,
+        Err(err) => {
+            let diags = err.into_diagnostics(&mut nfiles);
+            return Err(SourceDiagnostic::from_nickel(diags, &nfiles).into());
+        }
+    };
+    let json = serialize::to_string(ExportFormat::Json, &value).map_err(|e| {
+        let err = nickel_lang_core::error::Error::export_error(prog.pos_table().clone(), e);
+        let diags = err.into_diagnostics(&mut nfiles);
+        ManifestError::from(SourceDiagnostic::from_nickel(diags, &nfiles))
+    })?;
+    let read: Vec<PathBuf> = nfiles
+        .filenames()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_file())
+        .collect();
+    Ok((json, read))
+}

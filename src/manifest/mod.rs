@@ -1,0 +1,283 @@
+//! Manifests: evaluation of `manifests/*.ncl|*.toml` against `stdlib/ccb.ncl` into a [`Model`].
+//!
+//! Nickel checks each field's type and the names parts use to refer to each other (an unknown
+//! parent, artifact or site); [`validate`] checks what reads better in Rust (cycles in `from`,
+//! duplicate published names, a child built for an arch its parent lacks) and resolves
+//! inheritance. The evaluated manifests are cached with the stat of every file the evaluation
+//! read, so a warm run does not start Nickel at all.
+
+mod eval;
+mod locate;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::diag::SourceDiagnostic;
+use crate::fsutil::FsError;
+use crate::store::{Store, StoreError};
+
+pub use eval::{EmbeddedStdlib, STDLIB_SOURCE};
+
+/// The manifest categories, each `manifests/<name>.ncl` and/or `manifests/<name>.toml`.
+pub const CATEGORIES: [&str; 5] = ["images", "sites", "artifacts", "sources", "inspect"];
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ManifestError {
+    #[error("no `manifests/` directory in `{}` or any of its parents", start.display())]
+    #[diagnostic(help("run ccb inside a project, or pass --root DIR"))]
+    NoProject { start: PathBuf },
+    #[error("`{}` is not a ccb project: it has no `manifests/` directory", root.display())]
+    NotAProject { root: PathBuf },
+    #[error("{0}")]
+    #[diagnostic(transparent)]
+    Invalid(Box<SourceDiagnostic>),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<SourceDiagnostic> for ManifestError {
+    fn from(d: SourceDiagnostic) -> Self {
+        Self::Invalid(Box::new(d))
+    }
+}
+
+/// A CPU architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "amd64" | "x86_64" => Some(Arch::Amd64),
+            "arm64" | "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An output disk format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Qcow2,
+    Raw,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteKind {
+    Swift,
+    Local,
+}
+
+/// Provenance fields; `None` only when neither the image nor any ancestor sets the field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distro: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// An image after inheritance from its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Image {
+    /// The key in `images` (the target name).
+    pub key: String,
+    /// The published name.
+    pub name: String,
+    /// The parent image's key.
+    pub from: Option<String>,
+    /// The elements this image adds (its own `elements` field).
+    pub own_elements: Vec<String>,
+    /// Every element requested for the image: its ancestors' then its own, deduplicated.
+    pub elements: Vec<String>,
+    pub arch: Vec<Arch>,
+    pub baremetal_only: bool,
+    pub provenance: Provenance,
+    /// The parent's variables overridden by the image's own.
+    pub env: BTreeMap<String, String>,
+    /// Env var name → artifact key, the parent's merged with the image's own.
+    pub artifacts: BTreeMap<String, String>,
+    pub formats: Vec<Format>,
+    pub size: Option<String>,
+    pub description: Option<String>,
+}
+
+impl Image {
+    /// The name an arch's build is published under: upstream appends the arch upper-cased for
+    /// anything but amd64 (`CC-Ubuntu24.04-ARM64`).
+    pub fn published_name(&self, arch: Arch) -> String {
+        match arch {
+            Arch::Amd64 => self.name.clone(),
+            other => format!("{}-{}", self.name, other.as_str().to_ascii_uppercase()),
+        }
+    }
+
+    /// Non-amd64 builds count as bare-metal only, whatever the manifest says.
+    pub fn baremetal_only_for(&self, arch: Arch) -> bool {
+        self.baremetal_only || arch != Arch::Amd64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwiftObject {
+    pub site: String,
+    pub container: String,
+    pub object: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swift: Option<SwiftObject>,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub name: String,
+    pub baremetal: bool,
+    pub formats: Vec<Format>,
+    pub kind: SiteKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<String>,
+    pub container: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectChecks {
+    pub executables: BTreeMap<String, Vec<String>>,
+    pub compare_dpkg_manifest: bool,
+}
+
+/// Everything the manifests declare, checked and with inheritance resolved.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The project root (the directory holding `manifests/`).
+    pub root: PathBuf,
+    pub images: BTreeMap<String, Image>,
+    pub sites: BTreeMap<String, Site>,
+    pub artifacts: BTreeMap<String, Artifact>,
+    pub sources: BTreeMap<String, Source>,
+    pub inspect: InspectChecks,
+    /// The manifest files, by category, for pointing errors at them.
+    pub files: BTreeMap<String, Vec<PathBuf>>,
+    /// Whether the evaluation came from the cache.
+    pub from_cache: bool,
+}
+
+impl Model {
+    /// The images ordered so that every parent comes before its children.
+    pub fn images_parents_first(&self) -> Vec<&Image> {
+        let mut out: Vec<&Image> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        fn visit<'a>(
+            m: &'a Model,
+            key: &str,
+            seen: &mut std::collections::BTreeSet<String>,
+            out: &mut Vec<&'a Image>,
+        ) {
+            if !seen.insert(key.to_string()) {
+                return;
+            }
+            if let Some(img) = m.images.get(key) {
+                if let Some(parent) = &img.from {
+                    visit(m, parent, seen, out);
+                }
+                out.push(img);
+            }
+        }
+        for key in self.images.keys() {
+            visit(self, key, &mut seen, &mut out);
+        }
+        out
+    }
+
+    /// Points a diagnostic at a field of a manifest entry, e.g. `["images", "debian12", "from"]`.
+    pub fn locate(&self, category: &str, path: &[&str], message: String, label: &str) -> SourceDiagnostic {
+        locate::diagnostic(&self.files, category, path, message, label)
+    }
+}
+
+/// Finds the project root: the nearest ancestor of `start` holding `manifests/`.
+pub fn find_root(start: &Path) -> Result<PathBuf, ManifestError> {
+    let start = start
+        .canonicalize()
+        .map_err(|e| FsError::new("resolve", start, e))?;
+    for dir in start.ancestors() {
+        if dir.join("manifests").is_dir() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    Err(ManifestError::NoProject { start })
+}
+
+/// Evaluates and checks the manifests of the project at `root`.
+pub fn load(root: &Path, store: &Store) -> Result<Model, ManifestError> {
+    if !root.join("manifests").is_dir() {
+        return Err(ManifestError::NotAProject {
+            root: root.to_path_buf(),
+        });
+    }
+    let evaluated = eval::evaluate(root, store)?;
+    validate::resolve(root, evaluated)
+}

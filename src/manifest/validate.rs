@@ -1,0 +1,250 @@
+//! Checks Nickel leaves to Rust, and inheritance: the raw evaluated manifests become a [`Model`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::eval::Evaluated;
+use super::{
+    Arch, Artifact, Format, Image, InspectChecks, ManifestError, Model, Provenance, Site, Source,
+};
+use crate::diag::SourceDiagnostic;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    #[serde(default)]
+    images: BTreeMap<String, RawImage>,
+    #[serde(default)]
+    sites: BTreeMap<String, Site>,
+    #[serde(default)]
+    artifacts: BTreeMap<String, Artifact>,
+    #[serde(default)]
+    sources: BTreeMap<String, Source>,
+    #[serde(default)]
+    inspect: InspectChecks,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    name: String,
+    #[serde(default)]
+    from: Option<String>,
+    elements: Vec<String>,
+    arch: Vec<Arch>,
+    baremetal_only: bool,
+    provenance: Provenance,
+    env: BTreeMap<String, String>,
+    artifacts: BTreeMap<String, String>,
+    formats: Vec<Format>,
+    #[serde(default)]
+    size: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+fn env_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, ManifestError> {
+    let raw: RawProject = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(
+        &evaluated.json,
+    ))
+    .map_err(|e| {
+        SourceDiagnostic::new(format!(
+            "the evaluated manifests do not match ccb's model at `{}`: {}",
+            e.path(),
+            e.inner()
+        ))
+        .with_help("the stdlib in use may be older or newer than this ccb")
+    })?;
+
+    let mut model = Model {
+        root: root.to_path_buf(),
+        images: BTreeMap::new(),
+        sites: raw.sites,
+        artifacts: raw.artifacts,
+        sources: raw.sources,
+        inspect: raw.inspect,
+        files: evaluated.files,
+        from_cache: evaluated.from_cache,
+    };
+
+    // Variable names: Nickel's dictionary contracts cannot check keys.
+    for (key, img) in &raw.images {
+        for (field, map) in [("env", &img.env), ("artifacts", &img.artifacts)] {
+            if let Some(bad) = map.keys().find(|k| !env_name_ok(k)) {
+                return Err(model
+                    .locate(
+                        "images",
+                        &[key, field, bad],
+                        format!("`{bad}` in `{key}.{field}` is not a valid environment variable name"),
+                        "this variable",
+                    )
+                    .with_help("variable names are letters, digits and `_`, not starting with a digit")
+                    .into());
+            }
+        }
+    }
+
+    // Cycles in `from` (Nickel already rejected unknown parents).
+    for key in raw.images.keys() {
+        let mut chain = vec![key.as_str()];
+        let mut cur = key.as_str();
+        while let Some(parent) = raw.images.get(cur).and_then(|i| i.from.as_deref()) {
+            if let Some(pos) = chain.iter().position(|k| *k == parent) {
+                let mut cycle: Vec<&str> = chain[pos..].to_vec();
+                cycle.push(parent);
+                return Err(model
+                    .locate(
+                        "images",
+                        &[cur, "from"],
+                        format!("images inherit from each other in a cycle: {}", cycle.join(" → ")),
+                        "this parent closes the cycle",
+                    )
+                    .with_help("`from` must lead to an image without a parent")
+                    .into());
+            }
+            chain.push(parent);
+            cur = parent;
+        }
+    }
+
+    // Inheritance, parents first.
+    let mut order: Vec<&str> = Vec::new();
+    let mut placed = BTreeSet::new();
+    while order.len() < raw.images.len() {
+        for (key, img) in &raw.images {
+            if placed.contains(key.as_str()) {
+                continue;
+            }
+            if img.from.as_deref().is_none_or(|p| placed.contains(p)) {
+                placed.insert(key.as_str());
+                order.push(key.as_str());
+            }
+        }
+    }
+    for key in order {
+        let img = &raw.images[key];
+        let parent = img.from.as_ref().map(|p| &model.images[p]);
+        let mut elements: Vec<String> = parent.map(|p| p.elements.clone()).unwrap_or_default();
+        for e in &img.elements {
+            if !elements.contains(e) {
+                elements.push(e.clone());
+            }
+        }
+        let mut env = parent.map(|p| p.env.clone()).unwrap_or_default();
+        env.extend(img.env.clone());
+        let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
+        artifacts.extend(img.artifacts.clone());
+        let inherit = |own: &Option<String>, pick: fn(&Provenance) -> &Option<String>| {
+            own.clone()
+                .or_else(|| parent.and_then(|p| pick(&p.provenance).clone()))
+        };
+        let provenance = Provenance {
+            distro: inherit(&img.provenance.distro, |p| &p.distro),
+            release: inherit(&img.provenance.release, |p| &p.release),
+            variant: inherit(&img.provenance.variant, |p| &p.variant),
+        };
+        let mut arch = img.arch.clone();
+        arch.sort();
+        arch.dedup();
+        let mut formats = img.formats.clone();
+        formats.sort();
+        formats.dedup();
+        if let Some(p) = parent
+            && let Some(missing) = arch.iter().find(|a| !p.arch.contains(a))
+        {
+            return Err(model
+                .locate(
+                    "images",
+                    &[key, "arch"],
+                    format!(
+                        "image `{key}` is built for {missing}, but its parent `{}` is not",
+                        p.key
+                    ),
+                    "this arch",
+                )
+                .with_help(format!(
+                    "a layered image needs its parent's layer for the same arch; `{}` is built for {}",
+                    p.key,
+                    p.arch.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+                .into());
+        }
+        if arch.is_empty() {
+            return Err(model
+                .locate("images", &[key, "arch"], format!("image `{key}` has no arch to build"), "empty")
+                .into());
+        }
+        if formats.is_empty() {
+            return Err(model
+                .locate("images", &[key, "formats"], format!("image `{key}` has no output format"), "empty")
+                .into());
+        }
+        let image = Image {
+            key: key.to_string(),
+            name: img.name.clone(),
+            from: img.from.clone(),
+            own_elements: img.elements.clone(),
+            elements,
+            arch,
+            baremetal_only: img.baremetal_only,
+            provenance,
+            env,
+            artifacts,
+            formats,
+            size: img.size.clone(),
+            description: img.description.clone(),
+        };
+        model.images.insert(key.to_string(), image);
+    }
+
+    // Published names, per arch, are unique ignoring case (they become file and object names).
+    let mut names: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (key, img) in &model.images {
+        for &arch in &img.arch {
+            let published = img.published_name(arch);
+            if let Some((other, other_name)) = names.get(&published.to_ascii_lowercase()) {
+                return Err(model
+                    .locate(
+                        "images",
+                        &[key, "name"],
+                        format!(
+                            "images `{other}` and `{key}` are both published as `{published}`"
+                        ),
+                        "this name",
+                    )
+                    .with_help(format!(
+                        "`{other}` is published as `{other_name}`; published names must differ (ignoring case)"
+                    ))
+                    .into());
+            }
+            names.insert(published.to_ascii_lowercase(), (key.clone(), published));
+        }
+    }
+
+    // Artifacts named by images exist (Nickel checks the names; keep the invariant explicit).
+    for (key, img) in &model.images {
+        for (var, art) in &img.artifacts {
+            if !model.artifacts.contains_key(art) {
+                return Err(model
+                    .locate(
+                        "images",
+                        &[key, "artifacts", var],
+                        format!("unknown artifact `{art}`"),
+                        "used here",
+                    )
+                    .into());
+            }
+        }
+    }
+    Ok(model)
+}
