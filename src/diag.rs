@@ -85,7 +85,10 @@ fn language_of(name: &str) -> &'static str {
     }
 }
 
-fn file_display_name(files: &nickel_lang_core::files::Files, id: nickel_lang_core::files::FileId) -> String {
+fn file_display_name(
+    files: &nickel_lang_core::files::Files,
+    id: nickel_lang_core::files::FileId,
+) -> String {
     let name = files.name(id);
     crate::fsutil::display_path(Path::new(name))
 }
@@ -165,7 +168,6 @@ fn convert_one(
     }
     out
 }
-
 
 impl fmt::Display for SourceDiagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -45,8 +45,8 @@ pub fn create_dir_all(path: &Path) -> Result<(), FsError> {
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FsError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     create_dir_all(dir)?;
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| FsError::new("create a file in", dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| FsError::new("create a file in", dir, e))?;
     tmp.write_all(contents)
         .and_then(|()| tmp.as_file().sync_data())
         .map_err(|e| FsError::new("write", tmp.path().to_path_buf(), e))?;

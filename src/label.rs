@@ -45,7 +45,9 @@ pub enum LabelError {
     #[error("`{0}` is not an architecture: expected amd64 or arm64")]
     BadArch(String),
     #[error("no build matches: {0}")]
-    #[diagnostic(help("the selected images are not built for the architectures given with --arch"))]
+    #[diagnostic(help(
+        "the selected images are not built for the architectures given with --arch"
+    ))]
     NothingSelected(String),
 }
 
@@ -55,7 +57,12 @@ pub fn parse_arches(list: &[String]) -> Result<Option<BTreeSet<Arch>>, LabelErro
         return Ok(None);
     }
     let mut out = BTreeSet::new();
-    for word in list.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+    for word in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         out.insert(Arch::parse(word).ok_or_else(|| LabelError::BadArch(word.to_string()))?);
     }
     Ok(Some(out))
@@ -105,7 +112,12 @@ pub fn did_you_mean(word: &str, candidates: &[String]) -> Option<String> {
     let lower = word.to_ascii_lowercase();
     let best = candidates
         .iter()
-        .map(|c| (strsim::normalized_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::normalized_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|(score, _)| *score > 0.6)
         .max_by(|a, b| a.0.total_cmp(&b.0))?;
     Some(format!("did you mean `{}`?", best.1))

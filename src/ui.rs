@@ -14,7 +14,10 @@ pub enum OutputFormat {
 /// Writes data to stdout; on a closed pipe, exits 0 at once.
 pub fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -32,7 +35,10 @@ pub fn out_json<T: serde::Serialize>(value: &T) {
             out(&s);
         }
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: failed to encode JSON output: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: failed to encode JSON output: {e}"
+            );
             std::process::exit(1);
         }
     }

@@ -32,13 +32,13 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let graph = super::query::load_graph(ctx, &model, &targets, &a.element_path, false)?;
     let store = ctx.store()?;
     let plan = graph::plan(&graph, &store);
-    if !a.dry_run {
-        return Err(CliError::msg(
-            "building is not implemented yet: the executor arrives in [3/8]; use --dry-run to see the plan",
-        ));
-    }
     render_plan(&plan, a.format, ctx.verbose > 0);
-    Ok(())
+    if a.dry_run {
+        return Ok(());
+    }
+    Err(CliError::msg(
+        "executing the plan is not implemented yet (the executor is issue [3/8]); the plan above is what would run",
+    ))
 }
 
 pub(super) fn render_plan(plan: &[(&Action, Status)], format: OutputFormat, all_reasons: bool) {
@@ -48,7 +48,10 @@ pub(super) fn render_plan(plan: &[(&Action, Status)], format: OutputFormat, all_
                 .iter()
                 .map(|(a, s)| json!({"id": a.id, "kind": a.kind, "key": a.key, "deps": a.deps, "status": s}))
                 .collect();
-            let to_run = plan.iter().filter(|(_, s)| matches!(s, Status::ToRun { .. })).count();
+            let to_run = plan
+                .iter()
+                .filter(|(_, s)| matches!(s, Status::ToRun { .. }))
+                .count();
             ui::out_json(&json!({
                 "version": 1,
                 "actions": rows,
@@ -60,11 +63,22 @@ pub(super) fn render_plan(plan: &[(&Action, Status)], format: OutputFormat, all_
             let mut out = String::new();
             for (a, s) in plan {
                 match s {
-                    Status::Cached => out.push_str(&format!("{:width$}  {}  cached\n", a.id, &a.key[..16])),
+                    Status::Cached => {
+                        out.push_str(&format!("{:width$}  {}  cached\n", a.id, &a.key[..16]))
+                    }
                     Status::ToRun { reasons } => {
-                        let shown: Vec<&String> = if all_reasons { reasons.iter().collect() } else { reasons.iter().take(3).collect() };
+                        let shown: Vec<&String> = if all_reasons {
+                            reasons.iter().collect()
+                        } else {
+                            reasons.iter().take(3).collect()
+                        };
                         let more = reasons.len() - shown.len();
-                        out.push_str(&format!("{:width$}  {}  to run: {}", a.id, &a.key[..16], shown[0]));
+                        out.push_str(&format!(
+                            "{:width$}  {}  to run: {}",
+                            a.id,
+                            &a.key[..16],
+                            shown[0]
+                        ));
                         for r in &shown[1..] {
                             out.push_str(&format!("; {r}"));
                         }
@@ -75,8 +89,16 @@ pub(super) fn render_plan(plan: &[(&Action, Status)], format: OutputFormat, all_
                     }
                 }
             }
-            let to_run = plan.iter().filter(|(_, s)| matches!(s, Status::ToRun { .. })).count();
-            out.push_str(&format!("{} actions: {} cached, {} to run\n", plan.len(), plan.len() - to_run, to_run));
+            let to_run = plan
+                .iter()
+                .filter(|(_, s)| matches!(s, Status::ToRun { .. }))
+                .count();
+            out.push_str(&format!(
+                "{} actions: {} cached, {} to run\n",
+                plan.len(),
+                plan.len() - to_run,
+                to_run
+            ));
             ui::out(&out);
         }
     }

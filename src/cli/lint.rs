@@ -19,13 +19,16 @@ pub struct LintArgs {
 
 pub fn run(ctx: &mut Context, a: LintArgs) -> Result<(), CliError> {
     let root = ctx.root_if_any();
-    let path = element::project_search_path(None, root.as_deref(), &a.element_path, &mut |w| ui::warn(w))
-        .map_err(|e| ForTarget::new(None, e))?;
+    let path =
+        element::project_search_path(None, root.as_deref(), &a.element_path, &mut |w| ui::warn(w))
+            .map_err(|e| ForTarget::new(None, e))?;
     let mut picked = Vec::new();
     if a.elements.is_empty() {
         let own = root.as_ref().map(|r| r.join("elements"));
         for el in path.elements() {
-            let in_project = own.as_ref().is_some_and(|o| el.dir.starts_with(o.canonicalize().unwrap_or(o.clone())));
+            let in_project = own
+                .as_ref()
+                .is_some_and(|o| el.dir.starts_with(o.canonicalize().unwrap_or(o.clone())));
             if in_project || !a.element_path.is_empty() {
                 picked.push(el.clone());
             }
@@ -47,7 +50,9 @@ pub fn run(ctx: &mut Context, a: LintArgs) -> Result<(), CliError> {
         findings.extend(lint::lint_element(el)?);
     }
     match a.format {
-        OutputFormat::Json => ui::out_json(&serde_json::json!({"elements": picked.len(), "findings": findings})),
+        OutputFormat::Json => {
+            ui::out_json(&serde_json::json!({"elements": picked.len(), "findings": findings}))
+        }
         OutputFormat::Text => {
             let mut out = String::new();
             for f in &findings {
@@ -61,9 +66,17 @@ pub fn run(ctx: &mut Context, a: LintArgs) -> Result<(), CliError> {
             ui::out(&out);
             ui::status(
                 ctx.quiet,
-                &format!("{} elements linted, {} findings", picked.len(), findings.len()),
+                &format!(
+                    "{} elements linted, {} findings",
+                    picked.len(),
+                    findings.len()
+                ),
             );
         }
     }
-    if findings.is_empty() { Ok(()) } else { Err(CliError::silent()) }
+    if findings.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::silent())
+    }
 }

@@ -142,6 +142,7 @@ fn install_report_hook() {
                 .color(color)
                 .unicode(color)
                 .terminal_links(false)
+                .wrap_lines(false)
                 .context_lines(2)
                 .build(),
         )

@@ -124,7 +124,10 @@ pub(super) fn load_graph(
     with_publish: bool,
 ) -> Result<Graph, CliError> {
     let store = ctx.store()?;
-    let path = element::project_search_path(Some(model), Some(&model.root), element_path, &mut |w| ui::warn(w))
+    let path =
+        element::project_search_path(Some(model), Some(&model.root), element_path, &mut |w| {
+            ui::warn(w)
+        })
         .map_err(|e| ForTarget::new(None, e))?;
     let resolver = Resolver::new(path, &store).map_err(|e| ForTarget::new(None, e))?;
     Ok(Graph::build(model, &resolver, targets, with_publish)?)
@@ -151,8 +154,10 @@ fn targets(ctx: &mut Context, a: TargetsArgs) -> Result<(), CliError> {
             let targets: Vec<_> = rows
                 .iter()
                 .map(|(img, arch)| {
-                    let published: BTreeMap<&str, String> =
-                        arch.iter().map(|a| (a.as_str(), img.published_name(*a))).collect();
+                    let published: BTreeMap<&str, String> = arch
+                        .iter()
+                        .map(|a| (a.as_str(), img.published_name(*a)))
+                        .collect();
                     json!({
                         "label": format!("//images:{}", img.key),
                         "key": img.key,
@@ -194,7 +199,11 @@ fn targets(ctx: &mut Context, a: TargetsArgs) -> Result<(), CliError> {
 }
 
 /// Resolves exactly one image (any arch) from a word.
-fn one_image<'m>(model: &'m Model, word: &str, arch: &[String]) -> Result<(&'m crate::manifest::Image, Vec<Target>), CliError> {
+fn one_image<'m>(
+    model: &'m Model,
+    word: &str,
+    arch: &[String],
+) -> Result<(&'m crate::manifest::Image, Vec<Target>), CliError> {
     let arches = label::parse_arches(arch)?;
     let targets = label::resolve(model, &[word.to_string()], arches.as_ref())?;
     let image = &model.images[&targets[0].image];
@@ -217,7 +226,10 @@ fn manifest(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
             }
             out.push_str(&format!("  elements: {}\n", image.elements.join(" ")));
             if image.from.is_some() {
-                out.push_str(&format!("  own elements: {}\n", image.own_elements.join(" ")));
+                out.push_str(&format!(
+                    "  own elements: {}\n",
+                    image.own_elements.join(" ")
+                ));
             }
             let arch: Vec<String> = image
                 .arch
@@ -235,7 +247,10 @@ fn manifest(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
             ));
             let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
             out.push_str(&format!("  formats: {}\n", formats.join(", ")));
-            out.push_str(&format!("  size: {}\n", image.size.as_deref().unwrap_or("computed")));
+            out.push_str(&format!(
+                "  size: {}\n",
+                image.size.as_deref().unwrap_or("computed")
+            ));
             for (k, v) in &image.env {
                 out.push_str(&format!("  env {k}={v}\n"));
             }
@@ -251,7 +266,14 @@ fn manifest(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
 fn view_json(elements: &[String], view: &ElementView) -> serde_json::Value {
     let phases: serde_json::Map<String, serde_json::Value> = PHASES
         .iter()
-        .filter_map(|p| view.phases.get(*p).map(|s| (p.to_string(), json!(s.iter().map(|s| &s.name).collect::<Vec<_>>()))))
+        .filter_map(|p| {
+            view.phases.get(*p).map(|s| {
+                (
+                    p.to_string(),
+                    json!(s.iter().map(|s| &s.name).collect::<Vec<_>>()),
+                )
+            })
+        })
         .collect();
     let scripts: serde_json::Map<String, serde_json::Value> = PHASES
         .iter()
@@ -305,10 +327,16 @@ fn view_text(elements: &[String], view: &ElementView) -> String {
         out.push_str(&format!("  {k}={v}\n"));
     }
     for o in &view.overwrites {
-        out.push_str(&format!("overwrite: {} from {} replaces {}'s\n", o.path, o.winner, o.loser));
+        out.push_str(&format!(
+            "overwrite: {} from {} replaces {}'s\n",
+            o.path, o.winner, o.loser
+        ));
     }
     for s in &view.skipped {
-        out.push_str(&format!("skipped: {}/{} ({})\n", s.element, s.path, s.reason));
+        out.push_str(&format!(
+            "skipped: {}/{} ({})\n",
+            s.element, s.path, s.reason
+        ));
     }
     out
 }
@@ -323,20 +351,38 @@ fn elements(ctx: &mut Context, a: ElementsArgs) -> Result<(), CliError> {
         declared.insert(k.to_string(), v.to_string());
     }
     let arch = match &a.arch {
-        Some(s) => Some(Arch::parse(s).ok_or_else(|| CliError::from_diag(label::LabelError::BadArch(s.clone())))?),
+        Some(s) => Some(
+            Arch::parse(s)
+                .ok_or_else(|| CliError::from_diag(label::LabelError::BadArch(s.clone())))?,
+        ),
         None => None,
     };
     if let Some(word) = &a.target {
         let model = ctx.model()?;
-        let (image, targets) = one_image(&model, word, &arch.map(|a| vec![a.to_string()]).unwrap_or_default())?;
+        let (image, targets) = one_image(
+            &model,
+            word,
+            &arch.map(|a| vec![a.to_string()]).unwrap_or_default(),
+        )?;
         let arch = targets[0].arch;
-        let path = element::project_search_path(Some(&model), Some(&model.root), &a.element_path, &mut |w| ui::warn(w))
-            .map_err(|e| ForTarget::new(None, e))?;
+        let path = element::project_search_path(
+            Some(&model),
+            Some(&model.root),
+            &a.element_path,
+            &mut |w| ui::warn(w),
+        )
+        .map_err(|e| ForTarget::new(None, e))?;
         let resolver = Resolver::new(path, &store).map_err(|e| ForTarget::new(None, e))?;
         let mut env = image.env.clone();
         env.extend(declared);
         let r = resolver
-            .resolve(&element::requested_elements(image), arch, Some(&image.published_name(arch)), &env, false)
+            .resolve(
+                &element::requested_elements(image),
+                arch,
+                Some(&image.published_name(arch)),
+                &env,
+                false,
+            )
             .map_err(|e| ForTarget::new(Some(targets[0].to_string()), e))?;
         render_view(a.format, &r.elements, &r.view);
         return Ok(());
@@ -348,7 +394,10 @@ fn elements(ctx: &mut Context, a: ElementsArgs) -> Result<(), CliError> {
         Some(_) => ctx.model().ok(),
         None => None,
     };
-    let path = element::project_search_path(model.as_ref(), root.as_deref(), &a.element_path, &mut |w| ui::warn(w))
+    let path =
+        element::project_search_path(model.as_ref(), root.as_deref(), &a.element_path, &mut |w| {
+            ui::warn(w)
+        })
         .map_err(|e| ForTarget::new(None, e))?;
     let closure = element::expand(&path, &a.elements).map_err(|e| ForTarget::new(None, e))?;
     let dirs: Vec<&element::ElementDir> = closure.iter().filter_map(|n| path.get(n)).collect();
@@ -406,9 +455,19 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
             }
             for b in &per_arch {
                 out.push_str(&format!("  {}:\n", b["arch"].as_str().unwrap_or("")));
-                let els: Vec<&str> = b["elements"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                let els: Vec<&str> = b["elements"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
                 out.push_str(&format!("    elements: {}\n", els.join(" ")));
-                let arts: Vec<&str> = b["artifacts"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                let arts: Vec<&str> = b["artifacts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
                 if !arts.is_empty() {
                     out.push_str(&format!("    artifacts: {}\n", arts.join(" ")));
                 }
@@ -417,7 +476,8 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
                     out.push_str(&format!(
                         "      {} {}\n",
                         act["id"].as_str().unwrap_or(""),
-                        &act["key"].as_str().unwrap_or("")[..16.min(act["key"].as_str().unwrap_or("").len())]
+                        &act["key"].as_str().unwrap_or("")
+                            [..16.min(act["key"].as_str().unwrap_or("").len())]
                     ));
                 }
             }
@@ -435,7 +495,10 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
     if let Some(name) = a.what.strip_prefix("element:") {
         for ((image, arch), r) in &graph.resolved {
             if r.elements.iter().any(|e| e == name) {
-                let t = Target { image: image.clone(), arch: *arch };
+                let t = Target {
+                    image: image.clone(),
+                    arch: *arch,
+                };
                 let acts = graph
                     .actions_of(&t)
                     .iter()
@@ -449,9 +512,15 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
                 hits.push((t, acts));
             }
         }
-        if hits.is_empty() && !graph.resolved.values().any(|r| r.digests.contains_key(name)) {
-            let path = element::project_search_path(Some(&model), Some(&model.root), &[], &mut |_| {})
-                .map_err(|e| ForTarget::new(None, e))?;
+        if hits.is_empty()
+            && !graph
+                .resolved
+                .values()
+                .any(|r| r.digests.contains_key(name))
+        {
+            let path =
+                element::project_search_path(Some(&model), Some(&model.root), &[], &mut |_| {})
+                    .map_err(|e| ForTarget::new(None, e))?;
             if path.get(name).is_none() {
                 return Err(CliError::from_diag(element::ElementError::NotFound {
                     name: name.to_string(),
@@ -484,11 +553,15 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
             }
             let disk = format!("disk:{}:{}", t.image, t.arch);
             let closure = graph.closure(&disk);
-            if targets
-                .iter()
-                .any(|x| closure.iter().any(|act| act.id == format!("layer:{}:{}", x.image, x.arch)))
-            {
-                hits.push((t.clone(), graph.actions_of(t).iter().map(|a| a.id.clone()).collect()));
+            if targets.iter().any(|x| {
+                closure
+                    .iter()
+                    .any(|act| act.id == format!("layer:{}:{}", x.image, x.arch))
+            }) {
+                hits.push((
+                    t.clone(),
+                    graph.actions_of(t).iter().map(|a| a.id.clone()).collect(),
+                ));
             }
         }
     }
@@ -522,7 +595,9 @@ fn graph_cmd(ctx: &mut Context, a: GraphArgs) -> Result<(), CliError> {
             ui::out_json(&json!({ "version": 1, "actions": nodes }));
         }
         GraphFormat::Dot => {
-            let mut out = String::from("digraph ccb {\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n");
+            let mut out = String::from(
+                "digraph ccb {\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n",
+            );
             for act in &graph.actions {
                 out.push_str(&format!(
                     "  \"{}\" [label=\"{}\\n{}\"];\n",

@@ -102,7 +102,9 @@ impl DigestCache {
         self.files_read += 1;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         if self.now_ns - stamp.mtime_ns.max(stamp.ctime_ns) > 2_000_000_000 {
-            self.record.files.insert(path.to_path_buf(), (stamp, hash.clone()));
+            self.record
+                .files
+                .insert(path.to_path_buf(), (stamp, hash.clone()));
             self.dirty = true;
         }
         Ok(hash)
@@ -116,7 +118,8 @@ impl DigestCache {
         let mut h = blake3::Hasher::new();
         hash_str(&mut h, "ccb-element-digest-v1");
         for (rel, path) in entries {
-            let md = std::fs::symlink_metadata(&path).map_err(|e| FsError::new("stat", &path, e))?;
+            let md =
+                std::fs::symlink_metadata(&path).map_err(|e| FsError::new("stat", &path, e))?;
             hash_str(&mut h, &rel);
             let ft = md.file_type();
             if ft.is_symlink() {
@@ -155,7 +158,9 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<
             .unwrap_or(&path)
             .to_string_lossy()
             .into_owned();
-        let ft = entry.file_type().map_err(|e| FsError::new("stat", &path, e))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| FsError::new("stat", &path, e))?;
         out.push((rel, path.clone()));
         if ft.is_dir() {
             collect(base, &path, out)?;

@@ -34,7 +34,10 @@ struct Info {
 /// Expands `requested` into the sorted element closure, with provided names removed.
 pub fn expand(path: &SearchPath, requested: &[String]) -> Result<Vec<String>, ElementError> {
     let mut infos: BTreeMap<String, Info> = BTreeMap::new();
-    let info = |infos: &mut BTreeMap<String, Info>, name: &str, wanted_by: Option<&str>| -> Result<(), ElementError> {
+    let info = |infos: &mut BTreeMap<String, Info>,
+                name: &str,
+                wanted_by: Option<&str>|
+     -> Result<(), ElementError> {
         if infos.contains_key(name) {
             return Ok(());
         }
@@ -63,12 +66,13 @@ pub fn expand(path: &SearchPath, requested: &[String]) -> Result<Vec<String>, El
         // Names not on the path may be virtual names provided by another element: judged
         // once the walk settles.
         let mut missing: BTreeMap<String, Option<String>> = BTreeMap::new();
-        let mut queue: VecDeque<(String, Option<String>)> = requested
-            .iter()
-            .map(|r| (r.clone(), None))
-            .collect();
+        let mut queue: VecDeque<(String, Option<String>)> =
+            requested.iter().map(|r| (r.clone(), None)).collect();
         while let Some((name, by)) = queue.pop_front() {
-            if provided.contains_key(&name) || members.contains(&name) || missing.contains_key(&name) {
+            if provided.contains_key(&name)
+                || members.contains(&name)
+                || missing.contains_key(&name)
+            {
                 continue;
             }
             if path.get(&name).is_none() {

@@ -9,6 +9,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use serde::Serialize;
 
@@ -25,7 +26,13 @@ pub struct Finding {
     pub message: String,
 }
 
-const SAFE_SUDO_PHASES: [&str; 5] = ["root.d", "extra-data.d", "block-device.d", "finalise.d", "cleanup.d"];
+const SAFE_SUDO_PHASES: [&str; 5] = [
+    "root.d",
+    "extra-data.d",
+    "block-device.d",
+    "finalise.d",
+    "cleanup.d",
+];
 const SAFE_SUDO_WORDS: [&str; 6] = [
     "TARGET_ROOT",
     "TMP_MOUNT_PATH",
@@ -35,12 +42,21 @@ const SAFE_SUDO_WORDS: [&str; 6] = [
     "dib-lint: safe_sudo",
 ];
 
+static SETE: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^set -[a-z]*e").expect("static regex"));
+static SETU: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^set -[a-z]*u").expect("static regex"));
+static PIPEFAIL: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^set -o pipefail").expect("static regex"));
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FsError> {
     let rd = std::fs::read_dir(dir).map_err(|e| FsError::new("list", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
         let path = entry.path();
-        let ft = entry.file_type().map_err(|e| FsError::new("stat", &path, e))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| FsError::new("stat", &path, e))?;
         if ft.is_dir() {
             if entry.file_name() != "__pycache__" {
                 walk(&path, out)?;
@@ -65,13 +81,22 @@ pub fn lint_element(el: &ElementDir) -> Result<Vec<Finding>, FsError> {
         })
     };
     if !el.dir.join("README.rst").is_file() && !el.dir.join("README.md").is_file() {
-        add("", None, "readme", "the element has no README.rst (or README.md)".into());
+        add(
+            "",
+            None,
+            "readme",
+            "the element has no README.rst (or README.md)".into(),
+        );
     }
     let mut files = Vec::new();
     walk(&el.dir, &mut files)?;
     files.sort();
     for path in files {
-        let rel = path.strip_prefix(&el.dir).unwrap_or(&path).to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(&el.dir)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
         let first_dir = rel.split('/').next().unwrap_or("");
         // Static trees hold files for the image, not scripts of the build.
         if first_dir == "static" || first_dir == "tests" || first_dir == "test-elements" {
@@ -99,7 +124,10 @@ pub fn lint_element(el: &ElementDir) -> Result<Vec<Finding>, FsError> {
             }
         };
         let exec = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
 
         if name.ends_with(".md") && !rel.contains('/') && name != "README.md" {
             add(None, "mddocs", "documentation belongs in README.rst".into());
@@ -131,17 +159,29 @@ pub fn lint_element(el: &ElementDir) -> Result<Vec<Finding>, FsError> {
         }
         if first_dir == "environment.d" {
             if exec {
-                add(None, "environment.d", "environment.d files are sourced and must not be executable".into());
+                add(
+                    None,
+                    "environment.d",
+                    "environment.d files are sourced and must not be executable".into(),
+                );
             }
             for (i, l) in text.lines().enumerate() {
                 if l.trim_start().starts_with("set -x") {
-                    add(Some(i + 1), "environment.d", "environment.d files must not `set -x`".into());
+                    add(
+                        Some(i + 1),
+                        "environment.d",
+                        "environment.d files must not `set -x`".into(),
+                    );
                 }
             }
         }
         let shebang = text.lines().next().filter(|l| l.starts_with("#!"));
         if shebang.is_some() && !exec && first_dir != "environment.d" {
-            add(None, "executable", "a script with a #! line must be executable".into());
+            add(
+                None,
+                "executable",
+                "a script with a #! line must be executable".into(),
+            );
         }
         let is_python = shebang.is_some_and(|s| s.contains("python"));
         let is_bash = shebang.is_some_and(|s| s.contains("bash"))
@@ -153,21 +193,26 @@ pub fn lint_element(el: &ElementDir) -> Result<Vec<Finding>, FsError> {
             && s.contains("bash")
             && s.trim_end() != "#!/bin/bash"
         {
-            add(Some(1), "shebang", format!("bash scripts must start with exactly `#!/bin/bash`, not `{s}`"));
+            add(
+                Some(1),
+                "shebang",
+                format!("bash scripts must start with exactly `#!/bin/bash`, not `{s}`"),
+            );
         }
         if is_bash && shebang.is_some() {
             let has = |re: &regex::Regex| text.lines().any(|l| re.is_match(l));
-            let sete = regex::Regex::new(r"^set -[a-z]*e").expect("static regex");
-            let setu = regex::Regex::new(r"^set -[a-z]*u").expect("static regex");
-            let pipefail = regex::Regex::new(r"^set -o pipefail").expect("static regex");
-            if !has(&sete) {
+            if !has(&SETE) {
                 add(None, "sete", "bash scripts must `set -e`".into());
             }
-            if !has(&setu) {
+            if !has(&SETU) {
                 add(None, "setu", "bash scripts must `set -u`".into());
             }
-            if !has(&pipefail) {
-                add(None, "setpipefail", "bash scripts must `set -o pipefail`".into());
+            if !has(&PIPEFAIL) {
+                add(
+                    None,
+                    "setpipefail",
+                    "bash scripts must `set -o pipefail`".into(),
+                );
             }
             if !text.contains("DIB_DEBUG_TRACE") {
                 add(None, "dibdebugtrace", "bash scripts must honour DIB_DEBUG_TRACE (`if [ ${DIB_DEBUG_TRACE:-0} -gt 0 ]; then set -x; fi`)".into());
@@ -194,11 +239,19 @@ pub fn lint_element(el: &ElementDir) -> Result<Vec<Finding>, FsError> {
                     }
                 }
                 if l.starts_with('\t') {
-                    add(Some(i + 1), "tabindent", "indent with spaces, not tabs".into());
+                    add(
+                        Some(i + 1),
+                        "tabindent",
+                        "indent with spaces, not tabs".into(),
+                    );
                 }
                 let spaces = l.len() - l.trim_start_matches(' ').len();
                 if spaces % 4 != 0 && !l.trim_start().starts_with('#') && !l.trim().is_empty() {
-                    add(Some(i + 1), "indent", format!("indent by multiples of 4 spaces (found {spaces})"));
+                    add(
+                        Some(i + 1),
+                        "indent",
+                        format!("indent by multiples of 4 spaces (found {spaces})"),
+                    );
                 }
                 let t = l.trim_start();
                 if t.starts_with("export ") && t.contains("=$(") {
@@ -209,7 +262,11 @@ pub fn lint_element(el: &ElementDir) -> Result<Vec<Finding>, FsError> {
                     && (t.starts_with("which ") || t.contains(" which ") || t.contains("$(which "))
                     && !t.contains("dib-lint: which")
                 {
-                    add(Some(i + 1), "which", "use `command -v` or `type -p`, not `which`".into());
+                    add(
+                        Some(i + 1),
+                        "which",
+                        "use `command -v` or `type -p`, not `which`".into(),
+                    );
                 }
                 if !is_comment
                     && SAFE_SUDO_PHASES.contains(&first_dir)

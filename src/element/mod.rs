@@ -54,7 +54,9 @@ pub enum ElementError {
     #[error("Please include an operating system element: nothing provides `operating-system`")]
     #[diagnostic(
         code(ccb::element::no_operating_system),
-        help("add an OS element such as `debian`, `ubuntu` or `centos` (or an element depending on one)")
+        help(
+            "add an OS element such as `debian`, `ubuntu` or `centos` (or an element depending on one)"
+        )
     )]
     MissingOs,
     #[error("element-provides do not settle: {0}")]
@@ -97,7 +99,9 @@ pub enum ElementError {
     )]
     #[diagnostic(
         code(ccb::element::when_unset),
-        help("set `{variable}` in the image's `env` or give it a default in an environment.d file")
+        help(
+            "set `{variable}` in the image's `env` or give it a default in an environment.d file"
+        )
     )]
     WhenUnset {
         element: String,
@@ -113,7 +117,11 @@ pub enum ElementError {
 }
 
 /// The variables ccb itself gives every build, besides the manifest's `env`.
-pub fn engine_env(arch: Arch, image_name: Option<&str>, elements: &[String]) -> BTreeMap<String, String> {
+pub fn engine_env(
+    arch: Arch,
+    image_name: Option<&str>,
+    elements: &[String],
+) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("ARCH".into(), arch.as_str().into());
     env.insert("DIB_OFFLINE".into(), String::new());
@@ -212,7 +220,10 @@ impl<'a> Resolver<'a> {
             return Ok(r);
         }
         let closure = expand(&self.path, requested)?;
-        let dirs: Vec<&ElementDir> = closure.iter().map(|n| self.path.get(n).expect("expanded")).collect();
+        let dirs: Vec<&ElementDir> = closure
+            .iter()
+            .map(|n| self.path.get(n).expect("expanded"))
+            .collect();
         let mut env_in = engine_env(arch, image_name, &closure);
         env_in.extend(declared.clone());
         let view = ElementView::build(&dirs, &env_in)?;
@@ -257,7 +268,11 @@ pub fn project_search_path(
     warn: &mut dyn FnMut(&str),
 ) -> Result<SearchPath, ElementError> {
     let mut dirs: Vec<std::path::PathBuf> = Vec::new();
-    for entry in extra.iter().flat_map(|e| e.split(':')).filter(|s| !s.is_empty()) {
+    for entry in extra
+        .iter()
+        .flat_map(|e| e.split(':'))
+        .filter(|s| !s.is_empty())
+    {
         dirs.push(entry.into());
     }
     if let Some(env) = std::env::var_os("ELEMENTS_PATH") {
@@ -283,7 +298,7 @@ pub fn project_search_path(
 
 /// An element error while resolving one target (or the search path, when `target` is `None`).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[error("{}", match target { Some(t) => format!("cannot resolve the elements of {t}"), None => "cannot read the element search path".to_string() })]
+#[error("{}", match target { Some(t) => format!("cannot resolve the elements of {t}"), None => "cannot resolve the elements".to_string() })]
 pub struct ForTarget {
     pub target: Option<String>,
     #[source]

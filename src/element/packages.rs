@@ -52,11 +52,18 @@ fn as_text(v: &Value) -> Option<String> {
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+    s.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 /// Whether one parameter map applies; `Ok(Some((phase, install, uninstall)))` if it does.
-fn judge(ctx: &Ctx, package: &str, params: &serde_yaml::Mapping) -> Result<Option<(String, bool, bool)>, ElementError> {
+fn judge(
+    ctx: &Ctx,
+    package: &str,
+    params: &serde_yaml::Mapping,
+) -> Result<Option<(String, bool, bool)>, ElementError> {
     for key in params.keys() {
         let k = as_text(key).unwrap_or_default();
         if !KNOWN_KEYS.contains(&k.as_str()) && k != "dib_python_version" {
@@ -66,7 +73,8 @@ fn judge(ctx: &Ctx, package: &str, params: &serde_yaml::Mapping) -> Result<Optio
     let get = |k: &str| params.get(Value::String(k.to_string()));
     let phase = match get("phase") {
         None | Some(Value::Null) => "install.d".to_string(),
-        Some(v) => as_text(v).ok_or_else(|| ctx.err(format!("package `{package}`: `phase` must be a string")))?,
+        Some(v) => as_text(v)
+            .ok_or_else(|| ctx.err(format!("package `{package}`: `phase` must be a string")))?,
     };
     if !PACKAGE_PHASES.contains(&phase.as_str()) {
         return Err(ctx.err(format!(
@@ -79,7 +87,9 @@ fn judge(ctx: &Ctx, package: &str, params: &serde_yaml::Mapping) -> Result<Optio
     let arch = ctx.env.get("ARCH").cloned().unwrap_or_default();
     let (only, not) = (get("arch"), get("not-arch"));
     if only.is_some() && not.is_some() {
-        return Err(ctx.err(format!("package `{package}`: `arch` and `not-arch` cannot both be given")));
+        return Err(ctx.err(format!(
+            "package `{package}`: `arch` and `not-arch` cannot both be given"
+        )));
     }
     if let Some(v) = only {
         let list = split_list(&as_text(v).unwrap_or_default());
@@ -108,11 +118,14 @@ fn judge(ctx: &Ctx, package: &str, params: &serde_yaml::Mapping) -> Result<Optio
     }
     if let Some(v) = get("dib_python_version") {
         let wanted = as_text(v).unwrap_or_default();
-        let actual = ctx.env.get("DIB_PYTHON_VERSION").ok_or_else(|| ElementError::WhenUnset {
-            element: ctx.element.to_string(),
-            package: package.to_string(),
-            variable: "DIB_PYTHON_VERSION".into(),
-        })?;
+        let actual = ctx
+            .env
+            .get("DIB_PYTHON_VERSION")
+            .ok_or_else(|| ElementError::WhenUnset {
+                element: ctx.element.to_string(),
+                package: package.to_string(),
+                variable: "DIB_PYTHON_VERSION".into(),
+            })?;
         if *actual != wanted {
             return Ok(None);
         }
@@ -128,7 +141,11 @@ fn judge(ctx: &Ctx, package: &str, params: &serde_yaml::Mapping) -> Result<Optio
             }
         }
     }
-    Ok(Some((phase, !uninstall || build_only, uninstall || build_only)))
+    Ok(Some((
+        phase,
+        !uninstall || build_only,
+        uninstall || build_only,
+    )))
 }
 
 /// One `when` item: `VAR = value` or `VAR != value`, spaces optional, exact string compare.
@@ -138,11 +155,15 @@ fn when_holds(ctx: &Ctx, package: &str, cond: &str) -> Result<bool, ElementError
     } else if let Some((l, r)) = cond.split_once('=') {
         (l, "=", r)
     } else {
-        return Err(ctx.err(format!("package `{package}`: `when: {cond}` is not `VAR = value` or `VAR != value`")));
+        return Err(ctx.err(format!(
+            "package `{package}`: `when: {cond}` is not `VAR = value` or `VAR != value`"
+        )));
     };
     let var = var.trim();
     if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(ctx.err(format!("package `{package}`: `when: {cond}` does not start with a variable name")));
+        return Err(ctx.err(format!(
+            "package `{package}`: `when: {cond}` does not start with a variable name"
+        )));
     }
     let actual = ctx.env.get(var).ok_or_else(|| ElementError::WhenUnset {
         element: ctx.element.to_string(),
@@ -156,16 +177,26 @@ fn when_holds(ctx: &Ctx, package: &str, cond: &str) -> Result<bool, ElementError
 /// (phase, package, element) → install / uninstall, before pkg-map.
 type Squashed = BTreeMap<String, (Vec<(String, String)>, Vec<(String, String)>)>;
 
-fn read_file(el: &ElementDir, file: &str, env: &BTreeMap<String, String>, out: &mut Squashed) -> Result<(), ElementError> {
+fn read_file(
+    el: &ElementDir,
+    file: &str,
+    env: &BTreeMap<String, String>,
+    out: &mut Squashed,
+) -> Result<(), ElementError> {
     let path = el.dir.join(file);
     let text = match fsutil::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let ctx = Ctx { element: &el.name, file, env };
+    let ctx = Ctx {
+        element: &el.name,
+        file,
+        env,
+    };
     // YAML is a superset of JSON: one parser serves both files.
-    let doc: Value = serde_yaml::from_str(&text).map_err(|e| ctx.err(format!("does not parse: {e}")))?;
+    let doc: Value =
+        serde_yaml::from_str(&text).map_err(|e| ctx.err(format!("does not parse: {e}")))?;
     let map = match doc {
         Value::Null => return Ok(()),
         Value::Mapping(m) => m,
@@ -181,10 +212,16 @@ fn read_file(el: &ElementDir, file: &str, env: &BTreeMap<String, String>, out: &
                 .map(|i| match i {
                     Value::Mapping(m) => Ok(m),
                     Value::Null => Ok(serde_yaml::Mapping::new()),
-                    _ => Err(ctx.err(format!("package `{package}`: list items must be parameter maps"))),
+                    _ => Err(ctx.err(format!(
+                        "package `{package}`: list items must be parameter maps"
+                    ))),
                 })
                 .collect::<Result<_, _>>()?,
-            _ => return Err(ctx.err(format!("package `{package}`: parameters must be a map or a list of maps"))),
+            _ => {
+                return Err(ctx.err(format!(
+                    "package `{package}`: parameters must be a map or a list of maps"
+                )));
+            }
         };
         for params in maps {
             let Some((phase, install, uninstall)) = judge(&ctx, &package, &params)? else {
@@ -208,7 +245,10 @@ fn read_file(el: &ElementDir, file: &str, env: &BTreeMap<String, String>, out: &
 }
 
 /// A parsed `pkg-map`, applied default → family → distro → release.
-fn pkg_map(el: &ElementDir, env: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ElementError> {
+fn pkg_map(
+    el: &ElementDir,
+    env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ElementError> {
     let path = el.dir.join("pkg-map");
     let text = match fsutil::read_to_string(&path) {
         Ok(t) => t,
@@ -220,7 +260,8 @@ fn pkg_map(el: &ElementDir, env: &BTreeMap<String, String>) -> Result<BTreeMap<S
         file: "pkg-map".into(),
         message: m,
     };
-    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("is not valid JSON: {e}")))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("is not valid JSON: {e}")))?;
     let distro = env.get("DISTRO_NAME").cloned().unwrap_or_default();
     let release = env
         .get("DIB_RELEASE")
@@ -236,10 +277,16 @@ fn pkg_map(el: &ElementDir, env: &BTreeMap<String, String>) -> Result<BTreeMap<S
     };
     let mut out = BTreeMap::new();
     let mut apply = |section: Option<&serde_json::Value>| -> Result<(), ElementError> {
-        let Some(section) = section else { return Ok(()) };
-        let obj = section.as_object().ok_or_else(|| err("sections must be objects".into()))?;
+        let Some(section) = section else {
+            return Ok(());
+        };
+        let obj = section
+            .as_object()
+            .ok_or_else(|| err("sections must be objects".into()))?;
         for (k, v) in obj {
-            let v = v.as_str().ok_or_else(|| err(format!("the mapping of `{k}` must be a string")))?;
+            let v = v
+                .as_str()
+                .ok_or_else(|| err(format!("the mapping of `{k}` must be a string")))?;
             out.insert(k.clone(), v.to_string());
         }
         Ok(())
@@ -247,12 +294,19 @@ fn pkg_map(el: &ElementDir, env: &BTreeMap<String, String>) -> Result<BTreeMap<S
     apply(doc.get("default"))?;
     apply(doc.get("family").and_then(|f| f.get(family)))?;
     apply(doc.get("distro").and_then(|d| d.get(&distro)))?;
-    apply(doc.get("release").and_then(|r| r.get(&distro)).and_then(|d| d.get(&release)))?;
+    apply(
+        doc.get("release")
+            .and_then(|r| r.get(&distro))
+            .and_then(|d| d.get(&release)),
+    )?;
     Ok(out)
 }
 
 /// Evaluates every element's package lists for `env`, with pkg-map applied per element.
-pub fn evaluate(elements: &[&ElementDir], env: &BTreeMap<String, String>) -> Result<BTreeMap<String, PackageLists>, ElementError> {
+pub fn evaluate(
+    elements: &[&ElementDir],
+    env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, PackageLists>, ElementError> {
     let mut squashed: Squashed = BTreeMap::new();
     for el in elements {
         read_file(el, "package-installs.json", env, &mut squashed)?;

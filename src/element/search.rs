@@ -30,8 +30,8 @@ impl SearchPath {
             if !dir.is_dir() {
                 return Err(ElementError::InvalidElementDir(dir.display().to_string()));
             }
-            let rd = std::fs::read_dir(dir)
-                .map_err(|e| crate::fsutil::FsError::new("list", dir, e))?;
+            let rd =
+                std::fs::read_dir(dir).map_err(|e| crate::fsutil::FsError::new("list", dir, e))?;
             let mut entries: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())

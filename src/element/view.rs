@@ -150,11 +150,18 @@ fn tree_files(dir: &Path, base: &Path, out: &mut Vec<String>) -> Result<(), FsEr
     for entry in rd {
         let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
         let path = entry.path();
-        let ft = entry.file_type().map_err(|e| FsError::new("stat", &path, e))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| FsError::new("stat", &path, e))?;
         if ft.is_dir() {
             tree_files(&path, base, out)?;
         } else {
-            out.push(path.strip_prefix(base).unwrap_or(&path).to_string_lossy().into_owned());
+            out.push(
+                path.strip_prefix(base)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     Ok(())
@@ -266,7 +273,10 @@ impl ElementView {
         }
 
         let arch = declared.get("ARCH").cloned().unwrap_or_default();
-        let arch_file = format!("block-device-{}.yaml", if arch == "ppc64le" { "ppc64el" } else { &arch });
+        let arch_file = format!(
+            "block-device-{}.yaml",
+            if arch == "ppc64le" { "ppc64el" } else { &arch }
+        );
         view.block_device = elements.iter().find_map(|el| {
             [arch_file.as_str(), "block-device-default.yaml"]
                 .iter()

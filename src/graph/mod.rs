@@ -157,7 +157,8 @@ impl Graph {
                 }
 
                 // The layer's foundation: the base, or the parent's layer.
-                let (parent_id, parent_key, own): (String, String, Vec<String>) = match &image.from {
+                let (parent_id, parent_key, own): (String, String, Vec<String>) = match &image.from
+                {
                     None => {
                         let base = resolved.base.as_ref().expect("root images resolve a base");
                         let doc = KeyDoc::new()
@@ -226,7 +227,11 @@ impl Graph {
                     .map("environment", resolved.view.env.clone())
                     .list(
                         "formats",
-                        image.formats.iter().map(|f| f.as_str().to_string()).collect(),
+                        image
+                            .formats
+                            .iter()
+                            .map(|f| f.as_str().to_string())
+                            .collect(),
                     )
                     .str("size", image.size.clone().unwrap_or_else(|| "auto".into()))
                     .str(
@@ -297,7 +302,10 @@ impl Graph {
                 stack.extend(a.deps.iter().cloned());
             }
         }
-        self.actions.iter().filter(|a| need.contains(&a.id)).collect()
+        self.actions
+            .iter()
+            .filter(|a| need.contains(&a.id))
+            .collect()
     }
 
     /// The actions of one target: its own (`base`, `layer`, `disk`, `publish`), not its parent's.
@@ -356,5 +364,10 @@ pub fn status(store: &Store, action: &Action) -> Status {
 
 /// The plan: every action in order with its status.
 pub fn plan<'g>(graph: &'g Graph, store: &Store) -> Vec<(&'g Action, Status)> {
-    graph.actions.iter().filter(|a| a.kind != Kind::Publish).map(|a| (a, status(store, a))).collect()
+    graph
+        .actions
+        .iter()
+        .filter(|a| a.kind != Kind::Publish)
+        .map(|a| (a, status(store, a)))
+        .collect()
 }

@@ -147,7 +147,10 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
         && rec.engine == crate::ENGINE_VERSION
         && rec.listing == listing
         && rec.stdlib_dir == stdlib_dir
-        && rec.inputs.iter().all(|s| Stamp::of(&s.path).as_ref() == Some(s))
+        && rec
+            .inputs
+            .iter()
+            .all(|s| Stamp::of(&s.path).as_ref() == Some(s))
     {
         return Ok(Evaluated {
             json: rec.json,
@@ -207,7 +210,9 @@ fn run_nickel(
                 path.unwrap_or_else(|| manifests.to_path_buf()),
                 error,
             )),
-            BuilderError::NoInputs => ManifestError::from(SourceDiagnostic::new("no manifest input")),
+            BuilderError::NoInputs => {
+                ManifestError::from(SourceDiagnostic::new("no manifest input"))
+            }
         })?;
     let result = prog.eval_full_for_export();
     let mut nfiles = prog.files();

@@ -26,8 +26,14 @@ fn find_key(text: &str, key: &str, from: usize) -> Option<std::ops::Range<usize>
     while let Some(i) = text[pos..].find(key) {
         let start = pos + i;
         let end = start + key.len();
-        let before_ok = text[..start].chars().next_back().is_none_or(|c| !is_key_char(c) && c != '"');
-        let after_ok = text[end..].chars().next().is_none_or(|c| !is_key_char(c) && c != '"');
+        let before_ok = text[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_key_char(c) && c != '"');
+        let after_ok = text[end..]
+            .chars()
+            .next()
+            .is_none_or(|c| !is_key_char(c) && c != '"');
         if before_ok && after_ok {
             if best.as_ref().is_none_or(|b| start < b.start) {
                 best = Some(start..end);
@@ -84,11 +90,19 @@ mod tests {
 
     #[test]
     fn finds_quoted_and_bare_keys_as_whole_tokens() {
-        let text = "{ debian12-devtools = { from = \"debian12\" }, debian12 = {}, \"ubuntu24.04\" = {} }";
+        let text =
+            "{ debian12-devtools = { from = \"debian12\" }, debian12 = {}, \"ubuntu24.04\" = {} }";
         let r = find_key(text, "debian12", 0).unwrap();
-        assert_eq!(&text[r.clone()], "\"debian12\"", "the quoted value comes first here");
+        assert_eq!(
+            &text[r.clone()],
+            "\"debian12\"",
+            "the quoted value comes first here"
+        );
         let r = find_key(text, "ubuntu24.04", 0).unwrap();
         assert_eq!(&text[r], "\"ubuntu24.04\"");
-        assert!(find_key(text, "debian", 0).is_none(), "a prefix is not a key");
+        assert!(
+            find_key(text, "debian", 0).is_none(),
+            "a prefix is not a key"
+        );
     }
 }

@@ -253,7 +253,13 @@ impl Model {
     }
 
     /// Points a diagnostic at a field of a manifest entry, e.g. `["images", "debian12", "from"]`.
-    pub fn locate(&self, category: &str, path: &[&str], message: String, label: &str) -> SourceDiagnostic {
+    pub fn locate(
+        &self,
+        category: &str,
+        path: &[&str],
+        message: String,
+        label: &str,
+    ) -> SourceDiagnostic {
         locate::diagnostic(&self.files, category, path, message, label)
     }
 }

@@ -54,17 +54,16 @@ fn env_name_ok(name: &str) -> bool {
 }
 
 pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, ManifestError> {
-    let raw: RawProject = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(
-        &evaluated.json,
-    ))
-    .map_err(|e| {
-        SourceDiagnostic::new(format!(
-            "the evaluated manifests do not match ccb's model at `{}`: {}",
-            e.path(),
-            e.inner()
-        ))
-        .with_help("the stdlib in use may be older or newer than this ccb")
-    })?;
+    let raw: RawProject =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&evaluated.json))
+            .map_err(|e| {
+                SourceDiagnostic::new(format!(
+                    "the evaluated manifests do not match ccb's model at `{}`: {}",
+                    e.path(),
+                    e.inner()
+                ))
+                .with_help("the stdlib in use may be older or newer than this ccb")
+            })?;
 
     let mut model = Model {
         root: root.to_path_buf(),
@@ -85,10 +84,14 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
                     .locate(
                         "images",
                         &[key, field, bad],
-                        format!("`{bad}` in `{key}.{field}` is not a valid environment variable name"),
+                        format!(
+                            "`{bad}` in `{key}.{field}` is not a valid environment variable name"
+                        ),
                         "this variable",
                     )
-                    .with_help("variable names are letters, digits and `_`, not starting with a digit")
+                    .with_help(
+                        "variable names are letters, digits and `_`, not starting with a digit",
+                    )
                     .into());
             }
         }
@@ -106,7 +109,10 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
                     .locate(
                         "images",
                         &[cur, "from"],
-                        format!("images inherit from each other in a cycle: {}", cycle.join(" → ")),
+                        format!(
+                            "images inherit from each other in a cycle: {}",
+                            cycle.join(" → ")
+                        ),
                         "this parent closes the cycle",
                     )
                     .with_help("`from` must lead to an image without a parent")
@@ -181,12 +187,22 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         }
         if arch.is_empty() {
             return Err(model
-                .locate("images", &[key, "arch"], format!("image `{key}` has no arch to build"), "empty")
+                .locate(
+                    "images",
+                    &[key, "arch"],
+                    format!("image `{key}` has no arch to build"),
+                    "empty",
+                )
                 .into());
         }
         if formats.is_empty() {
             return Err(model
-                .locate("images", &[key, "formats"], format!("image `{key}` has no output format"), "empty")
+                .locate(
+                    "images",
+                    &[key, "formats"],
+                    format!("image `{key}` has no output format"),
+                    "empty",
+                )
                 .into());
         }
         let image = Image {

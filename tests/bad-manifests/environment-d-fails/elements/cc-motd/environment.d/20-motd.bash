@@ -1,0 +1,2 @@
+# reads a variable nobody sets
+export MOTD_TEXT="${CC_MOTD_BANNER}"

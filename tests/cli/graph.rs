@@ -1,0 +1,277 @@
+//! Keys, the plan and explain: a key changes when, and only when, something its action can
+//! observe changes.
+
+use std::collections::BTreeMap;
+
+use crate::common::{Env, copy_tree, repo, write};
+
+/// Action id → key for the whole project.
+fn keys(env: &Env, root: &std::path::Path) -> BTreeMap<String, String> {
+    let j = env
+        .run(&[
+            "--root",
+            root.to_str().unwrap(),
+            "build",
+            "--dry-run",
+            "--format",
+            "json",
+            "//...",
+        ])
+        .ok()
+        .json();
+    j["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn changed(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn project_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("p");
+    std::fs::create_dir(&proj).unwrap();
+    for sub in ["manifests", "elements", "stdlib"] {
+        copy_tree(&repo().join(sub), &proj.join(sub));
+    }
+    (dir, proj)
+}
+
+#[test]
+fn keys_are_stable_across_runs_and_checkouts() {
+    let env = Env::new();
+    let (_d1, a) = project_copy();
+    let (_d2, b) = project_copy();
+    let ka = keys(&env, &a);
+    assert_eq!(ka, keys(&env, &a), "same inputs, same keys");
+    assert_eq!(
+        ka,
+        keys(&Env::new(), &b),
+        "no absolute path or cache state enters a key"
+    );
+}
+
+#[test]
+fn editing_the_cuda_element_changes_only_cuda_keys() {
+    let env = Env::new();
+    let (_d, proj) = project_copy();
+    let before = keys(&env, &proj);
+    write(proj.join("elements/cc-cuda/README.rst"), "CUDA, edited.\n");
+    let after = keys(&env, &proj);
+    let mut ch = changed(&before, &after);
+    ch.sort();
+    assert!(!ch.is_empty());
+    for id in &ch {
+        assert!(
+            id.contains("cuda"),
+            "{id} changed but has nothing to do with CUDA: {ch:?}"
+        );
+    }
+    assert!(ch.contains(&"layer:ubuntu24.04-cuda:amd64".to_string()));
+    assert!(!ch.contains(&"layer:ubuntu24.04:amd64".to_string()));
+}
+
+#[test]
+fn editing_a_chameleon_element_keeps_the_base_but_changes_the_layers() {
+    let env = Env::new();
+    let (_d, proj) = project_copy();
+    let before = keys(&env, &proj);
+    write(proj.join("elements/cc-motd/README.rst"), "motd, edited.\n");
+    let after = keys(&env, &proj);
+    assert_eq!(
+        before["base:debian12:amd64"], after["base:debian12:amd64"],
+        "debootstrap does not rerun"
+    );
+    assert_ne!(
+        before["layer:debian12:amd64"],
+        after["layer:debian12:amd64"]
+    );
+    assert_ne!(
+        before["layer:debian12-devtools:amd64"], after["layer:debian12-devtools:amd64"],
+        "children follow their parent"
+    );
+}
+
+#[test]
+fn a_manifest_variable_changes_the_keys_of_that_image_only() {
+    let env = Env::new();
+    let (_d, proj) = project_copy();
+    let before = keys(&env, &proj);
+    let images = proj.join("manifests/images.ncl");
+    let text = std::fs::read_to_string(&images).unwrap();
+    write(
+        &images,
+        &text.replace(
+            "env = { DIB_RELEASE = \"bookworm\" },",
+            "env = { DIB_RELEASE = \"bookworm\", EXTRA = \"1\" },",
+        ),
+    );
+    let after = keys(&env, &proj);
+    let ch = changed(&before, &after);
+    assert!(ch.iter().all(|id| id.contains("debian12")), "{ch:?}");
+    assert!(ch.contains(&"base:debian12:amd64".to_string()));
+}
+
+#[test]
+fn the_plan_and_explain_say_why_actions_run() {
+    let env = Env::new();
+    let (_d, proj) = project_copy();
+    let p = proj.to_str().unwrap();
+    let plan = env
+        .run(&["--root", p, "build", "--dry-run", "debian12-devtools"])
+        .ok();
+    assert!(plan.stdout.contains("layer:debian12-devtools:amd64"));
+    assert!(plan.stdout.contains("to run: never built"));
+    assert!(
+        plan.stdout.contains("5 actions: 0 cached, 5 to run"),
+        "{}",
+        plan.stdout
+    );
+    let explain = env
+        .run(&[
+            "--root",
+            p,
+            "query",
+            "explain",
+            "debian12-devtools",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    // The target needs its parent's base and layer, not the parent's disk.
+    assert_eq!(explain["summary"]["to_run"], 4);
+}
+
+#[test]
+fn query_hash_prints_key_documents_without_host_details() {
+    let env = Env::new();
+    let (_d, proj) = project_copy();
+    let run = env
+        .run(&[
+            "--root",
+            proj.to_str().unwrap(),
+            "query",
+            "hash",
+            "debian12-devtools",
+        ])
+        .ok();
+    assert!(run.stdout.contains("layer:debian12-devtools:amd64"));
+    assert!(run.stdout.contains("parent: "));
+    assert!(
+        !run.stdout.contains(proj.to_str().unwrap()),
+        "an absolute path entered a key document"
+    );
+    assert!(
+        !run.stdout.contains("/tmp"),
+        "an absolute path entered a key document"
+    );
+}
+
+#[test]
+fn query_deps_rdeps_and_graph() {
+    let env = Env::new();
+    let r = repo();
+    let root = r.to_str().unwrap();
+    let deps = env
+        .run(&[
+            "--root",
+            root,
+            "query",
+            "deps",
+            "ubuntu24.04-cuda",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(deps["parents"], serde_json::json!(["//images:ubuntu24.04"]));
+    let els: Vec<&str> = deps["builds"][0]["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(els.contains(&"cc-cuda") && els.contains(&"ubuntu"));
+
+    let rd = env
+        .run(&[
+            "--root",
+            root,
+            "query",
+            "rdeps",
+            "element:cc-cuda",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    let mut targets: Vec<&str> = rd["dependents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str().unwrap())
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            "//images:centos9-stream-cuda",
+            "//images:ubuntu20.04-cuda",
+            "//images:ubuntu20.04-cuda11",
+            "//images:ubuntu22.04-cuda",
+            "//images:ubuntu24.04-cuda"
+        ]
+    );
+
+    let rd = env
+        .run(&[
+            "--root",
+            root,
+            "query",
+            "rdeps",
+            "//images:debian12",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    let targets: Vec<&str> = rd["dependents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["//images:debian12-devtools"]);
+
+    env.run(&["--root", root, "query", "rdeps", "element:nope"])
+        .fails()
+        .stderr_has("not found");
+
+    let dot = env
+        .run(&["--root", root, "query", "graph", "debian12-devtools"])
+        .ok();
+    assert!(dot.stdout.starts_with("digraph ccb {"));
+    assert!(
+        dot.stdout
+            .contains("\"layer:debian12:amd64\" -> \"layer:debian12-devtools:amd64\"")
+    );
+    assert!(dot.stdout.contains("publish:debian12-devtools:amd64:local"));
+    let j = env
+        .run(&["--root", root, "query", "graph", "--format", "json"])
+        .ok()
+        .json();
+    assert!(j["actions"].as_array().unwrap().len() > 30);
+}

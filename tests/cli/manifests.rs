@@ -1,0 +1,298 @@
+//! Manifests, targets and `ccb check` on the real project, the examples and the bad corpus.
+
+use crate::common::{Env, copy_tree, repo, write};
+
+fn root() -> String {
+    repo().to_str().unwrap().to_string()
+}
+
+#[test]
+fn the_real_manifests_check() {
+    let env = Env::new();
+    let run = env.run(&["--root", &root(), "check"]).ok();
+    assert!(
+        run.stdout.starts_with("ok: 12 images (17 builds)"),
+        "{}",
+        run.stdout
+    );
+    // The second run is served by the evaluation cache and says the same.
+    let again = env.run(&["--root", &root(), "check"]).ok();
+    assert_eq!(
+        run.stdout.split(" checked").next(),
+        again.stdout.split(" checked").next()
+    );
+}
+
+#[test]
+fn the_root_is_the_nearest_ancestor_with_manifests() {
+    let env = Env::new();
+    env.run_in(&repo().join("elements/debian"), &["check"]).ok();
+    let outside = tempfile::tempdir().unwrap();
+    env.run_in(outside.path(), &["check"])
+        .fails()
+        .stderr_has("no `manifests/` directory");
+}
+
+#[test]
+fn query_targets_lists_every_build_in_json() {
+    let env = Env::new();
+    let j = env
+        .run(&["--root", &root(), "query", "targets", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(j["version"], 1);
+    let targets = j["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 12);
+    let deb = targets.iter().find(|t| t["key"] == "debian12").unwrap();
+    assert_eq!(deb["label"], "//images:debian12");
+    assert_eq!(deb["published"]["arm64"], "CC-Debian12-ARM64");
+    assert_eq!(deb["arch"], serde_json::json!(["amd64", "arm64"]));
+    let cuda = targets
+        .iter()
+        .find(|t| t["key"] == "ubuntu24.04-cuda")
+        .unwrap();
+    assert_eq!(cuda["from"], "//images:ubuntu24.04");
+    assert_eq!(cuda["baremetal_only"], true);
+
+    let arm = env
+        .run(&[
+            "--root",
+            &root(),
+            "query",
+            "targets",
+            "--arch",
+            "arm64",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(arm["targets"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn query_manifest_shows_inheritance() {
+    let env = Env::new();
+    let j = env
+        .run(&[
+            "--root",
+            &root(),
+            "query",
+            "manifest",
+            "//images:ubuntu24.04-cuda",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        j["provenance"]["distro"], "ubuntu",
+        "inherited from the parent"
+    );
+    assert_eq!(
+        j["provenance"]["release"], "noble",
+        "inherited from the parent"
+    );
+    assert_eq!(j["provenance"]["variant"], "gpu", "its own");
+    assert_eq!(j["env"]["DIB_RELEASE"], "noble", "inherited");
+    assert_eq!(j["env"]["CC_CUDA_GENERATION"], "12", "its own");
+    assert_eq!(
+        j["elements"],
+        serde_json::json!(["cc-ubuntu24.04", "cc-ubuntu24.04-cuda"])
+    );
+    assert_eq!(j["arch"], serde_json::json!(["amd64"]));
+}
+
+#[test]
+fn every_spelling_of_a_target_resolves_to_the_same_image() {
+    let env = Env::new();
+    for word in [
+        "//images:ubuntu24.04",
+        "ubuntu24.04",
+        "CC-Ubuntu24.04",
+        "cc-ubuntu24.04",
+        "images:ubuntu24.04",
+    ] {
+        let j = env
+            .run(&[
+                "--root",
+                &root(),
+                "query",
+                "manifest",
+                word,
+                "--format",
+                "json",
+            ])
+            .ok()
+            .json();
+        assert_eq!(j["key"], "ubuntu24.04", "{word}");
+    }
+    // A published arch name selects that arch.
+    let plan = env
+        .run(&[
+            "--root",
+            &root(),
+            "build",
+            "--dry-run",
+            "--format",
+            "json",
+            "CC-Debian12-ARM64",
+        ])
+        .ok()
+        .json();
+    let ids: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "base:debian12:arm64",
+            "layer:debian12:arm64",
+            "disk:debian12:arm64"
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_target_gets_did_you_mean() {
+    let env = Env::new();
+    env.run(&["--root", &root(), "query", "manifest", "ubuntu24.4"])
+        .fails()
+        .stderr_has("unknown target `ubuntu24.4`")
+        .stderr_has("did you mean `ubuntu24.04`?");
+    env.run(&["--root", &root(), "query", "manifest", "//sites:tacc"])
+        .fails()
+        .stderr_has("is not a target");
+}
+
+#[test]
+fn arch_filters_and_rejects_unknown_arches() {
+    let env = Env::new();
+    let plan = env
+        .run(&[
+            "--root",
+            &root(),
+            "build",
+            "--dry-run",
+            "--format",
+            "json",
+            "--arch",
+            "arm64",
+            "//...",
+        ])
+        .ok()
+        .json();
+    assert!(
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"].as_str().unwrap().ends_with(":arm64"))
+    );
+    env.run(&["--root", &root(), "build", "--dry-run", "--arch", "sparc"])
+        .fails()
+        .stderr_has("`sparc` is not an architecture");
+    env.run(&[
+        "--root",
+        &root(),
+        "build",
+        "--dry-run",
+        "--arch",
+        "arm64",
+        "centos9-stream",
+    ])
+    .fails()
+    .stderr_has("no build matches");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    assert_eq!(env.run(&["frobnicate"]).code, 2);
+    assert_eq!(env.run(&["query", "targets", "--format", "yaml"]).code, 2);
+}
+
+#[test]
+fn editing_a_manifest_is_seen_at_once() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("p");
+    copy_tree(&repo().join("examples/toml-project"), &proj);
+    let p = proj.to_str().unwrap();
+    env.run(&["--root", p, "check"]).ok();
+    // Same size, same second: the stat cache must still notice (ctime, and no caching of
+    // files younger than two seconds).
+    let images = proj.join("manifests/images.toml");
+    let text = std::fs::read_to_string(&images).unwrap();
+    write(
+        &images,
+        &text.replacen("arch = [\"amd64\"", "arch = [\"x8664\"", 1),
+    );
+    env.run(&["--root", p, "check"]).fails().stderr_has("x8664");
+}
+
+#[test]
+fn examples_check_and_plan() {
+    let env = Env::new();
+    for ex in ["toml-project", "nickel-project"] {
+        let dir = repo().join("examples").join(ex);
+        let d = dir.to_str().unwrap();
+        env.run(&["--root", d, "check"]).ok();
+        env.run(&["--root", d, "lint"]).ok();
+        let plan = env
+            .run(&["--root", d, "build", "--dry-run", "--format", "json"])
+            .ok()
+            .json();
+        assert!(plan["summary"]["total"].as_u64().unwrap() >= 3, "{ex}");
+    }
+}
+
+/// Each `tests/bad-manifests/<case>/` is a broken project; `<case>/expect` lists phrases the
+/// error must contain. Every case must exit 1, never panic.
+#[test]
+fn every_bad_manifest_is_rejected_with_a_specific_message() {
+    let env = Env::new();
+    let corpus = repo().join("tests/bad-manifests");
+    let mut cases: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 20, "the corpus has {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let run = env.run(&["--root", case.to_str().unwrap(), "check"]);
+        let expect = std::fs::read_to_string(case.join("expect")).unwrap();
+        let name = case.file_name().unwrap().to_string_lossy();
+        if run.code != 1 || run.stderr.contains("panicked") {
+            failures.push(format!("{name}: exit {}\n{}", run.code, run.stderr));
+            continue;
+        }
+        for phrase in expect.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !run.stderr.contains(phrase) {
+                failures.push(format!("{name}: missing {phrase:?} in:\n{}", run.stderr));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_embedded_stdlib_is_used_when_the_project_has_none() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("p");
+    copy_tree(&repo().join("examples/toml-project"), &proj);
+    let _ = std::fs::remove_dir_all(proj.join("stdlib"));
+    env.run(&["--root", proj.to_str().unwrap(), "check"]).ok();
+    assert!(std::fs::read_dir(env.cache.path()).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("stdlib-")
+    }));
+}
