@@ -228,3 +228,55 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            ".{0,8}".prop_map(Value::Str),
+            proptest::collection::vec(".{0,6}", 0..4).prop_map(Value::List),
+            proptest::collection::btree_map("[A-Z_]{1,6}", ".{0,6}", 0..4).prop_map(Value::Map),
+        ]
+    }
+
+    fn doc() -> impl Strategy<Value = KeyDoc> {
+        proptest::collection::vec(("[a-z]{1,8}", value()), 1..6).prop_map(|fields| {
+            let mut seen = std::collections::BTreeSet::new();
+            KeyDoc {
+                fields: fields
+                    .into_iter()
+                    .filter(|(n, _)| seen.insert(n.clone()))
+                    .collect(),
+            }
+        })
+    }
+
+    proptest! {
+        /// A key changes if and only if an input changes.
+        #[test]
+        fn key_changes_iff_an_input_changes(a in doc(), b in doc()) {
+            prop_assert_eq!(a == b, a.key() == b.key());
+        }
+
+        /// Changing one field's value changes the key, and the diff names that field.
+        #[test]
+        fn one_changed_field_is_named(a in doc(), idx in any::<prop::sample::Index>(), v in value()) {
+            let i = idx.index(a.fields.len());
+            let mut b = a.clone();
+            b.fields[i].1 = v;
+            if a.fields[i].1 == b.fields[i].1 {
+                prop_assert_eq!(a.key(), b.key());
+                prop_assert!(b.diff(&a).is_empty());
+            } else {
+                prop_assert_ne!(a.key(), b.key());
+                let diff = b.diff(&a);
+                prop_assert!(!diff.is_empty());
+                let name = &a.fields[i].0;
+                prop_assert!(diff.iter().all(|l| l.starts_with(&format!("{name}:"))), "{:?}", diff);
+            }
+        }
+    }
+}

@@ -84,7 +84,11 @@ impl Context {
     pub fn model(&mut self) -> Result<Model, CliError> {
         let root = self.root()?;
         let store = self.store()?;
-        manifest::load(&root, &store).map_err(CliError::from_diag)
+        let model = manifest::load(&root, &store).map_err(CliError::from_diag)?;
+        for w in &model.warnings {
+            crate::ui::warn(w);
+        }
+        Ok(model)
     }
 }
 

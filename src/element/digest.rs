@@ -168,3 +168,48 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warm_digest_reads_no_file_and_any_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let el = dir.path().join("el");
+        std::fs::create_dir_all(el.join("install.d")).unwrap();
+        std::fs::write(el.join("README.rst"), "x\n").unwrap();
+        std::fs::write(el.join("install.d/10-a"), "#!/bin/bash\n").unwrap();
+        // Files younger than two seconds are never cached (racy stamps): let them age.
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        let store = Store::at(dir.path().join("cache"));
+
+        let mut cold = DigestCache::load(&store);
+        let d1 = cold.element_digest(&el).unwrap();
+        assert_eq!(cold.files_read, 2);
+        cold.save(&store);
+
+        let mut warm = DigestCache::load(&store);
+        assert_eq!(warm.element_digest(&el).unwrap(), d1);
+        assert_eq!(warm.files_read, 0, "a warm run reads no element file");
+
+        // The exec bit, a content edit and a symlink each change the digest.
+        std::fs::set_permissions(
+            el.join("install.d/10-a"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let d2 = DigestCache::in_memory().element_digest(&el).unwrap();
+        assert_ne!(d1, d2);
+        std::fs::write(el.join("README.rst"), "y\n").unwrap();
+        let d3 = DigestCache::in_memory().element_digest(&el).unwrap();
+        assert_ne!(d2, d3);
+        std::os::unix::fs::symlink("README.rst", el.join("README")).unwrap();
+        let d4 = DigestCache::in_memory().element_digest(&el).unwrap();
+        assert_ne!(d3, d4);
+        // And the digest does not depend on where the element lives.
+        let moved = dir.path().join("elsewhere");
+        std::fs::rename(&el, &moved).unwrap();
+        assert_eq!(DigestCache::in_memory().element_digest(&moved).unwrap(), d4);
+    }
+}

@@ -47,6 +47,8 @@ impl EmbeddedStdlib {
 /// The evaluated manifests as JSON, with the files of each category.
 pub(super) struct Evaluated {
     pub json: String,
+    /// Things worth saying that are not errors (a misspelt category file, …).
+    pub warnings: Vec<String>,
     pub files: BTreeMap<String, Vec<PathBuf>>,
     pub from_cache: bool,
 }
@@ -152,8 +154,14 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
             .iter()
             .all(|s| Stamp::of(&s.path).as_ref() == Some(s))
     {
+        let warnings = stray_files(
+            &manifests,
+            &listing,
+            rec.inputs.iter().map(|s| s.path.as_path()),
+        );
         return Ok(Evaluated {
             json: rec.json,
+            warnings,
             files,
             from_cache: true,
         });
@@ -169,6 +177,7 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
+    let warnings = stray_files(&manifests, &listing, read.iter().map(PathBuf::as_path));
     let inputs: Option<Vec<Stamp>> = read.iter().map(|p| Stamp::of(p)).collect();
     if let Some(inputs) = inputs
         && inputs
@@ -187,9 +196,42 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
     }
     Ok(Evaluated {
         json,
+        warnings,
         files,
         from_cache: false,
     })
+}
+
+/// Nickel/TOML files in `manifests/` that are neither a category nor imported by one: most
+/// likely a misspelt category (`site.ncl`), which would otherwise be silently ignored.
+fn stray_files<'a>(
+    manifests: &Path,
+    listing: &[String],
+    read: impl Iterator<Item = &'a Path>,
+) -> Vec<String> {
+    let read: Vec<&Path> = read.collect();
+    let categories: Vec<String> = CATEGORIES.iter().map(|c| c.to_string()).collect();
+    let mut out = Vec::new();
+    for name in listing {
+        let Some((stem, ext)) = name.rsplit_once('.') else {
+            continue;
+        };
+        if !(ext == "ncl" || ext == "toml") || CATEGORIES.contains(&stem) {
+            continue;
+        }
+        let path = manifests.join(name);
+        if read.iter().any(|r| *r == path) {
+            continue;
+        }
+        let hint = crate::label::did_you_mean(stem, &categories)
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        out.push(format!(
+            "manifests/{name} is not a manifest category ({}) and no manifest imports it{hint}",
+            CATEGORIES.join(", ")
+        ));
+    }
+    out
 }
 
 /// Evaluates the aggregate program; returns the JSON export and every on-disk file Nickel read.

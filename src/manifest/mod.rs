@@ -223,6 +223,8 @@ pub struct Model {
     pub files: BTreeMap<String, Vec<PathBuf>>,
     /// Whether the evaluation came from the cache.
     pub from_cache: bool,
+    /// Non-fatal findings, for the CLI to print as warnings.
+    pub warnings: Vec<String>,
 }
 
 impl Model {

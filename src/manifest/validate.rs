@@ -74,6 +74,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         inspect: raw.inspect,
         files: evaluated.files,
         from_cache: evaluated.from_cache,
+        warnings: evaluated.warnings,
     };
 
     // Variable names: Nickel's dictionary contracts cannot check keys.

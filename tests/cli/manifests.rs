@@ -296,3 +296,16 @@ fn the_embedded_stdlib_is_used_when_the_project_has_none() {
             .starts_with("stdlib-")
     }));
 }
+
+#[test]
+fn a_misspelt_category_file_is_reported() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("p");
+    copy_tree(&repo().join("examples/toml-project"), &proj);
+    write(proj.join("manifests/site.toml"), "[x]\nname = \"X\"\n");
+    env.run(&["--root", proj.to_str().unwrap(), "check"])
+        .ok()
+        .stderr_has("manifests/site.toml is not a manifest category")
+        .stderr_has("did you mean `sites`?");
+}
