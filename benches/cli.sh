@@ -29,5 +29,5 @@ hyperfine -N --runs 10 --prepare "rm -rf $cache" \
     "$ccb build --dry-run //..."
 
 echo "## empty stat cache only (evaluation cache kept)"
-hyperfine -N --runs 10 --prepare "rm -rf $cache/stat $cache/resolve" \
+hyperfine -N --runs 10 --prepare "rm -rf $cache/stat" \
     "$ccb build --dry-run //..."

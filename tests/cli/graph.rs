@@ -275,3 +275,46 @@ fn query_deps_rdeps_and_graph() {
         .json();
     assert!(j["actions"].as_array().unwrap().len() > 30);
 }
+
+#[test]
+fn an_artifact_is_a_fetch_action_keyed_by_its_digest() {
+    let env = Env::new();
+    let ex = repo().join("examples/nickel-project");
+    let root = ex.to_str().unwrap();
+    let rd = env
+        .run(&[
+            "--root",
+            root,
+            "query",
+            "rdeps",
+            "artifact:hello-notes",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    let targets: Vec<&str> = rd["dependents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        ["//images:bookworm", "//images:bookworm"],
+        "one per arch"
+    );
+    let hash = env
+        .run(&[
+            "--root", root, "query", "hash", "bookworm", "--arch", "amd64",
+        ])
+        .ok();
+    assert!(
+        hash.stdout.contains("HELLO_NOTES = daa9f159"),
+        "{}",
+        hash.stdout
+    );
+    env.run(&["--root", root, "query", "rdeps", "artifact:hello-note"])
+        .fails()
+        .stderr_has("did you mean `hello-notes`?");
+}
