@@ -77,6 +77,43 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         warnings: evaluated.warnings,
     };
 
+    // Image keys become labels (`//images:<key>`) and file names.
+    for key in raw.images.keys() {
+        let ok = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(model
+                .locate("images", &[key], format!("`{key}` is not a valid image key"), "this key")
+                .with_help("image keys are target names (`//images:<key>`): letters, digits, `.`, `_` and `-`")
+                .into());
+        }
+    }
+    // An artifact fetched from Swift needs a Swift site's credentials.
+    for (key, art) in &model.artifacts {
+        if let Some(swift) = &art.swift
+            && let Some(site) = model.sites.get(&swift.site)
+            && site.kind != super::SiteKind::Swift
+        {
+            return Err(model
+                .locate(
+                    "artifacts",
+                    &[key, "site"],
+                    format!(
+                        "artifact `{key}` is fetched from site `{}`, which is not a Swift site",
+                        swift.site
+                    ),
+                    "this site",
+                )
+                .with_help("name a site with `kind = 'swift`, or give the artifact a `url`")
+                .into());
+        }
+    }
+
     // Variable names: Nickel's dictionary contracts cannot check keys.
     for (key, img) in &raw.images {
         for (field, map) in [("env", &img.env), ("artifacts", &img.artifacts)] {
