@@ -176,15 +176,15 @@ fn diff_value(name: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
             }
         }
         (Value::List(a), Value::List(b)) => {
-            let added: Vec<&String> = b.iter().filter(|x| !a.contains(x)).collect();
-            let removed: Vec<&String> = a.iter().filter(|x| !b.contains(x)).collect();
-            for x in added {
+            let before = out.len();
+            for x in b.iter().filter(|x| !a.contains(x)) {
                 out.push(format!("{name}: {x} added"));
             }
-            for x in removed {
+            for x in a.iter().filter(|x| !b.contains(x)) {
                 out.push(format!("{name}: {x} removed"));
             }
-            if out.is_empty() {
+            // Same items, other order (or other multiplicity): still a change of this field.
+            if out.len() == before {
                 out.push(format!("{name}: order changed"));
             }
         }
@@ -213,6 +213,19 @@ mod tests {
             KeyDoc::new().str("x", "1").key(),
             KeyDoc::new().list("x", vec!["1".into()]).key()
         );
+    }
+
+    #[test]
+    fn a_reordered_list_is_reported_even_after_other_changes() {
+        let old = KeyDoc::new()
+            .str("a", "1")
+            .list("l", vec!["x".into(), "y".into()]);
+        let new = KeyDoc::new()
+            .str("a", "2")
+            .list("l", vec!["y".into(), "x".into()]);
+        let diff = new.diff(&old);
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert_eq!(diff[1], "l: order changed");
     }
 
     #[test]

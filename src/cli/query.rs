@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{CliError, Context};
-use crate::element::{self, ElementView, ForTarget, PHASES, Resolver};
+use crate::element::{self, ElementView, ForTarget, PHASES};
 use crate::graph::{self, Graph, Kind};
 use crate::label::{self, Target};
 use crate::manifest::{Arch, Model};
@@ -124,12 +124,7 @@ pub(super) fn load_graph(
     with_publish: bool,
 ) -> Result<Graph, CliError> {
     let store = ctx.store()?;
-    let path =
-        element::project_search_path(Some(model), Some(&model.root), element_path, &mut |w| {
-            ui::warn(w)
-        })
-        .map_err(|e| ForTarget::new(None, e))?;
-    let resolver = Resolver::new(path, &store).map_err(|e| ForTarget::new(None, e))?;
+    let resolver = element::project_resolver(model, element_path, &store, &mut |w| ui::warn(w))?;
     Ok(Graph::build(model, &resolver, targets, with_publish)?)
 }
 
@@ -365,14 +360,8 @@ fn elements(ctx: &mut Context, a: ElementsArgs) -> Result<(), CliError> {
             &arch.map(|a| vec![a.to_string()]).unwrap_or_default(),
         )?;
         let arch = targets[0].arch;
-        let path = element::project_search_path(
-            Some(&model),
-            Some(&model.root),
-            &a.element_path,
-            &mut |w| ui::warn(w),
-        )
-        .map_err(|e| ForTarget::new(None, e))?;
-        let resolver = Resolver::new(path, &store).map_err(|e| ForTarget::new(None, e))?;
+        let resolver =
+            element::project_resolver(&model, &a.element_path, &store, &mut |w| ui::warn(w))?;
         let mut env = image.env.clone();
         env.extend(declared);
         let r = resolver
@@ -425,60 +414,54 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
         parents.push(format!("//images:{p}"));
         cur = model.images[&p].from.clone();
     }
-    let mut per_arch = Vec::new();
-    for t in &targets {
-        let r = &graph.resolved[&(t.image.clone(), t.arch)];
-        let disk = format!("disk:{}:{}", t.image, t.arch);
-        let actions: Vec<_> = graph
-            .closure(&disk)
-            .into_iter()
-            .map(|a| json!({"id": a.id, "kind": a.kind, "key": a.key}))
-            .collect();
-        let artifacts: Vec<&String> = image.artifacts.values().collect();
-        per_arch.push(json!({
-            "arch": t.arch,
-            "elements": r.elements,
-            "artifacts": artifacts,
-            "actions": actions,
-        }));
-    }
+    let artifacts: Vec<&String> = image.artifacts.values().collect();
+    // One build per arch: (arch, elements, actions the disk needs).
+    let builds: Vec<(Arch, &Vec<String>, Vec<&graph::Action>)> = targets
+        .iter()
+        .map(|t| {
+            let r = &graph.resolved[&(t.image.clone(), t.arch)];
+            (
+                t.arch,
+                &r.elements,
+                graph.closure(&format!("disk:{}:{}", t.image, t.arch)),
+            )
+        })
+        .collect();
     match a.format {
-        OutputFormat::Json => ui::out_json(&json!({
-            "target": format!("//images:{}", image.key),
-            "parents": parents,
-            "builds": per_arch,
-        })),
+        OutputFormat::Json => {
+            let builds: Vec<_> = builds
+                .iter()
+                .map(|(arch, elements, actions)| {
+                    let actions: Vec<_> = actions
+                        .iter()
+                        .map(|a| json!({"id": a.id, "kind": a.kind, "key": a.key}))
+                        .collect();
+                    json!({"arch": arch, "elements": elements, "artifacts": artifacts, "actions": actions})
+                })
+                .collect();
+            ui::out_json(&json!({
+                "target": format!("//images:{}", image.key),
+                "parents": parents,
+                "builds": builds,
+            }))
+        }
         OutputFormat::Text => {
             let mut out = format!("//images:{}\n", image.key);
             if !parents.is_empty() {
                 out.push_str(&format!("  parents: {}\n", parents.join(" ")));
             }
-            for b in &per_arch {
-                out.push_str(&format!("  {}:\n", b["arch"].as_str().unwrap_or("")));
-                let els: Vec<&str> = b["elements"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str())
-                    .collect();
-                out.push_str(&format!("    elements: {}\n", els.join(" ")));
-                let arts: Vec<&str> = b["artifacts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str())
-                    .collect();
-                if !arts.is_empty() {
-                    out.push_str(&format!("    artifacts: {}\n", arts.join(" ")));
+            for (arch, elements, actions) in &builds {
+                out.push_str(&format!(
+                    "  {arch}:\n    elements: {}\n",
+                    elements.join(" ")
+                ));
+                if !artifacts.is_empty() {
+                    let names: Vec<&str> = artifacts.iter().map(|s| s.as_str()).collect();
+                    out.push_str(&format!("    artifacts: {}\n", names.join(" ")));
                 }
                 out.push_str("    actions:\n");
-                for act in b["actions"].as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "      {} {}\n",
-                        act["id"].as_str().unwrap_or(""),
-                        &act["key"].as_str().unwrap_or("")
-                            [..16.min(act["key"].as_str().unwrap_or("").len())]
-                    ));
+                for act in actions {
+                    out.push_str(&format!("      {} {}\n", act.id, &act.key[..16]));
                 }
             }
             ui::out(&out);
@@ -490,9 +473,18 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
 fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
     let model = ctx.model()?;
     let all = label::resolve(&model, &[], None)?;
-    let graph = load_graph(ctx, &model, &all, &[], false)?;
+    let store = ctx.store()?;
+    let resolver = element::project_resolver(&model, &[], &store, &mut |w| ui::warn(w))?;
+    let graph = Graph::build(&model, &resolver, &all, false)?;
     let mut hits: Vec<(Target, Vec<String>)> = Vec::new();
     if let Some(name) = a.what.strip_prefix("element:") {
+        if resolver.path.get(name).is_none() {
+            return Err(CliError::from_diag(element::ElementError::NotFound {
+                name: name.to_string(),
+                wanted_by: None,
+                help: label::did_you_mean(name, &resolver.path.names()),
+            }));
+        }
         for ((image, arch), r) in &graph.resolved {
             if r.elements.iter().any(|e| e == name) {
                 let t = Target {
@@ -510,23 +502,6 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
                     .map(|act| act.id.clone())
                     .collect();
                 hits.push((t, acts));
-            }
-        }
-        if hits.is_empty()
-            && !graph
-                .resolved
-                .values()
-                .any(|r| r.digests.contains_key(name))
-        {
-            let path =
-                element::project_search_path(Some(&model), Some(&model.root), &[], &mut |_| {})
-                    .map_err(|e| ForTarget::new(None, e))?;
-            if path.get(name).is_none() {
-                return Err(CliError::from_diag(element::ElementError::NotFound {
-                    name: name.to_string(),
-                    wanted_by: None,
-                    help: label::did_you_mean(name, &path.names()),
-                }));
             }
         }
     } else if let Some(name) = a.what.strip_prefix("artifact:") {

@@ -317,14 +317,24 @@ pub struct CheckSummary {
     pub elements: usize,
 }
 
+/// The resolver over a project's search path (with `extra` entries first).
+pub fn project_resolver<'a>(
+    model: &Model,
+    extra: &[String],
+    store: &'a Store,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Resolver<'a>, ForTarget> {
+    let path = project_search_path(Some(model), Some(&model.root), extra, warn)
+        .map_err(|e| ForTarget::new(None, e))?;
+    Resolver::new(path, store).map_err(|e| ForTarget::new(None, e))
+}
+
 pub fn check_model(
     model: &Model,
     store: &Store,
     warn: &mut dyn FnMut(&str),
 ) -> Result<CheckSummary, ForTarget> {
-    let path = project_search_path(Some(model), Some(&model.root), &[], warn)
-        .map_err(|e| ForTarget::new(None, e))?;
-    let resolver = Resolver::new(path, store).map_err(|e| ForTarget::new(None, e))?;
+    let resolver = project_resolver(model, &[], store, warn)?;
     let mut used = BTreeSet::new();
     for image in model.images_parents_first() {
         for &arch in &image.arch {

@@ -94,6 +94,20 @@ impl Env {
     }
 }
 
+/// The strings of a JSON array, or of one field of each object in it (`strs(v, Some("id"))`).
+pub fn strs(v: &serde_json::Value, field: Option<&str>) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| field.map_or(x, |f| &x[f]))
+        .map(|x| {
+            x.as_str()
+                .unwrap_or_else(|| panic!("not a string: {x}"))
+                .to_string()
+        })
+        .collect()
+}
+
 /// The repository root (the real project: manifests/, elements/).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,7 +1,7 @@
 //! Element expansion, phase order, environment.d and package-installs, through
 //! `ccb query elements -e … --element-path DIR --format json` (no project needed).
 
-use crate::common::{Env, os_element, script, write};
+use crate::common::{Env, os_element, script, strs, write};
 use serde_json::Value;
 
 fn elements(
@@ -17,14 +17,6 @@ fn elements(
     args.extend_from_slice(names);
     args.extend_from_slice(extra);
     env.run(&args)
-}
-
-fn strs(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]
@@ -46,20 +38,15 @@ fn scripts_run_in_dib_order_and_unrunnable_files_are_skipped() {
     let run = elements(&env, dir.path(), &["os", "a", "b"], &[]).ok();
     let j = run.json();
     assert_eq!(
-        strs(&j["phases"]["install.d"]),
+        strs(&j["phases"]["install.d"], None),
         ["05-y", "5-x", "99-y", "100-x"]
     );
-    let skipped: Vec<String> = j["skipped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["path"].as_str().unwrap().to_string())
-        .collect();
+    let skipped: Vec<String> = strs(&j["skipped"], Some("path"));
     assert_eq!(
         skipped,
         ["install.d/10-foo.sh", "install.d/20-not-executable"]
     );
-    assert_eq!(strs(&j["elements"]), ["a", "b", "os"]);
+    assert_eq!(strs(&j["elements"], None), ["a", "b", "os"]);
 }
 
 #[test]
@@ -74,7 +61,7 @@ fn environment_d_is_sourced_in_bytewise_order() {
     write(a.join("environment.d/9-b"), "export ORDER=${ORDER:-}b\n");
     let j = elements(&env, dir.path(), &["os", "a"], &[]).ok().json();
     assert_eq!(
-        strs(&j["environment"]),
+        strs(&j["environment"], None),
         ["10-os.bash", "100-c", "20-d", "9-b"]
     );
     assert_eq!(j["env"]["ORDER"], "cdb");
@@ -160,7 +147,7 @@ fn expansion_follows_deps_and_removes_provided_names() {
     write(d.join("x/element-deps"), "os\n");
     write(d.join("os/element-provides"), "b\noperating-system\n");
     let j = elements(&env, d, &["a", "x"], &[]).ok().json();
-    assert_eq!(strs(&j["elements"]), ["a", "os", "x"]);
+    assert_eq!(strs(&j["elements"], None), ["a", "os", "x"]);
 }
 
 #[test]
@@ -177,7 +164,7 @@ fn virtual_names_resolve_through_their_provider() {
     let j = elements(&env, d, &["os", "vm", "block-device-efi"], &[])
         .ok()
         .json();
-    assert_eq!(strs(&j["elements"]), ["block-device-efi", "os", "vm"]);
+    assert_eq!(strs(&j["elements"], None), ["block-device-efi", "os", "vm"]);
     // Without a provider, the virtual name is simply not found.
     elements(&env, d, &["os", "vm"], &[])
         .fails()
@@ -289,7 +276,7 @@ fn package_installs_conditions_are_evaluated_against_the_environment() {
         .json();
     let p = &j["packages"];
     assert_eq!(
-        strs(&p["install.d"]["install"]),
+        strs(&p["install.d"]["install"], None),
         [
             "amd-only",
             "debian-name",
@@ -300,9 +287,9 @@ fn package_installs_conditions_are_evaluated_against_the_environment() {
             "when-eq"
         ]
     );
-    assert_eq!(strs(&p["install.d"]["uninstall"]), ["tool"]);
-    assert_eq!(strs(&p["pre-install.d"]["install"]), ["early"]);
-    assert_eq!(strs(&p["post-install.d"]["uninstall"]), ["gone"]);
+    assert_eq!(strs(&p["install.d"]["uninstall"], None), ["tool"]);
+    assert_eq!(strs(&p["pre-install.d"]["install"], None), ["early"]);
+    assert_eq!(strs(&p["post-install.d"]["uninstall"], None), ["gone"]);
 
     let j = elements(
         &env,
@@ -313,7 +300,7 @@ fn package_installs_conditions_are_evaluated_against_the_environment() {
     .ok()
     .json();
     assert_eq!(
-        strs(&j["packages"]["install.d"]["install"]),
+        strs(&j["packages"]["install.d"]["install"], None),
         ["arm-only", "debian-name", "other-name", "tool", "when-ne"]
     );
 }
@@ -408,11 +395,8 @@ fn lint_reports_dib_lint_rules_and_passes_clean_elements() {
             "bad",
         ])
         .fails();
-    let rules: std::collections::BTreeSet<String> = run.json()["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["rule"].as_str().unwrap().to_string())
+    let rules: std::collections::BTreeSet<String> = strs(&run.json()["findings"], Some("rule"))
+        .into_iter()
         .collect();
     for rule in [
         "readme",

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::common::{Env, copy_tree, repo, write};
+use crate::common::{Env, copy_tree, repo, strs, write};
 
 /// Action id → key for the whole project.
 fn keys(env: &Env, root: &std::path::Path) -> BTreeMap<String, String> {
@@ -218,12 +218,7 @@ fn query_deps_rdeps_and_graph() {
         ])
         .ok()
         .json();
-    let mut targets: Vec<&str> = rd["dependents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["target"].as_str().unwrap())
-        .collect();
+    let mut targets: Vec<String> = strs(&rd["dependents"], Some("target"));
     targets.sort();
     assert_eq!(
         targets,
@@ -248,12 +243,7 @@ fn query_deps_rdeps_and_graph() {
         ])
         .ok()
         .json();
-    let targets: Vec<&str> = rd["dependents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["target"].as_str().unwrap())
-        .collect();
+    let targets: Vec<String> = strs(&rd["dependents"], Some("target"));
     assert_eq!(targets, ["//images:debian12-devtools"]);
 
     env.run(&["--root", root, "query", "rdeps", "element:nope"])
@@ -293,12 +283,7 @@ fn an_artifact_is_a_fetch_action_keyed_by_its_digest() {
         ])
         .ok()
         .json();
-    let targets: Vec<&str> = rd["dependents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["target"].as_str().unwrap())
-        .collect();
+    let targets: Vec<String> = strs(&rd["dependents"], Some("target"));
     assert_eq!(
         targets,
         ["//images:bookworm", "//images:bookworm"],

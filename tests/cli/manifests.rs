@@ -1,6 +1,6 @@
 //! Manifests, targets and `ccb check` on the real project, the examples and the bad corpus.
 
-use crate::common::{Env, copy_tree, repo, write};
+use crate::common::{Env, copy_tree, repo, strs, write};
 
 fn root() -> String {
     repo().to_str().unwrap().to_string()
@@ -140,12 +140,7 @@ fn every_spelling_of_a_target_resolves_to_the_same_image() {
         ])
         .ok()
         .json();
-    let ids: Vec<&str> = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<String> = strs(&plan["actions"], Some("id"));
     assert_eq!(
         ids,
         [
