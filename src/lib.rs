@@ -31,9 +31,11 @@
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
 //! ```
 
+pub mod build;
 pub mod cli;
 pub mod diag;
 pub mod element;
+pub mod exec;
 pub mod fsutil;
 pub mod graph;
 pub mod keydoc;

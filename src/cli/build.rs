@@ -1,12 +1,33 @@
-//! `ccb build`: the plan (`--dry-run`); execution arrives with the executor.
+//! `ccb build`: plan the targets' actions, then run the ones not in the store.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
 
 use super::{CliError, Context};
-use crate::graph::{self, Action, Status};
+use crate::build::event::Event;
+use crate::build::{self, BuildContext, BuildError};
+use crate::element;
+use crate::exec::{self, Fate, JobEnd, Node};
+use crate::graph::{self, Action, Graph, Kind, Status};
 use crate::label;
+use crate::store::Wait;
+use crate::ui::progress::{Progress, human_duration};
 use crate::ui::{self, OutputFormat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Stage {
+    /// The base root filesystems (root.d)
+    Base,
+    /// The finished root filesystems (through post-root.d)
+    Layer,
+    /// The disk images
+    Disk,
+}
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -21,24 +42,322 @@ pub struct BuildArgs {
     /// Extra element directories, searched first (colon-separated)
     #[arg(long, value_name = "A:B")]
     element_path: Vec<String>,
+    /// Run up to N actions at once
+    #[arg(short, long, default_value_t = 1, value_name = "N")]
+    jobs: usize,
+    /// After a failure, go on with everything that does not depend on it
+    #[arg(long)]
+    keep_going: bool,
+    /// Rebuild this target's own actions even when they are in the store (repeatable)
+    #[arg(long, value_name = "TARGET")]
+    force: Vec<String>,
+    /// Keep the working tree of a failed action (its path is printed)
+    #[arg(long)]
+    keep_failed: bool,
+    /// Stop after this stage
+    #[arg(long, value_enum, value_name = "STAGE")]
+    until: Option<Stage>,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
+}
+
+fn stage_of(kind: Kind) -> Stage {
+    match kind {
+        Kind::Fetch | Kind::Base => Stage::Base,
+        Kind::Layer => Stage::Layer,
+        Kind::Disk | Kind::Publish => Stage::Disk,
+    }
+}
+
+/// A default cost per kind for actions never built here: only the ratios matter.
+fn default_weight(kind: Kind) -> u64 {
+    match kind {
+        Kind::Fetch => 10_000,
+        Kind::Base => 60_000,
+        Kind::Layer => 120_000,
+        Kind::Disk => 60_000,
+        Kind::Publish => 30_000,
+    }
 }
 
 pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let model = ctx.model()?;
     let arches = label::parse_arches(&a.arch)?;
     let targets = label::resolve(&model, &a.targets, arches.as_ref())?;
-    let graph = super::query::load_graph(ctx, &model, &targets, &a.element_path, false)?;
     let store = ctx.store()?;
-    let plan = graph::plan(&graph, &store);
-    render_plan(&plan, a.format, ctx.verbose > 0);
+    let resolver =
+        element::project_resolver(&model, &a.element_path, &store, &mut |w| ui::warn(w))?;
+    let graph = Graph::build(&model, &resolver, &targets, false)?;
+    let until = a.until.unwrap_or(Stage::Disk);
+    let plan: Vec<(&Action, Status)> = graph::plan(&graph, &store)
+        .into_iter()
+        .filter(|(act, _)| stage_of(act.kind) <= until)
+        .collect();
     if a.dry_run {
+        render_plan(&plan, a.format, ctx.verbose > 0);
         return Ok(());
     }
-    Err(CliError::msg(
-        "executing the plan is not implemented yet (the executor is issue [3/8]); the plan above is what would run",
-    ))
+
+    let forced: BTreeSet<String> = if a.force.is_empty() {
+        BTreeSet::new()
+    } else {
+        let ft = label::resolve(&model, &a.force, arches.as_ref())?;
+        ft.iter()
+            .flat_map(|t| graph.actions_of(t))
+            .map(|act| act.id.clone())
+            .collect()
+    };
+
+    // Builds share the store; `ccb cache gc` takes it alone.
+    let _store_lock = match store.lock_store(false, Wait::Try)? {
+        Some(l) => l,
+        None => {
+            ui::status(ctx.quiet, "waiting for `ccb cache` to release the store...");
+            store
+                .lock_store(false, Wait::Block)?
+                .expect("a blocking lock returns a lock")
+        }
+    };
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second Ctrl-C exits at once (the sandboxes die with ccb).
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, cancel.clone());
+        let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
+
+    let nodes: Vec<Node> = plan
+        .iter()
+        .map(|(act, _)| Node {
+            id: act.id.clone(),
+            deps: act.deps.clone(),
+            weight: store
+                .read_json::<graph::LastBuild>(&graph::last_record_name(&act.id))
+                .map(|l| l.duration_ms)
+                .filter(|d| *d > 0)
+                .unwrap_or_else(|| default_weight(act.kind)),
+        })
+        .collect();
+
+    let bctx = BuildContext {
+        model: &model,
+        graph: &graph,
+        resolver: &resolver,
+        store: &store,
+        overlay: build::overlay_available(),
+        stream_output: ctx.verbose > 0,
+        keep_failed: a.keep_failed,
+    };
+    let progress = Progress::new(ctx.quiet, ctx.verbose > 0);
+    let results: Mutex<Vec<(String, Result<build::Built, BuildError>)>> = Mutex::new(Vec::new());
+    let started = Instant::now();
+
+    let fates = exec::schedule(&nodes, a.jobs, a.keep_going, &cancel, |id| {
+        let action = graph.get(id).expect("scheduled actions are in the graph");
+        let force = forced.contains(id);
+        if !force && graph::is_cached(&store, action) {
+            return JobEnd::Cached;
+        }
+        let outcome = run_one(&bctx, action, force, &cancel, &progress);
+        let end = match &outcome {
+            Ok(None) => JobEnd::Cached,
+            Ok(Some(_)) => JobEnd::Built,
+            Err(BuildError::Cancelled { .. }) => JobEnd::Cancelled,
+            Err(_) => JobEnd::Failed,
+        };
+        if let Some(r) = match outcome {
+            Ok(Some(b)) => Some(Ok(b)),
+            Err(e) => Some(Err(e)),
+            Ok(None) => None,
+        } {
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((id.to_string(), r));
+        }
+        end
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    report(&plan, &fates, &results, started.elapsed(), a.format, ctx.quiet);
+
+    if cancel.load(Ordering::SeqCst) {
+        return Err(CliError::msg("build cancelled"));
+    }
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    if failed > 0 {
+        return Err(CliError::msg(format!(
+            "{failed} action{} failed",
+            if failed == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(())
+}
+
+/// Builds one action under its key's lock. `Ok(None)`: another ccb built it meanwhile.
+fn run_one(
+    bctx: &BuildContext,
+    action: &Action,
+    force: bool,
+    cancel: &AtomicBool,
+    progress: &Progress,
+) -> Result<Option<build::Built>, BuildError> {
+    let store = bctx.store;
+    match action.kind {
+        Kind::Base | Kind::Layer => {}
+        Kind::Disk => {
+            let e = BuildError::Unsupported {
+                id: action.id.clone(),
+                message: "disk images are not built yet (issue [4/8]); build the root \
+                          filesystem with `--until layer`"
+                    .into(),
+            };
+            progress.block(&format!("error: {e}"));
+            return Err(e);
+        }
+        Kind::Fetch | Kind::Publish => {
+            let e = BuildError::Unsupported {
+                id: action.id.clone(),
+                message: "artifacts are not fetched yet (issue [8/8])".into(),
+            };
+            progress.block(&format!("error: {e}"));
+            return Err(e);
+        }
+    }
+    let _lock = match store.lock_key(&action.key, Wait::Try)? {
+        Some(l) => l,
+        None => {
+            progress.warn(&action.id, "waiting for another ccb building the same key");
+            store
+                .lock_key(&action.key, Wait::Block)?
+                .expect("a blocking lock returns a lock")
+        }
+    };
+    if !force && graph::is_cached(store, action) {
+        return Ok(None);
+    }
+    progress.started(&action.id);
+    let mut on_event = |ev: &Event| match ev {
+        Event::Step {
+            phase,
+            element,
+            name,
+        } => progress.step(&action.id, phase, element, name),
+        Event::Output { line } => progress.output(&action.id, line),
+        Event::Warning { message } => progress.warn(&action.id, message),
+        _ => {}
+    };
+    let started = Instant::now();
+    match build::run_action(bctx, action, cancel, &mut on_event) {
+        Ok(built) => {
+            graph::record_build(store, action, &built)?;
+            progress.finished(&action.id, "built", Some(built.duration));
+            Ok(Some(built))
+        }
+        Err(e) => {
+            let verb = if matches!(e, BuildError::Cancelled { .. }) {
+                "cancelled"
+            } else {
+                progress.block(&render_failure(&e, bctx.keep_failed));
+                "failed"
+            };
+            progress.finished(&action.id, verb, Some(started.elapsed()));
+            Err(e)
+        }
+    }
+}
+
+fn render_failure(e: &BuildError, kept: bool) -> String {
+    let mut out = format!("error: {e}");
+    if let BuildError::StepFailed { tail, .. } = e
+        && !tail.is_empty()
+    {
+        out.push_str(&format!("\n  last {} lines of output:", tail.len()));
+        for l in tail {
+            out.push_str(&format!("\n  | {l}"));
+        }
+    }
+    if let Some(log) = e.log() {
+        out.push_str(&format!("\n  log: {}", log.display()));
+    }
+    if kept {
+        out.push_str("\n  the working tree was kept (--keep-failed) under the store's tmp/");
+    }
+    out
+}
+
+fn report(
+    plan: &[(&Action, Status)],
+    fates: &std::collections::BTreeMap<String, Fate>,
+    results: &[(String, Result<build::Built, BuildError>)],
+    elapsed: Duration,
+    format: OutputFormat,
+    quiet: bool,
+) {
+    let result_of = |id: &str| results.iter().find(|(i, _)| i == id).map(|(_, r)| r);
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    let mut rows = Vec::new();
+    for (act, _) in plan {
+        let fate = fates.get(&act.id).cloned().unwrap_or(Fate::NotStarted);
+        let status = match &fate {
+            Fate::Ran(JobEnd::Cached) => "cached",
+            Fate::Ran(JobEnd::Built) => "built",
+            Fate::Ran(JobEnd::Failed) => "failed",
+            Fate::Ran(JobEnd::Cancelled) => "cancelled",
+            Fate::Skipped { .. } => "skipped",
+            Fate::NotStarted => "not-started",
+        };
+        *counts.entry(status).or_default() += 1;
+        let mut row = json!({"id": act.id, "kind": act.kind, "key": act.key, "status": status});
+        match result_of(&act.id) {
+            Some(Ok(b)) => {
+                row["duration_ms"] = json!(b.duration.as_millis() as u64);
+                row["steps"] = json!(b.steps);
+                row["tree"] = json!(b.tree);
+            }
+            Some(Err(e)) => {
+                row["error"] = json!(e.to_string());
+                if let Some(log) = e.log() {
+                    row["log"] = json!(log);
+                }
+            }
+            None => {}
+        }
+        if let Fate::Skipped { because } = &fate {
+            row["because"] = json!(because);
+        }
+        rows.push(row);
+    }
+    match format {
+        OutputFormat::Json => ui::out_json(&json!({
+            "version": 1,
+            "actions": rows,
+            "summary": {
+                "total": plan.len(),
+                "built": counts.get("built").copied().unwrap_or(0),
+                "cached": counts.get("cached").copied().unwrap_or(0),
+                "failed": counts.get("failed").copied().unwrap_or(0),
+                "skipped": counts.get("skipped").copied().unwrap_or(0),
+                "not_started": counts.get("not-started").copied().unwrap_or(0),
+                "cancelled": counts.get("cancelled").copied().unwrap_or(0),
+                "duration_ms": elapsed.as_millis() as u64,
+            },
+        })),
+        OutputFormat::Text => {
+            let parts: Vec<String> = ["built", "cached", "failed", "skipped", "not-started", "cancelled"]
+                .iter()
+                .filter_map(|k| counts.get(k).map(|n| format!("{n} {k}")))
+                .collect();
+            ui::status(
+                quiet,
+                &format!(
+                    "{} actions: {} in {}",
+                    plan.len(),
+                    if parts.is_empty() { "nothing to do".to_string() } else { parts.join(", ") },
+                    human_duration(elapsed)
+                ),
+            );
+        }
+    }
 }
 
 pub(super) fn render_plan(plan: &[(&Action, Status)], format: OutputFormat, all_reasons: bool) {

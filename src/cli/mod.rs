@@ -2,6 +2,7 @@
 //! with its clap `*Args` and a short `run` that calls the library and renders the result.
 
 mod build;
+mod cache;
 mod check;
 mod lint;
 mod query;
@@ -38,10 +39,13 @@ enum Command {
     /// Ask questions about targets, elements and the build graph
     #[command(subcommand)]
     Query(query::QueryCommand),
-    /// Build images (only `--dry-run` so far: print the plan)
+    /// Build images: every action of the targets not already in the store
     Build(build::BuildArgs),
     /// Check elements against diskimage-builder's dib-lint rules
     Lint(lint::LintArgs),
+    /// Look after the store: list, garbage-collect, verify and remove entries
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// What every command may need: the global flags, the project and the store, loaded lazily
@@ -155,6 +159,12 @@ fn install_report_hook() {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
+    // The sandbox is ccb re-executed (see `build::sandbox`): not a user command.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == crate::build::sandbox::SANDBOX_ARG) {
+        let spec = args.next().map(PathBuf::from).unwrap_or_default();
+        return ExitCode::from(crate::build::sandbox::main(&spec).clamp(0, 255) as u8);
+    }
     install_report_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -175,6 +185,7 @@ pub fn main() -> ExitCode {
         Command::Query(cmd) => query::run(&mut ctx, cmd),
         Command::Build(args) => build::run(&mut ctx, args),
         Command::Lint(args) => lint::run(&mut ctx, args),
+        Command::Cache(cmd) => cache::run(&mut ctx, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

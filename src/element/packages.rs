@@ -245,7 +245,7 @@ fn read_file(
 }
 
 /// A parsed `pkg-map`, applied default → family → distro → release.
-fn pkg_map(
+pub fn pkg_map(
     el: &ElementDir,
     env: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, ElementError> {

@@ -333,6 +333,66 @@ pub struct LastBuild {
     pub id: String,
     pub key: String,
     pub doc: KeyDoc,
+    /// How long the build took: the scheduler's estimate for the next one.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// `actions/<key>.json`: what the store knows about a built action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub id: String,
+    pub key: String,
+    pub kind: Kind,
+    pub doc: KeyDoc,
+    pub duration_ms: u64,
+    /// Seconds since the epoch.
+    pub built_at: u64,
+    pub steps: Vec<crate::build::event::StepRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<crate::build::tree::TreeSummary>,
+}
+
+/// Records a finished build: the action cache entry, then the `last` record `explain` and the
+/// scheduler read.
+pub fn record_build(
+    store: &Store,
+    action: &Action,
+    built: &crate::build::Built,
+) -> Result<(), store::StoreError> {
+    let duration_ms = built.duration.as_millis() as u64;
+    let record = ActionRecord {
+        id: action.id.clone(),
+        key: action.key.clone(),
+        kind: action.kind,
+        doc: action.doc.clone(),
+        duration_ms,
+        built_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        steps: built.steps.clone(),
+        tree: Some(built.tree.clone()),
+    };
+    store.write_json(&action_record_name(&action.key), &record)?;
+    store.write_json(
+        &last_record_name(&action.id),
+        &LastBuild {
+            id: action.id.clone(),
+            key: action.key.clone(),
+            doc: action.doc.clone(),
+            duration_ms,
+        },
+    )
+}
+
+/// Whether the store holds a finished result for this action's key.
+pub fn is_cached(store: &Store, action: &Action) -> bool {
+    store.exists(&action_record_name(&action.key))
+        && match action.kind {
+            Kind::Base | Kind::Layer => store.exists(&format!("layers/{}/layer.json", action.key)),
+            _ => true,
+        }
 }
 
 pub fn last_record_name(id: &str) -> String {
@@ -345,7 +405,7 @@ pub fn action_record_name(key: &str) -> String {
 
 /// Why an action would run: its inputs' changes since its last build, or "never built".
 pub fn status(store: &Store, action: &Action) -> Status {
-    if store.exists(&action_record_name(&action.key)) {
+    if is_cached(store, action) {
         return Status::Cached;
     }
     let reasons = match store.read_json::<LastBuild>(&last_record_name(&action.id)) {

@@ -1,6 +1,8 @@
 //! Output: data to stdout, status and warnings to stderr, and a closed stdout ends the program
 //! quietly (`ccb query targets | head` is normal use, not an error).
 
+pub mod progress;
+
 use std::io::Write;
 
 /// `--format`: text for people, JSON for programs.

@@ -1,0 +1,556 @@
+//! Building root filesystems: `base` (root.d into an empty tree) and `layer` (extra-data →
+//! post-root over the layers under it), each run in a sandbox (see [`sandbox`]) and committed
+//! to the store by key.
+//!
+//! The parent side lives here: turn a graph action into an [`spec::ActionSpec`], run the
+//! sandbox, follow its events, and commit (or discard) its tree.
+
+pub mod event;
+pub mod runner;
+pub mod sandbox;
+pub mod spec;
+pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use event::{Event, StepRecord};
+use spec::{ActionSpec, CacheMount, ElementSrc, PhaseSpec, Place, SpecKind, Step};
+
+use crate::element::view::run_parts_cmp;
+use crate::element::{ElementDir, Resolver, engine_env, packages};
+use crate::graph::{Action, Graph, Kind};
+use crate::manifest::Model;
+use crate::store::{LayerMeta, LayerMode, Store, StoreError};
+
+/// How long an action has to stop after SIGTERM before it is killed.
+const GRACE: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum BuildError {
+    #[error("{id}: element `{element}`, {phase}/{script} failed ({status})")]
+    #[diagnostic(code(ccb::build::step_failed))]
+    StepFailed {
+        id: String,
+        element: String,
+        phase: String,
+        script: String,
+        status: String,
+        tail: Vec<String>,
+        log: PathBuf,
+    },
+    #[error("{id}: {message}")]
+    #[diagnostic(code(ccb::build::engine))]
+    Engine {
+        id: String,
+        message: String,
+        log: Option<PathBuf>,
+    },
+    #[error("{id}: cancelled")]
+    #[diagnostic(code(ccb::build::cancelled))]
+    Cancelled { id: String },
+    #[error("{id}: {message}")]
+    #[diagnostic(code(ccb::build::unsupported))]
+    Unsupported { id: String, message: String },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl BuildError {
+    fn engine(id: &str, message: impl Into<String>, log: Option<PathBuf>) -> Self {
+        BuildError::Engine {
+            id: id.to_string(),
+            message: message.into(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> Option<&PathBuf> {
+        match self {
+            BuildError::StepFailed { log, .. } => Some(log),
+            BuildError::Engine { log, .. } => log.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Everything an action needs from the rest of the engine.
+pub struct BuildContext<'a> {
+    pub model: &'a Model,
+    pub graph: &'a Graph,
+    pub resolver: &'a Resolver<'a>,
+    pub store: &'a Store,
+    /// Stack layers with overlayfs (else copy them).
+    pub overlay: bool,
+    /// Send every output line as an event (`-v`).
+    pub stream_output: bool,
+    /// Keep the working tree of a failed action.
+    pub keep_failed: bool,
+}
+
+/// Whether overlayfs can be used: the kernel has it and `CCB_OVERLAYFS=0` does not refuse it.
+pub fn overlay_available() -> bool {
+    if std::env::var("CCB_OVERLAYFS").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+}
+
+/// A finished action.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub steps: Vec<StepRecord>,
+    pub duration: Duration,
+    pub tree: tree::TreeSummary,
+}
+
+const LAYER_PHASES: [(&str, Place); 5] = [
+    ("extra-data.d", Place::Outside),
+    ("pre-install.d", Place::Inside),
+    ("install.d", Place::Inside),
+    ("post-install.d", Place::Inside),
+    ("post-root.d", Place::Outside),
+];
+
+/// DIB's package-installs positions: (phase, install step, uninstall step).
+const PACKAGE_STEPS: [(&str, &str, &str); 3] = [
+    ("pre-install.d", "10-package-installs", "99-package-uninstalls"),
+    ("install.d", "01-package-installs", "99-package-uninstalls"),
+    ("post-install.d", "00-package-installs", "95-package-uninstalls"),
+];
+
+fn distro_cache(distro: &str) -> Option<&'static str> {
+    match distro {
+        "debian" | "ubuntu" => Some("/var/cache/apt/archives"),
+        "centos" | "rhel" | "fedora" | "rocky" | "almalinux" | "openeuler" => {
+            Some("/var/cache/dnf")
+        }
+        _ => None,
+    }
+}
+
+fn unsupported(action: &Action, message: &str) -> BuildError {
+    BuildError::Unsupported {
+        id: action.id.clone(),
+        message: message.to_string(),
+    }
+}
+
+/// The spec of a `base` or `layer` action.
+pub fn spec_for(
+    ctx: &BuildContext,
+    action: &Action,
+    work: PathBuf,
+) -> Result<ActionSpec, BuildError> {
+    let (Some(image_key), Some(arch)) = (&action.image, action.arch) else {
+        return Err(unsupported(action, "not an image action"));
+    };
+    let image = &ctx.model.images[image_key];
+    let resolved = &ctx.graph.resolved[&(image_key.clone(), arch)];
+    let dir_of = |name: &str| -> Result<&ElementDir, BuildError> {
+        ctx.resolver.path.get(name).ok_or_else(|| {
+            BuildError::engine(&action.id, format!("element `{name}` vanished"), None)
+        })
+    };
+    let pkg_maps = |names: &[String], env: &BTreeMap<String, String>| {
+        let mut maps = BTreeMap::new();
+        for n in names {
+            let el = dir_of(n)?;
+            let map = packages::pkg_map(el, env)
+                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+            if !map.is_empty() {
+                maps.insert(n.clone(), map);
+            }
+        }
+        Ok::<_, BuildError>(maps)
+    };
+    let distro = resolved
+        .view
+        .env
+        .get("DISTRO_NAME")
+        .cloned()
+        .unwrap_or_default();
+    let package_cache = distro_cache(&distro).map(|target| CacheMount {
+        host: ctx
+            .store
+            .path(&format!("downloads/packages/{distro}-{arch}")),
+        target: target.to_string(),
+    });
+    let downloads = ctx.store.path("downloads");
+    let log = ctx.store.log_path(&action.key);
+
+    match action.kind {
+        Kind::Base => {
+            let base = resolved
+                .base
+                .as_ref()
+                .ok_or_else(|| unsupported(action, "a child image has no base"))?;
+            let mut env = engine_env(arch, None, &base.elements);
+            env.extend(image.env.clone());
+            let elements = base
+                .elements
+                .iter()
+                .map(|n| {
+                    Ok(ElementSrc {
+                        name: n.clone(),
+                        dir: dir_of(n)?.dir.clone(),
+                        own: true,
+                    })
+                })
+                .collect::<Result<Vec<_>, BuildError>>()?;
+            let steps = base
+                .view
+                .phases
+                .get("root.d")
+                .map(|s| {
+                    s.iter()
+                        .map(|s| Step::Script {
+                            element: s.element.clone(),
+                            name: s.name.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(ActionSpec {
+                id: action.id.clone(),
+                key: action.key.clone(),
+                kind: SpecKind::Base,
+                arch: arch.as_str().into(),
+                work,
+                lowers: vec![],
+                overlay: false,
+                env,
+                elements,
+                env_files: base.view.environment.iter().map(|s| s.name.clone()).collect(),
+                phases: vec![PhaseSpec {
+                    phase: "root.d".into(),
+                    place: Place::Outside,
+                    steps,
+                }],
+                pkg_maps: pkg_maps(&base.elements, &base.view.env)?,
+                downloads,
+                package_cache,
+                log,
+                stream_output: ctx.stream_output,
+            })
+        }
+        Kind::Layer => {
+            let parent_id = action
+                .deps
+                .first()
+                .ok_or_else(|| unsupported(action, "a layer needs a base or parent layer"))?;
+            let parent = ctx
+                .graph
+                .get(parent_id)
+                .ok_or_else(|| unsupported(action, "the parent action is missing"))?;
+            let parent_meta = ctx.store.layer_meta(&parent.key).ok_or_else(|| {
+                BuildError::engine(
+                    &action.id,
+                    format!("the layer of {parent_id} is not in the store"),
+                    None,
+                )
+            })?;
+            let lowers = parent_meta.stack(ctx.store);
+            let parent_elements: BTreeSet<String> = match &image.from {
+                Some(p) => ctx.graph.resolved[&(p.clone(), arch)]
+                    .elements
+                    .iter()
+                    .cloned()
+                    .collect(),
+                None => BTreeSet::new(),
+            };
+            let own: Vec<String> = resolved
+                .elements
+                .iter()
+                .filter(|e| !parent_elements.contains(*e))
+                .cloned()
+                .collect();
+            let own_dirs = own
+                .iter()
+                .map(|n| dir_of(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            let own_packages = packages::evaluate(&own_dirs, &resolved.view.env)
+                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+            let has = |e: &str| resolved.elements.iter().any(|x| x == e);
+
+            let mut phases = Vec::new();
+            for (phase, place) in LAYER_PHASES {
+                let mut steps: Vec<Step> = resolved
+                    .view
+                    .phases
+                    .get(phase)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| own.contains(&s.element))
+                    .map(|s| Step::Script {
+                        element: s.element.clone(),
+                        name: s.name.clone(),
+                    })
+                    .collect();
+                if phase == "pre-install.d" && has("install-bin") {
+                    steps.push(Step::InstallBin {
+                        name: "01-install-bin".into(),
+                    });
+                }
+                if phase == "install.d" && has("install-static") {
+                    steps.push(Step::InstallStatic {
+                        name: "10-install-static-files".into(),
+                    });
+                }
+                if has("package-installs")
+                    && let Some((_, inst, uninst)) =
+                        PACKAGE_STEPS.iter().find(|(p, _, _)| *p == phase)
+                    && let Some(lists) = own_packages.get(phase)
+                {
+                    if !lists.install.is_empty() {
+                        steps.push(Step::Packages {
+                            name: inst.to_string(),
+                            install: lists.install.clone(),
+                            uninstall: vec![],
+                        });
+                    }
+                    if !lists.uninstall.is_empty() {
+                        steps.push(Step::Packages {
+                            name: uninst.to_string(),
+                            install: vec![],
+                            uninstall: lists.uninstall.clone(),
+                        });
+                    }
+                }
+                steps.sort_by(|a, b| run_parts_cmp(a.name(), b.name()));
+                if !steps.is_empty() {
+                    phases.push(PhaseSpec {
+                        phase: phase.into(),
+                        place,
+                        steps,
+                    });
+                }
+            }
+            let mut env = engine_env(
+                arch,
+                Some(&image.published_name(arch)),
+                &resolved.elements,
+            );
+            env.extend(image.env.clone());
+            let elements = resolved
+                .elements
+                .iter()
+                .map(|n| {
+                    Ok(ElementSrc {
+                        name: n.clone(),
+                        dir: dir_of(n)?.dir.clone(),
+                        own: own.contains(n),
+                    })
+                })
+                .collect::<Result<Vec<_>, BuildError>>()?;
+            Ok(ActionSpec {
+                id: action.id.clone(),
+                key: action.key.clone(),
+                kind: SpecKind::Layer,
+                arch: arch.as_str().into(),
+                work,
+                lowers,
+                overlay: ctx.overlay,
+                env,
+                elements,
+                env_files: resolved
+                    .view
+                    .environment
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
+                phases,
+                pkg_maps: pkg_maps(&resolved.elements, &resolved.view.env)?,
+                downloads,
+                package_cache,
+                log,
+                stream_output: ctx.stream_output,
+            })
+        }
+        _ => Err(unsupported(action, "not a root filesystem action")),
+    }
+}
+
+/// Runs a `base` or `layer` action in a sandbox and commits its tree to the store. The
+/// caller holds the key's lock.
+pub fn run_action(
+    ctx: &BuildContext,
+    action: &Action,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Built, BuildError> {
+    let started = Instant::now();
+    let store = ctx.store;
+    store.remove_stale_work(&action.key)?;
+    let work = store.work_dir(&action.key)?;
+    let spec = spec_for(ctx, action, work.clone())?;
+    let log = spec.log.clone();
+    crate::fsutil::write_atomic(&log, format!("ccb: {} ({})\n", action.id, action.key).as_bytes())
+        .map_err(StoreError::from)?;
+    let spec_path = work.join("spec.json");
+    let bytes = serde_json::to_vec_pretty(&spec)
+        .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+    crate::fsutil::write_atomic(&spec_path, &bytes).map_err(StoreError::from)?;
+
+    let result = supervise(ctx, action, &spec_path, cancel, on_event);
+    let outcome = match result {
+        Ok(steps) => commit(ctx, action, &spec).map(|tree| Built {
+            steps,
+            duration: started.elapsed(),
+            tree,
+        }),
+        Err(e) => Err(e),
+    };
+    match &outcome {
+        Err(_) if ctx.keep_failed => {}
+        _ => crate::store::remove_tree(&work)?,
+    }
+    outcome
+}
+
+/// Runs the sandbox, passing its events on, and turns its end into a result.
+fn supervise(
+    ctx: &BuildContext,
+    action: &Action,
+    spec_path: &std::path::Path,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Vec<StepRecord>, BuildError> {
+    let log = ctx.store.log_path(&action.key);
+    let mut child = sandbox::spawn(spec_path, &log).map_err(|e| {
+        BuildError::engine(&action.id, format!("cannot start the sandbox: {e}"), None)
+    })?;
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel::<Event>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(ev) = serde_json::from_str::<Event>(&line)
+                && tx.send(ev).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut steps = Vec::new();
+    let mut failed: Option<Event> = None;
+    let mut engine_error: Option<String> = None;
+    let mut term_sent: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => {
+                match &ev {
+                    Event::StepDone(r) => steps.push(r.clone()),
+                    Event::Failed { .. } => failed = Some(ev.clone()),
+                    Event::Error { message } => engine_error = Some(message.clone()),
+                    _ => {}
+                }
+                on_event(&ev);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if cancel.load(Ordering::SeqCst) {
+            match term_sent {
+                None => {
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGTERM);
+                    term_sent = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > GRACE => {
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let _ = reader.join();
+    let status = child
+        .wait()
+        .map_err(|e| BuildError::engine(&action.id, format!("wait for the sandbox: {e}"), None))?;
+    if term_sent.is_some() {
+        return Err(BuildError::Cancelled {
+            id: action.id.clone(),
+        });
+    }
+    match status.code() {
+        Some(sandbox::EXIT_OK) => Ok(steps),
+        Some(sandbox::EXIT_STEP_FAILED) => match failed {
+            Some(Event::Failed {
+                phase,
+                element,
+                name,
+                status,
+                tail,
+            }) => Err(BuildError::StepFailed {
+                id: action.id.clone(),
+                element,
+                phase,
+                script: name,
+                status,
+                tail,
+                log,
+            }),
+            _ => Err(BuildError::engine(
+                &action.id,
+                "a step failed",
+                Some(log),
+            )),
+        },
+        Some(sandbox::EXIT_CANCELLED) => Err(BuildError::Cancelled {
+            id: action.id.clone(),
+        }),
+        other => Err(BuildError::engine(
+            &action.id,
+            engine_error.unwrap_or_else(|| match other {
+                Some(c) => format!("the sandbox exited with status {c}"),
+                None => "the sandbox was killed".into(),
+            }),
+            Some(log),
+        )),
+    }
+}
+
+fn commit(
+    ctx: &BuildContext,
+    action: &Action,
+    spec: &ActionSpec,
+) -> Result<tree::TreeSummary, BuildError> {
+    let (tree_dir, mode, lowers) = match (spec.kind, spec.overlay) {
+        (SpecKind::Layer, true) => {
+            let parent = ctx
+                .graph
+                .get(&action.deps[0])
+                .and_then(|p| ctx.store.layer_meta(&p.key))
+                .ok_or_else(|| BuildError::engine(&action.id, "the parent layer vanished", None))?;
+            let mut lowers = vec![parent.key.clone()];
+            if parent.mode == LayerMode::Diff {
+                lowers.extend(parent.lowers.iter().cloned());
+            }
+            (spec.work.join("upper"), LayerMode::Diff, lowers)
+        }
+        _ => (spec.work.join("tree"), LayerMode::Full, vec![]),
+    };
+    let summary = tree::summarize(&tree_dir).map_err(|e| {
+        BuildError::engine(&action.id, format!("cannot digest the tree: {e}"), None)
+    })?;
+    let meta = LayerMeta {
+        key: action.key.clone(),
+        id: action.id.clone(),
+        mode,
+        lowers,
+        tree: summary.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    ctx.store.commit_layer(&tree_dir, &meta)?;
+    Ok(summary)
+}

@@ -1,0 +1,649 @@
+//! Runs one action's phases inside the sandbox (as PID 1 of its PID namespace, in its own
+//! mount namespace): the hooks tree, the root tree (overlayfs over the lower layers, or a
+//! copy), the chroot mounts, and every step in order, with its output logged.
+//!
+//! Nothing here unmounts on error paths: every mount lives in the sandbox's mount namespace
+//! and disappears with it, whatever way the sandbox ends. The success path still unmounts in
+//! order, so the tree is left exactly as the last step left it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use super::event::{Event, StepRecord, emit};
+use super::spec::{ActionSpec, Place, SpecKind, Step};
+use super::tree;
+use crate::element::env::PATH;
+
+const INSTALL_PACKAGES: &str = include_str!("install-packages.sh");
+const TAIL_LINES: usize = 30;
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Inside the chroot: the hooks (read-only) and ccb's own tools.
+const HOOKS_IN: &str = "/tmp/in_target.d";
+const ENGINE_IN: &str = "/tmp/ccb";
+
+/// Sources environment.d (the files after the script's arguments), then runs the script:
+/// DIB's dib-run-parts does the same for each script of a phase.
+const RUN: &str = r#"set -eu
+set -o pipefail
+script=$1
+nargs=$2
+shift 2
+args=("${@:1:$nargs}")
+shift "$nargs"
+for f in "$@"; do
+    source "$f"
+done
+exec "$script" "${args[@]}"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Engine(String),
+    #[error("step failed")]
+    StepFailed,
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<tree::TreeError> for RunError {
+    fn from(e: tree::TreeError) -> Self {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        RunError::Engine(msg)
+    }
+}
+
+fn engine(context: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> RunError {
+    move |e| RunError::Engine(format!("{context}: {e}"))
+}
+
+fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RunError {
+    move |e| RunError::Engine(format!("{context}: {e}"))
+}
+
+struct Runner<'a> {
+    spec: &'a ActionSpec,
+    hooks: PathBuf,
+    engine_dir: PathBuf,
+    root: PathBuf,
+    log: File,
+    cancelled: Arc<AtomicBool>,
+    /// Mount points of the chroot, in mount order.
+    mounts: Vec<PathBuf>,
+    /// Directories the runner created inside the tree, to remove afterwards.
+    made_dirs: Vec<PathBuf>,
+    resolv_moved: bool,
+    policy_rc_d: bool,
+}
+
+/// Runs the action; the exit code of the sandbox.
+pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(io(format!("open log {}", spec.log.display())))?;
+    let root = match (spec.kind, spec.overlay) {
+        (SpecKind::Layer, true) => spec.work.join("root"),
+        _ => spec.work.join("tree"),
+    };
+    let mut r = Runner {
+        spec,
+        hooks: spec.work.join("hooks"),
+        engine_dir: spec.work.join("engine"),
+        root,
+        log,
+        cancelled,
+        mounts: Vec::new(),
+        made_dirs: Vec::new(),
+        resolv_moved: false,
+        policy_rc_d: false,
+    };
+    r.prepare_hooks()?;
+    match spec.kind {
+        SpecKind::Base => {
+            std::fs::create_dir_all(&r.root).map_err(io("create the root tree"))?;
+            for phase in &spec.phases {
+                r.run_phase(phase)?;
+            }
+            if tree::looks_empty(&r.root) {
+                return Err(RunError::Engine(
+                    "Failed to deploy the root element: root.d left the tree empty".into(),
+                ));
+            }
+        }
+        SpecKind::Layer => {
+            r.prepare_root()?;
+            r.setup_chroot()?;
+            for phase in &spec.phases {
+                r.run_phase(phase)?;
+            }
+            r.teardown_chroot()?;
+            if spec.overlay {
+                umount2(&r.root, MntFlags::empty()).map_err(engine("unmount the overlay"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Runner<'_> {
+    fn logln(&mut self, text: &str) {
+        let _ = writeln!(self.log, "{text}");
+    }
+
+    fn prepare_hooks(&mut self) -> Result<(), RunError> {
+        std::fs::create_dir_all(&self.hooks).map_err(io("create the hooks tree"))?;
+        for el in &self.spec.elements {
+            tree::merge_element(&el.dir, &self.hooks)?;
+        }
+        let bin = self.engine_dir.join("bin");
+        std::fs::create_dir_all(&bin).map_err(io("create the engine tools"))?;
+        let ip = bin.join("install-packages");
+        std::fs::write(&ip, INSTALL_PACKAGES).map_err(io("write install-packages"))?;
+        std::fs::set_permissions(&ip, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod install-packages"))?;
+        let maps = self.engine_dir.join("pkg-map");
+        std::fs::create_dir_all(&maps).map_err(io("create the pkg-map directory"))?;
+        for (element, map) in &self.spec.pkg_maps {
+            let text: String = map.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect();
+            std::fs::write(maps.join(element), text).map_err(io("write a pkg-map"))?;
+        }
+        Ok(())
+    }
+
+    fn prepare_root(&mut self) -> Result<(), RunError> {
+        let spec = self.spec;
+        if spec.overlay {
+            let upper = spec.work.join("upper");
+            let work = spec.work.join("ovl");
+            for d in [&upper, &work, &self.root] {
+                std::fs::create_dir_all(d).map_err(io("create overlay directories"))?;
+            }
+            let lower: Vec<String> = spec
+                .lowers
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let base = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                upper.display(),
+                work.display()
+            );
+            // Keep every upper directory self-contained: no redirects or metadata-only
+            // copies that would point into the lower layers.
+            let strict = format!("{base},redirect_dir=off,metacopy=off,index=off,xino=off");
+            mount(
+                Some("overlay"),
+                &self.root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(strict.as_str()),
+            )
+            .or_else(|_| {
+                mount(
+                    Some("overlay"),
+                    &self.root,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(base.as_str()),
+                )
+            })
+            .map_err(|e| {
+                RunError::Engine(format!(
+                    "cannot mount overlayfs on {} ({e}); set CCB_OVERLAYFS=0 to copy layers instead",
+                    self.root.display()
+                ))
+            })?;
+        } else {
+            // Without overlayfs: flatten the stack into a full copy, bottom layer first.
+            let mut lowers = spec.lowers.clone();
+            lowers.reverse();
+            let mut iter = lowers.iter();
+            if let Some(bottom) = iter.next() {
+                tree::copy_contents(bottom, &self.root)?;
+            }
+            for diff in iter {
+                tree::apply_diff(diff, &self.root)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mount_in(
+        &mut self,
+        source: &str,
+        rel: &str,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), RunError> {
+        let target = self.root.join(rel.trim_start_matches('/'));
+        if !target.exists() {
+            std::fs::create_dir_all(&target).map_err(io(format!("create {rel} in the tree")))?;
+            self.made_dirs.push(target.clone());
+        }
+        mount(Some(source), &target, fstype, flags, data)
+            .map_err(engine(format!("mount {source} on {rel}")))?;
+        if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+            // A bind mount ignores MS_RDONLY until remounted.
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(engine(format!("make {rel} read-only")))?;
+        }
+        self.mounts.push(target);
+        Ok(())
+    }
+
+    /// DIB's chroot: the host's resolv.conf in place, proc, sys (read-only), dev, dev/pts,
+    /// daemons blocked, the shared package cache, ccb's tools.
+    fn setup_chroot(&mut self) -> Result<(), RunError> {
+        let etc = self.root.join("etc");
+        let resolv = etc.join("resolv.conf");
+        let orig = etc.join("resolv.conf.ORIG");
+        if std::fs::symlink_metadata(&resolv).is_ok() {
+            std::fs::rename(&resolv, &orig).map_err(io("move the image's resolv.conf aside"))?;
+            self.resolv_moved = true;
+        }
+        if etc.is_dir() {
+            let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+            std::fs::write(&resolv, host).map_err(io("write resolv.conf"))?;
+        }
+        let policy = self.root.join("usr/sbin/policy-rc.d");
+        if self.root.join("usr/sbin").is_dir() && std::fs::symlink_metadata(&policy).is_err() {
+            std::fs::write(&policy, "#!/bin/sh\n# ccb: no daemons start during a build\nexit 101\n")
+                .map_err(io("write policy-rc.d"))?;
+            std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))
+                .map_err(io("chmod policy-rc.d"))?;
+            self.policy_rc_d = true;
+        }
+        let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        self.mount_in("proc", "/proc", Some("proc"), nodev, None)?;
+        self.mount_in("sysfs", "/sys", Some("sysfs"), nodev | MsFlags::MS_RDONLY, None)?;
+        self.mount_in("/dev", "/dev", None, MsFlags::MS_BIND, None)?;
+        self.mount_in(
+            "devpts",
+            "/dev/pts",
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=620"),
+        )?;
+        if let Some(cache) = &self.spec.package_cache {
+            std::fs::create_dir_all(&cache.host).map_err(io("create the package cache"))?;
+            let host = cache.host.display().to_string();
+            self.mount_in(&host, &cache.target, None, MsFlags::MS_BIND, None)?;
+        }
+        let engine_dir = self.engine_dir.display().to_string();
+        self.mount_in(
+            &engine_dir,
+            ENGINE_IN,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )?;
+        Ok(())
+    }
+
+    fn teardown_chroot(&mut self) -> Result<(), RunError> {
+        while let Some(m) = self.mounts.pop() {
+            umount2(&m, MntFlags::empty())
+                .or_else(|_| umount2(&m, MntFlags::MNT_DETACH))
+                .map_err(engine(format!("unmount {}", m.display())))?;
+        }
+        while let Some(d) = self.made_dirs.pop() {
+            let _ = std::fs::remove_dir(&d);
+        }
+        if self.policy_rc_d {
+            let _ = std::fs::remove_file(self.root.join("usr/sbin/policy-rc.d"));
+        }
+        // apt's binary caches are rebuilt on demand; kept, every layer would carry a fresh
+        // 40–80 MB copy of them.
+        for cache in ["pkgcache.bin", "srcpkgcache.bin"] {
+            let _ = std::fs::remove_file(self.root.join("var/cache/apt").join(cache));
+        }
+        let etc = self.root.join("etc");
+        let resolv = etc.join("resolv.conf");
+        let orig = etc.join("resolv.conf.ORIG");
+        let now_link = std::fs::symlink_metadata(&resolv)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        if now_link {
+            // A package made resolv.conf its own (resolvconf, systemd-resolved): keep it.
+            let _ = std::fs::remove_file(&orig);
+        } else if self.resolv_moved {
+            std::fs::rename(&orig, &resolv).map_err(io("restore the image's resolv.conf"))?;
+        } else {
+            let _ = std::fs::remove_file(&resolv);
+        }
+        Ok(())
+    }
+
+    fn run_phase(&mut self, phase: &super::spec::PhaseSpec) -> Result<(), RunError> {
+        let inside = phase.place == Place::Inside;
+        if inside {
+            let hooks = self.hooks.display().to_string();
+            self.mount_in(
+                &hooks,
+                HOOKS_IN,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+        let result = (|| {
+            for step in &phase.steps {
+                self.run_step(&phase.phase, phase.place, step)?;
+            }
+            Ok(())
+        })();
+        if inside {
+            if let Some(m) = self.mounts.pop() {
+                umount2(&m, MntFlags::empty()).map_err(engine("unmount the hooks"))?;
+            }
+            if let Some(pos) = self
+                .made_dirs
+                .iter()
+                .position(|d| d.ends_with("tmp/in_target.d"))
+            {
+                let d = self.made_dirs.remove(pos);
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+        result
+    }
+
+    fn run_step(&mut self, phase: &str, place: Place, step: &Step) -> Result<(), RunError> {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Err(RunError::Cancelled);
+        }
+        emit(&Event::Step {
+            phase: phase.into(),
+            element: step.element().into(),
+            name: step.name().into(),
+        });
+        self.logln(&format!(
+            "==> {phase}/{} ({})",
+            step.name(),
+            step.element()
+        ));
+        let started = Instant::now();
+        let outcome = match step {
+            Step::Script { name, .. } => {
+                let path = match place {
+                    Place::Outside => self.hooks.join(phase).join(name).display().to_string(),
+                    Place::Inside => format!("{HOOKS_IN}/{phase}/{name}"),
+                };
+                self.exec(phase, place, &path, &[])
+            }
+            Step::Packages {
+                install, uninstall, ..
+            } => {
+                let tool = format!("{ENGINE_IN}/bin/install-packages");
+                let mut res = Ok((0, VecDeque::new()));
+                if !install.is_empty() {
+                    res = self.exec(phase, Place::Inside, &tool, install);
+                }
+                if !uninstall.is_empty() && matches!(res, Ok((0, _))) {
+                    let mut args = vec!["-e".to_string()];
+                    args.extend(uninstall.iter().cloned());
+                    res = self.exec(phase, Place::Inside, &tool, &args);
+                }
+                res
+            }
+            Step::InstallBin { .. } => self.install_bin().map(|()| (0, VecDeque::new())),
+            Step::InstallStatic { .. } => self.install_static().map(|()| (0, VecDeque::new())),
+        };
+        let (status, tail) = outcome?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        self.logln(&format!(
+            "<== {phase}/{}: exit status {status} after {:.1}s",
+            step.name(),
+            duration_ms as f64 / 1000.0
+        ));
+        emit(&Event::StepDone(StepRecord {
+            phase: phase.into(),
+            element: step.element().into(),
+            name: step.name().into(),
+            status,
+            duration_ms,
+        }));
+        if status != 0 {
+            emit(&Event::Failed {
+                phase: phase.into(),
+                element: step.element().into(),
+                name: step.name().into(),
+                status: if status < 0 {
+                    format!("killed by signal {}", -status)
+                } else {
+                    format!("exit status {status}")
+                },
+                tail: tail.into_iter().collect(),
+            });
+            return Err(RunError::StepFailed);
+        }
+        Ok(())
+    }
+
+    fn env_files(&self, place: Place) -> Vec<String> {
+        self.spec
+            .env_files
+            .iter()
+            .map(|name| match place {
+                Place::Outside => self
+                    .hooks
+                    .join("environment.d")
+                    .join(name)
+                    .display()
+                    .to_string(),
+                Place::Inside => format!("{HOOKS_IN}/environment.d/{name}"),
+            })
+            .collect()
+    }
+
+    /// Runs one program the DIB way (environment.d sourced first), its output logged; returns
+    /// its exit status (negative: killed by that signal) and its last lines.
+    fn exec(
+        &mut self,
+        phase: &str,
+        place: Place,
+        program: &str,
+        args: &[String],
+    ) -> Result<(i32, VecDeque<String>), RunError> {
+        let spec = self.spec;
+        let mut cmd = Command::new("/bin/bash");
+        cmd.env_clear()
+            .envs(&spec.env)
+            .env("LC_ALL", "C")
+            .env("HOME", "/root")
+            .arg("--noprofile")
+            .arg("--norc")
+            .arg("-c")
+            .arg(RUN)
+            .arg("ccb-run")
+            .arg(program)
+            .arg(args.len().to_string())
+            .args(args)
+            .args(self.env_files(place))
+            .stdin(Stdio::null());
+        match place {
+            Place::Outside => {
+                cmd.env("PATH", PATH)
+                    .env("TMP_BUILD_DIR", &spec.work)
+                    .env("TMP_HOOKS_PATH", &self.hooks)
+                    .env("TMP_MOUNT_PATH", &self.root)
+                    .env("DIB_IMAGE_CACHE", spec.downloads.join("image-cache"));
+                if let Some(cache) = &spec.package_cache {
+                    cmd.env("CCB_PACKAGE_CACHE", &cache.host);
+                }
+                if matches!(phase, "root.d" | "cleanup.d") {
+                    cmd.env("TARGET_ROOT", &self.root);
+                }
+                cmd.current_dir(&spec.work);
+            }
+            Place::Inside => {
+                cmd.env("PATH", format!("{ENGINE_IN}/bin:{PATH}"));
+                let root = self.root.clone();
+                // SAFETY: chroot and chdir are async-signal-safe; nothing is allocated.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        nix::unistd::chroot(&root)?;
+                        nix::unistd::chdir("/")?;
+                        Ok(())
+                    });
+                }
+            }
+        }
+        let (reader, writer) = std::io::pipe().map_err(io("create a pipe"))?;
+        let writer2 = writer.try_clone().map_err(io("create a pipe"))?;
+        cmd.stdout(writer).stderr(writer2).process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(io(format!("run {program} (is bash in the tree?)")))?;
+        drop(cmd);
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+
+        let mut log = self.log.try_clone().map_err(io("duplicate the log"))?;
+        let stream = spec.stream_output;
+        let collector = std::thread::spawn(move || {
+            let mut tail: VecDeque<String> = VecDeque::new();
+            let mut reader = BufReader::new(reader);
+            let mut buf = Vec::new();
+            while let Ok(n) = reader.read_until(b'\n', &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = log.write_all(&buf);
+                let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                if stream {
+                    emit(&Event::Output { line: line.clone() });
+                }
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+                buf.clear();
+            }
+            tail
+        });
+
+        let mut cancelled_at: Option<Instant> = None;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(RunError::Engine(format!("wait for {program}: {e}"))),
+            }
+            if self.cancelled.load(Ordering::SeqCst) {
+                match cancelled_at {
+                    None => {
+                        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGTERM);
+                        cancelled_at = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() > GRACE => {
+                        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+                    }
+                    Some(_) => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        // Nothing outlives a step: a daemon a script started (even in a new session) would
+        // hold the output pipe open and write into the next step's tree. As PID 1 of the
+        // namespace, kill(-1) reaches every other process in it.
+        // (Only as PID 1: anywhere else kill(-1) would reach the host's processes.)
+        if nix::unistd::getpid().as_raw() == 1 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-1),
+                nix::sys::signal::SIGKILL,
+            );
+            reap_orphans();
+        } else {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
+        }
+        let tail = collector.join().unwrap_or_default();
+        if cancelled_at.is_some() {
+            return Err(RunError::Cancelled);
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| -status.signal().unwrap_or(1));
+        Ok((code, tail))
+    }
+
+    fn own_elements(&self) -> impl Iterator<Item = &super::spec::ElementSrc> {
+        self.spec.elements.iter().filter(|e| e.own)
+    }
+
+    fn install_bin(&mut self) -> Result<(), RunError> {
+        let dest = self.root.join("usr/local/bin");
+        std::fs::create_dir_all(&dest).map_err(io("create /usr/local/bin"))?;
+        let mut n = 0;
+        for el in self.own_elements() {
+            let bin = el.dir.join("bin");
+            let Ok(entries) = std::fs::read_dir(&bin) else {
+                continue;
+            };
+            let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+            names.sort();
+            for src in names {
+                if !src.is_file() {
+                    continue;
+                }
+                let target = dest.join(src.file_name().unwrap_or_default());
+                std::fs::copy(&src, &target).map_err(io(format!("install {}", src.display())))?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("chmod an installed file"))?;
+                std::os::unix::fs::lchown(&target, Some(0), Some(0))
+                    .map_err(io("chown an installed file"))?;
+                n += 1;
+            }
+        }
+        self.logln(&format!("install-bin: {n} files into /usr/local/bin"));
+        Ok(())
+    }
+
+    fn install_static(&mut self) -> Result<(), RunError> {
+        let mut n = 0;
+        let dirs: Vec<PathBuf> = self.own_elements().map(|e| e.dir.join("static")).collect();
+        for dir in dirs {
+            if dir.is_dir() {
+                n += tree::install_static(&dir, &self.root, Path::new(""))?;
+            }
+        }
+        self.logln(&format!("install-static: {n} files"));
+        Ok(())
+    }
+}
+
+/// PID 1 of a namespace inherits every orphan: collect the ones that have exited.
+fn reap_orphans() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}

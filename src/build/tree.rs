@@ -1,0 +1,353 @@
+//! Filesystem trees: copying, merging overlay diffs without overlayfs, digests and sizes.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+/// overlayfs marks an opaque directory (hide everything below it) with this xattr.
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("failed to {action} `{}`", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`cp -a {}` failed: {detail}", from.display())]
+    Copy { from: PathBuf, detail: String },
+}
+
+fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> TreeError + use<'p> {
+    move |source| TreeError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Copies the contents of `src` into `dst` (created if needed), keeping owners, modes,
+/// hard links, xattrs, devices and sparse files. `cp -a` does all of that correctly; a Rust
+/// re-implementation would be a second, less tested copy of it.
+pub fn copy_contents(src: &Path, dst: &Path) -> Result<(), TreeError> {
+    std::fs::create_dir_all(dst).map_err(io_err("create directory", dst))?;
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg("--no-target-directory")
+        .arg(src.join("."))
+        .arg(dst)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(io_err("run cp for", src))?;
+    if !out.status.success() {
+        return Err(TreeError::Copy {
+            from: src.to_path_buf(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(path: &Path) -> bool {
+    matches!(xattr::get(path, OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
+}
+
+fn remove_any(path: &Path) -> Result<(), TreeError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("inspect", path)(e)),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(io_err("remove", path)),
+        Ok(_) => std::fs::remove_file(path).map_err(io_err("remove", path)),
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, TreeError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        out.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Applies an overlayfs upper directory (`diff`) onto a plain tree `dst`, the way overlayfs
+/// would present it: whiteouts delete, opaque directories replace, everything else overwrites.
+/// Used where overlayfs is unavailable, to flatten a stack of layers into one tree.
+pub fn apply_diff(diff: &Path, dst: &Path) -> Result<(), TreeError> {
+    // 1. Deletions first, so that the copy below lands in a clean place.
+    fn deletions(diff: &Path, dst: &Path) -> Result<(), TreeError> {
+        for (name, path) in sorted_entries(diff)? {
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+            let target = dst.join(&name);
+            if is_whiteout(&meta) || (meta.is_dir() && is_opaque(&path)) {
+                remove_any(&target)?;
+            } else if meta.is_dir() {
+                match std::fs::symlink_metadata(&target) {
+                    Ok(t) if !t.is_dir() => remove_any(&target)?,
+                    Ok(_) => deletions(&path, &target)?,
+                    Err(_) => {}
+                }
+            } else if let Ok(t) = std::fs::symlink_metadata(&target)
+                && t.is_dir()
+            {
+                remove_any(&target)?;
+            }
+        }
+        Ok(())
+    }
+    deletions(diff, dst)?;
+    // 2. Everything else.
+    copy_contents(diff, dst)?;
+    // 3. The copy brought the markers along: drop them.
+    fn markers(diff: &Path, dst: &Path) -> Result<(), TreeError> {
+        for (name, path) in sorted_entries(diff)? {
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+            let target = dst.join(&name);
+            if is_whiteout(&meta) {
+                remove_any(&target)?;
+            } else if meta.is_dir() {
+                if is_opaque(&target) {
+                    let _ = xattr::remove(&target, OPAQUE_XATTR);
+                }
+                markers(&path, &target)?;
+            }
+        }
+        Ok(())
+    }
+    markers(diff, dst)
+}
+
+/// What a tree holds, and a digest over all of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeSummary {
+    /// blake3 over every entry's path, type, mode, owner, content or target, device number
+    /// and xattrs, in sorted order.
+    pub digest: String,
+    pub entries: u64,
+    /// Bytes of regular file content.
+    pub bytes: u64,
+}
+
+/// Digests a tree. Any change a build could observe (a byte, a mode, an owner, an xattr, a
+/// whiteout) changes the digest; timestamps do not, as they differ on every build.
+pub fn summarize(root: &Path) -> Result<TreeSummary, TreeError> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ccb-tree-v1\0");
+    let mut sum = TreeSummary::default();
+    walk(root, "", &mut h, &mut sum)?;
+    sum.digest = h.finalize().to_hex().to_string();
+    Ok(sum)
+}
+
+fn put(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+fn walk(
+    dir: &Path,
+    rel: &str,
+    h: &mut blake3::Hasher,
+    sum: &mut TreeSummary,
+) -> Result<(), TreeError> {
+    for (name, path) in sorted_entries(dir)? {
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+        let rel = format!("{rel}/{name}");
+        sum.entries += 1;
+        put(h, rel.as_bytes());
+        h.update(&meta.mode().to_le_bytes());
+        h.update(&meta.uid().to_le_bytes());
+        h.update(&meta.gid().to_le_bytes());
+        let ft = meta.file_type();
+        if ft.is_file() {
+            sum.bytes += meta.len();
+            let f = std::fs::File::open(&path).map_err(io_err("read", &path))?;
+            let mut fh = blake3::Hasher::new();
+            fh.update_reader(f).map_err(io_err("read", &path))?;
+            h.update(fh.finalize().as_bytes());
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io_err("read link", &path))?;
+            put(h, target.as_os_str().as_encoded_bytes());
+        } else if ft.is_char_device() || ft.is_block_device() {
+            h.update(&meta.rdev().to_le_bytes());
+        }
+        let mut attrs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        if let Ok(names) = xattr::list(&path) {
+            for n in names {
+                if let Ok(Some(v)) = xattr::get(&path, &n) {
+                    attrs.insert(n.as_encoded_bytes().to_vec(), v);
+                }
+            }
+        }
+        h.update(&(attrs.len() as u64).to_le_bytes());
+        for (k, v) in attrs {
+            put(h, &k);
+            put(h, &v);
+        }
+        if ft.is_dir() {
+            walk(&path, &rel, h, sum)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a freshly made root tree is effectively empty (DIB's "Failed to deploy the root
+/// element" check: nothing but `lost+found` or `tmp`).
+pub fn looks_empty(root: &Path) -> bool {
+    match std::fs::read_dir(root) {
+        Err(_) => true,
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .all(|e| matches!(e.file_name().to_str(), Some("lost+found" | "tmp"))),
+    }
+}
+
+/// Copies one element directory into the merged hooks tree, DIB's way: every top-level
+/// directory (but `tests` and `__pycache__`) merges into the same-named directory of the
+/// tree, nested files overwrite; top-level files (but `*.pyc`) go to the tree's root.
+pub fn merge_element(element_dir: &Path, hooks: &Path) -> Result<(), TreeError> {
+    for (name, path) in sorted_entries(element_dir)? {
+        if name.starts_with('.') {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).map_err(io_err("inspect", &path))?;
+        if meta.is_dir() {
+            if name == "tests" || name == "__pycache__" {
+                continue;
+            }
+            merge_dir(&path, &hooks.join(&name))?;
+        } else if !name.ends_with(".pyc") {
+            copy_file(&path, &hooks.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+fn merge_dir(src: &Path, dst: &Path) -> Result<(), TreeError> {
+    std::fs::create_dir_all(dst).map_err(io_err("create directory", dst))?;
+    for (name, path) in sorted_entries(src)? {
+        let target = dst.join(&name);
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(&path).map_err(io_err("read link", &path))?;
+            remove_any(&target)?;
+            std::os::unix::fs::symlink(&link, &target).map_err(io_err("create link", &target))?;
+        } else if meta.is_dir() {
+            merge_dir(&path, &target)?;
+        } else {
+            copy_file(&path, &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_file(src: &Path, dst: &Path) -> Result<(), TreeError> {
+    if let Ok(m) = std::fs::symlink_metadata(dst)
+        && (m.is_dir() || m.file_type().is_symlink())
+    {
+        remove_any(dst)?;
+    }
+    std::fs::copy(src, dst).map_err(io_err("copy to", dst))?;
+    Ok(())
+}
+
+/// install-static's copy of one element's `static/` onto the image root, with DIB's
+/// (rsync -lCr) semantics for ownership and modes: symlinks kept, everything owned by root,
+/// new files get the source mode without set-id bits and masked by 022, existing files keep
+/// their mode. Unlike rsync -C, no file is silently skipped (`*.so`, `core`, …).
+pub fn install_static(src: &Path, root: &Path, rel: &Path) -> Result<u64, TreeError> {
+    let mut n = 0;
+    for (name, path) in sorted_entries(&src.join(rel))? {
+        let rel_child = rel.join(&name);
+        let target = root.join(&rel_child);
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(&path).map_err(io_err("read link", &path))?;
+            remove_any(&target)?;
+            std::os::unix::fs::symlink(&link, &target).map_err(io_err("create link", &target))?;
+            n += 1;
+        } else if meta.is_dir() {
+            match std::fs::symlink_metadata(&target) {
+                // A directory symlink in the image (/lib → usr/lib) is followed, as rsync -l
+                // does on the receiving side.
+                Ok(_) => {}
+                Err(_) => {
+                    std::fs::create_dir(&target).map_err(io_err("create directory", &target))?;
+                    let mode = meta.permissions().mode() & 0o777 & !0o022;
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                        .map_err(io_err("set mode of", &target))?;
+                }
+            }
+            n += install_static(src, root, &rel_child)?;
+        } else {
+            let existed = std::fs::symlink_metadata(&target).is_ok();
+            let old_mode = std::fs::metadata(&target).ok().map(|m| m.permissions().mode());
+            if existed {
+                remove_any(&target)?;
+            }
+            std::fs::copy(&path, &target).map_err(io_err("copy to", &target))?;
+            let mode = match old_mode {
+                Some(m) => m & 0o7777,
+                None => meta.permissions().mode() & 0o777 & !0o022,
+            };
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                .map_err(io_err("set mode of", &target))?;
+            std::os::unix::fs::lchown(&target, Some(0), Some(0))
+                .map_err(io_err("set owner of", &target))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_changes_with_content_and_mode_but_not_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/motd"), "hello\n").unwrap();
+        let a = summarize(dir.path()).unwrap();
+        assert_eq!(a.entries, 2);
+        assert_eq!(a.bytes, 6);
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("etc/motd"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(summarize(dir.path()).unwrap(), a, "mtime is not an input");
+        std::fs::set_permissions(
+            dir.path().join("etc/motd"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let b = summarize(dir.path()).unwrap();
+        assert_ne!(a.digest, b.digest, "a mode change is visible");
+        std::fs::write(dir.path().join("etc/motd"), "hellO\n").unwrap();
+        assert_ne!(b.digest, summarize(dir.path()).unwrap().digest);
+    }
+
+    #[test]
+    fn an_empty_root_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(looks_empty(dir.path()));
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        assert!(looks_empty(dir.path()));
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        assert!(!looks_empty(dir.path()));
+    }
+}

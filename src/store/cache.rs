@@ -1,0 +1,262 @@
+//! What `ccb cache` sees and does: the store's entries, garbage collection, verification and
+//! removal. Callers hold the store lock exclusively for anything that removes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::{LayerMeta, Store, StoreError, remove_tree};
+use crate::graph::{ActionRecord, LastBuild};
+
+/// One cached action result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub key: String,
+    pub id: String,
+    pub kind: String,
+    /// `full` or `diff` for layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub bytes: u64,
+    /// Seconds since the epoch.
+    pub built_at: u64,
+    /// The last build of its action id used this key.
+    pub current: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lowers: Vec<String>,
+}
+
+fn list_names(store: &Store, dir: &str, suffix: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(store.path(dir)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter_map(|n| n.strip_suffix(suffix).map(str::to_string))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The keys the last build of every action id used: what `gc` keeps.
+pub fn current_keys(store: &Store) -> BTreeSet<String> {
+    list_names(store, "last", ".json")
+        .iter()
+        .filter_map(|n| store.read_json::<LastBuild>(&format!("last/{n}.json")))
+        .map(|l| l.key)
+        .collect()
+}
+
+pub fn entries(store: &Store) -> Vec<Entry> {
+    let current = current_keys(store);
+    let mut by_key: BTreeMap<String, Entry> = BTreeMap::new();
+    for key in list_names(store, "actions", ".json") {
+        if let Some(r) = store.read_json::<ActionRecord>(&format!("actions/{key}.json")) {
+            by_key.insert(
+                key.clone(),
+                Entry {
+                    current: current.contains(&key),
+                    key,
+                    id: r.id,
+                    kind: r.kind.as_str().into(),
+                    mode: None,
+                    bytes: r.tree.map(|t| t.bytes).unwrap_or(0),
+                    built_at: r.built_at,
+                    lowers: vec![],
+                },
+            );
+        }
+    }
+    for key in list_names(store, "layers", "") {
+        let meta = store.layer_meta(&key);
+        let e = by_key.entry(key.clone()).or_insert_with(|| Entry {
+            current: current.contains(&key),
+            key: key.clone(),
+            id: meta.as_ref().map(|m| m.id.clone()).unwrap_or_else(|| "?".into()),
+            kind: "layer".into(),
+            mode: None,
+            bytes: 0,
+            built_at: 0,
+            lowers: vec![],
+        });
+        if let Some(m) = meta {
+            e.mode = Some(format!("{:?}", m.mode).to_lowercase());
+            e.bytes = m.tree.bytes;
+            e.lowers = m.lowers;
+            if e.built_at == 0 {
+                e.built_at = m.created;
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+/// Every key that depends on one of `keys` through layer stacking, `keys` included.
+pub fn with_dependents(store: &Store, keys: &BTreeSet<String>) -> BTreeSet<String> {
+    let all = entries(store);
+    let mut out = keys.clone();
+    loop {
+        let before = out.len();
+        for e in &all {
+            if e.lowers.iter().any(|l| out.contains(l)) {
+                out.insert(e.key.clone());
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
+/// Removes one key's entries: the action record first (so the key stops looking cached),
+/// then the layer, then the log.
+pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
+    store.remove(&format!("actions/{key}.json"))?;
+    let dir = store.layer_dir(key);
+    if dir.exists() {
+        // Rename first: a half-removed layer must never be found under its key.
+        let trash = store.work_dir(&format!("{key}.trash"))?;
+        std::fs::rename(&dir, trash.join("layer"))
+            .map_err(|e| crate::fsutil::FsError::new("move aside", &dir, e))?;
+        remove_tree(&trash)?;
+    }
+    store.remove(&format!("logs/{key}.log"))?;
+    Ok(())
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub removed: Vec<Entry>,
+    pub kept: usize,
+    pub bytes_freed: u64,
+    pub scratch_removed: usize,
+}
+
+/// Removes every entry that no current build uses (all of them with `all`), and every
+/// working directory (no build runs while the caller holds the store exclusively).
+pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreError> {
+    let entries = entries(store);
+    let mut keep: BTreeSet<String> = if all {
+        BTreeSet::new()
+    } else {
+        current_keys(store)
+    };
+    // A kept layer needs the layers under it.
+    let lowers: BTreeMap<&str, &Vec<String>> = entries
+        .iter()
+        .map(|e| (e.key.as_str(), &e.lowers))
+        .collect();
+    let mut stack: Vec<String> = keep.iter().cloned().collect();
+    while let Some(k) = stack.pop() {
+        if let Some(ls) = lowers.get(k.as_str()) {
+            for l in ls.iter() {
+                if keep.insert(l.clone()) {
+                    stack.push(l.clone());
+                }
+            }
+        }
+    }
+    let mut report = GcReport::default();
+    for e in entries {
+        if keep.contains(&e.key) {
+            report.kept += 1;
+            continue;
+        }
+        if !dry_run {
+            remove_key(store, &e.key)?;
+        }
+        report.bytes_freed += e.bytes;
+        report.removed.push(e);
+    }
+    if !dry_run {
+        if all {
+            for n in list_names(store, "last", ".json") {
+                store.remove(&format!("last/{n}.json"))?;
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(store.path("tmp")) {
+            for e in rd.filter_map(Result::ok) {
+                remove_tree(&e.path())?;
+                report.scratch_removed += 1;
+            }
+        }
+        // Resolutions are cheap to redo and keyed by inputs that change often.
+        remove_tree(&store.path("resolve"))?;
+        // Logs of keys that are gone.
+        for n in list_names(store, "logs", ".log") {
+            if !store.exists(&format!("actions/{n}.json")) && !store.layer_dir(&n).exists() {
+                store.remove(&format!("logs/{n}.log"))?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// One entry's verification.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub key: String,
+    pub id: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Re-reads every entry: records parse, layers have their lowers, and every tree still has
+/// the digest it had when committed.
+pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for e in entries(store) {
+        on_progress(&e.id);
+        let mut problems = Vec::new();
+        let record = store.read_json::<ActionRecord>(&format!("actions/{}.json", e.key));
+        match &record {
+            None if store.exists(&format!("actions/{}.json", e.key)) => {
+                problems.push("the action record does not parse".into())
+            }
+            None => problems.push("no action record (the layer is not used)".into()),
+            Some(r) if r.key != e.key => {
+                problems.push(format!("the action record is for key {}", r.key))
+            }
+            Some(r) if r.doc.key() != e.key => {
+                problems.push("the recorded key document does not hash to the key".into())
+            }
+            Some(_) => {}
+        }
+        let layer_dir = store.layer_dir(&e.key);
+        if layer_dir.exists() {
+            match store.layer_meta(&e.key) {
+                None => problems.push("layer.json is missing or does not parse".into()),
+                Some(meta) => check_layer(store, &meta, &mut problems),
+            }
+        } else if matches!(e.kind.as_str(), "base" | "layer") {
+            problems.push("the layer tree is missing".into());
+        }
+        out.push(Verdict {
+            key: e.key,
+            id: e.id,
+            ok: problems.is_empty(),
+            problems,
+        });
+    }
+    out
+}
+
+fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {
+    for l in &meta.lowers {
+        if store.layer_meta(l).is_none() {
+            problems.push(format!("lower layer {} is missing", &l[..16.min(l.len())]));
+        }
+    }
+    let tree = store.layer_dir(&meta.key).join("tree");
+    match crate::build::tree::summarize(&tree) {
+        Err(e) => problems.push(format!("cannot read the tree: {e}")),
+        Ok(s) if s.digest != meta.tree.digest => problems.push(format!(
+            "the tree changed since it was built ({} entries, {} bytes; recorded {} entries, {} bytes)",
+            s.entries, s.bytes, meta.tree.entries, meta.tree.bytes
+        )),
+        Ok(_) => {}
+    }
+}

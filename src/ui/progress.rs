@@ -1,0 +1,145 @@
+//! Build progress: one live line per running action on a terminal (action, phase/script,
+//! elapsed), plain lines otherwise (CI logs, pipes), nothing but errors with `-q`. `-v`
+//! streams the output of every script, prefixed by its action.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+enum Mode {
+    Bars {
+        multi: MultiProgress,
+        bars: BTreeMap<String, ProgressBar>,
+    },
+    Lines,
+    Quiet,
+}
+
+pub struct Progress {
+    mode: Mutex<Mode>,
+    pub verbose: bool,
+}
+
+/// Whether live progress may be drawn: stderr is a terminal, not a dumb one, and not CI.
+pub fn live_terminal() -> bool {
+    std::io::stderr().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+        && std::env::var_os("CI").is_none()
+}
+
+impl Progress {
+    pub fn new(quiet: bool, verbose: bool) -> Self {
+        let mode = if quiet {
+            Mode::Quiet
+        } else if live_terminal() {
+            Mode::Bars {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: BTreeMap::new(),
+            }
+        } else {
+            Mode::Lines
+        };
+        Self {
+            mode: Mutex::new(mode),
+            verbose,
+        }
+    }
+
+    fn line(mode: &Mode, text: &str) {
+        match mode {
+            Mode::Bars { multi, .. } => {
+                let _ = multi.println(text);
+            }
+            Mode::Lines => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
+            Mode::Quiet => {}
+        }
+    }
+
+    pub fn started(&self, id: &str) {
+        let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *mode {
+            Mode::Bars { multi, bars } => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed:>5}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(id.to_string());
+                bar.set_message("starting");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bars.insert(id.to_string(), bar);
+            }
+            m => Self::line(m, &format!("   started {id}")),
+        }
+    }
+
+    pub fn step(&self, id: &str, phase: &str, element: &str, name: &str) {
+        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match &*mode {
+            Mode::Bars { bars, .. } => {
+                if let Some(bar) = bars.get(id) {
+                    bar.set_message(format!("{phase}/{name} ({element})"));
+                }
+            }
+            m => Self::line(m, &format!("           {id}: {phase}/{name} ({element})")),
+        }
+    }
+
+    pub fn output(&self, id: &str, line: &str) {
+        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        Self::line(&mode, &format!("{id} | {line}"));
+    }
+
+    pub fn warn(&self, id: &str, message: &str) {
+        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match &*mode {
+            Mode::Quiet => {
+                let _ = writeln!(std::io::stderr(), "warning: {id}: {message}");
+            }
+            m => Self::line(m, &format!("warning: {id}: {message}")),
+        }
+    }
+
+    /// An action ended: `verb` is "built", "cached", "failed", "cancelled".
+    pub fn finished(&self, id: &str, verb: &str, elapsed: Option<Duration>) {
+        let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        let text = match elapsed {
+            Some(d) => format!("{verb:>10} {id} in {}", human_duration(d)),
+            None => format!("{verb:>10} {id}"),
+        };
+        if let Mode::Bars { bars, .. } = &mut *mode
+            && let Some(bar) = bars.remove(id)
+        {
+            bar.finish_and_clear();
+        }
+        Self::line(&mode, &text);
+    }
+
+    /// Prints a block (an error report) without tearing the live lines.
+    pub fn block(&self, text: &str) {
+        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match &*mode {
+            Mode::Bars { multi, .. } => {
+                let _ = multi.suspend(|| writeln!(std::io::stderr(), "{text}"));
+            }
+            _ => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
+        }
+    }
+}
+
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        let m = (s / 60.0).floor();
+        format!("{}m{:02.0}s", m as u64, s - m * 60.0)
+    }
+}
