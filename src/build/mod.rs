@@ -30,19 +30,25 @@ use crate::store::{LayerMeta, LayerMode, Store, StoreError};
 /// How long an action has to stop after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(8);
 
+/// A script (or engine step) of an action exited non-zero.
+#[derive(Debug, thiserror::Error)]
+#[error("{id}: element `{element}`, {phase}/{script} failed ({status})")]
+pub struct StepFailure {
+    pub id: String,
+    pub element: String,
+    pub phase: String,
+    pub script: String,
+    pub status: String,
+    /// The last lines of its output.
+    pub tail: Vec<String>,
+    pub log: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum BuildError {
-    #[error("{id}: element `{element}`, {phase}/{script} failed ({status})")]
+    #[error(transparent)]
     #[diagnostic(code(ccb::build::step_failed))]
-    StepFailed {
-        id: String,
-        element: String,
-        phase: String,
-        script: String,
-        status: String,
-        tail: Vec<String>,
-        log: PathBuf,
-    },
+    StepFailed(Box<StepFailure>),
     #[error("{id}: {message}")]
     #[diagnostic(code(ccb::build::engine))]
     Engine {
@@ -72,7 +78,7 @@ impl BuildError {
 
     pub fn log(&self) -> Option<&PathBuf> {
         match self {
-            BuildError::StepFailed { log, .. } => Some(log),
+            BuildError::StepFailed(f) => Some(&f.log),
             BuildError::Engine { log, .. } => log.as_ref(),
             _ => None,
         }
@@ -98,8 +104,10 @@ pub fn overlay_available() -> bool {
     if std::env::var("CCB_OVERLAYFS").is_ok_and(|v| v == "0") {
         return false;
     }
-    std::fs::read_to_string("/proc/filesystems")
-        .is_ok_and(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+    std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.split_whitespace().last() == Some("overlay"))
+    })
 }
 
 /// A finished action.
@@ -120,9 +128,17 @@ const LAYER_PHASES: [(&str, Place); 5] = [
 
 /// DIB's package-installs positions: (phase, install step, uninstall step).
 const PACKAGE_STEPS: [(&str, &str, &str); 3] = [
-    ("pre-install.d", "10-package-installs", "99-package-uninstalls"),
+    (
+        "pre-install.d",
+        "10-package-installs",
+        "99-package-uninstalls",
+    ),
     ("install.d", "01-package-installs", "99-package-uninstalls"),
-    ("post-install.d", "00-package-installs", "95-package-uninstalls"),
+    (
+        "post-install.d",
+        "00-package-installs",
+        "95-package-uninstalls",
+    ),
 ];
 
 fn distro_cache(distro: &str) -> Option<&'static str> {
@@ -227,7 +243,12 @@ pub fn spec_for(
                 overlay: false,
                 env,
                 elements,
-                env_files: base.view.environment.iter().map(|s| s.name.clone()).collect(),
+                env_files: base
+                    .view
+                    .environment
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
                 phases: vec![PhaseSpec {
                     phase: "root.d".into(),
                     place: Place::Outside,
@@ -332,11 +353,7 @@ pub fn spec_for(
                     });
                 }
             }
-            let mut env = engine_env(
-                arch,
-                Some(&image.published_name(arch)),
-                &resolved.elements,
-            );
+            let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
             env.extend(image.env.clone());
             let elements = resolved
                 .elements
@@ -391,8 +408,11 @@ pub fn run_action(
     let work = store.work_dir(&action.key)?;
     let spec = spec_for(ctx, action, work.clone())?;
     let log = spec.log.clone();
-    crate::fsutil::write_atomic(&log, format!("ccb: {} ({})\n", action.id, action.key).as_bytes())
-        .map_err(StoreError::from)?;
+    crate::fsutil::write_atomic(
+        &log,
+        format!("ccb: {} ({})\n", action.id, action.key).as_bytes(),
+    )
+    .map_err(StoreError::from)?;
     let spec_path = work.join("spec.json");
     let bytes = serde_json::to_vec_pretty(&spec)
         .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
@@ -488,7 +508,7 @@ fn supervise(
                 name,
                 status,
                 tail,
-            }) => Err(BuildError::StepFailed {
+            }) => Err(BuildError::StepFailed(Box::new(StepFailure {
                 id: action.id.clone(),
                 element,
                 phase,
@@ -496,12 +516,8 @@ fn supervise(
                 status,
                 tail,
                 log,
-            }),
-            _ => Err(BuildError::engine(
-                &action.id,
-                "a step failed",
-                Some(log),
-            )),
+            }))),
+            _ => Err(BuildError::engine(&action.id, "a step failed", Some(log))),
         },
         Some(sandbox::EXIT_CANCELLED) => Err(BuildError::Cancelled {
             id: action.id.clone(),

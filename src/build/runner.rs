@@ -273,15 +273,24 @@ impl Runner<'_> {
         }
         let policy = self.root.join("usr/sbin/policy-rc.d");
         if self.root.join("usr/sbin").is_dir() && std::fs::symlink_metadata(&policy).is_err() {
-            std::fs::write(&policy, "#!/bin/sh\n# ccb: no daemons start during a build\nexit 101\n")
-                .map_err(io("write policy-rc.d"))?;
+            std::fs::write(
+                &policy,
+                "#!/bin/sh\n# ccb: no daemons start during a build\nexit 101\n",
+            )
+            .map_err(io("write policy-rc.d"))?;
             std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))
                 .map_err(io("chmod policy-rc.d"))?;
             self.policy_rc_d = true;
         }
         let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         self.mount_in("proc", "/proc", Some("proc"), nodev, None)?;
-        self.mount_in("sysfs", "/sys", Some("sysfs"), nodev | MsFlags::MS_RDONLY, None)?;
+        self.mount_in(
+            "sysfs",
+            "/sys",
+            Some("sysfs"),
+            nodev | MsFlags::MS_RDONLY,
+            None,
+        )?;
         self.mount_in("/dev", "/dev", None, MsFlags::MS_BIND, None)?;
         self.mount_in(
             "devpts",
@@ -383,11 +392,7 @@ impl Runner<'_> {
             element: step.element().into(),
             name: step.name().into(),
         });
-        self.logln(&format!(
-            "==> {phase}/{} ({})",
-            step.name(),
-            step.element()
-        ));
+        self.logln(&format!("==> {phase}/{} ({})", step.name(), step.element()));
         let started = Instant::now();
         let outcome = match step {
             Step::Script { name, .. } => {
@@ -574,10 +579,8 @@ impl Runner<'_> {
         // namespace, kill(-1) reaches every other process in it.
         // (Only as PID 1: anywhere else kill(-1) would reach the host's processes.)
         if nix::unistd::getpid().as_raw() == 1 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(-1),
-                nix::sys::signal::SIGKILL,
-            );
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
             reap_orphans();
         } else {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);

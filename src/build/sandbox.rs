@@ -41,7 +41,10 @@ pub const EXIT_CANCELLED: i32 = 12;
 /// Starts the sandbox for the spec at `spec_path`; its stdout carries events, its stderr goes
 /// to `log`.
 pub fn spawn(spec_path: &Path, log: &Path) -> io::Result<Child> {
-    let log = std::fs::File::options().create(true).append(true).open(log)?;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let parent = std::process::id() as i32;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(SANDBOX_ARG)

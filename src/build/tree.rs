@@ -24,7 +24,10 @@ pub enum TreeError {
     Copy { from: PathBuf, detail: String },
 }
 
-fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> TreeError + use<'p> {
+fn io_err<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(io::Error) -> TreeError + use<'p> {
     move |source| TreeError::Io {
         action,
         path: path.to_path_buf(),
@@ -76,7 +79,10 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, TreeError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err("read directory", dir))? {
         let entry = entry.map_err(io_err("read directory", dir))?;
-        out.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
     }
     out.sort();
     Ok(out)
@@ -293,7 +299,9 @@ pub fn install_static(src: &Path, root: &Path, rel: &Path) -> Result<u64, TreeEr
             n += install_static(src, root, &rel_child)?;
         } else {
             let existed = std::fs::symlink_metadata(&target).is_ok();
-            let old_mode = std::fs::metadata(&target).ok().map(|m| m.permissions().mode());
+            let old_mode = std::fs::metadata(&target)
+                .ok()
+                .map(|m| m.permissions().mode());
             if existed {
                 remove_any(&target)?;
             }

@@ -178,7 +178,14 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         end
     });
     let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    report(&plan, &fates, &results, started.elapsed(), a.format, ctx.quiet);
+    report(
+        &plan,
+        &fates,
+        &results,
+        started.elapsed(),
+        a.format,
+        ctx.quiet,
+    );
 
     if cancel.load(Ordering::SeqCst) {
         return Err(CliError::msg("build cancelled"));
@@ -268,11 +275,11 @@ fn run_one(
 
 fn render_failure(e: &BuildError, kept: bool) -> String {
     let mut out = format!("error: {e}");
-    if let BuildError::StepFailed { tail, .. } = e
-        && !tail.is_empty()
+    if let BuildError::StepFailed(f) = e
+        && !f.tail.is_empty()
     {
-        out.push_str(&format!("\n  last {} lines of output:", tail.len()));
-        for l in tail {
+        out.push_str(&format!("\n  last {} lines of output:", f.tail.len()));
+        for l in &f.tail {
             out.push_str(&format!("\n  | {l}"));
         }
     }
@@ -343,16 +350,27 @@ fn report(
             },
         })),
         OutputFormat::Text => {
-            let parts: Vec<String> = ["built", "cached", "failed", "skipped", "not-started", "cancelled"]
-                .iter()
-                .filter_map(|k| counts.get(k).map(|n| format!("{n} {k}")))
-                .collect();
+            let parts: Vec<String> = [
+                "built",
+                "cached",
+                "failed",
+                "skipped",
+                "not-started",
+                "cancelled",
+            ]
+            .iter()
+            .filter_map(|k| counts.get(k).map(|n| format!("{n} {k}")))
+            .collect();
             ui::status(
                 quiet,
                 &format!(
                     "{} actions: {} in {}",
                     plan.len(),
-                    if parts.is_empty() { "nothing to do".to_string() } else { parts.join(", ") },
+                    if parts.is_empty() {
+                        "nothing to do".to_string()
+                    } else {
+                        parts.join(", ")
+                    },
                     human_duration(elapsed)
                 ),
             );

@@ -190,13 +190,19 @@ fn keys_for(
     for w in what {
         let is_hex = w.len() >= 8 && w.chars().all(|c| c.is_ascii_hexdigit());
         if is_hex {
-            let hits: Vec<&cache::Entry> =
-                entries.iter().filter(|e| e.key.starts_with(w.as_str())).collect();
+            let hits: Vec<&cache::Entry> = entries
+                .iter()
+                .filter(|e| e.key.starts_with(w.as_str()))
+                .collect();
             match hits.len() {
                 1 => {
                     keys.insert(hits[0].key.clone());
                 }
-                0 => return Err(CliError::msg(format!("no store entry has a key starting with `{w}`"))),
+                0 => {
+                    return Err(CliError::msg(format!(
+                        "no store entry has a key starting with `{w}`"
+                    )));
+                }
                 n => {
                     return Err(CliError::msg(format!(
                         "`{w}` is the start of {n} keys; give more characters"

@@ -161,7 +161,10 @@ fn install_report_hook() {
 pub fn main() -> ExitCode {
     // The sandbox is ccb re-executed (see `build::sandbox`): not a user command.
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == crate::build::sandbox::SANDBOX_ARG) {
+    if args
+        .nth(1)
+        .is_some_and(|a| a == crate::build::sandbox::SANDBOX_ARG)
+    {
         let spec = args.next().map(PathBuf::from).unwrap_or_default();
         return ExitCode::from(crate::build::sandbox::main(&spec).clamp(0, 255) as u8);
     }

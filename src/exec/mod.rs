@@ -32,7 +32,9 @@ pub enum JobEnd {
 pub enum Fate {
     Ran(JobEnd),
     /// Not run because a dependency failed (or was itself skipped).
-    Skipped { because: String },
+    Skipped {
+        because: String,
+    },
     /// Not started: the build stopped first (a failure without `keep_going`, or Ctrl-C).
     NotStarted,
 }
@@ -91,7 +93,12 @@ where
         .collect();
     let mut pending: Vec<usize> = nodes
         .iter()
-        .map(|n| n.deps.iter().filter(|d| ids.contains_key(d.as_str())).count())
+        .map(|n| {
+            n.deps
+                .iter()
+                .filter(|d| ids.contains_key(d.as_str()))
+                .count()
+        })
         .collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
@@ -210,20 +217,32 @@ mod tests {
 
     #[test]
     fn a_failure_stops_new_work_unless_keep_going() {
-        let nodes = vec![
-            node("a", &[], 10),
-            node("b", &["a"], 1),
-            node("x", &[], 1),
-        ];
+        let nodes = vec![node("a", &[], 10), node("b", &["a"], 1), node("x", &[], 1)];
         let cancel = AtomicBool::new(false);
-        let run = |id: &str| if id == "a" { JobEnd::Failed } else { JobEnd::Built };
+        let run = |id: &str| {
+            if id == "a" {
+                JobEnd::Failed
+            } else {
+                JobEnd::Built
+            }
+        };
         let fates = schedule(&nodes, 1, false, &cancel, run);
         assert_eq!(fates["a"], Fate::Ran(JobEnd::Failed));
-        assert_eq!(fates["b"], Fate::Skipped { because: "a".into() });
+        assert_eq!(
+            fates["b"],
+            Fate::Skipped {
+                because: "a".into()
+            }
+        );
         assert_eq!(fates["x"], Fate::NotStarted);
 
         let fates = schedule(&nodes, 1, true, &cancel, run);
-        assert_eq!(fates["b"], Fate::Skipped { because: "a".into() });
+        assert_eq!(
+            fates["b"],
+            Fate::Skipped {
+                because: "a".into()
+            }
+        );
         assert_eq!(fates["x"], Fate::Ran(JobEnd::Built));
     }
 
@@ -251,10 +270,7 @@ mod tests {
             cancel.store(true, Ordering::SeqCst);
             JobEnd::Cancelled
         });
-        let ran = fates
-            .values()
-            .filter(|f| matches!(f, Fate::Ran(_)))
-            .count();
+        let ran = fates.values().filter(|f| matches!(f, Fate::Ran(_))).count();
         assert_eq!(ran, 1);
         assert!(fates.values().any(|f| *f == Fate::NotStarted));
     }

@@ -74,7 +74,10 @@ pub fn entries(store: &Store) -> Vec<Entry> {
         let e = by_key.entry(key.clone()).or_insert_with(|| Entry {
             current: current.contains(&key),
             key: key.clone(),
-            id: meta.as_ref().map(|m| m.id.clone()).unwrap_or_else(|| "?".into()),
+            id: meta
+                .as_ref()
+                .map(|m| m.id.clone())
+                .unwrap_or_else(|| "?".into()),
             kind: "layer".into(),
             mode: None,
             bytes: 0,

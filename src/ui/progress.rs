@@ -66,8 +66,10 @@ impl Progress {
             Mode::Bars { multi, bars } => {
                 let bar = multi.add(ProgressBar::new_spinner());
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed:>5}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:.bold} {wide_msg} {elapsed:>5}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 bar.set_prefix(id.to_string());
                 bar.set_message("starting");

@@ -3,6 +3,7 @@
 
 mod common;
 mod elements;
+mod executor;
 mod graph;
 mod manifests;
 

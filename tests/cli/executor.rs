@@ -1,0 +1,463 @@
+//! The executor, for real: mmdebstrap from the Debian mirror, chroots, overlayfs layers in the
+//! store, run as root. The fixture project (`tests/fixtures/layered`) is a minimal Debian base
+//! (`tiny`) and children that add one element each.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Env, Run, copy_tree, repo};
+
+/// A copy of the fixture project, and an Env whose store is private to the test.
+struct Project {
+    env: Env,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Project {
+    fn new() -> Self {
+        assert!(
+            nix_is_root(),
+            "the executor tests build root filesystems: run them as root (scripts/test does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("layered");
+        copy_tree(&repo().join("tests/fixtures/layered"), &root);
+        Self {
+            env: Env::new(),
+            _dir: dir,
+            root,
+        }
+    }
+
+    fn args<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let elements = repo().join("elements");
+        let elements: &'static str = Box::leak(elements.display().to_string().into_boxed_str());
+        let mut v = vec!["--root", self.root.to_str().unwrap()];
+        v.extend_from_slice(rest);
+        // --element-path belongs to the subcommand: after it.
+        if matches!(rest.first(), Some(&"build") | Some(&"query")) {
+            v.push("--element-path");
+            v.push(elements);
+        }
+        v
+    }
+
+    fn ccb(&self, rest: &[&str]) -> Run {
+        self.env.run(&self.args(rest))
+    }
+
+    fn spawn(&self, rest: &[&str]) -> Child {
+        self.env
+            .cmd()
+            .args(self.args(rest))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn store(&self) -> &Path {
+        self.env.cache.path()
+    }
+
+    /// The committed tree of the action `id` (its current key).
+    fn tree_of(&self, id: &str) -> PathBuf {
+        let ls = self.ccb(&["cache", "ls", "--format", "json"]).ok().json();
+        let entry = ls["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id && e["current"] == true)
+            .unwrap_or_else(|| panic!("no current entry for {id}: {ls}"));
+        self.store()
+            .join("layers")
+            .join(entry["key"].as_str().unwrap())
+            .join("tree")
+    }
+
+    fn edit(&self, rel: &str, f: impl FnOnce(String) -> String) {
+        let p = self.root.join(rel);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, f(text)).unwrap();
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The status of every action in a `build --format json` report.
+fn statuses(run: &Run) -> Vec<(String, String)> {
+    run.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn status_of(run: &Run, id: &str) -> String {
+    statuses(run)
+        .into_iter()
+        .find(|(i, _)| i == id)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("{id} not in the report:\n{}", run.stdout))
+}
+
+/// Mount points and loop devices that mention `path`: there must never be any on the host.
+fn leftovers(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect();
+    let losetup = Command::new("losetup").arg("-a").output().unwrap();
+    out.extend(
+        String::from_utf8_lossy(&losetup.stdout)
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_string),
+    );
+    out
+}
+
+/// Processes whose command line mentions `path` (sandboxes get their spec from the store).
+fn processes_under(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+/// Mounts under `path` as the sandbox sees them (its own mount namespace).
+fn sandbox_mounts(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    processes_under(path)
+        .iter()
+        .filter(|p| p.contains("__sandbox"))
+        .filter_map(|p| p.split(':').next())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok())
+        .flat_map(|m| {
+            m.lines()
+                .filter(|l| l.contains(&needle))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether any action log of the store holds `needle`.
+fn logs_contain(store: &Path, needle: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(store.join("logs")) else {
+        return false;
+    };
+    rd.filter_map(Result::ok)
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+}
+
+fn scratch_is_empty(store: &Path) -> bool {
+    std::fs::read_dir(store.join("tmp")).map_or(true, |mut d| d.next().is_none())
+}
+
+#[test]
+fn layers_build_once_and_only_what_changed_rebuilds() {
+    let p = Project::new();
+    let first = p
+        .ccb(&[
+            "build",
+            "tiny-child",
+            "--until",
+            "layer",
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert_eq!(
+        statuses(&first),
+        [
+            ("base:tiny:amd64".to_string(), "built".to_string()),
+            ("layer:tiny:amd64".into(), "built".into()),
+            ("layer:tiny-child:amd64".into(), "built".into()),
+        ]
+    );
+    // Every script's outcome is recorded in the report.
+    let child = &first.json()["actions"][2];
+    let steps: Vec<&str> = child["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["01-install-bin", "10-install-static-files", "30-tiny-extra"]
+    );
+
+    // What the layers hold: each diff only its own changes, nothing of the build machinery.
+    let tiny = p.tree_of("layer:tiny:amd64");
+    assert_eq!(
+        std::fs::read_to_string(tiny.join("etc/tiny-release")).unwrap(),
+        "tiny bookworm amd64\n"
+    );
+    assert!(tiny.join("usr/bin/less").exists(), "package-installs ran");
+    let child = p.tree_of("layer:tiny-child:amd64");
+    assert_eq!(
+        std::fs::read_to_string(child.join("etc/tiny/greeting")).unwrap(),
+        "hello\n"
+    );
+    assert!(
+        child.join("etc/tiny/extra.conf").is_file(),
+        "install-static"
+    );
+    let bin = std::fs::metadata(child.join("usr/local/bin/tiny-hello")).unwrap();
+    assert_eq!(bin.permissions().mode() & 0o777, 0o755, "install-bin");
+    assert!(
+        !child.join("etc/tiny-release").exists(),
+        "the parent's file is not copied"
+    );
+    for tree in [&tiny, &child] {
+        for leftover in [
+            "usr/sbin/policy-rc.d",
+            "etc/resolv.conf.ORIG",
+            "tmp/in_target.d",
+            "tmp/ccb",
+        ] {
+            assert!(
+                std::fs::symlink_metadata(tree.join(leftover)).is_err(),
+                "{leftover} left in {}",
+                tree.display()
+            );
+        }
+    }
+    assert!(scratch_is_empty(p.store()));
+    assert_eq!(leftovers(p.store()), Vec::<String>::new());
+
+    // A second build runs nothing.
+    let again = p
+        .ccb(&[
+            "build",
+            "tiny-child",
+            "--until",
+            "layer",
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert!(
+        statuses(&again).iter().all(|(_, s)| s == "cached"),
+        "{}",
+        again.stdout
+    );
+
+    // Editing the child's element rebuilds the child's layer only.
+    p.edit("elements/tiny-extra/install.d/30-tiny-extra", |t| {
+        t + "echo edited > /etc/tiny/edited\n"
+    });
+    let edited = p
+        .ccb(&[
+            "build",
+            "tiny-child",
+            "--until",
+            "layer",
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert_eq!(status_of(&edited, "base:tiny:amd64"), "cached");
+    assert_eq!(status_of(&edited, "layer:tiny:amd64"), "cached");
+    assert_eq!(status_of(&edited, "layer:tiny-child:amd64"), "built");
+    assert!(
+        p.tree_of("layer:tiny-child:amd64")
+            .join("etc/tiny/edited")
+            .exists()
+    );
+
+    // A manifest variable: explain names it, the build sees it.
+    p.edit("manifests/images.ncl", |t| {
+        t.replace("TINY_GREETING = \"hello\"", "TINY_GREETING = \"bonjour\"")
+    });
+    let explain = p.ccb(&["query", "explain", "tiny-child"]).ok();
+    assert!(
+        explain.stdout.contains("TINY_GREETING"),
+        "explain does not name the variable:\n{}",
+        explain.stdout
+    );
+    assert!(
+        !explain.stdout.contains("layer:tiny:amd64  to run"),
+        "{}",
+        explain.stdout
+    );
+    p.ccb(&["build", "tiny-child", "--until", "layer"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(
+            p.tree_of("layer:tiny-child:amd64")
+                .join("etc/tiny/greeting")
+        )
+        .unwrap(),
+        "bonjour\n"
+    );
+
+    // --force rebuilds the named target's own actions, not its parent's.
+    let forced = p
+        .ccb(&[
+            "build",
+            "tiny-child",
+            "--until",
+            "layer",
+            "--force",
+            "tiny-child",
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert_eq!(status_of(&forced, "layer:tiny:amd64"), "cached");
+    assert_eq!(status_of(&forced, "layer:tiny-child:amd64"), "built");
+
+    // A failing script: named with its element, phase and output; nothing is kept.
+    let failed = p.ccb(&["build", "tiny-fail", "--until", "layer"]).fails();
+    failed
+        .stderr_has("element `tiny-fail`, install.d/30-tiny-fail failed (exit status 3)")
+        .stderr_has("| tiny-fail: about to fail on purpose")
+        .stderr_has("log: ");
+    let ls = p.ccb(&["cache", "ls", "--format", "json"]).ok().json();
+    assert!(
+        !ls.to_string().contains("layer:tiny-fail"),
+        "a failed layer is in the store: {ls}"
+    );
+    assert!(scratch_is_empty(p.store()));
+    assert_eq!(leftovers(p.store()), Vec::<String>::new());
+
+    // The store is sound, and gc keeps what the current builds use.
+    p.ccb(&["cache", "verify"]).ok();
+    let gc = p.ccb(&["cache", "gc", "--format", "json"]).ok().json();
+    assert!(gc["removed"].as_array().unwrap().len() >= 2, "{gc}");
+    let after = p
+        .ccb(&[
+            "build",
+            "tiny-child",
+            "--until",
+            "layer",
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert!(
+        statuses(&after).iter().all(|(_, s)| s == "cached"),
+        "{}",
+        after.stdout
+    );
+}
+
+#[test]
+fn a_killed_or_interrupted_build_leaves_nothing_behind() {
+    let p = Project::new();
+    let store = p.store().to_path_buf();
+    let check_clean = |when: &str| {
+        wait_until(
+            &format!("the sandboxes to end ({when})"),
+            Duration::from_secs(20),
+            || processes_under(&store).is_empty(),
+        );
+        assert_eq!(leftovers(&store), Vec::<String>::new(), "{when}");
+    };
+
+    // 1. kill -9 while mmdebstrap bootstraps the base (the package cache is bind-mounted).
+    let mut ccb = p.spawn(&["build", "tiny-slow", "--until", "layer"]);
+    wait_until("mmdebstrap to run", Duration::from_secs(120), || {
+        logs_contain(&store, "I: installing") || logs_contain(&store, "I: extracting")
+    });
+    let inside = sandbox_mounts(&store);
+    assert!(
+        inside.iter().any(|m| m.contains("var/cache/apt/archives")),
+        "mmdebstrap's mounts are not there to leak: {inside:?}"
+    );
+    ccb.kill().unwrap();
+    ccb.wait().unwrap();
+    check_clean("killed during the base");
+
+    // 2. kill -9 while a script runs in the chroot of a layer (overlay, proc, sys, dev, pts,
+    //    the hooks and the package cache mounted).
+    let mut ccb = p.spawn(&["build", "tiny-slow", "--until", "layer"]);
+    wait_until("the slow script to start", Duration::from_secs(300), || {
+        logs_contain(&store, "tiny-slow: waiting")
+    });
+    let inside = sandbox_mounts(&store);
+    for kind in ["overlay", "proc", "sysfs", "devpts", "/tmp/in_target.d"] {
+        assert!(
+            inside.iter().any(|m| m.contains(kind)),
+            "no {kind} mount in the sandbox while the script runs: {inside:?}"
+        );
+    }
+    ccb.kill().unwrap();
+    ccb.wait().unwrap();
+    check_clean("killed in the chroot");
+
+    // 3. Ctrl-C: the running action is cancelled and cleaned up, ccb says so.
+    std::fs::remove_dir_all(store.join("logs")).unwrap();
+    let mut ccb = p.spawn(&["build", "tiny-slow", "--until", "layer"]);
+    wait_until(
+        "the slow script to start again",
+        Duration::from_secs(120),
+        || logs_contain(&store, "tiny-slow: waiting"),
+    );
+    let pid = ccb.id() as i32;
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let started = Instant::now();
+    let status = ccb.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "Ctrl-C took too long"
+    );
+    check_clean("interrupted");
+    // The cancelled action removed its own scratch directory; the killed runs' were removed
+    // by the next build of their keys.
+    assert!(scratch_is_empty(&store));
+
+    // The next build succeeds, with the interrupted scripts made quick.
+    p.edit("elements/tiny-slow/install.d/40-tiny-slow", |t| {
+        t.replace("sleep 600", "true")
+    });
+    let run = p
+        .ccb(&["build", "tiny-slow", "--until", "layer", "--format", "json"])
+        .ok();
+    assert_eq!(status_of(&run, "layer:tiny-slow:amd64"), "built");
+    assert!(scratch_is_empty(&store));
+    p.ccb(&["cache", "verify"]).ok();
+    check_clean("after the last build");
+}
