@@ -570,3 +570,41 @@ fn commit(
     ctx.store.commit_layer(&tree_dir, &meta)?;
     Ok(summary)
 }
+
+/// How this host runs code of an architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchSupport {
+    Native,
+    /// Through qemu-user, registered with binfmt_misc under `handler`.
+    Emulated {
+        handler: String,
+    },
+    Missing {
+        handler: String,
+    },
+}
+
+/// Whether `arch` binaries run here: natively, through a qemu-user binfmt handler, or not.
+pub fn arch_support(arch: crate::manifest::Arch) -> ArchSupport {
+    use crate::manifest::Arch;
+    let host = match std::env::consts::ARCH {
+        "x86_64" => Some(Arch::Amd64),
+        "aarch64" => Some(Arch::Arm64),
+        _ => None,
+    };
+    if host == Some(arch) {
+        return ArchSupport::Native;
+    }
+    let handler = match arch {
+        Arch::Amd64 => "qemu-x86_64",
+        Arch::Arm64 => "qemu-aarch64",
+    }
+    .to_string();
+    let enabled = std::fs::read_to_string(format!("/proc/sys/fs/binfmt_misc/{handler}"))
+        .is_ok_and(|s| s.lines().next() == Some("enabled"));
+    if enabled {
+        ArchSupport::Emulated { handler }
+    } else {
+        ArchSupport::Missing { handler }
+    }
+}

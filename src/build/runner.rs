@@ -25,6 +25,7 @@ use super::tree;
 use crate::element::env::PATH;
 
 const INSTALL_PACKAGES: &str = include_str!("install-packages.sh");
+const CCB_FETCH: &str = include_str!("ccb-fetch.sh");
 const TAIL_LINES: usize = 30;
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -155,10 +156,15 @@ impl Runner<'_> {
         }
         let bin = self.engine_dir.join("bin");
         std::fs::create_dir_all(&bin).map_err(io("create the engine tools"))?;
-        let ip = bin.join("install-packages");
-        std::fs::write(&ip, INSTALL_PACKAGES).map_err(io("write install-packages"))?;
-        std::fs::set_permissions(&ip, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod install-packages"))?;
+        for (name, text) in [
+            ("install-packages", INSTALL_PACKAGES),
+            ("ccb-fetch", CCB_FETCH),
+        ] {
+            let path = bin.join(name);
+            std::fs::write(&path, text).map_err(io(format!("write {name}")))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(io(format!("chmod {name}")))?;
+        }
         let maps = self.engine_dir.join("pkg-map");
         std::fs::create_dir_all(&maps).map_err(io("create the pkg-map directory"))?;
         for (element, map) in &self.spec.pkg_maps {
@@ -494,11 +500,14 @@ impl Runner<'_> {
             .stdin(Stdio::null());
         match place {
             Place::Outside => {
-                cmd.env("PATH", PATH)
-                    .env("TMP_BUILD_DIR", &spec.work)
-                    .env("TMP_HOOKS_PATH", &self.hooks)
-                    .env("TMP_MOUNT_PATH", &self.root)
-                    .env("DIB_IMAGE_CACHE", spec.downloads.join("image-cache"));
+                cmd.env(
+                    "PATH",
+                    format!("{}:{PATH}", self.engine_dir.join("bin").display()),
+                )
+                .env("TMP_BUILD_DIR", &spec.work)
+                .env("TMP_HOOKS_PATH", &self.hooks)
+                .env("TMP_MOUNT_PATH", &self.root)
+                .env("DIB_IMAGE_CACHE", spec.downloads.join("image-cache"));
                 if let Some(cache) = &spec.package_cache {
                     cmd.env("CCB_PACKAGE_CACHE", &cache.host);
                 }

@@ -98,6 +98,38 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         return Ok(());
     }
 
+    // Foreign architectures: emulated (slowly) when qemu-user is registered, else refused
+    // before anything runs.
+    let foreign: BTreeSet<crate::manifest::Arch> = plan
+        .iter()
+        .filter(|(act, s)| {
+            matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
+        })
+        .filter_map(|(act, _)| act.arch)
+        .collect();
+    for arch in foreign {
+        match build::arch_support(arch) {
+            build::ArchSupport::Native => {}
+            build::ArchSupport::Emulated { handler } => ui::warn(&format!(
+                "{arch} root filesystems run under qemu-user emulation ({handler}): expect \
+                 them to take 5-10 times longer than native builds"
+            )),
+            build::ArchSupport::Missing { handler } => {
+                return Err(CliError::msg(format!(
+                    "cannot build {arch} root filesystems on this {} host: no qemu-user \
+                     emulation is registered (binfmt_misc handler `{handler}`); install \
+                     qemu-user-static and binfmt-support, or build with --arch {}",
+                    std::env::consts::ARCH,
+                    if arch == crate::manifest::Arch::Amd64 {
+                        "arm64"
+                    } else {
+                        "amd64"
+                    }
+                )));
+            }
+        }
+    }
+
     let forced: BTreeSet<String> = if a.force.is_empty() {
         BTreeSet::new()
     } else {

@@ -38,7 +38,7 @@ impl Project {
         let mut v = vec!["--root", self.root.to_str().unwrap()];
         v.extend_from_slice(rest);
         // --element-path belongs to the subcommand: after it.
-        if matches!(rest.first(), Some(&"build") | Some(&"query")) {
+        if rest.iter().any(|a| matches!(*a, "build" | "query")) {
             v.push("--element-path");
             v.push(elements);
         }
@@ -50,10 +50,15 @@ impl Project {
     }
 
     fn spawn(&self, rest: &[&str]) -> Child {
+        self.spawn_with(rest, Stdio::null())
+    }
+
+    fn spawn_with(&self, rest: &[&str], stdout: Stdio) -> Child {
         self.env
             .cmd()
             .args(self.args(rest))
-            .stdout(Stdio::null())
+            .env("CCB_TEST_HOST_SECRET", "leak")
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .unwrap()
@@ -348,9 +353,13 @@ fn layers_build_once_and_only_what_changed_rebuilds() {
     assert_eq!(status_of(&forced, "layer:tiny-child:amd64"), "built");
 
     // A failing script: named with its element, phase and output; nothing is kept.
-    let failed = p.ccb(&["build", "tiny-fail", "--until", "layer"]).fails();
+    let failed = p
+        .ccb(&["-v", "build", "tiny-fail", "--until", "layer"])
+        .fails();
     failed
         .stderr_has("element `tiny-fail`, install.d/30-tiny-fail failed (exit status 3)")
+        // -v streams every script's output as it comes.
+        .stderr_has("layer:tiny-fail:amd64 | tiny-fail: about to fail on purpose")
         .stderr_has("| tiny-fail: about to fail on purpose")
         .stderr_has("log: ");
     let ls = p.ccb(&["cache", "ls", "--format", "json"]).ok().json();
@@ -380,6 +389,40 @@ fn layers_build_once_and_only_what_changed_rebuilds() {
         "{}",
         after.stdout
     );
+}
+
+#[test]
+fn two_ccb_processes_never_build_the_same_key_twice() {
+    let p = Project::new();
+    let args = ["build", "tiny", "--until", "layer", "--format", "json"];
+    let a = p.spawn_with(&args, Stdio::piped());
+    let b = p.spawn_with(&args, Stdio::piped());
+    let reports: Vec<serde_json::Value> = [a, b]
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    for id in ["base:tiny:amd64", "layer:tiny:amd64"] {
+        let built = reports
+            .iter()
+            .filter(|r| {
+                r["actions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["id"] == id && a["status"] == "built")
+            })
+            .count();
+        assert_eq!(built, 1, "{id} was built {built} times: {reports:?}");
+    }
+    p.ccb(&["cache", "verify"]).ok();
 }
 
 #[test]
@@ -460,4 +503,41 @@ fn a_killed_or_interrupted_build_leaves_nothing_behind() {
     assert!(scratch_is_empty(&store));
     p.ccb(&["cache", "verify"]).ok();
     check_clean("after the last build");
+}
+
+#[test]
+fn a_foreign_architecture_needs_qemu_user_emulation() {
+    let env = Env::new();
+    let root = repo();
+    let run = env.run(&[
+        "--root",
+        root.to_str().unwrap(),
+        "build",
+        "debian12",
+        "--arch",
+        "arm64",
+        "--until",
+        "base",
+        "--dry-run",
+    ]);
+    run.ok();
+    let registered = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+        .is_ok_and(|s| s.starts_with("enabled"));
+    if !registered && std::env::consts::ARCH == "x86_64" {
+        // Refused before anything runs, with what to install.
+        let run = env.run(&[
+            "--root",
+            root.to_str().unwrap(),
+            "build",
+            "debian12",
+            "--arch",
+            "arm64",
+            "--until",
+            "base",
+        ]);
+        run.fails()
+            .stderr_has("cannot build arm64 root filesystems")
+            .stderr_has("qemu-user-static");
+        assert!(!env.cache.path().join("layers").exists());
+    }
 }

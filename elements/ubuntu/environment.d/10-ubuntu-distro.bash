@@ -7,9 +7,13 @@ export DIB_INIT_SYSTEM=systemd
 export EFI_BOOT_DIR=EFI/ubuntu
 export DIB_DEBIAN_COMPONENTS="${DIB_DEBIAN_COMPONENTS:-main,universe}"
 
-# Where the Ubuntu cloud image (squashfs + SHA256SUMS) for DIB_RELEASE is
-# downloaded from: a directory URL configured in the manifests. Empty here.
+# Where the Ubuntu cloud image root filesystem for DIB_RELEASE is downloaded
+# from: the URL of a directory holding the file and its SHA256SUMS, configured
+# in the manifests. Empty here. A pinned DIB_UBUNTU_ROOTFS_SHA256 replaces the
+# SHA256SUMS check.
 export DIB_CLOUD_IMAGES="${DIB_CLOUD_IMAGES:-}"
+export DIB_UBUNTU_ROOTFS_FILE="${DIB_UBUNTU_ROOTFS_FILE:-${DIB_RELEASE}-server-cloudimg-${ARCH}.squashfs}"
+export DIB_UBUNTU_ROOTFS_SHA256="${DIB_UBUNTU_ROOTFS_SHA256:-}"
 
 # Package mirror: empty keeps the sources shipped in the cloud image; the
 # manifest environment may set one.

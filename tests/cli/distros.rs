@@ -1,0 +1,305 @@
+//! Base root filesystems of distributions whose servers this machine cannot reach (Ubuntu's
+//! cloud images, a CentOS Stream tarball): the real elements fetch small fixture root
+//! filesystems from a server on 127.0.0.1, verify them, unpack them and run their phases in a
+//! real chroot, where the distribution's package tool is a fixture that records its calls.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{Env, Run, repo, script, write};
+
+/// Serves the files under `dir` over HTTP/1.0 on 127.0.0.1 (GET only), for the test's life.
+fn serve(dir: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let file = dir.join(path.trim_start_matches('/'));
+            match std::fs::read(&file) {
+                Ok(body) if !path.contains("..") => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(&body);
+                }
+                _ => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                    );
+                }
+            }
+        }
+    });
+    port
+}
+
+/// A root filesystem just big enough for ccb's runner: bash and the few tools
+/// install-packages uses, copied from the host with their libraries, and a fake package tool.
+fn mini_rootfs(root: &Path, package_tool: &str) {
+    for d in [
+        "usr/bin",
+        "usr/sbin",
+        "usr/lib",
+        "usr/lib64",
+        "etc",
+        "var/log",
+        "tmp",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
+    for tool in ["bash", "find", "head", "cat", "env", "mkdir"] {
+        let host = PathBuf::from(format!("/usr/bin/{tool}"));
+        std::fs::copy(&host, root.join(format!("usr/bin/{tool}"))).unwrap();
+        let ldd = Command::new("ldd").arg(&host).output().unwrap();
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let lib = line
+                .split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(PathBuf::from);
+            if let Some(lib) = lib {
+                let dest = root.join(lib.strip_prefix("/").unwrap());
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                if !dest.exists() {
+                    std::fs::copy(&lib, &dest).unwrap();
+                }
+            }
+        }
+    }
+    script(
+        root.join(format!("usr/bin/{package_tool}")),
+        &format!("#!/bin/bash\necho \"{package_tool} $*\" >> /var/log/fake-{package_tool}.log\n"),
+    );
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+struct Fixture {
+    env: Env,
+    _dir: tempfile::TempDir,
+    project: PathBuf,
+    served: PathBuf,
+    port: u16,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("served");
+        // Ubuntu: a squashfs root filesystem and its SHA256SUMS.
+        let ubuntu = dir.path().join("ubuntu-root");
+        mini_rootfs(&ubuntu, "apt-get");
+        std::fs::create_dir_all(served.join("ubuntu")).unwrap();
+        let sq = served.join("ubuntu/noble-server-cloudimg-amd64.squashfs");
+        let st = Command::new("mksquashfs")
+            .arg(&ubuntu)
+            .arg(&sq)
+            .args(["-noappend", "-quiet", "-no-progress"])
+            .status()
+            .expect("mksquashfs (squashfs-tools) is installed");
+        assert!(st.success());
+        write(
+            served.join("ubuntu/SHA256SUMS"),
+            &format!("{} *noble-server-cloudimg-amd64.squashfs\n", sha256(&sq)),
+        );
+        // CentOS: a root tarball, pinned by digest in the manifest.
+        let centos = dir.path().join("centos-root");
+        mini_rootfs(&centos, "dnf");
+        std::fs::create_dir_all(served.join("centos")).unwrap();
+        let st = Command::new("tar")
+            .arg("-czf")
+            .arg(served.join("centos/rootfs.tar.gz"))
+            .arg("-C")
+            .arg(&centos)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let port = serve(served.clone());
+        let project = dir.path().join("project");
+        write(
+            project.join("manifests/sites.ncl"),
+            "{ local = { name = \"Local\", baremetal = true, kind = 'local, path = \"out\" } }\n",
+        );
+        let f = Self {
+            env: Env::new(),
+            _dir: dir,
+            project,
+            served,
+            port,
+        };
+        f.images(&sha256(&f.served.join("centos/rootfs.tar.gz")));
+        f
+    }
+
+    fn images(&self, centos_sha: &str) {
+        let port = self.port;
+        write(
+            self.project.join("manifests/images.ncl"),
+            &format!(
+                r#"{{
+  fake-ubuntu = {{
+    name = "Fake-Ubuntu",
+    elements = ["ubuntu"],
+    formats = ['qcow2],
+    env = {{ DIB_RELEASE = "noble", DIB_CLOUD_IMAGES = "http://127.0.0.1:{port}/ubuntu" }},
+  }},
+  fake-centos = {{
+    name = "Fake-CentOS",
+    elements = ["centos"],
+    formats = ['qcow2],
+    env = {{
+      DIB_CENTOS_ROOTFS_URL = "http://127.0.0.1:{port}/centos/rootfs.tar.gz",
+      DIB_CENTOS_ROOTFS_SHA256 = "{centos_sha}",
+    }},
+  }},
+}}
+"#
+            ),
+        );
+    }
+
+    fn ccb(&self, rest: &[&str]) -> Run {
+        let elements = repo().join("elements");
+        let mut args = vec!["--root", self.project.to_str().unwrap()];
+        args.extend_from_slice(rest);
+        args.push("--element-path");
+        args.push(elements.to_str().unwrap());
+        self.env.run(&args)
+    }
+
+    fn downloads(&self) -> PathBuf {
+        self.env.cache.path().join("downloads/image-cache")
+    }
+
+    fn layer_tree(&self, id: &str) -> PathBuf {
+        let ls = self
+            .env
+            .run(&["cache", "ls", "--format", "json"])
+            .ok()
+            .json();
+        let key = ls["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id && e["current"] == true)
+            .unwrap_or_else(|| panic!("{id} not in {ls}"))["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.env.cache.path().join("layers").join(key).join("tree")
+    }
+}
+
+#[test]
+fn ubuntu_and_centos_bases_come_from_verified_downloads() {
+    let f = Fixture::new();
+
+    // A wrong pinned digest: a clear error naming both digests, nothing stored.
+    f.images(&"0".repeat(64));
+    let bad = f.ccb(&["build", "fake-centos", "--until", "layer"]).fails();
+    bad.stderr_has("sha256 mismatch")
+        .stderr_has(&format!("expected {}", "0".repeat(64)))
+        .stderr_has("element `centos`, root.d/10-centos-rootfs failed");
+    assert!(!f.downloads().join("centos/rootfs.tar.gz").exists());
+    assert!(!f.downloads().join("centos/rootfs.tar.gz.part").exists());
+
+    // The right digest: both distributions build side by side.
+    f.images(&sha256(&f.served.join("centos/rootfs.tar.gz")));
+    let run = f
+        .ccb(&["build", "--until", "layer", "-j", "2", "--format", "json"])
+        .ok();
+    let statuses: Vec<String> = run.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["id"].as_str().unwrap(),
+                a["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| s.ends_with(" built")).count(),
+        4,
+        "{statuses:?}"
+    );
+
+    // Packages went through each distribution's own tool, recommends/weak deps off.
+    let apt = std::fs::read_to_string(
+        f.layer_tree("layer:fake-ubuntu:amd64")
+            .join("var/log/fake-apt-get.log"),
+    )
+    .unwrap();
+    assert!(
+        apt.contains("APT::Install-Recommends=false -o APT::Install-Suggests=false install "),
+        "{apt}"
+    );
+    assert!(apt.contains("linux-image-generic"), "{apt}");
+    let dnf = std::fs::read_to_string(
+        f.layer_tree("layer:fake-centos:amd64")
+            .join("var/log/fake-dnf.log"),
+    )
+    .unwrap();
+    assert!(
+        dnf.contains("--setopt=install_weak_deps=False --setopt=keepcache=True install"),
+        "{dnf}"
+    );
+    assert!(dnf.contains("dracut-config-generic"), "{dnf}");
+    // pkg-map translated the base element's Debian names for the redhat family.
+    let words: Vec<&str> = dnf.split_whitespace().collect();
+    assert!(
+        words.contains(&"iproute") && !words.contains(&"iproute2"),
+        "{dnf}"
+    );
+    assert!(!dnf.contains("apt-get"), "{dnf}");
+
+    // The downloads are cached and verified: a tampered SHA256SUMS stops the next base build.
+    assert!(
+        f.downloads()
+            .join("ubuntu/noble-server-cloudimg-amd64.squashfs")
+            .is_file()
+    );
+    write(
+        f.served.join("ubuntu/SHA256SUMS"),
+        &format!("{} *noble-server-cloudimg-amd64.squashfs\n", "1".repeat(64)),
+    );
+    let forced = f
+        .ccb(&[
+            "build",
+            "fake-ubuntu",
+            "--until",
+            "base",
+            "--force",
+            "fake-ubuntu",
+        ])
+        .fails();
+    forced.stderr_has("sha256 mismatch");
+}
