@@ -423,6 +423,59 @@ fn two_ccb_processes_never_build_the_same_key_twice() {
         assert_eq!(built, 1, "{id} was built {built} times: {reports:?}");
     }
     p.ccb(&["cache", "verify"]).ok();
+
+    // Without overlayfs the lower layers are copied (whiteouts applied) and trees are full.
+    let out = p
+        .env
+        .cmd()
+        .args(p.args(&[
+            "build",
+            "tiny-child",
+            "--until",
+            "layer",
+            "--format",
+            "json",
+        ]))
+        .env("CCB_OVERLAYFS", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = p.ccb(&["cache", "ls", "--format", "json"]).ok().json();
+    let child = ls["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "layer:tiny-child:amd64")
+        .unwrap()
+        .clone();
+    assert_eq!(child["mode"], "full", "{ls}");
+    let tree = p.tree_of("layer:tiny-child:amd64");
+    assert!(
+        tree.join("etc/tiny-release").is_file(),
+        "the parent's layer was copied"
+    );
+    assert!(tree.join("usr/bin/less").is_file());
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/tiny/greeting")).unwrap(),
+        "hello\n"
+    );
+    // No overlay marker (whiteout device, opaque xattr) survives the flattening.
+    let find = Command::new("find")
+        .arg(&tree)
+        .args(["-type", "c"])
+        .output()
+        .unwrap();
+    let devices = String::from_utf8_lossy(&find.stdout);
+    assert!(
+        devices
+            .lines()
+            .all(|l| !l.contains("/var/") && !l.contains("/etc/")),
+        "{devices}"
+    );
 }
 
 #[test]
