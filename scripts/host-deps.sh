@@ -8,6 +8,9 @@ ccb_host_tools=(
     mmdebstrap:mmdebstrap
     unsquashfs:squashfs-tools
     mksquashfs:squashfs-tools
+    mkfs.fat:dosfstools
+    mcopy:mtools
+    mkfs.xfs:xfsprogs
 )
 
 ensure_host_tools() {
@@ -36,4 +39,24 @@ ensure_host_tools() {
     fi
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+}
+
+# QEMU for `ccb test` (boots) and qemu-img (conversions), with OVMF for UEFI. qemu-utils and
+# qemu-system-x86 must come from the same release: a newer preinstalled qemu-utils (from
+# backports) would make apt refuse qemu-system-x86, so qemu-utils is pinned to its version.
+ensure_qemu() {
+    if command -v qemu-system-x86_64 >/dev/null 2>&1 && command -v qemu-img >/dev/null 2>&1 \
+        && [[ -e /usr/share/OVMF/OVMF_CODE.fd || -e /usr/share/OVMF/OVMF_CODE_4M.fd ]]; then
+        return 0
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "need root to install qemu-system-x86, qemu-utils and ovmf" >&2
+        return 1
+    fi
+    apt-get update -q
+    local v
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+    echo "installing qemu-system-x86 and qemu-utils $v, ovmf" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades \
+        --no-install-recommends qemu-system-x86 "qemu-utils=$v" ovmf
 }

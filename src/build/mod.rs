@@ -5,7 +5,9 @@
 //! The parent side lives here: turn a graph action into an [`spec::ActionSpec`], run the
 //! sandbox, follow its events, and commit (or discard) its tree.
 
+pub mod disk;
 pub mod event;
+pub mod layout;
 pub mod runner;
 pub mod sandbox;
 pub mod spec;
@@ -259,6 +261,7 @@ pub fn spec_for(
                 package_cache,
                 log,
                 stream_output: ctx.stream_output,
+                disk: None,
             })
         }
         Kind::Layer => {
@@ -388,9 +391,220 @@ pub fn spec_for(
                 package_cache,
                 log,
                 stream_output: ctx.stream_output,
+                disk: None,
             })
         }
-        _ => Err(unsupported(action, "not a root filesystem action")),
+        Kind::Disk => {
+            let layer_id = action
+                .deps
+                .first()
+                .ok_or_else(|| unsupported(action, "a disk needs a layer"))?;
+            let layer = ctx
+                .graph
+                .get(layer_id)
+                .ok_or_else(|| unsupported(action, "the layer action is missing"))?;
+            let meta = ctx.store.layer_meta(&layer.key).ok_or_else(|| {
+                BuildError::engine(
+                    &action.id,
+                    format!("the layer of {layer_id} is not in the store"),
+                    None,
+                )
+            })?;
+            let env_view = &resolved.view.env;
+            let (bd_element, bd_file) = resolved.view.block_device.clone().ok_or_else(|| {
+                unsupported(
+                    action,
+                    "the image has no block-device layout: add a block-device element \
+                     (block-device-efi) or `vm`",
+                )
+            })?;
+            let bd_path = dir_of(&bd_element)?.dir.join(&bd_file);
+            let yaml = std::fs::read_to_string(&bd_path).map_err(|e| {
+                BuildError::engine(&action.id, format!("read {}: {e}", bd_path.display()), None)
+            })?;
+            let defaults = layout::RootDefaults::from_env(env_view)
+                .map_err(|m| BuildError::engine(&action.id, m, None))?;
+            let disk_layout = layout::parse(&format!("{bd_element}/{bd_file}"), &yaml, &defaults)
+                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+            let name = image.published_name(arch);
+            let compress = env_view
+                .get("COMPRESS_IMAGE")
+                .is_none_or(|v| !matches!(v.as_str(), "" | "0" | "false" | "False"));
+            let mut env = engine_env(arch, Some(&name), &resolved.elements);
+            env.extend(image.env.clone());
+            let phases = [
+                ("block-device.d", Place::Outside),
+                ("pre-finalise.d", Place::Outside),
+                ("finalise.d", Place::Inside),
+                ("cleanup.d", Place::Outside),
+            ]
+            .into_iter()
+            .filter_map(|(phase, place)| {
+                let steps: Vec<Step> = resolved
+                    .view
+                    .phases
+                    .get(phase)?
+                    .iter()
+                    .map(|s| Step::Script {
+                        element: s.element.clone(),
+                        name: s.name.clone(),
+                    })
+                    .collect();
+                Some(PhaseSpec {
+                    phase: phase.into(),
+                    place,
+                    steps,
+                })
+            })
+            .collect();
+            let elements = resolved
+                .elements
+                .iter()
+                .map(|n| {
+                    Ok(ElementSrc {
+                        name: n.clone(),
+                        dir: dir_of(n)?.dir.clone(),
+                        own: false,
+                    })
+                })
+                .collect::<Result<Vec<_>, BuildError>>()?;
+            Ok(ActionSpec {
+                id: action.id.clone(),
+                key: action.key.clone(),
+                kind: SpecKind::Disk,
+                arch: arch.as_str().into(),
+                work,
+                lowers: meta.stack(ctx.store),
+                overlay: ctx.overlay,
+                env,
+                elements,
+                env_files: resolved
+                    .view
+                    .environment
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
+                phases,
+                pkg_maps: pkg_maps(&resolved.elements, env_view)?,
+                downloads,
+                package_cache,
+                log,
+                stream_output: ctx.stream_output,
+                disk: Some(spec::DiskSpec {
+                    provenance: provenance(ctx.model, image, arch, &name),
+                    name,
+                    layout: disk_layout,
+                    size: image.size.as_deref().and_then(parse_size),
+                    formats: image
+                        .formats
+                        .iter()
+                        .map(|f| f.as_str().to_string())
+                        .collect(),
+                    qcow2_compression: compress.then(|| {
+                        env_view
+                            .get("QCOW2_COMPRESSION_TYPE")
+                            .filter(|v| !v.is_empty())
+                            .cloned()
+                            .unwrap_or_else(|| "zlib".into())
+                    }),
+                    manifest_dir: env_view
+                        .get("DIB_MANIFEST_IMAGE_DIR")
+                        .filter(|v| !v.is_empty())
+                        .cloned()
+                        .unwrap_or_else(|| "/etc/dib-manifests".into()),
+                    seed: action.key.clone(),
+                }),
+            })
+        }
+        _ => Err(unsupported(action, "not an action that runs in a sandbox")),
+    }
+}
+
+/// `20GiB` → bytes (the manifest's `Size`).
+fn parse_size(s: &str) -> Option<u64> {
+    let (n, mult) = [("MiB", 1u64 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40)]
+        .iter()
+        .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))?;
+    n.parse::<u64>().ok().map(|n| n * mult)
+}
+
+/// The provenance record of chameleon-images.md: what was built, from which commit, when.
+pub fn provenance(
+    model: &Model,
+    image: &crate::manifest::Image,
+    _arch: crate::manifest::Arch,
+    name: &str,
+) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&model.root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut commit = git(&["rev-parse", "HEAD"]);
+    if !commit.is_empty() && !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        commit.push_str("-dirty");
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (iso, compact) = utc(secs);
+    let p = &image.provenance;
+    let record = serde_json::json!({
+        "build-distro": p.distro.clone().unwrap_or_default(),
+        "build-release": p.release.clone().unwrap_or_default(),
+        "build-variant": p.variant.clone().unwrap_or_default(),
+        "build-repo": git(&["config", "--get", "remote.origin.url"]),
+        "build-repo-commit": commit,
+        "build-timestamp": iso,
+        "build-tag": format!("{name}-{compact}"),
+        "build-ipa": "false",
+        "chameleon-supported": "true",
+    });
+    serde_json::to_string_pretty(&record).unwrap_or_default()
+}
+
+/// `2026-11-27T19:30:05Z` and `20261127193005` for a Unix time (proleptic Gregorian, UTC).
+fn utc(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Howard Hinnant's days-from-civil, inverted.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{s:02}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_times_format_like_date_u() {
+        assert_eq!(super::utc(0).0, "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400).0, "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(1_795_800_605).1, "20261127173005");
+    }
+
+    #[test]
+    fn manifest_sizes_are_binary() {
+        assert_eq!(super::parse_size("20GiB"), Some(20 << 30));
+        assert_eq!(super::parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(super::parse_size("20GB"), None);
     }
 }
 
@@ -420,6 +634,13 @@ pub fn run_action(
 
     let result = supervise(ctx, action, &spec_path, cancel, on_event);
     let outcome = match result {
+        Ok(steps) if spec.kind == SpecKind::Disk => {
+            commit_outputs(ctx, action, &spec).map(|tree| Built {
+                steps,
+                duration: started.elapsed(),
+                tree,
+            })
+        }
         Ok(steps) => commit(ctx, action, &spec).map(|tree| Built {
             steps,
             duration: started.elapsed(),
@@ -531,6 +752,131 @@ fn supervise(
             Some(log),
         )),
     }
+}
+
+/// Commits a disk action's files; their summary stands in for a tree's.
+fn commit_outputs(
+    ctx: &BuildContext,
+    action: &Action,
+    spec: &ActionSpec,
+) -> Result<tree::TreeSummary, BuildError> {
+    let out = spec.work.join("out");
+    let mut files = Vec::new();
+    let mut stack = vec![out.clone()];
+    while let Some(dir) = stack.pop() {
+        let rd = std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::engine(&action.id, format!("read outputs: {e}"), None))?;
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(m) = p.metadata() {
+                let rel = p.strip_prefix(&out).unwrap_or(&p).display().to_string();
+                files.push((rel, m.len()));
+            }
+        }
+    }
+    files.sort();
+    let summary = tree::summarize(&out).map_err(|e| {
+        BuildError::engine(&action.id, format!("cannot digest the outputs: {e}"), None)
+    })?;
+    let meta = crate::store::OutputsMeta {
+        key: action.key.clone(),
+        id: action.id.clone(),
+        name: spec
+            .disk
+            .as_ref()
+            .map(|d| d.name.clone())
+            .unwrap_or_default(),
+        files,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    ctx.store.commit_outputs(&out, &meta)?;
+    Ok(summary)
+}
+
+/// Puts a disk action's outputs in `dir` (hard links when the store is on the same
+/// filesystem, else copies that keep holes), each file replaced in one rename, and updates the
+/// directory's SHA256SUMS for them.
+pub fn materialize(
+    store: &Store,
+    key: &str,
+    dir: &std::path::Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let err = |m: String| BuildError::engine("materialize", m, None);
+    let meta = store
+        .outputs_meta(key)
+        .ok_or_else(|| err(format!("no outputs for key {key}")))?;
+    let src_dir = store.outputs_dir(key);
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("create {}: {e}", dir.display())))?;
+    let mut made = Vec::new();
+    let mut sums_here = String::new();
+    for (rel, _) in &meta.files {
+        let src = src_dir.join(rel);
+        if rel == "SHA256SUMS" {
+            sums_here = std::fs::read_to_string(&src).unwrap_or_default();
+            continue;
+        }
+        let dst = dir.join(rel);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| err(format!("create {}: {e}", parent.display())))?;
+        }
+        let tmp = dst.with_file_name(format!(
+            ".{}.ccb-tmp",
+            dst.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&src, &tmp).is_err() {
+            let status = std::process::Command::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(&src)
+                .arg(&tmp)
+                .status()
+                .map_err(|e| err(format!("cp: {e}")))?;
+            if !status.success() {
+                return Err(err(format!(
+                    "cannot copy {} to {}",
+                    src.display(),
+                    tmp.display()
+                )));
+            }
+        }
+        std::fs::rename(&tmp, &dst)
+            .map_err(|e| err(format!("rename into {}: {e}", dst.display())))?;
+        made.push(dst);
+    }
+    // One SHA256SUMS for the directory: this image's lines replace its old ones.
+    let sums_path = dir.join("SHA256SUMS");
+    let mine: Vec<&str> = sums_here.lines().collect();
+    let names: Vec<&str> = mine
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let mut lines: Vec<String> = std::fs::read_to_string(&sums_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            !l.split_whitespace()
+                .nth(1)
+                .is_some_and(|n| names.contains(&n))
+        })
+        .map(str::to_string)
+        .collect();
+    lines.extend(mine.iter().map(|l| l.to_string()));
+    lines.sort_by(|a, b| {
+        a.split_whitespace()
+            .nth(1)
+            .cmp(&b.split_whitespace().nth(1))
+    });
+    let mut text = lines.join("\n");
+    text.push('\n');
+    crate::fsutil::write_atomic(&sums_path, text.as_bytes()).map_err(StoreError::from)?;
+    made.push(sums_path);
+    Ok(made)
 }
 
 fn commit(

@@ -70,27 +70,29 @@ impl From<tree::TreeError> for RunError {
     }
 }
 
-fn engine(context: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> RunError {
+pub(super) fn engine(context: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> RunError {
     move |e| RunError::Engine(format!("{context}: {e}"))
 }
 
-fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RunError {
+pub(super) fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RunError {
     move |e| RunError::Engine(format!("{context}: {e}"))
 }
 
-struct Runner<'a> {
-    spec: &'a ActionSpec,
-    hooks: PathBuf,
-    engine_dir: PathBuf,
-    root: PathBuf,
-    log: File,
-    cancelled: Arc<AtomicBool>,
+pub(super) struct Runner<'a> {
+    pub(super) spec: &'a ActionSpec,
+    pub(super) hooks: PathBuf,
+    pub(super) engine_dir: PathBuf,
+    pub(super) root: PathBuf,
+    pub(super) log: File,
+    pub(super) cancelled: Arc<AtomicBool>,
     /// Mount points of the chroot, in mount order.
-    mounts: Vec<PathBuf>,
+    pub(super) mounts: Vec<PathBuf>,
     /// Directories the runner created inside the tree, to remove afterwards.
-    made_dirs: Vec<PathBuf>,
-    resolv_moved: bool,
-    policy_rc_d: bool,
+    pub(super) made_dirs: Vec<PathBuf>,
+    pub(super) resolv_moved: bool,
+    pub(super) policy_rc_d: bool,
+    /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
+    pub(super) extra_env: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs the action; the exit code of the sandbox.
@@ -102,6 +104,7 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         .map_err(io(format!("open log {}", spec.log.display())))?;
     let root = match (spec.kind, spec.overlay) {
         (SpecKind::Layer, true) => spec.work.join("root"),
+        (SpecKind::Disk, _) => spec.work.join("mnt"),
         _ => spec.work.join("tree"),
     };
     let mut r = Runner {
@@ -115,6 +118,7 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         made_dirs: Vec::new(),
         resolv_moved: false,
         policy_rc_d: false,
+        extra_env: Default::default(),
     };
     r.prepare_hooks()?;
     match spec.kind {
@@ -140,16 +144,17 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
                 umount2(&r.root, MntFlags::empty()).map_err(engine("unmount the overlay"))?;
             }
         }
+        SpecKind::Disk => r.run_disk()?,
     }
     Ok(())
 }
 
 impl Runner<'_> {
-    fn logln(&mut self, text: &str) {
+    pub(super) fn logln(&mut self, text: &str) {
         let _ = writeln!(self.log, "{text}");
     }
 
-    fn prepare_hooks(&mut self) -> Result<(), RunError> {
+    pub(super) fn prepare_hooks(&mut self) -> Result<(), RunError> {
         std::fs::create_dir_all(&self.hooks).map_err(io("create the hooks tree"))?;
         for el in &self.spec.elements {
             tree::merge_element(&el.dir, &self.hooks)?;
@@ -174,7 +179,7 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn prepare_root(&mut self) -> Result<(), RunError> {
+    pub(super) fn prepare_root(&mut self) -> Result<(), RunError> {
         let spec = self.spec;
         if spec.overlay {
             let upper = spec.work.join("upper");
@@ -233,7 +238,7 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn mount_in(
+    pub(super) fn mount_in(
         &mut self,
         source: &str,
         rel: &str,
@@ -265,7 +270,7 @@ impl Runner<'_> {
 
     /// DIB's chroot: the host's resolv.conf in place, proc, sys (read-only), dev, dev/pts,
     /// daemons blocked, the shared package cache, ccb's tools.
-    fn setup_chroot(&mut self) -> Result<(), RunError> {
+    pub(super) fn setup_chroot(&mut self) -> Result<(), RunError> {
         let etc = self.root.join("etc");
         let resolv = etc.join("resolv.conf");
         let orig = etc.join("resolv.conf.ORIG");
@@ -321,7 +326,7 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn teardown_chroot(&mut self) -> Result<(), RunError> {
+    pub(super) fn teardown_chroot(&mut self) -> Result<(), RunError> {
         while let Some(m) = self.mounts.pop() {
             umount2(&m, MntFlags::empty())
                 .or_else(|_| umount2(&m, MntFlags::MNT_DETACH))
@@ -355,7 +360,7 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn run_phase(&mut self, phase: &super::spec::PhaseSpec) -> Result<(), RunError> {
+    pub(super) fn run_phase(&mut self, phase: &super::spec::PhaseSpec) -> Result<(), RunError> {
         let inside = phase.place == Place::Inside;
         if inside {
             let hooks = self.hooks.display().to_string();
@@ -389,7 +394,12 @@ impl Runner<'_> {
         result
     }
 
-    fn run_step(&mut self, phase: &str, place: Place, step: &Step) -> Result<(), RunError> {
+    pub(super) fn run_step(
+        &mut self,
+        phase: &str,
+        place: Place,
+        step: &Step,
+    ) -> Result<(), RunError> {
         if self.cancelled.load(Ordering::SeqCst) {
             return Err(RunError::Cancelled);
         }
@@ -475,7 +485,7 @@ impl Runner<'_> {
 
     /// Runs one program the DIB way (environment.d sourced first), its output logged; returns
     /// its exit status (negative: killed by that signal) and its last lines.
-    fn exec(
+    pub(super) fn exec(
         &mut self,
         phase: &str,
         place: Place,
@@ -488,6 +498,7 @@ impl Runner<'_> {
             .envs(&spec.env)
             .env("LC_ALL", "C")
             .env("HOME", "/root")
+            .envs(&self.extra_env)
             .arg("--noprofile")
             .arg("--norc")
             .arg("-c")

@@ -14,6 +14,8 @@ pub enum SpecKind {
     Base,
     /// extra-data → post-root over the lower layers.
     Layer,
+    /// A bootable disk from the finished stack: block-device → cleanup, outputs.
+    Disk,
 }
 
 /// Where a phase runs: on the host (inside the sandbox's namespaces) or chrooted in the tree.
@@ -108,6 +110,28 @@ pub struct ActionSpec {
     pub log: PathBuf,
     /// Stream every output line to the parent (`-v`).
     pub stream_output: bool,
+    /// What a disk action makes (disk actions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// The published name: the image's `IMAGE_NAME` and the outputs' base name.
+    pub name: String,
+    pub layout: super::layout::Layout,
+    /// A fixed disk size from the manifest, in bytes.
+    pub size: Option<u64>,
+    /// `qcow2`, `raw`.
+    pub formats: Vec<String>,
+    /// qcow2 compression: `zlib`, `zstd` or none.
+    pub qcow2_compression: Option<String>,
+    /// The provenance record (JSON), for DIB_CC_PROVENANCE and `<Name>.d/`.
+    pub provenance: String,
+    /// Where the build's manifests are in the image (DIB_MANIFEST_IMAGE_DIR).
+    pub manifest_dir: String,
+    /// Seeds the disk's GUIDs and filesystem UUIDs: the same key gives the same identifiers.
+    pub seed: String,
 }
 
 /// A host directory shared between builds (never part of a key), mounted at `target`.

@@ -57,6 +57,9 @@ pub struct BuildArgs {
     /// Stop after this stage
     #[arg(long, value_enum, value_name = "STAGE")]
     until: Option<Stage>,
+    /// Where the images go (default: `out/images` in the project)
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }
@@ -89,9 +92,19 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         element::project_resolver(&model, &a.element_path, &store, &mut |w| ui::warn(w))?;
     let graph = Graph::build(&model, &resolver, &targets, false)?;
     let until = a.until.unwrap_or(Stage::Disk);
+    // The targets' own actions up to the stage, and what they need (a child image needs its
+    // parent's layer, not its parent's disk).
+    let mut needed: BTreeSet<String> = BTreeSet::new();
+    for t in &targets {
+        for act in graph.actions_of(t) {
+            if stage_of(act.kind) <= until && act.kind != Kind::Publish {
+                needed.extend(graph.closure(&act.id).iter().map(|a| a.id.clone()));
+            }
+        }
+    }
     let plan: Vec<(&Action, Status)> = graph::plan(&graph, &store)
         .into_iter()
-        .filter(|(act, _)| stage_of(act.kind) <= until)
+        .filter(|(act, _)| needed.contains(&act.id))
         .collect();
     if a.dry_run {
         render_plan(&plan, a.format, ctx.verbose > 0);
@@ -210,10 +223,40 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         end
     });
     let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+
+    // Every finished disk of the targets goes to the output directory.
+    let out_dir = match &a.out {
+        Some(d) => d.clone(),
+        None => model.root.join("out/images"),
+    };
+    let mut outputs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (act, _) in &plan {
+        if act.kind == Kind::Disk
+            && matches!(
+                fates.get(&act.id),
+                Some(Fate::Ran(JobEnd::Built | JobEnd::Cached))
+            )
+        {
+            let files = build::materialize(&store, &act.key, &out_dir)?;
+            let shown: Vec<String> = files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "qcow2" || e == "raw"))
+                .map(|f| crate::fsutil::display_path(f))
+                .collect();
+            if a.format == OutputFormat::Text {
+                ui::status(ctx.quiet, &format!("{}: {}", act.id, shown.join(", ")));
+            }
+            outputs.insert(
+                act.id.clone(),
+                files.iter().map(|f| f.display().to_string()).collect(),
+            );
+        }
+    }
     report(
         &plan,
         &fates,
         &results,
+        &outputs,
         started.elapsed(),
         a.format,
         ctx.quiet,
@@ -242,17 +285,7 @@ fn run_one(
 ) -> Result<Option<build::Built>, BuildError> {
     let store = bctx.store;
     match action.kind {
-        Kind::Base | Kind::Layer => {}
-        Kind::Disk => {
-            let e = BuildError::Unsupported {
-                id: action.id.clone(),
-                message: "disk images are not built yet (issue [4/8]); build the root \
-                          filesystem with `--until layer`"
-                    .into(),
-            };
-            progress.block(&format!("error: {e}"));
-            return Err(e);
-        }
+        Kind::Base | Kind::Layer | Kind::Disk => {}
         Kind::Fetch | Kind::Publish => {
             let e = BuildError::Unsupported {
                 id: action.id.clone(),
@@ -328,6 +361,7 @@ fn report(
     plan: &[(&Action, Status)],
     fates: &std::collections::BTreeMap<String, Fate>,
     results: &[(String, Result<build::Built, BuildError>)],
+    outputs: &std::collections::BTreeMap<String, Vec<String>>,
     elapsed: Duration,
     format: OutputFormat,
     quiet: bool,
@@ -363,6 +397,9 @@ fn report(
         }
         if let Fate::Skipped { because } = &fate {
             row["because"] = json!(because);
+        }
+        if let Some(files) = outputs.get(&act.id) {
+            row["outputs"] = json!(files);
         }
         rows.push(row);
     }

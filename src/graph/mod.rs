@@ -391,6 +391,7 @@ pub fn is_cached(store: &Store, action: &Action) -> bool {
     store.exists(&action_record_name(&action.key))
         && match action.kind {
             Kind::Base | Kind::Layer => store.exists(&format!("layers/{}/layer.json", action.key)),
+            Kind::Disk => store.exists(&format!("outputs/{}.json", action.key)),
             _ => true,
         }
 }

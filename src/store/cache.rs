@@ -125,6 +125,14 @@ pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
             .map_err(|e| crate::fsutil::FsError::new("move aside", &dir, e))?;
         remove_tree(&trash)?;
     }
+    store.remove(&format!("outputs/{key}.json"))?;
+    let out = store.outputs_dir(key);
+    if out.exists() {
+        let trash = store.work_dir(&format!("{key}.trash"))?;
+        std::fs::rename(&out, trash.join("outputs"))
+            .map_err(|e| crate::fsutil::FsError::new("move aside", &out, e))?;
+        remove_tree(&trash)?;
+    }
     store.remove(&format!("logs/{key}.log"))?;
     Ok(())
 }
@@ -229,7 +237,21 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             Some(_) => {}
         }
         let layer_dir = store.layer_dir(&e.key);
-        if layer_dir.exists() {
+        if e.kind == "disk" {
+            match (store.outputs_meta(&e.key), &record) {
+                (None, _) => problems.push("the disk outputs are missing".into()),
+                (Some(_), Some(r)) => {
+                    match crate::build::tree::summarize(&store.outputs_dir(&e.key)) {
+                        Err(err) => problems.push(format!("cannot read the outputs: {err}")),
+                        Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
+                            problems.push("the outputs changed since they were built".into())
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                (Some(_), None) => {}
+            }
+        } else if layer_dir.exists() {
             match store.layer_meta(&e.key) {
                 None => problems.push("layer.json is missing or does not parse".into()),
                 Some(meta) => check_layer(store, &meta, &mut problems),

@@ -265,3 +265,42 @@ impl LayerMeta {
         out
     }
 }
+
+/// `outputs/<key>.json`: the files a disk action made (in `outputs/<key>/`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct OutputsMeta {
+    pub key: String,
+    pub id: String,
+    /// The published name (the files' base name).
+    pub name: String,
+    /// Paths relative to the outputs directory, with their sizes (apparent bytes).
+    pub files: Vec<(String, u64)>,
+    pub created: u64,
+}
+
+impl Store {
+    pub fn outputs_dir(&self, key: &str) -> PathBuf {
+        self.path(&format!("outputs/{key}"))
+    }
+
+    pub fn outputs_meta(&self, key: &str) -> Option<OutputsMeta> {
+        self.read_json(&format!("outputs/{key}.json"))
+    }
+
+    /// Moves a finished output directory into place in one rename, then records it
+    /// (`outputs/<key>.json`, which is what makes the outputs count as present).
+    pub fn commit_outputs(&self, dir: &Path, meta: &OutputsMeta) -> Result<(), StoreError> {
+        let dest = self.outputs_dir(&meta.key);
+        fsutil::create_dir_all(dest.parent().expect("outputs/ has a parent"))?;
+        if dest.exists() {
+            let old = self.work_dir(&format!("{}.old", meta.key))?;
+            std::fs::rename(&dest, old.join("outputs"))
+                .map_err(|e| FsError::new("move aside", &dest, e))?;
+            std::fs::rename(dir, &dest).map_err(|e| FsError::new("commit outputs to", &dest, e))?;
+            remove_tree(&old)?;
+        } else {
+            std::fs::rename(dir, &dest).map_err(|e| FsError::new("commit outputs to", &dest, e))?;
+        }
+        self.write_json(&format!("outputs/{}.json", meta.key), meta)
+    }
+}
