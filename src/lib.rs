@@ -31,6 +31,7 @@
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
 //! ```
 
+pub mod bootcheck;
 pub mod build;
 pub mod cli;
 pub mod diag;

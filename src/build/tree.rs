@@ -230,7 +230,7 @@ pub fn merge_element(element_dir: &Path, hooks: &Path) -> Result<(), TreeError> 
         }
         let meta = std::fs::metadata(&path).map_err(io_err("inspect", &path))?;
         if meta.is_dir() {
-            if name == "tests" || name == "__pycache__" {
+            if name == "tests" || name == "__pycache__" || name == "boot-checks.d" {
                 continue;
             }
             merge_dir(&path, &hooks.join(&name))?;

@@ -64,6 +64,25 @@ pub struct BuildArgs {
     format: OutputFormat,
 }
 
+impl BuildArgs {
+    /// The build `ccb test` runs first: the targets' disks, nothing forced.
+    pub fn for_test(targets: Vec<String>, arch: Vec<String>, element_path: Vec<String>) -> Self {
+        Self {
+            targets,
+            dry_run: false,
+            arch,
+            element_path,
+            jobs: 1,
+            keep_going: false,
+            force: vec![],
+            keep_failed: false,
+            until: Some(Stage::Disk),
+            out: None,
+            format: OutputFormat::Text,
+        }
+    }
+}
+
 fn stage_of(kind: Kind) -> Stage {
     match kind {
         Kind::Fetch | Kind::Base => Stage::Base,

@@ -6,6 +6,7 @@ mod cache;
 mod check;
 mod lint;
 mod query;
+mod test;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Check elements against diskimage-builder's dib-lint rules
     Lint(lint::LintArgs),
+    /// Boot the targets' disks in QEMU (BIOS and UEFI) and run the checks inside
+    Test(test::TestArgs),
     /// Look after the store: list, garbage-collect, verify and remove entries
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -189,6 +192,7 @@ pub fn main() -> ExitCode {
         Command::Build(args) => build::run(&mut ctx, args),
         Command::Lint(args) => lint::run(&mut ctx, args),
         Command::Cache(cmd) => cache::run(&mut ctx, cmd),
+        Command::Test(args) => test::run(&mut ctx, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -143,7 +143,9 @@ impl DigestCache {
 }
 
 /// Every entry under `dir` (not following symlinks), as (relative path, full path). Python
-/// bytecode caches are skipped, as DIB does when merging elements.
+/// bytecode caches are skipped, as DIB does when merging elements, and so is the element's
+/// top-level `boot-checks.d/`: checks run on a booted image (`ccb test`) and never reach a
+/// build, so editing one must not rebuild anything.
 fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), FsError> {
     let rd = std::fs::read_dir(dir).map_err(|e| FsError::new("list", dir, e))?;
     for entry in rd {
@@ -151,6 +153,9 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<
         let path = entry.path();
         let name = entry.file_name();
         if name == "__pycache__" || path.extension().is_some_and(|e| e == "pyc") {
+            continue;
+        }
+        if dir == base && name == "boot-checks.d" {
             continue;
         }
         let rel = path

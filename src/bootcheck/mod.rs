@@ -1,0 +1,593 @@
+//! Boot tests: a built image booted in QEMU (SeaBIOS and OVMF), checked from the inside.
+//!
+//! The image is never written: it boots from a throwaway qcow2 overlay, 2 GiB larger than the
+//! image so that growing the root filesystem is observable. A seed disk carries the checks as
+//! cloud-init user-data, both as NoCloud (`cidata`) and as an OpenStack config drive
+//! (`config-2`), so the test works whichever of the two datasources the image enables; both are
+//! FAT images filled with mtools (no mount). The checks report on the serial console, which
+//! ccb reads and keeps.
+//!
+//! KVM is used only when a probe proves it works: a 512-byte boot sector that writes one
+//! byte to the serial port must come back within seconds; otherwise TCG.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+const CHECK_SCRIPT: &str = include_str!("check.sh");
+const GROW: u64 = 2 << 30;
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum BootError {
+    #[error("{0}")]
+    #[diagnostic(code(ccb::test::setup))]
+    Setup(String),
+}
+
+fn setup(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BootError {
+    move |e| BootError::Setup(format!("{context}: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+/// A check an element adds: `boot-checks.d/<name>` of the element, run in the booted image.
+#[derive(Debug, Clone)]
+pub struct ElementCheck {
+    pub element: String,
+    pub name: String,
+    pub script: Vec<u8>,
+}
+
+/// Collects the `boot-checks.d/` scripts of `elements` (executable files, DIB's script names).
+pub fn element_checks(elements: &[(String, PathBuf)]) -> Vec<ElementCheck> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for (name, dir) in elements {
+        let Ok(rd) = std::fs::read_dir(dir.join("boot-checks.d")) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let Some(file) = f.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let executable = f
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if executable && crate::element::view::runnable_name(file) {
+                if let Ok(script) = std::fs::read(&f) {
+                    out.push(ElementCheck {
+                        element: name.clone(),
+                        name: file.to_string(),
+                        script,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    pub firmware: Firmware,
+    pub accel: String,
+    pub duration_ms: u64,
+    pub checks: Vec<CheckResult>,
+    /// The checks ran to the end (else the boot hung, crashed or timed out).
+    pub completed: bool,
+    pub serial_log: PathBuf,
+}
+
+impl BootReport {
+    pub fn passed(&self) -> bool {
+        self.completed && self.checks.iter().all(|c| c.passed)
+    }
+}
+
+/// What one boot needs.
+pub struct BootTest<'a> {
+    pub image: &'a Path,
+    /// `qcow2` or `raw`.
+    pub format: &'a str,
+    pub firmware: Firmware,
+    pub timeout: Duration,
+    pub checks: &'a [ElementCheck],
+    /// A scratch directory (overlay, seed, firmware variables).
+    pub work: &'a Path,
+    pub serial_log: PathBuf,
+}
+
+fn run_tool(cmd: &mut Command, what: &str) -> Result<String, BootError> {
+    let out = cmd
+        .output()
+        .map_err(|e| BootError::Setup(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        return Err(BootError::Setup(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether KVM really runs guests here (it may exist and hang or abort): a boot sector that
+/// prints `K` on the serial port must do so within a few seconds.
+pub fn kvm_works(work: &Path) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let probe = work.join("kvm-probe.img");
+    let mut sector = vec![0u8; 512];
+    // mov dx,0x3f8; mov al,'K'; out dx,al; hlt; jmp $-1
+    sector[..9].copy_from_slice(&[0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xf4, 0xeb, 0xfd]);
+    sector[510] = 0x55;
+    sector[511] = 0xaa;
+    if std::fs::write(&probe, &sector).is_err() {
+        return false;
+    }
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=ide", probe.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let mut stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut seen = Vec::new();
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.contains(&b'K') {
+                let _ = tx.send(true);
+                return;
+            }
+        }
+        let _ = tx.send(false);
+    });
+    let ok = rx.recv_timeout(Duration::from_secs(8)).unwrap_or(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    ok
+}
+
+fn firmware_files() -> Option<(PathBuf, PathBuf)> {
+    [
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+    ]
+    .iter()
+    .find(|(c, v)| Path::new(c).exists() && Path::new(v).exists())
+    .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// The cloud-config that installs the checks and runs them once cloud-init is done.
+pub fn user_data(checks: &[ElementCheck], min_root: u64) -> String {
+    let mut s = String::from("#cloud-config\nwrite_files:\n");
+    let mut file = |path: &str, perms: &str, content: &[u8]| {
+        s.push_str(&format!(
+            "  - path: {path}\n    permissions: '{perms}'\n    encoding: b64\n    content: {}\n",
+            b64(content)
+        ));
+    };
+    file(
+        "/usr/local/sbin/ccb-boot-check",
+        "0755",
+        CHECK_SCRIPT.as_bytes(),
+    );
+    for c in checks {
+        file(
+            &format!("/var/lib/ccb-checks/{}/{}", c.element, c.name),
+            "0755",
+            &c.script,
+        );
+    }
+    let unit = format!(
+        "[Unit]\nDescription=ccb boot checks\nAfter=cloud-final.service multi-user.target\n\n\
+         [Service]\nType=oneshot\nExecStart=/usr/local/sbin/ccb-boot-check {min_root}\n"
+    );
+    file(
+        "/etc/systemd/system/ccb-boot-check.service",
+        "0644",
+        unit.as_bytes(),
+    );
+    s.push_str("runcmd:\n  - [systemctl, start, --no-block, ccb-boot-check.service]\n");
+    s
+}
+
+/// A FAT image labelled `label` holding `files` (name → content), made with mtools.
+fn fat_image(
+    path: &Path,
+    label: &str,
+    files: &[(&str, &[u8])],
+    dir: &Path,
+) -> Result<(), BootError> {
+    let _ = std::fs::remove_file(path);
+    run_tool(
+        Command::new("mkfs.fat")
+            .args(["-n", label, "-C"])
+            .arg(path)
+            .arg("2048"),
+        "mkfs.fat (dosfstools)",
+    )?;
+    let staging = dir.join(format!("{label}-files"));
+    let _ = std::fs::remove_dir_all(&staging);
+    for (name, content) in files {
+        let p = staging.join(name);
+        std::fs::create_dir_all(p.parent().expect("has a parent")).map_err(setup("seed files"))?;
+        std::fs::write(&p, content).map_err(setup("seed files"))?;
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(&staging)
+        .map_err(setup("seed files"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    run_tool(
+        Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-s", "-i"])
+            .arg(path)
+            .args(&entries)
+            .arg("::/"),
+        "mcopy (mtools)",
+    )?;
+    Ok(())
+}
+
+fn virtual_size(image: &Path, format: &str) -> Result<u64, BootError> {
+    let out = run_tool(
+        Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", format])
+            .arg(image),
+        "qemu-img info",
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| BootError::Setup(format!("qemu-img info: {e}")))?;
+    v["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| BootError::Setup("qemu-img info gave no virtual size".into()))
+}
+
+/// How long KVM may take to show the kernel's first message before it counts as broken.
+const KVM_STALL: Duration = Duration::from_secs(40);
+
+/// Boots and collects the checks' results from the serial console. A KVM boot that shows no
+/// kernel message in time is ended and redone with TCG (`kvm` is then set to false for the
+/// boots that follow): on some hosts KVM runs a boot sector but hangs on the kernel.
+pub fn boot(t: &BootTest, kvm: &mut bool) -> Result<BootReport, BootError> {
+    if *kvm {
+        match boot_once(t, true)? {
+            Some(report) => return Ok(report),
+            None => *kvm = false,
+        }
+    }
+    Ok(boot_once(t, false)?.expect("TCG boots are never abandoned"))
+}
+
+fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
+    std::fs::create_dir_all(t.work).map_err(setup("create the test directory"))?;
+    let size = virtual_size(t.image, t.format)?;
+    let overlay = t.work.join(format!("{}.qcow2", t.firmware.as_str()));
+    let _ = std::fs::remove_file(&overlay);
+    run_tool(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", t.format, "-b"])
+            .arg(t.image)
+            .arg(&overlay)
+            .arg((size + GROW).to_string()),
+        "qemu-img create (overlay)",
+    )?;
+    // Grown means: more than the whole original disk.
+    let ud = user_data(t.checks, size);
+    let seed = t.work.join("seed-nocloud.img");
+    fat_image(
+        &seed,
+        "CIDATA",
+        &[
+            ("user-data", ud.as_bytes()),
+            (
+                "meta-data",
+                b"instance-id: ccb-boot-test\nlocal-hostname: ccb-test\n",
+            ),
+        ],
+        t.work,
+    )?;
+    let drive = t.work.join("seed-configdrive.img");
+    let meta = br#"{"uuid": "ccb-boot-test", "hostname": "ccb-test", "name": "ccb-test"}"#;
+    fat_image(
+        &drive,
+        "config-2",
+        &[
+            ("openstack/latest/meta_data.json", meta),
+            ("openstack/latest/user_data", ud.as_bytes()),
+        ],
+        t.work,
+    )?;
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    let accel = if kvm { "kvm" } else { "tcg" };
+    // -nodefaults: no floppy, CD-ROM or VGA to probe; everything the guest gets is below.
+    cmd.args([
+        "-nodefaults",
+        "-accel",
+        accel,
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+    ])
+    .args([
+        "-no-reboot",
+        "-nic",
+        "user,model=virtio-net-pci,restrict=on",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", t.serial_log.display()))
+    .arg("-drive")
+    .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=virtio,readonly=on",
+        seed.display()
+    ))
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=virtio,readonly=on",
+        drive.display()
+    ));
+    match t.firmware {
+        Firmware::Bios => {
+            cmd.args(["-machine", "pc"]);
+        }
+        Firmware::Uefi => {
+            let (code, vars) = firmware_files().ok_or_else(|| {
+                BootError::Setup("UEFI firmware not found: install the ovmf package".into())
+            })?;
+            let my_vars = t.work.join("OVMF_VARS.fd");
+            std::fs::copy(&vars, &my_vars).map_err(setup("copy the UEFI variables"))?;
+            cmd.args(["-machine", "q35"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,readonly=on,file={}",
+                    code.display()
+                ))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", my_vars.display()));
+        }
+    }
+    let _ = std::fs::remove_file(&t.serial_log);
+    let started = Instant::now();
+    let parent = std::process::id() as i32;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0).pre_exec(move || {
+            // QEMU never outlives ccb.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err(std::io::Error::other("ccb exited"));
+            }
+            Ok(())
+        });
+    }
+    let mut child: Child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(setup("run qemu-system-x86_64 (package qemu-system-x86)"))?;
+
+    let mut completed = false;
+    loop {
+        let serial = std::fs::read(&t.serial_log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&serial);
+        if text.contains("CCB-CHECKS-DONE") {
+            completed = true;
+        }
+        if kvm && started.elapsed() > KVM_STALL && !text.contains("Linux version") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => return Err(BootError::Setup(format!("wait for qemu: {e}"))),
+        }
+        if started.elapsed() > t.timeout {
+            break;
+        }
+        if completed {
+            // Let the guest power off on its own, briefly.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = child.kill();
+    let status = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    let serial =
+        String::from_utf8_lossy(&std::fs::read(&t.serial_log).unwrap_or_default()).into_owned();
+    let mut checks: Vec<CheckResult> = Vec::new();
+    for line in serial.lines() {
+        let Some(pos) = line.find("CCB-CHECK|") else {
+            continue;
+        };
+        let mut f = line[pos + "CCB-CHECK|".len()..].splitn(3, '|');
+        let (Some(name), Some(status), detail) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        checks.push(CheckResult {
+            name: name.to_string(),
+            passed: status == "PASS",
+            detail: detail.unwrap_or("").trim().to_string(),
+        });
+    }
+    if !completed {
+        let why = if started.elapsed() > t.timeout {
+            format!("no result within {} s", t.timeout.as_secs())
+        } else {
+            format!(
+                "qemu ended first ({}){}",
+                status.map(|s| s.to_string()).unwrap_or_default(),
+                if stderr.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", stderr.trim())
+                }
+            )
+        };
+        checks.push(CheckResult {
+            name: "boot".into(),
+            passed: false,
+            detail: format!("{why}; last console lines: {}", last_lines(&serial, 3)),
+        });
+    }
+    Ok(Some(BootReport {
+        firmware: t.firmware,
+        accel: accel.into(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        checks,
+        completed,
+        serial_log: t.serial_log.clone(),
+    }))
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
+/// Writes a report line per check (`PASS  uefi  multi-user  …`).
+pub fn render(reports: &[BootReport], out: &mut dyn Write) -> std::io::Result<()> {
+    for r in reports {
+        for c in &r.checks {
+            writeln!(
+                out,
+                "{}  {:4}  {:24}  {}",
+                if c.passed { "PASS" } else { "FAIL" },
+                r.firmware.as_str(),
+                c.name,
+                c.detail
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(b64(b""), "");
+        assert_eq!(b64(b"f"), "Zg==");
+        assert_eq!(b64(b"fo"), "Zm8=");
+        assert_eq!(b64(b"foo"), "Zm9v");
+        assert_eq!(b64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn user_data_installs_the_checks_and_starts_them() {
+        let ud = user_data(
+            &[ElementCheck {
+                element: "cc-ssh".into(),
+                name: "10-sshd".into(),
+                script: b"#!/bin/sh\ntrue\n".to_vec(),
+            }],
+            123,
+        );
+        assert!(ud.starts_with("#cloud-config\n"));
+        assert!(ud.contains("path: /var/lib/ccb-checks/cc-ssh/10-sshd"));
+        assert!(ud.contains("runcmd:"));
+        assert!(ud.contains(&b64(
+            b"[Unit]\nDescription=ccb boot checks\nAfter=cloud-final.service multi-user.target\n\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/ccb-boot-check 123\n"
+        )));
+    }
+}

@@ -1,0 +1,278 @@
+//! The default image, end to end: `ccb build //images:debian12` makes a GPT disk bootable on
+//! BIOS and UEFI, its layout is checked by reading the image file, and `ccb test` boots it
+//! with both firmwares (TCG here) and runs the checks inside.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{Env, repo};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `blkid` of the filesystem at `offset` in `disk`: TYPE and LABEL.
+fn probe(disk: &Path, offset: u64) -> (String, String) {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export", "-O", &offset.to_string()])
+        .arg(disk)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (get("TYPE"), get("LABEL"))
+}
+
+/// Copies `len` bytes at `offset` of `disk` into a sparse file (a partition on its own).
+fn extract(disk: &Path, offset: u64, len: u64, to: &Path) {
+    let st = Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", to.display()))
+        .args(["bs=1M", "conv=sparse", "status=none"])
+        .arg(format!("skip={}", offset >> 20))
+        .arg(format!("count={}", len >> 20))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn debugfs_cat(fs: &Path, path: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(fs)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
+    assert!(
+        is_root(),
+        "building disks needs root (scripts/test runs as root)"
+    );
+    let env = Env::new();
+    let out = tempfile::tempdir().unwrap();
+    let root = repo();
+    let root = root.to_str().unwrap();
+    let outs = out.path().to_str().unwrap();
+
+    let build = env
+        .run(&[
+            "--root",
+            root,
+            "build",
+            "//images:debian12",
+            "--arch",
+            "amd64",
+            "--out",
+            outs,
+            "--format",
+            "json",
+        ])
+        .ok();
+    let report = build.json();
+    let disk = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "disk:debian12:amd64")
+        .unwrap()
+        .clone();
+    assert_eq!(disk["status"], "built", "{report}");
+
+    // Outputs: the formats the manifest asks for, the manifests, the provenance, SHA256SUMS.
+    let raw = out.path().join("CC-Debian12.raw");
+    let qcow2 = out.path().join("CC-Debian12.qcow2");
+    assert!(raw.is_file() && qcow2.is_file());
+    let sums = std::fs::read_to_string(out.path().join("SHA256SUMS")).unwrap();
+    assert!(
+        sums.contains("  CC-Debian12.qcow2\n") && sums.contains("  CC-Debian12.raw\n"),
+        "{sums}"
+    );
+    let dpkg = std::fs::read_to_string(
+        out.path()
+            .join("CC-Debian12.d/dib-manifests/dib-manifest-dpkg-CC-Debian12"),
+    )
+    .unwrap();
+    let dpkg: serde_json::Value = serde_json::from_str(&dpkg).expect("DIB's dpkg manifest is JSON");
+    let packages = dpkg["packages"].as_array().unwrap();
+    assert!(
+        packages
+            .iter()
+            .any(|p| p["package"] == "grub-pc" && p["status"] == "ii ")
+    );
+    let prov: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("CC-Debian12.d/CC-Debian12_provenance.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(prov["chameleon-supported"], "true");
+    assert!(
+        prov["build-tag"]
+            .as_str()
+            .unwrap()
+            .starts_with("CC-Debian12-")
+    );
+    // The raw disk is sparse: far fewer blocks than its size.
+    let meta = std::fs::metadata(&raw).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        meta.blocks() * 512 < meta.len(),
+        "the raw disk is not sparse"
+    );
+
+    // The partition table, read from the file.
+    let mut f = std::fs::File::open(&raw).unwrap();
+    let gpt = gptman::GPT::find_from(&mut f).expect("a GPT");
+    let parts: Vec<(u32, String, u64, u64)> = gpt
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(i, p)| {
+            (
+                i,
+                p.partition_name.as_str().to_string(),
+                p.starting_lba * 512,
+                (p.ending_lba - p.starting_lba + 1) * 512,
+            )
+        })
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|p| p.1.as_str()).collect();
+    assert_eq!(names, ["ESP", "BSP", "root"]);
+    assert_eq!(parts[0].3, 550 << 20, "a 550 MiB ESP");
+    assert_eq!(parts[1].3, 8 << 20, "an 8 MiB BIOS boot partition");
+    assert_eq!(
+        &gpt[2].partition_type_guid[..4],
+        &[0x48, 0x61, 0x68, 0x21],
+        "BIOS boot partition type"
+    );
+    let (esp_type, esp_label) = probe(&raw, parts[0].2);
+    assert_eq!(
+        (esp_type.as_str(), esp_label.as_str()),
+        ("vfat", "MKFS_ESP")
+    );
+    let (root_type, root_label) = probe(&raw, parts[2].2);
+    assert_eq!(
+        (root_type.as_str(), root_label.as_str()),
+        ("ext4", "cloudimg-rootfs")
+    );
+
+    // BIOS boot code: GRUB's boot.img in the MBR pointing at core.img in the BIOS boot partition.
+    let mut mbr = [0u8; 512];
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut mbr).unwrap();
+    assert_eq!(&mbr[510..], &[0x55, 0xaa]);
+    assert_eq!(mbr[450], 0xee, "protective MBR partition");
+    let kernel_sector = u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap());
+    assert_eq!(
+        kernel_sector * 512,
+        parts[1].2,
+        "boot.img points at the BIOS boot partition"
+    );
+    let mut core = [0u8; 512];
+    f.seek(SeekFrom::Start(parts[1].2)).unwrap();
+    f.read_exact(&mut core).unwrap();
+    let next = u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap());
+    assert_eq!(
+        next,
+        kernel_sector + 1,
+        "core.img's block list continues after its first sector"
+    );
+
+    // The ESP: GRUB at the removable path.
+    let esp = out.path().join("esp.img");
+    extract(&raw, parts[0].2, parts[0].3, &esp);
+    let dir = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(&esp)
+        .arg("::/EFI/BOOT")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&dir.stdout).contains("BOOTX64.EFI"),
+        "{}",
+        String::from_utf8_lossy(&dir.stdout)
+    );
+
+    // The root filesystem: fstab by label, GRUB's configuration, a clean machine-id.
+    let rootfs = out.path().join("root.img");
+    extract(&raw, parts[2].2, parts[2].3, &rootfs);
+    let fstab = debugfs_cat(&rootfs, "/etc/fstab");
+    assert!(
+        fstab.contains("LABEL=cloudimg-rootfs / ext4 defaults 0 1"),
+        "{fstab}"
+    );
+    assert!(
+        fstab.contains("LABEL=MKFS_ESP /boot/efi vfat defaults 0 2"),
+        "{fstab}"
+    );
+    let grub = debugfs_cat(&rootfs, "/boot/grub/grub.cfg");
+    assert!(grub.contains("root=LABEL=cloudimg-rootfs"), "{grub}");
+    assert!(grub.contains("console=ttyS0,115200"), "{grub}");
+    assert!(grub.contains("gfxpayload=text pci=realloc=off"), "{grub}");
+    assert!(!grub.contains("nomodeset"), "{grub}");
+    assert!(!debugfs_cat(&rootfs, "/boot/grub/i386-pc/normal.mod").is_empty());
+    assert_eq!(debugfs_cat(&rootfs, "/etc/machine-id"), "");
+    assert!(debugfs_cat(&rootfs, "/opt/chameleon/provenance.json").contains("build-repo-commit"));
+    assert!(!debugfs_cat(&rootfs, "/etc/resolv.conf").contains("ccb"));
+    for leftover in ["/usr/sbin/policy-rc.d", "/tmp/ccb-boot/i386-pc/core.img"] {
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("stat {leftover}")])
+            .arg(&rootfs)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("File not found"),
+            "{leftover} is in the image"
+        );
+    }
+
+    // And it boots, on both firmwares, with the checks passing inside.
+    let test = env.run(&[
+        "--root",
+        root,
+        "test",
+        "//images:debian12",
+        "--arch",
+        "amd64",
+        "--firmware",
+        "both",
+        "--format",
+        "json",
+    ]);
+    let json = test.json();
+    assert_eq!(
+        test.code, 0,
+        "boot checks failed:\n{}\n{}",
+        test.stdout, test.stderr
+    );
+    assert_eq!(json["passed"], true);
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        let names: Vec<&str> = r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        for want in ["multi-user", "cloud-init", "root-grown", "provenance"] {
+            assert!(
+                names.contains(&want),
+                "{} lacks {want}: {names:?}",
+                r["firmware"]
+            );
+        }
+        assert!(Path::new(r["serial_log"].as_str().unwrap()).is_file());
+    }
+    // The boots wrote nothing into the image.
+    env.run(&["cache", "verify"]).ok();
+}
