@@ -72,14 +72,15 @@ pub fn element_checks(elements: &[(String, PathBuf)]) -> Vec<ElementCheck> {
             let executable = f
                 .metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-            if executable && crate::element::view::runnable_name(file) {
-                if let Ok(script) = std::fs::read(&f) {
-                    out.push(ElementCheck {
-                        element: name.clone(),
-                        name: file.to_string(),
-                        script,
-                    });
-                }
+            if executable
+                && crate::element::view::runnable_name(file)
+                && let Ok(script) = std::fs::read(&f)
+            {
+                out.push(ElementCheck {
+                    element: name.clone(),
+                    name: file.to_string(),
+                    script,
+                });
             }
         }
     }

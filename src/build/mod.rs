@@ -875,6 +875,10 @@ pub fn materialize(
     let mut text = lines.join("\n");
     text.push('\n');
     crate::fsutil::write_atomic(&sums_path, text.as_bytes()).map_err(StoreError::from)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&sums_path, std::fs::Permissions::from_mode(0o644));
+    }
     made.push(sums_path);
     Ok(made)
 }

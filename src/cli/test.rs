@@ -96,7 +96,7 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
             .iter()
             .find_map(|ext| {
                 let f = format!("{}.{ext}", meta.name);
-                meta.files.iter().any(|(n, _)| *n == f).then(|| (f, *ext))
+                meta.files.iter().any(|(n, _)| *n == f).then_some((f, *ext))
             })
             .ok_or_else(|| {
                 CliError::msg(format!("//images:{} has no qcow2 or raw output", t.image))

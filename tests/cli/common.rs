@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub struct Env {
     pub cache: tempfile::TempDir,
@@ -147,4 +148,80 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Mount points and loop devices that mention `path`: there must never be any on the host.
+pub fn leftovers(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect();
+    let losetup = Command::new("losetup").arg("-a").output().unwrap();
+    out.extend(
+        String::from_utf8_lossy(&losetup.stdout)
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_string),
+    );
+    out
+}
+
+/// Processes whose command line mentions `path` (sandboxes get their spec from the store).
+pub fn processes_under(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+/// Mounts under `path` as the sandbox sees them (its own mount namespace).
+pub fn sandbox_mounts(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    processes_under(path)
+        .iter()
+        .filter(|p| p.contains("__sandbox"))
+        .filter_map(|p| p.split(':').next())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok())
+        .flat_map(|m| {
+            m.lines()
+                .filter(|l| l.contains(&needle))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether any action log of the store holds `needle`.
+pub fn logs_contain(store: &Path, needle: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(store.join("logs")) else {
+        return false;
+    };
+    rd.filter_map(Result::ok)
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
 }

@@ -6,7 +6,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{Env, repo};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::{
+    Env, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until,
+};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -64,6 +69,47 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
     let root = root.to_str().unwrap();
     let outs = out.path().to_str().unwrap();
 
+    let store = env.cache.path().to_path_buf();
+
+    // kill -9 in the middle of the disk action (root filesystem loop-mounted, chroot mounts up):
+    // no mount and no loop device may survive.
+    let mut ccb = env
+        .cmd()
+        .args([
+            "--root",
+            root,
+            "build",
+            "//images:debian12",
+            "--arch",
+            "amd64",
+            "--out",
+            outs,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the disk's finalise phase",
+        Duration::from_secs(1200),
+        || logs_contain(&store, "==> finalise.d/"),
+    );
+    let inside = sandbox_mounts(&store);
+    assert!(
+        inside.iter().any(|m| m.starts_with("/dev/loop")),
+        "the root filesystem is not loop-mounted in the sandbox: {inside:?}"
+    );
+    ccb.kill().unwrap();
+    ccb.wait().unwrap();
+    wait_until("the sandbox to end", Duration::from_secs(30), || {
+        processes_under(&store).is_empty()
+    });
+    wait_until(
+        "loop devices to be released",
+        Duration::from_secs(10),
+        || leftovers(&store).is_empty(),
+    );
+
     let build = env
         .run(&[
             "--root",
@@ -87,6 +133,16 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
         .unwrap()
         .clone();
     assert_eq!(disk["status"], "built", "{report}");
+    let layer = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "layer:debian12:amd64")
+        .unwrap();
+    assert_eq!(
+        layer["status"], "cached",
+        "the killed build had finished the layer"
+    );
 
     // Outputs: the formats the manifest asks for, the manifests, the provenance, SHA256SUMS.
     let raw = out.path().join("CC-Debian12.raw");

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, Run, copy_tree, repo};
+use crate::common::{
+    Env, Run, copy_tree, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until,
+};
 
 /// A copy of the fixture project, and an Env whose store is private to the test.
 struct Project {
@@ -116,82 +118,6 @@ fn status_of(run: &Run, id: &str) -> String {
         .find(|(i, _)| i == id)
         .map(|(_, s)| s)
         .unwrap_or_else(|| panic!("{id} not in the report:\n{}", run.stdout))
-}
-
-/// Mount points and loop devices that mention `path`: there must never be any on the host.
-fn leftovers(path: &Path) -> Vec<String> {
-    let needle = path.display().to_string();
-    let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .map(str::to_string)
-        .collect();
-    let losetup = Command::new("losetup").arg("-a").output().unwrap();
-    out.extend(
-        String::from_utf8_lossy(&losetup.stdout)
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .map(str::to_string),
-    );
-    out
-}
-
-/// Processes whose command line mentions `path` (sandboxes get their spec from the store).
-fn processes_under(path: &Path) -> Vec<String> {
-    let needle = path.display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .chars()
-            .all(|c| c.is_ascii_digit())
-        {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(&needle) {
-                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out
-}
-
-/// Mounts under `path` as the sandbox sees them (its own mount namespace).
-fn sandbox_mounts(path: &Path) -> Vec<String> {
-    let needle = path.display().to_string();
-    processes_under(path)
-        .iter()
-        .filter(|p| p.contains("__sandbox"))
-        .filter_map(|p| p.split(':').next())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok())
-        .flat_map(|m| {
-            m.lines()
-                .filter(|l| l.contains(&needle))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Whether any action log of the store holds `needle`.
-fn logs_contain(store: &Path, needle: &str) -> bool {
-    let Ok(rd) = std::fs::read_dir(store.join("logs")) else {
-        return false;
-    };
-    rd.filter_map(Result::ok)
-        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
 }
 
 fn scratch_is_empty(store: &Path) -> bool {

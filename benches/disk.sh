@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Disk and boot benchmarks on the default image (//images:debian12, amd64), run as root:
+#   - the disk action alone (its layers cached): time, and the sizes of the tree, the raw disk
+#     (apparent and allocated) and the qcow2;
+#   - `ccb test` per firmware (TCG here, as KVM does not work on this machine).
+# Uses the normal store ($CCB_CACHE_DIR or ~/.cache/ccb), so a previous build's layers are reused.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+ccb=("$here/target/release/ccb" --root "$here")
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+"${ccb[@]}" -q build //images:debian12 --arch amd64 --until layer
+key=$("${ccb[@]}" build //images:debian12 --arch amd64 --dry-run --format json |
+    python3 -c 'import json,sys; print([a["key"] for a in json.load(sys.stdin)["actions"] if a["id"] == "disk:debian12:amd64"][0])')
+"${ccb[@]}" -q cache rm "$key" >/dev/null 2>&1 || true
+"${ccb[@]}" -q build //images:debian12 --arch amd64 --out "$out" --format json > "$out/build.json"
+python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+r = json.load(open(os.path.join(out, "build.json")))
+disk = [a for a in r["actions"] if a["id"] == "disk:debian12:amd64"][0]
+raw = os.stat(os.path.join(out, "CC-Debian12.raw"))
+qcow = os.stat(os.path.join(out, "CC-Debian12.qcow2"))
+mib = lambda n: f"{n / 2**20:,.0f} MiB"
+print(f"disk action:            {disk['duration_ms'] / 1000:.1f} s")
+for s in disk["steps"]:
+    print(f"  {s['phase']}/{s['name']:28} {s['duration_ms'] / 1000:6.1f} s")
+PY
+log=$(ls -t "${CCB_CACHE_DIR:-$HOME/.cache/ccb}"/logs/"$key".log)
+grep '^disk: tree' "$log" | sed 's/^/  /'
+printf 'raw disk:               %s apparent, %s allocated\n' \
+    "$(du -h --apparent-size "$out/CC-Debian12.raw" | cut -f1)" "$(du -h "$out/CC-Debian12.raw" | cut -f1)"
+printf 'qcow2:                  %s\n' "$(du -h "$out/CC-Debian12.qcow2" | cut -f1)"
+
+"${ccb[@]}" -q test //images:debian12 --arch amd64 --firmware both --format json > "$out/test.json" || true
+python3 - "$out" <<'PY'
+import json, os, sys
+r = json.load(open(os.path.join(sys.argv[1], "test.json")))
+for t in r["results"]:
+    print(f"boot test {t['firmware']:4} ({t['accel']}): {t['duration_ms'] / 1000:.0f} s, "
+          f"{'passed' if t['passed'] else 'FAILED'}")
+PY
