@@ -6,6 +6,8 @@
 //! manifests/*.ncl|*.toml ─manifest::load─▶ Model ─label::resolve─▶ targets
 //!   ─element::resolve─▶ ResolvedImage (closure, phases, environment, packages)
 //!   ─graph::Graph::build─▶ actions with keys ─graph::plan─▶ Plan (cached or to run, and why)
+//!   ─exec::schedule + build::run_action─▶ layers and disks in the store ─build::materialize─▶ out/
+//!   ─bootcheck::boot─▶ boot reports
 //! ```
 //!
 //! Where to start reading:
@@ -17,7 +19,12 @@
 //!   environment.d, package-installs, digests and lint.
 //! - [`graph`]: actions (`fetch`, `base`, `layer`, `disk`, `publish`), their key documents and
 //!   keys, the plan and `explain`.
-//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): stat cache, evaluation cache, action records.
+//! - [`exec`]: the scheduler (`-j`, critical path first, fail fast or keep going, cancel).
+//! - [`build`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
+//!   runner of DIB phases inside it, overlay layers, disk assembly, and the parent's side
+//!   (specs, events, commit, materialization).
+//! - [`bootcheck`]: `ccb test`'s QEMU boots and the checks run inside the image.
+//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc.
 //! - [`cli`]: argument parsing and rendering; every command is a thin layer over the above.
 //!
 //! On-disk layout of the store (`$CCB_CACHE_DIR`, default `$XDG_CACHE_HOME/ccb`):
@@ -27,8 +34,14 @@
 //! eval/<project>.json         evaluated manifests + the stat of every file evaluation read
 //! stat/<project>.json         element file digests by (path, size, mtime, inode)
 //! resolve/<key>.json          resolved element views (closure, phases, environment, packages)
-//! actions/<key>.json          a built action's record: its key document, outputs, duration
+//! actions/<key>.json          a built action's record: its key document, steps, duration
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
+//! layers/<key>/{tree,layer.json}  committed root filesystems (full) or overlay upper dirs (diff)
+//! outputs/<key>/, <key>.json  a disk action's files (qcow2, raw, <Name>.d/, SHA256SUMS)
+//! logs/<key>.log              every step's output; <key>-boot-<firmware>.log for `ccb test`
+//! locks/                      per-key and store-wide flocks
+//! downloads/                  shared package and image downloads (never in a key)
+//! tmp/                        working directories of running (or killed) actions
 //! ```
 
 pub mod bootcheck;

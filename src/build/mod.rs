@@ -188,6 +188,36 @@ pub fn spec_for(
         }
         Ok::<_, BuildError>(maps)
     };
+    // The store's record of the layer this action stacks on (its first dependency).
+    let dep_layer = |what: &str| -> Result<LayerMeta, BuildError> {
+        let dep_id = action
+            .deps
+            .first()
+            .ok_or_else(|| unsupported(action, &format!("a {what} needs a layer under it")))?;
+        let dep = ctx
+            .graph
+            .get(dep_id)
+            .ok_or_else(|| unsupported(action, "the action under it is missing"))?;
+        ctx.store.layer_meta(&dep.key).ok_or_else(|| {
+            BuildError::engine(
+                &action.id,
+                format!("the layer of {dep_id} is not in the store"),
+                None,
+            )
+        })
+    };
+    let element_srcs = |names: &[String], own: &dyn Fn(&str) -> bool| {
+        names
+            .iter()
+            .map(|n| {
+                Ok(ElementSrc {
+                    name: n.clone(),
+                    dir: dir_of(n)?.dir.clone(),
+                    own: own(n),
+                })
+            })
+            .collect::<Result<Vec<_>, BuildError>>()
+    };
     let distro = resolved
         .view
         .env
@@ -211,17 +241,7 @@ pub fn spec_for(
                 .ok_or_else(|| unsupported(action, "a child image has no base"))?;
             let mut env = engine_env(arch, None, &base.elements);
             env.extend(image.env.clone());
-            let elements = base
-                .elements
-                .iter()
-                .map(|n| {
-                    Ok(ElementSrc {
-                        name: n.clone(),
-                        dir: dir_of(n)?.dir.clone(),
-                        own: true,
-                    })
-                })
-                .collect::<Result<Vec<_>, BuildError>>()?;
+            let elements = element_srcs(&base.elements, &|_| true)?;
             let steps = base
                 .view
                 .phases
@@ -265,22 +285,7 @@ pub fn spec_for(
             })
         }
         Kind::Layer => {
-            let parent_id = action
-                .deps
-                .first()
-                .ok_or_else(|| unsupported(action, "a layer needs a base or parent layer"))?;
-            let parent = ctx
-                .graph
-                .get(parent_id)
-                .ok_or_else(|| unsupported(action, "the parent action is missing"))?;
-            let parent_meta = ctx.store.layer_meta(&parent.key).ok_or_else(|| {
-                BuildError::engine(
-                    &action.id,
-                    format!("the layer of {parent_id} is not in the store"),
-                    None,
-                )
-            })?;
-            let lowers = parent_meta.stack(ctx.store);
+            let lowers = dep_layer("layer")?.stack(ctx.store);
             let parent_elements: BTreeSet<String> = match &image.from {
                 Some(p) => ctx.graph.resolved[&(p.clone(), arch)]
                     .elements
@@ -358,17 +363,7 @@ pub fn spec_for(
             }
             let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
             env.extend(image.env.clone());
-            let elements = resolved
-                .elements
-                .iter()
-                .map(|n| {
-                    Ok(ElementSrc {
-                        name: n.clone(),
-                        dir: dir_of(n)?.dir.clone(),
-                        own: own.contains(n),
-                    })
-                })
-                .collect::<Result<Vec<_>, BuildError>>()?;
+            let elements = element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
             Ok(ActionSpec {
                 id: action.id.clone(),
                 key: action.key.clone(),
@@ -395,21 +390,7 @@ pub fn spec_for(
             })
         }
         Kind::Disk => {
-            let layer_id = action
-                .deps
-                .first()
-                .ok_or_else(|| unsupported(action, "a disk needs a layer"))?;
-            let layer = ctx
-                .graph
-                .get(layer_id)
-                .ok_or_else(|| unsupported(action, "the layer action is missing"))?;
-            let meta = ctx.store.layer_meta(&layer.key).ok_or_else(|| {
-                BuildError::engine(
-                    &action.id,
-                    format!("the layer of {layer_id} is not in the store"),
-                    None,
-                )
-            })?;
+            let meta = dep_layer("disk")?;
             let env_view = &resolved.view.env;
             let (bd_element, bd_file) = resolved.view.block_device.clone().ok_or_else(|| {
                 unsupported(
@@ -457,17 +438,7 @@ pub fn spec_for(
                 })
             })
             .collect();
-            let elements = resolved
-                .elements
-                .iter()
-                .map(|n| {
-                    Ok(ElementSrc {
-                        name: n.clone(),
-                        dir: dir_of(n)?.dir.clone(),
-                        own: false,
-                    })
-                })
-                .collect::<Result<Vec<_>, BuildError>>()?;
+            let elements = element_srcs(&resolved.elements, &|_| false)?;
             Ok(ActionSpec {
                 id: action.id.clone(),
                 key: action.key.clone(),

@@ -39,9 +39,9 @@ pub enum Fate {
     NotStarted,
 }
 
-/// Longest path (by weight) from each node to the end of the graph, the node included.
-pub fn critical_path(nodes: &[Node]) -> BTreeMap<String, u64> {
-    let index: BTreeMap<&str, usize> = nodes
+/// Node index by id, and for each node the indices of the nodes that depend on it.
+fn index(nodes: &[Node]) -> (BTreeMap<&str, usize>, Vec<Vec<usize>>) {
+    let ids: BTreeMap<&str, usize> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.id.as_str(), i))
@@ -49,11 +49,17 @@ pub fn critical_path(nodes: &[Node]) -> BTreeMap<String, u64> {
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
         for d in &n.deps {
-            if let Some(&j) = index.get(d.as_str()) {
+            if let Some(&j) = ids.get(d.as_str()) {
                 dependents[j].push(i);
             }
         }
     }
+    (ids, dependents)
+}
+
+/// Longest path (by weight) from each node to the end of the graph, the node included.
+pub fn critical_path(nodes: &[Node]) -> BTreeMap<String, u64> {
+    let (_, dependents) = index(nodes);
     let mut memo: Vec<Option<u64>> = vec![None; nodes.len()];
     fn visit(i: usize, nodes: &[Node], dependents: &[Vec<usize>], memo: &mut [Option<u64>]) -> u64 {
         if let Some(v) = memo[i] {
@@ -86,11 +92,7 @@ where
 {
     let jobs = jobs.max(1);
     let prio = critical_path(nodes);
-    let ids: BTreeMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.as_str(), i))
-        .collect();
+    let (ids, dependents) = index(nodes);
     let mut pending: Vec<usize> = nodes
         .iter()
         .map(|n| {
@@ -100,14 +102,6 @@ where
                 .count()
         })
         .collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-    for (i, n) in nodes.iter().enumerate() {
-        for d in &n.deps {
-            if let Some(&j) = ids.get(d.as_str()) {
-                dependents[j].push(i);
-            }
-        }
-    }
     let mut ready: Vec<usize> = (0..nodes.len()).filter(|&i| pending[i] == 0).collect();
     let mut fates: BTreeMap<String, Fate> = BTreeMap::new();
     let mut stop = false;

@@ -51,6 +51,12 @@ impl Project {
         self.env.run(&self.args(rest))
     }
 
+    /// `ccb build TARGET --until layer --format json`, which must succeed.
+    fn build_layers(&self, target: &str) -> Run {
+        self.ccb(&["build", target, "--until", "layer", "--format", "json"])
+            .ok()
+    }
+
     fn spawn(&self, rest: &[&str]) -> Child {
         self.spawn_with(rest, Stdio::null())
     }
@@ -127,16 +133,7 @@ fn scratch_is_empty(store: &Path) -> bool {
 #[test]
 fn layers_build_once_and_only_what_changed_rebuilds() {
     let p = Project::new();
-    let first = p
-        .ccb(&[
-            "build",
-            "tiny-child",
-            "--until",
-            "layer",
-            "--format",
-            "json",
-        ])
-        .ok();
+    let first = p.build_layers("tiny-child");
     assert_eq!(
         statuses(&first),
         [
@@ -198,16 +195,7 @@ fn layers_build_once_and_only_what_changed_rebuilds() {
     assert_eq!(leftovers(p.store()), Vec::<String>::new());
 
     // A second build runs nothing.
-    let again = p
-        .ccb(&[
-            "build",
-            "tiny-child",
-            "--until",
-            "layer",
-            "--format",
-            "json",
-        ])
-        .ok();
+    let again = p.build_layers("tiny-child");
     assert!(
         statuses(&again).iter().all(|(_, s)| s == "cached"),
         "{}",
@@ -218,16 +206,7 @@ fn layers_build_once_and_only_what_changed_rebuilds() {
     p.edit("elements/tiny-extra/install.d/30-tiny-extra", |t| {
         t + "echo edited > /etc/tiny/edited\n"
     });
-    let edited = p
-        .ccb(&[
-            "build",
-            "tiny-child",
-            "--until",
-            "layer",
-            "--format",
-            "json",
-        ])
-        .ok();
+    let edited = p.build_layers("tiny-child");
     assert_eq!(status_of(&edited, "base:tiny:amd64"), "cached");
     assert_eq!(status_of(&edited, "layer:tiny:amd64"), "cached");
     assert_eq!(status_of(&edited, "layer:tiny-child:amd64"), "built");
@@ -300,16 +279,7 @@ fn layers_build_once_and_only_what_changed_rebuilds() {
     p.ccb(&["cache", "verify"]).ok();
     let gc = p.ccb(&["cache", "gc", "--format", "json"]).ok().json();
     assert!(gc["removed"].as_array().unwrap().len() >= 2, "{gc}");
-    let after = p
-        .ccb(&[
-            "build",
-            "tiny-child",
-            "--until",
-            "layer",
-            "--format",
-            "json",
-        ])
-        .ok();
+    let after = p.build_layers("tiny-child");
     assert!(
         statuses(&after).iter().all(|(_, s)| s == "cached"),
         "{}",
