@@ -140,7 +140,11 @@ fn the_plan_and_explain_say_why_actions_run() {
         "{}",
         plan.stdout
     );
-    assert!(!plan.stdout.contains("disk:debian12:amd64"), "{}", plan.stdout);
+    assert!(
+        !plan.stdout.contains("disk:debian12:amd64"),
+        "{}",
+        plan.stdout
+    );
     let explain = env
         .run(&[
             "--root",
