@@ -121,6 +121,12 @@ fn parse_size(s: &str) -> Option<PartSize> {
     if s == "100%" {
         return Some(PartSize::Rest);
     }
+    parse_bytes(s).map(PartSize::Bytes)
+}
+
+/// A size with a unit (`20GiB`, `512MiB`, `8KiB`, `1GB`, `512B`) in bytes: the one parser for
+/// layout sizes and the manifest's `size`.
+pub fn parse_bytes(s: &str) -> Option<u64> {
     let units: [(&str, u64); 8] = [
         ("KiB", 1 << 10),
         ("MiB", 1 << 20),
@@ -131,16 +137,12 @@ fn parse_size(s: &str) -> Option<PartSize> {
         ("GB", 1000 * 1000 * 1000),
         ("B", 1),
     ];
-    for (unit, mult) in units {
-        if let Some(n) = s.strip_suffix(unit) {
-            return n
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .map(|n| PartSize::Bytes(n * mult));
-        }
-    }
-    None
+    let s = s.trim();
+    units.iter().find_map(|(unit, mult)| {
+        s.strip_suffix(unit)
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .map(|n| n * mult)
+    })
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -519,6 +521,15 @@ mod tests {
                 .to_string()
                 .contains("GPT")
         );
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("20GiB"), Some(20 << 30));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("20 parsecs"), None);
+        assert_eq!(parse_size("100%"), Some(PartSize::Rest));
     }
 
     #[test]

@@ -265,12 +265,7 @@ pub fn spec_for(
                 overlay: false,
                 env,
                 elements,
-                env_files: base
-                    .view
-                    .environment
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect(),
+                env_files: env_file_names(&base.view),
                 phases: vec![PhaseSpec {
                     phase: "root.d".into(),
                     place: Place::Outside,
@@ -374,12 +369,7 @@ pub fn spec_for(
                 overlay: ctx.overlay,
                 env,
                 elements,
-                env_files: resolved
-                    .view
-                    .environment
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect(),
+                env_files: env_file_names(&resolved.view),
                 phases,
                 pkg_maps: pkg_maps(&resolved.elements, &resolved.view.env)?,
                 downloads,
@@ -449,12 +439,7 @@ pub fn spec_for(
                 overlay: ctx.overlay,
                 env,
                 elements,
-                env_files: resolved
-                    .view
-                    .environment
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect(),
+                env_files: env_file_names(&resolved.view),
                 phases,
                 pkg_maps: pkg_maps(&resolved.elements, env_view)?,
                 downloads,
@@ -462,10 +447,10 @@ pub fn spec_for(
                 log,
                 stream_output: ctx.stream_output,
                 disk: Some(spec::DiskSpec {
-                    provenance: provenance(ctx.model, image, arch, &name),
+                    provenance: provenance(ctx.model, image, &name),
                     name,
                     layout: disk_layout,
-                    size: image.size.as_deref().and_then(parse_size),
+                    size: image.size.as_deref().and_then(layout::parse_bytes),
                     formats: image
                         .formats
                         .iter()
@@ -491,21 +476,13 @@ pub fn spec_for(
     }
 }
 
-/// `20GiB` → bytes (the manifest's `Size`).
-fn parse_size(s: &str) -> Option<u64> {
-    let (n, mult) = [("MiB", 1u64 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40)]
-        .iter()
-        .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))?;
-    n.parse::<u64>().ok().map(|n| n * mult)
+/// The environment.d files of a view, in sourcing order.
+fn env_file_names(view: &crate::element::ElementView) -> Vec<String> {
+    view.environment.iter().map(|s| s.name.clone()).collect()
 }
 
 /// The provenance record of chameleon-images.md: what was built, from which commit, when.
-pub fn provenance(
-    model: &Model,
-    image: &crate::manifest::Image,
-    _arch: crate::manifest::Arch,
-    name: &str,
-) -> String {
+pub fn provenance(model: &Model, image: &crate::manifest::Image, name: &str) -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .arg("-C")
@@ -569,13 +546,6 @@ mod tests {
         assert_eq!(super::utc(0).0, "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(951_782_400).0, "2000-02-29T00:00:00Z");
         assert_eq!(super::utc(1_795_800_605).1, "20261127173005");
-    }
-
-    #[test]
-    fn manifest_sizes_are_binary() {
-        assert_eq!(super::parse_size("20GiB"), Some(20 << 30));
-        assert_eq!(super::parse_size("512MiB"), Some(512 << 20));
-        assert_eq!(super::parse_size("20GB"), None);
     }
 }
 
