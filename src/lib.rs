@@ -19,6 +19,7 @@
 //!   environment.d, package-installs, digests and lint.
 //! - [`graph`]: actions (`fetch`, `base`, `layer`, `disk`, `publish`), their key documents and
 //!   keys, the plan and `explain`.
+//! - [`fetch`]: artifacts into the store, verified against their pinned SHA-256.
 //! - [`exec`]: the scheduler (`-j`, critical path first, fail fast or keep going, cancel).
 //! - [`build`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
 //!   runner of DIB phases inside it, overlay layers, disk assembly, and the parent's side
@@ -38,6 +39,7 @@
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
 //! layers/<key>/{tree,layer.json}  committed root filesystems (full) or overlay upper dirs (diff)
 //! outputs/<key>/, <key>.json  a disk action's files (qcow2, raw, <Name>.d/, SHA256SUMS)
+//! artifacts/<sha256>          fetched artifacts, read-only, verified
 //! logs/<key>.log              every step's output; <key>-boot-<firmware>.log for `ccb test`
 //! locks/                      per-key and store-wide flocks
 //! downloads/                  shared package and image downloads (never in a key)
@@ -50,6 +52,7 @@ pub mod cli;
 pub mod diag;
 pub mod element;
 pub mod exec;
+pub mod fetch;
 pub mod fsutil;
 pub mod graph;
 pub mod keydoc;

@@ -80,6 +80,13 @@ provenance() {
 # Wait for cloud-init to finish (it started this unit, but its final stage may still run).
 timeout 600 cloud-init status --wait >/dev/null 2>&1 || true
 
+# Units ordered after cloud-final (the elements' boot-time actions) may still be queued:
+# wait until no job but this unit's own is left.
+for i in $(seq 120); do
+    [ -z "$(systemctl list-jobs --no-legend --plain 2>/dev/null | grep -v ccb-boot-check)" ] && break
+    sleep 1
+done
+
 check multi-user multi_user
 check cloud-init cloud_init
 check root-grown root_grown

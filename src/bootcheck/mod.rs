@@ -4,8 +4,9 @@
 //! image so that growing the root filesystem is observable. A seed disk carries the checks as
 //! cloud-init user-data, both as NoCloud (`cidata`) and as an OpenStack config drive
 //! (`config-2`), so the test works whichever of the two datasources the image enables; both are
-//! FAT images filled with mtools (no mount). The checks report on the serial console, which
-//! ccb reads and keeps.
+//! FAT images filled with mtools (no mount). The config drive also carries a launch key and a
+//! test vendordata, so the Chameleon elements' boot-time units have something to work on. The
+//! checks report on the serial console, which ccb reads and keeps.
 //!
 //! KVM is used only when a probe proves it works: a 512-byte boot sector that writes one
 //! byte to the serial port must come back within seconds; otherwise TCG.
@@ -18,6 +19,23 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 const CHECK_SCRIPT: &str = include_str!("check.sh");
+
+/// The config drive presents the test VM as a Chameleon instance: a key given at launch, and
+/// the dynamic vendordata a Chameleon site serves (site fields, the account's SSH keys, and a
+/// service token, a secret the elements must keep out of world-readable files). The keys
+/// are throwaway public keys whose private halves were never kept.
+const TEST_META_DATA: &str = r#"{"uuid": "ccb-boot-test", "hostname": "ccb-test", "name": "ccb-test",
+ "public_keys": {"ccb-launch": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFN4dekb06gwarAr6qwtzN3El0Y2Fprcj2ws73LhH9Hd ccb-test-launch-key"}}"#;
+const TEST_VENDOR_DATA: &str = r#"{"chameleon": {
+ "site": "CHI@ccb-test", "region": "CHI@ccb-test",
+ "auth_url_v3": "http://127.0.0.1:5000/v3",
+ "project_id": "0123456789abcdef0123456789abcdef", "project_name": "CCB-TEST",
+ "user_domain_name": "Default", "username": "ccb-tester",
+ "service_token": "ccb-test-service-token",
+ "node_type": "compute_ccb", "node_name": "ccb-test-node",
+ "reservation_id": "ccb-test-reservation", "lease_name": "ccb-test-lease",
+ "lease_end": "2099-01-01T00:00:00Z",
+ "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHAjV9Fh3fvz1zEEZNbTpajlDhcYHP6t5Ef8i2BRMJ6A ccb-test-account-key"]}}"#;
 const GROW: u64 = 2 << 30;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -366,13 +384,16 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         t.work,
     )?;
     let drive = t.work.join("seed-configdrive.img");
-    let meta = br#"{"uuid": "ccb-boot-test", "hostname": "ccb-test", "name": "ccb-test"}"#;
     fat_image(
         &drive,
         "config-2",
         &[
-            ("openstack/latest/meta_data.json", meta),
+            ("openstack/latest/meta_data.json", TEST_META_DATA.as_bytes()),
             ("openstack/latest/user_data", ud.as_bytes()),
+            (
+                "openstack/latest/vendor_data2.json",
+                TEST_VENDOR_DATA.as_bytes(),
+            ),
         ],
         t.work,
     )?;

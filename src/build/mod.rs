@@ -67,6 +67,9 @@ pub enum BuildError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
 }
 
 impl BuildError {
@@ -99,6 +102,8 @@ pub struct BuildContext<'a> {
     pub stream_output: bool,
     /// Keep the working tree of a failed action.
     pub keep_failed: bool,
+    /// Where artifacts are looked for before their URL (`CCB_DISTDIR`).
+    pub distdirs: Vec<PathBuf>,
 }
 
 /// Whether overlayfs can be used: the kernel has it and `CCB_OVERLAYFS=0` does not refuse it.
@@ -158,6 +163,62 @@ fn unsupported(action: &Action, message: &str) -> BuildError {
         id: action.id.clone(),
         message: message.to_string(),
     }
+}
+
+/// A `fetch` action: the artifact into the store (no sandbox: nothing runs but ccb).
+fn run_fetch(
+    ctx: &BuildContext,
+    action: &Action,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Built, BuildError> {
+    let started = Instant::now();
+    let name = action
+        .artifact_name()
+        .ok_or_else(|| unsupported(action, "not a fetch action"))?;
+    let artifact = ctx.model.artifacts.get(name).ok_or_else(|| {
+        BuildError::engine(
+            &action.id,
+            format!("artifact `{name}` is not declared"),
+            None,
+        )
+    })?;
+    let mut last_percent = None;
+    let (path, origin) = crate::fetch::fetch(
+        ctx.store,
+        name,
+        artifact,
+        &ctx.distdirs,
+        &mut |done, total| {
+            // Progress as output lines, one per 10 %: the log stays short for a GB file.
+            if let Some(total) = total.filter(|t| *t > 0) {
+                let percent = done * 10 / total * 10;
+                if last_percent != Some(percent) {
+                    last_percent = Some(percent);
+                    on_event(&Event::Output {
+                        line: format!("{name}: {percent}% of {total} bytes"),
+                    });
+                }
+            }
+        },
+    )?;
+    let from = match origin {
+        crate::fetch::Origin::Store => "the store".to_string(),
+        crate::fetch::Origin::Distdir(p) => p.display().to_string(),
+        crate::fetch::Origin::Url(u) => u,
+    };
+    on_event(&Event::Output {
+        line: format!("{name}: verified, from {from}"),
+    });
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(Built {
+        steps: vec![],
+        duration: started.elapsed(),
+        tree: tree::TreeSummary {
+            digest: artifact.sha256.to_ascii_lowercase(),
+            entries: 1,
+            bytes,
+        },
+    })
 }
 
 /// The spec of a `base` or `layer` action.
@@ -277,6 +338,7 @@ pub fn spec_for(
                 log,
                 stream_output: ctx.stream_output,
                 disk: None,
+                artifacts: BTreeMap::new(),
             })
         }
         Kind::Layer => {
@@ -359,6 +421,25 @@ pub fn spec_for(
             let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
             env.extend(image.env.clone());
             let elements = element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
+            let mut artifacts = BTreeMap::new();
+            for (var, art_key) in &image.artifacts {
+                let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
+                    BuildError::engine(
+                        &action.id,
+                        format!("artifact `{art_key}` is not declared"),
+                        None,
+                    )
+                })?;
+                let path = crate::fetch::store_path(ctx.store, &art.sha256);
+                if !path.is_file() {
+                    return Err(BuildError::engine(
+                        &action.id,
+                        format!("artifact `{art_key}` is not in the store (its fetch did not run)"),
+                        None,
+                    ));
+                }
+                artifacts.insert(var.clone(), path);
+            }
             Ok(ActionSpec {
                 id: action.id.clone(),
                 key: action.key.clone(),
@@ -377,6 +458,7 @@ pub fn spec_for(
                 log,
                 stream_output: ctx.stream_output,
                 disk: None,
+                artifacts,
             })
         }
         Kind::Disk => {
@@ -470,6 +552,7 @@ pub fn spec_for(
                         .unwrap_or_else(|| "/etc/dib-manifests".into()),
                     seed: action.key.clone(),
                 }),
+                artifacts: BTreeMap::new(),
             })
         }
         _ => Err(unsupported(action, "not an action that runs in a sandbox")),
@@ -558,6 +641,9 @@ pub fn run_action(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Built, BuildError> {
     let started = Instant::now();
+    if action.kind == Kind::Fetch {
+        return run_fetch(ctx, action, on_event);
+    }
     let store = ctx.store;
     store.remove_stale_work(&action.key)?;
     let work = store.work_dir(&action.key)?;

@@ -170,6 +170,18 @@ impl Runner<'_> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
                 .map_err(io(format!("chmod {name}")))?;
         }
+        // Artifacts: hard links to the store's read-only files (a GB runfile is never copied;
+        // the chroot sees them through the read-only engine bind mount).
+        if !self.spec.artifacts.is_empty() {
+            let dir = self.engine_dir.join("artifacts");
+            std::fs::create_dir_all(&dir).map_err(io("create the artifacts directory"))?;
+            for (var, src) in &self.spec.artifacts {
+                let dest = dir.join(var);
+                if std::fs::hard_link(src, &dest).is_err() {
+                    std::fs::copy(src, &dest).map_err(io(format!("copy artifact {var}")))?;
+                }
+            }
+        }
         let maps = self.engine_dir.join("pkg-map");
         std::fs::create_dir_all(&maps).map_err(io("create the pkg-map directory"))?;
         for (element, map) in &self.spec.pkg_maps {
@@ -519,6 +531,9 @@ impl Runner<'_> {
                 .env("TMP_HOOKS_PATH", &self.hooks)
                 .env("TMP_MOUNT_PATH", &self.root)
                 .env("DIB_IMAGE_CACHE", spec.downloads.join("image-cache"));
+                for var in spec.artifacts.keys() {
+                    cmd.env(var, self.engine_dir.join("artifacts").join(var));
+                }
                 if let Some(cache) = &spec.package_cache {
                     cmd.env("CCB_PACKAGE_CACHE", &cache.host);
                 }
@@ -529,6 +544,9 @@ impl Runner<'_> {
             }
             Place::Inside => {
                 cmd.env("PATH", format!("{ENGINE_IN}/bin:{PATH}"));
+                for var in spec.artifacts.keys() {
+                    cmd.env(var, format!("{ENGINE_IN}/artifacts/{var}"));
+                }
                 let root = self.root.clone();
                 // SAFETY: chroot and chdir are async-signal-safe; nothing is allocated.
                 unsafe {

@@ -113,6 +113,10 @@ pub struct ActionSpec {
     /// What a disk action makes (disk actions only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskSpec>,
+    /// The image's artifacts: variable → verified file in the store. Scripts get the
+    /// variable as a read-only path (inside the chroot under /tmp/ccb/artifacts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -211,6 +211,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         overlay: build::overlay_available(),
         stream_output: ctx.verbose > 0,
         keep_failed: a.keep_failed,
+        distdirs: crate::fetch::distdirs_from_env(),
     };
     let progress = Progress::new(ctx.quiet, ctx.verbose > 0);
     let results: Mutex<Vec<(String, Result<build::Built, BuildError>)>> = Mutex::new(Vec::new());
@@ -304,11 +305,11 @@ fn run_one(
 ) -> Result<Option<build::Built>, BuildError> {
     let store = bctx.store;
     match action.kind {
-        Kind::Base | Kind::Layer | Kind::Disk => {}
-        Kind::Fetch | Kind::Publish => {
+        Kind::Fetch | Kind::Base | Kind::Layer | Kind::Disk => {}
+        Kind::Publish => {
             let e = BuildError::Unsupported {
                 id: action.id.clone(),
-                message: "artifacts are not fetched yet (issue [8/8])".into(),
+                message: "publish actions run under `ccb publish`".into(),
             };
             progress.block(&format!("error: {e}"));
             return Err(e);

@@ -62,6 +62,21 @@ pub struct Action {
     pub doc: KeyDoc,
 }
 
+impl Action {
+    /// The pinned digest of a `fetch` action's artifact.
+    pub fn artifact_sha256(&self) -> Option<&str> {
+        match self.doc.get("sha256") {
+            Some(crate::keydoc::Value::Str(d)) if self.kind == Kind::Fetch => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The artifact key of a `fetch` action.
+    pub fn artifact_name(&self) -> Option<&str> {
+        self.id.strip_prefix("fetch:")
+    }
+}
+
 /// Actions in dependency order (every action after its dependencies), and the element
 /// resolution of every (image, arch) involved.
 pub struct Graph {
@@ -392,6 +407,9 @@ pub fn is_cached(store: &Store, action: &Action) -> bool {
         && match action.kind {
             Kind::Base | Kind::Layer => store.exists(&format!("layers/{}/layer.json", action.key)),
             Kind::Disk => store.exists(&format!("outputs/{}.json", action.key)),
+            Kind::Fetch => action
+                .artifact_sha256()
+                .is_some_and(|d| crate::fetch::is_fetched(store, d)),
             _ => true,
         }
 }

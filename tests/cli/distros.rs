@@ -65,7 +65,7 @@ fn mini_rootfs(root: &Path, package_tool: &str) {
     ] {
         std::os::unix::fs::symlink(target, root.join(link)).unwrap();
     }
-    for tool in ["bash", "find", "head", "cat", "env", "mkdir"] {
+    for tool in ["bash", "find", "head", "cat", "env", "mkdir", "install"] {
         let host = PathBuf::from(format!("/usr/bin/{tool}"));
         std::fs::copy(&host, root.join(format!("usr/bin/{tool}"))).unwrap();
         let ldd = Command::new("ldd").arg(&host).output().unwrap();
@@ -158,6 +158,10 @@ impl Fixture {
     }
 
     fn images(&self, centos_sha: &str) {
+        self.images_with(centos_sha, "");
+    }
+
+    fn images_with(&self, centos_sha: &str, extra: &str) {
         let port = self.port;
         write(
             self.project.join("manifests/images.ncl"),
@@ -178,7 +182,7 @@ impl Fixture {
       DIB_CENTOS_ROOTFS_SHA256 = "{centos_sha}",
     }},
   }},
-}}
+{extra}}}
 "#
             ),
         );
@@ -302,4 +306,86 @@ fn ubuntu_and_centos_bases_come_from_verified_downloads() {
         ])
         .fails();
     forced.stderr_has("sha256 mismatch");
+}
+
+#[test]
+fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
+    let f = Fixture::new();
+    let centos_sha = sha256(&f.served.join("centos/rootfs.tar.gz"));
+    // A stand-in for Chameleon's cc-snapshot, whose upstream this machine cannot reach.
+    let tool = "#!/bin/bash\n[ \"${1:-}\" = -h ] && { echo 'usage: cc-snapshot [-h] name'; exit 0; }\nexit 1\n";
+    write(f.served.join("cc-snapshot/cc-snapshot"), tool);
+    let good = sha256(&f.served.join("cc-snapshot/cc-snapshot"));
+    f.images_with(
+        &centos_sha,
+        r#"  snap = {
+    name = "Snap",
+    from = "fake-ubuntu",
+    elements = ["cc-snapshot"],
+    artifacts = { CC_SNAPSHOT_SOURCE = "cc-snapshot" },
+  },
+"#,
+    );
+    let artifacts = |sha: &str| {
+        write(
+            f.project.join("manifests/artifacts.ncl"),
+            &format!(
+                r#"{{
+  cc-snapshot = {{
+    url = "http://127.0.0.1:{}/cc-snapshot/cc-snapshot",
+    sha256 = "{sha}",
+  }},
+}}
+"#,
+                f.port
+            ),
+        )
+    };
+
+    // A digest that does not match what the server sends: the fetch fails naming the artifact
+    // and both digests, stores nothing, and the layer that needs it never runs.
+    artifacts(&"a".repeat(64));
+    let bad = f.ccb(&["build", "snap", "--until", "layer"]).fails();
+    bad.stderr_has("artifact `cc-snapshot`")
+        .stderr_has(&format!("expected {}", "a".repeat(64)))
+        .stderr_has(&format!("actual   {good}"));
+    let stored: Vec<_> = std::fs::read_dir(f.env.cache.path().join("artifacts"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(stored.is_empty(), "nothing stored: {stored:?}");
+
+    // The right digest: fetched once, verified, and installed by the real element.
+    artifacts(&good);
+    let run = f
+        .ccb(&["build", "snap", "--until", "layer", "--format", "json"])
+        .ok();
+    let fetch = run.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "fetch:cc-snapshot")
+        .cloned()
+        .unwrap();
+    assert_eq!(fetch["status"], "built", "{fetch}");
+    let installed = f.layer_tree("layer:snap:amd64").join("usr/bin/cc-snapshot");
+    assert_eq!(std::fs::read_to_string(&installed).unwrap(), tool);
+    let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let store_copy = f.env.cache.path().join("artifacts").join(&good);
+    assert_eq!(std::fs::read_to_string(&store_copy).unwrap(), tool);
+    // Its dependencies went through the distribution's package tool.
+    let apt = std::fs::read_to_string(
+        f.layer_tree("layer:snap:amd64")
+            .join("var/log/fake-apt-get.log"),
+    )
+    .unwrap();
+    for pkg in ["libguestfs-tools", "qemu-utils", "python3-glanceclient"] {
+        assert!(apt.contains(pkg), "{pkg} not installed: {apt}");
+    }
+
+    // Once fetched, the artifact is never downloaded again: with the server's copy gone the
+    // fetch is cached and a forced rebuild of the layer still finds it.
+    std::fs::remove_file(f.served.join("cc-snapshot/cc-snapshot")).unwrap();
+    f.ccb(&["build", "snap", "--until", "layer", "--force", "snap"])
+        .ok();
 }
