@@ -60,13 +60,23 @@ pub struct BuildArgs {
     /// Where the images go (default: `out/images` in the project)
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
+    /// Set a build variable for every image, over the manifests' `env` (repeatable; `NAME`
+    /// alone takes the value from ccb's environment). Like Bazel's --action_env, the value
+    /// enters the keys: how a site passes its mirrors or repository URLs without committing them
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }
 
 impl BuildArgs {
     /// The build `ccb test` runs first: the targets' disks, nothing forced.
-    pub fn for_test(targets: Vec<String>, arch: Vec<String>, element_path: Vec<String>) -> Self {
+    pub fn for_test(
+        targets: Vec<String>,
+        arch: Vec<String>,
+        element_path: Vec<String>,
+        env: Vec<String>,
+    ) -> Self {
         Self {
             targets,
             dry_run: false,
@@ -78,6 +88,7 @@ impl BuildArgs {
             keep_failed: false,
             until: Some(Stage::Disk),
             out: None,
+            env,
             format: OutputFormat::Text,
         }
     }
@@ -102,8 +113,41 @@ fn default_weight(kind: Kind) -> u64 {
     }
 }
 
+/// Applies `--env` settings to every image of the model.
+pub fn apply_env(model: &mut crate::manifest::Model, settings: &[String]) -> Result<(), CliError> {
+    for setting in settings {
+        let (name, value) = match setting.split_once('=') {
+            Some((n, v)) => (n, v.to_string()),
+            None => {
+                let v = std::env::var(setting).map_err(|_| {
+                    CliError::usage(format!(
+                        "--env {setting}: `{setting}` is not set in ccb's environment (give NAME=VALUE)"
+                    ))
+                })?;
+                (setting.as_str(), v)
+            }
+        };
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(CliError::usage(format!(
+                "--env {setting}: `{name}` is not a variable name"
+            )));
+        }
+        for image in model.images.values_mut() {
+            image.env.insert(name.to_string(), value.clone());
+        }
+    }
+    Ok(())
+}
+
 pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
-    let model = ctx.model()?;
+    let mut model = ctx.model()?;
+    apply_env(&mut model, &a.env)?;
+    let model = model;
     let arches = label::parse_arches(&a.arch)?;
     let targets = label::resolve(&model, &a.targets, arches.as_ref())?;
     let store = ctx.store()?;

@@ -34,6 +34,9 @@ pub struct TestArgs {
     /// Extra element directories, searched first (colon-separated)
     #[arg(long, value_name = "A:B")]
     element_path: Vec<String>,
+    /// Build variables over the manifests' `env`, as for `ccb build --env`
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }
@@ -46,9 +49,12 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
             a.targets.clone(),
             a.arch.clone(),
             a.element_path.clone(),
+            a.env.clone(),
         ),
     )?;
-    let model = ctx.model()?;
+    let mut model = ctx.model()?;
+    super::build::apply_env(&mut model, &a.env)?;
+    let model = model;
     let arches = label::parse_arches(&a.arch)?;
     let targets = label::resolve(&model, &a.targets, arches.as_ref())?;
     let store = ctx.store()?;

@@ -320,7 +320,31 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        for want in ["multi-user", "cloud-init", "root-grown", "provenance"] {
+        // The engine's own checks, and the Chameleon elements' (issue [5/8]'s list): a check
+        // that silently went missing must fail the test as surely as a failing one.
+        for want in [
+            "multi-user",
+            "cloud-init",
+            "root-grown",
+            "provenance",
+            "cc-users/10-cc-users",
+            "cc-users/20-serial-autologin",
+            "cc-ssh/10-sshd-hardened",
+            "cc-firewall/10-firewalld",
+            "cc-firewall/20-disable-helper",
+            "cc-firewall/30-firewall-setting",
+            "cc-timesync/10-chronyd",
+            "cc-provenance/10-provenance-fields",
+            "cc-cloud-init/10-cloud-init-drop-ins",
+            "cc-cloud-init/20-chameleon-settings",
+            "cc-vendordata/10-helpers",
+            "cc-vendordata/20-vendordata-cache",
+            "cc-vendordata/30-openrc",
+            "cc-vendordata/40-public-keys",
+            "cc-rclone/10-object-store-helpers",
+            "cc-motd/10-motd",
+            "cc-snapshot/10-cc-snapshot",
+        ] {
             assert!(
                 names.contains(&want),
                 "{} lacks {want}: {names:?}",
