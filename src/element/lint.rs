@@ -3,7 +3,8 @@
 //! Rules (dib-lint's names): `readme` (a README.rst or README.md), `executable` (a `#!` file
 //! must be executable), `shebang` (bash scripts use exactly `#!/bin/bash`), `sete`, `setu`,
 //! `setpipefail`, `dibdebugtrace`, `indent` (multiples of 4 spaces), `tabindent`, `newline`,
-//! `element-deps` (sorted), `environment.d` (no `set -x`, not executable), `exports`
+//! `element-deps` (sorted), `environment.d` (no `set -x`, not executable), `runparts` (a phase
+//! script whose name dib-run-parts would skip, e.g. with a dot), `exports`
 //! (`export X=$(...)`), `safe_sudo`, `which`, `yaml`, `pkg-map`. A file may disable rules
 //! with `# dib-lint: disable=rule1,rule2`.
 
@@ -129,6 +130,17 @@ pub fn lint_element(el: &ElementDir) -> Result<Vec<Finding>, FsError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
 
+        if super::PHASES.contains(&first_dir)
+            && rel.matches('/').count() == 1
+            && !super::view::runnable_name(&name)
+        {
+            // dib-run-parts (and ccb) skip such names without a word: say it here.
+            add(
+                None,
+                "runparts",
+                format!("`{name}` never runs: phase scripts are named with [0-9A-Za-z_-] only"),
+            );
+        }
         if name.ends_with(".md") && !rel.contains('/') && name != "README.md" {
             add(None, "mddocs", "documentation belongs in README.rst".into());
         }

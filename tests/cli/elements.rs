@@ -385,6 +385,11 @@ fn lint_reports_dib_lint_rules_and_passes_clean_elements() {
         d.join("bad/environment.d/10-env"),
         "set -x\nexport X=$(date)\n",
     );
+    // A dot in the name: dib-run-parts would skip it without a word.
+    script(
+        d.join("bad/install.d/20-repo-24.04"),
+        "#!/bin/bash\nif [ ${DIB_DEBUG_TRACE:-0} -gt 0 ]; then\n    set -x\nfi\nset -eu\nset -o pipefail\n",
+    );
     let run = env
         .run(&[
             "lint",
@@ -411,6 +416,7 @@ fn lint_reports_dib_lint_rules_and_passes_clean_elements() {
         "environment.d",
         "exports",
         "indent",
+        "runparts",
     ] {
         assert!(rules.contains(rule), "missing {rule} in {rules:?}");
     }

@@ -55,3 +55,7 @@ esac
 
 # Base URL of NVIDIA's CUDA repositories: configuration from the manifests.
 export CC_CUDA_REPO_URL="${CC_CUDA_REPO_URL:-}"
+
+# apt (debian family): NVIDIA's keyring package, a file of <CC_CUDA_REPO_URL>/<distro>/<arch>/
+# that installs the repository's signing key and source.
+export CC_CUDA_KEYRING_DEB="${CC_CUDA_KEYRING_DEB:-cuda-keyring_1.1-1_all.deb}"

@@ -21,6 +21,10 @@ export CC_ROCM_KERNEL_CMDLINE="${CC_ROCM_KERNEL_CMDLINE-${_cc_rocm_cmdline_defau
 unset _cc_rocm_cmdline_default
 
 # AMD's apt repositories (ROCm and the amdgpu driver): configuration from the
-# manifests, e.g. the versioned repository URLs with their suite. Empty here.
+# manifests. Each is "URL [SUITE [COMPONENT...]]": the versioned repository URL
+# of the pinned ROCm release, its suite (default DIB_RELEASE) and components
+# (default main). Empty here.
 export CC_ROCM_REPO_URL="${CC_ROCM_REPO_URL:-}"
 export CC_AMDGPU_REPO_URL="${CC_AMDGPU_REPO_URL:-}"
+# URL of the (ASCII-armored or binary) key that signs both repositories.
+export CC_ROCM_KEY_URL="${CC_ROCM_KEY_URL:-}"
