@@ -58,6 +58,7 @@ pub mod graph;
 pub mod keydoc;
 pub mod label;
 pub mod manifest;
+pub mod publish;
 pub mod store;
 pub mod ui;
 

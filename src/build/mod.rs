@@ -601,8 +601,16 @@ pub fn provenance(model: &Model, image: &crate::manifest::Image, name: &str) -> 
     serde_json::to_string_pretty(&record).unwrap_or_default()
 }
 
+/// Now, as [`utc`] formats it.
+pub fn utc_now() -> (String, String) {
+    utc(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
+}
+
 /// `2026-11-27T19:30:05Z` and `20261127193005` for a Unix time (proleptic Gregorian, UTC).
-fn utc(secs: u64) -> (String, String) {
+pub fn utc(secs: u64) -> (String, String) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);

@@ -5,6 +5,7 @@ mod build;
 mod cache;
 mod check;
 mod lint;
+mod publish;
 mod query;
 mod test;
 
@@ -49,6 +50,11 @@ enum Command {
     /// Look after the store: list, garbage-collect, verify and remove entries
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Publish images to the sites (Swift containers or directories), building what is missing
+    Publish(publish::PublishArgs),
+    /// List, promote, roll back and prune the published versions of a site
+    #[command(subcommand)]
+    Versions(publish::VersionsCommand),
 }
 
 /// What every command may need: the global flags, the project and the store, loaded lazily
@@ -128,6 +134,14 @@ impl CliError {
         }
     }
 
+    /// The rendered message, one line (for JSON reports).
+    pub fn message(&self) -> String {
+        self.report
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+    }
+
     pub fn usage(text: impl Into<String>) -> Self {
         Self {
             report: Some(miette::miette!("{}", text.into())),
@@ -193,6 +207,8 @@ pub fn main() -> ExitCode {
         Command::Lint(args) => lint::run(&mut ctx, args),
         Command::Cache(cmd) => cache::run(&mut ctx, cmd),
         Command::Test(args) => test::run(&mut ctx, args),
+        Command::Publish(args) => publish::run(&mut ctx, args),
+        Command::Versions(cmd) => publish::versions(&mut ctx, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,9 +114,14 @@ fn a_manifest_variable_changes_the_keys_of_that_image_only() {
     write(
         &images,
         &text.replace(
-            "env = { DIB_RELEASE = \"bookworm\" },",
-            "env = { DIB_RELEASE = \"bookworm\", EXTRA = \"1\" },",
+            "env = chameleon & { DIB_RELEASE = \"bookworm\" },",
+            "env = chameleon & { DIB_RELEASE = \"bookworm\", EXTRA = \"1\" },",
         ),
+    );
+    assert_ne!(
+        std::fs::read_to_string(&images).unwrap(),
+        text,
+        "the edit must apply"
     );
     let after = keys(&env, &proj);
     let ch = changed(&before, &after);

@@ -8,6 +8,7 @@ mod elements;
 mod executor;
 mod graph;
 mod manifests;
+mod publish;
 
 #[test]
 fn no_forgotten_test_files() {

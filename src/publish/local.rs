@@ -1,0 +1,237 @@
+//! A local site: the same layout as a Swift container, in a directory. Every write is a
+//! temporary file renamed into place; "create only" is a hard link, which fails if the name
+//! exists, so on a local site it is truly atomic. Object metadata (the SHA-256) lives in a
+//! `.<file>.meta.json` beside each object.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{ObjectInfo, ObjectStore, Progress, PublishError, PutOutcome};
+
+pub struct LocalSite {
+    root: PathBuf,
+}
+
+impl LocalSite {
+    pub fn new(root: PathBuf) -> Result<Self, PublishError> {
+        if !root.is_dir() {
+            return Err(PublishError::Site(format!(
+                "the local site's directory {} does not exist (create it first, as a Swift \
+                 container is created ahead of time)",
+                root.display()
+            )));
+        }
+        Ok(Self { root })
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, PublishError> {
+        if name
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(PublishError::Site(format!("invalid object name `{name}`")));
+        }
+        Ok(self.root.join(name))
+    }
+
+    fn meta_path(path: &Path) -> PathBuf {
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+        path.with_file_name(format!(".{}.meta.json", file.unwrap_or_default()))
+    }
+
+    fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> PublishError {
+        let msg = format!("{what} {}", path.display());
+        move |e| PublishError::Site(format!("{msg}: {e}"))
+    }
+
+    fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, PublishError> {
+        let dir = path.parent().expect("object paths have a parent");
+        std::fs::create_dir_all(dir).map_err(Self::io("create", dir))?;
+        tempfile::Builder::new()
+            .prefix(".ccb-publish-")
+            .tempfile_in(dir)
+            .map_err(Self::io("create a temporary file in", dir))
+    }
+
+    fn write_meta(path: &Path, sha256: Option<&str>) -> Result<(), PublishError> {
+        let meta = Self::meta_path(path);
+        match sha256 {
+            Some(d) => crate::fsutil::write_atomic(
+                &meta,
+                serde_json::json!({"sha256": d}).to_string().as_bytes(),
+            )
+            .map_err(|e| PublishError::Site(e.to_string())),
+            None => {
+                let _ = std::fs::remove_file(&meta);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl ObjectStore for LocalSite {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, PublishError> {
+        let path = self.path(name)?;
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io("read", &path)(e)),
+        }
+    }
+
+    fn head(&self, name: &str) -> Result<Option<ObjectInfo>, PublishError> {
+        let path = self.path(name)?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::io("stat", &path)(e)),
+        };
+        let sha256 = std::fs::read(Self::meta_path(&path))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["sha256"].as_str().map(str::to_string));
+        Ok(Some(ObjectInfo {
+            name: name.to_string(),
+            bytes: meta.len(),
+            sha256,
+        }))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, PublishError> {
+        // Walk the deepest directory the prefix names, then filter by the full prefix.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::io("list", &dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(Self::io("list", &dir))?;
+                let path = entry.path();
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with('.') {
+                    continue;
+                }
+                let ft = entry.file_type().map_err(Self::io("stat", &path))?;
+                if ft.is_dir() {
+                    stack.push(path);
+                } else if ft.is_file() {
+                    let rel = path
+                        .strip_prefix(&self.root)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if rel.starts_with(prefix)
+                        && let Some(info) = self.head(&rel)?
+                    {
+                        out.push(info);
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn put_bytes(
+        &self,
+        name: &str,
+        data: &[u8],
+        _content_type: &str,
+        create_only: bool,
+    ) -> Result<PutOutcome, PublishError> {
+        let path = self.path(name)?;
+        let mut tmp = Self::temp_beside(&path)?;
+        tmp.write_all(data).map_err(Self::io("write", tmp.path()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(Self::io("sync", tmp.path()))?;
+        if create_only {
+            // link(2) fails with EEXIST when the name exists: an atomic create-if-absent.
+            match std::fs::hard_link(tmp.path(), &path) {
+                Ok(()) => Ok(PutOutcome::Written),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
+                Err(e) => Err(Self::io("create", &path)(e)),
+            }
+        } else {
+            tmp.persist(&path)
+                .map_err(|e| Self::io("rename onto", &path)(e.error))?;
+            Ok(PutOutcome::Written)
+        }
+    }
+
+    fn put_file(
+        &self,
+        name: &str,
+        file: &Path,
+        size: u64,
+        sha256: &str,
+        progress: &Progress,
+    ) -> Result<(), PublishError> {
+        let path = self.path(name)?;
+        let mut tmp = Self::temp_beside(&path)?;
+        let mut src = std::fs::File::open(file).map_err(Self::io("open", file))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src.read(&mut buf).map_err(Self::io("read", file))?;
+            if n == 0 {
+                break;
+            }
+            tmp.write_all(&buf[..n])
+                .map_err(Self::io("write", tmp.path()))?;
+            progress.add(n as u64);
+        }
+        tmp.as_file()
+            .sync_all()
+            .map_err(Self::io("sync", tmp.path()))?;
+        let written = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+        if written != size {
+            return Err(PublishError::Site(format!(
+                "{} changed while it was published ({written} bytes, expected {size})",
+                file.display()
+            )));
+        }
+        Self::write_meta(&path, Some(sha256))?;
+        tmp.persist(&path)
+            .map_err(|e| Self::io("rename onto", &path)(e.error))?;
+        Ok(())
+    }
+
+    fn copy(&self, from: &str, to: &str) -> Result<(), PublishError> {
+        let src = self.path(from)?;
+        let dst = self.path(to)?;
+        let tmp = Self::temp_beside(&dst)?;
+        let tmp_path = tmp.into_temp_path();
+        std::fs::copy(&src, &tmp_path).map_err(Self::io("copy", &src))?;
+        let sha = self.head(from)?.and_then(|i| i.sha256);
+        Self::write_meta(&dst, sha.as_deref())?;
+        tmp_path
+            .persist(&dst)
+            .map_err(|e| Self::io("rename onto", &dst)(e.error))?;
+        Ok(())
+    }
+
+    fn delete(&self, name: &str) -> Result<(), PublishError> {
+        let path = self.path(name)?;
+        let _ = std::fs::remove_file(Self::meta_path(&path));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Self::io("remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! A Swift (object storage v1) client for the data path, over ureq.
+//!
+//! Every object is verified by Swift itself: single objects are sent with their MD5 as `ETag`
+//! (422 on a mismatch, nothing stored), large ones as Static Large Objects whose segments each
+//! carry their MD5 and whose manifest carries the SLO etag. The SLO etag is not a content
+//! digest, so the whole file's SHA-256 goes along as `X-Object-Meta-Sha256`.
+//!
+//! Requests are retried with exponential backoff on 5xx, 498 (rate limited), 429 and dropped
+//! connections; a 401 renews the token once. Segment names derive from the file's SHA-256 and
+//! the segment size, so a re-run after an interruption lists what is there and sends only the
+//! segments that are missing or different.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+
+use super::secret::Secret;
+use super::{ObjectInfo, ObjectStore, Progress, PublishError, PutOutcome, layout};
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum SwiftError {
+    #[error("{site}: {method} {object}: HTTP {status}{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    #[diagnostic(code(ccb::swift::http))]
+    Http {
+        site: String,
+        method: String,
+        object: String,
+        status: u16,
+        detail: Option<String>,
+    },
+    #[error("{site}: {method} {object}: {message}")]
+    #[diagnostic(code(ccb::swift::transport))]
+    Transport {
+        site: String,
+        method: String,
+        object: String,
+        message: String,
+    },
+    #[error("{site}: container `{container}` does not exist")]
+    #[diagnostic(
+        code(ccb::swift::no_container),
+        help("create it first (as upstream expects): `openstack container create {container}`")
+    )]
+    NoContainer { site: String, container: String },
+    #[error("{site}: {message}")]
+    #[diagnostic(code(ccb::swift::invalid))]
+    Invalid { site: String, message: String },
+}
+
+/// Where tokens come from: Keystone (renewed before they expire) or a fixed token.
+pub trait Auth: Send + Sync {
+    /// A token valid for a while yet, and the storage URL (`…/v1/AUTH_<project>`).
+    fn credentials(&self) -> Result<(Secret, String), PublishError>;
+    /// The token was refused: the next call must get a new one.
+    fn invalidate(&self);
+}
+
+/// Swift's limits, from `GET /info`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_file_size: u64,
+    pub max_manifest_segments: u64,
+}
+
+pub struct SwiftSite {
+    site: String,
+    container: String,
+    auth: Box<dyn Auth>,
+    agent: ureq::Agent,
+    segment_size: u64,
+    jobs: usize,
+    limits: Limits,
+}
+
+struct Reply {
+    status: u16,
+    headers: ureq::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// A range of a file, re-read from the start on every attempt.
+    File {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+        progress: Option<&'a Progress>,
+    },
+}
+
+const ATTEMPTS: u32 = 6;
+
+fn md5_hex(data: &[u8]) -> String {
+    hex(&Md5::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Percent-encodes an object name for a URL path (keeping `/`).
+fn encode_path(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn encode_query(v: &str) -> String {
+    encode_path(v).replace('/', "%2F")
+}
+
+/// Reads a file range, counting bytes into a progress bar.
+struct RangeReader<'a> {
+    file: std::io::Take<std::fs::File>,
+    progress: Option<&'a Progress>,
+    sent: u64,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.sent += n as u64;
+        if let Some(p) = self.progress {
+            p.add(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+impl SwiftSite {
+    /// Connects: checks the container exists and reads Swift's limits.
+    pub fn connect(
+        site: &str,
+        container: &str,
+        auth: Box<dyn Auth>,
+        agent: ureq::Agent,
+        segment_size: u64,
+        jobs: usize,
+    ) -> Result<Self, PublishError> {
+        let mut s = Self {
+            site: site.to_string(),
+            container: container.to_string(),
+            auth,
+            agent,
+            segment_size,
+            jobs: jobs.max(1),
+            limits: Limits {
+                max_file_size: 5 * (1 << 30),
+                max_manifest_segments: 1000,
+            },
+        };
+        s.limits = s.info()?;
+        if s.segment_size == 0 || s.segment_size > s.limits.max_file_size {
+            return Err(SwiftError::Invalid {
+                site: s.site.clone(),
+                message: format!(
+                    "segment size {} is not between 1 byte and the site's max_file_size ({})",
+                    s.segment_size, s.limits.max_file_size
+                ),
+            }
+            .into());
+        }
+        let r = s.request("HEAD", "", &[], &[], Body::Empty)?;
+        match r.status {
+            200..=299 => Ok(s),
+            404 => Err(SwiftError::NoContainer {
+                site: s.site.clone(),
+                container: s.container.clone(),
+            }
+            .into()),
+            status => Err(s.http_error("HEAD", "", status, &r.body)),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn info(&self) -> Result<Limits, PublishError> {
+        let (_, storage) = self.auth.credentials()?;
+        // /info lives at the proxy's root: strip `/v1/AUTH_…`.
+        let root = match storage.find("/v1/") {
+            Some(i) => &storage[..i],
+            None => storage.trim_end_matches('/'),
+        };
+        let url = format!("{root}/info");
+        let mut resp = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| self.transport("GET", "/info", e))?;
+        let body = resp.body_mut().read_to_vec().unwrap_or_default();
+        let mut limits = Limits {
+            max_file_size: 5 * (1 << 30),
+            max_manifest_segments: 1000,
+        };
+        if resp.status().is_success()
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        {
+            if let Some(n) = v["swift"]["max_file_size"].as_u64() {
+                limits.max_file_size = n;
+            }
+            if let Some(n) = v["slo"]["max_manifest_segments"].as_u64() {
+                limits.max_manifest_segments = n;
+            }
+        }
+        Ok(limits)
+    }
+
+    fn transport(&self, method: &str, object: &str, e: ureq::Error) -> PublishError {
+        SwiftError::Transport {
+            site: self.site.clone(),
+            method: method.into(),
+            object: object.into(),
+            message: e.to_string(),
+        }
+        .into()
+    }
+
+    fn http_error(&self, method: &str, object: &str, status: u16, body: &[u8]) -> PublishError {
+        let text = String::from_utf8_lossy(body);
+        let detail = text.trim();
+        SwiftError::Http {
+            site: self.site.clone(),
+            method: method.into(),
+            object: if object.is_empty() {
+                self.container.clone()
+            } else {
+                format!("{}/{object}", self.container)
+            },
+            status,
+            detail: (!detail.is_empty() && !detail.starts_with('<'))
+                .then(|| detail.chars().take(300).collect()),
+        }
+        .into()
+    }
+
+    /// One request with retries. `object` is relative to the container ("" for the
+    /// container itself); `query` is appended as is.
+    fn request(
+        &self,
+        method: &str,
+        object: &str,
+        query: &[(&str, String)],
+        headers: &[(&str, String)],
+        body: Body,
+    ) -> Result<Reply, PublishError> {
+        let mut renewed = false;
+        let mut delay = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (token, storage) = self.auth.credentials()?;
+            let mut url = format!(
+                "{}/{}",
+                storage.trim_end_matches('/'),
+                encode_path(&self.container)
+            );
+            if !object.is_empty() {
+                url.push('/');
+                url.push_str(&encode_path(object));
+            }
+            if !query.is_empty() {
+                url.push('?');
+                let q: Vec<String> = query
+                    .iter()
+                    .map(|(k, v)| {
+                        if v.is_empty() {
+                            k.to_string()
+                        } else {
+                            format!("{k}={}", encode_query(v))
+                        }
+                    })
+                    .collect();
+                url.push_str(&q.join("&"));
+            }
+            let mut req = ureq::http::Request::builder()
+                .method(method)
+                .uri(&url)
+                .header("X-Auth-Token", token.expose());
+            for (k, v) in headers {
+                req = req.header(*k, v.as_str());
+            }
+            let result = match &body {
+                Body::Empty => {
+                    let req = if method == "PUT" || method == "POST" {
+                        req.header("Content-Length", "0")
+                    } else {
+                        req
+                    };
+                    req.body(())
+                        .map_err(|e| self.invalid(e.to_string()))
+                        .and_then(|r| {
+                            self.agent
+                                .run(r)
+                                .map_err(|e| self.transport(method, object, e))
+                        })
+                }
+                Body::Bytes(b) => req
+                    .header("Content-Length", b.len().to_string())
+                    .body(b.to_vec())
+                    .map_err(|e| self.invalid(e.to_string()))
+                    .and_then(|r| {
+                        self.agent
+                            .run(r)
+                            .map_err(|e| self.transport(method, object, e))
+                    }),
+                Body::File {
+                    path,
+                    offset,
+                    len,
+                    progress,
+                } => {
+                    let mut f = std::fs::File::open(path)
+                        .map_err(|e| self.invalid(format!("open {}: {e}", path.display())))?;
+                    f.seek(SeekFrom::Start(*offset))
+                        .map_err(|e| self.invalid(format!("seek {}: {e}", path.display())))?;
+                    let mut reader = RangeReader {
+                        file: f.take(*len),
+                        progress: *progress,
+                        sent: 0,
+                    };
+                    let r = req
+                        .header("Content-Length", len.to_string())
+                        .body(ureq::SendBody::from_reader(&mut reader))
+                        .map_err(|e| self.invalid(e.to_string()))
+                        .and_then(|r| {
+                            self.agent
+                                .run(r)
+                                .map_err(|e| self.transport(method, object, e))
+                        });
+                    // An attempt that stored nothing will be sent again: take back its bytes.
+                    let stored = r.as_ref().is_ok_and(|resp| resp.status().is_success());
+                    if !stored && let Some(p) = progress {
+                        p.sub(reader.sent);
+                    }
+                    r
+                }
+            };
+            let retryable = match &result {
+                Err(PublishError::Swift(SwiftError::Transport { .. })) => true,
+                Ok(resp) => {
+                    let s = resp.status().as_u16();
+                    s >= 500 || s == 498 || s == 429
+                }
+                Err(_) => false,
+            };
+            match result {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    if status == 401 && !renewed {
+                        // An expired or revoked token: renew once.
+                        self.auth.invalidate();
+                        renewed = true;
+                        continue;
+                    }
+                    if retryable && attempt < ATTEMPTS {
+                        std::thread::sleep(delay);
+                        delay *= 2;
+                        continue;
+                    }
+                    let headers = resp.headers().clone();
+                    let body = if method == "HEAD" {
+                        Vec::new()
+                    } else {
+                        resp.body_mut()
+                            .with_config()
+                            .limit(64 << 20)
+                            .read_to_vec()
+                            .map_err(|e| self.transport(method, object, e))?
+                    };
+                    return Ok(Reply {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                Err(e) => {
+                    if retryable && attempt < ATTEMPTS {
+                        std::thread::sleep(delay);
+                        delay *= 2;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn invalid(&self, message: String) -> PublishError {
+        SwiftError::Invalid {
+            site: self.site.clone(),
+            message,
+        }
+        .into()
+    }
+
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+        r.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Lists objects under `prefix`, following `marker` paging; entries carry the raw listing
+    /// fields (name, bytes, hash).
+    fn list_raw(&self, prefix: &str) -> Result<Vec<(String, u64, String)>, PublishError> {
+        let mut out = Vec::new();
+        let mut marker = String::new();
+        loop {
+            let mut query = vec![
+                ("format", "json".to_string()),
+                ("limit", "10000".to_string()),
+            ];
+            if !prefix.is_empty() {
+                query.push(("prefix", prefix.to_string()));
+            }
+            if !marker.is_empty() {
+                query.push(("marker", marker.clone()));
+            }
+            let r = self.request("GET", "", &query, &[], Body::Empty)?;
+            if r.status == 404 {
+                return Err(SwiftError::NoContainer {
+                    site: self.site.clone(),
+                    container: self.container.clone(),
+                }
+                .into());
+            }
+            if !(200..300).contains(&r.status) {
+                return Err(self.http_error("GET", "", r.status, &r.body));
+            }
+            let page: Vec<serde_json::Value> = if r.body.is_empty() {
+                vec![]
+            } else {
+                serde_json::from_slice(&r.body)
+                    .map_err(|e| self.invalid(format!("listing is not JSON: {e}")))?
+            };
+            let n = page.len();
+            for e in page {
+                if let Some(name) = e["name"].as_str() {
+                    out.push((
+                        name.to_string(),
+                        e["bytes"].as_u64().unwrap_or(0),
+                        e["hash"].as_str().unwrap_or("").to_string(),
+                    ));
+                    marker = name.to_string();
+                }
+            }
+            if n < 10000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn put_single(
+        &self,
+        name: &str,
+        file: &Path,
+        size: u64,
+        sha256: &str,
+        progress: &Progress,
+    ) -> Result<(), PublishError> {
+        let md5 = md5_of_range(file, 0, size).map_err(|e| self.invalid(e))?;
+        let r = self.request(
+            "PUT",
+            name,
+            &[],
+            &[
+                ("ETag", md5),
+                ("X-Object-Meta-Sha256", sha256.to_string()),
+                ("Content-Type", "application/octet-stream".into()),
+            ],
+            Body::File {
+                path: file,
+                offset: 0,
+                len: size,
+                progress: Some(progress),
+            },
+        )?;
+        if r.status != 201 {
+            return Err(self.http_error("PUT", name, r.status, &r.body));
+        }
+        Ok(())
+    }
+
+    fn put_large(
+        &self,
+        name: &str,
+        file: &Path,
+        size: u64,
+        sha256: &str,
+        progress: &Progress,
+    ) -> Result<(), PublishError> {
+        let seg = self.segment_size;
+        let count = size.div_ceil(seg);
+        if count > self.limits.max_manifest_segments {
+            return Err(self.invalid(format!(
+                "{} would need {count} segments of {seg} bytes; the site allows {}: use a \
+                 larger --segment-size",
+                file.display(),
+                self.limits.max_manifest_segments
+            )));
+        }
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let prefix = layout::segments_prefix(base, sha256, seg);
+        // What an earlier, interrupted run already sent.
+        let existing: std::collections::BTreeMap<String, (u64, String)> = self
+            .list_raw(&prefix)?
+            .into_iter()
+            .map(|(n, b, h)| (n, (b, h)))
+            .collect();
+        let etags: Vec<Mutex<Option<String>>> = (0..count).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let failure: Mutex<Option<PublishError>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..self.jobs.min(count as usize) {
+                scope.spawn(|| {
+                    loop {
+                        if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                            return;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed) as u64;
+                        if i >= count {
+                            return;
+                        }
+                        let offset = i * seg;
+                        let len = seg.min(size - offset);
+                        let seg_name = format!("{prefix}{i:08}");
+                        let result = (|| -> Result<String, PublishError> {
+                            let md5 =
+                                md5_of_range(file, offset, len).map_err(|e| self.invalid(e))?;
+                            if existing.get(&seg_name) == Some(&(len, md5.clone())) {
+                                progress.add(len);
+                                return Ok(md5);
+                            }
+                            let r = self.request(
+                                "PUT",
+                                &seg_name,
+                                &[],
+                                &[
+                                    ("ETag", md5.clone()),
+                                    ("Content-Type", "application/octet-stream".into()),
+                                ],
+                                Body::File {
+                                    path: file,
+                                    offset,
+                                    len,
+                                    progress: Some(progress),
+                                },
+                            )?;
+                            if r.status != 201 {
+                                return Err(self.http_error("PUT", &seg_name, r.status, &r.body));
+                            }
+                            Ok(md5)
+                        })();
+                        match result {
+                            Ok(md5) => {
+                                if let Ok(mut slot) = etags[i as usize].lock() {
+                                    *slot = Some(md5);
+                                }
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = failure.lock() {
+                                    f.get_or_insert(e);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        let mut manifest = Vec::new();
+        let mut concat = String::new();
+        for (i, slot) in etags.into_iter().enumerate() {
+            let md5 =
+                slot.into_inner().ok().flatten().ok_or_else(|| {
+                    self.invalid(format!("segment {i} of {name} was not uploaded"))
+                })?;
+            let offset = i as u64 * seg;
+            manifest.push(serde_json::json!({
+                "path": format!("/{}/{prefix}{i:08}", self.container),
+                "etag": md5,
+                "size_bytes": seg.min(size - offset),
+            }));
+            concat.push_str(&md5);
+        }
+        let body = serde_json::to_vec(&manifest).expect("a manifest serializes");
+        let r = self.request(
+            "PUT",
+            name,
+            &[("multipart-manifest", "put".into())],
+            &[
+                ("ETag", md5_hex(concat.as_bytes())),
+                ("X-Object-Meta-Sha256", sha256.to_string()),
+                ("Content-Type", "application/octet-stream".into()),
+            ],
+            Body::Bytes(&body),
+        )?;
+        if r.status != 201 {
+            return Err(self.http_error("PUT", name, r.status, &r.body));
+        }
+        Ok(())
+    }
+}
+
+impl SwiftSite {
+    /// A PUT of `data` that Swift verifies against `etag` (its MD5): a mismatch is refused
+    /// with 422 and nothing is stored. Public for the tests that prove it.
+    pub fn put_bytes_with_etag(
+        &self,
+        name: &str,
+        data: &[u8],
+        etag: &str,
+        content_type: &str,
+        create_only: bool,
+    ) -> Result<PutOutcome, PublishError> {
+        let mut headers = vec![
+            ("ETag", etag.to_string()),
+            ("Content-Type", content_type.to_string()),
+        ];
+        if create_only {
+            // An overwrite guard, not a lock: Swift checks existence and writes without one.
+            headers.push(("If-None-Match", "*".into()));
+        }
+        let r = self.request("PUT", name, &[], &headers, Body::Bytes(data))?;
+        match r.status {
+            201 => Ok(PutOutcome::Written),
+            412 if create_only => Ok(PutOutcome::Exists),
+            s => Err(self.http_error("PUT", name, s, &r.body)),
+        }
+    }
+}
+
+fn md5_of_range(path: &Path, offset: u64, len: u64) -> Result<String, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| format!("seek {}: {e}", path.display()))?;
+    let mut r = f.take(len);
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n_total = 0u64;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| format!("read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        n_total += n as u64;
+    }
+    if n_total != len {
+        return Err(format!(
+            "{} is shorter than expected ({n_total} of {len} bytes at offset {offset})",
+            path.display()
+        ));
+    }
+    Ok(hex(&h.finalize()))
+}
+
+impl ObjectStore for SwiftSite {
+    fn describe(&self) -> String {
+        format!("{} (container {})", self.site, self.container)
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, PublishError> {
+        let r = self.request(
+            "GET",
+            name,
+            &[],
+            &[("X-Newest", "true".into())],
+            Body::Empty,
+        )?;
+        match r.status {
+            200 => Ok(Some(r.body)),
+            404 => Ok(None),
+            s => Err(self.http_error("GET", name, s, &r.body)),
+        }
+    }
+
+    fn head(&self, name: &str) -> Result<Option<ObjectInfo>, PublishError> {
+        let r = self.request(
+            "HEAD",
+            name,
+            &[],
+            &[("X-Newest", "true".into())],
+            Body::Empty,
+        )?;
+        match r.status {
+            200 | 204 => Ok(Some(ObjectInfo {
+                name: name.to_string(),
+                bytes: Self::header(&r, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                sha256: Self::header(&r, "x-object-meta-sha256").map(str::to_string),
+            })),
+            404 => Ok(None),
+            s => Err(self.http_error("HEAD", name, s, &r.body)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, PublishError> {
+        Ok(self
+            .list_raw(prefix)?
+            .into_iter()
+            .map(|(name, bytes, _)| ObjectInfo {
+                name,
+                bytes,
+                sha256: None,
+            })
+            .collect())
+    }
+
+    fn put_bytes(
+        &self,
+        name: &str,
+        data: &[u8],
+        content_type: &str,
+        create_only: bool,
+    ) -> Result<PutOutcome, PublishError> {
+        self.put_bytes_with_etag(name, data, &md5_hex(data), content_type, create_only)
+    }
+
+    fn put_file(
+        &self,
+        name: &str,
+        file: &Path,
+        size: u64,
+        sha256: &str,
+        progress: &Progress,
+    ) -> Result<(), PublishError> {
+        if size > self.segment_size {
+            self.put_large(name, file, size, sha256, progress)
+        } else {
+            self.put_single(name, file, size, sha256, progress)
+        }
+    }
+
+    fn copy(&self, from: &str, to: &str) -> Result<(), PublishError> {
+        let source = format!("/{}/{}", self.container, from);
+        // A large object: copy its manifest (the segments are shared), not its content.
+        let is_slo = {
+            let r = self.request("HEAD", from, &[], &[], Body::Empty)?;
+            if r.status == 404 {
+                return Err(self.http_error("HEAD", from, 404, &[]));
+            }
+            Self::header(&r, "x-static-large-object")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        };
+        let query: Vec<(&str, String)> = if is_slo {
+            vec![("multipart-manifest", "get".into())]
+        } else {
+            vec![]
+        };
+        let r = self.request(
+            "PUT",
+            to,
+            &query,
+            &[("X-Copy-From", encode_path(&source))],
+            Body::Empty,
+        )?;
+        if r.status != 201 {
+            return Err(self.http_error("PUT", to, r.status, &r.body));
+        }
+        Ok(())
+    }
+
+    fn delete(&self, name: &str) -> Result<(), PublishError> {
+        let r = self.request("DELETE", name, &[], &[], Body::Empty)?;
+        match r.status {
+            200..=299 | 404 => Ok(()),
+            s => Err(self.http_error("DELETE", name, s, &r.body)),
+        }
+    }
+
+    fn segment_sets(&self) -> Result<Vec<(String, String)>, PublishError> {
+        let mut sets = std::collections::BTreeMap::new();
+        for (name, _, _) in self.list_raw(layout::SEGMENTS)? {
+            // segments/<file>/<sha256>/<size>/<index>
+            let parts: Vec<&str> = name.split('/').collect();
+            if parts.len() == 5 {
+                sets.insert(
+                    format!("{}/{}/{}/{}/", parts[0], parts[1], parts[2], parts[3]),
+                    parts[2].to_string(),
+                );
+            }
+        }
+        Ok(sets.into_iter().collect())
+    }
+}

@@ -1,0 +1,771 @@
+//! `ccb publish` and `ccb versions`: a local site, and a real Swift behind a real Keystone on
+//! 127.0.0.1 (scripts/swift-rig, started on first use and shared by the tests; each test has its
+//! own container). Images are small generated files laid out like `ccb build --out`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::common::{Env, Run, repo, write};
+
+struct Rig {
+    vars: BTreeMap<String, String>,
+}
+
+/// Starts (or finds) the rig once per test process.
+fn rig() -> &'static Rig {
+    static RIG: OnceLock<Rig> = OnceLock::new();
+    RIG.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(repo().join("scripts/swift-rig/rig-start.sh"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run scripts/swift-rig/rig-start.sh");
+        assert!(status.success(), "the Swift + Keystone rig did not start");
+        let dir = std::env::var("CCB_SWIFT_RIG_DIR").unwrap_or("/var/tmp/ccb-swift-rig".into());
+        let text = std::fs::read_to_string(Path::new(&dir).join("env")).unwrap();
+        let vars = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        Rig { vars }
+    })
+}
+
+impl Rig {
+    fn var(&self, k: &str) -> &str {
+        self.vars
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} not in the rig's env file"))
+    }
+
+    /// A token of the rig's user, fetched once (they live an hour).
+    fn token(&self) -> String {
+        static TOKEN: OnceLock<String> = OnceLock::new();
+        TOKEN.get_or_init(|| self.new_token()).clone()
+    }
+
+    fn new_token(&self) -> String {
+        let body = format!(
+            r#"{{"auth":{{"identity":{{"methods":["password"],"password":{{"user":{{"name":"{}","domain":{{"name":"Default"}},"password":"{}"}}}}}},"scope":{{"project":{{"name":"{}","domain":{{"name":"Default"}}}}}}}}}}"#,
+            self.var("KS_USER"),
+            self.var("KS_PASSWORD"),
+            self.var("KS_PROJECT")
+        );
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+            ])
+            .arg(body)
+            .arg(format!("{}/auth/tokens", self.var("KS_AUTH_URL")))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("x-subject-token:")
+                    .then(|| l.split_once(':').unwrap().1.trim().to_string())
+            })
+            .expect("a token from the rig's Keystone")
+    }
+
+    /// An HTTP request to the project's Swift account; (status, body).
+    fn swift(&self, method: &str, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-H"])
+            .arg(format!("X-Auth-Token: {}", self.token()))
+            .arg(format!("{}/{path}", self.var("KS_SWIFT_STORAGE_URL")))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_string())
+    }
+
+    fn container(&self, name: &str) {
+        self.swift("DELETE", name);
+        let (code, _) = self.swift("PUT", name);
+        assert!(code == 201 || code == 202, "container {name}: {code}");
+    }
+
+    /// (name, bytes, last_modified) of the container's objects under a prefix.
+    fn listing(&self, container: &str, prefix: &str) -> Vec<(String, u64, String)> {
+        let (code, body) = self.swift(
+            "GET",
+            &format!("{container}?format=json&limit=10000&prefix={prefix}"),
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["name"].as_str().unwrap().to_string(),
+                    o["bytes"].as_u64().unwrap(),
+                    o["last_modified"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn get(&self, container: &str, object: &str) -> String {
+        let (code, body) = self.swift("GET", &format!("{container}/{object}"));
+        assert_eq!(code, 200, "{container}/{object}: {body}");
+        body
+    }
+}
+
+/// A project with only sites, and generated images.
+struct Project {
+    dir: tempfile::TempDir,
+    env: Env,
+    clouds: Option<String>,
+}
+
+impl Project {
+    fn new(sites: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path().join("manifests/images.ncl"), "{}\n");
+        write(dir.path().join("manifests/sites.ncl"), sites);
+        Project {
+            dir,
+            env: Env::new(),
+            clouds: None,
+        }
+    }
+
+    fn with_rig(sites: &str) -> Self {
+        let mut p = Self::new(sites);
+        p.clouds = Some(rig().var("OS_CLIENT_CONFIG_FILE").to_string());
+        p
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Images `<Name>.qcow2` of `size` bytes (and a small `.raw`), their provenance and
+    /// SHA256SUMS, in `images/`; `seed` varies the content.
+    fn images(&self, names: &[&str], size: usize, seed: u8) -> PathBuf {
+        let out = self.root().join("images");
+        std::fs::create_dir_all(&out).unwrap();
+        for name in names {
+            let mut data = vec![0u8; size];
+            let mut x = u64::from(seed) * 7919 + name.len() as u64 * 104_729 + 1;
+            for (i, b) in data.iter_mut().enumerate() {
+                // xorshift: incompressible and distinct per image and seed.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = (x >> (i % 8)) as u8 ^ name.as_bytes()[i % name.len()];
+            }
+            std::fs::write(out.join(format!("{name}.qcow2")), &data).unwrap();
+            std::fs::write(out.join(format!("{name}.raw")), &data[..1000]).unwrap();
+            write(
+                out.join(format!("{name}.d/{name}_provenance.json")),
+                &format!(
+                    "{{\"build-tag\": \"{name}-{seed}\", \"chameleon-supported\": \"true\"}}\n"
+                ),
+            );
+        }
+        let mut sums = String::new();
+        for e in std::fs::read_dir(&out).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "qcow2" || x == "raw") {
+                let o = Command::new("sha256sum").arg(&p).output().unwrap();
+                let sum = String::from_utf8_lossy(&o.stdout);
+                let sum = sum.split_whitespace().next().unwrap();
+                sums.push_str(&format!(
+                    "{sum}  {}\n",
+                    p.file_name().unwrap().to_string_lossy()
+                ));
+            }
+        }
+        std::fs::write(out.join("SHA256SUMS"), sums).unwrap();
+        out
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.env.cmd();
+        cmd.arg("--root").arg(self.root()).args(args);
+        if let Some(c) = &self.clouds {
+            cmd.env("OS_CLIENT_CONFIG_FILE", c);
+        }
+        cmd
+    }
+
+    fn ccb(&self, args: &[&str]) -> Run {
+        let out = self.cmd(args).output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn today() -> String {
+    let o = Command::new("date")
+        .args(["-u", "+%Y%m%d"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+const LOCAL: &str = r#"{
+  here = { name = "Here", baremetal = true, kind = 'local, path = "site", formats = ['qcow2, 'raw] },
+  kvm = { name = "KVM", baremetal = false, kind = 'local, path = "kvm", formats = ['qcow2] },
+}
+"#;
+
+#[test]
+fn a_local_site_gets_the_layout_and_versions_are_never_overwritten() {
+    let p = Project::new(LOCAL);
+    let images = p.images(&["CC-A"], 200_000, 1);
+    let imgs = images.to_str().unwrap();
+    // A site's directory must exist, like a Swift container.
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        imgs,
+        "CC-A",
+        "--scope",
+        "prod",
+        "--site",
+        "here",
+    ])
+    .fails()
+    .stderr_has("does not exist");
+    std::fs::create_dir_all(p.root().join("site")).unwrap();
+    std::fs::create_dir_all(p.root().join("kvm")).unwrap();
+
+    let day = today();
+    let run = p
+        .ccb(&[
+            "publish",
+            "--outputs",
+            imgs,
+            "CC-A",
+            "--scope",
+            "prod",
+            "--format",
+            "json",
+        ])
+        .ok();
+    let results = run.json()["results"].as_array().unwrap().clone();
+    // Not in the manifests: counts as bare-metal only, so the KVM site is skipped.
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["outcome"], "published");
+    let v1 = format!("{day}-v1");
+    assert_eq!(results[0]["version"], v1.as_str());
+    let site = p.root().join("site/prod");
+    for f in ["CC-A.qcow2", "CC-A.raw", "CC-A.manifest"] {
+        assert!(site.join("versions").join(&v1).join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        sha256(&site.join("versions").join(&v1).join("CC-A.qcow2")),
+        sha256(&images.join("CC-A.qcow2"))
+    );
+    let current: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(site.join("current")).unwrap()).unwrap();
+    assert_eq!(current["CC-A"], v1.as_str());
+
+    // Same content again: nothing to do. An explicit version that holds it: refused.
+    let again = p
+        .ccb(&[
+            "publish",
+            "--outputs",
+            imgs,
+            "CC-A",
+            "--scope",
+            "prod",
+            "--site",
+            "here",
+        ])
+        .ok();
+    assert!(again.stdout.contains("already live"), "{}", again.stdout);
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        imgs,
+        "CC-A",
+        "--scope",
+        "prod",
+        "--site",
+        "here",
+        "--version",
+        "v1",
+    ])
+    .fails()
+    .stderr_has("already holds CC-A");
+
+    // New content: the next version of the day, now live.
+    p.images(&["CC-A"], 200_000, 2);
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        imgs,
+        "CC-A",
+        "--scope",
+        "prod",
+        "--site",
+        "here",
+    ])
+    .ok();
+    let v2 = format!("{day}-v2");
+    let list = p
+        .ccb(&[
+            "versions", "list", "--site", "here", "--scope", "prod", "--format", "json",
+        ])
+        .ok()
+        .json();
+    let versions: Vec<&str> = list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, [v1.as_str(), v2.as_str()]);
+    let live: Vec<bool> = list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["images"][0]["live"].as_bool().unwrap())
+        .collect();
+    assert_eq!(live, [false, true]);
+    let qcow = &list["versions"][1]["images"][0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"].as_str().unwrap().ends_with(".qcow2"))
+        .unwrap()
+        .clone();
+    assert_eq!(qcow["bytes"], 200_000);
+    assert_eq!(qcow["sha256"], sha256(&images.join("CC-A.qcow2")).as_str());
+
+    // Roll back, promote to another scope without uploading, prune: never the live one.
+    p.ccb(&[
+        "versions", "rollback", "--site", "here", "--scope", "prod", "CC-A", &v1,
+    ])
+    .ok();
+    let current: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(site.join("current")).unwrap()).unwrap();
+    assert_eq!(current["CC-A"], v1.as_str());
+    p.ccb(&[
+        "versions", "promote", "--site", "here", "--from", "prod", "--to", "staging", "CC-A", &v2,
+    ])
+    .ok();
+    let staging = p.root().join("site/staging");
+    assert!(
+        staging
+            .join("versions")
+            .join(&v2)
+            .join("CC-A.manifest")
+            .is_file()
+    );
+    let cur: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(staging.join("current")).unwrap()).unwrap();
+    assert_eq!(cur["CC-A"], v2.as_str());
+    let pruned = p
+        .ccb(&[
+            "versions", "prune", "--site", "here", "--scope", "prod", "--keep", "0",
+        ])
+        .ok();
+    assert!(
+        pruned.stdout.contains(&format!("removed CC-A {v2}")),
+        "{}",
+        pruned.stdout
+    );
+    assert!(!site.join("versions").join(&v2).join("CC-A.qcow2").exists());
+    assert!(
+        site.join("versions").join(&v1).join("CC-A.qcow2").is_file(),
+        "the live version stays"
+    );
+}
+
+fn swift_site(container: &str, cloud: &str) -> String {
+    format!(
+        r#"{{
+  rig = {{ name = "Rig", baremetal = true, kind = 'swift, cloud = "{cloud}", container = "{container}", formats = ['qcow2, 'raw] }},
+}}
+"#
+    )
+}
+
+#[test]
+fn swift_publish_uses_slo_resumes_after_a_kill_and_reads_back_with_the_swift_cli() {
+    let container = format!("ccb-test-slo-{}", std::process::id());
+    let rig = rig();
+    rig.container(&container);
+    let p = Project::with_rig(&swift_site(&container, "ccb"));
+    let size = 24 << 20;
+    let images = p.images(&["CC-Big"], size, 3);
+    let imgs = images.to_str().unwrap();
+    let sum = sha256(&images.join("CC-Big.qcow2"));
+    let seg_prefix = format!("segments/CC-Big.qcow2/{sum}/1048576/");
+
+    // Killed mid-upload (one segment at a time, so the kill lands between segments).
+    let mut child = p.spawn(&[
+        "publish",
+        "--outputs",
+        imgs,
+        "CC-Big",
+        "--scope",
+        "prod",
+        "--segment-size",
+        "1MiB",
+        "--jobs",
+        "1",
+    ]);
+    let started = Instant::now();
+    loop {
+        let n = rig.listing(&container, &seg_prefix).len();
+        if n >= 4 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the publish ended before it was killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no segment uploaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = rig.listing(&container, &seg_prefix);
+    assert!(
+        before.len() < 24,
+        "the kill came too late: {} segments",
+        before.len()
+    );
+    // Nothing is live and no version holds the image yet.
+    assert_eq!(
+        rig.swift("GET", &format!("{container}/prod/current")).0,
+        404
+    );
+
+    // The re-run sends only the missing segments.
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        imgs,
+        "CC-Big",
+        "--scope",
+        "prod",
+        "--segment-size",
+        "1MiB",
+        "--jobs",
+        "3",
+    ])
+    .ok();
+    let after: BTreeMap<String, (u64, String)> = rig
+        .listing(&container, &seg_prefix)
+        .into_iter()
+        .map(|(n, b, t)| (n, (b, t)))
+        .collect();
+    assert_eq!(after.len(), 24);
+    for (name, bytes, modified) in &before {
+        // A segment cut off by the kill may be absent from `before`; those present are kept.
+        assert_eq!(
+            after[name],
+            (*bytes, modified.clone()),
+            "{name} was sent again"
+        );
+    }
+
+    // python-swiftclient reads what ccb wrote: the listing, and the large object, whole.
+    let day = today();
+    let object = format!("prod/versions/{day}-v1/CC-Big.qcow2");
+    let dl = p.root().join("downloaded.qcow2");
+    let out = Command::new("swift")
+        .args([
+            "--os-auth-url",
+            rig.var("KS_AUTH_URL"),
+            "--auth-version",
+            "3",
+        ])
+        .args([
+            "--os-username",
+            rig.var("KS_USER"),
+            "--os-password",
+            rig.var("KS_PASSWORD"),
+        ])
+        .args(["--os-project-name", rig.var("KS_PROJECT")])
+        .args([
+            "--os-user-domain-name",
+            "Default",
+            "--os-project-domain-name",
+            "Default",
+        ])
+        .args(["download", &container, &object, "-o"])
+        .arg(&dl)
+        .output()
+        .expect("the swift CLI (python3-swiftclient)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&dl), sum);
+    let out = Command::new("swift")
+        .args([
+            "--os-auth-url",
+            rig.var("KS_AUTH_URL"),
+            "--auth-version",
+            "3",
+        ])
+        .args([
+            "--os-username",
+            rig.var("KS_USER"),
+            "--os-password",
+            rig.var("KS_PASSWORD"),
+        ])
+        .args(["--os-project-name", rig.var("KS_PROJECT")])
+        .args([
+            "--os-user-domain-name",
+            "Default",
+            "--os-project-domain-name",
+            "Default",
+        ])
+        .args(["stat", &container, &object])
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&out.stdout);
+    assert!(stat.contains(&format!("Meta Sha256: {sum}")), "{stat}");
+    assert!(
+        stat.contains("Manifest:") || stat.contains("Static-Large-Object"),
+        "{stat}"
+    );
+    let current: serde_json::Value =
+        serde_json::from_str(&rig.get(&container, "prod/current")).unwrap();
+    assert_eq!(current["CC-Big"], format!("{day}-v1"));
+}
+
+#[test]
+fn eight_concurrent_publishers_all_land_in_current() {
+    let container = format!("ccb-test-race-{}", std::process::id());
+    let rig = rig();
+    rig.container(&container);
+    let p = Project::with_rig(&swift_site(&container, "ccb"));
+    let names: Vec<String> = (1..=8).map(|i| format!("CC-Race{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let images = p.images(&refs, 64 << 10, 4);
+    let imgs = images.to_str().unwrap().to_string();
+    let children: Vec<Child> = names
+        .iter()
+        .map(|n| p.spawn(&["publish", "--outputs", &imgs, n, "--scope", "prod", "-q"]))
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let current: BTreeMap<String, String> =
+        serde_json::from_str(&rig.get(&container, "prod/current")).unwrap();
+    let day = today();
+    for n in &names {
+        assert_eq!(
+            current.get(n),
+            Some(&format!("{day}-v1")),
+            "{n} lost: {current:?}"
+        );
+    }
+}
+
+#[test]
+fn swift_errors_are_clear_and_no_secret_ever_shows() {
+    let rig = rig();
+    let container = format!("ccb-test-err-{}", std::process::id());
+    // A missing container: a clear error, as upstream (ccb never creates it).
+    let p = Project::with_rig(&swift_site(&container, "ccb"));
+    let images = p.images(&["CC-E"], 4096, 5);
+    let imgs = images.to_str().unwrap();
+    let missing = p
+        .ccb(&["publish", "--outputs", imgs, "CC-E", "--scope", "prod"])
+        .fails();
+    missing.stderr_has(&format!("container `{container}` does not exist"));
+
+    // The application credential cloud publishes; the outputs (verbose text and JSON) and a
+    // failed login's error show none of the secrets involved.
+    rig.container(&container);
+    let ac = Project::with_rig(&swift_site(&container, "ccb-appcred"));
+    let imgs2 = ac.images(&["CC-E"], 4096, 5);
+    let run = ac
+        .ccb(&[
+            "-v",
+            "publish",
+            "--outputs",
+            imgs2.to_str().unwrap(),
+            "CC-E",
+            "--scope",
+            "prod",
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert_eq!(run.json()["results"][0]["outcome"], "published");
+
+    let bad_clouds = p.root().join("bad-clouds.yaml");
+    write(
+        &bad_clouds,
+        &format!(
+            "clouds:\n  bad:\n    auth:\n      auth_url: {}\n      username: {}\n      password: not-the-password-4711\n      project_name: {}\n      user_domain_name: Default\n      project_domain_name: Default\n",
+            rig.var("KS_AUTH_URL"),
+            rig.var("KS_USER"),
+            rig.var("KS_PROJECT")
+        ),
+    );
+    let bad = Project {
+        clouds: Some(bad_clouds.to_string_lossy().into_owned()),
+        ..Project::new(&swift_site(&container, "bad"))
+    };
+    let refused = bad
+        .ccb(&[
+            "publish",
+            "--outputs",
+            imgs,
+            "CC-E",
+            "--scope",
+            "prod",
+            "--format",
+            "json",
+        ])
+        .fails();
+    assert!(
+        refused.stdout.contains("refused the credentials"),
+        "{}",
+        refused.stdout
+    );
+    let refused_text = bad
+        .ccb(&[
+            "-v",
+            "publish",
+            "--outputs",
+            imgs,
+            "CC-E",
+            "--scope",
+            "prod",
+        ])
+        .fails();
+    for out in [
+        &run.stdout,
+        &run.stderr,
+        &refused.stdout,
+        &refused.stderr,
+        &refused_text.stderr,
+    ] {
+        for secret in [
+            rig.var("KS_PASSWORD"),
+            rig.var("KS_APP_CRED_SECRET"),
+            "not-the-password-4711",
+            "gAAAAA", // every fernet token starts so
+        ] {
+            assert!(
+                !out.contains(secret),
+                "a secret ({secret}) in the output:\n{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wrong_etag_is_refused_and_an_expired_token_is_renewed() {
+    use ccb::publish::swift::{Auth, SwiftSite};
+    use ccb::publish::{ObjectStore, PublishError, clouds, keystone, secret::Secret};
+
+    let rig = rig();
+    let container = format!("ccb-test-etag-{}", std::process::id());
+    rig.container(&container);
+    let env = clouds::Env {
+        vars: [(
+            "OS_CLIENT_CONFIG_FILE".to_string(),
+            rig.var("OS_CLIENT_CONFIG_FILE").to_string(),
+        )]
+        .into(),
+        cwd: PathBuf::from("/nonexistent"),
+        home: None,
+    };
+    let cloud = clouds::load(Some("ccb"), &env).unwrap();
+
+    /// A token that has expired (Swift answers 401) until ccb asks for a new one.
+    struct ExpiredFirst {
+        inner: keystone::Session,
+        renewed: std::sync::atomic::AtomicBool,
+    }
+    impl Auth for ExpiredFirst {
+        fn credentials(&self) -> Result<(Secret, String), PublishError> {
+            let (token, url) = self.inner.credentials()?;
+            if self.renewed.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok((token, url))
+            } else {
+                Ok((Secret::new("gAAAAA-expired-token"), url))
+            }
+        }
+        fn invalidate(&self) {
+            self.renewed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.inner.invalidate();
+        }
+    }
+    let session = keystone::Session::new(cloud, None).unwrap();
+    let agent = session.agent();
+    let auth = ExpiredFirst {
+        inner: session,
+        renewed: false.into(),
+    };
+    let site = SwiftSite::connect("rig", &container, Box::new(auth), agent, 1 << 20, 2).unwrap();
+
+    // Swift checks the MD5 we send: a wrong one is refused and nothing is stored.
+    let err = site
+        .put_bytes_with_etag("obj", b"hello", &"0".repeat(32), "text/plain", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("422"), "{err}");
+    assert_eq!(rig.swift("GET", &format!("{container}/obj")).0, 404);
+    site.put_bytes("obj", b"hello", "text/plain", false)
+        .unwrap();
+    assert_eq!(rig.get(&container, "obj"), "hello");
+
+    // A create-only write of an existing name is reported, not applied.
+    let again = site.put_bytes("obj", b"other", "text/plain", true).unwrap();
+    assert_eq!(again, ccb::publish::PutOutcome::Exists);
+    assert_eq!(rig.get(&container, "obj"), "hello");
+    let _ = std::io::stdout().flush();
+}
