@@ -137,6 +137,26 @@ fn site_error(e: impl miette::Diagnostic + Send + Sync + 'static) -> CliError {
     CliError::from_diag(e)
 }
 
+/// A project that declares no site publishes to `out/publish` (a local site), so `ccb publish`
+/// works with no cloud at all.
+fn with_default_site(model: &mut Model) {
+    if model.sites.is_empty() {
+        model.sites.insert(
+            "local".into(),
+            Site {
+                name: "Local directory".into(),
+                baremetal: true,
+                formats: vec![crate::manifest::Format::Qcow2, crate::manifest::Format::Raw],
+                kind: SiteKind::Local,
+                cloud: None,
+                container: "chameleon-supported-images".into(),
+                region: None,
+                path: Some("out/publish".into()),
+            },
+        );
+    }
+}
+
 /// Finds a site by key or display name.
 fn find_site<'m>(model: &'m Model, wanted: &str) -> Result<(&'m String, &'m Site), CliError> {
     model
@@ -358,7 +378,9 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
         )));
     }
     let version = a.version.as_deref().map(parse_version).transpose()?;
-    let model = ctx.model()?;
+    let mut model = ctx.model()?;
+    with_default_site(&mut model);
+    let model = model;
     let sites: Vec<(&String, &Site)> = if a.sites.is_empty() {
         model.sites.iter().collect()
     } else {
@@ -494,7 +516,9 @@ fn image_name(model: &Model, given: &str) -> String {
 }
 
 pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError> {
-    let model = ctx.model()?;
+    let mut model = ctx.model()?;
+    with_default_site(&mut model);
+    let model = model;
     let swift = SwiftArgs {
         segment_size: "1GiB".into(),
         jobs: 4,

@@ -39,7 +39,7 @@ pub enum KeystoneError {
     Invalid { cloud: String, message: String },
 }
 
-/// Renew when a token has less than this left.
+/// Renew when a token has less than this left (keystoneauth's MIN_TOKEN_LIFE_SECONDS).
 const MIN_TOKEN_LIFE: u64 = 120;
 
 struct TokenState {
@@ -54,6 +54,7 @@ pub struct Session {
     agent: ureq::Agent,
     region: Option<String>,
     state: Mutex<Option<TokenState>>,
+    min_life: u64,
 }
 
 /// An HTTP agent honouring the cloud's `cacert` and `verify`.
@@ -101,7 +102,14 @@ impl Session {
             cloud,
             agent,
             state: Mutex::new(None),
+            min_life: MIN_TOKEN_LIFE,
         })
+    }
+
+    /// Renew tokens that have less than `d` left (default two minutes).
+    pub fn renew_when_less_than(mut self, d: Duration) -> Self {
+        self.min_life = d.as_secs();
+        self
     }
 
     pub fn agent(&self) -> ureq::Agent {
@@ -324,7 +332,7 @@ impl Auth for Session {
             .map_err(|_| self.invalid("token state poisoned"))?;
         let fresh = state
             .as_ref()
-            .is_some_and(|s| s.expires_at > now() + MIN_TOKEN_LIFE);
+            .is_some_and(|s| s.expires_at > now() + self.min_life);
         if !fresh {
             *state = Some(self.authenticate()?);
         }

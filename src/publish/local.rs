@@ -13,14 +13,10 @@ pub struct LocalSite {
 }
 
 impl LocalSite {
+    /// A directory site; the directory is created if needed (unlike a Swift container, it
+    /// needs no one's permission: this is what makes `ccb publish` work on a laptop).
     pub fn new(root: PathBuf) -> Result<Self, PublishError> {
-        if !root.is_dir() {
-            return Err(PublishError::Site(format!(
-                "the local site's directory {} does not exist (create it first, as a Swift \
-                 container is created ahead of time)",
-                root.display()
-            )));
-        }
+        std::fs::create_dir_all(&root).map_err(Self::io("create", &root))?;
         Ok(Self { root })
     }
 

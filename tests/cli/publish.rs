@@ -250,26 +250,27 @@ const LOCAL: &str = r#"{
 "#;
 
 #[test]
+fn a_project_without_sites_publishes_to_out_publish() {
+    let p = Project::new("{}\n");
+    let images = p.images(&["CC-L"], 10_000, 9);
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        images.to_str().unwrap(),
+        "CC-L",
+        "--scope",
+        "dev",
+    ])
+    .ok();
+    let current = std::fs::read_to_string(p.root().join("out/publish/dev/current")).unwrap();
+    assert!(current.contains("CC-L"), "{current}");
+}
+
+#[test]
 fn a_local_site_gets_the_layout_and_versions_are_never_overwritten() {
     let p = Project::new(LOCAL);
     let images = p.images(&["CC-A"], 200_000, 1);
     let imgs = images.to_str().unwrap();
-    // A site's directory must exist, like a Swift container.
-    p.ccb(&[
-        "publish",
-        "--outputs",
-        imgs,
-        "CC-A",
-        "--scope",
-        "prod",
-        "--site",
-        "here",
-    ])
-    .fails()
-    .stderr_has("does not exist");
-    std::fs::create_dir_all(p.root().join("site")).unwrap();
-    std::fs::create_dir_all(p.root().join("kvm")).unwrap();
-
     let day = today();
     let run = p
         .ccb(&[
@@ -573,6 +574,72 @@ fn swift_publish_uses_slo_resumes_after_a_kill_and_reads_back_with_the_swift_cli
     let current: serde_json::Value =
         serde_json::from_str(&rig.get(&container, "prod/current")).unwrap();
     assert_eq!(current["CC-Big"], format!("{day}-v1"));
+
+    // Promotion copies the manifest server-side: the staging object reads whole, and no
+    // segment was added.
+    let v1 = format!("{day}-v1");
+    p.ccb(&[
+        "versions", "promote", "--site", "rig", "--from", "prod", "--to", "staging", "CC-Big", &v1,
+    ])
+    .ok();
+    let staged = p.root().join("staged.qcow2");
+    let out = Command::new("swift")
+        .args([
+            "--os-auth-url",
+            rig.var("KS_AUTH_URL"),
+            "--auth-version",
+            "3",
+        ])
+        .args([
+            "--os-username",
+            rig.var("KS_USER"),
+            "--os-password",
+            rig.var("KS_PASSWORD"),
+        ])
+        .args(["--os-project-name", rig.var("KS_PROJECT")])
+        .args([
+            "--os-user-domain-name",
+            "Default",
+            "--os-project-domain-name",
+            "Default",
+        ])
+        .args([
+            "download",
+            &container,
+            &format!("staging/versions/{v1}/CC-Big.qcow2"),
+            "-o",
+        ])
+        .arg(&staged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&staged), sum);
+    assert_eq!(rig.listing(&container, "segments/").len(), 24);
+    let staging: serde_json::Value =
+        serde_json::from_str(&rig.get(&container, "staging/current")).unwrap();
+    assert_eq!(staging["CC-Big"], v1.as_str());
+    // Pruning never takes the live version, nor segments another scope still uses.
+    let pruned = p
+        .ccb(&[
+            "versions", "prune", "--site", "rig", "--scope", "prod", "--keep", "0",
+        ])
+        .ok();
+    assert!(
+        pruned.stdout.contains("nothing to prune"),
+        "{}",
+        pruned.stdout
+    );
+    let list = p
+        .ccb(&[
+            "versions", "list", "--site", "rig", "--scope", "staging", "--format", "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(list["versions"][0]["images"][0]["live"], true);
 }
 
 #[test]
@@ -762,6 +829,71 @@ fn a_wrong_etag_is_refused_and_an_expired_token_is_renewed() {
     site.put_bytes("obj", b"hello", "text/plain", false)
         .unwrap();
     assert_eq!(rig.get(&container, "obj"), "hello");
+
+    // Tokens about to expire are renewed before a request, also in the middle of a large
+    // upload: here every token counts as about to expire, so each request gets a new one.
+    struct Counting {
+        inner: keystone::Session,
+        seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    }
+    impl Auth for Counting {
+        fn credentials(&self) -> Result<(Secret, String), PublishError> {
+            let (t, u) = self.inner.credentials()?;
+            self.seen.lock().unwrap().insert(t.expose().to_string());
+            Ok((t, u))
+        }
+        fn invalidate(&self) {
+            self.inner.invalidate();
+        }
+    }
+    let session = keystone::Session::new(clouds::load(Some("ccb"), &env).unwrap(), None)
+        .unwrap()
+        .renew_when_less_than(Duration::from_secs(10 * 86_400));
+    let agent = session.agent();
+    let counting = std::sync::Arc::new(Counting {
+        inner: session,
+        seen: Default::default(),
+    });
+    struct Shared(std::sync::Arc<Counting>);
+    impl Auth for Shared {
+        fn credentials(&self) -> Result<(Secret, String), PublishError> {
+            self.0.credentials()
+        }
+        fn invalidate(&self) {
+            self.0.invalidate()
+        }
+    }
+    let renewing = SwiftSite::connect(
+        "rig",
+        &container,
+        Box::new(Shared(counting.clone())),
+        agent,
+        1 << 20,
+        1,
+    )
+    .unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vec![7u8; (3 << 20) + 5]).unwrap();
+    let sum = sha256(file.path());
+    renewing
+        .put_file(
+            "big",
+            file.path(),
+            (3 << 20) + 5,
+            &sum,
+            &ccb::publish::Progress::hidden(),
+        )
+        .unwrap();
+    let info = renewing.head("big").unwrap().unwrap();
+    assert_eq!(
+        (info.bytes, info.sha256.as_deref()),
+        ((3 << 20) + 5, Some(sum.as_str()))
+    );
+    let tokens = counting.seen.lock().unwrap().len();
+    assert!(
+        tokens >= 5,
+        "only {tokens} tokens for a 4-segment upload: none renewed"
+    );
 
     // A create-only write of an existing name is reported, not applied.
     let again = site.put_bytes("obj", b"other", "text/plain", true).unwrap();
