@@ -276,32 +276,55 @@ pub fn publish_image(
     }
 
     // The files must still be what the build recorded: a file changed since (or a bad disk)
-    // would otherwise be published under the recorded digest.
-    for f in &image.files {
-        let actual = sha256_file(&f.path)?;
-        if actual != f.sha256 {
-            return Err(PublishError::Verify {
-                site: site.describe(),
-                message: format!(
-                    "{} does not match its recorded SHA-256 (recorded {}, actual {actual}):                      nothing was uploaded",
-                    f.path.display(),
-                    f.sha256
-                ),
-            });
-        }
-    }
+    // would otherwise be published under the recorded digest. They are re-hashed while they
+    // upload (the upload reads them anyway, in segments, out of order), and a mismatch removes
+    // what was sent before the version can hold the image.
     let total: u64 = image.files.iter().map(|f| f.size).sum();
-    for f in &image.files {
-        let object = name_of(&format!("{}.{}", image.name, f.format));
-        let progress = Progress::new(
-            &format!("{}.{}", image.name, f.format),
-            f.size,
-            opts.show_progress,
-        );
-        let result = site.put_file(&object, &f.path, f.size, &f.sha256, &progress);
-        progress.finish();
-        result?;
-    }
+    let objects: Vec<String> = image
+        .files
+        .iter()
+        .map(|f| name_of(&format!("{}.{}", image.name, f.format)))
+        .collect();
+    std::thread::scope(|scope| -> Result<(), PublishError> {
+        let hashers: Vec<_> = image
+            .files
+            .iter()
+            .map(|f| scope.spawn(move || sha256_file(&f.path)))
+            .collect();
+        let uploaded = (|| {
+            for (f, object) in image.files.iter().zip(&objects) {
+                let progress = Progress::new(
+                    &format!("{}.{}", image.name, f.format),
+                    f.size,
+                    opts.show_progress,
+                );
+                let result = site.put_file(object, &f.path, f.size, &f.sha256, &progress);
+                progress.finish();
+                result?;
+            }
+            Ok(())
+        })();
+        for ((f, object), hasher) in image.files.iter().zip(&objects).zip(hashers) {
+            let actual = hasher
+                .join()
+                .map_err(|_| PublishError::Site("the hashing thread panicked".into()))??;
+            if actual != f.sha256 {
+                for o in &objects {
+                    let _ = site.delete(o);
+                }
+                return Err(PublishError::Verify {
+                    site: site.describe(),
+                    message: format!(
+                        "{} does not match its recorded SHA-256 (recorded {}, actual {actual}); \
+                         {object} was removed and the version does not hold the image",
+                        f.path.display(),
+                        f.sha256
+                    ),
+                });
+            }
+        }
+        uploaded
+    })?;
     match site.put_bytes(&manifest_name, &image.manifest, "application/json", true)? {
         PutOutcome::Written => {}
         PutOutcome::Exists => {

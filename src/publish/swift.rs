@@ -1,9 +1,11 @@
 //! A Swift (object storage v1) client for the data path, over ureq.
 //!
-//! Every object is verified by Swift itself: single objects are sent with their MD5 as `ETag`
-//! (422 on a mismatch, nothing stored), large ones as Static Large Objects whose segments each
-//! carry their MD5 and whose manifest carries the SLO etag. The SLO etag is not a content
-//! digest, so the whole file's SHA-256 goes along as `X-Object-Meta-Sha256`.
+//! Every object is verified. Files are read once: their MD5 is computed while they stream and
+//! compared with the ETag Swift computed of what it stored (a mismatch removes the object and
+//! fails). Small bodies (manifests, pointers, `current`) go with their MD5 as `ETag`, which
+//! Swift checks before storing (422, nothing stored). Large files become Static Large Objects
+//! whose manifest carries the SLO etag; that etag is not a content digest, so the whole file's
+//! SHA-256 goes along as `X-Object-Meta-Sha256`.
 //!
 //! Requests are retried with exponential backoff on 5xx, 498 (rate limited), 429 and dropped
 //! connections; a 401 renews the token once. Segment names derive from the file's SHA-256 and
@@ -80,6 +82,8 @@ struct Reply {
     status: u16,
     headers: ureq::http::HeaderMap,
     body: Vec<u8>,
+    /// The MD5 of a file range as it was sent (computed while streaming it).
+    sent_md5: Option<String>,
 }
 
 enum Body<'a> {
@@ -126,12 +130,14 @@ struct RangeReader<'a> {
     file: std::io::Take<std::fs::File>,
     progress: Option<&'a Progress>,
     sent: u64,
+    md5: Md5,
 }
 
 impl Read for RangeReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.file.read(buf)?;
         self.sent += n as u64;
+        self.md5.update(&buf[..n]);
         if let Some(p) = self.progress {
             p.add(n as u64);
         }
@@ -293,6 +299,7 @@ impl SwiftSite {
             for (k, v) in headers {
                 req = req.header(*k, v.as_str());
             }
+            let mut sent_md5 = None;
             let result = match &body {
                 Body::Empty => {
                     let req = if method == "PUT" || method == "POST" {
@@ -331,6 +338,7 @@ impl SwiftSite {
                         file: f.take(*len),
                         progress: *progress,
                         sent: 0,
+                        md5: Md5::new(),
                     };
                     let r = req
                         .header("Content-Length", len.to_string())
@@ -346,6 +354,7 @@ impl SwiftSite {
                     if !stored && let Some(p) = progress {
                         p.sub(reader.sent);
                     }
+                    sent_md5 = (reader.sent == *len).then(|| hex(&reader.md5.clone().finalize()));
                     r
                 }
             };
@@ -385,6 +394,7 @@ impl SwiftSite {
                         status,
                         headers,
                         body,
+                        sent_md5,
                     });
                 }
                 Err(e) => {
@@ -469,13 +479,11 @@ impl SwiftSite {
         sha256: &str,
         progress: &Progress,
     ) -> Result<(), PublishError> {
-        let md5 = md5_of_range(file, 0, size).map_err(|e| self.invalid(e))?;
         let r = self.request(
             "PUT",
             name,
             &[],
             &[
-                ("ETag", md5),
                 ("X-Object-Meta-Sha256", sha256.to_string()),
                 ("Content-Type", "application/octet-stream".into()),
             ],
@@ -489,7 +497,23 @@ impl SwiftSite {
         if r.status != 201 {
             return Err(self.http_error("PUT", name, r.status, &r.body));
         }
-        Ok(())
+        self.check_etag(name, &r)
+    }
+
+    /// Files are streamed once: their MD5 is computed on the way and compared with the ETag
+    /// Swift computed of what it stored (one read instead of two). An object that does not
+    /// match is removed and the upload fails.
+    fn check_etag(&self, name: &str, r: &Reply) -> Result<(), PublishError> {
+        let stored = Self::header(r, "etag").map(|e| e.trim_matches('"').to_ascii_lowercase());
+        if stored.is_some() && stored == r.sent_md5 {
+            return Ok(());
+        }
+        let _ = self.request("DELETE", name, &[], &[], Body::Empty);
+        Err(self.invalid(format!(
+            "{name}: Swift stored MD5 {} but ccb sent {}: the object was removed",
+            stored.as_deref().unwrap_or("(none)"),
+            r.sent_md5.as_deref().unwrap_or("(incomplete)")
+        )))
     }
 
     fn put_large(
@@ -536,20 +560,23 @@ impl SwiftSite {
                         let len = seg.min(size - offset);
                         let seg_name = format!("{prefix}{i:08}");
                         let result = (|| -> Result<String, PublishError> {
-                            let md5 =
-                                md5_of_range(file, offset, len).map_err(|e| self.invalid(e))?;
-                            if existing.get(&seg_name) == Some(&(len, md5.clone())) {
-                                progress.add(len);
-                                return Ok(md5);
+                            // Already there from an interrupted run: kept if it is this range,
+                            // byte for byte (same size and MD5).
+                            if let Some((bytes, hash)) = existing.get(&seg_name)
+                                && *bytes == len
+                            {
+                                let md5 =
+                                    md5_of_range(file, offset, len).map_err(|e| self.invalid(e))?;
+                                if *hash == md5 {
+                                    progress.add(len);
+                                    return Ok(md5);
+                                }
                             }
                             let r = self.request(
                                 "PUT",
                                 &seg_name,
                                 &[],
-                                &[
-                                    ("ETag", md5.clone()),
-                                    ("Content-Type", "application/octet-stream".into()),
-                                ],
+                                &[("Content-Type", "application/octet-stream".into())],
                                 Body::File {
                                     path: file,
                                     offset,
@@ -560,7 +587,8 @@ impl SwiftSite {
                             if r.status != 201 {
                                 return Err(self.http_error("PUT", &seg_name, r.status, &r.body));
                             }
-                            Ok(md5)
+                            self.check_etag(&seg_name, &r)?;
+                            Ok(r.sent_md5.clone().unwrap_or_default())
                         })();
                         match result {
                             Ok(md5) => {

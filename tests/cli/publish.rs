@@ -95,10 +95,37 @@ impl Rig {
         (code.trim().parse().unwrap(), body.to_string())
     }
 
-    fn container(&self, name: &str) {
+    /// A fresh container, emptied and removed when the guard drops (the rig is shared and
+    /// long-lived: tests must not fill it).
+    fn container(&'static self, name: &str) -> Container {
         self.swift("DELETE", name);
         let (code, _) = self.swift("PUT", name);
         assert!(code == 201 || code == 202, "container {name}: {code}");
+        Container {
+            rig: self,
+            name: name.to_string(),
+        }
+    }
+
+    /// The `swift` CLI (python-swiftclient) as the rig's password user.
+    fn swift_cli(&self) -> Command {
+        let mut cmd = Command::new("swift");
+        cmd.args([
+            "--os-auth-url",
+            self.var("KS_AUTH_URL"),
+            "--auth-version",
+            "3",
+        ])
+        .args(["--os-username", self.var("KS_USER")])
+        .args(["--os-password", self.var("KS_PASSWORD")])
+        .args(["--os-project-name", self.var("KS_PROJECT")])
+        .args([
+            "--os-user-domain-name",
+            "Default",
+            "--os-project-domain-name",
+            "Default",
+        ]);
+        cmd
     }
 
     /// (name, bytes, last_modified) of the container's objects under a prefix.
@@ -126,6 +153,23 @@ impl Rig {
         let (code, body) = self.swift("GET", &format!("{container}/{object}"));
         assert_eq!(code, 200, "{container}/{object}: {body}");
         body
+    }
+}
+
+struct Container {
+    rig: &'static Rig,
+    name: String,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self
+            .rig
+            .swift_cli()
+            .args(["delete", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -248,6 +292,38 @@ const LOCAL: &str = r#"{
   kvm = { name = "KVM", baremetal = false, kind = 'local, path = "kvm", formats = ['qcow2] },
 }
 "#;
+
+#[test]
+fn a_file_that_changed_since_the_build_is_not_published() {
+    let p = Project::new(LOCAL);
+    let images = p.images(&["CC-X"], 50_000, 6);
+    // One byte flipped after SHA256SUMS was written.
+    let file = images.join("CC-X.qcow2");
+    let mut data = std::fs::read(&file).unwrap();
+    data[1234] ^= 1;
+    std::fs::write(&file, data).unwrap();
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        images.to_str().unwrap(),
+        "CC-X",
+        "--scope",
+        "prod",
+        "--site",
+        "here",
+    ])
+    .fails()
+    .stderr_has("does not match its recorded SHA-256");
+    let site = p.root().join("site/prod");
+    assert!(!site.join("current").exists());
+    assert!(!site.join("pointers/CC-X.json").exists());
+    let version = site.join(format!("versions/{}-v1", today()));
+    assert!(!version.join("CC-X.manifest").exists());
+    assert!(
+        !version.join("CC-X.qcow2").exists(),
+        "what was sent is removed"
+    );
+}
 
 #[test]
 fn a_project_without_sites_publishes_to_out_publish() {
@@ -428,7 +504,7 @@ fn swift_site(container: &str, cloud: &str) -> String {
 fn swift_publish_uses_slo_resumes_after_a_kill_and_reads_back_with_the_swift_cli() {
     let container = format!("ccb-test-slo-{}", std::process::id());
     let rig = rig();
-    rig.container(&container);
+    let _bucket = rig.container(&container);
     let p = Project::with_rig(&swift_site(&container, "ccb"));
     let size = 24 << 20;
     let images = p.images(&["CC-Big"], size, 3);
@@ -512,26 +588,8 @@ fn swift_publish_uses_slo_resumes_after_a_kill_and_reads_back_with_the_swift_cli
     let day = today();
     let object = format!("prod/versions/{day}-v1/CC-Big.qcow2");
     let dl = p.root().join("downloaded.qcow2");
-    let out = Command::new("swift")
-        .args([
-            "--os-auth-url",
-            rig.var("KS_AUTH_URL"),
-            "--auth-version",
-            "3",
-        ])
-        .args([
-            "--os-username",
-            rig.var("KS_USER"),
-            "--os-password",
-            rig.var("KS_PASSWORD"),
-        ])
-        .args(["--os-project-name", rig.var("KS_PROJECT")])
-        .args([
-            "--os-user-domain-name",
-            "Default",
-            "--os-project-domain-name",
-            "Default",
-        ])
+    let out = rig
+        .swift_cli()
         .args(["download", &container, &object, "-o"])
         .arg(&dl)
         .output()
@@ -542,26 +600,8 @@ fn swift_publish_uses_slo_resumes_after_a_kill_and_reads_back_with_the_swift_cli
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(sha256(&dl), sum);
-    let out = Command::new("swift")
-        .args([
-            "--os-auth-url",
-            rig.var("KS_AUTH_URL"),
-            "--auth-version",
-            "3",
-        ])
-        .args([
-            "--os-username",
-            rig.var("KS_USER"),
-            "--os-password",
-            rig.var("KS_PASSWORD"),
-        ])
-        .args(["--os-project-name", rig.var("KS_PROJECT")])
-        .args([
-            "--os-user-domain-name",
-            "Default",
-            "--os-project-domain-name",
-            "Default",
-        ])
+    let out = rig
+        .swift_cli()
         .args(["stat", &container, &object])
         .output()
         .unwrap();
@@ -583,26 +623,8 @@ fn swift_publish_uses_slo_resumes_after_a_kill_and_reads_back_with_the_swift_cli
     ])
     .ok();
     let staged = p.root().join("staged.qcow2");
-    let out = Command::new("swift")
-        .args([
-            "--os-auth-url",
-            rig.var("KS_AUTH_URL"),
-            "--auth-version",
-            "3",
-        ])
-        .args([
-            "--os-username",
-            rig.var("KS_USER"),
-            "--os-password",
-            rig.var("KS_PASSWORD"),
-        ])
-        .args(["--os-project-name", rig.var("KS_PROJECT")])
-        .args([
-            "--os-user-domain-name",
-            "Default",
-            "--os-project-domain-name",
-            "Default",
-        ])
+    let out = rig
+        .swift_cli()
         .args([
             "download",
             &container,
@@ -646,7 +668,7 @@ fn swift_publish_uses_slo_resumes_after_a_kill_and_reads_back_with_the_swift_cli
 fn eight_concurrent_publishers_all_land_in_current() {
     let container = format!("ccb-test-race-{}", std::process::id());
     let rig = rig();
-    rig.container(&container);
+    let _bucket = rig.container(&container);
     let p = Project::with_rig(&swift_site(&container, "ccb"));
     let names: Vec<String> = (1..=8).map(|i| format!("CC-Race{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -691,7 +713,7 @@ fn swift_errors_are_clear_and_no_secret_ever_shows() {
 
     // The application credential cloud publishes; the outputs (verbose text and JSON) and a
     // failed login's error show none of the secrets involved.
-    rig.container(&container);
+    let _bucket = rig.container(&container);
     let ac = Project::with_rig(&swift_site(&container, "ccb-appcred"));
     let imgs2 = ac.images(&["CC-E"], 4096, 5);
     let run = ac
@@ -779,7 +801,7 @@ fn a_wrong_etag_is_refused_and_an_expired_token_is_renewed() {
 
     let rig = rig();
     let container = format!("ccb-test-etag-{}", std::process::id());
-    rig.container(&container);
+    let _bucket = rig.container(&container);
     let env = clouds::Env {
         vars: [(
             "OS_CLIENT_CONFIG_FILE".to_string(),
