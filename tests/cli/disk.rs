@@ -355,4 +355,38 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
     }
     // The boots wrote nothing into the image.
     env.run(&["cache", "verify"]).ok();
+
+    // Published through the graph (nothing to build now) to the project's local site, once:
+    // a second publish of the same disk sends nothing.
+    let scope = format!("e2e-{}", std::process::id());
+    let site_dir = Path::new(root).join("out/publish").join(&scope);
+    let publish = |args: &[&str]| {
+        let mut all = vec![
+            "--root",
+            root,
+            "publish",
+            "//images:debian12",
+            "--arch",
+            "amd64",
+        ];
+        all.extend_from_slice(&["--scope", &scope, "--site", "local"]);
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+    let first = publish(&["--format", "json"]).ok().json();
+    let version = first["results"][0]["version"].as_str().unwrap().to_string();
+    assert_eq!(first["results"][0]["outcome"], "published", "{first}");
+    for f in [
+        "CC-Debian12.qcow2",
+        "CC-Debian12.raw",
+        "CC-Debian12.manifest",
+    ] {
+        assert!(
+            site_dir.join("versions").join(&version).join(f).is_file(),
+            "{f}"
+        );
+    }
+    let again = publish(&[]).ok();
+    assert!(again.stdout.contains("already live"), "{}", again.stdout);
+    std::fs::remove_dir_all(&site_dir).unwrap();
 }
