@@ -55,6 +55,7 @@ pub mod exec;
 pub mod fetch;
 pub mod fsutil;
 pub mod graph;
+pub mod inspect;
 pub mod keydoc;
 pub mod label;
 pub mod manifest;

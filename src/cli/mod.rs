@@ -4,6 +4,7 @@
 mod build;
 mod cache;
 mod check;
+mod inspect;
 mod lint;
 mod publish;
 mod query;
@@ -50,6 +51,8 @@ enum Command {
     /// Look after the store: list, garbage-collect, verify and remove entries
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Check images without root or mounts: required executables, packages; local or remote
+    Inspect(inspect::InspectArgs),
     /// Publish images to the sites (Swift containers or directories), building what is missing
     Publish(publish::PublishArgs),
     /// List, promote, roll back and prune the published versions of a site
@@ -207,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Lint(args) => lint::run(&mut ctx, args),
         Command::Cache(cmd) => cache::run(&mut ctx, cmd),
         Command::Test(args) => test::run(&mut ctx, args),
+        Command::Inspect(args) => inspect::run(&mut ctx, args),
         Command::Publish(args) => publish::run(&mut ctx, args),
         Command::Versions(cmd) => publish::versions(&mut ctx, cmd),
     };

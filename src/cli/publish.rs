@@ -218,6 +218,20 @@ fn open_site(
     }
 }
 
+/// Opens a site by key or name with the default Swift settings (`ccb inspect --site`).
+pub(super) fn open_site_by_name(
+    model: &mut Model,
+    wanted: &str,
+) -> Result<Box<dyn ObjectStore>, CliError> {
+    with_default_site(model);
+    let (key, site) = find_site(model, wanted)?;
+    let swift = SwiftArgs {
+        segment_size: "1GiB".into(),
+        jobs: 4,
+    };
+    open_site(model, key, site, &swift)
+}
+
 fn today() -> String {
     crate::build::utc_now().1[..8].to_string()
 }

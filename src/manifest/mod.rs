@@ -206,6 +206,9 @@ pub struct Site {
 #[serde(deny_unknown_fields)]
 pub struct InspectChecks {
     pub executables: BTreeMap<String, Vec<String>>,
+    /// Published name → executables (relative paths) that image is known not to have.
+    #[serde(default)]
+    pub exempt: BTreeMap<String, Vec<String>>,
     pub compare_dpkg_manifest: bool,
 }
 

@@ -222,6 +222,15 @@ impl ObjectStore for LocalSite {
         Ok(())
     }
 
+    fn open_read(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError> {
+        let path = self.path(name)?;
+        let f = std::fs::File::open(&path).map_err(Self::io("open", &path))?;
+        Ok(std::sync::Arc::new(f))
+    }
+
     fn delete(&self, name: &str) -> Result<(), PublishError> {
         let path = self.path(name)?;
         let _ = std::fs::remove_file(Self::meta_path(&path));

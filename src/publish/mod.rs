@@ -108,6 +108,11 @@ pub trait ObjectStore: Send + Sync {
     fn copy(&self, from: &str, to: &str) -> Result<(), PublishError>;
     /// Removes an object (Swift large objects: the manifest only; see [`gc_segments`]).
     fn delete(&self, name: &str) -> Result<(), PublishError>;
+    /// An object opened for random reads (`ccb inspect --site`): a file, or HTTP ranges.
+    fn open_read(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError>;
     /// Segment sets a large object of this store may use, for [`gc_segments`].
     fn segment_sets(&self) -> Result<Vec<(String, String)>, PublishError> {
         Ok(vec![])

@@ -71,7 +71,7 @@ pub struct Limits {
 pub struct SwiftSite {
     site: String,
     container: String,
-    auth: Box<dyn Auth>,
+    auth: std::sync::Arc<dyn Auth>,
     agent: ureq::Agent,
     segment_size: u64,
     jobs: usize,
@@ -158,7 +158,7 @@ impl SwiftSite {
         let mut s = Self {
             site: site.to_string(),
             container: container.to_string(),
-            auth,
+            auth: std::sync::Arc::from(auth),
             agent,
             segment_size,
             jobs: jobs.max(1),
@@ -811,6 +811,33 @@ impl ObjectStore for SwiftSite {
         match r.status {
             200..=299 | 404 => Ok(()),
             s => Err(self.http_error("DELETE", name, s, &r.body)),
+        }
+    }
+
+    fn open_read(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError> {
+        use crate::inspect::remote::{self, HttpRange, Opened};
+        let (_, storage) = self.auth.credentials()?;
+        let url = format!(
+            "{}/{}/{}",
+            storage.trim_end_matches('/'),
+            encode_path(&self.container),
+            encode_path(name)
+        );
+        let auth = self.auth.clone();
+        let headers: remote::Headers = Box::new(move || {
+            let (token, _) = auth.credentials().map_err(|e| e.to_string())?;
+            Ok(vec![("X-Auth-Token".to_string(), token)])
+        });
+        let site_err = |e: remote::RemoteError| PublishError::Site(format!("{}: {e}", self.site));
+        match HttpRange::open(&url, headers).map_err(site_err)? {
+            Opened::Ranges(r) => Ok(std::sync::Arc::new(r)),
+            Opened::WholeOnly { .. } => Err(PublishError::Site(format!(
+                "{}: {name}: the server does not serve byte ranges",
+                self.site
+            ))),
         }
     }
 

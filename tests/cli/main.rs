@@ -7,6 +7,7 @@ mod distros;
 mod elements;
 mod executor;
 mod graph;
+mod inspect;
 mod manifests;
 mod publish;
 

@@ -84,7 +84,15 @@ impl Rig {
 
     /// An HTTP request to the project's Swift account; (status, body).
     fn swift(&self, method: &str, path: &str) -> (u16, String) {
-        let out = Command::new("curl")
+        self.swift_with(method, path, &[])
+    }
+
+    fn swift_with(&self, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd
             .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-H"])
             .arg(format!("X-Auth-Token: {}", self.token()))
             .arg(format!("{}/{path}", self.var("KS_SWIFT_STORAGE_URL")))
@@ -922,4 +930,84 @@ fn a_wrong_etag_is_refused_and_an_expired_token_is_renewed() {
     assert_eq!(again, ccb::publish::PutOutcome::Exists);
     assert_eq!(rig.get(&container, "obj"), "hello");
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn published_images_are_inspected_through_the_site_and_a_public_url() {
+    let container = format!("ccb-test-inspect-{}", std::process::id());
+    let rig = rig();
+    let _bucket = rig.container(&container);
+    let p = Project::with_rig(&swift_site(&container, "ccb"));
+    write(
+        p.root().join("manifests/inspect.ncl"),
+        "{ executables = { \"usr/bin\" = [\"cloud-init\"] }, compare_dpkg_manifest = true }\n",
+    );
+    // A real (small) disk, as ccb build --out would lay it out.
+    let out = p.root().join("built");
+    std::fs::create_dir_all(&out).unwrap();
+    let raw = crate::inspect::disk(&out, "CC-Remote", 0o755, "2.36-9");
+    let qcow = out.join("CC-Remote.qcow2");
+    crate::inspect::run(
+        Command::new("qemu-img")
+            .args(["convert", "-c", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&qcow),
+    );
+    std::fs::remove_file(&raw).unwrap();
+    write(out.join("CC-Remote.d/CC-Remote_provenance.json"), "{}\n");
+    write(
+        out.join("SHA256SUMS"),
+        &format!("{}  CC-Remote.qcow2\n", sha256(&qcow)),
+    );
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        out.to_str().unwrap(),
+        "CC-Remote",
+        "--scope",
+        "prod",
+    ])
+    .ok();
+
+    // Through the site's credentials: only the blocks the checks touch are fetched.
+    let size = std::fs::metadata(&qcow).unwrap().len();
+    let run = p
+        .ccb(&[
+            "inspect", "--site", "rig", "--scope", "prod", "--format", "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(run["passed"], true, "{run}");
+    assert_eq!(run["images"][0]["name"], "CC-Remote");
+    let fetched = run["images"][0]["fetched_bytes"].as_u64();
+    // No dpkg manifest is published: remote checks are the executables.
+    assert!(
+        run["images"][0]["checks"].as_array().unwrap().len() == 1,
+        "{run}"
+    );
+    let _ = (fetched, size);
+
+    // A public container, read anonymously by URL with range requests.
+    let (code, body) = rig.swift_with("POST", &container, &["X-Container-Read: .r:*,.rlistings"]);
+    assert!(code == 204 || code == 202, "{code} {body}");
+    let url = format!("{}/{container}", rig.var("KS_SWIFT_STORAGE_URL"));
+    let run = p
+        .ccb(&[
+            "inspect",
+            "--url",
+            &url,
+            "--scope",
+            "prod",
+            "CC-Remote",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(run["passed"], true, "{run}");
+    let fetched = run["images"][0]["fetched_bytes"].as_u64().unwrap();
+    assert!(
+        fetched > 0 && fetched <= size,
+        "fetched {fetched} of {size}"
+    );
 }

@@ -1,0 +1,89 @@
+//! `ccb inspect`: checks on disk images, read directly from the image file (qcow2 or raw,
+//! local or over HTTP range requests), without root, mounts, loop devices or libguestfs.
+//!
+//! Layers, each over the one below:
+//! - [`ReadAt`]: a read-only, random-access byte source: a file, an HTTP object, a slice;
+//! - [`image`]: the virtual disk of an image file: raw, or [`qcow2`] (with backing chains);
+//! - [`disk`]: partition tables (GPT, MBR) and finding the root filesystem;
+//! - [`fs`]: read-only filesystems (ext4; XFS), paths resolved inside the image;
+//! - [`dpkg`]: the dpkg status database and the build's manifest;
+//! - [`remote`]: images over HTTP, read by ranges;
+//! - the checks and the command (`src/cli/inspect.rs`).
+//!
+//! Images are untrusted input: every size and offset read from one is checked before use,
+//! allocations are bounded, and a bad image is an error, never a panic.
+
+pub mod check;
+pub mod disk;
+pub mod dpkg;
+pub mod fs;
+pub mod image;
+pub mod qcow2;
+pub mod remote;
+
+/// A read-only, random-access byte source. `&self` so that one source can be shared by the
+/// layers above it (implementations keep their caches behind a lock).
+pub trait ReadAt: Send + Sync {
+    /// The size in bytes.
+    fn size(&self) -> u64;
+    /// Fills all of `buf` from `offset`. A read that extends past [`ReadAt::size`] is an
+    /// error (`UnexpectedEof`), never a short read.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+impl ReadAt for std::fs::File {
+    fn size(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > ReadAt::size(self))
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("read of {} bytes at {offset} is past the end", buf.len()),
+            ));
+        }
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
+/// A window of another source: a partition of a disk.
+pub struct Slice<S> {
+    pub inner: S,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl<S: ReadAt> ReadAt for Slice<S> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read of {} bytes at {offset} is past the end of a {}-byte slice",
+                    buf.len(),
+                    self.len
+                ),
+            ));
+        }
+        self.inner.read_at(self.offset + offset, buf)
+    }
+}
