@@ -389,4 +389,33 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
     let again = publish(&[]).ok();
     assert!(again.stdout.contains("already live"), "{}", again.stdout);
     std::fs::remove_dir_all(&site_dir).unwrap();
+
+    // Inspected without root or mounts: the required executables (cc-snapshot exempt, by
+    // design) and every package of the build's dpkg manifest installed at its version.
+    let inspected = env
+        .run(&[
+            "--root",
+            root,
+            "inspect",
+            "//images:debian12",
+            "--arch",
+            "amd64",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(inspected["passed"], true, "{inspected}");
+    let checks = inspected["images"][0]["checks"].as_array().unwrap();
+    let dpkg = checks
+        .iter()
+        .find(|c| c["name"] == "dpkg-manifest")
+        .unwrap();
+    assert!(
+        dpkg["detail"]
+            .as_str()
+            .unwrap()
+            .contains("packages installed as built"),
+        "{dpkg}"
+    );
 }
