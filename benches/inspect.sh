@@ -7,9 +7,9 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 image=${IMAGE:-$here/out/images/CC-Debian12.qcow2}
 [ -f "$image" ] || { echo "no $image: build it first (./scripts/ccb build //images:debian12)" >&2; exit 1; }
-command -v guestfish > /dev/null || {
+{ command -v guestfish > /dev/null && ls /boot/vmlinuz-* > /dev/null 2>&1; } || {
     echo "installing libguestfs-tools (for the comparison only)..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libguestfs-tools > /dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libguestfs-tools linux-image-amd64 > /dev/null
 }
 cargo build --release --quiet --manifest-path "$here/Cargo.toml"
 ccb="$here/target/release/ccb"

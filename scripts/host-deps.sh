@@ -11,6 +11,13 @@ ccb_host_tools=(
     mkfs.fat:dosfstools
     mcopy:mtools
     mkfs.xfs:xfsprogs
+    xfs_db:xfsprogs
+    mkfs.ext4:e2fsprogs
+    debugfs:e2fsprogs
+    # The inspect tests make partitioned disks without root: GPT and MBR tables.
+    sgdisk:gdisk
+    sfdisk:fdisk
+    qemu-io:qemu-utils
 )
 
 ensure_host_tools() {
