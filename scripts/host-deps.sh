@@ -17,7 +17,6 @@ ccb_host_tools=(
     # The inspect tests make partitioned disks without root: GPT and MBR tables.
     sgdisk:gdisk
     sfdisk:fdisk
-    qemu-io:qemu-utils
 )
 
 ensure_host_tools() {
