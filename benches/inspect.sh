@@ -30,7 +30,7 @@ echo "image: $image ($(du -h --apparent-size "$image" | cut -f1) file, virtual $
 hyperfine --warmup 1 --runs 10 --export-json /tmp/ccb-inspect-bench.json \
     "$ccb --root $here -q inspect $image"
 # guestfish: a few runs only, each boots an appliance.
-hyperfine --runs 3 --export-json /tmp/guestfish-bench.json \
+hyperfine --shell bash --runs 3 --export-json /tmp/guestfish-bench.json \
     "guestfish --ro -a $image -m /dev/sda$root <<< '$gf_script'"
 python3 - <<'PY'
 import json
