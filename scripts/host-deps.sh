@@ -17,6 +17,9 @@ ccb_host_tools=(
     # The inspect tests make partitioned disks without root: GPT and MBR tables.
     sgdisk:gdisk
     sfdisk:fdisk
+    # The rpm database tests make packages and an SQLite rpmdb with the real rpm.
+    rpm:rpm
+    rpmbuild:rpm
 )
 
 ensure_host_tools() {

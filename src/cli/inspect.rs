@@ -66,6 +66,7 @@ struct Subject {
     source: String,
     disk: Arc<dyn ReadAt>,
     dpkg_manifest: Option<Vec<u8>>,
+    rpm_manifest: Option<Vec<u8>>,
     /// Bytes fetched over the network for it, read after the checks.
     fetched: Option<Arc<HttpRange>>,
 }
@@ -74,14 +75,14 @@ fn inspect_err(e: impl miette::Diagnostic + Send + Sync + 'static) -> CliError {
     CliError::from_diag(e)
 }
 
-/// The dpkg manifest next to an image laid out as `ccb build --out` writes it.
-fn sibling_manifest(file: &Path) -> Option<Vec<u8>> {
+/// The package manifest (`dpkg`, `rpm`) next to an image laid out as `ccb build --out` writes it.
+fn sibling_manifest(file: &Path, kind: &str) -> Option<Vec<u8>> {
     let name = file.file_stem()?.to_str()?;
     let dir = file.parent()?;
     std::fs::read(
         dir.join(format!("{name}.d"))
             .join("dib-manifests")
-            .join(format!("dib-manifest-dpkg-{name}")),
+            .join(format!("dib-manifest-{kind}-{name}")),
     )
     .ok()
 }
@@ -104,7 +105,8 @@ fn local_subjects(
                 .unwrap_or_else(|| f.clone()),
             source: path.display().to_string(),
             disk: image::open_path(&path).map_err(inspect_err)?,
-            dpkg_manifest: sibling_manifest(&path),
+            dpkg_manifest: sibling_manifest(&path, "dpkg"),
+            rpm_manifest: sibling_manifest(&path, "rpm"),
             fetched: None,
         });
     }
@@ -138,7 +140,8 @@ fn local_subjects(
         out.push(Subject {
             source: format!("{} ({})", t.label(), file.display()),
             disk: image::open_path(&file).map_err(inspect_err)?,
-            dpkg_manifest: sibling_manifest(&file),
+            dpkg_manifest: sibling_manifest(&file, "dpkg"),
+            rpm_manifest: sibling_manifest(&file, "rpm"),
             fetched: None,
             name,
         });
@@ -203,6 +206,7 @@ fn site_subjects(
             })
             .map_err(inspect_err)?,
             dpkg_manifest: None,
+            rpm_manifest: None,
             fetched: None,
             name,
         });
@@ -278,6 +282,7 @@ fn url_subjects(
             })
             .map_err(inspect_err)?,
             dpkg_manifest: None,
+            rpm_manifest: None,
             fetched,
             name,
         });
@@ -361,14 +366,21 @@ pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
                 root_desc = desc;
                 results.extend(check::executables(fs.as_ref(), &model.inspect, &s.name));
                 if model.inspect.compare_dpkg_manifest {
-                    match &s.dpkg_manifest {
+                    let rpm = check::is_rpm_image(fs.as_ref());
+                    let (kind, manifest) = if rpm {
+                        ("rpm", &s.rpm_manifest)
+                    } else {
+                        ("dpkg", &s.dpkg_manifest)
+                    };
+                    match manifest {
+                        Some(m) if rpm => results.push(check::rpm_manifest(fs.as_ref(), m)),
                         Some(m) => results.push(check::dpkg_manifest(fs.as_ref(), m)),
                         None => {
                             if a.format == OutputFormat::Text {
                                 ui::status(
                                     ctx.quiet,
                                     &format!(
-                                        "{}: no dpkg manifest of the build here: package check skipped",
+                                        "{}: no {kind} manifest of the build here: package check skipped",
                                         s.name
                                     ),
                                 );

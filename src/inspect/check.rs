@@ -79,8 +79,12 @@ pub fn dpkg_manifest(fs: &dyn Filesystem, manifest: &[u8]) -> CheckResult {
         Ok(s) => s,
         Err(e) => return fail(format!("/var/lib/dpkg/status: {e}")),
     };
-    let c = super::dpkg::compare(&manifest, &status);
-    if c.missing.is_empty() && c.version_mismatch.is_empty() {
+    comparison_result(name, &super::dpkg::compare(&manifest, &status))
+}
+
+/// Passes when the comparison found nothing; else names what is missing and what differs.
+fn comparison_result(name: String, c: &super::dpkg::Comparison) -> CheckResult {
+    if c.is_empty() {
         return CheckResult {
             name,
             passed: true,
@@ -99,5 +103,38 @@ pub fn dpkg_manifest(fs: &dyn Filesystem, manifest: &[u8]) -> CheckResult {
             .collect();
         parts.push(format!("version mismatch: {}", v.join(", ")));
     }
-    fail(parts.join("; "))
+    CheckResult {
+        name,
+        passed: false,
+        detail: parts.join("; "),
+    }
+}
+
+/// An RPM image: no dpkg status file, an rpm SQLite database.
+pub fn is_rpm_image(fs: &dyn Filesystem) -> bool {
+    fs.metadata(super::dpkg::STATUS_PATH).is_err() && fs.metadata(super::rpm::DB_PATH).is_ok()
+}
+
+/// Every package of the build's rpm manifest (`dib-manifest-rpm-<name>`) is installed in the
+/// image's `/var/lib/rpm/rpmdb.sqlite` at the same epoch, version and release (upstream's
+/// inspector cannot check RPM images at all).
+pub fn rpm_manifest(fs: &dyn Filesystem, manifest: &[u8]) -> CheckResult {
+    let name = "rpm-manifest".to_string();
+    let fail = |detail: String| CheckResult {
+        name: name.clone(),
+        passed: false,
+        detail,
+    };
+    let manifest = match super::dpkg::parse_manifest(manifest) {
+        Ok(m) => m,
+        Err(e) => return fail(format!("the build's manifest: {e}")),
+    };
+    if manifest.packages.is_empty() {
+        return fail("the build's manifest lists no packages".into());
+    }
+    let packages = match super::rpm::read_packages(fs) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
+    };
+    comparison_result(name, &super::rpm::compare(&manifest, &packages))
 }

@@ -20,6 +20,7 @@ pub mod fs;
 pub mod image;
 pub mod qcow2;
 pub mod remote;
+pub mod rpm;
 
 /// A read-only, random-access byte source. `&self` so that one source can be shared by the
 /// layers above it (implementations keep their caches behind a lock).
