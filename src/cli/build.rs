@@ -113,6 +113,48 @@ fn default_weight(kind: Kind) -> u64 {
     }
 }
 
+/// Builds what the targets' disks need (nothing when cached) and returns each target with its
+/// disk's outputs directory in the store: what `ccb publish` and `ccb inspect` read.
+pub(super) fn built_disks(
+    ctx: &mut Context,
+    model: &crate::manifest::Model,
+    targets: &[String],
+    arch: &[String],
+    element_path: &[String],
+) -> Result<Vec<(label::Target, std::path::PathBuf)>, CliError> {
+    run(
+        ctx,
+        BuildArgs::for_test(
+            targets.to_vec(),
+            arch.to_vec(),
+            element_path.to_vec(),
+            vec![],
+        ),
+    )?;
+    let arches = label::parse_arches(arch)?;
+    let resolved = label::resolve(model, targets, arches.as_ref())?;
+    let store = ctx.store()?;
+    let resolver = element::project_resolver(model, element_path, &store, &mut |w| ui::warn(w))?;
+    let graph = Graph::build(model, &resolver, &resolved, false)?;
+    let mut out = Vec::new();
+    for t in resolved {
+        let disk = graph
+            .actions_of(&t)
+            .into_iter()
+            .find(|a| a.kind == Kind::Disk)
+            .ok_or_else(|| CliError::msg(format!("{} has no disk action", t.label())))?;
+        if store.outputs_meta(&disk.key).is_none() {
+            return Err(CliError::msg(format!(
+                "{}: the disk is not in the store after the build",
+                t.label()
+            )));
+        }
+        let dir = store.outputs_dir(&disk.key);
+        out.push((t, dir));
+    }
+    Ok(out)
+}
+
 /// Applies `--env` settings to every image of the model.
 pub fn apply_env(model: &mut crate::manifest::Model, settings: &[String]) -> Result<(), CliError> {
     for setting in settings {

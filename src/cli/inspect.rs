@@ -9,8 +9,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{CliError, Context};
-use crate::element;
-use crate::graph::{Graph, Kind};
 use crate::inspect::remote::{self, HttpRange, Opened};
 use crate::inspect::{ReadAt, check, disk, fs::Filesystem, image};
 use crate::label;
@@ -114,24 +112,8 @@ fn local_subjects(
         return Ok(out);
     }
     let targets: Vec<String> = targets.into_iter().cloned().collect();
-    super::build::run(
-        ctx,
-        super::build::BuildArgs::for_test(targets.clone(), arch.to_vec(), vec![], vec![]),
-    )?;
-    let arches = label::parse_arches(arch)?;
-    let resolved = label::resolve(model, &targets, arches.as_ref())?;
-    let store = ctx.store()?;
-    let resolver = element::project_resolver(model, &[], &store, &mut |w| ui::warn(w))?;
-    let graph = Graph::build(model, &resolver, &resolved, false)?;
-    for t in &resolved {
-        let image = &model.images[&t.image];
-        let name = image.published_name(t.arch);
-        let disk_action = graph
-            .actions_of(t)
-            .into_iter()
-            .find(|a| a.kind == Kind::Disk)
-            .ok_or_else(|| CliError::msg(format!("{} has no disk action", t.label())))?;
-        let dir = store.outputs_dir(&disk_action.key);
+    for (t, dir) in super::build::built_disks(ctx, model, &targets, arch, &[])? {
+        let name = model.images[&t.image].published_name(t.arch);
         let file = ["qcow2", "raw"]
             .iter()
             .map(|f| dir.join(format!("{name}.{f}")))

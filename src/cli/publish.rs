@@ -8,8 +8,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{CliError, Context};
-use crate::element;
-use crate::graph::{Graph, Kind};
 use crate::label;
 use crate::manifest::{Model, Site, SiteKind};
 use crate::publish::layout::{self, Version};
@@ -343,41 +341,12 @@ fn candidates(
             .collect();
     }
     // Build what is missing, through the graph.
-    super::build::run(
-        ctx,
-        super::build::BuildArgs::for_test(
-            a.targets.clone(),
-            a.arch.clone(),
-            a.element_path.clone(),
-            vec![],
-        ),
-    )?;
-    let arches = label::parse_arches(&a.arch)?;
-    let targets = label::resolve(model, &a.targets, arches.as_ref())?;
-    let store = ctx.store()?;
-    let resolver = element::project_resolver(model, &a.element_path, &store, &mut |w| ui::warn(w))?;
-    let graph = Graph::build(model, &resolver, &targets, false)?;
     let mut out = Vec::new();
-    for t in &targets {
+    for (t, dir) in super::build::built_disks(ctx, model, &a.targets, &a.arch, &a.element_path)? {
         let image = &model.images[&t.image];
-        let disk = graph
-            .actions_of(t)
-            .into_iter()
-            .find(|a| a.kind == Kind::Disk)
-            .ok_or_else(|| CliError::msg(format!("{} has no disk action", t.label())))?;
-        if store.outputs_meta(&disk.key).is_none() {
-            return Err(CliError::msg(format!(
-                "{}: the disk is not in the store after the build",
-                t.label()
-            )));
-        }
         let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
         out.push(Candidate {
-            image: image_in(
-                &store.outputs_dir(&disk.key),
-                &image.published_name(t.arch),
-                &formats,
-            )?,
+            image: image_in(&dir, &image.published_name(t.arch), &formats)?,
             baremetal_only: image.baremetal_only_for(t.arch),
         });
     }
