@@ -71,6 +71,16 @@ impl KeyDoc {
         self
     }
 
+    /// A map field that only exists when it has entries: adding an optional kind of input
+    /// (sources) to the engine must not change the keys of actions that do not use it.
+    pub fn map_if_any(self, name: &str, value: BTreeMap<String, String>) -> Self {
+        if value.is_empty() {
+            self
+        } else {
+            self.map(name, value)
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }

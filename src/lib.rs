@@ -58,8 +58,10 @@ pub mod graph;
 pub mod inspect;
 pub mod keydoc;
 pub mod label;
+pub mod lock;
 pub mod manifest;
 pub mod publish;
+pub mod sources;
 pub mod store;
 pub mod ui;
 

@@ -15,6 +15,8 @@ pub enum Event {
     Output { line: String },
     /// A step ended with `status` (0 is success).
     StepDone(StepRecord),
+    /// Bytes of a download so far (a `fetch` action).
+    Transfer { done: u64, total: Option<u64> },
     /// Something the operator should know that does not stop the build.
     Warning { message: String },
     /// The step that failed, and its last lines of output.

@@ -104,6 +104,10 @@ pub struct BuildContext<'a> {
     pub keep_failed: bool,
     /// Where artifacts are looked for before their URL (`CCB_DISTDIR`).
     pub distdirs: Vec<PathBuf>,
+    /// Fetch nothing from the network.
+    pub offline: bool,
+    /// Opens Swift objects of the sites (artifacts kept in a site's object store).
+    pub swift: Option<&'a crate::fetch::SwiftOpener<'a>>,
 }
 
 /// Whether overlayfs can be used: the kernel has it and `CCB_OVERLAYFS=0` does not refuse it.
@@ -182,29 +186,19 @@ fn run_fetch(
             None,
         )
     })?;
-    let mut last_percent = None;
-    let (path, origin) = crate::fetch::fetch(
-        ctx.store,
-        name,
-        artifact,
-        &ctx.distdirs,
-        &mut |done, total| {
-            // Progress as output lines, one per 10 %: the log stays short for a GB file.
-            if let Some(total) = total.filter(|t| *t > 0) {
-                let percent = done * 10 / total * 10;
-                if last_percent != Some(percent) {
-                    last_percent = Some(percent);
-                    on_event(&Event::Output {
-                        line: format!("{name}: {percent}% of {total} bytes"),
-                    });
-                }
-            }
-        },
-    )?;
+    let fetcher = crate::fetch::Fetcher {
+        store: ctx.store,
+        distdirs: ctx.distdirs.clone(),
+        offline: ctx.offline,
+        swift: ctx.swift,
+    };
+    let (path, origin) = fetcher.fetch(name, artifact, &mut |done, total| {
+        on_event(&Event::Transfer { done, total })
+    })?;
     let from = match origin {
         crate::fetch::Origin::Store => "the store".to_string(),
         crate::fetch::Origin::Distdir(p) => p.display().to_string(),
-        crate::fetch::Origin::Url(u) => u,
+        crate::fetch::Origin::Url(u) | crate::fetch::Origin::Swift(u) => u,
     };
     on_event(&Event::Output {
         line: format!("{name}: verified, from {from}"),
@@ -422,6 +416,7 @@ pub fn spec_for(
             env.extend(image.env.clone());
             let elements = element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
             let mut artifacts = BTreeMap::new();
+            let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
             for (var, art_key) in &image.artifacts {
                 let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
                     BuildError::engine(
@@ -430,15 +425,17 @@ pub fn spec_for(
                         None,
                     )
                 })?;
-                let path = crate::fetch::store_path(ctx.store, &art.sha256);
-                if !path.is_file() {
+                if !crate::fetch::is_fetched(ctx.store, &art.sha256) {
                     return Err(BuildError::engine(
                         &action.id,
                         format!("artifact `{art_key}` is not in the store (its fetch did not run)"),
                         None,
                     ));
                 }
-                artifacts.insert(var.clone(), path);
+                let path =
+                    crate::fetch::verified_path(ctx.store, &mut stat_cache, art_key, &art.sha256);
+                stat_cache.save(ctx.store);
+                artifacts.insert(var.clone(), path?);
             }
             Ok(ActionSpec {
                 id: action.id.clone(),

@@ -134,7 +134,9 @@ pub(super) fn built_disks(
     let arches = label::parse_arches(arch)?;
     let resolved = label::resolve(model, targets, arches.as_ref())?;
     let store = ctx.store()?;
-    let resolver = element::project_resolver(model, element_path, &store, &mut |w| ui::warn(w))?;
+    let resolver = element::project_resolver(model, element_path, &store, ctx.offline, &mut |w| {
+        ui::warn(w)
+    })?;
     let graph = Graph::build(model, &resolver, &resolved, false)?;
     let mut out = Vec::new();
     for t in resolved {
@@ -194,7 +196,9 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let targets = label::resolve(&model, &a.targets, arches.as_ref())?;
     let store = ctx.store()?;
     let resolver =
-        element::project_resolver(&model, &a.element_path, &store, &mut |w| ui::warn(w))?;
+        element::project_resolver(&model, &a.element_path, &store, ctx.offline, &mut |w| {
+            ui::warn(w)
+        })?;
     let graph = Graph::build(&model, &resolver, &targets, false)?;
     let until = a.until.unwrap_or(Stage::Disk);
     // The targets' own actions up to the stage, and what they need (a child image needs its
@@ -289,6 +293,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         })
         .collect();
 
+    let swift = super::publish::swift_opener(&model);
     let bctx = BuildContext {
         model: &model,
         graph: &graph,
@@ -298,6 +303,8 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         stream_output: ctx.verbose > 0,
         keep_failed: a.keep_failed,
         distdirs: crate::fetch::distdirs_from_env(),
+        offline: ctx.offline,
+        swift: Some(&swift),
     };
     let progress = Progress::new(ctx.quiet, ctx.verbose > 0);
     let results: Mutex<Vec<(String, Result<build::Built, BuildError>)>> = Mutex::new(Vec::new());
@@ -421,6 +428,7 @@ fn run_one(
             name,
         } => progress.step(&action.id, phase, element, name),
         Event::Output { line } => progress.output(&action.id, line),
+        Event::Transfer { done, total } => progress.transfer(&action.id, *done, *total),
         Event::Warning { message } => progress.warn(&action.id, message),
         _ => {}
     };

@@ -66,6 +66,8 @@ pub fn run(ctx: &mut Context, cmd: CacheCommand) -> Result<(), CliError> {
                     "kept": report.kept,
                     "bytes_freed": report.bytes_freed,
                     "scratch_removed": report.scratch_removed,
+                    "artifacts_removed": report.artifacts_removed,
+                    "source_trees_removed": report.trees_removed,
                 })),
                 OutputFormat::Text => {
                     let mut out = String::new();
@@ -76,6 +78,20 @@ pub fn run(ctx: &mut Context, cmd: CacheCommand) -> Result<(), CliError> {
                             &e.key[..16],
                             e.id,
                             human_bytes(e.bytes)
+                        ));
+                    }
+                    for sha in &report.artifacts_removed {
+                        out.push_str(&format!(
+                            "{} artifact {}\n",
+                            if a.dry_run { "would remove" } else { "removed" },
+                            &sha[..16]
+                        ));
+                    }
+                    for tree in &report.trees_removed {
+                        out.push_str(&format!(
+                            "{} source tree {}\n",
+                            if a.dry_run { "would remove" } else { "removed" },
+                            &tree[..16.min(tree.len())]
                         ));
                     }
                     out.push_str(&format!(
@@ -216,7 +232,8 @@ fn keys_for(
     if !targets.is_empty() {
         let model = ctx.model()?;
         let ts = label::resolve(&model, &targets, None)?;
-        let resolver = element::project_resolver(&model, &[], store, &mut |w| ui::warn(w))?;
+        let resolver =
+            element::project_resolver(&model, &[], store, ctx.offline, &mut |w| ui::warn(w))?;
         let graph = Graph::build(&model, &resolver, &ts, false)?;
         for t in &ts {
             for act in graph.actions_of(t) {

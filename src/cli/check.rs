@@ -11,7 +11,8 @@ pub fn run(ctx: &mut Context, _args: CheckArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let model = ctx.model()?;
     let store = ctx.store()?;
-    let summary = crate::element::check_model(&model, &store, &mut |w| crate::ui::warn(w))?;
+    let summary =
+        crate::element::check_model(&model, &store, ctx.offline, &mut |w| crate::ui::warn(w))?;
     let builds: usize = model.images.values().map(|i| i.arch.len()).sum();
     crate::ui::out(&format!(
         "ok: {} images ({} builds), {} sites, {} artifacts, {} sources, {} elements checked in {} ms\n",

@@ -20,8 +20,10 @@ pub struct LintArgs {
 pub fn run(ctx: &mut Context, a: LintArgs) -> Result<(), CliError> {
     let root = ctx.root_if_any();
     let path =
-        element::project_search_path(None, root.as_deref(), &a.element_path, &mut |w| ui::warn(w))
-            .map_err(|e| ForTarget::new(None, e))?;
+        element::project_search_path(None, root.as_deref(), &a.element_path, None, &mut |w| {
+            ui::warn(w)
+        })
+        .map_err(|e| ForTarget::new(None, e))?;
     let mut picked = Vec::new();
     if a.elements.is_empty() {
         let own = root.as_ref().map(|r| r.join("elements"));

@@ -9,6 +9,7 @@ mod lint;
 mod publish;
 mod query;
 mod test;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ pub struct Cli {
     /// Print more detail (repeat for more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Use only what is in the store: fetch no source or artifact (CCB_DISTDIR is still read)
+    #[arg(long, global = true, env = "CCB_OFFLINE", value_parser = clap::builder::FalseyValueParser::new())]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +62,8 @@ enum Command {
     /// List, promote, roll back and prune the published versions of a site
     #[command(subcommand)]
     Versions(publish::VersionsCommand),
+    /// Pin sources' refs to commits (and "latest" artifacts to digests) in ccb.lock
+    Update(update::UpdateArgs),
 }
 
 /// What every command may need: the global flags, the project and the store, loaded lazily
@@ -65,6 +71,7 @@ enum Command {
 pub struct Context {
     pub quiet: bool,
     pub verbose: u8,
+    pub offline: bool,
     root_arg: Option<PathBuf>,
     store: Option<Store>,
 }
@@ -97,7 +104,17 @@ impl Context {
         self.root().ok()
     }
 
+    /// The project's model with `ccb.lock` applied: a missing or stale lock is an error here,
+    /// for every command but `ccb update`.
     pub fn model(&mut self) -> Result<Model, CliError> {
+        let mut model = self.unlocked_model()?;
+        let lock = crate::lock::load(&model.root)?;
+        crate::lock::apply(&mut model, lock.as_ref())?;
+        Ok(model)
+    }
+
+    /// The model as the manifests declare it, without the lock.
+    pub fn unlocked_model(&mut self) -> Result<Model, CliError> {
         let root = self.root()?;
         let store = self.store()?;
         let model = manifest::load(&root, &store).map_err(CliError::from_diag)?;
@@ -200,6 +217,7 @@ pub fn main() -> ExitCode {
     let mut ctx = Context {
         quiet: cli.quiet,
         verbose: cli.verbose,
+        offline: cli.offline,
         root_arg: cli.root,
         store: None,
     };
@@ -213,6 +231,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&mut ctx, args),
         Command::Publish(args) => publish::run(&mut ctx, args),
         Command::Versions(cmd) => publish::versions(&mut ctx, cmd),
+        Command::Update(args) => update::run(&mut ctx, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -213,6 +214,34 @@ fn open_site(
                 .map_err(site_error)?,
             ))
         }
+    }
+}
+
+/// Opens the Swift objects artifacts name (`swift = { site, container, object }`) through the
+/// site's credentials; each artifact opens its own session, only when it must be fetched.
+pub(super) fn swift_opener(
+    model: &Model,
+) -> impl Fn(&crate::manifest::SwiftObject) -> Result<Arc<dyn crate::inspect::ReadAt>, String>
++ Send
++ Sync
++ use<> {
+    let model = model.clone();
+    move |object| {
+        let site = model
+            .sites
+            .get(&object.site)
+            .ok_or_else(|| format!("site `{}` is not declared", object.site))?;
+        if site.kind != SiteKind::Swift {
+            return Err(format!("site `{}` is not a Swift site", object.site));
+        }
+        let mut site = site.clone();
+        site.container = object.container.clone();
+        let swift = SwiftArgs {
+            segment_size: "1GiB".into(),
+            jobs: 1,
+        };
+        let store = open_site(&model, &object.site, &site, &swift).map_err(|e| e.message())?;
+        store.open_read(&object.object).map_err(|e| e.to_string())
     }
 }
 

@@ -1,6 +1,6 @@
 //! `ccb query …`: targets, manifests, elements, dependencies, the graph, keys, explain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -23,7 +23,7 @@ pub enum QueryCommand {
     Elements(ElementsArgs),
     /// List what a target depends on: parent images, elements, artifacts, actions
     Deps(OneTargetArgs),
-    /// List the targets that depend on a target, `element:NAME` or `artifact:NAME`
+    /// List the targets that depend on a target, `element:NAME`, `artifact:NAME` or `source:NAME`
     Rdeps(RdepsArgs),
     /// Print the action graph of targets (default: all) as DOT or JSON
     Graph(GraphArgs),
@@ -79,7 +79,7 @@ pub struct ElementsArgs {
 
 #[derive(Debug, Args)]
 pub struct RdepsArgs {
-    /// A target, `element:NAME` or `artifact:NAME`
+    /// A target, `element:NAME`, `artifact:NAME` or `source:NAME`
     what: String,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
@@ -124,7 +124,9 @@ pub(super) fn load_graph(
     with_publish: bool,
 ) -> Result<Graph, CliError> {
     let store = ctx.store()?;
-    let resolver = element::project_resolver(model, element_path, &store, &mut |w| ui::warn(w))?;
+    let resolver = element::project_resolver(model, element_path, &store, ctx.offline, &mut |w| {
+        ui::warn(w)
+    })?;
     Ok(Graph::build(model, &resolver, targets, with_publish)?)
 }
 
@@ -361,7 +363,9 @@ fn elements(ctx: &mut Context, a: ElementsArgs) -> Result<(), CliError> {
         )?;
         let arch = targets[0].arch;
         let resolver =
-            element::project_resolver(&model, &a.element_path, &store, &mut |w| ui::warn(w))?;
+            element::project_resolver(&model, &a.element_path, &store, ctx.offline, &mut |w| {
+                ui::warn(w)
+            })?;
         let mut env = image.env.clone();
         env.extend(declared);
         let r = resolver
@@ -383,11 +387,15 @@ fn elements(ctx: &mut Context, a: ElementsArgs) -> Result<(), CliError> {
         Some(_) => ctx.model().ok(),
         None => None,
     };
-    let path =
-        element::project_search_path(model.as_ref(), root.as_deref(), &a.element_path, &mut |w| {
-            ui::warn(w)
-        })
-        .map_err(|e| ForTarget::new(None, e))?;
+    let store = ctx.store().ok();
+    let path = element::project_search_path(
+        model.as_ref(),
+        root.as_deref(),
+        &a.element_path,
+        store.as_ref(),
+        &mut |w| ui::warn(w),
+    )
+    .map_err(|e| ForTarget::new(None, e))?;
     let closure = element::expand(&path, &a.elements).map_err(|e| ForTarget::new(None, e))?;
     let dirs: Vec<&element::ElementDir> = closure.iter().filter_map(|n| path.get(n)).collect();
     let mut env = element::engine_env(arch, None, &closure);
@@ -474,7 +482,8 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
     let model = ctx.model()?;
     let all = label::resolve(&model, &[], None)?;
     let store = ctx.store()?;
-    let resolver = element::project_resolver(&model, &[], &store, &mut |w| ui::warn(w))?;
+    let resolver =
+        element::project_resolver(&model, &[], &store, ctx.offline, &mut |w| ui::warn(w))?;
     let graph = Graph::build(&model, &resolver, &all, false)?;
     let mut hits: Vec<(Target, Vec<String>)> = Vec::new();
     if let Some(name) = a.what.strip_prefix("element:") {
@@ -513,13 +522,28 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
             }));
         }
         let id = format!("fetch:{name}");
-        for t in &all {
-            let disk = format!("disk:{}:{}", t.image, t.arch);
-            if graph.closure(&disk).iter().any(|act| act.id == id) {
-                let acts = graph.actions_of(t).iter().map(|a| a.id.clone()).collect();
-                hits.push((t.clone(), acts));
-            }
+        hits = dependents(&graph, &all, |act| act.deps.contains(&id));
+    } else if let Some(name) = a.what.strip_prefix("source:") {
+        if !model.sources.contains_key(name) {
+            let known: Vec<String> = model.sources.keys().cloned().collect();
+            return Err(CliError::from_diag(label::LabelError::Unknown {
+                word: a.what.clone(),
+                help: label::did_you_mean(name, &known),
+            }));
         }
+        // Locked sources are in the key documents; plain local ones only through their
+        // elements' digests.
+        hits = dependents(&graph, &all, |act| {
+            matches!(act.doc.get("sources"), Some(crate::keydoc::Value::Map(m)) if m.contains_key(name))
+                || (act.kind != Kind::Fetch
+                    && act
+                        .image
+                        .as_ref()
+                        .zip(act.arch)
+                        .is_some_and(|(image, arch)| {
+                            uses_source_directly(&graph, &resolver, act, image, arch, name)
+                        }))
+        });
     } else {
         let targets = label::resolve(&model, std::slice::from_ref(&a.what), None)?;
         for t in &all {
@@ -557,6 +581,60 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Per target, its actions that use something (`direct`) or need an action that does.
+fn dependents(
+    graph: &Graph,
+    all: &[Target],
+    direct: impl Fn(&crate::graph::Action) -> bool,
+) -> Vec<(Target, Vec<String>)> {
+    let users: BTreeSet<&str> = graph
+        .actions
+        .iter()
+        .filter(|a| direct(a))
+        .map(|a| a.id.as_str())
+        .collect();
+    let mut hits = Vec::new();
+    for t in all {
+        let acts: Vec<String> = graph
+            .actions_of(t)
+            .iter()
+            .filter(|act| {
+                graph
+                    .closure(&act.id)
+                    .iter()
+                    .any(|c| users.contains(c.id.as_str()))
+            })
+            .map(|act| act.id.clone())
+            .collect();
+        if !acts.is_empty() {
+            hits.push((t.clone(), acts));
+        }
+    }
+    hits
+}
+
+/// Whether an image action runs elements of a plain local source `name`.
+fn uses_source_directly(
+    graph: &Graph,
+    resolver: &element::Resolver,
+    act: &crate::graph::Action,
+    image: &str,
+    arch: crate::manifest::Arch,
+    name: &str,
+) -> bool {
+    let Some(r) = graph.resolved.get(&(image.to_string(), arch)) else {
+        return false;
+    };
+    let from = |e: &String| resolver.path.get(e).and_then(|d| d.source.as_deref()) == Some(name);
+    match act.kind {
+        Kind::Base => r.base.as_ref().is_some_and(|b| b.elements.iter().any(from)),
+        Kind::Layer => {
+            matches!(act.doc.get("elements"), Some(crate::keydoc::Value::Map(m)) if m.keys().any(from))
+        }
+        _ => r.elements.iter().any(from),
+    }
 }
 
 fn graph_cmd(ctx: &mut Context, a: GraphArgs) -> Result<(), CliError> {

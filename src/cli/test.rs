@@ -59,7 +59,9 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
     let targets = label::resolve(&model, &a.targets, arches.as_ref())?;
     let store = ctx.store()?;
     let resolver =
-        element::project_resolver(&model, &a.element_path, &store, &mut |w| ui::warn(w))?;
+        element::project_resolver(&model, &a.element_path, &store, ctx.offline, &mut |w| {
+            ui::warn(w)
+        })?;
     let graph = Graph::build(&model, &resolver, &targets, false)?;
     let firmwares = match a.firmware {
         FirmwareChoice::Bios => vec![Firmware::Bios],

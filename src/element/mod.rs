@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use digest::DigestCache;
 pub use expand::expand;
-pub use search::{ElementDir, SearchPath};
+pub use search::{ElementDir, SearchDir, SearchPath};
 pub use view::{ElementView, PHASES};
 
 use crate::manifest::{Arch, Image, Model};
@@ -84,6 +84,14 @@ pub enum ElementError {
         element: String,
         file: String,
         detail: String,
+    },
+    #[error("looking for element `{element}` in the third-party sources")]
+    #[diagnostic(code(ccb::element::source))]
+    Source {
+        element: String,
+        #[source]
+        #[diagnostic_source]
+        source: crate::sources::SourceError,
     },
     #[error("cannot run bash to source environment.d: {0}")]
     Bash(#[source] std::io::Error),
@@ -260,36 +268,47 @@ impl<'a> Resolver<'a> {
 }
 
 /// Builds the element search path of a project: `--element-path` entries, `ELEMENTS_PATH`, the
-/// project's `elements/`, then third-party sources available locally.
+/// project's `elements/`, then the third-party sources: plain local directories in place, git
+/// sources whose locked tree is in the store (see [`project_resolver`] for the others).
 pub fn project_search_path(
     model: Option<&Model>,
     root: Option<&std::path::Path>,
     extra: &[String],
+    store: Option<&Store>,
     warn: &mut dyn FnMut(&str),
 ) -> Result<SearchPath, ElementError> {
-    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    let mut dirs: Vec<SearchDir> = Vec::new();
     for entry in extra
         .iter()
         .flat_map(|e| e.split(':'))
         .filter(|s| !s.is_empty())
     {
-        dirs.push(entry.into());
+        dirs.push(std::path::PathBuf::from(entry).into());
     }
     if let Some(env) = std::env::var_os("ELEMENTS_PATH") {
         for entry in std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()) {
-            dirs.push(entry);
+            dirs.push(entry.into());
         }
     }
     if let Some(root) = root {
         let own = root.join("elements");
         if own.is_dir() {
-            dirs.push(own);
+            dirs.push(own.into());
         }
     }
     if let (Some(model), Some(root)) = (model, root) {
-        for source in model.sources.values() {
-            if let Some(dir) = search::local_source_dir(root, source) {
-                dirs.push(dir);
+        for (name, source) in &model.sources {
+            let dir = match model.pins.sources.get(name) {
+                Some(locked) => store
+                    .map(|s| crate::sources::tree_dir(s, &locked.tree))
+                    .filter(|d| d.is_dir()),
+                None => crate::sources::path_source_dir(root, source),
+            };
+            if let Some(dir) = dir {
+                dirs.push(SearchDir {
+                    dir,
+                    source: Some(name.clone()),
+                });
             }
         }
     }
@@ -318,23 +337,60 @@ pub struct CheckSummary {
 }
 
 /// The resolver over a project's search path (with `extra` entries first).
+///
+/// `offline`: fetch nothing; a source the resolution needs must be in the store already.
 pub fn project_resolver<'a>(
     model: &Model,
     extra: &[String],
     store: &'a Store,
+    offline: bool,
     warn: &mut dyn FnMut(&str),
 ) -> Result<Resolver<'a>, ForTarget> {
-    let path = project_search_path(Some(model), Some(&model.root), extra, warn)
-        .map_err(|e| ForTarget::new(None, e))?;
+    let scan = |warn: &mut dyn FnMut(&str)| {
+        project_search_path(Some(model), Some(&model.root), extra, Some(store), warn)
+            .map_err(|e| ForTarget::new(None, e))
+    };
+    let mut path = scan(warn)?;
+    // Git sources not in the store yet are fetched, in search order, only while some image
+    // asks for an element no directory before them has.
+    let mut pending: Vec<(&String, &crate::lock::LockedSource)> = model
+        .pins
+        .sources
+        .iter()
+        .filter(|(_, l)| !crate::sources::is_checked_out(store, l))
+        .collect();
+    while !pending.is_empty() {
+        let missing = model.images_parents_first().into_iter().find_map(|image| {
+            match expand(&path, &requested_elements(image)) {
+                Err(ElementError::NotFound { name, .. }) => Some((image.key.clone(), name)),
+                _ => None,
+            }
+        });
+        let Some((image, element)) = missing else {
+            break;
+        };
+        let (name, locked) = pending.remove(0);
+        crate::sources::checkout(store, &model.root, name, locked, offline, &mut |m| {
+            crate::ui::status(false, m)
+        })
+        .map_err(|source| {
+            ForTarget::new(
+                Some(format!("//images:{image}")),
+                ElementError::Source { element, source },
+            )
+        })?;
+        path = scan(warn)?;
+    }
     Resolver::new(path, store).map_err(|e| ForTarget::new(None, e))
 }
 
 pub fn check_model(
     model: &Model,
     store: &Store,
+    offline: bool,
     warn: &mut dyn FnMut(&str),
 ) -> Result<CheckSummary, ForTarget> {
-    let resolver = project_resolver(model, &[], store, warn)?;
+    let resolver = project_resolver(model, &[], store, offline, warn)?;
     let mut used = BTreeSet::new();
     for image in model.images_parents_first() {
         for &arch in &image.arch {

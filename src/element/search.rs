@@ -1,16 +1,30 @@
 //! The element search path: directories whose subdirectories are elements.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::ElementError;
-use crate::manifest::Source;
 
 /// One element: its name and directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementDir {
     pub name: String,
     pub dir: PathBuf,
+    /// The third-party source (a key of `sources`) it comes from, if any.
+    pub source: Option<String>,
+}
+
+/// One directory of the search path, and the source it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchDir {
+    pub dir: PathBuf,
+    pub source: Option<String>,
+}
+
+impl From<PathBuf> for SearchDir {
+    fn from(dir: PathBuf) -> Self {
+        Self { dir, source: None }
+    }
 }
 
 /// Every element visible on a search path; earlier path entries override later ones.
@@ -23,10 +37,10 @@ pub struct SearchPath {
 impl SearchPath {
     /// Lists the elements of each directory. An element found again in a later directory is
     /// overridden by the earlier one, with a warning naming both (as DIB does).
-    pub fn scan(dirs: &[PathBuf], warn: &mut dyn FnMut(&str)) -> Result<Self, ElementError> {
+    pub fn scan(dirs: &[SearchDir], warn: &mut dyn FnMut(&str)) -> Result<Self, ElementError> {
         let mut elements: BTreeMap<String, ElementDir> = BTreeMap::new();
         let mut kept = Vec::new();
-        for dir in dirs {
+        for SearchDir { dir, source } in dirs {
             if !dir.is_dir() {
                 return Err(ElementError::InvalidElementDir(dir.display().to_string()));
             }
@@ -57,7 +71,14 @@ impl SearchPath {
                     }
                     continue;
                 }
-                elements.insert(name.clone(), ElementDir { name, dir: real });
+                elements.insert(
+                    name.clone(),
+                    ElementDir {
+                        name,
+                        dir: real,
+                        source: source.clone(),
+                    },
+                );
             }
             kept.push(dir.clone());
         }
@@ -79,21 +100,4 @@ impl SearchPath {
     pub fn names(&self) -> Vec<String> {
         self.elements.keys().cloned().collect()
     }
-}
-
-/// The element directory of a third-party source when it is available on this machine: a local
-/// path (absolute, `file://`, or relative to the project root). Remote sources join the path
-/// once fetched into the store.
-pub fn local_source_dir(root: &Path, source: &Source) -> Option<PathBuf> {
-    let url = source.url.strip_prefix("file://").unwrap_or(&source.url);
-    if url.contains("://") || url.contains('@') {
-        return None;
-    }
-    let base = if Path::new(url).is_absolute() {
-        PathBuf::from(url)
-    } else {
-        root.join(url)
-    };
-    let dir = base.join(&source.path);
-    dir.is_dir().then_some(dir)
 }

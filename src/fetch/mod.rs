@@ -1,24 +1,39 @@
 //! Artifacts: files a build needs that are not packages, pinned by SHA-256.
 //!
-//! A `fetch` action puts one artifact into the store at `artifacts/<sha256>`, where the layer
-//! actions that use it find it. The file is looked for, in order:
+//! A `fetch` action puts one artifact into the store at `artifacts/<sha256>` (read-only), with
+//! `artifacts/<sha256>.json` recording its blake3, where the layer actions that use it find it.
+//! The file is looked for, in order:
 //! 1. in the store (fetched before: nothing to do);
-//! 2. in the distdirs (`CCB_DISTDIR`, colon-separated), by the file name of its URL or by the
-//!    artifact's key, as Bazel's `--distdir` does: how an operator supplies an input on a
-//!    machine that cannot reach its upstream;
-//! 3. at its URL (`http`, `https` or `file`).
+//! 2. in the distdirs (`CCB_DISTDIR`, colon-separated), by the file name of its URL or Swift
+//!    object, or by the artifact's key, as Bazel's `--distdir` does: how an operator supplies an
+//!    input on a machine that cannot reach its upstream (read even with `--offline`);
+//! 3. at its source: an `http`, `https` or `file` URL, or a Swift object of a site (through the
+//!    site's credentials).
 //!
-//! Whatever the origin, the bytes are hashed as they are copied into a temporary file of the
-//! store, and the file is renamed into place only when the digest matches the manifest's: a
-//! mismatch stores nothing and names the artifact, the expected and the actual digest.
+//! Whatever the origin, the bytes are hashed (SHA-256 for the pin, blake3 for the store) as they
+//! are written, and the file is renamed into place only when the SHA-256 matches the manifest's:
+//! a mismatch stores nothing and names the artifact, the expected and the actual digest.
+//!
+//! Downloads survive interruptions: the bytes so far stay in `artifacts/.partial/<sha256>`, and
+//! the next attempt (in this run, or the next run) asks for the rest with an HTTP range. A
+//! server that ignores ranges gets a clean restart, and a resumed file whose digest does not
+//! match is fetched once more from the first byte before the mismatch is reported.
+//!
+//! Before a build uses an artifact, its blake3 is checked against the record, through a stat
+//! cache ([`hash::StatCache`]): a multi-GB runfile is read once, not on every build.
 
-use std::io::{Read, Write};
+pub mod hash;
+
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Artifact;
+use crate::inspect::ReadAt;
+use crate::manifest::{Artifact, SwiftObject};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -40,13 +55,33 @@ pub enum FetchError {
     #[diagnostic(
         code(ccb::fetch::download),
         help(
-            "on a machine that cannot reach it, put the file in a directory named by CCB_DISTDIR"
+            "on a machine that cannot reach it, put the file in a directory named by CCB_DISTDIR; \
+             the bytes received so far are kept and the next build resumes from them"
         )
     )]
     Download {
         name: String,
         url: String,
         message: String,
+    },
+    #[error("artifact `{name}` is not in the store, and --offline forbids fetching it")]
+    #[diagnostic(
+        code(ccb::fetch::offline),
+        help(
+            "fetch it once without --offline, or put the file in a directory named by CCB_DISTDIR"
+        )
+    )]
+    Offline { name: String },
+    #[error(
+        "artifact `{name}`: the store's copy {} is damaged (blake3 {actual}, recorded {expected}); it was removed",
+        path.display()
+    )]
+    #[diagnostic(code(ccb::fetch::corrupt), help("the next build fetches it again"))]
+    Corrupt {
+        name: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
     },
     #[error("artifact `{name}`: {message}")]
     #[diagnostic(code(ccb::fetch::unsupported))]
@@ -67,6 +102,25 @@ pub enum FetchError {
 /// Where an artifact with this digest lives in the store.
 pub fn store_path(store: &Store, sha256: &str) -> PathBuf {
     store.path(&format!("artifacts/{}", sha256.to_ascii_lowercase()))
+}
+
+fn meta_name(sha256: &str) -> String {
+    format!("artifacts/{}.json", sha256.to_ascii_lowercase())
+}
+
+fn partial_path(store: &Store, sha256: &str) -> PathBuf {
+    store.path(&format!(
+        "artifacts/.partial/{}",
+        sha256.to_ascii_lowercase()
+    ))
+}
+
+/// What the store records about an artifact next to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMeta {
+    pub sha256: String,
+    pub blake3: String,
+    pub bytes: u64,
 }
 
 /// Whether the artifact is in the store already.
@@ -91,177 +145,586 @@ pub enum Origin {
     Store,
     Distdir(PathBuf),
     Url(String),
+    Swift(String),
 }
 
-/// Puts artifact `name` into the store; `progress` gets (bytes so far, total if known).
-pub fn fetch(
-    store: &Store,
-    name: &str,
-    artifact: &Artifact,
-    distdirs: &[PathBuf],
-    progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<(PathBuf, Origin), FetchError> {
-    let dest = store_path(store, &artifact.sha256);
-    if dest.is_file() {
-        return Ok((dest, Origin::Store));
-    }
-    let file_name = artifact
-        .url
-        .as_deref()
-        .and_then(|u| u.rsplit('/').next())
-        .filter(|n| !n.is_empty());
-    for dir in distdirs {
-        for candidate in file_name.into_iter().chain([name]) {
-            let path = dir.join(candidate);
-            if !path.is_file() {
-                continue;
-            }
-            let file = std::fs::File::open(&path).map_err(|source| FetchError::Io {
-                name: name.into(),
-                path: path.clone(),
-                source,
-            })?;
-            let total = file.metadata().ok().map(|m| m.len());
-            // A distdir file with another digest is someone else's file of that name: skip it.
-            match store_verified(
-                store,
-                name,
-                artifact,
-                file,
-                total,
-                &path.display().to_string(),
-                progress,
-            ) {
-                Ok(p) => return Ok((p, Origin::Distdir(path))),
-                Err(FetchError::Mismatch { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    let Some(url) = artifact.url.as_deref() else {
-        return Err(FetchError::Unsupported {
-            name: name.into(),
-            message: "fetching from a Swift site is not supported yet (issue [8/8]); \
-                      put the file in CCB_DISTDIR"
-                .into(),
-        });
-    };
-    if let Some(path) = url.strip_prefix("file://") {
-        let file = std::fs::File::open(path).map_err(|source| FetchError::Io {
-            name: name.into(),
-            path: path.into(),
-            source,
-        })?;
-        let total = file.metadata().ok().map(|m| m.len());
-        let p = store_verified(store, name, artifact, file, total, url, progress)?;
-        return Ok((p, Origin::Url(url.into())));
-    }
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(FetchError::Unsupported {
-            name: name.into(),
-            message: format!("`{url}` is not an http, https or file URL"),
-        });
-    }
-    let download = |message: String| FetchError::Download {
-        name: name.into(),
-        url: url.into(),
-        message,
-    };
-    let agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        // A stalled transfer, not a slow one, is an error.
-        .timeout_recv_body(None)
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .build()
-        .new_agent();
-    let mut response = agent.get(url).call().map_err(|e| download(e.to_string()))?;
-    let total = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let reader = response.body_mut().as_reader();
-    let p = store_verified(store, name, artifact, reader, total, url, progress).map_err(
-        |e| match e {
-            FetchError::Io { source, .. } => download(source.to_string()),
-            e => e,
-        },
-    )?;
-    Ok((p, Origin::Url(url.into())))
+/// Opens a Swift object of a site for reading (the CLI knows clouds.yaml and Keystone).
+pub type SwiftOpener<'a> =
+    dyn Fn(&SwiftObject) -> Result<Arc<dyn ReadAt>, String> + Send + Sync + 'a;
+
+/// Fetches artifacts into a store.
+pub struct Fetcher<'a> {
+    pub store: &'a Store,
+    pub distdirs: Vec<PathBuf>,
+    pub offline: bool,
+    pub swift: Option<&'a SwiftOpener<'a>>,
 }
 
-/// Copies `reader` into a temporary file of the store while hashing it, and renames it into
-/// place if the digest matches.
-fn store_verified(
-    store: &Store,
-    name: &str,
-    artifact: &Artifact,
-    mut reader: impl Read,
-    total: Option<u64>,
-    origin: &str,
-    progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<PathBuf, FetchError> {
-    let dest = store_path(store, &artifact.sha256);
-    let dir = dest.parent().expect("artifacts/ has a parent");
-    crate::fsutil::create_dir_all(dir).map_err(StoreError::from)?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FetchError::Io {
-            name: name.into(),
-            path,
-            source,
-        }
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".fetch-")
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(Path::new(origin))(e)),
-        };
-        hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(io(tmp.path()))?;
-        done += n as u64;
-        progress(done, total);
-    }
-    let actual = hex(&hasher.finalize());
-    if !actual.eq_ignore_ascii_case(&artifact.sha256) {
-        return Err(FetchError::Mismatch {
-            name: name.into(),
-            origin: origin.into(),
-            expected: artifact.sha256.to_ascii_lowercase(),
-            actual,
-        });
-    }
-    tmp.as_file().sync_all().map_err(io(tmp.path()))?;
-    // Read-only: builds get it through a hard link, and must never change the store's copy.
-    let mut perms = tmp
-        .as_file()
-        .metadata()
-        .map_err(io(tmp.path()))?
-        .permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
-    tmp.as_file()
-        .set_permissions(perms)
-        .map_err(io(tmp.path()))?;
-    tmp.persist(&dest).map_err(|e| io(&dest)(e.error))?;
-    Ok(dest)
+/// How many times one fetch tries a source before giving up (the partial file stays).
+const ATTEMPTS: u32 = 5;
+const CHUNK: usize = 4 << 20;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn url_file_name(url: &str) -> Option<&str> {
+    let no_query = url.split(['?', '#']).next().unwrap_or(url);
+    no_query.rsplit('/').next().filter(|n| !n.is_empty())
+}
+
+/// A file being written into `artifacts/`, hashed as it grows.
+struct Ingest<'s> {
+    store: &'s Store,
+    path: PathBuf,
+    file: std::fs::File,
+    /// A temporary file (removed when dropped unfinished), not a kept partial download.
+    temp: Option<tempfile::TempPath>,
+    sha256: Sha256,
+    blake3: blake3::Hasher,
+    len: u64,
+}
+
+impl<'s> Ingest<'s> {
+    fn io(name: &str, path: &Path) -> impl Fn(std::io::Error) -> FetchError + use<> {
+        let (name, path) = (name.to_string(), path.to_path_buf());
+        move |source| FetchError::Io {
+            name: name.clone(),
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// A fresh temporary file in `artifacts/`.
+    fn temp(store: &'s Store, name: &str) -> Result<Self, FetchError> {
+        let dir = store.path("artifacts");
+        crate::fsutil::create_dir_all(&dir).map_err(StoreError::from)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempfile_in(&dir)
+            .map_err(Self::io(name, &dir))?;
+        let (file, temp) = tmp.into_parts();
+        Ok(Self {
+            store,
+            path: temp.to_path_buf(),
+            file,
+            temp: Some(temp),
+            sha256: Sha256::new(),
+            blake3: blake3::Hasher::new(),
+            len: 0,
+        })
+    }
+
+    /// The kept partial download of `sha256`, with the bytes it already holds hashed.
+    fn partial(store: &'s Store, name: &str, sha256: &str) -> Result<Self, FetchError> {
+        let path = partial_path(store, sha256);
+        let dir = path.parent().expect("partial/ has a parent");
+        crate::fsutil::create_dir_all(dir).map_err(StoreError::from)?;
+        let io = Self::io(name, &path);
+        let mut file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(&io)?;
+        let mut me = Self {
+            store,
+            path: path.clone(),
+            file: file.try_clone().map_err(&io)?,
+            temp: None,
+            sha256: Sha256::new(),
+            blake3: blake3::Hasher::new(),
+            len: 0,
+        };
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(&io)?;
+            if n == 0 {
+                break;
+            }
+            me.sha256.update(&buf[..n]);
+            me.blake3.update(&buf[..n]);
+            me.len += n as u64;
+        }
+        Ok(me)
+    }
+
+    /// Drops what was written: the next bytes are the file's first.
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(std::io::SeekFrom::Start(0))?;
+        self.sha256 = Sha256::new();
+        self.blake3 = blake3::Hasher::new();
+        self.len = 0;
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(chunk)?;
+        self.sha256.update(chunk);
+        self.blake3.update(chunk);
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Copies `reader` to the end; an error leaves what was written in place.
+    fn copy_from(
+        &mut self,
+        mut reader: impl Read,
+        total: Option<u64>,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<(), std::io::Error> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.write(&buf[..n])?;
+            progress(self.len, total);
+        }
+    }
+
+    fn discard(self) {
+        if self.temp.is_none() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// Checks the SHA-256 (`expected`, or whatever it is when `None`) and moves the file into
+    /// place, read-only, with its record. A mismatch removes the file.
+    fn finish(
+        mut self,
+        name: &str,
+        origin: &str,
+        expected: Option<&str>,
+    ) -> Result<(PathBuf, String), FetchError> {
+        let actual = sha256_hex(&self.sha256.finalize_reset());
+        if let Some(expected) = expected
+            && !actual.eq_ignore_ascii_case(expected)
+        {
+            let e = FetchError::Mismatch {
+                name: name.into(),
+                origin: origin.into(),
+                expected: expected.to_ascii_lowercase(),
+                actual,
+            };
+            self.discard();
+            return Err(e);
+        }
+        let io = Self::io(name, &self.path);
+        self.file.sync_all().map_err(&io)?;
+        // Read-only: builds get it through a hard link, and must never change the store's copy.
+        let mut perms = self.file.metadata().map_err(&io)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+        self.file.set_permissions(perms).map_err(&io)?;
+        let dest = store_path(self.store, &actual);
+        let meta = ArtifactMeta {
+            sha256: actual.clone(),
+            blake3: self.blake3.finalize().to_hex().to_string(),
+            bytes: self.len,
+        };
+        // The record first: a blob is never in place without it.
+        self.store.write_json(&meta_name(&actual), &meta)?;
+        std::fs::rename(&self.path, &dest).map_err(Self::io(name, &dest))?;
+        if let Some(t) = self.temp.take() {
+            // Renamed away: nothing left to remove.
+            let _ = t.keep();
+        }
+        let mut cache = hash::StatCache::load(self.store);
+        if let Ok(md) = std::fs::metadata(&dest) {
+            cache.remember(&dest, hash::Stamp::of(&md), &meta.blake3);
+            cache.save(self.store);
+        }
+        Ok((dest, actual))
+    }
+}
+
+fn transient(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::StatusCode(code) => *code >= 500 || *code == 429 || *code == 408,
+        ureq::Error::Io(_)
+        | ureq::Error::Timeout(_)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound => true,
+        _ => false,
+    }
+}
+
+fn backoff(attempt: u32) {
+    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+}
+
+/// `Content-Range: bytes 100-199/1000` → (100, Some(1000)).
+fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let start = range.split_once('-')?.0.trim().parse().ok()?;
+    Some((start, total.trim().parse().ok()))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        // A large file legitimately takes long: only the wait for the response is bounded.
+        .timeout_recv_body(None)
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent()
+}
+
+impl Fetcher<'_> {
+    /// Puts artifact `name` into the store; `progress` gets (bytes so far, total if known).
+    pub fn fetch(
+        &self,
+        name: &str,
+        artifact: &Artifact,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<(PathBuf, Origin), FetchError> {
+        let sha = artifact.sha256.to_ascii_lowercase();
+        let dest = store_path(self.store, &sha);
+        if dest.is_file() {
+            return Ok((dest, Origin::Store));
+        }
+        let file_name = match (&artifact.url, &artifact.swift) {
+            (Some(u), _) => url_file_name(u),
+            (None, Some(o)) => o.object.rsplit('/').next().filter(|n| !n.is_empty()),
+            _ => None,
+        };
+        for dir in &self.distdirs {
+            for candidate in file_name.into_iter().chain([name]) {
+                let path = dir.join(candidate);
+                if !path.is_file() {
+                    continue;
+                }
+                // A distdir file with another digest is someone else's file of that name.
+                match self.from_local(name, &path, &sha, progress) {
+                    Ok(p) => return Ok((p, Origin::Distdir(path))),
+                    Err(FetchError::Mismatch { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if self.offline {
+            return Err(FetchError::Offline { name: name.into() });
+        }
+        match (&artifact.url, &artifact.swift) {
+            (Some(url), _) => {
+                if let Some(path) = url.strip_prefix("file://") {
+                    let p = self.from_local(name, Path::new(path), &sha, progress)?;
+                    Ok((p, Origin::Url(url.clone())))
+                } else if url.starts_with("http://") || url.starts_with("https://") {
+                    let p = self.download(name, url, &sha, progress)?;
+                    Ok((p, Origin::Url(url.clone())))
+                } else {
+                    Err(FetchError::Unsupported {
+                        name: name.into(),
+                        message: format!("`{url}` is not an http, https or file URL"),
+                    })
+                }
+            }
+            (None, Some(object)) => {
+                let p = self.from_swift(name, object, &sha, progress)?;
+                Ok((
+                    p,
+                    Origin::Swift(format!(
+                        "{}:{}/{}",
+                        object.site, object.container, object.object
+                    )),
+                ))
+            }
+            (None, None) => Err(FetchError::Unsupported {
+                name: name.into(),
+                message: "it has neither `url` nor `swift`".into(),
+            }),
+        }
+    }
+
+    /// Downloads `url` whatever it holds (`ccb update` of a "latest" artifact); its SHA-256.
+    pub fn fetch_latest(
+        &self,
+        name: &str,
+        url: &str,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<String, FetchError> {
+        if self.offline {
+            return Err(FetchError::Offline { name: name.into() });
+        }
+        let mut ingest = Ingest::temp(self.store, name)?;
+        if let Some(path) = url.strip_prefix("file://") {
+            let file = std::fs::File::open(path).map_err(Ingest::io(name, Path::new(path)))?;
+            let total = file.metadata().ok().map(|m| m.len());
+            ingest
+                .copy_from(file, total, progress)
+                .map_err(Ingest::io(name, Path::new(path)))?;
+        } else {
+            let mut response = agent().get(url).call().map_err(|e| FetchError::Download {
+                name: name.into(),
+                url: url.into(),
+                message: e.to_string(),
+            })?;
+            let total = response
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            ingest
+                .copy_from(response.body_mut().as_reader(), total, progress)
+                .map_err(|e| FetchError::Download {
+                    name: name.into(),
+                    url: url.into(),
+                    message: e.to_string(),
+                })?;
+        }
+        let (_, sha) = ingest.finish(name, url, None)?;
+        Ok(sha)
+    }
+
+    fn from_local(
+        &self,
+        name: &str,
+        path: &Path,
+        sha: &str,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PathBuf, FetchError> {
+        let file = std::fs::File::open(path).map_err(Ingest::io(name, path))?;
+        let total = file.metadata().ok().map(|m| m.len());
+        let mut ingest = Ingest::temp(self.store, name)?;
+        ingest
+            .copy_from(file, total, progress)
+            .map_err(Ingest::io(name, path))?;
+        Ok(ingest
+            .finish(name, &path.display().to_string(), Some(sha))?
+            .0)
+    }
+
+    fn download(
+        &self,
+        name: &str,
+        url: &str,
+        sha: &str,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PathBuf, FetchError> {
+        let fail = |message: String| FetchError::Download {
+            name: name.into(),
+            url: url.into(),
+            message,
+        };
+        let agent = agent();
+        let mut ingest = Ingest::partial(self.store, name, sha)?;
+        let mut resumed = false;
+        let mut restarted = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let offset = ingest.len;
+            let mut req = agent.get(url);
+            if offset > 0 {
+                req = req.header("Range", format!("bytes={offset}-"));
+            }
+            let mut response = match req.call() {
+                Ok(r) => r,
+                // The partial file is as long as the whole (or longer): start again.
+                Err(ureq::Error::StatusCode(416)) if offset > 0 => {
+                    ingest.restart().map_err(|e| fail(e.to_string()))?;
+                    continue;
+                }
+                Err(e) if transient(&e) && attempt < ATTEMPTS => {
+                    backoff(attempt);
+                    continue;
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            };
+            let header = |h: &str| {
+                response
+                    .headers()
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let total = if response.status().as_u16() == 206 {
+                match header("content-range").as_deref().and_then(content_range) {
+                    Some((start, total)) if start == offset => {
+                        resumed = true;
+                        total
+                    }
+                    // A range we did not ask for: take nothing from it.
+                    _ => {
+                        ingest.restart().map_err(|e| fail(e.to_string()))?;
+                        continue;
+                    }
+                }
+            } else {
+                if offset > 0 {
+                    // The server ignores ranges: the whole file again, from its first byte.
+                    ingest.restart().map_err(|e| fail(e.to_string()))?;
+                }
+                header("content-length").and_then(|v| v.parse().ok())
+            };
+            if let Err(e) = ingest.copy_from(response.body_mut().as_reader(), total, progress) {
+                if attempt < ATTEMPTS {
+                    backoff(attempt);
+                    continue;
+                }
+                return Err(fail(format!("{e} (after {attempt} attempts)")));
+            }
+            if total.is_some_and(|t| ingest.len < t) {
+                if attempt < ATTEMPTS {
+                    continue;
+                }
+                return Err(fail(format!(
+                    "the transfer ended at byte {} of {}",
+                    ingest.len,
+                    total.unwrap_or_default()
+                )));
+            }
+            let sha_now = ingest.sha256.clone().finalize();
+            if resumed && !restarted && !hex(&sha_now).eq_ignore_ascii_case(sha) {
+                // The bytes kept from before may be another version's: once more, whole.
+                ingest.restart().map_err(|e| fail(e.to_string()))?;
+                restarted = true;
+                resumed = false;
+                attempt = 0;
+                continue;
+            }
+            return Ok(ingest.finish(name, url, Some(sha))?.0);
+        }
+    }
+
+    fn from_swift(
+        &self,
+        name: &str,
+        object: &SwiftObject,
+        sha: &str,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PathBuf, FetchError> {
+        let origin = format!(
+            "swift object {}/{} of site `{}`",
+            object.container, object.object, object.site
+        );
+        let fail = |message: String| FetchError::Download {
+            name: name.into(),
+            url: origin.clone(),
+            message,
+        };
+        let open = self.swift.ok_or_else(|| FetchError::Unsupported {
+            name: name.into(),
+            message: "no Swift site can be opened here".into(),
+        })?;
+        let reader = open(object).map_err(fail)?;
+        let size = reader.size();
+        let mut ingest = Ingest::partial(self.store, name, sha)?;
+        let mut resumed = ingest.len > 0;
+        if ingest.len > size {
+            ingest.restart().map_err(|e| fail(e.to_string()))?;
+            resumed = false;
+        }
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            while ingest.len < size {
+                let n = (size - ingest.len).min(CHUNK as u64) as usize;
+                reader
+                    .read_at(ingest.len, &mut buf[..n])
+                    .map_err(|e| fail(e.to_string()))?;
+                ingest.write(&buf[..n]).map_err(|e| fail(e.to_string()))?;
+                progress(ingest.len, Some(size));
+            }
+            let sha_now = ingest.sha256.clone().finalize();
+            if resumed && !hex(&sha_now).eq_ignore_ascii_case(sha) {
+                ingest.restart().map_err(|e| fail(e.to_string()))?;
+                resumed = false;
+                continue;
+            }
+            return Ok(ingest.finish(name, &origin, Some(sha))?.0);
+        }
+    }
+}
+
+/// The store's copy of an artifact, checked against its recorded blake3 (through the stat
+/// cache: unchanged files are not read). A damaged copy is removed and reported.
+pub fn verified_path(
+    store: &Store,
+    cache: &mut hash::StatCache,
+    name: &str,
+    sha256: &str,
+) -> Result<PathBuf, FetchError> {
+    let path = store_path(store, sha256);
+    let io = Ingest::io(name, &path);
+    let meta = match store.read_json::<ArtifactMeta>(&meta_name(sha256)) {
+        Some(m) => m,
+        None => {
+            // Fetched before the store recorded blake3: check the pin once, then record.
+            let mut ingest = Ingest::temp(store, name)?;
+            let file = std::fs::File::open(&path).map_err(&io)?;
+            ingest.copy_from(file, None, &mut |_, _| {}).map_err(&io)?;
+            let actual = sha256_hex(&ingest.sha256.clone().finalize());
+            let blake3 = ingest.blake3.finalize().to_hex().to_string();
+            if actual != sha256.to_ascii_lowercase() {
+                return Err(damaged(store, cache, name, &path, sha256.into(), actual));
+            }
+            let meta = ArtifactMeta {
+                sha256: actual,
+                blake3,
+                bytes: ingest.len,
+            };
+            store.write_json(&meta_name(sha256), &meta)?;
+            meta
+        }
+    };
+    let actual = cache.blake3(&path).map_err(&io)?;
+    if actual != meta.blake3 {
+        return Err(damaged(store, cache, name, &path, meta.blake3, actual));
+    }
+    Ok(path)
+}
+
+fn damaged(
+    store: &Store,
+    cache: &mut hash::StatCache,
+    name: &str,
+    path: &Path,
+    expected: String,
+    actual: String,
+) -> FetchError {
+    let _ = std::fs::remove_file(path);
+    cache.forget(path);
+    if let Some(sha) = path.file_name().and_then(|n| n.to_str()) {
+        let _ = store.remove(&meta_name(sha));
+    }
+    FetchError::Corrupt {
+        name: name.into(),
+        path: path.to_path_buf(),
+        expected,
+        actual,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fetch(
+        store: &Store,
+        name: &str,
+        artifact: &Artifact,
+        distdirs: &[PathBuf],
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<(PathBuf, Origin), FetchError> {
+        Fetcher {
+            store,
+            distdirs: distdirs.to_vec(),
+            offline: false,
+            swift: None,
+        }
+        .fetch(name, artifact, progress)
+    }
 
     fn artifact(url: Option<String>, content: &[u8]) -> Artifact {
         Artifact {
@@ -311,6 +774,8 @@ mod tests {
         );
         let left: Vec<_> = std::fs::read_dir(store.path("artifacts"))
             .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().unwrap().is_file())
             .collect();
         assert!(left.is_empty(), "nothing stored: {left:?}");
     }

@@ -91,6 +91,25 @@ fn digests_of(resolved: &Resolved, names: &[String]) -> BTreeMap<String, String>
         .collect()
 }
 
+/// The locked sources that supply any of `names`: (name → commit, name → tree).
+fn sources_of(
+    model: &Model,
+    resolver: &Resolver,
+    names: &[String],
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let (mut commits, mut trees) = (BTreeMap::new(), BTreeMap::new());
+    for n in names {
+        let Some(source) = resolver.path.get(n).and_then(|d| d.source.as_ref()) else {
+            continue;
+        };
+        if let Some(locked) = model.pins.sources.get(source) {
+            commits.insert(source.clone(), locked.commit.clone());
+            trees.insert(source.clone(), locked.tree.clone());
+        }
+    }
+    (commits, trees)
+}
+
 fn package_map(view: &crate::element::ElementView) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (phase, lists) in &view.packages {
@@ -152,7 +171,8 @@ impl Graph {
                 let mut fetch_ids = Vec::new();
                 for (var, art_key) in &image.artifacts {
                     let art = &model.artifacts[art_key];
-                    artifact_digests.insert(var.clone(), art.sha256.clone());
+                    // Named by the artifact, so `explain` says which one changed.
+                    artifact_digests.insert(format!("{art_key} ({var})"), art.sha256.clone());
                     let id = format!("fetch:{art_key}");
                     if fetched.insert(art_key.clone()) {
                         let doc = KeyDoc::new()
@@ -176,12 +196,15 @@ impl Graph {
                 {
                     None => {
                         let base = resolved.base.as_ref().expect("root images resolve a base");
+                        let (commits, trees) = sources_of(model, resolver, &base.elements);
                         let doc = KeyDoc::new()
                             .str("action", "base")
                             .str("engine", crate::ENGINE_VERSION)
                             .str("arch", arch.as_str())
                             .map("elements", digests_of(&resolved, &base.elements))
-                            .map("environment", base.view.env.clone());
+                            .map("environment", base.view.env.clone())
+                            .map_if_any("sources", commits)
+                            .map_if_any("source trees", trees);
                         let id = format!("base:{}:{arch}", image.key);
                         let key = doc.key();
                         graph.actions.push(Action {
@@ -209,12 +232,15 @@ impl Graph {
                     }
                 };
 
+                let (commits, trees) = sources_of(model, resolver, &own);
                 let layer_doc = KeyDoc::new()
                     .str("action", "layer")
                     .str("engine", crate::ENGINE_VERSION)
                     .str("arch", arch.as_str())
                     .str("parent", parent_key)
                     .map("elements", digests_of(&resolved, &own))
+                    .map_if_any("sources", commits)
+                    .map_if_any("source trees", trees)
                     .map("environment", resolved.view.env.clone())
                     .map("packages", package_map(&resolved.view))
                     .map("artifacts", artifact_digests);
@@ -239,6 +265,7 @@ impl Graph {
                     .str("layer", layer_key)
                     .str("name", published.clone())
                     .map("elements", resolved.digests.clone())
+                    .map_if_any("sources", sources_of(model, resolver, &resolved.elements).0)
                     .map("environment", resolved.view.env.clone())
                     .list(
                         "formats",

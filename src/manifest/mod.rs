@@ -228,9 +228,27 @@ pub struct Model {
     pub from_cache: bool,
     /// Non-fatal findings, for the CLI to print as warnings.
     pub warnings: Vec<String>,
+    /// What `ccb.lock` pins (set by [`crate::lock::apply`]).
+    pub pins: crate::lock::Pins,
 }
 
 impl Model {
+    /// A model that declares nothing (tests, tools that need a root only).
+    pub fn empty(root: PathBuf) -> Self {
+        Self {
+            root,
+            images: BTreeMap::new(),
+            sites: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            inspect: InspectChecks::default(),
+            files: BTreeMap::new(),
+            from_cache: false,
+            warnings: Vec::new(),
+            pins: Default::default(),
+        }
+    }
+
     /// The images ordered so that every parent comes before its children.
     pub fn images_parents_first(&self) -> Vec<&Image> {
         let mut out: Vec<&Image> = Vec::new();

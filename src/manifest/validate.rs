@@ -75,6 +75,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         files: evaluated.files,
         from_cache: evaluated.from_cache,
         warnings: evaluated.warnings,
+        pins: Default::default(),
     };
 
     // Image keys become labels (`//images:<key>`) and file names.

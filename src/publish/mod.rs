@@ -375,22 +375,8 @@ pub fn publish_image(
 }
 
 fn sha256_file(path: &Path) -> Result<String, PublishError> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| PublishError::Site(format!("open {}: {e}", path.display())))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| PublishError::Site(format!("read {}: {e}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    crate::fetch::hash::sha256_file(path)
+        .map_err(|e| PublishError::Site(format!("read {}: {e}", path.display())))
 }
 
 pub fn read_pointer(

@@ -143,6 +143,9 @@ pub struct GcReport {
     pub kept: usize,
     pub bytes_freed: u64,
     pub scratch_removed: usize,
+    /// Artifacts (by SHA-256) and source trees (by git tree id) no kept action uses.
+    pub artifacts_removed: Vec<String>,
+    pub trees_removed: Vec<String>,
 }
 
 /// Removes every entry that no current build uses (all of them with `all`), and every
@@ -170,6 +173,43 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
         }
     }
     let mut report = GcReport::default();
+    // What the kept actions read: their artifacts and source trees stay.
+    let (mut blobs, mut trees) = (BTreeSet::new(), BTreeSet::new());
+    for key in &keep {
+        let Some(r) = store.read_json::<ActionRecord>(&format!("actions/{key}.json")) else {
+            continue;
+        };
+        if let Some(crate::keydoc::Value::Str(d)) = r.doc.get("sha256") {
+            blobs.insert(d.to_ascii_lowercase());
+        }
+        if let Some(crate::keydoc::Value::Map(m)) = r.doc.get("source trees") {
+            trees.extend(m.values().cloned());
+        }
+    }
+    for name in list_names(store, "artifacts", "") {
+        let sha = name.trim_end_matches(".json");
+        if sha.len() != 64 || blobs.contains(sha) || name.ends_with(".json") {
+            continue;
+        }
+        if let Ok(md) = std::fs::metadata(store.path(&format!("artifacts/{name}"))) {
+            report.bytes_freed += md.len();
+        }
+        if !dry_run {
+            // The blob first: a record without its blob is harmless, the reverse is refetched.
+            store.remove(&format!("artifacts/{sha}"))?;
+            store.remove(&format!("artifacts/{sha}.json"))?;
+        }
+        report.artifacts_removed.push(sha.to_string());
+    }
+    for tree in list_names(store, "sources/trees", "") {
+        if trees.contains(&tree) {
+            continue;
+        }
+        if !dry_run {
+            remove_tree(&store.path(&format!("sources/trees/{tree}")))?;
+        }
+        report.trees_removed.push(tree);
+    }
     for e in entries {
         if keep.contains(&e.key) {
             report.kept += 1;
@@ -187,11 +227,26 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
                 store.remove(&format!("last/{n}.json"))?;
             }
         }
-        if let Ok(rd) = std::fs::read_dir(store.path("tmp")) {
+        if let Ok(rd) = std::fs::read_dir(store.path("artifacts")) {
+            // Downloads of a killed ccb (a live one holds the store shared: none runs now).
             for e in rd.filter_map(Result::ok) {
-                remove_tree(&e.path())?;
-                report.scratch_removed += 1;
+                if e.file_name().to_string_lossy().starts_with(".fetch-") {
+                    let _ = std::fs::remove_file(e.path());
+                    report.scratch_removed += 1;
+                }
             }
+        }
+        for scratch in ["tmp", "artifacts/.partial"] {
+            if let Ok(rd) = std::fs::read_dir(store.path(scratch)) {
+                for e in rd.filter_map(Result::ok) {
+                    remove_tree(&e.path())?;
+                    report.scratch_removed += 1;
+                }
+            }
+        }
+        if all {
+            // Mirrors are the only copy of what a lock pins offline: kept unless asked.
+            remove_tree(&store.path("sources/git"))?;
         }
         // Resolutions are cheap to redo and keyed by inputs that change often.
         remove_tree(&store.path("resolve"))?;
@@ -262,6 +317,37 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         out.push(Verdict {
             key: e.key,
             id: e.id,
+            ok: problems.is_empty(),
+            problems,
+        });
+    }
+    // Artifacts: re-hashed whatever the stat cache says (this is the thorough check).
+    for name in list_names(store, "artifacts", "") {
+        if name.len() != 64 {
+            continue;
+        }
+        let id = format!("artifact {}", &name[..16]);
+        on_progress(&id);
+        let path = store.path(&format!("artifacts/{name}"));
+        let mut problems = Vec::new();
+        match store.read_json::<crate::fetch::ArtifactMeta>(&format!("artifacts/{name}.json")) {
+            // Fetched before the store recorded blake3: its name is its SHA-256.
+            None => match crate::fetch::hash::sha256_file(&path) {
+                Err(e) => problems.push(format!("cannot read it: {e}")),
+                Ok(d) if d != name => problems.push(format!("its SHA-256 is {d}")),
+                Ok(_) => {}
+            },
+            Some(meta) => match crate::fetch::hash::blake3_file(&path) {
+                Err(e) => problems.push(format!("cannot read it: {e}")),
+                Ok(b) if b != meta.blake3 => {
+                    problems.push(format!("its blake3 is {b}, recorded {}", meta.blake3))
+                }
+                Ok(_) => {}
+            },
+        }
+        out.push(Verdict {
+            key: name,
+            id,
             ok: problems.is_empty(),
             problems,
         });

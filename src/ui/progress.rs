@@ -20,6 +20,8 @@ enum Mode {
 
 pub struct Progress {
     mode: Mutex<Mode>,
+    /// The last tenth of each transfer reported as a line (plain mode).
+    tenths: Mutex<BTreeMap<String, u64>>,
     pub verbose: bool,
 }
 
@@ -44,6 +46,7 @@ impl Progress {
         };
         Self {
             mode: Mutex::new(mode),
+            tenths: Mutex::new(BTreeMap::new()),
             verbose,
         }
     }
@@ -89,6 +92,45 @@ impl Progress {
                 }
             }
             m => Self::line(m, &format!("           {id}: {phase}/{name} ({element})")),
+        }
+    }
+
+    /// A download's progress: a byte bar on a terminal, a line per tenth otherwise.
+    pub fn transfer(&self, id: &str, done: u64, total: Option<u64>) {
+        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match &*mode {
+            Mode::Bars { bars, .. } => {
+                if let Some(bar) = bars.get(id) {
+                    if let Some(total) = total
+                        && bar.length() != Some(total)
+                    {
+                        bar.set_length(total);
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{spinner} {prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                    }
+                    bar.set_position(done);
+                }
+            }
+            Mode::Lines => {
+                let Some(total) = total.filter(|t| *t > 0) else {
+                    return;
+                };
+                let tenth = done.saturating_mul(10) / total;
+                let mut tenths = self.tenths.lock().unwrap_or_else(|e| e.into_inner());
+                if tenths.get(id) != Some(&tenth) {
+                    tenths.insert(id.to_string(), tenth);
+                    Self::line(
+                        &mode,
+                        &format!("           {id}: {}% of {}", tenth * 10, human_bytes(total)),
+                    );
+                }
+            }
+            Mode::Quiet => {}
         }
     }
 

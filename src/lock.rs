@@ -1,0 +1,368 @@
+//! `ccb.lock`: the exact inputs the manifests leave open.
+//!
+//! The manifests name a git source by a ref (`stable/train`) and may let an artifact follow its
+//! URL (`sha256 = "latest"`); the lock pins each to a commit (+ the git tree of its `path`) or a
+//! digest, so a key means the same thing on every machine and on every day. Like Cargo.lock, it
+//! is written only by `ccb update` and read by everything else: a build never rewrites it, and
+//! fails — naming the entry and the command that fixes it — when it is missing or no longer
+//! matches the manifests (a URL, ref or path edited since the last update).
+//!
+//! The format is TOML with sorted tables, so a change to one source is a small diff.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Model, Source};
+
+pub const FILE: &str = "ccb.lock";
+/// The `sha256` of an artifact whose digest the lock holds (`ccb update` resolves it).
+pub const LATEST: &str = "latest";
+const VERSION: u32 = 1;
+const HEADER: &str = "# ccb.lock: the commits and digests the manifests resolve to.\n\
+# Written by `ccb update`; builds read it and never change it. Commit it with the manifests.\n";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, LockedSource>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, LockedArtifact>,
+}
+
+/// A git source at one commit. `url`, `ref` and `path` repeat the manifest's, so an edit to
+/// any of them makes the entry stale instead of silently pinning the old repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSource {
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub path: String,
+    pub commit: String,
+    /// The git tree id of `path` at `commit`: what the build's elements are made of.
+    pub tree: String,
+}
+
+impl LockedSource {
+    pub fn matches(&self, source: &Source) -> bool {
+        self.url == source.url && self.git_ref == source.git_ref && self.path == source.path
+    }
+}
+
+/// An artifact that follows its URL, at the digest `ccb update` last saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedArtifact {
+    pub url: String,
+    pub sha256: String,
+}
+
+/// What the lock pins for one model: every git source's commit, every "latest" artifact's
+/// digest.
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
+    pub sources: BTreeMap<String, LockedSource>,
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum LockError {
+    #[error("{} is missing; the manifests need it for {}", path.display(), needed.join(", "))]
+    #[diagnostic(
+        code(ccb::lock::missing),
+        help("run `ccb update` to resolve them and write the lock file, then commit it")
+    )]
+    Missing { path: PathBuf, needed: Vec<String> },
+    #[error("{} is stale: {entry}: {reason}", path.display())]
+    #[diagnostic(
+        code(ccb::lock::stale),
+        help("run `ccb update {name}` to pin it again (builds never rewrite the lock file)")
+    )]
+    Stale {
+        path: PathBuf,
+        entry: String,
+        name: String,
+        reason: String,
+    },
+    #[error("{}: {message}", path.display())]
+    #[diagnostic(
+        code(ccb::lock::invalid),
+        help("the lock file is written by `ccb update`; run it again rather than editing by hand")
+    )]
+    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    #[diagnostic(code(ccb::lock::io))]
+    Fs(#[from] crate::fsutil::FsError),
+}
+
+pub fn path(root: &Path) -> PathBuf {
+    root.join(FILE)
+}
+
+/// Reads the project's lock file; `None` when there is none.
+pub fn load(root: &Path) -> Result<Option<Lock>, LockError> {
+    let file = path(root);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::fsutil::FsError::new("read", &file, e).into()),
+    };
+    let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Invalid {
+        path: file.clone(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    if lock.version != VERSION {
+        return Err(LockError::Invalid {
+            path: file,
+            message: format!(
+                "version {} is not one this ccb reads (it writes version {VERSION})",
+                lock.version
+            ),
+        });
+    }
+    Ok(Some(lock))
+}
+
+/// Writes the lock file atomically (a reader sees the old file or the new, never half).
+pub fn save(root: &Path, lock: &Lock) -> Result<(), LockError> {
+    let file = path(root);
+    let body = toml::to_string(lock).map_err(|e| LockError::Invalid {
+        path: file.clone(),
+        message: e.to_string(),
+    })?;
+    crate::fsutil::write_atomic(&file, format!("{HEADER}\n{body}").as_bytes())?;
+    Ok(())
+}
+
+/// Whether an artifact's digest comes from the lock.
+pub fn follows_latest(sha256: &str) -> bool {
+    sha256 == LATEST
+}
+
+/// Checks the lock against the model and applies it: "latest" artifacts get their locked
+/// digest, the model's `pins` the locked sources. Entries the manifests no longer declare are
+/// stale too (as `cargo --locked` treats them): the lock says exactly what a build uses.
+pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
+    let file = path(&model.root);
+    let git: Vec<&String> = model
+        .sources
+        .iter()
+        .filter(|(_, s)| crate::sources::is_git(&model.root, s))
+        .map(|(k, _)| k)
+        .collect();
+    let latest: Vec<&String> = model
+        .artifacts
+        .iter()
+        .filter(|(_, a)| follows_latest(&a.sha256))
+        .map(|(k, _)| k)
+        .collect();
+    let Some(lock) = lock else {
+        if git.is_empty() && latest.is_empty() {
+            return Ok(());
+        }
+        let needed = git
+            .iter()
+            .map(|k| format!("source `{k}`"))
+            .chain(latest.iter().map(|k| format!("artifact `{k}`")))
+            .collect();
+        return Err(LockError::Missing { path: file, needed });
+    };
+    let stale = |entry: String, name: &str, reason: String| LockError::Stale {
+        path: file.clone(),
+        entry,
+        name: name.to_string(),
+        reason,
+    };
+    let mut pins = Pins::default();
+    for name in &git {
+        let source = &model.sources[*name];
+        let Some(locked) = lock.sources.get(*name) else {
+            return Err(stale(
+                format!("source `{name}`"),
+                name,
+                "not pinned (new in the manifests)".into(),
+            ));
+        };
+        if !locked.matches(source) {
+            return Err(stale(
+                format!("source `{name}`"),
+                name,
+                format!(
+                    "the manifests ask for {} (ref {}, path {}), the lock pins {} (ref {}, path {})",
+                    source.url,
+                    source.git_ref,
+                    source.path,
+                    locked.url,
+                    locked.git_ref,
+                    locked.path
+                ),
+            ));
+        }
+        pins.sources.insert((*name).clone(), locked.clone());
+    }
+    for name in lock.sources.keys() {
+        if !git.contains(&name) {
+            return Err(stale(
+                format!("source `{name}`"),
+                name,
+                "pinned, but the manifests no longer declare it as a git source".into(),
+            ));
+        }
+    }
+    for name in &latest {
+        let url = model.artifacts[*name].url.clone().unwrap_or_default();
+        let Some(locked) = lock.artifacts.get(*name) else {
+            return Err(stale(
+                format!("artifact `{name}`"),
+                name,
+                "follows \"latest\" but has no digest in the lock".into(),
+            ));
+        };
+        if locked.url != url {
+            return Err(stale(
+                format!("artifact `{name}`"),
+                name,
+                format!("the manifests fetch {url}, the lock pins {}", locked.url),
+            ));
+        }
+    }
+    for name in lock.artifacts.keys() {
+        if !latest.contains(&name) {
+            return Err(stale(
+                format!("artifact `{name}`"),
+                name,
+                "pinned, but the manifests no longer let it follow \"latest\"".into(),
+            ));
+        }
+    }
+    for name in latest.into_iter().cloned().collect::<Vec<_>>() {
+        let digest = lock.artifacts[&name].sha256.clone();
+        if let Some(a) = model.artifacts.get_mut(&name) {
+            a.sha256 = digest;
+        }
+    }
+    model.pins = pins;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(url: &str, r: &str) -> Source {
+        Source {
+            url: url.into(),
+            git_ref: r.into(),
+            path: "elements".into(),
+        }
+    }
+
+    fn locked(url: &str, r: &str) -> LockedSource {
+        LockedSource {
+            url: url.into(),
+            git_ref: r.into(),
+            path: "elements".into(),
+            commit: "a".repeat(40),
+            tree: "b".repeat(40),
+        }
+    }
+
+    fn model(dir: &Path) -> Model {
+        let mut m = Model::empty(dir.to_path_buf());
+        m.sources
+            .insert("tie".into(), source("https://git.example/tie.git", "main"));
+        m
+    }
+
+    #[test]
+    fn a_model_with_git_sources_needs_a_lock_and_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = apply(&mut model(dir.path()), None).unwrap_err();
+        assert!(matches!(err, LockError::Missing { .. }));
+        assert!(err.to_string().contains("source `tie`"), "{err}");
+    }
+
+    #[test]
+    fn a_model_without_git_sources_or_latest_artifacts_needs_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::empty(dir.path().to_path_buf());
+        apply(&mut m, None).unwrap();
+    }
+
+    #[test]
+    fn an_edited_ref_makes_the_entry_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lock = Lock {
+            version: VERSION,
+            ..Default::default()
+        };
+        lock.sources.insert(
+            "tie".into(),
+            locked("https://git.example/tie.git", "stable/train"),
+        );
+        let err = apply(&mut model(dir.path()), Some(&lock)).unwrap_err();
+        let LockError::Stale { name, reason, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(name, "tie");
+        assert!(reason.contains("stable/train"), "{reason}");
+    }
+
+    #[test]
+    fn a_matching_lock_pins_the_sources_and_latest_artifacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = model(dir.path());
+        m.artifacts.insert(
+            "tool".into(),
+            crate::manifest::Artifact {
+                url: Some("http://127.0.0.1:1/tool".into()),
+                swift: None,
+                sha256: LATEST.into(),
+                description: None,
+            },
+        );
+        let mut lock = Lock {
+            version: VERSION,
+            ..Default::default()
+        };
+        lock.sources
+            .insert("tie".into(), locked("https://git.example/tie.git", "main"));
+        lock.artifacts.insert(
+            "tool".into(),
+            LockedArtifact {
+                url: "http://127.0.0.1:1/tool".into(),
+                sha256: "c".repeat(64),
+            },
+        );
+        apply(&mut m, Some(&lock)).unwrap();
+        assert_eq!(m.pins.sources["tie"].commit, "a".repeat(40));
+        assert_eq!(m.artifacts["tool"].sha256, "c".repeat(64));
+    }
+
+    #[test]
+    fn the_lock_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lock = Lock {
+            version: VERSION,
+            ..Default::default()
+        };
+        lock.sources
+            .insert("tie".into(), locked("https://git.example/tie.git", "main"));
+        save(dir.path(), &lock).unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(text.starts_with("# ccb.lock"), "{text}");
+        assert_eq!(load(dir.path()).unwrap(), Some(lock));
+    }
+
+    #[test]
+    fn a_lock_from_another_version_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path()), "version = 7\n").unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("ccb.lock"), "{err}");
+        assert!(err.to_string().contains("version 7"), "{err}");
+    }
+}

@@ -1,0 +1,485 @@
+//! Third-party element sources: git repositories pinned by `ccb.lock`.
+//!
+//! Store layout:
+//! - `sources/git/<url-hash>.git`: a bare mirror per URL, fetched by `ccb update` and when a
+//!   build needs a locked commit it does not hold yet;
+//! - `sources/trees/<tree>`: the locked `path` of a commit, extracted with `git archive`
+//!   (content-addressed by git's tree id: two commits with the same elements share it),
+//!   renamed into place when complete.
+//!
+//! Git itself does the transport (https, ssh, file, with the user's credential helpers): a
+//! re-implementation would lose exactly the setups operators rely on. A source whose URL is a
+//! plain local directory (not a git repository) is used in place, like a Cargo path dependency:
+//! it is not locked.
+//!
+//! A source is fetched only when a build needs an element no earlier search-path directory
+//! has (as Bazel fetches external repositories): building the Debian image never clones a
+//! repository that only the CentOS images use. Sources already in the store always join the
+//! path; that cannot change a resolution, because a source is consulted only for names the
+//! directories before it lack.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::lock::LockedSource;
+use crate::manifest::Source;
+use crate::store::{Store, StoreError, Wait};
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum SourceError {
+    #[error("source `{name}`: {what} failed: {message}")]
+    #[diagnostic(code(ccb::source::git))]
+    Git {
+        name: String,
+        what: String,
+        message: String,
+    },
+    #[error("source `{name}`: {message}")]
+    #[diagnostic(code(ccb::source::not_found))]
+    NotFound { name: String, message: String },
+    #[error(
+        "source `{name}`: commit {commit} is not in the store, and --offline forbids fetching it"
+    )]
+    #[diagnostic(
+        code(ccb::source::offline),
+        help("run once without --offline (or `ccb update {name}`) to fetch it into the store")
+    )]
+    Offline { name: String, commit: String },
+    #[error(
+        "source `{name}`: ccb.lock says `{path}` at {commit} is tree {expected}, the repository says {actual}"
+    )]
+    #[diagnostic(
+        code(ccb::source::tree_mismatch),
+        help(
+            "the lock file was edited by hand or the commit was rewritten; run `ccb update {name}`"
+        )
+    )]
+    TreeMismatch {
+        name: String,
+        path: String,
+        commit: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    #[diagnostic(code(ccb::source::io))]
+    Fs(#[from] crate::fsutil::FsError),
+}
+
+/// Whether a source is a git repository (locked) rather than a plain local directory.
+pub fn is_git(root: &Path, source: &Source) -> bool {
+    match local_dir(root, &source.url) {
+        None => true,
+        Some(dir) => {
+            dir.join(".git").exists()
+                || (dir.join("HEAD").is_file() && dir.join("objects").is_dir())
+        }
+    }
+}
+
+/// The directory a URL names when it is a local path (absolute or relative to the root).
+fn local_dir(root: &Path, url: &str) -> Option<PathBuf> {
+    if url.contains("://") || scp_like(url) {
+        return None;
+    }
+    let p = Path::new(url);
+    Some(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    })
+}
+
+/// `git@host:org/repo.git`: git's scp-like syntax (a colon before any slash).
+fn scp_like(url: &str) -> bool {
+    match (url.find(':'), url.find('/')) {
+        (Some(c), Some(s)) => c < s,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// The element directory of a plain local source, used in place.
+pub fn path_source_dir(root: &Path, source: &Source) -> Option<PathBuf> {
+    if is_git(root, source) {
+        return None;
+    }
+    let dir = local_dir(root, &source.url)?.join(&source.path);
+    dir.is_dir().then_some(dir)
+}
+
+/// The URL git is given: local paths relative to the project root made absolute.
+fn git_url(root: &Path, url: &str) -> String {
+    match local_dir(root, url) {
+        Some(dir) => dir.display().to_string(),
+        None => url.to_string(),
+    }
+}
+
+/// A URL for messages: credentials in its user-info part removed.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && !userinfo.contains('/')
+    {
+        return format!("{scheme}://***@{host}");
+    }
+    url.to_string()
+}
+
+/// Where the bare mirror of a URL lives.
+pub fn mirror_dir(store: &Store, url: &str) -> PathBuf {
+    let h = blake3::hash(url.as_bytes()).to_hex();
+    store.path(&format!("sources/git/{}.git", &h[..32]))
+}
+
+/// Where the locked tree of a source lives.
+pub fn tree_dir(store: &Store, tree: &str) -> PathBuf {
+    store.path(&format!("sources/trees/{tree}"))
+}
+
+/// Whether the locked tree is in the store.
+pub fn is_checked_out(store: &Store, locked: &LockedSource) -> bool {
+    tree_dir(store, &locked.tree).is_dir()
+}
+
+fn is_commit_id(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+struct Git<'a> {
+    name: &'a str,
+    mirror: PathBuf,
+}
+
+impl Git<'_> {
+    fn command(&self) -> Command {
+        let mut c = Command::new("git");
+        c.arg("--git-dir")
+            .arg(&self.mirror)
+            // Never prompt: a build is not interactive; credential helpers still answer.
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, what: &str, args: &[&str]) -> Result<String, SourceError> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .map_err(|e| SourceError::Git {
+                name: self.name.into(),
+                what: what.into(),
+                message: format!("cannot run git: {e}"),
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(4).collect();
+            let message = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            return Err(SourceError::Git {
+                name: self.name.into(),
+                what: what.into(),
+                message: redact_all(&message),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `rev` as a full id, or `None` when the mirror lacks it.
+    fn rev_parse(&self, rev: &str) -> Option<String> {
+        self.run("rev-parse", &["rev-parse", "--verify", "--quiet", rev])
+            .ok()
+            .filter(|s| is_commit_id(s))
+    }
+
+    fn has_commit(&self, commit: &str) -> bool {
+        self.rev_parse(&format!("{commit}^{{commit}}")).is_some()
+    }
+
+    /// Every branch and tag of `url`, pruned: the mirror says what the remote says now.
+    fn fetch_refs(&self, url: &str) -> Result<(), SourceError> {
+        self.run(
+            &format!("fetching {}", redact(url)),
+            &[
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--no-tags",
+                url,
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// The tree id of `path` at `commit`.
+    fn tree_of(&self, commit: &str, path: &str) -> Result<String, SourceError> {
+        let rel = path.trim_matches('/').trim_start_matches("./");
+        let rev = if rel.is_empty() || rel == "." {
+            format!("{commit}^{{tree}}")
+        } else {
+            format!("{commit}:{rel}")
+        };
+        let id = self.rev_parse(&rev).ok_or_else(|| SourceError::NotFound {
+            name: self.name.into(),
+            message: format!("commit {commit} has no `{path}`"),
+        })?;
+        let kind = self.run("cat-file", &["cat-file", "-t", &id])?;
+        if kind != "tree" {
+            return Err(SourceError::NotFound {
+                name: self.name.into(),
+                message: format!("`{path}` at commit {commit} is a {kind}, not a directory"),
+            });
+        }
+        Ok(id)
+    }
+}
+
+/// Git's messages can quote the URL it was given, credentials included.
+fn redact_all(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            if w.contains("://") {
+                redact(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Opens (creating when needed) the bare mirror of a source's URL, under its lock.
+fn open_mirror<'a>(
+    store: &Store,
+    name: &'a str,
+    url: &str,
+) -> Result<(Git<'a>, crate::store::Lock), SourceError> {
+    let mirror = mirror_dir(store, url);
+    let lock = store
+        .lock_key(
+            &format!(
+                "source-{}",
+                mirror.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            Wait::Block,
+        )?
+        .expect("a blocking lock is always taken");
+    if !mirror.join("HEAD").is_file() {
+        let parent = mirror.parent().expect("the mirror has a parent");
+        crate::fsutil::create_dir_all(parent)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".init-")
+            .tempdir_in(parent)
+            .map_err(|e| crate::fsutil::FsError::new("create a directory in", parent, e))?;
+        let init = Git {
+            name,
+            mirror: tmp.path().to_path_buf(),
+        };
+        init.run("git init", &["init", "--quiet", "--bare"])?;
+        let tmp = tmp.keep();
+        std::fs::rename(&tmp, &mirror)
+            .map_err(|e| crate::fsutil::FsError::new("rename into", &mirror, e))?;
+    }
+    Ok((Git { name, mirror }, lock))
+}
+
+/// Resolves a source's ref to a commit and the tree of its `path` (what `ccb update` pins).
+/// Offline, the mirror's last fetch answers (as `cargo update --offline` uses its cache).
+pub fn resolve(
+    store: &Store,
+    root: &Path,
+    name: &str,
+    source: &Source,
+    offline: bool,
+) -> Result<LockedSource, SourceError> {
+    let url = git_url(root, &source.url);
+    let (git, _lock) = open_mirror(store, name, &url)?;
+    if !offline {
+        git.fetch_refs(&url)?;
+    } else if git.rev_parse("HEAD").is_none() && git.run("refs", &["for-each-ref"])?.is_empty() {
+        return Err(SourceError::NotFound {
+            name: name.into(),
+            message: "nothing of it is in the store yet, and --offline forbids fetching it".into(),
+        });
+    }
+    let r = &source.git_ref;
+    let commit = if is_commit_id(r) {
+        if !git.has_commit(r) && !offline {
+            // Not on a branch or tag: ask for it by id (servers allow reachable commits).
+            let _ = git.run("fetch", &["fetch", "--quiet", &url, r]);
+        }
+        git.has_commit(r).then(|| r.to_ascii_lowercase())
+    } else {
+        [format!("refs/heads/{r}"), format!("refs/tags/{r}")]
+            .iter()
+            .find_map(|full| git.rev_parse(&format!("{full}^{{commit}}")))
+    }
+    .ok_or_else(|| SourceError::NotFound {
+        name: name.into(),
+        message: format!("{} has no branch, tag or commit `{r}`", redact(&source.url)),
+    })?;
+    let tree = git.tree_of(&commit, &source.path)?;
+    Ok(LockedSource {
+        url: source.url.clone(),
+        git_ref: source.git_ref.clone(),
+        path: source.path.clone(),
+        commit,
+        tree,
+    })
+}
+
+/// The locked tree of a source in the store, fetched and extracted when it is not there yet.
+/// `on_fetch` is told before anything is downloaded.
+pub fn checkout(
+    store: &Store,
+    root: &Path,
+    name: &str,
+    locked: &LockedSource,
+    offline: bool,
+    on_fetch: &mut dyn FnMut(&str),
+) -> Result<PathBuf, SourceError> {
+    let dest = tree_dir(store, &locked.tree);
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let url = git_url(root, &locked.url);
+    let (git, _lock) = open_mirror(store, name, &url)?;
+    if dest.is_dir() {
+        // Another ccb extracted it while this one waited for the lock.
+        return Ok(dest);
+    }
+    if !git.has_commit(&locked.commit) {
+        if offline {
+            return Err(SourceError::Offline {
+                name: name.into(),
+                commit: locked.commit.clone(),
+            });
+        }
+        on_fetch(&format!(
+            "fetching source `{name}` ({} at {})",
+            redact(&locked.url),
+            &locked.commit[..12.min(locked.commit.len())]
+        ));
+        git.fetch_refs(&url)?;
+        if !git.has_commit(&locked.commit) {
+            let _ = git.run("fetch", &["fetch", "--quiet", &url, &locked.commit]);
+        }
+        if !git.has_commit(&locked.commit) {
+            return Err(SourceError::NotFound {
+                name: name.into(),
+                message: format!(
+                    "{} no longer has commit {} (pinned in ccb.lock): was its branch rewritten? \
+                     `ccb update {name}` pins what it has now",
+                    redact(&locked.url),
+                    locked.commit
+                ),
+            });
+        }
+    }
+    let actual = git.tree_of(&locked.commit, &locked.path)?;
+    if actual != locked.tree {
+        return Err(SourceError::TreeMismatch {
+            name: name.into(),
+            path: locked.path.clone(),
+            commit: locked.commit.clone(),
+            expected: locked.tree.clone(),
+            actual,
+        });
+    }
+    extract(&git, &locked.tree, &dest)?;
+    Ok(dest)
+}
+
+/// `git archive <tree> | tar -x` into a temporary directory renamed into place.
+fn extract(git: &Git, tree: &str, dest: &Path) -> Result<(), SourceError> {
+    let parent = dest.parent().expect("trees/ has a parent");
+    crate::fsutil::create_dir_all(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".extract-")
+        .tempdir_in(parent)
+        .map_err(|e| crate::fsutil::FsError::new("create a directory in", parent, e))?;
+    let fail = |message: String| SourceError::Git {
+        name: git.name.into(),
+        what: format!("extracting tree {tree}"),
+        message,
+    };
+    let mut archive = git
+        .command()
+        .args(["archive", "--format=tar", tree])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run git: {e}")))?;
+    let stdout = archive.stdout.take().expect("piped");
+    let untar = Command::new("tar")
+        .args(["-x", "--no-same-owner", "-C"])
+        .arg(tmp.path())
+        .stdin(stdout)
+        .output()
+        .map_err(|e| fail(format!("cannot run tar: {e}")))?;
+    let archived = archive
+        .wait_with_output()
+        .map_err(|e| fail(e.to_string()))?;
+    if !archived.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&archived.stderr).trim().into(),
+        ));
+    }
+    if !untar.status.success() {
+        return Err(fail(String::from_utf8_lossy(&untar.stderr).trim().into()));
+    }
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, dest) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dest.is_dir() {
+            return Err(crate::fsutil::FsError::new("rename into", dest, e).into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_git_unless_they_name_a_plain_local_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let bare = dir.path().join("bare.git");
+        std::fs::create_dir_all(bare.join("objects")).unwrap();
+        std::fs::write(bare.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        let s = |url: &str| Source {
+            url: url.into(),
+            git_ref: "main".into(),
+            path: ".".into(),
+        };
+        assert!(is_git(dir.path(), &s("https://git.example/x.git")));
+        assert!(is_git(dir.path(), &s("git@git.example:org/x.git")));
+        assert!(is_git(dir.path(), &s("file:///srv/x.git")));
+        assert!(is_git(dir.path(), &s("bare.git")));
+        assert!(!is_git(dir.path(), &s("plain")));
+        assert!(!is_git(dir.path(), &s(&plain.display().to_string())));
+    }
+
+    #[test]
+    fn credentials_in_urls_never_reach_messages() {
+        assert_eq!(
+            redact("https://user:tok3n@git.example/x.git"),
+            "https://***@git.example/x.git"
+        );
+        assert_eq!(
+            redact("https://git.example/x.git"),
+            "https://git.example/x.git"
+        );
+        assert!(!redact_all("fatal: unable to access 'https://u:secret@h/x/'").contains("secret"));
+    }
+}
