@@ -21,6 +21,9 @@ use crate::ui::{self, OutputFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Stage {
+    /// The inputs only: artifacts into the store (and the sources resolution needs), so that
+    /// later builds run with --offline
+    Fetch,
     /// The base root filesystems (root.d)
     Base,
     /// The finished root filesystems (through post-root.d)
@@ -56,7 +59,7 @@ pub struct BuildArgs {
     keep_failed: bool,
     /// Stop after this stage
     #[arg(long, value_enum, value_name = "STAGE")]
-    until: Option<Stage>,
+    pub until: Option<Stage>,
     /// Where the images go (default: `out/images` in the project)
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
@@ -96,7 +99,8 @@ impl BuildArgs {
 
 fn stage_of(kind: Kind) -> Stage {
     match kind {
-        Kind::Fetch | Kind::Base => Stage::Base,
+        Kind::Fetch => Stage::Fetch,
+        Kind::Base => Stage::Base,
         Kind::Layer => Stage::Layer,
         Kind::Disk | Kind::Publish => Stage::Disk,
     }
@@ -206,8 +210,19 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let mut needed: BTreeSet<String> = BTreeSet::new();
     for t in &targets {
         for act in graph.actions_of(t) {
-            if stage_of(act.kind) <= until && act.kind != Kind::Publish {
-                needed.extend(graph.closure(&act.id).iter().map(|a| a.id.clone()));
+            if act.kind == Kind::Publish {
+                continue;
+            }
+            let closure = graph.closure(&act.id);
+            if stage_of(act.kind) <= until {
+                needed.extend(closure.iter().map(|a| a.id.clone()));
+            } else if until == Stage::Fetch {
+                needed.extend(
+                    closure
+                        .iter()
+                        .filter(|a| a.kind == Kind::Fetch)
+                        .map(|a| a.id.clone()),
+                );
             }
         }
     }

@@ -48,6 +48,9 @@ enum Command {
     Query(query::QueryCommand),
     /// Build images: every action of the targets not already in the store
     Build(build::BuildArgs),
+    /// Fetch what the targets need (artifacts, sources) into the store: `build --until fetch`,
+    /// after which builds run with --offline
+    Fetch(build::BuildArgs),
     /// Check elements against diskimage-builder's dib-lint rules
     Lint(lint::LintArgs),
     /// Boot the targets' disks in QEMU (BIOS and UEFI) and run the checks inside
@@ -225,6 +228,10 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(&mut ctx, args),
         Command::Query(cmd) => query::run(&mut ctx, cmd),
         Command::Build(args) => build::run(&mut ctx, args),
+        Command::Fetch(mut args) => {
+            args.until = Some(build::Stage::Fetch);
+            build::run(&mut ctx, args)
+        }
         Command::Lint(args) => lint::run(&mut ctx, args),
         Command::Cache(cmd) => cache::run(&mut ctx, cmd),
         Command::Test(args) => test::run(&mut ctx, args),

@@ -295,6 +295,10 @@ impl<'s> Ingest<'s> {
     fn discard(self) {
         if self.temp.is_none() {
             let _ = std::fs::remove_file(&self.path);
+            // `.partial/` goes too when it was the only one: nothing of it stays stored.
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 
@@ -810,5 +814,222 @@ mod tests {
         let err = fetch(&store, "tool", &art, &[], &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, FetchError::Download { .. }), "{err}");
         assert!(err.to_string().contains("http://127.0.0.1:9/tool.sh"));
+    }
+
+    /// How the test server answers one connection.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Honour a Range header; send all it promises.
+        Full,
+        /// Honour a Range header, promise the whole rest, send `n` bytes and hang up.
+        Cut(usize),
+        /// Ignore any Range header: 200 and the whole file.
+        IgnoreRange,
+    }
+
+    /// An HTTP/1.1 server on 127.0.0.1 for one file, answering connection `i` with
+    /// `answers[i]`; returns the URL and the Range header of every request (or "").
+    fn serve(
+        body: Vec<u8>,
+        answers: Vec<Answer>,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/file.bin", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut range = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = v.trim().trim_end_matches('-').to_string();
+                    }
+                }
+                log.lock().unwrap().push(range.clone());
+                let start: usize = match answer {
+                    Answer::IgnoreRange => 0,
+                    _ => range.parse().unwrap_or(0),
+                };
+                let rest = &body[start..];
+                let status = if start > 0 {
+                    format!(
+                        "206 Partial Content\r\nContent-Range: bytes {start}-{}/{}",
+                        body.len() - 1,
+                        body.len()
+                    )
+                } else {
+                    "200 OK".to_string()
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    rest.len()
+                );
+                let n = match answer {
+                    Answer::Cut(n) => n.min(rest.len()),
+                    _ => rest.len(),
+                };
+                let _ = stream.write_all(&rest[..n]);
+            }
+        });
+        (url, seen)
+    }
+
+    fn data() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    #[test]
+    fn an_interrupted_download_resumes_from_the_bytes_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let body = data();
+        let (url, seen) = serve(body.clone(), vec![Answer::Cut(1_000_000), Answer::Full]);
+        let art = artifact(Some(url), &body);
+        let (path, _) = fetch(&store, "big", &art, &[], &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), body);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["".to_string(), "1000000".into()]
+        );
+        assert!(!partial_path(&store, &art.sha256).exists());
+    }
+
+    #[test]
+    fn a_server_that_ignores_ranges_gets_a_clean_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let body = data();
+        let (url, seen) = serve(
+            body.clone(),
+            vec![Answer::Cut(1_000_000), Answer::IgnoreRange],
+        );
+        let art = artifact(Some(url), &body);
+        let (path, _) = fetch(&store, "big", &art, &[], &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), body);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_partial_download_of_another_version_is_fetched_again_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let body = data();
+        let art = artifact(None, &body);
+        // What an earlier run kept of a file that has changed since.
+        let partial = partial_path(&store, &art.sha256);
+        std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        std::fs::write(&partial, vec![0xAA; 500_000]).unwrap();
+        let (url, seen) = serve(body.clone(), vec![Answer::Full, Answer::Full]);
+        let art = Artifact {
+            url: Some(url),
+            ..art
+        };
+        let (path, _) = fetch(&store, "big", &art, &[], &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), body);
+        assert_eq!(*seen.lock().unwrap(), vec!["500000".to_string(), "".into()]);
+    }
+
+    #[test]
+    fn a_download_that_never_completes_keeps_its_bytes_for_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let body = data();
+        let cuts = vec![Answer::Cut(100_000); ATTEMPTS as usize];
+        let (url, _) = serve(body.clone(), cuts);
+        let art = artifact(Some(url), &body);
+        let err = fetch(&store, "big", &art, &[], &mut |_, _| {}).unwrap_err();
+        assert!(matches!(err, FetchError::Download { .. }), "{err}");
+        assert!(!is_fetched(&store, &art.sha256));
+        let kept = std::fs::metadata(partial_path(&store, &art.sha256))
+            .unwrap()
+            .len();
+        assert_eq!(kept, 100_000 * u64::from(ATTEMPTS));
+        // The next run asks only for the rest.
+        let (url, seen) = serve(body.clone(), vec![Answer::Full]);
+        let art = Artifact {
+            url: Some(url),
+            ..art
+        };
+        fetch(&store, "big", &art, &[], &mut |_, _| {}).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![kept.to_string()]);
+    }
+
+    #[test]
+    fn a_downloaded_mismatch_stores_nothing_not_even_a_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let (url, _) = serve(b"upstream changed".to_vec(), vec![Answer::Full]);
+        let art = artifact(Some(url), b"pinned");
+        let err = fetch(&store, "tool", &art, &[], &mut |_, _| {}).unwrap_err();
+        assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
+        let left: Vec<_> = std::fs::read_dir(store.path("artifacts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn offline_only_the_store_and_the_distdirs_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let art = artifact(Some("http://127.0.0.1:9/tool".into()), b"tool");
+        let offline = Fetcher {
+            store: &store,
+            distdirs: vec![],
+            offline: true,
+            swift: None,
+        };
+        let err = offline.fetch("tool", &art, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(err, FetchError::Offline { .. }), "{err}");
+        let dist = dir.path().join("dist");
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::write(dist.join("tool"), b"tool").unwrap();
+        let offline = Fetcher {
+            distdirs: vec![dist],
+            ..offline
+        };
+        offline.fetch("tool", &art, &mut |_, _| {}).unwrap();
+        let again = Fetcher {
+            distdirs: vec![],
+            ..offline
+        };
+        assert_eq!(
+            again.fetch("tool", &art, &mut |_, _| {}).unwrap().1,
+            Origin::Store
+        );
+    }
+
+    #[test]
+    fn a_damaged_store_copy_is_caught_by_its_blake3_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("tool");
+        std::fs::write(&src, b"pinned bytes").unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let art = artifact(Some(format!("file://{}", src.display())), b"pinned bytes");
+        let (path, _) = fetch(&store, "tool", &art, &[], &mut |_, _| {}).unwrap();
+        let mut cache = hash::StatCache::load(&store);
+        verified_path(&store, &mut cache, "tool", &art.sha256).unwrap();
+        assert_eq!(
+            cache.files_read, 0,
+            "the fetch recorded its blake3: nothing to re-read"
+        );
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, b"pinned bytez!").unwrap();
+        let err = verified_path(&store, &mut cache, "tool", &art.sha256).unwrap_err();
+        assert!(matches!(err, FetchError::Corrupt { .. }), "{err}");
+        assert!(!path.exists());
     }
 }
