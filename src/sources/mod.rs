@@ -69,10 +69,13 @@ pub enum SourceError {
     Fs(#[from] crate::fsutil::FsError),
 }
 
-/// Whether a source is a git repository (locked) rather than a plain local directory.
+/// Whether a source is a git repository (locked) rather than a plain local directory (one
+/// that exists and is not a repository).
 pub fn is_git(root: &Path, source: &Source) -> bool {
     match local_dir(root, &source.url) {
         None => true,
+        // A path that is gone is a repository the lock and the store still answer for.
+        Some(dir) if !dir.is_dir() => true,
         Some(dir) => {
             dir.join(".git").exists()
                 || (dir.join("HEAD").is_file() && dir.join("objects").is_dir())

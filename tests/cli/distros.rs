@@ -90,7 +90,7 @@ fn mini_rootfs(root: &Path, package_tool: &str) {
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
 
-fn sha256(path: &Path) -> String {
+pub(crate) fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -99,16 +99,18 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-struct Fixture {
-    env: Env,
+/// A project whose `fake-ubuntu` and `fake-centos` bases come from a server on 127.0.0.1:
+/// real phases in a real chroot in seconds (other modules build on it too).
+pub(crate) struct Fixture {
+    pub env: Env,
     _dir: tempfile::TempDir,
-    project: PathBuf,
-    served: PathBuf,
-    port: u16,
+    pub project: PathBuf,
+    pub served: PathBuf,
+    pub port: u16,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let served = dir.path().join("served");
         // Ubuntu: a squashfs root filesystem and its SHA256SUMS.
@@ -157,11 +159,11 @@ impl Fixture {
         f
     }
 
-    fn images(&self, centos_sha: &str) {
+    pub(crate) fn images(&self, centos_sha: &str) {
         self.images_with(centos_sha, "");
     }
 
-    fn images_with(&self, centos_sha: &str, extra: &str) {
+    pub(crate) fn images_with(&self, centos_sha: &str, extra: &str) {
         let port = self.port;
         write(
             self.project.join("manifests/images.ncl"),
@@ -188,7 +190,7 @@ impl Fixture {
         );
     }
 
-    fn ccb(&self, rest: &[&str]) -> Run {
+    pub(crate) fn ccb(&self, rest: &[&str]) -> Run {
         let elements = repo().join("elements");
         let mut args = vec!["--root", self.project.to_str().unwrap()];
         args.extend_from_slice(rest);
@@ -201,7 +203,7 @@ impl Fixture {
         self.env.cache.path().join("downloads/image-cache")
     }
 
-    fn layer_tree(&self, id: &str) -> PathBuf {
+    pub(crate) fn layer_tree(&self, id: &str) -> PathBuf {
         let ls = self
             .env
             .run(&["cache", "ls", "--format", "json"])

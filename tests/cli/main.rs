@@ -10,6 +10,7 @@ mod graph;
 mod inspect;
 mod manifests;
 mod publish;
+mod sources;
 
 #[test]
 fn no_forgotten_test_files() {

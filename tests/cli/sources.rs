@@ -1,0 +1,335 @@
+//! Third-party element sources and `ccb.lock`: a git repository on this machine (a bare repo,
+//! no network) whose elements a real layer build runs, pinned by commit even after its branch
+//! moves, refreshed only by `ccb update`, and usable offline once in the store.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{Env, Run, repo, script, write};
+use crate::distros::Fixture;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .expect("git is installed");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository with a work tree beside it to commit from.
+struct Upstream {
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+impl Upstream {
+    fn new(root: &Path, name: &str) -> Self {
+        let bare = root.join(format!("{name}.git"));
+        let work = root.join(format!("{name}-work"));
+        std::fs::create_dir_all(&bare).unwrap();
+        git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        Self { bare, work }
+    }
+
+    /// The `greeter` element, writing `greeting` to /etc/greeting, committed and pushed.
+    fn greeter(&self, greeting: &str) -> String {
+        script(
+            self.work.join("elements/greeter/install.d/50-greet"),
+            &format!("#!/bin/bash\nset -eu\necho {greeting} > /etc/greeting\n"),
+        );
+        write(
+            self.work.join("elements/greeter/README.rst"),
+            "Writes /etc/greeting.\n",
+        );
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", greeting]);
+        git(&self.work, &["push", "-q", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+fn sources(f: &Fixture, body: &str) {
+    write(f.project.join("manifests/sources.ncl"), body);
+}
+
+fn source_entry(name: &str, up: &Upstream, r: &str) -> String {
+    format!(
+        "  {name} = {{ url = \"{}\", ref = \"{r}\", path = \"elements\" }},\n",
+        up.bare.display()
+    )
+}
+
+fn greet_image(f: &Fixture) {
+    let sha = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
+    f.images_with(
+        &sha,
+        "  greet = { name = \"Greet\", from = \"fake-ubuntu\", elements = [\"greeter\"] },\n",
+    );
+}
+
+fn lock_commit(f: &Fixture, name: &str) -> String {
+    let lock = std::fs::read_to_string(f.project.join("ccb.lock")).unwrap();
+    let table: toml::Table = toml::from_str(&lock).unwrap();
+    table["sources"][name]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn greeting(f: &Fixture) -> String {
+    std::fs::read_to_string(f.layer_tree("layer:greet:amd64").join("etc/greeting")).unwrap()
+}
+
+fn action<'a>(run: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    run["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {run}"))
+}
+
+/// Runs ccb on the fixture's project with the store of `env`; ccb's own elements come from
+/// ELEMENTS_PATH so that every command (`update`, `check`, `query`) sees them.
+fn ccb_with(env: &Env, f: &Fixture, rest: &[&str]) -> Run {
+    let out = env
+        .cmd()
+        .env("ELEMENTS_PATH", repo().join("elements"))
+        .arg("--root")
+        .arg(&f.project)
+        .args(rest)
+        .output()
+        .expect("run ccb");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ccb(f: &Fixture, rest: &[&str]) -> Run {
+    ccb_with(&f.env, f, rest)
+}
+
+#[test]
+fn a_git_source_is_pinned_by_the_lock_until_ccb_update() {
+    let f = Fixture::new();
+    let up = Upstream::new(f.project.parent().unwrap(), "extra");
+    let v1 = up.greeter("v1");
+    greet_image(&f);
+    sources(
+        &f,
+        &format!("{{\n{}}}\n", source_entry("extra", &up, "main")),
+    );
+
+    // No lock: every command that reads the manifests says so and how to fix it.
+    ccb(&f, &["check"])
+        .fails()
+        .stderr_has("ccb.lock is missing")
+        .stderr_has("source `extra`")
+        .stderr_has("ccb update");
+
+    ccb(&f, &["update"]).ok();
+    assert_eq!(lock_commit(&f, "extra"), v1);
+
+    // The element comes from the source, in a real chroot.
+    ccb(&f, &["build", "greet", "--until", "layer"]).ok();
+    assert_eq!(greeting(&f), "v1\n");
+
+    // The branch moves: builds keep the pinned commit and rebuild nothing.
+    let v2 = up.greeter("v2");
+    let again = ccb(
+        &f,
+        &["build", "greet", "--until", "layer", "--format", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(action(&again, "layer:greet:amd64")["status"], "cached");
+    assert_eq!(
+        lock_commit(&f, "extra"),
+        v1,
+        "a build never rewrites the lock"
+    );
+
+    // A dry run shows the new commit and writes nothing.
+    let dry = ccb(&f, &["update", "--dry-run", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(dry["written"], false);
+    assert_eq!(dry["changed"][0]["after"], v2.as_str());
+    assert_eq!(lock_commit(&f, "extra"), v1);
+
+    // `ccb update extra` takes it; explain names the source; the build runs the new element.
+    ccb(&f, &["update", "extra"]).ok();
+    assert_eq!(lock_commit(&f, "extra"), v2);
+    let explain = ccb(&f, &["query", "explain", "greet"]).ok();
+    assert!(
+        explain.stdout.contains("sources: extra changed"),
+        "{}",
+        explain.stdout
+    );
+    ccb(&f, &["build", "greet", "--until", "layer"]).ok();
+    assert_eq!(greeting(&f), "v2\n");
+
+    // What depends on the source: the image's layer and disk, not its parent's actions.
+    let rdeps = ccb(&f, &["query", "rdeps", "source:extra", "--format", "json"])
+        .ok()
+        .json();
+    let rows = rdeps["dependents"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rdeps}");
+    assert_eq!(rows[0]["target"], "//images:greet");
+    let acts = crate::common::strs(&rows[0]["actions"], None);
+    assert_eq!(acts, ["layer:greet:amd64", "disk:greet:amd64"]);
+    ccb(&f, &["query", "rdeps", "source:nope"]).fails();
+
+    // Editing the manifest's ref makes the lock stale: an error naming the source and the fix.
+    sources(
+        &f,
+        &format!("{{\n{}}}\n", source_entry("extra", &up, "stable")),
+    );
+    ccb(&f, &["build", "greet", "--until", "layer"])
+        .fails()
+        .stderr_has("ccb.lock is stale")
+        .stderr_has("source `extra`")
+        .stderr_has("ccb update extra");
+    sources(
+        &f,
+        &format!("{{\n{}}}\n", source_entry("extra", &up, "main")),
+    );
+
+    // Offline: a store that has the source builds without its repository; an empty one fails
+    // clearly instead of reaching out.
+    std::fs::remove_dir_all(&up.bare).unwrap();
+    std::fs::remove_dir_all(f.env.cache.path().join("sources/trees")).unwrap();
+    ccb(
+        &f,
+        &[
+            "--offline",
+            "build",
+            "greet",
+            "--until",
+            "layer",
+            "--force",
+            "greet",
+        ],
+    )
+    .ok();
+    assert_eq!(greeting(&f), "v2\n");
+    let fresh = Env::new();
+    ccb_with(
+        &fresh,
+        &f,
+        &["--offline", "build", "greet", "--until", "layer"],
+    )
+    .fails()
+    .stderr_has("--offline");
+}
+
+#[test]
+fn a_source_is_fetched_only_when_an_image_needs_one_of_its_elements() {
+    let f = Fixture::new();
+    let root = f.project.parent().unwrap();
+    let used = Upstream::new(root, "extra");
+    used.greeter("hello");
+    let unused = Upstream::new(root, "more");
+    script(
+        unused.work.join("elements/other/install.d/50-other"),
+        "#!/bin/bash\ntrue\n",
+    );
+    git(&unused.work, &["add", "-A"]);
+    git(&unused.work, &["commit", "-q", "-m", "other"]);
+    git(&unused.work, &["push", "-q", "origin", "main"]);
+    greet_image(&f);
+    sources(
+        &f,
+        &format!(
+            "{{\n{}{}}}\n",
+            source_entry("extra", &used, "main"),
+            source_entry("more", &unused, "main")
+        ),
+    );
+    ccb(&f, &["update"]).ok();
+    let lock = std::fs::read_to_string(f.project.join("ccb.lock")).unwrap();
+    let table: toml::Table = toml::from_str(&lock).unwrap();
+    let tree = |name: &str| table["sources"][name]["tree"].as_str().unwrap().to_string();
+    let trees = f.env.cache.path().join("sources/trees");
+
+    // Nothing is extracted until a command needs an element no other directory has.
+    ccb(&f, &["query", "targets"]).ok();
+    assert!(!trees.join(tree("extra")).exists());
+    ccb(&f, &["build", "greet", "--until", "layer"]).ok();
+    assert!(trees.join(tree("extra")).is_dir());
+    // Sources are searched in key order: `extra` had `greeter`, `more` was never needed.
+    assert!(!trees.join(tree("more")).exists());
+    // Its repository can vanish: no build needs it.
+    std::fs::remove_dir_all(&unused.bare).unwrap();
+    ccb(
+        &f,
+        &["build", "greet", "--until", "layer", "--force", "greet"],
+    )
+    .ok();
+}
+
+#[test]
+fn fetched_artifacts_let_builds_run_offline() {
+    let f = Fixture::new();
+    write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho hello\n");
+    let sha = crate::distros::sha256(&f.served.join("tools/hello.sh"));
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello.sh\", sha256 = \"{sha}\" }} }}\n",
+            f.port
+        ),
+    );
+    let centos = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
+    f.images_with(
+        &centos,
+        "  tool = { name = \"Tool\", from = \"fake-ubuntu\", elements = [\"hello-tool\"], artifacts = { HELLO_TOOL = \"hello\" } },\n",
+    );
+    script(
+        f.project.join("elements/hello-tool/extra-data.d/50-hello"),
+        "#!/bin/bash\nset -eu\ntest -r \"$HELLO_TOOL\"\ninstall -D -m 0755 \"$HELLO_TOOL\" \"$TMP_MOUNT_PATH/usr/local/bin/hello\"\n",
+    );
+
+    // `ccb fetch` brings the inputs and builds nothing else.
+    let fetched = ccb(&f, &["fetch", "tool", "--format", "json"]).ok().json();
+    assert_eq!(action(&fetched, "fetch:hello")["status"], "built");
+    assert!(
+        fetched["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"] == "fetch:hello"),
+        "{fetched}"
+    );
+    // The artifact's server is gone; offline, the store answers.
+    std::fs::remove_file(f.served.join("tools/hello.sh")).unwrap();
+    ccb(&f, &["--offline", "fetch", "tool"]).ok();
+    // A new artifact the store lacks is an error naming it, not a download attempt.
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello2.sh\", sha256 = \"{}\" }} }}\n",
+            f.port,
+            "0".repeat(64)
+        ),
+    );
+    ccb(&f, &["--offline", "fetch", "tool"])
+        .fails()
+        .stderr_has("artifact `hello` is not in the store, and --offline forbids fetching it");
+}
