@@ -20,6 +20,7 @@
 //! - [`graph`]: actions (`fetch`, `base`, `layer`, `disk`, `publish`), their key documents and
 //!   keys, the plan and `explain`.
 //! - [`fetch`]: artifacts into the store, verified against their pinned SHA-256.
+//! - [`lock`] and [`sources`]: `ccb.lock`, and the git sources it pins (fetched on demand).
 //! - [`exec`]: the scheduler (`-j`, critical path first, fail fast or keep going, cancel).
 //! - [`build`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
 //!   runner of DIB phases inside it, overlay layers, disk assembly, and the parent's side
@@ -39,7 +40,10 @@
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
 //! layers/<key>/{tree,layer.json}  committed root filesystems (full) or overlay upper dirs (diff)
 //! outputs/<key>/, <key>.json  a disk action's files (qcow2, raw, <Name>.d/, SHA256SUMS)
-//! artifacts/<sha256>          fetched artifacts, read-only, verified
+//! artifacts/<sha256>, .json   fetched artifacts, read-only, verified; their blake3 record
+//! artifacts/.partial/         interrupted downloads, resumed by the next fetch
+//! sources/git/, sources/trees/  bare mirrors of git sources; locked trees by git tree id
+//! stat/artifacts.json         verified blake3 of store artifacts by stat
 //! logs/<key>.log              every step's output; <key>-boot-<firmware>.log for `ccb test`
 //! locks/                      per-key and store-wide flocks
 //! downloads/                  shared package and image downloads (never in a key)
