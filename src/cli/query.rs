@@ -423,28 +423,35 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
         cur = model.images[&p].from.clone();
     }
     let artifacts: Vec<&String> = image.artifacts.values().collect();
-    // One build per arch: (arch, elements, actions the disk needs).
-    let builds: Vec<(Arch, &Vec<String>, Vec<&graph::Action>)> = targets
+    // One build per arch: (arch, elements, locked sources → commit, actions the disk needs).
+    type Build<'g> = (
+        Arch,
+        &'g Vec<String>,
+        BTreeMap<String, String>,
+        Vec<&'g graph::Action>,
+    );
+    let builds: Vec<Build> = targets
         .iter()
         .map(|t| {
             let r = &graph.resolved[&(t.image.clone(), t.arch)];
-            (
-                t.arch,
-                &r.elements,
-                graph.closure(&format!("disk:{}:{}", t.image, t.arch)),
-            )
+            let disk = format!("disk:{}:{}", t.image, t.arch);
+            let sources = match graph.get(&disk).and_then(|d| d.doc.get("sources")) {
+                Some(crate::keydoc::Value::Map(m)) => m.clone(),
+                _ => BTreeMap::new(),
+            };
+            (t.arch, &r.elements, sources, graph.closure(&disk))
         })
         .collect();
     match a.format {
         OutputFormat::Json => {
             let builds: Vec<_> = builds
                 .iter()
-                .map(|(arch, elements, actions)| {
+                .map(|(arch, elements, sources, actions)| {
                     let actions: Vec<_> = actions
                         .iter()
                         .map(|a| json!({"id": a.id, "kind": a.kind, "key": a.key}))
                         .collect();
-                    json!({"arch": arch, "elements": elements, "artifacts": artifacts, "actions": actions})
+                    json!({"arch": arch, "elements": elements, "artifacts": artifacts, "sources": sources, "actions": actions})
                 })
                 .collect();
             ui::out_json(&json!({
@@ -458,11 +465,18 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
             if !parents.is_empty() {
                 out.push_str(&format!("  parents: {}\n", parents.join(" ")));
             }
-            for (arch, elements, actions) in &builds {
+            for (arch, elements, sources, actions) in &builds {
                 out.push_str(&format!(
                     "  {arch}:\n    elements: {}\n",
                     elements.join(" ")
                 ));
+                if !sources.is_empty() {
+                    let pins: Vec<String> = sources
+                        .iter()
+                        .map(|(n, c)| format!("{n}@{}", &c[..12.min(c.len())]))
+                        .collect();
+                    out.push_str(&format!("    sources: {}\n", pins.join(" ")));
+                }
                 if !artifacts.is_empty() {
                     let names: Vec<&str> = artifacts.iter().map(|s| s.as_str()).collect();
                     out.push_str(&format!("    artifacts: {}\n", names.join(" ")));

@@ -91,7 +91,7 @@ pub enum ElementError {
         element: String,
         #[source]
         #[diagnostic_source]
-        source: crate::sources::SourceError,
+        source: Box<dyn miette::Diagnostic + Send + Sync>,
     },
     #[error("cannot run bash to source environment.d: {0}")]
     Bash(#[source] std::io::Error),
@@ -376,7 +376,10 @@ pub fn project_resolver<'a>(
         .map_err(|source| {
             ForTarget::new(
                 Some(format!("//images:{image}")),
-                ElementError::Source { element, source },
+                ElementError::Source {
+                    element,
+                    source: Box::new(source),
+                },
             )
         })?;
         path = scan(warn)?;

@@ -172,6 +172,28 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A URL for messages: signature-like query parameters (a site's temp URL, a presigned S3
+/// URL) are credentials for as long as they live, so their values are never printed.
+pub fn redact_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _))
+                if ["sig", "signature", "token", "credential"]
+                    .iter()
+                    .any(|s| k.to_ascii_lowercase().contains(s)) =>
+            {
+                format!("{k}=***")
+            }
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
 fn url_file_name(url: &str) -> Option<&str> {
     let no_query = url.split(['?', '#']).next().unwrap_or(url);
     no_query.rsplit('/').next().filter(|n| !n.is_empty())
@@ -409,7 +431,7 @@ impl Fetcher<'_> {
                     continue;
                 }
                 // A distdir file with another digest is someone else's file of that name.
-                match self.from_local(name, &path, &sha, progress) {
+                match self.copy_local(name, &path, &sha, progress) {
                     Ok(p) => return Ok((p, Origin::Distdir(path))),
                     Err(FetchError::Mismatch { .. }) => continue,
                     Err(e) => return Err(e),
@@ -422,11 +444,11 @@ impl Fetcher<'_> {
         match (&artifact.url, &artifact.swift) {
             (Some(url), _) => {
                 if let Some(path) = url.strip_prefix("file://") {
-                    let p = self.from_local(name, Path::new(path), &sha, progress)?;
-                    Ok((p, Origin::Url(url.clone())))
+                    let p = self.copy_local(name, Path::new(path), &sha, progress)?;
+                    Ok((p, Origin::Url(redact_url(url))))
                 } else if url.starts_with("http://") || url.starts_with("https://") {
                     let p = self.download(name, url, &sha, progress)?;
-                    Ok((p, Origin::Url(url.clone())))
+                    Ok((p, Origin::Url(redact_url(url))))
                 } else {
                     Err(FetchError::Unsupported {
                         name: name.into(),
@@ -435,7 +457,7 @@ impl Fetcher<'_> {
                 }
             }
             (None, Some(object)) => {
-                let p = self.from_swift(name, object, &sha, progress)?;
+                let p = self.read_swift(name, object, &sha, progress)?;
                 Ok((
                     p,
                     Origin::Swift(format!(
@@ -471,7 +493,7 @@ impl Fetcher<'_> {
         } else {
             let mut response = agent().get(url).call().map_err(|e| FetchError::Download {
                 name: name.into(),
-                url: url.into(),
+                url: redact_url(url),
                 message: e.to_string(),
             })?;
             let total = response
@@ -483,15 +505,15 @@ impl Fetcher<'_> {
                 .copy_from(response.body_mut().as_reader(), total, progress)
                 .map_err(|e| FetchError::Download {
                     name: name.into(),
-                    url: url.into(),
+                    url: redact_url(url),
                     message: e.to_string(),
                 })?;
         }
-        let (_, sha) = ingest.finish(name, url, None)?;
+        let (_, sha) = ingest.finish(name, &redact_url(url), None)?;
         Ok(sha)
     }
 
-    fn from_local(
+    fn copy_local(
         &self,
         name: &str,
         path: &Path,
@@ -518,7 +540,7 @@ impl Fetcher<'_> {
     ) -> Result<PathBuf, FetchError> {
         let fail = |message: String| FetchError::Download {
             name: name.into(),
-            url: url.into(),
+            url: redact_url(url),
             message,
         };
         let agent = agent();
@@ -598,11 +620,11 @@ impl Fetcher<'_> {
                 attempt = 0;
                 continue;
             }
-            return Ok(ingest.finish(name, url, Some(sha))?.0);
+            return Ok(ingest.finish(name, &redact_url(url), Some(sha))?.0);
         }
     }
 
-    fn from_swift(
+    fn read_swift(
         &self,
         name: &str,
         object: &SwiftObject,
@@ -1031,5 +1053,22 @@ mod tests {
         let err = verified_path(&store, &mut cache, "tool", &art.sha256).unwrap_err();
         assert!(matches!(err, FetchError::Corrupt { .. }), "{err}");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_temp_url_signature_never_reaches_a_message() {
+        let url = "https://swift.example/v1/AUTH_x/c/cuda.run?temp_url_sig=abc123&temp_url_expires=1700000000";
+        let shown = redact_url(url);
+        assert!(!shown.contains("abc123"), "{shown}");
+        assert!(shown.contains("temp_url_expires=1700000000"), "{shown}");
+        assert_eq!(url_file_name(url), Some("cuda.run"));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let art = artifact(
+            Some("http://127.0.0.1:9/c/x?temp_url_sig=s3cret&temp_url_expires=1".into()),
+            b"x",
+        );
+        let err = fetch(&store, "x", &art, &[], &mut |_, _| {}).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

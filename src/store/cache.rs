@@ -345,6 +345,12 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
                 Ok(_) => {}
             },
         }
+        if !problems.is_empty() {
+            problems.push(format!(
+                "remove {} and its .json: the next build fetches it again",
+                path.display()
+            ));
+        }
         out.push(Verdict {
             key: name,
             id,

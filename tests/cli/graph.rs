@@ -46,6 +46,7 @@ fn project_copy() -> (tempfile::TempDir, std::path::PathBuf) {
     for sub in ["manifests", "elements", "stdlib"] {
         copy_tree(&repo().join(sub), &proj.join(sub));
     }
+    std::fs::copy(repo().join("ccb.lock"), proj.join("ccb.lock")).unwrap();
     (dir, proj)
 }
 

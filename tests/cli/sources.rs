@@ -195,6 +195,10 @@ fn a_git_source_is_pinned_by_the_lock_until_ccb_update() {
     let acts = crate::common::strs(&rows[0]["actions"], None);
     assert_eq!(acts, ["layer:greet:amd64", "disk:greet:amd64"]);
     ccb(&f, &["query", "rdeps", "source:nope"]).fails();
+    let deps = ccb(&f, &["query", "deps", "greet", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(deps["builds"][0]["sources"]["extra"], v2.as_str(), "{deps}");
 
     // Editing the manifest's ref makes the lock stale: an error naming the source and the fix.
     sources(
@@ -332,4 +336,88 @@ fn fetched_artifacts_let_builds_run_offline() {
     ccb(&f, &["--offline", "fetch", "tool"])
         .fails()
         .stderr_has("artifact `hello` is not in the store, and --offline forbids fetching it");
+
+    // A new version replaces it: `cache gc` drops the old file (no kept action uses it) and
+    // keeps the new; `cache verify` re-hashes what is left and notices damage.
+    write(
+        f.served.join("tools/hello2.sh"),
+        "#!/bin/sh\necho hello 2\n",
+    );
+    let sha2 = crate::distros::sha256(&f.served.join("tools/hello2.sh"));
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello2.sh\", sha256 = \"{sha2}\" }} }}\n",
+            f.port
+        ),
+    );
+    ccb(&f, &["fetch", "tool"]).ok();
+    let gc = ccb(&f, &["cache", "gc", "--format", "json"]).ok().json();
+    assert_eq!(gc["artifacts_removed"], serde_json::json!([sha]), "{gc}");
+    let artifacts = f.env.cache.path().join("artifacts");
+    assert!(!artifacts.join(&sha).exists());
+    assert!(artifacts.join(&sha2).is_file());
+    ccb(&f, &["cache", "verify"]).ok();
+    let stored = artifacts.join(&sha2);
+    let mut perms = std::fs::metadata(&stored).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&stored, perms).unwrap();
+    std::fs::write(&stored, "#!/bin/sh\necho tampered\n").unwrap();
+    let bad = ccb(&f, &["cache", "verify"]).fails();
+    assert!(
+        bad.stdout.contains(&format!("artifact {}", &sha2[..16])),
+        "{}",
+        bad.stdout
+    );
+}
+
+#[test]
+fn an_artifact_following_latest_is_pinned_by_ccb_update() {
+    let f = Fixture::new();
+    write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho one\n");
+    let one = crate::distros::sha256(&f.served.join("tools/hello.sh"));
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello.sh\", sha256 = \"latest\" }} }}\n",
+            f.port
+        ),
+    );
+    let centos = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
+    f.images_with(
+        &centos,
+        "  tool = { name = \"Tool\", from = \"fake-ubuntu\", elements = [\"ubuntu\"], artifacts = { HELLO_TOOL = \"hello\" } },\n",
+    );
+    ccb(&f, &["check"])
+        .fails()
+        .stderr_has("artifact `hello`")
+        .stderr_has("ccb update");
+    ccb(&f, &["update"]).ok();
+    let lock = std::fs::read_to_string(f.project.join("ccb.lock")).unwrap();
+    assert!(lock.contains(&one), "{lock}");
+    // `update` downloaded it: fetching needs no second download.
+    std::fs::remove_file(f.served.join("tools/hello.sh")).unwrap();
+    ccb(&f, &["build", "tool", "--until", "layer"]).ok();
+
+    // Upstream publishes a new file: nothing changes until `ccb update hello`.
+    write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho two\n");
+    let two = crate::distros::sha256(&f.served.join("tools/hello.sh"));
+    ccb(&f, &["fetch", "tool"]).ok();
+    assert!(!f.env.cache.path().join("artifacts").join(&two).exists());
+    let upd = ccb(&f, &["update", "hello", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(upd["changed"][0]["entry"], "artifact `hello`", "{upd}");
+    assert_eq!(upd["changed"][0]["before"], one.as_str());
+    assert_eq!(upd["changed"][0]["after"], two.as_str());
+    let explain = ccb(&f, &["query", "explain", "tool"]).ok();
+    assert!(
+        explain
+            .stdout
+            .contains("artifacts: hello (HELLO_TOOL) changed"),
+        "{}",
+        explain.stdout
+    );
+    // Names that are neither sources nor "latest" artifacts are usage errors.
+    assert_eq!(ccb(&f, &["update", "nope"]).code, 2);
 }
