@@ -389,11 +389,12 @@ pub fn project_resolver<'a>(
 
 pub fn check_model(
     model: &Model,
+    extra: &[String],
     store: &Store,
     offline: bool,
     warn: &mut dyn FnMut(&str),
 ) -> Result<CheckSummary, ForTarget> {
-    let resolver = project_resolver(model, &[], store, offline, warn)?;
+    let resolver = project_resolver(model, extra, store, offline, warn)?;
     let mut used = BTreeSet::new();
     for image in model.images_parents_first() {
         for &arch in &image.arch {

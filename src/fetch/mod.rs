@@ -199,6 +199,11 @@ fn url_file_name(url: &str) -> Option<&str> {
     no_query.rsplit('/').next().filter(|n| !n.is_empty())
 }
 
+enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
 /// A file being written into `artifacts/`, hashed as it grows.
 struct Ingest<'s> {
     store: &'s Store,
@@ -294,23 +299,33 @@ impl<'s> Ingest<'s> {
         Ok(())
     }
 
-    /// Copies `reader` to the end; an error leaves what was written in place.
+    /// Copies `reader` to the end; an error leaves what was written in place. Reading and
+    /// writing fail apart: a dropped connection is retried, a full disk is not.
     fn copy_from(
         &mut self,
         mut reader: impl Read,
         total: Option<u64>,
         progress: &mut dyn FnMut(u64, Option<u64>),
-    ) -> Result<(), std::io::Error> {
+    ) -> Result<(), CopyError> {
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(CopyError::Read(e)),
             };
-            self.write(&buf[..n])?;
+            self.write(&buf[..n]).map_err(CopyError::Write)?;
             progress(self.len, total);
+        }
+    }
+
+    /// A copy error as a fetch error: a read error is the source's (`from`), a write error
+    /// the store's.
+    fn copy_error(&self, name: &str, from: &Path, e: CopyError) -> FetchError {
+        match e {
+            CopyError::Read(e) => Self::io(name, from)(e),
+            CopyError::Write(e) => Self::io(name, &self.path)(e),
         }
     }
 
@@ -487,9 +502,9 @@ impl Fetcher<'_> {
         if let Some(path) = url.strip_prefix("file://") {
             let file = std::fs::File::open(path).map_err(Ingest::io(name, Path::new(path)))?;
             let total = file.metadata().ok().map(|m| m.len());
-            ingest
-                .copy_from(file, total, progress)
-                .map_err(Ingest::io(name, Path::new(path)))?;
+            if let Err(e) = ingest.copy_from(file, total, progress) {
+                return Err(ingest.copy_error(name, Path::new(path), e));
+            }
         } else {
             let mut response = agent().get(url).call().map_err(|e| FetchError::Download {
                 name: name.into(),
@@ -501,13 +516,17 @@ impl Fetcher<'_> {
                 .get("content-length")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            ingest
-                .copy_from(response.body_mut().as_reader(), total, progress)
-                .map_err(|e| FetchError::Download {
-                    name: name.into(),
-                    url: redact_url(url),
-                    message: e.to_string(),
-                })?;
+            match ingest.copy_from(response.body_mut().as_reader(), total, progress) {
+                Ok(()) => {}
+                Err(CopyError::Read(e)) => {
+                    return Err(FetchError::Download {
+                        name: name.into(),
+                        url: redact_url(url),
+                        message: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(ingest.copy_error(name, Path::new(url), e)),
+            }
         }
         let (_, sha) = ingest.finish(name, &redact_url(url), None)?;
         Ok(sha)
@@ -523,9 +542,9 @@ impl Fetcher<'_> {
         let file = std::fs::File::open(path).map_err(Ingest::io(name, path))?;
         let total = file.metadata().ok().map(|m| m.len());
         let mut ingest = Ingest::temp(self.store, name)?;
-        ingest
-            .copy_from(file, total, progress)
-            .map_err(Ingest::io(name, path))?;
+        if let Err(e) = ingest.copy_from(file, total, progress) {
+            return Err(ingest.copy_error(name, path, e));
+        }
         Ok(ingest
             .finish(name, &path.display().to_string(), Some(sha))?
             .0)
@@ -595,6 +614,10 @@ impl Fetcher<'_> {
                 header("content-length").and_then(|v| v.parse().ok())
             };
             if let Err(e) = ingest.copy_from(response.body_mut().as_reader(), total, progress) {
+                let e = match e {
+                    CopyError::Read(e) => e,
+                    write => return Err(ingest.copy_error(name, Path::new(url), write)),
+                };
                 if attempt < ATTEMPTS {
                     backoff(attempt);
                     continue;
@@ -687,18 +710,15 @@ pub fn verified_path(
         Some(m) => m,
         None => {
             // Fetched before the store recorded blake3: check the pin once, then record.
-            let mut ingest = Ingest::temp(store, name)?;
-            let file = std::fs::File::open(&path).map_err(&io)?;
-            ingest.copy_from(file, None, &mut |_, _| {}).map_err(&io)?;
-            let actual = sha256_hex(&ingest.sha256.clone().finalize());
-            let blake3 = ingest.blake3.finalize().to_hex().to_string();
+            let actual = hash::sha256_file(&path).map_err(&io)?;
             if actual != sha256.to_ascii_lowercase() {
                 return Err(damaged(store, cache, name, &path, sha256.into(), actual));
             }
+            let blake3 = hash::blake3_file(&path).map_err(&io)?;
             let meta = ArtifactMeta {
                 sha256: actual,
                 blake3,
-                bytes: ingest.len,
+                bytes: std::fs::metadata(&path).map_err(&io)?.len(),
             };
             store.write_json(&meta_name(sha256), &meta)?;
             meta
