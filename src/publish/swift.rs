@@ -667,6 +667,11 @@ impl SwiftSite {
         match r.status {
             201 => Ok(PutOutcome::Written),
             412 if create_only => Ok(PutOutcome::Exists),
+            // Two PUTs of one name at once: Swift keeps the newer timestamp and answers the
+            // older with 202. Not an error: the name holds a newer write (a create-only
+            // writer lost the race), and whoever needs the value reads it back.
+            202 if create_only => Ok(PutOutcome::Exists),
+            202 => Ok(PutOutcome::Written),
             s => Err(self.http_error("PUT", name, s, &r.body)),
         }
     }

@@ -300,13 +300,20 @@ fn an_artifact_is_a_fetch_action_keyed_by_its_digest() {
         ["//images:bookworm", "//images:bookworm"],
         "one per arch"
     );
+    // The actions that use it (the layer) and need those (the disk); the base does not.
+    let acts = strs(&rd["dependents"][0]["actions"], None);
+    assert_eq!(
+        acts,
+        ["layer:bookworm:amd64", "disk:bookworm:amd64"],
+        "{rd}"
+    );
     let hash = env
         .run(&[
             "--root", root, "query", "hash", "bookworm", "--arch", "amd64",
         ])
         .ok();
     assert!(
-        hash.stdout.contains("HELLO_NOTES = daa9f159"),
+        hash.stdout.contains("hello-notes (HELLO_NOTES) = daa9f159"),
         "{}",
         hash.stdout
     );
