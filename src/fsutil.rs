@@ -65,3 +65,25 @@ pub fn display_path(path: &Path) -> String {
     }
     path.display().to_string()
 }
+
+/// What a stat cache compares to decide a file is unchanged (git's index does the same):
+/// size, mtime and ctime to the nanosecond, inode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub ino: u64,
+}
+
+impl Stamp {
+    pub fn of(md: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: md.len(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+            ino: md.ino(),
+        }
+    }
+}

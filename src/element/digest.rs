@@ -7,36 +7,18 @@
 //! "racy" entries).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::ElementError;
 use crate::fsutil::FsError;
+use crate::fsutil::Stamp;
 use crate::keydoc::{hash_bytes, hash_str};
 use crate::store::Store;
 
 const RECORD: &str = "stat/elements.json";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    ino: u64,
-}
-
-impl Stamp {
-    fn of(md: &std::fs::Metadata) -> Self {
-        Self {
-            size: md.len(),
-            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
-            ino: md.ino(),
-        }
-    }
-}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {

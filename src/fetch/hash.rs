@@ -8,11 +8,11 @@
 //!   someone touched the file.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::Stamp;
 use crate::store::Store;
 
 const RECORD: &str = "stat/artifacts.json";
@@ -40,25 +40,6 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    ino: u64,
-}
-
-impl Stamp {
-    pub fn of(md: &std::fs::Metadata) -> Self {
-        Self {
-            size: md.len(),
-            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
-            ino: md.ino(),
-        }
-    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

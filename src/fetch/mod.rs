@@ -381,7 +381,7 @@ impl<'s> Ingest<'s> {
         }
         let mut cache = hash::StatCache::load(self.store);
         if let Ok(md) = std::fs::metadata(&dest) {
-            cache.remember(&dest, hash::Stamp::of(&md), &meta.blake3);
+            cache.remember(&dest, crate::fsutil::Stamp::of(&md), &meta.blake3);
             cache.save(self.store);
         }
         Ok((dest, actual))

@@ -1052,16 +1052,12 @@ fn an_artifact_kept_in_a_site_container_is_fetched_with_the_site_credentials() {
     let fetch = |extra: &[&str]| {
         let mut args = vec!["fetch", "gpu"];
         args.extend_from_slice(extra);
-        let out = p
-            .cmd(&args)
-            .env("ELEMENTS_PATH", repo().join("elements"))
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(
+            p.cmd(&args)
+                .env("ELEMENTS_PATH", repo().join("elements"))
+                .output()
+                .unwrap(),
+        )
     };
 
     // The wrong digest: named with both digests, nothing stored.

@@ -106,19 +106,14 @@ fn action<'a>(run: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
 /// Runs ccb on the fixture's project with the store of `env`; ccb's own elements come from
 /// ELEMENTS_PATH so that every command (`update`, `check`, `query`) sees them.
 fn ccb_with(env: &Env, f: &Fixture, rest: &[&str]) -> Run {
-    let out = env
-        .cmd()
+    env.cmd()
         .env("ELEMENTS_PATH", repo().join("elements"))
         .arg("--root")
         .arg(&f.project)
         .args(rest)
         .output()
-        .expect("run ccb");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .expect("run ccb")
+        .into()
 }
 
 fn ccb(f: &Fixture, rest: &[&str]) -> Run {
@@ -288,18 +283,23 @@ fn a_source_is_fetched_only_when_an_image_needs_one_of_its_elements() {
     .ok();
 }
 
+/// `manifests/artifacts.ncl`: one artifact `hello`, served from `tools/<file>`.
+fn hello_artifact(f: &Fixture, file: &str, sha256: &str) {
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/{file}\", sha256 = \"{sha256}\" }} }}\n",
+            f.port
+        ),
+    );
+}
+
 #[test]
 fn fetched_artifacts_let_builds_run_offline() {
     let f = Fixture::new();
     write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho hello\n");
     let sha = crate::distros::sha256(&f.served.join("tools/hello.sh"));
-    write(
-        f.project.join("manifests/artifacts.ncl"),
-        &format!(
-            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello.sh\", sha256 = \"{sha}\" }} }}\n",
-            f.port
-        ),
-    );
+    hello_artifact(&f, "hello.sh", &sha);
     let centos = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
     f.images_with(
         &centos,
@@ -325,14 +325,7 @@ fn fetched_artifacts_let_builds_run_offline() {
     std::fs::remove_file(f.served.join("tools/hello.sh")).unwrap();
     ccb(&f, &["--offline", "fetch", "tool"]).ok();
     // A new artifact the store lacks is an error naming it, not a download attempt.
-    write(
-        f.project.join("manifests/artifacts.ncl"),
-        &format!(
-            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello2.sh\", sha256 = \"{}\" }} }}\n",
-            f.port,
-            "0".repeat(64)
-        ),
-    );
+    hello_artifact(&f, "hello2.sh", &"0".repeat(64));
     ccb(&f, &["--offline", "fetch", "tool"])
         .fails()
         .stderr_has("artifact `hello` is not in the store, and --offline forbids fetching it");
@@ -344,13 +337,7 @@ fn fetched_artifacts_let_builds_run_offline() {
         "#!/bin/sh\necho hello 2\n",
     );
     let sha2 = crate::distros::sha256(&f.served.join("tools/hello2.sh"));
-    write(
-        f.project.join("manifests/artifacts.ncl"),
-        &format!(
-            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello2.sh\", sha256 = \"{sha2}\" }} }}\n",
-            f.port
-        ),
-    );
+    hello_artifact(&f, "hello2.sh", &sha2);
     ccb(&f, &["fetch", "tool"]).ok();
     let gc = ccb(&f, &["cache", "gc", "--format", "json"]).ok().json();
     assert_eq!(gc["artifacts_removed"], serde_json::json!([sha]), "{gc}");
@@ -376,13 +363,7 @@ fn an_artifact_following_latest_is_pinned_by_ccb_update() {
     let f = Fixture::new();
     write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho one\n");
     let one = crate::distros::sha256(&f.served.join("tools/hello.sh"));
-    write(
-        f.project.join("manifests/artifacts.ncl"),
-        &format!(
-            "{{ hello = {{ url = \"http://127.0.0.1:{}/tools/hello.sh\", sha256 = \"latest\" }} }}\n",
-            f.port
-        ),
-    );
+    hello_artifact(&f, "hello.sh", "latest");
     let centos = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
     f.images_with(
         &centos,
