@@ -305,6 +305,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
                 .map(|l| l.duration_ms)
                 .filter(|d| *d > 0)
                 .unwrap_or_else(|| default_weight(act.kind)),
+            light: act.kind == Kind::Fetch,
         })
         .collect();
 

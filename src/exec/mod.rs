@@ -16,7 +16,14 @@ pub struct Node {
     pub deps: Vec<String>,
     /// Expected cost (e.g. the last build's duration): only its relative size matters.
     pub weight: u64,
+    /// Waits on the network rather than the CPU (a download): runs beside the `jobs` slots,
+    /// as Bazel's fetches do not count against `--jobs`, so an artifact downloads while a
+    /// bootstrap runs even with `-j 1`.
+    pub light: bool,
 }
+
+/// Light jobs at once, beside the slots.
+const LIGHT_JOBS: usize = 4;
 
 /// How a job that ran ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,36 +116,54 @@ where
 
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<(usize, JobEnd)>();
-        let mut running = 0usize;
+        let (mut running, mut running_light) = (0usize, 0usize);
         loop {
             if cancel.load(Ordering::SeqCst) {
                 stop = true;
             }
-            while running < jobs && !stop && !ready.is_empty() {
-                // Highest critical path first; ties by id for a stable order.
-                let (pos, _) = ready
+            while !stop {
+                // Highest critical path first, among the jobs that may start now; ties by id
+                // for a stable order.
+                let Some((pos, _)) = ready
                     .iter()
                     .enumerate()
+                    .filter(|(_, i)| {
+                        if nodes[**i].light {
+                            running_light < LIGHT_JOBS
+                        } else {
+                            running < jobs
+                        }
+                    })
                     .max_by(|(_, a), (_, b)| {
                         prio[&nodes[**a].id]
                             .cmp(&prio[&nodes[**b].id])
                             .then_with(|| nodes[**b].id.cmp(&nodes[**a].id))
                     })
-                    .expect("ready is not empty");
+                else {
+                    break;
+                };
                 let i = ready.swap_remove(pos);
                 let tx = tx.clone();
                 let id = nodes[i].id.clone();
-                running += 1;
+                if nodes[i].light {
+                    running_light += 1;
+                } else {
+                    running += 1;
+                }
                 scope.spawn(move || {
                     let end = run(&id);
                     let _ = tx.send((i, end));
                 });
             }
-            if running == 0 {
+            if running + running_light == 0 {
                 break;
             }
             let Ok((i, end)) = rx.recv() else { break };
-            running -= 1;
+            if nodes[i].light {
+                running_light -= 1;
+            } else {
+                running -= 1;
+            }
             fates.insert(nodes[i].id.clone(), Fate::Ran(end));
             match end {
                 JobEnd::Cached | JobEnd::Built => {
@@ -187,6 +212,7 @@ mod tests {
             id: id.into(),
             deps: deps.iter().map(|s| s.to_string()).collect(),
             weight,
+            light: false,
         }
     }
 
@@ -238,6 +264,38 @@ mod tests {
             }
         );
         assert_eq!(fates["x"], Fate::Ran(JobEnd::Built));
+    }
+
+    #[test]
+    fn downloads_run_beside_the_job_slots() {
+        // With -j 1, the fetch runs while the base builds; the layer waits for both.
+        let mut fetch = node("fetch", &[], 1);
+        fetch.light = true;
+        let nodes = vec![
+            node("base", &[], 10),
+            fetch,
+            node("layer", &["base", "fetch"], 10),
+            node("other", &[], 1),
+        ];
+        let now = std::sync::atomic::AtomicUsize::new(0);
+        let peak = std::sync::atomic::AtomicUsize::new(0);
+        let order = Mutex::new(Vec::new());
+        let cancel = AtomicBool::new(false);
+        schedule(&nodes, 1, false, &cancel, |id| {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            order.lock().unwrap().push(id.to_string());
+            now.fetch_sub(1, Ordering::SeqCst);
+            JobEnd::Built
+        });
+        assert_eq!(peak.load(Ordering::SeqCst), 2, "one slot plus the download");
+        let order = order.lock().unwrap();
+        let at = |id: &str| order.iter().position(|x| x == id).unwrap();
+        assert!(
+            at("layer") > at("fetch") && at("layer") > at("base"),
+            "{order:?}"
+        );
     }
 
     #[test]
