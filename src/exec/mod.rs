@@ -121,27 +121,25 @@ where
             if cancel.load(Ordering::SeqCst) {
                 stop = true;
             }
-            while !stop {
-                // Highest critical path first, among the jobs that may start now; ties by id
-                // for a stable order.
-                let Some((pos, _)) = ready
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, i)| {
-                        if nodes[**i].light {
-                            running_light < LIGHT_JOBS
-                        } else {
-                            running < jobs
-                        }
-                    })
-                    .max_by(|(_, a), (_, b)| {
-                        prio[&nodes[**a].id]
-                            .cmp(&prio[&nodes[**b].id])
-                            .then_with(|| nodes[**b].id.cmp(&nodes[**a].id))
-                    })
-                else {
-                    break;
-                };
+            // Highest critical path first, among the jobs that may start now (none after a
+            // stop); ties by id for a stable order.
+            while let Some((pos, _)) = ready
+                .iter()
+                .enumerate()
+                .filter(|_| !stop)
+                .filter(|(_, i)| {
+                    if nodes[**i].light {
+                        running_light < LIGHT_JOBS
+                    } else {
+                        running < jobs
+                    }
+                })
+                .max_by(|(_, a), (_, b)| {
+                    prio[&nodes[**a].id]
+                        .cmp(&prio[&nodes[**b].id])
+                        .then_with(|| nodes[**b].id.cmp(&nodes[**a].id))
+                })
+            {
                 let i = ready.swap_remove(pos);
                 let tx = tx.clone();
                 let id = nodes[i].id.clone();
