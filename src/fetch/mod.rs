@@ -348,6 +348,19 @@ impl<'s> Ingest<'s> {
         expected: Option<&str>,
     ) -> Result<(PathBuf, String), FetchError> {
         let actual = sha256_hex(&self.sha256.finalize_reset());
+        let blake3 = self.blake3.finalize().to_hex().to_string();
+        self.commit(name, origin, expected, actual, blake3)
+    }
+
+    /// [`Ingest::finish`] with the digests computed elsewhere.
+    fn commit(
+        mut self,
+        name: &str,
+        origin: &str,
+        expected: Option<&str>,
+        actual: String,
+        blake3: String,
+    ) -> Result<(PathBuf, String), FetchError> {
         if let Some(expected) = expected
             && !actual.eq_ignore_ascii_case(expected)
         {
@@ -369,7 +382,7 @@ impl<'s> Ingest<'s> {
         let dest = store_path(self.store, &actual);
         let meta = ArtifactMeta {
             sha256: actual.clone(),
-            blake3: self.blake3.finalize().to_hex().to_string(),
+            blake3,
             bytes: self.len,
         };
         // The record first: a blob is never in place without it.
@@ -532,6 +545,9 @@ impl Fetcher<'_> {
         Ok(sha)
     }
 
+    /// A local file (distdir, `file://`): copied by the kernel (`copy_file_range`, a reflink
+    /// where the filesystem can), then SHA-256 and blake3 (memory-mapped, on every core) side
+    /// by side on the copy: what is verified is what the store keeps.
     fn copy_local(
         &self,
         name: &str,
@@ -539,14 +555,30 @@ impl Fetcher<'_> {
         sha: &str,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf, FetchError> {
-        let file = std::fs::File::open(path).map_err(Ingest::io(name, path))?;
-        let total = file.metadata().ok().map(|m| m.len());
         let mut ingest = Ingest::temp(self.store, name)?;
-        if let Err(e) = ingest.copy_from(file, total, progress) {
-            return Err(ingest.copy_error(name, path, e));
-        }
+        let copied = std::fs::copy(path, &ingest.path).map_err(|e| {
+            // A missing or unreadable source is the source's error; anything else (a full
+            // disk) the store's.
+            let from = std::fs::File::open(path).err().map(|_| path);
+            Ingest::io(name, from.unwrap_or(&ingest.path))(e)
+        })?;
+        ingest.len = copied;
+        progress(copied, Some(copied));
+        let copy = ingest.path.clone();
+        let (sha256, blake3) = std::thread::scope(|scope| {
+            let blake3 = scope.spawn(|| hash::blake3_file(&copy));
+            let sha256 = hash::sha256_file(&copy);
+            (
+                sha256,
+                blake3
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("panicked"))),
+            )
+        });
+        let io = Ingest::io(name, &copy);
+        let (sha256, blake3) = (sha256.map_err(&io)?, blake3.map_err(&io)?);
         Ok(ingest
-            .finish(name, &path.display().to_string(), Some(sha))?
+            .commit(name, &path.display().to_string(), Some(sha), sha256, blake3)?
             .0)
     }
 
