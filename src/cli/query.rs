@@ -592,6 +592,9 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
                 out.push_str(&format!("{t}  {}\n", acts.join(" ")));
             }
             ui::out(&out);
+            if hits.is_empty() {
+                ui::status(ctx.quiet, &format!("nothing depends on {}", a.what));
+            }
         }
     }
     Ok(())
