@@ -142,23 +142,29 @@ pub fn follows_latest(sha256: &str) -> bool {
     sha256 == LATEST
 }
 
-/// Checks the lock against the model and applies it: "latest" artifacts get their locked
-/// digest, the model's `pins` the locked sources. Entries the manifests no longer declare are
-/// stale too (as `cargo --locked` treats them): the lock says exactly what a build uses.
-pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
-    let file = path(&model.root);
-    let git: Vec<&String> = model
+/// What the manifests leave open, so the lock must pin: (git sources, "latest" artifacts).
+pub fn open_inputs(model: &Model) -> (Vec<&String>, Vec<&String>) {
+    let git = model
         .sources
         .iter()
         .filter(|(_, s)| crate::sources::is_git(&model.root, s))
         .map(|(k, _)| k)
         .collect();
-    let latest: Vec<&String> = model
+    let latest = model
         .artifacts
         .iter()
         .filter(|(_, a)| follows_latest(&a.sha256))
         .map(|(k, _)| k)
         .collect();
+    (git, latest)
+}
+
+/// Checks the lock against the model and applies it: "latest" artifacts get their locked
+/// digest, the model's `pins` the locked sources. Entries the manifests no longer declare are
+/// stale too (as `cargo --locked` treats them): the lock says exactly what a build uses.
+pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
+    let file = path(&model.root);
+    let (git, latest) = open_inputs(model);
     let Some(lock) = lock else {
         if git.is_empty() && latest.is_empty() {
             return Ok(());

@@ -434,9 +434,13 @@ pub fn spec_for(
                 }
                 let path =
                     crate::fetch::verified_path(ctx.store, &mut stat_cache, art_key, &art.sha256);
-                stat_cache.save(ctx.store);
+                if path.is_err() {
+                    // What was verified before the damaged one stays verified.
+                    stat_cache.save(ctx.store);
+                }
                 artifacts.insert(var.clone(), path?);
             }
+            stat_cache.save(ctx.store);
             Ok(ActionSpec {
                 id: action.id.clone(),
                 key: action.key.clone(),

@@ -545,18 +545,10 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
                 help: label::did_you_mean(name, &known),
             }));
         }
-        // Locked sources are in the key documents; plain local ones only through their
-        // elements' digests.
+        // By where the action's elements come from: that covers plain local sources too,
+        // which are in no key document.
         hits = dependents(&graph, &all, |act| {
-            matches!(act.doc.get("sources"), Some(crate::keydoc::Value::Map(m)) if m.contains_key(name))
-                || (act.kind != Kind::Fetch
-                    && act
-                        .image
-                        .as_ref()
-                        .zip(act.arch)
-                        .is_some_and(|(image, arch)| {
-                            uses_source_directly(&graph, &resolver, act, image, arch, name)
-                        }))
+            uses_source(&graph, &resolver, act, name)
         });
     } else {
         let targets = label::resolve(&model, std::slice::from_ref(&a.what), None)?;
@@ -632,16 +624,17 @@ fn dependents(
     hits
 }
 
-/// Whether an image action runs elements of a plain local source `name`.
-fn uses_source_directly(
+/// Whether an image action runs elements of source `name`.
+fn uses_source(
     graph: &Graph,
     resolver: &element::Resolver,
     act: &crate::graph::Action,
-    image: &str,
-    arch: crate::manifest::Arch,
     name: &str,
 ) -> bool {
-    let Some(r) = graph.resolved.get(&(image.to_string(), arch)) else {
+    let (Some(image), Some(arch)) = (&act.image, act.arch) else {
+        return false;
+    };
+    let Some(r) = graph.resolved.get(&(image.clone(), arch)) else {
         return false;
     };
     let from = |e: &String| resolver.path.get(e).and_then(|d| d.source.as_deref()) == Some(name);

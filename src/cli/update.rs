@@ -37,18 +37,7 @@ pub fn run(ctx: &mut Context, a: UpdateArgs) -> Result<(), CliError> {
         }
         Err(e) => return Err(e.into()),
     };
-    let git: Vec<&String> = model
-        .sources
-        .iter()
-        .filter(|(_, s)| crate::sources::is_git(&root, s))
-        .map(|(k, _)| k)
-        .collect();
-    let latest: Vec<&String> = model
-        .artifacts
-        .iter()
-        .filter(|(_, a)| lock::follows_latest(&a.sha256))
-        .map(|(k, _)| k)
-        .collect();
+    let (git, latest) = lock::open_inputs(&model);
     for n in &a.names {
         if !git.contains(&n) && !latest.contains(&n) {
             let known: Vec<String> = git.iter().chain(&latest).map(|s| s.to_string()).collect();

@@ -205,6 +205,36 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// The first (image, element) of the model that no directory of the search path has.
+    /// "Nothing missing" is remembered by the search path's digest and the images' requests,
+    /// so a project whose sources stay unfetched (none of its images needs them) pays for the
+    /// check once, not on every command.
+    fn first_missing(&self, model: &Model) -> Option<(String, String)> {
+        let mut h = blake3::Hasher::new();
+        crate::keydoc::hash_str(&mut h, crate::ENGINE_VERSION);
+        crate::keydoc::hash_str(&mut h, &self.path_digest);
+        let images = model.images_parents_first();
+        for image in &images {
+            crate::keydoc::hash_str(&mut h, &image.key);
+            crate::keydoc::hash_list(&mut h, &requested_elements(image));
+        }
+        let rec = format!("resolve/complete-{}.json", &h.finalize().to_hex()[..40]);
+        if self.store.exists(&rec) {
+            return None;
+        }
+        let missing = images.into_iter().find_map(|image| {
+            match expand(&self.path, &requested_elements(image)) {
+                Err(ElementError::NotFound { name, .. }) => Some((image.key.clone(), name)),
+                _ => None,
+            }
+        });
+        if missing.is_none() {
+            // Failing to record it only costs the check next time.
+            let _ = self.store.write_json(&rec, &true);
+        }
+        missing
+    }
+
     /// Expands and views `requested` under `declared` variables (the manifest's `env`),
     /// caching the result by the search path's digest and the inputs.
     pub fn resolve(
@@ -359,15 +389,13 @@ pub fn project_resolver<'a>(
         .iter()
         .filter(|(_, l)| !crate::sources::is_checked_out(store, l))
         .collect();
-    while !pending.is_empty() {
-        let missing = model.images_parents_first().into_iter().find_map(|image| {
-            match expand(&path, &requested_elements(image)) {
-                Err(ElementError::NotFound { name, .. }) => Some((image.key.clone(), name)),
-                _ => None,
-            }
-        });
-        let Some((image, element)) = missing else {
-            break;
+    loop {
+        let resolver = Resolver::new(path, store).map_err(|e| ForTarget::new(None, e))?;
+        if pending.is_empty() {
+            return Ok(resolver);
+        }
+        let Some((image, element)) = resolver.first_missing(model) else {
+            return Ok(resolver);
         };
         let (name, locked) = pending.remove(0);
         crate::sources::checkout(store, &model.root, name, locked, offline, &mut |m| {
@@ -384,7 +412,6 @@ pub fn project_resolver<'a>(
         })?;
         path = scan(warn)?;
     }
-    Resolver::new(path, store).map_err(|e| ForTarget::new(None, e))
 }
 
 pub fn check_model(

@@ -164,10 +164,6 @@ pub struct Fetcher<'a> {
 const ATTEMPTS: u32 = 5;
 const CHUNK: usize = 4 << 20;
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(bytes)
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -347,7 +343,7 @@ impl<'s> Ingest<'s> {
         origin: &str,
         expected: Option<&str>,
     ) -> Result<(PathBuf, String), FetchError> {
-        let actual = sha256_hex(&self.sha256.finalize_reset());
+        let actual = hex(&self.sha256.finalize_reset());
         let blake3 = self.blake3.finalize().to_hex().to_string();
         self.commit(name, origin, expected, actual, blake3)
     }

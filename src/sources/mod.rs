@@ -221,6 +221,15 @@ impl Git<'_> {
         .map(|_| ())
     }
 
+    /// Asks `url` for a commit by id (servers allow reachable commits no branch or tag names);
+    /// whether the mirror has it now.
+    fn fetch_commit(&self, url: &str, commit: &str) -> bool {
+        if !self.has_commit(commit) {
+            let _ = self.run("fetch", &["fetch", "--quiet", url, commit]);
+        }
+        self.has_commit(commit)
+    }
+
     /// The tree id of `path` at `commit`.
     fn tree_of(&self, commit: &str, path: &str) -> Result<String, SourceError> {
         let rel = path.trim_matches('/').trim_start_matches("./");
@@ -314,11 +323,12 @@ pub fn resolve(
     }
     let r = &source.git_ref;
     let commit = if is_commit_id(r) {
-        if !git.has_commit(r) && !offline {
-            // Not on a branch or tag: ask for it by id (servers allow reachable commits).
-            let _ = git.run("fetch", &["fetch", "--quiet", &url, r]);
-        }
-        git.has_commit(r).then(|| r.to_ascii_lowercase())
+        let found = if offline {
+            git.has_commit(r)
+        } else {
+            git.fetch_commit(&url, r)
+        };
+        found.then(|| r.to_ascii_lowercase())
     } else {
         [format!("refs/heads/{r}"), format!("refs/tags/{r}")]
             .iter()
@@ -371,10 +381,7 @@ pub fn checkout(
             &locked.commit[..12.min(locked.commit.len())]
         ));
         git.fetch_refs(&url)?;
-        if !git.has_commit(&locked.commit) {
-            let _ = git.run("fetch", &["fetch", "--quiet", &url, &locked.commit]);
-        }
-        if !git.has_commit(&locked.commit) {
+        if !git.fetch_commit(&url, &locked.commit) {
             return Err(SourceError::NotFound {
                 name: name.into(),
                 message: format!(
