@@ -50,8 +50,8 @@
 //! tmp/                        working directories of running (or killed) actions
 //! ```
 
+pub mod action;
 pub mod bootcheck;
-pub mod build;
 pub mod cli;
 pub mod diag;
 pub mod element;

@@ -9,8 +9,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::{CliError, Context};
-use crate::build::event::Event;
-use crate::build::{self, BuildContext, BuildError};
+use crate::action::event::Event;
+use crate::action::{self, BuildContext, BuildError};
 use crate::element;
 use crate::exec::{self, Fate, JobEnd, Node};
 use crate::graph::{self, Action, Graph, Kind, Status};
@@ -245,13 +245,13 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         .filter_map(|(act, _)| act.arch)
         .collect();
     for arch in foreign {
-        match build::arch_support(arch) {
-            build::ArchSupport::Native => {}
-            build::ArchSupport::Emulated { handler } => ui::warn(&format!(
+        match action::arch_support(arch) {
+            action::ArchSupport::Native => {}
+            action::ArchSupport::Emulated { handler } => ui::warn(&format!(
                 "{arch} root filesystems run under qemu-user emulation ({handler}): expect \
                  them to take 5-10 times longer than native builds"
             )),
-            build::ArchSupport::Missing { handler } => {
+            action::ArchSupport::Missing { handler } => {
                 return Err(CliError::msg(format!(
                     "cannot build {arch} root filesystems on this {} host: no qemu-user \
                      emulation is registered (binfmt_misc handler `{handler}`); install \
@@ -315,7 +315,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         graph: &graph,
         resolver: &resolver,
         store: &store,
-        overlay: build::overlay_available(),
+        overlay: action::overlay_available(),
         stream_output: ctx.verbose > 0,
         keep_failed: a.keep_failed,
         distdirs: crate::fetch::distdirs_from_env(),
@@ -323,7 +323,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         swift: Some(&swift),
     };
     let progress = Progress::new(ctx.quiet, ctx.verbose > 0);
-    let results: Mutex<Vec<(String, Result<build::Built, BuildError>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(String, Result<action::Built, BuildError>)>> = Mutex::new(Vec::new());
     let started = Instant::now();
 
     let fates = exec::schedule(&nodes, a.jobs, a.keep_going, &cancel, |id| {
@@ -366,7 +366,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
                 Some(Fate::Ran(JobEnd::Built | JobEnd::Cached))
             )
         {
-            let files = build::materialize(&store, &act.key, &out_dir)?;
+            let files = action::materialize(&store, &act.key, &out_dir)?;
             let shown: Vec<String> = files
                 .iter()
                 .filter(|f| f.extension().is_some_and(|e| e == "qcow2" || e == "raw"))
@@ -411,7 +411,7 @@ fn run_one(
     force: bool,
     cancel: &AtomicBool,
     progress: &Progress,
-) -> Result<Option<build::Built>, BuildError> {
+) -> Result<Option<action::Built>, BuildError> {
     let store = bctx.store;
     match action.kind {
         Kind::Fetch | Kind::Base | Kind::Layer | Kind::Disk => {}
@@ -449,7 +449,7 @@ fn run_one(
         _ => {}
     };
     let started = Instant::now();
-    match build::run_action(bctx, action, cancel, &mut on_event) {
+    match action::run_action(bctx, action, cancel, &mut on_event) {
         Ok(built) => {
             graph::record_build(store, action, &built)?;
             progress.finished(&action.id, "built", Some(built.duration));
@@ -490,7 +490,7 @@ fn render_failure(e: &BuildError, kept: bool) -> String {
 fn report(
     plan: &[(&Action, Status)],
     fates: &std::collections::BTreeMap<String, Fate>,
-    results: &[(String, Result<build::Built, BuildError>)],
+    results: &[(String, Result<action::Built, BuildError>)],
     outputs: &std::collections::BTreeMap<String, Vec<String>>,
     elapsed: Duration,
     format: OutputFormat,

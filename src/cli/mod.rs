@@ -203,10 +203,10 @@ pub fn main() -> ExitCode {
     let mut args = std::env::args_os();
     if args
         .nth(1)
-        .is_some_and(|a| a == crate::build::sandbox::SANDBOX_ARG)
+        .is_some_and(|a| a == crate::action::sandbox::SANDBOX_ARG)
     {
         let spec = args.next().map(PathBuf::from).unwrap_or_default();
-        return ExitCode::from(crate::build::sandbox::main(&spec).clamp(0, 255) as u8);
+        return ExitCode::from(crate::action::sandbox::main(&spec).clamp(0, 255) as u8);
     }
     install_report_hook();
     let cli = match Cli::try_parse() {

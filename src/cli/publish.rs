@@ -189,7 +189,7 @@ fn open_site(
             Ok(Box::new(LocalSite::new(root).map_err(site_error)?))
         }
         SiteKind::Swift => {
-            let segment_size = crate::build::layout::parse_bytes(&swift.segment_size)
+            let segment_size = crate::action::layout::parse_bytes(&swift.segment_size)
                 .filter(|n| *n > 0)
                 .ok_or_else(|| {
                     CliError::usage(format!(
@@ -260,7 +260,7 @@ pub(super) fn open_site_by_name(
 }
 
 fn today() -> String {
-    crate::build::utc_now().1[..8].to_string()
+    crate::action::utc_now().1[..8].to_string()
 }
 
 fn parse_version(v: &str) -> Result<Version, CliError> {

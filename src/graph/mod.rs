@@ -390,9 +390,9 @@ pub struct ActionRecord {
     pub duration_ms: u64,
     /// Seconds since the epoch.
     pub built_at: u64,
-    pub steps: Vec<crate::build::event::StepRecord>,
+    pub steps: Vec<crate::action::event::StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tree: Option<crate::build::tree::TreeSummary>,
+    pub tree: Option<crate::action::tree::TreeSummary>,
 }
 
 /// Records a finished build: the action cache entry, then the `last` record `explain` and the
@@ -400,7 +400,7 @@ pub struct ActionRecord {
 pub fn record_build(
     store: &Store,
     action: &Action,
-    built: &crate::build::Built,
+    built: &crate::action::Built,
 ) -> Result<(), store::StoreError> {
     let duration_ms = built.duration.as_millis() as u64;
     let record = ActionRecord {

@@ -223,7 +223,7 @@ pub struct PublishOptions<'a> {
 }
 
 fn now_rfc3339() -> String {
-    crate::build::utc_now().0
+    crate::action::utc_now().0
 }
 
 /// Publishes one image to one site.

@@ -296,7 +296,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             match (store.outputs_meta(&e.key), &record) {
                 (None, _) => problems.push("the disk outputs are missing".into()),
                 (Some(_), Some(r)) => {
-                    match crate::build::tree::summarize(&store.outputs_dir(&e.key)) {
+                    match crate::action::tree::summarize(&store.outputs_dir(&e.key)) {
                         Err(err) => problems.push(format!("cannot read the outputs: {err}")),
                         Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
                             problems.push("the outputs changed since they were built".into())
@@ -368,7 +368,7 @@ fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {
         }
     }
     let tree = store.layer_dir(&meta.key).join("tree");
-    match crate::build::tree::summarize(&tree) {
+    match crate::action::tree::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
         Ok(s) if s.digest != meta.tree.digest => problems.push(format!(
             "the tree changed since it was built ({} entries, {} bytes; recorded {} entries, {} bytes)",

@@ -250,7 +250,7 @@ pub struct LayerMeta {
     pub mode: LayerMode,
     /// The layers under this one, top first, down to the nearest full one.
     pub lowers: Vec<String>,
-    pub tree: crate::build::tree::TreeSummary,
+    pub tree: crate::action::tree::TreeSummary,
     /// Seconds since the epoch.
     pub created: u64,
 }
