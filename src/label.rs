@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use crate::manifest::{Arch, Model};
 
 /// One build: an image for one arch.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Target {
     pub image: String,
     pub arch: Arch,

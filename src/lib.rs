@@ -64,6 +64,7 @@ pub mod keydoc;
 pub mod label;
 pub mod lock;
 pub mod manifest;
+pub mod ops;
 pub mod publish;
 pub mod sources;
 pub mod store;

@@ -13,22 +13,20 @@ pub struct CheckArgs {
 
 pub fn run(ctx: &mut Context, args: CheckArgs) -> Result<(), CliError> {
     let started = Instant::now();
+    let shell = ctx.shell();
     let model = ctx.model()?;
     let store = ctx.store()?;
-    let summary =
-        crate::element::check_model(&model, &args.element_path, &store, ctx.offline, &mut |w| {
-            crate::ui::warn(w)
-        })?;
-    let builds: usize = model.images.values().map(|i| i.arch.len()).sum();
-    crate::ui::out(&format!(
+    let r = crate::ops::check::check(
+        &model,
+        &store,
+        &args.element_path,
+        ctx.offline,
+        &shell,
+        started,
+    )?;
+    shell.out(&format!(
         "ok: {} images ({} builds), {} sites, {} artifacts, {} sources, {} elements checked in {} ms\n",
-        model.images.len(),
-        builds,
-        model.sites.len(),
-        model.artifacts.len(),
-        model.sources.len(),
-        summary.elements,
-        started.elapsed().as_millis()
+        r.images, r.builds, r.sites, r.artifacts, r.sources, r.elements, r.duration_ms
     ));
     Ok(())
 }

@@ -112,7 +112,25 @@ fn local_subjects(
         return Ok(out);
     }
     let targets: Vec<String> = targets.into_iter().cloned().collect();
-    for (t, dir) in super::build::built_disks(ctx, model, &targets, arch, &[])? {
+    // Build what is missing, through the graph; the disks come from the build report.
+    let shell = ctx.shell();
+    let store = ctx.store()?;
+    let opts = crate::ops::SessionOptions {
+        offline: ctx.offline,
+        ..Default::default()
+    };
+    let session = crate::ops::Session::open(model.clone(), &store, &opts, &shell)?;
+    let planned = session.plan(&targets, arch)?;
+    let build = crate::ops::build::build(
+        &session,
+        &planned,
+        &crate::ops::build::BuildRequest::disks(),
+        &shell,
+    )?;
+    shell.status(&build.summary_line());
+    build.ok()?;
+    for d in build.disks {
+        let (t, dir) = (d.target, d.dir);
         let name = model.images[&t.image].published_name(t.arch);
         let file = ["qcow2", "raw"]
             .iter()
@@ -166,7 +184,8 @@ fn site_subjects(
     scope: &str,
     images: &[String],
 ) -> Result<Vec<Subject>, CliError> {
-    let store = super::publish::open_site_by_name(model, site_key)?;
+    let store = crate::publish::sites::open_site_by_name(model, site_key)
+        .map_err(crate::ops::publish::site_error)?;
     let current = crate::publish::read_current(store.as_ref(), scope).map_err(inspect_err)?;
     let mut out = Vec::new();
     for (name, version) in wanted_live(&current, model, images)? {

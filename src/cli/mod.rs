@@ -8,6 +8,7 @@ mod inspect;
 mod lint;
 mod publish;
 mod query;
+mod render;
 mod test;
 mod update;
 
@@ -80,6 +81,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The output of this command.
+    pub fn shell(&self) -> crate::ui::Shell {
+        crate::ui::Shell::new(self.quiet, self.verbose)
+    }
+
     pub fn store(&mut self) -> Result<Store, CliError> {
         if self.store.is_none() {
             self.store = Some(Store::from_env().map_err(CliError::from_diag)?);
@@ -110,74 +116,21 @@ impl Context {
     /// The project's model with `ccb.lock` applied: a missing or stale lock is an error here,
     /// for every command but `ccb update`.
     pub fn model(&mut self) -> Result<Model, CliError> {
-        let mut model = self.unlocked_model()?;
-        let lock = crate::lock::load(&model.root)?;
-        crate::lock::apply(&mut model, lock.as_ref())?;
-        Ok(model)
+        let root = self.root()?;
+        let store = self.store()?;
+        crate::ops::load_model(&root, &store, true, &self.shell())
     }
 
     /// The model as the manifests declare it, without the lock.
     pub fn unlocked_model(&mut self) -> Result<Model, CliError> {
         let root = self.root()?;
         let store = self.store()?;
-        let model = manifest::load(&root, &store).map_err(CliError::from_diag)?;
-        for w in &model.warnings {
-            crate::ui::warn(w);
-        }
-        Ok(model)
+        crate::ops::load_model(&root, &store, false, &self.shell())
     }
 }
 
-/// A failed command: a rendered diagnostic and an exit code (1 for failures, 2 for usage).
-pub struct CliError {
-    report: Option<miette::Report>,
-    code: u8,
-}
-
-impl CliError {
-    pub fn from_diag<E: miette::Diagnostic + Send + Sync + 'static>(e: E) -> Self {
-        Self {
-            report: Some(miette::Report::new(e)),
-            code: 1,
-        }
-    }
-
-    pub fn msg(text: impl Into<String>) -> Self {
-        Self {
-            report: Some(miette::miette!("{}", text.into())),
-            code: 1,
-        }
-    }
-
-    /// A failure already reported (e.g. lint findings printed one by one).
-    pub fn silent() -> Self {
-        Self {
-            report: None,
-            code: 1,
-        }
-    }
-
-    /// The rendered message, one line (for JSON reports).
-    pub fn message(&self) -> String {
-        self.report
-            .as_ref()
-            .map(|r| r.to_string())
-            .unwrap_or_default()
-    }
-
-    pub fn usage(text: impl Into<String>) -> Self {
-        Self {
-            report: Some(miette::miette!("{}", text.into())),
-            code: 2,
-        }
-    }
-}
-
-impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for CliError {
-    fn from(e: E) -> Self {
-        Self::from_diag(e)
-    }
-}
+/// A failed command: the operations' error, with its kind and exit code.
+pub use crate::ops::CommandError as CliError;
 
 fn install_report_hook() {
     use std::io::IsTerminal;
@@ -229,7 +182,7 @@ pub fn main() -> ExitCode {
         Command::Query(cmd) => query::run(&mut ctx, cmd),
         Command::Build(args) => build::run(&mut ctx, args),
         Command::Fetch(mut args) => {
-            args.until = Some(build::Stage::Fetch);
+            args.until = Some(crate::ops::build::Stage::Fetch);
             build::run(&mut ctx, args)
         }
         Command::Lint(args) => lint::run(&mut ctx, args),
@@ -243,10 +196,13 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if let Some(report) = err.report {
+            if let Some(report) = err.report() {
                 eprintln!("{report:?}");
             }
-            ExitCode::from(err.code)
+            if let Some(hint) = err.hint() {
+                eprintln!("  help: {hint}");
+            }
+            ExitCode::from(err.exit_code())
         }
     }
 }

@@ -723,6 +723,6 @@ fn explain(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
             rows.push((act, graph::status(&store, act)));
         }
     }
-    super::build::render_plan(&rows, a.format, true);
+    super::render::plan(&rows, a.format, true);
     Ok(())
 }

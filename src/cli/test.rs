@@ -1,15 +1,13 @@
 //! `ccb test`: build the targets' disks if needed, boot each in QEMU, report the checks.
 
 use clap::Args;
-use serde_json::json;
 
 use super::{CliError, Context};
-use crate::bootcheck::{self, BootTest, Firmware};
-use crate::element;
-use crate::graph::{Graph, Kind};
-use crate::label;
-use crate::manifest::Arch;
-use crate::ui::{self, OutputFormat};
+use crate::bootcheck::{self, BootReport, Firmware};
+use crate::ops::build::BuildReport;
+use crate::ops::test::{BootResult, TestObserver, TestRequest};
+use crate::ops::{self, SessionOptions};
+use crate::ui::{OutputFormat, Shell};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FirmwareChoice {
@@ -41,147 +39,70 @@ pub struct TestArgs {
     format: OutputFormat,
 }
 
-pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
-    // Build what is missing first (quietly cached when it is all there).
-    super::build::run(
-        ctx,
-        super::build::BuildArgs::for_test(
-            a.targets.clone(),
-            a.arch.clone(),
-            a.element_path.clone(),
-            a.env.clone(),
-        ),
-    )?;
-    let mut model = ctx.model()?;
-    super::build::apply_env(&mut model, &a.env)?;
-    let model = model;
-    let arches = label::parse_arches(&a.arch)?;
-    let targets = label::resolve(&model, &a.targets, arches.as_ref())?;
-    let store = ctx.store()?;
-    let resolver =
-        element::project_resolver(&model, &a.element_path, &store, ctx.offline, &mut |w| {
-            ui::warn(w)
-        })?;
-    let graph = Graph::build(&model, &resolver, &targets, false)?;
-    let firmwares = match a.firmware {
-        FirmwareChoice::Bios => vec![Firmware::Bios],
-        FirmwareChoice::Uefi => vec![Firmware::Uefi],
-        FirmwareChoice::Both => vec![Firmware::Bios, Firmware::Uefi],
-    };
-    let scratch = tempfile::Builder::new()
-        .prefix("ccb-test-")
-        .tempdir_in(std::env::temp_dir())
-        .map_err(|e| CliError::msg(format!("cannot create a scratch directory: {e}")))?;
-    let mut kvm = bootcheck::kvm_works(scratch.path());
-    if !kvm {
-        ui::status(
-            ctx.quiet,
-            "KVM is unavailable or does not work here: booting with TCG (slower)",
-        );
+/// Tells the test as it goes, in text.
+struct Text {
+    shell: Shell,
+    text: bool,
+}
+
+impl TestObserver for Text {
+    fn built(&mut self, report: &BuildReport) {
+        self.shell.status(&report.summary_line());
     }
 
-    let mut results = Vec::new();
-    let mut all_passed = true;
-    for t in &targets {
-        if t.arch != Arch::Amd64 {
-            return Err(CliError::msg(format!(
-                "//images:{} ({}): only amd64 images can be booted so far (qemu-system-x86_64)",
-                t.image, t.arch
-            )));
-        }
-        let disk = graph
-            .actions_of(t)
-            .into_iter()
-            .find(|x| x.kind == Kind::Disk)
-            .ok_or_else(|| CliError::msg(format!("//images:{} has no disk action", t.image)))?;
-        let meta = store.outputs_meta(&disk.key).ok_or_else(|| {
-            CliError::msg(format!(
-                "the disk of //images:{} is not in the store",
-                t.image
-            ))
-        })?;
-        let (file, format) = ["qcow2", "raw"]
-            .iter()
-            .find_map(|ext| {
-                let f = format!("{}.{ext}", meta.name);
-                meta.files.iter().any(|(n, _)| *n == f).then_some((f, *ext))
-            })
-            .ok_or_else(|| {
-                CliError::msg(format!("//images:{} has no qcow2 or raw output", t.image))
-            })?;
-        let image = store.outputs_dir(&disk.key).join(&file);
-        let resolved = &graph.resolved[&(t.image.clone(), t.arch)];
-        let dirs: Vec<(String, std::path::PathBuf)> = resolved
-            .elements
-            .iter()
-            .filter_map(|n| resolver.path.get(n).map(|d| (n.clone(), d.dir.clone())))
-            .collect();
-        let checks = bootcheck::element_checks(&dirs);
-        for &fw in &firmwares {
-            ui::status(
-                ctx.quiet,
-                &format!(
-                    "booting {} ({}, {})...",
-                    meta.name,
-                    fw.as_str(),
-                    if kvm { "kvm" } else { "tcg" }
-                ),
-            );
-            let log = store.path(&format!("logs/{}-boot-{}.log", disk.key, fw.as_str()));
-            let work = scratch.path().join(format!("{}-{}", t.image, fw.as_str()));
-            let had_kvm = kvm;
-            let report = bootcheck::boot(
-                &BootTest {
-                    image: &image,
-                    format,
-                    firmware: fw,
-                    timeout: std::time::Duration::from_secs(a.timeout),
-                    checks: &checks,
-                    work: &work,
-                    serial_log: log,
-                },
-                &mut kvm,
-            )?;
-            if had_kvm && !kvm {
-                ui::status(
-                    ctx.quiet,
-                    "KVM started but the kernel never spoke: KVM does not really work here, using TCG",
-                );
-            }
-            all_passed &= report.passed();
-            if a.format == OutputFormat::Text {
-                let mut text = Vec::new();
-                let _ = bootcheck::render(std::slice::from_ref(&report), &mut text);
-                ui::out(&String::from_utf8_lossy(&text));
-                ui::status(
-                    ctx.quiet,
-                    &format!(
-                        "{} {} in {:.0} s; serial log: {}",
-                        if report.passed() { "passed" } else { "FAILED" },
-                        fw.as_str(),
-                        report.duration_ms as f64 / 1000.0,
-                        report.serial_log.display()
-                    ),
-                );
-            }
-            results.push(json!({
-                "target": format!("//images:{}", t.image),
-                "arch": t.arch,
-                "image": image,
-                "firmware": report.firmware,
-                "accel": report.accel,
-                "duration_ms": report.duration_ms,
-                "completed": report.completed,
-                "passed": report.passed(),
-                "serial_log": report.serial_log,
-                "checks": report.checks,
-            }));
-        }
+    fn booting(&mut self, name: &str, firmware: Firmware, kvm: bool) {
+        self.shell.status(&format!(
+            "booting {name} ({}, {})...",
+            firmware.as_str(),
+            if kvm { "kvm" } else { "tcg" }
+        ));
     }
+
+    fn booted(&mut self, report: &BootReport, result: &BootResult) {
+        if !self.text {
+            return;
+        }
+        let mut text = Vec::new();
+        let _ = bootcheck::render(std::slice::from_ref(report), &mut text);
+        self.shell.out(&String::from_utf8_lossy(&text));
+        self.shell.status(&format!(
+            "{} {} in {:.0} s; serial log: {}",
+            if result.passed { "passed" } else { "FAILED" },
+            result.firmware.as_str(),
+            result.duration_ms as f64 / 1000.0,
+            result.serial_log.display()
+        ));
+    }
+}
+
+pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
+    let shell = ctx.shell();
+    let model = ctx.model()?;
+    let store = ctx.store()?;
+    let opts = SessionOptions {
+        element_path: a.element_path,
+        env: a.env,
+        offline: ctx.offline,
+    };
+    let session = ops::Session::open(model, &store, &opts, &shell)?;
+    let planned = session.plan(&a.targets, &a.arch)?;
+    let req = TestRequest {
+        firmwares: match a.firmware {
+            FirmwareChoice::Bios => vec![Firmware::Bios],
+            FirmwareChoice::Uefi => vec![Firmware::Uefi],
+            FirmwareChoice::Both => vec![Firmware::Bios, Firmware::Uefi],
+        },
+        timeout: std::time::Duration::from_secs(a.timeout),
+    };
+    let mut observer = Text {
+        shell,
+        text: a.format == OutputFormat::Text,
+    };
+    let report = ops::test::test(&session, &planned, &req, &shell, &mut observer)?;
     if a.format == OutputFormat::Json {
-        ui::out_json(&json!({"version": 1, "results": results, "passed": all_passed}));
+        shell.out_json(&report);
     }
-    if !all_passed {
+    if !report.passed {
         return Err(CliError::msg("boot checks failed"));
     }
     Ok(())

@@ -18,6 +18,7 @@ pub mod keystone;
 pub mod layout;
 pub mod local;
 pub mod secret;
+pub mod sites;
 pub mod swift;
 
 use std::collections::BTreeMap;

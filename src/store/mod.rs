@@ -287,6 +287,11 @@ impl Store {
         self.read_json(&format!("outputs/{key}.json"))
     }
 
+    /// The serial log of `ccb test`'s boot of a disk with a firmware.
+    pub fn boot_log(&self, key: &str, firmware: &str) -> PathBuf {
+        self.path(&format!("logs/{key}-boot-{firmware}.log"))
+    }
+
     /// Moves a finished output directory into place in one rename, then records it
     /// (`outputs/<key>.json`, which is what makes the outputs count as present).
     pub fn commit_outputs(&self, dir: &Path, meta: &OutputsMeta) -> Result<(), StoreError> {

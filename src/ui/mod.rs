@@ -57,3 +57,50 @@ pub fn status(quiet: bool, text: &str) {
 pub fn warn(text: &str) {
     let _ = writeln!(std::io::stderr(), "warning: {text}");
 }
+
+/// The one output of a command (in the spirit of cargo's `Shell`): data to stdout through
+/// [`out`] (a closed pipe ends the command quietly), status lines and warnings to stderr,
+/// progress drawn only where [`progress::live_terminal`] says so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shell {
+    /// `-q`: only data and errors.
+    pub quiet: bool,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+impl Shell {
+    pub fn new(quiet: bool, verbose: u8) -> Self {
+        Self { quiet, verbose }
+    }
+
+    /// Data on stdout.
+    pub fn out(&self, text: &str) {
+        out(text)
+    }
+
+    /// A JSON document on stdout.
+    pub fn out_json<T: serde::Serialize>(&self, value: &T) {
+        out_json(value)
+    }
+
+    /// A status line on stderr, unless quiet.
+    pub fn status(&self, text: &str) {
+        status(self.quiet, text)
+    }
+
+    /// A warning on stderr, always.
+    pub fn warn(&self, text: &str) {
+        warn(text)
+    }
+
+    /// An error that does not end the command (the others go on), rendered in full.
+    pub fn error_report(&self, report: &miette::Report) {
+        let _ = writeln!(std::io::stderr(), "{report:?}");
+    }
+
+    /// The live progress of running actions.
+    pub fn progress(&self) -> progress::Progress {
+        progress::Progress::new(self.quiet, self.verbose > 0)
+    }
+}

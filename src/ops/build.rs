@@ -1,0 +1,576 @@
+//! `build`: plan the targets' actions up to a stage, then run the ones not in the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{CommandError, Planned, Session};
+use crate::action::event::{Event, StepRecord};
+use crate::action::tree::TreeSummary;
+use crate::action::{self, BuildContext, BuildError};
+use crate::exec::{self, Fate, JobEnd, Node};
+use crate::graph::{self, Action, Kind, Status};
+use crate::label::Target;
+use crate::store::{Store, Wait};
+use crate::ui::Shell;
+use crate::ui::progress::{Progress, human_duration};
+
+/// How far a build goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Stage {
+    /// The inputs only: artifacts into the store (and the sources resolution needs), so that
+    /// later builds run with --offline
+    Fetch,
+    /// The base root filesystems (root.d)
+    Base,
+    /// The finished root filesystems (through post-root.d)
+    Layer,
+    /// The disk images
+    Disk,
+}
+
+fn stage_of(kind: Kind) -> Stage {
+    match kind {
+        Kind::Fetch => Stage::Fetch,
+        Kind::Base => Stage::Base,
+        Kind::Layer => Stage::Layer,
+        Kind::Disk | Kind::Publish => Stage::Disk,
+    }
+}
+
+/// A default cost per kind for actions never built here: only the ratios matter.
+fn default_weight(kind: Kind) -> u64 {
+    match kind {
+        Kind::Fetch => 10_000,
+        Kind::Base => 60_000,
+        Kind::Layer => 120_000,
+        Kind::Disk => 60_000,
+        Kind::Publish => 30_000,
+    }
+}
+
+/// What to build and how.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// Stop after this stage.
+    pub until: Stage,
+    /// Actions run at once.
+    pub jobs: usize,
+    /// After a failure, go on with everything that does not depend on it.
+    pub keep_going: bool,
+    /// Targets whose own actions are rebuilt even when cached.
+    pub force: Vec<String>,
+    /// Keep the working tree of a failed action.
+    pub keep_failed: bool,
+    /// Where the finished disks go (default: `out/images` in the project).
+    pub out: Option<PathBuf>,
+    /// Announce each disk's files on stderr as it is materialized.
+    pub announce_outputs: bool,
+}
+
+impl BuildRequest {
+    /// The targets' disks, one action at a time, nothing forced: what `ccb test`, `publish` and
+    /// `inspect` build first.
+    pub fn disks() -> Self {
+        Self {
+            until: Stage::Disk,
+            jobs: 1,
+            keep_going: false,
+            force: vec![],
+            keep_failed: false,
+            out: None,
+            announce_outputs: true,
+        }
+    }
+}
+
+/// What a built action left.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuiltInfo {
+    pub duration_ms: u64,
+    pub steps: Vec<StepRecord>,
+    pub tree: TreeSummary,
+}
+
+/// One action of a build: how it ended, and what it left or why it failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionReport {
+    pub id: String,
+    pub kind: Kind,
+    pub key: String,
+    /// `built`, `cached`, `failed`, `cancelled`, `skipped` or `not-started`.
+    pub status: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub built: Option<BuiltInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub because: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BuildSummary {
+    pub total: usize,
+    pub built: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub not_started: usize,
+    pub cancelled: usize,
+    pub duration_ms: u64,
+}
+
+/// A finished disk of a target: its outputs in the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuiltDisk {
+    pub target: Target,
+    pub key: String,
+    /// The disk action's outputs directory in the store.
+    pub dir: PathBuf,
+}
+
+/// The outcome of a build: every action planned, a summary, and the targets' finished disks.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub version: u32,
+    pub actions: Vec<ActionReport>,
+    pub summary: BuildSummary,
+    #[serde(skip)]
+    pub disks: Vec<BuiltDisk>,
+    #[serde(skip)]
+    pub cancelled: bool,
+}
+
+impl BuildReport {
+    /// The one-line summary: `7 actions: 2 built, 5 cached in 3 s`.
+    pub fn summary_line(&self) -> String {
+        let s = &self.summary;
+        let parts: Vec<String> = [
+            (s.built, "built"),
+            (s.cached, "cached"),
+            (s.failed, "failed"),
+            (s.skipped, "skipped"),
+            (s.not_started, "not-started"),
+            (s.cancelled, "cancelled"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, k)| format!("{n} {k}"))
+        .collect();
+        format!(
+            "{} actions: {} in {}",
+            s.total,
+            if parts.is_empty() {
+                "nothing to do".to_string()
+            } else {
+                parts.join(", ")
+            },
+            human_duration(Duration::from_millis(s.duration_ms))
+        )
+    }
+
+    /// The build as a command's result: cancelled or failed actions are an error.
+    pub fn ok(&self) -> Result<(), CommandError> {
+        if self.cancelled {
+            return Err(CommandError::msg("build cancelled"));
+        }
+        let failed = self.summary.failed;
+        if failed > 0 {
+            return Err(CommandError::msg(format!(
+                "{failed} action{} failed",
+                if failed == 1 { "" } else { "s" }
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The targets' own actions up to the stage, and what they need (a child image needs its
+/// parent's layer, not its parent's disk), each with its status in the store.
+pub fn plan<'g>(planned: &'g Planned, store: &Store, until: Stage) -> Vec<(&'g Action, Status)> {
+    let graph = &planned.graph;
+    let mut needed: BTreeSet<&str> = BTreeSet::new();
+    for t in &planned.targets {
+        for act in graph.actions_of(t) {
+            if act.kind == Kind::Publish {
+                continue;
+            }
+            let closure = graph.closure(&act.id);
+            if stage_of(act.kind) <= until {
+                needed.extend(closure.iter().map(|a| a.id.as_str()));
+            } else if until == Stage::Fetch {
+                needed.extend(
+                    closure
+                        .iter()
+                        .filter(|a| a.kind == Kind::Fetch)
+                        .map(|a| a.id.as_str()),
+                );
+            }
+        }
+    }
+    graph::plan(graph, store)
+        .into_iter()
+        .filter(|(act, _)| needed.contains(act.id.as_str()))
+        .collect()
+}
+
+/// Foreign architectures: emulated (slowly) when qemu-user is registered, else refused before
+/// anything runs.
+fn check_arches(plan: &[(&Action, Status)], shell: &Shell) -> Result<(), CommandError> {
+    let foreign: BTreeSet<crate::manifest::Arch> = plan
+        .iter()
+        .filter(|(act, s)| {
+            matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
+        })
+        .filter_map(|(act, _)| act.arch)
+        .collect();
+    for arch in foreign {
+        match action::arch_support(arch) {
+            action::ArchSupport::Native => {}
+            action::ArchSupport::Emulated { handler } => shell.warn(&format!(
+                "{arch} root filesystems run under qemu-user emulation ({handler}): expect \
+                 them to take 5-10 times longer than native builds"
+            )),
+            action::ArchSupport::Missing { handler } => {
+                return Err(CommandError::environment(
+                    format!(
+                        "cannot build {arch} root filesystems on this {} host: no qemu-user \
+                         emulation is registered (binfmt_misc handler `{handler}`)",
+                        std::env::consts::ARCH,
+                    ),
+                    format!(
+                        "install qemu-user-static and binfmt-support, or build with --arch {}",
+                        if arch == crate::manifest::Arch::Amd64 {
+                            "arm64"
+                        } else {
+                            "amd64"
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the planned targets' actions up to `req.until` and materializes their finished disks.
+/// Failed actions are in the report (see [`BuildReport::ok`]); an error here means the build
+/// could not run at all.
+pub fn build(
+    session: &Session,
+    planned: &Planned,
+    req: &BuildRequest,
+    shell: &Shell,
+) -> Result<BuildReport, CommandError> {
+    let store = session.store;
+    let model = &session.model;
+    let graph = &planned.graph;
+    let plan = plan(planned, store, req.until);
+    check_arches(&plan, shell)?;
+
+    let forced: BTreeSet<String> = if req.force.is_empty() {
+        BTreeSet::new()
+    } else {
+        // Every architecture: only the forced actions in the plan run.
+        crate::label::resolve(model, &req.force, None)?
+            .iter()
+            .flat_map(|t| graph.actions_of(t))
+            .map(|act| act.id.clone())
+            .collect()
+    };
+
+    // Builds share the store; `ccb cache gc` takes it alone.
+    let _store_lock = match store.lock_store(false, Wait::Try)? {
+        Some(l) => l,
+        None => {
+            shell.status("waiting for `ccb cache` to release the store...");
+            store
+                .lock_store(false, Wait::Block)?
+                .ok_or_else(|| CommandError::internal("a blocking store lock returned none"))?
+        }
+    };
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second Ctrl-C exits at once (the sandboxes die with ccb).
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, cancel.clone());
+        let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
+
+    let nodes = nodes(&plan, store);
+    let swift = crate::publish::sites::swift_opener(model);
+    let bctx = BuildContext {
+        model,
+        graph,
+        resolver: &session.resolver,
+        store,
+        overlay: action::overlay_available(),
+        stream_output: shell.verbose > 0,
+        keep_failed: req.keep_failed,
+        distdirs: crate::fetch::distdirs_from_env(),
+        offline: session.offline,
+        swift: Some(&swift),
+    };
+    let progress = shell.progress();
+    let results: Mutex<BTreeMap<String, Result<action::Built, BuildError>>> =
+        Mutex::new(BTreeMap::new());
+    let started = Instant::now();
+
+    let fates = exec::schedule(&nodes, req.jobs, req.keep_going, &cancel, |id| {
+        let Some(action) = graph.get(id) else {
+            return JobEnd::Failed;
+        };
+        let force = forced.contains(id);
+        if !force && graph::is_cached(store, action) {
+            return JobEnd::Cached;
+        }
+        let outcome = run_one(&bctx, action, force, &cancel, &progress);
+        let end = match &outcome {
+            Ok(None) => JobEnd::Cached,
+            Ok(Some(_)) => JobEnd::Built,
+            Err(BuildError::Cancelled { .. }) => JobEnd::Cancelled,
+            Err(_) => JobEnd::Failed,
+        };
+        if let Some(r) = outcome.transpose() {
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_string(), r);
+        }
+        end
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+
+    // Every finished disk of the targets goes to the output directory.
+    let out_dir = match &req.out {
+        Some(d) => d.clone(),
+        None => model.root.join("out/images"),
+    };
+    let mut outputs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (act, _) in &plan {
+        if act.kind == Kind::Disk
+            && matches!(
+                fates.get(&act.id),
+                Some(Fate::Ran(JobEnd::Built | JobEnd::Cached))
+            )
+        {
+            let files = action::materialize(store, &act.key, &out_dir)?;
+            if req.announce_outputs {
+                let shown: Vec<String> = files
+                    .iter()
+                    .filter(|f| f.extension().is_some_and(|e| e == "qcow2" || e == "raw"))
+                    .map(|f| crate::fsutil::display_path(f))
+                    .collect();
+                shell.status(&format!("{}: {}", act.id, shown.join(", ")));
+            }
+            outputs.insert(
+                act.id.clone(),
+                files.iter().map(|f| f.display().to_string()).collect(),
+            );
+        }
+    }
+
+    let mut summary = BuildSummary {
+        total: plan.len(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..Default::default()
+    };
+    let mut actions = Vec::new();
+    for (act, _) in &plan {
+        let fate = fates.get(&act.id).cloned().unwrap_or(Fate::NotStarted);
+        let (status, counter) = match &fate {
+            Fate::Ran(JobEnd::Cached) => ("cached", &mut summary.cached),
+            Fate::Ran(JobEnd::Built) => ("built", &mut summary.built),
+            Fate::Ran(JobEnd::Failed) => ("failed", &mut summary.failed),
+            Fate::Ran(JobEnd::Cancelled) => ("cancelled", &mut summary.cancelled),
+            Fate::Skipped { .. } => ("skipped", &mut summary.skipped),
+            Fate::NotStarted => ("not-started", &mut summary.not_started),
+        };
+        *counter += 1;
+        let mut row = ActionReport {
+            id: act.id.clone(),
+            kind: act.kind,
+            key: act.key.clone(),
+            status,
+            built: None,
+            error: None,
+            log: None,
+            because: None,
+            outputs: outputs.remove(&act.id),
+        };
+        match results.remove(&act.id) {
+            Some(Ok(b)) => {
+                row.built = Some(BuiltInfo {
+                    duration_ms: b.duration.as_millis() as u64,
+                    steps: b.steps,
+                    tree: b.tree,
+                })
+            }
+            Some(Err(e)) => {
+                row.error = Some(e.to_string());
+                row.log = e.log().map(|l| l.to_path_buf());
+            }
+            None => {}
+        }
+        if let Fate::Skipped { because } = fate {
+            row.because = Some(because);
+        }
+        actions.push(row);
+    }
+    // A failed action counts even when the scheduler saw it cancelled by a later failure.
+    let disks = if summary.failed == 0 && !cancel.load(Ordering::SeqCst) {
+        built_disks(planned, store, req.until)?
+    } else {
+        vec![]
+    };
+    Ok(BuildReport {
+        version: 1,
+        actions,
+        summary,
+        disks,
+        cancelled: cancel.load(Ordering::SeqCst),
+    })
+}
+
+/// The targets' finished disks in the store (none before the disk stage).
+fn built_disks(
+    planned: &Planned,
+    store: &Store,
+    until: Stage,
+) -> Result<Vec<BuiltDisk>, CommandError> {
+    if until < Stage::Disk {
+        return Ok(vec![]);
+    }
+    let mut out = Vec::new();
+    for t in &planned.targets {
+        let disk = planned
+            .graph
+            .actions_of(t)
+            .into_iter()
+            .find(|a| a.kind == Kind::Disk)
+            .ok_or_else(|| CommandError::internal(format!("{} has no disk action", t.label())))?;
+        if store.outputs_meta(&disk.key).is_none() {
+            return Err(CommandError::msg(format!(
+                "{}: the disk is not in the store after the build",
+                t.label()
+            )));
+        }
+        out.push(BuiltDisk {
+            target: t.clone(),
+            key: disk.key.clone(),
+            dir: store.outputs_dir(&disk.key),
+        });
+    }
+    Ok(out)
+}
+
+/// The scheduler's nodes: each action weighted by its last build time here (else by kind), so
+/// that the critical path starts first.
+fn nodes(plan: &[(&Action, Status)], store: &Store) -> Vec<Node> {
+    plan.iter()
+        .map(|(act, _)| Node {
+            id: act.id.clone(),
+            deps: act.deps.clone(),
+            weight: store
+                .read_json::<graph::LastBuild>(&graph::last_record_name(&act.id))
+                .map(|l| l.duration_ms)
+                .filter(|d| *d > 0)
+                .unwrap_or_else(|| default_weight(act.kind)),
+            light: act.kind == Kind::Fetch,
+        })
+        .collect()
+}
+
+/// Builds one action under its key's lock. `Ok(None)`: another ccb built it meanwhile.
+fn run_one(
+    bctx: &BuildContext,
+    action: &Action,
+    force: bool,
+    cancel: &AtomicBool,
+    progress: &Progress,
+) -> Result<Option<action::Built>, BuildError> {
+    let store = bctx.store;
+    if action.kind == Kind::Publish {
+        let e = BuildError::Unsupported {
+            id: action.id.clone(),
+            message: "publish actions run under `ccb publish`".into(),
+        };
+        progress.block(&format!("error: {e}"));
+        return Err(e);
+    }
+    let _lock = match store.lock_key(&action.key, Wait::Try)? {
+        Some(l) => l,
+        None => {
+            progress.warn(&action.id, "waiting for another ccb building the same key");
+            match store.lock_key(&action.key, Wait::Block)? {
+                Some(l) => l,
+                None => {
+                    return Err(BuildError::Unsupported {
+                        id: action.id.clone(),
+                        message: "a blocking key lock returned none".into(),
+                    });
+                }
+            }
+        }
+    };
+    if !force && graph::is_cached(store, action) {
+        return Ok(None);
+    }
+    progress.started(&action.id);
+    let mut on_event = |ev: &Event| match ev {
+        Event::Step {
+            phase,
+            element,
+            name,
+        } => progress.step(&action.id, phase, element, name),
+        Event::Output { line } => progress.output(&action.id, line),
+        Event::Transfer { done, total } => progress.transfer(&action.id, *done, *total),
+        Event::Warning { message } => progress.warn(&action.id, message),
+        _ => {}
+    };
+    let started = Instant::now();
+    match action::run_action(bctx, action, cancel, &mut on_event) {
+        Ok(built) => {
+            graph::record_build(store, action, &built)?;
+            progress.finished(&action.id, "built", Some(built.duration));
+            Ok(Some(built))
+        }
+        Err(e) => {
+            let verb = if matches!(e, BuildError::Cancelled { .. }) {
+                "cancelled"
+            } else {
+                progress.block(&render_failure(&e, bctx.keep_failed));
+                "failed"
+            };
+            progress.finished(&action.id, verb, Some(started.elapsed()));
+            Err(e)
+        }
+    }
+}
+
+fn render_failure(e: &BuildError, kept: bool) -> String {
+    let mut out = format!("error: {e}");
+    if let BuildError::StepFailed(f) = e
+        && !f.tail.is_empty()
+    {
+        out.push_str(&format!("\n  last {} lines of output:", f.tail.len()));
+        for l in &f.tail {
+            out.push_str(&format!("\n  | {l}"));
+        }
+    }
+    if let Some(log) = e.log() {
+        out.push_str(&format!("\n  log: {}", log.display()));
+    }
+    if kept {
+        out.push_str("\n  the working tree was kept (--keep-failed) under the store's tmp/");
+    }
+    out
+}

@@ -1,0 +1,214 @@
+//! What a command can fail with, sorted by who has to act (like jj's `CommandError`): the user
+//! (a bad manifest, an unknown target: exit 1), the environment (a missing tool, a full disk, a
+//! refused permission, an unreachable server: exit 1 with what to do), ccb itself (a bug:
+//! exit 70, "please report"), or the command line (usage: exit 2).
+
+/// Who has to act on a failure; it decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The input is wrong: a manifest, an element, a target, a failed check.
+    User,
+    /// The host is not ready: a missing tool, a full disk, a permission, the network.
+    Environment,
+    /// A bug in ccb.
+    Internal,
+    /// The command line itself.
+    Usage,
+}
+
+impl ErrorKind {
+    /// The process exit code: 1 for user and environment errors, 70 (`EX_SOFTWARE`) for a
+    /// bug, 2 for usage.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::User | ErrorKind::Environment => 1,
+            ErrorKind::Internal => 70,
+            ErrorKind::Usage => 2,
+        }
+    }
+}
+
+/// A failed command: its kind and a rendered diagnostic (none when the failure was already
+/// reported line by line, e.g. lint findings).
+pub struct CommandError {
+    pub kind: ErrorKind,
+    report: Option<miette::Report>,
+    /// What to do, for environment errors found in a typed error's chain.
+    hint: Option<&'static str>,
+}
+
+impl std::fmt::Debug for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message())
+    }
+}
+
+/// An environment failure's hint from the first I/O error of a chain, if it is one the user
+/// fixes on the host.
+fn environment_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return match io.kind() {
+                K::StorageFull | K::QuotaExceeded => Some(
+                    "the disk is full: free space (e.g. `ccb cache gc`) or point CCB_CACHE_DIR \
+                     at a larger disk",
+                ),
+                K::PermissionDenied => Some("permission denied: ccb builds run as root"),
+                K::ReadOnlyFilesystem => Some("the file system is read-only"),
+                K::ConnectionRefused
+                | K::ConnectionReset
+                | K::TimedOut
+                | K::HostUnreachable
+                | K::NetworkUnreachable => Some(
+                    "the network failed: check the connection, or build with --offline from \
+                     what the store holds",
+                ),
+                _ => None,
+            };
+        }
+        cur = e.source();
+    }
+    None
+}
+
+impl CommandError {
+    /// A typed failure; an I/O error in its chain that the host must fix makes it an
+    /// environment error, with what to do.
+    pub fn from_diag<E: miette::Diagnostic + Send + Sync + 'static>(e: E) -> Self {
+        let hint = environment_hint(&e);
+        Self {
+            kind: if hint.is_some() {
+                ErrorKind::Environment
+            } else {
+                ErrorKind::User
+            },
+            report: Some(miette::Report::new(e)),
+            hint,
+        }
+    }
+
+    /// A typed failure of the command line (exit 2), e.g. an unknown site.
+    pub fn usage_diag<E: miette::Diagnostic + Send + Sync + 'static>(e: E) -> Self {
+        Self {
+            kind: ErrorKind::Usage,
+            report: Some(miette::Report::new(e)),
+            hint: None,
+        }
+    }
+
+    /// A user error with a message.
+    pub fn msg(text: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::User,
+            report: Some(miette::miette!("{}", text.into())),
+            hint: None,
+        }
+    }
+
+    /// The host lacks something: a message and what to do about it.
+    pub fn environment(text: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Environment,
+            report: Some(miette::miette!(help = hint.into(), "{}", text.into())),
+            hint: None,
+        }
+    }
+
+    /// A bug in ccb.
+    pub fn internal(text: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Internal,
+            report: Some(miette::miette!(
+                help = "this is a bug in ccb: please report it with the command line",
+                "internal error: {}",
+                text.into()
+            )),
+            hint: None,
+        }
+    }
+
+    /// A failure already reported (e.g. lint findings printed one by one).
+    pub fn silent() -> Self {
+        Self {
+            kind: ErrorKind::User,
+            report: None,
+            hint: None,
+        }
+    }
+
+    /// A bad command line (exit 2).
+    pub fn usage(text: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Usage,
+            report: Some(miette::miette!("{}", text.into())),
+            hint: None,
+        }
+    }
+
+    /// The rendered message, one line (for JSON reports).
+    pub fn message(&self) -> String {
+        self.report
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+    }
+
+    /// What to do about an environment error.
+    pub fn hint(&self) -> Option<&'static str> {
+        self.hint
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        self.kind.exit_code()
+    }
+
+    /// The diagnostic to print, if not already reported.
+    pub fn report(&self) -> Option<&miette::Report> {
+        self.report.as_ref()
+    }
+}
+
+impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for CommandError {
+    fn from(e: E) -> Self {
+        Self::from_diag(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error, miette::Diagnostic)]
+    #[error("writing {path}")]
+    struct Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_full_disk_deep_in_a_chain_is_an_environment_error_with_what_to_do() {
+        let e = CommandError::from_diag(Write {
+            path: "layers/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert_eq!(e.kind, ErrorKind::Environment);
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.hint().is_some_and(|h| h.contains("disk is full")));
+        assert!(e.message().contains("writing layers/x"), "{}", e.message());
+    }
+
+    #[test]
+    fn other_failures_are_the_users_and_bugs_exit_70() {
+        let e = CommandError::from_diag(Write {
+            path: "x".into(),
+            source: std::io::Error::other("bad"),
+        });
+        assert_eq!(e.kind, ErrorKind::User);
+        assert_eq!(CommandError::internal("x").exit_code(), 70);
+        assert_eq!(CommandError::usage("x").exit_code(), 2);
+    }
+}

@@ -1,0 +1,140 @@
+//! The operations: one library function per user-level job (check, plan, build, test,
+//! inspect, publish, …), each taking a typed request and returning a typed, serializable
+//! report. The CLI parses, calls one operation and renders its report; operations never
+//! call commands, and a command never calls another.
+//!
+//! A [`Session`] is what every project operation shares: the model with the lock applied, the
+//! store and the element resolver, loaded once per command. [`Session::plan`] builds the
+//! graph of a target set once; `ccb test`, `publish` and `inspect` reuse the graph and the
+//! disks of the build report instead of loading everything again.
+
+pub mod build;
+pub mod check;
+mod error;
+pub mod publish;
+pub mod test;
+
+use std::path::Path;
+
+pub use error::{CommandError, ErrorKind};
+
+use crate::element::{self, Resolver};
+use crate::graph::Graph;
+use crate::label::{self, Target};
+use crate::manifest::{self, Model};
+use crate::store::Store;
+use crate::ui::Shell;
+
+/// Loads the project's model; with `locked`, `ccb.lock` is applied (a missing or stale lock is
+/// an error for every command but `ccb update`).
+pub fn load_model(
+    root: &Path,
+    store: &Store,
+    locked: bool,
+    shell: &Shell,
+) -> Result<Model, CommandError> {
+    let mut model = manifest::load(root, store)?;
+    for w in &model.warnings {
+        shell.warn(w);
+    }
+    if locked {
+        let lock = crate::lock::load(&model.root)?;
+        crate::lock::apply(&mut model, lock.as_ref())?;
+    }
+    Ok(model)
+}
+
+/// Applies `--env NAME[=VALUE]` settings to every image of the model: like Bazel's
+/// `--action_env`, the values enter the keys.
+pub fn apply_env(model: &mut Model, settings: &[String]) -> Result<(), CommandError> {
+    for setting in settings {
+        let (name, value) = match setting.split_once('=') {
+            Some((n, v)) => (n, v.to_string()),
+            None => {
+                let v = std::env::var(setting).map_err(|_| {
+                    CommandError::usage(format!(
+                        "--env {setting}: `{setting}` is not set in ccb's environment (give NAME=VALUE)"
+                    ))
+                })?;
+                (setting.as_str(), v)
+            }
+        };
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(CommandError::usage(format!(
+                "--env {setting}: `{name}` is not a variable name"
+            )));
+        }
+        for image in model.images.values_mut() {
+            image.env.insert(name.to_string(), value.clone());
+        }
+    }
+    Ok(())
+}
+
+/// What a session is opened with, beyond the model and the store.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Extra element directories, searched first.
+    pub element_path: Vec<String>,
+    /// `--env` settings over the manifests' `env`.
+    pub env: Vec<String>,
+    /// Use only what is in the store.
+    pub offline: bool,
+}
+
+/// The model (lock and `--env` applied), the store and the element resolver of one command.
+pub struct Session<'s> {
+    pub model: Model,
+    pub store: &'s Store,
+    pub resolver: Resolver<'s>,
+    pub offline: bool,
+}
+
+/// A target set and its graph, built once.
+pub struct Planned {
+    pub targets: Vec<Target>,
+    pub graph: Graph,
+}
+
+impl<'s> Session<'s> {
+    pub fn open(
+        mut model: Model,
+        store: &'s Store,
+        opts: &SessionOptions,
+        shell: &Shell,
+    ) -> Result<Self, CommandError> {
+        apply_env(&mut model, &opts.env)?;
+        let resolver =
+            element::project_resolver(&model, &opts.element_path, store, opts.offline, &mut |w| {
+                shell.warn(w)
+            })?;
+        Ok(Self {
+            model,
+            store,
+            resolver,
+            offline: opts.offline,
+        })
+    }
+
+    /// The targets named (all images when none) on the architectures asked for (all when none).
+    pub fn targets(
+        &self,
+        targets: &[String],
+        arch: &[String],
+    ) -> Result<Vec<Target>, CommandError> {
+        let arches = label::parse_arches(arch)?;
+        Ok(label::resolve(&self.model, targets, arches.as_ref())?)
+    }
+
+    /// Resolves the targets and builds their graph.
+    pub fn plan(&self, targets: &[String], arch: &[String]) -> Result<Planned, CommandError> {
+        let targets = self.targets(targets, arch)?;
+        let graph = Graph::build(&self.model, &self.resolver, &targets, false)?;
+        Ok(Planned { targets, graph })
+    }
+}

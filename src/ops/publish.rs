@@ -1,0 +1,326 @@
+//! `publish`: the targets' disks (from the build report, or a directory built elsewhere) onto
+//! the sites, each under a new version of a scope.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::build::{BuildReport, BuildRequest};
+use super::{CommandError, Session, SessionOptions};
+use crate::manifest::{Model, Site};
+use crate::publish::layout::{self, Version};
+use crate::publish::sites::{self, SiteError, SwiftSettings};
+use crate::publish::{self, FileToPublish, ImageFiles, Outcome, PublishOptions};
+use crate::store::Store;
+use crate::ui::Shell;
+
+/// What to publish where.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub targets: Vec<String>,
+    pub arch: Vec<String>,
+    pub scope: String,
+    /// Keys or names of sites (all when empty).
+    pub sites: Vec<String>,
+    /// `vN` or `YYYYMMDD-vN` (default: the next free one today).
+    pub version: Option<String>,
+    pub dry_run: bool,
+    /// Images built elsewhere: the targets are then published names in this directory.
+    pub outputs: Option<PathBuf>,
+    pub swift: SwiftSettings,
+    /// Draw upload progress.
+    pub show_progress: bool,
+    /// A site that cannot be opened ends the command (else it is a failed row).
+    pub stop_on_site_error: bool,
+}
+
+/// Every image on every site.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishReport {
+    pub version: u32,
+    pub results: Vec<serde_json::Value>,
+    #[serde(skip)]
+    pub failed: usize,
+    #[serde(skip)]
+    pub build: Option<BuildReport>,
+}
+
+/// What publishing tells as it goes.
+pub trait PublishObserver {
+    /// The build of the disks (none with `--outputs`).
+    fn built(&mut self, report: &BuildReport);
+    /// A skipped image, a published one, or what would be.
+    fn line(&mut self, text: &str);
+    /// One image failed on one site; the others go on.
+    fn failed(&mut self, error: miette::Report);
+}
+
+pub fn today() -> String {
+    crate::action::utc_now().1[..8].to_string()
+}
+
+/// `vN` (of today) or `YYYYMMDD-vN`.
+pub fn parse_version(v: &str) -> Result<Version, CommandError> {
+    let full = if v.starts_with('v') {
+        format!("{}-{v}", today())
+    } else {
+        v.to_string()
+    };
+    Version::parse(&full).ok_or_else(|| {
+        CommandError::usage(format!(
+            "version `{v}`: expected vN or YYYYMMDD-vN (e.g. v2, 20261127-v2)"
+        ))
+    })
+}
+
+/// A site error as a command error: an unknown site is a usage error.
+pub fn site_error(e: SiteError) -> CommandError {
+    if e.is_usage() {
+        CommandError::usage_diag(e)
+    } else {
+        CommandError::from_diag(e)
+    }
+}
+
+/// The digests of SHA256SUMS: file name → sha256.
+fn read_sums(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (sum, file) = l.split_once("  ")?;
+            Some((file.trim_start_matches('*').to_string(), sum.to_string()))
+        })
+        .collect()
+}
+
+/// An image's files in a directory laid out like `ccb build --out`.
+fn image_in(dir: &Path, name: &str, formats: &[&str]) -> Result<ImageFiles, CommandError> {
+    let sums = read_sums(&dir.join("SHA256SUMS"));
+    let mut files = Vec::new();
+    for f in formats {
+        let file = format!("{name}.{f}");
+        let path = dir.join(&file);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let sha256 = sums.get(&file).cloned().ok_or_else(|| {
+            CommandError::msg(format!(
+                "{}: no digest for {file} in SHA256SUMS",
+                dir.display()
+            ))
+        })?;
+        files.push(FileToPublish {
+            format: f.to_string(),
+            path,
+            size: meta.len(),
+            sha256,
+        });
+    }
+    if files.is_empty() {
+        return Err(CommandError::msg(format!(
+            "{}: no {} file of {name}",
+            dir.display(),
+            formats.join(" or ")
+        )));
+    }
+    let manifest_path = dir.join(format!("{name}.d/{name}_provenance.json"));
+    let manifest = std::fs::read(&manifest_path).map_err(|e| {
+        CommandError::msg(format!(
+            "{}: the provenance record is missing: {e}",
+            manifest_path.display()
+        ))
+    })?;
+    Ok(ImageFiles {
+        name: name.to_string(),
+        files,
+        manifest,
+    })
+}
+
+/// An image to publish and whether it may go to sites that are not bare metal.
+struct Candidate {
+    image: ImageFiles,
+    baremetal_only: bool,
+}
+
+/// Images built elsewhere, by published name.
+fn candidates_in(
+    dir: &Path,
+    names: &[String],
+    model: &Model,
+) -> Result<Vec<Candidate>, CommandError> {
+    const ALL: [&str; 2] = ["qcow2", "raw"];
+    if names.is_empty() {
+        return Err(CommandError::usage(
+            "--outputs needs the published names of the images to publish",
+        ));
+    }
+    names
+        .iter()
+        .map(|name| {
+            // Images of the manifests keep their bare-metal flag; others count as bare metal only.
+            let baremetal_only = model
+                .images
+                .values()
+                .flat_map(|i| i.arch.iter().map(move |arch| (i, *arch)))
+                .find(|(i, arch)| i.published_name(*arch) == *name)
+                .map(|(i, arch)| i.baremetal_only_for(arch))
+                .unwrap_or(true);
+            Ok(Candidate {
+                image: image_in(dir, name, &ALL)?,
+                baremetal_only,
+            })
+        })
+        .collect()
+}
+
+/// Publishes the targets' disks (built first when missing) or the images of `req.outputs`.
+pub fn publish(
+    mut model: Model,
+    store: &Store,
+    opts: &SessionOptions,
+    req: &PublishRequest,
+    shell: &Shell,
+    observer: &mut dyn PublishObserver,
+) -> Result<PublishReport, CommandError> {
+    if !layout::valid_scope(&req.scope) {
+        return Err(CommandError::usage(format!(
+            "--scope {}: a scope is one path segment of letters, digits, `-` and `_`",
+            req.scope
+        )));
+    }
+    let version = req.version.as_deref().map(parse_version).transpose()?;
+    sites::with_default_site(&mut model);
+    let site_keys: Vec<String> = if req.sites.is_empty() {
+        model.sites.keys().cloned().collect()
+    } else {
+        req.sites
+            .iter()
+            .map(|s| sites::find_site(&model, s).map(|(k, _)| k.clone()))
+            .collect::<Result<_, _>>()
+            .map_err(site_error)?
+    };
+    let (candidates, build, model) = match &req.outputs {
+        Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
+        None => {
+            let session = Session::open(model, store, opts, shell)?;
+            let planned = session.plan(&req.targets, &req.arch)?;
+            let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
+            observer.built(&build);
+            build.ok()?;
+            let mut out = Vec::new();
+            for d in &build.disks {
+                let image = &session.model.images[&d.target.image];
+                let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
+                out.push(Candidate {
+                    image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
+                    baremetal_only: image.baremetal_only_for(d.target.arch),
+                });
+            }
+            (out, Some(build), session.model)
+        }
+    };
+    let mut report = PublishReport {
+        version: 1,
+        results: vec![],
+        failed: 0,
+        build,
+    };
+    for key in &site_keys {
+        let site: &Site = &model.sites[key];
+        let wanted: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| site.baremetal || !c.baremetal_only)
+            .collect();
+        for c in candidates
+            .iter()
+            .filter(|c| !site.baremetal && c.baremetal_only)
+        {
+            shell.status(&format!(
+                "{}: skipped on {} (bare-metal only; the site is not)",
+                c.image.name, site.name
+            ));
+        }
+        if wanted.is_empty() {
+            continue;
+        }
+        let store = match sites::open_site(&model, key, site, &req.swift) {
+            Ok(s) => s,
+            Err(e) if req.stop_on_site_error => return Err(site_error(e)),
+            Err(e) => {
+                report
+                    .results
+                    .push(json!({"site": key, "error": e.to_string()}));
+                report.failed += 1;
+                observer.failed(miette::Report::new(e).wrap_err(format!("opening {}", site.name)));
+                continue;
+            }
+        };
+        let site_formats: Vec<&str> = site.formats.iter().map(|f| f.as_str()).collect();
+        for c in wanted {
+            let mut image = c.image.clone();
+            image
+                .files
+                .retain(|f| site_formats.contains(&f.format.as_str()));
+            if image.files.is_empty() {
+                shell.status(&format!(
+                    "{}: skipped on {} (none of its formats: {})",
+                    image.name,
+                    site.name,
+                    site_formats.join(", ")
+                ));
+                continue;
+            }
+            let opts = PublishOptions {
+                scope: &req.scope,
+                version: version.clone(),
+                today: today(),
+                dry_run: req.dry_run,
+                show_progress: req.show_progress,
+            };
+            let started = std::time::Instant::now();
+            match publish::publish_image(store.as_ref(), &image, &opts) {
+                Ok(outcome) => {
+                    observer.line(&match &outcome {
+                        Outcome::Published { version, bytes } => format!(
+                            "{}: published to {} {}/versions/{version} ({}, {:.1} s)",
+                            image.name,
+                            site.name,
+                            req.scope,
+                            crate::ui::progress::human_bytes(*bytes),
+                            started.elapsed().as_secs_f64()
+                        ),
+                        Outcome::AlreadyLive { version } => format!(
+                            "{}: already live on {} as {}/versions/{version} (same content): nothing to do",
+                            image.name, site.name, req.scope
+                        ),
+                        Outcome::DryRun { version, objects } => format!(
+                            "{}: would publish to {} as {}/versions/{version}: {}",
+                            image.name,
+                            site.name,
+                            req.scope,
+                            objects.join(", ")
+                        ),
+                    });
+                    let mut row = serde_json::to_value(&outcome).unwrap_or_default();
+                    row["image"] = json!(image.name);
+                    row["site"] = json!(key);
+                    row["scope"] = json!(req.scope);
+                    report.results.push(row);
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    report.results.push(json!({"image": image.name, "site": key, "scope": req.scope, "error": e.to_string()}));
+                    observer.failed(
+                        miette::Report::new(e)
+                            .wrap_err(format!("publishing {} to {} failed", image.name, site.name)),
+                    );
+                }
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,164 @@
+//! `test`: the build of the targets' disks, then boots of each disk over the same graph.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::build::{BuildReport, BuildRequest};
+use super::{CommandError, Planned, Session};
+use crate::bootcheck::{self, BootReport, BootTest, CheckResult, Firmware};
+use crate::manifest::Arch;
+use crate::ui::Shell;
+
+/// What to boot with.
+#[derive(Debug, Clone)]
+pub struct TestRequest {
+    pub firmwares: Vec<Firmware>,
+    /// How long a boot may take, checks included.
+    pub timeout: Duration,
+}
+
+/// One boot of one disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootResult {
+    pub target: String,
+    pub arch: Arch,
+    pub image: PathBuf,
+    pub firmware: Firmware,
+    pub accel: String,
+    pub duration_ms: u64,
+    pub completed: bool,
+    pub passed: bool,
+    pub serial_log: PathBuf,
+    pub checks: Vec<CheckResult>,
+}
+
+/// The build and every boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    pub version: u32,
+    pub results: Vec<BootResult>,
+    pub passed: bool,
+    #[serde(skip)]
+    pub build: BuildReport,
+}
+
+/// What the test tells as it goes: the build's report, then each boot as it starts and ends.
+pub trait TestObserver {
+    fn built(&mut self, report: &BuildReport);
+    fn booting(&mut self, name: &str, firmware: Firmware, kvm: bool);
+    fn booted(&mut self, report: &BootReport, result: &BootResult);
+}
+
+/// Boots the planned targets' disks, building what is missing first. Only amd64 disks boot so
+/// far: any other target is refused before anything is built.
+pub fn test(
+    session: &Session,
+    planned: &Planned,
+    req: &TestRequest,
+    shell: &Shell,
+    observer: &mut dyn TestObserver,
+) -> Result<TestReport, CommandError> {
+    if let Some(t) = planned.targets.iter().find(|t| t.arch != Arch::Amd64) {
+        return Err(CommandError::msg(format!(
+            "//images:{} ({}): only amd64 images can be booted so far (qemu-system-x86_64)",
+            t.image, t.arch
+        )));
+    }
+    let build = super::build::build(session, planned, &BuildRequest::disks(), shell)?;
+    observer.built(&build);
+    build.ok()?;
+
+    let store = session.store;
+    let scratch = tempfile::Builder::new()
+        .prefix("ccb-test-")
+        .tempdir_in(std::env::temp_dir())
+        .map_err(|e| {
+            CommandError::environment(
+                format!("cannot create a scratch directory: {e}"),
+                "set TMPDIR to a writable directory with room for a disk overlay",
+            )
+        })?;
+    let mut kvm = bootcheck::kvm_works(scratch.path());
+    if !kvm {
+        shell.status("KVM is unavailable or does not work here: booting with TCG (slower)");
+    }
+
+    let mut results = Vec::new();
+    for disk in &build.disks {
+        let t = &disk.target;
+        let meta = store.outputs_meta(&disk.key).ok_or_else(|| {
+            CommandError::msg(format!(
+                "the disk of //images:{} is not in the store",
+                t.image
+            ))
+        })?;
+        let (file, format) = ["qcow2", "raw"]
+            .iter()
+            .find_map(|ext| {
+                let f = format!("{}.{ext}", meta.name);
+                meta.files.iter().any(|(n, _)| *n == f).then_some((f, *ext))
+            })
+            .ok_or_else(|| {
+                CommandError::msg(format!("//images:{} has no qcow2 or raw output", t.image))
+            })?;
+        let image = disk.dir.join(&file);
+        let resolved = &planned.graph.resolved[&(t.image.clone(), t.arch)];
+        let dirs: Vec<(String, PathBuf)> = resolved
+            .elements
+            .iter()
+            .filter_map(|n| {
+                session
+                    .resolver
+                    .path
+                    .get(n)
+                    .map(|d| (n.clone(), d.dir.clone()))
+            })
+            .collect();
+        let checks = bootcheck::element_checks(&dirs);
+        for &fw in &req.firmwares {
+            observer.booting(&meta.name, fw, kvm);
+            let log = store.boot_log(&disk.key, fw.as_str());
+            let work = scratch.path().join(format!("{}-{}", t.image, fw.as_str()));
+            let had_kvm = kvm;
+            let report = bootcheck::boot(
+                &BootTest {
+                    image: &image,
+                    format,
+                    firmware: fw,
+                    timeout: req.timeout,
+                    checks: &checks,
+                    work: &work,
+                    serial_log: log,
+                },
+                &mut kvm,
+            )?;
+            if had_kvm && !kvm {
+                shell.status(
+                    "KVM started but the kernel never spoke: KVM does not really work here, using TCG",
+                );
+            }
+            let result = BootResult {
+                target: format!("//images:{}", t.image),
+                arch: t.arch,
+                image: image.clone(),
+                firmware: report.firmware,
+                accel: report.accel.clone(),
+                duration_ms: report.duration_ms,
+                completed: report.completed,
+                passed: report.passed(),
+                serial_log: report.serial_log.clone(),
+                checks: report.checks.clone(),
+            };
+            observer.booted(&report, &result);
+            results.push(result);
+        }
+    }
+    Ok(TestReport {
+        version: 1,
+        passed: results.iter().all(|r| r.passed),
+        results,
+        build,
+    })
+}
