@@ -5,6 +5,8 @@
 //!
 //! The file lives in `CCB_BENCH_DIR` (default /var/tmp/ccb-bench-hash) and is reused across runs.
 //! Run: `cargo bench --bench hash`.
+// A benchmark program: its figures are its output.
+#![allow(clippy::print_stdout)]
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

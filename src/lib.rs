@@ -5,29 +5,42 @@
 //! ```text
 //! manifests/*.ncl|*.toml ─manifest::load─▶ Model ─label::resolve─▶ targets
 //!   ─element::resolve─▶ ResolvedImage (closure, phases, environment, packages)
-//!   ─graph::Graph::build─▶ actions with keys ─graph::plan─▶ Plan (cached or to run, and why)
-//!   ─exec::schedule + build::run_action─▶ layers and disks in the store ─build::materialize─▶ out/
+//!   ─graph::Graph::build─▶ actions (ActionId) with keys ─graph::plan─▶ Plan (cached or to run, and why)
+//!   ─exec::schedule + action::run_action─▶ layers and disks in the store ─action::materialize─▶ out/
 //!   ─bootcheck::boot─▶ boot reports
 //! ```
 //!
 //! Where to start reading:
+//! - [`ops`]: one operation per user-level job (check, build, test, publish, …), each a typed
+//!   request in and a typed, serializable report out. A [`ops::Session`] (the model with the
+//!   lock applied, the store, the element resolver) is loaded once per command and plans a
+//!   target set once; `test`, `publish` and `inspect` take their disks from the build report.
+//!   [`ops::CommandError`] sorts failures by who acts: user, environment, internal (exit 70).
+//! - [`cli`]: argument parsing and rendering only; each command parses, calls one operation
+//!   and renders its report.
 //! - [`manifest`]: evaluation of the Nickel/TOML manifests against `stdlib/ccb.ncl`, the
 //!   semantic checks Nickel does not do (cycles in `from`, duplicate published names), and the
 //!   evaluation cache that makes a warm `ccb check` cheap.
 //! - [`label`]: target syntax (`//images:ubuntu24.04`, `//...`, published names).
 //! - [`element`]: diskimage-builder element discovery, dependency expansion, phase ordering,
 //!   environment.d, package-installs, digests and lint.
-//! - [`graph`]: actions (`fetch`, `base`, `layer`, `disk`, `publish`), their key documents and
-//!   keys, the plan and `explain`.
+//! - [`graph`]: actions (`fetch`, `base`, `layer`, `disk`, `publish`) named by a typed
+//!   [`graph::ActionId`], their key documents and keys, the plan and `explain`.
 //! - [`fetch`]: artifacts into the store, verified against their pinned SHA-256.
 //! - [`lock`] and [`sources`]: `ccb.lock`, and the git sources it pins (fetched on demand).
 //! - [`exec`]: the scheduler (`-j`, critical path first, fail fast or keep going, cancel).
-//! - [`build`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
+//! - [`action`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
 //!   runner of DIB phases inside it, overlay layers, disk assembly, and the parent's side
 //!   (specs, events, commit, materialization).
 //! - [`bootcheck`]: `ccb test`'s QEMU boots and the checks run inside the image.
-//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc.
-//! - [`cli`]: argument parsing and rendering; every command is a thin layer over the above.
+//! - [`inspect`]: reading images (qcow2, GPT, ext4, xfs, dpkg/rpm databases) without mounts.
+//! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes.
+//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc;
+//!   [`store::Layout`] alone spells its paths.
+//! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
+//!   status and warnings to stderr, progress, the terminal decision, byte formatting.
+//! - [`process`]: the one way to run a program (command line kept for errors, captured
+//!   output, SIGTERM → grace → SIGKILL).
 //!
 //! On-disk layout of the store (`$CCB_CACHE_DIR`, default `$XDG_CACHE_HOME/ccb`):
 //!
@@ -65,6 +78,7 @@ pub mod label;
 pub mod lock;
 pub mod manifest;
 pub mod ops;
+pub mod process;
 pub mod publish;
 pub mod sources;
 pub mod store;

@@ -176,7 +176,7 @@ fn run_fetch(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Built, BuildError> {
     let started = Instant::now();
-    let name = action
+    let name = &action
         .artifact_name()
         .ok_or_else(|| unsupported(action, "not a fetch action"))?;
     let artifact = ctx.model.artifacts.get(name).ok_or_else(|| {
@@ -280,9 +280,10 @@ pub fn spec_for(
         .cloned()
         .unwrap_or_default();
     let package_cache = distro_cache(&distro).map(|target| CacheMount {
-        host: ctx
-            .store
-            .path(&format!("downloads/packages/{distro}-{arch}")),
+        host: ctx.store.path(&crate::store::Layout::package_downloads(
+            &distro,
+            &arch.to_string(),
+        )),
         target: target.to_string(),
     });
     let downloads = ctx.store.path("downloads");
@@ -568,14 +569,11 @@ fn env_file_names(view: &crate::element::ElementView) -> Vec<String> {
 /// The provenance record of chameleon-images.md: what was built, from which commit, when.
 pub fn provenance(model: &Model, image: &crate::manifest::Image, name: &str) -> String {
     let git = |args: &[&str]| {
-        std::process::Command::new("git")
+        crate::process::Process::new("git")
             .arg("-C")
             .arg(&model.root)
             .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .read()
             .unwrap_or_default()
     };
     let mut commit = git(&["rev-parse", "HEAD"]);
@@ -867,19 +865,12 @@ pub fn materialize(
         ));
         let _ = std::fs::remove_file(&tmp);
         if std::fs::hard_link(&src, &tmp).is_err() {
-            let status = std::process::Command::new("cp")
+            crate::process::Process::new("cp")
                 .args(["--sparse=always", "--reflink=auto"])
                 .arg(&src)
                 .arg(&tmp)
-                .status()
-                .map_err(|e| err(format!("cp: {e}")))?;
-            if !status.success() {
-                return Err(err(format!(
-                    "cannot copy {} to {}",
-                    src.display(),
-                    tmp.display()
-                )));
-            }
+                .output()
+                .map_err(|e| err(e.to_string()))?;
         }
         std::fs::rename(&tmp, &dst)
             .map_err(|e| err(format!("rename into {}: {e}", dst.display())))?;

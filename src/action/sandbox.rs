@@ -69,6 +69,8 @@ pub fn spawn(spec_path: &Path, log: &Path) -> io::Result<Child> {
 }
 
 /// `ccb __sandbox SPEC`: the sandbox's own main. Returns the process exit code.
+// The sandbox is a process of its own whose stderr is the action's log, not ccb's Shell.
+#[allow(clippy::print_stderr)]
 pub fn main(spec_path: &Path) -> i32 {
     let spec: ActionSpec = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,19 +39,20 @@ fn io_err<'p>(
 /// re-implementation would be a second, less tested copy of it.
 pub fn copy_contents(src: &Path, dst: &Path) -> Result<(), TreeError> {
     std::fs::create_dir_all(dst).map_err(io_err("create directory", dst))?;
-    let out = Command::new("cp")
+    let out = crate::process::Process::new("cp")
         .arg("-a")
         .arg("--reflink=auto")
         .arg("--no-target-directory")
         .arg(src.join("."))
         .arg(dst)
         .env("LC_ALL", "C")
+        .command()
         .output()
         .map_err(io_err("run cp for", src))?;
     if !out.status.success() {
         return Err(TreeError::Copy {
             from: src.to_path_buf(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            detail: crate::process::tail(&out.stderr, 8),
         });
     }
     Ok(())

@@ -6,9 +6,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{CliError, Context};
-use crate::element;
-use crate::graph::Graph;
-use crate::label;
 use crate::store::{Store, Wait, cache};
 use crate::ui::{self, OutputFormat};
 
@@ -77,7 +74,7 @@ pub fn run(ctx: &mut Context, cmd: CacheCommand) -> Result<(), CliError> {
                             if a.dry_run { "would remove" } else { "removed" },
                             &e.key[..16],
                             e.id,
-                            human_bytes(e.bytes)
+                            crate::ui::progress::human_bytes(e.bytes)
                         ));
                     }
                     for sha in &report.artifacts_removed {
@@ -98,7 +95,7 @@ pub fn run(ctx: &mut Context, cmd: CacheCommand) -> Result<(), CliError> {
                         "{} {} entries ({}), kept {}\n",
                         if a.dry_run { "would remove" } else { "removed" },
                         report.removed.len(),
-                        human_bytes(report.bytes_freed),
+                        crate::ui::progress::human_bytes(report.bytes_freed),
                         report.kept
                     ));
                     ui::out(&out);
@@ -230,13 +227,16 @@ fn keys_for(
         }
     }
     if !targets.is_empty() {
+        let shell = ctx.shell();
         let model = ctx.model()?;
-        let ts = label::resolve(&model, &targets, None)?;
-        let resolver =
-            element::project_resolver(&model, &[], store, ctx.offline, &mut |w| ui::warn(w))?;
-        let graph = Graph::build(&model, &resolver, &ts, false)?;
-        for t in &ts {
-            for act in graph.actions_of(t) {
+        let opts = crate::ops::SessionOptions {
+            offline: ctx.offline,
+            ..Default::default()
+        };
+        let session = crate::ops::Session::open(model, store, &opts, &shell)?;
+        let planned = session.plan(&targets, &[])?;
+        for t in &planned.targets {
+            for act in planned.graph.actions_of(t) {
                 if entries.iter().any(|e| e.key == act.key) {
                     keys.insert(act.key.clone());
                 }
@@ -268,7 +268,7 @@ fn ls(store: &Store, format: OutputFormat) -> Result<(), CliError> {
                     &e.key[..16.min(e.key.len())],
                     e.id,
                     e.mode.as_deref().unwrap_or("-"),
-                    human_bytes(e.bytes),
+                    crate::ui::progress::human_bytes(e.bytes),
                     human_age(now.saturating_sub(e.built_at)),
                     if e.current { "" } else { "  (stale)" }
                 ));
@@ -276,28 +276,13 @@ fn ls(store: &Store, format: OutputFormat) -> Result<(), CliError> {
             out.push_str(&format!(
                 "{} entries, {} in {}\n",
                 entries.len(),
-                human_bytes(total),
+                crate::ui::progress::human_bytes(total),
                 store.root().display()
             ));
             ui::out(&out);
         }
     }
     Ok(())
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn human_age(secs: u64) -> String {

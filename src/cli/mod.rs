@@ -133,10 +133,7 @@ impl Context {
 pub use crate::ops::CommandError as CliError;
 
 fn install_report_hook() {
-    use std::io::IsTerminal;
-    let color = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let color = crate::ui::progress::live_terminal();
     let _ = miette::set_hook(Box::new(move |_| {
         Box::new(
             miette::MietteHandlerOpts::new()
@@ -147,6 +144,17 @@ fn install_report_hook() {
                 .context_lines(2)
                 .build(),
         )
+    }));
+}
+
+/// A panic is a bug in ccb: after the default message, say so and exit 70 (`EX_SOFTWARE`), not
+/// the 101 of an ordinary panic, so scripts can tell a bug from a failed build.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        crate::ui::error(&CliError::internal("ccb panicked (the message is above)"));
+        std::process::exit(70);
     }));
 }
 
@@ -162,6 +170,7 @@ pub fn main() -> ExitCode {
         return ExitCode::from(crate::action::sandbox::main(&spec).clamp(0, 255) as u8);
     }
     install_report_hook();
+    install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -196,12 +205,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if let Some(report) = err.report() {
-                eprintln!("{report:?}");
-            }
-            if let Some(hint) = err.hint() {
-                eprintln!("  help: {hint}");
-            }
+            crate::ui::error(&err);
             ExitCode::from(err.exit_code())
         }
     }

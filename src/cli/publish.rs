@@ -1,6 +1,5 @@
 //! `ccb publish` and `ccb versions`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -183,7 +182,7 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
         version: a.version,
         dry_run: a.dry_run,
         outputs: a.outputs,
-        show_progress: !ctx.quiet && text && std::io::stderr().is_terminal(),
+        show_progress: !ctx.quiet && text && crate::ui::progress::live_terminal(),
         stop_on_site_error: text,
     };
     let mut observer = Text { shell, text };
@@ -221,28 +220,32 @@ pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError>
             let versions =
                 publish::list_versions(store.as_ref(), &a.at.scope).map_err(CliError::from_diag)?;
             if a.format == OutputFormat::Json {
-                println!(
-                    "{}",
+                crate::ui::out(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&json!({"version": 1, "site": key, "scope": a.at.scope, "versions": versions}))
                         .unwrap_or_default()
-                );
+                ));
                 return Ok(());
             }
             if versions.is_empty() {
-                println!("no versions in {} {}", site_name, a.at.scope);
+                crate::ui::out(&format!("no versions in {} {}\n", site_name, a.at.scope));
             }
             for v in versions {
-                println!("{}", v.version);
+                crate::ui::out(&format!("{}\n", v.version));
                 for i in v.images {
-                    println!("  {}{}", i.name, if i.live { "  (live)" } else { "" });
+                    crate::ui::out(&format!(
+                        "  {}{}\n",
+                        i.name,
+                        if i.live { "  (live)" } else { "" }
+                    ));
                     for o in i.objects {
                         let file = o.name.rsplit('/').next().unwrap_or(&o.name).to_string();
-                        println!(
-                            "    {:<36} {:>10}  {}",
+                        crate::ui::out(&format!(
+                            "    {:<36} {:>10}  {}\n",
                             file,
                             crate::ui::progress::human_bytes(o.bytes),
                             o.sha256.as_deref().unwrap_or("-")
-                        );
+                        ));
                     }
                 }
             }
@@ -259,7 +262,10 @@ pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError>
             let (_, _, store) = open(&a.site)?;
             publish::promote(store.as_ref(), &a.from, &a.to, &name, &version)
                 .map_err(CliError::from_diag)?;
-            println!("{name}: {} {version} promoted to {} (live)", a.from, a.to);
+            crate::ui::out(&format!(
+                "{name}: {} {version} promoted to {} (live)\n",
+                a.from, a.to
+            ));
             Ok(())
         }
         VersionsCommand::Rollback(a) => {
@@ -268,7 +274,7 @@ pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError>
             let (_, _, store) = open(&a.at.site)?;
             publish::rollback(store.as_ref(), &a.at.scope, &name, &version)
                 .map_err(CliError::from_diag)?;
-            println!("{name}: {} now live as {version}", a.at.scope);
+            crate::ui::out(&format!("{name}: {} now live as {version}\n", a.at.scope));
             Ok(())
         }
         VersionsCommand::Prune(a) => {
@@ -277,13 +283,13 @@ pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError>
                 .map_err(CliError::from_diag)?;
             let verb = if a.dry_run { "would remove" } else { "removed" };
             for (v, image) in &removed {
-                println!("{verb} {image} {v}");
+                crate::ui::out(&format!("{verb} {image} {v}\n"));
             }
             if removed.is_empty() {
-                println!(
-                    "nothing to prune (keeping {} per image and the live ones)",
+                crate::ui::out(&format!(
+                    "nothing to prune (keeping {} per image and the live ones)\n",
                     a.keep
-                );
+                ));
             }
             Ok(())
         }

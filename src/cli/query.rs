@@ -1,13 +1,13 @@
 //! `ccb query …`: targets, manifests, elements, dependencies, the graph, keys, explain.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{CliError, Context};
 use crate::element::{self, ElementView, ForTarget, PHASES};
-use crate::graph::{self, Graph, Kind};
+use crate::graph::{self, ActionId, Graph, rdeps};
 use crate::label::{self, Target};
 use crate::manifest::{Arch, Model};
 use crate::ui::{self, OutputFormat};
@@ -434,7 +434,7 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
         .iter()
         .map(|t| {
             let r = &graph.resolved[&(t.image.clone(), t.arch)];
-            let disk = format!("disk:{}:{}", t.image, t.arch);
+            let disk = ActionId::disk(&t.image, t.arch).to_string();
             let sources = match graph.get(&disk).and_then(|d| d.doc.get("sources")) {
                 Some(crate::keydoc::Value::Map(m)) => m.clone(),
                 _ => BTreeMap::new(),
@@ -499,8 +499,13 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
     let resolver =
         element::project_resolver(&model, &[], &store, ctx.offline, &mut |w| ui::warn(w))?;
     let graph = Graph::build(&model, &resolver, &all, false)?;
-    let mut hits: Vec<(Target, Vec<String>)> = Vec::new();
-    if let Some(name) = a.what.strip_prefix("element:") {
+    let unknown = |name: &str, known: Vec<String>| {
+        CliError::from_diag(label::LabelError::Unknown {
+            word: a.what.clone(),
+            help: label::did_you_mean(name, &known),
+        })
+    };
+    let input = if let Some(name) = a.what.strip_prefix("element:") {
         if resolver.path.get(name).is_none() {
             return Err(CliError::from_diag(element::ElementError::NotFound {
                 name: name.to_string(),
@@ -508,68 +513,21 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
                 help: label::did_you_mean(name, &resolver.path.names()),
             }));
         }
-        for ((image, arch), r) in &graph.resolved {
-            if r.elements.iter().any(|e| e == name) {
-                let t = Target {
-                    image: image.clone(),
-                    arch: *arch,
-                };
-                let acts = graph
-                    .actions_of(&t)
-                    .iter()
-                    .filter(|act| match act.kind {
-                        Kind::Base => r.base.as_ref().is_some_and(|b| b.elements.iter().any(|e| e == name)),
-                        Kind::Layer => matches!(act.doc.get("elements"), Some(crate::keydoc::Value::Map(m)) if m.contains_key(name)),
-                        _ => true,
-                    })
-                    .map(|act| act.id.clone())
-                    .collect();
-                hits.push((t, acts));
-            }
-        }
+        rdeps::Input::Element(name.to_string())
     } else if let Some(name) = a.what.strip_prefix("artifact:") {
         if !model.artifacts.contains_key(name) {
-            let known: Vec<String> = model.artifacts.keys().cloned().collect();
-            return Err(CliError::from_diag(label::LabelError::Unknown {
-                word: a.what.clone(),
-                help: label::did_you_mean(name, &known),
-            }));
+            return Err(unknown(name, model.artifacts.keys().cloned().collect()));
         }
-        let id = format!("fetch:{name}");
-        hits = dependents(&graph, &all, |act| act.deps.contains(&id));
+        rdeps::Input::Artifact(name.to_string())
     } else if let Some(name) = a.what.strip_prefix("source:") {
         if !model.sources.contains_key(name) {
-            let known: Vec<String> = model.sources.keys().cloned().collect();
-            return Err(CliError::from_diag(label::LabelError::Unknown {
-                word: a.what.clone(),
-                help: label::did_you_mean(name, &known),
-            }));
+            return Err(unknown(name, model.sources.keys().cloned().collect()));
         }
-        // By where the action's elements come from: that covers plain local sources too,
-        // which are in no key document.
-        hits = dependents(&graph, &all, |act| {
-            uses_source(&graph, &resolver, act, name)
-        });
+        rdeps::Input::Source(name.to_string())
     } else {
-        let targets = label::resolve(&model, std::slice::from_ref(&a.what), None)?;
-        for t in &all {
-            if targets.contains(t) {
-                continue;
-            }
-            let disk = format!("disk:{}:{}", t.image, t.arch);
-            let closure = graph.closure(&disk);
-            if targets.iter().any(|x| {
-                closure
-                    .iter()
-                    .any(|act| act.id == format!("layer:{}:{}", x.image, x.arch))
-            }) {
-                hits.push((
-                    t.clone(),
-                    graph.actions_of(t).iter().map(|a| a.id.clone()).collect(),
-                ));
-            }
-        }
-    }
+        rdeps::Input::Images(label::resolve(&model, std::slice::from_ref(&a.what), None)?)
+    };
+    let hits = rdeps::rdeps(&graph, &resolver, &all, &input);
     match a.format {
         OutputFormat::Json => {
             let rows: Vec<_> = hits
@@ -590,61 +548,6 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-/// Per target, its actions that use something (`direct`) or need an action that does.
-fn dependents(
-    graph: &Graph,
-    all: &[Target],
-    direct: impl Fn(&crate::graph::Action) -> bool,
-) -> Vec<(Target, Vec<String>)> {
-    let users: BTreeSet<&str> = graph
-        .actions
-        .iter()
-        .filter(|a| direct(a))
-        .map(|a| a.id.as_str())
-        .collect();
-    let mut hits = Vec::new();
-    for t in all {
-        let acts: Vec<String> = graph
-            .actions_of(t)
-            .iter()
-            .filter(|act| {
-                graph
-                    .closure(&act.id)
-                    .iter()
-                    .any(|c| users.contains(c.id.as_str()))
-            })
-            .map(|act| act.id.clone())
-            .collect();
-        if !acts.is_empty() {
-            hits.push((t.clone(), acts));
-        }
-    }
-    hits
-}
-
-/// Whether an image action runs elements of source `name`.
-fn uses_source(
-    graph: &Graph,
-    resolver: &element::Resolver,
-    act: &crate::graph::Action,
-    name: &str,
-) -> bool {
-    let (Some(image), Some(arch)) = (&act.image, act.arch) else {
-        return false;
-    };
-    let Some(r) = graph.resolved.get(&(image.clone(), arch)) else {
-        return false;
-    };
-    let from = |e: &String| resolver.path.get(e).and_then(|d| d.source.as_deref()) == Some(name);
-    match act.kind {
-        Kind::Base => r.base.as_ref().is_some_and(|b| b.elements.iter().any(from)),
-        Kind::Layer => {
-            matches!(act.doc.get("elements"), Some(crate::keydoc::Value::Map(m)) if m.keys().any(from))
-        }
-        _ => r.elements.iter().any(from),
-    }
 }
 
 fn graph_cmd(ctx: &mut Context, a: GraphArgs) -> Result<(), CliError> {
@@ -718,7 +621,7 @@ fn explain(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
     let store = ctx.store()?;
     let mut rows = Vec::new();
     for t in &targets {
-        let disk = format!("disk:{}:{}", t.image, t.arch);
+        let disk = ActionId::disk(&t.image, t.arch).to_string();
         for act in graph.closure(&disk) {
             rows.push((act, graph::status(&store, act)));
         }

@@ -18,7 +18,7 @@ use crate::fsutil::Stamp;
 use crate::keydoc::{hash_bytes, hash_str};
 use crate::store::Store;
 
-const RECORD: &str = "stat/elements.json";
+const RECORD: &str = crate::store::Layout::ELEMENT_STATS;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {

@@ -218,7 +218,7 @@ impl<'a> Resolver<'a> {
             crate::keydoc::hash_str(&mut h, &image.key);
             crate::keydoc::hash_list(&mut h, &requested_elements(image));
         }
-        let rec = format!("resolve/complete-{}.json", &h.finalize().to_hex()[..40]);
+        let rec = crate::store::Layout::resolve_complete_record(&h.finalize().to_hex()[..40]);
         if self.store.exists(&rec) {
             return None;
         }
@@ -253,7 +253,7 @@ impl<'a> Resolver<'a> {
         crate::keydoc::hash_str(&mut h, image_name.unwrap_or("\0none"));
         crate::keydoc::hash_map(&mut h, declared);
         crate::keydoc::hash_str(&mut h, if with_base { "base" } else { "nobase" });
-        let rec = format!("resolve/{}.json", &h.finalize().to_hex()[..40]);
+        let rec = crate::store::Layout::resolve_record(&h.finalize().to_hex()[..40]);
         if let Some(r) = self.store.read_json::<Resolved>(&rec) {
             return Ok(r);
         }

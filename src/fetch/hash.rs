@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::Stamp;
 use crate::store::Store;
 
-const RECORD: &str = "stat/artifacts.json";
+const RECORD: &str = crate::store::Layout::ARTIFACT_STATS;
 
 /// The blake3 of a file, memory-mapped and hashed on every core.
 pub fn blake3_file(path: &Path) -> std::io::Result<String> {

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::inspect::ReadAt;
 use crate::manifest::{Artifact, SwiftObject};
-use crate::store::{Store, StoreError};
+use crate::store::{Layout, Store, StoreError};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum FetchError {
@@ -101,18 +101,15 @@ pub enum FetchError {
 
 /// Where an artifact with this digest lives in the store.
 pub fn store_path(store: &Store, sha256: &str) -> PathBuf {
-    store.path(&format!("artifacts/{}", sha256.to_ascii_lowercase()))
+    store.path(&Layout::artifact(sha256))
 }
 
 fn meta_name(sha256: &str) -> String {
-    format!("artifacts/{}.json", sha256.to_ascii_lowercase())
+    Layout::artifact_record(sha256)
 }
 
 fn partial_path(store: &Store, sha256: &str) -> PathBuf {
-    store.path(&format!(
-        "artifacts/.partial/{}",
-        sha256.to_ascii_lowercase()
-    ))
+    store.path(&Layout::artifact_partial(sha256))
 }
 
 /// What the store records about an artifact next to it.

@@ -14,6 +14,8 @@
 //! element digests, the environment, package lists, artifact digests and the parent's key,
 //! never an absolute path, a timestamp or a host detail.
 
+pub mod rdeps;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +24,7 @@ use crate::element::{ForTarget, Resolved, Resolver, requested_elements};
 use crate::keydoc::KeyDoc;
 use crate::label::Target;
 use crate::manifest::{Arch, Model};
-use crate::store::{self, Store};
+use crate::store::{self, Layout, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,6 +44,111 @@ impl Kind {
             Kind::Layer => "layer",
             Kind::Disk => "disk",
             Kind::Publish => "publish",
+        }
+    }
+}
+
+/// An action's identity, stable across builds: its kind and what it makes. Its string form
+/// (`layer:debian12:amd64`, `fetch:cuda-runfile`, `publish:debian12:amd64:uc`) is spelled
+/// and parsed here only.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActionId {
+    Fetch {
+        artifact: String,
+    },
+    Base {
+        image: String,
+        arch: Arch,
+    },
+    Layer {
+        image: String,
+        arch: Arch,
+    },
+    Disk {
+        image: String,
+        arch: Arch,
+    },
+    Publish {
+        image: String,
+        arch: Arch,
+        site: String,
+    },
+}
+
+impl ActionId {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ActionId::Fetch { .. } => Kind::Fetch,
+            ActionId::Base { .. } => Kind::Base,
+            ActionId::Layer { .. } => Kind::Layer,
+            ActionId::Disk { .. } => Kind::Disk,
+            ActionId::Publish { .. } => Kind::Publish,
+        }
+    }
+
+    pub fn disk(image: &str, arch: Arch) -> Self {
+        ActionId::Disk {
+            image: image.to_string(),
+            arch,
+        }
+    }
+
+    pub fn layer(image: &str, arch: Arch) -> Self {
+        ActionId::Layer {
+            image: image.to_string(),
+            arch,
+        }
+    }
+
+    pub fn fetch(artifact: &str) -> Self {
+        ActionId::Fetch {
+            artifact: artifact.to_string(),
+        }
+    }
+
+    /// Reads an id's string form; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (kind, rest) = s.split_once(':')?;
+        let image_arch = |rest: &str| -> Option<(String, Arch, Option<String>)> {
+            let mut parts = rest.splitn(3, ':');
+            let image = parts.next().filter(|i| !i.is_empty())?.to_string();
+            let arch = parts.next()?;
+            let arch = Arch::ALL.into_iter().find(|a| a.as_str() == arch)?;
+            Some((image, arch, parts.next().map(str::to_string)))
+        };
+        Some(match kind {
+            "fetch" if !rest.is_empty() => ActionId::fetch(rest),
+            "base" | "layer" | "disk" => {
+                let (image, arch, None) = image_arch(rest)? else {
+                    return None;
+                };
+                match kind {
+                    "base" => ActionId::Base { image, arch },
+                    "layer" => ActionId::Layer { image, arch },
+                    _ => ActionId::Disk { image, arch },
+                }
+            }
+            "publish" => {
+                let (image, arch, Some(site)) = image_arch(rest)? else {
+                    return None;
+                };
+                ActionId::Publish { image, arch, site }
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for ActionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActionId::Fetch { artifact } => write!(f, "fetch:{artifact}"),
+            ActionId::Base { image, arch } => write!(f, "base:{image}:{arch}"),
+            ActionId::Layer { image, arch } => write!(f, "layer:{image}:{arch}"),
+            ActionId::Disk { image, arch } => write!(f, "disk:{image}:{arch}"),
+            ActionId::Publish { image, arch, site } => {
+                write!(f, "publish:{image}:{arch}:{site}")
+            }
         }
     }
 }
@@ -72,8 +179,11 @@ impl Action {
     }
 
     /// The artifact key of a `fetch` action.
-    pub fn artifact_name(&self) -> Option<&str> {
-        self.id.strip_prefix("fetch:")
+    pub fn artifact_name(&self) -> Option<String> {
+        match ActionId::parse(&self.id)? {
+            ActionId::Fetch { artifact } => Some(artifact),
+            _ => None,
+        }
     }
 }
 
@@ -173,7 +283,7 @@ impl Graph {
                     let art = &model.artifacts[art_key];
                     // Named by the artifact, so `explain` says which one changed.
                     artifact_digests.insert(format!("{art_key} ({var})"), art.sha256.clone());
-                    let id = format!("fetch:{art_key}");
+                    let id = ActionId::fetch(art_key).to_string();
                     if fetched.insert(art_key.clone()) {
                         let doc = KeyDoc::new()
                             .str("action", "fetch")
@@ -205,7 +315,11 @@ impl Graph {
                             .map("environment", base.view.env.clone())
                             .map_if_any("sources", commits)
                             .map_if_any("source trees", trees);
-                        let id = format!("base:{}:{arch}", image.key);
+                        let id = ActionId::Base {
+                            image: image.key.clone(),
+                            arch,
+                        }
+                        .to_string();
                         let key = doc.key();
                         graph.actions.push(Action {
                             id: id.clone(),
@@ -226,7 +340,7 @@ impl Graph {
                             .filter(|e| !parent_resolved.elements.contains(e))
                             .cloned()
                             .collect();
-                        let id = format!("layer:{parent}:{arch}");
+                        let id = ActionId::layer(parent, arch).to_string();
                         let key = graph.get(&id).map(|a| a.key.clone()).unwrap_or_default();
                         (id, key, own)
                     }
@@ -244,7 +358,7 @@ impl Graph {
                     .map("environment", resolved.view.env.clone())
                     .map("packages", package_map(&resolved.view))
                     .map("artifacts", artifact_digests);
-                let layer_id = format!("layer:{}:{arch}", image.key);
+                let layer_id = ActionId::layer(&image.key, arch).to_string();
                 let layer_key = layer_doc.key();
                 let mut deps = vec![parent_id];
                 deps.extend(fetch_ids);
@@ -285,7 +399,7 @@ impl Graph {
                             .map(|(e, f)| format!("{e}/{f}"))
                             .unwrap_or_else(|| "none".into()),
                     );
-                let disk_id = format!("disk:{}:{arch}", image.key);
+                let disk_id = ActionId::disk(&image.key, arch).to_string();
                 let disk_key = disk_doc.key();
                 graph.actions.push(Action {
                     id: disk_id.clone(),
@@ -317,7 +431,12 @@ impl Graph {
                             .str("site", site_key.clone())
                             .list("formats", formats);
                         graph.actions.push(Action {
-                            id: format!("publish:{}:{arch}:{site_key}", image.key),
+                            id: ActionId::Publish {
+                                image: image.key.clone(),
+                                arch,
+                                site: site_key.clone(),
+                            }
+                            .to_string(),
                             kind: Kind::Publish,
                             image: Some(image.key.clone()),
                             arch: Some(arch),
@@ -432,8 +551,8 @@ pub fn record_build(
 pub fn is_cached(store: &Store, action: &Action) -> bool {
     store.exists(&action_record_name(&action.key))
         && match action.kind {
-            Kind::Base | Kind::Layer => store.exists(&format!("layers/{}/layer.json", action.key)),
-            Kind::Disk => store.exists(&format!("outputs/{}.json", action.key)),
+            Kind::Base | Kind::Layer => store.exists(&Layout::layer_record(&action.key)),
+            Kind::Disk => store.exists(&Layout::outputs_record(&action.key)),
             Kind::Fetch => action
                 .artifact_sha256()
                 .is_some_and(|d| crate::fetch::is_fetched(store, d)),
@@ -442,11 +561,11 @@ pub fn is_cached(store: &Store, action: &Action) -> bool {
 }
 
 pub fn last_record_name(id: &str) -> String {
-    format!("last/{}.json", store::name_for(id))
+    Layout::last_record(&store::name_for(id))
 }
 
 pub fn action_record_name(key: &str) -> String {
-    format!("actions/{key}.json")
+    Layout::action_record(key)
 }
 
 /// Why an action would run: its inputs' changes since its last build, or "never built".
@@ -476,4 +595,48 @@ pub fn plan<'g>(graph: &'g Graph, store: &Store) -> Vec<(&'g Action, Status)> {
         .filter(|a| a.kind != Kind::Publish)
         .map(|a| (a, status(store, a)))
         .collect()
+}
+
+#[cfg(test)]
+mod action_id_tests {
+    use super::{ActionId, Arch, Kind};
+
+    #[test]
+    fn an_action_id_reads_back_what_it_writes() {
+        for id in [
+            ActionId::fetch("cuda-runfile"),
+            ActionId::Base {
+                image: "debian12".into(),
+                arch: Arch::Amd64,
+            },
+            ActionId::layer("ubuntu24.04", Arch::Arm64),
+            ActionId::disk("debian12", Arch::Amd64),
+            ActionId::Publish {
+                image: "debian12".into(),
+                arch: Arch::Amd64,
+                site: "uc".into(),
+            },
+        ] {
+            assert_eq!(ActionId::parse(&id.to_string()), Some(id));
+        }
+        assert_eq!(ActionId::disk("d", Arch::Arm64).to_string(), "disk:d:arm64");
+        assert_eq!(ActionId::fetch("a").kind(), Kind::Fetch);
+    }
+
+    #[test]
+    fn strings_that_are_not_action_ids_do_not_parse() {
+        for bad in [
+            "",
+            "disk",
+            "disk:",
+            "disk:d",
+            "disk:d:sparc",
+            "disk:d:amd64:x",
+            "publish:d:amd64",
+            "tarball:x",
+            "fetch:",
+        ] {
+            assert_eq!(ActionId::parse(bad), None, "{bad}");
+        }
+    }
 }

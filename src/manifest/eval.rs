@@ -35,7 +35,7 @@ pub struct EmbeddedStdlib;
 impl EmbeddedStdlib {
     pub fn dir(store: &Store) -> Result<PathBuf, ManifestError> {
         let hash = &blake3::hash(STDLIB_SOURCE.as_bytes()).to_hex()[..16];
-        let dir = store.path(&format!("stdlib-{hash}"));
+        let dir = store.path(&crate::store::Layout::stdlib_dir(hash));
         let file = dir.join("ccb.ncl");
         if !file.exists() {
             fsutil::write_atomic(&file, STDLIB_SOURCE.as_bytes())?;
@@ -140,10 +140,11 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
     let files = category_files(&manifests);
     let listing = listing(&manifests)?;
     let stdlib_dir = stdlib_dir(root, store)?;
-    let record_name = format!(
-        "eval/{}.json",
-        store::name_for(&format!("{}\0{}", root.display(), crate::ENGINE_VERSION))
-    );
+    let record_name = crate::store::Layout::eval_record(&store::name_for(&format!(
+        "{}\0{}",
+        root.display(),
+        crate::ENGINE_VERSION
+    )));
 
     if let Some(rec) = store.read_json::<EvalRecord>(&record_name)
         && rec.engine == crate::ENGINE_VERSION

@@ -11,8 +11,10 @@
 pub mod build;
 pub mod check;
 mod error;
+pub mod inspect;
 pub mod publish;
 pub mod test;
+pub mod update;
 
 use std::path::Path;
 

@@ -136,12 +136,12 @@ pub fn redact(url: &str) -> String {
 /// Where the bare mirror of a URL lives.
 pub fn mirror_dir(store: &Store, url: &str) -> PathBuf {
     let h = blake3::hash(url.as_bytes()).to_hex();
-    store.path(&format!("sources/git/{}.git", &h[..32]))
+    store.path(&crate::store::Layout::git_mirror(&h[..32]))
 }
 
 /// Where the locked tree of a source lives.
 pub fn tree_dir(store: &Store, tree: &str) -> PathBuf {
-    store.path(&format!("sources/trees/{tree}"))
+    store.path(&crate::store::Layout::source_tree(tree))
 }
 
 /// Whether the locked tree is in the store.
@@ -160,20 +160,23 @@ struct Git<'a> {
 
 impl Git<'_> {
     fn command(&self) -> Command {
-        let mut c = Command::new("git");
-        c.arg("--git-dir")
+        self.process().command()
+    }
+
+    fn process(&self) -> crate::process::Process {
+        crate::process::Process::new("git")
+            .arg("--git-dir")
             .arg(&self.mirror)
             // Never prompt: a build is not interactive; credential helpers still answer.
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C")
-            .stdin(Stdio::null());
-        c
     }
 
     fn run(&self, what: &str, args: &[&str]) -> Result<String, SourceError> {
         let out = self
-            .command()
+            .process()
             .args(args)
+            .command()
             .output()
             .map_err(|e| SourceError::Git {
                 name: self.name.into(),
@@ -181,13 +184,11 @@ impl Git<'_> {
                 message: format!("cannot run git: {e}"),
             })?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(4).collect();
-            let message = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            // The command line may hold a URL with credentials: only the redacted stderr.
             return Err(SourceError::Git {
                 name: self.name.into(),
                 what: what.into(),
-                message: redact_all(&message),
+                message: redact_all(&crate::process::tail(&out.stderr, 4)),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())

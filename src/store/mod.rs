@@ -6,6 +6,7 @@
 //! error: the store is a cache, and a miss only costs time.
 
 pub mod cache;
+mod layout;
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::fsutil::{self, FsError};
+pub use layout::Layout;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StoreError {
@@ -105,7 +107,7 @@ pub enum Wait {
 impl Store {
     fn lock_file(&self, name: &str, shared: bool, wait: Wait) -> Result<Option<Lock>, StoreError> {
         use nix::fcntl::{Flock, FlockArg};
-        let path = self.path(&format!("locks/{name}.lock"));
+        let path = self.path(&Layout::lock(name));
         fsutil::create_dir_all(path.parent().expect("locks/ has a parent"))?;
         let file = std::fs::File::options()
             .create(true)
@@ -139,22 +141,22 @@ impl Store {
 
     /// A committed layer: `layers/<key>/` with `tree/` and `layer.json`.
     pub fn layer_dir(&self, key: &str) -> PathBuf {
-        self.path(&format!("layers/{key}"))
+        self.path(&Layout::layer_dir(key))
     }
 
     pub fn layer_meta(&self, key: &str) -> Option<LayerMeta> {
-        self.read_json(&format!("layers/{key}/layer.json"))
+        self.read_json(&Layout::layer_record(key))
     }
 
     pub fn log_path(&self, key: &str) -> PathBuf {
-        self.path(&format!("logs/{key}.log"))
+        self.path(&Layout::log(key))
     }
 
     /// A fresh private working directory for one attempt at `key`.
     pub fn work_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = self.path(&format!("tmp/{key}-{}-{n}", std::process::id()));
+        let dir = self.path(&Layout::work_dir(key, std::process::id(), n));
         if dir.exists() {
             remove_tree(&dir)?;
         }
@@ -280,16 +282,16 @@ pub struct OutputsMeta {
 
 impl Store {
     pub fn outputs_dir(&self, key: &str) -> PathBuf {
-        self.path(&format!("outputs/{key}"))
+        self.path(&Layout::outputs_dir(key))
     }
 
     pub fn outputs_meta(&self, key: &str) -> Option<OutputsMeta> {
-        self.read_json(&format!("outputs/{key}.json"))
+        self.read_json(&Layout::outputs_record(key))
     }
 
     /// The serial log of `ccb test`'s boot of a disk with a firmware.
     pub fn boot_log(&self, key: &str, firmware: &str) -> PathBuf {
-        self.path(&format!("logs/{key}-boot-{firmware}.log"))
+        self.path(&Layout::boot_log(key, firmware))
     }
 
     /// Moves a finished output directory into place in one rename, then records it

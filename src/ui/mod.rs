@@ -15,11 +15,13 @@ pub enum OutputFormat {
 
 /// Writes data to stdout; on a closed pipe, exits 0 at once.
 pub fn out(text: &str) {
+    out_bytes(text.as_bytes())
+}
+
+/// Writes raw bytes (a file of an image) to stdout; on a closed pipe, exits 0 at once.
+pub fn out_bytes(data: &[u8]) {
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    if let Err(e) = stdout.write_all(data).and_then(|()| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -50,6 +52,17 @@ pub fn out_json<T: serde::Serialize>(value: &T) {
 pub fn status(quiet: bool, text: &str) {
     if !quiet {
         let _ = writeln!(std::io::stderr(), "{text}");
+    }
+}
+
+/// A command's failure on stderr: its diagnostic, and what to do for an environment error.
+pub fn error(err: &crate::ops::CommandError) {
+    let mut stderr = std::io::stderr().lock();
+    if let Some(report) = err.report() {
+        let _ = writeln!(stderr, "{report:?}");
+    }
+    if let Some(hint) = err.hint() {
+        let _ = writeln!(stderr, "  help: {hint}");
     }
 }
 

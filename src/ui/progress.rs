@@ -25,11 +25,13 @@ pub struct Progress {
     pub verbose: bool,
 }
 
-/// Whether live progress may be drawn: stderr is a terminal, not a dumb one, and not CI.
+/// The one terminal decision: live progress and colours are drawn only when stderr is a
+/// terminal, not a dumb one (`TERM=dumb`), not a CI log (`CI`), and `NO_COLOR` is unset.
 pub fn live_terminal() -> bool {
     std::io::stderr().is_terminal()
         && std::env::var("TERM").map_or(true, |t| t != "dumb")
         && std::env::var_os("CI").is_none()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 impl Progress {

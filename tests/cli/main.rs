@@ -9,6 +9,7 @@ mod executor;
 mod graph;
 mod inspect;
 mod manifests;
+mod pipes;
 mod publish;
 mod sources;
 

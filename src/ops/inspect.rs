@@ -1,0 +1,412 @@
+//! `inspect`: checks on images read directly from their files (no root, no mounts), local,
+//! on a site or behind a public URL.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::build::BuildRequest;
+use super::{CommandError, Session, SessionOptions};
+use crate::inspect::remote::{self, HttpRange, Opened};
+use crate::inspect::{ReadAt, check, disk, fs::Filesystem, image};
+use crate::label;
+use crate::manifest::Model;
+use crate::publish::layout;
+use crate::store::Store;
+use crate::ui::Shell;
+
+/// An image to inspect: where its bytes are, and the build's dpkg manifest when local.
+struct Subject {
+    name: String,
+    source: String,
+    disk: Arc<dyn ReadAt>,
+    dpkg_manifest: Option<Vec<u8>>,
+    rpm_manifest: Option<Vec<u8>>,
+    /// Bytes fetched over the network for it, read after the checks.
+    fetched: Option<Arc<HttpRange>>,
+}
+
+fn inspect_err(e: impl miette::Diagnostic + Send + Sync + 'static) -> CommandError {
+    CommandError::from_diag(e)
+}
+
+/// Where the images to inspect are.
+#[derive(Debug, Clone)]
+pub enum Images {
+    /// Files (`.qcow2`, `.raw`) or targets (built first when missing).
+    Local {
+        images: Vec<String>,
+        arch: Vec<String>,
+    },
+    /// The images live on a site in a scope.
+    Site {
+        site: String,
+        scope: String,
+        images: Vec<String>,
+    },
+    /// The images live in a public container (its URL) in a scope.
+    Url {
+        base: String,
+        scope: String,
+        images: Vec<String>,
+    },
+}
+
+/// What the checks found in one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageReport {
+    pub name: String,
+    pub source: String,
+    /// Where the root file system is, and its kind.
+    pub root: String,
+    pub passed: bool,
+    pub checks: Vec<check::CheckResult>,
+    pub fetched_bytes: Option<u64>,
+    #[serde(skip)]
+    pub duration_ms: u64,
+    /// A check skipped for want of the build's package manifest.
+    #[serde(skip)]
+    pub skipped: Option<String>,
+}
+
+/// Every image.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub version: u32,
+    pub passed: bool,
+    pub images: Vec<ImageReport>,
+    pub duration_ms: u64,
+}
+
+impl InspectReport {
+    pub fn failed_checks(&self) -> usize {
+        self.images
+            .iter()
+            .map(|i| i.checks.iter().filter(|c| !c.passed).count())
+            .sum()
+    }
+}
+
+/// The package manifest (`dpkg`, `rpm`) next to an image laid out as `ccb build --out` writes it.
+fn sibling_manifest(file: &Path, kind: &str) -> Option<Vec<u8>> {
+    let name = file.file_stem()?.to_str()?;
+    let dir = file.parent()?;
+    std::fs::read(
+        dir.join(format!("{name}.d"))
+            .join("dib-manifests")
+            .join(format!("dib-manifest-{kind}-{name}")),
+    )
+    .ok()
+}
+
+fn local_subjects(
+    model: &Model,
+    store: &Store,
+    opts: &SessionOptions,
+    images: &[String],
+    arch: &[String],
+    shell: &Shell,
+) -> Result<Vec<Subject>, CommandError> {
+    let (files, targets): (Vec<&String>, Vec<&String>) =
+        images.iter().partition(|i| Path::new(i).is_file());
+    let mut out = Vec::new();
+    for f in files {
+        let path = PathBuf::from(f);
+        out.push(Subject {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| f.clone()),
+            source: path.display().to_string(),
+            disk: image::open_path(&path).map_err(inspect_err)?,
+            dpkg_manifest: sibling_manifest(&path, "dpkg"),
+            rpm_manifest: sibling_manifest(&path, "rpm"),
+            fetched: None,
+        });
+    }
+    if targets.is_empty() && !images.is_empty() {
+        return Ok(out);
+    }
+    let targets: Vec<String> = targets.into_iter().cloned().collect();
+    // Build what is missing, through the graph; the disks come from the build report.
+    let session = Session::open(model.clone(), store, opts, shell)?;
+    let planned = session.plan(&targets, arch)?;
+    let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
+    shell.status(&build.summary_line());
+    build.ok()?;
+    for d in build.disks {
+        let (t, dir) = (d.target, d.dir);
+        let name = model.images[&t.image].published_name(t.arch);
+        let file = ["qcow2", "raw"]
+            .iter()
+            .map(|f| dir.join(format!("{name}.{f}")))
+            .find(|p| p.is_file())
+            .ok_or_else(|| CommandError::msg(format!("{}: no disk in the store", t.label())))?;
+        out.push(Subject {
+            source: format!("{} ({})", t.label(), file.display()),
+            disk: image::open_path(&file).map_err(inspect_err)?,
+            dpkg_manifest: sibling_manifest(&file, "dpkg"),
+            rpm_manifest: sibling_manifest(&file, "rpm"),
+            fetched: None,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+/// Images live in a scope: `current`'s entries, filtered by the names asked for.
+fn wanted_live(
+    current: &std::collections::BTreeMap<String, String>,
+    model: &Model,
+    images: &[String],
+) -> Result<Vec<(String, String)>, CommandError> {
+    let names: Vec<String> = images
+        .iter()
+        .map(
+            |i| match label::resolve(model, std::slice::from_ref(i), None) {
+                Ok(t) if t.len() == 1 => model.images[&t[0].image].published_name(t[0].arch),
+                _ => i.clone(),
+            },
+        )
+        .collect();
+    let mut out = Vec::new();
+    for (name, version) in current {
+        if names.is_empty() || names.contains(name) {
+            out.push((name.clone(), version.clone()));
+        }
+    }
+    for n in &names {
+        if !current.contains_key(n) {
+            return Err(CommandError::msg(format!("{n} is not live in this scope")));
+        }
+    }
+    Ok(out)
+}
+
+fn site_subjects(
+    model: &mut Model,
+    site_key: &str,
+    scope: &str,
+    images: &[String],
+) -> Result<Vec<Subject>, CommandError> {
+    let store = crate::publish::sites::open_site_by_name(model, site_key)
+        .map_err(super::publish::site_error)?;
+    let current = crate::publish::read_current(store.as_ref(), scope).map_err(inspect_err)?;
+    let mut out = Vec::new();
+    for (name, version) in wanted_live(&current, model, images)? {
+        let v = layout::Version::parse(&version).ok_or_else(|| {
+            CommandError::msg(format!("current names {name} {version}: not a version"))
+        })?;
+        let object = ["qcow2", "raw"]
+            .iter()
+            .map(|f| layout::object(scope, &v, &format!("{name}.{f}")))
+            .find(|o| store.head(o).ok().flatten().is_some())
+            .ok_or_else(|| {
+                CommandError::msg(format!("{name} {version}: no qcow2 or raw object"))
+            })?;
+        let src = store.open_read(&object).map_err(inspect_err)?;
+        out.push(Subject {
+            source: format!("{} {object}", store.describe()),
+            disk: image::open_source(src, &|b| {
+                Err(crate::inspect::qcow2::Qcow2Error::Backing(format!(
+                    "a published image has a backing file ({b})"
+                )))
+            })
+            .map_err(inspect_err)?,
+            dpkg_manifest: None,
+            rpm_manifest: None,
+            fetched: None,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+fn url_subjects(
+    model: &Model,
+    base: &str,
+    scope: &str,
+    images: &[String],
+    quiet: bool,
+) -> Result<(Vec<Subject>, Vec<tempfile::NamedTempFile>), CommandError> {
+    let base = base.trim_end_matches('/');
+    let no_headers = || -> remote::Headers { Box::new(|| Ok(vec![])) };
+    let current_url = format!("{base}/{}", layout::current(scope));
+    let tmp = remote::download(&current_url, &no_headers(), &mut |_, _| {}).map_err(inspect_err)?;
+    let current: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(tmp.path()).unwrap_or_default())
+            .map_err(|e| CommandError::msg(format!("{current_url}: not a JSON map: {e}")))?;
+    let mut out = Vec::new();
+    let mut downloads = Vec::new();
+    for (name, version) in wanted_live(&current, model, images)? {
+        let mut opened = None;
+        for f in ["qcow2", "raw"] {
+            let url = format!("{base}/{scope}/versions/{version}/{name}.{f}");
+            match HttpRange::open(&url, no_headers()) {
+                Ok(o) => {
+                    opened = Some((url, o));
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        let (url, opened) = opened.ok_or_else(|| {
+            CommandError::msg(format!(
+                "{name} {version}: no qcow2 or raw object at {base}"
+            ))
+        })?;
+        let (disk, fetched): (Arc<dyn ReadAt>, Option<Arc<HttpRange>>) = match opened {
+            Opened::Ranges(r) => {
+                let r = Arc::new(r);
+                (r.clone(), Some(r))
+            }
+            Opened::WholeOnly { size } => {
+                // No ranges: the whole image, once, with progress.
+                let bar = (!quiet).then(|| {
+                    let b = indicatif::ProgressBar::new(size.unwrap_or(0));
+                    b.set_message(format!("downloading {name}"));
+                    b
+                });
+                let file = remote::download(&url, &no_headers(), &mut |done, _| {
+                    if let Some(b) = &bar {
+                        b.set_position(done);
+                    }
+                })
+                .map_err(inspect_err)?;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                let f = file
+                    .reopen()
+                    .map_err(|e| CommandError::msg(e.to_string()))?;
+                downloads.push(file);
+                (Arc::new(f), None)
+            }
+        };
+        out.push(Subject {
+            source: url,
+            disk: image::open_source(disk, &|b| {
+                Err(crate::inspect::qcow2::Qcow2Error::Backing(format!(
+                    "a published image has a backing file ({b})"
+                )))
+            })
+            .map_err(inspect_err)?,
+            dpkg_manifest: None,
+            rpm_manifest: None,
+            fetched,
+            name,
+        });
+    }
+    Ok((out, downloads))
+}
+
+pub fn open_fs(disk: Arc<dyn ReadAt>) -> Result<(String, Box<dyn Filesystem>), CommandError> {
+    let (location, fs) = disk::find_root(disk).map_err(inspect_err)?;
+    Ok((format!("{location} ({})", fs.kind()), fs))
+}
+
+/// The file system of one image (a file or a target, built first when missing), for
+/// `ccb inspect ls|cat`.
+pub fn open_one(
+    model: &Model,
+    store: &Store,
+    opts: &SessionOptions,
+    image: &str,
+    shell: &Shell,
+) -> Result<Box<dyn Filesystem>, CommandError> {
+    let mut subjects = local_subjects(model, store, opts, &[image.to_string()], &[], shell)?;
+    if subjects.is_empty() {
+        return Err(CommandError::msg(format!("{image}: no such image")));
+    }
+    let s = subjects.remove(0);
+    let (_, fs) = open_fs(s.disk)?;
+    Ok(fs)
+}
+
+/// Runs the checks of the manifests' `inspect` on every image; `on_image` sees each report as
+/// it is made.
+pub fn inspect(
+    mut model: Model,
+    store: &Store,
+    opts: &SessionOptions,
+    images: &Images,
+    shell: &Shell,
+    on_image: &mut dyn FnMut(&ImageReport),
+) -> Result<InspectReport, CommandError> {
+    let started = Instant::now();
+    let mut downloads = Vec::new();
+    let subjects = match images {
+        Images::Site {
+            site,
+            scope,
+            images,
+        } => site_subjects(&mut model, site, scope, images)?,
+        Images::Url {
+            base,
+            scope,
+            images,
+        } => {
+            let (s, d) = url_subjects(&model, base, scope, images, shell.quiet)?;
+            downloads = d;
+            s
+        }
+        Images::Local { images, arch } => local_subjects(&model, store, opts, images, arch, shell)?,
+    };
+    let mut reports = Vec::new();
+    for s in subjects {
+        let t0 = Instant::now();
+        let mut results = Vec::new();
+        let mut root_desc = String::new();
+        let mut skipped = None;
+        match open_fs(s.disk.clone()) {
+            Ok((desc, fs)) => {
+                root_desc = desc;
+                results.extend(check::executables(fs.as_ref(), &model.inspect, &s.name));
+                if model.inspect.compare_dpkg_manifest {
+                    let rpm = check::is_rpm_image(fs.as_ref());
+                    let (kind, manifest) = if rpm {
+                        ("rpm", &s.rpm_manifest)
+                    } else {
+                        ("dpkg", &s.dpkg_manifest)
+                    };
+                    match manifest {
+                        Some(m) if rpm => results.push(check::rpm_manifest(fs.as_ref(), m)),
+                        Some(m) => results.push(check::dpkg_manifest(fs.as_ref(), m)),
+                        None => {
+                            skipped = Some(format!(
+                                "{}: no {kind} manifest of the build here: package check skipped",
+                                s.name
+                            ))
+                        }
+                    }
+                }
+            }
+            Err(e) => results.push(check::CheckResult {
+                name: "root-filesystem".into(),
+                passed: false,
+                detail: e.message(),
+            }),
+        }
+        let report = ImageReport {
+            passed: results.iter().all(|r| r.passed),
+            fetched_bytes: s.fetched.as_ref().map(|f| f.fetched()),
+            name: s.name,
+            source: s.source,
+            root: root_desc,
+            checks: results,
+            duration_ms: t0.elapsed().as_millis() as u64,
+            skipped,
+        };
+        on_image(&report);
+        reports.push(report);
+    }
+    drop(downloads);
+    Ok(InspectReport {
+        version: 1,
+        passed: reports.iter().all(|r| r.passed),
+        images: reports,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}

@@ -1,0 +1,247 @@
+//! One way to run a program: [`Process`] keeps the program, its arguments, environment and
+//! directory together with the command line shown in errors, captures its output, and stops
+//! it the one way ccb stops anything (SIGTERM to its process group, a grace period, SIGKILL).
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A program that could not run, or ran and failed.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ProcessError {
+    /// Not started: a missing tool (`NotFound`) is the host's to fix.
+    #[error("cannot run `{command}`")]
+    #[diagnostic(code(ccb::process::spawn))]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Ran and exited with a failure.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    #[diagnostic(code(ccb::process::failed))]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        /// The last lines of its stderr.
+        stderr: String,
+    },
+}
+
+impl ProcessError {
+    /// The program is not installed.
+    pub fn is_missing_tool(&self) -> bool {
+        matches!(self, ProcessError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// A program to run.
+#[derive(Debug, Clone)]
+pub struct Process {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+}
+
+impl Process {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Self {
+            program: program.as_ref().to_os_string(),
+            args: vec![],
+            env: vec![],
+            cwd: None,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((name.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// The command line as shown in errors (the environment is left out: it may hold
+    /// credentials).
+    pub fn command_line(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| {
+                let a = a.to_string_lossy();
+                if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
+                    format!("'{}'", a.replace('\'', r"'\''"))
+                } else {
+                    a.into_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The `std` command, for the few callers that wire pipes or pre-exec hooks themselves.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args).stdin(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        c
+    }
+
+    /// Runs to the end with stdout and stderr captured; a failed exit is an error carrying the
+    /// end of stderr.
+    pub fn output(&self) -> Result<Output, ProcessError> {
+        let out = self
+            .command()
+            .output()
+            .map_err(|source| ProcessError::Spawn {
+                command: self.command_line(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ProcessError::Failed {
+                command: self.command_line(),
+                status: out.status,
+                stderr: tail(&out.stderr, 8),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs to the end and returns its stdout, trimmed.
+    pub fn read(&self) -> Result<String, ProcessError> {
+        let out = self.output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Starts it in a process group of its own (so that [`stop`] reaches its children).
+    pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<Child, ProcessError> {
+        use std::os::unix::process::CommandExt;
+        self.command()
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                command: self.command_line(),
+                source,
+            })
+    }
+}
+
+/// The last `n` lines of a program's output.
+pub fn tail(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Stops a child started by [`Process::spawn`]: SIGTERM to its process group, up to `grace`
+/// for it to exit, then SIGKILL. Reaps it.
+pub fn stop(child: &mut Child, grace: Duration) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let Ok(raw) = i32::try_from(child.id()) else {
+        return;
+    };
+    let pgid = Pid::from_raw(raw);
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_program_names_its_command_line_and_the_end_of_its_stderr() {
+        let e = Process::new("sh")
+            .args(["-c", "echo one >&2; echo two >&2; exit 3"])
+            .output()
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("`sh -c 'echo one >&2; echo two >&2; exit 3'`"),
+            "{text}"
+        );
+        assert!(text.ends_with("one\ntwo"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_missing_tool() {
+        let e = Process::new("ccb-no-such-tool").output().unwrap_err();
+        assert!(e.is_missing_tool());
+    }
+
+    #[test]
+    fn env_and_directory_reach_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Process::new("sh")
+            .args(["-c", "echo $CCB_X; pwd"])
+            .env("CCB_X", "set")
+            .current_dir(dir.path())
+            .read()
+            .unwrap();
+        let canon = dir.path().canonicalize().unwrap();
+        assert_eq!(out, format!("set\n{}", canon.display()));
+    }
+
+    #[test]
+    fn stop_ends_a_program_that_ignores_sigterm_after_the_grace_period() {
+        let mut child = Process::new("sh")
+            .args(["-c", "trap '' TERM; sleep 30"])
+            .spawn(Stdio::null(), Stdio::null())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        stop(&mut child, Duration::from_millis(200));
+        use std::os::unix::process::ExitStatusExt;
+        let status = child.try_wait().unwrap().expect("reaped");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn stop_lets_a_program_that_heeds_sigterm_end_by_it() {
+        let mut child = Process::new("sleep")
+            .arg("30")
+            .spawn(Stdio::null(), Stdio::null())
+            .unwrap();
+        stop(&mut child, Duration::from_secs(30));
+        use std::os::unix::process::ExitStatusExt;
+        let status = child.try_wait().unwrap().expect("reaped");
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+}

@@ -1,0 +1,176 @@
+//! The operations as a library: a small project's graph run through `ops::build` and
+//! `ops::test` without the binary, against a real store.
+
+use std::path::{Path, PathBuf};
+
+use ccb::ops::build::{BuildRequest, Stage};
+use ccb::ops::test::{BootResult, TestObserver, TestRequest};
+use ccb::ops::{self, ErrorKind, Session, SessionOptions};
+use ccb::store::Store;
+use ccb::ui::Shell;
+use sha2::{Digest, Sha256};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The layered fixture, whose `tiny` image needs one artifact kept in a local file.
+struct Project {
+    dir: tempfile::TempDir,
+    store: Store,
+    _cache: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(blob: &[u8], pinned: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&repo().join("tests/fixtures/layered"), dir.path());
+        std::fs::write(dir.path().join("blob.bin"), blob).unwrap();
+        std::fs::write(
+            dir.path().join("manifests/artifacts.ncl"),
+            format!(
+                "{{ blob = {{ url = \"file://{}\", sha256 = \"{pinned}\" }} }}\n",
+                dir.path().join("blob.bin").display()
+            ),
+        )
+        .unwrap();
+        let images = dir.path().join("manifests/images.ncl");
+        let text = std::fs::read_to_string(&images).unwrap().replacen(
+            "formats = ['qcow2],",
+            "formats = ['qcow2],\n    artifacts = { TINY_BLOB = \"blob\" },",
+            1,
+        );
+        std::fs::write(&images, text).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        Self {
+            store: Store::at(cache.path()),
+            dir,
+            _cache: cache,
+        }
+    }
+
+    fn session(&self) -> Session<'_> {
+        let shell = Shell::new(true, 0);
+        let model = ops::load_model(self.dir.path(), &self.store, true, &shell).unwrap();
+        let opts = SessionOptions {
+            element_path: vec![repo().join("elements").display().to_string()],
+            ..Default::default()
+        };
+        Session::open(model, &self.store, &opts, &shell).unwrap()
+    }
+}
+
+fn fetch_only() -> BuildRequest {
+    BuildRequest {
+        until: Stage::Fetch,
+        announce_outputs: false,
+        ..BuildRequest::disks()
+    }
+}
+
+#[test]
+fn a_fetch_runs_once_through_ops_build_and_is_cached_the_second_time() {
+    let blob = b"an artifact the image needs\n";
+    let p = Project::new(blob, &hex(&Sha256::digest(blob)));
+    let session = p.session();
+    let planned = session.plan(&["tiny".into()], &[]).unwrap();
+    let shell = Shell::new(true, 0);
+
+    let plan = ops::build::plan(&planned, &p.store, Stage::Fetch);
+    let ids: Vec<&str> = plan.iter().map(|(a, _)| a.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["fetch:blob"],
+        "only the fetch runs until the fetch stage"
+    );
+
+    let first = ops::build::build(&session, &planned, &fetch_only(), &shell).unwrap();
+    first.ok().unwrap();
+    assert_eq!((first.summary.built, first.summary.cached), (1, 0));
+    assert!(first.disks.is_empty(), "no disk before the disk stage");
+    let stored = p
+        .store
+        .path(&ccb::store::Layout::artifact(&hex(&Sha256::digest(blob))));
+    assert_eq!(std::fs::read(stored).unwrap(), blob);
+
+    let second = ops::build::build(&session, &planned, &fetch_only(), &shell).unwrap();
+    assert_eq!((second.summary.built, second.summary.cached), (0, 1));
+    let json = serde_json::to_value(&second).unwrap();
+    assert_eq!(json["actions"][0]["status"], "cached", "{json}");
+    assert_eq!(json["summary"]["total"], 1);
+}
+
+#[test]
+fn a_failed_action_is_in_the_report_and_fails_the_command() {
+    let p = Project::new(b"what the server sends\n", &"a".repeat(64));
+    let session = p.session();
+    let planned = session.plan(&["tiny".into()], &[]).unwrap();
+    let report =
+        ops::build::build(&session, &planned, &fetch_only(), &Shell::new(true, 0)).unwrap();
+    assert_eq!(report.summary.failed, 1);
+    let row = &report.actions[0];
+    assert_eq!(row.status, "failed");
+    assert!(
+        row.error.as_deref().is_some_and(|e| e.contains("blob")),
+        "the error names the artifact: {row:?}"
+    );
+    let err = report.ok().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::User);
+    assert!(
+        err.message().contains("1 action failed"),
+        "{}",
+        err.message()
+    );
+}
+
+struct Silent;
+
+impl TestObserver for Silent {
+    fn built(&mut self, _: &ops::build::BuildReport) {
+        panic!("nothing may be built for a target that cannot boot");
+    }
+    fn booting(&mut self, _: &str, _: ccb::bootcheck::Firmware, _: bool) {}
+    fn booted(&mut self, _: &ccb::bootcheck::BootReport, _: &BootResult) {}
+}
+
+#[test]
+fn testing_an_arm64_image_is_refused_before_anything_is_built() {
+    let p = Project::new(b"x", &"b".repeat(64));
+    let images = p.dir.path().join("manifests/images.ncl");
+    let text = std::fs::read_to_string(&images).unwrap().replacen(
+        "arch = ['amd64],",
+        "arch = ['amd64, 'arm64],",
+        1,
+    );
+    std::fs::write(&images, text).unwrap();
+    let session = p.session();
+    let planned = session.plan(&["tiny".into()], &["arm64".into()]).unwrap();
+    let req = TestRequest {
+        firmwares: vec![ccb::bootcheck::Firmware::Bios],
+        timeout: std::time::Duration::from_secs(1),
+    };
+    let err =
+        ops::test::test(&session, &planned, &req, &Shell::new(true, 0), &mut Silent).unwrap_err();
+    assert!(err.message().contains("only amd64"), "{}", err.message());
+    assert!(
+        !p.store.path("artifacts").exists() && !p.store.path("layers").exists(),
+        "nothing fetched or built"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
