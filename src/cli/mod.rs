@@ -1,5 +1,7 @@
 //! The command line: parsing, dispatch and error rendering. Each command lives in its own file
-//! with its clap `*Args` and a short `run` that calls the library and renders the result.
+//! with its clap `*Args` and a short `run` that parses, calls one operation of [`crate::ops`]
+//! and renders its report (text, or `--format json`). No command calls another, and no command
+//! module imports another's; renderings two commands share are in `render`.
 
 mod build;
 mod cache;
@@ -153,7 +155,8 @@ fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        crate::ui::error(&CliError::internal("ccb panicked (the message is above)"));
+        let err = CliError::internal("ccb panicked (the message is above)");
+        crate::ui::error(err.report(), err.hint());
         std::process::exit(70);
     }));
 }
@@ -205,7 +208,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            crate::ui::error(&err);
+            crate::ui::error(err.report(), err.hint());
             ExitCode::from(err.exit_code())
         }
     }

@@ -55,13 +55,14 @@ pub fn status(quiet: bool, text: &str) {
     }
 }
 
-/// A command's failure on stderr: its diagnostic, and what to do for an environment error.
-pub fn error(err: &crate::ops::CommandError) {
+/// A command's failure on stderr: its diagnostic (none when already reported), and what to
+/// do for an environment error.
+pub fn error(report: Option<&miette::Report>, hint: Option<&str>) {
     let mut stderr = std::io::stderr().lock();
-    if let Some(report) = err.report() {
+    if let Some(report) = report {
         let _ = writeln!(stderr, "{report:?}");
     }
-    if let Some(hint) = err.hint() {
+    if let Some(hint) = hint {
         let _ = writeln!(stderr, "  help: {hint}");
     }
 }
