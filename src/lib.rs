@@ -65,6 +65,7 @@ pub mod label;
 pub mod lock;
 pub mod manifest;
 pub mod publish;
+pub mod qcow2;
 pub mod sources;
 pub mod store;
 pub mod ui;
