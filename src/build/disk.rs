@@ -1,19 +1,16 @@
 //! The disk action inside the sandbox: a bootable GPT disk from a finished layer stack, made
-//! without partition scanning, device-mapper or a vfat mount (none exist on every host), and
-//! for ext4 without any mount or loop device at all:
+//! without partition scanning, device-mapper or a vfat mount (none exist on every host):
 //!
-//! 1. the stack is mounted writable (overlayfs, its upper directory in the action's work
-//!    directory) and finalised in a chroot, as DIB finalises its mounted image;
-//! 2. the root filesystem is written from that tree into its own file: `mkfs.ext4 -d` (a copy
-//!    from user space, straight into the file), or for XFS `mkfs.xfs` and a copy through a
-//!    loop mount (its protofile keeps neither xattrs nor hard links);
-//! 3. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
-//! 4. the disk file gets a GPT written here, the partition files copied in at their offsets
+//! 1. the root filesystem is written from the stack (mounted through overlayfs, or copied)
+//!    into its own file: `mkfs.ext4 -d` (a copy from user space straight into the file, no
+//!    mount), or for XFS `mkfs.xfs` and a copy through a loop mount (its protofile keeps
+//!    neither xattrs nor hard links); then it is loop-mounted (an auto-clearing loop device,
+//!    in the sandbox's mount namespace) and finalised in a chroot, as DIB does: the bootloader
+//!    element's grub-mkconfig probes the device that holds `/`, which an overlay is not;
+//! 2. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
+//! 3. the disk file gets a GPT written here, the partition files copied in at their offsets
 //!    (holes kept), and GRUB's BIOS boot code placed the way `grub-bios-setup` places it;
-//! 5. conversion to the requested formats (qcow2 by [`crate::qcow2`]).
-//!
-//! Nothing in the finalise phases sees a block device: the bootloader element makes GRUB's
-//! images with `grub-mkimage` and ccb places them (step 4).
+//! 4. conversion to the requested formats (qcow2 by [`crate::qcow2`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -165,8 +162,27 @@ impl Runner<'_> {
                 .join(", ")
         ));
 
-        // 1. The tree, finalised.
+        // 1. The root filesystem, written from the stack by mkfs (no copy through a mount),
+        //    then finalised in place: grub-mkconfig (bootloader) probes the device holding `/`,
+        //    which an overlay is not, so finalise runs on the filesystem, loop-mounted.
         let root = plan.root().clone();
+        let root_img = work.join("root.img");
+        make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
+        if self.spec.overlay {
+            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
+        } else {
+            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
+            std::fs::create_dir_all(&self.root).map_err(io("create the mount point"))?;
+        }
+        tool(
+            Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&root_img)
+                .arg(&self.root),
+            "loop-mounting the root filesystem",
+        )?;
+        let loop_dev = mount_source(&self.root).unwrap_or_default();
         self.write_fstab(&plan)?;
         let boot_in = self.root.join(BOOT_DIR_IN.trim_start_matches('/'));
         std::fs::create_dir_all(&boot_in).map_err(io("create the boot image directory"))?;
@@ -183,6 +199,7 @@ impl Runner<'_> {
             ("DIB_ROOT_FSTYPE", plan_root.kind.as_str().to_string()),
             ("DIB_IMAGE_SIZE", (plan.size / 1024).to_string()),
             ("DIB_MOUNTPOINTS", mountpoints.join("|")),
+            ("IMAGE_BLOCK_DEVICE", loop_dev),
             ("DIB_CC_PROVENANCE", d.provenance.clone()),
             ("TMP_IMAGE_DIR", image_dir.display().to_string()),
             ("CCB_BOOT_DIR", BOOT_DIR_IN.to_string()),
@@ -219,15 +236,9 @@ impl Runner<'_> {
         }
         self.finalise_base()?;
 
-        // 2. The root filesystem, written from the finished tree.
-        let root_img = work.join("root.img");
-        make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
-        if self.spec.overlay {
-            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the tree"))?;
-        }
-        self.logln("disk: root filesystem written from the tree");
+        umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;
 
-        // 3. Every other filesystem (the ESP).
+        // 2. Every other filesystem (the ESP).
         let mut images: Vec<(Placed, PathBuf)> = vec![(root.clone(), root_img)];
         for p in &plan.partitions {
             if let Some(fs) = &p.part.fs
@@ -247,12 +258,12 @@ impl Runner<'_> {
             }
         }
 
-        // 4. The disk.
+        // 3. The disk.
         let raw = work.join("disk.raw");
         write_disk(&raw, &plan, &images, &boot, &d.seed)?;
         self.logln("disk: partition table, filesystems and boot code written");
 
-        // 5. Outputs.
+        // 4. Outputs.
         self.outputs(&d, &raw, &out, &meta_dir)
     }
 
@@ -394,6 +405,18 @@ impl Runner<'_> {
         self.logln(&format!("disk: outputs {}", made.join(", ")));
         Ok(())
     }
+}
+
+/// The device a mount point is mounted from (the root filesystem's loop device).
+fn mount_source(point: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let point = point.display().to_string();
+    mounts.lines().rev().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let src = f.next()?;
+        let at = f.next()?;
+        (at == point).then(|| src.to_string())
+    })
 }
 
 /// Makes the filesystem of `p` in the file `img`, filled from `content` if given.

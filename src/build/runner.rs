@@ -91,7 +91,7 @@ pub(super) struct Runner<'a> {
     pub(super) made_dirs: Vec<PathBuf>,
     pub(super) resolv_moved: bool,
     pub(super) policy_rc_d: bool,
-    /// Variables of the disk phases (DIB_ROOT_LABEL, DIB_ROOT_FSTYPE, ...).
+    /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
 }
 
