@@ -80,6 +80,7 @@ pub mod manifest;
 pub mod ops;
 pub mod process;
 pub mod publish;
+pub mod qcow2;
 pub mod sources;
 pub mod store;
 pub mod ui;

@@ -1,13 +1,16 @@
 //! The disk action inside the sandbox: a bootable GPT disk from a finished layer stack, made
 //! without partition scanning, device-mapper or a vfat mount (none exist on every host):
 //!
-//! 1. the root filesystem is made in its own file (`mkfs.ext4`/`mkfs.xfs`), loop-mounted
-//!    (an auto-clearing loop device, inside the sandbox's mount namespace, so it cannot outlive
-//!    the action), filled from the stack, and finalised in a chroot, as DIB does;
+//! 1. the root filesystem is written from the stack (mounted through overlayfs, or copied)
+//!    into its own file: `mkfs.ext4 -d` (a copy from user space straight into the file, no
+//!    mount), or for XFS `mkfs.xfs` and a copy through a loop mount (its protofile keeps
+//!    neither xattrs nor hard links); then it is loop-mounted (an auto-clearing loop device,
+//!    in the sandbox's mount namespace) and finalised in a chroot, as DIB does: the bootloader
+//!    element's grub-mkconfig probes the device that holds `/`, which an overlay is not;
 //! 2. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
 //! 3. the disk file gets a GPT written here, the partition files copied in at their offsets
 //!    (holes kept), and GRUB's BIOS boot code placed the way `grub-bios-setup` places it;
-//! 4. conversion to the requested formats.
+//! 4. conversion to the requested formats (qcow2 by [`crate::qcow2`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,7 +19,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MntFlags, umount2};
 
 use super::layout::{self, DiskPlan, FsKind, Placed, SECTOR};
 use super::runner::{RunError, Runner, engine, io};
@@ -39,10 +42,17 @@ fn tool(cmd: &mut Command, what: &str) -> Result<String, RunError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Allocated bytes of a tree (du): hard links counted once.
-fn du(root: &Path) -> Result<u64, RunError> {
+/// What a tree takes: allocated bytes (du: hard links counted once), and the newest
+/// modification time in it, the filesystems' creation time (see [`make_fs`]).
+struct Usage {
+    bytes: u64,
+    newest: i64,
+}
+
+fn du(root: &Path) -> Result<Usage, RunError> {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
+    let mut newest = 0i64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir).map_err(io(format!("read {}", dir.display())))?;
@@ -50,6 +60,7 @@ fn du(root: &Path) -> Result<u64, RunError> {
             let Ok(m) = e.path().symlink_metadata() else {
                 continue;
             };
+            newest = newest.max(m.mtime());
             if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
                 continue;
             }
@@ -59,7 +70,10 @@ fn du(root: &Path) -> Result<u64, RunError> {
             }
         }
     }
-    Ok(total)
+    Ok(Usage {
+        bytes: total,
+        newest,
+    })
 }
 
 /// Copies `src` into `dst` at `offset`, skipping holes (SEEK_DATA/SEEK_HOLE), so a sparse
@@ -105,38 +119,6 @@ impl Runner<'_> {
             .ok_or_else(|| RunError::Engine("a disk action without a disk spec".into()))
     }
 
-    /// The merged root tree of the stack, read-only.
-    fn mount_stack(&mut self) -> Result<PathBuf, RunError> {
-        let spec = self.spec;
-        let tree = spec.work.join("tree");
-        std::fs::create_dir_all(&tree).map_err(io("create the tree directory"))?;
-        match spec.lowers.as_slice() {
-            [] => return Err(RunError::Engine("a disk needs a finished layer".into())),
-            [only] => return Ok(only.clone()),
-            lowers if spec.overlay => {
-                let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-                let data = format!("lowerdir={}", lower.join(":"));
-                mount(
-                    Some("overlay"),
-                    &tree,
-                    Some("overlay"),
-                    MsFlags::MS_RDONLY,
-                    Some(data.as_str()),
-                )
-                .map_err(engine("mount the layer stack"))?;
-            }
-            lowers => {
-                let mut lowers = lowers.to_vec();
-                lowers.reverse();
-                tree::copy_contents(&lowers[0], &tree)?;
-                for diff in &lowers[1..] {
-                    tree::apply_diff(diff, &tree)?;
-                }
-            }
-        }
-        Ok(tree)
-    }
-
     pub(super) fn run_disk(&mut self) -> Result<(), RunError> {
         let d = self.disk_spec()?.clone();
         let work = self.spec.work.clone();
@@ -144,8 +126,14 @@ impl Runner<'_> {
         let meta_dir = out.join(format!("{}.d", d.name));
         std::fs::create_dir_all(&meta_dir).map_err(io("create the output directory"))?;
 
-        let tree = self.mount_stack()?;
-        let used = du(&tree)?;
+        // The stack, writable through an overlay (or copied where overlayfs is unavailable),
+        // at the chroot's root: finalise works on the tree, as every chroot phase does.
+        std::fs::create_dir_all(&self.root).map_err(io("create the root tree"))?;
+        self.prepare_root()?;
+        let Usage {
+            bytes: used,
+            newest,
+        } = du(&self.root)?;
         let plan_root = d
             .layout
             .partitions
@@ -174,11 +162,18 @@ impl Runner<'_> {
                 .join(", ")
         ));
 
-        // 1. The root filesystem, finalised in place.
+        // 1. The root filesystem, written from the stack by mkfs (no copy through a mount),
+        //    then finalised in place: grub-mkconfig (bootloader) probes the device holding `/`,
+        //    which an overlay is not, so finalise runs on the filesystem, loop-mounted.
         let root = plan.root().clone();
         let root_img = work.join("root.img");
-        make_fs(&root_img, &root, &d.seed)?;
-        std::fs::create_dir_all(&self.root).map_err(io("create the mount point"))?;
+        make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
+        if self.spec.overlay {
+            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
+        } else {
+            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
+            std::fs::create_dir_all(&self.root).map_err(io("create the mount point"))?;
+        }
         tool(
             Command::new("mount")
                 .arg("-o")
@@ -188,10 +183,6 @@ impl Runner<'_> {
             "loop-mounting the root filesystem",
         )?;
         let loop_dev = mount_source(&self.root).unwrap_or_default();
-        tree::copy_contents(&tree, &self.root)?;
-        if tree != self.spec.lowers[0] && self.spec.overlay {
-            let _ = umount2(&tree, MntFlags::MNT_DETACH);
-        }
         self.write_fstab(&plan)?;
         let boot_in = self.root.join(BOOT_DIR_IN.trim_start_matches('/'));
         std::fs::create_dir_all(&boot_in).map_err(io("create the boot image directory"))?;
@@ -244,6 +235,7 @@ impl Runner<'_> {
             tree::copy_contents(&manifests, &meta_dir.join("dib-manifests"))?;
         }
         self.finalise_base()?;
+
         umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;
 
         // 2. Every other filesystem (the ESP).
@@ -253,7 +245,7 @@ impl Runner<'_> {
                 && fs.kind == FsKind::Vfat
             {
                 let img = work.join(format!("part{}.img", p.number));
-                make_fs(&img, p, &d.seed)?;
+                make_fs(&img, p, &d.seed, None, newest)?;
                 let content = if fs.mount.as_ref().is_some_and(|m| m.point == "/boot/efi") {
                     Some(esp_tree.as_path())
                 } else {
@@ -352,15 +344,31 @@ impl Runner<'_> {
         let mut made: Vec<String> = Vec::new();
         if d.formats.iter().any(|f| f == "qcow2") {
             let name = format!("{}.qcow2", d.name);
-            let mut cmd = Command::new("qemu-img");
-            // -W -m 8: clusters are compressed in parallel (half the time of the default on
-            // two cores; the output is the same image).
-            cmd.args(["convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2"]);
-            if let Some(c) = &d.qcow2_compression {
-                cmd.arg("-c").arg("-o").arg(format!("compression_type={c}"));
+            let dst = out.join(&name);
+            match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()) {
+                Some(compression) => {
+                    // ccb's writer: deflate on every core (benches/qcow2.rs compares it with
+                    // qemu-img on this image).
+                    let stats = crate::qcow2::convert_raw(raw, &dst, compression)
+                        .map_err(|e| RunError::Engine(format!("converting to qcow2: {e}")))?;
+                    self.logln(&format!(
+                        "disk: qcow2 {} MiB, {} of {} data clusters compressed",
+                        stats.file_size >> 20,
+                        stats.compressed_clusters,
+                        stats.data_clusters
+                    ));
+                }
+                None => {
+                    // zstd: qemu-img's (libzstd, QEMU's level); ccb writes only deflate.
+                    let mut cmd = Command::new("qemu-img");
+                    cmd.args(["convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2"]);
+                    if let Some(c) = &d.qcow2_compression {
+                        cmd.arg("-c").arg("-o").arg(format!("compression_type={c}"));
+                    }
+                    cmd.arg(raw).arg(&dst);
+                    tool(&mut cmd, "converting to qcow2 (qemu-img, from qemu-utils)")?;
+                }
             }
-            cmd.arg(raw).arg(out.join(&name));
-            tool(&mut cmd, "converting to qcow2 (qemu-img, from qemu-utils)")?;
             made.push(name);
         }
         if d.formats.iter().any(|f| f == "raw") {
@@ -411,7 +419,18 @@ fn mount_source(point: &Path) -> Option<String> {
     })
 }
 
-fn make_fs(img: &Path, p: &Placed, seed: &str) -> Result<(), RunError> {
+/// Makes the filesystem of `p` in the file `img`, filled from `content` if given.
+///
+/// Everything that would differ between two runs on the same input is fixed: UUIDs and the
+/// directory hash seed come from the key (`seed`), and ext4's timestamps of its own (creation,
+/// last write, lost+found, the root when empty) are `epoch`, the newest time in the tree.
+fn make_fs(
+    img: &Path,
+    p: &Placed,
+    seed: &str,
+    content: Option<&Path>,
+    epoch: i64,
+) -> Result<(), RunError> {
     let fs =
         p.part.fs.as_ref().ok_or_else(|| {
             RunError::Engine(format!("partition {} has no filesystem", p.part.name))
@@ -421,23 +440,34 @@ fn make_fs(img: &Path, p: &Placed, seed: &str) -> Result<(), RunError> {
     drop(f);
     let uuid = uuid_of(seed, &p.part.name);
     match fs.kind {
-        FsKind::Ext4 => tool(
-            Command::new("mkfs.ext4")
+        FsKind::Ext4 => {
+            let mut cmd = Command::new("mkfs.ext4");
+            cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
                 .args(["-F", "-q", "-L", &fs.label, "-U", &uuid])
                 .arg("-E")
                 .arg(format!("hash_seed={}", uuid_of(seed, "hash_seed")))
                 // DIB's options: an inode per 4 KiB and a 64 MiB journal.
-                .args(["-i", "4096", "-J", "size=64"])
-                .arg(img),
-            "mkfs.ext4",
-        )?,
-        FsKind::Xfs => tool(
-            Command::new("mkfs.xfs")
-                .args(["-f", "-q", "-L", &fs.label, "-m"])
-                .arg(format!("uuid={uuid}"))
-                .arg(img),
-            "mkfs.xfs (xfsprogs)",
-        )?,
+                .args(["-i", "4096", "-J", "size=64"]);
+            // -d copies the tree into the new filesystem from user space (owners, modes,
+            // times, xattrs, hard links, devices, holes), with no mount and no loop device.
+            if let Some(dir) = content {
+                cmd.arg("-d").arg(dir);
+            }
+            tool(cmd.arg(img), "mkfs.ext4")?
+        }
+        FsKind::Xfs => {
+            tool(
+                Command::new("mkfs.xfs")
+                    .args(["-f", "-q", "-L", &fs.label, "-m"])
+                    .arg(format!("uuid={uuid}"))
+                    .arg(img),
+                "mkfs.xfs (xfsprogs)",
+            )?;
+            if let Some(dir) = content {
+                fill_by_mount(img, dir)?;
+            }
+            String::new()
+        }
         FsKind::Vfat => {
             let volid: String = uuid
                 .chars()
@@ -452,6 +482,27 @@ fn make_fs(img: &Path, p: &Placed, seed: &str) -> Result<(), RunError> {
             )?
         }
     };
+    Ok(())
+}
+
+/// Fills a filesystem image through a loop mount: for XFS, whose protofile (`mkfs.xfs -p`,
+/// xfsprogs 6.1) has no xattrs and no hard links, so it would lose file capabilities and
+/// link counts. The loop device clears itself on unmount, and the mount lives in the
+/// sandbox's mount namespace.
+fn fill_by_mount(img: &Path, dir: &Path) -> Result<(), RunError> {
+    let mnt = img.with_extension("mnt");
+    std::fs::create_dir_all(&mnt).map_err(io("create a mount point"))?;
+    tool(
+        Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(img)
+            .arg(&mnt),
+        "loop-mounting a filesystem image",
+    )?;
+    tree::copy_contents(dir, &mnt)?;
+    umount2(&mnt, MntFlags::empty()).map_err(engine("unmount a filesystem image"))?;
+    let _ = std::fs::remove_dir(&mnt);
     Ok(())
 }
 
@@ -580,6 +631,179 @@ fn bios_boot(f: &mut File, plan: &DiskPlan, boot: &Path) -> Result<(), RunError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `debugfs -R <request>` on an ext4 image: what ccb's reader does not expose (inode
+    /// numbers, link counts, xattrs, device numbers).
+    fn debugfs(img: &Path, request: &str) -> String {
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(request)
+            .arg(img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "debugfs {request}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ext4_root_partition(length: u64) -> Placed {
+        Placed {
+            number: 3,
+            part: layout::Partition {
+                name: "root".into(),
+                type_guid: "0FC63DAF-8483-4772-8E79-3D69D8477DE4".into(),
+                size: layout::PartSize::Rest,
+                fs: Some(layout::Filesystem {
+                    kind: FsKind::Ext4,
+                    label: "cloudimg-rootfs".into(),
+                    mount: None,
+                }),
+            },
+            offset: 0,
+            length,
+        }
+    }
+
+    /// The root filesystem is written from the tree by `mkfs.ext4 -d` (e2fsprogs 1.47): all
+    /// that the copy through a loop mount (`cp -a`) kept must be in it, read back from the
+    /// image file alone.
+    #[test]
+    fn the_root_filesystem_written_from_a_tree_keeps_everything_cp_a_kept() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: owners and device nodes need root (scripts/test runs as root)");
+            return;
+        }
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(tree.join("srv/shared")).unwrap();
+        std::fs::write(tree.join("usr/bin/ping"), b"\x7fELF ping").unwrap();
+        // File capabilities (cap_net_raw=ep), as iputils-ping ships them.
+        let cap: [u8; 20] = [
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        xattr::set(tree.join("usr/bin/ping"), "security.capability", &cap).unwrap();
+        xattr::set(tree.join("usr/bin/ping"), "user.origin", b"debian").unwrap();
+        std::fs::write(tree.join("usr/bin/perl"), b"perl").unwrap();
+        std::fs::hard_link(tree.join("usr/bin/perl"), tree.join("usr/bin/perl5.36")).unwrap();
+        std::fs::set_permissions(
+            tree.join("usr/bin/perl"),
+            std::fs::Permissions::from_mode(0o4750),
+        )
+        .unwrap();
+        nix::unistd::chown(
+            &tree.join("srv/shared"),
+            Some(nix::unistd::Uid::from_raw(1234)),
+            Some(nix::unistd::Gid::from_raw(5678)),
+        )
+        .unwrap();
+        let acl = Command::new("setfacl")
+            .args(["-m", "u:1234:rwx,d:u:1234:rx"])
+            .arg(tree.join("srv/shared"))
+            .status();
+        let has_acl = matches!(acl, Ok(s) if s.success());
+        symlink("../usr/bin/perl", tree.join("srv/perl")).unwrap();
+        nix::sys::stat::mknod(
+            &tree.join("srv/null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        let sparse = File::create(tree.join("srv/sparse")).unwrap();
+        sparse.set_len(512 << 20).unwrap();
+        sparse.write_all_at(b"end", (512 << 20) - 3).unwrap();
+        drop(sparse);
+
+        let img = dir.path().join("root.img");
+        make_fs(
+            &img,
+            &ext4_root_partition(1 << 30),
+            "seed",
+            Some(&tree),
+            1_700_000_000,
+        )
+        .unwrap();
+
+        let fs = crate::inspect::fs::Ext4Fs::open(std::sync::Arc::new(File::open(&img).unwrap()))
+            .unwrap();
+        use crate::inspect::fs::{FileKind, Filesystem};
+        assert_eq!(fs.read("/usr/bin/ping").unwrap(), b"\x7fELF ping");
+        let perl = fs.metadata("/usr/bin/perl").unwrap();
+        assert_eq!(perl.mode, 0o4750, "setuid and mode");
+        let shared = fs.metadata("/srv/shared").unwrap();
+        assert_eq!((shared.uid, shared.gid), (1234, 5678), "owners");
+        assert_eq!(fs.read_link("/srv/perl").unwrap(), "../usr/bin/perl");
+        assert_eq!(
+            fs.symlink_metadata("/srv/null").unwrap().kind,
+            FileKind::Other
+        );
+        let tail = fs.read_limited("/srv/sparse", 1 << 30).unwrap();
+        assert_eq!(tail.len(), 512 << 20);
+        assert_eq!(&tail[tail.len() - 3..], b"end");
+
+        let caps = debugfs(&img, "ea_get /usr/bin/ping security.capability");
+        assert!(
+            caps.contains(&cap.map(|b| format!("{b:02x}")).join(" ")),
+            "file capabilities kept: {caps}"
+        );
+        let user = debugfs(&img, "ea_list /usr/bin/ping");
+        assert!(
+            user.contains("user.origin") && user.contains("debian"),
+            "{user}"
+        );
+        let a = debugfs(&img, "stat /usr/bin/perl");
+        let b = debugfs(&img, "stat /usr/bin/perl5.36");
+        let inode = |s: &str| s.split_whitespace().nth(1).map(str::to_string);
+        assert_eq!(inode(&a), inode(&b), "hard links share an inode: {a}\n{b}");
+        assert!(a.contains("Links: 2"), "link count: {a}");
+        let null = debugfs(&img, "stat /srv/null");
+        assert!(null.contains("Device major/minor number: 01:03"), "{null}");
+        let sparse = debugfs(&img, "stat /srv/sparse");
+        assert!(
+            !sparse.contains("(0-131071)"),
+            "the hole is kept, not written out: {sparse}"
+        );
+        if has_acl {
+            let acls = debugfs(&img, "ea_list /srv/shared");
+            assert!(
+                acls.contains("system.posix_acl_access")
+                    && acls.contains("system.posix_acl_default"),
+                "ACLs kept: {acls}"
+            );
+        }
+        let sb = debugfs(&img, "stats");
+        assert!(
+            sb.contains("Filesystem created:       Tue Nov 14 22:13:20 2023"),
+            "the creation time is the given epoch: {sb}"
+        );
+    }
+
+    /// Two runs on the same tree give the same filesystem, byte for byte.
+    #[test]
+    fn the_root_filesystem_is_the_same_from_the_same_tree() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (scripts/test runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"ccb\n").unwrap();
+        let digest = |name: &str| {
+            let img = dir.path().join(name);
+            make_fs(
+                &img,
+                &ext4_root_partition(256 << 20),
+                "seed",
+                Some(&tree),
+                1_700_000_000,
+            )
+            .unwrap();
+            blake3::hash(&std::fs::read(&img).unwrap())
+        };
+        assert_eq!(digest("a.img"), digest("b.img"));
+    }
 
     #[test]
     fn sparse_copies_keep_data_and_holes() {

@@ -71,7 +71,8 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
 
     let store = env.cache.path().to_path_buf();
 
-    // kill -9 in the middle of the disk action (root filesystem loop-mounted, chroot mounts up):
+    // kill -9 in the middle of the disk action (root filesystem written by mkfs.ext4 -d, then
+    // loop-mounted for finalise, chroot mounts up):
     // no mount and no loop device may survive.
     let mut ccb = env
         .cmd()
