@@ -40,12 +40,17 @@ pub struct PublishArgs {
     /// Only these sites (keys of manifests/sites.ncl or their names; repeatable)
     #[arg(long = "site", value_name = "SITE")]
     sites: Vec<String>,
-    /// The version: `vN` (of today, UTC) or `YYYYMMDD-vN` (default: the next free one today)
+    /// The version: `vN` (of today, UTC) or `YYYYMMDD-vN`, with upstream's optional suffix
+    /// (`v1-arm`, `20250422-v1-arm`) (default: the next free one today)
     #[arg(long)]
     version: Option<String>,
     /// Say what would be uploaded, upload nothing
     #[arg(long)]
     dry_run: bool,
+    /// Publish to a Swift site declared public even when its container's read ACL does not
+    /// let the sites read and list it anonymously (`.r:*,.rlistings`)
+    #[arg(long)]
+    no_public_check: bool,
     /// Publish images already built elsewhere: a directory as `ccb build --out` writes it
     /// (`<Name>.qcow2|raw`, `<Name>.d/<Name>_provenance.json`, `SHA256SUMS`); the targets are
     /// then published names found there
@@ -151,6 +156,7 @@ fn with_default_site(model: &mut Model) {
                 container: "chameleon-supported-images".into(),
                 region: None,
                 path: Some("out/publish".into()),
+                public: false,
             },
         );
     }
@@ -271,7 +277,8 @@ fn parse_version(v: &str) -> Result<Version, CliError> {
     };
     Version::parse(&full).ok_or_else(|| {
         CliError::usage(format!(
-            "version `{v}`: expected vN or YYYYMMDD-vN (e.g. v2, 20261127-v2)"
+            "version `{v}`: expected vN or YYYYMMDD-vN, optionally with a suffix of lowercase \
+             letters (e.g. v2, 20261127-v2, 20250422-v1-arm)"
         ))
     })
 }
@@ -437,6 +444,18 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
                 return Err(e);
             }
         };
+        if site.kind == SiteKind::Swift
+            && site.public
+            && !a.no_public_check
+            && let Err(e) = publish::check_public(store.as_ref())
+        {
+            if a.format == OutputFormat::Json {
+                report.push(json!({"site": key, "error": e.to_string()}));
+                failed += 1;
+                continue;
+            }
+            return Err(site_error(e));
+        }
         let site_formats: Vec<&str> = site.formats.iter().map(|f| f.as_str()).collect();
         for c in wanted {
             let mut image = c.image.clone();
