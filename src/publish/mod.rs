@@ -352,7 +352,14 @@ pub fn publish_image(
             }
         }
     };
-    let mut version = pick(&versions_taken(site, scope, &image.name)?)?;
+    // An earlier publish of these very files that stopped before its manifest (killed, a
+    // network failure) left its claim: resume in its version, where whatever it sent is
+    // these same bytes (segments are named by content, so nothing is sent twice).
+    let resume = resumable_claim(site, scope, &image.name, &local, opts.version.as_ref())?;
+    let mut version = match &resume {
+        Some((v, _)) => v.clone(),
+        None => pick(&versions_taken(site, scope, &image.name)?)?,
+    };
     let name_of = |version: &Version, file: &str| layout::object(scope, version, file);
 
     if opts.dry_run {
@@ -376,9 +383,12 @@ pub fn publish_image(
     // Claim the version before writing anything in it. A lost claim means a concurrent
     // publisher of this image took the version: take the next free one (or, for an explicit
     // --version, stop).
-    let token = claim_token();
     let mut attempts = 0;
-    while !claim(site, scope, &version, &image.name, &token)? {
+    let (resumed, token) = match resume {
+        Some((_, token)) => (true, token),
+        None => (false, claim_token(&local)),
+    };
+    while !resumed && !claim(site, scope, &version, &image.name, &token)? {
         attempts += 1;
         if opts.version.is_some() || attempts >= 50 {
             return Err(PublishError::VersionTaken {
@@ -537,8 +547,44 @@ fn write_pointer(site: &dyn ObjectStore, scope: &str, p: &Pointer) -> Result<(),
     Ok(())
 }
 
-/// A unique claim body: host, process, thread and time (read back to tell claims apart).
-fn claim_token() -> String {
+/// The newest claim on `name` whose version does not hold it yet and whose files are `local`
+/// (the wanted version only, when one is given): (its version, its body).
+fn resumable_claim(
+    site: &dyn ObjectStore,
+    scope: &str,
+    name: &str,
+    local: &BTreeMap<String, String>,
+    wanted: Option<&Version>,
+) -> Result<Option<(Version, String)>, PublishError> {
+    let holding = versions_holding(site, scope, name)?;
+    let claims: Vec<String> = site
+        .list(&layout::claims_prefix(scope))?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    let mut mine: Vec<Version> = layout::claims_in(scope, &claims)
+        .into_iter()
+        .filter(|(v, image)| image == name && !holding.contains(v))
+        .filter(|(v, _)| wanted.is_none_or(|w| w == v))
+        .map(|(v, _)| v)
+        .collect();
+    mine.sort();
+    for v in mine.into_iter().rev() {
+        let Some(body) = site.get(&layout::claim(scope, &v, name))? else {
+            continue;
+        };
+        let same = serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|c| c["sha256"] == serde_json::json!(local));
+        if same && let Ok(body) = String::from_utf8(body) {
+            return Ok(Some((v, body)));
+        }
+    }
+    Ok(None)
+}
+
+/// A unique claim body: host, process, thread and time (read back to tell claims apart), and
+/// the files' digests (a later publish of the same files resumes in the claimed version).
+fn claim_token(sha256: &BTreeMap<String, String>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -550,6 +596,7 @@ fn claim_token() -> String {
         "thread": format!("{:?}", std::thread::current().id()),
         "nanos": nanos.to_string(),
         "claimed_at": now_rfc3339(),
+        "sha256": sha256,
     })
     .to_string()
 }
@@ -791,7 +838,8 @@ pub fn promote(
         )));
     }
     let taken = versions_taken(site, to_scope, name)?;
-    if taken.contains(version) || !claim(site, to_scope, version, name, &claim_token())? {
+    let digests = pointer_for(site, from_scope, name, version)?.sha256;
+    if taken.contains(version) || !claim(site, to_scope, version, name, &claim_token(&digests))? {
         return Err(PublishError::VersionTaken {
             site: site.describe(),
             version: format!("{to_scope}/versions/{version}"),

@@ -107,7 +107,8 @@ impl Rig {
     /// long-lived: tests must not fill it).
     fn container(&'static self, name: &str) -> Container {
         self.swift("DELETE", name);
-        let (code, _) = self.swift("PUT", name);
+        // Public, as the real container is: every site's puller reads it anonymously.
+        let (code, _) = self.swift_with("PUT", name, &["X-Container-Read: .r:*,.rlistings"]);
         assert!(code == 201 || code == 202, "container {name}: {code}");
         Container {
             rig: self,
@@ -229,9 +230,7 @@ impl Project {
             std::fs::write(out.join(format!("{name}.raw")), &data[..1000]).unwrap();
             write(
                 out.join(format!("{name}.d/{name}_provenance.json")),
-                &format!(
-                    "{{\"build-tag\": \"{name}-{seed}\", \"chameleon-supported\": \"true\"}}\n"
-                ),
+                &provenance(name, &build_time(seed)),
             );
         }
         let mut sums = String::new();
@@ -276,6 +275,31 @@ impl Project {
             .spawn()
             .unwrap()
     }
+}
+
+/// The build time of the images made with `seed`, in the sites' format.
+fn build_time(seed: u8) -> String {
+    format!(
+        "2026-12-06 09:{:02}:00.{:06}",
+        seed % 60,
+        u32::from(seed) * 1001
+    )
+}
+
+/// A provenance record as `ccb build` writes it.
+fn provenance(name: &str, timestamp: &str) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "build-distro": "debian",
+        "build-release": "bookworm",
+        "build-variant": "base",
+        "build-repo": "https://github.com/ChameleonCloud/cc-images",
+        "build-repo-commit": "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        "build-timestamp": timestamp,
+        "build-tag": format!("{name}-{timestamp}"),
+        "build-ipa": "false",
+        "chameleon-supported": "true",
+    }))
+    .unwrap()
 }
 
 fn sha256(path: &Path) -> String {
@@ -954,7 +978,10 @@ fn published_images_are_inspected_through_the_site_and_a_public_url() {
             .arg(&qcow),
     );
     std::fs::remove_file(&raw).unwrap();
-    write(out.join("CC-Remote.d/CC-Remote_provenance.json"), "{}\n");
+    write(
+        out.join("CC-Remote.d/CC-Remote_provenance.json"),
+        &provenance("CC-Remote", &build_time(1)),
+    );
     write(
         out.join("SHA256SUMS"),
         &format!("{}  CC-Remote.qcow2\n", sha256(&qcow)),
