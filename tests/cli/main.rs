@@ -10,6 +10,7 @@ mod graph;
 mod inspect;
 mod manifests;
 mod publish;
+mod site_contract;
 mod sources;
 
 #[test]
