@@ -9,10 +9,10 @@
 //!    SHA-256 per format), nothing is sent;
 //! 2. picks the version (`--version`, else the first of the day free for the image) and
 //!    refuses one that holds or claims it, or whose name a puller would confuse with one that
-//!    does ([`layout::Version::prefix_collides`]);
-//! 2b. claims the image in that version, create-only and read back ([`claim`]): a concurrent
-//!    publisher of the same image takes another version before either writes an object; then
-//!    makes sure the version's marker object exists ([`layout::marker`]);
+//!    does ([`layout::Version::prefix_collides`]); claims the image in that version,
+//!    create-only and read back ([`claim`]), so that a concurrent publisher of the same image
+//!    takes another version before either writes an object; then makes sure the version's
+//!    marker object exists ([`layout::marker`]);
 //! 3. uploads each format (Swift: a Static Large Object above the segment size, segments named
 //!    by content so an interrupted upload resumes), each verified by the store;
 //! 4. writes `<Name>.manifest` last, create-only: from then on the version holds the image;
