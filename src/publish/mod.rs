@@ -53,6 +53,19 @@ pub enum PublishError {
         version: String,
         name: String,
     },
+    #[error(
+        "{site}: version {version} is claimed for {name} by another publisher (one in progress, \
+         or one that stopped before writing its manifest) with other files"
+    )]
+    #[diagnostic(
+        code(ccb::publish::version_claimed),
+        help("publish without --version to take the next free version of the day")
+    )]
+    VersionClaimed {
+        site: String,
+        version: String,
+        name: String,
+    },
     #[error("{site}: {message}")]
     #[diagnostic(code(ccb::publish::verify))]
     Verify { site: String, message: String },
@@ -326,6 +339,13 @@ pub fn publish_image(
     let pick = |taken: &[Version]| -> Result<Version, PublishError> {
         match &opts.version {
             Some(v) => {
+                if taken.contains(v) && !versions_holding(site, scope, &image.name)?.contains(v) {
+                    return Err(PublishError::VersionClaimed {
+                        site: site.describe(),
+                        version: v.to_string(),
+                        name: image.name.clone(),
+                    });
+                }
                 if taken.contains(v) {
                     return Err(PublishError::VersionTaken {
                         site: site.describe(),

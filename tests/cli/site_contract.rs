@@ -691,3 +691,67 @@ fn a_container_the_sites_cannot_read_anonymously_is_refused_with_the_fix() {
     ])
     .ok();
 }
+
+#[test]
+fn a_claimed_version_is_resumed_by_the_same_files_and_gone_around_by_others() {
+    let p = Project::new(
+        "{ here = { name = \"Here\", baremetal = true, kind = 'local, path = \"site\" } }\n",
+    );
+    let day = today();
+    let images = p.images(&["CC-C"], 20_000, 5);
+    let sums: BTreeMap<String, String> = ["qcow2", "raw"]
+        .iter()
+        .map(|f| (f.to_string(), sha256(&images.join(format!("CC-C.{f}")))))
+        .collect();
+    // A publisher of these very files that died after its claim and part of its upload.
+    let claim = p.root().join(format!("site/prod/claims/{day}-v1/CC-C"));
+    std::fs::create_dir_all(claim.parent().unwrap()).unwrap();
+    std::fs::write(
+        &claim,
+        serde_json::json!({"pid": 1, "sha256": sums}).to_string(),
+    )
+    .unwrap();
+    let v1 = p.root().join(format!("site/prod/versions/{day}-v1"));
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(v1.join("CC-C.qcow2"), b"half an upload").unwrap();
+    // Other files: the claimed version is not theirs, with or without --version.
+    let other = p.images_in("other", &["CC-C"], 20_000, 6);
+    let o = other.to_str().unwrap();
+    p.ccb(&[
+        "publish",
+        "--outputs",
+        o,
+        "CC-C",
+        "--scope",
+        "prod",
+        "--version",
+        "v1",
+    ])
+    .fails()
+    .stderr_has("is claimed for CC-C by another publisher");
+    let r = publish(&p, &other, "CC-C", &[]);
+    assert_eq!(r["version"], format!("{day}-v2"));
+    // The same files: the interrupted publish is finished in its own version.
+    let r = publish(&p, &images, "CC-C", &[]);
+    assert_eq!(r["version"], format!("{day}-v1"));
+    assert_eq!(sha256(&v1.join("CC-C.qcow2")), sums["qcow2"]);
+    assert!(v1.join(".ccb-self").is_file(), "the version's marker");
+    let list = p
+        .ccb(&[
+            "versions", "list", "--site", "here", "--scope", "prod", "--format", "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(list["versions"].as_array().unwrap().len(), 2, "{list}");
+    // Pruned down to the live one: the other version goes, its directory and marker too.
+    p.ccb(&[
+        "versions", "prune", "--site", "here", "--scope", "prod", "--keep", "0",
+    ])
+    .ok();
+    assert!(
+        !p.root()
+            .join(format!("site/prod/versions/{day}-v2"))
+            .exists()
+    );
+    assert!(v1.join("CC-C.manifest").is_file());
+}
