@@ -580,20 +580,29 @@ pub fn provenance(model: &Model, image: &crate::manifest::Image, name: &str) -> 
     if !commit.is_empty() && !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
         commit.push_str("-dirty");
     }
-    let secs = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (iso, compact) = utc(secs);
+        .unwrap_or_default();
+    // The sites parse it with Python's `%Y-%m-%d %H:%M:%S.%f` (see publish::contract).
+    let timestamp = crate::publish::contract::build_timestamp(now.as_secs(), now.subsec_micros());
+    // The project's declared repository, else its remote (never a credential it may carry).
+    let repo = model
+        .project
+        .build_repo
+        .clone()
+        .or_else(|| {
+            crate::publish::contract::public_repo_url(&git(&["remote", "get-url", "origin"]))
+        })
+        .unwrap_or_default();
     let p = &image.provenance;
     let record = serde_json::json!({
         "build-distro": p.distro.clone().unwrap_or_default(),
         "build-release": p.release.clone().unwrap_or_default(),
         "build-variant": p.variant.clone().unwrap_or_default(),
-        "build-repo": git(&["config", "--get", "remote.origin.url"]),
+        "build-repo": repo,
         "build-repo-commit": commit,
-        "build-timestamp": iso,
-        "build-tag": format!("{name}-{compact}"),
+        "build-tag": format!("{name}-{timestamp}"),
+        "build-timestamp": timestamp,
         "build-ipa": "false",
         "chameleon-supported": "true",
     });

@@ -38,12 +38,17 @@ pub struct PublishArgs {
     /// Only these sites (keys of manifests/sites.ncl or their names; repeatable)
     #[arg(long = "site", value_name = "SITE")]
     sites: Vec<String>,
-    /// The version: `vN` (of today, UTC) or `YYYYMMDD-vN` (default: the next free one today)
+    /// The version: `vN` (of today, UTC) or `YYYYMMDD-vN`, with upstream's optional suffix
+    /// (`v1-arm`, `20250422-v1-arm`) (default: the next free one today)
     #[arg(long)]
     version: Option<String>,
     /// Say what would be uploaded, upload nothing
     #[arg(long)]
     dry_run: bool,
+    /// Publish to a Swift site declared public even when its container's read ACL does not
+    /// let the sites read and list it anonymously (`.r:*,.rlistings`)
+    #[arg(long)]
+    no_public_check: bool,
     /// Publish images already built elsewhere: a directory as `ccb build --out` writes it
     /// (`<Name>.qcow2|raw`, `<Name>.d/<Name>_provenance.json`, `SHA256SUMS`); the targets are
     /// then published names found there
@@ -181,6 +186,7 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
         sites: a.sites,
         version: a.version,
         dry_run: a.dry_run,
+        no_public_check: a.no_public_check,
         outputs: a.outputs,
         show_progress: !ctx.quiet && text && crate::ui::progress::live_terminal(),
         stop_on_site_error: text,

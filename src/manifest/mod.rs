@@ -23,7 +23,14 @@ use crate::store::{Store, StoreError};
 pub use eval::{EmbeddedStdlib, STDLIB_SOURCE};
 
 /// The manifest categories, each `manifests/<name>.ncl` and/or `manifests/<name>.toml`.
-pub const CATEGORIES: [&str; 5] = ["images", "sites", "artifacts", "sources", "inspect"];
+pub const CATEGORIES: [&str; 6] = [
+    "images",
+    "sites",
+    "artifacts",
+    "sources",
+    "inspect",
+    "project",
+];
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ManifestError {
@@ -200,6 +207,14 @@ pub struct Site {
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Swift sites: whether `ccb publish` checks the container is publicly readable and
+    /// listable (what the sites' pullers need).
+    #[serde(default = "yes")]
+    pub public: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +227,15 @@ pub struct InspectChecks {
     pub compare_dpkg_manifest: bool,
 }
 
+/// Settings of the whole project (`manifests/project.ncl`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSettings {
+    /// The repository URL published as `build-repo`; `None`: the git remote of the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_repo: Option<String>,
+}
+
 /// Everything the manifests declare, checked and with inheritance resolved.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -222,6 +246,7 @@ pub struct Model {
     pub artifacts: BTreeMap<String, Artifact>,
     pub sources: BTreeMap<String, Source>,
     pub inspect: InspectChecks,
+    pub project: ProjectSettings,
     /// The manifest files, by category, for pointing errors at them.
     pub files: BTreeMap<String, Vec<PathBuf>>,
     /// Whether the evaluation came from the cache.
@@ -242,6 +267,7 @@ impl Model {
             artifacts: BTreeMap::new(),
             sources: BTreeMap::new(),
             inspect: InspectChecks::default(),
+            project: ProjectSettings::default(),
             files: BTreeMap::new(),
             from_cache: false,
             warnings: Vec::new(),

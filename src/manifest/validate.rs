@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use super::eval::Evaluated;
 use super::{
-    Arch, Artifact, Format, Image, InspectChecks, ManifestError, Model, Provenance, Site, Source,
+    Arch, Artifact, Format, Image, InspectChecks, ManifestError, Model, ProjectSettings,
+    Provenance, Site, Source,
 };
 use crate::diag::SourceDiagnostic;
 
@@ -24,6 +25,8 @@ struct RawProject {
     sources: BTreeMap<String, Source>,
     #[serde(default)]
     inspect: InspectChecks,
+    #[serde(default)]
+    project: ProjectSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +75,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         artifacts: raw.artifacts,
         sources: raw.sources,
         inspect: raw.inspect,
+        project: raw.project,
         files: evaluated.files,
         from_cache: evaluated.from_cache,
         warnings: evaluated.warnings,

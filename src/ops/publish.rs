@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::build::{BuildReport, BuildRequest};
 use super::{CommandError, Session, SessionOptions};
-use crate::manifest::{Model, Site};
+use crate::manifest::{Model, Site, SiteKind};
 use crate::publish::layout::{self, Version};
 use crate::publish::sites::{self, SiteError, SwiftSettings};
 use crate::publish::{self, FileToPublish, ImageFiles, Outcome, PublishOptions};
@@ -27,6 +27,9 @@ pub struct PublishRequest {
     /// `vN` or `YYYYMMDD-vN` (default: the next free one today).
     pub version: Option<String>,
     pub dry_run: bool,
+    /// Publish to a Swift site declared public even when its container's read ACL does not let
+    /// the sites read and list it anonymously.
+    pub no_public_check: bool,
     /// Images built elsewhere: the targets are then published names in this directory.
     pub outputs: Option<PathBuf>,
     pub swift: SwiftSettings,
@@ -70,7 +73,8 @@ pub fn parse_version(v: &str) -> Result<Version, CommandError> {
     };
     Version::parse(&full).ok_or_else(|| {
         CommandError::usage(format!(
-            "version `{v}`: expected vN or YYYYMMDD-vN (e.g. v2, 20261127-v2)"
+            "version `{v}`: expected vN or YYYYMMDD-vN, optionally with a suffix of lowercase \
+             letters (e.g. v2, 20261127-v2, 20250422-v1-arm)"
         ))
     })
 }
@@ -247,7 +251,13 @@ pub fn publish(
         if wanted.is_empty() {
             continue;
         }
-        let store = match sites::open_site(&model, key, site, &req.swift) {
+        let opened = sites::open_site(&model, key, site, &req.swift).and_then(|store| {
+            if site.kind == SiteKind::Swift && site.public && !req.no_public_check {
+                publish::check_public(store.as_ref()).map_err(SiteError::open)?;
+            }
+            Ok(store)
+        });
+        let store = match opened {
             Ok(s) => s,
             Err(e) if req.stop_on_site_error => return Err(site_error(e)),
             Err(e) => {

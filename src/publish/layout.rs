@@ -1,6 +1,11 @@
 //! Where things live on a site, and how `current` is derived. Pure functions only.
 //!
 //! ```text
+//! <scope>/versions/<YYYYMMDD>-v<N>                  the version's marker: zero bytes, what a
+//!                                                   site's puller skips as the first line of
+//!                                                   the version's listing (see [`marker`])
+//! <scope>/claims/<YYYYMMDD>-v<N>/<Name>             a publisher's create-only claim on the
+//!                                                   image in the version (see [`claim`])
 //! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.qcow2     the image, one object per format
 //! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.raw
 //! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.manifest  the provenance JSON; written last, with
@@ -11,6 +16,9 @@
 //! <scope>/pointers/<Name>.json                      the live version of one image
 //! <scope>/current                                   {"<Name>": "<date>-v<N>", …}
 //! ```
+//!
+//! Containers upstream's publisher filled have no pointers and no claims, and may hold
+//! suffixed versions (`20250422-v1-arm`): everything here reads them as they are.
 //!
 //! Why pointers: Swift has no compare-and-swap (If-Match is ignored on PUT, and
 //! If-None-Match: * is not atomic), so a read-modify-write of `current` by two publishers can
@@ -25,32 +33,57 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A version name: `YYYYMMDD-vN`.
+/// A version name: `YYYYMMDD-vN`, or upstream's suffixed form `YYYYMMDD-vN-<suffix>`
+/// (`20250422-v1-arm`: the part after `-` matches `^v\d+(-[a-z]+)?$`). ccb names its own
+/// versions without a suffix; suffixed ones come from containers upstream's publisher filled.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
     pub date: String,
     pub n: u32,
+    pub suffix: Option<String>,
 }
 
 impl Version {
     pub fn parse(s: &str) -> Option<Version> {
-        let (date, n) = s.split_once("-v")?;
+        let (date, rest) = s.split_once("-v")?;
         if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
+        let (n, suffix) = match rest.split_once('-') {
+            Some((n, suffix)) => {
+                if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_lowercase()) {
+                    return None;
+                }
+                (n, Some(suffix.to_string()))
+            }
+            None => (rest, None),
+        };
         if n.is_empty() || n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         Some(Version {
             date: date.to_string(),
             n: n.parse().ok()?,
+            suffix,
         })
+    }
+
+    /// Whether a site's puller could mistake one version for the other: it lists
+    /// `?prefix=<scope>/versions/<version>` with no trailing slash, so `…-v1` also lists
+    /// `…-v1-arm/…` and `…-v10/…`. Two such versions must never hold the same image.
+    pub fn prefix_collides(&self, other: &Version) -> bool {
+        let (a, b) = (self.to_string(), other.to_string());
+        a != b && (a.starts_with(&b) || b.starts_with(&a))
     }
 }
 
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-v{}", self.date, self.n)
+        write!(f, "{}-v{}", self.date, self.n)?;
+        if let Some(s) = &self.suffix {
+            write!(f, "-{s}")?;
+        }
+        Ok(())
     }
 }
 
@@ -68,6 +101,37 @@ pub fn versions_prefix(scope: &str) -> String {
 
 pub fn object(scope: &str, version: &Version, file: &str) -> String {
     format!("{scope}/versions/{version}/{file}")
+}
+
+/// The version's marker: a zero-byte object named exactly `<scope>/versions/<version>`, as
+/// upstream's publisher leaves it. A site's puller skips the first line of the prefix listing
+/// of a version, believing it to be this object: without it, the puller skips the first real
+/// object (a `.manifest`) and the image is silently never deployed.
+pub fn marker(scope: &str, version: &Version) -> String {
+    format!("{scope}/versions/{version}")
+}
+
+/// A publisher's claim on one image in one version, written create-only before any of the
+/// image's objects: two publishers of one image on one day never write the same objects.
+/// Outside `versions/`, so no puller ever lists it.
+pub fn claim(scope: &str, version: &Version, name: &str) -> String {
+    format!("{scope}/claims/{version}/{name}")
+}
+
+pub fn claims_prefix(scope: &str) -> String {
+    format!("{scope}/claims/")
+}
+
+/// The (version, image) pairs a listing of `<scope>/claims/` names.
+pub fn claims_in(scope: &str, names: &[String]) -> Vec<(Version, String)> {
+    let prefix = claims_prefix(scope);
+    names
+        .iter()
+        .filter_map(|n| {
+            let (v, image) = n.strip_prefix(&prefix)?.split_once('/')?;
+            Some((Version::parse(v)?, image.to_string()))
+        })
+        .collect()
 }
 
 pub fn manifest_file(name: &str) -> String {
@@ -134,16 +198,25 @@ pub fn versions_in(
     out
 }
 
-/// The first version of `date` that does not hold `name` yet, given the versions that do.
-pub fn next_free(date: &str, holding: &[Version]) -> Version {
-    let mut n = 1;
-    while holding.iter().any(|v| v.date == date && v.n == n) {
-        n += 1;
-    }
-    Version {
-        date: date.to_string(),
-        n,
-    }
+/// The first version of `date` free for an image, given the versions taken for it (holding or
+/// claimed): not taken, and not a prefix of, nor prefixed by, a taken one (see
+/// [`Version::prefix_collides`]). `None` when every candidate collides (`-v1`…`-v9` all taken
+/// make every `-vNN` of the day a collision).
+pub fn next_free(date: &str, taken: &[Version]) -> Option<Version> {
+    (1..=999)
+        .map(|n| Version {
+            date: date.to_string(),
+            n,
+            suffix: None,
+        })
+        .find(|v| free_for(v, taken))
+}
+
+/// Whether an image may go into `version`, given the versions taken for it.
+pub fn free_for(version: &Version, taken: &[Version]) -> bool {
+    !taken
+        .iter()
+        .any(|t| t == version || t.prefix_collides(version))
 }
 
 /// `current` as the pointers say it should be. Entries of the old `current` for images that
@@ -178,7 +251,13 @@ mod tests {
     #[test]
     fn versions_parse_and_print_the_upstream_way() {
         assert_eq!(v("20261127-v3").to_string(), "20261127-v3");
+        assert_eq!(v("20250422-v1-arm").to_string(), "20250422-v1-arm");
+        assert_eq!(v("20250422-v1-arm").suffix.as_deref(), Some("arm"));
         for bad in [
+            "20250422-v1-",
+            "20250422-v1-ARM",
+            "20250422-v1-arm64",
+            "20250422-v1-a-b",
             "2026112-v1",
             "20261127-v0",
             "20261127-v01",
@@ -194,9 +273,51 @@ mod tests {
 
     #[test]
     fn the_next_free_version_skips_those_holding_the_image_that_day() {
-        assert_eq!(next_free("20261127", &[]).to_string(), "20261127-v1");
+        assert_eq!(
+            next_free("20261127", &[]).unwrap().to_string(),
+            "20261127-v1"
+        );
         let held = [v("20261127-v1"), v("20261127-v2"), v("20261126-v3")];
-        assert_eq!(next_free("20261127", &held).to_string(), "20261127-v3");
+        assert_eq!(
+            next_free("20261127", &held).unwrap().to_string(),
+            "20261127-v3"
+        );
+    }
+
+    #[test]
+    fn versions_a_puller_would_confuse_by_prefix_collide() {
+        assert!(v("20250422-v1").prefix_collides(&v("20250422-v1-arm")));
+        assert!(v("20250422-v10").prefix_collides(&v("20250422-v1")));
+        assert!(!v("20250422-v1").prefix_collides(&v("20250422-v1")));
+        assert!(!v("20250422-v1").prefix_collides(&v("20250422-v2")));
+        assert!(!v("20250422-v1-arm").prefix_collides(&v("20250422-v1-amd")));
+    }
+
+    #[test]
+    fn the_next_free_version_never_prefix_collides_with_a_taken_one() {
+        // Upstream left the image in -v1-arm: -v1 would list it too.
+        let taken = [v("20250422-v1-arm")];
+        assert_eq!(
+            next_free("20250422", &taken).unwrap().to_string(),
+            "20250422-v2"
+        );
+        // -v10 is listed by -v1's prefix: after -v1..-v9 every version of the day collides.
+        let taken: Vec<Version> = (1..=9).map(|n| v(&format!("20250422-v{n}"))).collect();
+        assert_eq!(next_free("20250422", &taken), None);
+        assert!(!free_for(&v("20250422-v12"), &taken));
+        assert!(free_for(&v("20250423-v1"), &taken));
+    }
+
+    #[test]
+    fn claims_name_their_version_and_image() {
+        let c = claim("prod", &v("20261127-v2"), "CC-Debian12");
+        assert_eq!(c, "prod/claims/20261127-v2/CC-Debian12");
+        let got = claims_in("prod", &[c, "prod/claims/junk/X".into()]);
+        assert_eq!(got, vec![(v("20261127-v2"), "CC-Debian12".to_string())]);
+        assert_eq!(
+            marker("prod", &v("20250422-v1-arm")),
+            "prod/versions/20250422-v1-arm"
+        );
     }
 
     #[test]

@@ -2,11 +2,18 @@
 //! temporary file renamed into place; "create only" is a hard link, which fails if the name
 //! exists, so on a local site it is truly atomic. Object metadata (the SHA-256) lives in a
 //! `.<file>.meta.json` beside each object.
+//!
+//! A version's marker object (`<scope>/versions/<version>`) has the name of a directory other
+//! objects live in: a directory cannot also be a file, so such an object is the file
+//! [`SELF`] inside its directory, and listings show it under the directory's name.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{ObjectInfo, ObjectStore, Progress, PublishError, PutOutcome};
+
+/// The file holding the object named like the directory it sits in.
+pub const SELF: &str = ".ccb-self";
 
 pub struct LocalSite {
     root: PathBuf,
@@ -28,6 +35,36 @@ impl LocalSite {
             return Err(PublishError::Site(format!("invalid object name `{name}`")));
         }
         Ok(self.root.join(name))
+    }
+
+    /// The file of an object: its path, or [`SELF`] in it when the path is a directory.
+    fn file_of(&self, name: &str) -> Result<PathBuf, PublishError> {
+        let path = self.path(name)?;
+        Ok(if path.is_dir() { path.join(SELF) } else { path })
+    }
+
+    fn put_bytes_at(
+        path: &Path,
+        data: &[u8],
+        create_only: bool,
+    ) -> Result<PutOutcome, PublishError> {
+        let mut tmp = Self::temp_beside(path)?;
+        tmp.write_all(data).map_err(Self::io("write", tmp.path()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(Self::io("sync", tmp.path()))?;
+        if create_only {
+            // link(2) fails with EEXIST when the name exists: an atomic create-if-absent.
+            match std::fs::hard_link(tmp.path(), path) {
+                Ok(()) => Ok(PutOutcome::Written),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
+                Err(e) => Err(Self::io("create", path)(e)),
+            }
+        } else {
+            tmp.persist(path)
+                .map_err(|e| Self::io("rename onto", path)(e.error))?;
+            Ok(PutOutcome::Written)
+        }
     }
 
     fn meta_path(path: &Path) -> PathBuf {
@@ -71,7 +108,7 @@ impl ObjectStore for LocalSite {
     }
 
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, PublishError> {
-        let path = self.path(name)?;
+        let path = self.file_of(name)?;
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -80,7 +117,7 @@ impl ObjectStore for LocalSite {
     }
 
     fn head(&self, name: &str) -> Result<Option<ObjectInfo>, PublishError> {
-        let path = self.path(name)?;
+        let path = self.file_of(name)?;
         let meta = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => m,
             Ok(_) => return Ok(None),
@@ -121,6 +158,19 @@ impl ObjectStore for LocalSite {
                 let entry = entry.map_err(Self::io("list", &dir))?;
                 let path = entry.path();
                 let file = entry.file_name().to_string_lossy().into_owned();
+                if file == SELF {
+                    let rel = dir
+                        .strip_prefix(&self.root)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if !rel.is_empty()
+                        && rel.starts_with(prefix)
+                        && let Some(info) = self.head(&rel)?
+                    {
+                        out.push(info);
+                    }
+                    continue;
+                }
                 if file.starts_with('.') {
                     continue;
                 }
@@ -151,24 +201,7 @@ impl ObjectStore for LocalSite {
         _content_type: &str,
         create_only: bool,
     ) -> Result<PutOutcome, PublishError> {
-        let path = self.path(name)?;
-        let mut tmp = Self::temp_beside(&path)?;
-        tmp.write_all(data).map_err(Self::io("write", tmp.path()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(Self::io("sync", tmp.path()))?;
-        if create_only {
-            // link(2) fails with EEXIST when the name exists: an atomic create-if-absent.
-            match std::fs::hard_link(tmp.path(), &path) {
-                Ok(()) => Ok(PutOutcome::Written),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
-                Err(e) => Err(Self::io("create", &path)(e)),
-            }
-        } else {
-            tmp.persist(&path)
-                .map_err(|e| Self::io("rename onto", &path)(e.error))?;
-            Ok(PutOutcome::Written)
-        }
+        Self::put_bytes_at(&self.file_of(name)?, data, create_only)
     }
 
     fn put_file(
@@ -232,11 +265,30 @@ impl ObjectStore for LocalSite {
     }
 
     fn delete(&self, name: &str) -> Result<(), PublishError> {
-        let path = self.path(name)?;
+        let path = self.file_of(name)?;
         let _ = std::fs::remove_file(Self::meta_path(&path));
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Self::io("remove", &path)(e)),
-            _ => Ok(()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Self::io("remove", &path)(e));
+            }
+            _ => {}
         }
+        if path.file_name().is_some_and(|f| f == SELF)
+            && let Some(dir) = path.parent()
+        {
+            // Gone with its marker when nothing else is in it; kept (quietly) otherwise.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
+    fn put_marker(&self, name: &str) -> Result<(), PublishError> {
+        let dir = self.path(name)?;
+        std::fs::create_dir_all(&dir).map_err(Self::io("create", &dir))?;
+        Self::put_bytes_at(&dir.join(SELF), b"", true).map(|_| ())
+    }
+
+    fn create_only_is_atomic(&self) -> bool {
+        true
     }
 }

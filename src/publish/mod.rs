@@ -3,10 +3,16 @@
 //! A site is an [`ObjectStore`]: a Swift container ([`swift::SwiftSite`], reached through
 //! clouds.yaml and Keystone) or a directory ([`local::LocalSite`]). The layout and the reasons
 //! for it are in [`layout`]; in short, a publish:
+//! 0. turns the provenance record into the manifest the sites' puller reads
+//!    ([`contract::site_manifest`]), refusing one a site could not deploy;
 //! 1. reads the image's pointer: if the live version already has these exact files (same
 //!    SHA-256 per format), nothing is sent;
-//! 2. picks the version (`--version`, else the first of the day not holding the image) and
-//!    refuses one that already holds it;
+//! 2. picks the version (`--version`, else the first of the day free for the image) and
+//!    refuses one that holds or claims it, or whose name a puller would confuse with one that
+//!    does ([`layout::Version::prefix_collides`]); claims the image in that version,
+//!    create-only and read back ([`claim`]), so that a concurrent publisher of the same image
+//!    takes another version before either writes an object; then makes sure the version's
+//!    marker object exists ([`layout::marker`]);
 //! 3. uploads each format (Swift: a Static Large Object above the segment size, segments named
 //!    by content so an interrupted upload resumes), each verified by the store;
 //! 4. writes `<Name>.manifest` last, create-only: from then on the version holds the image;
@@ -14,6 +20,7 @@
 //! 6. writes the image's pointer, then settles `current` ([`settle_current`]).
 
 pub mod clouds;
+pub mod contract;
 pub mod keystone;
 pub mod layout;
 pub mod local;
@@ -47,9 +54,68 @@ pub enum PublishError {
         version: String,
         name: String,
     },
+    #[error(
+        "{site}: version {version} is claimed for {name} by another publisher (one in progress, \
+         or one that stopped before writing its manifest) with other files"
+    )]
+    #[diagnostic(
+        code(ccb::publish::version_claimed),
+        help("publish without --version to take the next free version of the day")
+    )]
+    VersionClaimed {
+        site: String,
+        version: String,
+        name: String,
+    },
     #[error("{site}: {message}")]
     #[diagnostic(code(ccb::publish::verify))]
     Verify { site: String, message: String },
+    #[error("{name}: its manifest cannot be deployed by the sites: {message}")]
+    #[diagnostic(code(ccb::publish::manifest))]
+    Manifest { name: String, message: String },
+    #[error(
+        "{site}: version {version} would be confused with {other}, which holds or claims {name}: \
+         the sites list a version by prefix, so one name must not start with the other"
+    )]
+    #[diagnostic(
+        code(ccb::publish::prefix_collision),
+        help(
+            "pick a version whose name neither starts nor ends the other's, or publish without --version"
+        )
+    )]
+    PrefixCollision {
+        site: String,
+        version: String,
+        other: String,
+        name: String,
+    },
+    #[error("{site}: no version of {date} is free for {name}")]
+    #[diagnostic(
+        code(ccb::publish::no_free_version),
+        help(
+            "every name of the day is taken or would be confused by prefix with a taken one; publish tomorrow or pass --version with another date"
+        )
+    )]
+    NoFreeVersion {
+        site: String,
+        date: String,
+        name: String,
+    },
+    #[error(
+        "{site}: container {container} is not publicly readable and listable (read ACL: {acl}); \
+         every site's puller reads it anonymously"
+    )]
+    #[diagnostic(
+        code(ccb::publish::not_public),
+        help(
+            "run `swift post -r '.r:*,.rlistings' {container}`, declare the site `public = false`, or pass --no-public-check"
+        )
+    )]
+    NotPublic {
+        site: String,
+        container: String,
+        acl: String,
+    },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Clouds(#[from] clouds::CloudsError),
@@ -114,6 +180,22 @@ pub trait ObjectStore: Send + Sync {
         &self,
         name: &str,
     ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError>;
+    /// Makes sure a marker object exists: zero bytes, named like a "directory" other objects
+    /// live under (Swift has no directories; a local site does, see [`local::LocalSite`]).
+    fn put_marker(&self, name: &str) -> Result<(), PublishError> {
+        self.put_bytes(name, b"", "application/directory", true)
+            .map(|_| ())
+    }
+    /// Whether a create-only write is atomic (a local link(2) is; Swift checks `If-None-Match`
+    /// before it writes, so two writers at once may both succeed and the newer wins).
+    fn create_only_is_atomic(&self) -> bool {
+        false
+    }
+    /// The container and its read ACL (`X-Container-Read`, "" when unset), for stores that
+    /// sites read anonymously; `None` for stores without one (a directory).
+    fn read_acl(&self) -> Result<Option<(String, String)>, PublishError> {
+        Ok(None)
+    }
     /// Segment sets a large object of this store may use, for [`gc_segments`].
     fn segment_sets(&self) -> Result<Vec<(String, String)>, PublishError> {
         Ok(vec![])
@@ -234,6 +316,12 @@ pub fn publish_image(
     opts: &PublishOptions,
 ) -> Result<Outcome, PublishError> {
     let scope = opts.scope;
+    let manifest = contract::site_manifest(&image.name, &image.manifest).map_err(|p| {
+        PublishError::Manifest {
+            name: image.name.clone(),
+            message: p.0,
+        }
+    })?;
     let live = read_pointer(site, scope, &image.name)?;
     let local: BTreeMap<String, String> = image
         .files
@@ -249,30 +337,62 @@ pub fn publish_image(
         });
     }
 
-    let holding = versions_holding(site, scope, &image.name)?;
-    let version = match &opts.version {
-        Some(v) => {
-            if holding.contains(v) {
-                return Err(PublishError::VersionTaken {
-                    site: site.describe(),
-                    version: v.to_string(),
-                    name: image.name.clone(),
-                });
+    let pick = |taken: &[Version]| -> Result<Version, PublishError> {
+        match &opts.version {
+            Some(v) => {
+                if taken.contains(v) && !versions_holding(site, scope, &image.name)?.contains(v) {
+                    return Err(PublishError::VersionClaimed {
+                        site: site.describe(),
+                        version: v.to_string(),
+                        name: image.name.clone(),
+                    });
+                }
+                if taken.contains(v) {
+                    return Err(PublishError::VersionTaken {
+                        site: site.describe(),
+                        version: v.to_string(),
+                        name: image.name.clone(),
+                    });
+                }
+                if let Some(other) = taken.iter().find(|t| t.prefix_collides(v)) {
+                    return Err(PublishError::PrefixCollision {
+                        site: site.describe(),
+                        version: v.to_string(),
+                        other: other.to_string(),
+                        name: image.name.clone(),
+                    });
+                }
+                Ok(v.clone())
             }
-            v.clone()
+            None => {
+                layout::next_free(&opts.today, taken).ok_or_else(|| PublishError::NoFreeVersion {
+                    site: site.describe(),
+                    date: opts.today.clone(),
+                    name: image.name.clone(),
+                })
+            }
         }
-        None => layout::next_free(&opts.today, &holding),
     };
-    let name_of = |file: &str| layout::object(scope, &version, file);
-    let manifest_name = name_of(&layout::manifest_file(&image.name));
+    // An earlier publish of these very files that stopped before its manifest (killed, a
+    // network failure) left its claim: resume in its version, where whatever it sent is
+    // these same bytes (segments are named by content, so nothing is sent twice).
+    let resume = resumable_claim(site, scope, &image.name, &local, opts.version.as_ref())?;
+    let mut version = match &resume {
+        Some((v, _)) => v.clone(),
+        None => pick(&versions_taken(site, scope, &image.name)?)?,
+    };
+    let name_of = |version: &Version, file: &str| layout::object(scope, version, file);
 
     if opts.dry_run {
-        let mut objects: Vec<String> = image
-            .files
-            .iter()
-            .map(|f| name_of(&format!("{}.{}", image.name, f.format)))
-            .collect();
-        objects.push(manifest_name);
+        let mut objects = vec![layout::claim(scope, &version, &image.name)];
+        objects.push(layout::marker(scope, &version));
+        objects.extend(
+            image
+                .files
+                .iter()
+                .map(|f| name_of(&version, &format!("{}.{}", image.name, f.format))),
+        );
+        objects.push(name_of(&version, &layout::manifest_file(&image.name)));
         objects.push(layout::pointer(scope, &image.name));
         objects.push(layout::current(scope));
         return Ok(Outcome::DryRun {
@@ -280,6 +400,30 @@ pub fn publish_image(
             objects,
         });
     }
+
+    // Claim the version before writing anything in it. A lost claim means a concurrent
+    // publisher of this image took the version: take the next free one (or, for an explicit
+    // --version, stop).
+    let mut attempts = 0;
+    let (resumed, token) = match resume {
+        Some((_, token)) => (true, token),
+        None => (false, claim_token(&local)),
+    };
+    while !resumed && !claim(site, scope, &version, &image.name, &token)? {
+        attempts += 1;
+        if opts.version.is_some() || attempts >= 50 {
+            return Err(PublishError::VersionTaken {
+                site: site.describe(),
+                version: version.to_string(),
+                name: image.name.clone(),
+            });
+        }
+        version = pick(&versions_taken(site, scope, &image.name)?)?;
+    }
+    site.put_marker(&layout::marker(scope, &version))?;
+    let version = version;
+    let name_of = |file: &str| name_of(&version, file);
+    let manifest_name = name_of(&layout::manifest_file(&image.name));
 
     // The files must still be what the build recorded: a file changed since (or a bad disk)
     // would otherwise be published under the recorded digest. They are re-hashed while they
@@ -331,7 +475,23 @@ pub fn publish_image(
         }
         uploaded
     })?;
-    match site.put_bytes(&manifest_name, &image.manifest, "application/json", true)? {
+    // A claim that changed hands (it cannot, short of someone deleting it) must not end in a
+    // manifest over another publisher's files.
+    if site
+        .get(&layout::claim(scope, &version, &image.name))?
+        .as_deref()
+        != Some(token.as_bytes())
+    {
+        return Err(PublishError::Verify {
+            site: site.describe(),
+            message: format!(
+                "the claim on {} in {scope}/versions/{version} is no longer this publisher's; \
+                 the version does not hold the image",
+                image.name
+            ),
+        });
+    }
+    match site.put_bytes(&manifest_name, &manifest, "application/json", true)? {
         PutOutcome::Written => {}
         PutOutcome::Exists => {
             return Err(PublishError::VersionTaken {
@@ -406,6 +566,105 @@ fn write_pointer(site: &dyn ObjectStore, scope: &str, p: &Pointer) -> Result<(),
         false,
     )?;
     Ok(())
+}
+
+/// The newest claim on `name` whose version does not hold it yet and whose files are `local`
+/// (the wanted version only, when one is given): (its version, its body).
+fn resumable_claim(
+    site: &dyn ObjectStore,
+    scope: &str,
+    name: &str,
+    local: &BTreeMap<String, String>,
+    wanted: Option<&Version>,
+) -> Result<Option<(Version, String)>, PublishError> {
+    let holding = versions_holding(site, scope, name)?;
+    let claims: Vec<String> = site
+        .list(&layout::claims_prefix(scope))?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    let mut mine: Vec<Version> = layout::claims_in(scope, &claims)
+        .into_iter()
+        .filter(|(v, image)| image == name && !holding.contains(v))
+        .filter(|(v, _)| wanted.is_none_or(|w| w == v))
+        .map(|(v, _)| v)
+        .collect();
+    mine.sort();
+    for v in mine.into_iter().rev() {
+        let Some(body) = site.get(&layout::claim(scope, &v, name))? else {
+            continue;
+        };
+        let same = serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|c| c["sha256"] == serde_json::json!(local));
+        if same && let Ok(body) = String::from_utf8(body) {
+            return Ok(Some((v, body)));
+        }
+    }
+    Ok(None)
+}
+
+/// A unique claim body: host, process, thread and time (read back to tell claims apart), and
+/// the files' digests (a later publish of the same files resumes in the claimed version).
+fn claim_token(sha256: &BTreeMap<String, String>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    serde_json::json!({
+        "host": host.trim(),
+        "pid": std::process::id(),
+        "thread": format!("{:?}", std::thread::current().id()),
+        "nanos": nanos.to_string(),
+        "claimed_at": now_rfc3339(),
+        "sha256": sha256,
+    })
+    .to_string()
+}
+
+/// Claims `name` in `version`: a create-only write of the claim object, then (on a store
+/// whose create-only is not atomic) a pause and a consistent read back, since two Swift PUTs
+/// with `If-None-Match: *` can both pass the check: the newer write wins, and both writers
+/// see which one did once the pause let both land. `false`: someone else holds the claim.
+pub fn claim(
+    site: &dyn ObjectStore,
+    scope: &str,
+    version: &Version,
+    name: &str,
+    token: &str,
+) -> Result<bool, PublishError> {
+    let object = layout::claim(scope, version, name);
+    if site.put_bytes(&object, token.as_bytes(), "application/json", true)? == PutOutcome::Exists {
+        return Ok(false);
+    }
+    if site.create_only_is_atomic() {
+        return Ok(true);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(site.get(&object)?.as_deref() == Some(token.as_bytes()))
+}
+
+/// The versions `name` may not go into: those holding it and those claimed for it.
+pub fn versions_taken(
+    site: &dyn ObjectStore,
+    scope: &str,
+    name: &str,
+) -> Result<Vec<Version>, PublishError> {
+    let mut taken = versions_holding(site, scope, name)?;
+    let claims: Vec<String> = site
+        .list(&layout::claims_prefix(scope))?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    taken.extend(
+        layout::claims_in(scope, &claims)
+            .into_iter()
+            .filter(|(_, image)| image == name)
+            .map(|(v, _)| v),
+    );
+    taken.sort();
+    taken.dedup();
+    Ok(taken)
 }
 
 /// The versions of `scope` that hold `name` (whose `<Name>.manifest` exists).
@@ -599,13 +858,25 @@ pub fn promote(
             site.describe()
         )));
     }
-    if versions_holding(site, to_scope, name)?.contains(version) {
+    let taken = versions_taken(site, to_scope, name)?;
+    let digests = pointer_for(site, from_scope, name, version)?.sha256;
+    if taken.contains(version) || !claim(site, to_scope, version, name, &claim_token(&digests))? {
         return Err(PublishError::VersionTaken {
             site: site.describe(),
             version: format!("{to_scope}/versions/{version}"),
             name: name.to_string(),
         });
     }
+    if let Some(other) = taken.iter().find(|t| t.prefix_collides(version)) {
+        let _ = site.delete(&layout::claim(to_scope, version, name));
+        return Err(PublishError::PrefixCollision {
+            site: site.describe(),
+            version: format!("{to_scope}/versions/{version}"),
+            other: other.to_string(),
+            name: name.to_string(),
+        });
+    }
+    site.put_marker(&layout::marker(to_scope, version))?;
     let prefix = layout::object(from_scope, version, &format!("{name}."));
     let mut files: Vec<String> = site
         .list(&prefix)?
@@ -648,6 +919,7 @@ pub fn prune(
         }
     }
     let mut removed = Vec::new();
+    let mut emptied = std::collections::BTreeSet::new();
     for (image, mut vs) in by_image {
         vs.sort_by(|a, b| b.0.cmp(&a.0));
         for (v, files) in vs.into_iter().skip(keep) {
@@ -661,8 +933,18 @@ pub fn prune(
                 for f in files {
                     site.delete(&layout::object(scope, &v, &f))?;
                 }
+                site.delete(&layout::claim(scope, &v, &image))?;
+                emptied.insert(v.clone());
             }
             removed.push((v.to_string(), image.clone()));
+        }
+    }
+    // A version left with nothing in it loses its marker too (a puller never reads it again,
+    // and a marker alone is what upstream's prune leaves behind as clutter).
+    for v in emptied {
+        let inside = format!("{}/", layout::marker(scope, &v));
+        if site.list(&inside)?.is_empty() {
+            site.delete(&layout::marker(scope, &v))?;
         }
     }
     if !dry_run && !removed.is_empty() {
@@ -695,4 +977,17 @@ pub fn gc_segments(site: &dyn ObjectStore) -> Result<(), PublishError> {
         }
     }
     Ok(())
+}
+
+/// Refuses a store the sites could not read anonymously: a Swift container whose read ACL
+/// does not grant `.r:*,.rlistings` (stores without an ACL pass).
+pub fn check_public(site: &dyn ObjectStore) -> Result<(), PublishError> {
+    match site.read_acl()? {
+        Some((container, acl)) if !contract::acl_is_public(&acl) => Err(PublishError::NotPublic {
+            site: site.describe(),
+            container,
+            acl: if acl.is_empty() { "none".into() } else { acl },
+        }),
+        _ => Ok(()),
+    }
 }

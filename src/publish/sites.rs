@@ -40,7 +40,7 @@ pub enum SiteError {
 }
 
 impl SiteError {
-    fn open(e: impl miette::Diagnostic + Send + Sync + 'static) -> Self {
+    pub(crate) fn open(e: impl miette::Diagnostic + Send + Sync + 'static) -> Self {
         SiteError::Open(Box::new(e))
     }
 
@@ -65,6 +65,7 @@ pub fn with_default_site(model: &mut Model) {
                 container: "chameleon-supported-images".into(),
                 region: None,
                 path: Some("out/publish".into()),
+                public: false,
             },
         );
     }

@@ -846,6 +846,19 @@ impl ObjectStore for SwiftSite {
         }
     }
 
+    fn read_acl(&self) -> Result<Option<(String, String)>, PublishError> {
+        let r = self.request("HEAD", "", &[], &[], Body::Empty)?;
+        match r.status {
+            200..=299 => Ok(Some((
+                self.container.clone(),
+                Self::header(&r, "x-container-read")
+                    .unwrap_or_default()
+                    .to_string(),
+            ))),
+            s => Err(self.http_error("HEAD", "", s, &r.body)),
+        }
+    }
+
     fn segment_sets(&self) -> Result<Vec<(String, String)>, PublishError> {
         let mut sets = std::collections::BTreeMap::new();
         for (name, _, _) in self.list_raw(layout::SEGMENTS)? {

@@ -11,6 +11,7 @@ mod inspect;
 mod manifests;
 mod pipes;
 mod publish;
+mod site_contract;
 mod sources;
 
 #[test]

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Env, Run, repo, write};
 
-struct Rig {
+pub(crate) struct Rig {
     vars: BTreeMap<String, String>,
 }
 
 /// Starts (or finds) the rig once per test process.
-fn rig() -> &'static Rig {
+pub(crate) fn rig() -> &'static Rig {
     static RIG: OnceLock<Rig> = OnceLock::new();
     RIG.get_or_init(|| {
         let status = Command::new("bash")
@@ -38,14 +38,14 @@ fn rig() -> &'static Rig {
 }
 
 impl Rig {
-    fn var(&self, k: &str) -> &str {
+    pub(crate) fn var(&self, k: &str) -> &str {
         self.vars
             .get(k)
             .unwrap_or_else(|| panic!("{k} not in the rig's env file"))
     }
 
     /// A token of the rig's user, fetched once (they live an hour).
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         static TOKEN: OnceLock<String> = OnceLock::new();
         TOKEN.get_or_init(|| self.new_token()).clone()
     }
@@ -83,11 +83,11 @@ impl Rig {
     }
 
     /// An HTTP request to the project's Swift account; (status, body).
-    fn swift(&self, method: &str, path: &str) -> (u16, String) {
+    pub(crate) fn swift(&self, method: &str, path: &str) -> (u16, String) {
         self.swift_with(method, path, &[])
     }
 
-    fn swift_with(&self, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    pub(crate) fn swift_with(&self, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
         let mut cmd = Command::new("curl");
         for h in headers {
             cmd.args(["-H", h]);
@@ -105,9 +105,10 @@ impl Rig {
 
     /// A fresh container, emptied and removed when the guard drops (the rig is shared and
     /// long-lived: tests must not fill it).
-    fn container(&'static self, name: &str) -> Container {
+    pub(crate) fn container(&'static self, name: &str) -> Container {
         self.swift("DELETE", name);
-        let (code, _) = self.swift("PUT", name);
+        // Public, as the real container is: every site's puller reads it anonymously.
+        let (code, _) = self.swift_with("PUT", name, &["X-Container-Read: .r:*,.rlistings"]);
         assert!(code == 201 || code == 202, "container {name}: {code}");
         Container {
             rig: self,
@@ -137,7 +138,7 @@ impl Rig {
     }
 
     /// (name, bytes, last_modified) of the container's objects under a prefix.
-    fn listing(&self, container: &str, prefix: &str) -> Vec<(String, u64, String)> {
+    pub(crate) fn listing(&self, container: &str, prefix: &str) -> Vec<(String, u64, String)> {
         let (code, body) = self.swift(
             "GET",
             &format!("{container}?format=json&limit=10000&prefix={prefix}"),
@@ -157,14 +158,14 @@ impl Rig {
             .collect()
     }
 
-    fn get(&self, container: &str, object: &str) -> String {
+    pub(crate) fn get(&self, container: &str, object: &str) -> String {
         let (code, body) = self.swift("GET", &format!("{container}/{object}"));
         assert_eq!(code, 200, "{container}/{object}: {body}");
         body
     }
 }
 
-struct Container {
+pub(crate) struct Container {
     rig: &'static Rig,
     name: String,
 }
@@ -182,14 +183,14 @@ impl Drop for Container {
 }
 
 /// A project with only sites, and generated images.
-struct Project {
+pub(crate) struct Project {
     dir: tempfile::TempDir,
     env: Env,
     clouds: Option<String>,
 }
 
 impl Project {
-    fn new(sites: &str) -> Self {
+    pub(crate) fn new(sites: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path().join("manifests/images.ncl"), "{}\n");
         write(dir.path().join("manifests/sites.ncl"), sites);
@@ -200,20 +201,25 @@ impl Project {
         }
     }
 
-    fn with_rig(sites: &str) -> Self {
+    pub(crate) fn with_rig(sites: &str) -> Self {
         let mut p = Self::new(sites);
         p.clouds = Some(rig().var("OS_CLIENT_CONFIG_FILE").to_string());
         p
     }
 
-    fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.dir.path()
     }
 
     /// Images `<Name>.qcow2` of `size` bytes (and a small `.raw`), their provenance and
     /// SHA256SUMS, in `images/`; `seed` varies the content.
-    fn images(&self, names: &[&str], size: usize, seed: u8) -> PathBuf {
-        let out = self.root().join("images");
+    pub(crate) fn images(&self, names: &[&str], size: usize, seed: u8) -> PathBuf {
+        self.images_in("images", names, size, seed)
+    }
+
+    /// [`Project::images`] in another directory of the project.
+    pub(crate) fn images_in(&self, dir: &str, names: &[&str], size: usize, seed: u8) -> PathBuf {
+        let out = self.root().join(dir);
         std::fs::create_dir_all(&out).unwrap();
         for name in names {
             let mut data = vec![0u8; size];
@@ -229,9 +235,7 @@ impl Project {
             std::fs::write(out.join(format!("{name}.raw")), &data[..1000]).unwrap();
             write(
                 out.join(format!("{name}.d/{name}_provenance.json")),
-                &format!(
-                    "{{\"build-tag\": \"{name}-{seed}\", \"chameleon-supported\": \"true\"}}\n"
-                ),
+                &provenance(name, &build_time(seed)),
             );
         }
         let mut sums = String::new();
@@ -260,7 +264,7 @@ impl Project {
         cmd
     }
 
-    fn ccb(&self, args: &[&str]) -> Run {
+    pub(crate) fn ccb(&self, args: &[&str]) -> Run {
         let out = self.cmd(args).output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
@@ -269,7 +273,7 @@ impl Project {
         }
     }
 
-    fn spawn(&self, args: &[&str]) -> Child {
+    pub(crate) fn spawn(&self, args: &[&str]) -> Child {
         self.cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -278,7 +282,32 @@ impl Project {
     }
 }
 
-fn sha256(path: &Path) -> String {
+/// The build time of the images made with `seed`, in the sites' format.
+pub(crate) fn build_time(seed: u8) -> String {
+    format!(
+        "2026-12-06 09:{:02}:00.{:06}",
+        seed % 60,
+        u32::from(seed) * 1001
+    )
+}
+
+/// A provenance record as `ccb build` writes it.
+pub(crate) fn provenance(name: &str, timestamp: &str) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "build-distro": "debian",
+        "build-release": "bookworm",
+        "build-variant": "base",
+        "build-repo": "https://github.com/ChameleonCloud/cc-images",
+        "build-repo-commit": "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        "build-timestamp": timestamp,
+        "build-tag": format!("{name}-{timestamp}"),
+        "build-ipa": "false",
+        "chameleon-supported": "true",
+    }))
+    .unwrap()
+}
+
+pub(crate) fn sha256(path: &Path) -> String {
     let o = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&o.stdout)
         .split_whitespace()
@@ -287,7 +316,7 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     let o = Command::new("date")
         .args(["-u", "+%Y%m%d"])
         .output()
@@ -499,7 +528,7 @@ fn a_local_site_gets_the_layout_and_versions_are_never_overwritten() {
     );
 }
 
-fn swift_site(container: &str, cloud: &str) -> String {
+pub(crate) fn swift_site(container: &str, cloud: &str) -> String {
     format!(
         r#"{{
   rig = {{ name = "Rig", baremetal = true, kind = 'swift, cloud = "{cloud}", container = "{container}", formats = ['qcow2, 'raw] }},
@@ -954,7 +983,10 @@ fn published_images_are_inspected_through_the_site_and_a_public_url() {
             .arg(&qcow),
     );
     std::fs::remove_file(&raw).unwrap();
-    write(out.join("CC-Remote.d/CC-Remote_provenance.json"), "{}\n");
+    write(
+        out.join("CC-Remote.d/CC-Remote_provenance.json"),
+        &provenance("CC-Remote", &build_time(1)),
+    );
     write(
         out.join("SHA256SUMS"),
         &format!("{}  CC-Remote.qcow2\n", sha256(&qcow)),
