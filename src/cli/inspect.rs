@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{CliError, Context};
 use crate::inspect::remote::{self, HttpRange, Opened};
-use crate::inspect::{ReadAt, check, disk, fs::Filesystem, image};
+use crate::inspect::{ReadAt, check, disk, drivers, fs::Filesystem, image};
 use crate::label;
 use crate::manifest::Model;
 use crate::publish::layout;
@@ -347,6 +347,7 @@ pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
             Ok((desc, fs)) => {
                 root_desc = desc;
                 results.extend(check::executables(fs.as_ref(), &model.inspect, &s.name));
+                results.extend(drivers::check(fs.as_ref(), &model.inspect.initramfs));
                 if model.inspect.compare_dpkg_manifest {
                     let rpm = check::is_rpm_image(fs.as_ref());
                     let (kind, manifest) = if rpm {

@@ -439,7 +439,7 @@ impl<'a> Cpio<'a> {
                         i += zeros;
                         continue;
                     }
-                    if have == 0 && self.seen % 4 != 0 {
+                    if have == 0 && !self.seen.is_multiple_of(4) {
                         return Err(
                             self.corrupt("a header not aligned to 4 bytes (broken padding)")
                         );
