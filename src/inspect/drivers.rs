@@ -52,11 +52,15 @@ pub fn kernels(fs: &dyn Filesystem) -> Vec<Kernel> {
             }
         }
     }
-    if versions.is_empty()
-        && let Ok(entries) = fs.read_dir("/lib/modules")
-    {
+    for lib in ["/lib", "/usr/lib"] {
+        if !versions.is_empty() {
+            break;
+        }
+        let Ok(entries) = fs.read_dir(&format!("{lib}/modules")) else {
+            continue;
+        };
         for e in entries {
-            let kernel = format!("/lib/modules/{}/vmlinuz", e.name);
+            let kernel = format!("{lib}/modules/{}/vmlinuz", e.name);
             if fs.metadata(&kernel).is_ok_and(|m| m.kind == FileKind::File) {
                 versions.insert(e.name);
             }
@@ -148,14 +152,17 @@ fn check_kernel(fs: &dyn Filesystem, k: &Kernel, required: &[String]) -> Vec<Che
             packed.entry(m).or_insert(e.name.as_str());
         }
     }
-    let builtin_path = format!("/lib/modules/{}/modules.builtin", k.version);
-    let builtin: BTreeSet<String> = fs
-        .read(&builtin_path)
-        .map(|b| {
-            String::from_utf8_lossy(&b)
+    // `/lib` is a link to `usr/lib` on merged-/usr systems only.
+    let (builtin_path, builtin) = ["/lib", "/usr/lib"]
+        .iter()
+        .map(|lib| format!("{lib}/modules/{}/modules.builtin", k.version))
+        .find_map(|p| fs.read(&p).ok().map(|b| (p, b)))
+        .map(|(p, b)| {
+            let names: BTreeSet<String> = String::from_utf8_lossy(&b)
                 .lines()
                 .filter_map(module_of)
-                .collect()
+                .collect();
+            (p, names)
         })
         .unwrap_or_default();
     let mut out = vec![CheckResult {
