@@ -443,3 +443,28 @@ fn an_xz_dictionary_over_the_window_limit_is_refused_before_allocation() {
     );
     initramfs::read(&image).expect("within the default limit");
 }
+
+#[test]
+fn lz4_legacy_streams_of_several_blocks_and_back_to_back_are_read_whole() {
+    // 20 MiB of varied data: three 8 MiB legacy blocks.
+    let big: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let first = cpio(
+        &[("usr/lib/firmware/big.bin", &big), ("init", b"x")],
+        "newc",
+    );
+    let second = cpio(&[("etc/after.conf", b"y")], "newc");
+    let mut image = compress(Compression::Lz4, &first);
+    // `cat a.lz4 b.lz4`: the kernel reads the repeated magic as the start of more blocks.
+    image.extend(compress(Compression::Lz4, &second));
+    let got = initramfs::read(&image).expect("read");
+    assert_eq!(got.segments.len(), 1);
+    let n = names(&got);
+    for want in ["usr/lib/firmware/big.bin", "init", "etc/after.conf"] {
+        assert!(n.contains(&want), "{want} not in {n:?}");
+    }
+    let big_entry = got.entries.iter().find(|e| e.name.ends_with("big.bin"));
+    assert_eq!(big_entry.map(|e| e.size), Some(20 << 20));
+    assert_eq!(got.unpacked, (first.len() + second.len()) as u64);
+}
