@@ -41,3 +41,25 @@ for f in *.qcow2; do
     cp "$f" "$OLDPWD/$out/seed-$f"
 done
 ls -l "$OLDPWD/$out"
+
+# The `initramfs` target: small archives as initramfs generators write them: each compression,
+# the crc format, and an uncompressed early-microcode cpio before a compressed main archive.
+# (Still in "$tmp": $OLDPWD is fuzz/.)
+out=corpus/initramfs
+mkdir -p "$OLDPWD/$out"
+mkdir -p root/usr/lib/modules/6.1.0-1-amd64/kernel/drivers/nvme/host root/kernel/x86/microcode
+printf '#!/bin/sh\n' > root/init
+printf 'ELF' > root/usr/lib/modules/6.1.0-1-amd64/kernel/drivers/nvme/host/nvme.ko.zst
+head -c 300 /dev/urandom > root/kernel/x86/microcode/GenuineIntel.bin
+(cd root && find init usr | cpio --quiet -o -H newc) > main.cpio
+(cd root && find init usr | cpio --quiet -o -H crc) > crc.cpio
+(cd root && find kernel | cpio --quiet -o -H newc) > ucode.cpio
+gzip -n -c main.cpio > main.gz
+zstd -q -c main.cpio > main.zst
+xz --check=crc32 --lzma2=dict=64KiB -c main.cpio > main.xz
+lz4 -l -q -c main.cpio > main.lz4
+for f in main.cpio crc.cpio main.gz main.zst main.xz main.lz4; do
+    cp "$f" "$OLDPWD/$out/seed-$f"
+    cat ucode.cpio "$f" > "$OLDPWD/$out/seed-ucode-$f"
+done
+ls -l "$OLDPWD/$out"

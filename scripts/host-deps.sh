@@ -20,6 +20,12 @@ ccb_host_tools=(
     # The rpm database tests make packages and an SQLite rpmdb with the real rpm.
     rpm:rpm
     rpmbuild:rpm
+    # The initramfs reader's tests pack archives with the tools initramfs generators use.
+    cpio:cpio
+    gzip:gzip
+    zstd:zstd
+    xz:xz-utils
+    lz4:lz4
 )
 
 ensure_host_tools() {

@@ -7,6 +7,8 @@
 //! - [`disk`]: partition tables (GPT, MBR) and finding the root filesystem;
 //! - [`fs`]: read-only filesystems (ext4; XFS), paths resolved inside the image;
 //! - [`dpkg`]: the dpkg status database and the build's manifest;
+//! - [`initramfs`]: the files of an initramfs image (cpio; gzip, zstd, xz, lz4), and
+//!   [`drivers`], the check that it holds the storage drivers a node needs;
 //! - [`remote`]: images over HTTP, read by ranges;
 //! - the checks and the command (`src/cli/inspect.rs`).
 //!
@@ -16,8 +18,10 @@
 pub mod check;
 pub mod disk;
 pub mod dpkg;
+pub mod drivers;
 pub mod fs;
 pub mod image;
+pub mod initramfs;
 pub mod qcow2;
 pub mod remote;
 pub mod rpm;

@@ -225,6 +225,21 @@ pub struct InspectChecks {
     #[serde(default)]
     pub exempt: BTreeMap<String, Vec<String>>,
     pub compare_dpkg_manifest: bool,
+    /// The storage drivers every kernel's initramfs must hold.
+    #[serde(default)]
+    pub initramfs: InitramfsChecks,
+}
+
+/// What `ccb inspect` requires of each kernel's initramfs (`src/inspect/drivers.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitramfsChecks {
+    /// Kernel modules that must be in the initramfs or built into the kernel.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Also the module of the image's root filesystem (`ext4`, `xfs`).
+    #[serde(default)]
+    pub root_filesystem: bool,
 }
 
 /// Settings of the whole project (`manifests/project.ncl`).

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::build::BuildRequest;
 use super::{CommandError, Session, SessionOptions};
 use crate::inspect::remote::{self, HttpRange, Opened};
-use crate::inspect::{ReadAt, check, disk, fs::Filesystem, image};
+use crate::inspect::{ReadAt, check, disk, drivers, fs::Filesystem, image};
 use crate::label;
 use crate::manifest::Model;
 use crate::publish::layout;
@@ -364,6 +364,7 @@ pub fn inspect(
             Ok((desc, fs)) => {
                 root_desc = desc;
                 results.extend(check::executables(fs.as_ref(), &model.inspect, &s.name));
+                results.extend(drivers::check(fs.as_ref(), &model.inspect.initramfs));
                 if model.inspect.compare_dpkg_manifest {
                     let rpm = check::is_rpm_image(fs.as_ref());
                     let (kind, manifest) = if rpm {

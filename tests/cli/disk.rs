@@ -419,4 +419,11 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
             .contains("packages installed as built"),
         "{dpkg}"
     );
+    // The storage drivers of inspect.ncl are in the kernel's initramfs (or built in).
+    let drivers: Vec<&str> = checks
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|n| n.starts_with("initramfs:"))
+        .collect();
+    assert!(drivers.iter().any(|n| n.ends_with(":nvme")), "{drivers:?}");
 }

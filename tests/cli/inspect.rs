@@ -39,6 +39,17 @@ const STATUS: &str = "Package: cloud-init\nStatus: install ok installed\nArchite
 /// `<dir>/<name>.raw`: GPT (BIOS boot, ESP, root) whose ext4 root holds `tree`, with the dpkg
 /// manifest of the "build" beside it as `ccb build --out` lays it out.
 pub(crate) fn disk(dir: &Path, name: &str, cloud_init_mode: u32, manifest_libc: &str) -> PathBuf {
+    disk_with(dir, name, cloud_init_mode, manifest_libc, &[])
+}
+
+/// [`disk`] with more files in its root: `(path, content)`.
+fn disk_with(
+    dir: &Path,
+    name: &str,
+    cloud_init_mode: u32,
+    manifest_libc: &str,
+    extra: &[(&str, Vec<u8>)],
+) -> PathBuf {
     let root = dir.join(format!("{name}-root"));
     let _ = std::fs::remove_dir_all(&root);
     for d in ["usr/bin", "usr/local/bin", "usr/lib", "etc", "var/lib/dpkg"] {
@@ -59,6 +70,11 @@ pub(crate) fn disk(dir: &Path, name: &str, cloud_init_mode: u32, manifest_libc: 
         .arg("0755")
         .arg(root.join("usr/local/bin/cc-read-vendordata")));
     write(root.join("var/lib/dpkg/status"), STATUS);
+    for (path, content) in extra {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
 
     let raw = dir.join(format!("{name}.raw"));
     let _ = std::fs::remove_file(&raw);
@@ -199,4 +215,159 @@ fn local_images_pass_or_fail_with_a_line_per_check() {
     let r = ccb(&env, p.path(), &["inspect", cut.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+/// `find . | cpio -o -H newc` of `files` (`(path, content)`), as mkinitramfs packs them.
+fn cpio(dir: &Path, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let _ = std::fs::remove_dir_all(dir);
+    for (path, content) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio --quiet -o -H newc")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn the_initramfs_of_each_kernel_must_hold_the_storage_drivers_of_inspect_ncl() {
+    let env = Env::new();
+    let p = project();
+    write(
+        p.path().join("manifests/inspect.ncl"),
+        r#"{
+  executables = { "usr/bin" = ["cloud-init"] },
+  compare_dpkg_manifest = false,
+  initramfs = { modules = ["nvme", "ahci", "virtio-blk"], root_filesystem = true },
+}
+"#,
+    );
+    const V: &str = "6.1.0-99-amd64";
+    // Debian's layout: an uncompressed early-microcode cpio, then the zstd main archive.
+    let initrd = |modules: &[&str]| -> Vec<u8> {
+        let mut image = cpio(
+            &p.path().join("ucode"),
+            &[("kernel/x86/microcode/GenuineIntel.bin", b"ucode")],
+        );
+        let files: Vec<(String, &[u8])> = modules
+            .iter()
+            .map(|m| (format!("usr/lib/modules/{V}/kernel/{m}"), b"ELF" as &[u8]))
+            .chain([("init".to_string(), b"#!/bin/sh\n" as &[u8])])
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        let main = cpio(&p.path().join("main"), &refs);
+        let zst = Command::new("sh")
+            .arg("-c")
+            .arg("zstd -q -c")
+            .stdin(
+                std::fs::File::open({
+                    let f = p.path().join("main.cpio");
+                    std::fs::write(&f, &main).unwrap();
+                    f
+                })
+                .unwrap(),
+            )
+            .output()
+            .unwrap();
+        assert!(zst.status.success());
+        image.extend(zst.stdout);
+        image
+    };
+    // virtio_blk is built into this kernel; an initramfs of the build VM's drivers only (as
+    // dracut's hostonly mode makes) lacks nvme and the root's ext4.
+    let boot = |initrd: Vec<u8>| -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("boot/vmlinuz-6.1.0-99-amd64", b"kernel".to_vec()),
+            ("boot/initrd.img-6.1.0-99-amd64", initrd),
+            (
+                "usr/lib/modules/6.1.0-99-amd64/modules.builtin",
+                b"kernel/drivers/block/virtio_blk.ko\nkernel/lib/crc32.ko\n".to_vec(),
+            ),
+        ]
+    };
+    let hostonly = disk_with(
+        p.path(),
+        "CC-Hostonly",
+        0o755,
+        "2.36-9",
+        &boot(initrd(&["drivers/ata/ahci.ko.zst"])),
+    );
+    let run = ccb(&env, p.path(), &["inspect", hostonly.to_str().unwrap()]).fails();
+    for line in [
+        format!("FAIL initramfs:{V}:nvme "),
+        format!("FAIL initramfs:{V}:ext4 "),
+        format!("ok   initramfs:{V}:ahci "),
+        format!("ok   initramfs:{V}:virtio-blk "),
+    ] {
+        assert!(run.stdout.contains(&line), "{line:?} in\n{}", run.stdout);
+    }
+    assert!(
+        run.stdout.contains("built into the kernel"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("cpio + zstd cpio"), "{}", run.stdout);
+    let json = ccb(
+        &env,
+        p.path(),
+        &["inspect", hostonly.to_str().unwrap(), "--format", "json"],
+    )
+    .fails()
+    .json();
+    let failed: Vec<&str> = json["images"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        [format!("initramfs:{V}:nvme"), format!("initramfs:{V}:ext4")]
+    );
+
+    // A generic initramfs passes.
+    let generic = disk_with(
+        p.path(),
+        "CC-Generic",
+        0o755,
+        "2.36-9",
+        &boot(initrd(&[
+            "drivers/ata/ahci.ko.zst",
+            "drivers/nvme/host/nvme.ko.xz",
+            "fs/ext4/ext4.ko",
+        ])),
+    );
+    let run = ccb(&env, p.path(), &["inspect", generic.to_str().unwrap()]).ok();
+    assert!(
+        run.stdout.contains("PASS: 6 checks, 0 failed"),
+        "{}",
+        run.stdout
+    );
+
+    // A kernel without an initramfs, and a corrupt one, are named.
+    let mut cut = initrd(&["fs/ext4/ext4.ko"]);
+    cut.truncate(cut.len() - 20);
+    let corrupt = disk_with(p.path(), "CC-Corrupt", 0o755, "2.36-9", &boot(cut));
+    let run = ccb(&env, p.path(), &["inspect", corrupt.to_str().unwrap()]).fails();
+    assert!(
+        run.stdout.contains(&format!("FAIL initramfs:{V} ")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("zstd data is corrupt or truncated"),
+        "{}",
+        run.stdout
+    );
 }
