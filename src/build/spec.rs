@@ -42,6 +42,9 @@ pub enum Step {
     InstallBin { name: String },
     /// install-static, done by the engine: the layer's own `static/` trees onto `/`.
     InstallStatic { name: String },
+    /// dib-init-system's install.d step, done by the engine: the layer's own elements'
+    /// `init-scripts/<init_system>/` into the init system's directory.
+    InitScripts { name: String, init_system: String },
 }
 
 impl Step {
@@ -50,7 +53,8 @@ impl Step {
             Step::Script { name, .. }
             | Step::Packages { name, .. }
             | Step::InstallBin { name }
-            | Step::InstallStatic { name } => name,
+            | Step::InstallStatic { name }
+            | Step::InitScripts { name, .. } => name,
         }
     }
 
@@ -61,6 +65,7 @@ impl Step {
             Step::Packages { .. } => "package-installs",
             Step::InstallBin { .. } => "install-bin",
             Step::InstallStatic { .. } => "install-static",
+            Step::InitScripts { .. } => "dib-init-system",
         }
     }
 }
@@ -117,6 +122,10 @@ pub struct ActionSpec {
     /// variable as a read-only path (inside the chroot under /tmp/ccb/artifacts).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, PathBuf>,
+    /// A `command not found` in a step's output fails the step (`--strict`). Not an input of
+    /// the key: it decides whether a result is accepted, never what it holds.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -68,6 +68,9 @@ pub struct BuildArgs {
     /// enters the keys: how a site passes its mirrors or repository URLs without committing them
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     env: Vec<String>,
+    /// Fail a step whose output says a command it called was not found (else a warning)
+    #[arg(long)]
+    strict: bool,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }
@@ -92,6 +95,7 @@ impl BuildArgs {
             until: Some(Stage::Disk),
             out: None,
             env,
+            strict: false,
             format: OutputFormat::Text,
         }
     }
@@ -321,6 +325,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         distdirs: crate::fetch::distdirs_from_env(),
         offline: ctx.offline,
         swift: Some(&swift),
+        strict: a.strict,
     };
     let progress = Progress::new(ctx.quiet, ctx.verbose > 0);
     let results: Mutex<Vec<(String, Result<build::Built, BuildError>)>> = Mutex::new(Vec::new());
@@ -446,6 +451,7 @@ fn run_one(
         Event::Output { line } => progress.output(&action.id, line),
         Event::Transfer { done, total } => progress.transfer(&action.id, *done, *total),
         Event::Warning { message } => progress.warn(&action.id, message),
+        Event::MissingCommand(m) => progress.warn(&action.id, &m.to_string()),
         _ => {}
     };
     let started = Instant::now();
@@ -515,6 +521,9 @@ fn report(
             Some(Ok(b)) => {
                 row["duration_ms"] = json!(b.duration.as_millis() as u64);
                 row["steps"] = json!(b.steps);
+                if !b.warnings.is_empty() {
+                    row["warnings"] = json!(b.warnings);
+                }
                 row["tree"] = json!(b.tree);
             }
             Some(Err(e)) => {
