@@ -312,6 +312,7 @@ pub fn spec_for(
                         .map(|s| Step::Script {
                             element: s.element.clone(),
                             name: s.name.clone(),
+                            dir: s.dir.clone(),
                         })
                         .collect()
                 })
@@ -378,6 +379,7 @@ pub fn spec_for(
                     .map(|s| Step::Script {
                         element: s.element.clone(),
                         name: s.name.clone(),
+                        dir: s.dir.clone(),
                     })
                     .collect();
                 if phase == "pre-install.d" && has("install-bin") {
@@ -526,6 +528,7 @@ pub fn spec_for(
                     .map(|s| Step::Script {
                         element: s.element.clone(),
                         name: s.name.clone(),
+                        dir: s.dir.clone(),
                     })
                     .collect();
                 Some(PhaseSpec {

@@ -31,6 +31,8 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// Inside the chroot: the hooks (read-only) and ccb's own tools.
 const HOOKS_IN: &str = "/tmp/in_target.d";
+/// dpkg's configuration snippet the chroot phases get (never left in the image).
+const DPKG_UNSAFE_IO: &str = "ccb-unsafe-io";
 const ENGINE_IN: &str = "/tmp/ccb";
 
 /// Sources environment.d (the files after the script's arguments), then runs the script:
@@ -102,6 +104,8 @@ pub(super) struct Runner<'a> {
     pub(super) made_dirs: Vec<PathBuf>,
     pub(super) resolv_moved: bool,
     pub(super) policy_rc_d: bool,
+    /// Whether the runner put dpkg's unsafe-io setting in place (to remove afterwards).
+    pub(super) dpkg_unsafe_io: bool,
     /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
     /// Commands the last program's output said were not found (see [`super::dib`]).
@@ -131,6 +135,7 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         made_dirs: Vec::new(),
         resolv_moved: false,
         policy_rc_d: false,
+        dpkg_unsafe_io: false,
         extra_env: Default::default(),
         missing: Vec::new(),
     };
@@ -195,6 +200,24 @@ impl Runner<'_> {
                 let dest = dir.join(var);
                 if std::fs::hard_link(src, &dest).is_err() {
                     std::fs::copy(src, &dest).map_err(io(format!("copy artifact {var}")))?;
+                }
+            }
+        }
+        // install-types: the chosen variant's scripts linked into the phase directory, as
+        // DIB's install-types element does, so `$(dirname $0)` is the same as in DIB.
+        for phase in &self.spec.phases {
+            for step in &phase.steps {
+                if let Step::Script {
+                    name,
+                    dir: Some(dir),
+                    ..
+                } = step
+                {
+                    let link = self.hooks.join(&phase.phase).join(name);
+                    if std::fs::symlink_metadata(&link).is_err() {
+                        std::os::unix::fs::symlink(Path::new(dir).join(name), &link)
+                            .map_err(io(format!("link {}/{dir}/{name}", phase.phase)))?;
+                    }
                 }
             }
         }
@@ -321,6 +344,15 @@ impl Runner<'_> {
                 .map_err(io("chmod policy-rc.d"))?;
             self.policy_rc_d = true;
         }
+        // dpkg without an fsync per file, as DIB's dpkg element sets it for the build: a tree
+        // that fails is thrown away, and one that succeeds is committed after the phases.
+        let dpkg_cfg = self.root.join("etc/dpkg/dpkg.cfg.d");
+        let unsafe_io = dpkg_cfg.join(DPKG_UNSAFE_IO);
+        if dpkg_cfg.is_dir() && std::fs::symlink_metadata(&unsafe_io).is_err() {
+            std::fs::write(&unsafe_io, "force-unsafe-io\n")
+                .map_err(io("write dpkg's unsafe-io"))?;
+            self.dpkg_unsafe_io = true;
+        }
         let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         self.mount_in("proc", "/proc", Some("proc"), nodev, None)?;
         self.mount_in(
@@ -365,6 +397,10 @@ impl Runner<'_> {
         }
         if self.policy_rc_d {
             let _ = std::fs::remove_file(self.root.join("usr/sbin/policy-rc.d"));
+        }
+        if self.dpkg_unsafe_io {
+            let _ =
+                std::fs::remove_file(self.root.join("etc/dpkg/dpkg.cfg.d").join(DPKG_UNSAFE_IO));
         }
         // apt's binary caches are rebuilt on demand; kept, every layer would carry a fresh
         // 40–80 MB copy of them.

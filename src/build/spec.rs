@@ -31,7 +31,13 @@ pub enum Place {
 #[serde(rename_all = "kebab-case", tag = "step")]
 pub enum Step {
     /// An element's phase script, from the merged hooks tree.
-    Script { element: String, name: String },
+    Script {
+        element: String,
+        name: String,
+        /// The install-types subdirectory it comes from (linked into the phase directory).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<String>,
+    },
     /// package-installs at DIB's positions: the engine calls `install-packages`.
     Packages {
         name: String,

@@ -70,7 +70,13 @@ fn probe_elements(dir: &Path) {
     write(probe.join("README.rst"), "Calls DIB's helpers.\n");
     write(
         probe.join("element-deps"),
-        "dib-python\nselect-boot-kernel-initrd\nsvc-map\nsysctl\n",
+        "dib-python\npackage-installs\nselect-boot-kernel-initrd\nsvc-map\nsysctl\n",
+    );
+    // What DIB's elements need from the OS that debian-minimal leaves out: systemd (they call
+    // systemctl), sudo (devuser checks its file with visudo), a kernel (the smallest one).
+    write(
+        probe.join("package-installs.yaml"),
+        "linux-image-cloud-amd64:\n  arch: amd64\nsudo:\nsystemd-sysv:\n",
     );
     write(
         probe.join("svc-map"),
@@ -180,7 +186,7 @@ fn project() -> Project {
             r#"[dibcompat]
 name = "DIB-Compat"
 description = "diskimage-builder's own elements on Debian"
-elements = ["debian", "dib-compat-probe", "growroot", "runtime-ssh-host-keys", "disable-nouveau",
+elements = ["debian-minimal", "dib-compat-probe", "growroot", "runtime-ssh-host-keys", "disable-nouveau",
   "modprobe", "openssh-server", "journal-to-console", "devuser", "element-manifest",
   "cleanup-kernel-initrd", "enable-serial-console", "cloud-init-growpart", "cloud-init",
   "dynamic-login"]
@@ -403,5 +409,13 @@ fn dib_elements_run_unchanged_and_their_effects_are_in_the_image() {
             "command": "dib-compat-no-such-tool",
         }])
     );
+    // Nothing of the build machinery is left in the image.
+    for (dir, name) in [
+        ("/etc/dpkg/dpkg.cfg.d", "ccb-unsafe-io"),
+        ("/usr/sbin", "policy-rc.d"),
+        ("/tmp", "in_target.d"),
+    ] {
+        assert!(!exists(&format!("{dir}/{name}")), "{dir}/{name} is left");
+    }
     assert_eq!(leftovers(p.env.cache.path()), Vec::<String>::new());
 }
