@@ -390,6 +390,9 @@ pub fn spec_for(
                 if phase == "install.d"
                     && has("dib-init-system")
                     && let Some(init_system) = resolved.view.env.get("DIB_INIT_SYSTEM")
+                    && own_dirs
+                        .iter()
+                        .any(|d| d.dir.join("init-scripts").join(init_system).is_dir())
                 {
                     steps.push(Step::InitScripts {
                         name: "20-install-init-scripts".into(),
