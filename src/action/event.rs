@@ -19,6 +19,8 @@ pub enum Event {
     Transfer { done: u64, total: Option<u64> },
     /// Something the operator should know that does not stop the build.
     Warning { message: String },
+    /// A step's output said a command it called does not exist.
+    MissingCommand(super::dib::MissingCommand),
     /// The step that failed, and its last lines of output.
     Failed {
         phase: String,

@@ -76,6 +76,30 @@ pub struct Layout {
     pub partitions: Vec<Partition>,
 }
 
+/// The layout of an image with no block-device element. DIB's fallback is one filesystem on
+/// the whole loop device (`mkfs_root` at `/`, fsck pass 1); ccb writes GPT disks, so its
+/// fallback is that filesystem in the disk's only partition, with DIB's root defaults
+/// (FS_TYPE, the root label). Without a bootloader element nothing is made bootable, as in
+/// DIB.
+pub const DEFAULT_LAYOUT: &str = "\
+- local_loop:
+    name: image0
+- partitioning:
+    base: image0
+    label: gpt
+    partitions:
+      - name: root
+        type: '8300'
+        size: 100%
+        mkfs:
+          name: mkfs_root
+          mount:
+            mount_point: /
+            fstab:
+              options: defaults
+              fsck-passno: 1
+";
+
 /// The root filesystem defaults DIB applies to the node named `mkfs_root`.
 pub struct RootDefaults {
     pub fs: FsKind,
@@ -540,5 +564,21 @@ mod tests {
         assert_eq!(derived_guid("x"), derived_guid("x"));
         assert_ne!(derived_guid("x"), derived_guid("y"));
         assert_eq!(derived_guid("x").len(), 36);
+    }
+
+    #[test]
+    fn the_default_layout_is_one_root_filesystem_taking_the_disk() {
+        let xfs = RootDefaults {
+            fs: FsKind::Xfs,
+            label: "img-rootfs".into(),
+        };
+        let l = parse("default", DEFAULT_LAYOUT, &xfs).unwrap();
+        assert_eq!(l.partitions.len(), 1);
+        let root = &l.partitions[0];
+        assert_eq!(root.size, PartSize::Rest);
+        let fs = root.fs.as_ref().unwrap();
+        assert_eq!((fs.kind, fs.label.as_str()), (FsKind::Xfs, "img-rootfs"));
+        let mount = fs.mount.as_ref().unwrap();
+        assert_eq!((mount.point.as_str(), mount.passno), ("/", 1));
     }
 }

@@ -5,6 +5,7 @@
 //! The parent side lives here: turn a graph action into an [`spec::ActionSpec`], run the
 //! sandbox, follow its events, and commit (or discard) its tree.
 
+pub mod dib;
 pub mod disk;
 pub mod event;
 pub mod layout;
@@ -108,6 +109,8 @@ pub struct BuildContext<'a> {
     pub offline: bool,
     /// Opens Swift objects of the sites (artifacts kept in a site's object store).
     pub swift: Option<&'a crate::fetch::SwiftOpener<'a>>,
+    /// A `command not found` in a step's output fails the action (`--strict`).
+    pub strict: bool,
 }
 
 /// Whether overlayfs can be used: the kernel has it and `CCB_OVERLAYFS=0` does not refuse it.
@@ -125,6 +128,8 @@ pub fn overlay_available() -> bool {
 #[derive(Debug, Clone)]
 pub struct Built {
     pub steps: Vec<StepRecord>,
+    /// Commands the steps called that do not exist.
+    pub warnings: Vec<dib::MissingCommand>,
     pub duration: Duration,
     pub tree: tree::TreeSummary,
 }
@@ -206,6 +211,7 @@ fn run_fetch(
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     Ok(Built {
         steps: vec![],
+        warnings: vec![],
         duration: started.elapsed(),
         tree: tree::TreeSummary {
             digest: artifact.sha256.to_ascii_lowercase(),
@@ -307,6 +313,7 @@ pub fn spec_for(
                         .map(|s| Step::Script {
                             element: s.element.clone(),
                             name: s.name.clone(),
+                            dir: s.dir.clone(),
                         })
                         .collect()
                 })
@@ -334,6 +341,7 @@ pub fn spec_for(
                 stream_output: ctx.stream_output,
                 disk: None,
                 artifacts: BTreeMap::new(),
+                strict: ctx.strict,
             })
         }
         Kind::Layer => {
@@ -372,11 +380,24 @@ pub fn spec_for(
                     .map(|s| Step::Script {
                         element: s.element.clone(),
                         name: s.name.clone(),
+                        dir: s.dir.clone(),
                     })
                     .collect();
                 if phase == "pre-install.d" && has("install-bin") {
                     steps.push(Step::InstallBin {
                         name: "01-install-bin".into(),
+                    });
+                }
+                if phase == "install.d"
+                    && has("dib-init-system")
+                    && let Some(init_system) = resolved.view.env.get("DIB_INIT_SYSTEM")
+                    && own_dirs
+                        .iter()
+                        .any(|d| d.dir.join("init-scripts").join(init_system).is_dir())
+                {
+                    steps.push(Step::InitScripts {
+                        name: "20-install-init-scripts".into(),
+                        init_system: init_system.clone(),
                     });
                 }
                 if phase == "install.d" && has("install-static") {
@@ -461,25 +482,33 @@ pub fn spec_for(
                 stream_output: ctx.stream_output,
                 disk: None,
                 artifacts,
+                strict: ctx.strict,
             })
         }
         Kind::Disk => {
             let meta = dep_layer("disk")?;
             let env_view = &resolved.view.env;
-            let (bd_element, bd_file) = resolved.view.block_device.clone().ok_or_else(|| {
-                unsupported(
-                    action,
-                    "the image has no block-device layout: add a block-device element \
-                     (block-device-efi) or `vm`",
-                )
-            })?;
-            let bd_path = dir_of(&bd_element)?.dir.join(&bd_file);
-            let yaml = std::fs::read_to_string(&bd_path).map_err(|e| {
-                BuildError::engine(&action.id, format!("read {}: {e}", bd_path.display()), None)
-            })?;
+            // No block-device element: DIB's default image, one root filesystem.
+            let (bd_name, yaml) = match resolved.view.block_device.clone() {
+                Some((bd_element, bd_file)) => {
+                    let bd_path = dir_of(&bd_element)?.dir.join(&bd_file);
+                    let yaml = std::fs::read_to_string(&bd_path).map_err(|e| {
+                        BuildError::engine(
+                            &action.id,
+                            format!("read {}: {e}", bd_path.display()),
+                            None,
+                        )
+                    })?;
+                    (format!("{bd_element}/{bd_file}"), yaml)
+                }
+                None => (
+                    "the default layout (no block-device element)".to_string(),
+                    layout::DEFAULT_LAYOUT.to_string(),
+                ),
+            };
             let defaults = layout::RootDefaults::from_env(env_view)
                 .map_err(|m| BuildError::engine(&action.id, m, None))?;
-            let disk_layout = layout::parse(&format!("{bd_element}/{bd_file}"), &yaml, &defaults)
+            let disk_layout = layout::parse(&bd_name, &yaml, &defaults)
                 .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
             let name = image.published_name(arch);
             let compress = env_view
@@ -503,6 +532,7 @@ pub fn spec_for(
                     .map(|s| Step::Script {
                         element: s.element.clone(),
                         name: s.name.clone(),
+                        dir: s.dir.clone(),
                     })
                     .collect();
                 Some(PhaseSpec {
@@ -555,6 +585,7 @@ pub fn spec_for(
                     seed: action.key.clone(),
                 }),
                 artifacts: BTreeMap::new(),
+                strict: ctx.strict,
             })
         }
         _ => Err(unsupported(action, "not an action that runs in a sandbox")),
@@ -677,15 +708,16 @@ pub fn run_action(
 
     let result = supervise(ctx, action, &spec_path, cancel, on_event);
     let outcome = match result {
-        Ok(steps) if spec.kind == SpecKind::Disk => {
-            commit_outputs(ctx, action, &spec).map(|tree| Built {
+        Ok((steps, warnings)) if spec.kind == SpecKind::Disk => commit_outputs(ctx, action, &spec)
+            .map(|tree| Built {
                 steps,
+                warnings,
                 duration: started.elapsed(),
                 tree,
-            })
-        }
-        Ok(steps) => commit(ctx, action, &spec).map(|tree| Built {
+            }),
+        Ok((steps, warnings)) => commit(ctx, action, &spec).map(|tree| Built {
             steps,
+            warnings,
             duration: started.elapsed(),
             tree,
         }),
@@ -705,7 +737,7 @@ fn supervise(
     spec_path: &std::path::Path,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
-) -> Result<Vec<StepRecord>, BuildError> {
+) -> Result<(Vec<StepRecord>, Vec<dib::MissingCommand>), BuildError> {
     let log = ctx.store.log_path(&action.key);
     let mut child = sandbox::spawn(spec_path, &log).map_err(|e| {
         BuildError::engine(&action.id, format!("cannot start the sandbox: {e}"), None)
@@ -724,6 +756,7 @@ fn supervise(
         }
     });
     let mut steps = Vec::new();
+    let mut warnings = Vec::new();
     let mut failed: Option<Event> = None;
     let mut engine_error: Option<String> = None;
     let mut term_sent: Option<Instant> = None;
@@ -732,6 +765,7 @@ fn supervise(
             Ok(ev) => {
                 match &ev {
                     Event::StepDone(r) => steps.push(r.clone()),
+                    Event::MissingCommand(m) => warnings.push(m.clone()),
                     Event::Failed { .. } => failed = Some(ev.clone()),
                     Event::Error { message } => engine_error = Some(message.clone()),
                     _ => {}
@@ -764,7 +798,7 @@ fn supervise(
         });
     }
     match status.code() {
-        Some(sandbox::EXIT_OK) => Ok(steps),
+        Some(sandbox::EXIT_OK) => Ok((steps, warnings)),
         Some(sandbox::EXIT_STEP_FAILED) => match failed {
             Some(Event::Failed {
                 phase,

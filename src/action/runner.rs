@@ -31,12 +31,25 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// Inside the chroot: the hooks (read-only) and ccb's own tools.
 const HOOKS_IN: &str = "/tmp/in_target.d";
+/// dpkg's configuration snippet the chroot phases get (never left in the image).
+const DPKG_UNSAFE_IO: &str = "ccb-unsafe-io";
 const ENGINE_IN: &str = "/tmp/ccb";
 
 /// Sources environment.d (the files after the script's arguments), then runs the script:
 /// DIB's dib-run-parts does the same for each script of a phase.
 const RUN: &str = r#"set -eu
 set -o pipefail
+# DIB_ENV: the DIB_ variables the build was started with, as `declare -p` prints them.
+if [ -z "${DIB_ENV+set}" ]; then
+    names=$(compgen -v DIB_ || true)
+    if [ -n "$names" ]; then
+        DIB_ENV=$(declare -p $names)
+    else
+        DIB_ENV=
+    fi
+    export DIB_ENV
+    unset names
+fi
 script=$1
 nargs=$2
 shift 2
@@ -91,8 +104,12 @@ pub(super) struct Runner<'a> {
     pub(super) made_dirs: Vec<PathBuf>,
     pub(super) resolv_moved: bool,
     pub(super) policy_rc_d: bool,
+    /// Whether the runner put dpkg's unsafe-io setting in place (to remove afterwards).
+    pub(super) dpkg_unsafe_io: bool,
     /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
+    /// Commands the last program's output said were not found (see [`super::dib`]).
+    pub(super) missing: Vec<String>,
 }
 
 /// Runs the action; the exit code of the sandbox.
@@ -118,7 +135,9 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         made_dirs: Vec::new(),
         resolv_moved: false,
         policy_rc_d: false,
+        dpkg_unsafe_io: false,
         extra_env: Default::default(),
+        missing: Vec::new(),
     };
     r.prepare_hooks()?;
     match spec.kind {
@@ -161,6 +180,8 @@ impl Runner<'_> {
         }
         let bin = self.engine_dir.join("bin");
         std::fs::create_dir_all(&bin).map_err(io("create the engine tools"))?;
+        super::dib::install_helpers(&self.engine_dir, &self.hooks)
+            .map_err(io("write diskimage-builder's helpers"))?;
         for (name, text) in [
             ("install-packages", INSTALL_PACKAGES),
             ("ccb-fetch", CCB_FETCH),
@@ -179,6 +200,24 @@ impl Runner<'_> {
                 let dest = dir.join(var);
                 if std::fs::hard_link(src, &dest).is_err() {
                     std::fs::copy(src, &dest).map_err(io(format!("copy artifact {var}")))?;
+                }
+            }
+        }
+        // install-types: the chosen variant's scripts linked into the phase directory, as
+        // DIB's install-types element does, so `$(dirname $0)` is the same as in DIB.
+        for phase in &self.spec.phases {
+            for step in &phase.steps {
+                if let Step::Script {
+                    name,
+                    dir: Some(dir),
+                    ..
+                } = step
+                {
+                    let link = self.hooks.join(&phase.phase).join(name);
+                    if std::fs::symlink_metadata(&link).is_err() {
+                        std::os::unix::fs::symlink(Path::new(dir).join(name), &link)
+                            .map_err(io(format!("link {}/{dir}/{name}", phase.phase)))?;
+                    }
                 }
             }
         }
@@ -305,6 +344,15 @@ impl Runner<'_> {
                 .map_err(io("chmod policy-rc.d"))?;
             self.policy_rc_d = true;
         }
+        // dpkg without an fsync per file, as DIB's dpkg element sets it for the build: a tree
+        // that fails is thrown away, and one that succeeds is committed after the phases.
+        let dpkg_cfg = self.root.join("etc/dpkg/dpkg.cfg.d");
+        let unsafe_io = dpkg_cfg.join(DPKG_UNSAFE_IO);
+        if dpkg_cfg.is_dir() && std::fs::symlink_metadata(&unsafe_io).is_err() {
+            std::fs::write(&unsafe_io, "force-unsafe-io\n")
+                .map_err(io("write dpkg's unsafe-io"))?;
+            self.dpkg_unsafe_io = true;
+        }
         let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         self.mount_in("proc", "/proc", Some("proc"), nodev, None)?;
         self.mount_in(
@@ -349,6 +397,10 @@ impl Runner<'_> {
         }
         if self.policy_rc_d {
             let _ = std::fs::remove_file(self.root.join("usr/sbin/policy-rc.d"));
+        }
+        if self.dpkg_unsafe_io {
+            let _ =
+                std::fs::remove_file(self.root.join("etc/dpkg/dpkg.cfg.d").join(DPKG_UNSAFE_IO));
         }
         // apt's binary caches are rebuilt on demand; kept, every layer would carry a fresh
         // 40–80 MB copy of them.
@@ -447,9 +499,34 @@ impl Runner<'_> {
             }
             Step::InstallBin { .. } => self.install_bin().map(|()| (0, VecDeque::new())),
             Step::InstallStatic { .. } => self.install_static().map(|()| (0, VecDeque::new())),
+            Step::InitScripts { init_system, .. } => self.install_init_scripts(init_system),
         };
-        let (status, tail) = outcome?;
+        let (mut status, mut tail) = outcome?;
         let duration_ms = started.elapsed().as_millis() as u64;
+        let missing = std::mem::take(&mut self.missing);
+        for command in &missing {
+            let m = super::dib::MissingCommand {
+                element: step.element().into(),
+                phase: phase.into(),
+                script: step.name().into(),
+                command: command.clone(),
+            };
+            self.logln(&format!("ccb: warning: {m}"));
+            emit(&Event::MissingCommand(m));
+        }
+        let strict_failure = self.spec.strict && status == 0 && !missing.is_empty();
+        if strict_failure {
+            status = 127;
+            tail.push_back(format!(
+                "ccb: --strict: {} not found: {}",
+                if missing.len() == 1 {
+                    "a command was"
+                } else {
+                    "commands were"
+                },
+                missing.join(", ")
+            ));
+        }
         self.logln(&format!(
             "<== {phase}/{}: exit status {status} after {:.1}s",
             step.name(),
@@ -469,6 +546,8 @@ impl Runner<'_> {
                 name: step.name().into(),
                 status: if status < 0 {
                     format!("killed by signal {}", -status)
+                } else if strict_failure {
+                    format!("command not found under --strict: {}", missing.join(", "))
                 } else {
                     format!("exit status {status}")
                 },
@@ -511,6 +590,7 @@ impl Runner<'_> {
             .env("LC_ALL", "C")
             .env("HOME", "/root")
             .envs(&self.extra_env)
+            .envs(super::dib::element_env(&spec.elements))
             .arg("--noprofile")
             .arg("--norc")
             .arg("-c")
@@ -525,8 +605,13 @@ impl Runner<'_> {
             Place::Outside => {
                 cmd.env(
                     "PATH",
-                    format!("{}:{PATH}", self.engine_dir.join("bin").display()),
+                    format!(
+                        "{}:{}:{PATH}",
+                        self.engine_dir.join("bin").display(),
+                        self.engine_dir.join(super::dib::HOST_BIN_DIR).display()
+                    ),
                 )
+                .env("_LIB", self.engine_dir.join(super::dib::LIB_DIR))
                 .env("TMP_BUILD_DIR", &spec.work)
                 .env("TMP_HOOKS_PATH", &self.hooks)
                 .env("TMP_MOUNT_PATH", &self.root)
@@ -540,10 +625,16 @@ impl Runner<'_> {
                 if matches!(phase, "root.d" | "cleanup.d") {
                     cmd.env("TARGET_ROOT", &self.root);
                 }
+                if !spec.env.contains_key("DIB_PYTHON_EXEC")
+                    && let Some(python) = super::dib::host_python()
+                {
+                    cmd.env("DIB_PYTHON_EXEC", python);
+                }
                 cmd.current_dir(&spec.work);
             }
             Place::Inside => {
-                cmd.env("PATH", format!("{ENGINE_IN}/bin:{PATH}"));
+                cmd.env("PATH", format!("{ENGINE_IN}/bin:{PATH}"))
+                    .env("_LIB", format!("{ENGINE_IN}/{}", super::dib::LIB_DIR));
                 for var in spec.artifacts.keys() {
                     cmd.env(var, format!("{ENGINE_IN}/artifacts/{var}"));
                 }
@@ -571,6 +662,7 @@ impl Runner<'_> {
         let stream = spec.stream_output;
         let collector = std::thread::spawn(move || {
             let mut tail: VecDeque<String> = VecDeque::new();
+            let mut missing: Vec<String> = Vec::new();
             let mut reader = BufReader::new(reader);
             let mut buf = Vec::new();
             while let Ok(n) = reader.read_until(b'\n', &mut buf) {
@@ -582,13 +674,18 @@ impl Runner<'_> {
                 if stream {
                     emit(&Event::Output { line: line.clone() });
                 }
+                if let Some(cmd) = super::dib::missing_command(&line)
+                    && !missing.contains(&cmd)
+                {
+                    missing.push(cmd);
+                }
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
                 tail.push_back(line);
                 buf.clear();
             }
-            tail
+            (tail, missing)
         });
 
         let mut cancelled_at: Option<Instant> = None;
@@ -623,7 +720,8 @@ impl Runner<'_> {
         } else {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
         }
-        let tail = collector.join().unwrap_or_default();
+        let (tail, missing) = collector.join().unwrap_or_default();
+        self.missing.extend(missing);
         if cancelled_at.is_some() {
             return Err(RunError::Cancelled);
         }
@@ -664,6 +762,74 @@ impl Runner<'_> {
         }
         self.logln(&format!("install-bin: {n} files into /usr/local/bin"));
         Ok(())
+    }
+
+    /// dib-init-system's install.d/20-install-init-scripts: every own element's
+    /// `init-scripts/<init system>/` into the init system's directory, as `cp -RP` (links
+    /// kept, modes kept), owned by root. A parent's were installed in the parent's layer.
+    fn install_init_scripts(
+        &mut self,
+        init_system: &str,
+    ) -> Result<(i32, VecDeque<String>), RunError> {
+        let dest = match init_system {
+            "systemd" => "usr/lib/systemd/system",
+            "openrc" | "sysv" => "etc/init.d",
+            "upstart" => "etc/init",
+            other => {
+                let line = format!("dib-init-system: unknown DIB_INIT_SYSTEM `{other}`");
+                self.logln(&line);
+                return Ok((1, VecDeque::from([line])));
+            }
+        };
+        // /usr/lib/systemd/system through the image's own links (/lib → usr/lib).
+        let dest = self.root.join(dest);
+        let mut n = 0;
+        let dirs: Vec<PathBuf> = self
+            .own_elements()
+            .map(|e| e.dir.join("init-scripts").join(init_system))
+            .filter(|d| d.is_dir())
+            .collect();
+        for dir in dirs {
+            std::fs::create_dir_all(&dest).map_err(io(format!("create {}", dest.display())))?;
+            // The image's links are followed on the host here: never out of the tree.
+            let real = dest
+                .canonicalize()
+                .map_err(io("resolve the init directory"))?;
+            let root = self.root.canonicalize().map_err(io("resolve the tree"))?;
+            if !real.starts_with(&root) {
+                return Err(RunError::Engine(format!(
+                    "the image's {} leads out of the tree",
+                    dest.display()
+                )));
+            }
+            let out = Command::new("cp")
+                .arg("-RP")
+                .arg("--preserve=mode")
+                .arg("--no-target-directory")
+                .arg(dir.join("."))
+                .arg(&dest)
+                .output()
+                .map_err(io("run cp"))?;
+            if !out.status.success() {
+                return Err(RunError::Engine(format!(
+                    "install the init scripts of {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            for entry in std::fs::read_dir(&dir).map_err(io("list init scripts"))? {
+                let entry = entry.map_err(io("list init scripts"))?;
+                let target = dest.join(entry.file_name());
+                std::os::unix::fs::lchown(&target, Some(0), Some(0))
+                    .map_err(io("chown an init script"))?;
+                n += 1;
+            }
+        }
+        self.logln(&format!(
+            "dib-init-system: {n} {init_system} init scripts into /{}",
+            dest.strip_prefix(&self.root).unwrap_or(&dest).display()
+        ));
+        Ok((0, VecDeque::new()))
     }
 
     fn install_static(&mut self) -> Result<(), RunError> {

@@ -31,7 +31,13 @@ pub enum Place {
 #[serde(rename_all = "kebab-case", tag = "step")]
 pub enum Step {
     /// An element's phase script, from the merged hooks tree.
-    Script { element: String, name: String },
+    Script {
+        element: String,
+        name: String,
+        /// The install-types subdirectory it comes from (linked into the phase directory).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<String>,
+    },
     /// package-installs at DIB's positions: the engine calls `install-packages`.
     Packages {
         name: String,
@@ -42,6 +48,9 @@ pub enum Step {
     InstallBin { name: String },
     /// install-static, done by the engine: the layer's own `static/` trees onto `/`.
     InstallStatic { name: String },
+    /// dib-init-system's install.d step, done by the engine: the layer's own elements'
+    /// `init-scripts/<init_system>/` into the init system's directory.
+    InitScripts { name: String, init_system: String },
 }
 
 impl Step {
@@ -50,7 +59,8 @@ impl Step {
             Step::Script { name, .. }
             | Step::Packages { name, .. }
             | Step::InstallBin { name }
-            | Step::InstallStatic { name } => name,
+            | Step::InstallStatic { name }
+            | Step::InitScripts { name, .. } => name,
         }
     }
 
@@ -61,6 +71,7 @@ impl Step {
             Step::Packages { .. } => "package-installs",
             Step::InstallBin { .. } => "install-bin",
             Step::InstallStatic { .. } => "install-static",
+            Step::InitScripts { .. } => "dib-init-system",
         }
     }
 }
@@ -117,6 +128,10 @@ pub struct ActionSpec {
     /// variable as a read-only path (inside the chroot under /tmp/ccb/artifacts).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, PathBuf>,
+    /// A `command not found` in a step's output fails the step (`--strict`). Not an input of
+    /// the key: it decides whether a result is accepted, never what it holds.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -43,6 +43,9 @@ pub struct BuildArgs {
     /// enters the keys: how a site passes its mirrors or repository URLs without committing them
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     env: Vec<String>,
+    /// Fail a step whose output says a command it called was not found (else a warning)
+    #[arg(long)]
+    strict: bool,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }
@@ -72,6 +75,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         keep_failed: a.keep_failed,
         out: a.out,
         announce_outputs: a.format == OutputFormat::Text,
+        strict: a.strict,
     };
     let report = ops::build::build(&session, &planned, &req, &shell)?;
     match a.format {

@@ -30,6 +30,10 @@ pub const PHASES: [&str; 10] = [
 pub struct Script {
     pub name: String,
     pub element: String,
+    /// The install-types subdirectory of the phase directory the script is in
+    /// (`install.d/<prefix>-<type>-install/`); DIB links its scripts into `install.d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +121,50 @@ pub fn run_parts_cmp(a: &str, b: &str) -> Ordering {
     num.then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
+/// install-types: the subdirectories `<prefix>-<type>-install` of an element's `install.d`
+/// whose scripts run, as DIB's install-types element chooses them: the type is
+/// `DIB_INSTALLTYPE_<prefix, - as _>` if set, else `DIB_DEFAULT_INSTALLTYPE` (default `source`).
+fn install_type_dirs(
+    phase_dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, FsError> {
+    let rd = match std::fs::read_dir(phase_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FsError::new("list", phase_dir, e)),
+    };
+    let chosen: BTreeMap<String, &str> = env
+        .iter()
+        .filter_map(|(k, v)| {
+            let prefix = k.strip_prefix("DIB_INSTALLTYPE_")?;
+            Some((prefix.replace('_', "-"), v.as_str()))
+        })
+        .collect();
+    let default = env
+        .get("DIB_DEFAULT_INSTALLTYPE")
+        .filter(|v| !v.is_empty())
+        .map_or("source", String::as_str);
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| FsError::new("list", phase_dir, e))?;
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let picked = chosen
+            .iter()
+            .any(|(prefix, ty)| name == format!("{prefix}-{ty}-install"))
+            || name
+                .strip_suffix(&format!("-{default}-install"))
+                .is_some_and(|prefix| !chosen.contains_key(prefix));
+        if picked {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Regular files (following symlinks) directly in `dir`, sorted by name.
 fn files_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, FsError> {
     let rd = match std::fs::read_dir(dir) {
@@ -175,46 +223,6 @@ impl ElementView {
     ) -> Result<Self, ElementError> {
         let mut view = ElementView::default();
 
-        for phase in PHASES {
-            let mut scripts: Vec<Script> = Vec::new();
-            let mut owner: BTreeMap<String, String> = BTreeMap::new();
-            for el in elements {
-                for (name, path) in files_in(&el.dir.join(phase))? {
-                    if let Some(first) = owner.get(&name) {
-                        return Err(ElementError::DuplicateScript {
-                            phase: phase.to_string(),
-                            script: name,
-                            first: first.clone(),
-                            second: el.name.clone(),
-                        });
-                    }
-                    owner.insert(name.clone(), el.name.clone());
-                    let reason = if !runnable_name(&name) {
-                        Some("name has characters outside [0-9A-Za-z_-]")
-                    } else if !is_executable(&path) {
-                        Some("not executable")
-                    } else {
-                        None
-                    };
-                    match reason {
-                        Some(r) => view.skipped.push(Skipped {
-                            element: el.name.clone(),
-                            path: format!("{phase}/{name}"),
-                            reason: r.to_string(),
-                        }),
-                        None => scripts.push(Script {
-                            name,
-                            element: el.name.clone(),
-                        }),
-                    }
-                }
-            }
-            scripts.sort_by(|a, b| run_parts_cmp(&a.name, &b.name));
-            if !scripts.is_empty() {
-                view.phases.insert(phase.to_string(), scripts);
-            }
-        }
-
         // environment.d: bytewise order of names (DIB sorts full paths with `sort -n`, which
         // degenerates to a plain byte order since every path starts with `/`).
         let mut env_files: Vec<(Script, PathBuf)> = Vec::new();
@@ -242,6 +250,7 @@ impl ElementView {
                     Script {
                         name,
                         element: el.name.clone(),
+                        dir: None,
                     },
                     path,
                 ));
@@ -250,6 +259,59 @@ impl ElementView {
         env_files.sort_by(|a, b| a.0.name.as_bytes().cmp(b.0.name.as_bytes()));
         view.env = super::env::source(&env_files, declared)?;
         view.environment = env_files.into_iter().map(|(s, _)| s).collect();
+
+        for phase in PHASES {
+            let mut scripts: Vec<Script> = Vec::new();
+            let mut owner: BTreeMap<String, String> = BTreeMap::new();
+            for el in elements {
+                let mut files: Vec<(Option<String>, String, PathBuf)> =
+                    files_in(&el.dir.join(phase))?
+                        .into_iter()
+                        .map(|(name, path)| (None, name, path))
+                        .collect();
+                if phase == "install.d" {
+                    for sub in install_type_dirs(&el.dir.join(phase), &view.env)? {
+                        for (name, path) in files_in(&el.dir.join(phase).join(&sub))? {
+                            files.push((Some(sub.clone()), name, path));
+                        }
+                    }
+                }
+                for (dir, name, path) in files {
+                    if let Some(first) = owner.get(&name) {
+                        return Err(ElementError::DuplicateScript {
+                            phase: phase.to_string(),
+                            script: name,
+                            first: first.clone(),
+                            second: el.name.clone(),
+                        });
+                    }
+                    owner.insert(name.clone(), el.name.clone());
+                    let reason = if !runnable_name(&name) {
+                        Some("name has characters outside [0-9A-Za-z_-]")
+                    } else if !is_executable(&path) {
+                        Some("not executable")
+                    } else {
+                        None
+                    };
+                    match reason {
+                        Some(r) => view.skipped.push(Skipped {
+                            element: el.name.clone(),
+                            path: format!("{phase}/{name}"),
+                            reason: r.to_string(),
+                        }),
+                        None => scripts.push(Script {
+                            name,
+                            element: el.name.clone(),
+                            dir,
+                        }),
+                    }
+                }
+            }
+            scripts.sort_by(|a, b| run_parts_cmp(&a.name, &b.name));
+            if !scripts.is_empty() {
+                view.phases.insert(phase.to_string(), scripts);
+            }
+        }
 
         // static/ and bin/: later elements (in sorted order) overwrite earlier ones.
         for sub in ["static", "bin"] {
@@ -323,5 +385,36 @@ mod tests {
         assert!(!runnable_name("10-foo.sh"));
         assert!(!runnable_name(""));
         assert!(env_file_name("10-foo.bash"));
+    }
+
+    #[test]
+    fn install_types_pick_the_variable_s_type_else_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in [
+            "simple-init-source-install",
+            "simple-init-package-install",
+            "simple-init-repo-install",
+            "tpm-emulator-source-install",
+            "keylime-agent-source-install",
+        ] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let mut env = BTreeMap::new();
+        // Nothing chosen: every `source` variant.
+        assert_eq!(
+            install_type_dirs(dir.path(), &env).unwrap(),
+            [
+                "keylime-agent-source-install",
+                "simple-init-source-install",
+                "tpm-emulator-source-install"
+            ]
+        );
+        env.insert("DIB_INSTALLTYPE_simple_init".into(), "repo".into());
+        env.insert("DIB_DEFAULT_INSTALLTYPE".into(), "package".into());
+        // The variable decides for its prefix; the default (package) has no other takers.
+        assert_eq!(
+            install_type_dirs(dir.path(), &env).unwrap(),
+            ["simple-init-repo-install"]
+        );
     }
 }

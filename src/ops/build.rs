@@ -70,6 +70,8 @@ pub struct BuildRequest {
     pub out: Option<PathBuf>,
     /// Announce each disk's files on stderr as it is materialized.
     pub announce_outputs: bool,
+    /// A `command not found` in a step's output fails the action (else it is a warning).
+    pub strict: bool,
 }
 
 impl BuildRequest {
@@ -84,6 +86,7 @@ impl BuildRequest {
             keep_failed: false,
             out: None,
             announce_outputs: true,
+            strict: false,
         }
     }
 }
@@ -93,6 +96,9 @@ impl BuildRequest {
 pub struct BuiltInfo {
     pub duration_ms: u64,
     pub steps: Vec<StepRecord>,
+    /// Commands the element scripts called that were not found (DIB passes these silently).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<action::dib::MissingCommand>,
     pub tree: TreeSummary,
 }
 
@@ -318,6 +324,7 @@ pub fn build(
         distdirs: crate::fetch::distdirs_from_env(),
         offline: session.offline,
         swift: Some(&swift),
+        strict: req.strict,
     };
     let progress = shell.progress();
     let results: Mutex<BTreeMap<String, Result<action::Built, BuildError>>> =
@@ -411,6 +418,7 @@ pub fn build(
                 row.built = Some(BuiltInfo {
                     duration_ms: b.duration.as_millis() as u64,
                     steps: b.steps,
+                    warnings: b.warnings,
                     tree: b.tree,
                 })
             }
@@ -534,6 +542,7 @@ fn run_one(
         Event::Output { line } => progress.output(&action.id, line),
         Event::Transfer { done, total } => progress.transfer(&action.id, *done, *total),
         Event::Warning { message } => progress.warn(&action.id, message),
+        Event::MissingCommand(m) => progress.warn(&action.id, &m.to_string()),
         _ => {}
     };
     let started = Instant::now();
