@@ -54,6 +54,7 @@ pub mod bootcheck;
 pub mod build;
 pub mod cli;
 pub mod diag;
+pub mod doctor;
 pub mod element;
 pub mod exec;
 pub mod fetch;

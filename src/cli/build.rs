@@ -235,8 +235,9 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         return Ok(());
     }
 
-    // Foreign architectures: emulated (slowly) when qemu-user is registered, else refused
-    // before anything runs.
+    // Foreign architectures: emulated (slowly) when qemu-user is registered. An arch the host
+    // cannot build is refused before anything runs when it was asked for by name, and left
+    // out (with a warning) when it only came with `//...` or an image's arch list.
     let foreign: BTreeSet<crate::manifest::Arch> = plan
         .iter()
         .filter(|(act, s)| {
@@ -244,28 +245,33 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         })
         .filter_map(|(act, _)| act.arch)
         .collect();
+    let named = label::named_arches(&model, &a.targets, arches.as_ref());
+    let mut skipped = BTreeSet::new();
     for arch in foreign {
-        match build::arch_support(arch) {
-            build::ArchSupport::Native => {}
-            build::ArchSupport::Emulated { handler } => ui::warn(&format!(
-                "{arch} root filesystems run under qemu-user emulation ({handler}): expect \
-                 them to take 5-10 times longer than native builds"
+        let report = crate::doctor::arch_report(arch);
+        match report.mode {
+            crate::doctor::ArchMode::Native => {}
+            crate::doctor::ArchMode::Emulated => ui::warn(&format!(
+                "{arch} root filesystems run under qemu-user emulation ({}): expect them to \
+                 take several times longer than native builds",
+                report.handler.as_deref().unwrap_or("qemu-user")
             )),
-            build::ArchSupport::Missing { handler } => {
-                return Err(CliError::msg(format!(
-                    "cannot build {arch} root filesystems on this {} host: no qemu-user \
-                     emulation is registered (binfmt_misc handler `{handler}`); install \
-                     qemu-user-static and binfmt-support, or build with --arch {}",
-                    std::env::consts::ARCH,
-                    if arch == crate::manifest::Arch::Amd64 {
-                        "arm64"
-                    } else {
-                        "amd64"
-                    }
-                )));
+            crate::doctor::ArchMode::Missing if named.contains(&arch) => {
+                return Err(CliError::msg(crate::doctor::cannot_build(&report)));
+            }
+            crate::doctor::ArchMode::Missing => {
+                ui::warn(&format!(
+                    "{}; leaving {arch} out (ask for it with --arch {arch} to make this an error)",
+                    crate::doctor::cannot_build(&report)
+                ));
+                skipped.insert(arch);
             }
         }
     }
+    let plan: Vec<(&Action, Status)> = plan
+        .into_iter()
+        .filter(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)))
+        .collect();
 
     let forced: BTreeSet<String> = if a.force.is_empty() {
         BTreeSet::new()
