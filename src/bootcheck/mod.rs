@@ -713,6 +713,92 @@ mod tests {
         );
     }
 
+    /// A BIOS boot sector that prints `text` on COM1 and then ends the VM (a triple fault,
+    /// which `-no-reboot` turns into QEMU's exit).
+    fn boot_sector(text: &str) -> Vec<u8> {
+        const IDTR: u16 = 0x7c00 + 25;
+        const MSG: u16 = 0x7c00 + 31;
+        let mut s = vec![
+            0xfc, // cld
+            0x31,
+            0xc0, // xor ax, ax
+            0x8e,
+            0xd8, // mov ds, ax
+            0xbe,
+            MSG as u8,
+            (MSG >> 8) as u8, // mov si, MSG
+            0xba,
+            0xf8,
+            0x03, // mov dx, 0x3f8
+            0xac, // lodsb
+            0x84,
+            0xc0, // test al, al
+            0x74,
+            0x03, // jz +3
+            0xee, // out dx, al
+            0xeb,
+            0xf8, // jmp lodsb
+            0x0f,
+            0x01,
+            0x1e,
+            IDTR as u8,
+            (IDTR >> 8) as u8, // lidt [IDTR]: limit 0
+            0xcc,              // int3: no IDT, so a triple fault
+            0,
+            0,
+            0,
+            0,
+            0,
+            0, // IDTR
+        ];
+        assert_eq!(s.len(), 31);
+        s.extend_from_slice(text.as_bytes());
+        s.push(0);
+        s.resize(510, 0);
+        s.extend_from_slice(&[0x55, 0xaa]);
+        s
+    }
+
+    #[test]
+    fn the_root_disk_boots_first_on_every_bus() {
+        // Real QEMU and SeaBIOS: the image is only a boot sector that reports one check, so
+        // a boot proves the disk is attached on that bus and first in the boot order (the
+        // seed disks are virtio too). UEFI boots of each bus are the end-to-end tests' part.
+        let dir = tempfile::tempdir().unwrap();
+        for bus in [DiskBus::Virtio, DiskBus::Nvme, DiskBus::Sata] {
+            let image = dir.path().join(format!("{}.raw", bus.as_str()));
+            let mut disk = boot_sector(&format!(
+                "\r\nCCB-CHECK|booted-from-{0}|PASS|{0}\r\nCCB-CHECKS-DONE\r\n",
+                bus.as_str()
+            ));
+            disk.resize(1 << 20, 0);
+            std::fs::write(&image, &disk).unwrap();
+            let mut kvm = false;
+            let report = boot(
+                &BootTest {
+                    image: &image,
+                    format: "raw",
+                    arch: Arch::Amd64,
+                    firmware: Firmware::Bios,
+                    disk: bus,
+                    timeout: Duration::from_secs(120),
+                    checks: &[],
+                    work: &dir.path().join(bus.as_str()),
+                    serial_log: dir.path().join(format!("{}.log", bus.as_str())),
+                },
+                &mut kvm,
+            )
+            .unwrap();
+            assert!(report.completed, "{bus:?}: {:?}", report.checks);
+            assert_eq!(report.disk, bus);
+            assert_eq!(report.checks.len(), 1, "{:?}", report.checks);
+            assert_eq!(
+                report.checks[0].name,
+                format!("booted-from-{}", bus.as_str())
+            );
+        }
+    }
+
     #[test]
     fn a_foreign_arch_never_boots_on_kvm() {
         let host = crate::doctor::host_arch().expect("tests run on amd64 or arm64");
