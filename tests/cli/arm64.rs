@@ -187,3 +187,102 @@ fn with_emulation_registered_arm64_is_emulated_with_the_fix_binary_flag() {
         text.stdout
     );
 }
+
+/// The ELF machine of a file (e_machine): 0xB7 is AArch64, 0x3E x86-64.
+fn elf_machine(path: &Path) -> u16 {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..4], b"\x7fELF", "{} is not ELF", path.display());
+    u16::from_le_bytes([bytes[18], bytes[19]])
+}
+
+#[test]
+fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
+    // The layered fixture (a mmdebstrap base, a package, a child with a script, static files
+    // and a bin/ tool) for arm64: the same code path as CC-Debian12-ARM64's layers, small.
+    assert!(is_root(), "builds need root");
+    let env = Env::new();
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("project");
+    crate::common::copy_tree(&repo().join("tests/fixtures/layered"), &project);
+    let images = project.join("manifests/images.ncl");
+    let text = std::fs::read_to_string(&images).unwrap();
+    assert!(text.contains("arch = ['amd64],"));
+    // Every image of the chain: a child names its arches too.
+    let text = text
+        .replace("arch = ['amd64],", "arch = ['arm64],")
+        .replace("from = \"tiny\",", "from = \"tiny\",\n    arch = ['arm64],");
+    std::fs::write(&images, text).unwrap();
+    let elements = repo().join("elements");
+    let run = env
+        .run(&[
+            "--root",
+            project.to_str().unwrap(),
+            "build",
+            "tiny-child",
+            "--until",
+            "layer",
+            "--element-path",
+            elements.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .ok();
+    run.stderr_has("qemu-user emulation");
+    let json = run.json();
+    let rows = json["actions"].as_array().unwrap();
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {json}"))
+    };
+    for id in [
+        "base:tiny:arm64",
+        "layer:tiny:arm64",
+        "layer:tiny-child:arm64",
+    ] {
+        assert_eq!(row(id)["status"], "built", "{id}");
+        // Where the emulated time goes: every step of the action, with its duration.
+        let steps = row(id)["steps"].as_array().unwrap();
+        assert!(!steps.is_empty(), "{id} has no steps");
+        assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{id}");
+    }
+    let names: Vec<&str> = row("layer:tiny:arm64")["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"00-dpkg-defer"), "{names:?}");
+
+    // The programs in the root filesystem are arm64's, run by qemu-user in the chroot.
+    let base = env
+        .cache
+        .path()
+        .join("layers")
+        .join(row("base:tiny:arm64")["key"].as_str().unwrap())
+        .join("tree");
+    assert_eq!(elf_machine(&base.join("usr/bin/dpkg")), 0xB7);
+    // The child's own script ran, in the arm64 chroot.
+    let child = env
+        .cache
+        .path()
+        .join("layers")
+        .join(row("layer:tiny-child:arm64")["key"].as_str().unwrap())
+        .join("tree");
+    assert!(child.exists(), "{}", child.display());
+    // While layers build, update-initramfs is deferred (the dpkg element): the disk action
+    // puts the real one back.
+    let layer = env
+        .cache
+        .path()
+        .join("layers")
+        .join(row("layer:tiny:arm64")["key"].as_str().unwrap())
+        .join("tree");
+    let stub = std::fs::read_to_string(layer.join("usr/sbin/update-initramfs")).unwrap();
+    assert!(stub.contains("deferred"), "{stub}");
+    let dpkg_cfg = layer.join("etc/dpkg/dpkg.cfg.d/02-dib-force-unsafe-io");
+    assert_eq!(
+        std::fs::read_to_string(dpkg_cfg).unwrap(),
+        "force-unsafe-io\n"
+    );
+}
