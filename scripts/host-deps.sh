@@ -75,3 +75,52 @@ ensure_qemu() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades \
         --no-install-recommends qemu-system-x86 "qemu-utils=$v" ovmf
 }
+
+# arm64 on an amd64 host: arm64 root filesystems are built under qemu-user, registered with
+# binfmt_misc with the fix-binary flag (F, Debian's qemu-user-static default), so chroots run
+# arm64 programs with no interpreter copied into them; mmdebstrap checks a foreign arch with
+# arch-test. arm64 disks boot in qemu-system-aarch64 on AAVMF (UEFI). binfmt_misc is mounted
+# when it is not. Prints the command that would fix it when registration is impossible.
+ensure_arm64_emulation() {
+    if [[ $(uname -m) == aarch64 ]]; then
+        return 0
+    fi
+    local pkgs=()
+    command -v qemu-aarch64-static >/dev/null 2>&1 || pkgs+=(qemu-user-static)
+    command -v update-binfmts >/dev/null 2>&1 || pkgs+=(binfmt-support)
+    command -v arch-test >/dev/null 2>&1 || pkgs+=(arch-test)
+    command -v qemu-system-aarch64 >/dev/null 2>&1 || pkgs+=(qemu-system-arm)
+    [[ -e /usr/share/AAVMF/AAVMF_CODE.fd ]] || pkgs+=(qemu-efi-aarch64)
+    if ((${#pkgs[@]} > 0)); then
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "arm64 emulation: need root to install ${pkgs[*]}" \
+                "(apt-get install ${pkgs[*]})" >&2
+            return 1
+        fi
+        echo "installing ${pkgs[*]}" >&2
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+    fi
+    local binfmt=/proc/sys/fs/binfmt_misc
+    if [[ ! -e $binfmt/register ]]; then
+        if [[ $(id -u) -ne 0 ]] || ! mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null; then
+            echo "arm64 emulation: binfmt_misc is not mounted; as root:" \
+                "mount -t binfmt_misc binfmt_misc $binfmt && update-binfmts --enable qemu-aarch64" >&2
+            return 1
+        fi
+    fi
+    if [[ $(head -n 1 "$binfmt/qemu-aarch64" 2>/dev/null) != enabled ]]; then
+        if [[ $(id -u) -ne 0 ]] || ! update-binfmts --enable qemu-aarch64 >/dev/null 2>&1; then
+            echo "arm64 emulation: qemu-aarch64 is not registered; as root:" \
+                "update-binfmts --enable qemu-aarch64" >&2
+            return 1
+        fi
+    fi
+    if ! grep -q '^flags:.*F' "$binfmt/qemu-aarch64"; then
+        echo "arm64 emulation: qemu-aarch64 is registered without the fix-binary flag (F)," \
+            "so chroots cannot find the interpreter; as root: update-binfmts --disable" \
+            "qemu-aarch64 && update-binfmts --enable qemu-aarch64 (Debian's qemu-user-static" \
+            "registers it with F)" >&2
+        return 1
+    fi
+}

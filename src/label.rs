@@ -107,6 +107,23 @@ fn resolve_word(model: &Model, word: &str) -> Result<Vec<(String, Option<Arch>)>
     })
 }
 
+/// The arches the words (or `--arch`) ask for by name: `--arch arm64`, or a published arch
+/// name such as `CC-Debian12-ARM64`. A build may leave out an arch the host cannot build only
+/// when nobody asked for it by name.
+pub fn named_arches(
+    model: &Model,
+    words: &[String],
+    arches: Option<&BTreeSet<Arch>>,
+) -> BTreeSet<Arch> {
+    let mut out: BTreeSet<Arch> = arches.cloned().unwrap_or_default();
+    for word in words {
+        if let Ok(picked) = resolve_word(model, word) {
+            out.extend(picked.into_iter().filter_map(|(_, arch)| arch));
+        }
+    }
+    out
+}
+
 /// "did you mean" over a list of candidates, by normalized Levenshtein similarity.
 pub fn did_you_mean(word: &str, candidates: &[String]) -> Option<String> {
     let lower = word.to_ascii_lowercase();

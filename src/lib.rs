@@ -57,7 +57,7 @@
 //! artifacts/.partial/         interrupted downloads, resumed by the next fetch
 //! sources/git/, sources/trees/  bare mirrors of git sources; locked trees by git tree id
 //! stat/artifacts.json         verified blake3 of store artifacts by stat
-//! logs/<key>.log              every step's output; <key>-boot-<firmware>.log for `ccb test`
+//! logs/<key>.log              every step's output; <key>-boot-<firmware>-<disk bus>.log for `ccb test`
 //! locks/                      per-key and store-wide flocks
 //! downloads/                  shared package and image downloads (never in a key)
 //! tmp/                        working directories of running (or killed) actions
@@ -67,6 +67,7 @@ pub mod action;
 pub mod bootcheck;
 pub mod cli;
 pub mod diag;
+pub mod doctor;
 pub mod element;
 pub mod exec;
 pub mod fetch;

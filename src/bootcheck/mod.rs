@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::manifest::Arch;
+
 const CHECK_SCRIPT: &str = include_str!("check.sh");
 
 /// The config drive presents the test VM as a Chameleon instance: a key given at launch, and
@@ -61,6 +63,40 @@ impl Firmware {
         match self {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+/// The bus the image's disk is attached to: Chameleon's nodes boot from NVMe, SATA (AHCI) and
+/// virtio disks, and an initramfs that lacks one of those drivers only shows on that bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    Virtio,
+    Nvme,
+    Sata,
+}
+
+impl DiskBus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Nvme => "nvme",
+            DiskBus::Sata => "sata",
+        }
+    }
+
+    /// QEMU `-device` arguments attaching drive `id` on this bus, first in the boot order.
+    fn devices(self, id: &str) -> Vec<String> {
+        match self {
+            DiskBus::Virtio => vec![format!("virtio-blk-pci,drive={id},bootindex=0")],
+            DiskBus::Nvme => vec![format!("nvme,drive={id},serial=ccb-{id},bootindex=0")],
+            // An AHCI controller of its own: i440fx (BIOS) has none, q35 and virt would
+            // otherwise need their built-in one addressed differently.
+            DiskBus::Sata => vec![
+                "ahci,id=ccb-ahci".to_string(),
+                format!("ide-hd,drive={id},bus=ccb-ahci.0,bootindex=0"),
+            ],
         }
     }
 }
@@ -114,7 +150,9 @@ pub struct CheckResult {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BootReport {
+    pub arch: Arch,
     pub firmware: Firmware,
+    pub disk: DiskBus,
     pub accel: String,
     pub duration_ms: u64,
     pub checks: Vec<CheckResult>,
@@ -134,7 +172,11 @@ pub struct BootTest<'a> {
     pub image: &'a Path,
     /// `qcow2` or `raw`.
     pub format: &'a str,
+    /// The image's architecture: amd64 boots in qemu-system-x86_64 (SeaBIOS or OVMF), arm64
+    /// in qemu-system-aarch64 `-M virt` on AAVMF (UEFI only).
+    pub arch: Arch,
     pub firmware: Firmware,
+    pub disk: DiskBus,
     pub timeout: Duration,
     pub checks: &'a [ElementCheck],
     /// A scratch directory (overlay, seed, firmware variables).
@@ -339,6 +381,24 @@ fn virtual_size(image: &Path, format: &str) -> Result<u64, BootError> {
         .ok_or_else(|| BootError::Setup("qemu-img info gave no virtual size".into()))
 }
 
+/// Whether a boot of `arch` may use KVM, given what the amd64 probe found: only for the
+/// host's own arch (an arm64 guest on an amd64 host is always TCG).
+pub fn kvm_for(arch: Arch, amd64_probe: bool) -> bool {
+    match (crate::doctor::host_arch(), arch) {
+        (Some(Arch::Amd64), Arch::Amd64) => amd64_probe,
+        (Some(Arch::Arm64), Arch::Arm64) => Path::new("/dev/kvm").exists(),
+        _ => false,
+    }
+}
+
+fn aavmf_files() -> Option<(PathBuf, PathBuf)> {
+    let (c, v) = (
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/AAVMF/AAVMF_VARS.fd",
+    );
+    (Path::new(c).exists() && Path::new(v).exists()).then(|| (PathBuf::from(c), PathBuf::from(v)))
+}
+
 /// How long KVM may take to show the kernel's first message before it counts as broken.
 const KVM_STALL: Duration = Duration::from_secs(40);
 
@@ -398,13 +458,17 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         t.work,
     )?;
 
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let qemu = match t.arch {
+        Arch::Amd64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    };
+    let mut cmd = Command::new(qemu);
     let accel = if kvm { "kvm" } else { "tcg" };
     // -nodefaults: no floppy, CD-ROM or VGA to probe; everything the guest gets is below.
     cmd.args([
         "-nodefaults",
         "-accel",
-        accel,
+        if kvm { "kvm" } else { "tcg,thread=multi" },
         "-m",
         "2048",
         "-smp",
@@ -420,35 +484,68 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
     .arg("-serial")
     .arg(format!("file:{}", t.serial_log.display()))
     .arg("-drive")
-    .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
-    .arg("-drive")
     .arg(format!(
-        "file={},format=raw,if=virtio,readonly=on",
-        seed.display()
-    ))
-    .arg("-drive")
-    .arg(format!(
-        "file={},format=raw,if=virtio,readonly=on",
-        drive.display()
+        "file={},format=qcow2,if=none,id=root",
+        overlay.display()
     ));
-    match t.firmware {
-        Firmware::Bios => {
+    for dev in t.disk.devices("root") {
+        cmd.arg("-device").arg(dev);
+    }
+    cmd.arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            seed.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            drive.display()
+        ));
+    let pflash = |cmd: &mut Command, code: &Path, vars: &Path| {
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,readonly=on,file={}",
+                code.display()
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    };
+    match (t.arch, t.firmware) {
+        (Arch::Amd64, Firmware::Bios) => {
             cmd.args(["-machine", "pc"]);
         }
-        Firmware::Uefi => {
+        (Arch::Amd64, Firmware::Uefi) => {
             let (code, vars) = firmware_files().ok_or_else(|| {
                 BootError::Setup("UEFI firmware not found: install the ovmf package".into())
             })?;
             let my_vars = t.work.join("OVMF_VARS.fd");
             std::fs::copy(&vars, &my_vars).map_err(setup("copy the UEFI variables"))?;
-            cmd.args(["-machine", "q35"])
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,readonly=on,file={}",
-                    code.display()
-                ))
-                .arg("-drive")
-                .arg(format!("if=pflash,format=raw,file={}", my_vars.display()));
+            cmd.args(["-machine", "q35"]);
+            pflash(&mut cmd, &code, &my_vars);
+        }
+        (Arch::Arm64, Firmware::Bios) => {
+            return Err(BootError::Setup(
+                "arm64 has no BIOS: arm64 disks boot on UEFI only (--firmware uefi)".into(),
+            ));
+        }
+        (Arch::Arm64, Firmware::Uefi) => {
+            let (code, vars) = aavmf_files().ok_or_else(|| {
+                BootError::Setup(
+                    "arm64 UEFI firmware (AAVMF) not found: install the qemu-efi-aarch64 package"
+                        .into(),
+                )
+            })?;
+            let my_vars = t.work.join("AAVMF_VARS.fd");
+            std::fs::copy(&vars, &my_vars).map_err(setup("copy the UEFI variables"))?;
+            // cortex-a72 under TCG: `max` would emulate pointer authentication, which costs
+            // a large share of TCG's time for nothing a boot test needs.
+            cmd.args([
+                "-machine",
+                "virt",
+                "-cpu",
+                if kvm { "host" } else { "cortex-a72" },
+            ]);
+            pflash(&mut cmd, &code, &my_vars);
         }
     }
     let _ = std::fs::remove_file(&t.serial_log);
@@ -471,7 +568,13 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(setup("run qemu-system-x86_64 (package qemu-system-x86)"))?;
+        .map_err(setup(format!(
+            "run {qemu} (package {})",
+            match t.arch {
+                Arch::Amd64 => "qemu-system-x86",
+                Arch::Arm64 => "qemu-system-arm",
+            }
+        )))?;
 
     let mut completed = false;
     loop {
@@ -547,7 +650,9 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         });
     }
     Ok(Some(BootReport {
+        arch: t.arch,
         firmware: t.firmware,
+        disk: t.disk,
         accel: accel.into(),
         duration_ms: started.elapsed().as_millis() as u64,
         checks,
@@ -571,9 +676,11 @@ pub fn render(reports: &[BootReport], out: &mut dyn Write) -> std::io::Result<()
         for c in &r.checks {
             writeln!(
                 out,
-                "{}  {:4}  {:24}  {}",
+                "{}  {:5}  {:4}  {:6}  {:24}  {}",
                 if c.passed { "PASS" } else { "FAIL" },
+                r.arch.as_str(),
                 r.firmware.as_str(),
+                r.disk.as_str(),
                 c.name,
                 c.detail
             )?;
@@ -585,6 +692,127 @@ pub fn render(reports: &[BootReport], out: &mut dyn Write) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_disk_bus_attaches_the_root_drive_first_in_the_boot_order() {
+        assert_eq!(
+            DiskBus::Virtio.devices("root"),
+            ["virtio-blk-pci,drive=root,bootindex=0"]
+        );
+        assert_eq!(
+            DiskBus::Nvme.devices("root"),
+            ["nvme,drive=root,serial=ccb-root,bootindex=0"]
+        );
+        // SATA brings its own AHCI controller: the i440fx machine of BIOS boots has none.
+        assert_eq!(
+            DiskBus::Sata.devices("root"),
+            [
+                "ahci,id=ccb-ahci",
+                "ide-hd,drive=root,bus=ccb-ahci.0,bootindex=0"
+            ]
+        );
+    }
+
+    /// A BIOS boot sector that prints `text` on COM1 and then ends the VM (a triple fault,
+    /// which `-no-reboot` turns into QEMU's exit).
+    fn boot_sector(text: &str) -> Vec<u8> {
+        const IDTR: u16 = 0x7c00 + 25;
+        const MSG: u16 = 0x7c00 + 31;
+        let mut s = vec![
+            0xfc, // cld
+            0x31,
+            0xc0, // xor ax, ax
+            0x8e,
+            0xd8, // mov ds, ax
+            0xbe,
+            MSG as u8,
+            (MSG >> 8) as u8, // mov si, MSG
+            0xba,
+            0xf8,
+            0x03, // mov dx, 0x3f8
+            0xac, // lodsb
+            0x84,
+            0xc0, // test al, al
+            0x74,
+            0x03, // jz +3
+            0xee, // out dx, al
+            0xeb,
+            0xf8, // jmp lodsb
+            0x0f,
+            0x01,
+            0x1e,
+            IDTR as u8,
+            (IDTR >> 8) as u8, // lidt [IDTR]: limit 0
+            0xcc,              // int3: no IDT, so a triple fault
+            0,
+            0,
+            0,
+            0,
+            0,
+            0, // IDTR
+        ];
+        assert_eq!(s.len(), 31);
+        s.extend_from_slice(text.as_bytes());
+        s.push(0);
+        s.resize(510, 0);
+        s.extend_from_slice(&[0x55, 0xaa]);
+        s
+    }
+
+    #[test]
+    fn the_root_disk_boots_first_on_every_bus() {
+        // Real QEMU and SeaBIOS: the image is only a boot sector that reports one check, so
+        // a boot proves the disk is attached on that bus and first in the boot order (the
+        // seed disks are virtio too). UEFI boots of each bus are the end-to-end tests' part.
+        let dir = tempfile::tempdir().unwrap();
+        for bus in [DiskBus::Virtio, DiskBus::Nvme, DiskBus::Sata] {
+            let image = dir.path().join(format!("{}.raw", bus.as_str()));
+            let mut disk = boot_sector(&format!(
+                "\r\nCCB-CHECK|booted-from-{0}|PASS|{0}\r\nCCB-CHECKS-DONE\r\n",
+                bus.as_str()
+            ));
+            disk.resize(1 << 20, 0);
+            std::fs::write(&image, &disk).unwrap();
+            let mut kvm = false;
+            let report = boot(
+                &BootTest {
+                    image: &image,
+                    format: "raw",
+                    arch: Arch::Amd64,
+                    firmware: Firmware::Bios,
+                    disk: bus,
+                    timeout: Duration::from_secs(120),
+                    checks: &[],
+                    work: &dir.path().join(bus.as_str()),
+                    serial_log: dir.path().join(format!("{}.log", bus.as_str())),
+                },
+                &mut kvm,
+            )
+            .unwrap();
+            assert!(report.completed, "{bus:?}: {:?}", report.checks);
+            assert_eq!(report.disk, bus);
+            assert_eq!(report.checks.len(), 1, "{:?}", report.checks);
+            assert_eq!(
+                report.checks[0].name,
+                format!("booted-from-{}", bus.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_foreign_arch_never_boots_on_kvm() {
+        let host = crate::doctor::host_arch().expect("tests run on amd64 or arm64");
+        let foreign = if host == Arch::Amd64 {
+            Arch::Arm64
+        } else {
+            Arch::Amd64
+        };
+        assert!(!kvm_for(foreign, true));
+        if host == Arch::Amd64 {
+            assert!(kvm_for(Arch::Amd64, true));
+            assert!(!kvm_for(Arch::Amd64, false));
+        }
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet() {

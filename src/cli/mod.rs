@@ -6,6 +6,7 @@
 mod build;
 mod cache;
 mod check;
+mod doctor;
 mod inspect;
 mod lint;
 mod publish;
@@ -70,6 +71,9 @@ enum Command {
     Versions(publish::VersionsCommand),
     /// Pin sources' refs to commits (and "latest" artifacts to digests) in ccb.lock
     Update(update::UpdateArgs),
+    /// Say what this host can build and test: arches (native, emulated), KVM, loop devices,
+    /// overlayfs, binfmt_misc, tools and their versions
+    Doctor(doctor::DoctorArgs),
 }
 
 /// What every command may need: the global flags, the project and the store, loaded lazily
@@ -204,6 +208,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&mut ctx, args),
         Command::Versions(cmd) => publish::versions(&mut ctx, cmd),
         Command::Update(args) => update::run(&mut ctx, args),
+        Command::Doctor(args) => doctor::run(&mut ctx, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

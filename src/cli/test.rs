@@ -3,9 +3,9 @@
 use clap::Args;
 
 use super::{CliError, Context};
-use crate::bootcheck::{self, BootReport, Firmware};
+use crate::bootcheck::{self, BootReport, DiskBus, Firmware};
 use crate::ops::build::BuildReport;
-use crate::ops::test::{BootResult, TestObserver, TestRequest};
+use crate::ops::test::{BootPlan, BootResult, TestObserver, TestRequest};
 use crate::ops::{self, SessionOptions};
 use crate::ui::{OutputFormat, Shell};
 
@@ -23,6 +23,9 @@ pub struct TestArgs {
     /// Which firmware to boot with
     #[arg(long, value_enum, default_value = "both")]
     firmware: FirmwareChoice,
+    /// The bus the image's disk is attached to (repeatable: one boot per bus and firmware)
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "virtio")]
+    disk: Vec<DiskBus>,
     /// Seconds a boot may take, checks included, before it counts as failed
     #[arg(long, default_value_t = 900, value_name = "S")]
     timeout: u64,
@@ -50,10 +53,12 @@ impl TestObserver for Text {
         self.shell.status(&report.summary_line());
     }
 
-    fn booting(&mut self, name: &str, firmware: Firmware, kvm: bool) {
+    fn booting(&mut self, name: &str, result: &BootPlan, kvm: bool) {
         self.shell.status(&format!(
-            "booting {name} ({}, {})...",
-            firmware.as_str(),
+            "booting {name} ({}, {}, {} disk, {})...",
+            result.arch,
+            result.firmware.as_str(),
+            result.disk.as_str(),
             if kvm { "kvm" } else { "tcg" }
         ));
     }
@@ -66,9 +71,11 @@ impl TestObserver for Text {
         let _ = bootcheck::render(std::slice::from_ref(report), &mut text);
         self.shell.out(&String::from_utf8_lossy(&text));
         self.shell.status(&format!(
-            "{} {} in {:.0} s; serial log: {}",
+            "{} {} {} ({} disk) in {:.0} s; serial log: {}",
             if result.passed { "passed" } else { "FAILED" },
+            result.arch,
             result.firmware.as_str(),
+            result.disk.as_str(),
             result.duration_ms as f64 / 1000.0,
             result.serial_log.display()
         ));
@@ -86,12 +93,16 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
     };
     let session = ops::Session::open(model, &store, &opts, &shell)?;
     let planned = session.plan(&a.targets, &a.arch)?;
+    let mut buses = a.disk.clone();
+    buses.sort();
+    buses.dedup();
     let req = TestRequest {
         firmwares: match a.firmware {
             FirmwareChoice::Bios => vec![Firmware::Bios],
             FirmwareChoice::Uefi => vec![Firmware::Uefi],
             FirmwareChoice::Both => vec![Firmware::Bios, Firmware::Uefi],
         },
+        buses,
         timeout: std::time::Duration::from_secs(a.timeout),
     };
     let mut observer = Text {

@@ -15,6 +15,7 @@ use crate::action::{self, BuildContext, BuildError};
 use crate::exec::{self, Fate, JobEnd, Node};
 use crate::graph::{self, Action, Kind, Status};
 use crate::label::Target;
+use crate::manifest::Arch;
 use crate::store::{Store, Wait};
 use crate::ui::Shell;
 use crate::ui::progress::{Progress, human_duration};
@@ -228,43 +229,49 @@ pub fn plan<'g>(planned: &'g Planned, store: &Store, until: Stage) -> Vec<(&'g A
         .collect()
 }
 
-/// Foreign architectures: emulated (slowly) when qemu-user is registered, else refused before
-/// anything runs.
-fn check_arches(plan: &[(&Action, Status)], shell: &Shell) -> Result<(), CommandError> {
-    let foreign: BTreeSet<crate::manifest::Arch> = plan
+/// Foreign architectures: emulated (slowly) when qemu-user is registered. An arch the host
+/// cannot build is refused before anything runs when it was asked for by name, and left out
+/// (with a warning) when it only came with `//...` or an image's arch list. Returns the arches
+/// left out.
+fn check_arches(
+    plan: &[(&Action, Status)],
+    named: &BTreeSet<Arch>,
+    shell: &Shell,
+) -> Result<BTreeSet<Arch>, CommandError> {
+    let foreign: BTreeSet<Arch> = plan
         .iter()
         .filter(|(act, s)| {
             matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
         })
         .filter_map(|(act, _)| act.arch)
         .collect();
+    let mut skipped = BTreeSet::new();
     for arch in foreign {
-        match action::arch_support(arch) {
-            action::ArchSupport::Native => {}
-            action::ArchSupport::Emulated { handler } => shell.warn(&format!(
-                "{arch} root filesystems run under qemu-user emulation ({handler}): expect \
-                 them to take 5-10 times longer than native builds"
+        let report = crate::doctor::arch_report(arch);
+        match report.mode {
+            crate::doctor::ArchMode::Native => {}
+            crate::doctor::ArchMode::Emulated => shell.warn(&format!(
+                "{arch} root filesystems run under qemu-user emulation ({}): expect them to \
+                 take several times longer than native builds",
+                report.handler.as_deref().unwrap_or("qemu-user")
             )),
-            action::ArchSupport::Missing { handler } => {
+            crate::doctor::ArchMode::Missing if named.contains(&arch) => {
                 return Err(CommandError::environment(
-                    format!(
-                        "cannot build {arch} root filesystems on this {} host: no qemu-user \
-                         emulation is registered (binfmt_misc handler `{handler}`)",
-                        std::env::consts::ARCH,
-                    ),
-                    format!(
-                        "install qemu-user-static and binfmt-support, or build with --arch {}",
-                        if arch == crate::manifest::Arch::Amd64 {
-                            "arm64"
-                        } else {
-                            "amd64"
-                        }
-                    ),
+                    crate::doctor::cannot_build(&report),
+                    "run `ccb doctor` for the command that registers the emulation, or build \
+                     another --arch",
                 ));
+            }
+            crate::doctor::ArchMode::Missing => {
+                shell.warn(&format!(
+                    "{}; leaving {arch} out (ask for it with --arch {arch} to make this an error)",
+                    crate::doctor::cannot_build(&report)
+                ));
+                skipped.insert(arch);
             }
         }
     }
-    Ok(())
+    Ok(skipped)
 }
 
 /// Runs the planned targets' actions up to `req.until` and materializes their finished disks.
@@ -279,8 +286,9 @@ pub fn build(
     let store = session.store;
     let model = &session.model;
     let graph = &planned.graph;
-    let plan = plan(planned, store, req.until);
-    check_arches(&plan, shell)?;
+    let mut plan = plan(planned, store, req.until);
+    let skipped = check_arches(&plan, &planned.named_arches, shell)?;
+    plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
 
     let forced: BTreeSet<String> = if req.force.is_empty() {
         BTreeSet::new()

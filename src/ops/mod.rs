@@ -101,6 +101,9 @@ pub struct Session<'s> {
 pub struct Planned {
     pub targets: Vec<Target>,
     pub graph: Graph,
+    /// The arches asked for by name (`--arch arm64`, `CC-Debian12-ARM64`): an arch the host
+    /// cannot build is an error for these, and is left out (with a warning) for the others.
+    pub named_arches: std::collections::BTreeSet<crate::manifest::Arch>,
 }
 
 impl<'s> Session<'s> {
@@ -135,8 +138,14 @@ impl<'s> Session<'s> {
 
     /// Resolves the targets and builds their graph.
     pub fn plan(&self, targets: &[String], arch: &[String]) -> Result<Planned, CommandError> {
+        let named_arches =
+            label::named_arches(&self.model, targets, label::parse_arches(arch)?.as_ref());
         let targets = self.targets(targets, arch)?;
         let graph = Graph::build(&self.model, &self.resolver, &targets, false)?;
-        Ok(Planned { targets, graph })
+        Ok(Planned {
+            targets,
+            graph,
+            named_arches,
+        })
     }
 }

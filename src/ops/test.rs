@@ -7,14 +7,18 @@ use serde::Serialize;
 
 use super::build::{BuildReport, BuildRequest};
 use super::{CommandError, Planned, Session};
-use crate::bootcheck::{self, BootReport, BootTest, CheckResult, Firmware};
+use crate::bootcheck::{self, BootReport, BootTest, CheckResult, DiskBus, Firmware};
 use crate::manifest::Arch;
 use crate::ui::Shell;
 
 /// What to boot with.
 #[derive(Debug, Clone)]
 pub struct TestRequest {
+    /// Firmwares to boot with; arm64 has no BIOS, so it boots UEFI only (BIOS alone asked for
+    /// an arm64 image named on the command line is an error).
     pub firmwares: Vec<Firmware>,
+    /// The buses the disk is attached to: one boot per firmware and bus.
+    pub buses: Vec<DiskBus>,
     /// How long a boot may take, checks included.
     pub timeout: Duration,
 }
@@ -26,6 +30,7 @@ pub struct BootResult {
     pub arch: Arch,
     pub image: PathBuf,
     pub firmware: Firmware,
+    pub disk: DiskBus,
     pub accel: String,
     pub duration_ms: u64,
     pub completed: bool,
@@ -44,15 +49,24 @@ pub struct TestReport {
     pub build: BuildReport,
 }
 
+/// One boot about to start.
+#[derive(Debug, Clone, Copy)]
+pub struct BootPlan {
+    pub arch: Arch,
+    pub firmware: Firmware,
+    pub disk: DiskBus,
+}
+
 /// What the test tells as it goes: the build's report, then each boot as it starts and ends.
 pub trait TestObserver {
     fn built(&mut self, report: &BuildReport);
-    fn booting(&mut self, name: &str, firmware: Firmware, kvm: bool);
+    fn booting(&mut self, name: &str, boot: &BootPlan, kvm: bool);
     fn booted(&mut self, report: &BootReport, result: &BootResult);
 }
 
-/// Boots the planned targets' disks, building what is missing first. Only amd64 disks boot so
-/// far: any other target is refused before anything is built.
+/// Boots the planned targets' disks, building what is missing first: amd64 on SeaBIOS and OVMF,
+/// arm64 on AAVMF (UEFI only). Asking for a BIOS boot of an arm64 image named on the command
+/// line is refused before anything is built; unnamed arm64 images are then left out.
 pub fn test(
     session: &Session,
     planned: &Planned,
@@ -60,10 +74,16 @@ pub fn test(
     shell: &Shell,
     observer: &mut dyn TestObserver,
 ) -> Result<TestReport, CommandError> {
-    if let Some(t) = planned.targets.iter().find(|t| t.arch != Arch::Amd64) {
-        return Err(CommandError::msg(format!(
-            "//images:{} ({}): only amd64 images can be booted so far (qemu-system-x86_64)",
-            t.image, t.arch
+    let bios_only = !req.firmwares.contains(&Firmware::Uefi);
+    if bios_only
+        && let Some(t) = planned
+            .targets
+            .iter()
+            .find(|t| t.arch == Arch::Arm64 && planned.named_arches.contains(&t.arch))
+    {
+        return Err(CommandError::usage(format!(
+            "{}: arm64 has no BIOS, its disks boot on UEFI only (--firmware uefi)",
+            t.label()
         )));
     }
     let build = super::build::build(session, planned, &BuildRequest::disks(), shell)?;
@@ -80,14 +100,20 @@ pub fn test(
                 "set TMPDIR to a writable directory with room for a disk overlay",
             )
         })?;
-    let mut kvm = bootcheck::kvm_works(scratch.path());
-    if !kvm {
+    let amd64_kvm = bootcheck::kvm_works(scratch.path());
+    if !amd64_kvm {
         shell.status("KVM is unavailable or does not work here: booting with TCG (slower)");
     }
 
     let mut results = Vec::new();
     for disk in &build.disks {
         let t = &disk.target;
+        let firmwares: Vec<Firmware> = match t.arch {
+            Arch::Amd64 => req.firmwares.clone(),
+            Arch::Arm64 if bios_only => continue,
+            Arch::Arm64 => vec![Firmware::Uefi],
+        };
+        let mut kvm = bootcheck::kvm_for(t.arch, amd64_kvm);
         let meta = store.outputs_meta(&disk.key).ok_or_else(|| {
             CommandError::msg(format!(
                 "the disk of //images:{} is not in the store",
@@ -117,16 +143,32 @@ pub fn test(
             })
             .collect();
         let checks = bootcheck::element_checks(&dirs);
-        for &fw in &req.firmwares {
-            observer.booting(&meta.name, fw, kvm);
-            let log = store.boot_log(&disk.key, fw.as_str());
-            let work = scratch.path().join(format!("{}-{}", t.image, fw.as_str()));
+        let boots = firmwares
+            .iter()
+            .flat_map(|&firmware| req.buses.iter().map(move |&disk| (firmware, disk)));
+        for (fw, bus) in boots {
+            let plan = BootPlan {
+                arch: t.arch,
+                firmware: fw,
+                disk: bus,
+            };
+            observer.booting(&meta.name, &plan, kvm);
+            let log = store.boot_log(&disk.key, fw.as_str(), bus.as_str());
+            let work = scratch.path().join(format!(
+                "{}-{}-{}-{}",
+                t.image,
+                t.arch,
+                fw.as_str(),
+                bus.as_str()
+            ));
             let had_kvm = kvm;
             let report = bootcheck::boot(
                 &BootTest {
                     image: &image,
                     format,
+                    arch: t.arch,
                     firmware: fw,
+                    disk: bus,
                     timeout: req.timeout,
                     checks: &checks,
                     work: &work,
@@ -144,6 +186,7 @@ pub fn test(
                 arch: t.arch,
                 image: image.clone(),
                 firmware: report.firmware,
+                disk: bus,
                 accel: report.accel.clone(),
                 duration_ms: report.duration_ms,
                 completed: report.completed,

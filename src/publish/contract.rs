@@ -42,7 +42,7 @@ pub struct ManifestProblem(pub String);
 /// digits of microseconds (Python's `str(datetime)` drops them when they are zero, which
 /// `strptime` then refuses: never rely on it).
 pub fn build_timestamp(secs: u64, micros: u32) -> String {
-    let (iso, _) = crate::build::utc(secs);
+    let (iso, _) = crate::action::utc(secs);
     // `2026-11-27T19:30:05Z` → `2026-11-27 19:30:05.000000`
     format!("{} {}.{:06}", &iso[..10], &iso[11..19], micros.min(999_999))
 }

@@ -95,8 +95,8 @@ impl Layout {
     }
 
     /// The serial log of `ccb test`'s boot of a disk with a firmware.
-    pub fn boot_log(key: &str, firmware: &str) -> String {
-        format!("logs/{key}-boot-{firmware}.log")
+    pub fn boot_log(key: &str, firmware: &str, bus: &str) -> String {
+        format!("logs/{key}-boot-{firmware}-{bus}.log")
     }
 
     /// A per-key or store-wide flock.

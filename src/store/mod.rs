@@ -290,8 +290,8 @@ impl Store {
     }
 
     /// The serial log of `ccb test`'s boot of a disk with a firmware.
-    pub fn boot_log(&self, key: &str, firmware: &str) -> PathBuf {
-        self.path(&Layout::boot_log(key, firmware))
+    pub fn boot_log(&self, key: &str, firmware: &str, bus: &str) -> PathBuf {
+        self.path(&Layout::boot_log(key, firmware, bus))
     }
 
     /// Moves a finished output directory into place in one rename, then records it

@@ -486,7 +486,7 @@ fn a_foreign_architecture_needs_qemu_user_emulation() {
         ]);
         run.fails()
             .stderr_has("cannot build arm64 root filesystems")
-            .stderr_has("qemu-user-static");
+            .stderr_has("ccb doctor");
         assert!(!env.cache.path().join("layers").exists());
     }
 }

@@ -1,6 +1,7 @@
 //! ccb's integration tests: one binary, one module per area. Each test drives the real `ccb`
 //! binary in a fresh cache directory with a scrubbed environment.
 
+mod arm64;
 mod common;
 mod dib_compat;
 mod disk;
