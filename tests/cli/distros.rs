@@ -65,7 +65,9 @@ fn mini_rootfs(root: &Path, package_tool: &str) {
     ] {
         std::os::unix::fs::symlink(target, root.join(link)).unwrap();
     }
-    for tool in ["bash", "find", "head", "cat", "env", "mkdir", "install"] {
+    for tool in [
+        "bash", "find", "head", "cat", "env", "mkdir", "install", "grep", "chmod",
+    ] {
         let host = PathBuf::from(format!("/usr/bin/{tool}"));
         std::fs::copy(&host, root.join(format!("usr/bin/{tool}"))).unwrap();
         let ldd = Command::new("ldd").arg(&host).output().unwrap();
@@ -390,4 +392,113 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
     std::fs::remove_file(f.served.join("cc-snapshot/cc-snapshot")).unwrap();
     f.ccb(&["build", "snap", "--until", "layer", "--force", "snap"])
         .ok();
+}
+
+/// Ubuntu 26.04's base: the resolute cloud image from the same server, and the initramfs made
+/// by dracut in its generic mode. The kernel, dracut and lsinitrd are fixtures here; what is
+/// real is the element's work: the apt install, the configuration that keeps every later
+/// regeneration generic, one `--no-hostonly` run per kernel, and the check that the NVMe
+/// driver (whose absence hung upstream's first 26.04 images) is inside.
+#[test]
+fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
+    let f = Fixture::new();
+    let root = f.served.parent().unwrap().join("resolute-root");
+    mini_rootfs(&root, "apt-get");
+    let kver = "7.0.0-10-generic";
+    let modules = root.join(format!("usr/lib/modules/{kver}"));
+    std::fs::create_dir_all(modules.join("kernel/drivers/nvme/host")).unwrap();
+    write(
+        modules.join("modules.order"),
+        "kernel/drivers/nvme/host/nvme.ko\n",
+    );
+    write(
+        modules.join("kernel/drivers/nvme/host/nvme.ko.zst"),
+        "module",
+    );
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    // dracut records its arguments and writes the image it is asked for; lsinitrd lists what
+    // the served rootfs says the initramfs holds.
+    script(
+        root.join("usr/bin/dracut"),
+        "#!/bin/bash\necho \"dracut $*\" >> /var/log/fake-dracut.log\nfor a; do out=$a; done\necho initramfs > \"$out\"\n",
+    );
+    // lsinitrd lists an initramfs with the NVMe driver only when the image's env says so.
+    script(
+        root.join("usr/bin/lsinitrd"),
+        &format!(
+            "#!/bin/bash\necho usr/lib/modules/{kver}/kernel/drivers/ata/ahci.ko.zst\n\
+             [ \"${{FAKE_INITRD_NVME:-}}\" = yes ] && echo usr/lib/modules/{kver}/kernel/drivers/nvme/host/nvme.ko.zst\n\
+             exit 0\n"
+        ),
+    );
+    let sq = f
+        .served
+        .join("ubuntu/resolute-server-cloudimg-amd64.squashfs");
+    let st = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&sq)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let noble = f.served.join("ubuntu/noble-server-cloudimg-amd64.squashfs");
+    write(
+        f.served.join("ubuntu/SHA256SUMS"),
+        &format!(
+            "{} *noble-server-cloudimg-amd64.squashfs\n{} *resolute-server-cloudimg-amd64.squashfs\n",
+            sha256(&noble),
+            sha256(&sq)
+        ),
+    );
+    let centos_sha = sha256(&f.served.join("centos/rootfs.tar.gz"));
+    let images = |nvme: &str| {
+        f.images_with(
+            &centos_sha,
+            &format!(
+                r#"  fake-ubuntu26 = {{
+    name = "Fake-Ubuntu26.04",
+    elements = ["ubuntu", "initramfs"],
+    formats = ['qcow2],
+    env = {{
+      DIB_RELEASE = "resolute",
+      DIB_INITRAMFS = "dracut",
+      DIB_CLOUD_IMAGES = "http://127.0.0.1:{}/ubuntu",
+      FAKE_INITRD_NVME = "{nvme}",
+    }},
+  }},
+"#,
+                f.port
+            ),
+        )
+    };
+
+    // An initramfs without the NVMe driver is the failure upstream shipped: the build stops.
+    images("no");
+    let bad = f
+        .ccb(&["build", "fake-ubuntu26", "--until", "layer"])
+        .fails();
+    bad.stderr_has("lacks the nvme driver")
+        .stderr_has("element `initramfs`");
+
+    images("yes");
+    f.ccb(&["build", "fake-ubuntu26", "--until", "layer"]).ok();
+    let tree = f.layer_tree("layer:fake-ubuntu26:amd64");
+    let apt = std::fs::read_to_string(tree.join("var/log/fake-apt-get.log")).unwrap();
+    assert!(apt.contains(" install ") && apt.contains("dracut"), "{apt}");
+    let conf = std::fs::read_to_string(tree.join("etc/dracut.conf.d/10-cc-generic.conf")).unwrap();
+    assert!(conf.contains("hostonly=\"no\""), "{conf}");
+    let dracut = std::fs::read_to_string(tree.join("var/log/fake-dracut.log")).unwrap();
+    assert_eq!(
+        dracut.trim(),
+        format!("dracut --force --no-hostonly --kver {kver} /boot/initrd.img-{kver}"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join(format!("boot/initrd.img-{kver}"))).unwrap(),
+        "initramfs\n"
+    );
+    assert!(
+        f.downloads()
+            .join("ubuntu/resolute-server-cloudimg-amd64.squashfs")
+            .is_file()
+    );
 }
