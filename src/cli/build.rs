@@ -39,6 +39,9 @@ pub struct BuildArgs {
     /// Print the plan (every action, its key, cached or to run, and why) without building
     #[arg(long)]
     dry_run: bool,
+    /// Refuse to add a pin to ccb.lock (for CI): a "latest" artifact with no pin is an error
+    #[arg(long)]
+    locked: bool,
     /// Only these architectures (comma-separated)
     #[arg(long, value_delimiter = ',')]
     arch: Vec<String>,
@@ -83,6 +86,7 @@ impl BuildArgs {
         Self {
             targets,
             dry_run: false,
+            locked: false,
             arch,
             element_path,
             jobs: 1,
@@ -192,13 +196,40 @@ pub fn apply_env(model: &mut crate::manifest::Model, settings: &[String]) -> Res
     Ok(())
 }
 
+/// Pins the "latest" artifacts the targets use that ccb.lock has no digest for yet, saying so.
+fn pin_new_artifacts(
+    ctx: &Context,
+    model: &mut crate::manifest::Model,
+    targets: &[label::Target],
+    store: &crate::store::Store,
+    locked: bool,
+) -> Result<(), CliError> {
+    let unpinned = crate::lock::unpinned_for(model, targets.iter().map(|t| t.image.as_str()));
+    let fetcher = crate::fetch::Fetcher {
+        store,
+        distdirs: crate::fetch::distdirs_from_env(),
+        offline: ctx.offline,
+        swift: None,
+    };
+    for (name, sha) in crate::lock::pin_new(model, &unpinned, &fetcher, locked)? {
+        ui::status(
+            ctx.quiet,
+            &format!("ccb.lock: pinned artifact `{name}` at {sha} (new in the manifests)"),
+        );
+    }
+    Ok(())
+}
+
 pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let mut model = ctx.model()?;
     apply_env(&mut model, &a.env)?;
-    let model = model;
     let arches = label::parse_arches(&a.arch)?;
     let targets = label::resolve(&model, &a.targets, arches.as_ref())?;
     let store = ctx.store()?;
+    if a.locked || !a.dry_run {
+        pin_new_artifacts(ctx, &mut model, &targets, &store, a.locked)?;
+    }
+    let model = model;
     let resolver =
         element::project_resolver(&model, &a.element_path, &store, ctx.offline, &mut |w| {
             ui::warn(w)

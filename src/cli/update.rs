@@ -97,7 +97,7 @@ pub fn run(ctx: &mut Context, a: UpdateArgs) -> Result<(), CliError> {
             Some(l) if !wanted(name) => l.sha256.clone(),
             _ => {
                 ui::status(ctx.quiet, &format!("fetching artifact `{name}` ({url})"));
-                fetcher.fetch_latest(name, &url, &mut |_, _| {})?
+                fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {})?
             }
         };
         let before = old.artifacts.get(name).map(|l| l.sha256.clone());

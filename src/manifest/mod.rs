@@ -173,6 +173,10 @@ pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swift: Option<SwiftObject>,
     pub sha256: String,
+    /// The publisher's checksum file (SHA256SUMS, CHECKSUM) for a `url` artifact: a download
+    /// must match its entry before it is pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sums: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }

@@ -68,6 +68,7 @@ esac
 # public server by default, as upstream uses; point it at a mirror in the manifests.
 export CC_CUDA_REPO_URL="${CC_CUDA_REPO_URL:-https://developer.download.nvidia.com/compute/cuda/repos}"
 
-# apt (debian family): NVIDIA's keyring package, a file of <CC_CUDA_REPO_URL>/<distro>/<arch>/
-# that installs the repository's signing key and source.
-export CC_CUDA_KEYRING_DEB="${CC_CUDA_KEYRING_DEB:-cuda-keyring_1.1-1_all.deb}"
+# NVIDIA's signing key, an artifact of the image pinned by SHA-256 (the path of the verified
+# file): the keyring package on apt, the key file on dnf.
+export CC_CUDA_KEYRING="${CC_CUDA_KEYRING:-}"
+export CC_CUDA_KEY="${CC_CUDA_KEY:-}"
