@@ -11,7 +11,7 @@ fn the_real_manifests_check() {
     let env = Env::new();
     let run = env.run(&["--root", &root(), "check"]).ok();
     assert!(
-        run.stdout.starts_with("ok: 12 images (16 builds)"),
+        run.stdout.starts_with("ok: 13 images (18 builds)"),
         "{}",
         run.stdout
     );
