@@ -145,6 +145,7 @@ fn with_default_site(model: &mut Model) {
             Site {
                 name: "Local directory".into(),
                 baremetal: true,
+                public: false,
                 formats: vec![crate::manifest::Format::Qcow2, crate::manifest::Format::Raw],
                 kind: SiteKind::Local,
                 cloud: None,
@@ -336,6 +337,8 @@ fn image_in(dir: &Path, name: &str, formats: &[&str]) -> Result<ImageFiles, CliE
 struct Candidate {
     image: ImageFiles,
     baremetal_only: bool,
+    /// The manifests' image, when the candidate is one (its secrets guard public sites).
+    key: Option<String>,
 }
 
 fn candidates(
@@ -365,6 +368,11 @@ fn candidates(
                 Ok(Candidate {
                     image: image_in(dir, name, &ALL)?,
                     baremetal_only,
+                    key: model
+                        .images
+                        .values()
+                        .find(|i| i.arch.iter().any(|a| i.published_name(*a) == *name))
+                        .map(|i| i.key.clone()),
                 })
             })
             .collect();
@@ -377,6 +385,7 @@ fn candidates(
         out.push(Candidate {
             image: image_in(&dir, &image.published_name(t.arch), &formats)?,
             baremetal_only: image.baremetal_only_for(t.arch),
+            key: Some(image.key.clone()),
         });
     }
     Ok(out)
@@ -425,6 +434,12 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
         }
         if wanted.is_empty() {
             continue;
+        }
+        if let Some(refusal) = wanted.iter().find_map(|c| {
+            let image = model.images.get(c.key.as_deref()?)?;
+            crate::publish::secrets_refusal(image, site)
+        }) {
+            return Err(CliError::msg(refusal));
         }
         let store = match open_site(&model, key, site, &a.swift) {
             Ok(s) => s,

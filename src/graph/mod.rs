@@ -243,7 +243,17 @@ impl Graph {
                     .map_if_any("source trees", trees)
                     .map("environment", resolved.view.env.clone())
                     .map("packages", package_map(&resolved.view))
-                    .map("artifacts", artifact_digests);
+                    .map("artifacts", artifact_digests)
+                    // A secret's presence, never its bytes (or where it is read from, which
+                    // differs between hosts).
+                    .map_if_any(
+                        "secrets",
+                        image
+                            .secrets
+                            .keys()
+                            .map(|v| (v.clone(), "present".to_string()))
+                            .collect(),
+                    );
                 let layer_id = format!("layer:{}:{arch}", image.key);
                 let layer_key = layer_doc.key();
                 let mut deps = vec![parent_id];

@@ -502,3 +502,128 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
             .is_file()
     );
 }
+
+/// A secret input (the vGPU license token): read at build time from the file the manifest
+/// names, handed to the scripts as a path, and nowhere else: not in a key, the plan, `explain`,
+/// JSON, the logs or the store outside the image's own tree. Only its presence is keyed, and an
+/// image holding one is not published to a public site unless the manifest allows it.
+#[test]
+fn a_secret_input_reaches_the_build_and_nothing_else() {
+    let f = Fixture::new();
+    let secret = "s3cr3t-token-7f1e2d";
+    let token = f.project.join("private/token.tok");
+    write(&token, secret);
+    script(
+        f.project.join("elements/licensed/install.d/50-licensed"),
+        "#!/bin/bash\nset -eu\ntest -r \"$LICENSE_TOKEN\"\ninstall -D -m 0600 \"$LICENSE_TOKEN\" /etc/licensed/token\necho \"licensed: token installed\"\n",
+    );
+    write(f.project.join("elements/licensed/README.rst"), "licensed\n");
+    let centos = sha256(&f.served.join("centos/rootfs.tar.gz"));
+    let images = |secrets: &str, public_ok: bool| {
+        f.images_with(
+            &centos,
+            &format!(
+                "  licensed = {{ name = \"Licensed\", from = \"fake-ubuntu\", elements = [\"licensed\"], {secrets} public_with_secrets = {public_ok} }},\n"
+            ),
+        )
+    };
+    let with_secret = "secrets = { LICENSE_TOKEN = { file = \"private/token.tok\" } },";
+    images(with_secret, false);
+    let key = |f: &Fixture| -> String {
+        let plan = f
+            .ccb(&["build", "licensed", "--dry-run", "--format", "json"])
+            .ok();
+        assert!(!plan.stdout.contains(secret), "{}", plan.stdout);
+        plan.json()["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == "layer:licensed:amd64")
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // Missing: the build stops naming the secret and where it was looked for.
+    std::fs::remove_file(&token).unwrap();
+    f.ccb(&["build", "licensed", "--until", "layer"])
+        .fails()
+        .stderr_has("secret `LICENSE_TOKEN` (file private/token.tok)");
+    write(&token, secret);
+
+    let built = f
+        .ccb(&[
+            "build", "licensed", "--until", "layer", "--format", "json", "-v",
+        ])
+        .ok();
+    assert!(!built.stdout.contains(secret) && !built.stderr.contains(secret));
+    let tree = f.layer_tree("layer:licensed:amd64");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/licensed/token")).unwrap(),
+        secret
+    );
+    // Nowhere in the store but the image's own tree: no log, key document, work file.
+    let grep = Command::new("grep")
+        .args(["-rlF", "--exclude-dir=tree", secret])
+        .arg(f.env.cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "secret found in {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    for q in [
+        vec!["query", "explain", "licensed"],
+        vec!["query", "manifest", "licensed", "--format", "json"],
+    ] {
+        let out = f.ccb(&q).ok();
+        assert!(!out.stdout.contains(secret), "{q:?}: {}", out.stdout);
+    }
+
+    // Its bytes are not keyed (another token, same key), its presence is.
+    let k1 = key(&f);
+    write(&token, "another-token");
+    assert_eq!(key(&f), k1);
+    images("", false);
+    assert_ne!(key(&f), k1);
+
+    // Publishing: a public site gets the image only when the manifest allows it.
+    images(with_secret, false);
+    let outs = f.project.join("outs");
+    write(outs.join("Licensed.qcow2"), "disk");
+    write(
+        outs.join("SHA256SUMS"),
+        &format!("{}  Licensed.qcow2\n", sha256(&outs.join("Licensed.qcow2"))),
+    );
+    write(
+        outs.join("Licensed.d/Licensed_provenance.json"),
+        r#"{"build-distro": "ubuntu", "build-release": "noble", "build-variant": "base", "build-repo": "https://example.org/ccb.git", "build-repo-commit": "0000000000000000000000000000000000000000", "build-timestamp": "2026-12-06 00:00:00", "build-tag": "Licensed-2026-12-06 00:00:00", "build-ipa": "false", "chameleon-supported": "true"}"#,
+    );
+    write(
+        f.project.join("manifests/sites.ncl"),
+        "{ open = { name = \"Open\", baremetal = true, public = true, kind = 'local, path = \"pub\" } }\n",
+    );
+    let publish = |f: &Fixture| {
+        f.ccb(&[
+            "publish",
+            "--outputs",
+            outs.to_str().unwrap(),
+            "Licensed",
+            "--scope",
+            "test",
+        ])
+    };
+    publish(&f)
+        .fails()
+        .stderr_has("holds secret inputs (LICENSE_TOKEN) and Open is public");
+    assert!(!f.project.join("pub").exists());
+    images(with_secret, true);
+    let allowed = publish(&f);
+    assert!(
+        !allowed.stderr.contains("holds secret inputs"),
+        "{}",
+        allowed.stderr
+    );
+}
