@@ -138,7 +138,10 @@ pub struct ArtifactMeta {
 
 /// Whether the artifact is in the store already.
 pub fn is_fetched(store: &Store, sha256: &str) -> bool {
-    store_path(store, sha256).is_file()
+    // Only a digest names a stored file (an unpinned artifact's key holds "latest <url>").
+    sha256.len() == 64
+        && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        && store_path(store, sha256).is_file()
 }
 
 /// The directories of `CCB_DISTDIR`.

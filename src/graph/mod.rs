@@ -172,12 +172,17 @@ impl Graph {
                 for (var, art_key) in &image.artifacts {
                     let art = &model.artifacts[art_key];
                     // Named by the artifact, so `explain` says which one changed.
-                    artifact_digests.insert(format!("{art_key} ({var})"), art.sha256.clone());
+                    // An artifact not pinned yet (the build that runs it adds the pin) is named
+                    // by its URL, so that two of them never share a key in a plan.
+                    let digest = if crate::lock::follows_latest(&art.sha256) {
+                        format!("latest {}", art.url.as_deref().unwrap_or_default())
+                    } else {
+                        art.sha256.clone()
+                    };
+                    artifact_digests.insert(format!("{art_key} ({var})"), digest.clone());
                     let id = format!("fetch:{art_key}");
                     if fetched.insert(art_key.clone()) {
-                        let doc = KeyDoc::new()
-                            .str("action", "fetch")
-                            .str("sha256", art.sha256.clone());
+                        let doc = KeyDoc::new().str("action", "fetch").str("sha256", digest);
                         graph.actions.push(Action {
                             id: id.clone(),
                             kind: Kind::Fetch,
