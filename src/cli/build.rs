@@ -139,6 +139,17 @@ pub(super) fn built_disks(
             vec![],
         ),
     )?;
+    // The build may have pinned new "latest" artifacts: the disks are keyed by those pins.
+    let repinned;
+    let model = if model.pins.unpinned.is_empty() {
+        model
+    } else {
+        let mut m = model.clone();
+        let lock = crate::lock::load(&m.root)?;
+        crate::lock::apply(&mut m, lock.as_ref())?;
+        repinned = m;
+        &repinned
+    };
     let arches = label::parse_arches(arch)?;
     let resolved = label::resolve(model, targets, arches.as_ref())?;
     let store = ctx.store()?;
