@@ -428,6 +428,41 @@ mod tests {
     }
 
     #[test]
+    fn a_latest_artifact_with_no_pin_yet_is_left_open_and_locked_refuses_to_pin_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::empty(dir.path().to_path_buf());
+        m.artifacts.insert(
+            "tool".into(),
+            crate::manifest::Artifact {
+                url: Some("http://127.0.0.1:1/tool".into()),
+                swift: None,
+                sha256: LATEST.into(),
+                sums: None,
+                description: None,
+            },
+        );
+        // No lock file at all: nothing to refuse yet, the artifact simply has no pin.
+        apply(&mut m, None).unwrap();
+        assert!(m.pins.unpinned.contains("tool"));
+        assert_eq!(m.artifacts["tool"].sha256, LATEST);
+
+        let store = crate::store::Store::at(dir.path().join("store"));
+        let fetcher = crate::fetch::Fetcher {
+            store: &store,
+            distdirs: vec![],
+            offline: true,
+            swift: None,
+        };
+        let names = m.pins.unpinned.clone();
+        let err = pin_new(&mut m, &names, &fetcher, true).unwrap_err();
+        assert!(matches!(&err, LockError::Unpinned { names, .. } if names == &["tool"]));
+        assert!(!path(dir.path()).exists(), "--locked writes no lock");
+        // Offline, the pin cannot be resolved: an error, and still no lock file.
+        assert!(pin_new(&mut m, &names, &fetcher, false).is_err());
+        assert!(!path(dir.path()).exists());
+    }
+
+    #[test]
     fn the_lock_round_trips_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut lock = Lock {
