@@ -490,7 +490,9 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
     let dracut = std::fs::read_to_string(tree.join("var/log/fake-dracut.log")).unwrap();
     assert_eq!(
         dracut.trim(),
-        format!("dracut --force --no-hostonly --kver {kver} /boot/initrd.img-{kver}"),
+        format!(
+            "dracut --force --no-hostonly --add-drivers nvme --kver {kver} /boot/initrd.img-{kver}"
+        ),
     );
     assert_eq!(
         std::fs::read_to_string(tree.join(format!("boot/initrd.img-{kver}"))).unwrap(),
