@@ -3,9 +3,10 @@
 //! The manifests name a git source by a ref (`stable/train`) and may let an artifact follow its
 //! URL (`sha256 = "latest"`); the lock pins each to a commit (+ the git tree of its `path`) or a
 //! digest, so a key means the same thing on every machine and on every day. Like Cargo.lock, it
-//! is written only by `ccb update` and read by everything else: a build never rewrites it, and
-//! fails — naming the entry and the command that fixes it — when it is missing or no longer
-//! matches the manifests (a URL, ref or path edited since the last update).
+//! is moved only by `ccb update`: a build that meets a "latest" artifact with no pin yet adds
+//! one (saying so; `--locked` refuses instead), never changes an existing pin, and fails —
+//! naming the entry and the command that fixes it — when an entry no longer matches the
+//! manifests (a URL, ref or path edited since the last update).
 //!
 //! The format is TOML with sorted tables, so a change to one source is a small diff.
 
@@ -21,7 +22,8 @@ pub const FILE: &str = "ccb.lock";
 pub const LATEST: &str = "latest";
 const VERSION: u32 = 1;
 const HEADER: &str = "# ccb.lock: the commits and digests the manifests resolve to.\n\
-# Written by `ccb update`; builds read it and never change it. Commit it with the manifests.\n";
+# Written by `ccb update`, and by a build that meets a new \"latest\" artifact (it adds the pin,\n\
+# never changes one). Commit it with the manifests.\n";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +68,10 @@ pub struct LockedArtifact {
 #[derive(Debug, Clone, Default)]
 pub struct Pins {
     pub sources: BTreeMap<String, LockedSource>,
+    /// "latest" artifacts the lock has no digest for yet (new in the manifests): their
+    /// `sha256` stays "latest" until a build pins them (`pin_new`), as Cargo adds a new
+    /// dependency to Cargo.lock.
+    pub unpinned: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -93,6 +99,15 @@ pub enum LockError {
         help("the lock file is written by `ccb update`; run it again rather than editing by hand")
     )]
     Invalid { path: PathBuf, message: String },
+    #[error("{} has no digest for {}, and --locked forbids adding one", path.display(), names.iter().map(|n| format!("artifact `{n}`")).collect::<Vec<_>>().join(", "))]
+    #[diagnostic(
+        code(ccb::lock::unpinned),
+        help("run `ccb update {}` (or build without --locked) to pin it, then commit ccb.lock", names.join(" "))
+    )]
+    Unpinned { path: PathBuf, names: Vec<String> },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
     #[error(transparent)]
     #[diagnostic(code(ccb::lock::io))]
     Fs(#[from] crate::fsutil::FsError),
@@ -165,16 +180,15 @@ pub fn open_inputs(model: &Model) -> (Vec<&String>, Vec<&String>) {
 pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
     let file = path(&model.root);
     let (git, latest) = open_inputs(model);
-    let Some(lock) = lock else {
-        if git.is_empty() && latest.is_empty() {
-            return Ok(());
+    let empty = Lock::default();
+    let lock = match lock {
+        Some(lock) => lock,
+        // Only "latest" artifacts open: they are pinned by the first build that needs them.
+        None if git.is_empty() => &empty,
+        None => {
+            let needed = git.iter().map(|k| format!("source `{k}`")).collect();
+            return Err(LockError::Missing { path: file, needed });
         }
-        let needed = git
-            .iter()
-            .map(|k| format!("source `{k}`"))
-            .chain(latest.iter().map(|k| format!("artifact `{k}`")))
-            .collect();
-        return Err(LockError::Missing { path: file, needed });
     };
     let stale = |entry: String, name: &str, reason: String| LockError::Stale {
         path: file.clone(),
@@ -221,11 +235,8 @@ pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
     for name in &latest {
         let url = model.artifacts[*name].url.clone().unwrap_or_default();
         let Some(locked) = lock.artifacts.get(*name) else {
-            return Err(stale(
-                format!("artifact `{name}`"),
-                name,
-                "follows \"latest\" but has no digest in the lock".into(),
-            ));
+            pins.unpinned.insert((*name).clone());
+            continue;
         };
         if locked.url != url {
             return Err(stale(
@@ -245,13 +256,80 @@ pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
         }
     }
     for name in latest.into_iter().cloned().collect::<Vec<_>>() {
-        let digest = lock.artifacts[&name].sha256.clone();
+        let Some(locked) = lock.artifacts.get(&name) else {
+            continue;
+        };
+        let digest = locked.sha256.clone();
         if let Some(a) = model.artifacts.get_mut(&name) {
             a.sha256 = digest;
         }
     }
     model.pins = pins;
     Ok(())
+}
+
+/// The unpinned "latest" artifacts `images` use (keys of the model's images).
+pub fn unpinned_for<'a>(
+    model: &Model,
+    images: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeSet<String> {
+    images
+        .into_iter()
+        .filter_map(|i| model.images.get(i))
+        .flat_map(|img| img.artifacts.values())
+        .filter(|a| model.pins.unpinned.contains(*a))
+        .cloned()
+        .collect()
+}
+
+/// Pins `names` (unpinned "latest" artifacts) the way Cargo adds a new dependency to
+/// Cargo.lock: each is downloaded, verified against its publisher's checksum file when the
+/// manifests name one, stored, and its digest added to the lock, whose other entries are kept
+/// as they are. `locked` refuses instead (CI). Returns (artifact, digest) for each new pin.
+pub fn pin_new(
+    model: &mut Model,
+    names: &std::collections::BTreeSet<String>,
+    fetcher: &crate::fetch::Fetcher,
+    locked: bool,
+) -> Result<Vec<(String, String)>, LockError> {
+    if names.is_empty() {
+        return Ok(vec![]);
+    }
+    if locked {
+        return Err(LockError::Unpinned {
+            path: path(&model.root),
+            names: names.iter().cloned().collect(),
+        });
+    }
+    let mut lock = load(&model.root)?.unwrap_or(Lock {
+        version: VERSION,
+        ..Default::default()
+    });
+    let mut added = Vec::new();
+    for name in names {
+        let Some(art) = model.artifacts.get(name) else {
+            continue;
+        };
+        let url = art.url.clone().unwrap_or_default();
+        let sha = fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {})?;
+        lock.artifacts.insert(
+            name.clone(),
+            LockedArtifact {
+                url,
+                sha256: sha.clone(),
+            },
+        );
+        added.push((name.clone(), sha));
+    }
+    // One write for all of them: the lock is never half-updated.
+    save(&model.root, &lock)?;
+    for (name, sha) in &added {
+        if let Some(a) = model.artifacts.get_mut(name) {
+            a.sha256 = sha.clone();
+        }
+        model.pins.unpinned.remove(name);
+    }
+    Ok(added)
 }
 
 #[cfg(test)]
@@ -327,6 +405,7 @@ mod tests {
                 url: Some("http://127.0.0.1:1/tool".into()),
                 swift: None,
                 sha256: LATEST.into(),
+                sums: None,
                 description: None,
             },
         );
@@ -346,6 +425,41 @@ mod tests {
         apply(&mut m, Some(&lock)).unwrap();
         assert_eq!(m.pins.sources["tie"].commit, "a".repeat(40));
         assert_eq!(m.artifacts["tool"].sha256, "c".repeat(64));
+    }
+
+    #[test]
+    fn a_latest_artifact_with_no_pin_yet_is_left_open_and_locked_refuses_to_pin_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::empty(dir.path().to_path_buf());
+        m.artifacts.insert(
+            "tool".into(),
+            crate::manifest::Artifact {
+                url: Some("http://127.0.0.1:1/tool".into()),
+                swift: None,
+                sha256: LATEST.into(),
+                sums: None,
+                description: None,
+            },
+        );
+        // No lock file at all: nothing to refuse yet, the artifact simply has no pin.
+        apply(&mut m, None).unwrap();
+        assert!(m.pins.unpinned.contains("tool"));
+        assert_eq!(m.artifacts["tool"].sha256, LATEST);
+
+        let store = crate::store::Store::at(dir.path().join("store"));
+        let fetcher = crate::fetch::Fetcher {
+            store: &store,
+            distdirs: vec![],
+            offline: true,
+            swift: None,
+        };
+        let names = m.pins.unpinned.clone();
+        let err = pin_new(&mut m, &names, &fetcher, true).unwrap_err();
+        assert!(matches!(&err, LockError::Unpinned { names, .. } if names == &["tool"]));
+        assert!(!path(dir.path()).exists(), "--locked writes no lock");
+        // Offline, the pin cannot be resolved: an error, and still no lock file.
+        assert!(pin_new(&mut m, &names, &fetcher, false).is_err());
+        assert!(!path(dir.path()).exists());
     }
 
     #[test]

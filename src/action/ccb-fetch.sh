@@ -41,7 +41,10 @@ if [ -z "$expected" ]; then
         get "$sums" "$sums_file.part"
         mv "$sums_file.part" "$sums_file"
     fi
-    expected=$(awk -v n="$name" '{ f = $2; sub(/^\*/, "", f) } f == n { print $1; exit }' "$sums_file")
+    # GNU lines (HEX *name) or BSD ones (SHA256 (name) = HEX), as CentOS's CHECKSUM files.
+    expected=$(awk -v n="$name" '
+        $1 == "SHA256" && $2 == "(" n ")" && $3 == "=" { print $4; exit }
+        { f = $2; sub(/^\*/, "", f) } f == n && length($1) == 64 { print $1; exit }' "$sums_file")
     if [ -z "$expected" ]; then
         echo "ccb-fetch: $sums has no entry for $name" >&2
         exit 1

@@ -463,6 +463,53 @@ pub fn spec_for(
                 artifacts.insert(var.clone(), path?);
             }
             stat_cache.save(ctx.store);
+            // Secrets: read now, into a private copy in this action's working directory (gone
+            // with it), exposed to the scripts as artifacts are. Only the image's own secrets:
+            // a parent's are already in its layer.
+            let own_secrets = image.secrets.iter().filter(|(var, src)| {
+                image
+                    .from
+                    .as_ref()
+                    .and_then(|p| ctx.model.images.get(p))
+                    .is_none_or(|p| p.secrets.get(*var) != Some(*src))
+            });
+            for (var, src) in own_secrets {
+                let bytes = src.read(&ctx.model.root).map_err(|e| {
+                    BuildError::engine(
+                        &action.id,
+                        format!("secret `{var}` ({}): {e}", src.describe()),
+                        None,
+                    )
+                })?;
+                let dir = work.join("secrets");
+                let path = dir.join(var);
+                let written = std::fs::create_dir_all(&dir)
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            &dir,
+                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                                0o700,
+                            ),
+                        )
+                    })
+                    .and_then(|()| std::fs::write(&path, &bytes))
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            &path,
+                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                                0o400,
+                            ),
+                        )
+                    });
+                if let Err(e) = written {
+                    return Err(BuildError::engine(
+                        &action.id,
+                        format!("secret `{var}`: cannot write its private copy: {e}"),
+                        None,
+                    ));
+                }
+                artifacts.insert(var.clone(), path);
+            }
             Ok(ActionSpec {
                 id: action.id.clone(),
                 key: action.key.clone(),

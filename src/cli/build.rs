@@ -14,6 +14,9 @@ pub struct BuildArgs {
     /// Print the plan (every action, its key, cached or to run, and why) without building
     #[arg(long)]
     dry_run: bool,
+    /// Refuse to add a pin to ccb.lock (for CI): a "latest" artifact with no pin is an error
+    #[arg(long)]
+    locked: bool,
     /// Only these architectures (comma-separated)
     #[arg(long, value_delimiter = ',')]
     arch: Vec<String>,
@@ -59,7 +62,10 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         env: a.env,
         offline: ctx.offline,
     };
-    let session = ops::Session::open(model, &store, &opts, &shell)?;
+    let mut session = ops::Session::open(model, &store, &opts, &shell)?;
+    if a.locked || !a.dry_run {
+        session.pin_new_artifacts(&a.targets, &a.arch, a.locked, &shell)?;
+    }
     let planned = session.plan(&a.targets, &a.arch)?;
     let until = a.until.unwrap_or(Stage::Disk);
     if a.dry_run {

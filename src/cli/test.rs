@@ -91,7 +91,8 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
         env: a.env,
         offline: ctx.offline,
     };
-    let session = ops::Session::open(model, &store, &opts, &shell)?;
+    let mut session = ops::Session::open(model, &store, &opts, &shell)?;
+    session.pin_new_artifacts(&a.targets, &a.arch, false, &shell)?;
     let planned = session.plan(&a.targets, &a.arch)?;
     let mut buses = a.disk.clone();
     buses.sort();

@@ -51,12 +51,25 @@ pub enum FetchError {
         expected: String,
         actual: String,
     },
+    #[error("artifact `{name}`: {sums} has no SHA-256 for {file}")]
+    #[diagnostic(
+        code(ccb::fetch::sums),
+        help(
+            "the artifact's `sums` must be the publisher's checksum file of the directory its `url` is in"
+        )
+    )]
+    NotInSums {
+        name: String,
+        sums: String,
+        file: String,
+    },
     #[error("artifact `{name}`: cannot download {url}: {message}")]
     #[diagnostic(
         code(ccb::fetch::download),
         help(
-            "on a machine that cannot reach it, put the file in a directory named by CCB_DISTDIR; \
-             the bytes received so far are kept and the next build resumes from them"
+            "point the artifact's `url` at a mirror in the manifests, or, on a machine that cannot \
+             reach it, put the file in a directory named by CCB_DISTDIR; the bytes received so far \
+             are kept and the next build resumes from them"
         )
     )]
     Download {
@@ -122,7 +135,10 @@ pub struct ArtifactMeta {
 
 /// Whether the artifact is in the store already.
 pub fn is_fetched(store: &Store, sha256: &str) -> bool {
-    store_path(store, sha256).is_file()
+    // Only a digest names a stored file (an unpinned artifact's key holds "latest <url>").
+    sha256.len() == 64
+        && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        && store_path(store, sha256).is_file()
 }
 
 /// The directories of `CCB_DISTDIR`.
@@ -417,6 +433,23 @@ fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((start, total.trim().parse().ok()))
 }
 
+/// The SHA-256 a checksum file gives for `file`: GNU coreutils lines (`HEX  name`,
+/// `HEX *name`) or BSD/`--tag` lines (`SHA256 (name) = HEX`), as Ubuntu's SHA256SUMS and
+/// CentOS's CHECKSUM files are written.
+pub fn sums_lookup(text: &str, file: &str) -> Option<String> {
+    let is_hex = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    text.lines().find_map(|line| {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("SHA256 (") {
+            let (name, hex) = rest.split_once(") = ")?;
+            return (name == file && is_hex(hex.trim())).then(|| hex.trim().to_ascii_lowercase());
+        }
+        let (hex, name) = line.split_once(char::is_whitespace)?;
+        let name = name.trim_start().trim_start_matches('*');
+        (name == file && is_hex(hex)).then(|| hex.to_ascii_lowercase())
+    })
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
@@ -499,11 +532,18 @@ impl Fetcher<'_> {
         &self,
         name: &str,
         url: &str,
+        sums: Option<&str>,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<String, FetchError> {
         if self.offline {
             return Err(FetchError::Offline { name: name.into() });
         }
+        // The publisher's SHA256SUMS first: the file is then verified before it enters the
+        // store, exactly as a pinned artifact is.
+        let expected = match sums {
+            Some(sums) => Some(self.sums_entry(name, url, sums)?),
+            None => None,
+        };
         let mut ingest = Ingest::temp(self.store, name)?;
         if let Some(path) = url.strip_prefix("file://") {
             let file = std::fs::File::open(path).map_err(Ingest::io(name, Path::new(path)))?;
@@ -534,8 +574,38 @@ impl Fetcher<'_> {
                 Err(e) => return Err(ingest.copy_error(name, Path::new(url), e)),
             }
         }
-        let (_, sha) = ingest.finish(name, &redact_url(url), None)?;
+        let (_, sha) = ingest.finish(name, &redact_url(url), expected.as_deref())?;
         Ok(sha)
+    }
+
+    /// The digest `sums` (a SHA256SUMS or CHECKSUM file) gives for the file `url` names.
+    fn sums_entry(&self, name: &str, url: &str, sums: &str) -> Result<String, FetchError> {
+        let download = |message: String| FetchError::Download {
+            name: name.into(),
+            url: redact_url(sums),
+            message,
+        };
+        let text = if let Some(path) = sums.strip_prefix("file://") {
+            std::fs::read_to_string(path).map_err(|e| download(e.to_string()))?
+        } else {
+            let mut response = agent()
+                .get(sums)
+                .call()
+                .map_err(|e| download(e.to_string()))?;
+            response
+                .body_mut()
+                .with_config()
+                .limit(16 << 20)
+                .read_to_string()
+                .map_err(|e| download(e.to_string()))?
+        };
+        let file = url.rsplit('/').next().unwrap_or(url);
+        let file = file.split(['?', '#']).next().unwrap_or(file);
+        sums_lookup(&text, file).ok_or_else(|| FetchError::NotInSums {
+            name: name.into(),
+            sums: redact_url(sums),
+            file: file.into(),
+        })
     }
 
     /// A local file (distdir, `file://`): copied by the kernel (`copy_file_range`, a reflink
@@ -797,11 +867,34 @@ mod tests {
         .fetch(name, artifact, progress)
     }
 
+    #[test]
+    fn checksum_files_are_read_in_gnu_and_bsd_formats() {
+        let a = "a".repeat(64);
+        let b = "B".repeat(64);
+        let text = format!(
+            "{a} *noble-server-cloudimg-amd64.squashfs\n{a}  other.img\nSHA256 (CentOS-9.tar.xz) = {b}\n"
+        );
+        assert_eq!(
+            sums_lookup(&text, "noble-server-cloudimg-amd64.squashfs").as_deref(),
+            Some(a.as_str())
+        );
+        assert_eq!(sums_lookup(&text, "other.img").as_deref(), Some(a.as_str()));
+        assert_eq!(
+            sums_lookup(&text, "CentOS-9.tar.xz"),
+            Some("b".repeat(64)),
+            "digests are lowercased"
+        );
+        // A name is matched whole, and a line that is not a SHA-256 is no answer.
+        assert_eq!(sums_lookup(&text, "noble"), None);
+        assert_eq!(sums_lookup("abc *short.img\n", "short.img"), None);
+    }
+
     fn artifact(url: Option<String>, content: &[u8]) -> Artifact {
         Artifact {
             url,
             swift: None,
             sha256: hex(&Sha256::digest(content)),
+            sums: None,
             description: None,
         }
     }

@@ -282,12 +282,17 @@ impl Graph {
                 for (var, art_key) in &image.artifacts {
                     let art = &model.artifacts[art_key];
                     // Named by the artifact, so `explain` says which one changed.
-                    artifact_digests.insert(format!("{art_key} ({var})"), art.sha256.clone());
+                    // An artifact not pinned yet (the build that runs it adds the pin) is named
+                    // by its URL, so that two of them never share a key in a plan.
+                    let digest = if crate::lock::follows_latest(&art.sha256) {
+                        format!("latest {}", art.url.as_deref().unwrap_or_default())
+                    } else {
+                        art.sha256.clone()
+                    };
+                    artifact_digests.insert(format!("{art_key} ({var})"), digest.clone());
                     let id = ActionId::fetch(art_key).to_string();
                     if fetched.insert(art_key.clone()) {
-                        let doc = KeyDoc::new()
-                            .str("action", "fetch")
-                            .str("sha256", art.sha256.clone());
+                        let doc = KeyDoc::new().str("action", "fetch").str("sha256", digest);
                         graph.actions.push(Action {
                             id: id.clone(),
                             kind: Kind::Fetch,
@@ -357,7 +362,17 @@ impl Graph {
                     .map_if_any("source trees", trees)
                     .map("environment", resolved.view.env.clone())
                     .map("packages", package_map(&resolved.view))
-                    .map("artifacts", artifact_digests);
+                    .map("artifacts", artifact_digests)
+                    // A secret's presence, never its bytes (or where it is read from, which
+                    // differs between hosts).
+                    .map_if_any(
+                        "secrets",
+                        image
+                            .secrets
+                            .keys()
+                            .map(|v| (v.clone(), "present".to_string()))
+                            .collect(),
+                    );
                 let layer_id = ActionId::layer(&image.key, arch).to_string();
                 let layer_key = layer_doc.key();
                 let mut deps = vec![parent_id];

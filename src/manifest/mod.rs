@@ -143,6 +143,11 @@ pub struct Image {
     pub env: BTreeMap<String, String>,
     /// Env var name → artifact key, the parent's merged with the image's own.
     pub artifacts: BTreeMap<String, String>,
+    /// Env var name → where its secret is read at build time, the parent's merged with the
+    /// image's own. Only their presence is part of a key.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// The manifests allow publishing this image to public sites although it holds secrets.
+    pub public_with_secrets: bool,
     pub formats: Vec<Format>,
     pub size: Option<String>,
     pub description: Option<String>,
@@ -158,9 +163,55 @@ impl Image {
         }
     }
 
+    /// Whether the image's builds hold secret inputs (then publishing to a public site needs
+    /// `public_with_secrets`).
+    pub fn holds_secrets(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
     /// Non-amd64 builds count as bare-metal only, whatever the manifest says.
     pub fn baremetal_only_for(&self, arch: Arch) -> bool {
         self.baremetal_only || arch != Arch::Amd64
+    }
+}
+
+/// Where a secret input is read at build time: a file (relative to the project root unless
+/// absolute) or a variable of ccb's own environment holding the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+impl SecretSource {
+    /// Where it comes from, for messages: never its bytes.
+    pub fn describe(&self) -> String {
+        match (&self.file, &self.env) {
+            (Some(f), _) => format!("file {f}"),
+            (None, Some(e)) => format!("environment variable {e}"),
+            (None, None) => "nowhere".into(),
+        }
+    }
+
+    /// Reads the secret. Errors name the source, never any content.
+    pub fn read(&self, root: &Path) -> Result<Vec<u8>, String> {
+        let bytes = match (&self.file, &self.env) {
+            (Some(f), _) => {
+                let path = root.join(f);
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            }
+            (None, Some(name)) => std::env::var_os(name)
+                .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec())
+                .ok_or_else(|| format!("environment variable {name} is not set"))?,
+            (None, None) => return Err("no source (`file` or `env`)".into()),
+        };
+        if bytes.is_empty() {
+            return Err(format!("{} is empty", self.describe()));
+        }
+        Ok(bytes)
     }
 }
 
@@ -180,6 +231,10 @@ pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swift: Option<SwiftObject>,
     pub sha256: String,
+    /// The publisher's checksum file (SHA256SUMS, CHECKSUM) for a `url` artifact: a download
+    /// must match its entry before it is pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sums: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -207,8 +262,9 @@ pub struct Site {
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Swift sites: whether `ccb publish` checks the container is publicly readable and
-    /// listable (what the sites' pullers need).
+    /// Whether anyone can read what is published there. Swift sites: `ccb publish` checks the
+    /// container is publicly readable and listable (what the sites' pullers need). An image
+    /// holding secret inputs is refused unless its manifest allows it (`public_with_secrets`).
     #[serde(default = "yes")]
     pub public: bool,
 }

@@ -41,6 +41,10 @@ struct RawImage {
     provenance: Provenance,
     env: BTreeMap<String, String>,
     artifacts: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, super::SecretSource>,
+    #[serde(default)]
+    public_with_secrets: bool,
     formats: Vec<Format>,
     #[serde(default)]
     size: Option<String>,
@@ -193,6 +197,10 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         env.extend(img.env.clone());
         let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
         artifacts.extend(img.artifacts.clone());
+        let mut secrets = parent.map(|p| p.secrets.clone()).unwrap_or_default();
+        secrets.extend(img.secrets.clone());
+        let public_with_secrets =
+            img.public_with_secrets || parent.is_some_and(|p| p.public_with_secrets);
         let inherit = |own: &Option<String>, pick: fn(&Provenance) -> &Option<String>| {
             own.clone()
                 .or_else(|| parent.and_then(|p| pick(&p.provenance).clone()))
@@ -259,6 +267,8 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
             provenance,
             env,
             artifacts,
+            secrets,
+            public_with_secrets,
             formats,
             size: img.size.clone(),
             description: img.description.clone(),

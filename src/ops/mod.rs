@@ -136,6 +136,36 @@ impl<'s> Session<'s> {
         Ok(label::resolve(&self.model, targets, arches.as_ref())?)
     }
 
+    /// Pins the "latest" artifacts the targets use that ccb.lock has no digest for yet, saying
+    /// so, as Cargo adds a new dependency to Cargo.lock; `locked` refuses instead (CI). Runs
+    /// before [`Session::plan`]: the keys are made from the pins.
+    pub fn pin_new_artifacts(
+        &mut self,
+        targets: &[String],
+        arch: &[String],
+        locked: bool,
+        shell: &Shell,
+    ) -> Result<(), CommandError> {
+        let resolved = self.targets(targets, arch)?;
+        let unpinned =
+            crate::lock::unpinned_for(&self.model, resolved.iter().map(|t| t.image.as_str()));
+        if unpinned.is_empty() {
+            return Ok(());
+        }
+        let fetcher = crate::fetch::Fetcher {
+            store: self.store,
+            distdirs: crate::fetch::distdirs_from_env(),
+            offline: self.offline,
+            swift: None,
+        };
+        for (name, sha) in crate::lock::pin_new(&mut self.model, &unpinned, &fetcher, locked)? {
+            shell.status(&format!(
+                "ccb.lock: pinned artifact `{name}` at {sha} (new in the manifests)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Resolves the targets and builds their graph.
     pub fn plan(&self, targets: &[String], arch: &[String]) -> Result<Planned, CommandError> {
         let named_arches =

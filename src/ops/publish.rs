@@ -148,6 +148,8 @@ fn image_in(dir: &Path, name: &str, formats: &[&str]) -> Result<ImageFiles, Comm
 struct Candidate {
     image: ImageFiles,
     baremetal_only: bool,
+    /// The manifests' image, when the candidate is one (its secrets guard public sites).
+    key: Option<String>,
 }
 
 /// Images built elsewhere, by published name.
@@ -176,6 +178,11 @@ fn candidates_in(
             Ok(Candidate {
                 image: image_in(dir, name, &ALL)?,
                 baremetal_only,
+                key: model
+                    .images
+                    .values()
+                    .find(|i| i.arch.iter().any(|a| i.published_name(*a) == *name))
+                    .map(|i| i.key.clone()),
             })
         })
         .collect()
@@ -210,7 +217,8 @@ pub fn publish(
     let (candidates, build, model) = match &req.outputs {
         Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
         None => {
-            let session = Session::open(model, store, opts, shell)?;
+            let mut session = Session::open(model, store, opts, shell)?;
+            session.pin_new_artifacts(&req.targets, &req.arch, false, shell)?;
             let planned = session.plan(&req.targets, &req.arch)?;
             let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
             observer.built(&build);
@@ -222,6 +230,7 @@ pub fn publish(
                 out.push(Candidate {
                     image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
                     baremetal_only: image.baremetal_only_for(d.target.arch),
+                    key: Some(image.key.clone()),
                 });
             }
             (out, Some(build), session.model)
@@ -250,6 +259,12 @@ pub fn publish(
         }
         if wanted.is_empty() {
             continue;
+        }
+        if let Some(refusal) = wanted.iter().find_map(|c| {
+            let image = model.images.get(c.key.as_deref()?)?;
+            publish::secrets_refusal(image, site)
+        }) {
+            return Err(CommandError::msg(refusal));
         }
         let opened = sites::open_site(&model, key, site, &req.swift).and_then(|store| {
             if site.kind == SiteKind::Swift && site.public && !req.no_public_check {

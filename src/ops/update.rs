@@ -124,7 +124,7 @@ pub fn update(
             Some(l) if !wanted(name) => l.sha256.clone(),
             _ => {
                 shell.status(&format!("fetching artifact `{name}` ({url})"));
-                fetcher.fetch_latest(name, &url, &mut |_, _| {})?
+                fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {})?
             }
         };
         let before = old.artifacts.get(name).map(|l| l.sha256.clone());

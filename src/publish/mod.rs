@@ -991,3 +991,22 @@ pub fn check_public(site: &dyn ObjectStore) -> Result<(), PublishError> {
         _ => Ok(()),
     }
 }
+
+/// Why an image holding secret inputs (a license token) may not go to `site`: a public site
+/// would hand the secret to anyone, so the manifest must say so (`public_with_secrets`).
+pub fn secrets_refusal(
+    image: &crate::manifest::Image,
+    site: &crate::manifest::Site,
+) -> Option<String> {
+    if !site.public || !image.holds_secrets() || image.public_with_secrets {
+        return None;
+    }
+    let names: Vec<&str> = image.secrets.keys().map(String::as_str).collect();
+    Some(format!(
+        "image `{}` holds secret inputs ({}) and {} is public: not published there \
+         (set `public_with_secrets = true` on the image to allow it)",
+        image.key,
+        names.join(", "),
+        site.name
+    ))
+}

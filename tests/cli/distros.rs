@@ -65,7 +65,9 @@ fn mini_rootfs(root: &Path, package_tool: &str) {
     ] {
         std::os::unix::fs::symlink(target, root.join(link)).unwrap();
     }
-    for tool in ["bash", "find", "head", "cat", "env", "mkdir", "install"] {
+    for tool in [
+        "bash", "find", "head", "cat", "env", "mkdir", "install", "grep", "chmod",
+    ] {
         let host = PathBuf::from(format!("/usr/bin/{tool}"));
         std::fs::copy(&host, root.join(format!("usr/bin/{tool}"))).unwrap();
         let ldd = Command::new("ldd").arg(&host).output().unwrap();
@@ -390,4 +392,240 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
     std::fs::remove_file(f.served.join("cc-snapshot/cc-snapshot")).unwrap();
     f.ccb(&["build", "snap", "--until", "layer", "--force", "snap"])
         .ok();
+}
+
+/// Ubuntu 26.04's base: the resolute cloud image from the same server, and the initramfs made
+/// by dracut in its generic mode. The kernel, dracut and lsinitrd are fixtures here; what is
+/// real is the element's work: the apt install, the configuration that keeps every later
+/// regeneration generic, one `--no-hostonly` run per kernel, and the check that the NVMe
+/// driver (whose absence hung upstream's first 26.04 images) is inside.
+#[test]
+fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
+    let f = Fixture::new();
+    let root = f.served.parent().unwrap().join("resolute-root");
+    mini_rootfs(&root, "apt-get");
+    let kver = "7.0.0-10-generic";
+    let modules = root.join(format!("usr/lib/modules/{kver}"));
+    std::fs::create_dir_all(modules.join("kernel/drivers/nvme/host")).unwrap();
+    write(
+        modules.join("modules.order"),
+        "kernel/drivers/nvme/host/nvme.ko\n",
+    );
+    write(
+        modules.join("kernel/drivers/nvme/host/nvme.ko.zst"),
+        "module",
+    );
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    // dracut records its arguments and writes the image it is asked for; lsinitrd lists what
+    // the served rootfs says the initramfs holds.
+    script(
+        root.join("usr/bin/dracut"),
+        "#!/bin/bash\necho \"dracut $*\" >> /var/log/fake-dracut.log\nfor a; do out=$a; done\necho initramfs > \"$out\"\n",
+    );
+    // lsinitrd lists an initramfs with the NVMe driver only when the image's env says so.
+    script(
+        root.join("usr/bin/lsinitrd"),
+        &format!(
+            "#!/bin/bash\necho usr/lib/modules/{kver}/kernel/drivers/ata/ahci.ko.zst\n\
+             [ \"${{FAKE_INITRD_NVME:-}}\" = yes ] && echo usr/lib/modules/{kver}/kernel/drivers/nvme/host/nvme.ko.zst\n\
+             exit 0\n"
+        ),
+    );
+    let sq = f
+        .served
+        .join("ubuntu/resolute-server-cloudimg-amd64.squashfs");
+    let st = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&sq)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let noble = f.served.join("ubuntu/noble-server-cloudimg-amd64.squashfs");
+    write(
+        f.served.join("ubuntu/SHA256SUMS"),
+        &format!(
+            "{} *noble-server-cloudimg-amd64.squashfs\n{} *resolute-server-cloudimg-amd64.squashfs\n",
+            sha256(&noble),
+            sha256(&sq)
+        ),
+    );
+    let centos_sha = sha256(&f.served.join("centos/rootfs.tar.gz"));
+    let images = |nvme: &str| {
+        f.images_with(
+            &centos_sha,
+            &format!(
+                r#"  fake-ubuntu26 = {{
+    name = "Fake-Ubuntu26.04",
+    elements = ["ubuntu", "initramfs"],
+    formats = ['qcow2],
+    env = {{
+      DIB_RELEASE = "resolute",
+      DIB_INITRAMFS = "dracut",
+      DIB_CLOUD_IMAGES = "http://127.0.0.1:{}/ubuntu",
+      FAKE_INITRD_NVME = "{nvme}",
+    }},
+  }},
+"#,
+                f.port
+            ),
+        )
+    };
+
+    // An initramfs without the NVMe driver is the failure upstream shipped: the build stops.
+    images("no");
+    let bad = f
+        .ccb(&["build", "fake-ubuntu26", "--until", "layer"])
+        .fails();
+    bad.stderr_has("lacks the nvme driver")
+        .stderr_has("element `initramfs`");
+
+    images("yes");
+    f.ccb(&["build", "fake-ubuntu26", "--until", "layer"]).ok();
+    let tree = f.layer_tree("layer:fake-ubuntu26:amd64");
+    let apt = std::fs::read_to_string(tree.join("var/log/fake-apt-get.log")).unwrap();
+    assert!(apt.contains(" install ") && apt.contains("dracut"), "{apt}");
+    let conf = std::fs::read_to_string(tree.join("etc/dracut.conf.d/10-cc-generic.conf")).unwrap();
+    assert!(conf.contains("hostonly=\"no\""), "{conf}");
+    let dracut = std::fs::read_to_string(tree.join("var/log/fake-dracut.log")).unwrap();
+    assert_eq!(
+        dracut.trim(),
+        format!(
+            "dracut --force --no-hostonly --add-drivers nvme --kver {kver} /boot/initrd.img-{kver}"
+        ),
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join(format!("boot/initrd.img-{kver}"))).unwrap(),
+        "initramfs\n"
+    );
+    assert!(
+        f.downloads()
+            .join("ubuntu/resolute-server-cloudimg-amd64.squashfs")
+            .is_file()
+    );
+}
+
+/// A secret input (the vGPU license token): read at build time from the file the manifest
+/// names, handed to the scripts as a path, and nowhere else: not in a key, the plan, `explain`,
+/// JSON, the logs or the store outside the image's own tree. Only its presence is keyed, and an
+/// image holding one is not published to a public site unless the manifest allows it.
+#[test]
+fn a_secret_input_reaches_the_build_and_nothing_else() {
+    let f = Fixture::new();
+    let secret = "s3cr3t-token-7f1e2d";
+    let token = f.project.join("private/token.tok");
+    write(&token, secret);
+    script(
+        f.project.join("elements/licensed/install.d/50-licensed"),
+        "#!/bin/bash\nset -eu\ntest -r \"$LICENSE_TOKEN\"\ninstall -D -m 0600 \"$LICENSE_TOKEN\" /etc/licensed/token\necho \"licensed: token installed\"\n",
+    );
+    write(f.project.join("elements/licensed/README.rst"), "licensed\n");
+    let centos = sha256(&f.served.join("centos/rootfs.tar.gz"));
+    let images = |secrets: &str, public_ok: bool| {
+        f.images_with(
+            &centos,
+            &format!(
+                "  licensed = {{ name = \"Licensed\", from = \"fake-ubuntu\", elements = [\"licensed\"], {secrets} public_with_secrets = {public_ok} }},\n"
+            ),
+        )
+    };
+    let with_secret = "secrets = { LICENSE_TOKEN = { file = \"private/token.tok\" } },";
+    images(with_secret, false);
+    let key = |f: &Fixture| -> String {
+        let plan = f
+            .ccb(&["build", "licensed", "--dry-run", "--format", "json"])
+            .ok();
+        assert!(!plan.stdout.contains(secret), "{}", plan.stdout);
+        plan.json()["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == "layer:licensed:amd64")
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // Missing: the build stops naming the secret and where it was looked for.
+    std::fs::remove_file(&token).unwrap();
+    f.ccb(&["build", "licensed", "--until", "layer"])
+        .fails()
+        .stderr_has("secret `LICENSE_TOKEN` (file private/token.tok)");
+    write(&token, secret);
+
+    let built = f
+        .ccb(&[
+            "build", "licensed", "--until", "layer", "--format", "json", "-v",
+        ])
+        .ok();
+    assert!(!built.stdout.contains(secret) && !built.stderr.contains(secret));
+    let tree = f.layer_tree("layer:licensed:amd64");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/licensed/token")).unwrap(),
+        secret
+    );
+    // Nowhere in the store but the image's own tree: no log, key document, work file.
+    let grep = Command::new("grep")
+        .args(["-rlF", "--exclude-dir=tree", secret])
+        .arg(f.env.cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "secret found in {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    for q in [
+        vec!["query", "explain", "licensed"],
+        vec!["query", "manifest", "licensed", "--format", "json"],
+    ] {
+        let out = f.ccb(&q).ok();
+        assert!(!out.stdout.contains(secret), "{q:?}: {}", out.stdout);
+    }
+
+    // Its bytes are not keyed (another token, same key), its presence is.
+    let k1 = key(&f);
+    write(&token, "another-token");
+    assert_eq!(key(&f), k1);
+    images("", false);
+    assert_ne!(key(&f), k1);
+
+    // Publishing: a public site gets the image only when the manifest allows it.
+    images(with_secret, false);
+    let outs = f.project.join("outs");
+    write(outs.join("Licensed.qcow2"), "disk");
+    write(
+        outs.join("SHA256SUMS"),
+        &format!("{}  Licensed.qcow2\n", sha256(&outs.join("Licensed.qcow2"))),
+    );
+    write(
+        outs.join("Licensed.d/Licensed_provenance.json"),
+        r#"{"build-distro": "ubuntu", "build-release": "noble", "build-variant": "base", "build-repo": "https://example.org/ccb.git", "build-repo-commit": "0000000000000000000000000000000000000000", "build-timestamp": "2026-12-06 00:00:00", "build-tag": "Licensed-2026-12-06 00:00:00", "build-ipa": "false", "chameleon-supported": "true"}"#,
+    );
+    write(
+        f.project.join("manifests/sites.ncl"),
+        "{ open = { name = \"Open\", baremetal = true, public = true, kind = 'local, path = \"pub\" } }\n",
+    );
+    let publish = |f: &Fixture| {
+        f.ccb(&[
+            "publish",
+            "--outputs",
+            outs.to_str().unwrap(),
+            "Licensed",
+            "--scope",
+            "test",
+        ])
+    };
+    publish(&f)
+        .fails()
+        .stderr_has("holds secret inputs (LICENSE_TOKEN) and Open is public");
+    assert!(!f.project.join("pub").exists());
+    images(with_secret, true);
+    let allowed = publish(&f);
+    assert!(
+        !allowed.stderr.contains("holds secret inputs"),
+        "{}",
+        allowed.stderr
+    );
 }

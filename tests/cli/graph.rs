@@ -235,10 +235,10 @@ fn query_deps_rdeps_and_graph() {
         targets,
         [
             "//images:centos9-stream-cuda",
-            "//images:ubuntu20.04-cuda",
-            "//images:ubuntu20.04-cuda11",
             "//images:ubuntu22.04-cuda",
-            "//images:ubuntu24.04-cuda"
+            "//images:ubuntu24.04-cuda",
+            "//images:ubuntu24.04-cuda-arm64",
+            "//images:ubuntu24.04-cuda-vgpu"
         ]
     );
 

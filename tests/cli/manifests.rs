@@ -11,7 +11,7 @@ fn the_real_manifests_check() {
     let env = Env::new();
     let run = env.run(&["--root", &root(), "check"]).ok();
     assert!(
-        run.stdout.starts_with("ok: 12 images (17 builds)"),
+        run.stdout.starts_with("ok: 13 images (18 builds)"),
         "{}",
         run.stdout
     );
@@ -42,7 +42,21 @@ fn query_targets_lists_every_build_in_json() {
         .json();
     assert_eq!(j["version"], 1);
     let targets = j["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 12);
+    assert_eq!(targets.len(), 13);
+    // Upstream's current inventory: 20.04 is gone, the GH200 image is arm64 only and keeps
+    // upstream's published name, ROCm is amd64 only.
+    assert!(!targets.iter().any(|t| t["key"] == "ubuntu20.04"));
+    let gh200 = targets
+        .iter()
+        .find(|t| t["key"] == "ubuntu24.04-cuda-arm64")
+        .unwrap();
+    assert_eq!(gh200["arch"], serde_json::json!(["arm64"]));
+    assert_eq!(gh200["published"]["arm64"], "CC-Ubuntu24.04-CUDA-ARM64");
+    let rocm = targets
+        .iter()
+        .find(|t| t["key"] == "ubuntu24.04-rocm")
+        .unwrap();
+    assert_eq!(rocm["arch"], serde_json::json!(["amd64"]));
     let deb = targets.iter().find(|t| t["key"] == "debian12").unwrap();
     assert_eq!(deb["label"], "//images:debian12");
     assert_eq!(deb["published"]["arm64"], "CC-Debian12-ARM64");
@@ -67,7 +81,7 @@ fn query_targets_lists_every_build_in_json() {
         ])
         .ok()
         .json();
-    assert_eq!(arm["targets"].as_array().unwrap().len(), 5);
+    assert_eq!(arm["targets"].as_array().unwrap().len(), 6);
 }
 
 #[test]

@@ -359,7 +359,7 @@ fn fetched_artifacts_let_builds_run_offline() {
 }
 
 #[test]
-fn an_artifact_following_latest_is_pinned_by_ccb_update() {
+fn an_artifact_following_latest_is_pinned_by_the_first_build_and_moved_by_ccb_update() {
     let f = Fixture::new();
     write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho one\n");
     let one = crate::distros::sha256(&f.served.join("tools/hello.sh"));
@@ -369,16 +369,40 @@ fn an_artifact_following_latest_is_pinned_by_ccb_update() {
         &centos,
         "  tool = { name = \"Tool\", from = \"fake-ubuntu\", elements = [\"ubuntu\"], artifacts = { HELLO_TOOL = \"hello\" } },\n",
     );
-    ccb(&f, &["check"])
+    // With no pin yet the manifests still check and plan; CI's --locked refuses to add one.
+    ccb(&f, &["check"]).ok();
+    ccb(&f, &["build", "tool", "--dry-run"]).ok();
+    ccb(&f, &["build", "tool", "--until", "layer", "--locked"])
         .fails()
-        .stderr_has("artifact `hello`")
-        .stderr_has("ccb update");
-    ccb(&f, &["update"]).ok();
+        .stderr_has("no digest for artifact `hello`")
+        .stderr_has("--locked")
+        .stderr_has("ccb update hello");
+    assert!(!f.project.join("ccb.lock").exists());
+
+    // Like Cargo: the first build resolves it, adds the pin and says so.
+    let first = ccb(&f, &["build", "tool", "--until", "layer"]).ok();
+    first.stderr_has(&format!("ccb.lock: pinned artifact `hello` at {one}"));
     let lock = std::fs::read_to_string(f.project.join("ccb.lock")).unwrap();
     assert!(lock.contains(&one), "{lock}");
-    // `update` downloaded it: fetching needs no second download.
+    // The download that pinned it is the one the build used: no second download.
     std::fs::remove_file(f.served.join("tools/hello.sh")).unwrap();
-    ccb(&f, &["build", "tool", "--until", "layer"]).ok();
+    ccb(&f, &["build", "tool", "--until", "layer", "--locked"]).ok();
+
+    // A build never moves an existing pin, even when upstream changed.
+    write(
+        f.served.join("tools/hello.sh"),
+        "#!/bin/sh\necho one and a half\n",
+    );
+    let again = ccb(&f, &["build", "tool", "--until", "layer"]).ok();
+    assert!(
+        !again.stderr.contains("pinned artifact"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.project.join("ccb.lock")).unwrap(),
+        lock
+    );
 
     // Upstream publishes a new file: nothing changes until `ccb update hello`.
     write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho two\n");
@@ -401,4 +425,65 @@ fn an_artifact_following_latest_is_pinned_by_ccb_update() {
     );
     // Names that are neither sources nor "latest" artifacts are usage errors.
     assert_eq!(ccb(&f, &["update", "nope"]).code, 2);
+}
+
+#[test]
+fn a_latest_artifact_is_verified_against_its_publishers_checksum_file_before_it_is_pinned() {
+    let f = Fixture::new();
+    write(f.served.join("tools/hello.sh"), "#!/bin/sh\necho one\n");
+    let one = crate::distros::sha256(&f.served.join("tools/hello.sh"));
+    let centos = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
+    f.images_with(
+        &centos,
+        "  tool = { name = \"Tool\", from = \"fake-ubuntu\", elements = [\"ubuntu\"], artifacts = { HELLO_TOOL = \"hello\" } },\n",
+    );
+    let artifact = |url: &str| {
+        write(
+            f.project.join("manifests/artifacts.ncl"),
+            &format!(
+                "{{ hello = {{ url = \"{url}\", sha256 = \"latest\", sums = \"http://127.0.0.1:{}/tools/SHA256SUMS\" }} }}\n",
+                f.port
+            ),
+        )
+    };
+    let served = format!("http://127.0.0.1:{}/tools/hello.sh", f.port);
+    artifact(&served);
+
+    // The publisher's checksum file disagrees with the download: nothing is pinned or stored.
+    write(
+        f.served.join("tools/SHA256SUMS"),
+        &format!("SHA256 (hello.sh) = {}\n", "e".repeat(64)),
+    );
+    ccb(&f, &["build", "tool", "--until", "layer"])
+        .fails()
+        .stderr_has("SHA-256 mismatch")
+        .stderr_has(&format!("expected {}", "e".repeat(64)));
+    assert!(!f.project.join("ccb.lock").exists());
+    assert!(!f.env.cache.path().join("artifacts").join(&one).exists());
+
+    // A checksum file without the file's entry is an error naming both.
+    write(
+        f.served.join("tools/SHA256SUMS"),
+        &format!("{one} *other.sh\n"),
+    );
+    ccb(&f, &["build", "tool", "--until", "layer"])
+        .fails()
+        .stderr_has("SHA256SUMS has no SHA-256 for hello.sh");
+
+    // The right entry (GNU format): pinned at the verified digest.
+    write(
+        f.served.join("tools/SHA256SUMS"),
+        &format!("{one} *hello.sh\n"),
+    );
+    ccb(&f, &["build", "tool", "--until", "layer"])
+        .ok()
+        .stderr_has(&format!("pinned artifact `hello` at {one}"));
+
+    // With the server out of reach, the error names the URL and what overrides it.
+    std::fs::remove_file(f.project.join("ccb.lock")).unwrap();
+    artifact("http://127.0.0.1:9/tools/hello.sh");
+    ccb(&f, &["build", "tool", "--until", "layer"])
+        .fails()
+        .stderr_has("cannot download http://127.0.0.1:9/tools/hello.sh")
+        .stderr_has("point the artifact's `url` at a mirror");
 }

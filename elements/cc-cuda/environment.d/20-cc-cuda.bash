@@ -17,14 +17,25 @@ case "${CC_CUDA_GENERATION}" in
         exit 1
         ;;
 esac
+# Which driver packages come from NVIDIA's repository: `proprietary` (cuda-drivers-<branch>),
+# `open` (nvidia-open-<branch>, the open kernel modules, which Grace Hopper GH200 and newer
+# GPUs require), or `none` (the toolkit only: the driver comes from elsewhere, e.g. NVIDIA's
+# vGPU guest driver).
+export CC_NVIDIA_DRIVER_FLAVOR="${CC_NVIDIA_DRIVER_FLAVOR:-proprietary}"
+case "${CC_NVIDIA_DRIVER_FLAVOR}" in
+    proprietary|open|none)
+        ;;
+    *)
+        echo "cc-cuda: unknown CC_NVIDIA_DRIVER_FLAVOR '${CC_NVIDIA_DRIVER_FLAVOR}' (supported: proprietary, open, none)" >&2
+        exit 1
+        ;;
+esac
+
 # The version as NVIDIA's package names spell it (cuda-toolkit-12-6).
 export CC_CUDA_PACKAGE_VERSION="${CC_CUDA_VERSION/./-}"
 
 # NVIDIA's repository layout: <CC_CUDA_REPO_URL>/<distro>/<arch>/
 case "${DISTRO_NAME:-}:${DIB_RELEASE:-}" in
-    ubuntu:focal)
-        _cc_cuda_distro=ubuntu2004
-        ;;
     ubuntu:jammy)
         _cc_cuda_distro=ubuntu2204
         ;;
@@ -53,9 +64,11 @@ case "${ARCH:-}" in
         ;;
 esac
 
-# Base URL of NVIDIA's CUDA repositories: configuration from the manifests.
-export CC_CUDA_REPO_URL="${CC_CUDA_REPO_URL:-}"
+# Base URL of NVIDIA's CUDA repositories (the directory holding <distro>/<arch>/): NVIDIA's
+# public server by default, as upstream uses; point it at a mirror in the manifests.
+export CC_CUDA_REPO_URL="${CC_CUDA_REPO_URL:-https://developer.download.nvidia.com/compute/cuda/repos}"
 
-# apt (debian family): NVIDIA's keyring package, a file of <CC_CUDA_REPO_URL>/<distro>/<arch>/
-# that installs the repository's signing key and source.
-export CC_CUDA_KEYRING_DEB="${CC_CUDA_KEYRING_DEB:-cuda-keyring_1.1-1_all.deb}"
+# NVIDIA's signing key, an artifact of the image pinned by SHA-256 (the path of the verified
+# file): the keyring package on apt, the key file on dnf.
+export CC_CUDA_KEYRING="${CC_CUDA_KEYRING:-}"
+export CC_CUDA_KEY="${CC_CUDA_KEY:-}"

@@ -20,11 +20,11 @@ esac
 export CC_ROCM_KERNEL_CMDLINE="${CC_ROCM_KERNEL_CMDLINE-${_cc_rocm_cmdline_default}}"
 unset _cc_rocm_cmdline_default
 
-# AMD's apt repositories (ROCm and the amdgpu driver): configuration from the
-# manifests. Each is "URL [SUITE [COMPONENT...]]": the versioned repository URL
-# of the pinned ROCm release, its suite (default DIB_RELEASE) and components
-# (default main). Empty here.
-export CC_ROCM_REPO_URL="${CC_ROCM_REPO_URL:-}"
-export CC_AMDGPU_REPO_URL="${CC_AMDGPU_REPO_URL:-}"
-# URL of the (ASCII-armored or binary) key that signs both repositories.
-export CC_ROCM_KEY_URL="${CC_ROCM_KEY_URL:-}"
+# AMD's apt repositories (ROCm and the amdgpu driver), each "URL [SUITE [COMPONENT...]]": the
+# versioned repository of the pinned ROCm release (6.4.1), its suite (default DIB_RELEASE) and
+# components (default main). AMD's public server by default, as AMD documents; set them in the
+# manifests to use a mirror.
+export CC_ROCM_REPO_URL="${CC_ROCM_REPO_URL:-https://repo.radeon.com/rocm/apt/6.4.1}"
+export CC_AMDGPU_REPO_URL="${CC_AMDGPU_REPO_URL:-https://repo.radeon.com/amdgpu/6.4.1/ubuntu}"
+# The key that signs both: the path of an artifact of the image, pinned by SHA-256.
+export CC_ROCM_KEY="${CC_ROCM_KEY:-}"

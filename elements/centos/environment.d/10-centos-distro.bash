@@ -6,10 +6,23 @@ export DIB_RELEASE="${DIB_RELEASE:-9-stream}"
 export DIB_INIT_SYSTEM=systemd
 export EFI_BOOT_DIR=EFI/centos
 
-# The root filesystem comes from a CentOS Stream generic cloud image or rootfs
-# tarball declared in the manifests; the digest pins it.
-export DIB_CENTOS_ROOTFS_URL="${DIB_CENTOS_ROOTFS_URL:-}"
+# The root filesystem: CentOS Stream's container base image (a root tarball, or a
+# docker-archive of one) from CentOS's public cloud server by default, verified against the
+# directory's CHECKSUM file; DIB_CENTOS_ROOTFS_SHA256 pins it instead. Set the URL in the
+# manifests to use a mirror.
+case "${ARCH:-amd64}" in
+    arm64|aarch64)
+        _centos_arch=aarch64
+        ;;
+    *)
+        _centos_arch=x86_64
+        ;;
+esac
+_centos_major=${DIB_RELEASE%-stream}
+export DIB_CENTOS_ROOTFS_URL="${DIB_CENTOS_ROOTFS_URL:-https://cloud.centos.org/centos/${_centos_major}-stream/${_centos_arch}/images/CentOS-Stream-Container-Base-${_centos_major}-latest.${_centos_arch}.tar.xz}"
+export DIB_CENTOS_ROOTFS_SUMS="${DIB_CENTOS_ROOTFS_SUMS:-${DIB_CENTOS_ROOTFS_URL%/*}/CHECKSUM}"
 export DIB_CENTOS_ROOTFS_SHA256="${DIB_CENTOS_ROOTFS_SHA256:-}"
+unset _centos_arch _centos_major
 
 # Package mirror (dnf baseurl prefix): empty keeps the repositories shipped in
 # the image.
