@@ -5,6 +5,9 @@
 //! The raw disk is `CCB_BENCH_RAW` (benches/disk.sh passes the CC-Debian12 disk it built); the
 //! outputs go next to it and are removed. Run: `CCB_BENCH_RAW=disk.raw cargo bench --bench qcow2`.
 
+// A benchmark program: its report is what it prints.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

@@ -140,14 +140,14 @@ struct Silent;
 
 impl TestObserver for Silent {
     fn built(&mut self, _: &ops::build::BuildReport) {
-        panic!("nothing may be built for a target that cannot boot");
+        panic!("nothing may be built for a boot that cannot happen");
     }
-    fn booting(&mut self, _: &str, _: ccb::bootcheck::Firmware, _: bool) {}
+    fn booting(&mut self, _: &str, _: &ccb::ops::test::BootPlan, _: bool) {}
     fn booted(&mut self, _: &ccb::bootcheck::BootReport, _: &BootResult) {}
 }
 
 #[test]
-fn testing_an_arm64_image_is_refused_before_anything_is_built() {
+fn a_bios_boot_of_an_arm64_image_is_refused_before_anything_is_built() {
     let p = Project::new(b"x", &"b".repeat(64));
     let images = p.dir.path().join("manifests/images.ncl");
     let text = std::fs::read_to_string(&images).unwrap().replacen(
@@ -160,11 +160,12 @@ fn testing_an_arm64_image_is_refused_before_anything_is_built() {
     let planned = session.plan(&["tiny".into()], &["arm64".into()]).unwrap();
     let req = TestRequest {
         firmwares: vec![ccb::bootcheck::Firmware::Bios],
+        buses: vec![ccb::bootcheck::DiskBus::Virtio],
         timeout: std::time::Duration::from_secs(1),
     };
     let err =
         ops::test::test(&session, &planned, &req, &Shell::new(true, 0), &mut Silent).unwrap_err();
-    assert!(err.message().contains("only amd64"), "{}", err.message());
+    assert!(err.message().contains("no BIOS"), "{}", err.message());
     assert!(
         !p.store.path("artifacts").exists() && !p.store.path("layers").exists(),
         "nothing fetched or built"

@@ -667,6 +667,7 @@ mod tests {
     /// that the copy through a loop mount (`cp -a`) kept must be in it, read back from the
     /// image file alone.
     #[test]
+    #[allow(clippy::print_stderr)] // the skip note
     fn the_root_filesystem_written_from_a_tree_keeps_everything_cp_a_kept() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: owners and device nodes need root (scripts/test runs as root)");
@@ -781,6 +782,7 @@ mod tests {
 
     /// Two runs on the same tree give the same filesystem, byte for byte.
     #[test]
+    #[allow(clippy::print_stderr)] // the skip note
     fn the_root_filesystem_is_the_same_from_the_same_tree() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: needs root (scripts/test runs as root)");
