@@ -32,9 +32,16 @@
 //! - [`action`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
 //!   runner of DIB phases inside it, overlay layers, disk assembly, and the parent's side
 //!   (specs, events, commit, materialization).
-//! - [`bootcheck`]: `ccb test`'s QEMU boots and the checks run inside the image.
-//! - [`inspect`]: reading images (qcow2, GPT, ext4, xfs, dpkg/rpm databases) without mounts.
-//! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes.
+//! - [`bootcheck`]: `ccb test`'s QEMU boots (amd64 on SeaBIOS/OVMF, arm64 on AAVMF; virtio,
+//!   NVMe or SATA disks) and the checks run inside the image.
+//! - [`doctor`]: what this host can build and boot (arches native or emulated, KVM, loop,
+//!   overlayfs, binfmt_misc, tools); `ops::build` asks it before anything runs.
+//! - [`qcow2`]: the qcow2 writer (clusters compressed in parallel with libdeflate); the reader
+//!   is [`inspect::qcow2`].
+//! - [`inspect`]: reading images (qcow2, GPT, ext4, xfs, dpkg/rpm databases, initramfs
+//!   archives) without mounts.
+//! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes, and the
+//!   contract the sites' image puller reads (`publish::contract`).
 //! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc;
 //!   [`store::Layout`] alone spells its paths.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
