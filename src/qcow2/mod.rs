@@ -140,6 +140,10 @@ pub fn convert_raw(
         w.data(&input, src, size, compression)?;
         w.finish()?
     };
+    // Readable by all, as qemu-img's output is (a temporary file starts private).
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(io_err("chmod", tmp.path()))?;
     tmp.as_file()
         .sync_data()
         .map_err(io_err("sync", tmp.path()))?;
