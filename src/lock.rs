@@ -395,20 +395,22 @@ mod tests {
         assert!(reason.contains("stable/train"), "{reason}");
     }
 
+    /// An artifact that follows "latest" at a URL nothing answers.
+    fn latest_tool() -> crate::manifest::Artifact {
+        crate::manifest::Artifact {
+            url: Some("http://127.0.0.1:1/tool".into()),
+            swift: None,
+            sha256: LATEST.into(),
+            sums: None,
+            description: None,
+        }
+    }
+
     #[test]
     fn a_matching_lock_pins_the_sources_and_latest_artifacts() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = model(dir.path());
-        m.artifacts.insert(
-            "tool".into(),
-            crate::manifest::Artifact {
-                url: Some("http://127.0.0.1:1/tool".into()),
-                swift: None,
-                sha256: LATEST.into(),
-                sums: None,
-                description: None,
-            },
-        );
+        m.artifacts.insert("tool".into(), latest_tool());
         let mut lock = Lock {
             version: VERSION,
             ..Default::default()
@@ -431,16 +433,7 @@ mod tests {
     fn a_latest_artifact_with_no_pin_yet_is_left_open_and_locked_refuses_to_pin_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Model::empty(dir.path().to_path_buf());
-        m.artifacts.insert(
-            "tool".into(),
-            crate::manifest::Artifact {
-                url: Some("http://127.0.0.1:1/tool".into()),
-                swift: None,
-                sha256: LATEST.into(),
-                sums: None,
-                description: None,
-            },
-        );
+        m.artifacts.insert("tool".into(), latest_tool());
         // No lock file at all: nothing to refuse yet, the artifact simply has no pin.
         apply(&mut m, None).unwrap();
         assert!(m.pins.unpinned.contains("tool"));

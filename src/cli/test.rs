@@ -92,8 +92,7 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
         offline: ctx.offline,
     };
     let mut session = ops::Session::open(model, &store, &opts, &shell)?;
-    session.pin_new_artifacts(&a.targets, &a.arch, false, &shell)?;
-    let planned = session.plan(&a.targets, &a.arch)?;
+    let planned = session.plan_to_build(&a.targets, &a.arch, &shell)?;
     let mut buses = a.disk.clone();
     buses.sort();
     buses.dedup();

@@ -132,8 +132,7 @@ fn local_subjects(
     let targets: Vec<String> = targets.into_iter().cloned().collect();
     // Build what is missing, through the graph; the disks come from the build report.
     let mut session = Session::open(model.clone(), store, opts, shell)?;
-    session.pin_new_artifacts(&targets, arch, false, shell)?;
-    let planned = session.plan(&targets, arch)?;
+    let planned = session.plan_to_build(&targets, arch, shell)?;
     let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
     shell.status(&build.summary_line());
     build.ok()?;

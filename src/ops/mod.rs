@@ -166,6 +166,18 @@ impl<'s> Session<'s> {
         Ok(())
     }
 
+    /// Pins what the targets need (never `--locked`: only `ccb build` takes that flag), then
+    /// plans them: what every command that builds disks first (test, publish, inspect) runs.
+    pub fn plan_to_build(
+        &mut self,
+        targets: &[String],
+        arch: &[String],
+        shell: &Shell,
+    ) -> Result<Planned, CommandError> {
+        self.pin_new_artifacts(targets, arch, false, shell)?;
+        self.plan(targets, arch)
+    }
+
     /// Resolves the targets and builds their graph.
     pub fn plan(&self, targets: &[String], arch: &[String]) -> Result<Planned, CommandError> {
         let named_arches =

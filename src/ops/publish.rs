@@ -218,8 +218,7 @@ pub fn publish(
         Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
         None => {
             let mut session = Session::open(model, store, opts, shell)?;
-            session.pin_new_artifacts(&req.targets, &req.arch, false, shell)?;
-            let planned = session.plan(&req.targets, &req.arch)?;
+            let planned = session.plan_to_build(&req.targets, &req.arch, shell)?;
             let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
             observer.built(&build);
             build.ok()?;
