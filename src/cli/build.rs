@@ -61,6 +61,7 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         element_path: a.element_path,
         env: a.env,
         offline: ctx.offline,
+        remote: ctx.remote.clone(),
     };
     let mut session = ops::Session::open(model, &store, &opts, &shell)?;
     if a.locked || !a.dry_run {

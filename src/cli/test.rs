@@ -90,6 +90,7 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
         element_path: a.element_path,
         env: a.env,
         offline: ctx.offline,
+        remote: ctx.remote.clone(),
     };
     let mut session = ops::Session::open(model, &store, &opts, &shell)?;
     let planned = session.plan_to_build(&a.targets, &a.arch, &shell)?;
