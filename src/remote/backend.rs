@@ -31,6 +31,14 @@ pub trait Backend: Send + Sync {
 
 /// Opens the backend a URL names.
 pub fn open(url: &str) -> Result<Box<dyn Backend>, RemoteError> {
+    open_in(url, &crate::publish::clouds::Env::from_process())
+}
+
+/// Opens the backend a URL names, reading clouds.yaml where `env` says.
+pub fn open_in(
+    url: &str,
+    env: &crate::publish::clouds::Env,
+) -> Result<Box<dyn Backend>, RemoteError> {
     let bad = |message: &str| RemoteError::Url {
         url: redact(url),
         message: message.to_string(),
@@ -59,7 +67,7 @@ pub fn open(url: &str) -> Result<Box<dyn Backend>, RemoteError> {
             ));
         };
         let prefix = parts.next().unwrap_or("").trim_matches('/');
-        return Ok(Box::new(Swift::open(cloud, container, prefix)?));
+        return Ok(Box::new(Swift::open(cloud, container, prefix, env)?));
     }
     Err(bad(
         "use http(s)://host/path (Bazel's HTTP cache protocol), swift://cloud/container or a \
@@ -319,7 +327,12 @@ pub struct Swift {
 }
 
 impl Swift {
-    fn open(cloud: &str, container: &str, prefix: &str) -> Result<Self, RemoteError> {
+    fn open(
+        cloud: &str,
+        container: &str,
+        prefix: &str,
+        env: &crate::publish::clouds::Env,
+    ) -> Result<Self, RemoteError> {
         use crate::publish::{clouds, keystone};
         let shown = format!("swift://{cloud}/{container}/{prefix}")
             .trim_end_matches('/')
@@ -328,7 +341,7 @@ impl Swift {
             server: shown.clone(),
             message: e.to_string(),
         };
-        let cloud = clouds::load(Some(cloud), &clouds::Env::from_process()).map_err(|e| err(&e))?;
+        let cloud = clouds::load(Some(cloud), env).map_err(|e| err(&e))?;
         let session = keystone::Session::new(cloud, None).map_err(|e| err(&e))?;
         let agent = session.agent();
         let site = crate::publish::swift::SwiftSite::connect(

@@ -287,7 +287,7 @@ impl Remote {
                 if meta.lowers.iter().any(|l| store.layer_meta(l).is_none()) {
                     return Ok(false);
                 }
-                let work = Scratch(store.work_dir(&format!("{}.remote", action.key))?);
+                let work = Scratch(store.work_dir(&action.key)?);
                 let tree = work.0.join("tree");
                 self.unpack_tree(&manifest, &tree, &meta.tree.digest, on_bytes)?;
                 store.commit_layer(&tree, meta)?;
@@ -299,7 +299,7 @@ impl Remote {
                 ) else {
                     return Err(RemoteError::Corrupt("no outputs metadata".into()));
                 };
-                let work = Scratch(store.work_dir(&format!("{}.remote", action.key))?);
+                let work = Scratch(store.work_dir(&action.key)?);
                 let dir = work.0.join("outputs");
                 self.unpack_tree(&manifest, &dir, &summary.digest, on_bytes)?;
                 store.commit_outputs(&dir, meta)?;
@@ -331,28 +331,14 @@ impl Remote {
         digest: &str,
         on_bytes: &mut dyn FnMut(u64, u64),
     ) -> Result<(), RemoteError> {
-        if manifest.kind != PackKind::Tree {
-            return Err(RemoteError::Corrupt("the data is not a tree".into()));
-        }
-        crate::fsutil::create_dir_all(dir)?;
-        let mut tar = pack::tar_extract(dir)?;
-        let stderr = pack::stderr_of(&mut tar);
-        let mut stdin = tar.stdin.take().expect("piped");
-        let streamed = pack::download(
+        pack::download_tree(
             &*self.backend,
             manifest,
-            &mut stdin,
+            dir,
             self.jobs,
             &self.counters,
             on_bytes,
-        );
-        drop(stdin);
-        if let Err(e) = streamed {
-            let _ = tar.kill();
-            let _ = tar.wait();
-            return Err(e);
-        }
-        pack::finish_tar(tar, stderr)?;
+        )?;
         let got =
             crate::action::tree::summarize(dir).map_err(|e| RemoteError::Write(e.to_string()))?;
         if got.digest != digest {
@@ -514,23 +500,7 @@ impl Remote {
     }
 
     fn upload_tree(&self, dir: &std::path::Path) -> Result<(String, u64), RemoteError> {
-        let mut tar = pack::tar_create(dir)?;
-        let stderr = pack::stderr_of(&mut tar);
-        let stdout = tar.stdout.take().expect("piped");
-        let sent = pack::upload(
-            &*self.backend,
-            PackKind::Tree,
-            stdout,
-            self.jobs,
-            &self.counters,
-        );
-        if sent.is_err() {
-            let _ = tar.kill();
-        }
-        let finished = pack::finish_tar(tar, stderr);
-        let sent = sent?;
-        finished?;
-        Ok(sent)
+        pack::upload_tree(&*self.backend, dir, self.jobs, &self.counters)
     }
 }
 

@@ -395,6 +395,53 @@ pub fn finish_tar(
     }
 }
 
+/// Packs a directory tree (as `tar` streams it) into the cache; returns its manifest's
+/// digest and size.
+pub fn upload_tree(
+    backend: &dyn Backend,
+    dir: &Path,
+    jobs: usize,
+    counters: &Counters,
+) -> Result<(String, u64), RemoteError> {
+    let mut tar = tar_create(dir)?;
+    let stderr = stderr_of(&mut tar);
+    let stdout = tar.stdout.take().expect("piped");
+    let sent = upload(backend, PackKind::Tree, stdout, jobs, counters);
+    if sent.is_err() {
+        let _ = tar.kill();
+    }
+    let finished = finish_tar(tar, stderr);
+    let sent = sent?;
+    finished?;
+    Ok(sent)
+}
+
+/// Unpacks a tree's stream into `dir` (created), straight from the cache into `tar -x`.
+pub fn download_tree(
+    backend: &dyn Backend,
+    manifest: &Manifest,
+    dir: &Path,
+    jobs: usize,
+    counters: &Counters,
+    on_bytes: &mut dyn FnMut(u64, u64),
+) -> Result<(), RemoteError> {
+    if manifest.kind != PackKind::Tree {
+        return Err(RemoteError::Corrupt("the data is not a tree".into()));
+    }
+    crate::fsutil::create_dir_all(dir)?;
+    let mut tar = tar_extract(dir)?;
+    let stderr = stderr_of(&mut tar);
+    let mut stdin = tar.stdin.take().expect("piped");
+    let streamed = download(backend, manifest, &mut stdin, jobs, counters, on_bytes);
+    drop(stdin);
+    if let Err(e) = streamed {
+        let _ = tar.kill();
+        let _ = tar.wait();
+        return Err(e);
+    }
+    finish_tar(tar, stderr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
