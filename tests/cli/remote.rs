@@ -256,6 +256,7 @@ impl Host {
     fn new(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join(name);
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
         copy_tree(&repo().join("tests/fixtures/layered"), &root);
         std::fs::write(
             root.join("manifests/project.ncl"),
