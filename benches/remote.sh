@@ -10,11 +10,17 @@
 # Prints times, bytes moved and the chunk sharing ratio. Package downloads are shared between
 # the stores (the network is not measured). Needs root, mmdebstrap, nginx and the Debian
 # mirror of the host's apt sources. About 20-40 min on a 2-core host.
-#   benches/remote.sh [IMAGE] [CHILD]        CCB=path/to/ccb to skip the release build
+# It needs about 3 × the image's store size free on /var/tmp (some 15 GiB for CC-Debian12).
+#   benches/remote.sh [IMAGE] [CHILD]        CCB=path/to/ccb to skip the release build,
+#   ARCH=amd64 (default), ROOT=project (default: this repository), TINY=1: the test
+#   fixture's small images (tests/fixtures/layered: tiny and tiny-child) instead
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 image=${1:-//images:debian12}
 child=${2:-//images:debian12-devtools}
+arch=${ARCH:-amd64}
+root=${ROOT:-$here}
+extra=()
 if [ -z "${CCB:-}" ]; then
     cargo build --release --quiet --manifest-path "$here/Cargo.toml"
     CCB="$here/target/release/ccb"
@@ -27,6 +33,13 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$work/downloads" "$work/nginx/data"
+if [ -n "${TINY:-}" ]; then
+    cp -a "$here/tests/fixtures/layered" "$work/project"
+    echo '{ build_repo = "https://github.com/ChameleonCloud/cc-images" }' \
+        > "$work/project/manifests/project.ncl"
+    root="$work/project" image=//images:tiny child=//images:tiny-child
+    extra=(--element-path "$here/elements")
+fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 n="$work/nginx"
@@ -53,8 +66,8 @@ run() { # name store args... → $work/<name>.json, prints the wall time
     ln -sfn "$work/downloads" "$store/downloads"
     local t0 t1
     t0=$(date +%s.%N)
-    CCB_CACHE_DIR="$store" "$CCB" -q --root "$here" "$@" --out "$work/out-$name" \
-        --format json > "$work/$name.json"
+    CCB_CACHE_DIR="$store" "$CCB" -q --root "$root" "$@" --arch "$arch" "${extra[@]}" \
+        --out "$work/out-$name" --format json > "$work/$name.json"
     t1=$(date +%s.%N)
     python3 -c "print(f'{$t1 - $t0:.1f}')"
 }

@@ -333,7 +333,6 @@ pub fn build(
         let _ = signal_hook::flag::register(sig, cancel.clone());
     }
 
-    let nodes = nodes(&plan, store);
     let swift = crate::publish::sites::swift_opener(model);
     let bctx = BuildContext {
         model,
@@ -351,6 +350,12 @@ pub fn build(
     let remote = open_remote(session, shell)?;
     let remote = remote.as_ref();
     let progress = shell.progress();
+    if let Some(r) = remote
+        && req.until == Stage::Disk
+    {
+        disks_first(r, store, &mut plan, &forced, &progress)?;
+    }
+    let nodes = nodes(&plan, store);
     let results: Mutex<BTreeMap<String, Result<action::Built, BuildError>>> =
         Mutex::new(BTreeMap::new());
     let started = Instant::now();
@@ -645,6 +650,73 @@ fn open_remote(
             Ok(None)
         }
     }
+}
+
+/// With a remote cache, the targets' disks are looked up before anything else: a disk that
+/// comes from the cache needs neither its layer nor its base here, so what only it needed
+/// leaves the plan (Bazel's "build without the bytes": the warm build of an image downloads
+/// the image, not the trees it was made from). Actions already in the store stay in the plan
+/// (reported cached); a disk the cache does not have, or holds corrupt, builds as usual.
+fn disks_first(
+    remote: &crate::remote::Remote,
+    store: &Store,
+    plan: &mut Vec<(&Action, Status)>,
+    forced: &BTreeSet<String>,
+    progress: &Progress,
+) -> Result<(), CommandError> {
+    let disks: Vec<&Action> = plan
+        .iter()
+        .filter(|(a, s)| a.kind == Kind::Disk && matches!(s, Status::ToRun { .. }))
+        .filter(|(a, _)| !forced.contains(&a.id))
+        .map(|(a, _)| *a)
+        .collect();
+    if disks.is_empty() {
+        return Ok(());
+    }
+    for disk in disks {
+        let Some(_lock) = store.lock_key(&disk.key, Wait::Block)? else {
+            continue;
+        };
+        if graph::is_cached(store, disk) {
+            continue;
+        }
+        let started = Instant::now();
+        let mut on_bytes = |done, total| progress.transfer(&disk.id, done, Some(total));
+        match remote.fetch(store, disk, &mut on_bytes) {
+            Ok(true) => progress.finished(&disk.id, "cached (remote)", Some(started.elapsed())),
+            Ok(false) => {}
+            Err(e) => progress.warn(
+                &disk.id,
+                &format!("not taken from the remote cache ({e}); building it"),
+            ),
+        }
+    }
+    for (a, s) in plan.iter_mut() {
+        *s = graph::status(store, a);
+    }
+    // What the disks still to build need, through actions the store does not hold.
+    let by_id: BTreeMap<&str, &Action> = plan.iter().map(|(a, _)| (a.id.as_str(), *a)).collect();
+    let cached: BTreeSet<&str> = plan
+        .iter()
+        .filter(|(_, s)| matches!(s, Status::Cached { .. }))
+        .map(|(a, _)| a.id.as_str())
+        .collect();
+    let mut needed: BTreeSet<&str> = BTreeSet::new();
+    let mut stack: Vec<&str> = plan
+        .iter()
+        .filter(|(a, _)| a.kind == Kind::Disk)
+        .map(|(a, _)| a.id.as_str())
+        .collect();
+    while let Some(id) = stack.pop() {
+        if !needed.insert(id) || cached.contains(id) {
+            continue;
+        }
+        if let Some(a) = by_id.get(id) {
+            stack.extend(a.deps.iter().map(String::as_str));
+        }
+    }
+    plan.retain(|(a, s)| matches!(s, Status::Cached { .. }) || needed.contains(a.id.as_str()));
+    Ok(())
 }
 
 /// Stores a result in the remote cache when this build uploads; a failure is a warning.

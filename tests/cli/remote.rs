@@ -480,6 +480,17 @@ fn host_b_builds_a_child_from_host_a_s_results_and_publishes_without_building() 
         publish.stderr
     );
     assert!(!publish.stderr.contains("built "), "{}", publish.stderr);
+    // A third host wants the parent image only: the disk comes from the cache, and neither
+    // the layer nor the base it was made from is downloaded.
+    let c = Host::new("host-c");
+    let third = c
+        .ccb(&["build", "tiny", "--format", "json", "--remote-cache", &url])
+        .ok();
+    assert_eq!(
+        statuses(&third),
+        [("disk:tiny:amd64".to_string(), "cached (remote)".to_string())]
+    );
+    assert!(!c.store().join("layers").exists());
     let published: Vec<String> = walk(&b.root.join("out/publish/farm"));
     for name in ["Tiny.qcow2", "Tiny-Child.qcow2"] {
         assert!(published.iter().any(|p| p.ends_with(name)), "{published:?}");
