@@ -521,3 +521,58 @@ impl<W: Write> Write for Blake3Writer<W> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(upload: bool) -> Settings {
+        Settings {
+            url: "file:///srv/project-cache".into(),
+            upload,
+        }
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_project_s_cache() {
+        let none = Choice::default();
+        let r = open(Some(&settings(false)), &none, false).unwrap().unwrap();
+        assert_eq!(r.describe(), "/srv/project-cache");
+        assert!(!r.uploads(), "read-only unless asked");
+        let other = Choice {
+            url: Some("/srv/other".into()),
+            upload: true,
+            disabled: false,
+        };
+        let r = open(Some(&settings(false)), &other, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.describe(), "/srv/other");
+        assert!(r.uploads());
+        assert!(
+            open(Some(&settings(true)), &none, false)
+                .unwrap()
+                .unwrap()
+                .uploads()
+        );
+        let off = Choice {
+            disabled: true,
+            ..Choice::default()
+        };
+        assert!(open(Some(&settings(true)), &off, false).unwrap().is_none());
+        assert!(
+            open(Some(&settings(true)), &none, true).unwrap().is_none(),
+            "--offline"
+        );
+        assert!(open(None, &none, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn action_cache_names_are_what_bazel_caches_accept() {
+        let n = ac_name(&"b".repeat(64));
+        let hex = n.strip_prefix("ac/").unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(n, ac_name(&"c".repeat(64)));
+    }
+}
