@@ -52,19 +52,70 @@ pub enum BuildError {
     #[error(transparent)]
     #[diagnostic(code(ccb::build::step_failed))]
     StepFailed(Box<StepFailure>),
-    #[error("{id}: {message}")]
+    /// The engine failed inside the sandbox (a mount, a copy, a program, the disk layout).
+    #[error("{id}")]
     #[diagnostic(code(ccb::build::engine))]
-    Engine {
+    Sandbox {
         id: String,
-        message: String,
+        #[source]
+        source: event::SandboxFailure,
         log: Option<PathBuf>,
     },
+    /// A file operation of the parent failed (the work directory, the outputs, a secret's copy).
+    #[error("{id}: {what}")]
+    #[diagnostic(code(ccb::build::io))]
+    Io {
+        id: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program the parent runs failed or is not installed.
+    #[error("{id}: {what}")]
+    #[diagnostic(code(ccb::build::program))]
+    Program {
+        id: String,
+        what: String,
+        #[source]
+        source: crate::process::ProcessError,
+    },
+    /// An element's own files are wrong (its package lists, its block-device layout).
+    #[error("{id}")]
+    #[diagnostic(code(ccb::build::element))]
+    Element {
+        id: String,
+        #[source]
+        source: crate::element::ElementError,
+    },
+    #[error("{id}")]
+    #[diagnostic(code(ccb::build::layout))]
+    Layout {
+        id: String,
+        #[source]
+        source: layout::LayoutError,
+    },
+    #[error("{id}")]
+    #[diagnostic(code(ccb::build::tree))]
+    Tree {
+        id: String,
+        #[source]
+        source: tree::TreeError,
+    },
+    /// The image's input is wrong in a way found while preparing it (a secret that cannot be
+    /// read, a layout variable out of range).
+    #[error("{id}: {problem}")]
+    #[diagnostic(code(ccb::build::input))]
+    Input { id: String, problem: String },
+    /// A state the graph and the scheduler rule out: a bug in ccb.
+    #[error("{id}: internal error: {what}")]
+    #[diagnostic(code(ccb::build::internal))]
+    Internal { id: String, what: String },
     #[error("{id}: cancelled")]
     #[diagnostic(code(ccb::build::cancelled))]
     Cancelled { id: String },
-    #[error("{id}: {message}")]
+    #[error("{id}: {what}")]
     #[diagnostic(code(ccb::build::unsupported))]
-    Unsupported { id: String, message: String },
+    Unsupported { id: String, what: &'static str },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Store(#[from] StoreError),
@@ -74,20 +125,70 @@ pub enum BuildError {
 }
 
 impl BuildError {
-    fn engine(id: &str, message: impl Into<String>, log: Option<PathBuf>) -> Self {
-        BuildError::Engine {
+    fn io(id: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let (id, what) = (id.to_string(), what.into());
+        move |source| BuildError::Io { id, what, source }
+    }
+
+    fn internal(id: &str, what: impl Into<String>) -> Self {
+        BuildError::Internal {
             id: id.to_string(),
-            message: message.into(),
-            log,
+            what: what.into(),
         }
     }
 
     pub fn log(&self) -> Option<&PathBuf> {
         match self {
             BuildError::StepFailed(f) => Some(&f.log),
-            BuildError::Engine { log, .. } => log.as_ref(),
+            BuildError::Sandbox { log, .. } => log.as_ref(),
             _ => None,
         }
+    }
+
+    /// Who has to act: the sandbox says for its failures; an OS error the host's operator
+    /// fixes (a full disk, a permission) anywhere in the chain makes it the host's.
+    pub fn blame(&self) -> event::Blame {
+        use event::Blame;
+        match self {
+            BuildError::Internal { .. } => return Blame::Bug,
+            BuildError::Program { source, .. } if source.is_missing_tool() => {
+                return Blame::MissingTool;
+            }
+            BuildError::Fetch(crate::fetch::FetchError::Download { .. }) => {
+                return Blame::Network;
+            }
+            BuildError::Sandbox { source, .. } if source.blame() != Blame::Input => {
+                return source.blame();
+            }
+            _ => {}
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(errno) = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.raw_os_error())
+                && event::host_errno(errno)
+            {
+                return Blame::Host;
+            }
+            cur = e.source();
+        }
+        Blame::Input
+    }
+
+    /// The message with its whole chain of causes, each said once.
+    pub fn message(&self) -> String {
+        let mut out = self.to_string();
+        let mut cur = std::error::Error::source(self);
+        while let Some(e) = cur {
+            let text = e.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cur = e.source();
+        }
+        out
     }
 }
 
@@ -167,10 +268,10 @@ fn distro_cache(distro: &str) -> Option<&'static str> {
     }
 }
 
-fn unsupported(action: &Action, message: &str) -> BuildError {
+fn unsupported(action: &Action, what: &'static str) -> BuildError {
     BuildError::Unsupported {
         id: action.id.clone(),
-        message: message.to_string(),
+        what,
     }
 }
 
@@ -185,11 +286,7 @@ fn run_fetch(
         .artifact_name()
         .ok_or_else(|| unsupported(action, "not a fetch action"))?;
     let artifact = ctx.model.artifacts.get(name).ok_or_else(|| {
-        BuildError::engine(
-            &action.id,
-            format!("artifact `{name}` is not declared"),
-            None,
-        )
+        BuildError::internal(&action.id, format!("artifact `{name}` is not declared"))
     })?;
     let fetcher = crate::fetch::Fetcher {
         store: ctx.store,
@@ -233,16 +330,19 @@ pub fn spec_for(
     let image = &ctx.model.images[image_key];
     let resolved = &ctx.graph.resolved[&(image_key.clone(), arch)];
     let dir_of = |name: &str| -> Result<&ElementDir, BuildError> {
-        ctx.resolver.path.get(name).ok_or_else(|| {
-            BuildError::engine(&action.id, format!("element `{name}` vanished"), None)
-        })
+        ctx.resolver
+            .path
+            .get(name)
+            .ok_or_else(|| BuildError::internal(&action.id, format!("element `{name}` vanished")))
     };
     let pkg_maps = |names: &[String], env: &BTreeMap<String, String>| {
         let mut maps = BTreeMap::new();
         for n in names {
             let el = dir_of(n)?;
-            let map = packages::pkg_map(el, env)
-                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+            let map = packages::pkg_map(el, env).map_err(|source| BuildError::Element {
+                id: action.id.clone(),
+                source,
+            })?;
             if !map.is_empty() {
                 maps.insert(n.clone(), map);
             }
@@ -251,19 +351,17 @@ pub fn spec_for(
     };
     // The store's record of the layer this action stacks on (its first dependency).
     let dep_layer = |what: &str| -> Result<LayerMeta, BuildError> {
-        let dep_id = action
-            .deps
-            .first()
-            .ok_or_else(|| unsupported(action, &format!("a {what} needs a layer under it")))?;
+        let dep_id = action.deps.first().ok_or_else(|| {
+            BuildError::internal(&action.id, format!("a {what} needs a layer under it"))
+        })?;
         let dep = ctx
             .graph
             .get(dep_id)
             .ok_or_else(|| unsupported(action, "the action under it is missing"))?;
         ctx.store.layer_meta(&dep.key).ok_or_else(|| {
-            BuildError::engine(
+            BuildError::internal(
                 &action.id,
                 format!("the layer of {dep_id} is not in the store"),
-                None,
             )
         })
     };
@@ -364,8 +462,13 @@ pub fn spec_for(
                 .iter()
                 .map(|n| dir_of(n))
                 .collect::<Result<Vec<_>, _>>()?;
-            let own_packages = packages::evaluate(&own_dirs, &resolved.view.env)
-                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+            let own_packages =
+                packages::evaluate(&own_dirs, &resolved.view.env).map_err(|source| {
+                    BuildError::Element {
+                        id: action.id.clone(),
+                        source,
+                    }
+                })?;
             let has = |e: &str| resolved.elements.iter().any(|x| x == e);
 
             let mut phases = Vec::new();
@@ -441,17 +544,15 @@ pub fn spec_for(
             let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
             for (var, art_key) in &image.artifacts {
                 let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
-                    BuildError::engine(
+                    BuildError::internal(
                         &action.id,
                         format!("artifact `{art_key}` is not declared"),
-                        None,
                     )
                 })?;
                 if !crate::fetch::is_fetched(ctx.store, &art.sha256) {
-                    return Err(BuildError::engine(
+                    return Err(BuildError::internal(
                         &action.id,
                         format!("artifact `{art_key}` is not in the store (its fetch did not run)"),
-                        None,
                     ));
                 }
                 let path =
@@ -474,12 +575,9 @@ pub fn spec_for(
                     .is_none_or(|p| p.secrets.get(*var) != Some(*src))
             });
             for (var, src) in own_secrets {
-                let bytes = src.read(&ctx.model.root).map_err(|e| {
-                    BuildError::engine(
-                        &action.id,
-                        format!("secret `{var}` ({}): {e}", src.describe()),
-                        None,
-                    )
+                let bytes = src.read(&ctx.model.root).map_err(|e| BuildError::Input {
+                    id: action.id.clone(),
+                    problem: format!("secret `{var}` ({}): {e}", src.describe()),
                 })?;
                 let dir = work.join("secrets");
                 let path = dir.join(var);
@@ -501,13 +599,10 @@ pub fn spec_for(
                             ),
                         )
                     });
-                if let Err(e) = written {
-                    return Err(BuildError::engine(
-                        &action.id,
-                        format!("secret `{var}`: cannot write its private copy: {e}"),
-                        None,
-                    ));
-                }
+                written.map_err(BuildError::io(
+                    &action.id,
+                    format!("secret `{var}`: cannot write its private copy"),
+                ))?;
                 artifacts.insert(var.clone(), path);
             }
             Ok(ActionSpec {
@@ -539,13 +634,10 @@ pub fn spec_for(
             let (bd_name, yaml) = match resolved.view.block_device.clone() {
                 Some((bd_element, bd_file)) => {
                     let bd_path = dir_of(&bd_element)?.dir.join(&bd_file);
-                    let yaml = std::fs::read_to_string(&bd_path).map_err(|e| {
-                        BuildError::engine(
-                            &action.id,
-                            format!("read {}: {e}", bd_path.display()),
-                            None,
-                        )
-                    })?;
+                    let yaml = std::fs::read_to_string(&bd_path).map_err(BuildError::io(
+                        &action.id,
+                        format!("read {}", bd_path.display()),
+                    ))?;
                     (format!("{bd_element}/{bd_file}"), yaml)
                 }
                 None => (
@@ -553,10 +645,16 @@ pub fn spec_for(
                     layout::DEFAULT_LAYOUT.to_string(),
                 ),
             };
-            let defaults = layout::RootDefaults::from_env(env_view)
-                .map_err(|m| BuildError::engine(&action.id, m, None))?;
-            let disk_layout = layout::parse(&bd_name, &yaml, &defaults)
-                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+            let defaults =
+                layout::RootDefaults::from_env(env_view).map_err(|problem| BuildError::Input {
+                    id: action.id.clone(),
+                    problem,
+                })?;
+            let disk_layout =
+                layout::parse(&bd_name, &yaml, &defaults).map_err(|source| BuildError::Layout {
+                    id: action.id.clone(),
+                    source,
+                })?;
             let name = image.published_name(arch);
             let compress = env_view
                 .get("COMPRESS_IMAGE")
@@ -724,6 +822,66 @@ mod tests {
         assert_eq!(super::utc(951_782_400).0, "2000-02-29T00:00:00Z");
         assert_eq!(super::utc(1_795_800_605).1, "20261127173005");
     }
+
+    use super::event::{Blame, Event};
+    use super::runner::RunError;
+    use super::*;
+
+    /// What the parent rebuilds from the sandbox's JSON line for a failure inside it.
+    fn across_the_sandbox(e: RunError) -> BuildError {
+        let line = serde_json::to_string(&Event::Error(e.failure())).unwrap();
+        let Event::Error(failure) = serde_json::from_str(&line).unwrap() else {
+            panic!("not an error event: {line}");
+        };
+        BuildError::Sandbox {
+            id: "layer:tiny:amd64".into(),
+            source: failure.into(),
+            log: None,
+        }
+    }
+
+    #[test]
+    fn a_full_disk_inside_the_sandbox_reaches_the_parent_as_the_hosts_problem() {
+        let e = across_the_sandbox(RunError::Io {
+            what: "copy the layer".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert_eq!(e.blame(), Blame::Host);
+        // The OS error is in the chain again, as a full disk anywhere else would be.
+        let os = std::error::Error::source(&e)
+            .and_then(|s| s.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("an io::Error in the chain");
+        assert_eq!(os.kind(), std::io::ErrorKind::StorageFull);
+        let m = e.message();
+        assert!(m.starts_with("layer:tiny:amd64: copy the layer: "), "{m}");
+        assert_eq!(m.matches("No space left on device").count(), 1, "{m}");
+    }
+
+    #[test]
+    fn a_missing_tool_a_bad_layout_and_a_bug_inside_the_sandbox_keep_who_must_act() {
+        let missing = crate::process::Process::new("ccb-no-such-mkfs")
+            .output()
+            .unwrap_err();
+        let e = across_the_sandbox(RunError::Program {
+            what: "mkfs.xfs (xfsprogs)".into(),
+            source: missing,
+        });
+        assert_eq!(e.blame(), Blame::MissingTool);
+        assert!(e.message().contains("ccb-no-such-mkfs"), "{}", e.message());
+        let e = across_the_sandbox(RunError::Image {
+            problem: "the layout has no root filesystem".into(),
+        });
+        assert_eq!(e.blame(), Blame::Input);
+        let e = across_the_sandbox(RunError::Internal("a disk action without a disk spec"));
+        assert_eq!(e.blame(), Blame::Bug);
+        // A failed mount is a system call's errno, not an I/O error's.
+        let e = across_the_sandbox(RunError::Sys {
+            what: "mount proc".into(),
+            source: nix::Error::EPERM,
+        });
+        assert_eq!(e.blame(), Blame::Host);
+    }
 }
 
 /// Runs a `base` or `layer` action in a sandbox and commits its tree to the store. The
@@ -750,7 +908,7 @@ pub fn run_action(
     .map_err(StoreError::from)?;
     let spec_path = work.join("spec.json");
     let bytes = serde_json::to_vec_pretty(&spec)
-        .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+        .map_err(|e| BuildError::internal(&action.id, format!("cannot encode the spec: {e}")))?;
     crate::fsutil::write_atomic(&spec_path, &bytes).map_err(StoreError::from)?;
 
     let result = supervise(ctx, action, &spec_path, cancel, on_event);
@@ -786,10 +944,8 @@ fn supervise(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(Vec<StepRecord>, Vec<dib::MissingCommand>), BuildError> {
     let log = ctx.store.log_path(&action.key);
-    let mut child = sandbox::spawn(spec_path, &log).map_err(|e| {
-        BuildError::engine(&action.id, format!("cannot start the sandbox: {e}"), None)
-    })?;
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut child =
+        sandbox::spawn(spec_path, &log).map_err(BuildError::io(&action.id, "start the sandbox"))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel::<Event>();
     let reader = std::thread::spawn(move || {
@@ -805,8 +961,8 @@ fn supervise(
     let mut steps = Vec::new();
     let mut warnings = Vec::new();
     let mut failed: Option<Event> = None;
-    let mut engine_error: Option<String> = None;
-    let mut term_sent: Option<Instant> = None;
+    let mut engine_error: Option<event::EngineFailure> = None;
+    let mut cancelled = false;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(ev) => {
@@ -814,7 +970,7 @@ fn supervise(
                     Event::StepDone(r) => steps.push(r.clone()),
                     Event::MissingCommand(m) => warnings.push(m.clone()),
                     Event::Failed { .. } => failed = Some(ev.clone()),
-                    Event::Error { message } => engine_error = Some(message.clone()),
+                    Event::Error(f) => engine_error = Some(f.clone()),
                     _ => {}
                 }
                 on_event(&ev);
@@ -823,23 +979,16 @@ fn supervise(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if cancel.load(Ordering::SeqCst) {
-            match term_sent {
-                None => {
-                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGTERM);
-                    term_sent = Some(Instant::now());
-                }
-                Some(t) if t.elapsed() > GRACE => {
-                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
-                }
-                Some(_) => {}
-            }
+            crate::process::stop(&mut child, GRACE);
+            cancelled = true;
+            break;
         }
     }
     let _ = reader.join();
     let status = child
         .wait()
-        .map_err(|e| BuildError::engine(&action.id, format!("wait for the sandbox: {e}"), None))?;
-    if term_sent.is_some() {
+        .map_err(BuildError::io(&action.id, "wait for the sandbox"))?;
+    if cancelled {
         return Err(BuildError::Cancelled {
             id: action.id.clone(),
         });
@@ -862,19 +1011,35 @@ fn supervise(
                 tail,
                 log,
             }))),
-            _ => Err(BuildError::engine(&action.id, "a step failed", Some(log))),
+            _ => Err(BuildError::internal(
+                &action.id,
+                format!(
+                    "a step failed without saying which (log: {})",
+                    log.display()
+                ),
+            )),
         },
         Some(sandbox::EXIT_CANCELLED) => Err(BuildError::Cancelled {
             id: action.id.clone(),
         }),
-        other => Err(BuildError::engine(
-            &action.id,
-            engine_error.unwrap_or_else(|| match other {
-                Some(c) => format!("the sandbox exited with status {c}"),
-                None => "the sandbox was killed".into(),
+        other => match engine_error {
+            Some(failure) => Err(BuildError::Sandbox {
+                id: action.id.clone(),
+                source: failure.into(),
+                log: Some(log),
             }),
-            Some(log),
-        )),
+            // The sandbox died without a word: killed from outside, or a crash.
+            None => Err(BuildError::internal(
+                &action.id,
+                match other {
+                    Some(c) => format!(
+                        "the sandbox exited with status {c} (log: {})",
+                        log.display()
+                    ),
+                    None => format!("the sandbox was killed (log: {})", log.display()),
+                },
+            )),
+        },
     }
 }
 
@@ -888,8 +1053,7 @@ fn commit_outputs(
     let mut files = Vec::new();
     let mut stack = vec![out.clone()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir)
-            .map_err(|e| BuildError::engine(&action.id, format!("read outputs: {e}"), None))?;
+        let rd = std::fs::read_dir(&dir).map_err(BuildError::io(&action.id, "read outputs"))?;
         for e in rd.filter_map(Result::ok) {
             let p = e.path();
             if p.is_dir() {
@@ -901,8 +1065,9 @@ fn commit_outputs(
         }
     }
     files.sort();
-    let summary = tree::summarize(&out).map_err(|e| {
-        BuildError::engine(&action.id, format!("cannot digest the outputs: {e}"), None)
+    let summary = tree::summarize(&out).map_err(|source| BuildError::Tree {
+        id: action.id.clone(),
+        source,
     })?;
     let meta = crate::store::OutputsMeta {
         key: action.key.clone(),
@@ -930,12 +1095,13 @@ pub fn materialize(
     key: &str,
     dir: &std::path::Path,
 ) -> Result<Vec<PathBuf>, BuildError> {
-    let err = |m: String| BuildError::engine("materialize", m, None);
+    const ID: &str = "materialize";
     let meta = store
         .outputs_meta(key)
-        .ok_or_else(|| err(format!("no outputs for key {key}")))?;
+        .ok_or_else(|| BuildError::internal(ID, format!("no outputs for key {key}")))?;
     let src_dir = store.outputs_dir(key);
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(BuildError::io(ID, format!("create {}", dir.display())))?;
     let mut made = Vec::new();
     let mut sums_here = String::new();
     for (rel, _) in &meta.files {
@@ -947,7 +1113,7 @@ pub fn materialize(
         let dst = dir.join(rel);
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| err(format!("create {}: {e}", parent.display())))?;
+                .map_err(BuildError::io(ID, format!("create {}", parent.display())))?;
         }
         let tmp = dst.with_file_name(format!(
             ".{}.ccb-tmp",
@@ -960,10 +1126,14 @@ pub fn materialize(
                 .arg(&src)
                 .arg(&tmp)
                 .output()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|source| BuildError::Program {
+                    id: ID.into(),
+                    what: format!("copy {}", src.display()),
+                    source,
+                })?;
         }
         std::fs::rename(&tmp, &dst)
-            .map_err(|e| err(format!("rename into {}: {e}", dst.display())))?;
+            .map_err(BuildError::io(ID, format!("rename into {}", dst.display())))?;
         made.push(dst);
     }
     // One SHA256SUMS for the directory: this image's lines replace its old ones.
@@ -1011,7 +1181,7 @@ fn commit(
                 .graph
                 .get(&action.deps[0])
                 .and_then(|p| ctx.store.layer_meta(&p.key))
-                .ok_or_else(|| BuildError::engine(&action.id, "the parent layer vanished", None))?;
+                .ok_or_else(|| BuildError::internal(&action.id, "the parent layer vanished"))?;
             let mut lowers = vec![parent.key.clone()];
             if parent.mode == LayerMode::Diff {
                 lowers.extend(parent.lowers.iter().cloned());
@@ -1020,8 +1190,9 @@ fn commit(
         }
         _ => (spec.work.join("tree"), LayerMode::Full, vec![]),
     };
-    let summary = tree::summarize(&tree_dir).map_err(|e| {
-        BuildError::engine(&action.id, format!("cannot digest the tree: {e}"), None)
+    let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
+        id: action.id.clone(),
+        source,
     })?;
     let meta = LayerMeta {
         key: action.key.clone(),
