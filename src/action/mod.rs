@@ -14,7 +14,7 @@ pub mod sandbox;
 pub mod spec;
 pub mod tree;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -318,7 +318,7 @@ fn run_fetch(
     })
 }
 
-/// The spec of a `base` or `layer` action.
+/// The spec of a `base`, `layer` or `disk` action.
 pub fn spec_for(
     ctx: &BuildContext,
     action: &Action,
@@ -327,413 +327,459 @@ pub fn spec_for(
     let (Some(image_key), Some(arch)) = (&action.image, action.arch) else {
         return Err(unsupported(action, "not an image action"));
     };
-    let image = &ctx.model.images[image_key];
-    let resolved = &ctx.graph.resolved[&(image_key.clone(), arch)];
-    let dir_of = |name: &str| -> Result<&ElementDir, BuildError> {
-        ctx.resolver
-            .path
-            .get(name)
-            .ok_or_else(|| BuildError::internal(&action.id, format!("element `{name}` vanished")))
+    let s = SpecFor {
+        ctx,
+        action,
+        image: &ctx.model.images[image_key],
+        arch,
+        resolved: &ctx.graph.resolved[&(image_key.clone(), arch)],
     };
-    let pkg_maps = |names: &[String], env: &BTreeMap<String, String>| {
+    match action.kind {
+        Kind::Base => s.base(work),
+        Kind::Layer => s.layer(work),
+        Kind::Disk => s.disk(work),
+        _ => Err(unsupported(action, "not an action that runs in a sandbox")),
+    }
+}
+
+/// What every spec of one image action is made from.
+struct SpecFor<'c, 'a> {
+    ctx: &'c BuildContext<'a>,
+    action: &'c Action,
+    image: &'c crate::manifest::Image,
+    arch: crate::manifest::Arch,
+    resolved: &'c crate::element::Resolved,
+}
+
+impl SpecFor<'_, '_> {
+    fn dir_of(&self, name: &str) -> Result<&ElementDir, BuildError> {
+        self.ctx.resolver.path.get(name).ok_or_else(|| {
+            BuildError::internal(&self.action.id, format!("element `{name}` vanished"))
+        })
+    }
+
+    fn pkg_maps(
+        &self,
+        names: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, BuildError> {
         let mut maps = BTreeMap::new();
         for n in names {
-            let el = dir_of(n)?;
+            let el = self.dir_of(n)?;
             let map = packages::pkg_map(el, env).map_err(|source| BuildError::Element {
-                id: action.id.clone(),
+                id: self.action.id.clone(),
                 source,
             })?;
             if !map.is_empty() {
                 maps.insert(n.clone(), map);
             }
         }
-        Ok::<_, BuildError>(maps)
-    };
-    // The store's record of the layer this action stacks on (its first dependency).
-    let dep_layer = |what: &str| -> Result<LayerMeta, BuildError> {
+        Ok(maps)
+    }
+
+    /// The store's record of the layer this action stacks on (its first dependency).
+    fn dep_layer(&self, what: &str) -> Result<LayerMeta, BuildError> {
+        let action = self.action;
         let dep_id = action.deps.first().ok_or_else(|| {
             BuildError::internal(&action.id, format!("a {what} needs a layer under it"))
         })?;
-        let dep = ctx
+        let dep = self
+            .ctx
             .graph
             .get(dep_id)
             .ok_or_else(|| unsupported(action, "the action under it is missing"))?;
-        ctx.store.layer_meta(&dep.key).ok_or_else(|| {
+        self.ctx.store.layer_meta(&dep.key).ok_or_else(|| {
             BuildError::internal(
                 &action.id,
                 format!("the layer of {dep_id} is not in the store"),
             )
         })
-    };
-    let element_srcs = |names: &[String], own: &dyn Fn(&str) -> bool| {
+    }
+
+    fn element_srcs(
+        &self,
+        names: &[String],
+        own: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<ElementSrc>, BuildError> {
         names
             .iter()
             .map(|n| {
                 Ok(ElementSrc {
                     name: n.clone(),
-                    dir: dir_of(n)?.dir.clone(),
+                    dir: self.dir_of(n)?.dir.clone(),
                     own: own(n),
                 })
             })
-            .collect::<Result<Vec<_>, BuildError>>()
-    };
-    let distro = resolved
-        .view
-        .env
-        .get("DISTRO_NAME")
-        .cloned()
-        .unwrap_or_default();
-    let package_cache = distro_cache(&distro).map(|target| CacheMount {
-        host: ctx.store.path(&crate::store::Layout::package_downloads(
-            &distro,
-            &arch.to_string(),
-        )),
-        target: target.to_string(),
-    });
-    let downloads = ctx.store.path("downloads");
-    let log = ctx.store.log_path(&action.key);
+            .collect()
+    }
 
-    match action.kind {
-        Kind::Base => {
-            let base = resolved
-                .base
-                .as_ref()
-                .ok_or_else(|| unsupported(action, "a child image has no base"))?;
-            let mut env = engine_env(arch, None, &base.elements);
-            env.extend(image.env.clone());
-            let elements = element_srcs(&base.elements, &|_| true)?;
-            let steps = base
+    /// The spec's fields every kind fills the same way; the kind's own come after.
+    fn spec(
+        &self,
+        kind: SpecKind,
+        work: PathBuf,
+        env: BTreeMap<String, String>,
+        elements: Vec<ElementSrc>,
+    ) -> ActionSpec {
+        let (ctx, arch) = (self.ctx, self.arch);
+        let distro = self
+            .resolved
+            .view
+            .env
+            .get("DISTRO_NAME")
+            .cloned()
+            .unwrap_or_default();
+        let package_cache = distro_cache(&distro).map(|target| CacheMount {
+            host: ctx.store.path(&crate::store::Layout::package_downloads(
+                &distro,
+                &arch.to_string(),
+            )),
+            target: target.to_string(),
+        });
+        ActionSpec {
+            id: self.action.id.clone(),
+            key: self.action.key.clone(),
+            kind,
+            arch: arch.as_str().into(),
+            work,
+            lowers: vec![],
+            overlay: ctx.overlay,
+            env,
+            elements,
+            env_files: env_file_names(&self.resolved.view),
+            phases: vec![],
+            pkg_maps: BTreeMap::new(),
+            downloads: ctx.store.path("downloads"),
+            package_cache,
+            log: ctx.store.log_path(&self.action.key),
+            stream_output: ctx.stream_output,
+            disk: None,
+            artifacts: BTreeMap::new(),
+            strict: ctx.strict,
+        }
+    }
+
+    fn base(&self, work: PathBuf) -> Result<ActionSpec, BuildError> {
+        let base = self
+            .resolved
+            .base
+            .as_ref()
+            .ok_or_else(|| unsupported(self.action, "a child image has no base"))?;
+        let mut env = engine_env(self.arch, None, &base.elements);
+        env.extend(self.image.env.clone());
+        let elements = self.element_srcs(&base.elements, &|_| true)?;
+        let steps = base
+            .view
+            .phases
+            .get("root.d")
+            .map(|s| {
+                s.iter()
+                    .map(|s| Step::Script {
+                        element: s.element.clone(),
+                        name: s.name.clone(),
+                        dir: s.dir.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ActionSpec {
+            overlay: false,
+            env_files: env_file_names(&base.view),
+            phases: vec![PhaseSpec {
+                phase: "root.d".into(),
+                place: Place::Outside,
+                steps,
+            }],
+            pkg_maps: self.pkg_maps(&base.elements, &base.view.env)?,
+            ..self.spec(SpecKind::Base, work, env, elements)
+        })
+    }
+
+    fn layer(&self, work: PathBuf) -> Result<ActionSpec, BuildError> {
+        let (image, arch, resolved) = (self.image, self.arch, self.resolved);
+        let lowers = self.dep_layer("layer")?.stack(self.ctx.store);
+        // The same elements the layer's key digests (computed once, in the graph).
+        let own: Vec<String> = self
+            .ctx
+            .graph
+            .layer_elements(&image.key, arch)
+            .ok_or_else(|| BuildError::internal(&self.action.id, "the layer has no element set"))?
+            .to_vec();
+        let own_dirs = own
+            .iter()
+            .map(|n| self.dir_of(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let phases = self.layer_phases(&own, &own_dirs)?;
+        let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
+        env.extend(image.env.clone());
+        let elements = self.element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
+        let mut artifacts = self.artifacts()?;
+        artifacts.extend(self.secrets(&work)?);
+        Ok(ActionSpec {
+            lowers,
+            phases,
+            pkg_maps: self.pkg_maps(&resolved.elements, &resolved.view.env)?,
+            artifacts,
+            ..self.spec(SpecKind::Layer, work, env, elements)
+        })
+    }
+
+    /// The layer's phases: its own elements' scripts, and the steps ccb runs for DIB's
+    /// engine elements (install-bin, init scripts, static files, package installs).
+    fn layer_phases(
+        &self,
+        own: &[String],
+        own_dirs: &[&ElementDir],
+    ) -> Result<Vec<PhaseSpec>, BuildError> {
+        let resolved = self.resolved;
+        let own_packages = packages::evaluate(own_dirs, &resolved.view.env).map_err(|source| {
+            BuildError::Element {
+                id: self.action.id.clone(),
+                source,
+            }
+        })?;
+        let has = |e: &str| resolved.elements.iter().any(|x| x == e);
+        let mut phases = Vec::new();
+        for (phase, place) in LAYER_PHASES {
+            let mut steps: Vec<Step> = resolved
                 .view
                 .phases
-                .get("root.d")
-                .map(|s| {
-                    s.iter()
-                        .map(|s| Step::Script {
-                            element: s.element.clone(),
-                            name: s.name.clone(),
-                            dir: s.dir.clone(),
-                        })
-                        .collect()
+                .get(phase)
+                .into_iter()
+                .flatten()
+                .filter(|s| own.contains(&s.element))
+                .map(|s| Step::Script {
+                    element: s.element.clone(),
+                    name: s.name.clone(),
+                    dir: s.dir.clone(),
                 })
-                .unwrap_or_default();
-            Ok(ActionSpec {
-                id: action.id.clone(),
-                key: action.key.clone(),
-                kind: SpecKind::Base,
-                arch: arch.as_str().into(),
-                work,
-                lowers: vec![],
-                overlay: false,
-                env,
-                elements,
-                env_files: env_file_names(&base.view),
-                phases: vec![PhaseSpec {
-                    phase: "root.d".into(),
-                    place: Place::Outside,
-                    steps,
-                }],
-                pkg_maps: pkg_maps(&base.elements, &base.view.env)?,
-                downloads,
-                package_cache,
-                log,
-                stream_output: ctx.stream_output,
-                disk: None,
-                artifacts: BTreeMap::new(),
-                strict: ctx.strict,
-            })
-        }
-        Kind::Layer => {
-            let lowers = dep_layer("layer")?.stack(ctx.store);
-            let parent_elements: BTreeSet<String> = match &image.from {
-                Some(p) => ctx.graph.resolved[&(p.clone(), arch)]
-                    .elements
-                    .iter()
-                    .cloned()
-                    .collect(),
-                None => BTreeSet::new(),
-            };
-            let own: Vec<String> = resolved
-                .elements
-                .iter()
-                .filter(|e| !parent_elements.contains(*e))
-                .cloned()
                 .collect();
-            let own_dirs = own
-                .iter()
-                .map(|n| dir_of(n))
-                .collect::<Result<Vec<_>, _>>()?;
-            let own_packages =
-                packages::evaluate(&own_dirs, &resolved.view.env).map_err(|source| {
-                    BuildError::Element {
-                        id: action.id.clone(),
-                        source,
-                    }
-                })?;
-            let has = |e: &str| resolved.elements.iter().any(|x| x == e);
-
-            let mut phases = Vec::new();
-            for (phase, place) in LAYER_PHASES {
-                let mut steps: Vec<Step> = resolved
-                    .view
-                    .phases
-                    .get(phase)
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| own.contains(&s.element))
-                    .map(|s| Step::Script {
-                        element: s.element.clone(),
-                        name: s.name.clone(),
-                        dir: s.dir.clone(),
-                    })
-                    .collect();
-                if phase == "pre-install.d" && has("install-bin") {
-                    steps.push(Step::InstallBin {
-                        name: "01-install-bin".into(),
-                    });
-                }
-                if phase == "install.d"
-                    && has("dib-init-system")
-                    && let Some(init_system) = resolved.view.env.get("DIB_INIT_SYSTEM")
-                    && own_dirs
-                        .iter()
-                        .any(|d| d.dir.join("init-scripts").join(init_system).is_dir())
-                {
-                    steps.push(Step::InitScripts {
-                        name: "20-install-init-scripts".into(),
-                        init_system: init_system.clone(),
-                    });
-                }
-                if phase == "install.d" && has("install-static") {
-                    steps.push(Step::InstallStatic {
-                        name: "10-install-static-files".into(),
-                    });
-                }
-                if has("package-installs")
-                    && let Some((_, inst, uninst)) =
-                        PACKAGE_STEPS.iter().find(|(p, _, _)| *p == phase)
-                    && let Some(lists) = own_packages.get(phase)
-                {
-                    if !lists.install.is_empty() {
-                        steps.push(Step::Packages {
-                            name: inst.to_string(),
-                            install: lists.install.clone(),
-                            uninstall: vec![],
-                        });
-                    }
-                    if !lists.uninstall.is_empty() {
-                        steps.push(Step::Packages {
-                            name: uninst.to_string(),
-                            install: vec![],
-                            uninstall: lists.uninstall.clone(),
-                        });
-                    }
-                }
-                steps.sort_by(|a, b| run_parts_cmp(a.name(), b.name()));
-                if !steps.is_empty() {
-                    phases.push(PhaseSpec {
-                        phase: phase.into(),
-                        place,
-                        steps,
-                    });
-                }
+            if phase == "pre-install.d" && has("install-bin") {
+                steps.push(Step::InstallBin {
+                    name: "01-install-bin".into(),
+                });
             }
-            let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
-            env.extend(image.env.clone());
-            let elements = element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
-            let mut artifacts = BTreeMap::new();
-            let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
-            for (var, art_key) in &image.artifacts {
-                let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
-                    BuildError::internal(
-                        &action.id,
-                        format!("artifact `{art_key}` is not declared"),
-                    )
-                })?;
-                if !crate::fetch::is_fetched(ctx.store, &art.sha256) {
-                    return Err(BuildError::internal(
-                        &action.id,
-                        format!("artifact `{art_key}` is not in the store (its fetch did not run)"),
-                    ));
-                }
-                let path =
-                    crate::fetch::verified_path(ctx.store, &mut stat_cache, art_key, &art.sha256);
-                if path.is_err() {
-                    // What was verified before the damaged one stays verified.
-                    stat_cache.save(ctx.store);
-                }
-                artifacts.insert(var.clone(), path?);
-            }
-            stat_cache.save(ctx.store);
-            // Secrets: read now, into a private copy in this action's working directory (gone
-            // with it), exposed to the scripts as artifacts are. Only the image's own secrets:
-            // a parent's are already in its layer.
-            let own_secrets = image.secrets.iter().filter(|(var, src)| {
-                image
-                    .from
-                    .as_ref()
-                    .and_then(|p| ctx.model.images.get(p))
-                    .is_none_or(|p| p.secrets.get(*var) != Some(*src))
-            });
-            for (var, src) in own_secrets {
-                let bytes = src.read(&ctx.model.root).map_err(|e| BuildError::Input {
-                    id: action.id.clone(),
-                    problem: format!("secret `{var}` ({}): {e}", src.describe()),
-                })?;
-                let dir = work.join("secrets");
-                let path = dir.join(var);
-                let written = std::fs::create_dir_all(&dir)
-                    .and_then(|()| {
-                        std::fs::set_permissions(
-                            &dir,
-                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                                0o700,
-                            ),
-                        )
-                    })
-                    .and_then(|()| std::fs::write(&path, &bytes))
-                    .and_then(|()| {
-                        std::fs::set_permissions(
-                            &path,
-                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                                0o400,
-                            ),
-                        )
-                    });
-                written.map_err(BuildError::io(
-                    &action.id,
-                    format!("secret `{var}`: cannot write its private copy"),
-                ))?;
-                artifacts.insert(var.clone(), path);
-            }
-            Ok(ActionSpec {
-                id: action.id.clone(),
-                key: action.key.clone(),
-                kind: SpecKind::Layer,
-                arch: arch.as_str().into(),
-                work,
-                lowers,
-                overlay: ctx.overlay,
-                env,
-                elements,
-                env_files: env_file_names(&resolved.view),
-                phases,
-                pkg_maps: pkg_maps(&resolved.elements, &resolved.view.env)?,
-                downloads,
-                package_cache,
-                log,
-                stream_output: ctx.stream_output,
-                disk: None,
-                artifacts,
-                strict: ctx.strict,
-            })
-        }
-        Kind::Disk => {
-            let meta = dep_layer("disk")?;
-            let env_view = &resolved.view.env;
-            // No block-device element: DIB's default image, one root filesystem.
-            let (bd_name, yaml) = match resolved.view.block_device.clone() {
-                Some((bd_element, bd_file)) => {
-                    let bd_path = dir_of(&bd_element)?.dir.join(&bd_file);
-                    let yaml = std::fs::read_to_string(&bd_path).map_err(BuildError::io(
-                        &action.id,
-                        format!("read {}", bd_path.display()),
-                    ))?;
-                    (format!("{bd_element}/{bd_file}"), yaml)
-                }
-                None => (
-                    "the default layout (no block-device element)".to_string(),
-                    layout::DEFAULT_LAYOUT.to_string(),
-                ),
-            };
-            let defaults =
-                layout::RootDefaults::from_env(env_view).map_err(|problem| BuildError::Input {
-                    id: action.id.clone(),
-                    problem,
-                })?;
-            let disk_layout =
-                layout::parse(&bd_name, &yaml, &defaults).map_err(|source| BuildError::Layout {
-                    id: action.id.clone(),
-                    source,
-                })?;
-            let name = image.published_name(arch);
-            let compress = env_view
-                .get("COMPRESS_IMAGE")
-                .is_none_or(|v| !matches!(v.as_str(), "" | "0" | "false" | "False"));
-            let mut env = engine_env(arch, Some(&name), &resolved.elements);
-            env.extend(image.env.clone());
-            let phases = [
-                ("block-device.d", Place::Outside),
-                ("pre-finalise.d", Place::Outside),
-                ("finalise.d", Place::Inside),
-                ("cleanup.d", Place::Outside),
-            ]
-            .into_iter()
-            .filter_map(|(phase, place)| {
-                let steps: Vec<Step> = resolved
-                    .view
-                    .phases
-                    .get(phase)?
+            if phase == "install.d"
+                && has("dib-init-system")
+                && let Some(init_system) = resolved.view.env.get("DIB_INIT_SYSTEM")
+                && own_dirs
                     .iter()
-                    .map(|s| Step::Script {
-                        element: s.element.clone(),
-                        name: s.name.clone(),
-                        dir: s.dir.clone(),
-                    })
-                    .collect();
-                Some(PhaseSpec {
+                    .any(|d| d.dir.join("init-scripts").join(init_system).is_dir())
+            {
+                steps.push(Step::InitScripts {
+                    name: "20-install-init-scripts".into(),
+                    init_system: init_system.clone(),
+                });
+            }
+            if phase == "install.d" && has("install-static") {
+                steps.push(Step::InstallStatic {
+                    name: "10-install-static-files".into(),
+                });
+            }
+            if has("package-installs")
+                && let Some((_, inst, uninst)) = PACKAGE_STEPS.iter().find(|(p, _, _)| *p == phase)
+                && let Some(lists) = own_packages.get(phase)
+            {
+                if !lists.install.is_empty() {
+                    steps.push(Step::Packages {
+                        name: inst.to_string(),
+                        install: lists.install.clone(),
+                        uninstall: vec![],
+                    });
+                }
+                if !lists.uninstall.is_empty() {
+                    steps.push(Step::Packages {
+                        name: uninst.to_string(),
+                        install: vec![],
+                        uninstall: lists.uninstall.clone(),
+                    });
+                }
+            }
+            steps.sort_by(|a, b| run_parts_cmp(a.name(), b.name()));
+            if !steps.is_empty() {
+                phases.push(PhaseSpec {
                     phase: phase.into(),
                     place,
                     steps,
-                })
-            })
-            .collect();
-            let elements = element_srcs(&resolved.elements, &|_| false)?;
-            Ok(ActionSpec {
+                });
+            }
+        }
+        Ok(phases)
+    }
+
+    /// The image's artifacts, verified in the store, by variable.
+    fn artifacts(&self) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+        let (ctx, action, image) = (self.ctx, self.action, self.image);
+        let mut artifacts = BTreeMap::new();
+        let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
+        for (var, art_key) in &image.artifacts {
+            let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
+                BuildError::internal(&action.id, format!("artifact `{art_key}` is not declared"))
+            })?;
+            if !crate::fetch::is_fetched(ctx.store, &art.sha256) {
+                return Err(BuildError::internal(
+                    &action.id,
+                    format!("artifact `{art_key}` is not in the store (its fetch did not run)"),
+                ));
+            }
+            let path =
+                crate::fetch::verified_path(ctx.store, &mut stat_cache, art_key, &art.sha256);
+            if path.is_err() {
+                // What was verified before the damaged one stays verified.
+                stat_cache.save(ctx.store);
+            }
+            artifacts.insert(var.clone(), path?);
+        }
+        stat_cache.save(ctx.store);
+        Ok(artifacts)
+    }
+
+    /// The image's own secrets: read now, into a private copy in this action's working
+    /// directory (gone with it), exposed to the scripts as artifacts are. A parent's are
+    /// already in its layer.
+    fn secrets(&self, work: &std::path::Path) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+        let (ctx, action, image) = (self.ctx, self.action, self.image);
+        let mut artifacts = BTreeMap::new();
+        let own_secrets = image.secrets.iter().filter(|(var, src)| {
+            image
+                .from
+                .as_ref()
+                .and_then(|p| ctx.model.images.get(p))
+                .is_none_or(|p| p.secrets.get(*var) != Some(*src))
+        });
+        for (var, src) in own_secrets {
+            let bytes = src.read(&ctx.model.root).map_err(|e| BuildError::Input {
                 id: action.id.clone(),
-                key: action.key.clone(),
-                kind: SpecKind::Disk,
-                arch: arch.as_str().into(),
-                work,
-                lowers: meta.stack(ctx.store),
-                overlay: ctx.overlay,
-                env,
-                elements,
-                env_files: env_file_names(&resolved.view),
-                phases,
-                pkg_maps: pkg_maps(&resolved.elements, env_view)?,
-                downloads,
-                package_cache,
-                log,
-                stream_output: ctx.stream_output,
-                disk: Some(spec::DiskSpec {
-                    provenance: provenance(ctx.model, image, &name),
-                    name,
-                    layout: disk_layout,
-                    size: image.size.as_deref().and_then(layout::parse_bytes),
-                    formats: image
-                        .formats
-                        .iter()
-                        .map(|f| f.as_str().to_string())
-                        .collect(),
-                    qcow2_compression: compress.then(|| {
-                        env_view
-                            .get("QCOW2_COMPRESSION_TYPE")
-                            .filter(|v| !v.is_empty())
-                            .cloned()
-                            .unwrap_or_else(|| "zlib".into())
-                    }),
-                    manifest_dir: env_view
-                        .get("DIB_MANIFEST_IMAGE_DIR")
+                problem: format!("secret `{var}` ({}): {e}", src.describe()),
+            })?;
+            let dir = work.join("secrets");
+            let path = dir.join(var);
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &dir,
+                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                            0o700,
+                        ),
+                    )
+                })
+                .and_then(|()| std::fs::write(&path, &bytes))
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &path,
+                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                            0o400,
+                        ),
+                    )
+                });
+            written.map_err(BuildError::io(
+                &action.id,
+                format!("secret `{var}`: cannot write its private copy"),
+            ))?;
+            artifacts.insert(var.clone(), path);
+        }
+        Ok(artifacts)
+    }
+
+    fn disk(&self, work: PathBuf) -> Result<ActionSpec, BuildError> {
+        let (ctx, action, image, arch, resolved) =
+            (self.ctx, self.action, self.image, self.arch, self.resolved);
+        let meta = self.dep_layer("disk")?;
+        let env_view = &resolved.view.env;
+        let disk_layout = self.disk_layout()?;
+        let name = image.published_name(arch);
+        let compress = env_view
+            .get("COMPRESS_IMAGE")
+            .is_none_or(|v| !matches!(v.as_str(), "" | "0" | "false" | "False"));
+        let mut env = engine_env(arch, Some(&name), &resolved.elements);
+        env.extend(image.env.clone());
+        let phases = [
+            ("block-device.d", Place::Outside),
+            ("pre-finalise.d", Place::Outside),
+            ("finalise.d", Place::Inside),
+            ("cleanup.d", Place::Outside),
+        ]
+        .into_iter()
+        .filter_map(|(phase, place)| {
+            let steps: Vec<Step> = resolved
+                .view
+                .phases
+                .get(phase)?
+                .iter()
+                .map(|s| Step::Script {
+                    element: s.element.clone(),
+                    name: s.name.clone(),
+                    dir: s.dir.clone(),
+                })
+                .collect();
+            Some(PhaseSpec {
+                phase: phase.into(),
+                place,
+                steps,
+            })
+        })
+        .collect();
+        let elements = self.element_srcs(&resolved.elements, &|_| false)?;
+        Ok(ActionSpec {
+            lowers: meta.stack(ctx.store),
+            phases,
+            pkg_maps: self.pkg_maps(&resolved.elements, env_view)?,
+            disk: Some(spec::DiskSpec {
+                provenance: provenance(ctx.model, image, &name),
+                name,
+                layout: disk_layout,
+                size: image.size.as_deref().and_then(layout::parse_bytes),
+                formats: image
+                    .formats
+                    .iter()
+                    .map(|f| f.as_str().to_string())
+                    .collect(),
+                qcow2_compression: compress.then(|| {
+                    env_view
+                        .get("QCOW2_COMPRESSION_TYPE")
                         .filter(|v| !v.is_empty())
                         .cloned()
-                        .unwrap_or_else(|| "/etc/dib-manifests".into()),
-                    seed: action.key.clone(),
+                        .unwrap_or_else(|| "zlib".into())
                 }),
-                artifacts: BTreeMap::new(),
-                strict: ctx.strict,
-            })
-        }
-        _ => Err(unsupported(action, "not an action that runs in a sandbox")),
+                manifest_dir: env_view
+                    .get("DIB_MANIFEST_IMAGE_DIR")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "/etc/dib-manifests".into()),
+                seed: action.key.clone(),
+            }),
+            ..self.spec(SpecKind::Disk, work, env, elements)
+        })
+    }
+
+    /// The disk's layout: the block-device element's YAML, or DIB's default image.
+    fn disk_layout(&self) -> Result<layout::Layout, BuildError> {
+        let action = self.action;
+        let env_view = &self.resolved.view.env;
+        // No block-device element: DIB's default image, one root filesystem.
+        let (bd_name, yaml) = match self.resolved.view.block_device.clone() {
+            Some((bd_element, bd_file)) => {
+                let bd_path = self.dir_of(&bd_element)?.dir.join(&bd_file);
+                let yaml = std::fs::read_to_string(&bd_path).map_err(BuildError::io(
+                    &action.id,
+                    format!("read {}", bd_path.display()),
+                ))?;
+                (format!("{bd_element}/{bd_file}"), yaml)
+            }
+            None => (
+                "the default layout (no block-device element)".to_string(),
+                layout::DEFAULT_LAYOUT.to_string(),
+            ),
+        };
+        let defaults =
+            layout::RootDefaults::from_env(env_view).map_err(|problem| BuildError::Input {
+                id: action.id.clone(),
+                problem,
+            })?;
+        layout::parse(&bd_name, &yaml, &defaults).map_err(|source| BuildError::Layout {
+            id: action.id.clone(),
+            source,
+        })
     }
 }
 
