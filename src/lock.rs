@@ -138,7 +138,51 @@ pub fn load(root: &Path) -> Result<Option<Lock>, LockError> {
             ),
         });
     }
+    validate(&lock).map_err(|message| LockError::Invalid {
+        path: file,
+        message,
+    })?;
     Ok(Some(lock))
+}
+
+/// Every value the lock holds is checked for its syntax before anything uses it: a digest
+/// names a file in the store and a tree id a directory, so `sha256 = "../../etc/hostname"`
+/// must never reach a path, and a commit id is sliced for display.
+fn validate(lock: &Lock) -> Result<(), String> {
+    for (name, s) in &lock.sources {
+        for (field, value) in [("commit", &s.commit), ("tree", &s.tree)] {
+            if !is_git_object_id(value) {
+                return Err(format!(
+                    "sources.{name}.{field} = {value:?} is not a git object id \
+                     (40 or 64 lowercase hexadecimal digits)"
+                ));
+            }
+        }
+    }
+    for (name, a) in &lock.artifacts {
+        if !is_sha256(&a.sha256) {
+            return Err(format!(
+                "artifacts.{name}.sha256 = {:?} is not a sha256 digest \
+                 (64 lowercase hexadecimal digits)",
+                a.sha256
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A sha256 digest as ccb writes and compares them: 64 lowercase hex digits.
+pub fn is_sha256(s: &str) -> bool {
+    is_lower_hex(s, 64)
+}
+
+/// A git object id: SHA-1 (40) or SHA-256 (64) repositories, lowercase as git prints them.
+pub fn is_git_object_id(s: &str) -> bool {
+    is_lower_hex(s, 40) || is_lower_hex(s, 64)
 }
 
 /// Writes the lock file atomically (a reader sees the old file or the new, never half).
@@ -477,5 +521,52 @@ mod tests {
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("ccb.lock"), "{err}");
         assert!(err.to_string().contains("version 7"), "{err}");
+    }
+    /// What a hand-edited or hostile lock may hold: paths where digests belong, and bytes
+    /// that would split a string in the middle of a character.
+    #[test]
+    fn a_lock_value_that_is_not_a_digest_of_its_kind_is_refused_naming_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = "b".repeat(40);
+        let commit = "a".repeat(40);
+        let sha = "c".repeat(64);
+        let cases = [
+            (
+                format!(
+                    "[sources.tie]\nurl = \"u\"\nref = \"main\"\npath = \"e\"\ncommit = \"{commit}\"\ntree = \"../../../../var/tmp/evil\"\n"
+                ),
+                "sources.tie.tree",
+            ),
+            (
+                format!(
+                    "[sources.tie]\nurl = \"u\"\nref = \"main\"\npath = \"e\"\ncommit = \"ééééééééééééééééééééé\"\ntree = \"{tree}\"\n"
+                ),
+                "sources.tie.commit",
+            ),
+            (
+                "[artifacts.tool]\nurl = \"u\"\nsha256 = \"../../../../etc/hostname\"\n"
+                    .to_string(),
+                "artifacts.tool.sha256",
+            ),
+            (
+                format!(
+                    "[artifacts.tool]\nurl = \"u\"\nsha256 = \"{}\"\n",
+                    sha.to_uppercase()
+                ),
+                "artifacts.tool.sha256",
+            ),
+        ];
+        for (body, field) in cases {
+            std::fs::write(path(dir.path()), format!("version = 1\n{body}")).unwrap();
+            let err = load(dir.path()).unwrap_err();
+            assert!(matches!(err, LockError::Invalid { .. }), "{field}: {err}");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+        std::fs::write(
+            path(dir.path()),
+            format!("version = 1\n[artifacts.tool]\nurl = \"u\"\nsha256 = \"{sha}\"\n"),
+        )
+        .unwrap();
+        assert!(load(dir.path()).unwrap().is_some());
     }
 }

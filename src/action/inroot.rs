@@ -15,9 +15,9 @@
 //! The last component is never followed where that matters (writes, removals, new links).
 
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -133,7 +133,7 @@ impl TreeRoot {
     /// Copies the host file `src` (an element's file: a regular file, never a FIFO or a
     /// device) to `rel` in the tree, atomically, owned by root with `mode`.
     pub fn copy_in(&self, src: &Path, rel: impl AsRef<Path>, mode: u32) -> io::Result<()> {
-        let mut from = open_regular(src)?;
+        let mut from = crate::fsutil::open_regular(src)?;
         self.install(rel, mode, |f| io::copy(&mut from, f).map(drop))
     }
 
@@ -190,36 +190,6 @@ pub fn remove_entry(at: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Opens a file to read only if it is a regular file: a FIFO would block the open (and
-/// the build) forever, a device would read the host's hardware.
-pub fn open_regular(path: &Path) -> io::Result<std::fs::File> {
-    // O_NONBLOCK keeps the open of a FIFO from waiting for a writer; the type check then
-    // refuses it.
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    // Back to blocking reads for a regular file (O_NONBLOCK means nothing to it, but the
-    // flag should not surprise a later reader).
-    let flags = rustix::fs::fcntl_getfl(&f)?;
-    rustix::fs::fcntl_setfl(&f, flags - OFlags::NONBLOCK)?;
-    Ok(f)
-}
-
-/// Reads all of a regular file (see [`open_regular`]).
-pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    open_regular(path)?.read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 /// `rel` with any leading `/` removed: inside the tree, `/etc` and `etc` are the same.
@@ -313,15 +283,5 @@ mod tests {
         root.remove("escape").unwrap();
         assert!(host.path().join("keep").exists());
         assert!(std::fs::symlink_metadata(tree.path().join("escape")).is_err());
-    }
-
-    #[test]
-    fn a_fifo_is_refused_without_blocking() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        let err = open_regular(&fifo).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

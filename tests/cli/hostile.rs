@@ -148,3 +148,98 @@ fn links_in_an_image_never_lead_the_builds_writes_onto_the_host() {
     let after = p.layer_tree("layer:tiny-after:amd64");
     assert!(after.join("etc/tiny-after").is_file());
 }
+
+/// Runs ccb and waits at most `limit`: a hang is a failure of its own, not a stuck suite.
+fn run_within(env: &Env, args: &[&str], limit: std::time::Duration) -> crate::common::Run {
+    use std::process::Stdio;
+    let mut child = env
+        .cmd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ccb {args:?} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap().into()
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+}
+
+#[test]
+fn a_fifo_as_an_image_or_a_backing_file_is_refused_instead_of_waiting_for_a_writer() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("top.qcow2");
+    // -u: qemu-img does not open the backing file (it would block on the FIFO too).
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create", "-q", "-f", "qcow2", "-u", "-b", "back.raw", "-F", "raw",
+        ])
+        .arg(&top)
+        .arg("1M")
+        .status()
+        .expect("qemu-img is installed");
+    assert!(st.success());
+    mkfifo(&dir.path().join("back.raw"));
+    let limit = std::time::Duration::from_secs(30);
+    run_within(&env, &["inspect", "ls", top.to_str().unwrap(), "/"], limit)
+        .fails()
+        .stderr_has("not a regular file");
+    let fifo = dir.path().join("image.raw");
+    mkfifo(&fifo);
+    run_within(&env, &["inspect", "ls", fifo.to_str().unwrap(), "/"], limit)
+        .fails()
+        .stderr_has("not a regular file");
+}
+
+#[test]
+fn a_fifo_as_a_file_artifact_is_refused_and_leaves_nothing_in_the_store() {
+    let f = crate::distros::Fixture::new();
+    let fifo = f.served.join("tool.fifo");
+    mkfifo(&fifo);
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ tool = {{ url = \"file://{}\", sha256 = \"{}\" }} }}\n",
+            fifo.display(),
+            "0".repeat(64)
+        ),
+    );
+    let centos = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
+    f.images_with(
+        &centos,
+        "  tool = { name = \"Tool\", from = \"fake-ubuntu\", elements = [\"ubuntu\"], artifacts = { TOOL = \"tool\" } },\n",
+    );
+    let elements = repo().join("elements");
+    let root = f.project.to_str().unwrap();
+    let args = [
+        "--root",
+        root,
+        "fetch",
+        "tool",
+        "--element-path",
+        elements.to_str().unwrap(),
+    ];
+    run_within(&f.env, &args, std::time::Duration::from_secs(60))
+        .fails()
+        .stderr_has("not a regular file");
+    let artifacts = f.env.cache.path().join("artifacts");
+    let left: Vec<String> = std::fs::read_dir(&artifacts)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".fetch-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(left, Vec::<String>::new(), "a half-fetched file was left");
+}
