@@ -89,6 +89,7 @@ pub mod ops;
 pub mod process;
 pub mod publish;
 pub mod qcow2;
+pub mod redact;
 pub mod sources;
 pub mod store;
 pub mod ui;

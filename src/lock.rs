@@ -59,8 +59,17 @@ impl LockedSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedArtifact {
+    /// The manifest's URL as [`artifact_url`] writes it: without credentials (a temp URL's
+    /// signature is one), which the fetch takes from the manifests, never from here.
     pub url: String,
     pub sha256: String,
+}
+
+/// The form of an artifact's URL the lock holds and compares: redacted, so a lock file
+/// committed to git never carries a signature or a password, and a renewed signature does
+/// not make the pin stale.
+pub fn artifact_url(url: &str) -> String {
+    crate::redact::url(url)
 }
 
 /// What the lock pins for one model: every git source's commit, every "latest" artifact's
@@ -277,7 +286,7 @@ pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
         }
     }
     for name in &latest {
-        let url = model.artifacts[*name].url.clone().unwrap_or_default();
+        let url = artifact_url(model.artifacts[*name].url.as_deref().unwrap_or_default());
         let Some(locked) = lock.artifacts.get(*name) else {
             pins.unpinned.insert((*name).clone());
             continue;
@@ -359,7 +368,7 @@ pub fn pin_new(
         lock.artifacts.insert(
             name.clone(),
             LockedArtifact {
-                url,
+                url: artifact_url(&url),
                 sha256: sha.clone(),
             },
         );
@@ -470,6 +479,40 @@ mod tests {
         );
         apply(&mut m, Some(&lock)).unwrap();
         assert_eq!(m.pins.sources["tie"].commit, "a".repeat(40));
+        assert_eq!(m.artifacts["tool"].sha256, "c".repeat(64));
+    }
+
+    /// A temp URL's signature is a credential: the lock (committed to git) holds the URL
+    /// without it, and a renewed signature leaves the pin as it is.
+    #[test]
+    fn the_lock_holds_an_artifacts_url_without_its_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::empty(dir.path().to_path_buf());
+        let mut tool = latest_tool();
+        tool.url = Some(
+            "https://swift.example/v1/AUTH_p/c/tool?temp_url_sig=s3cr3t&temp_url_expires=1".into(),
+        );
+        m.artifacts.insert("tool".into(), tool);
+        let url = artifact_url(m.artifacts["tool"].url.as_deref().unwrap());
+        assert!(!url.contains("s3cr3t"), "{url}");
+        let mut lock = Lock {
+            version: VERSION,
+            ..Default::default()
+        };
+        lock.artifacts.insert(
+            "tool".into(),
+            LockedArtifact {
+                url,
+                sha256: "c".repeat(64),
+            },
+        );
+        save(dir.path(), &lock).unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        m.artifacts.get_mut("tool").unwrap().url = Some(
+            "https://swift.example/v1/AUTH_p/c/tool?temp_url_sig=renewed&temp_url_expires=1".into(),
+        );
+        apply(&mut m, load(dir.path()).unwrap().as_ref()).unwrap();
         assert_eq!(m.artifacts["tool"].sha256, "c".repeat(64));
     }
 

@@ -181,26 +181,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A URL for messages: signature-like query parameters (a site's temp URL, a presigned S3
-/// URL) are credentials for as long as they live, so their values are never printed.
+/// A URL for messages (see [`crate::redact::url`]).
 pub fn redact_url(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_string();
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _))
-                if ["sig", "signature", "token", "credential"]
-                    .iter()
-                    .any(|s| k.to_ascii_lowercase().contains(s)) =>
-            {
-                format!("{k}=***")
-            }
-            _ => kv.to_string(),
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
+    crate::redact::url(url)
 }
 
 fn url_file_name(url: &str) -> Option<&str> {

@@ -243,3 +243,132 @@ fn a_fifo_as_a_file_artifact_is_refused_and_leaves_nothing_in_the_store() {
         .unwrap_or_default();
     assert_eq!(left, Vec::<String>::new(), "a half-fetched file was left");
 }
+
+/// A Keystone + Swift that echo what they are sent, as some proxies and debug builds do: a
+/// 401 quoting the token request (the password in it), a 403 quoting the request headers
+/// (the token in them). Served on 127.0.0.1 by Python's http.server.
+const ECHO_SERVER: &str = r#"
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def reply(self, code, body, headers=()):
+        data = body.encode()
+        self.send_response(code)
+        for k, v in headers: self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD": self.wfile.write(data)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        if self.path.startswith("/refuse/"):
+            msg = "The request you have made requires authentication: " + body
+            self.reply(401, json.dumps({"error": {"code": 401, "message": msg}}))
+            return
+        port = self.server.server_address[1]
+        doc = {"token": {"expires_at": "2099-01-01T00:00:00.000000Z", "catalog": [
+            {"type": "object-store", "name": "swift", "endpoints": [
+                {"interface": "public", "region": "RegionOne", "region_id": "RegionOne",
+                 "url": "http://127.0.0.1:%d/v1/AUTH_echo" % port}]}]}}
+        self.reply(201, json.dumps(doc), [("X-Subject-Token", "gAAAAAechoed-token-31337")])
+    def echo(self):
+        self.reply(403, "Forbidden. You sent:\n" + "".join("%s: %s\n" % kv for kv in self.headers.items()))
+    do_GET = do_HEAD = do_PUT = do_DELETE = echo
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+struct EchoServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl EchoServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", ECHO_SERVER])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is installed");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .expect("the echo server prints its port");
+        Self { child, port }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn servers_that_echo_passwords_tokens_and_url_credentials_never_get_them_printed() {
+    let server = EchoServer::start();
+    let port = server.port;
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = dir.path().join("clouds.yaml");
+    write(
+        &clouds,
+        &format!(
+            "clouds:\n\
+             \x20 refuse:\n    auth:\n      auth_url: http://keystone-user:url-secret-8086@127.0.0.1:{port}/refuse/v3\n      username: demo\n      password: echoed-password-5150\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n\
+             \x20 accept:\n    auth:\n      auth_url: http://127.0.0.1:{port}/accept/v3\n      username: demo\n      password: echoed-password-5150\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n"
+        ),
+    );
+    write(dir.path().join("manifests/images.ncl"), "{}\n");
+    write(
+        dir.path().join("manifests/sites.ncl"),
+        "{\n  refuse = { name = \"Refuse\", baremetal = true, kind = 'swift, cloud = \"refuse\", container = \"c\" },\n  accept = { name = \"Accept\", baremetal = true, kind = 'swift, cloud = \"accept\", container = \"c\" },\n}\n",
+    );
+    let env = Env::new();
+    let mut outputs = Vec::new();
+    for site in ["refuse", "accept"] {
+        for format in ["text", "json"] {
+            let out = env
+                .cmd()
+                .env("OS_CLIENT_CONFIG_FILE", &clouds)
+                .args([
+                    "--root",
+                    dir.path().to_str().unwrap(),
+                    "-vv",
+                    "versions",
+                    "list",
+                ])
+                .args(["--site", site, "--scope", "prod", "--format", format])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "the {site} site must fail");
+            outputs.push((
+                format!("{site} {format}"),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+    }
+    // The failures are still explained.
+    assert!(
+        outputs[0].1.contains("refused the credentials"),
+        "{}",
+        outputs[0].1
+    );
+    assert!(outputs[2].1.contains("403"), "{}", outputs[2].1);
+    for (what, out) in &outputs {
+        for secret in [
+            "echoed-password-5150",
+            "gAAAAAechoed-token-31337",
+            "url-secret-8086",
+            "keystone-user:",
+        ] {
+            assert!(!out.contains(secret), "{what}: `{secret}` printed:\n{out}");
+        }
+    }
+}
