@@ -372,3 +372,26 @@ fn servers_that_echo_passwords_tokens_and_url_credentials_never_get_them_printed
         }
     }
 }
+
+#[test]
+fn an_env_setting_that_would_break_every_script_is_a_usage_error_before_anything_runs() {
+    let env = Env::new();
+    let project = repo().join("examples/nickel-project");
+    let root = project.to_str().unwrap();
+    // (A value over the kernel's limit cannot even reach ccb's own command line; the
+    // manifests' case is in tests/bad-manifests/env-value-too-long.)
+    for (setting, says) in [
+        ("PATH=/opt/evil", "`PATH` is reserved"),
+        ("BASH_ENV=/tmp/x", "`BASH_ENV` is reserved"),
+    ] {
+        let run = env.run(&["--root", root, "build", "--dry-run", "--env", setting]);
+        assert_eq!(
+            run.code,
+            2,
+            "--env {}: {}",
+            &setting[..12.min(setting.len())],
+            run.stderr
+        );
+        run.stderr_has(says);
+    }
+}
