@@ -6,6 +6,7 @@
 //! and `pipefail` like DIB's runner, so a fragment that reads an unset variable, or exits
 //! non-zero on purpose (dib-init-system does), fails with the file named.
 
+use crate::process::Process;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -59,7 +60,7 @@ pub fn source(
     if files.is_empty() {
         return Ok(declared.clone());
     }
-    let mut cmd = Command::new("bash");
+    let mut cmd = Process::new("bash");
     cmd.env_clear()
         .env("PATH", PATH)
         .env("LC_ALL", "C")
@@ -70,13 +71,19 @@ pub fn source(
         .arg(SCRIPT)
         .arg("ccb-environment")
         .args(files.iter().map(|(_, p)| p))
-        .current_dir("/")
-        .stdin(Stdio::null())
-        // Its own process group: whatever a fragment starts in the background is ended with
-        // the shell (below), so nothing outlives ccb and no pipe stays open.
-        .process_group(0);
+        .current_dir("/");
+    let command_line = cmd.command_line();
+    let mut command = cmd.command();
+    // Its own process group: whatever a fragment starts in the background is ended with the
+    // shell (below), so nothing outlives ccb and no pipe stays open.
+    command.process_group(0);
     let limit = timeout();
-    let (out, timed_out) = run_bounded(cmd, limit)?;
+    let (out, timed_out) = run_bounded(command, limit).map_err(|source| {
+        ElementError::Bash(crate::process::ProcessError::Spawn {
+            command: command_line,
+            source,
+        })
+    })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if timed_out || !out.status.success() {
         // The last marker names the file being sourced when the shell stopped.
@@ -133,12 +140,8 @@ pub fn source(
 /// every case, its whole process group is killed, so a background job of a fragment neither
 /// outlives ccb nor keeps the pipes (and this read) open. Returns the output and whether
 /// the limit was hit.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(Output, bool), ElementError> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(ElementError::Bash)?;
+fn run_bounded(mut cmd: Command, limit: Duration) -> std::io::Result<(Output, bool)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
     let reader = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -168,15 +171,12 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(Output, bool), Elem
         let _ = tx.send(child.wait());
     });
     let (status, timed_out) = match rx.recv_timeout(limit) {
-        Ok(status) => (status.map_err(ElementError::Bash)?, false),
+        Ok(status) => (status?, false),
         Err(_) => {
             let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
             let status = rx
                 .recv()
-                .map_err(|_| {
-                    ElementError::Bash(std::io::Error::other("the shell's waiter vanished"))
-                })?
-                .map_err(ElementError::Bash)?;
+                .map_err(|_| std::io::Error::other("the shell's waiter vanished"))??;
             (status, true)
         }
     };
