@@ -147,6 +147,32 @@ fn links_in_an_image_never_lead_the_builds_writes_onto_the_host() {
     assert!(hostile.join("opt/escape/owned").is_file());
     let after = p.layer_tree("layer:tiny-after:amd64");
     assert!(after.join("etc/tiny-after").is_file());
+
+    // A store damaged under ccb (a truncated layer.json, a corrupt action record) is a miss:
+    // the layer is built again, not reported "cached" and then missing.
+    let layer_json = after.parent().unwrap().join("layer.json");
+    std::fs::write(&layer_json, "{\"key\": ").unwrap();
+    let hostile_key = hostile.parent().unwrap().file_name().unwrap().to_owned();
+    let record = p
+        .env
+        .cache
+        .path()
+        .join("actions")
+        .join(format!("{}.json", hostile_key.to_string_lossy()));
+    std::fs::write(&record, "not json").unwrap();
+    let again = p.build_layers("tiny-after").ok().json();
+    let status = |id: &str| {
+        again["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .map(|a| a["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(status("layer:tiny:amd64"), "cached");
+    assert_eq!(status("layer:tiny-hostile:amd64"), "built");
+    assert_eq!(status("layer:tiny-after:amd64"), "built");
 }
 
 /// Runs ccb and waits at most `limit`: a hang is a failure of its own, not a stuck suite.
