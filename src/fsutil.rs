@@ -55,6 +55,38 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Opens a file to read only if it is a regular file: a FIFO would block the open (and
+/// the build) forever, a device would read the host's hardware.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK keeps the open of a FIFO from waiting for a writer; the type check then
+    // refuses it.
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    // Back to blocking reads for a regular file (O_NONBLOCK means nothing to it, but the
+    // flag should not surprise a later reader).
+    let flags = rustix::fs::fcntl_getfl(&f)?;
+    rustix::fs::fcntl_setfl(&f, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(f)
+}
+
+/// Reads all of a regular file (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    open_regular(path)?.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// A path shown to people: relative to the current directory when it is inside it.
 pub fn display_path(path: &Path) -> String {
     if let Ok(cwd) = std::env::current_dir()
@@ -85,5 +117,20 @@ impl Stamp {
             ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
             ino: md.ino(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let err = open_regular(&fifo).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

@@ -92,6 +92,7 @@ pub mod ops;
 pub mod process;
 pub mod publish;
 pub mod qcow2;
+pub mod redact;
 pub mod remote;
 pub mod sources;
 pub mod store;

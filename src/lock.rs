@@ -59,8 +59,17 @@ impl LockedSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedArtifact {
+    /// The manifest's URL as [`artifact_url`] writes it: without credentials (a temp URL's
+    /// signature is one), which the fetch takes from the manifests, never from here.
     pub url: String,
     pub sha256: String,
+}
+
+/// The form of an artifact's URL the lock holds and compares: redacted, so a lock file
+/// committed to git never carries a signature or a password, and a renewed signature does
+/// not make the pin stale.
+pub fn artifact_url(url: &str) -> String {
+    crate::redact::url(url)
 }
 
 /// What the lock pins for one model: every git source's commit, every "latest" artifact's
@@ -138,7 +147,51 @@ pub fn load(root: &Path) -> Result<Option<Lock>, LockError> {
             ),
         });
     }
+    validate(&lock).map_err(|message| LockError::Invalid {
+        path: file,
+        message,
+    })?;
     Ok(Some(lock))
+}
+
+/// Every value the lock holds is checked for its syntax before anything uses it: a digest
+/// names a file in the store and a tree id a directory, so `sha256 = "../../etc/hostname"`
+/// must never reach a path, and a commit id is sliced for display.
+fn validate(lock: &Lock) -> Result<(), String> {
+    for (name, s) in &lock.sources {
+        for (field, value) in [("commit", &s.commit), ("tree", &s.tree)] {
+            if !is_git_object_id(value) {
+                return Err(format!(
+                    "sources.{name}.{field} = {value:?} is not a git object id \
+                     (40 or 64 lowercase hexadecimal digits)"
+                ));
+            }
+        }
+    }
+    for (name, a) in &lock.artifacts {
+        if !is_sha256(&a.sha256) {
+            return Err(format!(
+                "artifacts.{name}.sha256 = {:?} is not a sha256 digest \
+                 (64 lowercase hexadecimal digits)",
+                a.sha256
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A sha256 digest as ccb writes and compares them: 64 lowercase hex digits.
+pub fn is_sha256(s: &str) -> bool {
+    is_lower_hex(s, 64)
+}
+
+/// A git object id: SHA-1 (40) or SHA-256 (64) repositories, lowercase as git prints them.
+pub fn is_git_object_id(s: &str) -> bool {
+    is_lower_hex(s, 40) || is_lower_hex(s, 64)
 }
 
 /// Writes the lock file atomically (a reader sees the old file or the new, never half).
@@ -233,7 +286,7 @@ pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
         }
     }
     for name in &latest {
-        let url = model.artifacts[*name].url.clone().unwrap_or_default();
+        let url = artifact_url(model.artifacts[*name].url.as_deref().unwrap_or_default());
         let Some(locked) = lock.artifacts.get(*name) else {
             pins.unpinned.insert((*name).clone());
             continue;
@@ -315,7 +368,7 @@ pub fn pin_new(
         lock.artifacts.insert(
             name.clone(),
             LockedArtifact {
-                url,
+                url: artifact_url(&url),
                 sha256: sha.clone(),
             },
         );
@@ -429,6 +482,40 @@ mod tests {
         assert_eq!(m.artifacts["tool"].sha256, "c".repeat(64));
     }
 
+    /// A temp URL's signature is a credential: the lock (committed to git) holds the URL
+    /// without it, and a renewed signature leaves the pin as it is.
+    #[test]
+    fn the_lock_holds_an_artifacts_url_without_its_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::empty(dir.path().to_path_buf());
+        let mut tool = latest_tool();
+        tool.url = Some(
+            "https://swift.example/v1/AUTH_p/c/tool?temp_url_sig=s3cr3t&temp_url_expires=1".into(),
+        );
+        m.artifacts.insert("tool".into(), tool);
+        let url = artifact_url(m.artifacts["tool"].url.as_deref().unwrap());
+        assert!(!url.contains("s3cr3t"), "{url}");
+        let mut lock = Lock {
+            version: VERSION,
+            ..Default::default()
+        };
+        lock.artifacts.insert(
+            "tool".into(),
+            LockedArtifact {
+                url,
+                sha256: "c".repeat(64),
+            },
+        );
+        save(dir.path(), &lock).unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        m.artifacts.get_mut("tool").unwrap().url = Some(
+            "https://swift.example/v1/AUTH_p/c/tool?temp_url_sig=renewed&temp_url_expires=1".into(),
+        );
+        apply(&mut m, load(dir.path()).unwrap().as_ref()).unwrap();
+        assert_eq!(m.artifacts["tool"].sha256, "c".repeat(64));
+    }
+
     #[test]
     fn a_latest_artifact_with_no_pin_yet_is_left_open_and_locked_refuses_to_pin_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -477,5 +564,52 @@ mod tests {
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("ccb.lock"), "{err}");
         assert!(err.to_string().contains("version 7"), "{err}");
+    }
+    /// What a hand-edited or hostile lock may hold: paths where digests belong, and bytes
+    /// that would split a string in the middle of a character.
+    #[test]
+    fn a_lock_value_that_is_not_a_digest_of_its_kind_is_refused_naming_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = "b".repeat(40);
+        let commit = "a".repeat(40);
+        let sha = "c".repeat(64);
+        let cases = [
+            (
+                format!(
+                    "[sources.tie]\nurl = \"u\"\nref = \"main\"\npath = \"e\"\ncommit = \"{commit}\"\ntree = \"../../../../var/tmp/evil\"\n"
+                ),
+                "sources.tie.tree",
+            ),
+            (
+                format!(
+                    "[sources.tie]\nurl = \"u\"\nref = \"main\"\npath = \"e\"\ncommit = \"ééééééééééééééééééééé\"\ntree = \"{tree}\"\n"
+                ),
+                "sources.tie.commit",
+            ),
+            (
+                "[artifacts.tool]\nurl = \"u\"\nsha256 = \"../../../../etc/hostname\"\n"
+                    .to_string(),
+                "artifacts.tool.sha256",
+            ),
+            (
+                format!(
+                    "[artifacts.tool]\nurl = \"u\"\nsha256 = \"{}\"\n",
+                    sha.to_uppercase()
+                ),
+                "artifacts.tool.sha256",
+            ),
+        ];
+        for (body, field) in cases {
+            std::fs::write(path(dir.path()), format!("version = 1\n{body}")).unwrap();
+            let err = load(dir.path()).unwrap_err();
+            assert!(matches!(err, LockError::Invalid { .. }), "{field}: {err}");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+        std::fs::write(
+            path(dir.path()),
+            format!("version = 1\n[artifacts.tool]\nurl = \"u\"\nsha256 = \"{sha}\"\n"),
+        )
+        .unwrap();
+        assert!(load(dir.path()).unwrap().is_some());
     }
 }

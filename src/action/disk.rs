@@ -15,11 +15,12 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, umount2};
 
+use super::inroot;
 use super::layout::{self, DiskPlan, FsKind, Placed, SECTOR};
 use super::runner::{RunError, Runner, engine, io, program};
 use super::spec::DiskSpec;
@@ -178,8 +179,9 @@ impl Runner<'_> {
         )?;
         let loop_dev = mount_source(&self.root).unwrap_or_default();
         self.write_fstab(&plan)?;
-        let boot_in = self.root.join(BOOT_DIR_IN.trim_start_matches('/'));
-        std::fs::create_dir_all(&boot_in).map_err(io("create the boot image directory"))?;
+        self.tree()?
+            .create_dir_all(BOOT_DIR_IN, 0o755)
+            .map_err(io("create the boot image directory"))?;
 
         let mountpoints: Vec<String> = plan
             .partitions
@@ -210,23 +212,30 @@ impl Runner<'_> {
         }
         self.teardown_chroot()?;
 
-        // What the bootloader element made, and what packages put on the ESP.
+        // What the bootloader element made, and what packages put on the ESP: read from
+        // the image as the image sees its paths (a /boot/efi linked to a host directory is
+        // that path inside the image, never the host's files in the ESP).
+        let image = self.tree()?;
         let boot = work.join("boot");
-        if boot_in.is_dir() {
-            tree::copy_contents(&boot_in, &boot)?;
+        if let Some(dir) = image
+            .dir(BOOT_DIR_IN)
+            .map_err(io("resolve the boot image directory"))?
+        {
+            tree::copy_contents(&dir, &boot)?;
         }
         let esp_tree = work.join("esp-tree");
         std::fs::create_dir_all(&esp_tree).map_err(io("create the ESP tree"))?;
-        let efi_in_image = self.root.join("boot/efi");
-        if efi_in_image.is_dir() {
-            tree::copy_contents(&efi_in_image, &esp_tree)?;
+        if let Some(dir) = image.dir("boot/efi").map_err(io("resolve /boot/efi"))? {
+            tree::copy_contents(&dir, &esp_tree)?;
         }
         if boot.join("efi").is_dir() {
             tree::copy_contents(&boot.join("efi"), &esp_tree)?;
         }
-        let manifests = self.root.join(d.manifest_dir.trim_start_matches('/'));
-        if manifests.is_dir() {
-            tree::copy_contents(&manifests, &meta_dir.join("dib-manifests"))?;
+        if let Some(dir) = image
+            .dir(&d.manifest_dir)
+            .map_err(io(format!("resolve {}", d.manifest_dir)))?
+        {
+            tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
         }
         self.finalise_base()?;
 
@@ -283,31 +292,39 @@ impl Runner<'_> {
         }
         // Parents before children: `/` before `/boot/efi`.
         mounts.sort_by_key(|(point, _)| point.matches('/').count() + usize::from(*point != "/"));
+        let image = self.tree()?;
         for (point, line) in mounts {
             text.push_str(&line);
             if point != "/" {
-                std::fs::create_dir_all(self.root.join(point.trim_start_matches('/')))
+                image
+                    .create_dir_all(point, 0o755)
                     .map_err(io(format!("create mount point {point}")))?;
             }
         }
-        std::fs::write(self.root.join("etc/fstab"), text).map_err(io("write /etc/fstab"))
+        image
+            .create_dir_all("etc", 0o755)
+            .and_then(|_| image.write("etc/fstab", text.as_bytes(), 0o644))
+            .map_err(io("write /etc/fstab"))
     }
 
     /// DIB's finalise_base: an empty /tmp, truncated logs, no build leftovers.
     fn finalise_base(&mut self) -> Result<(), RunError> {
-        let tmp = self.root.join("tmp");
-        if let Ok(rd) = std::fs::read_dir(&tmp) {
-            for e in rd.filter_map(Result::ok) {
+        // /tmp and /var/log as the image sees them: a link to a host directory is that path
+        // inside the image, and nothing below them is followed.
+        let image = self.tree()?;
+        if let Some(tmp) = image.dir("tmp").map_err(io("resolve /tmp"))? {
+            for e in std::fs::read_dir(&tmp)
+                .map_err(io("empty /tmp"))?
+                .filter_map(Result::ok)
+            {
                 let p = e.path();
-                let r = if p.is_dir() && !p.is_symlink() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                r.map_err(io(format!("empty /tmp: {}", p.display())))?;
+                inroot::remove_entry(&p).map_err(io(format!("empty /tmp: {}", p.display())))?;
             }
         }
-        let mut stack = vec![self.root.join("var/log")];
+        let Some(log) = image.dir("var/log").map_err(io("resolve /var/log"))? else {
+            return Ok(());
+        };
+        let mut stack = vec![log];
         while let Some(dir) = stack.pop() {
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
@@ -319,6 +336,7 @@ impl Runner<'_> {
                 } else if ft.is_file() {
                     File::options()
                         .write(true)
+                        .custom_flags(libc::O_NOFOLLOW)
                         .open(e.path())
                         .and_then(|f| f.set_len(0))
                         .map_err(io(format!("truncate {}", e.path().display())))?;

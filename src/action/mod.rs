@@ -8,6 +8,7 @@
 pub mod dib;
 pub mod disk;
 pub mod event;
+pub mod inroot;
 pub mod layout;
 pub mod runner;
 pub mod sandbox;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::event::{Event, StepRecord, emit};
+use super::inroot::TreeRoot;
 use super::spec::{ActionSpec, Place, SpecKind, Step};
 use super::tree;
 use crate::element::env::PATH;
@@ -362,11 +363,22 @@ impl Runner<'_> {
         flags: MsFlags,
         data: Option<&str>,
     ) -> Result<(), RunError> {
-        let target = self.root.join(rel.trim_start_matches('/'));
-        if !target.exists() {
-            std::fs::create_dir_all(&target).map_err(io(format!("create {rel} in the tree")))?;
-            self.made_dirs.push(target.clone());
-        }
+        // Resolved as the image sees it: an image whose /proc or /dev is a link to a host
+        // directory gets the mount inside its own tree, never on the host's directory.
+        let image = self.tree()?;
+        let target = match image
+            .resolve_existing(rel)
+            .map_err(io(format!("resolve {rel} in the tree")))?
+        {
+            Some(t) => t,
+            None => {
+                let t = image
+                    .create_dir_all(rel, 0o755)
+                    .map_err(io(format!("create {rel} in the tree")))?;
+                self.made_dirs.push(t.clone());
+                t
+            }
+        };
         mount(Some(source), &target, fstype, flags, data)
             .map_err(engine(format!("mount {source} on {rel}")))?;
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
@@ -387,34 +399,49 @@ impl Runner<'_> {
     /// DIB's chroot: the host's resolv.conf in place, proc, sys (read-only), dev, dev/pts,
     /// daemons blocked, the shared package cache, ccb's tools.
     pub(super) fn setup_chroot(&mut self) -> Result<(), RunError> {
-        let etc = self.root.join("etc");
-        let resolv = etc.join("resolv.conf");
-        let orig = etc.join("resolv.conf.ORIG");
-        if std::fs::symlink_metadata(&resolv).is_ok() {
-            std::fs::rename(&resolv, &orig).map_err(io("move the image's resolv.conf aside"))?;
-            self.resolv_moved = true;
-        }
-        if etc.is_dir() {
+        let image = self.tree()?;
+        if let Some(etc) = image.dir("etc").map_err(io("resolve /etc in the tree"))? {
+            let resolv = etc.join("resolv.conf");
+            if std::fs::symlink_metadata(&resolv).is_ok() {
+                std::fs::rename(&resolv, etc.join("resolv.conf.ORIG"))
+                    .map_err(io("move the image's resolv.conf aside"))?;
+                self.resolv_moved = true;
+            }
             let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-            std::fs::write(&resolv, host).map_err(io("write resolv.conf"))?;
+            image
+                .write("etc/resolv.conf", &host, 0o644)
+                .map_err(io("write resolv.conf"))?;
         }
-        let policy = self.root.join("usr/sbin/policy-rc.d");
-        if self.root.join("usr/sbin").is_dir() && std::fs::symlink_metadata(&policy).is_err() {
-            std::fs::write(
-                &policy,
-                "#!/bin/sh\n# ccb: no daemons start during a build\nexit 101\n",
-            )
-            .map_err(io("write policy-rc.d"))?;
-            std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))
-                .map_err(io("chmod policy-rc.d"))?;
+        if image
+            .dir("usr/sbin")
+            .map_err(io("resolve /usr/sbin in the tree"))?
+            .is_some()
+            && image
+                .entry("usr/sbin/policy-rc.d")
+                .is_ok_and(|p| std::fs::symlink_metadata(p).is_err())
+        {
+            image
+                .write(
+                    "usr/sbin/policy-rc.d",
+                    b"#!/bin/sh\n# ccb: no daemons start during a build\nexit 101\n",
+                    0o755,
+                )
+                .map_err(io("write policy-rc.d"))?;
             self.policy_rc_d = true;
         }
         // dpkg without an fsync per file, as DIB's dpkg element sets it for the build: a tree
         // that fails is thrown away, and one that succeeds is committed after the phases.
-        let dpkg_cfg = self.root.join("etc/dpkg/dpkg.cfg.d");
-        let unsafe_io = dpkg_cfg.join(DPKG_UNSAFE_IO);
-        if dpkg_cfg.is_dir() && std::fs::symlink_metadata(&unsafe_io).is_err() {
-            std::fs::write(&unsafe_io, "force-unsafe-io\n")
+        let unsafe_io = Path::new("etc/dpkg/dpkg.cfg.d").join(DPKG_UNSAFE_IO);
+        if image
+            .dir("etc/dpkg/dpkg.cfg.d")
+            .map_err(io("resolve dpkg's configuration"))?
+            .is_some()
+            && image
+                .entry(&unsafe_io)
+                .is_ok_and(|p| std::fs::symlink_metadata(p).is_err())
+        {
+            image
+                .write(&unsafe_io, b"force-unsafe-io\n", 0o644)
                 .map_err(io("write dpkg's unsafe-io"))?;
             self.dpkg_unsafe_io = true;
         }
@@ -460,19 +487,22 @@ impl Runner<'_> {
         while let Some(d) = self.made_dirs.pop() {
             let _ = std::fs::remove_dir(&d);
         }
+        // What the build's scripts left is the image's: every path is resolved inside it.
+        let image = self.tree()?;
         if self.policy_rc_d {
-            let _ = std::fs::remove_file(self.root.join("usr/sbin/policy-rc.d"));
+            let _ = image.remove("usr/sbin/policy-rc.d");
         }
         if self.dpkg_unsafe_io {
-            let _ =
-                std::fs::remove_file(self.root.join("etc/dpkg/dpkg.cfg.d").join(DPKG_UNSAFE_IO));
+            let _ = image.remove(Path::new("etc/dpkg/dpkg.cfg.d").join(DPKG_UNSAFE_IO));
         }
         // apt's binary caches are rebuilt on demand; kept, every layer would carry a fresh
         // 40–80 MB copy of them.
         for cache in ["pkgcache.bin", "srcpkgcache.bin"] {
-            let _ = std::fs::remove_file(self.root.join("var/cache/apt").join(cache));
+            let _ = image.remove(Path::new("var/cache/apt").join(cache));
         }
-        let etc = self.root.join("etc");
+        let Some(etc) = image.dir("etc").map_err(io("resolve /etc in the tree"))? else {
+            return Ok(());
+        };
         let resolv = etc.join("resolv.conf");
         let orig = etc.join("resolv.conf.ORIG");
         let now_link = std::fs::symlink_metadata(&resolv)
@@ -791,13 +821,21 @@ impl Runner<'_> {
         Ok((code, tail))
     }
 
+    /// The image tree, opened for host-side access that stays inside it. Opened afresh
+    /// each time: the disk action mounts the root filesystem over the same path.
+    pub(super) fn tree(&self) -> Result<TreeRoot, RunError> {
+        TreeRoot::open(&self.root).map_err(io(format!("open the tree {}", self.root.display())))
+    }
+
     fn own_elements(&self) -> impl Iterator<Item = &super::spec::ElementSrc> {
         self.spec.elements.iter().filter(|e| e.own)
     }
 
     fn install_bin(&mut self) -> Result<(), RunError> {
-        let dest = self.root.join("usr/local/bin");
-        std::fs::create_dir_all(&dest).map_err(io("create /usr/local/bin"))?;
+        let image = self.tree()?;
+        image
+            .create_dir_all("usr/local/bin", 0o755)
+            .map_err(io("create /usr/local/bin"))?;
         let mut n = 0;
         for el in self.own_elements() {
             let bin = el.dir.join("bin");
@@ -810,12 +848,10 @@ impl Runner<'_> {
                 if !src.is_file() {
                     continue;
                 }
-                let target = dest.join(src.file_name().unwrap_or_default());
-                std::fs::copy(&src, &target).map_err(io(format!("install {}", src.display())))?;
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
-                    .map_err(io("chmod an installed file"))?;
-                std::os::unix::fs::lchown(&target, Some(0), Some(0))
-                    .map_err(io("chown an installed file"))?;
+                let target = Path::new("usr/local/bin").join(src.file_name().unwrap_or_default());
+                image
+                    .copy_in(&src, &target, 0o755)
+                    .map_err(io(format!("install {}", src.display())))?;
                 n += 1;
             }
         }
@@ -840,8 +876,9 @@ impl Runner<'_> {
                 return Ok((1, VecDeque::from([line])));
             }
         };
-        // /usr/lib/systemd/system through the image's own links (/lib → usr/lib).
-        let dest = self.root.join(dest);
+        // /usr/lib/systemd/system through the image's own links (/lib → usr/lib), inside
+        // the tree.
+        let image = self.tree()?;
         let mut n = 0;
         let dirs: Vec<PathBuf> = self
             .own_elements()
@@ -849,39 +886,14 @@ impl Runner<'_> {
             .filter(|d| d.is_dir())
             .collect();
         for dir in dirs {
-            std::fs::create_dir_all(&dest).map_err(io(format!("create {}", dest.display())))?;
-            // The image's links are followed on the host here: never out of the tree.
-            let real = dest
-                .canonicalize()
-                .map_err(io("resolve the init directory"))?;
-            let root = self.root.canonicalize().map_err(io("resolve the tree"))?;
-            if !real.starts_with(&root) {
-                return Err(RunError::Image {
-                    problem: format!("the image's {} leads out of the tree", dest.display()),
-                });
-            }
-            Process::new("cp")
-                .arg("-RP")
-                .arg("--preserve=mode")
-                .arg("--no-target-directory")
-                .arg(dir.join("."))
-                .arg(&dest)
-                .output()
-                .map_err(program(format!(
-                    "install the init scripts of {}",
-                    dir.display()
-                )))?;
-            for entry in std::fs::read_dir(&dir).map_err(io("list init scripts"))? {
-                let entry = entry.map_err(io("list init scripts"))?;
-                let target = dest.join(entry.file_name());
-                std::os::unix::fs::lchown(&target, Some(0), Some(0))
-                    .map_err(io("chown an init script"))?;
-                n += 1;
-            }
+            image
+                .create_dir_all(dest, 0o755)
+                .map_err(io(format!("create /{dest}")))?;
+            // `cp -RP --preserve=mode`: links kept, modes kept, owned by root.
+            n += tree::install_static(&dir, &image, Path::new(dest), tree::Modes::Keep)?;
         }
         self.logln(&format!(
-            "dib-init-system: {n} {init_system} init scripts into /{}",
-            dest.strip_prefix(&self.root).unwrap_or(&dest).display()
+            "dib-init-system: {n} {init_system} init scripts into /{dest}"
         ));
         Ok((0, VecDeque::new()))
     }
@@ -889,9 +901,10 @@ impl Runner<'_> {
     fn install_static(&mut self) -> Result<(), RunError> {
         let mut n = 0;
         let dirs: Vec<PathBuf> = self.own_elements().map(|e| e.dir.join("static")).collect();
+        let image = self.tree()?;
         for dir in dirs {
             if dir.is_dir() {
-                n += tree::install_static(&dir, &self.root, Path::new(""))?;
+                n += tree::install_static(&dir, &image, Path::new(""), tree::Modes::Static)?;
             }
         }
         self.logln(&format!("install-static: {n} files"));

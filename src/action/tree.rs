@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::inroot::TreeRoot;
+
 /// overlayfs marks an opaque directory (hide everything below it) with this xattr.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
@@ -269,52 +271,82 @@ fn copy_file(src: &Path, dst: &Path) -> Result<(), TreeError> {
     Ok(())
 }
 
-/// install-static's copy of one element's `static/` onto the image root, with DIB's
+/// How [`install_static`] sets the modes of what it installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modes {
+    /// DIB's install-static (rsync -lCr): new files get the source mode without set-id bits,
+    /// masked by 022; existing files keep their mode.
+    Static,
+    /// `cp -RP --preserve=mode` (dib-init-system's init scripts): the source's mode.
+    Keep,
+}
+
+/// install-static's copy of one element's `static/` (`src`) onto `rel` in the image, with DIB's
 /// (rsync -lCr) semantics for ownership and modes: symlinks kept, everything owned by root,
-/// new files get the source mode without set-id bits and masked by 022, existing files keep
-/// their mode. Unlike rsync -C, no file is silently skipped (`*.so`, `core`, …).
-pub fn install_static(src: &Path, root: &Path, rel: &Path) -> Result<u64, TreeError> {
+/// modes per [`Modes`]. Unlike rsync -C, no file is silently skipped (`*.so`, `core`, …).
+/// Every path is resolved inside the image (`/var/run -> /run` is the image's /run, never the
+/// host's); a source that is not a regular file, directory or link is refused.
+pub fn install_static(
+    src: &Path,
+    root: &TreeRoot,
+    rel: &Path,
+    modes: Modes,
+) -> Result<u64, TreeError> {
     let mut n = 0;
-    for (name, path) in sorted_entries(&src.join(rel))? {
+    for (name, path) in sorted_entries(src)? {
         let rel_child = rel.join(&name);
-        let target = root.join(&rel_child);
+        let in_image = |e: io::Error| TreeError::Io {
+            action: "install into the image",
+            path: Path::new("/").join(&rel_child),
+            source: e,
+        };
         let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+        let source_mode = meta.permissions().mode();
         if meta.file_type().is_symlink() {
             let link = std::fs::read_link(&path).map_err(io_err("read link", &path))?;
-            remove_any(&target)?;
-            std::os::unix::fs::symlink(&link, &target).map_err(io_err("create link", &target))?;
+            root.symlink(&link, &rel_child).map_err(in_image)?;
+            let at = root.entry(&rel_child).map_err(in_image)?;
+            std::os::unix::fs::lchown(&at, Some(0), Some(0)).map_err(in_image)?;
             n += 1;
         } else if meta.is_dir() {
-            match std::fs::symlink_metadata(&target) {
-                // A directory symlink in the image (/lib → usr/lib) is followed, as rsync -l
-                // does on the receiving side.
-                Ok(_) => {}
-                Err(_) => {
-                    std::fs::create_dir(&target).map_err(io_err("create directory", &target))?;
-                    let mode = meta.permissions().mode() & 0o777 & !0o022;
-                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
-                        .map_err(io_err("set mode of", &target))?;
-                }
+            // A directory symlink in the image (/lib → usr/lib) is followed, as rsync -l
+            // does on the receiving side — inside the image.
+            if root.dir(&rel_child).map_err(in_image)?.is_none() {
+                let mode = match modes {
+                    Modes::Static => source_mode & 0o777 & !0o022,
+                    Modes::Keep => source_mode & 0o7777,
+                };
+                root.remove(&rel_child).map_err(in_image)?;
+                let made = root.create_dir_all(&rel_child, 0o700).map_err(in_image)?;
+                std::fs::set_permissions(&made, std::fs::Permissions::from_mode(mode))
+                    .map_err(in_image)?;
             }
-            n += install_static(src, root, &rel_child)?;
-        } else {
-            let existed = std::fs::symlink_metadata(&target).is_ok();
-            let old_mode = std::fs::metadata(&target)
-                .ok()
+            n += install_static(&path, root, &rel_child, modes)?;
+        } else if meta.is_file() {
+            let old_mode = root
+                .resolve_existing(&rel_child)
+                .map_err(in_image)?
+                .and_then(|p| std::fs::metadata(p).ok())
+                .filter(|m| m.is_file())
                 .map(|m| m.permissions().mode());
-            if existed {
-                remove_any(&target)?;
-            }
-            std::fs::copy(&path, &target).map_err(io_err("copy to", &target))?;
-            let mode = match old_mode {
-                Some(m) => m & 0o7777,
-                None => meta.permissions().mode() & 0o777 & !0o022,
+            let mode = match (modes, old_mode) {
+                (Modes::Static, Some(m)) => m & 0o7777,
+                (Modes::Static, None) => source_mode & 0o777 & !0o022,
+                (Modes::Keep, _) => source_mode & 0o7777,
             };
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
-                .map_err(io_err("set mode of", &target))?;
-            std::os::unix::fs::lchown(&target, Some(0), Some(0))
-                .map_err(io_err("set owner of", &target))?;
+            root.copy_in(&path, &rel_child, mode)
+                .map_err(|e| TreeError::Io {
+                    action: "install",
+                    path: path.clone(),
+                    source: e,
+                })?;
             n += 1;
+        } else {
+            return Err(TreeError::Io {
+                action: "install (not a regular file, directory or link)",
+                path,
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
         }
     }
     Ok(n)

@@ -51,7 +51,6 @@ pub enum InspectCommand {
 
 pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
     let shell = ctx.shell();
-    let model = ctx.model()?;
     let store = ctx.store()?;
     let opts = SessionOptions {
         offline: ctx.offline,
@@ -64,7 +63,13 @@ pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
                 (image.clone(), path.clone())
             }
         };
-        let fs = ops::inspect::open_one(&model, &store, &opts, &image, &shell)?;
+        // An image file needs no project (as virt-ls needs none); a target does.
+        let fs = if ops::inspect::names_a_file(&image) {
+            ops::inspect::open_file(std::path::Path::new(&image))?
+        } else {
+            let model = ctx.model()?;
+            ops::inspect::open_one(&model, &store, &opts, &image, &shell)?
+        };
         let path = if path.starts_with('/') {
             path
         } else {
@@ -158,6 +163,7 @@ pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
         ));
         shell.out(&out);
     };
+    let model = ctx.model()?;
     let report = ops::inspect::inspect(model, &store, &opts, &images, &shell, &mut render)?;
     let failures = report.failed_checks();
     if text {

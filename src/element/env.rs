@@ -8,7 +8,11 @@
 
 use crate::process::Process;
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use super::ElementError;
 use super::view::Script;
@@ -21,15 +25,32 @@ const RUNNER_VARS: [&str; 6] = ["PATH", "LC_ALL", "PWD", "OLDPWD", "SHLVL", "_"]
 
 const MARK: &str = "\u{1}ccb-sourcing ";
 
-const SCRIPT: &str = r#"set -eu
+/// What a fragment prints goes to stderr (fd 1 is pointed there first): only the final
+/// `env -0`, written to the saved stdout (fd 3), is the captured environment. A fragment that
+/// echoes can no longer inject `KEY=value` lines or hide a variable.
+const SCRIPT: &str = r#"exec 3>&1 1>&2
+set -eu
 set -o pipefail
 for f in "$@"; do
     printf '\001ccb-sourcing %s\n' "$f" >&2
     source "$f"
 done
 printf '\001ccb-sourcing \n' >&2
-exec env -0
+exec env -0 >&3 3>&-
 "#;
+
+/// How long sourcing every environment.d fragment of an image may take. DIB's take
+/// milliseconds; a fragment that loops forever must not hang `ccb check`. Overridable with
+/// `CCB_ENVIRONMENT_TIMEOUT` (seconds).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn timeout() -> Duration {
+    std::env::var("CCB_ENVIRONMENT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
 
 /// Sources `files` in order over `declared` and returns the exported environment.
 pub fn source(
@@ -51,9 +72,20 @@ pub fn source(
         .arg("ccb-environment")
         .args(files.iter().map(|(_, p)| p))
         .current_dir("/");
-    let out = cmd.output_any_status().map_err(ElementError::Bash)?;
+    let command_line = cmd.command_line();
+    let mut command = cmd.command();
+    // Its own process group: whatever a fragment starts in the background is ended with the
+    // shell (below), so nothing outlives ccb and no pipe stays open.
+    command.process_group(0);
+    let limit = timeout();
+    let (out, timed_out) = run_bounded(command, limit).map_err(|source| {
+        ElementError::Bash(crate::process::ProcessError::Spawn {
+            command: command_line,
+            source,
+        })
+    })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
+    if timed_out || !out.status.success() {
         // The last marker names the file being sourced when the shell stopped.
         let mut current = String::new();
         let mut detail = Vec::new();
@@ -70,11 +102,17 @@ pub fn source(
             .find(|(_, p)| p.to_string_lossy() == current)
             .map(|(s, _)| (s.element.clone(), format!("environment.d/{}", s.name)))
             .unwrap_or_else(|| ("?".into(), current.clone()));
-        let status = out
-            .status
-            .code()
-            .map(|c| format!("exited with status {c}"))
-            .unwrap_or_else(|| "was killed".into());
+        let status = if timed_out {
+            format!(
+                "did not finish within {} s (CCB_ENVIRONMENT_TIMEOUT sets the limit)",
+                limit.as_secs()
+            )
+        } else {
+            out.status
+                .code()
+                .map(|c| format!("exited with status {c}"))
+                .unwrap_or_else(|| "was killed".into())
+        };
         let tail: Vec<String> = detail.iter().rev().take(10).rev().cloned().collect();
         return Err(ElementError::Environment {
             element,
@@ -96,4 +134,162 @@ pub fn source(
         }
     }
     Ok(env)
+}
+
+/// Runs `cmd` (its own process group) with captured output for at most `limit`; then, in
+/// every case, its whole process group is killed, so a background job of a fragment neither
+/// outlives ccb nor keeps the pipes (and this read) open. Returns the output and whether
+/// the limit was hit.
+fn run_bounded(mut cmd: Command, limit: Duration) -> std::io::Result<(Output, bool)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    // The wait happens on its own thread so this one can give up at the limit without
+    // polling.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let (status, timed_out) = match rx.recv_timeout(limit) {
+        Ok(status) => (status?, false),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let status = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("the shell's waiter vanished"))??;
+            (status, true)
+        }
+    };
+    // The shell is gone; anything it left in its group goes too.
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok((
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        timed_out,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fragments(dir: &std::path::Path, bodies: &[(&str, &str)]) -> Vec<(Script, PathBuf)> {
+        bodies
+            .iter()
+            .map(|(name, body)| {
+                let p = dir.join(name);
+                std::fs::write(&p, body).unwrap();
+                (
+                    Script {
+                        name: (*name).into(),
+                        element: "hostile".into(),
+                        dir: None,
+                    },
+                    p,
+                )
+            })
+            .collect()
+    }
+
+    fn declared() -> BTreeMap<String, String> {
+        [("DIB_RELEASE".to_string(), "bookworm".to_string())].into()
+    }
+
+    #[test]
+    fn what_a_fragment_prints_is_not_taken_for_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = fragments(
+            dir.path(),
+            &[(
+                "10-chatty",
+                "echo hello\nprintf 'DIB_RELEASE=sid\\0FAKE=1\\0'\nexport GREETING=hi\n",
+            )],
+        );
+        let env = source(&files, &declared()).unwrap();
+        assert_eq!(env["DIB_RELEASE"], "bookworm");
+        assert_eq!(env["GREETING"], "hi");
+        assert!(!env.contains_key("FAKE"), "{env:?}");
+        assert!(env.keys().all(|k| !k.contains('\n')), "{env:?}");
+    }
+
+    #[test]
+    fn a_fragment_that_never_ends_is_stopped_at_the_limit_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = fragments(dir.path(), &[("20-forever", "while true; do :; done\n")]);
+        let cmd_env = declared();
+        // The limit is read from ccb's environment; a short one keeps the test quick.
+        let start = std::time::Instant::now();
+        let err = with_limit("1", || source(&files, &cmd_env)).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let text = err.to_string();
+        assert!(text.contains("20-forever"), "{text}");
+        assert!(text.contains("did not finish within 1 s"), "{text}");
+    }
+
+    #[test]
+    fn a_background_job_of_a_fragment_does_not_outlive_the_capture() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let files = fragments(
+            dir.path(),
+            &[(
+                "30-daemon",
+                &format!(
+                    "sleep 300 &\necho $! > {}\nexport OK=1\n",
+                    pidfile.display()
+                ),
+            )],
+        );
+        let env = source(&files, &declared()).unwrap();
+        assert_eq!(env["OK"], "1");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed with the group; reaped by init, so allow it a moment to disappear.
+        let gone = (0..100).any(|_| {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "));
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "the background `sleep` ({pid}) is still running");
+    }
+
+    fn with_limit<T>(secs: &str, f: impl FnOnce() -> T) -> T {
+        // SAFETY: only this test sets the variable, and only `timeout()` reads it.
+        unsafe { std::env::set_var("CCB_ENVIRONMENT_TIMEOUT", secs) };
+        let out = f();
+        unsafe { std::env::remove_var("CCB_ENVIRONMENT_TIMEOUT") };
+        out
+    }
 }

@@ -131,9 +131,18 @@ fn judge(
         }
     }
     if let Some(v) = get("when") {
+        // Every item must be a condition: a map or a list in `when` was silently ignored.
+        let not_a_condition = || {
+            ctx.err(format!(
+                "package `{package}`: `when` must be a `VAR = value` string or a list of them"
+            ))
+        };
         let conds: Vec<String> = match v {
-            Value::Sequence(items) => items.iter().filter_map(as_text).collect(),
-            other => vec![as_text(other).unwrap_or_default()],
+            Value::Sequence(items) => items
+                .iter()
+                .map(|i| as_text(i).ok_or_else(not_a_condition))
+                .collect::<Result<_, _>>()?,
+            other => vec![as_text(other).ok_or_else(not_a_condition)?],
         };
         for cond in conds {
             if !when_holds(ctx, package, &cond)? {
@@ -159,6 +168,13 @@ fn when_holds(ctx: &Ctx, package: &str, cond: &str) -> Result<bool, ElementError
             "package `{package}`: `when: {cond}` is not `VAR = value` or `VAR != value`"
         )));
     };
+    if value.trim_start().starts_with('=') {
+        // `A == b` split at the first `=` compared A with "= b": never true, so the package
+        // was dropped without a word.
+        return Err(ctx.err(format!(
+            "package `{package}`: `when: {cond}`: compare with `=` or `!=` (not `==`)"
+        )));
+    }
     let var = var.trim();
     if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(ctx.err(format!(
@@ -204,6 +220,11 @@ fn read_file(
     };
     for (pkg, params) in map {
         let package = as_text(&pkg).ok_or_else(|| ctx.err("package names must be strings"))?;
+        if package.trim().is_empty() || package.chars().any(char::is_whitespace) {
+            return Err(ctx.err(format!(
+                "`{package}` is not a package name (empty, or with spaces)"
+            )));
+        }
         let maps: Vec<serde_yaml::Mapping> = match params {
             Value::Null => vec![serde_yaml::Mapping::new()],
             Value::Mapping(m) => vec![m],

@@ -181,26 +181,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A URL for messages: signature-like query parameters (a site's temp URL, a presigned S3
-/// URL) are credentials for as long as they live, so their values are never printed.
+/// A URL for messages (see [`crate::redact::url`]).
 pub fn redact_url(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_string();
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _))
-                if ["sig", "signature", "token", "credential"]
-                    .iter()
-                    .any(|s| k.to_ascii_lowercase().contains(s)) =>
-            {
-                format!("{k}=***")
-            }
-            _ => kv.to_string(),
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
+    crate::redact::url(url)
 }
 
 fn url_file_name(url: &str) -> Option<&str> {
@@ -546,7 +529,8 @@ impl Fetcher<'_> {
         };
         let mut ingest = Ingest::temp(self.store, name)?;
         if let Some(path) = url.strip_prefix("file://") {
-            let file = std::fs::File::open(path).map_err(Ingest::io(name, Path::new(path)))?;
+            let file = crate::fsutil::open_regular(Path::new(path))
+                .map_err(Ingest::io(name, Path::new(path)))?;
             let total = file.metadata().ok().map(|m| m.len());
             if let Err(e) = ingest.copy_from(file, total, progress) {
                 return Err(ingest.copy_error(name, Path::new(path), e));
@@ -586,7 +570,9 @@ impl Fetcher<'_> {
             message,
         };
         let text = if let Some(path) = sums.strip_prefix("file://") {
-            std::fs::read_to_string(path).map_err(|e| download(e.to_string()))?
+            crate::fsutil::read_regular(Path::new(path))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| download(e.to_string()))?
         } else {
             let mut response = agent()
                 .get(sums)
@@ -618,13 +604,14 @@ impl Fetcher<'_> {
         sha: &str,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf, FetchError> {
+        // Only a regular file: a FIFO would block the copy (and ccb) forever, a device would
+        // copy the host's hardware into the store.
+        let mut src = crate::fsutil::open_regular(path).map_err(Ingest::io(name, path))?;
         let mut ingest = Ingest::temp(self.store, name)?;
-        let copied = std::fs::copy(path, &ingest.path).map_err(|e| {
-            // A missing or unreadable source is the source's error; anything else (a full
-            // disk) the store's.
-            let from = std::fs::File::open(path).err().map(|_| path);
-            Ingest::io(name, from.unwrap_or(&ingest.path))(e)
-        })?;
+        // File to file: std copies with copy_file_range (a reflink where it can); a failure
+        // now is the store's (a full disk).
+        let copied =
+            std::io::copy(&mut src, &mut ingest.file).map_err(Ingest::io(name, &ingest.path))?;
         ingest.len = copied;
         progress(copied, Some(copied));
         let copy = ingest.path.clone();

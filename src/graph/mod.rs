@@ -657,12 +657,20 @@ pub fn record_build(
     )
 }
 
-/// Whether the store holds a finished result for this action's key.
+/// Whether the store holds a finished result for this action's key. The records must read
+/// back (a truncated or corrupt `layer.json` or action record is a miss, so the action is
+/// rebuilt and the record replaced, instead of "cached" and then "not in the store").
 pub fn is_cached(store: &Store, action: &Action) -> bool {
-    store.exists(&action_record_name(&action.key))
+    store
+        .read_json::<ActionRecord>(&action_record_name(&action.key))
+        .is_some_and(|r| r.key == action.key)
         && match action.kind {
-            Kind::Base | Kind::Layer => store.exists(&Layout::layer_record(&action.key)),
-            Kind::Disk => store.exists(&Layout::outputs_record(&action.key)),
+            Kind::Base | Kind::Layer => store.layer_meta(&action.key).is_some_and(|m| {
+                m.key == action.key && store.layer_dir(&action.key).join("tree").is_dir()
+            }),
+            Kind::Disk => store
+                .outputs_meta(&action.key)
+                .is_some_and(|m| m.key == action.key && store.outputs_dir(&action.key).is_dir()),
             Kind::Fetch => action
                 .artifact_sha256()
                 .is_some_and(|d| crate::fetch::is_fetched(store, d)),

@@ -48,17 +48,19 @@ pub fn detect(src: &dyn ReadAt) -> Format {
 /// Opens the image file at `path` read-only as its virtual disk. Backing files of a qcow2
 /// image are opened relative to the image's directory, as QEMU does.
 pub fn open_path(path: &Path) -> Result<Arc<dyn ReadAt>, ImageError> {
-    let file = std::fs::File::open(path).map_err(|source| ImageError::Open {
+    // Only regular files: opening a FIFO would wait for a writer forever.
+    let file = crate::fsutil::open_regular(path).map_err(|source| ImageError::Open {
         path: path.to_path_buf(),
         source,
     })?;
     let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
     let resolve = move |name: &str| -> Result<Arc<dyn ReadAt>, Qcow2Error> {
         let backing = dir.join(name);
-        let file = std::fs::File::open(&backing).map_err(|source| Qcow2Error::BackingOpen {
-            name: backing.display().to_string(),
-            source,
-        })?;
+        let file =
+            crate::fsutil::open_regular(&backing).map_err(|source| Qcow2Error::BackingOpen {
+                name: backing.display().to_string(),
+                source,
+            })?;
         Ok(Arc::new(file))
     };
     open_source(Arc::new(file), &resolve).map_err(|e| match e {

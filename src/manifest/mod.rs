@@ -9,6 +9,7 @@
 mod eval;
 mod locate;
 mod validate;
+pub use validate::env_entry_problem;
 
 use std::collections::BTreeMap;
 use std::fmt;

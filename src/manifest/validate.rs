@@ -60,6 +60,65 @@ fn env_name_ok(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Variables a build may not set: ccb sets them for every script (PATH, LC_ALL), bash keeps
+/// them itself, or they change how bash and every program run (BASH_ENV sources a file,
+/// IFS re-splits every word, LD_PRELOAD loads a library into each process).
+const RESERVED_ENV: &[&str] = &[
+    "PATH",
+    "LC_ALL",
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "IFS",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "CDPATH",
+    "GLOBIGNORE",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+];
+
+/// The kernel's limit for one `NAME=value` string of a process's environment
+/// (MAX_ARG_STRLEN, 32 pages), its terminating NUL included.
+const MAX_ENV_STRING: usize = 32 * 4096;
+
+/// Why `name=value` cannot be a build's environment variable, if it cannot: said at `ccb
+/// check` instead of as an OS error of the first script that runs.
+pub fn env_entry_problem(name: &str, value: &str) -> Option<String> {
+    if !env_name_ok(name) {
+        return Some(format!(
+            "`{name}` is not a valid environment variable name (letters, digits and `_`, not \
+             starting with a digit)"
+        ));
+    }
+    if RESERVED_ENV.contains(&name) || name.starts_with("BASH_FUNC_") {
+        return Some(format!(
+            "`{name}` is reserved: ccb or bash sets it for every script, and changing it would \
+             break or redirect them"
+        ));
+    }
+    if value.contains('\0') {
+        return Some(format!(
+            "the value of `{name}` contains a NUL byte, which no environment variable can hold"
+        ));
+    }
+    let len = name.len() + 1 + value.len() + 1;
+    if len > MAX_ENV_STRING {
+        return Some(format!(
+            "the value of `{name}` is {} bytes; the kernel allows {} for one variable \
+             (pass a file as an artifact instead)",
+            value.len(),
+            MAX_ENV_STRING - name.len() - 2
+        ));
+    }
+    None
+}
+
 pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, ManifestError> {
     let raw: RawProject =
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&evaluated.json))
@@ -152,6 +211,22 @@ fn check_variable_names(
     images: &BTreeMap<String, RawImage>,
 ) -> Result<(), ManifestError> {
     for (key, img) in images {
+        if let Some((bad, problem)) = img
+            .env
+            .iter()
+            // Names are checked below, with the artifacts' variables.
+            .filter(|(k, _)| env_name_ok(k))
+            .find_map(|(k, v)| env_entry_problem(k, v).map(|p| (k, p)))
+        {
+            return Err(model
+                .locate(
+                    "images",
+                    &[key, "env", bad],
+                    format!("`{key}.env`: {problem}"),
+                    "this variable",
+                )
+                .into());
+        }
         for (field, map) in [("env", &img.env), ("artifacts", &img.artifacts)] {
             if let Some(bad) = map.keys().find(|k| !env_name_ok(k)) {
                 return Err(model

@@ -110,7 +110,7 @@ fn local_subjects(
     shell: &Shell,
 ) -> Result<Vec<Subject>, CommandError> {
     let (files, targets): (Vec<&String>, Vec<&String>) =
-        images.iter().partition(|i| Path::new(i).is_file());
+        images.iter().partition(|i| names_a_file(i));
     let mut out = Vec::new();
     for f in files {
         let path = PathBuf::from(f);
@@ -305,6 +305,18 @@ fn url_subjects(
 pub fn open_fs(disk: Arc<dyn ReadAt>) -> Result<(String, Box<dyn Filesystem>), CommandError> {
     let (location, fs) = disk::find_root(disk).map_err(inspect_err)?;
     Ok((format!("{location} ({})", fs.kind()), fs))
+}
+
+/// Whether an argument names an image file rather than a target: anything at that path,
+/// so that a FIFO or a device is refused as a file (not mistaken for a target's name).
+pub fn names_a_file(arg: &str) -> bool {
+    Path::new(arg).symlink_metadata().is_ok()
+}
+
+/// The file system of an image file, for `ccb inspect ls|cat` outside any project.
+pub fn open_file(path: &Path) -> Result<Box<dyn Filesystem>, CommandError> {
+    let (_, fs) = open_fs(image::open_path(path).map_err(inspect_err)?)?;
+    Ok(fs)
 }
 
 /// The file system of one image (a file or a target, built first when missing), for

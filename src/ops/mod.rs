@@ -61,15 +61,8 @@ pub fn apply_env(model: &mut Model, settings: &[String]) -> Result<(), CommandEr
                 (setting.as_str(), v)
             }
         };
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(CommandError::usage(format!(
-                "--env {setting}: `{name}` is not a variable name"
-            )));
+        if let Some(problem) = crate::manifest::env_entry_problem(name, &value) {
+            return Err(CommandError::usage(format!("--env {name}: {problem}")));
         }
         for image in model.images.values_mut() {
             image.env.insert(name.to_string(), value.clone());

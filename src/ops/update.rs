@@ -119,11 +119,12 @@ pub fn update(
                 "artifact `{name}`: \"latest\" needs a `url` (a Swift object is pinned by its sha256)"
             )));
         };
-        let kept = old.artifacts.get(name).filter(|l| l.url == url);
+        let shown = crate::lock::artifact_url(&url);
+        let kept = old.artifacts.get(name).filter(|l| l.url == shown);
         let sha256 = match kept {
             Some(l) if !wanted(name) => l.sha256.clone(),
             _ => {
-                shell.status(&format!("fetching artifact `{name}` ({url})"));
+                shell.status(&format!("fetching artifact `{name}` ({shown})"));
                 fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {})?
             }
         };
@@ -136,7 +137,7 @@ pub fn update(
             });
         }
         new.artifacts
-            .insert(name.clone(), LockedArtifact { url, sha256 });
+            .insert(name.clone(), LockedArtifact { url: shown, sha256 });
     }
     let removed: Vec<String> = old
         .sources

@@ -351,6 +351,16 @@ fn normalise(name: &str, m: Mapping, source: &str) -> Result<Cloud, CloudsError>
         }
     };
     let auth_url = get("auth_url").ok_or_else(|| invalid("no auth_url".into()))?;
+    // `http://user:pass@keystone/…` works, so its user-info is a credential like any other.
+    if let Some((_, rest)) = auth_url.split_once("://")
+        && let Some((userinfo, _)) = rest.split_once('@')
+        && !userinfo.contains('/')
+    {
+        crate::redact::register(userinfo);
+        if let Some((_, password)) = userinfo.split_once(':') {
+            crate::redact::register(password);
+        }
+    }
     let interface = {
         let i = get("interface").unwrap_or_else(|| "public".into());
         i.trim_end_matches("URL").to_ascii_lowercase()

@@ -208,10 +208,13 @@ impl Session {
 
     fn authenticate(&self) -> Result<TokenState, PublishError> {
         let url = format!("{}/auth/tokens", self.v3_url());
+        // What reaches the error is redacted: the auth URL may carry user-info, and a
+        // transport error may quote what was sent.
+        let shown = crate::redact::url(&url);
         let unreachable = |message: String| KeystoneError::Unreachable {
             cloud: self.cloud.name.clone(),
-            url: url.clone(),
-            message,
+            url: shown.clone(),
+            message: crate::redact::text(&message),
         };
         let body = serde_json::to_vec(&self.body()).expect("a token request serializes");
         let mut resp = self
@@ -230,10 +233,10 @@ impl Session {
         if status != 201 && status != 200 {
             let detail = serde_json::from_slice::<Value>(&text)
                 .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string));
+                .and_then(|v| v["error"]["message"].as_str().map(crate::redact::text));
             return Err(KeystoneError::Refused {
                 cloud: self.cloud.name.clone(),
-                url,
+                url: shown,
                 status,
                 detail,
             }

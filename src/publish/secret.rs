@@ -10,7 +10,10 @@ pub struct Secret(String);
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
+        let s = s.into();
+        // Whatever a server echoes later, this value is removed from it.
+        crate::redact::register(&s);
+        Secret(s)
     }
 
     /// The value, for the request that needs it.
@@ -45,7 +48,7 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // YAML may give a number or a boolean for a password: take its text.
         let v = serde_yaml::Value::deserialize(d)?;
-        Ok(Secret(match v {
+        Ok(Secret::new(match v {
             serde_yaml::Value::String(s) => s,
             serde_yaml::Value::Number(n) => n.to_string(),
             serde_yaml::Value::Bool(b) => b.to_string(),

@@ -230,13 +230,14 @@ impl SwiftSite {
             site: self.site.clone(),
             method: method.into(),
             object: object.into(),
-            message: e.to_string(),
+            message: crate::redact::text(&e.to_string()),
         }
         .into()
     }
 
     fn http_error(&self, method: &str, object: &str, status: u16, body: &[u8]) -> PublishError {
-        let text = String::from_utf8_lossy(body);
+        // A server may echo the request (its token, the password of a token request).
+        let text = crate::redact::text(&String::from_utf8_lossy(body));
         let detail = text.trim();
         SwiftError::Http {
             site: self.site.clone(),

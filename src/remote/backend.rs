@@ -75,23 +75,9 @@ pub fn open_in(
     ))
 }
 
-/// A URL for messages: any password in it replaced by `***`, signature-like query values too.
+/// A URL for messages (see [`crate::redact::url`]).
 pub fn redact(url: &str) -> String {
-    let url = crate::fetch::redact_url(url);
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url;
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.clone(),
-    }
+    crate::redact::url(url)
 }
 
 /// A name is one of the two namespaces and a hex digest: nothing else reaches a server or the
@@ -179,6 +165,10 @@ impl Http {
         let authorization = userinfo.map(|u| {
             use base64::Engine as _;
             let decoded = percent_decode(u);
+            // The password may be echoed by a server: cut from whatever ccb prints.
+            if let Some((_, password)) = String::from_utf8_lossy(&decoded).split_once(':') {
+                crate::redact::register(password);
+            }
             crate::publish::secret::Secret::new(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(decoded)
@@ -419,7 +409,7 @@ mod tests {
     fn passwords_never_show_in_a_cache_url() {
         assert_eq!(
             redact("https://ci:s3cret@cache.example/ccb"),
-            "https://ci:***@cache.example/ccb"
+            "https://***@cache.example/ccb"
         );
         assert_eq!(redact("http://h:8080/c"), "http://h:8080/c");
         assert!(!redact("https://u:p%40ss@h/x?token=abc").contains("p%40ss"));

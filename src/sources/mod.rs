@@ -122,15 +122,9 @@ fn git_url(root: &Path, url: &str) -> String {
     }
 }
 
-/// A URL for messages: credentials in its user-info part removed.
+/// A URL for messages (see [`crate::redact::url`]).
 pub fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
-        && !userinfo.contains('/')
-    {
-        return format!("{scheme}://***@{host}");
-    }
-    url.to_string()
+    crate::redact::url(url)
 }
 
 /// Where the bare mirror of a URL lives.
@@ -257,16 +251,7 @@ impl Git<'_> {
 
 /// Git's messages can quote the URL it was given, credentials included.
 fn redact_all(text: &str) -> String {
-    text.split(' ')
-        .map(|w| {
-            if w.contains("://") {
-                redact(w)
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::redact::text(text)
 }
 
 /// Opens (creating when needed) the bare mirror of a source's URL, under its lock.

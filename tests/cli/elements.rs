@@ -331,6 +331,29 @@ fn arch_and_not_arch_together_are_refused() {
         .stderr_has("not-arch");
 }
 
+/// What DIB would silently drop or ignore is an error naming the package.
+#[test]
+fn package_installs_refuses_conditions_and_names_it_cannot_mean() {
+    let env = Env::new();
+    for (yaml, says) in [
+        ("x:\n  when: 'DIB_RELEASE == bookworm'\n", "not `==`"),
+        (
+            "x:\n  when:\n    - {DIB_RELEASE: bookworm}\n",
+            "`when` must be",
+        ),
+        ("'':\n", "is not a package name"),
+        ("'vim nano':\n", "is not a package name"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        os_element(dir.path(), "os");
+        write(dir.path().join("p/package-installs.yaml"), yaml);
+        elements(&env, dir.path(), &["os", "p"], &[])
+            .fails()
+            .stderr_has("package-installs")
+            .stderr_has(says);
+    }
+}
+
 #[test]
 fn static_and_bin_overwrites_are_reported() {
     let env = Env::new();

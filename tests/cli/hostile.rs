@@ -1,0 +1,423 @@
+//! Hostile input: an image is the image's business, the host is not. ccb writes into image
+//! trees from the host (install-static, install-bin, the chroot's policy-rc.d and dpkg
+//! settings); links inside the image must resolve inside it, as they would after `chroot`.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{Env, copy_tree, repo, script, write};
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// The layered fixture plus a child whose elements plant links to host directories, and a
+/// grandchild built on top of those links.
+struct HostileProject {
+    env: Env,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl HostileProject {
+    fn new(host_static: &Path, host_dpkg: &Path, marker: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("layered");
+        copy_tree(&repo().join("tests/fixtures/layered"), &root);
+        let el = root.join("elements/tiny-hostile");
+        write(el.join("README.rst"), "Plants links to host directories.\n");
+        write(el.join("element-deps"), "install-static\n");
+        // Runs in the chroot before install-static: an absolute link to a directory that
+        // exists on the host (and not in the image), and dpkg's configuration directory
+        // turned into one.
+        script(
+            el.join("install.d/05-plant-links"),
+            &format!(
+                "#!/bin/bash\nset -eu\nmkdir -p /opt\nln -s {} /opt/escape\n\
+                 rm -rf /etc/dpkg/dpkg.cfg.d\nln -s {} /etc/dpkg/dpkg.cfg.d\n",
+                host_static.display(),
+                host_dpkg.display()
+            ),
+        );
+        // /var/run is a link to /run in every Debian base.
+        write(el.join("static/var/run").join(marker), "inside the image\n");
+        write(el.join("static/opt/escape/owned"), "inside the image\n");
+        let next = root.join("elements/tiny-after");
+        write(
+            next.join("README.rst"),
+            "Builds on a tree with hostile links.\n",
+        );
+        script(
+            next.join("install.d/30-after"),
+            "#!/bin/bash\nset -eu\necho after > /etc/tiny-after\n",
+        );
+        let images = root.join("manifests/images.ncl");
+        let text = std::fs::read_to_string(&images).unwrap();
+        let text = text.trim_end().trim_end_matches('}').to_string()
+            + r#"  tiny-hostile = { name = "Tiny-Hostile", description = "links to the host", from = "tiny", elements = ["tiny-hostile"] },
+  tiny-after = { name = "Tiny-After", description = "on top of them", from = "tiny-hostile", elements = ["tiny-after"] },
+}
+"#;
+        std::fs::write(&images, text).unwrap();
+        Self {
+            env: Env::new(),
+            _dir: dir,
+            root,
+        }
+    }
+
+    fn build_layers(&self, target: &str) -> crate::common::Run {
+        let elements = repo().join("elements");
+        self.env.run(&[
+            "--root",
+            self.root.to_str().unwrap(),
+            "build",
+            target,
+            "--until",
+            "layer",
+            "--format",
+            "json",
+            "--element-path",
+            elements.to_str().unwrap(),
+        ])
+    }
+
+    fn layer_tree(&self, id: &str) -> PathBuf {
+        let ls = self
+            .env
+            .run(&[
+                "--root",
+                self.root.to_str().unwrap(),
+                "cache",
+                "ls",
+                "--format",
+                "json",
+            ])
+            .ok()
+            .json();
+        let key = ls["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id && e["current"] == true)
+            .unwrap_or_else(|| panic!("no current entry for {id}: {ls}"))["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.env.cache.path().join("layers").join(key).join("tree")
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn links_in_an_image_never_lead_the_builds_writes_onto_the_host() {
+    assert!(is_root(), "builds root filesystems: run as root");
+    let host_static = tempfile::tempdir_in("/var/tmp").unwrap();
+    let host_dpkg = tempfile::tempdir_in("/var/tmp").unwrap();
+    let marker = format!("ccb-escape-{}", std::process::id());
+    let p = HostileProject::new(host_static.path(), host_dpkg.path(), &marker);
+
+    p.build_layers("tiny-after").ok();
+
+    assert!(
+        !Path::new("/run").join(&marker).exists(),
+        "static/var/run/{marker} was written into the host's /run"
+    );
+    assert_eq!(
+        entries(host_static.path()),
+        Vec::<String>::new(),
+        "install-static wrote through the image's absolute link"
+    );
+    assert_eq!(
+        entries(host_dpkg.path()),
+        Vec::<String>::new(),
+        "the chroot's dpkg settings were written through the image's link"
+    );
+    // Where the files went instead: the image's own /run and /opt/escape.
+    let hostile = p.layer_tree("layer:tiny-hostile:amd64");
+    assert_eq!(
+        std::fs::read_to_string(hostile.join("run").join(&marker)).unwrap(),
+        "inside the image\n"
+    );
+    assert!(hostile.join("opt/escape/owned").is_file());
+    let after = p.layer_tree("layer:tiny-after:amd64");
+    assert!(after.join("etc/tiny-after").is_file());
+
+    // A store damaged under ccb (a truncated layer.json, a corrupt action record) is a miss:
+    // the layer is built again, not reported "cached" and then missing.
+    let layer_json = after.parent().unwrap().join("layer.json");
+    std::fs::write(&layer_json, "{\"key\": ").unwrap();
+    let hostile_key = hostile.parent().unwrap().file_name().unwrap().to_owned();
+    let record = p
+        .env
+        .cache
+        .path()
+        .join("actions")
+        .join(format!("{}.json", hostile_key.to_string_lossy()));
+    std::fs::write(&record, "not json").unwrap();
+    let again = p.build_layers("tiny-after").ok().json();
+    let status = |id: &str| {
+        again["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .map(|a| a["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(status("layer:tiny:amd64"), "cached");
+    assert_eq!(status("layer:tiny-hostile:amd64"), "built");
+    assert_eq!(status("layer:tiny-after:amd64"), "built");
+}
+
+/// Runs ccb and waits at most `limit`: a hang is a failure of its own, not a stuck suite.
+fn run_within(env: &Env, args: &[&str], limit: std::time::Duration) -> crate::common::Run {
+    use std::process::Stdio;
+    let mut child = env
+        .cmd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ccb {args:?} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap().into()
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+}
+
+#[test]
+fn a_fifo_as_an_image_or_a_backing_file_is_refused_instead_of_waiting_for_a_writer() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("top.qcow2");
+    // -u: qemu-img does not open the backing file (it would block on the FIFO too).
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create", "-q", "-f", "qcow2", "-u", "-b", "back.raw", "-F", "raw",
+        ])
+        .arg(&top)
+        .arg("1M")
+        .status()
+        .expect("qemu-img is installed");
+    assert!(st.success());
+    mkfifo(&dir.path().join("back.raw"));
+    let limit = std::time::Duration::from_secs(30);
+    run_within(&env, &["inspect", "ls", top.to_str().unwrap(), "/"], limit)
+        .fails()
+        .stderr_has("not a regular file");
+    let fifo = dir.path().join("image.raw");
+    mkfifo(&fifo);
+    run_within(&env, &["inspect", "ls", fifo.to_str().unwrap(), "/"], limit)
+        .fails()
+        .stderr_has("not a regular file");
+}
+
+#[test]
+fn a_fifo_as_a_file_artifact_is_refused_and_leaves_nothing_in_the_store() {
+    let f = crate::distros::Fixture::new();
+    let fifo = f.served.join("tool.fifo");
+    mkfifo(&fifo);
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ tool = {{ url = \"file://{}\", sha256 = \"{}\" }} }}\n",
+            fifo.display(),
+            "0".repeat(64)
+        ),
+    );
+    let centos = crate::distros::sha256(&f.served.join("centos/rootfs.tar.gz"));
+    f.images_with(
+        &centos,
+        "  tool = { name = \"Tool\", from = \"fake-ubuntu\", elements = [\"ubuntu\"], artifacts = { TOOL = \"tool\" } },\n",
+    );
+    let elements = repo().join("elements");
+    let root = f.project.to_str().unwrap();
+    let args = [
+        "--root",
+        root,
+        "fetch",
+        "tool",
+        "--element-path",
+        elements.to_str().unwrap(),
+    ];
+    run_within(&f.env, &args, std::time::Duration::from_secs(60))
+        .fails()
+        .stderr_has("not a regular file");
+    let artifacts = f.env.cache.path().join("artifacts");
+    let left: Vec<String> = std::fs::read_dir(&artifacts)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".fetch-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(left, Vec::<String>::new(), "a half-fetched file was left");
+}
+
+/// A Keystone + Swift that echo what they are sent, as some proxies and debug builds do: a
+/// 401 quoting the token request (the password in it), a 403 quoting the request headers
+/// (the token in them). Served on 127.0.0.1 by Python's http.server.
+const ECHO_SERVER: &str = r#"
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def reply(self, code, body, headers=()):
+        data = body.encode()
+        self.send_response(code)
+        for k, v in headers: self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD": self.wfile.write(data)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        if self.path.startswith("/refuse/"):
+            msg = "The request you have made requires authentication: " + body
+            self.reply(401, json.dumps({"error": {"code": 401, "message": msg}}))
+            return
+        port = self.server.server_address[1]
+        doc = {"token": {"expires_at": "2099-01-01T00:00:00.000000Z", "catalog": [
+            {"type": "object-store", "name": "swift", "endpoints": [
+                {"interface": "public", "region": "RegionOne", "region_id": "RegionOne",
+                 "url": "http://127.0.0.1:%d/v1/AUTH_echo" % port}]}]}}
+        self.reply(201, json.dumps(doc), [("X-Subject-Token", "gAAAAAechoed-token-31337")])
+    def echo(self):
+        self.reply(403, "Forbidden. You sent:\n" + "".join("%s: %s\n" % kv for kv in self.headers.items()))
+    do_GET = do_HEAD = do_PUT = do_DELETE = echo
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+struct EchoServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl EchoServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", ECHO_SERVER])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is installed");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .expect("the echo server prints its port");
+        Self { child, port }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn servers_that_echo_passwords_tokens_and_url_credentials_never_get_them_printed() {
+    let server = EchoServer::start();
+    let port = server.port;
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = dir.path().join("clouds.yaml");
+    write(
+        &clouds,
+        &format!(
+            "clouds:\n\
+             \x20 refuse:\n    auth:\n      auth_url: http://keystone-user:url-secret-8086@127.0.0.1:{port}/refuse/v3\n      username: demo\n      password: echoed-password-5150\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n\
+             \x20 accept:\n    auth:\n      auth_url: http://127.0.0.1:{port}/accept/v3\n      username: demo\n      password: echoed-password-5150\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n"
+        ),
+    );
+    write(dir.path().join("manifests/images.ncl"), "{}\n");
+    write(
+        dir.path().join("manifests/sites.ncl"),
+        "{\n  refuse = { name = \"Refuse\", baremetal = true, kind = 'swift, cloud = \"refuse\", container = \"c\" },\n  accept = { name = \"Accept\", baremetal = true, kind = 'swift, cloud = \"accept\", container = \"c\" },\n}\n",
+    );
+    let env = Env::new();
+    let mut outputs = Vec::new();
+    for site in ["refuse", "accept"] {
+        for format in ["text", "json"] {
+            let out = env
+                .cmd()
+                .env("OS_CLIENT_CONFIG_FILE", &clouds)
+                .args([
+                    "--root",
+                    dir.path().to_str().unwrap(),
+                    "-vv",
+                    "versions",
+                    "list",
+                ])
+                .args(["--site", site, "--scope", "prod", "--format", format])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "the {site} site must fail");
+            outputs.push((
+                format!("{site} {format}"),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+    }
+    // The failures are still explained.
+    assert!(
+        outputs[0].1.contains("refused the credentials"),
+        "{}",
+        outputs[0].1
+    );
+    assert!(outputs[2].1.contains("403"), "{}", outputs[2].1);
+    for (what, out) in &outputs {
+        for secret in [
+            "echoed-password-5150",
+            "gAAAAAechoed-token-31337",
+            "url-secret-8086",
+            "keystone-user:",
+        ] {
+            assert!(!out.contains(secret), "{what}: `{secret}` printed:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn an_env_setting_that_would_break_every_script_is_a_usage_error_before_anything_runs() {
+    let env = Env::new();
+    let project = repo().join("examples/nickel-project");
+    let root = project.to_str().unwrap();
+    // (A value over the kernel's limit cannot even reach ccb's own command line; the
+    // manifests' case is in tests/bad-manifests/env-value-too-long.)
+    for (setting, says) in [
+        ("PATH=/opt/evil", "`PATH` is reserved"),
+        ("BASH_ENV=/tmp/x", "`BASH_ENV` is reserved"),
+    ] {
+        let run = env.run(&["--root", root, "build", "--dry-run", "--env", setting]);
+        assert_eq!(
+            run.code,
+            2,
+            "--env {}: {}",
+            &setting[..12.min(setting.len())],
+            run.stderr
+        );
+        run.stderr_has(says);
+    }
+}
