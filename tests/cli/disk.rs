@@ -433,6 +433,30 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
         .filter(|n| n.starts_with("initramfs:"))
         .collect();
     assert!(drivers.iter().any(|n| n.ends_with(":nvme")), "{drivers:?}");
+    // Made by Debian 12's own generator (CC-Debian13's test covers dracut).
+    for k in initramfs_of_each_kernel(checks) {
+        assert!(
+            k["detail"]
+                .as_str()
+                .unwrap()
+                .contains("made by initramfs-tools"),
+            "{k}"
+        );
+    }
+}
+
+/// `ccb inspect`'s one result per kernel (`initramfs:<version>`, found and read), not those
+/// of its drivers (`initramfs:<version>:<module>`).
+fn initramfs_of_each_kernel(checks: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    let kernels: Vec<&serde_json::Value> = checks
+        .iter()
+        .filter(|c| {
+            let name = c["name"].as_str().unwrap();
+            name.starts_with("initramfs:") && name.matches(':').count() == 1
+        })
+        .collect();
+    assert!(!kernels.is_empty(), "no initramfs check: {checks:?}");
+    kernels
 }
 
 /// The second release: the same elements on trixie's systemd, kernel and cloud-init, where
@@ -483,13 +507,7 @@ fn debian13_with_a_dracut_initramfs_boots_from_nvme_on_uefi_and_sata_on_bios() {
     let inspected = env.run(&inspect).ok().json();
     assert_eq!(inspected["passed"], true, "{inspected}");
     let checks = inspected["images"][0]["checks"].as_array().unwrap();
-    let kernels: Vec<&serde_json::Value> = checks
-        .iter()
-        .filter(|c| c["name"].as_str().unwrap().matches(':').count() == 1)
-        .filter(|c| c["name"].as_str().unwrap().starts_with("initramfs:"))
-        .collect();
-    assert!(!kernels.is_empty(), "{inspected}");
-    for k in kernels {
+    for k in initramfs_of_each_kernel(checks) {
         assert!(
             k["detail"].as_str().unwrap().contains("made by dracut"),
             "{k}"
