@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ccb::inspect::initramfs::{self, Compression, EntryKind, InitramfsError, Limits};
+use ccb::inspect::initramfs::{self, Compression, EntryKind, Generator, InitramfsError, Limits};
 
 // ---- building archives ------------------------------------------------------------------
 
@@ -467,4 +467,28 @@ fn lz4_legacy_streams_of_several_blocks_and_back_to_back_are_read_whole() {
     let big_entry = got.entries.iter().find(|e| e.name.ends_with("big.bin"));
     assert_eq!(big_entry.map(|e| e.size), Some(20 << 20));
     assert_eq!(got.unpacked, (first.len() + second.len()) as u64);
+}
+
+#[test]
+fn the_generator_is_told_by_the_files_dracut_and_initramfs_tools_leave() {
+    // dracut 106's own tree (Debian 13), after early microcode.
+    let mut dracut = microcode();
+    let mut files = MAIN.to_vec();
+    files.push(("usr/lib/dracut/build-parameter.txt", b" --no-hostonly"));
+    files.push(("usr/lib/dracut/hooks/pre-mount/", b""));
+    dracut.extend(compress(Compression::Zstd, &cpio(&files, "newc")));
+    let got = initramfs::read(&dracut).expect("read");
+    assert_eq!(got.generator(), Some(Generator::Dracut));
+
+    // mkinitramfs (Debian 12): its configuration and boot scripts.
+    let mut files = MAIN.to_vec();
+    files.push(("conf/initramfs.conf", b"MODULES=most\n"));
+    files.push(("scripts/init-top/udev", b"#!/bin/sh\n"));
+    let got = initramfs::read(&compress(Compression::Gzip, &cpio(&files, "newc"))).expect("read");
+    assert_eq!(got.generator(), Some(Generator::InitramfsTools));
+    assert_eq!(Generator::InitramfsTools.to_string(), "initramfs-tools");
+
+    // Neither tool's files: unknown, not a guess.
+    let got = initramfs::read(&cpio(MAIN, "newc")).expect("read");
+    assert_eq!(got.generator(), None);
 }

@@ -169,7 +169,11 @@ fn check_kernel(fs: &dyn Filesystem, k: &Kernel, required: &[String]) -> Vec<Che
         name: name.clone(),
         passed: true,
         detail: format!(
-            "{path}: {}, {} entries, {} modules",
+            "{path}: {}{}, {} entries, {} modules",
+            archive
+                .generator()
+                .map(|g| format!("made by {g}, "))
+                .unwrap_or_default(),
             archive.describe(),
             archive.entries.len(),
             packed.len()

@@ -126,6 +126,35 @@ impl Initramfs {
             .collect();
         parts.join(" + ")
     }
+
+    /// The tool that made the archive, told by the files each leaves in it: dracut its own
+    /// `usr/lib/dracut/` tree, initramfs-tools its `conf/initramfs.conf` and `scripts/`.
+    pub fn generator(&self) -> Option<Generator> {
+        let has = |f: &dyn Fn(&str) -> bool| self.entries.iter().any(|e| f(&e.name));
+        if has(&|n| n.starts_with("usr/lib/dracut/") || n.starts_with("lib/dracut/")) {
+            Some(Generator::Dracut)
+        } else if has(&|n| n == "conf/initramfs.conf" || n.starts_with("scripts/init-top/")) {
+            Some(Generator::InitramfsTools)
+        } else {
+            None
+        }
+    }
+}
+
+/// The tools that make the initramfs of the images ccb builds (the `initramfs` element).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generator {
+    Dracut,
+    InitramfsTools,
+}
+
+impl std::fmt::Display for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Generator::Dracut => "dracut",
+            Generator::InitramfsTools => "initramfs-tools",
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
