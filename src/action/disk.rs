@@ -237,6 +237,8 @@ impl Runner<'_> {
         {
             tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
         }
+        // The tree's handle pins the mounted filesystem: closed before the unmount.
+        drop(image);
         self.finalise_base()?;
 
         umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;

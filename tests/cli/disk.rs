@@ -1,6 +1,7 @@
 //! The default image, end to end: `ccb build //images:debian12` makes a GPT disk bootable on
 //! BIOS and UEFI, its layout is checked by reading the image file, and `ccb test` boots it
-//! with both firmwares (TCG here) and runs the checks inside.
+//! (TCG here) and runs the checks inside; CC-Debian13 is booted on UEFI from NVMe and on BIOS
+//! from SATA.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -94,7 +95,7 @@ fn check_names(result: &serde_json::Value) -> Vec<&str> {
 }
 
 #[test]
-fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
+fn debian12_is_a_gpt_disk_that_boots() {
     assert!(
         is_root(),
         "building disks needs root (scripts/test runs as root)"
@@ -328,7 +329,8 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
         );
     }
 
-    // And it boots, on both firmwares, with the checks passing inside.
+    // And it boots with the checks passing inside: BIOS here; UEFI (and the NVMe and SATA
+    // buses) are booted by the CC-Debian13 test below, so CI pays for three boots, not four.
     let test = env.run(&[
         "--root",
         root,
@@ -337,7 +339,7 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
         "--arch",
         "amd64",
         "--firmware",
-        "both",
+        "bios",
         "--format",
         "json",
     ]);
@@ -349,7 +351,8 @@ fn debian12_is_a_gpt_disk_that_boots_on_bios_and_uefi() {
     );
     assert_eq!(json["passed"], true);
     let results = json["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["firmware"], "bios");
     for r in results {
         let names = check_names(r);
         for want in CHAMELEON_CHECKS {
