@@ -117,7 +117,7 @@ fn script_path(spec: &ActionSpec, phase: &str, step: &Step) -> Option<PathBuf> {
 
 /// Every step's key, or `None` when the layer cannot be checkpointed (its secrets are read
 /// at build time into the working directory, and must not reach a key).
-pub fn step_keys(spec: &ActionSpec, parent_key: &str) -> Result<Option<Vec<String>>, String> {
+pub fn step_keys(spec: &ActionSpec, parent_key: &str) -> std::io::Result<Option<Vec<String>>> {
     if spec.kind != SpecKind::Layer || spec.artifacts.values().any(|p| p.starts_with(&spec.work)) {
         return Ok(None);
     }
@@ -137,8 +137,9 @@ pub fn step_keys(spec: &ActionSpec, parent_key: &str) -> Result<Option<Vec<Strin
     for el in &spec.elements {
         hash_str(&mut h, &el.name);
         hash_str(&mut h, if el.own { "own" } else { "parent" });
-        hash_dir(&mut h, &el.dir, Path::new(""), &scripts)
-            .map_err(|e| format!("read element `{}`: {e}", el.name))?;
+        hash_dir(&mut h, &el.dir, Path::new(""), &scripts).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("read element `{}`: {e}", el.name))
+        })?;
     }
     for (el, map) in &spec.pkg_maps {
         hash_str(&mut h, el);
@@ -169,8 +170,9 @@ pub fn step_keys(spec: &ActionSpec, parent_key: &str) -> Result<Option<Vec<Strin
             Step::Script { dir, .. } => {
                 hash_str(&mut h, dir.as_deref().unwrap_or(""));
                 let path = script_path(spec, phase, step).unwrap_or_default();
-                let bytes =
-                    std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("read {}: {e}", path.display()))
+                })?;
                 let exec = std::fs::metadata(&path)
                     .map(|m| m.permissions().mode() & 0o111 != 0)
                     .unwrap_or(false);
@@ -279,8 +281,10 @@ pub fn prepare(
     let Some(parent) = parent_key(ctx, action) else {
         return Ok(None);
     };
-    let Some(keys) = step_keys(spec, &parent)
-        .map_err(|m| BuildError::engine(&action.id, format!("checkpoint keys: {m}"), None))?
+    let Some(keys) = step_keys(spec, &parent).map_err(BuildError::io(
+        &action.id,
+        "compute the step checkpoints' keys",
+    ))?
     else {
         return Ok(None);
     };
@@ -301,7 +305,7 @@ pub fn prepare(
         max: DEFAULT_MAX,
     };
     let bytes = serde_json::to_vec_pretty(&plan)
-        .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+        .map_err(|_| BuildError::internal(&action.id, "the checkpoint plan does not encode"))?;
     crate::fsutil::write_atomic(&spec.work.join(PLAN_FILE), &bytes).map_err(StoreError::from)?;
     Ok(Some(Prepared {
         keys,
@@ -336,8 +340,9 @@ pub fn collect(
             continue;
         };
         let tree_dir = dir.join(i.to_string()).join("tree");
-        let summary = tree::summarize(&tree_dir).map_err(|e| {
-            BuildError::engine(&action.id, format!("cannot digest a checkpoint: {e}"), None)
+        let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
+            id: action.id.clone(),
+            source,
         })?;
         let id = match (&action.image, action.arch) {
             (Some(image), Some(arch)) => CheckpointId {

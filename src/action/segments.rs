@@ -22,7 +22,7 @@ impl Runner<'_> {
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let plan: Plan = serde_json::from_slice(&bytes)
-                    .map_err(|e| RunError::Engine(format!("read {}: {e}", path.display())))?;
+                    .map_err(|_| RunError::Internal("the checkpoint plan does not parse"))?;
                 if plan.resume_at > 0 {
                     let line = format!(
                         "ccb: the first {} steps come from checkpoints ({} stacked)",
@@ -93,12 +93,10 @@ impl Runner<'_> {
             )
         });
         let _ = nix::unistd::chdir(cwd.as_path());
-        mounted.map_err(|e| {
-            RunError::Engine(format!(
-                "cannot mount overlayfs on {} ({e}); set CCB_OVERLAYFS=0 to copy layers instead",
-                self.root.display()
-            ))
-        })
+        mounted.map_err(engine(format!(
+            "cannot mount overlayfs on {} (set CCB_OVERLAYFS=0 to copy layers instead)",
+            self.root.display()
+        )))
     }
 
     /// Whether step number `n` is covered by a reused checkpoint.
