@@ -31,7 +31,8 @@
 //! - [`exec`]: the scheduler (`-j`, critical path first, fail fast or keep going, cancel).
 //! - [`action`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
 //!   runner of DIB phases inside it, overlay layers, disk assembly, and the parent's side
-//!   (specs, events, commit, materialization).
+//!   (specs, events, commit, materialization), and step checkpoints inside a layer
+//!   (`action::checkpoint`: an edit to a late script reruns from the step before it).
 //! - [`bootcheck`]: `ccb test`'s QEMU boots (amd64 on SeaBIOS/OVMF, arm64 on AAVMF; virtio,
 //!   NVMe or SATA disks) and the checks run inside the image.
 //! - [`doctor`]: what this host can build and boot (arches native or emulated, KVM, loop,
@@ -62,6 +63,9 @@
 //! actions/<key>.json          a built action's record: its key document, steps, duration
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
 //! layers/<key>/{tree,layer.json}  committed root filesystems (full) or overlay upper dirs (diff)
+//! checkpoints/<key>/{tree,checkpoint.json}  a layer's state after one of its slow steps
+//!                             (an overlay upper dir over the checkpoints under it)
+//! checkpoint-chains/<layer key>.json  the checkpoints a committed layer was built through
 //! outputs/<key>/, <key>.json  a disk action's files (qcow2, raw, <Name>.d/, SHA256SUMS)
 //! artifacts/<sha256>, .json   fetched artifacts, read-only, verified; their blake3 record
 //! artifacts/.partial/         interrupted downloads, resumed by the next fetch

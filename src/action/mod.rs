@@ -5,6 +5,7 @@
 //! The parent side lives here: turn a graph action into an [`spec::ActionSpec`], run the
 //! sandbox, follow its events, and commit (or discard) its tree.
 
+pub mod checkpoint;
 pub mod dib;
 pub mod disk;
 pub mod event;
@@ -12,6 +13,7 @@ pub mod inroot;
 pub mod layout;
 pub mod runner;
 pub mod sandbox;
+mod segments;
 pub mod spec;
 pub mod tree;
 
@@ -957,8 +959,25 @@ pub fn run_action(
     let bytes = serde_json::to_vec_pretty(&spec)
         .map_err(|e| BuildError::internal(&action.id, format!("cannot encode the spec: {e}")))?;
     crate::fsutil::write_atomic(&spec_path, &bytes).map_err(StoreError::from)?;
+    let checkpoints = checkpoint::prepare(ctx, action, &spec)?;
 
-    let result = supervise(ctx, action, &spec_path, cancel, on_event);
+    let mut result = supervise(ctx, action, &spec_path, cancel, on_event);
+    // The checkpoints the sandbox closed are kept even when a later step failed.
+    let mut chain = Vec::new();
+    if let Some(prepared) = &checkpoints {
+        match checkpoint::collect(ctx, action, &spec, prepared) {
+            Ok(c) => chain = c,
+            Err(e) => result = result.and(Err(e)),
+        }
+        if result.is_ok() {
+            result = checkpoint::merge_into_upper(store, &spec, &chain)
+                .map_err(|source| BuildError::Tree {
+                    id: action.id.clone(),
+                    source,
+                })
+                .and(result);
+        }
+    }
     let outcome = match result {
         Ok((steps, warnings)) if spec.kind == SpecKind::Disk => commit_outputs(ctx, action, &spec)
             .map(|tree| Built {
@@ -967,12 +986,17 @@ pub fn run_action(
                 duration: started.elapsed(),
                 tree,
             }),
-        Ok((steps, warnings)) => commit(ctx, action, &spec).map(|tree| Built {
-            steps,
-            warnings,
-            duration: started.elapsed(),
-            tree,
-        }),
+        Ok((steps, warnings)) => commit(ctx, action, &spec)
+            .and_then(|tree| {
+                checkpoint::record_chain(store, &action.key, &chain)?;
+                Ok(tree)
+            })
+            .map(|tree| Built {
+                steps,
+                warnings,
+                duration: started.elapsed(),
+                tree,
+            }),
         Err(e) => Err(e),
     };
     match &outcome {

@@ -178,6 +178,12 @@ pub(super) struct Runner<'a> {
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
     /// Commands the last program's output said were not found (see [`super::dib`]).
     pub(super) missing: Vec<String>,
+    /// The parent's checkpoint plan (layers only; see [`super::checkpoint`]).
+    pub(super) ckpt: Option<super::checkpoint::Plan>,
+    /// The number of the next step, in run order across the phases.
+    pub(super) step_no: usize,
+    /// The upper directories closed as checkpoints in this run, top first.
+    pub(super) segments: Vec<PathBuf>,
 }
 
 /// Runs the action; the exit code of the sandbox.
@@ -206,6 +212,9 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         dpkg_unsafe_io: false,
         extra_env: Default::default(),
         missing: Vec::new(),
+        ckpt: None,
+        step_no: 0,
+        segments: Vec::new(),
     };
     r.prepare_hooks()?;
     match spec.kind {
@@ -221,6 +230,7 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
             }
         }
         SpecKind::Layer => {
+            r.load_checkpoint_plan()?;
             r.prepare_root()?;
             r.setup_chroot()?;
             for phase in &spec.phases {
@@ -306,40 +316,7 @@ impl Runner<'_> {
             for d in [&upper, &work, &self.root] {
                 std::fs::create_dir_all(d).map_err(io("create overlay directories"))?;
             }
-            let lower: Vec<String> = spec
-                .lowers
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            let base = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.join(":"),
-                upper.display(),
-                work.display()
-            );
-            // Keep every upper directory self-contained: no redirects or metadata-only
-            // copies that would point into the lower layers.
-            let strict = format!("{base},redirect_dir=off,metacopy=off,index=off,xino=off");
-            mount(
-                Some("overlay"),
-                &self.root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(strict.as_str()),
-            )
-            .or_else(|_| {
-                mount(
-                    Some("overlay"),
-                    &self.root,
-                    Some("overlay"),
-                    MsFlags::empty(),
-                    Some(base.as_str()),
-                )
-            })
-            .map_err(engine(format!(
-                "cannot mount overlayfs on {} (set CCB_OVERLAYFS=0 to copy layers instead)",
-                self.root.display()
-            )))?;
+            self.mount_overlay()?;
         } else {
             // Without overlayfs: flatten the stack into a full copy, bottom layer first.
             let mut lowers = spec.lowers.clone();
@@ -519,36 +496,58 @@ impl Runner<'_> {
         Ok(())
     }
 
+    pub(super) fn mount_hooks(&mut self) -> Result<(), RunError> {
+        let hooks = self.hooks.display().to_string();
+        self.mount_in(
+            &hooks,
+            HOOKS_IN,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )
+    }
+
+    /// Undoes [`Self::mount_hooks`] (the last mount made).
+    pub(super) fn unmount_hooks(&mut self) -> Result<(), RunError> {
+        if let Some(m) = self.mounts.pop() {
+            umount2(&m, MntFlags::empty()).map_err(engine("unmount the hooks"))?;
+        }
+        if let Some(pos) = self
+            .made_dirs
+            .iter()
+            .position(|d| d.ends_with("tmp/in_target.d"))
+        {
+            let d = self.made_dirs.remove(pos);
+            let _ = std::fs::remove_dir(d);
+        }
+        Ok(())
+    }
+
     pub(super) fn run_phase(&mut self, phase: &super::spec::PhaseSpec) -> Result<(), RunError> {
         let inside = phase.place == Place::Inside;
         if inside {
-            let hooks = self.hooks.display().to_string();
-            self.mount_in(
-                &hooks,
-                HOOKS_IN,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-                None,
-            )?;
+            self.mount_hooks()?;
         }
         let result = (|| {
             for step in &phase.steps {
+                let n = self.step_no;
+                self.step_no += 1;
+                if self.reused(n) {
+                    self.logln(&format!(
+                        "==> {}/{}: from a checkpoint",
+                        phase.phase,
+                        step.name()
+                    ));
+                    continue;
+                }
+                let started = Instant::now();
                 self.run_step(&phase.phase, phase.place, step)?;
+                self.after_step(phase.place, n, step, started.elapsed())?;
             }
             Ok(())
         })();
         if inside {
-            if let Some(m) = self.mounts.pop() {
-                umount2(&m, MntFlags::empty()).map_err(engine("unmount the hooks"))?;
-            }
-            if let Some(pos) = self
-                .made_dirs
-                .iter()
-                .position(|d| d.ends_with("tmp/in_target.d"))
-            {
-                let d = self.made_dirs.remove(pos);
-                let _ = std::fs::remove_dir(d);
-            }
+            self.unmount_hooks()?;
         }
         result
     }

@@ -194,6 +194,9 @@ fn walk(
         let mut attrs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         if let Ok(names) = xattr::list(&path) {
             for n in names {
+                if is_overlay_bookkeeping(&n) {
+                    continue;
+                }
                 if let Ok(Some(v)) = xattr::get(&path, &n) {
                     attrs.insert(n.as_encoded_bytes().to_vec(), v);
                 }
@@ -209,6 +212,14 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// overlayfs' own records in an upper directory (`origin`, `impure`, ...: file handles of the
+/// lower inodes it copied up from), which no build observes through the overlay and which
+/// differ between two builds of the same tree. The opaque marker does change what is seen.
+fn is_overlay_bookkeeping(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    name.starts_with(b"trusted.overlay.") && name != OPAQUE_XATTR.as_bytes()
 }
 
 /// Whether a freshly made root tree is effectively empty (DIB's "Failed to deploy the root

@@ -617,13 +617,24 @@ fn hash(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
 fn explain(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
     let model = ctx.model()?;
     let (_, targets) = one_image(&model, &a.target, &a.arch)?;
-    let graph = load_graph(ctx, &model, &targets, &a.element_path, false)?;
     let store = ctx.store()?;
+    let resolver =
+        element::project_resolver(&model, &a.element_path, &store, ctx.offline, &mut |w| {
+            ui::warn(w)
+        })?;
+    let graph = Graph::build(&model, &resolver, &targets, false)?;
     let mut rows = Vec::new();
     for t in &targets {
         let disk = ActionId::disk(&t.image, t.arch).to_string();
         for act in graph.closure(&disk) {
-            rows.push((act, graph::status(&store, act)));
+            let mut status = graph::status(&store, act);
+            if let graph::Status::ToRun { reasons } = &mut status
+                && let Some(line) =
+                    crate::action::checkpoint::explain(&model, &graph, &resolver, &store, act)
+            {
+                reasons.push(line);
+            }
+            rows.push((act, status));
         }
     }
     super::render::plan(&rows, a.format, true);

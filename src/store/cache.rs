@@ -93,7 +93,35 @@ pub fn entries(store: &Store) -> Vec<Entry> {
             }
         }
     }
+    // Step checkpoints: current while a current layer was built through them.
+    let in_use = checkpoints_of(store, &current);
+    for key in store.checkpoint_keys() {
+        let meta = store.checkpoint_meta(&key);
+        by_key.entry(key.clone()).or_insert_with(|| Entry {
+            current: in_use.contains(&key),
+            id: meta
+                .as_ref()
+                .map(|m| m.id.clone())
+                .unwrap_or_else(|| "?".into()),
+            kind: CHECKPOINT.into(),
+            mode: Some("diff".into()),
+            bytes: meta.as_ref().map(|m| m.tree.bytes).unwrap_or(0),
+            built_at: meta.as_ref().map(|m| m.created).unwrap_or(0),
+            lowers: meta.map(|m| m.lowers).unwrap_or_default(),
+            key,
+        });
+    }
     by_key.into_values().collect()
+}
+
+/// The kind of a step checkpoint's entry.
+pub const CHECKPOINT: &str = "checkpoint";
+
+/// The checkpoints the layers of `keys` were built through.
+fn checkpoints_of(store: &Store, keys: &BTreeSet<String>) -> BTreeSet<String> {
+    keys.iter()
+        .flat_map(|k| store.checkpoint_chain(k).checkpoints)
+        .collect()
 }
 
 /// Every key that depends on one of `keys` through layer stacking, `keys` included.
@@ -134,6 +162,8 @@ pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
         remove_tree(&trash)?;
     }
     store.remove(&format!("logs/{key}.log"))?;
+    store.remove_checkpoint(key)?;
+    store.remove(&super::Layout::checkpoint_chain(key))?;
     Ok(())
 }
 
@@ -157,6 +187,9 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
     } else {
         current_keys(store)
     };
+    // A kept layer keeps the checkpoints it was built through (the next edit resumes there).
+    let used = checkpoints_of(store, &keep);
+    keep.extend(used);
     // A kept layer needs the layers under it.
     let lowers: BTreeMap<&str, &Vec<String>> = entries
         .iter()
@@ -277,6 +310,16 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
     for e in entries(store) {
         on_progress(&e.id);
         let mut problems = Vec::new();
+        if e.kind == CHECKPOINT {
+            check_checkpoint(store, &e.key, &mut problems);
+            out.push(Verdict {
+                key: e.key,
+                id: e.id,
+                ok: problems.is_empty(),
+                problems,
+            });
+            continue;
+        }
         let record = store.read_json::<ActionRecord>(&format!("actions/{}.json", e.key));
         match &record {
             None if store.exists(&format!("actions/{}.json", e.key)) => {
@@ -359,6 +402,29 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         });
     }
     out
+}
+
+fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
+    let Some(meta) = store.checkpoint_meta(key) else {
+        problems.push("checkpoint.json is missing or does not parse".into());
+        return;
+    };
+    for l in &meta.lowers {
+        if store.checkpoint_meta(l).is_none() {
+            problems.push(format!(
+                "lower checkpoint {} is missing",
+                &l[..16.min(l.len())]
+            ));
+        }
+    }
+    let tree = store.checkpoint_dir(key).join("tree");
+    match crate::action::tree::summarize(&tree) {
+        Err(e) => problems.push(format!("cannot read the tree: {e}")),
+        Ok(s) if s.digest != meta.tree.digest => {
+            problems.push("the tree changed since it was made".into())
+        }
+        Ok(_) => {}
+    }
 }
 
 fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {

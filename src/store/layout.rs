@@ -54,6 +54,22 @@ impl Layout {
         format!("layers/{key}/layer.json")
     }
 
+    /// A step checkpoint inside a layer: `tree/` (an overlayfs upper directory over the
+    /// checkpoints and layers under it) and `checkpoint.json`.
+    pub fn checkpoint_dir(key: &str) -> String {
+        format!("checkpoints/{key}")
+    }
+
+    /// The record that makes a checkpoint count as present.
+    pub fn checkpoint_record(key: &str) -> String {
+        format!("checkpoints/{key}/checkpoint.json")
+    }
+
+    /// The checkpoints a committed layer was built through (what `gc` keeps with it).
+    pub fn checkpoint_chain(layer_key: &str) -> String {
+        format!("checkpoint-chains/{layer_key}.json")
+    }
+
     /// A disk action's files.
     pub fn outputs_dir(key: &str) -> String {
         format!("outputs/{key}")
@@ -124,6 +140,10 @@ mod tests {
         assert_eq!(
             Layout::layer_record("k"),
             format!("{}/layer.json", Layout::layer_dir("k"))
+        );
+        assert_eq!(
+            Layout::checkpoint_record("k"),
+            format!("{}/checkpoint.json", Layout::checkpoint_dir("k"))
         );
         assert_eq!(
             Layout::outputs_record("k"),

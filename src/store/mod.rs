@@ -6,6 +6,7 @@
 //! error: the store is a cache, and a miss only costs time.
 
 pub mod cache;
+mod checkpoint;
 mod layout;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::fsutil::{self, FsError};
+pub use checkpoint::{CheckpointChain, CheckpointMeta};
 pub use layout::Layout;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
