@@ -34,6 +34,10 @@ pub trait ReadAt: Send + Sync {
     /// Fills all of `buf` from `offset`. A read that extends past [`ReadAt::size`] is an
     /// error (`UnexpectedEof`), never a short read.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// Bytes fetched over the network so far, for a source that reads through it.
+    fn fetched_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl ReadAt for std::fs::File {

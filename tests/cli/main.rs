@@ -9,6 +9,7 @@ mod distros;
 mod elements;
 mod executor;
 mod graph;
+mod hostile;
 mod inspect;
 mod manifests;
 mod pipes;
