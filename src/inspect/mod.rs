@@ -67,6 +67,10 @@ impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         (**self).read_at(offset, buf)
     }
+
+    fn fetched_bytes(&self) -> Option<u64> {
+        (**self).fetched_bytes()
+    }
 }
 
 /// A window of another source: a partition of a disk.
