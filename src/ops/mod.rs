@@ -90,6 +90,8 @@ pub struct SessionOptions {
     pub env: Vec<String>,
     /// Use only what is in the store.
     pub offline: bool,
+    /// The command line's remote-cache flags.
+    pub remote: crate::remote::Choice,
 }
 
 /// The model (lock and `--env` applied), the store and the element resolver of one command.
@@ -98,6 +100,7 @@ pub struct Session<'s> {
     pub store: &'s Store,
     pub resolver: Resolver<'s>,
     pub offline: bool,
+    pub remote: crate::remote::Choice,
 }
 
 /// A target set and its graph, built once.
@@ -126,6 +129,7 @@ impl<'s> Session<'s> {
             store,
             resolver,
             offline: opts.offline,
+            remote: opts.remote.clone(),
         })
     }
 
