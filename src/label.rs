@@ -43,12 +43,28 @@ pub enum LabelError {
     #[diagnostic(code(ccb::label::bad_package))]
     BadPackage { word: String },
     #[error("`{0}` is not an architecture: expected amd64 or arm64")]
+    #[diagnostic(code(ccb::label::bad_arch))]
     BadArch(String),
+    /// `//images:` with nothing after the colon, as `//images:$UNSET` expands to: never
+    /// "every image".
+    #[error("`{word}` names no image: the name after `//images:` is empty")]
+    #[diagnostic(
+        code(ccb::label::empty_name),
+        help("name an image, or select every image with `//images:all` or `//...`")
+    )]
+    EmptyName { word: String },
     #[error("no build matches: {0}")]
     #[diagnostic(help(
         "the selected images are not built for the architectures given with --arch"
     ))]
     NothingSelected(String),
+}
+
+impl LabelError {
+    /// A malformed command line (exit 2) rather than a target that does not exist.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, LabelError::BadArch(_) | LabelError::EmptyName { .. })
+    }
 }
 
 /// Parses a comma-separated `--arch` list.
@@ -75,16 +91,26 @@ fn resolve_word(model: &Model, word: &str) -> Result<Vec<(String, Option<Arch>)>
         return Ok(all());
     }
     let name = if let Some(rest) = word.strip_prefix("//") {
-        let (pkg, name) = rest.split_once(':').unwrap_or((rest, ""));
+        let (pkg, name) = match rest.split_once(':') {
+            Some((pkg, name)) => (pkg, Some(name)),
+            None => (rest, None),
+        };
         if pkg != "images" {
             return Err(LabelError::BadPackage { word: word.into() });
         }
-        if name.is_empty() || name == "all" || name == "..." {
-            return Ok(all());
+        match name {
+            Some("") => return Err(LabelError::EmptyName { word: word.into() }),
+            // `//images`, as Bazel's `//images:all`.
+            None | Some("all" | "...") => return Ok(all()),
+            Some(name) => name,
         }
-        name
     } else {
-        word.strip_prefix("images:").unwrap_or(word)
+        match word.strip_prefix("images:") {
+            Some("") => return Err(LabelError::EmptyName { word: word.into() }),
+            Some(name) => name,
+            None if word.is_empty() => return Err(LabelError::EmptyName { word: word.into() }),
+            None => word,
+        }
     };
     if model.images.contains_key(name) {
         return Ok(vec![(name.to_string(), None)]);

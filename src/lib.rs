@@ -11,11 +11,12 @@
 //! ```
 //!
 //! Where to start reading:
-//! - [`ops`]: one operation per user-level job (check, build, test, publish, …), each a typed
-//!   request in and a typed, serializable report out. A [`ops::Session`] (the model with the
+//! - [`ops`]: one operation per user-level job (check, build, test, inspect, publish, versions,
+//!   update, query, cache), each a typed request in and a typed, serializable report out. A [`ops::Session`] (the model with the
 //!   lock applied, the store, the element resolver) is loaded once per command and plans a
 //!   target set once; `test`, `publish` and `inspect` take their disks from the build report.
-//!   [`ops::CommandError`] sorts failures by who acts: user, environment, internal (exit 70).
+//!   [`ops::CommandError`] sorts failures by who acts: user, environment, internal (exit 70);
+//!   a failed build takes the kind of its worst action ([`action::event::Blame`]).
 //! - [`cli`]: argument parsing and rendering only; each command parses, calls one operation
 //!   and renders its report.
 //! - [`manifest`]: evaluation of the Nickel/TOML manifests against `stdlib/ccb.ncl`, the
@@ -25,14 +26,18 @@
 //! - [`element`]: diskimage-builder element discovery, dependency expansion, phase ordering,
 //!   environment.d, package-installs, digests and lint.
 //! - [`graph`]: actions (`fetch`, `base`, `layer`, `disk`, `publish`) named by a typed
-//!   [`graph::ActionId`], their key documents and keys, the plan and `explain`.
+//!   [`graph::ActionId`], their key documents and keys, each layer's element set (one source
+//!   for the key and the run: [`graph::Graph::layer_elements`]), the plan and `explain`. Cold
+//!   resolutions of independent images run in parallel (rayon).
 //! - [`fetch`]: artifacts into the store, verified against their pinned SHA-256.
 //! - [`lock`] and [`sources`]: `ccb.lock`, and the git sources it pins (fetched on demand).
 //! - [`exec`]: the scheduler (`-j`, critical path first, fail fast or keep going, cancel).
 //! - [`action`]: running actions: the sandbox (mount + PID namespaces, killed with ccb), the
 //!   runner of DIB phases inside it, overlay layers, disk assembly, and the parent's side
 //!   (specs, events, commit, materialization), and step checkpoints inside a layer
-//!   (`action::checkpoint`: an edit to a late script reruns from the step before it).
+//!   (`action::checkpoint`: an edit to a late script reruns from the step before it). An
+//!   engine failure in the sandbox keeps its errno and who must act
+//!   ([`action::event::EngineFailure`]) across to the parent.
 //! - [`bootcheck`]: `ccb test`'s QEMU boots (amd64 on SeaBIOS/OVMF, arm64 on AAVMF; virtio,
 //!   NVMe or SATA disks) and the checks run inside the image.
 //! - [`doctor`]: what this host can build and boot (arches native or emulated, KVM, loop,

@@ -1122,17 +1122,14 @@ fn commit_outputs(
 ) -> Result<tree::TreeSummary, BuildError> {
     let out = spec.work.join("out");
     let mut files = Vec::new();
-    let mut stack = vec![out.clone()];
-    while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(BuildError::io(&action.id, "read outputs"))?;
-        for e in rd.filter_map(Result::ok) {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(m) = p.metadata() {
-                let rel = p.strip_prefix(&out).unwrap_or(&p).display().to_string();
-                files.push((rel, m.len()));
-            }
+    for e in walkdir::WalkDir::new(&out).min_depth(1) {
+        let e = e.map_err(|e| BuildError::io(&action.id, "read outputs")(e.into()))?;
+        if e.file_type().is_dir() {
+            continue;
+        }
+        if let Ok(m) = e.path().metadata() {
+            let rel = e.path().strip_prefix(&out).unwrap_or(e.path());
+            files.push((rel.display().to_string(), m.len()));
         }
     }
     files.sort();

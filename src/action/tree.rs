@@ -77,6 +77,9 @@ fn remove_any(path: &Path) -> Result<(), TreeError> {
     }
 }
 
+// Not walkdir: the digest is defined over this order (lossy UTF-8 names, sorted as strings),
+// which every stored layer's digest was made with; walkdir's `sort_by_file_name` orders
+// OsStr bytes, which differs for names that are not UTF-8, and would change those digests.
 fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, TreeError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err("read directory", dir))? {

@@ -3,17 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::{CliError, Context};
-use crate::label;
-use crate::manifest::Model;
 use crate::ops::build::BuildReport;
-use crate::ops::publish::{PublishObserver, PublishRequest, parse_version, site_error};
+use crate::ops::publish::{PublishObserver, PublishRequest};
 use crate::ops::{self, SessionOptions};
-use crate::publish::layout;
-use crate::publish::sites::{self, SwiftSettings};
-use crate::publish::{self};
+use crate::publish::sites::SwiftSettings;
 use crate::ui::{OutputFormat, Shell};
 
 /// How to reach Swift sites.
@@ -203,102 +198,91 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// A published name from a name or a target label.
-fn image_name(model: &Model, given: &str) -> String {
-    match label::resolve(model, &[given.to_string()], None) {
-        Ok(t) if t.len() == 1 => model.images[&t[0].image].published_name(t[0].arch),
-        _ => given.to_string(),
-    }
-}
-
 pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError> {
-    let mut model = ctx.model()?;
-    sites::with_default_site(&mut model);
-    let model = model;
-    let swift = SwiftSettings::default();
-    let open = |wanted: &str| -> Result<(String, String, Box<dyn publish::ObjectStore>), CliError> {
-        let (key, site) = sites::find_site(&model, wanted).map_err(site_error)?;
-        let store = sites::open_site(&model, key, site, &swift).map_err(site_error)?;
-        Ok((key.clone(), site.name.clone(), store))
+    let model = ctx.model()?;
+    let at = |a: SiteScope| ops::versions::At {
+        site: a.site,
+        scope: a.scope,
     };
     match cmd {
         VersionsCommand::List(a) => {
-            let (key, site_name, store) = open(&a.at.site)?;
-            let versions =
-                publish::list_versions(store.as_ref(), &a.at.scope).map_err(CliError::from_diag)?;
-            if a.format == OutputFormat::Json {
-                crate::ui::out(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&json!({"version": 1, "site": key, "scope": a.at.scope, "versions": versions}))
-                        .unwrap_or_default()
-                ));
-                return Ok(());
+            let format = a.format;
+            let list = ops::versions::list(model, &at(a.at))?;
+            match format {
+                OutputFormat::Json => crate::ui::out_json(&list),
+                OutputFormat::Text => crate::ui::out(&render_versions(&list)),
             }
-            if versions.is_empty() {
-                crate::ui::out(&format!("no versions in {} {}\n", site_name, a.at.scope));
-            }
-            for v in versions {
-                crate::ui::out(&format!("{}\n", v.version));
-                for i in v.images {
-                    crate::ui::out(&format!(
-                        "  {}{}\n",
-                        i.name,
-                        if i.live { "  (live)" } else { "" }
-                    ));
-                    for o in i.objects {
-                        let file = o.name.rsplit('/').next().unwrap_or(&o.name).to_string();
-                        crate::ui::out(&format!(
-                            "    {:<36} {:>10}  {}\n",
-                            file,
-                            crate::ui::progress::human_bytes(o.bytes),
-                            o.sha256.as_deref().unwrap_or("-")
-                        ));
-                    }
-                }
-            }
-            Ok(())
         }
         VersionsCommand::Promote(a) => {
-            for s in [&a.from, &a.to] {
-                if !layout::valid_scope(s) {
-                    return Err(CliError::usage(format!("scope `{s}` is not a valid scope")));
-                }
-            }
-            let version = parse_version(&a.version)?;
-            let name = image_name(&model, &a.image);
-            let (_, _, store) = open(&a.site)?;
-            publish::promote(store.as_ref(), &a.from, &a.to, &name, &version)
-                .map_err(CliError::from_diag)?;
+            let live = ops::versions::promote(
+                model,
+                &ops::versions::PromoteRequest {
+                    site: a.site,
+                    from: a.from.clone(),
+                    to: a.to,
+                    image: a.image,
+                    version: a.version,
+                },
+            )?;
             crate::ui::out(&format!(
-                "{name}: {} {version} promoted to {} (live)\n",
-                a.from, a.to
+                "{}: {} {} promoted to {} (live)\n",
+                live.image, a.from, live.version, live.scope
             ));
-            Ok(())
         }
         VersionsCommand::Rollback(a) => {
-            let version = parse_version(&a.version)?;
-            let name = image_name(&model, &a.image);
-            let (_, _, store) = open(&a.at.site)?;
-            publish::rollback(store.as_ref(), &a.at.scope, &name, &version)
-                .map_err(CliError::from_diag)?;
-            crate::ui::out(&format!("{name}: {} now live as {version}\n", a.at.scope));
-            Ok(())
+            let live = ops::versions::rollback(model, &at(a.at), &a.image, &a.version)?;
+            crate::ui::out(&format!(
+                "{}: {} now live as {}\n",
+                live.image, live.scope, live.version
+            ));
         }
         VersionsCommand::Prune(a) => {
-            let (_, _, store) = open(&a.at.site)?;
-            let removed = publish::prune(store.as_ref(), &a.at.scope, a.keep, a.dry_run)
-                .map_err(CliError::from_diag)?;
-            let verb = if a.dry_run { "would remove" } else { "removed" };
-            for (v, image) in &removed {
+            let pruned = ops::versions::prune(model, &at(a.at), a.keep, a.dry_run)?;
+            let verb = if pruned.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            for (v, image) in &pruned.removed {
                 crate::ui::out(&format!("{verb} {image} {v}\n"));
             }
-            if removed.is_empty() {
+            if pruned.removed.is_empty() {
                 crate::ui::out(&format!(
                     "nothing to prune (keeping {} per image and the live ones)\n",
-                    a.keep
+                    pruned.keep
                 ));
             }
-            Ok(())
         }
     }
+    Ok(())
+}
+
+fn render_versions(list: &ops::versions::VersionsList) -> String {
+    let mut out = String::new();
+    if list.versions.is_empty() {
+        out.push_str(&format!(
+            "no versions in {} {}\n",
+            list.site_name, list.scope
+        ));
+    }
+    for v in &list.versions {
+        out.push_str(&format!("{}\n", v.version));
+        for i in &v.images {
+            out.push_str(&format!(
+                "  {}{}\n",
+                i.name,
+                if i.live { "  (live)" } else { "" }
+            ));
+            for o in &i.objects {
+                let file = o.name.rsplit('/').next().unwrap_or(&o.name);
+                out.push_str(&format!(
+                    "    {:<36} {:>10}  {}\n",
+                    file,
+                    crate::ui::progress::human_bytes(o.bytes),
+                    o.sha256.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+    }
+    out
 }

@@ -50,20 +50,19 @@ static SETU: LazyLock<regex::Regex> =
 static PIPEFAIL: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r"^set -o pipefail").expect("static regex"));
 
+/// The element's files, `__pycache__` left out (symbolic links are not followed).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FsError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| FsError::new("list", dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
-        let path = entry.path();
-        let ft = entry
-            .file_type()
-            .map_err(|e| FsError::new("stat", &path, e))?;
-        if ft.is_dir() {
-            if entry.file_name() != "__pycache__" {
-                walk(&path, out)?;
-            }
-        } else if ft.is_file() {
-            out.push(path);
+    let entries = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !(e.file_type().is_dir() && e.file_name() == "__pycache__"));
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            FsError::new("list", &path, e.into())
+        })?;
+        if entry.file_type().is_file() {
+            out.push(entry.into_path());
         }
     }
     Ok(())

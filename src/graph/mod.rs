@@ -212,6 +212,33 @@ struct Foundation<'a> {
     own: &'a [String],
 }
 
+/// The element resolution of every (image, arch) wanted. They are independent of each other
+/// (a child resolves its own closure, parents' elements included), and a cold one sources
+/// environment.d through bash, so they run in parallel.
+fn resolve_all(
+    model: &Model,
+    resolver: &Resolver,
+    wanted: &BTreeSet<(String, Arch)>,
+) -> BTreeMap<(String, Arch), Result<Resolved, ForTarget>> {
+    use rayon::prelude::*;
+    wanted
+        .par_iter()
+        .map(|(key, arch)| {
+            let image = &model.images[key];
+            let resolved = resolver
+                .resolve(
+                    &requested_elements(image),
+                    *arch,
+                    Some(&image.published_name(*arch)),
+                    &image.env,
+                    image.from.is_none(),
+                )
+                .map_err(|e| ForTarget::new(Some(format!("//images:{key} ({arch})")), e));
+            ((key.clone(), *arch), resolved)
+        })
+        .collect()
+}
+
 /// The targets' (image, arch) pairs and their parents'.
 fn with_parents(model: &Model, targets: &[Target]) -> BTreeSet<(String, Arch)> {
     let mut wanted = BTreeSet::new();
@@ -282,23 +309,14 @@ impl Graph {
             resolved: BTreeMap::new(),
             layer_elements: BTreeMap::new(),
         };
+        let mut resolutions = resolve_all(model, resolver, &wanted);
         let mut fetched: BTreeSet<String> = BTreeSet::new();
         for image in model.images_parents_first() {
             for &arch in &image.arch {
-                if !wanted.contains(&(image.key.clone(), arch)) {
+                let Some(resolved) = resolutions.remove(&(image.key.clone(), arch)) else {
                     continue;
-                }
-                let label = format!("//images:{} ({arch})", image.key);
-                let published = image.published_name(arch);
-                let resolved = resolver
-                    .resolve(
-                        &requested_elements(image),
-                        arch,
-                        Some(&published),
-                        &image.env,
-                        image.from.is_none(),
-                    )
-                    .map_err(|e| ForTarget::new(Some(label.clone()), e))?;
+                };
+                let resolved = resolved?;
                 let at = ImageAt {
                     model,
                     resolver,

@@ -34,6 +34,10 @@ pub trait ReadAt: Send + Sync {
     /// Fills all of `buf` from `offset`. A read that extends past [`ReadAt::size`] is an
     /// error (`UnexpectedEof`), never a short read.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// Bytes fetched over the network so far, for a source that reads through it.
+    fn fetched_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl ReadAt for std::fs::File {
@@ -62,6 +66,10 @@ impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         (**self).read_at(offset, buf)
+    }
+
+    fn fetched_bytes(&self) -> Option<u64> {
+        (**self).fetched_bytes()
     }
 }
 

@@ -171,6 +171,10 @@ impl ReadAt for HttpRange {
         self.size
     }
 
+    fn fetched_bytes(&self) -> Option<u64> {
+        Some(self.fetched())
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)

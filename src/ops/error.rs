@@ -88,6 +88,13 @@ impl CommandError {
     /// A typed failure; an I/O error in its chain that the host must fix makes it an
     /// environment error, with what to do.
     pub fn from_diag<E: miette::Diagnostic + Send + Sync + 'static>(e: E) -> Self {
+        // A malformed target or --arch, wherever it was parsed, is a usage error.
+        if (&e as &(dyn std::error::Error + 'static))
+            .downcast_ref::<crate::label::LabelError>()
+            .is_some_and(|l| l.is_usage())
+        {
+            return Self::usage_diag(e);
+        }
         let hint = environment_hint(&e);
         Self {
             kind: if hint.is_some() {

@@ -24,8 +24,8 @@ struct Subject {
     disk: Arc<dyn ReadAt>,
     dpkg_manifest: Option<Vec<u8>>,
     rpm_manifest: Option<Vec<u8>>,
-    /// Bytes fetched over the network for it, read after the checks.
-    fetched: Option<Arc<HttpRange>>,
+    /// The network source under it, whose fetched bytes are read after the checks.
+    fetched: Option<Arc<dyn ReadAt>>,
 }
 
 fn inspect_err(e: impl miette::Diagnostic + Send + Sync + 'static) -> CommandError {
@@ -209,6 +209,8 @@ fn site_subjects(
         let src = store.open_read(&object).map_err(inspect_err)?;
         out.push(Subject {
             source: format!("{} {object}", store.describe()),
+            // A Swift site's object is read by ranges: its bytes count (a local file's none).
+            fetched: src.fetched_bytes().is_some().then(|| src.clone()),
             disk: image::open_source(src, &|b| {
                 Err(crate::inspect::qcow2::Qcow2Error::Backing(format!(
                     "a published image has a backing file ({b})"
@@ -217,7 +219,6 @@ fn site_subjects(
             .map_err(inspect_err)?,
             dpkg_manifest: None,
             rpm_manifest: None,
-            fetched: None,
             name,
         });
     }
@@ -257,9 +258,9 @@ fn url_subjects(
                 "{name} {version}: no qcow2 or raw object at {base}"
             ))
         })?;
-        let (disk, fetched): (Arc<dyn ReadAt>, Option<Arc<HttpRange>>) = match opened {
+        let (disk, fetched): (Arc<dyn ReadAt>, Option<Arc<dyn ReadAt>>) = match opened {
             Opened::Ranges(r) => {
-                let r = Arc::new(r);
+                let r: Arc<dyn ReadAt> = Arc::new(r);
                 (r.clone(), Some(r))
             }
             Opened::WholeOnly { size } => {
@@ -404,7 +405,7 @@ pub fn inspect(
         }
         let report = ImageReport {
             passed: results.iter().all(|r| r.passed),
-            fetched_bytes: s.fetched.as_ref().map(|f| f.fetched()),
+            fetched_bytes: s.fetched.as_ref().and_then(|f| f.fetched_bytes()),
             name: s.name,
             source: s.source,
             root: root_desc,

@@ -9,12 +9,15 @@
 //! disks of the build report instead of loading everything again.
 
 pub mod build;
+pub mod cache;
 pub mod check;
 mod error;
 pub mod inspect;
 pub mod publish;
+pub mod query;
 pub mod test;
 pub mod update;
+pub mod versions;
 
 use std::path::Path;
 

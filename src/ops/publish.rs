@@ -216,6 +216,40 @@ pub fn publish(
     };
     let (candidates, build, model) = match &req.outputs {
         Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
+        // A dry run builds nothing (nor pins anything): it tells what the disks already in the
+        // store would publish, and which are not built yet.
+        None if req.dry_run => {
+            let session = Session::open(model, store, opts, shell)?;
+            let planned = session.plan(&req.targets, &req.arch)?;
+            let mut out = Vec::new();
+            for t in &planned.targets {
+                let image = &session.model.images[&t.image];
+                let disk = planned
+                    .graph
+                    .actions_of(t)
+                    .into_iter()
+                    .find(|a| a.kind == crate::graph::Kind::Disk);
+                match disk.filter(|d| store.outputs_meta(&d.key).is_some()) {
+                    Some(d) => {
+                        let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
+                        out.push(Candidate {
+                            image: image_in(
+                                &store.outputs_dir(&d.key),
+                                &image.published_name(t.arch),
+                                &formats,
+                            )?,
+                            baremetal_only: image.baremetal_only_for(t.arch),
+                            key: Some(image.key.clone()),
+                        });
+                    }
+                    None => shell.status(&format!(
+                        "{}: not built yet; `ccb publish` builds it first",
+                        t.label()
+                    )),
+                }
+            }
+            (out, None, session.model)
+        }
         None => {
             let mut session = Session::open(model, store, opts, shell)?;
             let planned = session.plan_to_build(&req.targets, &req.arch, shell)?;

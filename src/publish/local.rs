@@ -20,10 +20,11 @@ pub struct LocalSite {
 }
 
 impl LocalSite {
-    /// A directory site; the directory is created if needed (unlike a Swift container, it
-    /// needs no one's permission: this is what makes `ccb publish` work on a laptop).
+    /// A directory site. The directory is created by the first write (unlike a Swift
+    /// container, it needs no one's permission: this is what makes `ccb publish` work on a
+    /// laptop); reading one that does not exist yet finds it empty, so a listing or a dry run
+    /// leaves nothing behind.
     pub fn new(root: PathBuf) -> Result<Self, PublishError> {
-        std::fs::create_dir_all(&root).map_err(Self::io("create", &root))?;
         Ok(Self { root })
     }
 
@@ -136,7 +137,9 @@ impl ObjectStore for LocalSite {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, PublishError> {
-        // Walk the deepest directory the prefix names, then filter by the full prefix.
+        // Walk the deepest directory the prefix names, then filter by the full prefix. Not
+        // walkdir: a missing directory is an empty listing here, not an error, and a
+        // directory's `SELF` file stands for an object named like the directory.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
             None => "",

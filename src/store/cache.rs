@@ -40,6 +40,50 @@ fn list_names(store: &Store, dir: &str, suffix: &str) -> Vec<String> {
     out
 }
 
+/// Whether a store name is an action key (64 lowercase hex digits, as blake3 prints it).
+pub fn is_key(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The first 16 characters of a key, for listings; any other name whole (it is not sliced:
+/// a store entry ccb did not make may be short or not ASCII).
+pub fn short_key(name: &str) -> &str {
+    if name.is_ascii() && name.len() > 16 {
+        &name[..16]
+    } else {
+        name
+    }
+}
+
+/// Names in the store's keyed directories that are not keys: not ccb's making (an operator's
+/// copy, a crash of something else). Listings and `gc` leave them alone; `verify` names them.
+pub fn foreign_names(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for (dir, suffix) in [("layers", ""), ("outputs", ""), ("actions", ".json")] {
+        let Ok(rd) = std::fs::read_dir(store.path(dir)) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let stem = name.strip_suffix(suffix).unwrap_or(&name);
+            // outputs/ holds KEY/ and KEY.json.
+            let stem = if dir == "outputs" {
+                stem.strip_suffix(".json").unwrap_or(stem)
+            } else {
+                stem
+            };
+            if !is_key(stem) {
+                out.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The keys the last build of every action id used: what `gc` keeps.
 pub fn current_keys(store: &Store) -> BTreeSet<String> {
     list_names(store, "last", ".json")
@@ -53,6 +97,9 @@ pub fn entries(store: &Store) -> Vec<Entry> {
     let current = current_keys(store);
     let mut by_key: BTreeMap<String, Entry> = BTreeMap::new();
     for key in list_names(store, "actions", ".json") {
+        if !is_key(&key) {
+            continue;
+        }
         if let Some(r) = store.read_json::<ActionRecord>(&format!("actions/{key}.json")) {
             by_key.insert(
                 key.clone(),
@@ -70,6 +117,9 @@ pub fn entries(store: &Store) -> Vec<Entry> {
         }
     }
     for key in list_names(store, "layers", "") {
+        if !is_key(&key) {
+            continue;
+        }
         let meta = store.layer_meta(&key);
         let e = by_key.entry(key.clone()).or_insert_with(|| Entry {
             current: current.contains(&key),
@@ -369,7 +419,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         if name.len() != 64 {
             continue;
         }
-        let id = format!("artifact {}", &name[..16]);
+        let id = format!("artifact {}", short_key(&name));
         on_progress(&id);
         let path = store.path(&format!("artifacts/{name}"));
         let mut problems = Vec::new();
@@ -401,6 +451,16 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             problems,
         });
     }
+    for name in foreign_names(store) {
+        out.push(Verdict {
+            problems: vec![format!(
+                "`{name}` is not named by a key: ccb did not make it (remove it by hand)"
+            )],
+            key: name,
+            id: "not a store entry".into(),
+            ok: false,
+        });
+    }
     out
 }
 
@@ -430,7 +490,7 @@ fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
 fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {
     for l in &meta.lowers {
         if store.layer_meta(l).is_none() {
-            problems.push(format!("lower layer {} is missing", &l[..16.min(l.len())]));
+            problems.push(format!("lower layer {} is missing", short_key(l)));
         }
     }
     let tree = store.layer_dir(&meta.key).join("tree");

@@ -43,7 +43,7 @@ pub(crate) fn disk(dir: &Path, name: &str, cloud_init_mode: u32, manifest_libc: 
 }
 
 /// [`disk`] with more files in its root: `(path, content)`.
-fn disk_with(
+pub(crate) fn disk_with(
     dir: &Path,
     name: &str,
     cloud_init_mode: u32,

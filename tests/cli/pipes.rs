@@ -40,12 +40,59 @@ fn every_listing_command_ends_quietly_on_a_closed_pipe() {
         &["check"],
         &["cache", "ls"],
         &["cache", "ls", "--format", "json"],
+        &["cache", "verify"],
+        &["cache", "gc", "--dry-run"],
+        &["query", "graph", "--format", "json"],
         &["--help"],
     ];
     for args in listings {
         let mut full = vec!["--root", root.as_str()];
         full.extend_from_slice(args);
         let (code, stderr) = into_closed_pipe(&env, &full);
+        assert_eq!(code, 0, "ccb {}: exit {code}\n{stderr}", args.join(" "));
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "ccb {}:\n{stderr}",
+            args.join(" ")
+        );
+    }
+}
+
+/// The listings that read an image or a site: `inspect ls` of a disk, `versions list`.
+#[test]
+fn image_and_site_listings_end_quietly_on_a_closed_pipe() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = crate::inspect::disk(dir.path(), "CC-Pipe", 0o755, "2.36-9");
+    let disk = disk.to_str().unwrap();
+    let project = dir.path().join("project");
+    crate::common::write(project.join("manifests/images.ncl"), "{}\n");
+    crate::common::write(
+        project.join("manifests/sites.ncl"),
+        "{ here = { name = \"Here\", baremetal = true, kind = 'local, path = \"site\", formats = ['raw] } }\n",
+    );
+    let root = project.display().to_string();
+    let listings: &[&[&str]] = &[
+        &["--root", &root, "inspect", "ls", disk, "/"],
+        &["--root", &root, "inspect", "ls", disk, "/usr/bin"],
+        &[
+            "--root",
+            &root,
+            "inspect",
+            "cat",
+            disk,
+            "/var/lib/dpkg/status",
+        ],
+        &[
+            "--root", &root, "versions", "list", "--site", "here", "--scope", "prod",
+        ],
+        &[
+            "--root", &root, "versions", "list", "--site", "here", "--scope", "prod", "--format",
+            "json",
+        ],
+    ];
+    for args in listings {
+        let (code, stderr) = into_closed_pipe(&env, args);
         assert_eq!(code, 0, "ccb {}: exit {code}\n{stderr}", args.join(" "));
         assert!(
             !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
