@@ -208,6 +208,11 @@ impl Runner<'_> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         self.extra_env = env;
+        let host_mkimage = super::grub::host_mkimage(&self.spec.arch);
+        if let Some(tool) = &host_mkimage {
+            self.extra_env
+                .insert(super::grub::ENV.into(), tool.display().to_string());
+        }
 
         self.setup_chroot()?;
         let phases = self.spec.phases.clone();
@@ -220,6 +225,15 @@ impl Runner<'_> {
         let boot = work.join("boot");
         if boot_in.is_dir() {
             tree::copy_contents(&boot_in, &boot)?;
+        }
+        if let Some(tool) = &host_mkimage {
+            let started = std::time::Instant::now();
+            let n = super::grub::run_requests(tool, &self.root, &boot_in, &boot)?;
+            self.logln(&format!(
+                "disk: {n} GRUB image(s) made by the host's {} in {} ms",
+                tool.display(),
+                started.elapsed().as_millis()
+            ));
         }
         let esp_tree = work.join("esp-tree");
         std::fs::create_dir_all(&esp_tree).map_err(io("create the ESP tree"))?;

@@ -8,6 +8,7 @@
 pub mod dib;
 pub mod disk;
 pub mod event;
+pub mod grub;
 pub mod layout;
 pub mod runner;
 pub mod sandbox;

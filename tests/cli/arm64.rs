@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{Env, Run, os_element, repo, script, write};
+use crate::common::{Env, Run, logs_contain, os_element, repo, script, write};
 
 /// Runs ccb where binfmt_misc is not mounted (an empty tmpfs over it, in a mount namespace of
 /// its own that ends with the command).
@@ -195,34 +195,57 @@ fn elf_machine(path: &Path) -> u16 {
     u16::from_le_bytes([bytes[18], bytes[19]])
 }
 
+/// A two-image arm64 chain small enough for CI that still boots as CC-Debian12-ARM64 does:
+/// the same elements for booting (debian, vm, block-device-efi's GRUB on the ESP,
+/// cloud-init) in the parent, and the Chameleon elements whose boot checks apply (users and
+/// serial autologin, SSH hardening, cloud-init settings, provenance) in the child.
+fn arm64_boot_project(dir: &Path) {
+    write(
+        dir.join("manifests/images.ncl"),
+        r#"{
+  arm-os = {
+    name = "Arm-OS",
+    description = "Debian 12 arm64 that boots on UEFI: kernel, GRUB, cloud-init, SSH",
+    elements = ["debian", "vm", "block-device-efi"],
+    arch = ['arm64],
+    formats = ['qcow2],
+    env = { DIB_RELEASE = "bookworm", DIB_SKIP_BASE_PACKAGE_INSTALL = "1" },
+  },
+  arm-cc = {
+    name = "Arm-CC",
+    description = "arm-os with the Chameleon elements whose boot checks apply to any VM",
+    from = "arm-os",
+    arch = ['arm64],
+    elements = ["cc-cloud-init", "cc-ssh", "cc-users", "cc-provenance"],
+    provenance = { distro = "debian", release = "bookworm", variant = "base" },
+  },
+}
+"#,
+    );
+}
+
 #[test]
-fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
-    // The layered fixture (a mmdebstrap base, a package, a child with a script, static files
-    // and a bin/ tool) for arm64: the same code path as CC-Debian12-ARM64's layers, small.
+fn an_arm64_image_is_built_under_emulation_and_boots_on_aavmf_with_the_checks_passing() {
     assert!(is_root(), "builds need root");
     let env = Env::new();
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join("project");
-    crate::common::copy_tree(&repo().join("tests/fixtures/layered"), &project);
-    let images = project.join("manifests/images.ncl");
-    let text = std::fs::read_to_string(&images).unwrap();
-    assert!(text.contains("arch = ['amd64],"));
-    // Every image of the chain: a child names its arches too.
-    let text = text
-        .replace("arch = ['amd64],", "arch = ['arm64],")
-        .replace("from = \"tiny\",", "from = \"tiny\",\n    arch = ['arm64],");
-    std::fs::write(&images, text).unwrap();
+    arm64_boot_project(&project);
+    let root = project.to_str().unwrap();
     let elements = repo().join("elements");
+    let elements = elements.to_str().unwrap();
+    let out = work.path().join("out");
+
     let run = env
         .run(&[
             "--root",
-            project.to_str().unwrap(),
+            root,
             "build",
-            "tiny-child",
-            "--until",
-            "layer",
+            "arm-cc",
             "--element-path",
-            elements.to_str().unwrap(),
+            elements,
+            "--out",
+            out.to_str().unwrap(),
             "--format",
             "json",
         ])
@@ -236,9 +259,10 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
             .unwrap_or_else(|| panic!("{id} not in {json}"))
     };
     for id in [
-        "base:tiny:arm64",
-        "layer:tiny:arm64",
-        "layer:tiny-child:arm64",
+        "base:arm-os:arm64",
+        "layer:arm-os:arm64",
+        "layer:arm-cc:arm64",
+        "disk:arm-cc:arm64",
     ] {
         assert_eq!(row(id)["status"], "built", "{id}");
         // Where the emulated time goes: every step of the action, with its duration.
@@ -246,7 +270,7 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         assert!(!steps.is_empty(), "{id} has no steps");
         assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{id}");
     }
-    let names: Vec<&str> = row("layer:tiny:arm64")["steps"]
+    let names: Vec<&str> = row("layer:arm-os:arm64")["steps"]
         .as_array()
         .unwrap()
         .iter()
@@ -255,34 +279,98 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
     assert!(names.contains(&"00-dpkg-defer"), "{names:?}");
 
     // The programs in the root filesystem are arm64's, run by qemu-user in the chroot.
-    let base = env
-        .cache
-        .path()
-        .join("layers")
-        .join(row("base:tiny:arm64")["key"].as_str().unwrap())
-        .join("tree");
-    assert_eq!(elf_machine(&base.join("usr/bin/dpkg")), 0xB7);
-    // The child's own script ran, in the arm64 chroot.
-    let child = env
-        .cache
-        .path()
-        .join("layers")
-        .join(row("layer:tiny-child:arm64")["key"].as_str().unwrap())
-        .join("tree");
-    assert!(child.exists(), "{}", child.display());
-    // While layers build, update-initramfs is deferred (the dpkg element): the disk action
-    // puts the real one back.
-    let layer = env
-        .cache
-        .path()
-        .join("layers")
-        .join(row("layer:tiny:arm64")["key"].as_str().unwrap())
-        .join("tree");
+    let tree = |id: &str| {
+        env.cache
+            .path()
+            .join("layers")
+            .join(row(id)["key"].as_str().unwrap())
+            .join("tree")
+    };
+    assert_eq!(
+        elf_machine(&tree("base:arm-os:arm64").join("usr/bin/dpkg")),
+        0xB7
+    );
+    // While layers build, update-initramfs is deferred (the dpkg element) and dpkg skips
+    // its fsyncs; neither is left for the disk.
+    let layer = tree("layer:arm-os:arm64");
     let stub = std::fs::read_to_string(layer.join("usr/sbin/update-initramfs")).unwrap();
     assert!(stub.contains("deferred"), "{stub}");
-    let dpkg_cfg = layer.join("etc/dpkg/dpkg.cfg.d/02-dib-force-unsafe-io");
     assert_eq!(
-        std::fs::read_to_string(dpkg_cfg).unwrap(),
+        std::fs::read_to_string(layer.join("etc/dpkg/dpkg.cfg.d/02-dib-force-unsafe-io")).unwrap(),
         "force-unsafe-io\n"
     );
+    // GRUB's arm64 image was made natively, by the host's grub-mkimage from the image's
+    // modules, not under emulation (scripts/host-deps.sh installs grub-common).
+    if Command::new("grub-mkimage")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        assert!(
+            logs_contain(env.cache.path(), "GRUB image(s) made by the host's"),
+            "the arm64 GRUB image was not made natively"
+        );
+    }
+    assert!(
+        out.join("Arm-CC-ARM64.qcow2").is_file(),
+        "no Arm-CC-ARM64.qcow2 in {}",
+        out.display()
+    );
+
+    // It boots: qemu-system-aarch64 -M virt on AAVMF (UEFI only: the default `both` boots
+    // arm64 on UEFI alone), TCG on this host, with the checks passing inside.
+    let test = env.run(&[
+        "--root",
+        root,
+        "test",
+        "arm-cc",
+        "--arch",
+        "arm64",
+        "--element-path",
+        elements,
+        "--format",
+        "json",
+    ]);
+    let json = test.json();
+    assert_eq!(
+        test.code, 0,
+        "boot checks failed:\n{}\n{}",
+        test.stdout, test.stderr
+    );
+    assert_eq!(json["passed"], true);
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{json}");
+    let r = &results[0];
+    assert_eq!(r["arch"], "arm64");
+    assert_eq!(r["firmware"], "uefi");
+    let names: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // A check that silently went missing must fail the test as surely as a failing one.
+    for want in [
+        "multi-user",
+        "cloud-init",
+        "root-grown",
+        "provenance",
+        "bootloader/10-kernel-cmdline",
+        "cc-users/10-cc-users",
+        "cc-users/20-serial-autologin",
+        "cc-ssh/10-sshd-hardened",
+        "cc-provenance/10-provenance-fields",
+        "cc-cloud-init/10-cloud-init-drop-ins",
+        "cc-cloud-init/20-chameleon-settings",
+    ] {
+        assert!(names.contains(&want), "lacks {want}: {names:?}");
+    }
+    let serial = std::fs::read_to_string(r["serial_log"].as_str().unwrap()).unwrap();
+    // The kernel is arm64's, on the PL011 console the bootloader element chose.
+    assert!(
+        serial.contains("Linux version") && serial.contains("aarch64"),
+        "{serial}"
+    );
+    // The boot wrote nothing into the image.
+    env.run(&["cache", "verify"]).ok();
 }
