@@ -6,7 +6,6 @@
 //! each missing piece, as `scripts/host-deps.sh` would run it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
@@ -296,10 +295,9 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
 ];
 
 fn version_of(path: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new(path)
+    let out = crate::process::Process::new(path)
         .args(args)
-        .stdin(Stdio::null())
-        .output()
+        .output_any_status()
         .ok()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -36,12 +36,14 @@ impl ProcessError {
     }
 }
 
-/// A program to run.
+/// A program to run. Built like [`std::process::Command`] (`&mut self` setters), so a spawn
+/// site reads the same as before.
 #[derive(Debug, Clone)]
 pub struct Process {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    env_clear: bool,
     cwd: Option<PathBuf>,
 }
 
@@ -51,16 +53,17 @@ impl Process {
             program: program.as_ref().to_os_string(),
             args: vec![],
             env: vec![],
+            env_clear: false,
             cwd: None,
         }
     }
 
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
         self.args.push(arg.as_ref().to_os_string());
         self
     }
 
-    pub fn args<I, S>(mut self, args: I) -> Self
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -70,15 +73,39 @@ impl Process {
         self
     }
 
-    pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+    pub fn env(&mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
         self.env
             .push((name.as_ref().to_os_string(), value.as_ref().to_os_string()));
         self
     }
 
-    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self.env(k, v);
+        }
+        self
+    }
+
+    /// Starts the program with only the variables set here (a build step must not see the
+    /// operator's environment).
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
         self.cwd = Some(dir.as_ref().to_path_buf());
         self
+    }
+
+    pub fn get_program(&self) -> &OsStr {
+        &self.program
     }
 
     /// The command line as shown in errors (the environment is left out: it may hold
@@ -102,6 +129,9 @@ impl Process {
     pub fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         c.args(&self.args).stdin(Stdio::null());
+        if self.env_clear {
+            c.env_clear();
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -122,13 +152,29 @@ impl Process {
                 source,
             })?;
         if !out.status.success() {
-            return Err(ProcessError::Failed {
-                command: self.command_line(),
-                status: out.status,
-                stderr: tail(&out.stderr, 8),
-            });
+            return Err(self.failed(&out));
         }
         Ok(out)
+    }
+
+    /// Runs to the end with stdout and stderr captured, whatever its exit status (for the
+    /// callers that read a failure's output themselves).
+    pub fn output_any_status(&self) -> Result<Output, ProcessError> {
+        self.command()
+            .output()
+            .map_err(|source| ProcessError::Spawn {
+                command: self.command_line(),
+                source,
+            })
+    }
+
+    /// The error for a run of this program that ended with `out`.
+    pub fn failed(&self, out: &Output) -> ProcessError {
+        ProcessError::Failed {
+            command: self.command_line(),
+            status: out.status,
+            stderr: tail(&out.stderr, 8),
+        }
     }
 
     /// Runs to the end and returns its stdout, trimmed.
@@ -199,6 +245,17 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("one\ntwo"), "{text}");
+    }
+
+    #[test]
+    fn env_clear_leaves_only_the_variables_set_here() {
+        let out = Process::new("/bin/sh")
+            .env_clear()
+            .env("CCB_Y", "y")
+            .args(["-c", "echo ${HOME-unset} $CCB_Y"])
+            .read()
+            .unwrap();
+        assert_eq!(out, "unset y");
     }
 
     #[test]

@@ -175,3 +175,30 @@ fn a_bios_boot_of_an_arm64_image_is_refused_before_anything_is_built() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The elements a layer runs are the ones its key digests: the graph computes the set once
+/// (a child's closure less its parent's; a root image's whole closure) and the run takes it
+/// from there.
+#[test]
+fn a_layer_is_keyed_by_exactly_the_elements_it_runs() {
+    let p = Project::new(b"x", &"c".repeat(64));
+    let session = p.session();
+    let planned = session
+        .plan(&["//images:tiny-child".to_string()], &[])
+        .unwrap();
+    let graph = &planned.graph;
+    let keyed = |id: &str| -> Vec<String> {
+        match graph.get(id).unwrap().doc.get("elements") {
+            Some(ccb::keydoc::Value::Map(m)) => m.keys().cloned().collect(),
+            other => panic!("{id}: elements is {other:?}"),
+        }
+    };
+    let arch = ccb::manifest::Arch::Amd64;
+    let child = graph.layer_elements("tiny-child", arch).unwrap();
+    assert_eq!(child, ["install-static", "tiny-extra"]);
+    assert_eq!(keyed("layer:tiny-child:amd64"), child);
+    let root = graph.layer_elements("tiny", arch).unwrap();
+    assert!(root.iter().any(|e| e == "tiny-base"), "{root:?}");
+    assert!(!root.iter().any(|e| e == "tiny-extra"), "{root:?}");
+    assert_eq!(keyed("layer:tiny:amd64"), root);
+}

@@ -195,7 +195,7 @@ mod tests {
             },
         ];
         let env = element_env(&elements);
-        let out = std::process::Command::new("bash")
+        let out = crate::process::Process::new("bash")
             .env_clear()
             .envs(&env)
             .arg("-c")
@@ -204,7 +204,7 @@ mod tests {
                    for k in $(printf '%s\n' "${!a[@]}" | sort); do echo "$k=${a[$k]}"; done
                    false || die "gone" ; echo not-reached"#,
             )
-            .output()
+            .output_any_status()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(

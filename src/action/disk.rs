@@ -17,28 +17,20 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nix::mount::{MntFlags, umount2};
 
 use super::layout::{self, DiskPlan, FsKind, Placed, SECTOR};
-use super::runner::{RunError, Runner, engine, io};
+use super::runner::{RunError, Runner, engine, io, program};
 use super::spec::DiskSpec;
 use super::tree;
+use crate::process::Process;
 
 /// Inside the image: where the bootloader element leaves GRUB's boot images for ccb to place.
 pub const BOOT_DIR_IN: &str = "/tmp/ccb-boot";
 
-fn tool(cmd: &mut Command, what: &str) -> Result<String, RunError> {
-    let out = cmd.output().map_err(|e| {
-        RunError::Engine(format!("{what}: cannot run {:?}: {e}", cmd.get_program()))
-    })?;
-    if !out.status.success() {
-        return Err(RunError::Engine(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+fn tool(cmd: &mut Process, what: &str) -> Result<String, RunError> {
+    let out = cmd.output().map_err(program(what))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -116,7 +108,7 @@ impl Runner<'_> {
         self.spec
             .disk
             .as_ref()
-            .ok_or_else(|| RunError::Engine("a disk action without a disk spec".into()))
+            .ok_or(RunError::Internal("a disk action without a disk spec"))
     }
 
     pub(super) fn run_disk(&mut self) -> Result<(), RunError> {
@@ -143,9 +135,11 @@ impl Runner<'_> {
                     .filter(|f| f.mount.as_ref().is_some_and(|m| m.point == "/"))
             })
             .cloned()
-            .ok_or_else(|| RunError::Engine("the layout has no root filesystem".into()))?;
+            .ok_or_else(|| RunError::Image {
+                problem: "the layout has no root filesystem".into(),
+            })?;
         let plan = layout::place(&d.layout, layout::root_size(used, plan_root.kind), d.size)
-            .map_err(RunError::Engine)?;
+            .map_err(|problem| RunError::Image { problem })?;
         self.logln(&format!(
             "disk: tree {} MiB, disk {} MiB: {}",
             used >> 20,
@@ -175,7 +169,7 @@ impl Runner<'_> {
             std::fs::create_dir_all(&self.root).map_err(io("create the mount point"))?;
         }
         tool(
-            Command::new("mount")
+            Process::new("mount")
                 .arg("-o")
                 .arg("loop")
                 .arg(&root_img)
@@ -364,7 +358,7 @@ impl Runner<'_> {
                     // ccb's writer: deflate on every core (benches/qcow2.rs compares it with
                     // qemu-img on this image).
                     let stats = crate::qcow2::convert_raw(raw, &dst, compression)
-                        .map_err(|e| RunError::Engine(format!("converting to qcow2: {e}")))?;
+                        .map_err(RunError::Qcow2)?;
                     self.logln(&format!(
                         "disk: qcow2 {} MiB, {} of {} data clusters compressed",
                         stats.file_size >> 20,
@@ -374,7 +368,7 @@ impl Runner<'_> {
                 }
                 None => {
                     // zstd: qemu-img's (libzstd, QEMU's level); ccb writes only deflate.
-                    let mut cmd = Command::new("qemu-img");
+                    let mut cmd = Process::new("qemu-img");
                     cmd.args(["convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2"]);
                     if let Some(c) = &d.qcow2_compression {
                         cmd.arg("-c").arg("-o").arg(format!("compression_type={c}"));
@@ -445,17 +439,16 @@ fn make_fs(
     content: Option<&Path>,
     epoch: i64,
 ) -> Result<(), RunError> {
-    let fs =
-        p.part.fs.as_ref().ok_or_else(|| {
-            RunError::Engine(format!("partition {} has no filesystem", p.part.name))
-        })?;
+    let fs = p.part.fs.as_ref().ok_or_else(|| RunError::Image {
+        problem: format!("partition {} has no filesystem", p.part.name),
+    })?;
     let f = File::create(img).map_err(io(format!("create {}", img.display())))?;
     f.set_len(p.length).map_err(io("size a partition image"))?;
     drop(f);
     let uuid = uuid_of(seed, &p.part.name);
     match fs.kind {
         FsKind::Ext4 => {
-            let mut cmd = Command::new("mkfs.ext4");
+            let mut cmd = Process::new("mkfs.ext4");
             cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
                 .args(["-F", "-q", "-L", &fs.label, "-U", &uuid])
                 .arg("-E")
@@ -471,7 +464,7 @@ fn make_fs(
         }
         FsKind::Xfs => {
             tool(
-                Command::new("mkfs.xfs")
+                Process::new("mkfs.xfs")
                     .args(["-f", "-q", "-L", &fs.label, "-m"])
                     .arg(format!("uuid={uuid}"))
                     .arg(img),
@@ -489,7 +482,7 @@ fn make_fs(
                 .take(8)
                 .collect();
             tool(
-                Command::new("mkfs.fat")
+                Process::new("mkfs.fat")
                     .args(["-F", "32", "-n", &fs.label, "-i", &volid])
                     .arg(img),
                 "mkfs.fat (dosfstools)",
@@ -507,7 +500,7 @@ fn fill_by_mount(img: &Path, dir: &Path) -> Result<(), RunError> {
     let mnt = img.with_extension("mnt");
     std::fs::create_dir_all(&mnt).map_err(io("create a mount point"))?;
     tool(
-        Command::new("mount")
+        Process::new("mount")
             .arg("-o")
             .arg("loop")
             .arg(img)
@@ -530,7 +523,7 @@ fn fill_vfat(img: &Path, dir: &Path) -> Result<(), RunError> {
     if entries.is_empty() {
         return Ok(());
     }
-    let mut cmd = Command::new("mcopy");
+    let mut cmd = Process::new("mcopy");
     cmd.env("MTOOLS_SKIP_CHECK", "1")
         .arg("-s")
         .arg("-p")
@@ -540,6 +533,20 @@ fn fill_vfat(img: &Path, dir: &Path) -> Result<(), RunError> {
         .arg("::/");
     tool(&mut cmd, "filling the ESP (mcopy, from mtools)")?;
     Ok(())
+}
+
+/// gptman's errors wrap the I/O error under them (a full disk is still one).
+fn gpt_error(what: &'static str) -> impl FnOnce(gptman::Error) -> RunError {
+    move |e| match e {
+        gptman::Error::Io(source) => RunError::Io {
+            what: what.into(),
+            source,
+        },
+        other => RunError::Io {
+            what: what.into(),
+            source: std::io::Error::other(other),
+        },
+    }
 }
 
 fn write_disk(
@@ -559,12 +566,15 @@ fn write_disk(
     f.set_len(plan.size).map_err(io("size the disk"))?;
     let disk_guid = layout::guid_bytes(&uuid_of(seed, "disk")).expect("derived GUIDs parse");
     let mut gpt = gptman::GPT::new_from(&mut f, SECTOR, disk_guid)
-        .map_err(|e| RunError::Engine(format!("create the partition table: {e}")))?;
+        .map_err(gpt_error("create the partition table"))?;
     gpt.align = layout::ALIGN / SECTOR;
     for p in &plan.partitions {
         gpt[p.number] = gptman::GPTPartitionEntry {
-            partition_type_guid: layout::guid_bytes(&p.part.type_guid)
-                .ok_or_else(|| RunError::Engine(format!("bad type GUID {}", p.part.type_guid)))?,
+            partition_type_guid: layout::guid_bytes(&p.part.type_guid).ok_or_else(|| {
+                RunError::Image {
+                    problem: format!("bad type GUID {}", p.part.type_guid),
+                }
+            })?,
             unique_partition_guid: layout::guid_bytes(&uuid_of(
                 seed,
                 &format!("part/{}", p.part.name),
@@ -577,9 +587,9 @@ fn write_disk(
         };
     }
     gpt.write_into(&mut f)
-        .map_err(|e| RunError::Engine(format!("write the partition table: {e}")))?;
+        .map_err(gpt_error("write the partition table"))?;
     gptman::GPT::write_protective_mbr_into(&mut f, SECTOR)
-        .map_err(|e| RunError::Engine(format!("write the protective MBR: {e}")))?;
+        .map_err(gpt_error("write the protective MBR"))?;
     for (p, img) in images {
         copy_sparse_at(img, &f, p.offset)?;
     }
@@ -600,24 +610,24 @@ fn bios_boot(f: &mut File, plan: &DiskPlan, boot: &Path) -> Result<(), RunError>
         .partitions
         .iter()
         .find(|p| p.part.type_guid == "21686148-6449-6E6F-744E-656564454649")
-        .ok_or_else(|| {
-            RunError::Engine(
-                "BIOS boot code was made but the layout has no BIOS boot partition".into(),
-            )
+        .ok_or_else(|| RunError::Image {
+            problem: "BIOS boot code was made but the layout has no BIOS boot partition".into(),
         })?;
     let boot_code = std::fs::read(&boot_img).map_err(io("read boot.img"))?;
     let mut core = std::fs::read(&core_img).map_err(io("read core.img"))?;
     if boot_code.len() != 512 || core.len() < 512 {
-        return Err(RunError::Engine(
-            "boot.img or core.img has the wrong size".into(),
-        ));
+        return Err(RunError::Image {
+            problem: "boot.img or core.img has the wrong size".into(),
+        });
     }
     let sectors = core.len().div_ceil(512) as u64;
     if sectors * 512 > bsp.length {
-        return Err(RunError::Engine(format!(
-            "core.img ({} KiB) does not fit the BIOS boot partition",
-            core.len() / 1024
-        )));
+        return Err(RunError::Image {
+            problem: format!(
+                "core.img ({} KiB) does not fit the BIOS boot partition",
+                core.len() / 1024
+            ),
+        });
     }
     let start = bsp.offset / SECTOR;
     // diskboot.img's block list (the last 12 bytes of core.img's first sector).
@@ -649,7 +659,7 @@ mod tests {
     /// `debugfs -R <request>` on an ext4 image: what ccb's reader does not expose (inode
     /// numbers, link counts, xattrs, device numbers).
     fn debugfs(img: &Path, request: &str) -> String {
-        let out = Command::new("debugfs")
+        let out = Process::new("debugfs")
             .arg("-R")
             .arg(request)
             .arg(img)
@@ -712,11 +722,11 @@ mod tests {
             Some(nix::unistd::Gid::from_raw(5678)),
         )
         .unwrap();
-        let acl = Command::new("setfacl")
+        let acl = Process::new("setfacl")
             .args(["-m", "u:1234:rwx,d:u:1234:rx"])
             .arg(tree.join("srv/shared"))
-            .status();
-        let has_acl = matches!(acl, Ok(s) if s.success());
+            .output();
+        let has_acl = acl.is_ok();
         symlink("../usr/bin/perl", tree.join("srv/perl")).unwrap();
         nix::sys::stat::mknod(
             &tree.join("srv/null"),

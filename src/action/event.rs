@@ -30,7 +30,68 @@ pub enum Event {
         tail: Vec<String>,
     },
     /// A failure of the engine itself (a mount, a copy), not of a script.
-    Error { message: String },
+    Error(EngineFailure),
+}
+
+/// An engine failure as it crosses the sandbox's boundary: the message of its whole chain,
+/// the OS error under it, and who has to act.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineFailure {
+    pub message: String,
+    /// The `errno` of the I/O error or system call under it, if any.
+    #[serde(default)]
+    pub errno: Option<i32>,
+    #[serde(default)]
+    pub blame: Blame,
+}
+
+/// Who has to act on an engine failure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Blame {
+    /// The image's input (its elements, layout, files).
+    #[default]
+    Input,
+    /// The host: a full disk, a permission, a read-only file system.
+    Host,
+    /// A program the engine runs is not installed on the host.
+    MissingTool,
+    /// A download failed: the network, or the server.
+    Network,
+    /// ccb itself.
+    Bug,
+}
+
+/// OS errors the host's operator fixes (not the image's author).
+pub fn host_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOSPC | libc::EDQUOT | libc::EACCES | libc::EPERM | libc::EROFS | libc::ENOMEM
+    )
+}
+
+/// The error an engine failure reported by the sandbox stands for, in the parent.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", failure.message)]
+pub struct SandboxFailure {
+    pub failure: EngineFailure,
+    /// The OS error rebuilt from its `errno`, so the chain tells a full disk as any I/O
+    /// error does.
+    #[source]
+    os: Option<std::io::Error>,
+}
+
+impl From<EngineFailure> for SandboxFailure {
+    fn from(failure: EngineFailure) -> Self {
+        let os = failure.errno.map(std::io::Error::from_raw_os_error);
+        Self { failure, os }
+    }
+}
+
+impl SandboxFailure {
+    pub fn blame(&self) -> Blame {
+        self.failure.blame
+    }
 }
 
 /// What the action record keeps of every step.

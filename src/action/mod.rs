@@ -15,7 +15,7 @@ pub mod sandbox;
 pub mod spec;
 pub mod tree;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,19 +53,70 @@ pub enum BuildError {
     #[error(transparent)]
     #[diagnostic(code(ccb::build::step_failed))]
     StepFailed(Box<StepFailure>),
-    #[error("{id}: {message}")]
+    /// The engine failed inside the sandbox (a mount, a copy, a program, the disk layout).
+    #[error("{id}")]
     #[diagnostic(code(ccb::build::engine))]
-    Engine {
+    Sandbox {
         id: String,
-        message: String,
+        #[source]
+        source: event::SandboxFailure,
         log: Option<PathBuf>,
     },
+    /// A file operation of the parent failed (the work directory, the outputs, a secret's copy).
+    #[error("{id}: {what}")]
+    #[diagnostic(code(ccb::build::io))]
+    Io {
+        id: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program the parent runs failed or is not installed.
+    #[error("{id}: {what}")]
+    #[diagnostic(code(ccb::build::program))]
+    Program {
+        id: String,
+        what: String,
+        #[source]
+        source: crate::process::ProcessError,
+    },
+    /// An element's own files are wrong (its package lists, its block-device layout).
+    #[error("{id}")]
+    #[diagnostic(code(ccb::build::element))]
+    Element {
+        id: String,
+        #[source]
+        source: crate::element::ElementError,
+    },
+    #[error("{id}")]
+    #[diagnostic(code(ccb::build::layout))]
+    Layout {
+        id: String,
+        #[source]
+        source: layout::LayoutError,
+    },
+    #[error("{id}")]
+    #[diagnostic(code(ccb::build::tree))]
+    Tree {
+        id: String,
+        #[source]
+        source: tree::TreeError,
+    },
+    /// The image's input is wrong in a way found while preparing it (a secret that cannot be
+    /// read, a layout variable out of range).
+    #[error("{id}: {problem}")]
+    #[diagnostic(code(ccb::build::input))]
+    Input { id: String, problem: String },
+    /// A state the graph and the scheduler rule out: a bug in ccb.
+    #[error("{id}: internal error: {what}")]
+    #[diagnostic(code(ccb::build::internal))]
+    Internal { id: String, what: String },
     #[error("{id}: cancelled")]
     #[diagnostic(code(ccb::build::cancelled))]
     Cancelled { id: String },
-    #[error("{id}: {message}")]
+    #[error("{id}: {what}")]
     #[diagnostic(code(ccb::build::unsupported))]
-    Unsupported { id: String, message: String },
+    Unsupported { id: String, what: &'static str },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Store(#[from] StoreError),
@@ -75,20 +126,70 @@ pub enum BuildError {
 }
 
 impl BuildError {
-    fn engine(id: &str, message: impl Into<String>, log: Option<PathBuf>) -> Self {
-        BuildError::Engine {
+    fn io(id: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let (id, what) = (id.to_string(), what.into());
+        move |source| BuildError::Io { id, what, source }
+    }
+
+    fn internal(id: &str, what: impl Into<String>) -> Self {
+        BuildError::Internal {
             id: id.to_string(),
-            message: message.into(),
-            log,
+            what: what.into(),
         }
     }
 
     pub fn log(&self) -> Option<&PathBuf> {
         match self {
             BuildError::StepFailed(f) => Some(&f.log),
-            BuildError::Engine { log, .. } => log.as_ref(),
+            BuildError::Sandbox { log, .. } => log.as_ref(),
             _ => None,
         }
+    }
+
+    /// Who has to act: the sandbox says for its failures; an OS error the host's operator
+    /// fixes (a full disk, a permission) anywhere in the chain makes it the host's.
+    pub fn blame(&self) -> event::Blame {
+        use event::Blame;
+        match self {
+            BuildError::Internal { .. } => return Blame::Bug,
+            BuildError::Program { source, .. } if source.is_missing_tool() => {
+                return Blame::MissingTool;
+            }
+            BuildError::Fetch(crate::fetch::FetchError::Download { .. }) => {
+                return Blame::Network;
+            }
+            BuildError::Sandbox { source, .. } if source.blame() != Blame::Input => {
+                return source.blame();
+            }
+            _ => {}
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(errno) = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.raw_os_error())
+                && event::host_errno(errno)
+            {
+                return Blame::Host;
+            }
+            cur = e.source();
+        }
+        Blame::Input
+    }
+
+    /// The message with its whole chain of causes, each said once.
+    pub fn message(&self) -> String {
+        let mut out = self.to_string();
+        let mut cur = std::error::Error::source(self);
+        while let Some(e) = cur {
+            let text = e.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cur = e.source();
+        }
+        out
     }
 }
 
@@ -168,10 +269,10 @@ fn distro_cache(distro: &str) -> Option<&'static str> {
     }
 }
 
-fn unsupported(action: &Action, message: &str) -> BuildError {
+fn unsupported(action: &Action, what: &'static str) -> BuildError {
     BuildError::Unsupported {
         id: action.id.clone(),
-        message: message.to_string(),
+        what,
     }
 }
 
@@ -186,11 +287,7 @@ fn run_fetch(
         .artifact_name()
         .ok_or_else(|| unsupported(action, "not a fetch action"))?;
     let artifact = ctx.model.artifacts.get(name).ok_or_else(|| {
-        BuildError::engine(
-            &action.id,
-            format!("artifact `{name}` is not declared"),
-            None,
-        )
+        BuildError::internal(&action.id, format!("artifact `{name}` is not declared"))
     })?;
     let fetcher = crate::fetch::Fetcher {
         store: ctx.store,
@@ -222,7 +319,7 @@ fn run_fetch(
     })
 }
 
-/// The spec of a `base` or `layer` action.
+/// The spec of a `base`, `layer` or `disk` action.
 pub fn spec_for(
     ctx: &BuildContext,
     action: &Action,
@@ -231,412 +328,459 @@ pub fn spec_for(
     let (Some(image_key), Some(arch)) = (&action.image, action.arch) else {
         return Err(unsupported(action, "not an image action"));
     };
-    let image = &ctx.model.images[image_key];
-    let resolved = &ctx.graph.resolved[&(image_key.clone(), arch)];
-    let dir_of = |name: &str| -> Result<&ElementDir, BuildError> {
-        ctx.resolver.path.get(name).ok_or_else(|| {
-            BuildError::engine(&action.id, format!("element `{name}` vanished"), None)
-        })
+    let s = SpecFor {
+        ctx,
+        action,
+        image: &ctx.model.images[image_key],
+        arch,
+        resolved: &ctx.graph.resolved[&(image_key.clone(), arch)],
     };
-    let pkg_maps = |names: &[String], env: &BTreeMap<String, String>| {
+    match action.kind {
+        Kind::Base => s.base(work),
+        Kind::Layer => s.layer(work),
+        Kind::Disk => s.disk(work),
+        _ => Err(unsupported(action, "not an action that runs in a sandbox")),
+    }
+}
+
+/// What every spec of one image action is made from.
+struct SpecFor<'c, 'a> {
+    ctx: &'c BuildContext<'a>,
+    action: &'c Action,
+    image: &'c crate::manifest::Image,
+    arch: crate::manifest::Arch,
+    resolved: &'c crate::element::Resolved,
+}
+
+impl SpecFor<'_, '_> {
+    fn dir_of(&self, name: &str) -> Result<&ElementDir, BuildError> {
+        self.ctx.resolver.path.get(name).ok_or_else(|| {
+            BuildError::internal(&self.action.id, format!("element `{name}` vanished"))
+        })
+    }
+
+    fn pkg_maps(
+        &self,
+        names: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, BuildError> {
         let mut maps = BTreeMap::new();
         for n in names {
-            let el = dir_of(n)?;
-            let map = packages::pkg_map(el, env)
-                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+            let el = self.dir_of(n)?;
+            let map = packages::pkg_map(el, env).map_err(|source| BuildError::Element {
+                id: self.action.id.clone(),
+                source,
+            })?;
             if !map.is_empty() {
                 maps.insert(n.clone(), map);
             }
         }
-        Ok::<_, BuildError>(maps)
-    };
-    // The store's record of the layer this action stacks on (its first dependency).
-    let dep_layer = |what: &str| -> Result<LayerMeta, BuildError> {
-        let dep_id = action
-            .deps
-            .first()
-            .ok_or_else(|| unsupported(action, &format!("a {what} needs a layer under it")))?;
-        let dep = ctx
+        Ok(maps)
+    }
+
+    /// The store's record of the layer this action stacks on (its first dependency).
+    fn dep_layer(&self, what: &str) -> Result<LayerMeta, BuildError> {
+        let action = self.action;
+        let dep_id = action.deps.first().ok_or_else(|| {
+            BuildError::internal(&action.id, format!("a {what} needs a layer under it"))
+        })?;
+        let dep = self
+            .ctx
             .graph
             .get(dep_id)
             .ok_or_else(|| unsupported(action, "the action under it is missing"))?;
-        ctx.store.layer_meta(&dep.key).ok_or_else(|| {
-            BuildError::engine(
+        self.ctx.store.layer_meta(&dep.key).ok_or_else(|| {
+            BuildError::internal(
                 &action.id,
                 format!("the layer of {dep_id} is not in the store"),
-                None,
             )
         })
-    };
-    let element_srcs = |names: &[String], own: &dyn Fn(&str) -> bool| {
+    }
+
+    fn element_srcs(
+        &self,
+        names: &[String],
+        own: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<ElementSrc>, BuildError> {
         names
             .iter()
             .map(|n| {
                 Ok(ElementSrc {
                     name: n.clone(),
-                    dir: dir_of(n)?.dir.clone(),
+                    dir: self.dir_of(n)?.dir.clone(),
                     own: own(n),
                 })
             })
-            .collect::<Result<Vec<_>, BuildError>>()
-    };
-    let distro = resolved
-        .view
-        .env
-        .get("DISTRO_NAME")
-        .cloned()
-        .unwrap_or_default();
-    let package_cache = distro_cache(&distro).map(|target| CacheMount {
-        host: ctx.store.path(&crate::store::Layout::package_downloads(
-            &distro,
-            &arch.to_string(),
-        )),
-        target: target.to_string(),
-    });
-    let downloads = ctx.store.path("downloads");
-    let log = ctx.store.log_path(&action.key);
+            .collect()
+    }
 
-    match action.kind {
-        Kind::Base => {
-            let base = resolved
-                .base
-                .as_ref()
-                .ok_or_else(|| unsupported(action, "a child image has no base"))?;
-            let mut env = engine_env(arch, None, &base.elements);
-            env.extend(image.env.clone());
-            let elements = element_srcs(&base.elements, &|_| true)?;
-            let steps = base
+    /// The spec's fields every kind fills the same way; the kind's own come after.
+    fn spec(
+        &self,
+        kind: SpecKind,
+        work: PathBuf,
+        env: BTreeMap<String, String>,
+        elements: Vec<ElementSrc>,
+    ) -> ActionSpec {
+        let (ctx, arch) = (self.ctx, self.arch);
+        let distro = self
+            .resolved
+            .view
+            .env
+            .get("DISTRO_NAME")
+            .cloned()
+            .unwrap_or_default();
+        let package_cache = distro_cache(&distro).map(|target| CacheMount {
+            host: ctx.store.path(&crate::store::Layout::package_downloads(
+                &distro,
+                &arch.to_string(),
+            )),
+            target: target.to_string(),
+        });
+        ActionSpec {
+            id: self.action.id.clone(),
+            key: self.action.key.clone(),
+            kind,
+            arch: arch.as_str().into(),
+            work,
+            lowers: vec![],
+            overlay: ctx.overlay,
+            env,
+            elements,
+            env_files: env_file_names(&self.resolved.view),
+            phases: vec![],
+            pkg_maps: BTreeMap::new(),
+            downloads: ctx.store.path("downloads"),
+            package_cache,
+            log: ctx.store.log_path(&self.action.key),
+            stream_output: ctx.stream_output,
+            disk: None,
+            artifacts: BTreeMap::new(),
+            strict: ctx.strict,
+        }
+    }
+
+    fn base(&self, work: PathBuf) -> Result<ActionSpec, BuildError> {
+        let base = self
+            .resolved
+            .base
+            .as_ref()
+            .ok_or_else(|| unsupported(self.action, "a child image has no base"))?;
+        let mut env = engine_env(self.arch, None, &base.elements);
+        env.extend(self.image.env.clone());
+        let elements = self.element_srcs(&base.elements, &|_| true)?;
+        let steps = base
+            .view
+            .phases
+            .get("root.d")
+            .map(|s| {
+                s.iter()
+                    .map(|s| Step::Script {
+                        element: s.element.clone(),
+                        name: s.name.clone(),
+                        dir: s.dir.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ActionSpec {
+            overlay: false,
+            env_files: env_file_names(&base.view),
+            phases: vec![PhaseSpec {
+                phase: "root.d".into(),
+                place: Place::Outside,
+                steps,
+            }],
+            pkg_maps: self.pkg_maps(&base.elements, &base.view.env)?,
+            ..self.spec(SpecKind::Base, work, env, elements)
+        })
+    }
+
+    fn layer(&self, work: PathBuf) -> Result<ActionSpec, BuildError> {
+        let (image, arch, resolved) = (self.image, self.arch, self.resolved);
+        let lowers = self.dep_layer("layer")?.stack(self.ctx.store);
+        // The same elements the layer's key digests (computed once, in the graph).
+        let own: Vec<String> = self
+            .ctx
+            .graph
+            .layer_elements(&image.key, arch)
+            .ok_or_else(|| BuildError::internal(&self.action.id, "the layer has no element set"))?
+            .to_vec();
+        let own_dirs = own
+            .iter()
+            .map(|n| self.dir_of(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let phases = self.layer_phases(&own, &own_dirs)?;
+        let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
+        env.extend(image.env.clone());
+        let elements = self.element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
+        let mut artifacts = self.artifacts()?;
+        artifacts.extend(self.secrets(&work)?);
+        Ok(ActionSpec {
+            lowers,
+            phases,
+            pkg_maps: self.pkg_maps(&resolved.elements, &resolved.view.env)?,
+            artifacts,
+            ..self.spec(SpecKind::Layer, work, env, elements)
+        })
+    }
+
+    /// The layer's phases: its own elements' scripts, and the steps ccb runs for DIB's
+    /// engine elements (install-bin, init scripts, static files, package installs).
+    fn layer_phases(
+        &self,
+        own: &[String],
+        own_dirs: &[&ElementDir],
+    ) -> Result<Vec<PhaseSpec>, BuildError> {
+        let resolved = self.resolved;
+        let own_packages = packages::evaluate(own_dirs, &resolved.view.env).map_err(|source| {
+            BuildError::Element {
+                id: self.action.id.clone(),
+                source,
+            }
+        })?;
+        let has = |e: &str| resolved.elements.iter().any(|x| x == e);
+        let mut phases = Vec::new();
+        for (phase, place) in LAYER_PHASES {
+            let mut steps: Vec<Step> = resolved
                 .view
                 .phases
-                .get("root.d")
-                .map(|s| {
-                    s.iter()
-                        .map(|s| Step::Script {
-                            element: s.element.clone(),
-                            name: s.name.clone(),
-                            dir: s.dir.clone(),
-                        })
-                        .collect()
+                .get(phase)
+                .into_iter()
+                .flatten()
+                .filter(|s| own.contains(&s.element))
+                .map(|s| Step::Script {
+                    element: s.element.clone(),
+                    name: s.name.clone(),
+                    dir: s.dir.clone(),
                 })
-                .unwrap_or_default();
-            Ok(ActionSpec {
-                id: action.id.clone(),
-                key: action.key.clone(),
-                kind: SpecKind::Base,
-                arch: arch.as_str().into(),
-                work,
-                lowers: vec![],
-                overlay: false,
-                env,
-                elements,
-                env_files: env_file_names(&base.view),
-                phases: vec![PhaseSpec {
-                    phase: "root.d".into(),
-                    place: Place::Outside,
-                    steps,
-                }],
-                pkg_maps: pkg_maps(&base.elements, &base.view.env)?,
-                downloads,
-                package_cache,
-                log,
-                stream_output: ctx.stream_output,
-                disk: None,
-                artifacts: BTreeMap::new(),
-                strict: ctx.strict,
-            })
-        }
-        Kind::Layer => {
-            let lowers = dep_layer("layer")?.stack(ctx.store);
-            let parent_elements: BTreeSet<String> = match &image.from {
-                Some(p) => ctx.graph.resolved[&(p.clone(), arch)]
-                    .elements
-                    .iter()
-                    .cloned()
-                    .collect(),
-                None => BTreeSet::new(),
-            };
-            let own: Vec<String> = resolved
-                .elements
-                .iter()
-                .filter(|e| !parent_elements.contains(*e))
-                .cloned()
                 .collect();
-            let own_dirs = own
-                .iter()
-                .map(|n| dir_of(n))
-                .collect::<Result<Vec<_>, _>>()?;
-            let own_packages = packages::evaluate(&own_dirs, &resolved.view.env)
-                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
-            let has = |e: &str| resolved.elements.iter().any(|x| x == e);
-
-            let mut phases = Vec::new();
-            for (phase, place) in LAYER_PHASES {
-                let mut steps: Vec<Step> = resolved
-                    .view
-                    .phases
-                    .get(phase)
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| own.contains(&s.element))
-                    .map(|s| Step::Script {
-                        element: s.element.clone(),
-                        name: s.name.clone(),
-                        dir: s.dir.clone(),
-                    })
-                    .collect();
-                if phase == "pre-install.d" && has("install-bin") {
-                    steps.push(Step::InstallBin {
-                        name: "01-install-bin".into(),
-                    });
-                }
-                if phase == "install.d"
-                    && has("dib-init-system")
-                    && let Some(init_system) = resolved.view.env.get("DIB_INIT_SYSTEM")
-                    && own_dirs
-                        .iter()
-                        .any(|d| d.dir.join("init-scripts").join(init_system).is_dir())
-                {
-                    steps.push(Step::InitScripts {
-                        name: "20-install-init-scripts".into(),
-                        init_system: init_system.clone(),
-                    });
-                }
-                if phase == "install.d" && has("install-static") {
-                    steps.push(Step::InstallStatic {
-                        name: "10-install-static-files".into(),
-                    });
-                }
-                if has("package-installs")
-                    && let Some((_, inst, uninst)) =
-                        PACKAGE_STEPS.iter().find(|(p, _, _)| *p == phase)
-                    && let Some(lists) = own_packages.get(phase)
-                {
-                    if !lists.install.is_empty() {
-                        steps.push(Step::Packages {
-                            name: inst.to_string(),
-                            install: lists.install.clone(),
-                            uninstall: vec![],
-                        });
-                    }
-                    if !lists.uninstall.is_empty() {
-                        steps.push(Step::Packages {
-                            name: uninst.to_string(),
-                            install: vec![],
-                            uninstall: lists.uninstall.clone(),
-                        });
-                    }
-                }
-                steps.sort_by(|a, b| run_parts_cmp(a.name(), b.name()));
-                if !steps.is_empty() {
-                    phases.push(PhaseSpec {
-                        phase: phase.into(),
-                        place,
-                        steps,
-                    });
-                }
+            if phase == "pre-install.d" && has("install-bin") {
+                steps.push(Step::InstallBin {
+                    name: "01-install-bin".into(),
+                });
             }
-            let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
-            env.extend(image.env.clone());
-            let elements = element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
-            let mut artifacts = BTreeMap::new();
-            let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
-            for (var, art_key) in &image.artifacts {
-                let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
-                    BuildError::engine(
-                        &action.id,
-                        format!("artifact `{art_key}` is not declared"),
-                        None,
-                    )
-                })?;
-                if !crate::fetch::is_fetched(ctx.store, &art.sha256) {
-                    return Err(BuildError::engine(
-                        &action.id,
-                        format!("artifact `{art_key}` is not in the store (its fetch did not run)"),
-                        None,
-                    ));
-                }
-                let path =
-                    crate::fetch::verified_path(ctx.store, &mut stat_cache, art_key, &art.sha256);
-                if path.is_err() {
-                    // What was verified before the damaged one stays verified.
-                    stat_cache.save(ctx.store);
-                }
-                artifacts.insert(var.clone(), path?);
-            }
-            stat_cache.save(ctx.store);
-            // Secrets: read now, into a private copy in this action's working directory (gone
-            // with it), exposed to the scripts as artifacts are. Only the image's own secrets:
-            // a parent's are already in its layer.
-            let own_secrets = image.secrets.iter().filter(|(var, src)| {
-                image
-                    .from
-                    .as_ref()
-                    .and_then(|p| ctx.model.images.get(p))
-                    .is_none_or(|p| p.secrets.get(*var) != Some(*src))
-            });
-            for (var, src) in own_secrets {
-                let bytes = src.read(&ctx.model.root).map_err(|e| {
-                    BuildError::engine(
-                        &action.id,
-                        format!("secret `{var}` ({}): {e}", src.describe()),
-                        None,
-                    )
-                })?;
-                let dir = work.join("secrets");
-                let path = dir.join(var);
-                let written = std::fs::create_dir_all(&dir)
-                    .and_then(|()| {
-                        std::fs::set_permissions(
-                            &dir,
-                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                                0o700,
-                            ),
-                        )
-                    })
-                    .and_then(|()| std::fs::write(&path, &bytes))
-                    .and_then(|()| {
-                        std::fs::set_permissions(
-                            &path,
-                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                                0o400,
-                            ),
-                        )
-                    });
-                if let Err(e) = written {
-                    return Err(BuildError::engine(
-                        &action.id,
-                        format!("secret `{var}`: cannot write its private copy: {e}"),
-                        None,
-                    ));
-                }
-                artifacts.insert(var.clone(), path);
-            }
-            Ok(ActionSpec {
-                id: action.id.clone(),
-                key: action.key.clone(),
-                kind: SpecKind::Layer,
-                arch: arch.as_str().into(),
-                work,
-                lowers,
-                overlay: ctx.overlay,
-                env,
-                elements,
-                env_files: env_file_names(&resolved.view),
-                phases,
-                pkg_maps: pkg_maps(&resolved.elements, &resolved.view.env)?,
-                downloads,
-                package_cache,
-                log,
-                stream_output: ctx.stream_output,
-                disk: None,
-                artifacts,
-                strict: ctx.strict,
-            })
-        }
-        Kind::Disk => {
-            let meta = dep_layer("disk")?;
-            let env_view = &resolved.view.env;
-            // No block-device element: DIB's default image, one root filesystem.
-            let (bd_name, yaml) = match resolved.view.block_device.clone() {
-                Some((bd_element, bd_file)) => {
-                    let bd_path = dir_of(&bd_element)?.dir.join(&bd_file);
-                    let yaml = std::fs::read_to_string(&bd_path).map_err(|e| {
-                        BuildError::engine(
-                            &action.id,
-                            format!("read {}: {e}", bd_path.display()),
-                            None,
-                        )
-                    })?;
-                    (format!("{bd_element}/{bd_file}"), yaml)
-                }
-                None => (
-                    "the default layout (no block-device element)".to_string(),
-                    layout::DEFAULT_LAYOUT.to_string(),
-                ),
-            };
-            let defaults = layout::RootDefaults::from_env(env_view)
-                .map_err(|m| BuildError::engine(&action.id, m, None))?;
-            let disk_layout = layout::parse(&bd_name, &yaml, &defaults)
-                .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
-            let name = image.published_name(arch);
-            let compress = env_view
-                .get("COMPRESS_IMAGE")
-                .is_none_or(|v| !matches!(v.as_str(), "" | "0" | "false" | "False"));
-            let mut env = engine_env(arch, Some(&name), &resolved.elements);
-            env.extend(image.env.clone());
-            let phases = [
-                ("block-device.d", Place::Outside),
-                ("pre-finalise.d", Place::Outside),
-                ("finalise.d", Place::Inside),
-                ("cleanup.d", Place::Outside),
-            ]
-            .into_iter()
-            .filter_map(|(phase, place)| {
-                let steps: Vec<Step> = resolved
-                    .view
-                    .phases
-                    .get(phase)?
+            if phase == "install.d"
+                && has("dib-init-system")
+                && let Some(init_system) = resolved.view.env.get("DIB_INIT_SYSTEM")
+                && own_dirs
                     .iter()
-                    .map(|s| Step::Script {
-                        element: s.element.clone(),
-                        name: s.name.clone(),
-                        dir: s.dir.clone(),
-                    })
-                    .collect();
-                Some(PhaseSpec {
+                    .any(|d| d.dir.join("init-scripts").join(init_system).is_dir())
+            {
+                steps.push(Step::InitScripts {
+                    name: "20-install-init-scripts".into(),
+                    init_system: init_system.clone(),
+                });
+            }
+            if phase == "install.d" && has("install-static") {
+                steps.push(Step::InstallStatic {
+                    name: "10-install-static-files".into(),
+                });
+            }
+            if has("package-installs")
+                && let Some((_, inst, uninst)) = PACKAGE_STEPS.iter().find(|(p, _, _)| *p == phase)
+                && let Some(lists) = own_packages.get(phase)
+            {
+                if !lists.install.is_empty() {
+                    steps.push(Step::Packages {
+                        name: inst.to_string(),
+                        install: lists.install.clone(),
+                        uninstall: vec![],
+                    });
+                }
+                if !lists.uninstall.is_empty() {
+                    steps.push(Step::Packages {
+                        name: uninst.to_string(),
+                        install: vec![],
+                        uninstall: lists.uninstall.clone(),
+                    });
+                }
+            }
+            steps.sort_by(|a, b| run_parts_cmp(a.name(), b.name()));
+            if !steps.is_empty() {
+                phases.push(PhaseSpec {
                     phase: phase.into(),
                     place,
                     steps,
-                })
-            })
-            .collect();
-            let elements = element_srcs(&resolved.elements, &|_| false)?;
-            Ok(ActionSpec {
+                });
+            }
+        }
+        Ok(phases)
+    }
+
+    /// The image's artifacts, verified in the store, by variable.
+    fn artifacts(&self) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+        let (ctx, action, image) = (self.ctx, self.action, self.image);
+        let mut artifacts = BTreeMap::new();
+        let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
+        for (var, art_key) in &image.artifacts {
+            let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
+                BuildError::internal(&action.id, format!("artifact `{art_key}` is not declared"))
+            })?;
+            if !crate::fetch::is_fetched(ctx.store, &art.sha256) {
+                return Err(BuildError::internal(
+                    &action.id,
+                    format!("artifact `{art_key}` is not in the store (its fetch did not run)"),
+                ));
+            }
+            let path =
+                crate::fetch::verified_path(ctx.store, &mut stat_cache, art_key, &art.sha256);
+            if path.is_err() {
+                // What was verified before the damaged one stays verified.
+                stat_cache.save(ctx.store);
+            }
+            artifacts.insert(var.clone(), path?);
+        }
+        stat_cache.save(ctx.store);
+        Ok(artifacts)
+    }
+
+    /// The image's own secrets: read now, into a private copy in this action's working
+    /// directory (gone with it), exposed to the scripts as artifacts are. A parent's are
+    /// already in its layer.
+    fn secrets(&self, work: &std::path::Path) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+        let (ctx, action, image) = (self.ctx, self.action, self.image);
+        let mut artifacts = BTreeMap::new();
+        let own_secrets = image.secrets.iter().filter(|(var, src)| {
+            image
+                .from
+                .as_ref()
+                .and_then(|p| ctx.model.images.get(p))
+                .is_none_or(|p| p.secrets.get(*var) != Some(*src))
+        });
+        for (var, src) in own_secrets {
+            let bytes = src.read(&ctx.model.root).map_err(|e| BuildError::Input {
                 id: action.id.clone(),
-                key: action.key.clone(),
-                kind: SpecKind::Disk,
-                arch: arch.as_str().into(),
-                work,
-                lowers: meta.stack(ctx.store),
-                overlay: ctx.overlay,
-                env,
-                elements,
-                env_files: env_file_names(&resolved.view),
-                phases,
-                pkg_maps: pkg_maps(&resolved.elements, env_view)?,
-                downloads,
-                package_cache,
-                log,
-                stream_output: ctx.stream_output,
-                disk: Some(spec::DiskSpec {
-                    provenance: provenance(ctx.model, image, &name),
-                    name,
-                    layout: disk_layout,
-                    size: image.size.as_deref().and_then(layout::parse_bytes),
-                    formats: image
-                        .formats
-                        .iter()
-                        .map(|f| f.as_str().to_string())
-                        .collect(),
-                    qcow2_compression: compress.then(|| {
-                        env_view
-                            .get("QCOW2_COMPRESSION_TYPE")
-                            .filter(|v| !v.is_empty())
-                            .cloned()
-                            .unwrap_or_else(|| "zlib".into())
-                    }),
-                    manifest_dir: env_view
-                        .get("DIB_MANIFEST_IMAGE_DIR")
+                problem: format!("secret `{var}` ({}): {e}", src.describe()),
+            })?;
+            let dir = work.join("secrets");
+            let path = dir.join(var);
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &dir,
+                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                            0o700,
+                        ),
+                    )
+                })
+                .and_then(|()| std::fs::write(&path, &bytes))
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &path,
+                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                            0o400,
+                        ),
+                    )
+                });
+            written.map_err(BuildError::io(
+                &action.id,
+                format!("secret `{var}`: cannot write its private copy"),
+            ))?;
+            artifacts.insert(var.clone(), path);
+        }
+        Ok(artifacts)
+    }
+
+    fn disk(&self, work: PathBuf) -> Result<ActionSpec, BuildError> {
+        let (ctx, action, image, arch, resolved) =
+            (self.ctx, self.action, self.image, self.arch, self.resolved);
+        let meta = self.dep_layer("disk")?;
+        let env_view = &resolved.view.env;
+        let disk_layout = self.disk_layout()?;
+        let name = image.published_name(arch);
+        let compress = env_view
+            .get("COMPRESS_IMAGE")
+            .is_none_or(|v| !matches!(v.as_str(), "" | "0" | "false" | "False"));
+        let mut env = engine_env(arch, Some(&name), &resolved.elements);
+        env.extend(image.env.clone());
+        let phases = [
+            ("block-device.d", Place::Outside),
+            ("pre-finalise.d", Place::Outside),
+            ("finalise.d", Place::Inside),
+            ("cleanup.d", Place::Outside),
+        ]
+        .into_iter()
+        .filter_map(|(phase, place)| {
+            let steps: Vec<Step> = resolved
+                .view
+                .phases
+                .get(phase)?
+                .iter()
+                .map(|s| Step::Script {
+                    element: s.element.clone(),
+                    name: s.name.clone(),
+                    dir: s.dir.clone(),
+                })
+                .collect();
+            Some(PhaseSpec {
+                phase: phase.into(),
+                place,
+                steps,
+            })
+        })
+        .collect();
+        let elements = self.element_srcs(&resolved.elements, &|_| false)?;
+        Ok(ActionSpec {
+            lowers: meta.stack(ctx.store),
+            phases,
+            pkg_maps: self.pkg_maps(&resolved.elements, env_view)?,
+            disk: Some(spec::DiskSpec {
+                provenance: provenance(ctx.model, image, &name),
+                name,
+                layout: disk_layout,
+                size: image.size.as_deref().and_then(layout::parse_bytes),
+                formats: image
+                    .formats
+                    .iter()
+                    .map(|f| f.as_str().to_string())
+                    .collect(),
+                qcow2_compression: compress.then(|| {
+                    env_view
+                        .get("QCOW2_COMPRESSION_TYPE")
                         .filter(|v| !v.is_empty())
                         .cloned()
-                        .unwrap_or_else(|| "/etc/dib-manifests".into()),
-                    seed: action.key.clone(),
+                        .unwrap_or_else(|| "zlib".into())
                 }),
-                artifacts: BTreeMap::new(),
-                strict: ctx.strict,
-            })
-        }
-        _ => Err(unsupported(action, "not an action that runs in a sandbox")),
+                manifest_dir: env_view
+                    .get("DIB_MANIFEST_IMAGE_DIR")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "/etc/dib-manifests".into()),
+                seed: action.key.clone(),
+            }),
+            ..self.spec(SpecKind::Disk, work, env, elements)
+        })
+    }
+
+    /// The disk's layout: the block-device element's YAML, or DIB's default image.
+    fn disk_layout(&self) -> Result<layout::Layout, BuildError> {
+        let action = self.action;
+        let env_view = &self.resolved.view.env;
+        // No block-device element: DIB's default image, one root filesystem.
+        let (bd_name, yaml) = match self.resolved.view.block_device.clone() {
+            Some((bd_element, bd_file)) => {
+                let bd_path = self.dir_of(&bd_element)?.dir.join(&bd_file);
+                let yaml = std::fs::read_to_string(&bd_path).map_err(BuildError::io(
+                    &action.id,
+                    format!("read {}", bd_path.display()),
+                ))?;
+                (format!("{bd_element}/{bd_file}"), yaml)
+            }
+            None => (
+                "the default layout (no block-device element)".to_string(),
+                layout::DEFAULT_LAYOUT.to_string(),
+            ),
+        };
+        let defaults =
+            layout::RootDefaults::from_env(env_view).map_err(|problem| BuildError::Input {
+                id: action.id.clone(),
+                problem,
+            })?;
+        layout::parse(&bd_name, &yaml, &defaults).map_err(|source| BuildError::Layout {
+            id: action.id.clone(),
+            source,
+        })
     }
 }
 
@@ -725,6 +869,66 @@ mod tests {
         assert_eq!(super::utc(951_782_400).0, "2000-02-29T00:00:00Z");
         assert_eq!(super::utc(1_795_800_605).1, "20261127173005");
     }
+
+    use super::event::{Blame, Event};
+    use super::runner::RunError;
+    use super::*;
+
+    /// What the parent rebuilds from the sandbox's JSON line for a failure inside it.
+    fn across_the_sandbox(e: RunError) -> BuildError {
+        let line = serde_json::to_string(&Event::Error(e.failure())).unwrap();
+        let Event::Error(failure) = serde_json::from_str(&line).unwrap() else {
+            panic!("not an error event: {line}");
+        };
+        BuildError::Sandbox {
+            id: "layer:tiny:amd64".into(),
+            source: failure.into(),
+            log: None,
+        }
+    }
+
+    #[test]
+    fn a_full_disk_inside_the_sandbox_reaches_the_parent_as_the_hosts_problem() {
+        let e = across_the_sandbox(RunError::Io {
+            what: "copy the layer".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert_eq!(e.blame(), Blame::Host);
+        // The OS error is in the chain again, as a full disk anywhere else would be.
+        let os = std::error::Error::source(&e)
+            .and_then(|s| s.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("an io::Error in the chain");
+        assert_eq!(os.kind(), std::io::ErrorKind::StorageFull);
+        let m = e.message();
+        assert!(m.starts_with("layer:tiny:amd64: copy the layer: "), "{m}");
+        assert_eq!(m.matches("No space left on device").count(), 1, "{m}");
+    }
+
+    #[test]
+    fn a_missing_tool_a_bad_layout_and_a_bug_inside_the_sandbox_keep_who_must_act() {
+        let missing = crate::process::Process::new("ccb-no-such-mkfs")
+            .output()
+            .unwrap_err();
+        let e = across_the_sandbox(RunError::Program {
+            what: "mkfs.xfs (xfsprogs)".into(),
+            source: missing,
+        });
+        assert_eq!(e.blame(), Blame::MissingTool);
+        assert!(e.message().contains("ccb-no-such-mkfs"), "{}", e.message());
+        let e = across_the_sandbox(RunError::Image {
+            problem: "the layout has no root filesystem".into(),
+        });
+        assert_eq!(e.blame(), Blame::Input);
+        let e = across_the_sandbox(RunError::Internal("a disk action without a disk spec"));
+        assert_eq!(e.blame(), Blame::Bug);
+        // A failed mount is a system call's errno, not an I/O error's.
+        let e = across_the_sandbox(RunError::Sys {
+            what: "mount proc".into(),
+            source: nix::Error::EPERM,
+        });
+        assert_eq!(e.blame(), Blame::Host);
+    }
 }
 
 /// Runs a `base` or `layer` action in a sandbox and commits its tree to the store. The
@@ -751,7 +955,7 @@ pub fn run_action(
     .map_err(StoreError::from)?;
     let spec_path = work.join("spec.json");
     let bytes = serde_json::to_vec_pretty(&spec)
-        .map_err(|e| BuildError::engine(&action.id, e.to_string(), None))?;
+        .map_err(|e| BuildError::internal(&action.id, format!("cannot encode the spec: {e}")))?;
     crate::fsutil::write_atomic(&spec_path, &bytes).map_err(StoreError::from)?;
 
     let result = supervise(ctx, action, &spec_path, cancel, on_event);
@@ -787,10 +991,8 @@ fn supervise(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(Vec<StepRecord>, Vec<dib::MissingCommand>), BuildError> {
     let log = ctx.store.log_path(&action.key);
-    let mut child = sandbox::spawn(spec_path, &log).map_err(|e| {
-        BuildError::engine(&action.id, format!("cannot start the sandbox: {e}"), None)
-    })?;
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut child =
+        sandbox::spawn(spec_path, &log).map_err(BuildError::io(&action.id, "start the sandbox"))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel::<Event>();
     let reader = std::thread::spawn(move || {
@@ -806,8 +1008,8 @@ fn supervise(
     let mut steps = Vec::new();
     let mut warnings = Vec::new();
     let mut failed: Option<Event> = None;
-    let mut engine_error: Option<String> = None;
-    let mut term_sent: Option<Instant> = None;
+    let mut engine_error: Option<event::EngineFailure> = None;
+    let mut cancelled = false;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(ev) => {
@@ -815,7 +1017,7 @@ fn supervise(
                     Event::StepDone(r) => steps.push(r.clone()),
                     Event::MissingCommand(m) => warnings.push(m.clone()),
                     Event::Failed { .. } => failed = Some(ev.clone()),
-                    Event::Error { message } => engine_error = Some(message.clone()),
+                    Event::Error(f) => engine_error = Some(f.clone()),
                     _ => {}
                 }
                 on_event(&ev);
@@ -824,23 +1026,16 @@ fn supervise(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if cancel.load(Ordering::SeqCst) {
-            match term_sent {
-                None => {
-                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGTERM);
-                    term_sent = Some(Instant::now());
-                }
-                Some(t) if t.elapsed() > GRACE => {
-                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
-                }
-                Some(_) => {}
-            }
+            crate::process::stop(&mut child, GRACE);
+            cancelled = true;
+            break;
         }
     }
     let _ = reader.join();
     let status = child
         .wait()
-        .map_err(|e| BuildError::engine(&action.id, format!("wait for the sandbox: {e}"), None))?;
-    if term_sent.is_some() {
+        .map_err(BuildError::io(&action.id, "wait for the sandbox"))?;
+    if cancelled {
         return Err(BuildError::Cancelled {
             id: action.id.clone(),
         });
@@ -863,19 +1058,35 @@ fn supervise(
                 tail,
                 log,
             }))),
-            _ => Err(BuildError::engine(&action.id, "a step failed", Some(log))),
+            _ => Err(BuildError::internal(
+                &action.id,
+                format!(
+                    "a step failed without saying which (log: {})",
+                    log.display()
+                ),
+            )),
         },
         Some(sandbox::EXIT_CANCELLED) => Err(BuildError::Cancelled {
             id: action.id.clone(),
         }),
-        other => Err(BuildError::engine(
-            &action.id,
-            engine_error.unwrap_or_else(|| match other {
-                Some(c) => format!("the sandbox exited with status {c}"),
-                None => "the sandbox was killed".into(),
+        other => match engine_error {
+            Some(failure) => Err(BuildError::Sandbox {
+                id: action.id.clone(),
+                source: failure.into(),
+                log: Some(log),
             }),
-            Some(log),
-        )),
+            // The sandbox died without a word: killed from outside, or a crash.
+            None => Err(BuildError::internal(
+                &action.id,
+                match other {
+                    Some(c) => format!(
+                        "the sandbox exited with status {c} (log: {})",
+                        log.display()
+                    ),
+                    None => format!("the sandbox was killed (log: {})", log.display()),
+                },
+            )),
+        },
     }
 }
 
@@ -889,8 +1100,7 @@ fn commit_outputs(
     let mut files = Vec::new();
     let mut stack = vec![out.clone()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir)
-            .map_err(|e| BuildError::engine(&action.id, format!("read outputs: {e}"), None))?;
+        let rd = std::fs::read_dir(&dir).map_err(BuildError::io(&action.id, "read outputs"))?;
         for e in rd.filter_map(Result::ok) {
             let p = e.path();
             if p.is_dir() {
@@ -902,8 +1112,9 @@ fn commit_outputs(
         }
     }
     files.sort();
-    let summary = tree::summarize(&out).map_err(|e| {
-        BuildError::engine(&action.id, format!("cannot digest the outputs: {e}"), None)
+    let summary = tree::summarize(&out).map_err(|source| BuildError::Tree {
+        id: action.id.clone(),
+        source,
     })?;
     let meta = crate::store::OutputsMeta {
         key: action.key.clone(),
@@ -931,12 +1142,13 @@ pub fn materialize(
     key: &str,
     dir: &std::path::Path,
 ) -> Result<Vec<PathBuf>, BuildError> {
-    let err = |m: String| BuildError::engine("materialize", m, None);
+    const ID: &str = "materialize";
     let meta = store
         .outputs_meta(key)
-        .ok_or_else(|| err(format!("no outputs for key {key}")))?;
+        .ok_or_else(|| BuildError::internal(ID, format!("no outputs for key {key}")))?;
     let src_dir = store.outputs_dir(key);
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(BuildError::io(ID, format!("create {}", dir.display())))?;
     let mut made = Vec::new();
     let mut sums_here = String::new();
     for (rel, _) in &meta.files {
@@ -948,7 +1160,7 @@ pub fn materialize(
         let dst = dir.join(rel);
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| err(format!("create {}: {e}", parent.display())))?;
+                .map_err(BuildError::io(ID, format!("create {}", parent.display())))?;
         }
         let tmp = dst.with_file_name(format!(
             ".{}.ccb-tmp",
@@ -961,10 +1173,14 @@ pub fn materialize(
                 .arg(&src)
                 .arg(&tmp)
                 .output()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|source| BuildError::Program {
+                    id: ID.into(),
+                    what: format!("copy {}", src.display()),
+                    source,
+                })?;
         }
         std::fs::rename(&tmp, &dst)
-            .map_err(|e| err(format!("rename into {}: {e}", dst.display())))?;
+            .map_err(BuildError::io(ID, format!("rename into {}", dst.display())))?;
         made.push(dst);
     }
     // One SHA256SUMS for the directory: this image's lines replace its old ones.
@@ -1012,7 +1228,7 @@ fn commit(
                 .graph
                 .get(&action.deps[0])
                 .and_then(|p| ctx.store.layer_meta(&p.key))
-                .ok_or_else(|| BuildError::engine(&action.id, "the parent layer vanished", None))?;
+                .ok_or_else(|| BuildError::internal(&action.id, "the parent layer vanished"))?;
             let mut lowers = vec![parent.key.clone()];
             if parent.mode == LayerMode::Diff {
                 lowers.extend(parent.lowers.iter().cloned());
@@ -1021,8 +1237,9 @@ fn commit(
         }
         _ => (spec.work.join("tree"), LayerMode::Full, vec![]),
     };
-    let summary = tree::summarize(&tree_dir).map_err(|e| {
-        BuildError::engine(&action.id, format!("cannot digest the tree: {e}"), None)
+    let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
+        id: action.id.clone(),
+        source,
     })?;
     let meta = LayerMeta {
         key: action.key.clone(),

@@ -12,7 +12,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use super::event::{Event, StepRecord, emit};
 use super::spec::{ActionSpec, Place, SpecKind, Step};
 use super::tree;
 use crate::element::env::PATH;
+use crate::process::Process;
 
 const INSTALL_PACKAGES: &str = include_str!("install-packages.sh");
 const CCB_FETCH: &str = include_str!("ccb-fetch.sh");
@@ -61,34 +61,101 @@ done
 exec "$script" "${args[@]}"
 "#;
 
+/// Why an action stopped inside the sandbox. Each engine failure keeps its cause (an I/O
+/// error, a system call, a program) so the parent can tell the host's problems (a full disk, a
+/// missing tool, a permission) from the input's and from ccb's own bugs.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{0}")]
-    Engine(String),
+    /// A file operation failed.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call failed (a mount, a chroot, a namespace).
+    #[error("{what}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// A program the engine runs could not run or failed.
+    #[error("{what}")]
+    Program {
+        what: String,
+        #[source]
+        source: crate::process::ProcessError,
+    },
+    #[error(transparent)]
+    Tree(#[from] tree::TreeError),
+    #[error("converting to qcow2")]
+    Qcow2(#[source] crate::qcow2::Qcow2WriteError),
+    /// The image's own content is wrong: its layout, its boot files, what its elements left.
+    #[error("{problem}")]
+    Image { problem: String },
+    /// A state ccb should never reach: a bug.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("step failed")]
     StepFailed,
     #[error("cancelled")]
     Cancelled,
 }
 
-impl From<tree::TreeError> for RunError {
-    fn from(e: tree::TreeError) -> Self {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
+impl RunError {
+    /// The failure as the sandbox reports it to its parent.
+    pub fn failure(&self) -> super::event::EngineFailure {
+        use super::event::Blame;
+        let mut message = self.to_string();
+        let mut errno = None;
+        let mut src = std::error::Error::source(self);
         while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
+            message.push_str(&format!(": {s}"));
+            if errno.is_none() {
+                errno = s
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|e| e.raw_os_error())
+                    .or_else(|| s.downcast_ref::<nix::Error>().map(|e| *e as i32));
+            }
             src = s.source();
         }
-        RunError::Engine(msg)
+        let blame = match self {
+            RunError::Internal(_) => Blame::Bug,
+            RunError::Image { .. } => Blame::Input,
+            RunError::Program { source, .. } if source.is_missing_tool() => Blame::MissingTool,
+            _ if errno.is_some_and(super::event::host_errno) => Blame::Host,
+            _ => Blame::Input,
+        };
+        super::event::EngineFailure {
+            message,
+            errno,
+            blame,
+        }
     }
 }
 
 pub(super) fn engine(context: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> RunError {
-    move |e| RunError::Engine(format!("{context}: {e}"))
+    move |source| RunError::Sys {
+        what: context.to_string(),
+        source,
+    }
+}
+
+pub(super) fn program(
+    context: impl std::fmt::Display,
+) -> impl FnOnce(crate::process::ProcessError) -> RunError {
+    move |source| RunError::Program {
+        what: context.to_string(),
+        source,
+    }
 }
 
 pub(super) fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RunError {
-    move |e| RunError::Engine(format!("{context}: {e}"))
+    move |source| RunError::Io {
+        what: context.to_string(),
+        source,
+    }
 }
 
 pub(super) struct Runner<'a> {
@@ -147,9 +214,9 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
                 r.run_phase(phase)?;
             }
             if tree::looks_empty(&r.root) {
-                return Err(RunError::Engine(
-                    "Failed to deploy the root element: root.d left the tree empty".into(),
-                ));
+                return Err(RunError::Image {
+                    problem: "Failed to deploy the root element: root.d left the tree empty".into(),
+                });
             }
         }
         SpecKind::Layer => {
@@ -268,12 +335,10 @@ impl Runner<'_> {
                     Some(base.as_str()),
                 )
             })
-            .map_err(|e| {
-                RunError::Engine(format!(
-                    "cannot mount overlayfs on {} ({e}); set CCB_OVERLAYFS=0 to copy layers instead",
-                    self.root.display()
-                ))
-            })?;
+            .map_err(engine(format!(
+                "cannot mount overlayfs on {} (set CCB_OVERLAYFS=0 to copy layers instead)",
+                self.root.display()
+            )))?;
         } else {
             // Without overlayfs: flatten the stack into a full copy, bottom layer first.
             let mut lowers = spec.lowers.clone();
@@ -584,7 +649,7 @@ impl Runner<'_> {
         args: &[String],
     ) -> Result<(i32, VecDeque<String>), RunError> {
         let spec = self.spec;
-        let mut cmd = Command::new("/bin/bash");
+        let mut cmd = Process::new("/bin/bash");
         cmd.env_clear()
             .envs(&spec.env)
             .env("LC_ALL", "C")
@@ -599,8 +664,7 @@ impl Runner<'_> {
             .arg(program)
             .arg(args.len().to_string())
             .args(args)
-            .args(self.env_files(place))
-            .stdin(Stdio::null());
+            .args(self.env_files(place));
         match place {
             Place::Outside => {
                 cmd.env(
@@ -638,15 +702,18 @@ impl Runner<'_> {
                 for var in spec.artifacts.keys() {
                     cmd.env(var, format!("{ENGINE_IN}/artifacts/{var}"));
                 }
-                let root = self.root.clone();
-                // SAFETY: chroot and chdir are async-signal-safe; nothing is allocated.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        nix::unistd::chroot(&root)?;
-                        nix::unistd::chdir("/")?;
-                        Ok(())
-                    });
-                }
+            }
+        }
+        let mut cmd = cmd.command();
+        if place == Place::Inside {
+            let root = self.root.clone();
+            // SAFETY: chroot and chdir are async-signal-safe; nothing is allocated.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::chroot(&root)?;
+                    nix::unistd::chdir("/")?;
+                    Ok(())
+                });
             }
         }
         let (reader, writer) = std::io::pipe().map_err(io("create a pipe"))?;
@@ -688,24 +755,16 @@ impl Runner<'_> {
             (tail, missing)
         });
 
-        let mut cancelled_at: Option<Instant> = None;
+        // `None`: cancelled, the step stopped the one way ccb stops a program.
         let status = loop {
             match child.try_wait() {
-                Ok(Some(status)) => break status,
+                Ok(Some(status)) => break Some(status),
                 Ok(None) => {}
-                Err(e) => return Err(RunError::Engine(format!("wait for {program}: {e}"))),
+                Err(e) => return Err(io(format!("wait for {program}"))(e)),
             }
             if self.cancelled.load(Ordering::SeqCst) {
-                match cancelled_at {
-                    None => {
-                        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGTERM);
-                        cancelled_at = Some(Instant::now());
-                    }
-                    Some(t) if t.elapsed() > GRACE => {
-                        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
-                    }
-                    Some(_) => {}
-                }
+                crate::process::stop(&mut child, GRACE);
+                break None;
             }
             std::thread::sleep(Duration::from_millis(25));
         };
@@ -722,9 +781,9 @@ impl Runner<'_> {
         }
         let (tail, missing) = collector.join().unwrap_or_default();
         self.missing.extend(missing);
-        if cancelled_at.is_some() {
+        let Some(status) = status else {
             return Err(RunError::Cancelled);
-        }
+        };
         use std::os::unix::process::ExitStatusExt;
         let code = status
             .code()
@@ -797,26 +856,21 @@ impl Runner<'_> {
                 .map_err(io("resolve the init directory"))?;
             let root = self.root.canonicalize().map_err(io("resolve the tree"))?;
             if !real.starts_with(&root) {
-                return Err(RunError::Engine(format!(
-                    "the image's {} leads out of the tree",
-                    dest.display()
-                )));
+                return Err(RunError::Image {
+                    problem: format!("the image's {} leads out of the tree", dest.display()),
+                });
             }
-            let out = Command::new("cp")
+            Process::new("cp")
                 .arg("-RP")
                 .arg("--preserve=mode")
                 .arg("--no-target-directory")
                 .arg(dir.join("."))
                 .arg(&dest)
                 .output()
-                .map_err(io("run cp"))?;
-            if !out.status.success() {
-                return Err(RunError::Engine(format!(
-                    "install the init scripts of {}: {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
+                .map_err(program(format!(
+                    "install the init scripts of {}",
+                    dir.display()
+                )))?;
             for entry in std::fs::read_dir(&dir).map_err(io("list init scripts"))? {
                 let entry = entry.map_err(io("list init scripts"))?;
                 let target = dest.join(entry.file_name());

@@ -15,7 +15,7 @@
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -28,6 +28,7 @@ use nix::unistd::{ForkResult, Pid, fork, getppid};
 
 use super::runner::{self, RunError};
 use super::spec::ActionSpec;
+use crate::process::Process;
 
 /// The hidden argument that turns the ccb binary into a sandbox.
 pub const SANDBOX_ARG: &str = "__sandbox";
@@ -46,13 +47,11 @@ pub fn spawn(spec_path: &Path, log: &Path) -> io::Result<Child> {
         .append(true)
         .open(log)?;
     let parent = std::process::id() as i32;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(SANDBOX_ARG)
+    let mut cmd = Process::new("/proc/self/exe")
+        .arg(SANDBOX_ARG)
         .arg(spec_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0);
+        .command();
+    cmd.stdout(Stdio::piped()).stderr(log).process_group(0);
     // SAFETY: only async-signal-safe calls (prctl, getppid, unshare) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -128,8 +127,8 @@ pub fn main(spec_path: &Path) -> i32 {
                 Ok(()) => EXIT_OK,
                 Err(RunError::StepFailed) => EXIT_STEP_FAILED,
                 Err(RunError::Cancelled) => EXIT_CANCELLED,
-                Err(RunError::Engine(message)) => {
-                    super::event::emit(&super::event::Event::Error { message });
+                Err(e) => {
+                    super::event::emit(&super::event::Event::Error(e.failure()));
                     EXIT_ENGINE
                 }
             };

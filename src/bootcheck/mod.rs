@@ -13,12 +13,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::manifest::Arch;
+use crate::process::Process;
 
 const CHECK_SCRIPT: &str = include_str!("check.sh");
 
@@ -40,15 +41,46 @@ const TEST_VENDOR_DATA: &str = r#"{"chameleon": {
  "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHAjV9Fh3fvz1zEEZNbTpajlDhcYHP6t5Ef8i2BRMJ6A ccb-test-account-key"]}}"#;
 const GROW: u64 = 2 << 30;
 
+/// A boot that could not be set up or watched (a failed boot is a [`BootReport`], not this).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum BootError {
-    #[error("{0}")]
-    #[diagnostic(code(ccb::test::setup))]
-    Setup(String),
+    /// A file of the test's scratch directory.
+    #[error("{what}")]
+    #[diagnostic(code(ccb::test::io))]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool the boot needs (qemu-img, mtools, QEMU) could not run or failed.
+    #[error("{what}")]
+    #[diagnostic(code(ccb::test::program))]
+    Program {
+        what: String,
+        #[source]
+        source: crate::process::ProcessError,
+    },
+    /// The host lacks the firmware a boot needs.
+    #[error("{firmware} firmware not found: install the {package} package")]
+    #[diagnostic(code(ccb::test::firmware))]
+    MissingFirmware {
+        firmware: &'static str,
+        package: &'static str,
+    },
+    #[error("arm64 has no BIOS: arm64 disks boot on UEFI only (--firmware uefi)")]
+    #[diagnostic(code(ccb::test::no_bios))]
+    NoBios,
+    /// `qemu-img info` answered something ccb cannot read.
+    #[error("qemu-img info of {}: {problem}", image.display())]
+    #[diagnostic(code(ccb::test::image_info))]
+    ImageInfo { image: PathBuf, problem: String },
 }
 
 fn setup(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BootError {
-    move |e| BootError::Setup(format!("{context}: {e}"))
+    move |source| BootError::Io {
+        what: context.to_string(),
+        source,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -184,16 +216,11 @@ pub struct BootTest<'a> {
     pub serial_log: PathBuf,
 }
 
-fn run_tool(cmd: &mut Command, what: &str) -> Result<String, BootError> {
-    let out = cmd
-        .output()
-        .map_err(|e| BootError::Setup(format!("{what}: {e}")))?;
-    if !out.status.success() {
-        return Err(BootError::Setup(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+fn run_tool(cmd: &mut Process, what: &str) -> Result<String, BootError> {
+    let out = cmd.output().map_err(|source| BootError::Program {
+        what: what.into(),
+        source,
+    })?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -212,7 +239,7 @@ pub fn kvm_works(work: &Path) -> bool {
     if std::fs::write(&probe, &sector).is_err() {
         return false;
     }
-    let child = Command::new("qemu-system-x86_64")
+    let child = Process::new("qemu-system-x86_64")
         .args([
             "-accel",
             "kvm",
@@ -224,10 +251,7 @@ pub fn kvm_works(work: &Path) -> bool {
         ])
         .arg("-drive")
         .arg(format!("file={},format=raw,if=ide", probe.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn();
+        .spawn(Stdio::piped(), Stdio::null());
     let Ok(mut child) = child else { return false };
     let mut stdout = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -247,8 +271,7 @@ pub fn kvm_works(work: &Path) -> bool {
         let _ = tx.send(false);
     });
     let ok = rx.recv_timeout(Duration::from_secs(8)).unwrap_or(false);
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::process::stop(&mut child, Duration::ZERO);
     ok
 }
 
@@ -337,7 +360,7 @@ fn fat_image(
 ) -> Result<(), BootError> {
     let _ = std::fs::remove_file(path);
     run_tool(
-        Command::new("mkfs.fat")
+        Process::new("mkfs.fat")
             .args(["-n", label, "-C"])
             .arg(path)
             .arg("2048"),
@@ -356,7 +379,7 @@ fn fat_image(
         .map(|e| e.path())
         .collect();
     run_tool(
-        Command::new("mcopy")
+        Process::new("mcopy")
             .env("MTOOLS_SKIP_CHECK", "1")
             .args(["-s", "-i"])
             .arg(path)
@@ -369,16 +392,19 @@ fn fat_image(
 
 fn virtual_size(image: &Path, format: &str) -> Result<u64, BootError> {
     let out = run_tool(
-        Command::new("qemu-img")
+        Process::new("qemu-img")
             .args(["info", "--output=json", "-f", format])
             .arg(image),
         "qemu-img info",
     )?;
-    let v: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| BootError::Setup(format!("qemu-img info: {e}")))?;
+    let info = |problem: String| BootError::ImageInfo {
+        image: image.to_path_buf(),
+        problem,
+    };
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| info(e.to_string()))?;
     v["virtual-size"]
         .as_u64()
-        .ok_or_else(|| BootError::Setup("qemu-img info gave no virtual size".into()))
+        .ok_or_else(|| info("no virtual size".into()))
 }
 
 /// Whether a boot of `arch` may use KVM, given what the amd64 probe found: only for the
@@ -399,6 +425,9 @@ fn aavmf_files() -> Option<(PathBuf, PathBuf)> {
     (Path::new(c).exists() && Path::new(v).exists()).then(|| (PathBuf::from(c), PathBuf::from(v)))
 }
 
+/// How long QEMU has to exit after SIGTERM before it is killed.
+const QEMU_GRACE: Duration = Duration::from_secs(5);
+
 /// How long KVM may take to show the kernel's first message before it counts as broken.
 const KVM_STALL: Duration = Duration::from_secs(40);
 
@@ -415,13 +444,73 @@ pub fn boot(t: &BootTest, kvm: &mut bool) -> Result<BootReport, BootError> {
     Ok(boot_once(t, false)?.expect("TCG boots are never abandoned"))
 }
 
+/// The drives a boot attaches: the image under a grown overlay, and the two seeds.
+struct Drives {
+    overlay: PathBuf,
+    /// The NoCloud seed (cloud-init's user-data).
+    seed: PathBuf,
+    /// The OpenStack config drive (meta-data and Chameleon's vendordata).
+    config_drive: PathBuf,
+}
+
+/// How a watched boot ended.
+struct Watched {
+    completed: bool,
+    status: std::io::Result<std::process::ExitStatus>,
+    stderr: String,
+}
+
 fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
+    let drives = prepare_drives(t)?;
+    let cmd = qemu_command(t, kvm, &drives)?;
+    let _ = std::fs::remove_file(&t.serial_log);
+    let started = Instant::now();
+    let child = spawn_qemu(t, &cmd)?;
+    let Some(watched) = watch(t, kvm, child, started)? else {
+        return Ok(None);
+    };
+    let serial =
+        String::from_utf8_lossy(&std::fs::read(&t.serial_log).unwrap_or_default()).into_owned();
+    let mut checks = console_checks(&serial);
+    if !watched.completed {
+        let why = if started.elapsed() > t.timeout {
+            format!("no result within {} s", t.timeout.as_secs())
+        } else {
+            format!(
+                "qemu ended first ({}){}",
+                watched.status.map(|s| s.to_string()).unwrap_or_default(),
+                if watched.stderr.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", watched.stderr.trim())
+                }
+            )
+        };
+        checks.push(CheckResult {
+            name: "boot".into(),
+            passed: false,
+            detail: format!("{why}; last console lines: {}", last_lines(&serial, 3)),
+        });
+    }
+    Ok(Some(BootReport {
+        arch: t.arch,
+        firmware: t.firmware,
+        disk: t.disk,
+        accel: if kvm { "kvm" } else { "tcg" }.into(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        checks,
+        completed: watched.completed,
+        serial_log: t.serial_log.clone(),
+    }))
+}
+
+fn prepare_drives(t: &BootTest) -> Result<Drives, BootError> {
     std::fs::create_dir_all(t.work).map_err(setup("create the test directory"))?;
     let size = virtual_size(t.image, t.format)?;
     let overlay = t.work.join(format!("{}.qcow2", t.firmware.as_str()));
     let _ = std::fs::remove_file(&overlay);
     run_tool(
-        Command::new("qemu-img")
+        Process::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", t.format, "-b"])
             .arg(t.image)
             .arg(&overlay)
@@ -443,9 +532,9 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         ],
         t.work,
     )?;
-    let drive = t.work.join("seed-configdrive.img");
+    let config_drive = t.work.join("seed-configdrive.img");
     fat_image(
-        &drive,
+        &config_drive,
         "config-2",
         &[
             ("openstack/latest/meta_data.json", TEST_META_DATA.as_bytes()),
@@ -457,13 +546,23 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         ],
         t.work,
     )?;
+    Ok(Drives {
+        overlay,
+        seed,
+        config_drive,
+    })
+}
 
-    let qemu = match t.arch {
+fn qemu_program(arch: Arch) -> &'static str {
+    match arch {
         Arch::Amd64 => "qemu-system-x86_64",
         Arch::Arm64 => "qemu-system-aarch64",
-    };
-    let mut cmd = Command::new(qemu);
-    let accel = if kvm { "kvm" } else { "tcg" };
+    }
+}
+
+/// QEMU's command line for the boot: machine, firmware, the drives on the asked bus.
+fn qemu_command(t: &BootTest, kvm: bool, drives: &Drives) -> Result<Process, BootError> {
+    let mut cmd = Process::new(qemu_program(t.arch));
     // -nodefaults: no floppy, CD-ROM or VGA to probe; everything the guest gets is below.
     cmd.args([
         "-nodefaults",
@@ -486,7 +585,7 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
     .arg("-drive")
     .arg(format!(
         "file={},format=qcow2,if=none,id=root",
-        overlay.display()
+        drives.overlay.display()
     ));
     for dev in t.disk.devices("root") {
         cmd.arg("-device").arg(dev);
@@ -494,14 +593,14 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
     cmd.arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,readonly=on",
-            seed.display()
+            drives.seed.display()
         ))
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,readonly=on",
-            drive.display()
+            drives.config_drive.display()
         ));
-    let pflash = |cmd: &mut Command, code: &Path, vars: &Path| {
+    let pflash = |cmd: &mut Process, code: &Path, vars: &Path| {
         cmd.arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,readonly=on,file={}",
@@ -515,8 +614,9 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
             cmd.args(["-machine", "pc"]);
         }
         (Arch::Amd64, Firmware::Uefi) => {
-            let (code, vars) = firmware_files().ok_or_else(|| {
-                BootError::Setup("UEFI firmware not found: install the ovmf package".into())
+            let (code, vars) = firmware_files().ok_or(BootError::MissingFirmware {
+                firmware: "UEFI",
+                package: "ovmf",
             })?;
             let my_vars = t.work.join("OVMF_VARS.fd");
             std::fs::copy(&vars, &my_vars).map_err(setup("copy the UEFI variables"))?;
@@ -524,16 +624,12 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
             pflash(&mut cmd, &code, &my_vars);
         }
         (Arch::Arm64, Firmware::Bios) => {
-            return Err(BootError::Setup(
-                "arm64 has no BIOS: arm64 disks boot on UEFI only (--firmware uefi)".into(),
-            ));
+            return Err(BootError::NoBios);
         }
         (Arch::Arm64, Firmware::Uefi) => {
-            let (code, vars) = aavmf_files().ok_or_else(|| {
-                BootError::Setup(
-                    "arm64 UEFI firmware (AAVMF) not found: install the qemu-efi-aarch64 package"
-                        .into(),
-                )
+            let (code, vars) = aavmf_files().ok_or(BootError::MissingFirmware {
+                firmware: "arm64 UEFI (AAVMF)",
+                package: "qemu-efi-aarch64",
             })?;
             let my_vars = t.work.join("AAVMF_VARS.fd");
             std::fs::copy(&vars, &my_vars).map_err(setup("copy the UEFI variables"))?;
@@ -550,8 +646,12 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
             pflash(&mut cmd, &code, &my_vars);
         }
     }
-    let _ = std::fs::remove_file(&t.serial_log);
-    let started = Instant::now();
+    Ok(cmd)
+}
+
+/// Starts QEMU in a process group of its own, killed with ccb.
+fn spawn_qemu(t: &BootTest, qemu: &Process) -> Result<Child, BootError> {
+    let mut cmd = qemu.command();
     let parent = std::process::id() as i32;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -565,19 +665,33 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
             Ok(())
         });
     }
-    let mut child: Child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(setup(format!(
-            "run {qemu} (package {})",
-            match t.arch {
-                Arch::Amd64 => "qemu-system-x86",
-                Arch::Arm64 => "qemu-system-arm",
-            }
-        )))?;
+        .map_err(|source| BootError::Program {
+            what: format!(
+                "run {} (package {})",
+                qemu_program(t.arch),
+                match t.arch {
+                    Arch::Amd64 => "qemu-system-x86",
+                    Arch::Arm64 => "qemu-system-arm",
+                }
+            ),
+            source: crate::process::ProcessError::Spawn {
+                command: qemu.command_line(),
+                source,
+            },
+        })
+}
 
+/// Follows the serial console until the checks are done, QEMU ends or time is up; then stops
+/// QEMU. `None`: a KVM boot that never reached the kernel (to be redone with TCG).
+fn watch(
+    t: &BootTest,
+    kvm: bool,
+    mut child: Child,
+    started: Instant,
+) -> Result<Option<Watched>, BootError> {
     let mut completed = false;
     loop {
         let serial = std::fs::read(&t.serial_log).unwrap_or_default();
@@ -586,14 +700,13 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
             completed = true;
         }
         if kvm && started.elapsed() > KVM_STALL && !text.contains("Linux version") {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::stop(&mut child, QEMU_GRACE);
             return Ok(None);
         }
         match child.try_wait() {
             Ok(Some(_)) => break,
             Ok(None) => {}
-            Err(e) => return Err(BootError::Setup(format!("wait for qemu: {e}"))),
+            Err(e) => return Err(setup("wait for qemu")(e)),
         }
         if started.elapsed() > t.timeout {
             break;
@@ -608,14 +721,21 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let _ = child.kill();
+    crate::process::stop(&mut child, QEMU_GRACE);
     let status = child.wait();
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
-    let serial =
-        String::from_utf8_lossy(&std::fs::read(&t.serial_log).unwrap_or_default()).into_owned();
+    Ok(Some(Watched {
+        completed,
+        status,
+        stderr,
+    }))
+}
+
+/// The checks' `CCB-CHECK|name|PASS|detail` lines of the serial console.
+fn console_checks(serial: &str) -> Vec<CheckResult> {
     let mut checks: Vec<CheckResult> = Vec::new();
     for line in serial.lines() {
         let Some(pos) = line.find("CCB-CHECK|") else {
@@ -631,36 +751,7 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
             detail: detail.unwrap_or("").trim().to_string(),
         });
     }
-    if !completed {
-        let why = if started.elapsed() > t.timeout {
-            format!("no result within {} s", t.timeout.as_secs())
-        } else {
-            format!(
-                "qemu ended first ({}){}",
-                status.map(|s| s.to_string()).unwrap_or_default(),
-                if stderr.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", stderr.trim())
-                }
-            )
-        };
-        checks.push(CheckResult {
-            name: "boot".into(),
-            passed: false,
-            detail: format!("{why}; last console lines: {}", last_lines(&serial, 3)),
-        });
-    }
-    Ok(Some(BootReport {
-        arch: t.arch,
-        firmware: t.firmware,
-        disk: t.disk,
-        accel: accel.into(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        checks,
-        completed,
-        serial_log: t.serial_log.clone(),
-    }))
+    checks
 }
 
 fn last_lines(text: &str, n: usize) -> String {

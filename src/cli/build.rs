@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::{CliError, Context};
+use crate::ops;
 use crate::ops::build::{BuildRequest, Stage};
-use crate::ops::{self, SessionOptions};
 use crate::ui::OutputFormat;
 
 #[derive(Debug, Args)]
@@ -55,14 +55,8 @@ pub struct BuildArgs {
 
 pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let shell = ctx.shell();
-    let model = ctx.model()?;
     let store = ctx.store()?;
-    let opts = SessionOptions {
-        element_path: a.element_path,
-        env: a.env,
-        offline: ctx.offline,
-    };
-    let mut session = ops::Session::open(model, &store, &opts, &shell)?;
+    let mut session = ctx.session(&store, a.element_path, a.env)?;
     if a.locked || !a.dry_run {
         session.pin_new_artifacts(&a.targets, &a.arch, a.locked, &shell)?;
     }

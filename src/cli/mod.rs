@@ -127,6 +127,23 @@ impl Context {
         crate::ops::load_model(&root, &store, true, &self.shell())
     }
 
+    /// The session of a command that builds: the locked model, the element path and the
+    /// `--env` settings, over `store` (from [`Context::store`]).
+    pub fn session<'s>(
+        &mut self,
+        store: &'s crate::store::Store,
+        element_path: Vec<String>,
+        env: Vec<String>,
+    ) -> Result<crate::ops::Session<'s>, CliError> {
+        let model = self.model()?;
+        let opts = crate::ops::SessionOptions {
+            element_path,
+            env,
+            offline: self.offline,
+        };
+        crate::ops::Session::open(model, store, &opts, &self.shell())
+    }
+
     /// The model as the manifests declare it, without the lock.
     pub fn unlocked_model(&mut self) -> Result<Model, CliError> {
         let root = self.root()?;

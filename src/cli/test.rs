@@ -4,9 +4,9 @@ use clap::Args;
 
 use super::{CliError, Context};
 use crate::bootcheck::{self, BootReport, DiskBus, Firmware};
+use crate::ops;
 use crate::ops::build::BuildReport;
 use crate::ops::test::{BootPlan, BootResult, TestObserver, TestRequest};
-use crate::ops::{self, SessionOptions};
 use crate::ui::{OutputFormat, Shell};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,14 +84,8 @@ impl TestObserver for Text {
 
 pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
     let shell = ctx.shell();
-    let model = ctx.model()?;
     let store = ctx.store()?;
-    let opts = SessionOptions {
-        element_path: a.element_path,
-        env: a.env,
-        offline: ctx.offline,
-    };
-    let mut session = ops::Session::open(model, &store, &opts, &shell)?;
+    let mut session = ctx.session(&store, a.element_path, a.env)?;
     let planned = session.plan_to_build(&a.targets, &a.arch, &shell)?;
     let mut buses = a.disk.clone();
     buses.sort();

@@ -6,9 +6,9 @@
 //! and `pipefail` like DIB's runner, so a fragment that reads an unset variable, or exits
 //! non-zero on purpose (dib-init-system does), fails with the file named.
 
+use crate::process::Process;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use super::ElementError;
 use super::view::Script;
@@ -39,7 +39,7 @@ pub fn source(
     if files.is_empty() {
         return Ok(declared.clone());
     }
-    let mut cmd = Command::new("bash");
+    let mut cmd = Process::new("bash");
     cmd.env_clear()
         .env("PATH", PATH)
         .env("LC_ALL", "C")
@@ -50,9 +50,8 @@ pub fn source(
         .arg(SCRIPT)
         .arg("ccb-environment")
         .args(files.iter().map(|(_, p)| p))
-        .current_dir("/")
-        .stdin(Stdio::null());
-    let out = cmd.output().map_err(ElementError::Bash)?;
+        .current_dir("/");
+    let out = cmd.output_any_status().map_err(ElementError::Bash)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         // The last marker names the file being sourced when the shell stopped.

@@ -93,8 +93,8 @@ pub enum ElementError {
         #[diagnostic_source]
         source: Box<dyn miette::Diagnostic + Send + Sync>,
     },
-    #[error("cannot run bash to source environment.d: {0}")]
-    Bash(#[source] std::io::Error),
+    #[error("cannot source environment.d")]
+    Bash(#[source] crate::process::ProcessError),
     #[error("element `{element}`: {file}: {message}")]
     #[diagnostic(code(ccb::element::package_installs))]
     Packages {

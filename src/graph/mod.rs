@@ -192,6 +192,37 @@ impl Action {
 pub struct Graph {
     pub actions: Vec<Action>,
     pub resolved: BTreeMap<(String, Arch), Resolved>,
+    /// Each layer's own elements (see [`Graph::layer_elements`]).
+    layer_elements: BTreeMap<(String, Arch), Vec<String>>,
+}
+
+/// One (image, arch) while its actions are added.
+struct ImageAt<'a> {
+    model: &'a Model,
+    resolver: &'a Resolver<'a>,
+    image: &'a crate::manifest::Image,
+    arch: Arch,
+    resolved: &'a Resolved,
+}
+
+/// What a layer stacks on: the base or the parent's layer, and the elements it adds.
+struct Foundation<'a> {
+    id: String,
+    key: String,
+    own: &'a [String],
+}
+
+/// The targets' (image, arch) pairs and their parents'.
+fn with_parents(model: &Model, targets: &[Target]) -> BTreeSet<(String, Arch)> {
+    let mut wanted = BTreeSet::new();
+    for t in targets {
+        let mut cur = Some(t.image.clone());
+        while let Some(key) = cur {
+            wanted.insert((key.clone(), t.arch));
+            cur = model.images[&key].from.clone();
+        }
+    }
+    wanted
 }
 
 fn digests_of(resolved: &Resolved, names: &[String]) -> BTreeMap<String, String> {
@@ -245,18 +276,11 @@ impl Graph {
         targets: &[Target],
         with_publish: bool,
     ) -> Result<Self, ForTarget> {
-        // Close over parents, then order parents first.
-        let mut wanted: BTreeSet<(String, Arch)> = BTreeSet::new();
-        for t in targets {
-            let mut cur = Some(t.image.clone());
-            while let Some(key) = cur {
-                wanted.insert((key.clone(), t.arch));
-                cur = model.images[&key].from.clone();
-            }
-        }
+        let wanted = with_parents(model, targets);
         let mut graph = Graph {
             actions: Vec::new(),
             resolved: BTreeMap::new(),
+            layer_elements: BTreeMap::new(),
         };
         let mut fetched: BTreeSet<String> = BTreeSet::new();
         for image in model.images_parents_first() {
@@ -275,196 +299,259 @@ impl Graph {
                         image.from.is_none(),
                     )
                     .map_err(|e| ForTarget::new(Some(label.clone()), e))?;
-
-                // Artifacts.
-                let mut artifact_digests = BTreeMap::new();
-                let mut fetch_ids = Vec::new();
-                for (var, art_key) in &image.artifacts {
-                    let art = &model.artifacts[art_key];
-                    // Named by the artifact, so `explain` says which one changed.
-                    // An artifact not pinned yet (the build that runs it adds the pin) is named
-                    // by its URL, so that two of them never share a key in a plan.
-                    let digest = if crate::lock::follows_latest(&art.sha256) {
-                        format!("latest {}", art.url.as_deref().unwrap_or_default())
-                    } else {
-                        art.sha256.clone()
-                    };
-                    artifact_digests.insert(format!("{art_key} ({var})"), digest.clone());
-                    let id = ActionId::fetch(art_key).to_string();
-                    if fetched.insert(art_key.clone()) {
-                        let doc = KeyDoc::new().str("action", "fetch").str("sha256", digest);
-                        graph.actions.push(Action {
-                            id: id.clone(),
-                            kind: Kind::Fetch,
-                            image: None,
-                            arch: None,
-                            key: doc.key(),
-                            deps: vec![],
-                            doc,
-                        });
-                    }
-                    fetch_ids.push(id);
-                }
-
-                // The layer's foundation: the base, or the parent's layer.
-                let (parent_id, parent_key, own): (String, String, Vec<String>) = match &image.from
-                {
-                    None => {
-                        let base = resolved.base.as_ref().expect("root images resolve a base");
-                        let (commits, trees) = sources_of(model, resolver, &base.elements);
-                        let doc = KeyDoc::new()
-                            .str("action", "base")
-                            .str("engine", crate::ENGINE_VERSION)
-                            .str("arch", arch.as_str())
-                            .map("elements", digests_of(&resolved, &base.elements))
-                            .map("environment", base.view.env.clone())
-                            .map_if_any("sources", commits)
-                            .map_if_any("source trees", trees);
-                        let id = ActionId::Base {
-                            image: image.key.clone(),
-                            arch,
-                        }
-                        .to_string();
-                        let key = doc.key();
-                        graph.actions.push(Action {
-                            id: id.clone(),
-                            kind: Kind::Base,
-                            image: Some(image.key.clone()),
-                            arch: Some(arch),
-                            key: key.clone(),
-                            deps: vec![],
-                            doc,
-                        });
-                        (id, key, resolved.elements.clone())
-                    }
-                    Some(parent) => {
-                        let parent_resolved = &graph.resolved[&(parent.clone(), arch)];
-                        let own: Vec<String> = resolved
-                            .elements
-                            .iter()
-                            .filter(|e| !parent_resolved.elements.contains(e))
-                            .cloned()
-                            .collect();
-                        let id = ActionId::layer(parent, arch).to_string();
-                        let key = graph.get(&id).map(|a| a.key.clone()).unwrap_or_default();
-                        (id, key, own)
-                    }
+                let at = ImageAt {
+                    model,
+                    resolver,
+                    image,
+                    arch,
+                    resolved: &resolved,
                 };
-
-                let (commits, trees) = sources_of(model, resolver, &own);
-                let layer_doc = KeyDoc::new()
-                    .str("action", "layer")
-                    .str("engine", crate::ENGINE_VERSION)
-                    .str("arch", arch.as_str())
-                    .str("parent", parent_key)
-                    .map("elements", digests_of(&resolved, &own))
-                    .map_if_any("sources", commits)
-                    .map_if_any("source trees", trees)
-                    .map("environment", resolved.view.env.clone())
-                    .map("packages", package_map(&resolved.view))
-                    .map("artifacts", artifact_digests)
-                    // A secret's presence, never its bytes (or where it is read from, which
-                    // differs between hosts).
-                    .map_if_any(
-                        "secrets",
-                        image
-                            .secrets
-                            .keys()
-                            .map(|v| (v.clone(), "present".to_string()))
-                            .collect(),
-                    );
-                let layer_id = ActionId::layer(&image.key, arch).to_string();
-                let layer_key = layer_doc.key();
-                let mut deps = vec![parent_id];
-                deps.extend(fetch_ids);
-                graph.actions.push(Action {
-                    id: layer_id.clone(),
-                    kind: Kind::Layer,
-                    image: Some(image.key.clone()),
-                    arch: Some(arch),
-                    key: layer_key.clone(),
-                    deps,
-                    doc: layer_doc,
-                });
-
-                let disk_doc = KeyDoc::new()
-                    .str("action", "disk")
-                    .str("engine", crate::ENGINE_VERSION)
-                    .str("arch", arch.as_str())
-                    .str("layer", layer_key)
-                    .str("name", published.clone())
-                    .map("elements", resolved.digests.clone())
-                    .map_if_any("sources", sources_of(model, resolver, &resolved.elements).0)
-                    .map("environment", resolved.view.env.clone())
-                    .list(
-                        "formats",
-                        image
-                            .formats
-                            .iter()
-                            .map(|f| f.as_str().to_string())
-                            .collect(),
-                    )
-                    .str("size", image.size.clone().unwrap_or_else(|| "auto".into()))
-                    .str(
-                        "block-device",
-                        resolved
-                            .view
-                            .block_device
-                            .as_ref()
-                            .map(|(e, f)| format!("{e}/{f}"))
-                            .unwrap_or_else(|| "none".into()),
-                    );
-                let disk_id = ActionId::disk(&image.key, arch).to_string();
-                let disk_key = disk_doc.key();
-                graph.actions.push(Action {
-                    id: disk_id.clone(),
-                    kind: Kind::Disk,
-                    image: Some(image.key.clone()),
-                    arch: Some(arch),
-                    key: disk_key.clone(),
-                    deps: vec![layer_id],
-                    doc: disk_doc,
-                });
-
+                let (artifact_digests, fetch_ids) = graph.add_fetches(&at, &mut fetched);
+                let (parent_id, parent_key, own) = graph.add_foundation(&at);
+                let layer_key = graph.add_layer(
+                    &at,
+                    Foundation {
+                        id: parent_id,
+                        key: parent_key,
+                        own: &own,
+                    },
+                    artifact_digests,
+                    fetch_ids,
+                );
+                let disk_id = graph.add_disk(&at, layer_key);
                 if with_publish {
-                    for (site_key, site) in &model.sites {
-                        if image.baremetal_only_for(arch) && !site.baremetal {
-                            continue;
-                        }
-                        let formats: Vec<String> = image
-                            .formats
-                            .iter()
-                            .filter(|f| site.formats.contains(f))
-                            .map(|f| f.as_str().to_string())
-                            .collect();
-                        if formats.is_empty() {
-                            continue;
-                        }
-                        let doc = KeyDoc::new()
-                            .str("action", "publish")
-                            .str("disk", disk_key.clone())
-                            .str("site", site_key.clone())
-                            .list("formats", formats);
-                        graph.actions.push(Action {
-                            id: ActionId::Publish {
-                                image: image.key.clone(),
-                                arch,
-                                site: site_key.clone(),
-                            }
-                            .to_string(),
-                            kind: Kind::Publish,
-                            image: Some(image.key.clone()),
-                            arch: Some(arch),
-                            key: doc.key(),
-                            deps: vec![disk_id.clone()],
-                            doc,
-                        });
-                    }
+                    graph.add_publishes(&at, &disk_id);
                 }
+                graph.layer_elements.insert((image.key.clone(), arch), own);
                 graph.resolved.insert((image.key.clone(), arch), resolved);
             }
         }
         Ok(graph)
+    }
+
+    /// The elements a `layer` action runs (and its key digests): the image's closure, less
+    /// its parent's for an image with `from`. Computed once, in [`Graph::build`].
+    pub fn layer_elements(&self, image: &str, arch: Arch) -> Option<&[String]> {
+        self.layer_elements
+            .get(&(image.to_string(), arch))
+            .map(Vec::as_slice)
+    }
+
+    /// A `fetch` action for each artifact of the image not fetched yet; the artifacts'
+    /// digests (as the layer's key names them) and the ids of their fetch actions.
+    fn add_fetches(
+        &mut self,
+        at: &ImageAt,
+        fetched: &mut BTreeSet<String>,
+    ) -> (BTreeMap<String, String>, Vec<String>) {
+        let mut artifact_digests = BTreeMap::new();
+        let mut fetch_ids = Vec::new();
+        for (var, art_key) in &at.image.artifacts {
+            let art = &at.model.artifacts[art_key];
+            // Named by the artifact, so `explain` says which one changed.
+            // An artifact not pinned yet (the build that runs it adds the pin) is named
+            // by its URL, so that two of them never share a key in a plan.
+            let digest = if crate::lock::follows_latest(&art.sha256) {
+                format!("latest {}", art.url.as_deref().unwrap_or_default())
+            } else {
+                art.sha256.clone()
+            };
+            artifact_digests.insert(format!("{art_key} ({var})"), digest.clone());
+            let id = ActionId::fetch(art_key).to_string();
+            if fetched.insert(art_key.clone()) {
+                let doc = KeyDoc::new().str("action", "fetch").str("sha256", digest);
+                self.actions.push(Action {
+                    id: id.clone(),
+                    kind: Kind::Fetch,
+                    image: None,
+                    arch: None,
+                    key: doc.key(),
+                    deps: vec![],
+                    doc,
+                });
+            }
+            fetch_ids.push(id);
+        }
+        (artifact_digests, fetch_ids)
+    }
+
+    /// The layer's foundation: a `base` action for a root image, else the parent's layer.
+    /// Returns its id, its key and the layer's own elements.
+    fn add_foundation(&mut self, at: &ImageAt) -> (String, String, Vec<String>) {
+        let (image, arch, resolved) = (at.image, at.arch, at.resolved);
+        match &image.from {
+            None => {
+                let base = resolved.base.as_ref().expect("root images resolve a base");
+                let (commits, trees) = sources_of(at.model, at.resolver, &base.elements);
+                let doc = KeyDoc::new()
+                    .str("action", "base")
+                    .str("engine", crate::ENGINE_VERSION)
+                    .str("arch", arch.as_str())
+                    .map("elements", digests_of(resolved, &base.elements))
+                    .map("environment", base.view.env.clone())
+                    .map_if_any("sources", commits)
+                    .map_if_any("source trees", trees);
+                let id = ActionId::Base {
+                    image: image.key.clone(),
+                    arch,
+                }
+                .to_string();
+                let key = doc.key();
+                self.actions.push(Action {
+                    id: id.clone(),
+                    kind: Kind::Base,
+                    image: Some(image.key.clone()),
+                    arch: Some(arch),
+                    key: key.clone(),
+                    deps: vec![],
+                    doc,
+                });
+                (id, key, resolved.elements.clone())
+            }
+            Some(parent) => {
+                let parent_resolved = &self.resolved[&(parent.clone(), arch)];
+                let own: Vec<String> = resolved
+                    .elements
+                    .iter()
+                    .filter(|e| !parent_resolved.elements.contains(e))
+                    .cloned()
+                    .collect();
+                let id = ActionId::layer(parent, arch).to_string();
+                let key = self.get(&id).map(|a| a.key.clone()).unwrap_or_default();
+                (id, key, own)
+            }
+        }
+    }
+
+    /// The `layer` action; returns its key.
+    fn add_layer(
+        &mut self,
+        at: &ImageAt,
+        under: Foundation,
+        artifact_digests: BTreeMap<String, String>,
+        fetch_ids: Vec<String>,
+    ) -> String {
+        let (image, arch, resolved) = (at.image, at.arch, at.resolved);
+        let (commits, trees) = sources_of(at.model, at.resolver, under.own);
+        let layer_doc = KeyDoc::new()
+            .str("action", "layer")
+            .str("engine", crate::ENGINE_VERSION)
+            .str("arch", arch.as_str())
+            .str("parent", under.key)
+            .map("elements", digests_of(resolved, under.own))
+            .map_if_any("sources", commits)
+            .map_if_any("source trees", trees)
+            .map("environment", resolved.view.env.clone())
+            .map("packages", package_map(&resolved.view))
+            .map("artifacts", artifact_digests)
+            // A secret's presence, never its bytes (or where it is read from, which
+            // differs between hosts).
+            .map_if_any(
+                "secrets",
+                image
+                    .secrets
+                    .keys()
+                    .map(|v| (v.clone(), "present".to_string()))
+                    .collect(),
+            );
+        let layer_key = layer_doc.key();
+        let mut deps = vec![under.id];
+        deps.extend(fetch_ids);
+        self.actions.push(Action {
+            id: ActionId::layer(&image.key, arch).to_string(),
+            kind: Kind::Layer,
+            image: Some(image.key.clone()),
+            arch: Some(arch),
+            key: layer_key.clone(),
+            deps,
+            doc: layer_doc,
+        });
+        layer_key
+    }
+
+    /// The `disk` action over the layer; returns its id.
+    fn add_disk(&mut self, at: &ImageAt, layer_key: String) -> String {
+        let (image, arch, resolved) = (at.image, at.arch, at.resolved);
+        let disk_doc = KeyDoc::new()
+            .str("action", "disk")
+            .str("engine", crate::ENGINE_VERSION)
+            .str("arch", arch.as_str())
+            .str("layer", layer_key)
+            .str("name", image.published_name(arch))
+            .map("elements", resolved.digests.clone())
+            .map_if_any(
+                "sources",
+                sources_of(at.model, at.resolver, &resolved.elements).0,
+            )
+            .map("environment", resolved.view.env.clone())
+            .list(
+                "formats",
+                image
+                    .formats
+                    .iter()
+                    .map(|f| f.as_str().to_string())
+                    .collect(),
+            )
+            .str("size", image.size.clone().unwrap_or_else(|| "auto".into()))
+            .str(
+                "block-device",
+                resolved
+                    .view
+                    .block_device
+                    .as_ref()
+                    .map(|(e, f)| format!("{e}/{f}"))
+                    .unwrap_or_else(|| "none".into()),
+            );
+        let disk_id = ActionId::disk(&image.key, arch).to_string();
+        self.actions.push(Action {
+            id: disk_id.clone(),
+            kind: Kind::Disk,
+            image: Some(image.key.clone()),
+            arch: Some(arch),
+            key: disk_doc.key(),
+            deps: vec![ActionId::layer(&image.key, arch).to_string()],
+            doc: disk_doc,
+        });
+        disk_id
+    }
+
+    /// A `publish` action per site that takes one of the image's formats.
+    fn add_publishes(&mut self, at: &ImageAt, disk_id: &str) {
+        let (image, arch) = (at.image, at.arch);
+        let disk_key = self.get(disk_id).map(|a| a.key.clone()).unwrap_or_default();
+        for (site_key, site) in &at.model.sites {
+            if image.baremetal_only_for(arch) && !site.baremetal {
+                continue;
+            }
+            let formats: Vec<String> = image
+                .formats
+                .iter()
+                .filter(|f| site.formats.contains(f))
+                .map(|f| f.as_str().to_string())
+                .collect();
+            if formats.is_empty() {
+                continue;
+            }
+            let doc = KeyDoc::new()
+                .str("action", "publish")
+                .str("disk", disk_key.clone())
+                .str("site", site_key.clone())
+                .list("formats", formats);
+            self.actions.push(Action {
+                id: ActionId::Publish {
+                    image: image.key.clone(),
+                    arch,
+                    site: site_key.clone(),
+                }
+                .to_string(),
+                kind: Kind::Publish,
+                image: Some(image.key.clone()),
+                arch: Some(arch),
+                key: doc.key(),
+                deps: vec![disk_id.to_string()],
+                doc,
+            });
+        }
     }
 
     /// The ids of the actions `id` needs, transitively, in graph order, `id` included.

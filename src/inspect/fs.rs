@@ -8,7 +8,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+use crate::process::Process;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -874,7 +876,7 @@ impl XfsFs {
     }
 
     fn xfs_db(&self, commands: &[String], max_out: usize) -> Result<Vec<u8>, FsError> {
-        let mut cmd = Command::new(&self.xfs_db);
+        let mut cmd = Process::new(&self.xfs_db);
         cmd.arg("-r").arg("-f");
         for c in commands {
             cmd.arg("-c").arg(c);
@@ -930,20 +932,16 @@ fn sparse_copy(src: &dyn ReadAt, dst: &std::fs::File) -> Result<(), FsError> {
 
 /// Runs `cmd`, keeping at most `max_out` bytes of its output and at most `timeout` of time: a
 /// corrupt filesystem must not make `xfs_db` hang ccb or fill its memory.
-fn run_bounded(mut cmd: Command, max_out: usize, timeout: Duration) -> Result<Vec<u8>, FsError> {
+fn run_bounded(cmd: Process, max_out: usize, timeout: Duration) -> Result<Vec<u8>, FsError> {
     let tool_err = |detail: String| FsError::Tool {
         tool: "xfs_db",
         detail,
     };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     let mut child = cmd
-        .spawn()
-        .map_err(|e| tool_err(format!("cannot run: {e}")))?;
+        .spawn(Stdio::piped(), Stdio::piped())
+        .map_err(|e| tool_err(e.to_string()))?;
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
+        crate::process::stop(&mut child, Duration::ZERO);
         return Err(tool_err("no output pipes".into()));
     };
     let (done_tx, done_rx) = mpsc::channel();
@@ -962,7 +960,7 @@ fn run_bounded(mut cmd: Command, max_out: usize, timeout: Duration) -> Result<Ve
     let timed_out = done_rx.recv_timeout(timeout).is_err();
     // Kill first when we stop listening early, so that the reader threads see EOF.
     if timed_out {
-        let _ = child.kill();
+        crate::process::stop(&mut child, Duration::ZERO);
     }
     let out = out_thread
         .join()
@@ -970,7 +968,7 @@ fn run_bounded(mut cmd: Command, max_out: usize, timeout: Duration) -> Result<Ve
     let out = out.map_err(|e| tool_err(format!("reading its output: {e}")))?;
     let too_long = out.len() > max_out;
     if too_long {
-        let _ = child.kill();
+        crate::process::stop(&mut child, Duration::ZERO);
     }
     let status = child.wait()?;
     let err = err_thread.join().unwrap_or_default();

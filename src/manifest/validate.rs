@@ -86,8 +86,25 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         pins: Default::default(),
     };
 
-    // Image keys become labels (`//images:<key>`) and file names.
-    for key in raw.images.keys() {
+    check_image_keys(&model, &raw.images)?;
+    check_swift_artifacts(&model)?;
+    check_variable_names(&model, &raw.images)?;
+    check_from_cycles(&model, &raw.images)?;
+    for key in parents_first(&raw.images) {
+        let image = inherit(&model, key, &raw.images[key])?;
+        model.images.insert(key.to_string(), image);
+    }
+    check_published_names(&model)?;
+    check_image_artifacts(&model)?;
+    Ok(model)
+}
+
+/// Image keys become labels (`//images:<key>`) and file names.
+fn check_image_keys(
+    model: &Model,
+    images: &BTreeMap<String, RawImage>,
+) -> Result<(), ManifestError> {
+    for key in images.keys() {
         let ok = key
             .chars()
             .next()
@@ -102,7 +119,11 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
                 .into());
         }
     }
-    // An artifact fetched from Swift needs a Swift site's credentials.
+    Ok(())
+}
+
+/// An artifact fetched from Swift needs a Swift site's credentials.
+fn check_swift_artifacts(model: &Model) -> Result<(), ManifestError> {
     for (key, art) in &model.artifacts {
         if let Some(swift) = &art.swift
             && let Some(site) = model.sites.get(&swift.site)
@@ -122,9 +143,15 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
                 .into());
         }
     }
+    Ok(())
+}
 
-    // Variable names: Nickel's dictionary contracts cannot check keys.
-    for (key, img) in &raw.images {
+/// Variable names: Nickel's dictionary contracts cannot check keys.
+fn check_variable_names(
+    model: &Model,
+    images: &BTreeMap<String, RawImage>,
+) -> Result<(), ManifestError> {
+    for (key, img) in images {
         for (field, map) in [("env", &img.env), ("artifacts", &img.artifacts)] {
             if let Some(bad) = map.keys().find(|k| !env_name_ok(k)) {
                 return Err(model
@@ -143,12 +170,18 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
             }
         }
     }
+    Ok(())
+}
 
-    // Cycles in `from` (Nickel already rejected unknown parents).
-    for key in raw.images.keys() {
+/// Cycles in `from` (Nickel already rejected unknown parents).
+fn check_from_cycles(
+    model: &Model,
+    images: &BTreeMap<String, RawImage>,
+) -> Result<(), ManifestError> {
+    for key in images.keys() {
         let mut chain = vec![key.as_str()];
         let mut cur = key.as_str();
-        while let Some(parent) = raw.images.get(cur).and_then(|i| i.from.as_deref()) {
+        while let Some(parent) = images.get(cur).and_then(|i| i.from.as_deref()) {
             if let Some(pos) = chain.iter().position(|k| *k == parent) {
                 let mut cycle: Vec<&str> = chain[pos..].to_vec();
                 cycle.push(parent);
@@ -169,12 +202,15 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
             cur = parent;
         }
     }
+    Ok(())
+}
 
-    // Inheritance, parents first.
+/// Image keys, every parent before its children (`from` has no cycles by now).
+fn parents_first(images: &BTreeMap<String, RawImage>) -> Vec<&str> {
     let mut order: Vec<&str> = Vec::new();
     let mut placed = BTreeSet::new();
-    while order.len() < raw.images.len() {
-        for (key, img) in &raw.images {
+    while order.len() < images.len() {
+        for (key, img) in images {
             if placed.contains(key.as_str()) {
                 continue;
             }
@@ -184,99 +220,107 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
             }
         }
     }
-    for key in order {
-        let img = &raw.images[key];
-        let parent = img.from.as_ref().map(|p| &model.images[p]);
-        let mut elements: Vec<String> = parent.map(|p| p.elements.clone()).unwrap_or_default();
-        for e in &img.elements {
-            if !elements.contains(e) {
-                elements.push(e.clone());
-            }
-        }
-        let mut env = parent.map(|p| p.env.clone()).unwrap_or_default();
-        env.extend(img.env.clone());
-        let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
-        artifacts.extend(img.artifacts.clone());
-        let mut secrets = parent.map(|p| p.secrets.clone()).unwrap_or_default();
-        secrets.extend(img.secrets.clone());
-        let public_with_secrets =
-            img.public_with_secrets || parent.is_some_and(|p| p.public_with_secrets);
-        let inherit = |own: &Option<String>, pick: fn(&Provenance) -> &Option<String>| {
-            own.clone()
-                .or_else(|| parent.and_then(|p| pick(&p.provenance).clone()))
-        };
-        let provenance = Provenance {
-            distro: inherit(&img.provenance.distro, |p| &p.distro),
-            release: inherit(&img.provenance.release, |p| &p.release),
-            variant: inherit(&img.provenance.variant, |p| &p.variant),
-        };
-        let mut arch = img.arch.clone();
-        arch.sort();
-        arch.dedup();
-        let mut formats = img.formats.clone();
-        formats.sort();
-        formats.dedup();
-        if let Some(p) = parent
-            && let Some(missing) = arch.iter().find(|a| !p.arch.contains(a))
-        {
-            return Err(model
-                .locate(
-                    "images",
-                    &[key, "arch"],
-                    format!(
-                        "image `{key}` is built for {missing}, but its parent `{}` is not",
-                        p.key
-                    ),
-                    "this arch",
-                )
-                .with_help(format!(
-                    "a layered image needs its parent's layer for the same arch; `{}` is built for {}",
-                    p.key,
-                    p.arch.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
-                ))
-                .into());
-        }
-        if arch.is_empty() {
-            return Err(model
-                .locate(
-                    "images",
-                    &[key, "arch"],
-                    format!("image `{key}` has no arch to build"),
-                    "empty",
-                )
-                .into());
-        }
-        if formats.is_empty() {
-            return Err(model
-                .locate(
-                    "images",
-                    &[key, "formats"],
-                    format!("image `{key}` has no output format"),
-                    "empty",
-                )
-                .into());
-        }
-        let image = Image {
-            key: key.to_string(),
-            name: img.name.clone(),
-            from: img.from.clone(),
-            own_elements: img.elements.clone(),
-            elements,
-            arch,
-            baremetal_only: img.baremetal_only,
-            provenance,
-            env,
-            artifacts,
-            secrets,
-            public_with_secrets,
-            formats,
-            size: img.size.clone(),
-            description: img.description.clone(),
-        };
-        model.images.insert(key.to_string(), image);
-    }
+    order
+}
 
-    // Published names, per arch, are unique ignoring case (they become file and object names).
+/// An image with what it inherits from its parent (already in `model`): elements, environment,
+/// artifacts, secrets and provenance; its arches and formats checked.
+fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestError> {
+    let parent = img.from.as_ref().map(|p| &model.images[p]);
+    let mut elements: Vec<String> = parent.map(|p| p.elements.clone()).unwrap_or_default();
+    for e in &img.elements {
+        if !elements.contains(e) {
+            elements.push(e.clone());
+        }
+    }
+    let mut env = parent.map(|p| p.env.clone()).unwrap_or_default();
+    env.extend(img.env.clone());
+    let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
+    artifacts.extend(img.artifacts.clone());
+    let mut secrets = parent.map(|p| p.secrets.clone()).unwrap_or_default();
+    secrets.extend(img.secrets.clone());
+    let public_with_secrets =
+        img.public_with_secrets || parent.is_some_and(|p| p.public_with_secrets);
+    let inherit = |own: &Option<String>, pick: fn(&Provenance) -> &Option<String>| {
+        own.clone()
+            .or_else(|| parent.and_then(|p| pick(&p.provenance).clone()))
+    };
+    let provenance = Provenance {
+        distro: inherit(&img.provenance.distro, |p| &p.distro),
+        release: inherit(&img.provenance.release, |p| &p.release),
+        variant: inherit(&img.provenance.variant, |p| &p.variant),
+    };
+    let mut arch = img.arch.clone();
+    arch.sort();
+    arch.dedup();
+    let mut formats = img.formats.clone();
+    formats.sort();
+    formats.dedup();
+    if let Some(p) = parent
+        && let Some(missing) = arch.iter().find(|a| !p.arch.contains(a))
+    {
+        return Err(model
+            .locate(
+                "images",
+                &[key, "arch"],
+                format!(
+                    "image `{key}` is built for {missing}, but its parent `{}` is not",
+                    p.key
+                ),
+                "this arch",
+            )
+            .with_help(format!(
+                "a layered image needs its parent's layer for the same arch; `{}` is built for {}",
+                p.key,
+                p.arch
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+    }
+    if arch.is_empty() {
+        return Err(model
+            .locate(
+                "images",
+                &[key, "arch"],
+                format!("image `{key}` has no arch to build"),
+                "empty",
+            )
+            .into());
+    }
+    if formats.is_empty() {
+        return Err(model
+            .locate(
+                "images",
+                &[key, "formats"],
+                format!("image `{key}` has no output format"),
+                "empty",
+            )
+            .into());
+    }
+    Ok(Image {
+        key: key.to_string(),
+        name: img.name.clone(),
+        from: img.from.clone(),
+        own_elements: img.elements.clone(),
+        elements,
+        arch,
+        baremetal_only: img.baremetal_only,
+        provenance,
+        env,
+        artifacts,
+        secrets,
+        public_with_secrets,
+        formats,
+        size: img.size.clone(),
+        description: img.description.clone(),
+    })
+}
+
+/// Published names, per arch, are unique ignoring case (they become file and object names).
+fn check_published_names(model: &Model) -> Result<(), ManifestError> {
     let mut names: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (key, img) in &model.images {
         for &arch in &img.arch {
@@ -299,8 +343,11 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
             names.insert(published.to_ascii_lowercase(), (key.clone(), published));
         }
     }
+    Ok(())
+}
 
-    // Artifacts named by images exist (Nickel checks the names; keep the invariant explicit).
+/// Artifacts named by images exist (Nickel checks the names; keep the invariant explicit).
+fn check_image_artifacts(model: &Model) -> Result<(), ManifestError> {
     for (key, img) in &model.images {
         for (var, art) in &img.artifacts {
             if !model.artifacts.contains_key(art) {
@@ -315,5 +362,5 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
             }
         }
     }
-    Ok(model)
+    Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{CommandError, Planned, Session};
+use crate::action::event::Blame;
 use crate::action::event::{Event, StepRecord};
 use crate::action::tree::TreeSummary;
 use crate::action::{self, BuildContext, BuildError};
@@ -115,6 +116,9 @@ pub struct ActionReport {
     pub built: Option<BuiltInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who has to act on the failure: the image's input, the host, a missing tool, or ccb.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blame: Option<Blame>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -191,10 +195,35 @@ impl BuildReport {
         }
         let failed = self.summary.failed;
         if failed > 0 {
-            return Err(CommandError::msg(format!(
+            let text = format!(
                 "{failed} action{} failed",
                 if failed == 1 { "" } else { "s" }
-            )));
+            );
+            // The failure that needs the most attention decides the kind: a bug over the
+            // host over the input.
+            let blames: Vec<Blame> = self.actions.iter().filter_map(|a| a.blame).collect();
+            return Err(if blames.contains(&Blame::Bug) {
+                CommandError::internal(text)
+            } else if blames.contains(&Blame::MissingTool) {
+                CommandError::environment(
+                    text,
+                    "a program ccb runs is not installed: `ccb doctor` lists what this host lacks",
+                )
+            } else if blames.contains(&Blame::Network) {
+                CommandError::environment(
+                    text,
+                    "a download failed: check the network, or put the files in a directory \
+                     named by CCB_DISTDIR",
+                )
+            } else if blames.contains(&Blame::Host) {
+                CommandError::environment(
+                    text,
+                    "the host refused (a full disk, a permission, a read-only file system): \
+                     see the error above",
+                )
+            } else {
+                CommandError::msg(text)
+            });
         }
         Ok(())
     }
@@ -417,6 +446,7 @@ pub fn build(
             status,
             built: None,
             error: None,
+            blame: None,
             log: None,
             because: None,
             outputs: outputs.remove(&act.id),
@@ -431,7 +461,8 @@ pub fn build(
                 })
             }
             Some(Err(e)) => {
-                row.error = Some(e.to_string());
+                row.error = Some(e.message());
+                row.blame = Some(e.blame());
                 row.log = e.log().map(|l| l.to_path_buf());
             }
             None => {}
@@ -517,7 +548,7 @@ fn run_one(
     if action.kind == Kind::Publish {
         let e = BuildError::Unsupported {
             id: action.id.clone(),
-            message: "publish actions run under `ccb publish`".into(),
+            what: "publish actions run under `ccb publish`",
         };
         progress.block(&format!("error: {e}"));
         return Err(e);
@@ -529,9 +560,9 @@ fn run_one(
             match store.lock_key(&action.key, Wait::Block)? {
                 Some(l) => l,
                 None => {
-                    return Err(BuildError::Unsupported {
+                    return Err(BuildError::Internal {
                         id: action.id.clone(),
-                        message: "a blocking key lock returned none".into(),
+                        what: "a blocking key lock returned none".into(),
                     });
                 }
             }
@@ -574,7 +605,7 @@ fn run_one(
 }
 
 fn render_failure(e: &BuildError, kept: bool) -> String {
-    let mut out = format!("error: {e}");
+    let mut out = format!("error: {}", e.message());
     if let BuildError::StepFailed(f) = e
         && !f.tail.is_empty()
     {
@@ -590,4 +621,57 @@ fn render_failure(e: &BuildError, kept: bool) -> String {
         out.push_str("\n  the working tree was kept (--keep-failed) under the store's tmp/");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::error::ErrorKind;
+
+    fn report(blames: &[Option<Blame>]) -> BuildReport {
+        let actions: Vec<ActionReport> = blames
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ActionReport {
+                id: format!("layer:img{i}:amd64"),
+                kind: Kind::Layer,
+                key: format!("{i:064}"),
+                status: if b.is_some() { "failed" } else { "built" },
+                built: None,
+                error: b.map(|_| "it failed".to_string()),
+                blame: *b,
+                log: None,
+                because: None,
+                outputs: None,
+            })
+            .collect();
+        BuildReport {
+            version: 1,
+            summary: BuildSummary {
+                total: actions.len(),
+                failed: blames.iter().filter(|b| b.is_some()).count(),
+                ..Default::default()
+            },
+            actions,
+            disks: vec![],
+            cancelled: false,
+        }
+    }
+
+    #[test]
+    fn a_failed_build_is_the_error_of_whoever_must_act_first() {
+        let kind = |b: &[Option<Blame>]| report(b).ok().unwrap_err().kind;
+        assert_eq!(kind(&[Some(Blame::Input), None]), ErrorKind::User);
+        assert_eq!(
+            kind(&[Some(Blame::Input), Some(Blame::Host)]),
+            ErrorKind::Environment
+        );
+        assert_eq!(kind(&[Some(Blame::MissingTool)]), ErrorKind::Environment);
+        assert_eq!(kind(&[Some(Blame::Network)]), ErrorKind::Environment);
+        assert_eq!(
+            kind(&[Some(Blame::Host), Some(Blame::Bug)]),
+            ErrorKind::Internal
+        );
+        assert!(report(&[None]).ok().is_ok());
+    }
 }

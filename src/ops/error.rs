@@ -49,6 +49,16 @@ impl std::fmt::Debug for CommandError {
 fn environment_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut cur = Some(err);
     while let Some(e) = cur {
+        if e.downcast_ref::<crate::process::ProcessError>()
+            .is_some_and(|p| p.is_missing_tool())
+        {
+            return Some(
+                "a program ccb runs is not installed: `ccb doctor` lists what this host lacks",
+            );
+        }
+        if let Some(crate::bootcheck::BootError::MissingFirmware { .. }) = e.downcast_ref() {
+            return Some("install the firmware package named above");
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
             return match io.kind() {
@@ -199,6 +209,25 @@ mod tests {
         assert_eq!(e.exit_code(), 1);
         assert!(e.hint().is_some_and(|h| h.contains("disk is full")));
         assert!(e.message().contains("writing layers/x"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_missing_tool_or_firmware_is_an_environment_error() {
+        let missing = crate::process::Process::new("ccb-no-such-tool")
+            .output()
+            .unwrap_err();
+        let e = CommandError::from_diag(crate::bootcheck::BootError::Program {
+            what: "qemu-img create (overlay)".into(),
+            source: missing,
+        });
+        assert_eq!(e.kind, ErrorKind::Environment);
+        assert!(e.hint().is_some_and(|h| h.contains("ccb doctor")));
+        let e = CommandError::from_diag(crate::bootcheck::BootError::MissingFirmware {
+            firmware: "UEFI",
+            package: "ovmf",
+        });
+        assert_eq!(e.kind, ErrorKind::Environment);
+        assert!(e.message().contains("install the ovmf package"));
     }
 
     #[test]

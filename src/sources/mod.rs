@@ -164,12 +164,13 @@ impl Git<'_> {
     }
 
     fn process(&self) -> crate::process::Process {
-        crate::process::Process::new("git")
-            .arg("--git-dir")
+        let mut git = crate::process::Process::new("git");
+        git.arg("--git-dir")
             .arg(&self.mirror)
             // Never prompt: a build is not interactive; credential helpers still answer.
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
+            .env("LC_ALL", "C");
+        git
     }
 
     fn run(&self, what: &str, args: &[&str]) -> Result<String, SourceError> {
@@ -429,9 +430,10 @@ fn extract(git: &Git, tree: &str, dest: &Path) -> Result<(), SourceError> {
         .spawn()
         .map_err(|e| fail(format!("cannot run git: {e}")))?;
     let stdout = archive.stdout.take().expect("piped");
-    let untar = Command::new("tar")
+    let untar = crate::process::Process::new("tar")
         .args(["-x", "--no-same-owner", "-C"])
         .arg(tmp.path())
+        .command()
         .stdin(stdout)
         .output()
         .map_err(|e| fail(format!("cannot run tar: {e}")))?;
