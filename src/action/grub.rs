@@ -14,9 +14,9 @@
 //! the output a plain relative path.
 
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
 
-use super::runner::{RunError, io};
+use super::runner::{RunError, io, program};
+use crate::process::Process;
 
 /// The variable the bootloader element reads: the host's grub-mkimage, set only when ccb will
 /// run the requests.
@@ -49,11 +49,14 @@ pub struct Request {
     pub modules: Vec<String>,
 }
 
+/// The image (its bootloader element) left a request ccb refuses.
 fn bad(file: &Path, why: impl std::fmt::Display) -> RunError {
-    RunError::Engine(format!(
-        "bootloader's grub-mkimage request {}: {why}",
-        file.display()
-    ))
+    RunError::Image {
+        problem: format!(
+            "bootloader's grub-mkimage request {}: {why}",
+            file.display()
+        ),
+    }
 }
 
 /// Parses `<platform>.request`.
@@ -208,7 +211,7 @@ pub fn run_requests(
                 ),
             ));
         }
-        let result = Command::new(grub_mkimage)
+        Process::new(grub_mkimage)
             .arg("-O")
             .arg(&r.platform)
             .arg("-d")
@@ -221,15 +224,10 @@ pub fn run_requests(
             .arg(&out)
             .args(&r.modules)
             .output()
-            .map_err(io(format!("run {}", grub_mkimage.display())))?;
-        if !result.status.success() {
-            return Err(RunError::Engine(format!(
-                "{} -O {} (the host's, with the image's modules) failed: {}",
-                grub_mkimage.display(),
-                r.platform,
-                String::from_utf8_lossy(&result.stderr).trim()
-            )));
-        }
+            .map_err(program(format!(
+                "the host's grub-mkimage -O {} with the image's modules",
+                r.platform
+            )))?;
     }
     // The requests came along with the element's other files: not part of the disk.
     let copied = out_root.join(REQUESTS);
@@ -264,7 +262,7 @@ mod tests {
     fn a_request_that_escapes_or_is_not_grubs_is_refused() {
         let f = Path::new("/b/mkimage/arm64-efi.request");
         let err = |platform: &str, text: &str| match parse(f, platform, text) {
-            Err(RunError::Engine(m)) => m,
+            Err(RunError::Image { problem }) => problem,
             other => panic!("{platform} {text:?} was accepted: {other:?}"),
         };
         assert!(err("mips-arc", REQUEST).contains("unknown platform `mips-arc`"));
@@ -307,7 +305,9 @@ mod tests {
             grub.canonicalize().unwrap()
         );
         match inside(root.path(), "/usr/lib/grub/escape", f) {
-            Err(RunError::Engine(m)) => assert!(m.contains("leads out of the image"), "{m}"),
+            Err(RunError::Image { problem }) => {
+                assert!(problem.contains("leads out of the image"), "{problem}")
+            }
             other => panic!("a symlink out of the image was followed: {other:?}"),
         }
         assert!(inside(root.path(), "/usr/lib/grub/missing", f).is_err());
