@@ -42,6 +42,9 @@
 //!   archives) without mounts.
 //! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes, and the
 //!   contract the sites' image puller reads (`publish::contract`).
+//! - [`remote`]: the remote cache shared by build hosts (Bazel's HTTP cache protocol, a Swift
+//!   container, a directory): content-defined zstd chunks, REAPI `ActionResult` entries,
+//!   verified before they enter the store; `ops::build` looks there after the store.
 //! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc;
 //!   [`store::Layout`] alone spells its paths.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
@@ -89,6 +92,7 @@ pub mod ops;
 pub mod process;
 pub mod publish;
 pub mod qcow2;
+pub mod remote;
 pub mod sources;
 pub mod store;
 pub mod ui;

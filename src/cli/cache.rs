@@ -231,6 +231,7 @@ fn keys_for(
         let model = ctx.model()?;
         let opts = crate::ops::SessionOptions {
             offline: ctx.offline,
+            remote: ctx.remote.clone(),
             ..Default::default()
         };
         let session = crate::ops::Session::open(model, store, &opts, &shell)?;

@@ -55,6 +55,7 @@ pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
     let store = ctx.store()?;
     let opts = SessionOptions {
         offline: ctx.offline,
+        remote: ctx.remote.clone(),
         ..Default::default()
     };
     if let Some(cmd) = a.command {

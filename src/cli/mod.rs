@@ -39,6 +39,17 @@ pub struct Cli {
     /// Use only what is in the store: fetch no source or artifact (CCB_DISTDIR is still read)
     #[arg(long, global = true, env = "CCB_OFFLINE", value_parser = clap::builder::FalseyValueParser::new())]
     offline: bool,
+    /// Share results with other build hosts through this remote cache (over the project's
+    /// `cache` setting): http(s)://host/path (Bazel's HTTP cache protocol: bazel-remote, nginx
+    /// WebDAV), swift://CLOUD/CONTAINER[/PREFIX] (clouds.yaml) or a directory
+    #[arg(long, global = true, value_name = "URL", env = "CCB_REMOTE_CACHE")]
+    remote_cache: Option<String>,
+    /// Store what this build makes in the remote cache (else it is only read)
+    #[arg(long, global = true)]
+    remote_cache_upload: bool,
+    /// Use no remote cache, whatever the project says
+    #[arg(long, global = true, conflicts_with_all = ["remote_cache", "remote_cache_upload"])]
+    no_remote_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +93,8 @@ pub struct Context {
     pub quiet: bool,
     pub verbose: u8,
     pub offline: bool,
+    /// `--remote-cache`, `--remote-cache-upload`, `--no-remote-cache`.
+    pub remote: crate::remote::Choice,
     root_arg: Option<PathBuf>,
     store: Option<Store>,
 }
@@ -140,6 +153,7 @@ impl Context {
             element_path,
             env,
             offline: self.offline,
+            remote: self.remote.clone(),
         };
         crate::ops::Session::open(model, store, &opts, &self.shell())
     }
@@ -207,6 +221,11 @@ pub fn main() -> ExitCode {
         quiet: cli.quiet,
         verbose: cli.verbose,
         offline: cli.offline,
+        remote: crate::remote::Choice {
+            url: cli.remote_cache.filter(|u| !u.is_empty()),
+            upload: cli.remote_cache_upload,
+            disabled: cli.no_remote_cache,
+        },
         root_arg: cli.root,
         store: None,
     };

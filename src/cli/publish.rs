@@ -177,6 +177,7 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
         element_path: a.element_path.clone(),
         env: vec![],
         offline: ctx.offline,
+        remote: ctx.remote.clone(),
     };
     let req = PublishRequest {
         swift: SwiftSettings::from(&a.swift),

@@ -28,9 +28,12 @@ pub fn plan(plan: &[(&Action, Status)], format: OutputFormat, all_reasons: bool)
             let mut out = String::new();
             for (a, s) in plan {
                 match s {
-                    Status::Cached => {
-                        out.push_str(&format!("{:width$}  {}  cached\n", a.id, &a.key[..16]))
-                    }
+                    Status::Cached { remote } => out.push_str(&format!(
+                        "{:width$}  {}  cached{}\n",
+                        a.id,
+                        &a.key[..16],
+                        if *remote { " (remote)" } else { "" }
+                    )),
                     Status::ToRun { reasons } => {
                         let shown: Vec<&String> = if all_reasons {
                             reasons.iter().collect()

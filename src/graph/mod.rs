@@ -584,8 +584,12 @@ impl Graph {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "status")]
 pub enum Status {
-    /// The store holds a result for this key.
-    Cached,
+    /// The store holds a result for this key (`remote`: another host built it; it came
+    /// from the remote cache).
+    Cached {
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        remote: bool,
+    },
     /// The action must run; `reasons` says why.
     ToRun { reasons: Vec<String> },
 }
@@ -614,6 +618,9 @@ pub struct ActionRecord {
     pub steps: Vec<crate::action::event::StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<crate::action::tree::TreeSummary>,
+    /// The result came from the remote cache (another host built it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 /// Records a finished build: the action cache entry, then the `last` record `explain` and the
@@ -636,6 +643,7 @@ pub fn record_build(
             .unwrap_or(0),
         steps: built.steps.clone(),
         tree: Some(built.tree.clone()),
+        remote: false,
     };
     store.write_json(&action_record_name(&action.key), &record)?;
     store.write_json(
@@ -673,7 +681,10 @@ pub fn action_record_name(key: &str) -> String {
 /// Why an action would run: its inputs' changes since its last build, or "never built".
 pub fn status(store: &Store, action: &Action) -> Status {
     if is_cached(store, action) {
-        return Status::Cached;
+        let remote = store
+            .read_json::<ActionRecord>(&action_record_name(&action.key))
+            .is_some_and(|r| r.remote);
+        return Status::Cached { remote };
     }
     let reasons = match store.read_json::<LastBuild>(&last_record_name(&action.id)) {
         Some(last) => {

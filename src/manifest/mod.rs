@@ -305,6 +305,9 @@ pub struct ProjectSettings {
     /// The repository URL published as `build-repo`; `None`: the git remote of the root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_repo: Option<String>,
+    /// The remote cache shared with other build hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::remote::Settings>,
 }
 
 /// Everything the manifests declare, checked and with inheritance resolved.

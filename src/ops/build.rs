@@ -112,6 +112,9 @@ pub struct ActionReport {
     pub key: String,
     /// `built`, `cached`, `failed`, `cancelled`, `skipped` or `not-started`.
     pub status: &'static str,
+    /// Where a cached result came from: `remote` when this build took it from the remote cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'static str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub built: Option<BuiltInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +139,8 @@ pub struct BuildSummary {
     pub skipped: usize,
     pub not_started: usize,
     pub cancelled: usize,
+    /// Of the cached ones, those this build took from the remote cache.
+    pub remote: usize,
     pub duration_ms: u64,
 }
 
@@ -154,6 +159,9 @@ pub struct BuildReport {
     pub version: u32,
     pub actions: Vec<ActionReport>,
     pub summary: BuildSummary,
+    /// The remote cache, when one is configured: what came from it, what went to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::remote::Report>,
     #[serde(skip)]
     pub disks: Vec<BuiltDisk>,
     #[serde(skip)]
@@ -174,7 +182,13 @@ impl BuildReport {
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
-        .map(|(n, k)| format!("{n} {k}"))
+        .map(|(n, k)| {
+            if *k == "cached" && s.remote > 0 {
+                format!("{n} {k} ({} remote)", s.remote)
+            } else {
+                format!("{n} {k}")
+            }
+        })
         .collect();
         format!(
             "{} actions: {} in {}",
@@ -348,7 +362,6 @@ pub fn build(
         let _ = signal_hook::flag::register(sig, cancel.clone());
     }
 
-    let nodes = nodes(&plan, store);
     let swift = crate::publish::sites::swift_opener(model);
     let bctx = BuildContext {
         model,
@@ -363,7 +376,15 @@ pub fn build(
         swift: Some(&swift),
         strict: req.strict,
     };
+    let remote = open_remote(session, shell)?;
+    let remote = remote.as_ref();
     let progress = shell.progress();
+    if let Some(r) = remote
+        && req.until == Stage::Disk
+    {
+        disks_first(r, store, &mut plan, &forced, &progress)?;
+    }
+    let nodes = nodes(&plan, store);
     let results: Mutex<BTreeMap<String, Result<action::Built, BuildError>>> =
         Mutex::new(BTreeMap::new());
     let started = Instant::now();
@@ -374,9 +395,11 @@ pub fn build(
         };
         let force = forced.contains(id);
         if !force && graph::is_cached(store, action) {
+            // A result built before the cache was set up goes there too.
+            share(remote, store, action, &progress);
             return JobEnd::Cached;
         }
-        let outcome = run_one(&bctx, action, force, &cancel, &progress);
+        let outcome = run_one(&bctx, action, force, &cancel, &progress, remote);
         let end = match &outcome {
             Ok(None) => JobEnd::Cached,
             Ok(Some(_)) => JobEnd::Built,
@@ -439,11 +462,16 @@ pub fn build(
             Fate::NotStarted => ("not-started", &mut summary.not_started),
         };
         *counter += 1;
+        if matches!(fate, Fate::Ran(JobEnd::Cached)) && remote.is_some_and(|r| r.served(&act.id)) {
+            summary.remote += 1;
+        }
         let mut row = ActionReport {
             id: act.id.clone(),
             kind: act.kind,
             key: act.key.clone(),
             status,
+            from: (status == "cached" && remote.is_some_and(|r| r.served(&act.id)))
+                .then_some("remote"),
             built: None,
             error: None,
             blame: None,
@@ -482,6 +510,7 @@ pub fn build(
         version: 1,
         actions,
         summary,
+        remote: remote.map(|r| r.report()),
         disks,
         cancelled: cancel.load(Ordering::SeqCst),
     })
@@ -543,6 +572,7 @@ fn run_one(
     force: bool,
     cancel: &AtomicBool,
     progress: &Progress,
+    remote: Option<&crate::remote::Remote>,
 ) -> Result<Option<action::Built>, BuildError> {
     let store = bctx.store;
     if action.kind == Kind::Publish {
@@ -571,6 +601,21 @@ fn run_one(
     if !force && graph::is_cached(store, action) {
         return Ok(None);
     }
+    if !force && let Some(remote) = remote {
+        let started = Instant::now();
+        let mut on_bytes = |done, total| progress.transfer(&action.id, done, Some(total));
+        match remote.fetch(store, action, &mut on_bytes) {
+            Ok(true) => {
+                progress.finished(&action.id, "cached (remote)", Some(started.elapsed()));
+                return Ok(None);
+            }
+            Ok(false) => {}
+            Err(e) => progress.warn(
+                &action.id,
+                &format!("not taken from the remote cache ({e}); building it"),
+            ),
+        }
+    }
     progress.started(&action.id);
     let mut on_event = |ev: &Event| match ev {
         Event::Step {
@@ -589,6 +634,7 @@ fn run_one(
         Ok(built) => {
             graph::record_build(store, action, &built)?;
             progress.finished(&action.id, "built", Some(built.duration));
+            share(remote, store, action, progress);
             Ok(Some(built))
         }
         Err(e) => {
@@ -601,6 +647,121 @@ fn run_one(
             progress.finished(&action.id, verb, Some(started.elapsed()));
             Err(e)
         }
+    }
+}
+
+/// The remote cache of this build: the command line's choice over the project's setting. A
+/// malformed URL stops the build; a cache that cannot be reached is a warning (the build goes
+/// on without it, as Bazel's does).
+fn open_remote(
+    session: &Session,
+    shell: &Shell,
+) -> Result<Option<crate::remote::Remote>, CommandError> {
+    match crate::remote::open(
+        session.model.project.cache.as_ref(),
+        &session.remote,
+        session.offline,
+    ) {
+        Ok(Some(r)) => {
+            shell.status(&format!(
+                "remote cache: {}{}",
+                r.describe(),
+                if r.uploads() {
+                    " (read-write)"
+                } else {
+                    " (read-only)"
+                }
+            ));
+            Ok(Some(r))
+        }
+        Ok(None) => Ok(None),
+        Err(e @ crate::remote::RemoteError::Url { .. }) => Err(CommandError::from_diag(e)),
+        Err(e) => {
+            shell.warn(&format!("{e}; building without the remote cache"));
+            Ok(None)
+        }
+    }
+}
+
+/// With a remote cache, the targets' disks are looked up before anything else: a disk that
+/// comes from the cache needs neither its layer nor its base here, so what only it needed
+/// leaves the plan (Bazel's "build without the bytes": the warm build of an image downloads
+/// the image, not the trees it was made from). Actions already in the store stay in the plan
+/// (reported cached); a disk the cache does not have, or holds corrupt, builds as usual.
+fn disks_first(
+    remote: &crate::remote::Remote,
+    store: &Store,
+    plan: &mut Vec<(&Action, Status)>,
+    forced: &BTreeSet<String>,
+    progress: &Progress,
+) -> Result<(), CommandError> {
+    let disks: Vec<&Action> = plan
+        .iter()
+        .filter(|(a, s)| a.kind == Kind::Disk && matches!(s, Status::ToRun { .. }))
+        .filter(|(a, _)| !forced.contains(&a.id))
+        .map(|(a, _)| *a)
+        .collect();
+    if disks.is_empty() {
+        return Ok(());
+    }
+    for disk in disks {
+        let Some(_lock) = store.lock_key(&disk.key, Wait::Block)? else {
+            continue;
+        };
+        if graph::is_cached(store, disk) {
+            continue;
+        }
+        let started = Instant::now();
+        let mut on_bytes = |done, total| progress.transfer(&disk.id, done, Some(total));
+        match remote.fetch(store, disk, &mut on_bytes) {
+            Ok(true) => progress.finished(&disk.id, "cached (remote)", Some(started.elapsed())),
+            Ok(false) => {}
+            Err(e) => progress.warn(
+                &disk.id,
+                &format!("not taken from the remote cache ({e}); building it"),
+            ),
+        }
+    }
+    for (a, s) in plan.iter_mut() {
+        *s = graph::status(store, a);
+    }
+    // What the disks still to build need, through actions the store does not hold.
+    let by_id: BTreeMap<&str, &Action> = plan.iter().map(|(a, _)| (a.id.as_str(), *a)).collect();
+    let cached: BTreeSet<&str> = plan
+        .iter()
+        .filter(|(_, s)| matches!(s, Status::Cached { .. }))
+        .map(|(a, _)| a.id.as_str())
+        .collect();
+    let mut needed: BTreeSet<&str> = BTreeSet::new();
+    let mut stack: Vec<&str> = plan
+        .iter()
+        .filter(|(a, _)| a.kind == Kind::Disk)
+        .map(|(a, _)| a.id.as_str())
+        .collect();
+    while let Some(id) = stack.pop() {
+        if !needed.insert(id) || cached.contains(id) {
+            continue;
+        }
+        if let Some(a) = by_id.get(id) {
+            stack.extend(a.deps.iter().map(String::as_str));
+        }
+    }
+    plan.retain(|(a, s)| matches!(s, Status::Cached { .. }) || needed.contains(a.id.as_str()));
+    Ok(())
+}
+
+/// Stores a result in the remote cache when this build uploads; a failure is a warning.
+fn share(
+    remote: Option<&crate::remote::Remote>,
+    store: &Store,
+    action: &Action,
+    progress: &Progress,
+) {
+    let Some(remote) = remote.filter(|r| r.uploads()) else {
+        return;
+    };
+    if let Err(e) = remote.upload(store, action) {
+        progress.warn(&action.id, &format!("not stored in the remote cache: {e}"));
     }
 }
 
@@ -637,6 +798,7 @@ mod tests {
                 kind: Kind::Layer,
                 key: format!("{i:064}"),
                 status: if b.is_some() { "failed" } else { "built" },
+                from: None,
                 built: None,
                 error: b.map(|_| "it failed".to_string()),
                 blame: *b,
@@ -653,6 +815,7 @@ mod tests {
                 ..Default::default()
             },
             actions,
+            remote: None,
             disks: vec![],
             cancelled: false,
         }

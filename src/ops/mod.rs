@@ -87,6 +87,8 @@ pub struct SessionOptions {
     pub env: Vec<String>,
     /// Use only what is in the store.
     pub offline: bool,
+    /// The command line's remote-cache flags.
+    pub remote: crate::remote::Choice,
 }
 
 /// The model (lock and `--env` applied), the store and the element resolver of one command.
@@ -95,6 +97,7 @@ pub struct Session<'s> {
     pub store: &'s Store,
     pub resolver: Resolver<'s>,
     pub offline: bool,
+    pub remote: crate::remote::Choice,
 }
 
 /// A target set and its graph, built once.
@@ -123,6 +126,7 @@ impl<'s> Session<'s> {
             store,
             resolver,
             offline: opts.offline,
+            remote: opts.remote.clone(),
         })
     }
 

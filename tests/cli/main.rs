@@ -13,6 +13,7 @@ mod inspect;
 mod manifests;
 mod pipes;
 mod publish;
+mod remote;
 mod site_contract;
 mod sources;
 

@@ -1,0 +1,578 @@
+//! The remote cache: results shared between build hosts, after the local store and before
+//! building. ccb's keys are content keys that hold no path, host, user or time, so a result
+//! one host built is valid on every other; a host looks an action up here when its own store
+//! misses, and (when uploading) stores what it built.
+//!
+//! The protocol is Bazel's HTTP remote cache ([`backend`]): `ac/<id>` holds a REAPI
+//! `ActionResult` ([`reapi`]) naming two CAS blobs, the action's record (its key document,
+//! steps, and the layer's, outputs' or artifact's metadata) and the manifest of its data
+//! ([`pack`]). Uploads store the blobs first and the action entry last, so an interrupted
+//! upload leaves unreferenced blobs, never an entry without its data. Downloads verify every
+//! blob, then the unpacked result against the digest recorded when it was built, in a
+//! private working directory of the store, before committing it like a local build: a corrupt,
+//! truncated or missing blob is a cache miss with a warning, never a bad build.
+
+pub mod backend;
+pub mod pack;
+pub mod reapi;
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::{self, Action, ActionRecord, Kind, LastBuild};
+use crate::store::{LayerMeta, OutputsMeta, Store};
+use backend::Backend;
+use pack::{Counters, PackKind};
+
+/// What goes wrong talking to a remote cache. A lookup or an upload that fails is a warning
+/// (the build goes on without the cache); only a malformed setting stops a command.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RemoteError {
+    #[error("remote cache `{url}`: {message}")]
+    #[diagnostic(
+        code(ccb::remote::url),
+        help("set `cache.url` in manifests/project.ncl or pass --remote-cache URL")
+    )]
+    Url { url: String, message: String },
+    #[error("remote cache {server}: {method} {path}: HTTP {status}")]
+    #[diagnostic(code(ccb::remote::http))]
+    Http {
+        server: String,
+        method: String,
+        path: String,
+        status: u16,
+    },
+    #[error("remote cache {server}: {method} {path}: {message}")]
+    #[diagnostic(code(ccb::remote::transport))]
+    Transport {
+        server: String,
+        method: String,
+        path: String,
+        message: String,
+    },
+    #[error("remote cache {server}: {message}")]
+    #[diagnostic(code(ccb::remote::swift))]
+    Swift { server: String, message: String },
+    #[error("the remote cache's entry is corrupt: {0}")]
+    #[diagnostic(code(ccb::remote::corrupt))]
+    Corrupt(String),
+    #[error("reading what to upload: {0}")]
+    Read(String),
+    #[error("writing what was downloaded: {0}")]
+    Write(String),
+    #[error("{0}")]
+    Tar(String),
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The command line's say over the project's `cache` setting.
+#[derive(Debug, Clone, Default)]
+pub struct Choice {
+    /// `--remote-cache URL`: this cache instead of the project's.
+    pub url: Option<String>,
+    /// `--remote-cache-upload`: store what this build makes (else read-only, unless the
+    /// project's setting says `upload = true`).
+    pub upload: bool,
+    /// `--no-remote-cache`.
+    pub disabled: bool,
+}
+
+/// The project's `cache` setting (`manifests/project.ncl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub url: String,
+    #[serde(default)]
+    pub upload: bool,
+}
+
+/// A remote cache opened for one build.
+pub struct Remote {
+    backend: Box<dyn Backend>,
+    upload: bool,
+    jobs: usize,
+    pub counters: Counters,
+    /// Action ids served from the cache, and those this build uploaded.
+    hits: Mutex<Vec<String>>,
+    uploaded: Mutex<Vec<String>>,
+}
+
+/// What the build report says about the remote cache.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The cache, without credentials.
+    pub url: String,
+    pub upload: bool,
+    /// Actions that came from the cache.
+    pub hits: usize,
+    /// Actions this build stored in the cache.
+    pub uploaded: usize,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    /// Chunks sent, and chunks the cache already had (shared with another result).
+    pub chunks_sent: u64,
+    pub chunks_present: u64,
+}
+
+/// The entry format: bump when what an entry holds changes meaning. It enters the action
+/// cache's names, so two formats never read each other's entries.
+const FORMAT: &str = "ccb-remote-v1";
+const RECORD: &str = "ccb/record.json";
+const DATA: &str = "ccb/data";
+
+/// The record an entry's `ccb/record.json` blob holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    format: String,
+    action: ActionRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layer: Option<LayerMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outputs: Option<OutputsMeta>,
+}
+
+/// The action-cache name of a key: 64 hex digits as Bazel's caches require, tagged with the
+/// format.
+pub fn ac_name(key: &str) -> String {
+    format!(
+        "ac/{}",
+        pack::sha256_hex(format!("{FORMAT}\0{key}").as_bytes())
+    )
+}
+
+/// The remote cache a command uses: `--remote-cache` over the project's setting, none with
+/// `--no-remote-cache` or `--offline`.
+pub fn open(
+    settings: Option<&Settings>,
+    choice: &Choice,
+    offline: bool,
+) -> Result<Option<Remote>, RemoteError> {
+    if choice.disabled || offline {
+        return Ok(None);
+    }
+    let Some(url) = choice
+        .url
+        .clone()
+        .or_else(|| settings.map(|s| s.url.clone()))
+    else {
+        return Ok(None);
+    };
+    let upload = choice.upload || settings.is_some_and(|s| s.upload);
+    let backend = backend::open(&url)?;
+    Ok(Some(Remote {
+        backend,
+        upload,
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8),
+        counters: Counters::default(),
+        hits: Mutex::new(Vec::new()),
+        uploaded: Mutex::new(Vec::new()),
+    }))
+}
+
+/// A download in the store's scratch space that is removed unless committed.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = crate::store::remove_tree(&self.0);
+    }
+}
+
+impl Remote {
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub fn uploads(&self) -> bool {
+        self.upload
+    }
+
+    pub fn report(&self) -> Report {
+        let c = &self.counters;
+        Report {
+            url: self.describe(),
+            upload: self.upload,
+            hits: self.hits.lock().map(|h| h.len()).unwrap_or(0),
+            uploaded: self.uploaded.lock().map(|h| h.len()).unwrap_or(0),
+            bytes_down: c.bytes_down.load(Ordering::Relaxed),
+            bytes_up: c.bytes_up.load(Ordering::Relaxed),
+            chunks_sent: c.chunks_sent.load(Ordering::Relaxed),
+            chunks_present: c.chunks_present.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether this build took `id` from the cache.
+    pub fn served(&self, id: &str) -> bool {
+        self.hits
+            .lock()
+            .map(|h| h.iter().any(|x| x == id))
+            .unwrap_or(false)
+    }
+
+    /// Looks `action` up and, on a hit, commits it to the local store (call with the key's
+    /// lock held). `Ok(false)`: a miss. An error is a miss too, for the caller to warn about.
+    pub fn fetch(
+        &self,
+        store: &Store,
+        action: &Action,
+        on_bytes: &mut dyn FnMut(u64, u64),
+    ) -> Result<bool, RemoteError> {
+        if action.kind == Kind::Publish {
+            return Ok(false);
+        }
+        if action.kind == Kind::Fetch && action.artifact_sha256().is_none_or(|d| d.len() != 64) {
+            // An artifact that follows "latest" has no pinned digest to verify against.
+            return Ok(false);
+        }
+        let Some(ac) = self.backend.get(&ac_name(&action.key))? else {
+            return Ok(false);
+        };
+        self.counters
+            .bytes_down
+            .fetch_add(ac.len() as u64, Ordering::Relaxed);
+        let result = reapi::ActionResult::decode_bytes(&ac).ok_or_else(|| {
+            RemoteError::Corrupt("the action entry is not an ActionResult".into())
+        })?;
+        let (Some(rec), Some(data)) = (result.output(RECORD), result.output(DATA)) else {
+            return Err(RemoteError::Corrupt(
+                "the action entry does not name ccb's record and data".into(),
+            ));
+        };
+        let rec_bytes = pack::get_blob(
+            &*self.backend,
+            &rec.hash,
+            Some(rec.size_bytes as u64),
+            &self.counters,
+        )?
+        .ok_or_else(|| RemoteError::Corrupt("the action's record is missing".into()))?;
+        let entry: Entry = serde_json::from_slice(&rec_bytes)
+            .map_err(|e| RemoteError::Corrupt(format!("the action's record: {e}")))?;
+        // The record must be this action's, and its key document must hash to the key.
+        if entry.format != FORMAT
+            || entry.action.key != action.key
+            || entry.action.kind != action.kind
+            || entry.action.doc.key() != action.key
+        {
+            return Err(RemoteError::Corrupt(
+                "the action's record is for another key".into(),
+            ));
+        }
+        let manifest = pack::manifest(
+            &*self.backend,
+            &data.hash,
+            data.size_bytes as u64,
+            &self.counters,
+        )?
+        .ok_or_else(|| RemoteError::Corrupt("the action's data manifest is missing".into()))?;
+        store.remove_stale_work(&action.key)?;
+        match action.kind {
+            Kind::Fetch => self.fetch_artifact(store, action, &manifest, on_bytes)?,
+            Kind::Base | Kind::Layer => {
+                let Some(meta) = entry.layer.as_ref().filter(|m| m.key == action.key) else {
+                    return Err(RemoteError::Corrupt("no layer metadata".into()));
+                };
+                // A diff goes on its lowers: the scheduler fetched or built them first; one
+                // missing (a local gc raced) is a miss, and the layer builds.
+                if meta.lowers.iter().any(|l| store.layer_meta(l).is_none()) {
+                    return Ok(false);
+                }
+                let work = Scratch(store.work_dir(&action.key)?);
+                let tree = work.0.join("tree");
+                self.unpack_tree(&manifest, &tree, &meta.tree.digest, on_bytes)?;
+                store.commit_layer(&tree, meta)?;
+            }
+            Kind::Disk => {
+                let (Some(meta), Some(summary)) = (
+                    entry.outputs.as_ref().filter(|m| m.key == action.key),
+                    entry.action.tree.as_ref(),
+                ) else {
+                    return Err(RemoteError::Corrupt("no outputs metadata".into()));
+                };
+                let work = Scratch(store.work_dir(&action.key)?);
+                let dir = work.0.join("outputs");
+                self.unpack_tree(&manifest, &dir, &summary.digest, on_bytes)?;
+                store.commit_outputs(&dir, meta)?;
+            }
+            Kind::Publish => return Ok(false),
+        }
+        let mut record = entry.action;
+        record.remote = true;
+        store.write_json(&graph::action_record_name(&action.key), &record)?;
+        store.write_json(
+            &graph::last_record_name(&action.id),
+            &LastBuild {
+                id: action.id.clone(),
+                key: action.key.clone(),
+                doc: action.doc.clone(),
+                duration_ms: record.duration_ms,
+            },
+        )?;
+        if let Ok(mut h) = self.hits.lock() {
+            h.push(action.id.clone());
+        }
+        Ok(true)
+    }
+
+    fn unpack_tree(
+        &self,
+        manifest: &pack::Manifest,
+        dir: &std::path::Path,
+        digest: &str,
+        on_bytes: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), RemoteError> {
+        pack::download_tree(
+            &*self.backend,
+            manifest,
+            dir,
+            self.jobs,
+            &self.counters,
+            on_bytes,
+        )?;
+        let got =
+            crate::action::tree::summarize(dir).map_err(|e| RemoteError::Write(e.to_string()))?;
+        if got.digest != digest {
+            return Err(RemoteError::Corrupt(format!(
+                "the unpacked tree's digest is {}, it was built as {digest}",
+                got.digest
+            )));
+        }
+        Ok(())
+    }
+
+    fn fetch_artifact(
+        &self,
+        store: &Store,
+        action: &Action,
+        manifest: &pack::Manifest,
+        on_bytes: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), RemoteError> {
+        let sha = action
+            .artifact_sha256()
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        if manifest.kind != PackKind::File || manifest.sha256 != sha {
+            return Err(RemoteError::Corrupt(format!(
+                "the data is not the artifact with SHA-256 {sha}"
+            )));
+        }
+        let dest = crate::fetch::store_path(store, &sha);
+        let dir = dest.parent().expect("artifacts/ has a parent");
+        crate::fsutil::create_dir_all(dir)?;
+        // `.fetch-` files are what `ccb cache gc` removes after a killed download.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".fetch-remote-")
+            .tempfile_in(dir)
+            .map_err(|e| crate::fsutil::FsError::new("create a file in", dir, e))?;
+        let mut b3 = Blake3Writer {
+            inner: std::io::BufWriter::new(tmp.as_file_mut()),
+            hasher: blake3::Hasher::new(),
+        };
+        pack::download(
+            &*self.backend,
+            manifest,
+            &mut b3,
+            self.jobs,
+            &self.counters,
+            on_bytes,
+        )?;
+        b3.flush().map_err(|e| RemoteError::Write(e.to_string()))?;
+        let blake3 = b3.hasher.finalize().to_hex().to_string();
+        drop(b3);
+        tmp.as_file()
+            .sync_data()
+            .map_err(|e| RemoteError::Write(e.to_string()))?;
+        // Read-only like every fetched artifact.
+        let _ = std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o444),
+        );
+        tmp.persist(&dest)
+            .map_err(|e| crate::fsutil::FsError::new("rename into place", &dest, e.error))?;
+        store.write_json(
+            &crate::store::Layout::artifact_record(&sha),
+            &crate::fetch::ArtifactMeta {
+                sha256: sha.clone(),
+                blake3,
+                bytes: manifest.size,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Stores a result the local store holds, unless the cache has it already. Blobs first,
+    /// the action entry last.
+    pub fn upload(&self, store: &Store, action: &Action) -> Result<bool, RemoteError> {
+        if !self.upload || action.kind == Kind::Publish {
+            return Ok(false);
+        }
+        let ac = ac_name(&action.key);
+        if self.backend.head(&ac)? {
+            return Ok(false);
+        }
+        let Some(mut record) =
+            store.read_json::<ActionRecord>(&graph::action_record_name(&action.key))
+        else {
+            return Ok(false);
+        };
+        record.remote = false;
+        let mut entry = Entry {
+            format: FORMAT.into(),
+            action: record,
+            layer: None,
+            outputs: None,
+        };
+        let (digest, size) = match action.kind {
+            Kind::Fetch => {
+                let Some(sha) = action.artifact_sha256().filter(|d| d.len() == 64) else {
+                    return Ok(false);
+                };
+                let path = crate::fetch::store_path(store, sha);
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| crate::fsutil::FsError::new("read", &path, e))?;
+                pack::upload(
+                    &*self.backend,
+                    PackKind::File,
+                    std::io::BufReader::new(file),
+                    self.jobs,
+                    &self.counters,
+                )?
+            }
+            Kind::Base | Kind::Layer => {
+                let Some(meta) = store.layer_meta(&action.key) else {
+                    return Ok(false);
+                };
+                let tree = store.layer_dir(&action.key).join("tree");
+                entry.layer = Some(meta);
+                self.upload_tree(&tree)?
+            }
+            Kind::Disk => {
+                let Some(meta) = store.outputs_meta(&action.key) else {
+                    return Ok(false);
+                };
+                entry.outputs = Some(meta);
+                self.upload_tree(&store.outputs_dir(&action.key))?
+            }
+            Kind::Publish => return Ok(false),
+        };
+        let rec = serde_json::to_vec(&entry).expect("a record serializes");
+        let (rec_digest, rec_size) = pack::put_blob(&*self.backend, &rec, &self.counters)?;
+        let result = reapi::ActionResult {
+            output_files: vec![
+                reapi::OutputFile {
+                    path: RECORD.into(),
+                    digest: Some(reapi::Digest {
+                        hash: rec_digest,
+                        size_bytes: rec_size as i64,
+                    }),
+                    is_executable: false,
+                },
+                reapi::OutputFile {
+                    path: DATA.into(),
+                    digest: Some(reapi::Digest {
+                        hash: digest,
+                        size_bytes: size as i64,
+                    }),
+                    is_executable: false,
+                },
+            ],
+            exit_code: 0,
+        };
+        let bytes = result.encode_vec();
+        self.backend.put(&ac, &bytes)?;
+        self.counters
+            .bytes_up
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if let Ok(mut u) = self.uploaded.lock() {
+            u.push(action.id.clone());
+        }
+        Ok(true)
+    }
+
+    fn upload_tree(&self, dir: &std::path::Path) -> Result<(String, u64), RemoteError> {
+        pack::upload_tree(&*self.backend, dir, self.jobs, &self.counters)
+    }
+}
+
+/// Hashes what it writes (an artifact's blake3, recorded beside it like a fetch does).
+struct Blake3Writer<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for Blake3Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(upload: bool) -> Settings {
+        Settings {
+            url: "file:///srv/project-cache".into(),
+            upload,
+        }
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_project_s_cache() {
+        let none = Choice::default();
+        let r = open(Some(&settings(false)), &none, false).unwrap().unwrap();
+        assert_eq!(r.describe(), "/srv/project-cache");
+        assert!(!r.uploads(), "read-only unless asked");
+        let other = Choice {
+            url: Some("/srv/other".into()),
+            upload: true,
+            disabled: false,
+        };
+        let r = open(Some(&settings(false)), &other, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.describe(), "/srv/other");
+        assert!(r.uploads());
+        assert!(
+            open(Some(&settings(true)), &none, false)
+                .unwrap()
+                .unwrap()
+                .uploads()
+        );
+        let off = Choice {
+            disabled: true,
+            ..Choice::default()
+        };
+        assert!(open(Some(&settings(true)), &off, false).unwrap().is_none());
+        assert!(
+            open(Some(&settings(true)), &none, true).unwrap().is_none(),
+            "--offline"
+        );
+        assert!(open(None, &none, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn action_cache_names_are_what_bazel_caches_accept() {
+        let n = ac_name(&"b".repeat(64));
+        let hex = n.strip_prefix("ac/").unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(n, ac_name(&"c".repeat(64)));
+    }
+}

@@ -1,0 +1,513 @@
+//! The remote cache, for real: nginx with WebDAV on 127.0.0.1 speaking Bazel's HTTP cache
+//! protocol (a private instance on a free port, its own prefix and config in a temp dir), the
+//! Swift + Keystone rig, and a directory. Two "hosts" are two checkouts of the layered fixture
+//! at different paths with different stores.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ccb::remote::backend::{self, Backend};
+use ccb::remote::pack::{self, Counters, PackKind};
+use ccb::remote::reapi;
+
+use crate::common::{Env, Run, copy_tree, repo, wait_until};
+
+/// A private nginx serving a directory with WebDAV PUT: what a team runs as its build cache.
+struct Nginx {
+    dir: tempfile::TempDir,
+    child: Child,
+    url: String,
+}
+
+impl Nginx {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n\
+             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    root {p}/data;\n\
+             client_max_body_size 0;\n    location /cache/ {{\n      dav_methods PUT;\n\
+             create_full_put_path on;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|n| !n.starts_with('/') || Path::new(n).exists())
+            .unwrap();
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian's nginx package)");
+        wait_until("nginx to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self {
+            url: format!("http://127.0.0.1:{port}/cache"),
+            child,
+            dir,
+        }
+    }
+
+    /// Where nginx keeps the cache's entries.
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data/cache")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// What every backend must do: absent entries are `None`, blobs come back as stored, action
+/// results round-trip, a pack of several chunks streams back byte for byte.
+fn backend_contract(b: &dyn Backend) {
+    let missing = format!("cas/{}", "0".repeat(64));
+    assert_eq!(b.get(&missing).unwrap(), None, "{}", b.describe());
+    assert!(!b.head(&missing).unwrap());
+
+    let c = Counters::default();
+    let data = pseudo_random(5 << 20, 3);
+    let (digest, size) = pack::upload(b, PackKind::File, &data[..], 2, &c).unwrap();
+    let m = pack::manifest(b, &digest, size, &c).unwrap().unwrap();
+    assert!(m.chunks.len() >= 2);
+    let mut back = Vec::new();
+    pack::download(b, &m, &mut back, 2, &c, &mut |_, _| {}).unwrap();
+    assert!(
+        back == data,
+        "{}: the stream came back different",
+        b.describe()
+    );
+
+    let ac = format!("ac/{}", "a".repeat(64));
+    let result = reapi::ActionResult {
+        output_files: vec![reapi::OutputFile {
+            path: "ccb/data".into(),
+            digest: Some(reapi::Digest {
+                hash: digest.clone(),
+                size_bytes: size as i64,
+            }),
+            is_executable: false,
+        }],
+        exit_code: 0,
+    };
+    b.put(&ac, &result.encode_vec()).unwrap();
+    let got = reapi::ActionResult::decode_bytes(&b.get(&ac).unwrap().unwrap()).unwrap();
+    assert_eq!(got.output("ccb/data").unwrap().hash, digest);
+}
+
+#[test]
+fn nginx_webdav_a_directory_and_swift_all_serve_as_the_cache() {
+    let nginx = Nginx::start();
+    backend_contract(&*backend::open(&nginx.url).unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    backend_contract(&*backend::open(&url).unwrap());
+
+    let rig = crate::publish::rig();
+    let container = rig.container("ccb-remote-cache-test");
+    let env = ccb::publish::clouds::Env {
+        vars: [(
+            "OS_CLIENT_CONFIG_FILE".to_string(),
+            rig.var("OS_CLIENT_CONFIG_FILE").to_string(),
+        )]
+        .into(),
+        cwd: dir.path().to_path_buf(),
+        home: None,
+    };
+    let swift = backend::open_in("swift://ccb/ccb-remote-cache-test/builds", &env).unwrap();
+    backend_contract(&*swift);
+    // Entries live under the prefix, named as the HTTP protocol names them.
+    assert!(
+        rig.listing("ccb-remote-cache-test", "builds/cas/").len() >= 3,
+        "{:?}",
+        rig.listing("ccb-remote-cache-test", "")
+    );
+    drop(container);
+}
+
+#[test]
+fn a_damaged_or_truncated_chunk_on_the_server_fails_the_download() {
+    let nginx = Nginx::start();
+    let b = backend::open(&nginx.url).unwrap();
+    let c = Counters::default();
+    let data = pseudo_random(3 << 20, 9);
+    let (digest, size) = pack::upload(&*b, PackKind::File, &data[..], 2, &c).unwrap();
+    let m = pack::manifest(&*b, &digest, size, &c).unwrap().unwrap();
+    let victim = nginx.data().join("cas").join(&m.chunks[0].digest);
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let err = pack::download(&*b, &m, &mut Vec::new(), 2, &c, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[test]
+fn an_overlay_upper_dir_travels_exactly() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "device nodes and trusted xattrs need root (scripts/test runs as root)"
+    );
+    let nginx = Nginx::start();
+    let b = backend::open(&nginx.url).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("upper");
+    std::fs::create_dir_all(src.join("etc/opaque")).unwrap();
+    let e = src.join("etc");
+    let mknod = |p: &Path, kind, dev| {
+        nix::sys::stat::mknod(
+            p,
+            kind,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+            dev,
+        )
+        .unwrap()
+    };
+    // An overlayfs whiteout, and an opaque directory.
+    mknod(&e.join("removed"), nix::sys::stat::SFlag::S_IFCHR, 0);
+    xattr::set(e.join("opaque"), "trusted.overlay.opaque", b"y").unwrap();
+    std::fs::write(e.join("opaque/new"), "hi\n").unwrap();
+    // Ownership, setuid, user and security xattrs (a file capability: cap_net_raw+ep).
+    std::fs::write(e.join("owned"), "owned\n").unwrap();
+    std::os::unix::fs::chown(e.join("owned"), Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(e.join("owned"), std::fs::Permissions::from_mode(0o4750)).unwrap();
+    xattr::set(e.join("owned"), "user.note", b"kept").unwrap();
+    std::fs::write(e.join("ping"), "cap\n").unwrap();
+    let cap = [
+        1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    xattr::set(e.join("ping"), "security.capability", &cap).unwrap();
+    // A hard link, a block device, a symlink, a sparse file.
+    std::fs::write(e.join("a"), "linked\n").unwrap();
+    std::fs::hard_link(e.join("a"), e.join("b")).unwrap();
+    mknod(
+        &e.join("sda"),
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::makedev(8, 0),
+    );
+    std::os::unix::fs::symlink("../etc/a", e.join("link")).unwrap();
+    let f = std::fs::File::create(e.join("sparse")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"tail", 64 << 20).unwrap();
+    let before = ccb::action::tree::summarize(&src).unwrap();
+    let c = Counters::default();
+    let (digest, size) = pack::upload_tree(&*b, &src, 2, &c).unwrap();
+    let m = pack::manifest(&*b, &digest, size, &c).unwrap().unwrap();
+    let dst = t.path().join("down");
+    pack::download_tree(&*b, &m, &dst, 2, &c, &mut |_, _| {}).unwrap();
+    let after = ccb::action::tree::summarize(&dst).unwrap();
+    // The digest covers content, modes, owners, xattrs, device numbers and link targets.
+    assert_eq!(before.digest, after.digest);
+    assert_eq!(before.entries, after.entries);
+    let ino = |p: &str| std::fs::metadata(dst.join(p)).unwrap().ino();
+    assert_eq!(ino("etc/a"), ino("etc/b"), "the hard link is one file");
+    let sparse = std::fs::metadata(dst.join("etc/sparse")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 8 << 20,
+        "the sparse file stayed sparse"
+    );
+    // 64 MiB of zeros compress to almost nothing.
+    assert!(
+        c.bytes_up.load(std::sync::atomic::Ordering::Relaxed) < 1 << 20,
+        "{c:?}"
+    );
+}
+
+/// A checkout of the layered fixture ("a host"): its own path and store.
+struct Host {
+    env: Env,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Host {
+    fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+        copy_tree(&repo().join("tests/fixtures/layered"), &root);
+        std::fs::write(
+            root.join("manifests/project.ncl"),
+            "{ build_repo = \"https://github.com/ChameleonCloud/cc-images\" }\n",
+        )
+        .unwrap();
+        Self {
+            env: Env::new(),
+            _dir: dir,
+            root,
+        }
+    }
+
+    fn args(&self, rest: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = vec!["--root".into(), self.root.display().to_string()];
+        v.extend(rest.iter().map(|s| s.to_string()));
+        if rest
+            .iter()
+            .any(|a| matches!(*a, "build" | "query" | "publish"))
+        {
+            v.push("--element-path".into());
+            v.push(repo().join("elements").display().to_string());
+        }
+        v
+    }
+
+    fn ccb(&self, rest: &[&str]) -> Run {
+        let args = self.args(rest);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.env.run(&args)
+    }
+
+    fn spawn(&self, rest: &[&str]) -> Child {
+        self.env
+            .cmd()
+            .args(self.args(rest))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn store(&self) -> &Path {
+        self.env.cache.path()
+    }
+}
+
+#[test]
+fn keys_are_the_same_on_every_host() {
+    let (a, b) = (Host::new("a"), Host::new("checkout-b"));
+    let keys = |h: &Host| {
+        let v = h
+            .ccb(&["query", "hash", "tiny-child", "--format", "json"])
+            .ok()
+            .json();
+        let docs = v.to_string();
+        // No path, host name or user in any key document.
+        assert!(!docs.contains(&h.root.display().to_string()), "{docs}");
+        assert!(!docs.contains(&h.store().display().to_string()), "{docs}");
+        if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+            assert!(!docs.contains(host.trim()), "{docs}");
+        }
+        v["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["id"].to_string(), a["key"].to_string()))
+            .collect::<Vec<_>>()
+    };
+    let (ka, kb) = (keys(&a), keys(&b));
+    assert!(!ka.is_empty());
+    assert_eq!(ka, kb);
+}
+
+/// Every action entry on the server names blobs that are all there (a record, a manifest and
+/// each chunk the manifest lists).
+fn cache_is_consistent(data: &Path) -> usize {
+    let cas = |d: &str| std::fs::read(data.join("cas").join(d));
+    let Ok(rd) = std::fs::read_dir(data.join("ac")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.filter_map(Result::ok) {
+        let r = reapi::ActionResult::decode_bytes(&std::fs::read(e.path()).unwrap()).unwrap();
+        let rec = r.output("ccb/record.json").unwrap();
+        assert!(cas(&rec.hash).is_ok(), "a record is missing");
+        let m: serde_json::Value =
+            serde_json::from_slice(&cas(&r.output("ccb/data").unwrap().hash).unwrap()).unwrap();
+        for c in m["chunks"].as_array().unwrap() {
+            assert!(
+                cas(c["digest"].as_str().unwrap()).is_ok(),
+                "a chunk is missing"
+            );
+        }
+        n += 1;
+    }
+    n
+}
+
+fn statuses(run: &Run) -> Vec<(String, String)> {
+    run.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let mut s = a["status"].as_str().unwrap().to_string();
+            if a["from"] == "remote" {
+                s.push_str(" (remote)");
+            }
+            (a["id"].as_str().unwrap().to_string(), s)
+        })
+        .collect()
+}
+
+fn ran(run: &Run) -> Vec<String> {
+    statuses(run)
+        .into_iter()
+        .filter(|(_, s)| s == "built")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+fn kill9(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+}
+
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut r| r.next().is_some())
+}
+
+#[test]
+fn host_b_builds_a_child_from_host_a_s_results_and_publishes_without_building() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "building root filesystems needs root (scripts/test runs as root)"
+    );
+    let nginx = Nginx::start();
+    let url = nginx.url.clone();
+    let (a, b) = (Host::new("host-a"), Host::new("elsewhere/host-b"));
+    let upload = ["--remote-cache", &url, "--remote-cache-upload"];
+
+    // Host A: killed -9 while it uploads its first result (the base).
+    let mut build_a = vec!["build", "tiny", "--format", "json"];
+    build_a.extend_from_slice(&upload);
+    let child = a.spawn(&build_a);
+    wait_until("the first upload", Duration::from_secs(600), || {
+        has_entries(&nginx.data().join("cas"))
+    });
+    kill9(child);
+    // The server holds blobs at most, never an action entry without its data.
+    cache_is_consistent(&nginx.data());
+
+    // A again: the base it had committed is uploaded now, the rest built and uploaded.
+    let first = a.ccb(&build_a).ok();
+    assert_eq!(ran(&first), ["layer:tiny:amd64", "disk:tiny:amd64"]);
+    let report = first.json();
+    assert_eq!(report["remote"]["uploaded"], 3, "{report}");
+    assert_eq!(cache_is_consistent(&nginx.data()), 3);
+
+    // Host B, another path and store: killed -9 while it downloads.
+    let build_b = [
+        "build",
+        "tiny-child",
+        "--format",
+        "json",
+        "--remote-cache",
+        &url,
+    ];
+    let child = b.spawn(&build_b);
+    // Nothing builds before B's own layer: a working directory now is a download's.
+    wait_until("a download", Duration::from_secs(300), || {
+        has_entries(&b.store().join("tmp"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    kill9(child);
+    // The local store holds whole results only.
+    b.ccb(&["cache", "verify"]).ok();
+
+    // B again: A's base and layer come from the cache; B runs its own layer and disk only.
+    let second = b.ccb(&build_b).ok();
+    assert_eq!(
+        ran(&second),
+        ["layer:tiny-child:amd64", "disk:tiny-child:amd64"]
+    );
+    let st = statuses(&second);
+    assert!(
+        st.contains(&("layer:tiny:amd64".into(), "cached (remote)".into())),
+        "{st:?}"
+    );
+    assert!(second.json()["remote"]["bytes_down"].as_u64().unwrap() > 1 << 20);
+    let explain = b.ccb(&["query", "explain", "tiny-child"]).ok();
+    assert!(
+        explain.stdout.contains("cached (remote)"),
+        "{}",
+        explain.stdout
+    );
+    b.ccb(&["cache", "verify"]).ok();
+
+    // B publishes both images: the parent's disk comes from the cache, nothing is built.
+    let publish = b
+        .ccb(&[
+            "publish",
+            "tiny",
+            "tiny-child",
+            "--site",
+            "local",
+            "--scope",
+            "farm",
+            "--remote-cache",
+            &url,
+        ])
+        .ok();
+    assert!(
+        publish.stderr.contains("cached (remote) disk:tiny:amd64"),
+        "{}",
+        publish.stderr
+    );
+    assert!(!publish.stderr.contains("built "), "{}", publish.stderr);
+    // A third host wants the parent image only: the disk comes from the cache, and neither
+    // the layer nor the base it was made from is downloaded.
+    let c = Host::new("host-c");
+    let third = c
+        .ccb(&["build", "tiny", "--format", "json", "--remote-cache", &url])
+        .ok();
+    assert_eq!(
+        statuses(&third),
+        [("disk:tiny:amd64".to_string(), "cached (remote)".to_string())]
+    );
+    assert!(!c.store().join("layers").exists());
+    let published: Vec<String> = walk(&b.root.join("out/publish/farm"));
+    for name in ["Tiny.qcow2", "Tiny-Child.qcow2"] {
+        assert!(published.iter().any(|p| p.ends_with(name)), "{published:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
