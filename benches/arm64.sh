@@ -6,15 +6,20 @@
 # Package downloads are kept between the two builds' stores (the network is not measured).
 # Needs root, mmdebstrap, the Debian mirror of the host's apt sources and arm64 emulation
 # (scripts/host-deps.sh: ensure_arm64_emulation). About 30-60 min on a 2-core host.
-#   benches/arm64.sh [TARGET]
+#   [CCB_BIN=path/to/ccb] benches/arm64.sh [TARGET]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 target=${1:-//images:debian12}
 # shellcheck source=scripts/host-deps.sh
 source "$here/scripts/host-deps.sh"
 ensure_arm64_emulation
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-ccb="$here/target/release/ccb"
+# CCB_BIN: an already built ccb (the release build of nickel-lang-core takes long on 2 cores).
+if [[ -n ${CCB_BIN:-} ]]; then
+    ccb=$CCB_BIN
+else
+    cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+    ccb="$here/target/release/ccb"
+fi
 work=$(mktemp -d /var/tmp/ccb-arm64-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 downloads="$work/downloads"

@@ -79,7 +79,8 @@ ensure_qemu() {
 # arm64 on an amd64 host: arm64 root filesystems are built under qemu-user, registered with
 # binfmt_misc with the fix-binary flag (F, Debian's qemu-user-static default), so chroots run
 # arm64 programs with no interpreter copied into them; mmdebstrap checks a foreign arch with
-# arch-test. arm64 disks boot in qemu-system-aarch64 on AAVMF (UEFI). binfmt_misc is mounted
+# arch-test. arm64 disks boot in qemu-system-aarch64 on AAVMF (UEFI); grub-common's
+# grub-mkimage makes their GRUB image natively. binfmt_misc is mounted
 # when it is not. Prints the command that would fix it when registration is impossible.
 ensure_arm64_emulation() {
     if [[ $(uname -m) == aarch64 ]]; then
@@ -91,6 +92,9 @@ ensure_arm64_emulation() {
     command -v arch-test >/dev/null 2>&1 || pkgs+=(arch-test)
     command -v qemu-system-aarch64 >/dev/null 2>&1 || pkgs+=(qemu-system-arm)
     [[ -e /usr/share/AAVMF/AAVMF_CODE.fd ]] || pkgs+=(qemu-efi-aarch64)
+    # GRUB's arm64 boot image is made by the host's grub-mkimage from the image's own
+    # modules (it only assembles them), not by the image's under emulation.
+    command -v grub-mkimage >/dev/null 2>&1 || pkgs+=(grub-common)
     if ((${#pkgs[@]} > 0)); then
         if [[ $(id -u) -ne 0 ]]; then
             echo "arm64 emulation: need root to install ${pkgs[*]}" \

@@ -285,6 +285,11 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
         &["--version"],
         "building arm64 on other hosts",
     ),
+    (
+        "grub-mkimage",
+        &["--version"],
+        "GRUB boot images of emulated arches, made natively",
+    ),
     ("arch-test", &["-n"], "mmdebstrap's foreign-arch check"),
     ("git", &["--version"], "element sources"),
 ];

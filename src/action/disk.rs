@@ -204,6 +204,11 @@ impl Runner<'_> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         self.extra_env = env;
+        let host_mkimage = super::grub::host_mkimage(&self.spec.arch);
+        if let Some(tool) = &host_mkimage {
+            self.extra_env
+                .insert(super::grub::ENV.into(), tool.display().to_string());
+        }
 
         self.setup_chroot()?;
         let phases = self.spec.phases.clone();
@@ -217,11 +222,20 @@ impl Runner<'_> {
         // that path inside the image, never the host's files in the ESP).
         let image = self.tree()?;
         let boot = work.join("boot");
-        if let Some(dir) = image
+        let boot_in = image
             .dir(BOOT_DIR_IN)
-            .map_err(io("resolve the boot image directory"))?
-        {
-            tree::copy_contents(&dir, &boot)?;
+            .map_err(io("resolve the boot image directory"))?;
+        if let Some(dir) = &boot_in {
+            tree::copy_contents(dir, &boot)?;
+        }
+        if let (Some(tool), Some(boot_in)) = (&host_mkimage, &boot_in) {
+            let started = std::time::Instant::now();
+            let n = super::grub::run_requests(tool, &self.root, boot_in, &boot)?;
+            self.logln(&format!(
+                "disk: {n} GRUB image(s) made by the host's {} in {} ms",
+                tool.display(),
+                started.elapsed().as_millis()
+            ));
         }
         let esp_tree = work.join("esp-tree");
         std::fs::create_dir_all(&esp_tree).map_err(io("create the ESP tree"))?;

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod dib;
 pub mod disk;
 pub mod event;
+pub mod grub;
 pub mod inroot;
 pub mod layout;
 pub mod runner;

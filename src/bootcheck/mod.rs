@@ -635,9 +635,11 @@ fn qemu_command(t: &BootTest, kvm: bool, drives: &Drives) -> Result<Process, Boo
             std::fs::copy(&vars, &my_vars).map_err(setup("copy the UEFI variables"))?;
             // cortex-a72 under TCG: `max` would emulate pointer authentication, which costs
             // a large share of TCG's time for nothing a boot test needs.
+            // Under KVM the guest gets the host's own interrupt controller: many arm64
+            // servers have a GICv3 without the GICv2 `virt` would otherwise emulate.
             cmd.args([
                 "-machine",
-                "virt",
+                if kvm { "virt,gic-version=host" } else { "virt" },
                 "-cpu",
                 if kvm { "host" } else { "cortex-a72" },
             ]);

@@ -477,7 +477,7 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
     let bad = f
         .ccb(&["build", "fake-ubuntu26", "--until", "layer"])
         .fails();
-    bad.stderr_has("lacks the nvme driver")
+    bad.stderr_has("lacks nvme although dracut ran with --no-hostonly")
         .stderr_has("element `initramfs`");
 
     images("yes");
