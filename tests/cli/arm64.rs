@@ -189,6 +189,36 @@ fn with_emulation_registered_arm64_is_emulated_with_the_fix_binary_flag() {
 }
 
 /// The ELF machine of a file (e_machine): 0xB7 is AArch64, 0x3E x86-64.
+/// Each of `built` ran (not cached) with every step timed, where the emulated time goes,
+/// and `layer` deferred its initramfs (the dpkg element). Returns the report's rows.
+fn assert_emulated_build(
+    json: &serde_json::Value,
+    built: &[&str],
+    layer: &str,
+) -> Vec<serde_json::Value> {
+    let rows = json["actions"].as_array().unwrap().clone();
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {json}"))
+            .clone()
+    };
+    for id in built {
+        assert_eq!(row(id)["status"], "built", "{id}");
+        let steps = row(id)["steps"].as_array().unwrap().clone();
+        assert!(!steps.is_empty(), "{id} has no steps");
+        assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{id}");
+    }
+    let names: Vec<String> = row(layer)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "00-dpkg-defer"), "{names:?}");
+    rows
+}
+
 fn elf_machine(path: &Path) -> u16 {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(&bytes[..4], b"\x7fELF", "{} is not ELF", path.display());
@@ -281,31 +311,17 @@ fn an_arm64_image_is_built_under_emulation_and_boots_on_aavmf_with_the_checks_pa
         .ok();
     run.stderr_has("qemu-user emulation");
     let json = run.json();
-    let rows = json["actions"].as_array().unwrap();
-    let row = |id: &str| {
-        rows.iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("{id} not in {json}"))
-    };
-    for id in [
-        "base:arm-os:arm64",
+    let rows = assert_emulated_build(
+        &json,
+        &[
+            "base:arm-os:arm64",
+            "layer:arm-os:arm64",
+            "layer:arm-cc:arm64",
+            "disk:arm-cc:arm64",
+        ],
         "layer:arm-os:arm64",
-        "layer:arm-cc:arm64",
-        "disk:arm-cc:arm64",
-    ] {
-        assert_eq!(row(id)["status"], "built", "{id}");
-        // Where the emulated time goes: every step of the action, with its duration.
-        let steps = row(id)["steps"].as_array().unwrap();
-        assert!(!steps.is_empty(), "{id} has no steps");
-        assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{id}");
-    }
-    let names: Vec<&str> = row("layer:arm-os:arm64")["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"00-dpkg-defer"), "{names:?}");
+    );
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap();
 
     // The programs in the root filesystem are arm64's, run by qemu-user in the chroot.
     let tree = |id: &str| {
@@ -436,30 +452,16 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         .ok();
     run.stderr_has("qemu-user emulation");
     let json = run.json();
-    let rows = json["actions"].as_array().unwrap();
-    let row = |id: &str| {
-        rows.iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("{id} not in {json}"))
-    };
-    for id in [
-        "base:tiny:arm64",
+    let rows = assert_emulated_build(
+        &json,
+        &[
+            "base:tiny:arm64",
+            "layer:tiny:arm64",
+            "layer:tiny-child:arm64",
+        ],
         "layer:tiny:arm64",
-        "layer:tiny-child:arm64",
-    ] {
-        assert_eq!(row(id)["status"], "built", "{id}");
-        // Where the emulated time goes: every step of the action, with its duration.
-        let steps = row(id)["steps"].as_array().unwrap();
-        assert!(!steps.is_empty(), "{id} has no steps");
-        assert!(steps.iter().all(|s| s["duration_ms"].is_u64()), "{id}");
-    }
-    let names: Vec<&str> = row("layer:tiny:arm64")["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"00-dpkg-defer"), "{names:?}");
+    );
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap();
 
     // The programs in the root filesystem are arm64's, run by qemu-user in the chroot.
     let base = env

@@ -90,6 +90,21 @@ impl Env {
         }
     }
 
+    /// The committed tree of the layer or base `id` at its current key (from `cache ls`).
+    pub fn layer_tree(&self, id: &str) -> PathBuf {
+        let ls = self.run(&["cache", "ls", "--format", "json"]).ok().json();
+        let key = ls["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id && e["current"] == true)
+            .unwrap_or_else(|| panic!("no current entry for {id}: {ls}"))["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.cache.path().join("layers").join(key).join("tree")
+    }
+
     pub fn run_in(&self, dir: &Path, args: &[&str]) -> Run {
         let out = self
             .cmd()

@@ -206,21 +206,7 @@ impl Fixture {
     }
 
     pub(crate) fn layer_tree(&self, id: &str) -> PathBuf {
-        let ls = self
-            .env
-            .run(&["cache", "ls", "--format", "json"])
-            .ok()
-            .json();
-        let key = ls["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] == id && e["current"] == true)
-            .unwrap_or_else(|| panic!("{id} not in {ls}"))["key"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        self.env.cache.path().join("layers").join(key).join("tree")
+        self.env.layer_tree(id)
     }
 }
 

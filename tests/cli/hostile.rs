@@ -84,28 +84,7 @@ impl HostileProject {
     }
 
     fn layer_tree(&self, id: &str) -> PathBuf {
-        let ls = self
-            .env
-            .run(&[
-                "--root",
-                self.root.to_str().unwrap(),
-                "cache",
-                "ls",
-                "--format",
-                "json",
-            ])
-            .ok()
-            .json();
-        let key = ls["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] == id && e["current"] == true)
-            .unwrap_or_else(|| panic!("no current entry for {id}: {ls}"))["key"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        self.env.cache.path().join("layers").join(key).join("tree")
+        self.env.layer_tree(id)
     }
 }
 
