@@ -536,20 +536,7 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<(), TreeError> {
         return Ok(());
     }
     // Too many links, or another filesystem: a copy keeps the same bytes and metadata.
-    let out = crate::process::Process::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(src)
-        .arg(dst)
-        .command()
-        .output()
-        .map_err(io_err("run cp for", src))?;
-    if !out.status.success() {
-        return Err(TreeError::Copy {
-            from: src.to_path_buf(),
-            detail: crate::process::tail(&out.stderr, 8),
-        });
-    }
-    Ok(())
+    super::tree::cp_a(src, src, dst, &[])
 }
 
 /// A directory's mode, owner and xattrs (but overlayfs' own) onto another.

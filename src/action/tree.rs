@@ -41,12 +41,16 @@ fn io_err<'p>(
 /// re-implementation would be a second, less tested copy of it.
 pub fn copy_contents(src: &Path, dst: &Path) -> Result<(), TreeError> {
     std::fs::create_dir_all(dst).map_err(io_err("create directory", dst))?;
+    cp_a(src, &src.join("."), dst, &["--no-target-directory"])
+}
+
+/// `cp -a --reflink=auto [extra] from to`, its failure named after `src`.
+pub fn cp_a(src: &Path, from: &Path, to: &Path, extra: &[&str]) -> Result<(), TreeError> {
     let out = crate::process::Process::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg("--no-target-directory")
-        .arg(src.join("."))
-        .arg(dst)
+        .args(["-a", "--reflink=auto"])
+        .args(extra)
+        .arg(from)
+        .arg(to)
         .env("LC_ALL", "C")
         .command()
         .output()
