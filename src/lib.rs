@@ -51,6 +51,8 @@
 //! - [`remote`]: the remote cache shared by build hosts (Bazel's HTTP cache protocol, a Swift
 //!   container, a directory): content-defined zstd chunks, REAPI `ActionResult` entries,
 //!   verified before they enter the store; `ops::build` looks there after the store.
+//! - [`sbom`]: each image's SPDX 2.3 bill of materials (packages, licenses, ccb's inputs),
+//!   written by the disk action and checked by `ccb inspect`.
 //! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc;
 //!   [`store::Layout`] alone spells its paths.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
@@ -71,7 +73,8 @@
 //! checkpoints/<key>/{tree,checkpoint.json}  a layer's state after one of its slow steps
 //!                             (an overlay upper dir over the checkpoints under it)
 //! checkpoint-chains/<layer key>.json  the checkpoints a committed layer was built through
-//! outputs/<key>/, <key>.json  a disk action's files (qcow2, raw, <Name>.d/, SHA256SUMS)
+//! outputs/<key>/, <key>.json  a disk action's files (qcow2, raw, <Name>.spdx.json, <Name>.d/,
+//!                             SHA256SUMS)
 //! artifacts/<sha256>, .json   fetched artifacts, read-only, verified; their blake3 record
 //! artifacts/.partial/         interrupted downloads, resumed by the next fetch
 //! sources/git/, sources/trees/  bare mirrors of git sources; locked trees by git tree id
@@ -103,6 +106,7 @@ pub mod publish;
 pub mod qcow2;
 pub mod redact;
 pub mod remote;
+pub mod sbom;
 pub mod sources;
 pub mod store;
 pub mod ui;

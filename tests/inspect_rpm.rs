@@ -156,14 +156,14 @@ fn rpm_qa(dbpath: &Path) -> BTreeSet<(RpmPackage, String)> {
         .arg(dbpath)
         .args([
             "--qf",
-            "%{NAME}|%{EPOCH}|%{VERSION}|%{RELEASE}|%{ARCH}|%{EVR}\n",
+            "%{NAME}|%{EPOCH}|%{VERSION}|%{RELEASE}|%{ARCH}|%{EVR}|%{LICENSE}|%{SOURCERPM}\n",
         ]));
     String::from_utf8(out)
         .unwrap()
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split('|').collect();
-            assert_eq!(f.len(), 6, "{l}");
+            assert_eq!(f.len(), 8, "{l}");
             let none = |s: &str| {
                 if s == "(none)" {
                     None
@@ -177,6 +177,8 @@ fn rpm_qa(dbpath: &Path) -> BTreeSet<(RpmPackage, String)> {
                 version: f[2].into(),
                 release: f[3].into(),
                 arch: none(f[4]).unwrap_or_default(),
+                license: none(f[6]),
+                source_rpm: none(f[7]),
             };
             (package, f[5].to_string())
         })

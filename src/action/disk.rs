@@ -162,6 +162,7 @@ impl Runner<'_> {
         //    which an overlay is not, so finalise runs on the filesystem, loop-mounted.
         let root = plan.root().clone();
         let root_img = work.join("root.img");
+        let root_fs_file = root_img.clone();
         make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
         if self.spec.overlay {
             umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
@@ -283,7 +284,7 @@ impl Runner<'_> {
         self.logln("disk: partition table, filesystems and boot code written");
 
         // 4. Outputs.
-        self.outputs(&d, &raw, &out, &meta_dir)
+        self.outputs(&d, &raw, &out, &meta_dir, &root_fs_file)
     }
 
     fn write_fstab(&mut self, plan: &DiskPlan) -> Result<(), RunError> {
@@ -368,6 +369,7 @@ impl Runner<'_> {
         raw: &Path,
         out: &Path,
         meta_dir: &Path,
+        root_fs: &Path,
     ) -> Result<(), RunError> {
         let mut made: Vec<String> = Vec::new();
         if d.formats.iter().any(|f| f == "qcow2") {
@@ -411,28 +413,53 @@ impl Runner<'_> {
             format!("{}\n", d.provenance),
         )
         .map_err(io("write the provenance"))?;
-        let mut sums = String::new();
+        let mut digests: Vec<(String, String)> = Vec::new();
         for name in &made {
-            let mut f = File::open(out.join(name)).map_err(io("read an output"))?;
-            let mut h = sha2::Sha256::default();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).map_err(io("read an output"))?;
-                if n == 0 {
-                    break;
-                }
-                sha2::Digest::update(&mut h, &buf[..n]);
-            }
-            let digest: String = sha2::Digest::finalize(h)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            sums.push_str(&format!("{digest}  {name}\n"));
+            digests.push((name.clone(), sha256_of(&out.join(name))?));
         }
+        // The SBOM, from the root filesystem's own bytes (the reader `ccb inspect` checks it
+        // with), beside the disks: cached and materialised with them.
+        let started = std::time::Instant::now();
+        let fs = std::fs::File::open(root_fs)
+            .map_err(io("open the root filesystem for the SBOM"))
+            .and_then(|f| {
+                crate::inspect::fs::open(std::sync::Arc::new(f)).map_err(|e| RunError::Image {
+                    problem: format!("the SBOM: reading the root filesystem: {e}"),
+                })
+            })?;
+        let inventory = crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
+            problem: format!("the SBOM: {e}"),
+        })?;
+        drop(fs);
+        let doc = crate::sbom::document(
+            &d.name,
+            &crate::sbom::created_from_provenance(&d.provenance),
+            &digests,
+            &inventory,
+            &d.sbom,
+        );
+        let sbom_name = crate::sbom::file_name(&d.name);
+        std::fs::write(out.join(&sbom_name), crate::sbom::render(&doc))
+            .map_err(io("write the SBOM"))?;
+        self.logln(&format!(
+            "disk: SBOM of {} packages in {} ms",
+            inventory.packages.len(),
+            started.elapsed().as_millis()
+        ));
+        digests.push((sbom_name.clone(), sha256_of(&out.join(&sbom_name))?));
+        made.push(sbom_name);
+        let sums: String = digests
+            .iter()
+            .map(|(name, digest)| format!("{digest}  {name}\n"))
+            .collect();
         std::fs::write(out.join("SHA256SUMS"), sums).map_err(io("write SHA256SUMS"))?;
         self.logln(&format!("disk: outputs {}", made.join(", ")));
         Ok(())
     }
+}
+
+fn sha256_of(path: &Path) -> Result<String, RunError> {
+    crate::fetch::hash::sha256_file(path).map_err(io(format!("read {}", path.display())))
 }
 
 /// The device a mount point is mounted from (the root filesystem's loop device).

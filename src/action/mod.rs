@@ -751,9 +751,98 @@ impl SpecFor<'_, '_> {
                     .cloned()
                     .unwrap_or_else(|| "/etc/dib-manifests".into()),
                 seed: action.key.clone(),
+                sbom: self.sbom_inputs(),
             }),
             ..self.spec(SpecKind::Disk, work, env, elements)
         })
+    }
+
+    /// What the image is made from, as its SBOM lists it: the actions under the disk, the
+    /// elements and their locked sources, the artifacts, and a pinned base image.
+    fn sbom_inputs(&self) -> crate::sbom::Inputs {
+        use crate::sbom::{ArtifactInput, BaseImage, ElementInput, Inputs, SourceInput};
+        let (ctx, action, image, resolved) = (self.ctx, self.action, self.image, self.resolved);
+        let mut chain = Vec::new();
+        let mut under = action.deps.first().cloned();
+        while let Some(a) = under.as_deref().and_then(|id| ctx.graph.get(id)) {
+            chain.push((a.id.clone(), a.key.clone()));
+            under = (a.kind != Kind::Base).then(|| a.deps.first().cloned()).flatten();
+        }
+        chain.reverse();
+        let source_of =
+            |n: &str| -> Option<String> { ctx.resolver.path.get(n).and_then(|d| d.source.clone()) };
+        let elements: Vec<ElementInput> = resolved
+            .elements
+            .iter()
+            .filter_map(|n| {
+                Some(ElementInput {
+                    name: n.clone(),
+                    digest: resolved.digests.get(n)?.clone(),
+                    source: source_of(n),
+                })
+            })
+            .collect();
+        let used: std::collections::BTreeSet<String> =
+            elements.iter().filter_map(|e| e.source.clone()).collect();
+        let sources = used
+            .iter()
+            .filter_map(|name| {
+                let l = ctx.model.pins.sources.get(name)?;
+                Some(SourceInput {
+                    name: name.clone(),
+                    url: crate::redact::url(&l.url),
+                    git_ref: l.git_ref.clone(),
+                    path: l.path.clone(),
+                    commit: l.commit.clone(),
+                    tree: l.tree.clone(),
+                })
+            })
+            .collect();
+        let artifacts = image
+            .artifacts
+            .iter()
+            .filter_map(|(var, key)| {
+                let art = ctx.model.artifacts.get(key)?;
+                Some(ArtifactInput {
+                    name: key.clone(),
+                    variable: var.clone(),
+                    sha256: art.sha256.to_ascii_lowercase(),
+                    url: art.url.as_deref().map(crate::redact::url),
+                })
+            })
+            .collect();
+        // A base image pinned in the environment (`DIB_UBUNTU_ROOTFS_SHA256`), and where it
+        // comes from (`…_URL`, or DIB_CLOUD_IMAGES and `…_FILE`).
+        let env = &resolved.view.env;
+        let base_image = env
+            .iter()
+            .find(|(k, v)| k.ends_with("_ROOTFS_SHA256") && !v.is_empty())
+            .map(|(k, v)| {
+                let stem = k.trim_end_matches("_SHA256");
+                let url = env
+                    .get(&format!("{stem}_URL"))
+                    .filter(|u| !u.is_empty())
+                    .cloned()
+                    .or_else(|| {
+                        let base = env.get("DIB_CLOUD_IMAGES").filter(|b| !b.is_empty())?;
+                        let file = env.get(&format!("{stem}_FILE")).filter(|f| !f.is_empty())?;
+                        Some(format!("{}/{file}", base.trim_end_matches('/')))
+                    });
+                BaseImage {
+                    pinned_by: k.clone(),
+                    sha256: v.to_ascii_lowercase(),
+                    url: url.as_deref().map(crate::redact::url),
+                }
+            });
+        Inputs {
+            engine: crate::ENGINE_VERSION.to_string(),
+            disk_key: action.key.clone(),
+            chain,
+            elements,
+            artifacts,
+            sources,
+            base_image,
+        }
     }
 
     /// The disk's layout: the block-device element's YAML, or DIB's default image.

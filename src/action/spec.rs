@@ -151,6 +151,9 @@ pub struct DiskSpec {
     pub manifest_dir: String,
     /// Seeds the disk's GUIDs and filesystem UUIDs: the same key gives the same identifiers.
     pub seed: String,
+    /// What the image was built from, for its SBOM.
+    #[serde(default)]
+    pub sbom: crate::sbom::Inputs,
 }
 
 /// A host directory shared between builds (never part of a key), mounted at `target`.

@@ -43,6 +43,9 @@ pub struct Package {
     pub version: String,
     /// `want flag state`, e.g. `install ok installed`, `deinstall ok config-files`.
     pub status: String,
+    /// The `Source` field: `name` or `name (version)`; empty when the source package has the
+    /// binary's name and version.
+    pub source: String,
 }
 
 impl Package {
@@ -109,6 +112,7 @@ pub fn parse_status(data: &[u8]) -> Result<Vec<Package>, DpkgError> {
             "Architecture" => fields.arch = Some(value),
             "Version" => fields.version = Some(value),
             "Status" => fields.status = Some(value),
+            "Source" => fields.source = Some(value),
             _ => {}
         }
         last_field = true;
@@ -129,6 +133,7 @@ struct Fields {
     arch: Option<String>,
     version: Option<String>,
     status: Option<String>,
+    source: Option<String>,
 }
 
 impl Fields {
@@ -163,6 +168,7 @@ impl Fields {
             arch,
             version: self.version.unwrap_or_default(),
             status: self.status.unwrap_or_default(),
+            source: self.source.unwrap_or_default(),
         })
     }
 }

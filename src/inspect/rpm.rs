@@ -36,6 +36,8 @@ const TAG_VERSION: u32 = 1001;
 const TAG_RELEASE: u32 = 1002;
 const TAG_EPOCH: u32 = 1003;
 const TAG_ARCH: u32 = 1022;
+const TAG_LICENSE: u32 = 1014;
+const TAG_SOURCERPM: u32 = 1044;
 
 const TYPE_INT32: u32 = 4;
 const TYPE_STRING: u32 = 6;
@@ -79,6 +81,10 @@ pub struct RpmPackage {
     /// `x86_64`, `noarch`…; empty when the header has no ARCH (`gpg-pubkey`, shown `(none)`
     /// by rpm).
     pub arch: String,
+    /// The source rpm it was built from (`bash-5.1.8-9.el9.src.rpm`), when the header says.
+    pub source_rpm: Option<String>,
+    /// The package's declared license (`GPL-3.0-or-later`, or older free-form names).
+    pub license: Option<String>,
 }
 
 impl RpmPackage {
@@ -143,8 +149,16 @@ pub fn parse_header(blob: &[u8]) -> Result<RpmPackage, RpmError> {
         ));
     }
     let data = &blob[index_end..];
-    let wanted = [TAG_NAME, TAG_VERSION, TAG_RELEASE, TAG_EPOCH, TAG_ARCH];
-    let mut found: [Option<Entry>; 5] = [None; 5];
+    let wanted = [
+        TAG_NAME,
+        TAG_VERSION,
+        TAG_RELEASE,
+        TAG_EPOCH,
+        TAG_ARCH,
+        TAG_LICENSE,
+        TAG_SOURCERPM,
+    ];
+    let mut found: [Option<Entry>; 7] = [None; 7];
     for e in blob[8..index_end].chunks_exact(16) {
         let tag = be32(e, 0);
         if let Some(i) = wanted.iter().position(|&t| t == tag) {
@@ -211,12 +225,16 @@ pub fn parse_header(blob: &[u8]) -> Result<RpmPackage, RpmError> {
             Some(be32(data, offset))
         }
     };
+    // Informational tags: a malformed one is left out rather than failing the package.
+    let optional = |i: usize| string(i).ok().flatten().filter(|s| !s.is_empty());
     Ok(RpmPackage {
         name,
         epoch,
         version,
         release,
         arch,
+        license: optional(5),
+        source_rpm: optional(6),
     })
 }
 
@@ -428,6 +446,8 @@ mod tests {
                 version: "5.14.0".into(),
                 release: "570.el9".into(),
                 arch: "x86_64".into(),
+                source_rpm: None,
+                license: None,
             }
         );
         assert_eq!(p.evr(), "1:5.14.0-570.el9");
@@ -531,6 +551,8 @@ mod tests {
             version: version.into(),
             release: release.into(),
             arch: arch.into(),
+            source_rpm: None,
+            license: None,
         }
     }
 

@@ -309,6 +309,23 @@ pub struct ProjectSettings {
     /// The remote cache shared with other build hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::remote::Settings>,
+    /// How published checksums are signed and verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSettings>,
+}
+
+/// The key that signs each published image's `<Name>.SHA256SUMS` (OpenSSH's SSHSIG format).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSettings {
+    /// Where `ccb publish` reads the private ed25519 key (OpenSSH format, unencrypted): a file
+    /// or an environment variable. Never in a key, a log, an error or JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SecretSource>,
+    /// The public key (`ssh-ed25519 AAAA… comment`) that `ccb inspect --site/--url` verifies
+    /// signatures with, and that the private key must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// Everything the manifests declare, checked and with inheritance resolved.

@@ -24,8 +24,31 @@ struct Subject {
     disk: Arc<dyn ReadAt>,
     dpkg_manifest: Option<Vec<u8>>,
     rpm_manifest: Option<Vec<u8>>,
+    /// The image's SBOM (`<Name>.spdx.json`), next to it or in its version.
+    sbom: Option<Vec<u8>>,
+    /// A published image: what its signed checksums are checked against.
+    published: Option<Published>,
     /// The network source under it, whose fetched bytes are read after the checks.
     fetched: Option<Arc<dyn ReadAt>>,
+}
+
+/// A published image's files in its version: the disk object inspected (read whole to check
+/// its digest) and the small files, fetched once (`None`: absent).
+struct Published {
+    disk_file: String,
+    disk: Arc<dyn ReadAt>,
+    small: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+}
+
+/// The small files of an image's version that the checks read.
+fn small_files(name: &str) -> [String; 4] {
+    use crate::publish::signing;
+    [
+        layout::manifest_file(name),
+        crate::sbom::file_name(name),
+        signing::sums_file(name),
+        signing::signature_file(name),
+    ]
 }
 
 fn inspect_err(e: impl miette::Diagnostic + Send + Sync + 'static) -> CommandError {
@@ -89,6 +112,12 @@ impl InspectReport {
     }
 }
 
+/// The SBOM next to an image laid out as `ccb build --out` writes it.
+fn sibling_sbom(file: &Path) -> Option<Vec<u8>> {
+    let name = file.file_stem()?.to_str()?;
+    std::fs::read(file.parent()?.join(crate::sbom::file_name(name))).ok()
+}
+
 /// The package manifest (`dpkg`, `rpm`) next to an image laid out as `ccb build --out` writes it.
 fn sibling_manifest(file: &Path, kind: &str) -> Option<Vec<u8>> {
     let name = file.file_stem()?.to_str()?;
@@ -123,6 +152,8 @@ fn local_subjects(
             disk: image::open_path(&path).map_err(inspect_err)?,
             dpkg_manifest: sibling_manifest(&path, "dpkg"),
             rpm_manifest: sibling_manifest(&path, "rpm"),
+            sbom: sibling_sbom(&path),
+            published: None,
             fetched: None,
         });
     }
@@ -149,6 +180,8 @@ fn local_subjects(
             disk: image::open_path(&file).map_err(inspect_err)?,
             dpkg_manifest: sibling_manifest(&file, "dpkg"),
             rpm_manifest: sibling_manifest(&file, "rpm"),
+            sbom: sibling_sbom(&file),
+            published: None,
             fetched: None,
             name,
         });
@@ -207,7 +240,23 @@ fn site_subjects(
                 CommandError::msg(format!("{name} {version}: no qcow2 or raw object"))
             })?;
         let src = store.open_read(&object).map_err(inspect_err)?;
+        let small: std::collections::BTreeMap<String, Option<Vec<u8>>> = small_files(&name)
+            .into_iter()
+            .map(|f| {
+                let got = store.get(&layout::object(scope, &v, &f)).ok().flatten();
+                (f, got)
+            })
+            .collect();
         out.push(Subject {
+            sbom: small
+                .get(&crate::sbom::file_name(&name))
+                .cloned()
+                .flatten(),
+            published: Some(Published {
+                disk_file: object.rsplit('/').next().unwrap_or_default().to_string(),
+                disk: src.clone(),
+                small,
+            }),
             source: format!("{} {object}", store.describe()),
             // A Swift site's object is read by ranges: its bytes count (a local file's none).
             fetched: src.fetched_bytes().is_some().then(|| src.clone()),
@@ -258,6 +307,19 @@ fn url_subjects(
                 "{name} {version}: no qcow2 or raw object at {base}"
             ))
         })?;
+        let small: std::collections::BTreeMap<String, Option<Vec<u8>>> = small_files(&name)
+            .into_iter()
+            .map(|f| {
+                let got = remote::download(
+                    &format!("{base}/{scope}/versions/{version}/{f}"),
+                    &no_headers(),
+                    &mut |_, _| {},
+                )
+                .ok()
+                .and_then(|t| std::fs::read(t.path()).ok());
+                (f, got)
+            })
+            .collect();
         let (disk, fetched): (Arc<dyn ReadAt>, Option<Arc<dyn ReadAt>>) = match opened {
             Opened::Ranges(r) => {
                 let r: Arc<dyn ReadAt> = Arc::new(r);
@@ -287,6 +349,15 @@ fn url_subjects(
             }
         };
         out.push(Subject {
+            sbom: small
+                .get(&crate::sbom::file_name(&name))
+                .cloned()
+                .flatten(),
+            published: Some(Published {
+                disk_file: url.rsplit('/').next().unwrap_or_default().to_string(),
+                disk: disk.clone(),
+                small,
+            }),
             source: url,
             disk: image::open_source(disk, &|b| {
                 Err(crate::inspect::qcow2::Qcow2Error::Backing(format!(
@@ -301,6 +372,69 @@ fn url_subjects(
         });
     }
     Ok((out, downloads))
+}
+
+/// With a public key configured: the signature of the image's `<Name>.SHA256SUMS`, then each
+/// file it lists that the inspection reads (the disk object inspected, read whole, and the
+/// small files) against it. Without a key: nothing (the checksums alone prove nothing).
+fn signed_checksums(model: &Model, name: &str, p: &Published) -> Vec<check::CheckResult> {
+    use crate::publish::signing;
+    let result = |name: &str, passed: bool, detail: String| check::CheckResult {
+        name: name.to_string(),
+        passed,
+        detail,
+    };
+    let settings = model.project.signing.clone().unwrap_or_default();
+    let public = match signing::public_key(&settings) {
+        Ok(Some(k)) => k,
+        Ok(None) => return vec![],
+        Err(e) => return vec![result("signature", false, e.to_string())],
+    };
+    let get = |f: &str| p.small.get(f).cloned().flatten();
+    let (sums_name, sig_name) = (signing::sums_file(name), signing::signature_file(name));
+    let Some(sums) = get(&sums_name) else {
+        return vec![result("signature", false, format!("{sums_name} is not published"))];
+    };
+    let Some(sig) = get(&sig_name) else {
+        return vec![result("signature", false, format!("{sig_name} is not published"))];
+    };
+    if let Err(e) = signing::verify(&public, &sums, &sig) {
+        return vec![result("signature", false, format!("{sig_name}: {e}"))];
+    }
+    let mut out = vec![result(
+        "signature",
+        true,
+        format!("{sums_name} signed by the configured key ({})", public.fingerprint(Default::default())),
+    )];
+    let listed = signing::parse_sums(&String::from_utf8_lossy(&sums));
+    let mut bad = Vec::new();
+    let mut checked = Vec::new();
+    for (file, want) in &listed {
+        let actual = if *file == p.disk_file {
+            crate::fetch::hash::sha256_read_at(p.disk.as_ref()).map_err(|e| e.to_string())
+        } else if let Some(bytes) = p.small.get(file) {
+            bytes
+                .as_deref()
+                .map(crate::fetch::hash::sha256_bytes)
+                .ok_or_else(|| "not published".to_string())
+        } else {
+            continue; // another format of the image, not read by this inspection
+        };
+        match actual {
+            Ok(got) if got == *want => checked.push(file.clone()),
+            Ok(got) => bad.push(format!("{file}: sha256 {got}, signed {want}")),
+            Err(e) => bad.push(format!("{file}: {e}")),
+        }
+    }
+    if !listed.contains_key(&p.disk_file) {
+        bad.push(format!("{} is not in {sums_name}", p.disk_file));
+    }
+    out.push(if bad.is_empty() {
+        result("checksums", true, format!("as signed: {}", checked.join(", ")))
+    } else {
+        result("checksums", false, bad.join("; "))
+    });
+    out
 }
 
 pub fn open_fs(disk: Arc<dyn ReadAt>) -> Result<(String, Box<dyn Filesystem>), CommandError> {
@@ -396,12 +530,18 @@ pub fn inspect(
                         }
                     }
                 }
+                if let Some(doc) = &s.sbom {
+                    results.push(check::sbom(fs.as_ref(), doc));
+                }
             }
             Err(e) => results.push(check::CheckResult {
                 name: "root-filesystem".into(),
                 passed: false,
                 detail: e.message(),
             }),
+        }
+        if let Some(p) = &s.published {
+            results.extend(signed_checksums(&model, &s.name, p));
         }
         let report = ImageReport {
             passed: results.iter().all(|r| r.passed),

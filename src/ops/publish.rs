@@ -137,10 +137,13 @@ fn image_in(dir: &Path, name: &str, formats: &[&str]) -> Result<ImageFiles, Comm
             manifest_path.display()
         ))
     })?;
+    // The SBOM of a ccb build; an image built elsewhere may have none.
+    let sbom = std::fs::read(dir.join(crate::sbom::file_name(name))).ok();
     Ok(ImageFiles {
         name: name.to_string(),
         files,
         manifest,
+        sbom,
     })
 }
 
@@ -275,6 +278,14 @@ pub fn publish(
         failed: 0,
         build,
     };
+    let signing = model.project.signing.clone().unwrap_or_default();
+    let signer = crate::publish::signing::Signer::load(&signing, &model.root)
+        .map_err(CommandError::from_diag)?;
+    if signer.is_none() && signing.public_key.is_some() {
+        shell.warn(
+            "signing.public_key is set but signing.key is not: the checksums are published unsigned",
+        );
+    }
     for key in &site_keys {
         let site: &Site = &model.sites[key];
         let wanted: Vec<&Candidate> = candidates
@@ -338,6 +349,7 @@ pub fn publish(
                 today: today(),
                 dry_run: req.dry_run,
                 show_progress: req.show_progress,
+                signer: signer.as_ref(),
             };
             let started = std::time::Instant::now();
             match publish::publish_image(store.as_ref(), &image, &opts) {

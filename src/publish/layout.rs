@@ -8,6 +8,9 @@
 //!                                                   image in the version (see [`claim`])
 //! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.qcow2     the image, one object per format
 //! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.raw
+//! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.spdx.json   the SBOM (SPDX 2.3 JSON)
+//! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.SHA256SUMS  SHA-256 of every file of the image here
+//! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.SHA256SUMS.sig  its SSHSIG signature (when signed)
 //! <scope>/versions/<YYYYMMDD>-v<N>/<Name>.manifest  the provenance JSON; written last, with
 //!                                                   create-only semantics: it is what makes
 //!                                                   a version "hold" an image
@@ -134,6 +137,27 @@ pub fn claims_in(scope: &str, names: &[String]) -> Vec<(Version, String)> {
         .collect()
 }
 
+/// The files of an image beside its disk formats and manifest, by what follows `<Name>.`;
+/// longest first, as one ends another.
+pub const EXTRA_FILES: [&str; 3] = ["SHA256SUMS.sig", "SHA256SUMS", "spdx.json"];
+
+/// Whether what follows `<Name>.` names one of [`EXTRA_FILES`].
+pub fn is_extra_file(suffix: &str) -> bool {
+    EXTRA_FILES.contains(&suffix)
+}
+
+/// `(image, what follows <Name>.)` of a file name in a version: the extras first (an image's
+/// name may hold dots, `CC-Ubuntu24.04.spdx.json`), else the last dot.
+pub fn split_file(file: &str) -> Option<(&str, &str)> {
+    EXTRA_FILES
+        .iter()
+        .find_map(|x| {
+            let image = file.strip_suffix(x)?.strip_suffix('.')?;
+            (!image.is_empty()).then_some((image, *x))
+        })
+        .or_else(|| file.rsplit_once('.'))
+}
+
 pub fn manifest_file(name: &str) -> String {
     format!("{name}.manifest")
 }
@@ -186,7 +210,7 @@ pub fn versions_in(
         let Some(v) = Version::parse(v) else {
             continue;
         };
-        let Some((image, _ext)) = file.rsplit_once('.') else {
+        let Some((image, _ext)) = split_file(file) else {
             continue;
         };
         out.entry(v)
@@ -326,6 +350,9 @@ mod tests {
             "prod/versions/20261127-v1/CC-Debian12.qcow2",
             "prod/versions/20261127-v1/CC-Debian12.manifest",
             "prod/versions/20261127-v1/CC-Ubuntu24.04.manifest",
+            "prod/versions/20261127-v1/CC-Ubuntu24.04.spdx.json",
+            "prod/versions/20261127-v1/CC-Ubuntu24.04.SHA256SUMS",
+            "prod/versions/20261127-v1/CC-Ubuntu24.04.SHA256SUMS.sig",
             "prod/versions/junk/CC-Debian12.manifest",
             "prod/current",
         ]
@@ -336,7 +363,8 @@ mod tests {
         assert_eq!(got.len(), 1);
         let images = &got[&v("20261127-v1")];
         assert_eq!(images["CC-Debian12"].len(), 2);
-        assert!(images.contains_key("CC-Ubuntu24.04"));
+        assert_eq!(images.len(), 2, "the SBOM and checksums are the image's: {images:?}");
+        assert_eq!(images["CC-Ubuntu24.04"].len(), 4);
     }
 
     #[test]

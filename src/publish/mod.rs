@@ -15,7 +15,9 @@
 //!    marker object exists ([`layout::marker`]);
 //! 3. uploads each format (Swift: a Static Large Object above the segment size, segments named
 //!    by content so an interrupted upload resumes), each verified by the store;
-//! 4. writes `<Name>.manifest` last, create-only: from then on the version holds the image;
+//! 4. writes `<Name>.spdx.json` (the SBOM, when the build made one), `<Name>.SHA256SUMS` over
+//!    every file of the image and its signature `<Name>.SHA256SUMS.sig` ([`signing`]), then
+//!    `<Name>.manifest` last, create-only: from then on the version holds the image;
 //! 5. checks every object back (size and SHA-256 metadata);
 //! 6. writes the image's pointer, then settles `current` ([`settle_current`]).
 
@@ -25,6 +27,7 @@ pub mod keystone;
 pub mod layout;
 pub mod local;
 pub mod secret;
+pub mod signing;
 pub mod sites;
 pub mod swift;
 
@@ -276,6 +279,8 @@ pub struct ImageFiles {
     pub files: Vec<FileToPublish>,
     /// The provenance JSON, published as `<Name>.manifest`.
     pub manifest: Vec<u8>,
+    /// The SBOM, published as `<Name>.spdx.json`.
+    pub sbom: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -303,6 +308,8 @@ pub struct PublishOptions<'a> {
     pub today: String,
     pub dry_run: bool,
     pub show_progress: bool,
+    /// Signs `<Name>.SHA256SUMS` (unsigned without one).
+    pub signer: Option<&'a signing::Signer>,
 }
 
 fn now_rfc3339() -> String {
@@ -392,6 +399,13 @@ pub fn publish_image(
                 .iter()
                 .map(|f| name_of(&version, &format!("{}.{}", image.name, f.format))),
         );
+        if image.sbom.is_some() {
+            objects.push(name_of(&version, &crate::sbom::file_name(&image.name)));
+        }
+        objects.push(name_of(&version, &signing::sums_file(&image.name)));
+        if opts.signer.is_some() {
+            objects.push(name_of(&version, &signing::signature_file(&image.name)));
+        }
         objects.push(name_of(&version, &layout::manifest_file(&image.name)));
         objects.push(layout::pointer(scope, &image.name));
         objects.push(layout::current(scope));
@@ -491,6 +505,40 @@ pub fn publish_image(
             ),
         });
     }
+    // The SBOM and the signed checksums of every file, before the manifest: once the version
+    // holds the image, they are there.
+    let mut sums: BTreeMap<String, String> = image
+        .files
+        .iter()
+        .map(|f| (format!("{}.{}", image.name, f.format), f.sha256.clone()))
+        .collect();
+    sums.insert(
+        layout::manifest_file(&image.name),
+        crate::fetch::hash::sha256_bytes(&manifest),
+    );
+    if let Some(sbom) = &image.sbom {
+        let file = crate::sbom::file_name(&image.name);
+        sums.insert(file.clone(), crate::fetch::hash::sha256_bytes(sbom));
+        site.put_bytes(&name_of(&file), sbom, "application/spdx+json", false)?;
+    }
+    let sums = signing::sums_text(&sums);
+    if let Some(signer) = opts.signer {
+        let sig = signer
+            .sign(sums.as_bytes())
+            .map_err(|e| PublishError::Site(e.to_string()))?;
+        site.put_bytes(
+            &name_of(&signing::signature_file(&image.name)),
+            sig.as_bytes(),
+            "text/plain",
+            false,
+        )?;
+    }
+    site.put_bytes(
+        &name_of(&signing::sums_file(&image.name)),
+        sums.as_bytes(),
+        "text/plain",
+        false,
+    )?;
     match site.put_bytes(&manifest_name, &manifest, "application/json", true)? {
         PutOutcome::Written => {}
         PutOutcome::Exists => {
@@ -828,7 +876,7 @@ fn pointer_for(
         let Some(format) = o.name.strip_prefix(&prefix) else {
             continue;
         };
-        if format == "manifest" {
+        if format == "manifest" || layout::is_extra_file(format) {
             continue;
         }
         if let Some(d) = site.head(&o.name)?.and_then(|i| i.sha256) {

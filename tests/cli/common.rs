@@ -250,3 +250,41 @@ pub fn logs_contain(store: &Path, needle: &str) -> bool {
     rd.filter_map(Result::ok)
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
 }
+
+/// Validates an SPDX document with the SPDX project's own validator (`pyspdxtools`, PyPI's
+/// spdx-tools), installed with pip into a venv kept between runs (`/var/tmp/spdx-venv`, or
+/// `CCB_SPDX_VENV`) under a lock. Returns the validator's complaints (empty when valid).
+pub fn spdx_validate(doc: &Path) -> String {
+    let venv = std::env::var_os("CCB_SPDX_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/spdx-venv"));
+    let tool = venv.join("bin/pyspdxtools");
+    if !tool.is_file() {
+        let install = format!(
+            "[ -x '{v}/bin/pyspdxtools' ] || {{ [ -x '{v}/bin/pip' ] || python3 -m venv '{v}'; \
+             '{v}/bin/pip' install --quiet --disable-pip-version-check 'spdx-tools==0.8.*'; }}",
+            v = venv.display()
+        );
+        let out = Command::new("flock")
+            .arg(format!("{}.lock", venv.display()))
+            .args(["sh", "-c", &install])
+            .output()
+            .expect("run flock");
+        assert!(
+            out.status.success(),
+            "installing spdx-tools with pip failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(&tool).arg("-i").arg(doc).output().expect("run pyspdxtools");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && !text.contains("invalid") {
+        String::new()
+    } else {
+        format!("exit {:?}: {text}", out.status.code())
+    }
+}

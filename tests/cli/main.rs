@@ -16,6 +16,7 @@ mod manifests;
 mod pipes;
 mod publish;
 mod remote;
+mod sbom;
 mod site_contract;
 mod sources;
 

@@ -1153,3 +1153,289 @@ fn an_artifact_kept_in_a_site_container_is_fetched_with_the_site_credentials() {
     assert!(stderr.contains("artifact `cuda`"), "{stderr}");
     assert!(!stderr.contains(rig.var("KS_PASSWORD")), "{stderr}");
 }
+
+/// An ed25519 key pair made by `ssh-keygen` in `dir`: (private key file, public key line).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "release@ccb", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// What an operator runs: `ssh-keygen -Y verify` with an allowed_signers file naming the key
+/// for ccb's namespace, the checksums on stdin.
+fn operator_verifies(public: &str, sums: &Path, sig: &Path) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!("images@chameleon namespaces=\"ccb-image\" {public}\n"),
+    )
+    .unwrap();
+    let out = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f"])
+        .arg(&allowed)
+        .args(["-I", "images@chameleon", "-n", "ccb-image", "-s"])
+        .arg(sig)
+        .stdin(std::fs::File::open(sums).unwrap())
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+fn signing_settings(key: &str, public: &str) -> String {
+    format!(
+        "{{\n  build_repo = \"https://github.com/ChameleonCloud/cc-images\",\n  signing = {{ key = {key}, public_key = \"{public}\" }},\n}}\n"
+    )
+}
+
+#[test]
+fn published_checksums_are_signed_and_operators_verify_them_with_ssh_keygen() {
+    let p = Project::new(LOCAL);
+    let (key, public) = keypair(p.root(), "ccb-signing");
+    let private = std::fs::read_to_string(&key).unwrap();
+    write(
+        p.root().join("manifests/project.ncl"),
+        &signing_settings("{ file = \"ccb-signing\" }", &public),
+    );
+    let images = p.images(&["CC-A"], 200_000, 1);
+    write(images.join("CC-A.spdx.json"), "{\"spdxVersion\": \"SPDX-2.3\"}\n");
+    let run = p
+        .ccb(&[
+            "publish",
+            "--outputs",
+            images.to_str().unwrap(),
+            "CC-A",
+            "--scope",
+            "prod",
+            "--site",
+            "here",
+            "--format",
+            "json",
+        ])
+        .ok();
+    let version = run.json()["results"][0]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The private key never shows, in any form.
+    let body: String = private
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    for out in [&run.stdout, &run.stderr] {
+        assert!(!out.contains(&body[..40]), "the private key leaked: {out}");
+    }
+
+    let dir = p.root().join("site/prod/versions").join(&version);
+    let (sums, sig) = (dir.join("CC-A.SHA256SUMS"), dir.join("CC-A.SHA256SUMS.sig"));
+    // Every file of the image, in coreutils' format: `sha256sum -c` in the version directory.
+    let listed = std::fs::read_to_string(&sums).unwrap();
+    let names: Vec<&str> = listed
+        .lines()
+        .map(|l| l.split_once("  ").unwrap().1)
+        .collect();
+    assert_eq!(
+        names,
+        ["CC-A.manifest", "CC-A.qcow2", "CC-A.raw", "CC-A.spdx.json"]
+    );
+    let check = Command::new("sha256sum")
+        .args(["-c", "CC-A.SHA256SUMS"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(operator_verifies(&public, &sums, &sig));
+
+    // Tampering: a changed checksum fails the signature; a changed file fails sha256sum.
+    let copy = p.root().join("tampered.SHA256SUMS");
+    std::fs::write(&copy, listed.replacen(&listed[..1], if &listed[..1] == "0" { "1" } else { "0" }, 1)).unwrap();
+    assert!(!operator_verifies(&public, &copy, &sig));
+    let (_, stranger) = keypair(p.root(), "stranger");
+    assert!(!operator_verifies(&stranger, &sums, &sig), "another key's signers must not verify");
+    std::fs::write(dir.join("CC-A.raw"), b"altered").unwrap();
+    let check = Command::new("sha256sum")
+        .args(["-c", "--quiet", "CC-A.SHA256SUMS"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stdout).contains("CC-A.raw: FAILED"));
+
+    // The SBOM and checksums are the image's files, not images of their own.
+    let list = p
+        .ccb(&["versions", "list", "--site", "here", "--scope", "prod", "--format", "json"])
+        .ok()
+        .json();
+    let images_listed: Vec<&str> = list["versions"][0]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(images_listed, ["CC-A"], "{list}");
+
+    // The key from an environment variable; one that is not the public key's is refused
+    // before anything is sent, naming where it came from and nothing of it.
+    let (other, _) = keypair(p.root(), "other");
+    write(
+        p.root().join("manifests/project.ncl"),
+        &signing_settings("{ env = \"CCB_TEST_SIGNING_KEY\" }", &public),
+    );
+    p.images(&["CC-A"], 200_000, 2);
+    let refused = p
+        .cmd(&["publish", "--outputs", images.to_str().unwrap(), "CC-A", "--scope", "prod", "--site", "here"])
+        .env("CCB_TEST_SIGNING_KEY", std::fs::read_to_string(&other).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("environment variable CCB_TEST_SIGNING_KEY") && stderr.contains("public_key"),
+        "{stderr}"
+    );
+    let published = p
+        .cmd(&["publish", "--outputs", images.to_str().unwrap(), "CC-A", "--scope", "prod", "--site", "here", "--format", "json"])
+        .env("CCB_TEST_SIGNING_KEY", &private)
+        .output()
+        .unwrap();
+    assert!(published.status.success(), "{published:?}");
+    let v2: serde_json::Value = serde_json::from_slice(&published.stdout).unwrap();
+    let dir = p
+        .root()
+        .join("site/prod/versions")
+        .join(v2["results"][0]["version"].as_str().unwrap());
+    assert!(operator_verifies(
+        &public,
+        &dir.join("CC-A.SHA256SUMS"),
+        &dir.join("CC-A.SHA256SUMS.sig")
+    ));
+}
+
+fn check<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    run["images"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {run}"))
+}
+
+#[test]
+fn inspect_verifies_the_signed_checksums_on_swift_and_by_url_and_names_a_tampered_file() {
+    let container = format!("ccb-test-signed-{}", std::process::id());
+    let rig = rig();
+    let _bucket = rig.container(&container);
+    let p = Project::with_rig(&swift_site(&container, "ccb"));
+    let (_, public) = keypair(p.root(), "ccb-signing");
+    write(
+        p.root().join("manifests/project.ncl"),
+        &signing_settings("{ file = \"ccb-signing\" }", &public),
+    );
+    write(
+        p.root().join("manifests/inspect.ncl"),
+        "{ executables = { \"usr/bin\" = [\"cloud-init\"] } }\n",
+    );
+    let out = p.root().join("built");
+    std::fs::create_dir_all(&out).unwrap();
+    let raw = crate::inspect::disk_with(&out, "CC-Signed", 0o755, "2.36-9", &[]);
+    let qcow = out.join("CC-Signed.qcow2");
+    crate::inspect::run(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&qcow),
+    );
+    std::fs::remove_file(&raw).unwrap();
+    write(
+        out.join("CC-Signed.d/CC-Signed_provenance.json"),
+        &provenance("CC-Signed", &build_time(1)),
+    );
+    write(
+        out.join("SHA256SUMS"),
+        &format!("{}  CC-Signed.qcow2\n", sha256(&qcow)),
+    );
+    let version = p
+        .ccb(&["publish", "--outputs", out.to_str().unwrap(), "CC-Signed", "--scope", "prod", "--format", "json"])
+        .ok()
+        .json()["results"][0]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let prefix = format!("prod/versions/{version}");
+
+    // The stock tool, on what the site serves.
+    let fetched = tempfile::tempdir().unwrap();
+    for f in ["CC-Signed.SHA256SUMS", "CC-Signed.SHA256SUMS.sig"] {
+        std::fs::write(fetched.path().join(f), rig.get(&container, &format!("{prefix}/{f}")))
+            .unwrap();
+    }
+    assert!(operator_verifies(
+        &public,
+        &fetched.path().join("CC-Signed.SHA256SUMS"),
+        &fetched.path().join("CC-Signed.SHA256SUMS.sig")
+    ));
+
+    let inspect_site = || {
+        p.ccb(&["inspect", "--site", "rig", "--scope", "prod", "--format", "json"])
+            .json()
+    };
+    let run = inspect_site();
+    assert_eq!(run["passed"], true, "{run}");
+    assert_eq!(check(&run, "signature")["passed"], true, "{run}");
+    let sums = check(&run, "checksums");
+    assert_eq!(sums["passed"], true, "{run}");
+    assert!(
+        sums["detail"].as_str().unwrap().contains("CC-Signed.qcow2"),
+        "the disk inspected is hashed whole: {run}"
+    );
+
+    // By URL, anonymously.
+    let (code, body) = rig.swift_with("POST", &container, &["X-Container-Read: .r:*,.rlistings"]);
+    assert!(code == 204 || code == 202, "{code} {body}");
+    let url = format!("{}/{container}", rig.var("KS_SWIFT_STORAGE_URL"));
+    let by_url = || {
+        p.ccb(&["inspect", "--url", &url, "--scope", "prod", "--format", "json"])
+            .json()
+    };
+    let run = by_url();
+    assert_eq!(run["passed"], true, "{run}");
+    assert_eq!(check(&run, "signature")["passed"], true, "{run}");
+
+    // A manifest altered on the site: the checksums fail, naming it.
+    let tampered = rig.get(&container, &format!("{prefix}/CC-Signed.manifest")).replace("true", "false");
+    crate::site_contract::put(&container, &format!("{prefix}/CC-Signed.manifest"), &tampered);
+    let run = by_url();
+    assert_eq!(run["passed"], false, "{run}");
+    let sums = check(&run, "checksums");
+    assert_eq!(sums["passed"], false);
+    assert!(sums["detail"].as_str().unwrap().contains("CC-Signed.manifest: sha256"), "{run}");
+
+    // Checksums re-signed by another key: the signature fails.
+    let (stranger, _) = keypair(p.root(), "stranger");
+    let forging = tempfile::tempdir().unwrap();
+    let copy = forging.path().join("CC-Signed.SHA256SUMS");
+    std::fs::copy(fetched.path().join("CC-Signed.SHA256SUMS"), &copy).unwrap();
+    let sig = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "ccb-image", "-f"])
+        .arg(&stranger)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(sig.status.success(), "{sig:?}");
+    let forged = std::fs::read_to_string(forging.path().join("CC-Signed.SHA256SUMS.sig")).unwrap();
+    crate::site_contract::put(&container, &format!("{prefix}/CC-Signed.SHA256SUMS.sig"), &forged);
+    let run = inspect_site();
+    assert_eq!(run["passed"], false, "{run}");
+    let signature = check(&run, "signature");
+    assert_eq!(signature["passed"], false);
+    assert!(
+        signature["detail"].as_str().unwrap().contains("does not match"),
+        "{run}"
+    );
+}

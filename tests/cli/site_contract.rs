@@ -419,7 +419,7 @@ fn four_publishers_of_one_image_on_one_day_each_get_their_own_complete_version()
 }
 
 /// Puts an object into the container as the rig's user.
-fn put(container: &str, object: &str, body: &str) {
+pub(crate) fn put(container: &str, object: &str, body: &str) {
     let rig = rig();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), body).unwrap();
