@@ -20,6 +20,8 @@ ccb_host_tools=(
     # The rpm database tests make packages and an SQLite rpmdb with the real rpm.
     rpm:rpm
     rpmbuild:rpm
+    # Operators verify signed checksums with OpenSSH's ssh-keygen; the tests do too.
+    ssh-keygen:openssh-client
     # The initramfs reader's tests pack archives with the tools initramfs generators use.
     cpio:cpio
     gzip:gzip
@@ -35,6 +37,10 @@ ensure_host_tools() {
             missing+=("${entry#*:}")
         fi
     done
+    # The SBOM tests install the SPDX validator (spdx-tools) with pip into a venv.
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
     if ((${#missing[@]} == 0)); then
         return 0
     fi

@@ -766,7 +766,9 @@ impl SpecFor<'_, '_> {
         let mut under = action.deps.first().cloned();
         while let Some(a) = under.as_deref().and_then(|id| ctx.graph.get(id)) {
             chain.push((a.id.clone(), a.key.clone()));
-            under = (a.kind != Kind::Base).then(|| a.deps.first().cloned()).flatten();
+            under = (a.kind != Kind::Base)
+                .then(|| a.deps.first().cloned())
+                .flatten();
         }
         chain.reverse();
         let source_of =

@@ -248,10 +248,7 @@ fn site_subjects(
             })
             .collect();
         out.push(Subject {
-            sbom: small
-                .get(&crate::sbom::file_name(&name))
-                .cloned()
-                .flatten(),
+            sbom: small.get(&crate::sbom::file_name(&name)).cloned().flatten(),
             published: Some(Published {
                 disk_file: object.rsplit('/').next().unwrap_or_default().to_string(),
                 disk: src.clone(),
@@ -349,10 +346,7 @@ fn url_subjects(
             }
         };
         out.push(Subject {
-            sbom: small
-                .get(&crate::sbom::file_name(&name))
-                .cloned()
-                .flatten(),
+            sbom: small.get(&crate::sbom::file_name(&name)).cloned().flatten(),
             published: Some(Published {
                 disk_file: url.rsplit('/').next().unwrap_or_default().to_string(),
                 disk: disk.clone(),
@@ -393,10 +387,18 @@ fn signed_checksums(model: &Model, name: &str, p: &Published) -> Vec<check::Chec
     let get = |f: &str| p.small.get(f).cloned().flatten();
     let (sums_name, sig_name) = (signing::sums_file(name), signing::signature_file(name));
     let Some(sums) = get(&sums_name) else {
-        return vec![result("signature", false, format!("{sums_name} is not published"))];
+        return vec![result(
+            "signature",
+            false,
+            format!("{sums_name} is not published"),
+        )];
     };
     let Some(sig) = get(&sig_name) else {
-        return vec![result("signature", false, format!("{sig_name} is not published"))];
+        return vec![result(
+            "signature",
+            false,
+            format!("{sig_name} is not published"),
+        )];
     };
     if let Err(e) = signing::verify(&public, &sums, &sig) {
         return vec![result("signature", false, format!("{sig_name}: {e}"))];
@@ -404,7 +406,10 @@ fn signed_checksums(model: &Model, name: &str, p: &Published) -> Vec<check::Chec
     let mut out = vec![result(
         "signature",
         true,
-        format!("{sums_name} signed by the configured key ({})", public.fingerprint(Default::default())),
+        format!(
+            "{sums_name} signed by the configured key ({})",
+            public.fingerprint(Default::default())
+        ),
     )];
     let listed = signing::parse_sums(&String::from_utf8_lossy(&sums));
     let mut bad = Vec::new();
@@ -430,7 +435,11 @@ fn signed_checksums(model: &Model, name: &str, p: &Published) -> Vec<check::Chec
         bad.push(format!("{} is not in {sums_name}", p.disk_file));
     }
     out.push(if bad.is_empty() {
-        result("checksums", true, format!("as signed: {}", checked.join(", ")))
+        result(
+            "checksums",
+            true,
+            format!("as signed: {}", checked.join(", ")),
+        )
     } else {
         result("checksums", false, bad.join("; "))
     });

@@ -363,7 +363,11 @@ mod tests {
         assert_eq!(got.len(), 1);
         let images = &got[&v("20261127-v1")];
         assert_eq!(images["CC-Debian12"].len(), 2);
-        assert_eq!(images.len(), 2, "the SBOM and checksums are the image's: {images:?}");
+        assert_eq!(
+            images.len(),
+            2,
+            "the SBOM and checksums are the image's: {images:?}"
+        );
         assert_eq!(images["CC-Ubuntu24.04"].len(), 4);
     }
 

@@ -49,7 +49,9 @@ pub enum SigningError {
     #[error("signing key ({source_desc}) is not the key of `signing.public_key`")]
     #[diagnostic(
         code(ccb::signing::mismatch),
-        help("set `signing.public_key` to the key's .pub line, or point `signing.key` at its private key")
+        help(
+            "set `signing.public_key` to the key's .pub line, or point `signing.key` at its private key"
+        )
     )]
     Mismatch { source_desc: String },
     #[error("`signing.public_key`: {0}")]
@@ -76,7 +78,9 @@ pub fn public_key(settings: &SigningSettings) -> Result<Option<PublicKey>, Signi
     settings
         .public_key
         .as_deref()
-        .map(|k| PublicKey::from_openssh(k.trim()).map_err(|e| SigningError::PublicKey(e.to_string())))
+        .map(|k| {
+            PublicKey::from_openssh(k.trim()).map_err(|e| SigningError::PublicKey(e.to_string()))
+        })
         .transpose()
 }
 
@@ -139,9 +143,9 @@ pub fn verify(public: &PublicKey, data: &[u8], signature: &[u8]) -> Result<(), S
             sig.namespace()
         ));
     }
-    public
-        .verify(NAMESPACE, data, &sig)
-        .map_err(|_| "the signature does not match the checksums and the configured public key".into())
+    public.verify(NAMESPACE, data, &sig).map_err(|_| {
+        "the signature does not match the checksums and the configured public key".into()
+    })
 }
 
 /// `<sha256>  <file>` lines, sorted by file (what `sha256sum -c` reads).

@@ -138,7 +138,12 @@ fn spdx_for(name: &str) -> Option<String> {
         "AGPL" => ["1.0", "3.0"].contains(&version),
         _ => ["1.1", "1.2", "1.3"].contains(&version),
     };
-    known.then(|| format!("{family}-{version}-{}", if later { "or-later" } else { "only" }))
+    known.then(|| {
+        format!(
+            "{family}-{version}-{}",
+            if later { "or-later" } else { "only" }
+        )
+    })
 }
 
 /// `LicenseRef-<name>` with every character SPDX does not allow in an id made `-`.
@@ -177,7 +182,11 @@ fn paragraphs(text: &str) -> Vec<Paragraph> {
             {
                 let l = line.trim();
                 // A line of a single `.` is an empty line of the text.
-                more.push(if l == "." { String::new() } else { l.to_string() });
+                more.push(if l == "." {
+                    String::new()
+                } else {
+                    l.to_string()
+                });
             }
             continue;
         }

@@ -226,9 +226,8 @@ pub fn inventory(fs: &dyn Filesystem) -> Result<OsInventory, SbomError> {
             });
         }
     }
-    out.packages.sort_by(|a, b| {
-        (&a.name, &a.arch, &a.version).cmp(&(&b.name, &b.arch, &b.version))
-    });
+    out.packages
+        .sort_by(|a, b| (&a.name, &a.arch, &a.version).cmp(&(&b.name, &b.arch, &b.version)));
     Ok(out)
 }
 
@@ -324,7 +323,9 @@ pub fn created_from_provenance(provenance: &str) -> String {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// A download location SPDX takes as it is (other schemes: `NOASSERTION`).
@@ -510,8 +511,8 @@ pub fn document(
         let id = ids.make("Base", base_id);
         let mut m = package(&id, base_id);
         m.insert("versionInfo".into(), json!(base_key));
-        let mut comment = "The base root filesystem (ccb's base action; the version is its key)."
-            .to_string();
+        let mut comment =
+            "The base root filesystem (ccb's base action; the version is its key).".to_string();
         if let Some(b) = inputs.base_image.as_ref().filter(|b| is_sha256(&b.sha256)) {
             m.insert(
                 "checksums".into(),
@@ -520,7 +521,10 @@ pub fn document(
             if let Some(u) = b.url.as_deref().filter(|u| is_web_url(u)) {
                 m.insert("downloadLocation".into(), json!(u));
             }
-            comment.push_str(&format!(" Unpacked from an image pinned by {}.", b.pinned_by));
+            comment.push_str(&format!(
+                " Unpacked from an image pinned by {}.",
+                b.pinned_by
+            ));
         }
         m.insert("comment".into(), json!(comment));
         packages.push(finish(m));
@@ -569,8 +573,7 @@ pub fn render(doc: &Value) -> Vec<u8> {
 /// (name, arch, version) of every OS package a document lists (those with a `pkg:deb` or
 /// `pkg:rpm` package URL).
 pub fn listed_packages(doc: &[u8]) -> Result<BTreeSet<(String, String, String)>, SbomError> {
-    let v: Value =
-        serde_json::from_slice(doc).map_err(|e| SbomError::Document(e.to_string()))?;
+    let v: Value = serde_json::from_slice(doc).map_err(|e| SbomError::Document(e.to_string()))?;
     if v["spdxVersion"] != "SPDX-2.3" {
         return Err(SbomError::Document("no `spdxVersion: SPDX-2.3`".into()));
     }
@@ -707,8 +710,20 @@ mod tests {
             ..Inputs::default()
         };
         let files = vec![("Tiny.qcow2".to_string(), "01".repeat(32))];
-        let a = render(&document("Tiny", "2026-12-06T09:23:12Z", &files, &inv, &inputs));
-        let b = render(&document("Tiny", "2026-12-06T09:23:12Z", &files, &inv, &inputs));
+        let a = render(&document(
+            "Tiny",
+            "2026-12-06T09:23:12Z",
+            &files,
+            &inv,
+            &inputs,
+        ));
+        let b = render(&document(
+            "Tiny",
+            "2026-12-06T09:23:12Z",
+            &files,
+            &inv,
+            &inputs,
+        ));
         assert_eq!(a, b);
         let listed = listed_packages(&a).unwrap();
         assert_eq!(
@@ -729,7 +744,10 @@ mod tests {
     #[test]
     fn ids_are_valid_and_unique() {
         let mut ids = Ids::default();
-        assert_eq!(ids.make("Deb", "libstdc++6-amd64"), "SPDXRef-Deb-libstdc--6-amd64");
+        assert_eq!(
+            ids.make("Deb", "libstdc++6-amd64"),
+            "SPDXRef-Deb-libstdc--6-amd64"
+        );
         assert_eq!(
             ids.make("Deb", "libstdc+-6-amd64"),
             "SPDXRef-Deb-libstdc--6-amd64-2"

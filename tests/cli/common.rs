@@ -276,7 +276,11 @@ pub fn spdx_validate(doc: &Path) -> String {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = Command::new(&tool).arg("-i").arg(doc).output().expect("run pyspdxtools");
+    let out = Command::new(&tool)
+        .arg("-i")
+        .arg(doc)
+        .output()
+        .expect("run pyspdxtools");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -217,7 +217,7 @@ fn debian12_is_a_gpt_disk_that_boots() {
     );
     // Its SBOM (SPDX 2.3) validates with the SPDX project's validator and lists exactly the
     // image's installed packages (`ccb inspect`'s sbom check).
-    crate::sbom::assert_valid_and_matching(out.path(), "CC-Debian12", &env);
+    crate::sbom::assert_valid_and_matching(Path::new(root), out.path(), "CC-Debian12", &env);
     // The raw disk is sparse: far fewer blocks than its size.
     let meta = std::fs::metadata(&raw).unwrap();
     use std::os::unix::fs::MetadataExt;

@@ -1204,7 +1204,10 @@ fn published_checksums_are_signed_and_operators_verify_them_with_ssh_keygen() {
         &signing_settings("{ file = \"ccb-signing\" }", &public),
     );
     let images = p.images(&["CC-A"], 200_000, 1);
-    write(images.join("CC-A.spdx.json"), "{\"spdxVersion\": \"SPDX-2.3\"}\n");
+    write(
+        images.join("CC-A.spdx.json"),
+        "{\"spdxVersion\": \"SPDX-2.3\"}\n",
+    );
     let run = p
         .ccb(&[
             "publish",
@@ -1254,10 +1257,17 @@ fn published_checksums_are_signed_and_operators_verify_them_with_ssh_keygen() {
 
     // Tampering: a changed checksum fails the signature; a changed file fails sha256sum.
     let copy = p.root().join("tampered.SHA256SUMS");
-    std::fs::write(&copy, listed.replacen(&listed[..1], if &listed[..1] == "0" { "1" } else { "0" }, 1)).unwrap();
+    std::fs::write(
+        &copy,
+        listed.replacen(&listed[..1], if &listed[..1] == "0" { "1" } else { "0" }, 1),
+    )
+    .unwrap();
     assert!(!operator_verifies(&public, &copy, &sig));
     let (_, stranger) = keypair(p.root(), "stranger");
-    assert!(!operator_verifies(&stranger, &sums, &sig), "another key's signers must not verify");
+    assert!(
+        !operator_verifies(&stranger, &sums, &sig),
+        "another key's signers must not verify"
+    );
     std::fs::write(dir.join("CC-A.raw"), b"altered").unwrap();
     let check = Command::new("sha256sum")
         .args(["-c", "--quiet", "CC-A.SHA256SUMS"])
@@ -1269,7 +1279,9 @@ fn published_checksums_are_signed_and_operators_verify_them_with_ssh_keygen() {
 
     // The SBOM and checksums are the image's files, not images of their own.
     let list = p
-        .ccb(&["versions", "list", "--site", "here", "--scope", "prod", "--format", "json"])
+        .ccb(&[
+            "versions", "list", "--site", "here", "--scope", "prod", "--format", "json",
+        ])
         .ok()
         .json();
     let images_listed: Vec<&str> = list["versions"][0]["images"]
@@ -1289,18 +1301,42 @@ fn published_checksums_are_signed_and_operators_verify_them_with_ssh_keygen() {
     );
     p.images(&["CC-A"], 200_000, 2);
     let refused = p
-        .cmd(&["publish", "--outputs", images.to_str().unwrap(), "CC-A", "--scope", "prod", "--site", "here"])
-        .env("CCB_TEST_SIGNING_KEY", std::fs::read_to_string(&other).unwrap())
+        .cmd(&[
+            "publish",
+            "--outputs",
+            images.to_str().unwrap(),
+            "CC-A",
+            "--scope",
+            "prod",
+            "--site",
+            "here",
+        ])
+        .env(
+            "CCB_TEST_SIGNING_KEY",
+            std::fs::read_to_string(&other).unwrap(),
+        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("environment variable CCB_TEST_SIGNING_KEY") && stderr.contains("public_key"),
+        stderr.contains("environment variable CCB_TEST_SIGNING_KEY")
+            && stderr.contains("public_key"),
         "{stderr}"
     );
     let published = p
-        .cmd(&["publish", "--outputs", images.to_str().unwrap(), "CC-A", "--scope", "prod", "--site", "here", "--format", "json"])
+        .cmd(&[
+            "publish",
+            "--outputs",
+            images.to_str().unwrap(),
+            "CC-A",
+            "--scope",
+            "prod",
+            "--site",
+            "here",
+            "--format",
+            "json",
+        ])
         .env("CCB_TEST_SIGNING_KEY", &private)
         .output()
         .unwrap();
@@ -1361,7 +1397,16 @@ fn inspect_verifies_the_signed_checksums_on_swift_and_by_url_and_names_a_tampere
         &format!("{}  CC-Signed.qcow2\n", sha256(&qcow)),
     );
     let version = p
-        .ccb(&["publish", "--outputs", out.to_str().unwrap(), "CC-Signed", "--scope", "prod", "--format", "json"])
+        .ccb(&[
+            "publish",
+            "--outputs",
+            out.to_str().unwrap(),
+            "CC-Signed",
+            "--scope",
+            "prod",
+            "--format",
+            "json",
+        ])
         .ok()
         .json()["results"][0]["version"]
         .as_str()
@@ -1372,8 +1417,11 @@ fn inspect_verifies_the_signed_checksums_on_swift_and_by_url_and_names_a_tampere
     // The stock tool, on what the site serves.
     let fetched = tempfile::tempdir().unwrap();
     for f in ["CC-Signed.SHA256SUMS", "CC-Signed.SHA256SUMS.sig"] {
-        std::fs::write(fetched.path().join(f), rig.get(&container, &format!("{prefix}/{f}")))
-            .unwrap();
+        std::fs::write(
+            fetched.path().join(f),
+            rig.get(&container, &format!("{prefix}/{f}")),
+        )
+        .unwrap();
     }
     assert!(operator_verifies(
         &public,
@@ -1382,8 +1430,10 @@ fn inspect_verifies_the_signed_checksums_on_swift_and_by_url_and_names_a_tampere
     ));
 
     let inspect_site = || {
-        p.ccb(&["inspect", "--site", "rig", "--scope", "prod", "--format", "json"])
-            .json()
+        p.ccb(&[
+            "inspect", "--site", "rig", "--scope", "prod", "--format", "json",
+        ])
+        .json()
     };
     let run = inspect_site();
     assert_eq!(run["passed"], true, "{run}");
@@ -1400,21 +1450,35 @@ fn inspect_verifies_the_signed_checksums_on_swift_and_by_url_and_names_a_tampere
     assert!(code == 204 || code == 202, "{code} {body}");
     let url = format!("{}/{container}", rig.var("KS_SWIFT_STORAGE_URL"));
     let by_url = || {
-        p.ccb(&["inspect", "--url", &url, "--scope", "prod", "--format", "json"])
-            .json()
+        p.ccb(&[
+            "inspect", "--url", &url, "--scope", "prod", "--format", "json",
+        ])
+        .json()
     };
     let run = by_url();
     assert_eq!(run["passed"], true, "{run}");
     assert_eq!(check(&run, "signature")["passed"], true, "{run}");
 
     // A manifest altered on the site: the checksums fail, naming it.
-    let tampered = rig.get(&container, &format!("{prefix}/CC-Signed.manifest")).replace("true", "false");
-    crate::site_contract::put(&container, &format!("{prefix}/CC-Signed.manifest"), &tampered);
+    let tampered = rig
+        .get(&container, &format!("{prefix}/CC-Signed.manifest"))
+        .replace("true", "false");
+    crate::site_contract::put(
+        &container,
+        &format!("{prefix}/CC-Signed.manifest"),
+        &tampered,
+    );
     let run = by_url();
     assert_eq!(run["passed"], false, "{run}");
     let sums = check(&run, "checksums");
     assert_eq!(sums["passed"], false);
-    assert!(sums["detail"].as_str().unwrap().contains("CC-Signed.manifest: sha256"), "{run}");
+    assert!(
+        sums["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CC-Signed.manifest: sha256"),
+        "{run}"
+    );
 
     // Checksums re-signed by another key: the signature fails.
     let (stranger, _) = keypair(p.root(), "stranger");
@@ -1429,13 +1493,20 @@ fn inspect_verifies_the_signed_checksums_on_swift_and_by_url_and_names_a_tampere
         .unwrap();
     assert!(sig.status.success(), "{sig:?}");
     let forged = std::fs::read_to_string(forging.path().join("CC-Signed.SHA256SUMS.sig")).unwrap();
-    crate::site_contract::put(&container, &format!("{prefix}/CC-Signed.SHA256SUMS.sig"), &forged);
+    crate::site_contract::put(
+        &container,
+        &format!("{prefix}/CC-Signed.SHA256SUMS.sig"),
+        &forged,
+    );
     let run = inspect_site();
     assert_eq!(run["passed"], false, "{run}");
     let signature = check(&run, "signature");
     assert_eq!(signature["passed"], false);
     assert!(
-        signature["detail"].as_str().unwrap().contains("does not match"),
+        signature["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
         "{run}"
     );
 }

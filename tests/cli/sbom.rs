@@ -47,8 +47,7 @@ fn the_tiny_image_has_a_valid_sbom_of_its_packages_that_inspect_checks() {
     let problems = spdx_validate(&sbom);
     assert!(problems.is_empty(), "pyspdxtools: {problems}");
 
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&sbom).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom).unwrap()).unwrap();
     assert_eq!(doc["spdxVersion"], "SPDX-2.3");
     assert!(
         doc["documentNamespace"]
@@ -78,21 +77,32 @@ fn the_tiny_image_has_a_valid_sbom_of_its_packages_that_inspect_checks() {
     let debs = packages(&doc);
     assert!(debs.len() > 50, "{} packages", debs.len());
     let dpkg = debs.iter().find(|p| p["name"] == "dpkg").unwrap();
-    let purl = dpkg["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+    let purl = dpkg["externalRefs"][0]["referenceLocator"]
+        .as_str()
+        .unwrap();
     assert!(
-        purl.starts_with("pkg:deb/debian/dpkg@") && purl.contains("arch=amd64") && purl.contains("distro=debian-12"),
+        purl.starts_with("pkg:deb/debian/dpkg@")
+            && purl.contains("arch=amd64")
+            && purl.contains("distro=debian-12"),
         "{purl}"
     );
     let libc = debs.iter().find(|p| p["name"] == "libc6").unwrap();
     assert!(
-        libc["sourceInfo"].as_str().unwrap().starts_with("built package from: glibc "),
+        libc["sourceInfo"]
+            .as_str()
+            .unwrap()
+            .starts_with("built package from: glibc "),
         "{libc}"
     );
     let declared = debs
         .iter()
         .filter(|p| p["licenseDeclared"] != "NOASSERTION")
         .count();
-    assert!(declared * 2 > debs.len(), "{declared} of {} declare a license", debs.len());
+    assert!(
+        declared * 2 > debs.len(),
+        "{declared} of {} declare a license",
+        debs.len()
+    );
     // ccb's inputs: the elements by digest, the base action.
     let names: Vec<&str> = doc["packages"]
         .as_array()
@@ -106,7 +116,14 @@ fn the_tiny_image_has_a_valid_sbom_of_its_packages_that_inspect_checks() {
     // ccb inspect checks it against the image's dpkg status.
     let image = out.join("Tiny.qcow2");
     let run = env
-        .run(&["inspect", image.to_str().unwrap(), "--format", "json"])
+        .run(&[
+            "--root",
+            root.to_str().unwrap(),
+            "inspect",
+            image.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
         .json();
     let check = sbom_check(&run);
     assert_eq!(check["passed"], true, "{run}");
@@ -122,7 +139,14 @@ fn the_tiny_image_has_a_valid_sbom_of_its_packages_that_inspect_checks() {
     edited["packages"] = serde_json::Value::Array(kept);
     std::fs::write(&sbom, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
     let run = env
-        .run(&["inspect", image.to_str().unwrap(), "--format", "json"])
+        .run(&[
+            "--root",
+            root.to_str().unwrap(),
+            "inspect",
+            image.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
         .json();
     let check = sbom_check(&run);
     assert_eq!(check["passed"], false, "{run}");
@@ -146,13 +170,20 @@ fn sbom_check(run: &serde_json::Value) -> &serde_json::Value {
 }
 
 /// Used by `disk.rs` on the CC-Debian12 build: the SBOM validates and matches the image.
-pub(crate) fn assert_valid_and_matching(out: &Path, name: &str, env: &Env) {
+pub(crate) fn assert_valid_and_matching(root: &Path, out: &Path, name: &str, env: &Env) {
     let sbom = out.join(format!("{name}.spdx.json"));
     let problems = spdx_validate(&sbom);
     assert!(problems.is_empty(), "pyspdxtools on {name}: {problems}");
     let image = out.join(format!("{name}.qcow2"));
     let run = env
-        .run(&["inspect", image.to_str().unwrap(), "--format", "json"])
+        .run(&[
+            "--root",
+            root.to_str().unwrap(),
+            "inspect",
+            image.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
         .json();
     assert_eq!(sbom_check(&run)["passed"], true, "{run}");
 }
