@@ -230,6 +230,11 @@ fn a_site_deploys_what_ccb_publishes_and_archives_the_previous_version_under_its
     let (mut tacc, mut kvm) = (Glance::default(), Glance::default());
 
     let first = p.images_in("build1", &["CC-Debian12"], 300_000, 1);
+    // The SBOM and the checksums go beside the image: the puller must not take them for images.
+    crate::common::write(
+        first.join("CC-Debian12.spdx.json"),
+        "{\"spdxVersion\": \"SPDX-2.3\"}\n",
+    );
     let v1 = publish(&p, &first, "CC-Debian12", &[])["version"]
         .as_str()
         .unwrap()
@@ -243,6 +248,12 @@ fn a_site_deploys_what_ccb_publishes_and_archives_the_previous_version_under_its
         "{listing}"
     );
 
+    for extra in ["CC-Debian12.spdx.json", "CC-Debian12.SHA256SUMS"] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!("/{extra}"))),
+            "{listing}"
+        );
+    }
     qcow2_site.sync(&mut tacc);
     raw_site.sync(&mut kvm);
     for (glance, format) in [(&tacc, "qcow2"), (&kvm, "raw")] {
@@ -309,7 +320,14 @@ fn a_site_deploys_what_ccb_publishes_and_archives_the_previous_version_under_its
 
     // Without its marker, the first real object is the one skipped: the image is never found.
     // (What the marker is for; the site's state is left as it was.)
+    // `<Name>.SHA256SUMS` sorts before the manifest (upper case first) and would be the line
+    // skipped instead: removed too, as in a version published without checksums.
     let (code, _) = rig.swift("DELETE", &format!("{container}/prod/versions/{v2}"));
+    assert_eq!(code, 204);
+    let (code, _) = rig.swift(
+        "DELETE",
+        &format!("{container}/prod/versions/{v2}/CC-Debian12.SHA256SUMS"),
+    );
     assert_eq!(code, 204);
     let mut fresh = Glance::default();
     qcow2_site.sync(&mut fresh);
