@@ -118,9 +118,13 @@ fn spdx_for(name: &str) -> Option<String> {
     if let Some((_, id)) = ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(name)) {
         return Some((*id).to_string());
     }
-    let (base, later) = match name.strip_suffix('+') {
-        Some(b) => (b, true),
-        None => (name, false),
+    // Debian's `GPL-2+`, and SPDX's own `GPL-2.0-or-later` / `GPL-2.0-only`.
+    let (base, later) = if let Some(b) = name.strip_suffix('+') {
+        (b, true)
+    } else if let Some(b) = name.strip_suffix("-or-later") {
+        (b, true)
+    } else {
+        (name.strip_suffix("-only").unwrap_or(name), false)
     };
     let (family, version) = base.split_once('-')?;
     let family = GNU.iter().find(|f| f.eq_ignore_ascii_case(family))?;
@@ -148,7 +152,9 @@ fn spdx_for(name: &str) -> Option<String> {
 
 /// `LicenseRef-<name>` with every character SPDX does not allow in an id made `-`.
 pub fn license_ref(name: &str) -> String {
+    // `+` (a later version) is spelled out, so `GPLv2` and `GPLv2+` stay two licenses.
     let clean: String = name
+        .replace('+', "-plus")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -249,6 +255,21 @@ fn synopsis(s: &str) -> (String, Vec<String>) {
         return whole();
     }
     (parts.join(" "), unknown)
+}
+
+/// A license as a package header states it (rpm's `License`: SPDX expressions on recent
+/// distributions, free-form names on older ones): known names mapped, the rest (and anything
+/// parenthesized) `LicenseRef-`s whose text is the name itself.
+pub fn from_name(name: &str) -> Declared {
+    let (expression, unknown) = if name.contains(['(', ')']) {
+        (license_ref(name), vec![name.to_string()])
+    } else {
+        synopsis(name)
+    };
+    Declared {
+        expression,
+        refs: unknown.into_iter().map(|n| (license_ref(&n), n)).collect(),
+    }
 }
 
 /// The declared license of a copyright file, `None` when it is not machine-readable or
@@ -394,7 +415,7 @@ Files: *\nLicense: GPL-3+ with GCC-exception-3.1\n\nFiles: b/*\nLicense: GPL-2 B
         let d = from_dep5(text).unwrap();
         assert_eq!(
             d.expression,
-            "LicenseRef-GPL-3--with-GCC-exception-3.1 AND LicenseRef-GPL-2-BSD"
+            "LicenseRef-GPL-3-plus-with-GCC-exception-3.1 AND LicenseRef-GPL-2-BSD"
         );
         assert_eq!(d.refs.len(), 2);
     }
@@ -411,6 +432,22 @@ Files: *\nLicense: LGPL-2.1+ or GPL-2\n";
         assert_eq!(spdx_for("bsd-3-clause").as_deref(), Some("BSD-3-Clause"));
         assert_eq!(spdx_for("GPL-4"), None);
         assert_eq!(spdx_for("GPL"), None);
+    }
+
+    #[test]
+    fn rpm_license_fields_keep_spdx_expressions_and_name_the_rest() {
+        assert_eq!(from_name("MIT").expression, "MIT");
+        assert_eq!(
+            from_name("GPL-2.0-or-later AND LGPL-2.1-or-later").expression,
+            "GPL-2.0-or-later AND LGPL-2.1-or-later"
+        );
+        let old = from_name("GPLv2+");
+        assert_eq!(old.expression, "LicenseRef-GPLv2-plus");
+        assert_eq!(old.refs["LicenseRef-GPLv2-plus"], "GPLv2+");
+        assert_eq!(
+            from_name("(MIT OR Apache-2.0) AND BSD").expression,
+            "LicenseRef-MIT-OR-Apache-2.0--AND-BSD"
+        );
     }
 
     #[test]

@@ -210,10 +210,7 @@ pub fn inventory(fs: &dyn Filesystem) -> Result<OsInventory, SbomError> {
     } else if fs.metadata(crate::inspect::rpm::DB_PATH).is_ok() {
         out.ecosystem = Some(Ecosystem::Rpm);
         for p in crate::inspect::rpm::read_packages(fs)? {
-            let license = p.license.as_deref().map(|l| license::Declared {
-                expression: license::license_ref(l),
-                refs: [(license::license_ref(l), l.to_string())].into(),
-            });
+            let license = p.license.as_deref().map(license::from_name);
             out.packages.push(OsPackage {
                 version: p.evr(),
                 purl_version: format!("{}-{}", p.version, p.release),
@@ -689,6 +686,30 @@ mod tests {
         assert_eq!(
             purl(&inv, Ecosystem::Deb, &p),
             "pkg:deb/debian/tzdata@2024a-0%2Bdeb12u1?arch=all&distro=debian-12"
+        );
+    }
+
+    #[test]
+    fn package_urls_follow_the_purl_spec_for_rpm_with_the_epoch_as_a_qualifier() {
+        let inv = OsInventory {
+            ecosystem: Some(Ecosystem::Rpm),
+            distro: "centos".into(),
+            version_id: "9".into(),
+            packages: vec![],
+        };
+        let p = OsPackage {
+            name: "kernel-core".into(),
+            version: "1:5.14.0-570.el9".into(),
+            arch: "x86_64".into(),
+            source: Some("kernel-5.14.0-570.el9.src.rpm".into()),
+            license: None,
+            purl_version: "5.14.0-570.el9".into(),
+            purl_epoch: Some(1),
+            upstream: None,
+        };
+        assert_eq!(
+            purl(&inv, Ecosystem::Rpm, &p),
+            "pkg:rpm/centos/kernel-core@5.14.0-570.el9?arch=x86_64&epoch=1&distro=centos-9"
         );
     }
 
