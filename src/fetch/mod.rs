@@ -883,6 +883,7 @@ mod tests {
             sha256: hex(&Sha256::digest(content)),
             sums: None,
             description: None,
+            arch: None,
         }
     }
 
