@@ -158,7 +158,14 @@ fn pinned(lock: &str, arch: &str) -> Option<String> {
 fn a_distribution_base_is_pinned_per_arch_after_its_sha256sums_check_and_moved_only_by_update() {
     let p = Project::new();
     let (amd64, arm64) = p.publish("one", false);
-    let build = ["build", "fake-ubuntu", "--until", "base", "--arch", "amd64,arm64"];
+    let build = [
+        "build",
+        "fake-ubuntu",
+        "--until",
+        "base",
+        "--arch",
+        "amd64,arm64",
+    ];
 
     // CI's --locked refuses to add the pins the manifests leave open, naming them.
     p.ccb(&[&build[..], &["--locked"]].concat())
@@ -198,9 +205,7 @@ fn a_distribution_base_is_pinned_per_arch_after_its_sha256sums_check_and_moved_o
 
     // Ubuntu publishes new images: builds keep the pins (nothing rebuilt, the lock as it was).
     let (amd64_two, arm64_two) = p.publish("two", true);
-    let again = p
-        .ccb(&[&build[..], &["--format", "json"]].concat())
-        .ok();
+    let again = p.ccb(&[&build[..], &["--format", "json"]].concat()).ok();
     assert!(!again.stderr.contains("pinned"), "{}", again.stderr);
     assert_eq!(p.lock(), lock);
     let built: Vec<String> = again.json()["actions"]
@@ -244,7 +249,10 @@ fn a_distribution_base_is_pinned_per_arch_after_its_sha256sums_check_and_moved_o
         .json();
     assert_eq!(upd["changed"][0]["entry"], "artifact `noble-rootfs:amd64`");
     assert_eq!(upd["changed"][0]["after"], amd64_two.as_str());
-    assert_eq!(pinned(&p.lock(), "amd64").as_deref(), Some(amd64_two.as_str()));
+    assert_eq!(
+        pinned(&p.lock(), "amd64").as_deref(),
+        Some(amd64_two.as_str())
+    );
 }
 
 #[test]
@@ -276,8 +284,119 @@ fn an_unreachable_base_names_its_url_and_what_overrides_it() {
         p.root().join("manifests/artifacts.ncl"),
         "{ noble-rootfs = { sha256 = \"latest\", arch = { amd64 = { url = \"http://127.0.0.1:9/x.squashfs\" } } } }\n",
     );
-    p.ccb(&["check"])
-        .fails()
-        .stderr_has("image `fake-ubuntu` is built for arm64, but artifact `noble-rootfs` has no arm64 file");
+    p.ccb(&["check"]).fails().stderr_has(
+        "image `fake-ubuntu` is built for arm64, but artifact `noble-rootfs` has no arm64 file",
+    );
 }
 
+#[test]
+fn a_centos_stream_base_is_checked_against_its_checksum_file() {
+    let p = Project::new();
+    // CentOS's layout: `<major>-stream/<arch>/images/` holding the tarball and a CHECKSUM file
+    // in BSD format.
+    let images = p.nginx.root().join("centos/9-stream/x86_64/images");
+    let tree = p.dir.path().join("centos-root");
+    mini_rootfs(&tree, "dnf");
+    write(tree.join("etc/fixture-release"), "centos 9\n");
+    let file = images.join("CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz");
+    std::fs::create_dir_all(&images).unwrap();
+    let st = Command::new("tar")
+        .arg("-cJf")
+        .arg(&file)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let digest = sha256(&file);
+    let checksum = |hex: &str| {
+        write(
+            images.join("CHECKSUM"),
+            &format!(
+                "# CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz: 1 bytes\nSHA256 (CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz) = {hex}\n"
+            ),
+        )
+    };
+    let dir = format!("{}/centos/9-stream/%{{arch}}/images", p.nginx.base);
+    write(
+        p.root().join("manifests/artifacts.ncl"),
+        &format!(
+            r#"let file = fun arch => {{ url = "{dir}/CentOS-Stream-Container-Base-9-latest.%{{arch}}.tar.xz", sums = "{dir}/CHECKSUM" }} in
+{{ centos9-stream-rootfs = {{ sha256 = "latest", arch = {{ amd64 = file "x86_64" }} }} }}
+"#
+        ),
+    );
+    write(
+        p.root().join("manifests/images.ncl"),
+        r#"{
+  fake-centos = {
+    name = "Fake-CentOS",
+    elements = ["centos"],
+    formats = ['qcow2],
+    base_artifacts = { DIB_CENTOS_ROOTFS = "centos9-stream-rootfs" },
+  },
+}
+"#,
+    );
+    let build = ["build", "fake-centos", "--until", "base"];
+    checksum(&"0".repeat(64));
+    p.ccb(&build)
+        .fails()
+        .stderr_has("artifact `centos9-stream-rootfs:amd64`: SHA-256 mismatch");
+    assert!(!p.root().join("ccb.lock").exists());
+    checksum(&digest);
+    p.ccb(&build).ok().stderr_has(&format!(
+        "pinned artifact `centos9-stream-rootfs:amd64` at {digest}"
+    ));
+    let tree = p.env.layer_tree("base:fake-centos:amd64");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/fixture-release")).unwrap(),
+        "centos 9\n"
+    );
+}
+
+/// The vGPU guest driver comes as a `.run` or a `.deb`; as an artifact its file is named by
+/// its variable, so the element tells them apart by content. The real extra-data script.
+#[test]
+fn the_vgpu_driver_artifact_reaches_the_root_named_by_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = repo().join("elements/cc-ubuntu24.04-cuda-vgpu/extra-data.d/40-cc-vgpu-driver");
+    let run = |content: &[u8]| {
+        let driver = dir.path().join("CC_VGPU_DRIVER");
+        std::fs::write(&driver, content).unwrap();
+        let root = dir.path().join("root");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let out = Command::new("bash")
+            .arg(&script)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("CC_VGPU_DRIVER", &driver)
+            .env("TMP_MOUNT_PATH", &root)
+            .output()
+            .unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(root.join("tmp/cc-vgpu"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        (
+            out.status.success(),
+            files,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, files, _) = run(b"#!/bin/sh\n# NVIDIA-Linux-x86_64-grid.run (makeself)\n");
+    assert!(ok);
+    assert_eq!(files, ["nvidia-vgpu-guest-driver.run"]);
+    let (ok, files, _) =
+        run(b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n");
+    assert!(ok);
+    assert_eq!(files, ["nvidia-vgpu-guest-driver.deb"]);
+    let (ok, files, err) = run(b"<html>login required</html>");
+    assert!(!ok && files.is_empty());
+    assert!(err.contains("neither a .deb nor a .run"), "{err}");
+}
