@@ -242,6 +242,16 @@ fn a_distribution_base_is_pinned_per_arch_after_its_sha256sums_check_and_moved_o
     assert_eq!(p.base_release("arm64"), "arm64 two");
     assert_eq!(p.base_release("amd64"), "amd64 one");
 
+    // Asked by its name, the artifact's dependents are every arch's base.
+    let rdeps = p.ccb(&["query", "rdeps", "artifact:noble-rootfs"]).ok();
+    for arch in ["amd64", "arm64"] {
+        assert!(
+            rdeps.stdout.contains(&format!("base:fake-ubuntu:{arch}")),
+            "{}",
+            rdeps.stdout
+        );
+    }
+
     // `ccb update NAME` moves every arch's.
     let upd = p
         .ccb(&["update", "noble-rootfs", "--format", "json"])
