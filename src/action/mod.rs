@@ -472,6 +472,7 @@ impl SpecFor<'_, '_> {
         let mut env = engine_env(self.arch, None, &base.elements);
         env.extend(self.image.env.clone());
         let elements = self.element_srcs(&base.elements, &|_| true)?;
+        let artifacts = self.artifacts(&self.image.base_artifacts)?;
         let steps = base
             .view
             .phases
@@ -495,6 +496,7 @@ impl SpecFor<'_, '_> {
                 steps,
             }],
             pkg_maps: self.pkg_maps(&base.elements, &base.view.env)?,
+            artifacts,
             ..self.spec(SpecKind::Base, work, env, elements)
         })
     }
@@ -517,7 +519,7 @@ impl SpecFor<'_, '_> {
         let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
         env.extend(image.env.clone());
         let elements = self.element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
-        let mut artifacts = self.artifacts()?;
+        let mut artifacts = self.artifacts(&image.artifacts)?;
         artifacts.extend(self.secrets(&work)?);
         Ok(ActionSpec {
             lowers,
@@ -611,12 +613,17 @@ impl SpecFor<'_, '_> {
         Ok(phases)
     }
 
-    /// The image's artifacts, verified in the store, by variable.
-    fn artifacts(&self) -> Result<BTreeMap<String, PathBuf>, BuildError> {
-        let (ctx, action, image) = (self.ctx, self.action, self.image);
+    /// Artifacts of `vars` (variable → artifact, this arch's file of one declared per arch),
+    /// verified in the store, by variable.
+    fn artifacts(
+        &self,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+        let (ctx, action) = (self.ctx, self.action);
         let mut artifacts = BTreeMap::new();
         let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
-        for (var, art_key) in &image.artifacts {
+        for (var, name) in vars {
+            let art_key = &ctx.model.artifact_key(name, self.arch);
             let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
                 BuildError::internal(&action.id, format!("artifact `{art_key}` is not declared"))
             })?;
@@ -803,8 +810,9 @@ impl SpecFor<'_, '_> {
         let artifacts = image
             .artifacts
             .iter()
-            .filter_map(|(var, key)| {
-                let art = ctx.model.artifacts.get(key)?;
+            .filter_map(|(var, name)| {
+                let key = ctx.model.artifact_key(name, self.arch);
+                let art = ctx.model.artifacts.get(&key)?;
                 Some(ArtifactInput {
                     name: key.clone(),
                     variable: var.clone(),
@@ -813,10 +821,28 @@ impl SpecFor<'_, '_> {
                 })
             })
             .collect();
+        // The base images: the `base_artifacts` of the chain's root image.
+        let mut root = image;
+        while let Some(parent) = root.from.as_ref().and_then(|p| ctx.model.images.get(p)) {
+            root = parent;
+        }
+        let mut base_images: Vec<BaseImage> = root
+            .base_artifacts
+            .values()
+            .filter_map(|name| {
+                let key = ctx.model.artifact_key(name, self.arch);
+                let art = ctx.model.artifacts.get(&key)?;
+                Some(BaseImage {
+                    name: key,
+                    sha256: art.sha256.to_ascii_lowercase(),
+                    url: art.url.as_deref().map(crate::redact::url),
+                })
+            })
+            .collect();
         // A base image pinned in the environment (`DIB_UBUNTU_ROOTFS_SHA256`), and where it
         // comes from (`…_URL`, or DIB_CLOUD_IMAGES and `…_FILE`).
         let env = &resolved.view.env;
-        let base_image = env
+        let pinned = env
             .iter()
             .find(|(k, v)| k.ends_with("_ROOTFS_SHA256") && !v.is_empty())
             .map(|(k, v)| {
@@ -831,11 +857,12 @@ impl SpecFor<'_, '_> {
                         Some(format!("{}/{file}", base.trim_end_matches('/')))
                     });
                 BaseImage {
-                    pinned_by: k.clone(),
+                    name: k.clone(),
                     sha256: v.to_ascii_lowercase(),
                     url: url.as_deref().map(crate::redact::url),
                 }
             });
+        base_images.extend(pinned);
         Inputs {
             engine: crate::ENGINE_VERSION.to_string(),
             disk_key: action.key.clone(),
@@ -843,7 +870,7 @@ impl SpecFor<'_, '_> {
             elements,
             artifacts,
             sources,
-            base_image,
+            base_images,
         }
     }
 

@@ -61,8 +61,9 @@ pub struct Inputs {
     pub elements: Vec<ElementInput>,
     pub artifacts: Vec<ArtifactInput>,
     pub sources: Vec<SourceInput>,
-    /// The base image the root filesystem was unpacked from, when its digest is pinned.
-    pub base_image: Option<BaseImage>,
+    /// The base images the root filesystem was unpacked from (the root image's
+    /// `base_artifacts`, or a digest the environment pins).
+    pub base_images: Vec<BaseImage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,8 +98,9 @@ pub struct SourceInput {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseImage {
-    /// The environment variable that pins it (`DIB_UBUNTU_ROOTFS_SHA256`).
-    pub pinned_by: String,
+    /// The artifact (`ubuntu-rootfs-24.04:amd64`) or the environment variable that pins it
+    /// (`DIB_UBUNTU_ROOTFS_SHA256`).
+    pub name: String,
     pub sha256: String,
     /// Where it is fetched from, when the environment says.
     pub url: Option<String>,
@@ -508,9 +510,15 @@ pub fn document(
         let id = ids.make("Base", base_id);
         let mut m = package(&id, base_id);
         m.insert("versionInfo".into(), json!(base_key));
-        let mut comment =
-            "The base root filesystem (ccb's base action; the version is its key).".to_string();
-        if let Some(b) = inputs.base_image.as_ref().filter(|b| is_sha256(&b.sha256)) {
+        m.insert(
+            "comment".into(),
+            json!("The base root filesystem (ccb's base action; the version is its key)."),
+        );
+        packages.push(finish(m));
+        rels.push(relationship(&image_id, "DESCENDANT_OF", &id));
+        for b in inputs.base_images.iter().filter(|b| is_sha256(&b.sha256)) {
+            let bid = ids.make("BaseImage", &b.name);
+            let mut m = package(&bid, &b.name);
             m.insert(
                 "checksums".into(),
                 json!([{"algorithm": "SHA256", "checksumValue": b.sha256}]),
@@ -518,14 +526,14 @@ pub fn document(
             if let Some(u) = b.url.as_deref().filter(|u| is_web_url(u)) {
                 m.insert("downloadLocation".into(), json!(u));
             }
-            comment.push_str(&format!(
-                " Unpacked from an image pinned by {}.",
-                b.pinned_by
-            ));
+            m.insert("primaryPackagePurpose".into(), json!("OPERATING-SYSTEM"));
+            m.insert(
+                "comment".into(),
+                json!("The distribution's base image the root filesystem was unpacked from."),
+            );
+            packages.push(finish(m));
+            rels.push(relationship(&id, "GENERATED_FROM", &bid));
         }
-        m.insert("comment".into(), json!(comment));
-        packages.push(finish(m));
-        rels.push(relationship(&image_id, "DESCENDANT_OF", &id));
     }
 
     let mut all_rels: Vec<Value> = describes
