@@ -736,6 +736,11 @@ mod tests {
                 digest: "ef".repeat(32),
                 source: None,
             }],
+            base_images: vec![BaseImage {
+                name: "ubuntu-rootfs:amd64".into(),
+                sha256: "12".repeat(32),
+                url: Some("https://cloud-images.example/noble.squashfs".into()),
+            }],
             ..Inputs::default()
         };
         let files = vec![("Tiny.qcow2".to_string(), "01".repeat(32))];
@@ -768,6 +773,27 @@ mod tests {
             format!("https://spdx.org/spdxdocs/ccb/Tiny-{}", "ab".repeat(32))
         );
         assert_eq!(v["documentDescribes"], json!(["SPDXRef-Disk-qcow2"]));
+        let base = v["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["SPDXID"] == "SPDXRef-BaseImage-ubuntu-rootfs-amd64")
+            .unwrap();
+        assert_eq!(base["checksums"][0]["checksumValue"], "12".repeat(32));
+        assert_eq!(
+            base["downloadLocation"],
+            "https://cloud-images.example/noble.squashfs"
+        );
+        assert!(
+            v["relationships"]
+                .as_array()
+                .unwrap()
+                .contains(&relationship(
+                    "SPDXRef-Base-base-tiny-amd64",
+                    "GENERATED_FROM",
+                    "SPDXRef-BaseImage-ubuntu-rootfs-amd64"
+                ))
+        );
     }
 
     #[test]
