@@ -248,19 +248,19 @@ impl Runner<'_> {
         self.finalise_base()?;
 
         // 2. The root filesystem, written from the finalised tree by mkfs (ext4: `mkfs.ext4
-        //    -d`, no mount, no loop device). Finalise may have grown the tree (an initramfs
-        //    made there): the root partition is sized for what it holds now.
+        //    -d`, no mount, no loop device). The disk keeps the size DIB gives it, from the
+        //    tree before finalise, unless finalise grew the tree past DIB's margin (an
+        //    initramfs made there): then the root partition is sized for what it holds now.
         let after = du(&self.root)?.bytes;
-        let plan = if after > used {
-            let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
+        let needed = layout::root_size(after, plan_root.kind);
+        let plan = if d.size.is_none() && needed > plan.root().length {
+            let grown = layout::place(&d.layout, needed, d.size)
                 .map_err(|problem| RunError::Image { problem })?;
-            if grown.size != plan.size {
-                self.logln(&format!(
-                    "disk: finalise grew the tree to {} MiB, disk {} MiB",
-                    after >> 20,
-                    grown.size >> 20
-                ));
-            }
+            self.logln(&format!(
+                "disk: finalise grew the tree to {} MiB, disk {} MiB",
+                after >> 20,
+                grown.size >> 20
+            ));
             grown
         } else {
             plan
