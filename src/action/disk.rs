@@ -249,12 +249,12 @@ impl Runner<'_> {
 
         // 2. The root filesystem, written from the finalised tree by mkfs (ext4: `mkfs.ext4
         //    -d`, no mount, no loop device). The disk keeps the size DIB gives it, from the
-        //    tree before finalise, unless finalise grew the tree past DIB's margin (an
-        //    initramfs made there): then the root partition is sized for what it holds now.
+        //    tree before finalise (whose growth, a few MiB of GRUB modules, DIB's 40 % of free
+        //    space absorbs), unless finalise grew the tree to fill more than 80 % of the root
+        //    (an initramfs made there): then it is sized again for what the tree holds now.
         let after = du(&self.root)?.bytes;
-        let needed = layout::root_size(after, plan_root.kind);
-        let plan = if d.size.is_none() && needed > plan.root().length {
-            let grown = layout::place(&d.layout, needed, d.size)
+        let plan = if d.size.is_none() && after > plan.root().length / 10 * 8 {
+            let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
                 .map_err(|problem| RunError::Image { problem })?;
             self.logln(&format!(
                 "disk: finalise grew the tree to {} MiB, disk {} MiB",

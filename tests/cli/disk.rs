@@ -632,7 +632,15 @@ fn an_xfs_root_is_written_after_finalise_and_boots_on_bios_and_uefi() {
     assert_eq!(probe(&raw, parts[2].1), ("xfs".into(), "img-rootfs".into()));
     let uuid = {
         let out = Command::new("blkid")
-            .args(["-p", "-o", "value", "-s", "UUID", "-O", &parts[2].1.to_string()])
+            .args([
+                "-p",
+                "-o",
+                "value",
+                "-s",
+                "UUID",
+                "-O",
+                &parts[2].1.to_string(),
+            ])
             .arg(&raw)
             .output()
             .unwrap();
@@ -659,10 +667,15 @@ fn an_xfs_root_is_written_after_finalise_and_boots_on_bios_and_uefi() {
         "grub.cfg finds the root by the UUID the filesystem has ({uuid}):\n{grub}"
     );
     assert!(
-        fs.read("/usr/sbin/grub-probe").unwrap().starts_with(b"\x7fELF"),
+        fs.read("/usr/sbin/grub-probe")
+            .unwrap()
+            .starts_with(b"\x7fELF"),
         "the image's grub-probe is restored"
     );
-    assert!(fs.symlink_metadata("/usr/sbin/grub-probe.ccb-real").is_err());
+    assert!(
+        fs.symlink_metadata("/usr/sbin/grub-probe.ccb-real")
+            .is_err()
+    );
 
     // It boots on both firmwares, the root grown by cloud-init's xfs_growfs.
     let test = env.run(&[
