@@ -267,7 +267,13 @@ impl Runner<'_> {
         };
         let root = plan.root().clone();
         let root_img = work.join("root.img");
+        let started = std::time::Instant::now();
         make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
+        self.logln(&format!(
+            "disk: root filesystem ({}) written from the tree in {} ms",
+            plan_root.kind.as_str(),
+            started.elapsed().as_millis()
+        ));
         if self.spec.overlay {
             umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
         } else {
@@ -296,8 +302,12 @@ impl Runner<'_> {
 
         // 4. The disk.
         let raw = work.join("disk.raw");
+        let started = std::time::Instant::now();
         write_disk(&raw, &plan, &images, &boot, &d.seed)?;
-        self.logln("disk: partition table, filesystems and boot code written");
+        self.logln(&format!(
+            "disk: partition table, filesystems and boot code written in {} ms",
+            started.elapsed().as_millis()
+        ));
 
         // 5. Outputs.
         self.outputs(&d, &raw, &out, &meta_dir)
@@ -394,13 +404,15 @@ impl Runner<'_> {
                 Some(compression) => {
                     // ccb's writer: deflate on every core (benches/qcow2.rs compares it with
                     // qemu-img on this image).
+                    let started = std::time::Instant::now();
                     let stats = crate::qcow2::convert_raw(raw, &dst, compression)
                         .map_err(RunError::Qcow2)?;
                     self.logln(&format!(
-                        "disk: qcow2 {} MiB, {} of {} data clusters compressed",
+                        "disk: qcow2 {} MiB, {} of {} data clusters compressed, in {} ms",
                         stats.file_size >> 20,
                         stats.compressed_clusters,
-                        stats.data_clusters
+                        stats.data_clusters,
+                        started.elapsed().as_millis()
                     ));
                 }
                 None => {
@@ -428,6 +440,7 @@ impl Runner<'_> {
             format!("{}\n", d.provenance),
         )
         .map_err(io("write the provenance"))?;
+        let started = std::time::Instant::now();
         let mut sums = String::new();
         for name in &made {
             let mut f = File::open(out.join(name)).map_err(io("read an output"))?;
@@ -447,7 +460,11 @@ impl Runner<'_> {
             sums.push_str(&format!("{digest}  {name}\n"));
         }
         std::fs::write(out.join("SHA256SUMS"), sums).map_err(io("write SHA256SUMS"))?;
-        self.logln(&format!("disk: outputs {}", made.join(", ")));
+        self.logln(&format!(
+            "disk: outputs {}, SHA256SUMS in {} ms",
+            made.join(", "),
+            started.elapsed().as_millis()
+        ));
         Ok(())
     }
 }
