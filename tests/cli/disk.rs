@@ -310,6 +310,17 @@ fn debian12_is_a_gpt_disk_that_boots() {
     );
     let grub = debugfs_cat(&rootfs, "/boot/grub/grub.cfg");
     assert!(grub.contains("root=LABEL=cloudimg-rootfs"), "{grub}");
+    // Finalise ran before the filesystem existed: grub-mkconfig was told its UUID by ccb.
+    let uuid = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID"])
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    let uuid = String::from_utf8_lossy(&uuid.stdout).trim().to_string();
+    assert!(
+        !uuid.is_empty() && grub.contains(&format!("--fs-uuid --set=root {uuid}")),
+        "grub.cfg finds the root by the UUID it has ({uuid}):\n{grub}"
+    );
     assert!(grub.contains("console=ttyS0,115200"), "{grub}");
     assert!(grub.contains("gfxpayload=text pci=realloc=off"), "{grub}");
     assert!(!grub.contains("nomodeset"), "{grub}");
