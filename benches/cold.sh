@@ -26,10 +26,13 @@ venv=${DIB_VENV:-/var/tmp/dib-venv}
 }
 packages=(linux-image-amd64 cloud-init openssh-server chrony sudo)
 # The archive the host's apt uses (deb822 or one-line sources).
-mirror=$(grep -rhoE '^(URIs:[[:space:]]*|deb[[:space:]]+)[^[:space:]]+/debian/?([[:space:]]|$)' \
-    /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
+mirror=$({ grep -rhoE '^(URIs:[[:space:]]*|deb[[:space:]]+)[^[:space:]]+/debian/?([[:space:]]|$)' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true; } |
     awk '{print $NF}' | head -n 1)
 [[ -n "$mirror" ]] || { echo "no Debian archive in the host's apt sources" >&2; exit 1; }
+security=$({ grep -rhoE '^(URIs:[[:space:]]*|deb[[:space:]]+)[^[:space:]]+/debian-security/?([[:space:]]|$)' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true; } |
+    awk '{print $NF}' | head -n 1)
 
 work=$(mktemp -d /var/tmp/ccb-bench-cold.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -39,7 +42,8 @@ now() { date +%s.%N; }
 mkdir -p "$work/dib"
 t0=$(now)
 env PATH="$venv/bin:$PATH" DIB_RELEASE=bookworm DIB_DEBIAN_COMPONENTS=main \
-    DIB_DISTRIBUTION_MIRROR="$mirror" DIB_IMAGE_CACHE="$work/dib-cache" \
+    DIB_DISTRIBUTION_MIRROR="$mirror" DIB_DEBIAN_SECURITY_MIRROR="${security:-$mirror-security}" \
+    DIB_IMAGE_CACHE="$work/dib-cache" \
     "$venv/bin/disk-image-create" -a amd64 -t tar -o "$work/dib/rootfs" \
     -p "$(IFS=,; echo "${packages[*]}")" debian-minimal >"$work/dib.log" 2>&1 ||
     { tail -n 30 "$work/dib.log" >&2; exit 1; }
