@@ -26,6 +26,9 @@ ccb_host_tools=(
     zstd:zstd
     xz:xz-utils
     lz4:lz4
+    # The remote builder tests run an sshd in a network namespace (a second "host").
+    sshd:openssh-server
+    ssh:openssh-client
 )
 
 ensure_host_tools() {
