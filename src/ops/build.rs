@@ -685,17 +685,14 @@ fn build_remotely(
     builders: &crate::remote::builder::Builders,
 ) -> Result<(), BuildError> {
     let store = bctx.store;
-    let fail = |e: crate::remote::builder::BuilderError| {
-        let e = match e {
-            crate::remote::builder::BuilderError::Cancelled { .. } => BuildError::Cancelled {
-                id: action.id.clone(),
-            },
-            e => BuildError::Builder {
-                id: action.id.clone(),
-                source: Box::new(e),
-            },
-        };
-        e
+    let fail = |e: crate::remote::builder::BuilderError| match e {
+        crate::remote::builder::BuilderError::Cancelled { .. } => BuildError::Cancelled {
+            id: action.id.clone(),
+        },
+        e => BuildError::Builder {
+            id: action.id.clone(),
+            source: Box::new(e),
+        },
     };
     progress.started(&action.id);
     let started = Instant::now();
@@ -706,22 +703,21 @@ fn build_remotely(
     let mut log = crate::fsutil::create_dir_all(&logs)
         .ok()
         .and_then(|()| tempfile::NamedTempFile::new_in(&logs).ok());
-    let mut on_line = |line: &str| {
-        if let Some(f) = log.as_mut() {
-            let _ = writeln!(f, "{line}");
-        }
-        progress.output(&action.id, line);
+    let built = {
+        let mut on_line = |line: &str| {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            progress.output(&action.id, line);
+        };
+        let inputs = crate::remote::builder::Inputs {
+            graph: bctx.graph,
+            root: &bctx.model.root,
+            resolver: bctx.resolver,
+            pins: &bctx.model.pins,
+        };
+        builders.build(&inputs, action, cancel, &mut on_line)
     };
-    let built = builders.build(
-        bctx.graph,
-        &bctx.model.root,
-        bctx.resolver,
-        &bctx.model.pins,
-        action,
-        cancel,
-        &mut on_line,
-    );
-    drop(on_line);
     if let Some(f) = log {
         let _ = f.persist(&log_path);
     }
@@ -729,10 +725,13 @@ fn build_remotely(
         Ok(b) => b,
         Err(e) => {
             let e = fail(e);
-            if !matches!(e, BuildError::Cancelled { .. }) {
+            let verb = if matches!(e, BuildError::Cancelled { .. }) {
+                "cancelled"
+            } else {
                 progress.block(&render_failure(&e, false));
-            }
-            progress.finished(&action.id, "failed", Some(started.elapsed()));
+                "failed"
+            };
+            progress.finished(&action.id, verb, Some(started.elapsed()));
             return Err(e);
         }
     };

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -170,6 +171,15 @@ impl std::fmt::Display for BuilderUrl {
 /// The project's `builders` setting: build hosts per arch.
 pub type Settings = BTreeMap<Arch, Vec<String>>;
 
+/// Where a bundle's files come from: the project as this build sees it.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub graph: &'a Graph,
+    pub root: &'a Path,
+    pub resolver: &'a crate::element::Resolver<'a>,
+    pub pins: &'a crate::lock::Pins,
+}
+
 /// What goes to the builder on ssh's stdin before the build: what must not be on a command
 /// line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -291,10 +301,7 @@ impl Builders {
     /// Returns the builder. The result is then in the remote cache (for the caller to fetch).
     pub fn build(
         &self,
-        graph: &Graph,
-        root: &Path,
-        resolver: &crate::element::Resolver,
-        pins: &crate::lock::Pins,
+        inputs: &Inputs,
         action: &Action,
         cancel: &AtomicBool,
         on_line: &mut dyn FnMut(&str),
@@ -312,7 +319,7 @@ impl Builders {
         let builder = &list[self.next.fetch_add(1, Ordering::Relaxed) % list.len()];
         let name = builder.to_string();
         self.check_version(builder)?;
-        let bundle = Bundle::collect(graph, root, resolver, pins, action)?;
+        let bundle = Bundle::collect(inputs, action)?;
         let digest = bundle.digest();
         self.send_bundle(builder, &bundle, &digest)?;
         let until = match action.kind {
@@ -628,13 +635,13 @@ const BUNDLE_FORMAT: &str = "ccb-bundle-v1";
 const MAX_BUNDLE: u64 = 512 << 20;
 
 impl Bundle {
-    pub fn collect(
-        graph: &Graph,
-        root: &Path,
-        resolver: &crate::element::Resolver,
-        pins: &crate::lock::Pins,
-        action: &Action,
-    ) -> Result<Self, BuilderError> {
+    pub fn collect(inputs: &Inputs, action: &Action) -> Result<Self, BuilderError> {
+        let Inputs {
+            graph,
+            root,
+            resolver,
+            pins,
+        } = *inputs;
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut seen = BTreeSet::new();
         let mut stack = vec![action.id.clone()];
@@ -762,9 +769,20 @@ impl Bundle {
                 b.format
             )));
         }
+        // Every path stays inside the project: no `..`, and nothing under a link the
+        // bundle itself makes (a link to /etc, then a file "through" it).
+        let links: BTreeSet<&Path> = b
+            .files
+            .iter()
+            .filter(|f| matches!(f.kind, EntryKind::Link { .. }))
+            .map(|f| Path::new(&f.path))
+            .collect();
         for f in &b.files {
             let p = Path::new(&f.path);
-            if f.path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+            if f.path.is_empty()
+                || !p.components().all(|c| matches!(c, Component::Normal(_)))
+                || p.ancestors().skip(1).any(|a| links.contains(a))
+            {
                 return Err(BuilderError::Bundle(format!(
                     "`{}` is not a path inside the project",
                     f.path
@@ -870,7 +888,11 @@ pub fn run(
     if req.verbose {
         cmd.arg("-v");
     }
-    cmd.args(["build", image, "--arch", arch, "--until", until]);
+    // The images stay in the builder's store (the client takes them from the cache): its
+    // materialized copies go to scratch, not into the bundle.
+    let out = store.work_dir(digest)?;
+    cmd.args(["build", image, "--arch", arch, "--until", until, "--out"])
+        .arg(&out);
     for (k, v) in &req.env {
         cmd.arg("--env").arg(k).env(k, v);
     }
@@ -901,11 +923,10 @@ pub fn run(
     let status = child.wait().map_err(|source| BuilderError::Ssh {
         builder: "(this host)".into(),
         source,
-    })?;
-    Ok(status.code().unwrap_or(1))
+    });
+    let _ = crate::store::remove_tree(&out);
+    Ok(status?.code().unwrap_or(1))
 }
-
-use std::os::fd::AsFd;
 
 #[cfg(test)]
 mod tests {
@@ -969,5 +990,25 @@ mod tests {
         };
         let e = Bundle::unpack(&evil.pack().unwrap()[..], &evil.digest()).unwrap_err();
         assert!(e.to_string().contains("not a path inside"), "{e}");
+        let through_a_link = Bundle {
+            format: BUNDLE_FORMAT.into(),
+            files: vec![
+                BundleEntry {
+                    path: "elements/x".into(),
+                    kind: EntryKind::Link {
+                        target: "/etc".into(),
+                    },
+                },
+                BundleEntry {
+                    path: "elements/x/passwd".into(),
+                    kind: EntryKind::File {
+                        exec: false,
+                        data: String::new(),
+                    },
+                },
+            ],
+        };
+        let packed = through_a_link.pack().unwrap();
+        assert!(Bundle::unpack(&packed[..], &through_a_link.digest()).is_err());
     }
 }

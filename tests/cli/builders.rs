@@ -246,6 +246,23 @@ impl Farm {
         format!("ssh://{user}@{}{program}", self.builder_ip)
     }
 
+    /// The processes of the namespace.
+    fn pids(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Bundles of inputs the builder's store holds.
+    fn bundles(&self) -> usize {
+        std::fs::read_dir(self.builder_store().join("bundles")).map_or(0, |d| d.count())
+    }
+
     fn builder_store(&self) -> &Path {
         self.builder_store.path()
     }
@@ -267,18 +284,19 @@ impl Drop for Farm {
             let _ = c.wait();
         }
         // The sshd's sessions (a builder's ccb) die with the namespace's processes.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.ns])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+        for pid in self.pids() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
+        }
+        for _ in 0..50 {
+            if self.pids().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.veth])
@@ -322,9 +340,10 @@ impl Project {
             .arg(&self.root)
             .args(["--remote-cache", &farm.cache])
             .args(rest)
-            .arg("--element-path")
-            .arg(repo().join("elements"))
             .env("CCB_SSH_COMMAND", &self.ssh);
+        if rest.iter().any(|a| matches!(*a, "build" | "query")) {
+            c.arg("--element-path").arg(repo().join("elements"));
+        }
         c
     }
 
@@ -417,7 +436,8 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
     )
     .unwrap();
     assert_ne!(rec["remote"], true, "{rec}");
-    assert!(farm.builder_store().join("bundles").is_dir());
+    // The three actions of one image share one bundle of inputs: sent once.
+    assert_eq!(farm.bundles(), 1);
     // The builder's log streamed here, and kept as the action's log.
     first.stderr_has("disk:tiny:amd64 | ");
     first.stderr_has("built on ssh://root@");
@@ -428,6 +448,19 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
 
     // Killed -9 while the builder builds the child's layer: both stores stay whole, the
     // builder stops, and the next build succeeds.
+    let hashes = p
+        .ccb(&farm, &["query", "hash", "tiny-child", "--format", "json"])
+        .ok()
+        .json();
+    let layer_key = hashes["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "layer:tiny-child:amd64")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut child = p
         .cmd(
             &farm,
@@ -444,11 +477,12 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
         .spawn()
         .unwrap();
     wait_until(
-        "the builder to start a build",
+        "the builder to build the layer",
         Duration::from_secs(300),
         || {
-            std::fs::read_dir(farm.builder_store().join("tmp"))
-                .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().is_dir())))
+            std::fs::read_dir(farm.builder_store().join("tmp")).is_ok_and(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&layer_key)))
+            })
         },
     );
     nix::sys::signal::kill(
@@ -458,7 +492,10 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
     .unwrap();
     child.wait().unwrap();
     verify(p.env.cache.path());
-    // The builder's build ends when its client goes (verify waits for the store's builds).
+    // The builder's build ends when its client goes: only the sshd is left in its namespace.
+    wait_until("the builder to stop", Duration::from_secs(120), || {
+        farm.pids().len() == 1
+    });
     verify(farm.builder_store());
     let again = p
         .ccb(
@@ -472,6 +509,8 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
             ],
         )
         .ok();
+    // The child's bundle, received before the kill, is not sent again.
+    assert_eq!(farm.bundles(), 2);
     let r = rows(&again);
     assert!(
         r.iter()
