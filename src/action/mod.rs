@@ -172,7 +172,7 @@ impl BuildError {
             BuildError::Builder { source, .. } => {
                 use crate::remote::builder::BuilderError as B;
                 return match **source {
-                    B::Unreachable { .. } | B::Ssh { .. } => Blame::Network,
+                    B::Unreachable { .. } | B::Ssh { .. } | B::Download { .. } => Blame::Network,
                     B::Failed { .. } | B::Bundle(_) => Blame::Input,
                     _ => Blame::Host,
                 };

@@ -113,9 +113,13 @@ pub struct ActionReport {
     pub key: String,
     /// `built`, `cached`, `failed`, `cancelled`, `skipped` or `not-started`.
     pub status: &'static str,
-    /// Where a cached result came from: `remote` when this build took it from the remote cache.
+    /// Where a cached result came from: `remote` when this build took it from the remote cache,
+    /// `builder` when a remote builder built it for this build (through the cache).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'static str>,
+    /// The remote builder that built it (`ssh://user@host[:port]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub built: Option<BuiltInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -490,6 +494,7 @@ pub fn build(
                 (status == "cached" && remote.is_some_and(|r| r.served(&act.id)))
                     .then_some("remote")
             },
+            builder: builders.and_then(|b| b.built_by(&act.id)),
             built: None,
             error: None,
             blame: None,
@@ -745,13 +750,21 @@ fn build_remotely(
             );
             Ok(())
         }
-        Ok(false) => Err(fail(builders.not_shared(&builder, action))),
-        Err(e) => Err(BuildError::Builder {
-            id: action.id.clone(),
-            source: Box::new(crate::remote::builder::BuilderError::Bundle(format!(
-                "the result {builder} stored could not be taken from the cache: {e}"
-            ))),
-        }),
+        Ok(false) => {
+            let e = fail(builders.not_shared(&builder, action));
+            progress.block(&render_failure(&e, false));
+            progress.finished(&action.id, "failed", Some(started.elapsed()));
+            Err(e)
+        }
+        Err(e) => {
+            let e = fail(crate::remote::builder::BuilderError::Download {
+                builder: builder.clone(),
+                detail: e.to_string(),
+            });
+            progress.block(&render_failure(&e, false));
+            progress.finished(&action.id, "failed", Some(started.elapsed()));
+            Err(e)
+        }
     }
 }
 
@@ -904,6 +917,7 @@ mod tests {
                 key: format!("{i:064}"),
                 status: if b.is_some() { "failed" } else { "built" },
                 from: None,
+                builder: None,
                 built: None,
                 error: b.map(|_| "it failed".to_string()),
                 blame: *b,

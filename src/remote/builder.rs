@@ -71,6 +71,11 @@ pub enum BuilderError {
         action: String,
         cache: String,
     },
+    #[error(
+        "builder {builder} built it, but it could not be taken from the remote cache: {detail}"
+    )]
+    #[diagnostic(code(ccb::builder::download))]
+    Download { builder: String, detail: String },
     #[error("the project's inputs for a builder: {0}")]
     Bundle(String),
     #[error("running ssh for builder {builder}")]

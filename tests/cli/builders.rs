@@ -419,6 +419,10 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
             "{id}"
         );
     }
+    let builder = format!("ssh://root@{}", farm.builder_ip);
+    for a in first.json()["actions"].as_array().unwrap() {
+        assert_eq!(a["builder"], builder.as_str(), "{a}");
+    }
     let local = p.env.cache.path();
     assert!(!local.join("checkpoints").exists(), "this host ran no step");
     let disk_key = first.json()["actions"][2]["key"]
