@@ -321,9 +321,30 @@ impl Builders {
         if list.is_empty() {
             return Err(BuilderError::Bundle(format!("no builder for {arch}")));
         }
-        let builder = &list[self.next.fetch_add(1, Ordering::Relaxed) % list.len()];
+        // Round robin; a builder that cannot be reached is passed over for the next one
+        // (nothing was sent to it yet), any other refusal stops the action.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut chosen = None;
+        let mut unreachable = None;
+        for i in 0..list.len() {
+            let b = &list[(start + i) % list.len()];
+            match self.check_version(b) {
+                Ok(()) => {
+                    chosen = Some(b);
+                    break;
+                }
+                Err(e @ BuilderError::Unreachable { .. }) if i + 1 < list.len() => {
+                    on_line(&format!("{e}; trying the next builder"));
+                    unreachable = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(builder) = chosen else {
+            return Err(unreachable
+                .unwrap_or_else(|| BuilderError::Bundle(format!("no builder for {arch}"))));
+        };
         let name = builder.to_string();
-        self.check_version(builder)?;
         let bundle = Bundle::collect(inputs, action)?;
         let digest = bundle.digest();
         self.send_bundle(builder, &bundle, &digest)?;

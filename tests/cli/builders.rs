@@ -315,6 +315,15 @@ struct Project {
 
 impl Project {
     fn new(farm: &Farm, builder: &str, ssh_config: &str) -> Self {
+        Self::with_builders(farm, &[builder], ssh_config)
+    }
+
+    fn with_builders(farm: &Farm, builders: &[&str], ssh_config: &str) -> Self {
+        let builders = builders
+            .iter()
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("here");
         copy_tree(&repo().join("tests/fixtures/layered"), &root);
@@ -322,7 +331,7 @@ impl Project {
             root.join("manifests/project.ncl"),
             format!(
                 "{{\n  build_repo = \"https://github.com/ChameleonCloud/cc-images\",\n  \
-                 builders = {{ amd64 = [\"{builder}\"] }},\n}}\n"
+                 builders = {{ amd64 = [{builders}] }},\n}}\n"
             ),
         )
         .unwrap();
@@ -568,6 +577,22 @@ fn an_unreachable_builder_a_refused_login_and_another_version_are_clear_errors()
         .ccb(&farm, &["--remote-builders-only", "build", "tiny"])
         .fails();
     run.stderr_has("ccb 0.0.1-elsewhere");
+    run.stderr_has("same ccb");
+
+    // An unreachable builder is passed over for the arch's next one (here: the other ccb).
+    let nowhere = format!("ssh://root@{}:2/{}", farm.builder_ip, ccb_bin());
+    let p = Project::with_builders(
+        &farm,
+        &[
+            &nowhere,
+            &farm.builder("root", &other.display().to_string()),
+        ],
+        "ssh_config",
+    );
+    let run = p
+        .ccb(&farm, &["--remote-builders-only", "build", "tiny"])
+        .fails();
+    run.stderr_has("trying the next builder");
     run.stderr_has("same ccb");
 
     // No builder listed: the flag is an error, not a silent local build.
