@@ -422,10 +422,19 @@ pub fn check_model(
     warn: &mut dyn FnMut(&str),
 ) -> Result<CheckSummary, ForTarget> {
     let resolver = project_resolver(model, extra, store, offline, warn)?;
-    let mut used = BTreeSet::new();
-    for image in model.images_parents_first() {
-        for &arch in &image.arch {
-            let r = resolver
+    // Resolutions are independent, and a cold one sources environment.d through bash: run
+    // them in parallel; the first failure in parents-first order is the one reported, as
+    // if they had run one by one.
+    use rayon::prelude::*;
+    let builds: Vec<(&Image, Arch)> = model
+        .images_parents_first()
+        .into_iter()
+        .flat_map(|image| image.arch.iter().map(move |&arch| (image, arch)))
+        .collect();
+    let results: Vec<Result<Vec<String>, ForTarget>> = builds
+        .par_iter()
+        .map(|&(image, arch)| {
+            resolver
                 .resolve(
                     &requested_elements(image),
                     arch,
@@ -433,9 +442,13 @@ pub fn check_model(
                     &image.env,
                     image.from.is_none(),
                 )
-                .map_err(|e| ForTarget::new(Some(format!("//images:{} ({arch})", image.key)), e))?;
-            used.extend(r.elements);
-        }
+                .map(|r| r.elements)
+                .map_err(|e| ForTarget::new(Some(format!("//images:{} ({arch})", image.key)), e))
+        })
+        .collect();
+    let mut used = BTreeSet::new();
+    for r in results {
+        used.extend(r?);
     }
     Ok(CheckSummary {
         elements: used.len(),
