@@ -407,7 +407,8 @@ mod tests {
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\03171\0")
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c == b"sleep\x003171\x00")
             })
             .filter(|pid| !gone(*pid))
             .collect::<Vec<_>>();
