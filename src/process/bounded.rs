@@ -39,13 +39,41 @@ pub struct Bounded {
     pub timed_out: bool,
 }
 
-/// A started program: its pid, what to kill, and its output pipes.
+/// A started program: its pid, how to end it, and its output pipes.
 struct Started {
     pid: libc::pid_t,
-    /// The pid to signal: the program itself (PID 1 of its namespace) or its group (negative).
-    target: libc::pid_t,
+    end: End,
     stdout: File,
     stderr: File,
+}
+
+/// How a started program is ended.
+enum End {
+    /// PID 1 of its namespace, by a pidfd: a signal through it can never reach another
+    /// process that reused the pid after the waiter reaped it.
+    Pid1(OwnedFd),
+    /// Its process group, also after it exited (what it left in the group goes too).
+    Group(libc::pid_t),
+}
+
+impl End {
+    fn kill(&self) {
+        match self {
+            // SAFETY: system calls on an fd we own and a group we made; no memory effects.
+            End::Pid1(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            },
+            End::Group(pgid) => unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            },
+        }
+    }
 }
 
 impl Process {
@@ -84,14 +112,10 @@ impl Process {
         std::thread::spawn(move || {
             let _ = tx.send(wait(pid));
         });
-        let kill = || {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(started.target, libc::SIGKILL) };
-        };
         let (status, timed_out) = match rx.recv_timeout(limit) {
             Ok(status) => (status, false),
             Err(_) => {
-                kill();
+                started.end.kill();
                 let status = rx
                     .recv()
                     .map_err(|_| spawn_error(std::io::Error::other("the waiter vanished")))?;
@@ -99,7 +123,9 @@ impl Process {
             }
         };
         // PID 1 is gone, and with it its namespace; a process group may not be.
-        kill();
+        if let End::Group(_) = started.end {
+            started.end.kill();
+        }
         let status = status.map_err(spawn_error)?;
         Ok(Bounded {
             output: Output {
@@ -137,7 +163,7 @@ impl Process {
         };
         Ok(Started {
             pid,
-            target: -pid,
+            end: End::Group(pid),
             stdout: File::from(OwnedFd::from(out)),
             stderr: File::from(OwnedFd::from(err)),
         })
@@ -228,9 +254,21 @@ impl Process {
             let _ = wait(pid);
             return Err(std::io::Error::from_raw_os_error(errno));
         }
+        // Opened before anything can reap the child, so it refers to this process only.
+        // SAFETY: a system call returning a new fd that we then own.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: our own, unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = wait(pid);
+            return Err(err);
+        }
+        // SAFETY: pidfd_open returned a new fd, owned from here on.
+        let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as RawFd) };
         Ok(Started {
             pid,
-            target: pid,
+            end: End::Pid1(pidfd),
             stdout: File::from(out_r),
             stderr: File::from(err_r),
         })
