@@ -4,6 +4,7 @@
 //! module imports another's; renderings two commands share are in `render`.
 
 mod build;
+mod builder;
 mod cache;
 mod check;
 mod doctor;
@@ -50,6 +51,13 @@ pub struct Cli {
     /// Use no remote cache, whatever the project says
     #[arg(long, global = true, conflicts_with_all = ["remote_cache", "remote_cache_upload"])]
     no_remote_cache: bool,
+    /// Send every root filesystem and disk to the project's `builders` (else only those of an
+    /// arch this host cannot build natively)
+    #[arg(long, global = true, conflicts_with = "no_remote_builders")]
+    remote_builders_only: bool,
+    /// Build everything on this host, whatever the project's `builders` say
+    #[arg(long, global = true)]
+    no_remote_builders: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +93,9 @@ enum Command {
     /// Say what this host can build and test: arches (native, emulated), KVM, loop devices,
     /// overlayfs, binfmt_misc, tools and their versions
     Doctor(doctor::DoctorArgs),
+    /// What a remote builder runs over ssh (see `builders` in the project settings)
+    #[command(name = "remote-builder", subcommand, hide = true)]
+    RemoteBuilder(builder::BuilderCommand),
 }
 
 /// What every command may need: the global flags, the project and the store, loaded lazily
@@ -232,6 +243,8 @@ pub fn main() -> ExitCode {
             url: cli.remote_cache.filter(|u| !u.is_empty()),
             upload: cli.remote_cache_upload,
             disabled: cli.no_remote_cache,
+            builders_only: cli.remote_builders_only,
+            no_builders: cli.no_remote_builders,
         },
         root_arg: cli.root,
         store: None,
@@ -252,6 +265,7 @@ pub fn main() -> ExitCode {
         Command::Versions(cmd) => publish::versions(&mut ctx, cmd),
         Command::Update(args) => update::run(&mut ctx, args),
         Command::Doctor(args) => doctor::run(&mut ctx, args),
+        Command::RemoteBuilder(cmd) => builder::run(&mut ctx, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

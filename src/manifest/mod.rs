@@ -345,6 +345,9 @@ pub struct ProjectSettings {
     /// The remote cache shared with other build hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::remote::Settings>,
+    /// Build hosts per arch (`ssh://user@host`), for what this host should not build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builders: Option<crate::remote::builder::Settings>,
 }
 
 /// Everything the manifests declare, checked and with inheritance resolved.

@@ -130,6 +130,11 @@ impl Layout {
         format!("downloads/packages/{distro}-{arch}")
     }
 
+    /// A project's inputs as a remote builder received them (`remote::builder`), by digest.
+    pub fn bundle(digest: &str) -> String {
+        format!("bundles/{digest}")
+    }
+
     /// The working directory of one attempt at a key.
     pub fn work_dir(key: &str, pid: u32, n: u32) -> String {
         format!("tmp/{key}-{pid}-{n}")
