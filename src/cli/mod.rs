@@ -211,12 +211,19 @@ fn install_panic_hook() {
 pub fn main() -> ExitCode {
     // The sandbox is ccb re-executed (see `build::sandbox`): not a user command.
     let mut args = std::env::args_os();
-    if args
-        .nth(1)
-        .is_some_and(|a| a == crate::action::sandbox::SANDBOX_ARG)
-    {
-        let spec = args.next().map(PathBuf::from).unwrap_or_default();
-        return ExitCode::from(crate::action::sandbox::main(&spec).clamp(0, 255) as u8);
+    match args.nth(1) {
+        Some(a) if a == crate::action::sandbox::SANDBOX_ARG => {
+            let spec = args.next().map(PathBuf::from).unwrap_or_default();
+            return ExitCode::from(crate::action::sandbox::main(&spec).clamp(0, 255) as u8);
+        }
+        // The manifest evaluator is ccb re-executed too (see `manifest::eval`).
+        Some(a) if a == crate::manifest::EVAL_ARG => {
+            let manifests = args.next().map(PathBuf::from).unwrap_or_default();
+            let stdlib = args.next().map(PathBuf::from).unwrap_or_default();
+            let code = crate::manifest::evaluator_main(&manifests, &stdlib);
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
+        _ => {}
     }
     install_report_hook();
     install_panic_hook();

@@ -34,6 +34,11 @@ impl Layout {
         format!("resolve/complete-{hash}.json")
     }
 
+    /// A passed `ccb check` of one project state: the elements it used.
+    pub fn check_record(hash: &str) -> String {
+        format!("resolve/check-{hash}.json")
+    }
+
     /// A built action's record: its key document, steps, duration.
     pub fn action_record(key: &str) -> String {
         format!("actions/{key}.json")
