@@ -1,16 +1,18 @@
 //! The disk action inside the sandbox: a bootable GPT disk from a finished layer stack, made
 //! without partition scanning, device-mapper or a vfat mount (none exist on every host):
 //!
-//! 1. the root filesystem is written from the stack (mounted through overlayfs, or copied)
-//!    into its own file: `mkfs.ext4 -d` (a copy from user space straight into the file, no
-//!    mount), or for XFS `mkfs.xfs` and a copy through a loop mount (its protofile keeps
-//!    neither xattrs nor hard links); then it is loop-mounted (an auto-clearing loop device,
-//!    in the sandbox's mount namespace) and finalised in a chroot, as DIB does: the bootloader
-//!    element's grub-mkconfig probes the device that holds `/`, which an overlay is not;
-//! 2. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
-//! 3. the disk file gets a GPT written here, the partition files copied in at their offsets
+//! 1. the stack is mounted writable (overlayfs, or copied) and finalised on the tree in a
+//!    chroot, as every chroot phase runs, with no block device: what the bootloader element
+//!    would probe from one (the root filesystem's UUID and type, the partition table) ccb
+//!    knows from the key and the layout and tells it (see `CCB_ROOT_FS_UUID`);
+//! 2. the root filesystem is written from the finalised tree into its own file: `mkfs.ext4
+//!    -d` (a copy from user space straight into the file, no mount, no loop device), or for
+//!    XFS `mkfs.xfs` and a copy through a loop mount (the protofile of xfsprogs 6.1 and 6.13,
+//!    Debian 12's and 13's, keeps neither xattrs nor hard links);
+//! 3. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
+//! 4. the disk file gets a GPT written here, the partition files copied in at their offsets
 //!    (holes kept), and GRUB's BIOS boot code placed the way `grub-bios-setup` places it;
-//! 4. conversion to the requested formats (qcow2 by [`crate::qcow2`]).
+//! 5. conversion to the requested formats (qcow2 by [`crate::qcow2`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -156,28 +158,11 @@ impl Runner<'_> {
                 .join(", ")
         ));
 
-        // 1. The root filesystem, written from the stack by mkfs (no copy through a mount),
-        //    then finalised in place: grub-mkconfig (bootloader) probes the device holding `/`,
-        //    which an overlay is not, so finalise runs on the filesystem, loop-mounted.
+        // 1. Finalise on the tree, in the sandbox, as every chroot phase runs: no block device
+        //    exists yet. What the bootloader element's grub-mkconfig would probe from one (the
+        //    root filesystem's UUID, type and partition table) ccb knows from the key and the
+        //    layout, and says so in CCB_ROOT_FS_UUID and CCB_ROOT_PART_UUID.
         let root = plan.root().clone();
-        let root_img = work.join("root.img");
-        let root_fs_file = root_img.clone();
-        make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
-        if self.spec.overlay {
-            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
-        } else {
-            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
-            std::fs::create_dir_all(&self.root).map_err(io("create the mount point"))?;
-        }
-        tool(
-            Process::new("mount")
-                .arg("-o")
-                .arg("loop")
-                .arg(&root_img)
-                .arg(&self.root),
-            "loop-mounting the root filesystem",
-        )?;
-        let loop_dev = mount_source(&self.root).unwrap_or_default();
         self.write_fstab(&plan)?;
         self.tree()?
             .create_dir_all(BOOT_DIR_IN, 0o755)
@@ -195,7 +180,14 @@ impl Runner<'_> {
             ("DIB_ROOT_FSTYPE", plan_root.kind.as_str().to_string()),
             ("DIB_IMAGE_SIZE", (plan.size / 1024).to_string()),
             ("DIB_MOUNTPOINTS", mountpoints.join("|")),
-            ("IMAGE_BLOCK_DEVICE", loop_dev),
+            // DIB's variable, set for scripts that read it under `set -u`: there is no
+            // device while finalise runs (the filesystem is written from the tree after).
+            ("IMAGE_BLOCK_DEVICE", String::new()),
+            ("CCB_ROOT_FS_UUID", uuid_of(&d.seed, &root.part.name)),
+            (
+                "CCB_ROOT_PART_UUID",
+                uuid_of(&d.seed, &format!("part/{}", root.part.name)),
+            ),
             ("DIB_CC_PROVENANCE", d.provenance.clone()),
             ("TMP_IMAGE_DIR", image_dir.display().to_string()),
             ("CCB_BOOT_DIR", BOOT_DIR_IN.to_string()),
@@ -251,13 +243,44 @@ impl Runner<'_> {
         {
             tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
         }
-        // The tree's handle pins the mounted filesystem: closed before the unmount.
         drop(image);
         self.finalise_base()?;
 
-        umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;
+        // 2. The root filesystem, written from the finalised tree by mkfs (ext4: `mkfs.ext4
+        //    -d`, no mount, no loop device). The disk keeps the size DIB gives it, from the
+        //    tree before finalise (whose growth, a few MiB of GRUB modules, DIB's 40 % of free
+        //    space absorbs), unless finalise grew the tree to fill more than 80 % of the root
+        //    (an initramfs made there): then it is sized again for what the tree holds now.
+        let after = du(&self.root)?.bytes;
+        let plan = if d.size.is_none() && after > plan.root().length / 10 * 8 {
+            let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
+                .map_err(|problem| RunError::Image { problem })?;
+            self.logln(&format!(
+                "disk: finalise grew the tree to {} MiB, disk {} MiB",
+                after >> 20,
+                grown.size >> 20
+            ));
+            grown
+        } else {
+            plan
+        };
+        let root = plan.root().clone();
+        let root_img = work.join("root.img");
+        let root_fs_file = root_img.clone();
+        let started = std::time::Instant::now();
+        make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
+        self.logln(&format!(
+            "disk: root filesystem ({}) written from the tree in {} ms",
+            plan_root.kind.as_str(),
+            started.elapsed().as_millis()
+        ));
+        if self.spec.overlay {
+            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
+        } else {
+            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
+        }
 
-        // 2. Every other filesystem (the ESP).
+        // 3. Every other filesystem (the ESP).
         let mut images: Vec<(Placed, PathBuf)> = vec![(root.clone(), root_img)];
         for p in &plan.partitions {
             if let Some(fs) = &p.part.fs
@@ -277,12 +300,16 @@ impl Runner<'_> {
             }
         }
 
-        // 3. The disk.
+        // 4. The disk.
         let raw = work.join("disk.raw");
+        let started = std::time::Instant::now();
         write_disk(&raw, &plan, &images, &boot, &d.seed)?;
-        self.logln("disk: partition table, filesystems and boot code written");
+        self.logln(&format!(
+            "disk: partition table, filesystems and boot code written in {} ms",
+            started.elapsed().as_millis()
+        ));
 
-        // 4. Outputs.
+        // 5. Outputs.
         self.outputs(&d, &raw, &out, &meta_dir, &root_fs_file)
     }
 
@@ -373,13 +400,15 @@ impl Runner<'_> {
                 Some(compression) => {
                     // ccb's writer: deflate on every core (benches/qcow2.rs compares it with
                     // qemu-img on this image).
+                    let started = std::time::Instant::now();
                     let stats = crate::qcow2::convert_raw(raw, &dst, compression)
                         .map_err(RunError::Qcow2)?;
                     self.logln(&format!(
-                        "disk: qcow2 {} MiB, {} of {} data clusters compressed",
+                        "disk: qcow2 {} MiB, {} of {} data clusters compressed, in {} ms",
                         stats.file_size >> 20,
                         stats.compressed_clusters,
-                        stats.data_clusters
+                        stats.data_clusters,
+                        started.elapsed().as_millis()
                     ));
                 }
                 None => {
@@ -440,6 +469,7 @@ impl Runner<'_> {
             inventory.packages.len(),
             started.elapsed().as_millis()
         ));
+        let started = std::time::Instant::now();
         digests.push((sbom_name.clone(), sha256_of(&out.join(&sbom_name))?));
         made.push(sbom_name);
         let sums: String = digests
@@ -447,25 +477,17 @@ impl Runner<'_> {
             .map(|(name, digest)| format!("{digest}  {name}\n"))
             .collect();
         std::fs::write(out.join("SHA256SUMS"), sums).map_err(io("write SHA256SUMS"))?;
-        self.logln(&format!("disk: outputs {}", made.join(", ")));
+        self.logln(&format!(
+            "disk: outputs {}, SHA256SUMS in {} ms",
+            made.join(", "),
+            started.elapsed().as_millis()
+        ));
         Ok(())
     }
 }
 
 fn sha256_of(path: &Path) -> Result<String, RunError> {
     crate::fetch::hash::sha256_file(path).map_err(io(format!("read {}", path.display())))
-}
-
-/// The device a mount point is mounted from (the root filesystem's loop device).
-fn mount_source(point: &Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let point = point.display().to_string();
-    mounts.lines().rev().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let src = f.next()?;
-        let at = f.next()?;
-        (at == point).then(|| src.to_string())
-    })
 }
 
 /// Makes the filesystem of `p` in the file `img`, filled from `content` if given.

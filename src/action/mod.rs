@@ -126,6 +126,14 @@ pub enum BuildError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
+    /// Sent to a remote builder, which could not be reached or failed to build it.
+    #[error("{id}")]
+    #[diagnostic(code(ccb::build::builder))]
+    Builder {
+        id: String,
+        #[source]
+        source: Box<crate::remote::builder::BuilderError>,
+    },
 }
 
 impl BuildError {
@@ -160,6 +168,14 @@ impl BuildError {
             }
             BuildError::Fetch(crate::fetch::FetchError::Download { .. }) => {
                 return Blame::Network;
+            }
+            BuildError::Builder { source, .. } => {
+                use crate::remote::builder::BuilderError as B;
+                return match **source {
+                    B::Unreachable { .. } | B::Ssh { .. } | B::Download { .. } => Blame::Network,
+                    B::Failed { .. } | B::Bundle(_) => Blame::Input,
+                    _ => Blame::Host,
+                };
             }
             BuildError::Sandbox { source, .. } if source.blame() != Blame::Input => {
                 return source.blame();

@@ -21,7 +21,7 @@ use crate::diag::SourceDiagnostic;
 use crate::fsutil::FsError;
 use crate::store::{Store, StoreError};
 
-pub use eval::{EmbeddedStdlib, STDLIB_SOURCE};
+pub use eval::{EVAL_ARG, EmbeddedStdlib, STDLIB_SOURCE, evaluator_main};
 
 /// The manifest categories, each `manifests/<name>.ncl` and/or `manifests/<name>.toml`.
 pub const CATEGORIES: [&str; 6] = [
@@ -47,6 +47,23 @@ pub enum ManifestError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("evaluating the manifests {manifests} did not finish within {seconds} s")]
+    #[diagnostic(
+        code(ccb::manifest::eval_timeout),
+        help("a manifest may recurse without end; CCB_EVAL_TIMEOUT sets the limit (seconds)")
+    )]
+    EvalTimeout { manifests: String, seconds: u64 },
+    #[error("evaluating the manifests {manifests} needed more than {limit} of memory")]
+    #[diagnostic(
+        code(ccb::manifest::eval_memory),
+        help("a manifest may recurse without end; CCB_EVAL_MEMORY sets the limit (e.g. 8G)")
+    )]
+    EvalMemory { manifests: String, limit: String },
+    #[error("evaluating the manifests {manifests} failed: the evaluator {detail}")]
+    #[diagnostic(code(ccb::manifest::eval_crashed))]
+    EvalCrashed { manifests: String, detail: String },
+    #[error("cannot start the manifest evaluator")]
+    EvalStart(#[source] Box<crate::process::ProcessError>),
 }
 
 impl From<SourceDiagnostic> for ManifestError {
@@ -328,6 +345,9 @@ pub struct ProjectSettings {
     /// The remote cache shared with other build hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::remote::Settings>,
+    /// Build hosts per arch (`ssh://user@host`), for what this host should not build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builders: Option<crate::remote::builder::Settings>,
     /// How published checksums are signed and verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningSettings>,

@@ -1,6 +1,6 @@
 //! Checks Nickel leaves to Rust, and inheritance: the raw evaluated manifests become a [`Model`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -152,8 +152,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
     check_swift_artifacts(&model)?;
     split_per_arch(&mut model)?;
     check_variable_names(&model, &raw.images)?;
-    check_from_cycles(&model, &raw.images)?;
-    for key in parents_first(&raw.images) {
+    for key in parents_first(&model, &raw.images)? {
         let image = inherit(&model, key, &raw.images[key])?;
         model.images.insert(key.to_string(), image);
     }
@@ -269,22 +268,46 @@ fn check_variable_names(
     Ok(())
 }
 
-/// Cycles in `from` (Nickel already rejected unknown parents).
-fn check_from_cycles(
+/// The kernel's limit on the layers of one overlayfs mount (`OVL_MAX_STACK`).
+const OVERLAY_MAX_STACK: usize = 500;
+
+/// The longest `from` chain an image may have, itself included. Its layer's overlay stacks
+/// the base, one layer per ancestor and up to [`crate::action::checkpoint::MAX_CHECKPOINTS`]
+/// step checkpoints of its own; a longer chain would pass every check and fail at mount, deep
+/// in a build. (The mount's option string is not the limit: lowers are named by links of a
+/// few bytes, 500 of them fit in its page.)
+pub const MAX_FROM_CHAIN: usize = OVERLAY_MAX_STACK - crate::action::checkpoint::MAX_CHECKPOINTS;
+
+/// Image keys, every parent before its children; a cycle in `from`, or a chain longer than
+/// [`MAX_FROM_CHAIN`], is an error. Each image is visited once (a walk up stops at an image
+/// already placed), so this is linear in the number of images whatever the depth.
+fn parents_first<'a>(
     model: &Model,
-    images: &BTreeMap<String, RawImage>,
-) -> Result<(), ManifestError> {
-    for key in images.keys() {
-        let mut chain = vec![key.as_str()];
-        let mut cur = key.as_str();
-        while let Some(parent) = images.get(cur).and_then(|i| i.from.as_deref()) {
-            if let Some(pos) = chain.iter().position(|k| *k == parent) {
-                let mut cycle: Vec<&str> = chain[pos..].to_vec();
-                cycle.push(parent);
+    images: &'a BTreeMap<String, RawImage>,
+) -> Result<Vec<&'a str>, ManifestError> {
+    // The chain length of each placed image (itself and its ancestors).
+    let mut depth: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(images.len());
+    let mut order: Vec<&str> = Vec::with_capacity(images.len());
+    let mut on_path: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for start in images.keys() {
+        let mut path: Vec<&str> = Vec::new();
+        on_path.clear();
+        let mut cur = start.as_str();
+        // Walk up until an image already placed, an image without a (known) parent, or back
+        // onto the path (a cycle).
+        let below = loop {
+            if let Some(d) = depth.get(cur) {
+                break *d;
+            }
+            if let Some(&pos) = on_path.get(cur) {
+                let mut cycle: Vec<&str> = path[pos..].to_vec();
+                cycle.push(cur);
+                let closer = path.last().copied().unwrap_or(cur);
                 return Err(model
                     .locate(
                         "images",
-                        &[cur, "from"],
+                        &[closer, "from"],
                         format!(
                             "images inherit from each other in a cycle: {}",
                             cycle.join(" → ")
@@ -294,29 +317,39 @@ fn check_from_cycles(
                     .with_help("`from` must lead to an image without a parent")
                     .into());
             }
-            chain.push(parent);
-            cur = parent;
+            on_path.insert(cur, path.len());
+            path.push(cur);
+            match images.get(cur).and_then(|i| i.from.as_deref()) {
+                Some(parent) if images.contains_key(parent) => cur = parent,
+                _ => break 0,
+            }
+        };
+        for (i, key) in path.iter().rev().enumerate() {
+            let d = below + i + 1;
+            if d > MAX_FROM_CHAIN {
+                return Err(model
+                    .locate(
+                        "images",
+                        &[key, "from"],
+                        format!(
+                            "image `{key}` is layered {d} images deep (itself and its `from` \
+                             ancestors); at most {MAX_FROM_CHAIN} fit in one overlay mount"
+                        ),
+                        "this chain",
+                    )
+                    .with_help(format!(
+                        "overlayfs stacks at most {OVERLAY_MAX_STACK} layers, and a layer keeps \
+                         room for {} step checkpoints; start a shorter chain from an image \
+                         that repeats its ancestors' elements",
+                        crate::action::checkpoint::MAX_CHECKPOINTS
+                    ))
+                    .into());
+            }
+            depth.insert(key, d);
+            order.push(key);
         }
     }
-    Ok(())
-}
-
-/// Image keys, every parent before its children (`from` has no cycles by now).
-fn parents_first(images: &BTreeMap<String, RawImage>) -> Vec<&str> {
-    let mut order: Vec<&str> = Vec::new();
-    let mut placed = BTreeSet::new();
-    while order.len() < images.len() {
-        for (key, img) in images {
-            if placed.contains(key.as_str()) {
-                continue;
-            }
-            if img.from.as_deref().is_none_or(|p| placed.contains(p)) {
-                placed.insert(key.as_str());
-                order.push(key.as_str());
-            }
-        }
-    }
-    order
+    Ok(order)
 }
 
 /// An image with what it inherits from its parent (already in `model`): elements, environment,

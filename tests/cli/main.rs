@@ -3,6 +3,7 @@
 
 mod arm64;
 mod bases;
+mod builders;
 mod checkpoint;
 mod common;
 mod dib_compat;
