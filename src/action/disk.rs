@@ -7,6 +7,11 @@
 //!    neither xattrs nor hard links); then it is loop-mounted (an auto-clearing loop device,
 //!    in the sandbox's mount namespace) and finalised in a chroot, as DIB does: the bootloader
 //!    element's grub-mkconfig probes the device that holds `/`, which an overlay is not;
+//!    what is random or machine-specific is removed and every time clamped to the source
+//!    date ([`super::repro`]), and an ext4 root is written once more by `mkfs.ext4 -d` from
+//!    itself mounted read-only: the kernel's writes (block placement per CPU, the journal,
+//!    freed blocks and inodes, mount times) are left behind, and the final filesystem is a
+//!    function of its files alone;
 //! 2. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
 //! 3. the disk file gets a GPT written here, the partition files copied in at their offsets
 //!    (holes kept), and GRUB's BIOS boot code placed the way `grub-bios-setup` places it;
@@ -22,6 +27,7 @@ use nix::mount::{MntFlags, umount2};
 
 use super::inroot;
 use super::layout::{self, DiskPlan, FsKind, Placed, SECTOR};
+use super::repro;
 use super::runner::{RunError, Runner, engine, io, program};
 use super::spec::DiskSpec;
 use super::tree;
@@ -35,17 +41,10 @@ fn tool(cmd: &mut Process, what: &str) -> Result<String, RunError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// What a tree takes: allocated bytes (du: hard links counted once), and the newest
-/// modification time in it, the filesystems' creation time (see [`make_fs`]).
-struct Usage {
-    bytes: u64,
-    newest: i64,
-}
-
-fn du(root: &Path) -> Result<Usage, RunError> {
+/// What a tree takes: allocated bytes (du: hard links counted once).
+fn du(root: &Path) -> Result<u64, RunError> {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
-    let mut newest = 0i64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir).map_err(io(format!("read {}", dir.display())))?;
@@ -53,7 +52,6 @@ fn du(root: &Path) -> Result<Usage, RunError> {
             let Ok(m) = e.path().symlink_metadata() else {
                 continue;
             };
-            newest = newest.max(m.mtime());
             if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
                 continue;
             }
@@ -63,10 +61,7 @@ fn du(root: &Path) -> Result<Usage, RunError> {
             }
         }
     }
-    Ok(Usage {
-        bytes: total,
-        newest,
-    })
+    Ok(total)
 }
 
 /// Copies `src` into `dst` at `offset`, skipping holes (SEEK_DATA/SEEK_HOLE), so a sparse
@@ -123,10 +118,13 @@ impl Runner<'_> {
         // at the chroot's root: finalise works on the tree, as every chroot phase does.
         std::fs::create_dir_all(&self.root).map_err(io("create the root tree"))?;
         self.prepare_root()?;
-        let Usage {
-            bytes: used,
-            newest,
-        } = du(&self.root)?;
+        let epoch: i64 = self
+            .spec
+            .env
+            .get(repro::ENV)
+            .and_then(|v| v.parse().ok())
+            .ok_or(RunError::Internal("a disk action without a source date"))?;
+        let used = du(&self.root)?;
         let plan_root = d
             .layout
             .partitions
@@ -162,7 +160,7 @@ impl Runner<'_> {
         //    which an overlay is not, so finalise runs on the filesystem, loop-mounted.
         let root = plan.root().clone();
         let root_img = work.join("root.img");
-        make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
+        make_fs(&root_img, &root, &d.seed, Some(&self.root), epoch)?;
         if self.spec.overlay {
             umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
         } else {
@@ -245,6 +243,7 @@ impl Runner<'_> {
         if boot.join("efi").is_dir() {
             tree::copy_contents(&boot.join("efi"), &esp_tree)?;
         }
+        repro::clamp_times(&esp_tree, epoch).map_err(io("clamp the ESP's times"))?;
         if let Some(dir) = image
             .dir(&d.manifest_dir)
             .map_err(io(format!("resolve {}", d.manifest_dir)))?
@@ -254,8 +253,31 @@ impl Runner<'_> {
         // The tree's handle pins the mounted filesystem: closed before the unmount.
         drop(image);
         self.finalise_base()?;
+        let image = self.tree()?;
+        let scrubbed =
+            repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
+        drop(image);
+        for line in scrubbed {
+            self.logln(&format!("disk: {line}"));
+        }
+        let clamped = repro::clamp_times(&self.root, epoch)
+            .map_err(io("clamp the image's times to the source date"))?;
+        self.logln(&format!(
+            "disk: source date {epoch}: {clamped} newer times clamped"
+        ));
 
         umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;
+        let root_img = if plan_root.kind == FsKind::Ext4 {
+            let started = std::time::Instant::now();
+            let img = repack_ext4(&root_img, &root, &d.seed, epoch)?;
+            self.logln(&format!(
+                "disk: root filesystem written again from itself in {} ms",
+                started.elapsed().as_millis()
+            ));
+            img
+        } else {
+            root_img
+        };
 
         // 2. Every other filesystem (the ESP).
         let mut images: Vec<(Placed, PathBuf)> = vec![(root.clone(), root_img)];
@@ -264,14 +286,14 @@ impl Runner<'_> {
                 && fs.kind == FsKind::Vfat
             {
                 let img = work.join(format!("part{}.img", p.number));
-                make_fs(&img, p, &d.seed, None, newest)?;
+                make_fs(&img, p, &d.seed, None, epoch)?;
                 let content = if fs.mount.as_ref().is_some_and(|m| m.point == "/boot/efi") {
                     Some(esp_tree.as_path())
                 } else {
                     None
                 };
                 if let Some(dir) = content {
-                    fill_vfat(&img, dir)?;
+                    fill_vfat(&img, dir, epoch)?;
                 }
                 images.push((p.clone(), img));
             }
@@ -450,8 +472,9 @@ fn mount_source(point: &Path) -> Option<String> {
 /// Makes the filesystem of `p` in the file `img`, filled from `content` if given.
 ///
 /// Everything that would differ between two runs on the same input is fixed: UUIDs and the
-/// directory hash seed come from the key (`seed`), and ext4's timestamps of its own (creation,
-/// last write, lost+found, the root when empty) are `epoch`, the newest time in the tree.
+/// directory hash seed come from the key (`seed`), and the filesystem's timestamps of its own
+/// (creation, last write, lost+found, the root when empty; FAT's boot sector and volume
+/// label) are `epoch`, the source date. `mkfs.ext4 -d` adds files in name order.
 fn make_fs(
     img: &Path,
     p: &Placed,
@@ -503,6 +526,7 @@ fn make_fs(
                 .collect();
             tool(
                 Process::new("mkfs.fat")
+                    .env(repro::ENV, epoch.to_string())
                     .args(["-F", "32", "-n", &fs.label, "-i", &volid])
                     .arg(img),
                 "mkfs.fat (dosfstools)",
@@ -533,26 +557,131 @@ fn fill_by_mount(img: &Path, dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Fills a FAT image from a directory with mtools (no vfat mount needed).
-fn fill_vfat(img: &Path, dir: &Path) -> Result<(), RunError> {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io("read the ESP tree"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    if entries.is_empty() {
-        return Ok(());
+/// Fills a FAT image from a directory with mtools (no vfat mount needed): directories first
+/// (`mmd`), then each directory's files (`mcopy`, times kept), all in name order, so that
+/// the entries land in the same slots and clusters whatever order the host lists them in.
+fn fill_vfat(img: &Path, dir: &Path, epoch: i64) -> Result<(), RunError> {
+    let mut dirs: Vec<String> = Vec::new();
+    let mut files: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .sort_by_file_name()
+        .follow_links(true)
+    {
+        let e = e.map_err(|e| RunError::Io {
+            what: "read the ESP tree".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .map_err(|_| RunError::Internal("an ESP entry outside the ESP tree"))?;
+        let parent = rel
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if e.file_type().is_dir() {
+            dirs.push(rel.display().to_string());
+        } else {
+            files
+                .entry(parent)
+                .or_default()
+                .push(e.path().to_path_buf());
+        }
     }
-    let mut cmd = Process::new("mcopy");
-    cmd.env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-s")
-        .arg("-p")
-        .arg("-i")
-        .arg(img)
-        .args(&entries)
-        .arg("::/");
-    tool(&mut cmd, "filling the ESP (mcopy, from mtools)")?;
+    let mtools = |name: &str| {
+        let mut cmd = Process::new(name);
+        cmd.env("MTOOLS_SKIP_CHECK", "1")
+            .env(repro::ENV, epoch.to_string())
+            .arg("-i")
+            .arg(img);
+        cmd
+    };
+    if !dirs.is_empty() {
+        let mut cmd = mtools("mmd");
+        cmd.args(dirs.iter().map(|d| format!("::/{d}")));
+        tool(&mut cmd, "making the ESP's directories (mmd, from mtools)")?;
+    }
+    for (parent, list) in &files {
+        let mut cmd = mtools("mcopy");
+        cmd.args(["-p", "-m"])
+            .args(list)
+            .arg(format!("::/{parent}"));
+        tool(&mut cmd, "filling the ESP (mcopy, from mtools)")?;
+    }
     Ok(())
+}
+
+/// The finalised ext4 root written once more, by `mkfs.ext4 -d` from itself mounted
+/// read-only, into a new file that replaces it: only the files decide the result, not what the
+/// kernel did while finalise ran. `mkfs` copies each inode's change and access times from the
+/// source (the change time cannot be set from user space), so every inode's change, access
+/// and creation times are then set to `epoch` by `debugfs`.
+fn repack_ext4(img: &Path, p: &Placed, seed: &str, epoch: i64) -> Result<PathBuf, RunError> {
+    let at = img.with_extension("src");
+    std::fs::create_dir_all(&at).map_err(io("create a mount point"))?;
+    let mount_ro = |file: &Path| {
+        tool(
+            Process::new("mount")
+                .args(["-o", "ro,noload,loop"])
+                .arg(file)
+                .arg(&at),
+            "loop-mounting a filesystem image read-only",
+        )
+    };
+    mount_ro(img)?;
+    let out = img.with_file_name("root-final.img");
+    make_fs(&out, p, seed, Some(&at), epoch)?;
+    umount2(&at, MntFlags::empty()).map_err(engine("unmount the finalised root"))?;
+    std::fs::remove_file(img).map_err(io("remove the finalised root"))?;
+
+    mount_ro(&out)?;
+    let mut inodes = std::collections::BTreeSet::new();
+    for e in walkdir::WalkDir::new(&at).same_file_system(true) {
+        let e = e.map_err(|e| RunError::Io {
+            what: "list the root filesystem's inodes".into(),
+            source: std::io::Error::other(e),
+        })?;
+        inodes.insert(
+            e.metadata()
+                .map_err(|e| RunError::Io {
+                    what: "list the root filesystem's inodes".into(),
+                    source: std::io::Error::other(e),
+                })?
+                .ino(),
+        );
+    }
+    umount2(&at, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;
+    let _ = std::fs::remove_dir(&at);
+
+    let mut script = String::new();
+    for ino in &inodes {
+        for field in ["ctime", "atime", "crtime"] {
+            script.push_str(&format!("sif <{ino}> {field} @{epoch}\n"));
+        }
+    }
+    let script_path = img.with_file_name("debugfs-times");
+    std::fs::write(&script_path, script).map_err(io("write debugfs's requests"))?;
+    let out_put = Process::new("debugfs")
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(&out)
+        .output()
+        .map_err(program("setting inode times (debugfs, from e2fsprogs)"))?;
+    let _ = std::fs::remove_file(&script_path);
+    // debugfs exits 0 whatever its requests did: a refused one is on stderr.
+    let stderr = String::from_utf8_lossy(&out_put.stderr);
+    if let Some(bad) = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+    {
+        return Err(RunError::Image {
+            problem: format!("debugfs refused to set an inode's times: {bad}"),
+        });
+    }
+    Ok(out)
 }
 
 /// gptman's errors wrap the I/O error under them (a full disk is still one).
