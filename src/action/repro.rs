@@ -66,8 +66,9 @@ pub fn source_date_epoch(env: &BTreeMap<String, String>, stack: &[PathBuf]) -> i
         .unwrap_or(FALLBACK)
 }
 
-/// Sets every time in `root` newer than `epoch` to `epoch` (modification and access; the
-/// change time cannot be set and is fixed where it matters, in the filesystem image). Stays
+/// Sets every time in `root` newer than `epoch` to `epoch` (modification and access: a read
+/// moves the access time, which FAT keeps; the change time cannot be set and is fixed where it
+/// matters, in the filesystem image). Stays
 /// on `root`'s filesystem and never follows a link. Returns how many entries were clamped.
 pub fn clamp_times(root: &Path, epoch: i64) -> io::Result<u64> {
     let mut clamped = 0;
@@ -84,7 +85,8 @@ pub fn clamp_times(root: &Path, epoch: i64) -> io::Result<u64> {
     for entry in walkdir::WalkDir::new(root).same_file_system(true) {
         let entry = entry.map_err(io::Error::other)?;
         let m = entry.metadata().map_err(io::Error::other)?;
-        if m.mtime() > epoch || (m.mtime() == epoch && m.mtime_nsec() != 0) {
+        let newer = |secs: i64, nsec: i64| secs > epoch || (secs == epoch && nsec != 0);
+        if newer(m.mtime(), m.mtime_nsec()) || newer(m.atime(), m.atime_nsec()) {
             rustix::fs::utimensat(
                 rustix::fs::CWD,
                 entry.path(),
