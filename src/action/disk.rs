@@ -1009,7 +1009,11 @@ mod tests {
             let mnt = dir.path().join(format!("mnt{n}"));
             std::fs::create_dir_all(&mnt).unwrap();
             tool(
-                Process::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt),
+                Process::new("mount")
+                    .arg("-o")
+                    .arg("loop")
+                    .arg(&img)
+                    .arg(&mnt),
                 "mount",
             )
             .unwrap();

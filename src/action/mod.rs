@@ -1275,6 +1275,13 @@ fn commit(
         _ => None,
     }
     .unwrap_or_else(|| repro::source_date_epoch(&spec.env, std::slice::from_ref(&tree_dir)));
+    repro::scrub_layer(&tree_dir, epoch).map_err(BuildError::io(
+        &action.id,
+        format!(
+            "remove what each machine makes itself from {}",
+            tree_dir.display()
+        ),
+    ))?;
     repro::clamp_times(&tree_dir, epoch).map_err(BuildError::io(
         &action.id,
         format!(

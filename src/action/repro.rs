@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::inroot::TreeRoot;
@@ -104,6 +104,36 @@ pub fn clamp_times(root: &Path, epoch: i64) -> io::Result<u64> {
 /// module the host keys, which it deletes and regenerates per instance by default), and the
 /// caches are rebuilt by their daemons or timers. Returns what was done, for the log.
 pub fn scrub(image: &TreeRoot, epoch: i64) -> io::Result<Vec<String>> {
+    scrub_as(image, epoch, true)
+}
+
+/// A layer's tree before it is committed: the same as a finished image's, but apt's lists
+/// stay (a child layer installs packages from them) and the logs are emptied here, as
+/// finalise empties them in the image.
+pub fn scrub_layer(tree: &Path, epoch: i64) -> io::Result<Vec<String>> {
+    let image = TreeRoot::open(tree)?;
+    let mut done = scrub_as(&image, epoch, false)?;
+    if let Some(log) = image.dir("var/log")? {
+        let mut n = 0;
+        for e in walkdir::WalkDir::new(&log).same_file_system(true) {
+            let e = e.map_err(io::Error::other)?;
+            if e.file_type().is_file() && e.metadata().map_err(io::Error::other)?.len() > 0 {
+                std::fs::File::options()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(e.path())?
+                    .set_len(0)?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            done.push(format!("emptied {n} log files"));
+        }
+    }
+    Ok(done)
+}
+
+fn scrub_as(image: &TreeRoot, epoch: i64, finished: bool) -> io::Result<Vec<String>> {
     let mut done = Vec::new();
     for rel in [
         "var/lib/systemd/random-seed",
@@ -118,7 +148,16 @@ pub fn scrub(image: &TreeRoot, epoch: i64) -> io::Result<Vec<String>> {
         }
     }
     // Directories whose content is a cache or a download: emptied, kept.
-    for rel in ["var/cache/man", "var/cache/fontconfig", "var/lib/apt/lists"] {
+    let lists: &[&str] = if finished {
+        &["var/lib/apt/lists"]
+    } else {
+        &[]
+    };
+    for rel in ["var/cache/man", "var/cache/fontconfig"]
+        .iter()
+        .chain(lists)
+        .copied()
+    {
         if let Some(dir) = image.dir(rel)? {
             let mut n = 0;
             for e in std::fs::read_dir(&dir)?.filter_map(Result::ok) {

@@ -407,6 +407,9 @@ impl Entry {
 
 type Listing = BTreeMap<String, Entry>;
 
+/// Both sides' bytes of a path (for a text diff), where they can be read.
+type ReadBoth<'a> = &'a dyn Fn(&str) -> (Option<Vec<u8>>, Option<Vec<u8>>);
+
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> CommandError {
     move |e| CommandError::msg(format!("{what}: {e}"))
 }
@@ -516,11 +519,7 @@ fn diff_filesystems(a: Arc<dyn ReadAt>, b: Arc<dyn ReadAt>) -> Result<Vec<FileDi
 
 /// The entries that differ between two listings; `read` gives both sides' bytes of a path
 /// for a text diff.
-fn diff_listings(
-    a: &Listing,
-    b: &Listing,
-    read: &dyn Fn(&str) -> (Option<Vec<u8>>, Option<Vec<u8>>),
-) -> Vec<FileDiff> {
+fn diff_listings(a: &Listing, b: &Listing, read: ReadBoth) -> Vec<FileDiff> {
     let mut out = Vec::new();
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     for k in keys {

@@ -18,6 +18,7 @@ mod publish;
 mod remote;
 mod site_contract;
 mod sources;
+mod verify;
 
 #[test]
 fn no_forgotten_test_files() {
