@@ -1,7 +1,8 @@
 //! The default image, end to end: `ccb build //images:debian12` makes a GPT disk bootable on
 //! BIOS and UEFI, its layout is checked by reading the image file, and `ccb test` boots it
-//! (TCG here) and runs the checks inside; CC-Debian13 is booted on UEFI from NVMe and on BIOS
-//! from SATA.
+//! (TCG here) and runs the checks inside, and `ccb verify` builds it again from an empty
+//! scratch store into the same raw and qcow2 bytes; CC-Debian13 is booted on UEFI from NVMe
+//! and on BIOS from SATA.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
