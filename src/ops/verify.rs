@@ -290,7 +290,7 @@ fn compare_action(
                 local.layer_dir(&a.key).join("tree"),
                 scratch.layer_dir(&a.key).join("tree"),
             );
-            let files = diff_listings(&host_listing(&l)?, &host_listing(&r)?, &|p| {
+            let files = diff_listings(&host_listing(&l, true)?, &host_listing(&r, true)?, &|p| {
                 (std::fs::read(l.join(p)).ok(), std::fs::read(r.join(p)).ok())
             });
             Ok(verdict(a, "tree".into(), files))
@@ -303,7 +303,8 @@ fn compare_action(
 /// root filesystem.
 fn compare_disk(local: &Store, scratch: &Store, a: &Action) -> Result<ActionVerdict, CommandError> {
     let (l, r) = (local.outputs_dir(&a.key), scratch.outputs_dir(&a.key));
-    let outputs = diff_listings(&host_listing(&l)?, &host_listing(&r)?, &|p| {
+    // The output files' own times are when they were written, not part of the disk.
+    let outputs = diff_listings(&host_listing(&l, false)?, &host_listing(&r, false)?, &|p| {
         (std::fs::read(l.join(p)).ok(), std::fs::read(r.join(p)).ok())
     });
     let disk_files: Vec<&FileDiff> = outputs
@@ -415,8 +416,8 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> CommandError {
 }
 
 /// Every entry under a host directory (a layer's tree, a disk's outputs), files hashed in
-/// parallel.
-fn host_listing(root: &Path) -> Result<Listing, CommandError> {
+/// parallel; modification times compared only with `times`.
+fn host_listing(root: &Path, times: bool) -> Result<Listing, CommandError> {
     let mut paths = Vec::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let e = e.map_err(|e| CommandError::msg(format!("read {}: {e}", root.display())))?;
@@ -455,7 +456,7 @@ fn host_listing(root: &Path) -> Result<Listing, CommandError> {
                     uid: m.uid(),
                     gid: m.gid(),
                     size: if ft.is_file() { m.len() } else { 0 },
-                    mtime: m.mtime(),
+                    mtime: if times { m.mtime() } else { 0 },
                     content,
                 },
             ))
