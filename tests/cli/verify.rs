@@ -1,7 +1,7 @@
 //! `ccb verify`: a target rebuilt in a scratch store and compared, action by action, with the
 //! store. The fixture's `tiny` image (a minimal Debian base, one layer, a qcow2 disk) is built,
-//! one file is slipped into its committed layer, and verify must name exactly that file and
-//! find everything else identical: the rebuild gives the same bytes.
+//! one file is slipped into its committed layer, and verify must name exactly that file (and
+//! its directory's time) and find everything else identical: the rebuild gives the same bytes.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,12 @@ impl Project {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("layered");
         copy_tree(&repo().join("tests/fixtures/layered"), &root);
+        // The sites only deploy an image whose provenance names the project's repository.
+        std::fs::write(
+            root.join("manifests/project.ncl"),
+            "{ build_repo = \"https://github.com/ChameleonCloud/cc-images\" }\n",
+        )
+        .unwrap();
         Self {
             env: Env::new(),
             _dir: dir,
@@ -71,10 +77,43 @@ fn verify_names_the_one_file_that_differs_and_finds_the_rest_identical() {
         ],
         "{report}"
     );
+    // The file, and the directory it was written into (its modification time moved).
     let layer = &report["actions"][1];
-    assert_eq!(layer["differing"], 1, "{layer}");
-    assert_eq!(layer["files"][0]["path"], "etc/slipped-in");
-    assert_eq!(layer["files"][0]["change"], "removed", "only in the store");
+    assert_eq!(layer["differing"], 2, "{layer}");
+    assert_eq!(layer["files"][0]["path"], "etc");
+    assert_eq!(layer["files"][0]["change"], "metadata");
+    assert!(
+        layer["files"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("mtime "),
+        "{layer}"
+    );
+    assert_eq!(layer["files"][1]["path"], "etc/slipped-in");
+    assert_eq!(layer["files"][1]["change"], "removed", "only in the store");
+    // Against a site: the disk published to the project's local site is compared with a
+    // rebuild file by file, through the same readers `ccb inspect --site` uses.
+    p.ccb("publish", &["tiny", "--site", "local", "--scope", "verify"])
+        .ok();
+    let site = p
+        .ccb(
+            "verify",
+            &[
+                "tiny", "--site", "local", "--scope", "verify", "--format", "json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(site["identical"], true, "{site}");
+    assert_eq!(site["actions"][0]["id"], "disk:tiny:amd64");
+    assert!(
+        site["actions"][0]["compared"]
+            .as_str()
+            .unwrap()
+            .starts_with("published "),
+        "{site}"
+    );
+
     // The scratch store went with the command.
     let tmp = p.env.cache.path().join("tmp");
     let left: Vec<_> = std::fs::read_dir(&tmp)
