@@ -208,3 +208,78 @@ impl Diagnostic for SourceDiagnostic {
         }
     }
 }
+
+/// A [`SourceDiagnostic`] in a form that crosses a process boundary (the manifest evaluation
+/// runs in a child process: see `manifest::eval`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WireDiagnostic {
+    message: String,
+    /// The file's display name and contents.
+    source: Option<(String, String)>,
+    /// (label, byte offset, length, primary).
+    labels: Vec<(Option<String>, usize, usize, bool)>,
+    help: Option<String>,
+    related: Vec<WireDiagnostic>,
+    /// 0 advice, 1 warning, 2 error.
+    severity: u8,
+}
+
+impl From<&SourceDiagnostic> for WireDiagnostic {
+    fn from(d: &SourceDiagnostic) -> Self {
+        Self {
+            message: d.message.clone(),
+            source: d
+                .source
+                .as_ref()
+                .map(|s| (s.name().to_string(), s.inner().clone())),
+            labels: d
+                .labels
+                .iter()
+                .map(|l| {
+                    (
+                        l.label().map(str::to_string),
+                        l.offset(),
+                        l.len(),
+                        l.primary(),
+                    )
+                })
+                .collect(),
+            help: d.help.clone(),
+            related: d.related.iter().map(WireDiagnostic::from).collect(),
+            severity: match d.severity {
+                Severity::Advice => 0,
+                Severity::Warning => 1,
+                Severity::Error => 2,
+            },
+        }
+    }
+}
+
+impl From<WireDiagnostic> for SourceDiagnostic {
+    fn from(w: WireDiagnostic) -> Self {
+        let mut d = SourceDiagnostic::new(w.message);
+        d.source = w
+            .source
+            .map(|(name, text)| NamedSource::new(&name, text).with_language(language_of(&name)));
+        d.labels = w
+            .labels
+            .into_iter()
+            .map(|(text, offset, len, primary)| {
+                let span = SourceSpan::from(offset..offset + len);
+                if primary {
+                    LabeledSpan::new_primary_with_span(text, span)
+                } else {
+                    LabeledSpan::new_with_span(text, span)
+                }
+            })
+            .collect();
+        d.help = w.help;
+        d.related = w.related.into_iter().map(SourceDiagnostic::from).collect();
+        d.severity = match w.severity {
+            0 => Severity::Advice,
+            1 => Severity::Warning,
+            _ => Severity::Error,
+        };
+        d
+    }
+}

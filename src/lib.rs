@@ -21,7 +21,8 @@
 //!   and renders its report.
 //! - [`manifest`]: evaluation of the Nickel/TOML manifests against `stdlib/ccb.ncl`, the
 //!   semantic checks Nickel does not do (cycles in `from`, duplicate published names), and the
-//!   evaluation cache that makes a warm `ccb check` cheap.
+//!   evaluation cache that makes a warm `ccb check` cheap. A cold evaluation runs in a child
+//!   process (`ccb __eval`) under `CCB_EVAL_TIMEOUT` and `CCB_EVAL_MEMORY`.
 //! - [`label`]: target syntax (`//images:ubuntu24.04`, `//...`, published names).
 //! - [`element`]: diskimage-builder element discovery, dependency expansion, phase ordering,
 //!   environment.d, package-installs, digests and lint.
@@ -56,7 +57,8 @@
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
 //!   status and warnings to stderr, progress, the terminal decision, byte formatting.
 //! - [`process`]: the one way to run a program (command line kept for errors, captured
-//!   output, SIGTERM → grace → SIGKILL).
+//!   output, SIGTERM → grace → SIGKILL), and bounded runs of untrusted code (a time limit,
+//!   an address-space limit, PID 1 of a fresh PID namespace: environment.d, the evaluator).
 //!
 //! On-disk layout of the store (`$CCB_CACHE_DIR`, default `$XDG_CACHE_HOME/ccb`):
 //!
@@ -65,6 +67,7 @@
 //! eval/<project>.json         evaluated manifests + the stat of every file evaluation read
 //! stat/<project>.json         element file digests by (path, size, mtime, inode)
 //! resolve/<key>.json          resolved element views (closure, phases, environment, packages)
+//! resolve/check-<hash>.json   a passed `ccb check` of one search path and set of requests
 //! actions/<key>.json          a built action's record: its key document, steps, duration
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
 //! layers/<key>/{tree,layer.json}  committed root filesystems (full) or overlay upper dirs (diff)

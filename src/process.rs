@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod bounded;
+pub use bounded::{Bounded, Confine};
+
 /// A program that could not run, or ran and failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ProcessError {
@@ -45,6 +48,8 @@ pub struct Process {
     env: Vec<(OsString, OsString)>,
     env_clear: bool,
     cwd: Option<PathBuf>,
+    /// Bytes of address space the program may map (`RLIMIT_AS`), for bounded runs.
+    memory_limit: Option<u64>,
 }
 
 impl Process {
@@ -55,6 +60,7 @@ impl Process {
             env: vec![],
             env_clear: false,
             cwd: None,
+            memory_limit: None,
         }
     }
 
@@ -101,6 +107,12 @@ impl Process {
 
     pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
         self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Limits the address space of a bounded run ([`Process::output_bounded`]).
+    pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
+        self.memory_limit = Some(bytes);
         self
     }
 

@@ -56,7 +56,9 @@ pub const SEGMENT_DONE: &str = "done";
 
 /// Checkpoints after steps of at least this long (`CCB_CHECKPOINT_MIN_MS` overrides it).
 const DEFAULT_MIN_MS: u64 = 1500;
-const DEFAULT_MAX: usize = 24;
+/// At most this many checkpoints stacked in one layer's overlay (the manifests' `from` chains
+/// keep room for them under overlayfs' layer limit: `manifest::MAX_FROM_CHAIN`).
+pub const MAX_CHECKPOINTS: usize = 24;
 
 /// A checkpoint's identity: the step of a layer it follows. Spelled
 /// `checkpoint:<image>:<arch>:<phase>/<step>`, here only.
@@ -302,7 +304,7 @@ pub fn prepare(
             .collect(),
         resume_at: resume.resume_at,
         min_ms,
-        max: DEFAULT_MAX,
+        max: MAX_CHECKPOINTS,
     };
     let bytes = serde_json::to_vec_pretty(&plan)
         .map_err(|_| BuildError::internal(&action.id, "the checkpoint plan does not encode"))?;

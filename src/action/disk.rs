@@ -1,21 +1,21 @@
 //! The disk action inside the sandbox: a bootable GPT disk from a finished layer stack, made
 //! without partition scanning, device-mapper or a vfat mount (none exist on every host):
 //!
-//! 1. the root filesystem is written from the stack (mounted through overlayfs, or copied)
-//!    into its own file: `mkfs.ext4 -d` (a copy from user space straight into the file, no
-//!    mount), or for XFS `mkfs.xfs` and a copy through a loop mount (its protofile keeps
-//!    neither xattrs nor hard links); then it is loop-mounted (an auto-clearing loop device,
-//!    in the sandbox's mount namespace) and finalised in a chroot, as DIB does: the bootloader
-//!    element's grub-mkconfig probes the device that holds `/`, which an overlay is not;
-//!    what is random or machine-specific is removed and every time clamped to the source
-//!    date ([`super::repro`]), and an ext4 root is written once more by `mkfs.ext4 -d` from
-//!    itself mounted read-only: the kernel's writes (block placement per CPU, the journal,
-//!    freed blocks and inodes, mount times) are left behind, and the final filesystem is a
-//!    function of its files alone;
-//! 2. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
-//! 3. the disk file gets a GPT written here, the partition files copied in at their offsets
+//! 1. the stack is mounted writable (overlayfs, or copied) and finalised on the tree in a
+//!    chroot, as every chroot phase runs, with no block device: what the bootloader element
+//!    would probe from one (the root filesystem's UUID and type, the partition table) ccb
+//!    knows from the key and the layout and tells it (see `CCB_ROOT_FS_UUID`);
+//! 2. the root filesystem is written from the finalised tree into its own file: `mkfs.ext4
+//!    -d` (a copy from user space straight into the file, no mount, no loop device), or for
+//!    XFS `mkfs.xfs` and a copy through a loop mount (the protofile of xfsprogs 6.1 and 6.13,
+//!    Debian 12's and 13's, keeps neither xattrs nor hard links); before it, what is random
+//!    or machine-specific is removed and every time clamped to the source date
+//!    ([`super::repro`]), and after it every ext4 inode's change, access and creation time
+//!    (which `mkfs` copies from the tree, where the change time cannot be set) is set to it;
+//! 3. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
+//! 4. the disk file gets a GPT written here, the partition files copied in at their offsets
 //!    (holes kept), and GRUB's BIOS boot code placed the way `grub-bios-setup` places it;
-//! 4. conversion to the requested formats (qcow2 by [`crate::qcow2`]).
+//! 5. conversion to the requested formats (qcow2 by [`crate::qcow2`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -154,27 +154,11 @@ impl Runner<'_> {
                 .join(", ")
         ));
 
-        // 1. The root filesystem, written from the stack by mkfs (no copy through a mount),
-        //    then finalised in place: grub-mkconfig (bootloader) probes the device holding `/`,
-        //    which an overlay is not, so finalise runs on the filesystem, loop-mounted.
+        // 1. Finalise on the tree, in the sandbox, as every chroot phase runs: no block device
+        //    exists yet. What the bootloader element's grub-mkconfig would probe from one (the
+        //    root filesystem's UUID, type and partition table) ccb knows from the key and the
+        //    layout, and says so in CCB_ROOT_FS_UUID and CCB_ROOT_PART_UUID.
         let root = plan.root().clone();
-        let root_img = work.join("root.img");
-        make_fs(&root_img, &root, &d.seed, Some(&self.root), epoch)?;
-        if self.spec.overlay {
-            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
-        } else {
-            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
-            std::fs::create_dir_all(&self.root).map_err(io("create the mount point"))?;
-        }
-        tool(
-            Process::new("mount")
-                .arg("-o")
-                .arg("loop")
-                .arg(&root_img)
-                .arg(&self.root),
-            "loop-mounting the root filesystem",
-        )?;
-        let loop_dev = mount_source(&self.root).unwrap_or_default();
         self.write_fstab(&plan)?;
         self.tree()?
             .create_dir_all(BOOT_DIR_IN, 0o755)
@@ -192,7 +176,14 @@ impl Runner<'_> {
             ("DIB_ROOT_FSTYPE", plan_root.kind.as_str().to_string()),
             ("DIB_IMAGE_SIZE", (plan.size / 1024).to_string()),
             ("DIB_MOUNTPOINTS", mountpoints.join("|")),
-            ("IMAGE_BLOCK_DEVICE", loop_dev),
+            // DIB's variable, set for scripts that read it under `set -u`: there is no
+            // device while finalise runs (the filesystem is written from the tree after).
+            ("IMAGE_BLOCK_DEVICE", String::new()),
+            ("CCB_ROOT_FS_UUID", uuid_of(&d.seed, &root.part.name)),
+            (
+                "CCB_ROOT_PART_UUID",
+                uuid_of(&d.seed, &format!("part/{}", root.part.name)),
+            ),
             ("DIB_CC_PROVENANCE", d.provenance.clone()),
             ("TMP_IMAGE_DIR", image_dir.display().to_string()),
             ("CCB_BOOT_DIR", BOOT_DIR_IN.to_string()),
@@ -249,7 +240,6 @@ impl Runner<'_> {
         {
             tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
         }
-        // The tree's handle pins the mounted filesystem: closed before the unmount.
         drop(image);
         self.finalise_base()?;
         let image = self.tree()?;
@@ -265,20 +255,43 @@ impl Runner<'_> {
             "disk: source date {epoch}: {clamped} newer times clamped"
         ));
 
-        umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;
-        let root_img = if plan_root.kind == FsKind::Ext4 {
-            let started = std::time::Instant::now();
-            let img = repack_ext4(&root_img, &root, &d.seed, epoch)?;
+        // 2. The root filesystem, written from the finalised tree by mkfs (ext4: `mkfs.ext4
+        //    -d`, no mount, no loop device). The disk keeps the size DIB gives it, from the
+        //    tree before finalise (whose growth, a few MiB of GRUB modules, DIB's 40 % of free
+        //    space absorbs), unless finalise grew the tree to fill more than 80 % of the root
+        //    (an initramfs made there): then it is sized again for what the tree holds now.
+        let after = du(&self.root)?;
+        let plan = if d.size.is_none() && after > plan.root().length / 10 * 8 {
+            let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
+                .map_err(|problem| RunError::Image { problem })?;
             self.logln(&format!(
-                "disk: root filesystem written again from itself in {} ms",
-                started.elapsed().as_millis()
+                "disk: finalise grew the tree to {} MiB, disk {} MiB",
+                after >> 20,
+                grown.size >> 20
             ));
-            img
+            grown
         } else {
-            root_img
+            plan
         };
+        let root = plan.root().clone();
+        let root_img = work.join("root.img");
+        let started = std::time::Instant::now();
+        make_fs(&root_img, &root, &d.seed, Some(&self.root), epoch)?;
+        if plan_root.kind == FsKind::Ext4 {
+            set_inode_times(&root_img, epoch)?;
+        }
+        self.logln(&format!(
+            "disk: root filesystem ({}) written from the tree in {} ms",
+            plan_root.kind.as_str(),
+            started.elapsed().as_millis()
+        ));
+        if self.spec.overlay {
+            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
+        } else {
+            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
+        }
 
-        // 2. Every other filesystem (the ESP).
+        // 3. Every other filesystem (the ESP).
         let mut images: Vec<(Placed, PathBuf)> = vec![(root.clone(), root_img)];
         for p in &plan.partitions {
             if let Some(fs) = &p.part.fs
@@ -298,12 +311,16 @@ impl Runner<'_> {
             }
         }
 
-        // 3. The disk.
+        // 4. The disk.
         let raw = work.join("disk.raw");
+        let started = std::time::Instant::now();
         write_disk(&raw, &plan, &images, &boot, &d.seed)?;
-        self.logln("disk: partition table, filesystems and boot code written");
+        self.logln(&format!(
+            "disk: partition table, filesystems and boot code written in {} ms",
+            started.elapsed().as_millis()
+        ));
 
-        // 4. Outputs.
+        // 5. Outputs.
         self.outputs(&d, &raw, &out, &meta_dir)
     }
 
@@ -393,13 +410,15 @@ impl Runner<'_> {
                 Some(compression) => {
                     // ccb's writer: deflate on every core (benches/qcow2.rs compares it with
                     // qemu-img on this image).
+                    let started = std::time::Instant::now();
                     let stats = crate::qcow2::convert_raw(raw, &dst, compression)
                         .map_err(RunError::Qcow2)?;
                     self.logln(&format!(
-                        "disk: qcow2 {} MiB, {} of {} data clusters compressed",
+                        "disk: qcow2 {} MiB, {} of {} data clusters compressed, in {} ms",
                         stats.file_size >> 20,
                         stats.compressed_clusters,
-                        stats.data_clusters
+                        stats.data_clusters,
+                        started.elapsed().as_millis()
                     ));
                 }
                 None => {
@@ -427,6 +446,7 @@ impl Runner<'_> {
             format!("{}\n", d.provenance),
         )
         .map_err(io("write the provenance"))?;
+        let started = std::time::Instant::now();
         let mut sums = String::new();
         for name in &made {
             let mut f = File::open(out.join(name)).map_err(io("read an output"))?;
@@ -446,21 +466,13 @@ impl Runner<'_> {
             sums.push_str(&format!("{digest}  {name}\n"));
         }
         std::fs::write(out.join("SHA256SUMS"), sums).map_err(io("write SHA256SUMS"))?;
-        self.logln(&format!("disk: outputs {}", made.join(", ")));
+        self.logln(&format!(
+            "disk: outputs {}, SHA256SUMS in {} ms",
+            made.join(", "),
+            started.elapsed().as_millis()
+        ));
         Ok(())
     }
-}
-
-/// The device a mount point is mounted from (the root filesystem's loop device).
-fn mount_source(point: &Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let point = point.display().to_string();
-    mounts.lines().rev().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let src = f.next()?;
-        let at = f.next()?;
-        (at == point).then(|| src.to_string())
-    })
 }
 
 /// Makes the filesystem of `p` in the file `img`, filled from `content` if given.
@@ -610,48 +622,17 @@ fn fill_vfat(img: &Path, dir: &Path, epoch: i64) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The finalised ext4 root written once more, by `mkfs.ext4 -d` from itself mounted
-/// read-only, into a new file that replaces it: only the files decide the result, not what the
-/// kernel did while finalise ran. `mkfs` copies each inode's change and access times from the
-/// source (the change time cannot be set from user space), so every inode's change, access
-/// and creation times are then set to `epoch` by `debugfs`.
-fn repack_ext4(img: &Path, p: &Placed, seed: &str, epoch: i64) -> Result<PathBuf, RunError> {
-    let at = img.with_extension("src");
-    std::fs::create_dir_all(&at).map_err(io("create a mount point"))?;
-    let mount_ro = |file: &Path| {
-        tool(
-            Process::new("mount")
-                .args(["-o", "ro,noload,loop"])
-                .arg(file)
-                .arg(&at),
-            "loop-mounting a filesystem image read-only",
-        )
-    };
-    mount_ro(img)?;
-    let out = img.with_file_name("root-final.img");
-    make_fs(&out, p, seed, Some(&at), epoch)?;
-    umount2(&at, MntFlags::empty()).map_err(engine("unmount the finalised root"))?;
-    std::fs::remove_file(img).map_err(io("remove the finalised root"))?;
-
-    mount_ro(&out)?;
-    let mut inodes = std::collections::BTreeSet::new();
-    for e in walkdir::WalkDir::new(&at).same_file_system(true) {
-        let e = e.map_err(|e| RunError::Io {
-            what: "list the root filesystem's inodes".into(),
-            source: std::io::Error::other(e),
-        })?;
-        inodes.insert(
-            e.metadata()
-                .map_err(|e| RunError::Io {
-                    what: "list the root filesystem's inodes".into(),
-                    source: std::io::Error::other(e),
-                })?
-                .ino(),
-        );
-    }
-    umount2(&at, MntFlags::empty()).map_err(engine("unmount the root filesystem"))?;
-    let _ = std::fs::remove_dir(&at);
-
+/// Every used inode of an ext4 image gets `epoch` as its change, access and creation time:
+/// `mkfs.ext4 -d` copies the change and access times from the tree, and the change time
+/// cannot be set there. The used inodes are read from the bitmaps (`dumpe2fs`), no mount.
+fn set_inode_times(img: &Path, epoch: i64) -> Result<(), RunError> {
+    let dump = tool(
+        Process::new("dumpe2fs").arg(img),
+        "reading the root filesystem's inode bitmaps (dumpe2fs, from e2fsprogs)",
+    )?;
+    let inodes = used_inodes(&dump).ok_or_else(|| RunError::Image {
+        problem: "dumpe2fs printed no inode count".into(),
+    })?;
     let mut script = String::new();
     for ino in &inodes {
         for field in ["ctime", "atime", "crtime"] {
@@ -659,6 +640,7 @@ fn repack_ext4(img: &Path, p: &Placed, seed: &str, epoch: i64) -> Result<PathBuf
         }
     }
     let script_path = img.with_file_name("debugfs-times");
+    let out = img;
     std::fs::write(&script_path, script).map_err(io("write debugfs's requests"))?;
     let out_put = Process::new("debugfs")
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
@@ -679,7 +661,34 @@ fn repack_ext4(img: &Path, p: &Placed, seed: &str, epoch: i64) -> Result<PathBuf
             problem: format!("debugfs refused to set an inode's times: {bad}"),
         });
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The used inodes from `dumpe2fs`'s output: every inode up to `Inode count:` but those its
+/// groups list as free (`Free inodes: 12-8192, 8200`).
+fn used_inodes(dump: &str) -> Option<Vec<u64>> {
+    let count: u64 = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("Inode count:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut free = vec![false; count as usize + 1];
+    for l in dump.lines() {
+        let Some(ranges) = l.trim().strip_prefix("Free inodes:") else {
+            continue;
+        };
+        for r in ranges.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+                continue;
+            };
+            for i in a..=b.min(count) {
+                free[i as usize] = true;
+            }
+        }
+    }
+    Some((1..=count).filter(|i| !free[*i as usize]).collect())
 }
 
 /// gptman's errors wrap the I/O error under them (a full disk is still one).
@@ -978,16 +987,17 @@ mod tests {
         assert_eq!(digest("a.img"), digest("b.img"));
     }
 
-    /// What the kernel does to a loop-mounted filesystem (its block and inode choices, the
-    /// journal, freed blocks, the clock in every inode it touches) leaves no trace once the
-    /// root is written again from itself: two runs a second apart give the same bytes.
+    /// `mkfs.ext4 -d` copies each file's change and access times from the tree, which no
+    /// clamp can set: once every inode's times are the source date, a tree touched between
+    /// two runs (a chmod, a read, a second later) gives the same filesystem.
     #[test]
     #[allow(clippy::print_stderr)] // the skip note
-    fn a_finalised_root_written_again_is_the_same_whatever_the_kernel_did() {
+    fn the_root_filesystem_is_the_same_whatever_the_trees_change_times() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: loop mounts need root (scripts/test runs as root)");
+            eprintln!("skipped: owners need root (scripts/test runs as root)");
             return;
         }
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("etc/default")).unwrap();
@@ -996,36 +1006,30 @@ mod tests {
         repro::clamp_times(&tree, 1_700_000_000).unwrap();
         let run = |n: u32| {
             let img = dir.path().join(format!("root{n}.img"));
-            let p = ext4_root_partition(256 << 20);
-            make_fs(&img, &p, "seed", Some(&tree), 1_700_000_000).unwrap();
-            // Finalise, as the kernel sees it: new files, a removal, in a different order
-            // each run.
-            let mnt = dir.path().join(format!("mnt{n}"));
-            std::fs::create_dir_all(&mnt).unwrap();
-            tool(
-                Process::new("mount")
-                    .arg("-o")
-                    .arg("loop")
-                    .arg(&img)
-                    .arg(&mnt),
-                "mount",
+            make_fs(
+                &img,
+                &ext4_root_partition(256 << 20),
+                "seed",
+                Some(&tree),
+                1_700_000_000,
             )
             .unwrap();
-            let names = if n == 0 { ["a", "b"] } else { ["b", "a"] };
-            for name in names {
-                std::fs::write(mnt.join(format!("etc/{name}")), name.repeat(5000)).unwrap();
-            }
-            std::fs::remove_file(mnt.join("etc/default/grub")).unwrap();
-            repro::clamp_times(&mnt, 1_700_000_000).unwrap();
-            umount2(&mnt, MntFlags::empty()).unwrap();
-            let img = repack_ext4(&img, &p, "seed", 1_700_000_000).unwrap();
-            let digest = blake3::hash(&std::fs::read(&img).unwrap());
-            std::fs::remove_file(&img).unwrap();
-            digest
+            set_inode_times(&img, 1_700_000_000).unwrap();
+            blake3::hash(&std::fs::read(&img).unwrap())
         };
         let first = run(0);
         std::thread::sleep(std::time::Duration::from_millis(1100));
+        let grub = tree.join("etc/default/grub");
+        std::fs::set_permissions(&grub, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _ = std::fs::read(&grub).unwrap();
         assert_eq!(first, run(1));
+    }
+
+    #[test]
+    fn used_inodes_are_the_ones_the_bitmaps_do_not_list_free() {
+        let dump = "Inode count:              20\nGroup 0:\n  Free inodes: 3-5, 9, 12-20\n";
+        assert_eq!(used_inodes(dump).unwrap(), [1, 2, 6, 7, 8, 10, 11]);
+        assert_eq!(used_inodes("no count"), None);
     }
 
     /// The ESP from the same tree a second apart: the same bytes (mkfs.fat and mtools take

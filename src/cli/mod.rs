@@ -4,6 +4,7 @@
 //! module imports another's; renderings two commands share are in `render`.
 
 mod build;
+mod builder;
 mod cache;
 mod check;
 mod doctor;
@@ -51,6 +52,13 @@ pub struct Cli {
     /// Use no remote cache, whatever the project says
     #[arg(long, global = true, conflicts_with_all = ["remote_cache", "remote_cache_upload"])]
     no_remote_cache: bool,
+    /// Send every root filesystem and disk to the project's `builders` (else only those of an
+    /// arch this host cannot build natively)
+    #[arg(long, global = true, conflicts_with = "no_remote_builders")]
+    remote_builders_only: bool,
+    /// Build everything on this host, whatever the project's `builders` say
+    #[arg(long, global = true)]
+    no_remote_builders: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +97,9 @@ enum Command {
     /// Say what this host can build and test: arches (native, emulated), KVM, loop devices,
     /// overlayfs, binfmt_misc, tools and their versions
     Doctor(doctor::DoctorArgs),
+    /// What a remote builder runs over ssh (see `builders` in the project settings)
+    #[command(name = "remote-builder", subcommand, hide = true)]
+    RemoteBuilder(builder::BuilderCommand),
 }
 
 /// What every command may need: the global flags, the project and the store, loaded lazily
@@ -204,12 +215,19 @@ fn install_panic_hook() {
 pub fn main() -> ExitCode {
     // The sandbox is ccb re-executed (see `build::sandbox`): not a user command.
     let mut args = std::env::args_os();
-    if args
-        .nth(1)
-        .is_some_and(|a| a == crate::action::sandbox::SANDBOX_ARG)
-    {
-        let spec = args.next().map(PathBuf::from).unwrap_or_default();
-        return ExitCode::from(crate::action::sandbox::main(&spec).clamp(0, 255) as u8);
+    match args.nth(1) {
+        Some(a) if a == crate::action::sandbox::SANDBOX_ARG => {
+            let spec = args.next().map(PathBuf::from).unwrap_or_default();
+            return ExitCode::from(crate::action::sandbox::main(&spec).clamp(0, 255) as u8);
+        }
+        // The manifest evaluator is ccb re-executed too (see `manifest::eval`).
+        Some(a) if a == crate::manifest::EVAL_ARG => {
+            let manifests = args.next().map(PathBuf::from).unwrap_or_default();
+            let stdlib = args.next().map(PathBuf::from).unwrap_or_default();
+            let code = crate::manifest::evaluator_main(&manifests, &stdlib);
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
+        _ => {}
     }
     install_report_hook();
     install_panic_hook();
@@ -229,6 +247,8 @@ pub fn main() -> ExitCode {
             url: cli.remote_cache.filter(|u| !u.is_empty()),
             upload: cli.remote_cache_upload,
             disabled: cli.no_remote_cache,
+            builders_only: cli.remote_builders_only,
+            no_builders: cli.no_remote_builders,
         },
         root_arg: cli.root,
         store: None,
@@ -250,6 +270,7 @@ pub fn main() -> ExitCode {
         Command::Update(args) => update::run(&mut ctx, args),
         Command::Verify(args) => verify::run(&mut ctx, args),
         Command::Doctor(args) => doctor::run(&mut ctx, args),
+        Command::RemoteBuilder(cmd) => builder::run(&mut ctx, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

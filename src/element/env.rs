@@ -8,10 +8,7 @@
 
 use crate::process::Process;
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use super::ElementError;
@@ -72,18 +69,15 @@ pub fn source(
         .arg("ccb-environment")
         .args(files.iter().map(|(_, p)| p))
         .current_dir("/");
-    let command_line = cmd.command_line();
-    let mut command = cmd.command();
-    // Its own process group: whatever a fragment starts in the background is ended with the
-    // shell (below), so nothing outlives ccb and no pipe stays open.
-    command.process_group(0);
+    // PID 1 of a namespace of its own: whatever a fragment starts, even in a session of its
+    // own (`setsid`), ends with the shell, so nothing outlives ccb and no pipe stays open.
     let limit = timeout();
-    let (out, timed_out) = run_bounded(command, limit).map_err(|source| {
-        ElementError::Bash(crate::process::ProcessError::Spawn {
-            command: command_line,
-            source,
-        })
-    })?;
+    let crate::process::Bounded {
+        output: out,
+        timed_out,
+    } = cmd
+        .output_bounded(limit, crate::process::Confine::PidNamespace)
+        .map_err(ElementError::Bash)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if timed_out || !out.status.success() {
         // The last marker names the file being sourced when the shell stopped.
@@ -134,64 +128,6 @@ pub fn source(
         }
     }
     Ok(env)
-}
-
-/// Runs `cmd` (its own process group) with captured output for at most `limit`; then, in
-/// every case, its whole process group is killed, so a background job of a fragment neither
-/// outlives ccb nor keeps the pipes (and this read) open. Returns the output and whether
-/// the limit was hit.
-fn run_bounded(mut cmd: Command, limit: Duration) -> std::io::Result<(Output, bool)> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let stdout = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    // The wait happens on its own thread so this one can give up at the limit without
-    // polling.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let (status, timed_out) = match rx.recv_timeout(limit) {
-        Ok(status) => (status?, false),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-            let status = rx
-                .recv()
-                .map_err(|_| std::io::Error::other("the shell's waiter vanished"))??;
-            (status, true)
-        }
-    };
-    // The shell is gone; anything it left in its group goes too.
-    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    Ok((
-        Output {
-            status,
-            stdout,
-            stderr,
-        },
-        timed_out,
-    ))
 }
 
 #[cfg(test)]
@@ -255,13 +191,18 @@ mod tests {
     fn a_background_job_of_a_fragment_does_not_outlive_the_capture() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
+        // The job leaves the shell's process group and session (`setsid`); it writes the pid
+        // the host sees (fields of /proc/self/stat are in the host's terms, $! is not), then
+        // becomes the `sleep`.
         let files = fragments(
             dir.path(),
             &[(
                 "30-daemon",
                 &format!(
-                    "sleep 300 &\necho $! > {}\nexport OK=1\n",
-                    pidfile.display()
+                    "setsid sh -c 'cut -d\" \" -f4 /proc/self/stat > {p}; exec sleep 300' \
+                     </dev/null >/dev/null 2>&1 &\n\
+                     while [ ! -s {p} ]; do sleep 0.01; done\nexport OK=1\n",
+                    p = pidfile.display()
                 ),
             )],
         );
@@ -272,7 +213,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // Killed with the group; reaped by init, so allow it a moment to disappear.
+        // Killed with the namespace; allow it a moment to disappear.
         let gone = (0..100).any(|_| {
             let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
                 && !std::fs::read_to_string(format!("/proc/{pid}/stat"))

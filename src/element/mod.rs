@@ -422,10 +422,44 @@ pub fn check_model(
     warn: &mut dyn FnMut(&str),
 ) -> Result<CheckSummary, ForTarget> {
     let resolver = project_resolver(model, extra, store, offline, warn)?;
-    let mut used = BTreeSet::new();
-    for image in model.images_parents_first() {
-        for &arch in &image.arch {
-            let r = resolver
+    // A check that passed for the same search path and the same requests passes again: a
+    // warm check reads one record instead of one resolution per image and arch.
+    let mut h = blake3::Hasher::new();
+    crate::keydoc::hash_str(&mut h, crate::ENGINE_VERSION);
+    crate::keydoc::hash_str(&mut h, &resolver.path_digest);
+    for image in model.images.values() {
+        crate::keydoc::hash_str(&mut h, &image.key);
+        crate::keydoc::hash_list(&mut h, &requested_elements(image));
+        let arches: Vec<String> = image.arch.iter().map(|a| a.as_str().to_string()).collect();
+        crate::keydoc::hash_list(&mut h, &arches);
+        crate::keydoc::hash_str(&mut h, &image.name);
+        crate::keydoc::hash_map(&mut h, &image.env);
+        crate::keydoc::hash_str(
+            &mut h,
+            if image.from.is_none() {
+                "base"
+            } else {
+                "nobase"
+            },
+        );
+    }
+    let record = crate::store::Layout::check_record(&h.finalize().to_hex()[..40]);
+    if let Some(elements) = store.read_json::<usize>(&record) {
+        return Ok(CheckSummary { elements });
+    }
+    // Resolutions are independent, and a cold one sources environment.d through bash: run
+    // them in parallel; the first failure in parents-first order is the one reported, as
+    // if they had run one by one.
+    use rayon::prelude::*;
+    let builds: Vec<(&Image, Arch)> = model
+        .images_parents_first()
+        .into_iter()
+        .flat_map(|image| image.arch.iter().map(move |&arch| (image, arch)))
+        .collect();
+    let results: Vec<Result<Vec<String>, ForTarget>> = builds
+        .par_iter()
+        .map(|&(image, arch)| {
+            resolver
                 .resolve(
                     &requested_elements(image),
                     arch,
@@ -433,10 +467,16 @@ pub fn check_model(
                     &image.env,
                     image.from.is_none(),
                 )
-                .map_err(|e| ForTarget::new(Some(format!("//images:{} ({arch})", image.key)), e))?;
-            used.extend(r.elements);
-        }
+                .map(|r| r.elements)
+                .map_err(|e| ForTarget::new(Some(format!("//images:{} ({arch})", image.key)), e))
+        })
+        .collect();
+    let mut used = BTreeSet::new();
+    for r in results {
+        used.extend(r?);
     }
+    // Failing to record it only costs the resolutions next time.
+    let _ = store.write_json(&record, &used.len());
     Ok(CheckSummary {
         elements: used.len(),
     })

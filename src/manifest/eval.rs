@@ -168,8 +168,9 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
         });
     }
 
+    check_utf8(root, &manifests, &listing)?;
     let started = std::time::SystemTime::now();
-    let (json, read) = run_nickel(&manifests, &stdlib_dir, &files)?;
+    let (json, read) = run_bounded(root, &manifests, &stdlib_dir, &files)?;
 
     // A file modified in the same clock tick as our read could change again without changing
     // its stamp ("racy" stamps, as git calls them): only cache when every input is older than
@@ -180,10 +181,14 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
         .unwrap_or(0);
     let warnings = stray_files(&manifests, &listing, read.iter().map(PathBuf::as_path));
     let inputs: Option<Vec<Stamp>> = read.iter().map(|p| Stamp::of(p)).collect();
+    // The embedded stdlib, written by this very run into a directory named by its hash,
+    // never changes in place: it is not racy, and a fresh store would otherwise evaluate twice.
+    let embedded = (stdlib_dir != root.join("stdlib")).then_some(&stdlib_dir);
     if let Some(inputs) = inputs
-        && inputs
-            .iter()
-            .all(|s| now_ns - s.mtime_ns.max(s.ctime_ns) > 2_000_000_000)
+        && inputs.iter().all(|s| {
+            embedded.is_some_and(|e| s.path.starts_with(e))
+                || now_ns - s.mtime_ns.max(s.ctime_ns) > 2_000_000_000
+        })
     {
         let rec = EvalRecord {
             engine: crate::ENGINE_VERSION.to_string(),
@@ -233,6 +238,190 @@ fn stray_files<'a>(
         ));
     }
     out
+}
+
+/// Nickel reads a file that is not UTF-8 as "not found": say what is wrong, and where.
+fn check_utf8(root: &Path, manifests: &Path, listing: &[String]) -> Result<(), ManifestError> {
+    for name in listing {
+        if !(name.ends_with(".ncl") || name.ends_with(".toml")) {
+            continue;
+        }
+        let path = manifests.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| FsError::new("read", &path, e))?;
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            let at = e.valid_up_to();
+            let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+            let shown = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            return Err(SourceDiagnostic::new(format!(
+                "{shown} is not UTF-8: byte {at} (line {line}) is 0x{:02x}",
+                bytes[at]
+            ))
+            .with_source(
+                &shown,
+                String::from_utf8_lossy(&bytes).into_owned(),
+                at..at + 1,
+                "not UTF-8",
+            )
+            .with_help("manifests are UTF-8 text; re-encode the file (e.g. `iconv -t UTF-8`)")
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The hidden argument that makes ccb a manifest evaluator (see [`run_bounded`]).
+pub const EVAL_ARG: &str = "__eval";
+
+/// How long an evaluation may take and how much memory it may map: the real manifests
+/// evaluate in well under a second and a few hundred MiB; a manifest that recurses without
+/// end would otherwise take the host's memory (gigabytes in seconds) or hang every command.
+const DEFAULT_EVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const DEFAULT_EVAL_MEMORY: u64 = 4 << 30;
+
+/// The limits from `CCB_EVAL_TIMEOUT` (seconds) and `CCB_EVAL_MEMORY` (bytes, or with a
+/// K/M/G/T suffix), or the defaults.
+fn limits() -> Result<(std::time::Duration, u64), ManifestError> {
+    let bad = |var: &str, value: String, expected: &str| {
+        ManifestError::from(
+            SourceDiagnostic::new(format!("{var}={value:?} is not {expected}")).with_help(format!(
+                "unset {var} for the default, or see the README's limits"
+            )),
+        )
+    };
+    let timeout = match std::env::var("CCB_EVAL_TIMEOUT") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => std::time::Duration::from_secs(s),
+            _ => return Err(bad("CCB_EVAL_TIMEOUT", v, "a number of seconds")),
+        },
+        Err(_) => DEFAULT_EVAL_TIMEOUT,
+    };
+    let memory = match std::env::var("CCB_EVAL_MEMORY") {
+        Ok(v) => match parse_bytes(&v) {
+            Some(b) if b >= 64 << 20 => b,
+            _ => {
+                return Err(bad(
+                    "CCB_EVAL_MEMORY",
+                    v,
+                    "a size of at least 64M (e.g. 8G)",
+                ));
+            }
+        },
+        Err(_) => DEFAULT_EVAL_MEMORY,
+    };
+    Ok((timeout, memory))
+}
+
+/// `4096`, `512M`, `8G`, `8GiB` (binary units).
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let shift = match s[digits..].trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+/// What the evaluator process sends back on its stdout.
+#[derive(Serialize, Deserialize)]
+enum Outcome {
+    Ok { json: String, read: Vec<PathBuf> },
+    Err(crate::diag::WireDiagnostic),
+}
+
+/// Evaluates in a child process (ccb re-executed with [`EVAL_ARG`]) under a time limit and an
+/// address-space limit, so that a manifest that recurses without end ends in an error naming
+/// the manifests instead of exhausting the host: Nickel can be neither interrupted nor
+/// limited in memory from inside the process, and a failed allocation aborts it. Only a cold
+/// evaluation pays for the child (a few ms); a warm one reads the cache and starts nothing.
+fn run_bounded(
+    root: &Path,
+    manifests: &Path,
+    stdlib_dir: &Path,
+    files: &BTreeMap<String, Vec<PathBuf>>,
+) -> Result<(String, Vec<PathBuf>), ManifestError> {
+    let (timeout, memory) = limits()?;
+    let named: Vec<String> = files
+        .values()
+        .flatten()
+        .map(|p| format!("`{}`", p.strip_prefix(root).unwrap_or(p).display()))
+        .collect();
+    let named = if named.is_empty() {
+        format!("`{}`", manifests.display())
+    } else {
+        named.join(", ")
+    };
+    let run = crate::process::Process::new("/proc/self/exe")
+        .arg(EVAL_ARG)
+        .arg(manifests)
+        .arg(stdlib_dir)
+        .memory_limit(memory)
+        .output_bounded(timeout, crate::process::Confine::ProcessGroup)
+        .map_err(|e| ManifestError::EvalStart(Box::new(e)))?;
+    if run.timed_out {
+        return Err(ManifestError::EvalTimeout {
+            manifests: named,
+            seconds: timeout.as_secs(),
+        });
+    }
+    let out = run.output;
+    if out.status.success()
+        && let Ok(outcome) = serde_json::from_slice::<Outcome>(&out.stdout)
+    {
+        return match outcome {
+            Outcome::Ok { json, read } => Ok((json, read)),
+            Outcome::Err(d) => Err(SourceDiagnostic::from(d).into()),
+        };
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("memory allocation of") || stderr.contains("out of memory") {
+        return Err(ManifestError::EvalMemory {
+            manifests: named,
+            limit: crate::ui::progress::human_bytes(memory),
+        });
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let how = match (out.status.code(), out.status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (_, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".into(),
+    };
+    Err(ManifestError::EvalCrashed {
+        manifests: named,
+        detail: format!("{how}: {}", crate::process::tail(&out.stderr, 4)),
+    })
+}
+
+/// `ccb __eval MANIFESTS STDLIB_DIR`: the evaluator process's main; writes an [`Outcome`] to
+/// stdout. Returns the exit code.
+pub fn evaluator_main(manifests: &Path, stdlib_dir: &Path) -> i32 {
+    use std::io::Write;
+    let files = category_files(manifests);
+    let outcome = match run_nickel(manifests, stdlib_dir, &files) {
+        Ok((json, read)) => Outcome::Ok { json, read },
+        Err(ManifestError::Invalid(d)) => Outcome::Err((&*d).into()),
+        Err(other) => Outcome::Err((&SourceDiagnostic::new(other.to_string())).into()),
+    };
+    let Ok(bytes) = serde_json::to_vec(&outcome) else {
+        return 70;
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => 0,
+        Err(_) => 74,
+    }
 }
 
 /// Evaluates the aggregate program; returns the JSON export and every on-disk file Nickel read.

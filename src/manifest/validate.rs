@@ -1,6 +1,6 @@
 //! Checks Nickel leaves to Rust, and inheritance: the raw evaluated manifests become a [`Model`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -41,6 +41,8 @@ struct RawImage {
     provenance: Provenance,
     env: BTreeMap<String, String>,
     artifacts: BTreeMap<String, String>,
+    #[serde(default)]
+    base_artifacts: BTreeMap<String, String>,
     #[serde(default)]
     secrets: BTreeMap<String, super::SecretSource>,
     #[serde(default)]
@@ -136,6 +138,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         images: BTreeMap::new(),
         sites: raw.sites,
         artifacts: raw.artifacts,
+        per_arch: BTreeMap::new(),
         sources: raw.sources,
         inspect: raw.inspect,
         project: raw.project,
@@ -147,9 +150,9 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
 
     check_image_keys(&model, &raw.images)?;
     check_swift_artifacts(&model)?;
+    split_per_arch(&mut model)?;
     check_variable_names(&model, &raw.images)?;
-    check_from_cycles(&model, &raw.images)?;
-    for key in parents_first(&raw.images) {
+    for key in parents_first(&model, &raw.images)? {
         let image = inherit(&model, key, &raw.images[key])?;
         model.images.insert(key.to_string(), image);
     }
@@ -227,7 +230,24 @@ fn check_variable_names(
                 )
                 .into());
         }
-        for (field, map) in [("env", &img.env), ("artifacts", &img.artifacts)] {
+        if img.from.is_some()
+            && let Some(var) = img.base_artifacts.keys().next()
+        {
+            return Err(model
+                .locate(
+                    "images",
+                    &[key, "base_artifacts", var],
+                    format!("image `{key}` has a parent, so it has no base of its own to give `{var}` to"),
+                    "this variable",
+                )
+                .with_help("`base_artifacts` feed the root.d phase of a root image; move it to the root of the `from` chain, or use `artifacts`")
+                .into());
+        }
+        for (field, map) in [
+            ("env", &img.env),
+            ("artifacts", &img.artifacts),
+            ("base_artifacts", &img.base_artifacts),
+        ] {
             if let Some(bad) = map.keys().find(|k| !env_name_ok(k)) {
                 return Err(model
                     .locate(
@@ -248,22 +268,46 @@ fn check_variable_names(
     Ok(())
 }
 
-/// Cycles in `from` (Nickel already rejected unknown parents).
-fn check_from_cycles(
+/// The kernel's limit on the layers of one overlayfs mount (`OVL_MAX_STACK`).
+const OVERLAY_MAX_STACK: usize = 500;
+
+/// The longest `from` chain an image may have, itself included. Its layer's overlay stacks
+/// the base, one layer per ancestor and up to [`crate::action::checkpoint::MAX_CHECKPOINTS`]
+/// step checkpoints of its own; a longer chain would pass every check and fail at mount, deep
+/// in a build. (The mount's option string is not the limit: lowers are named by links of a
+/// few bytes, 500 of them fit in its page.)
+pub const MAX_FROM_CHAIN: usize = OVERLAY_MAX_STACK - crate::action::checkpoint::MAX_CHECKPOINTS;
+
+/// Image keys, every parent before its children; a cycle in `from`, or a chain longer than
+/// [`MAX_FROM_CHAIN`], is an error. Each image is visited once (a walk up stops at an image
+/// already placed), so this is linear in the number of images whatever the depth.
+fn parents_first<'a>(
     model: &Model,
-    images: &BTreeMap<String, RawImage>,
-) -> Result<(), ManifestError> {
-    for key in images.keys() {
-        let mut chain = vec![key.as_str()];
-        let mut cur = key.as_str();
-        while let Some(parent) = images.get(cur).and_then(|i| i.from.as_deref()) {
-            if let Some(pos) = chain.iter().position(|k| *k == parent) {
-                let mut cycle: Vec<&str> = chain[pos..].to_vec();
-                cycle.push(parent);
+    images: &'a BTreeMap<String, RawImage>,
+) -> Result<Vec<&'a str>, ManifestError> {
+    // The chain length of each placed image (itself and its ancestors).
+    let mut depth: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(images.len());
+    let mut order: Vec<&str> = Vec::with_capacity(images.len());
+    let mut on_path: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for start in images.keys() {
+        let mut path: Vec<&str> = Vec::new();
+        on_path.clear();
+        let mut cur = start.as_str();
+        // Walk up until an image already placed, an image without a (known) parent, or back
+        // onto the path (a cycle).
+        let below = loop {
+            if let Some(d) = depth.get(cur) {
+                break *d;
+            }
+            if let Some(&pos) = on_path.get(cur) {
+                let mut cycle: Vec<&str> = path[pos..].to_vec();
+                cycle.push(cur);
+                let closer = path.last().copied().unwrap_or(cur);
                 return Err(model
                     .locate(
                         "images",
-                        &[cur, "from"],
+                        &[closer, "from"],
                         format!(
                             "images inherit from each other in a cycle: {}",
                             cycle.join(" → ")
@@ -273,29 +317,39 @@ fn check_from_cycles(
                     .with_help("`from` must lead to an image without a parent")
                     .into());
             }
-            chain.push(parent);
-            cur = parent;
+            on_path.insert(cur, path.len());
+            path.push(cur);
+            match images.get(cur).and_then(|i| i.from.as_deref()) {
+                Some(parent) if images.contains_key(parent) => cur = parent,
+                _ => break 0,
+            }
+        };
+        for (i, key) in path.iter().rev().enumerate() {
+            let d = below + i + 1;
+            if d > MAX_FROM_CHAIN {
+                return Err(model
+                    .locate(
+                        "images",
+                        &[key, "from"],
+                        format!(
+                            "image `{key}` is layered {d} images deep (itself and its `from` \
+                             ancestors); at most {MAX_FROM_CHAIN} fit in one overlay mount"
+                        ),
+                        "this chain",
+                    )
+                    .with_help(format!(
+                        "overlayfs stacks at most {OVERLAY_MAX_STACK} layers, and a layer keeps \
+                         room for {} step checkpoints; start a shorter chain from an image \
+                         that repeats its ancestors' elements",
+                        crate::action::checkpoint::MAX_CHECKPOINTS
+                    ))
+                    .into());
+            }
+            depth.insert(key, d);
+            order.push(key);
         }
     }
-    Ok(())
-}
-
-/// Image keys, every parent before its children (`from` has no cycles by now).
-fn parents_first(images: &BTreeMap<String, RawImage>) -> Vec<&str> {
-    let mut order: Vec<&str> = Vec::new();
-    let mut placed = BTreeSet::new();
-    while order.len() < images.len() {
-        for (key, img) in images {
-            if placed.contains(key.as_str()) {
-                continue;
-            }
-            if img.from.as_deref().is_none_or(|p| placed.contains(p)) {
-                placed.insert(key.as_str());
-                order.push(key.as_str());
-            }
-        }
-    }
-    order
+    Ok(order)
 }
 
 /// An image with what it inherits from its parent (already in `model`): elements, environment,
@@ -386,6 +440,7 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
         provenance,
         env,
         artifacts,
+        base_artifacts: img.base_artifacts.clone(),
         secrets,
         public_with_secrets,
         formats,
@@ -421,21 +476,89 @@ fn check_published_names(model: &Model) -> Result<(), ManifestError> {
     Ok(())
 }
 
-/// Artifacts named by images exist (Nickel checks the names; keep the invariant explicit).
+/// Artifacts named by images exist, with a file for every arch the image is built for.
 fn check_image_artifacts(model: &Model) -> Result<(), ManifestError> {
     for (key, img) in &model.images {
-        for (var, art) in &img.artifacts {
-            if !model.artifacts.contains_key(art) {
-                return Err(model
-                    .locate(
-                        "images",
-                        &[key, "artifacts", var],
-                        format!("unknown artifact `{art}`"),
-                        "used here",
-                    )
-                    .into());
+        for (field, map) in [
+            ("artifacts", &img.artifacts),
+            ("base_artifacts", &img.base_artifacts),
+        ] {
+            for (var, art) in map {
+                if let Some(arches) = model.per_arch.get(art) {
+                    if let Some(missing) = img.arch.iter().find(|a| !arches.contains(a)) {
+                        return Err(model
+                            .locate(
+                                "images",
+                                &[key, field, var],
+                                format!(
+                                    "image `{key}` is built for {missing}, but artifact `{art}` has no {missing} file"
+                                ),
+                                "used here",
+                            )
+                            .with_help(format!(
+                                "add `arch.{missing}` to artifact `{art}`, or build `{key}` for {} only",
+                                arches.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+                            ))
+                            .into());
+                    }
+                } else if !model.artifacts.contains_key(art) {
+                    return Err(model
+                        .locate(
+                            "images",
+                            &[key, field, var],
+                            format!("unknown artifact `{art}`"),
+                            "used here",
+                        )
+                        .into());
+                }
             }
         }
+    }
+    Ok(())
+}
+
+/// An artifact declared per arch becomes one artifact per arch (`NAME:ARCH`), each fetched,
+/// pinned and updated on its own: amd64's and arm64's cloud images are different files.
+fn split_per_arch(model: &mut Model) -> Result<(), ManifestError> {
+    let names: Vec<String> = model
+        .artifacts
+        .iter()
+        .filter(|(_, a)| a.arch.is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for name in names {
+        let Some(mut art) = model.artifacts.remove(&name) else {
+            continue;
+        };
+        let per_arch = art.arch.take().unwrap_or_default();
+        if per_arch.is_empty() {
+            return Err(model
+                .locate(
+                    "artifacts",
+                    &[&name, "arch"],
+                    format!("artifact `{name}` declares `arch` with no arch in it"),
+                    "empty",
+                )
+                .with_help("give `arch.amd64` and/or `arch.arm64` a `url`")
+                .into());
+        }
+        for (arch, src) in &per_arch {
+            let key = super::arch_artifact_key(&name, *arch);
+            model.artifacts.insert(
+                key,
+                Artifact {
+                    url: Some(src.url.clone()),
+                    swift: None,
+                    sha256: src.sha256.clone().unwrap_or_else(|| art.sha256.clone()),
+                    sums: src.sums.clone(),
+                    description: art.description.as_ref().map(|d| format!("{d} ({arch})")),
+                    arch: None,
+                },
+            );
+        }
+        model
+            .per_arch
+            .insert(name, per_arch.keys().copied().collect());
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `build`: plan the targets' actions up to a stage, then run the ones not in the store.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,9 +113,13 @@ pub struct ActionReport {
     pub key: String,
     /// `built`, `cached`, `failed`, `cancelled`, `skipped` or `not-started`.
     pub status: &'static str,
-    /// Where a cached result came from: `remote` when this build took it from the remote cache.
+    /// Where a cached result came from: `remote` when this build took it from the remote cache,
+    /// `builder` when a remote builder built it for this build (through the cache).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'static str>,
+    /// The remote builder that built it (`ssh://user@host[:port]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub built: Option<BuiltInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -279,6 +284,7 @@ pub fn plan<'g>(planned: &'g Planned, store: &Store, until: Stage) -> Vec<(&'g A
 fn check_arches(
     plan: &[(&Action, Status)],
     named: &BTreeSet<Arch>,
+    remote: &BTreeSet<Arch>,
     shell: &Shell,
 ) -> Result<BTreeSet<Arch>, CommandError> {
     let foreign: BTreeSet<Arch> = plan
@@ -287,6 +293,8 @@ fn check_arches(
             matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
         })
         .filter_map(|(act, _)| act.arch)
+        // Sent to a remote builder (unless native here: then built here as usual).
+        .filter(|arch| !remote.contains(arch) || crate::doctor::host_arch() == Some(*arch))
         .collect();
     let mut skipped = BTreeSet::new();
     for arch in foreign {
@@ -330,7 +338,19 @@ pub fn build(
     let model = &session.model;
     let graph = &planned.graph;
     let mut plan = plan(planned, store, req.until);
-    let skipped = check_arches(&plan, &planned.named_arches, shell)?;
+    let remote = open_remote(session, shell)?;
+    let remote = remote.as_ref();
+    let builders = crate::remote::builder::Builders::open(
+        model.project.builders.as_ref(),
+        &session.remote,
+        remote,
+        session.env.clone(),
+        shell.verbose > 0,
+    )
+    .map_err(CommandError::from_diag)?;
+    let builders = builders.as_ref();
+    let remote_arches = builders.map(|b| b.arches()).unwrap_or_default();
+    let skipped = check_arches(&plan, &planned.named_arches, &remote_arches, shell)?;
     plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
 
     let forced: BTreeSet<String> = if req.force.is_empty() {
@@ -376,8 +396,6 @@ pub fn build(
         swift: Some(&swift),
         strict: req.strict,
     };
-    let remote = open_remote(session, shell)?;
-    let remote = remote.as_ref();
     let progress = shell.progress();
     if let Some(r) = remote
         && req.until == Stage::Disk
@@ -399,7 +417,7 @@ pub fn build(
             share(remote, store, action, &progress);
             return JobEnd::Cached;
         }
-        let outcome = run_one(&bctx, action, force, &cancel, &progress, remote);
+        let outcome = run_one(&bctx, action, force, &cancel, &progress, remote, builders);
         let end = match &outcome {
             Ok(None) => JobEnd::Cached,
             Ok(Some(_)) => JobEnd::Built,
@@ -470,8 +488,13 @@ pub fn build(
             kind: act.kind,
             key: act.key.clone(),
             status,
-            from: (status == "cached" && remote.is_some_and(|r| r.served(&act.id)))
-                .then_some("remote"),
+            from: if builders.is_some_and(|b| b.built_by(&act.id).is_some()) {
+                Some("builder")
+            } else {
+                (status == "cached" && remote.is_some_and(|r| r.served(&act.id)))
+                    .then_some("remote")
+            },
+            builder: builders.and_then(|b| b.built_by(&act.id)),
             built: None,
             error: None,
             blame: None,
@@ -573,6 +596,7 @@ fn run_one(
     cancel: &AtomicBool,
     progress: &Progress,
     remote: Option<&crate::remote::Remote>,
+    builders: Option<&crate::remote::builder::Builders>,
 ) -> Result<Option<action::Built>, BuildError> {
     let store = bctx.store;
     if action.kind == Kind::Publish {
@@ -616,6 +640,11 @@ fn run_one(
             ),
         }
     }
+    if let (Some(builders), Some(remote)) = (builders, remote)
+        && builders.wants(action)
+    {
+        return build_remotely(bctx, action, cancel, progress, remote, builders).map(|()| None);
+    }
     progress.started(&action.id);
     let mut on_event = |ev: &Event| match ev {
         Event::Step {
@@ -645,6 +674,95 @@ fn run_one(
                 "failed"
             };
             progress.finished(&action.id, verb, Some(started.elapsed()));
+            Err(e)
+        }
+    }
+}
+
+/// Sends `action` to a remote builder, then takes its result from the remote cache (where
+/// the builder stored it). The builder's stderr is this action's log here, line by line.
+fn build_remotely(
+    bctx: &BuildContext,
+    action: &Action,
+    cancel: &AtomicBool,
+    progress: &Progress,
+    remote: &crate::remote::Remote,
+    builders: &crate::remote::builder::Builders,
+) -> Result<(), BuildError> {
+    let store = bctx.store;
+    let fail = |e: crate::remote::builder::BuilderError| match e {
+        crate::remote::builder::BuilderError::Cancelled { .. } => BuildError::Cancelled {
+            id: action.id.clone(),
+        },
+        e => BuildError::Builder {
+            id: action.id.clone(),
+            source: Box::new(e),
+        },
+    };
+    progress.started(&action.id);
+    let started = Instant::now();
+    let log_path = store.path(&crate::store::Layout::log(&action.key));
+    // Written beside, renamed into place when the builder is done (a log is never half of
+    // one build and half of another).
+    let logs = log_path.parent().unwrap_or(store.root()).to_path_buf();
+    let mut log = crate::fsutil::create_dir_all(&logs)
+        .ok()
+        .and_then(|()| tempfile::NamedTempFile::new_in(&logs).ok());
+    let built = {
+        let mut on_line = |line: &str| {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            progress.output(&action.id, line);
+        };
+        let inputs = crate::remote::builder::Inputs {
+            graph: bctx.graph,
+            root: &bctx.model.root,
+            resolver: bctx.resolver,
+            pins: &bctx.model.pins,
+        };
+        builders.build(&inputs, action, cancel, &mut on_line)
+    };
+    if let Some(f) = log {
+        let _ = f.persist(&log_path);
+    }
+    let builder = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let e = fail(e);
+            let verb = if matches!(e, BuildError::Cancelled { .. }) {
+                "cancelled"
+            } else {
+                progress.block(&render_failure(&e, false));
+                "failed"
+            };
+            progress.finished(&action.id, verb, Some(started.elapsed()));
+            return Err(e);
+        }
+    };
+    let mut on_bytes = |done, total| progress.transfer(&action.id, done, Some(total));
+    match remote.fetch(store, action, &mut on_bytes) {
+        Ok(true) => {
+            progress.finished(
+                &action.id,
+                &format!("built on {builder}"),
+                Some(started.elapsed()),
+            );
+            Ok(())
+        }
+        Ok(false) => {
+            let e = fail(builders.not_shared(&builder, action));
+            progress.block(&render_failure(&e, false));
+            progress.finished(&action.id, "failed", Some(started.elapsed()));
+            Err(e)
+        }
+        Err(e) => {
+            let e = fail(crate::remote::builder::BuilderError::Download {
+                builder: builder.clone(),
+                detail: e.to_string(),
+            });
+            progress.block(&render_failure(&e, false));
+            progress.finished(&action.id, "failed", Some(started.elapsed()));
             Err(e)
         }
     }
@@ -799,6 +917,7 @@ mod tests {
                 key: format!("{i:064}"),
                 status: if b.is_some() { "failed" } else { "built" },
                 from: None,
+                builder: None,
                 built: None,
                 error: b.map(|_| "it failed".to_string()),
                 blame: *b,

@@ -52,7 +52,11 @@ pub fn load_model(
 
 /// Applies `--env NAME[=VALUE]` settings to every image of the model: like Bazel's
 /// `--action_env`, the values enter the keys.
-pub fn apply_env(model: &mut Model, settings: &[String]) -> Result<(), CommandError> {
+pub fn apply_env(
+    model: &mut Model,
+    settings: &[String],
+) -> Result<Vec<(String, String)>, CommandError> {
+    let mut applied = Vec::new();
     for setting in settings {
         let (name, value) = match setting.split_once('=') {
             Some((n, v)) => (n, v.to_string()),
@@ -71,8 +75,9 @@ pub fn apply_env(model: &mut Model, settings: &[String]) -> Result<(), CommandEr
         for image in model.images.values_mut() {
             image.env.insert(name.to_string(), value.clone());
         }
+        applied.push((name.to_string(), value));
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// What a session is opened with, beyond the model and the store.
@@ -95,6 +100,8 @@ pub struct Session<'s> {
     pub resolver: Resolver<'s>,
     pub offline: bool,
     pub remote: crate::remote::Choice,
+    /// The `--env` settings as applied (a remote builder applies the same).
+    pub env: Vec<(String, String)>,
 }
 
 /// A target set and its graph, built once.
@@ -113,7 +120,7 @@ impl<'s> Session<'s> {
         opts: &SessionOptions,
         shell: &Shell,
     ) -> Result<Self, CommandError> {
-        apply_env(&mut model, &opts.env)?;
+        let env = apply_env(&mut model, &opts.env)?;
         let resolver =
             element::project_resolver(&model, &opts.element_path, store, opts.offline, &mut |w| {
                 shell.warn(w)
@@ -124,6 +131,7 @@ impl<'s> Session<'s> {
             resolver,
             offline: opts.offline,
             remote: opts.remote.clone(),
+            env,
         })
     }
 
@@ -148,8 +156,10 @@ impl<'s> Session<'s> {
         shell: &Shell,
     ) -> Result<(), CommandError> {
         let resolved = self.targets(targets, arch)?;
-        let unpinned =
-            crate::lock::unpinned_for(&self.model, resolved.iter().map(|t| t.image.as_str()));
+        let unpinned = crate::lock::unpinned_for(
+            &self.model,
+            resolved.iter().map(|t| (t.image.as_str(), t.arch)),
+        );
         if unpinned.is_empty() {
             return Ok(());
         }

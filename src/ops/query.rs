@@ -311,7 +311,6 @@ pub fn deps(
         parents.push(format!("//images:{p}"));
         cur = model.images[&p].from.clone();
     }
-    let artifacts: Vec<String> = image.artifacts.values().cloned().collect();
     let builds = targets
         .iter()
         .map(|t| {
@@ -324,7 +323,12 @@ pub fn deps(
             DepsBuild {
                 arch: t.arch,
                 elements: r.elements.clone(),
-                artifacts: artifacts.clone(),
+                artifacts: image
+                    .base_artifacts
+                    .values()
+                    .chain(image.artifacts.values())
+                    .map(|a| model.artifact_key(a, t.arch))
+                    .collect(),
                 sources,
                 actions: graph
                     .closure(&disk)
@@ -385,8 +389,10 @@ pub fn rdeps(
         }
         rdeps::Input::Element(name.to_string())
     } else if let Some(name) = what.strip_prefix("artifact:") {
-        if !model.artifacts.contains_key(name) {
-            return Err(unknown(name, model.artifacts.keys().cloned().collect()));
+        if !model.artifacts.contains_key(name) && !model.per_arch.contains_key(name) {
+            let mut known: Vec<String> = model.artifacts.keys().cloned().collect();
+            known.extend(model.per_arch.keys().cloned());
+            return Err(unknown(name, known));
         }
         rdeps::Input::Artifact(name.to_string())
     } else if let Some(name) = what.strip_prefix("source:") {

@@ -13,6 +13,7 @@
 //! truncated or missing blob is a cache miss with a warning, never a bad build.
 
 pub mod backend;
+pub mod builder;
 pub mod pack;
 pub mod reapi;
 
@@ -83,6 +84,10 @@ pub struct Choice {
     pub upload: bool,
     /// `--no-remote-cache`.
     pub disabled: bool,
+    /// `--remote-builders-only`: every root filesystem and disk goes to a builder.
+    pub builders_only: bool,
+    /// `--no-remote-builders`: build everything here.
+    pub no_builders: bool,
 }
 
 /// The project's `cache` setting (`manifests/project.ncl`).
@@ -97,6 +102,8 @@ pub struct Settings {
 /// A remote cache opened for one build.
 pub struct Remote {
     backend: Box<dyn Backend>,
+    /// As configured, credentials included: what a remote builder is told to use.
+    url: String,
     upload: bool,
     jobs: usize,
     pub counters: Counters,
@@ -169,6 +176,7 @@ pub fn open(
     let backend = backend::open(&url)?;
     Ok(Some(Remote {
         backend,
+        url,
         upload,
         jobs: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -192,6 +200,11 @@ impl Drop for Scratch {
 impl Remote {
     pub fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    /// The URL as configured (with any credentials: never for display).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn uploads(&self) -> bool {
@@ -542,7 +555,7 @@ mod tests {
         let other = Choice {
             url: Some("/srv/other".into()),
             upload: true,
-            disabled: false,
+            ..Choice::default()
         };
         let r = open(Some(&settings(false)), &other, false)
             .unwrap()

@@ -319,7 +319,8 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
                 }
             }
         }
-        for scratch in ["tmp", "artifacts/.partial"] {
+        // Bundles a remote builder received: the next client that needs one sends it again.
+        for scratch in ["tmp", "artifacts/.partial", "bundles"] {
             if let Ok(rd) = std::fs::read_dir(store.path(scratch)) {
                 for e in rd.filter_map(Result::ok) {
                     remove_tree(&e.path())?;

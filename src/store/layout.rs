@@ -34,6 +34,11 @@ impl Layout {
         format!("resolve/complete-{hash}.json")
     }
 
+    /// A passed `ccb check` of one project state: the elements it used.
+    pub fn check_record(hash: &str) -> String {
+        format!("resolve/check-{hash}.json")
+    }
+
     /// A built action's record: its key document, steps, duration.
     pub fn action_record(key: &str) -> String {
         format!("actions/{key}.json")
@@ -123,6 +128,11 @@ impl Layout {
     /// Shared package downloads of a distribution and architecture (never in a key).
     pub fn package_downloads(distro: &str, arch: &str) -> String {
         format!("downloads/packages/{distro}-{arch}")
+    }
+
+    /// A project's inputs as a remote builder received them (`remote::builder`), by digest.
+    pub fn bundle(digest: &str) -> String {
+        format!("bundles/{digest}")
     }
 
     /// The working directory of one attempt at a key.

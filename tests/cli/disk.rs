@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::{
-    Env, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until,
+    Env, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until, write,
 };
 
 fn is_root() -> bool {
@@ -135,9 +135,9 @@ fn debian12_is_a_gpt_disk_that_boots() {
 
     let store = env.cache.path().to_path_buf();
 
-    // kill -9 in the middle of the disk action (root filesystem written by mkfs.ext4 -d, then
-    // loop-mounted for finalise, chroot mounts up):
-    // no mount and no loop device may survive.
+    // kill -9 in the middle of the disk action (finalise on the tree, chroot mounts up):
+    // no mount may survive. The root filesystem is written from the tree after finalise, so
+    // no loop device exists then.
     let mut ccb = env
         .cmd()
         .args([
@@ -161,8 +161,8 @@ fn debian12_is_a_gpt_disk_that_boots() {
     );
     let inside = sandbox_mounts(&store);
     assert!(
-        inside.iter().any(|m| m.starts_with("/dev/loop")),
-        "the root filesystem is not loop-mounted in the sandbox: {inside:?}"
+        !inside.is_empty() && !inside.iter().any(|m| m.starts_with("/dev/loop")),
+        "finalise runs on the tree, with the chroot's mounts and no loop device: {inside:?}"
     );
     ccb.kill().unwrap();
     ccb.wait().unwrap();
@@ -337,6 +337,17 @@ fn debian12_is_a_gpt_disk_that_boots() {
     );
     let grub = debugfs_cat(&rootfs, "/boot/grub/grub.cfg");
     assert!(grub.contains("root=LABEL=cloudimg-rootfs"), "{grub}");
+    // Finalise ran before the filesystem existed: grub-mkconfig was told its UUID by ccb.
+    let uuid = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID"])
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    let uuid = String::from_utf8_lossy(&uuid.stdout).trim().to_string();
+    assert!(
+        !uuid.is_empty() && grub.contains(&format!("--fs-uuid --set=root {uuid}")),
+        "grub.cfg finds the root by the UUID it has ({uuid}):\n{grub}"
+    );
     assert!(grub.contains("console=ttyS0,115200"), "{grub}");
     assert!(grub.contains("gfxpayload=text pci=realloc=off"), "{grub}");
     assert!(!grub.contains("nomodeset"), "{grub}");
@@ -624,5 +635,162 @@ fn debian13_with_a_dracut_initramfs_boots_from_nvme_on_uefi_and_sata_on_bios() {
         }
     }
     // The boots wrote nothing into the image.
+    env.run(&["cache", "verify"]).ok();
+}
+
+/// A small Debian 12 whose root filesystem is XFS (`FS_TYPE=xfs`): kernel, GRUB, cloud-init
+/// and xfsprogs (cloud-init grows the root with xfs_growfs), and the provenance element.
+fn xfs_project(dir: &Path) {
+    write(
+        dir.join("manifests/images.ncl"),
+        r#"{
+  xfs-os = {
+    name = "XFS-OS",
+    description = "Debian 12 on an XFS root: kernel, GRUB, cloud-init",
+    elements = ["debian", "vm", "block-device-efi", "cc-provenance", "xfs-tools"],
+    arch = ['amd64],
+    formats = ['raw],
+    provenance = { distro = "debian", release = "bookworm", variant = "base" },
+    env = { DIB_RELEASE = "bookworm", DIB_SKIP_BASE_PACKAGE_INSTALL = "1", FS_TYPE = "xfs" },
+  },
+}
+"#,
+    );
+    // The provenance check wants a build repository; a scratch project has no git remote.
+    write(
+        dir.join("manifests/project.ncl"),
+        "{ build_repo = \"https://github.com/ChameleonCloud/cc-images\" }\n",
+    );
+    let el = dir.join("elements/xfs-tools");
+    write(el.join("README.rst"), "xfsprogs, for an XFS root.\n");
+    write(el.join("element-deps"), "package-installs\n");
+    write(el.join("package-installs.yaml"), "xfsprogs:\n");
+}
+
+/// The disk action without a block device for finalise: the bootloader element's grub.cfg
+/// names the root filesystem by the UUID ccb then gives it (no grub-probe of a device), and
+/// an XFS root (filled through the mount path: xfsprogs' protofile keeps no xattrs or hard
+/// links) boots on BIOS and UEFI with the checks passing.
+#[test]
+fn an_xfs_root_is_written_after_finalise_and_boots_on_bios_and_uefi() {
+    use ccb::inspect::disk::find_root;
+
+    assert!(
+        is_root(),
+        "building disks needs root (scripts/test runs as root)"
+    );
+    let env = Env::new();
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("project");
+    xfs_project(&project);
+    let root = project.to_str().unwrap();
+    let elements = repo().join("elements");
+    let elements = elements.to_str().unwrap();
+    let out = work.path().join("out");
+    let outs = out.to_str().unwrap();
+    env.run(&[
+        "--root",
+        root,
+        "build",
+        "xfs-os",
+        "--element-path",
+        elements,
+        "--out",
+        outs,
+    ])
+    .ok();
+
+    // The layout: ESP, BIOS boot partition, an XFS root labelled as DIB labels it.
+    let raw = out.join("XFS-OS.raw");
+    let mut f = std::fs::File::open(&raw).unwrap();
+    let gpt = gptman::GPT::find_from(&mut f).expect("a GPT");
+    let parts: Vec<(String, u64)> = gpt
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(_, p)| (p.partition_name.as_str().to_string(), p.starting_lba * 512))
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["ESP", "BSP", "root"]);
+    assert_eq!(probe(&raw, parts[0].1), ("vfat".into(), "MKFS_ESP".into()));
+    assert_eq!(probe(&raw, parts[2].1), ("xfs".into(), "img-rootfs".into()));
+    let uuid = {
+        let out = Command::new("blkid")
+            .args([
+                "-p",
+                "-o",
+                "value",
+                "-s",
+                "UUID",
+                "-O",
+                &parts[2].1.to_string(),
+            ])
+            .arg(&raw)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(!uuid.is_empty());
+
+    // Read from the image file: fstab and grub.cfg describe the filesystem that was written,
+    // and the image's own grub-probe is back in place.
+    let (_, fs) = find_root(std::sync::Arc::new(std::fs::File::open(&raw).unwrap())).unwrap();
+    assert_eq!(fs.kind(), "xfs");
+    let text = |p: &str| String::from_utf8(fs.read(p).unwrap()).unwrap();
+    let fstab = text("/etc/fstab");
+    assert!(
+        fstab.contains("LABEL=img-rootfs / xfs defaults 0 1"),
+        "{fstab}"
+    );
+    let grub = text("/boot/grub/grub.cfg");
+    assert!(grub.contains("root=LABEL=img-rootfs"), "{grub}");
+    assert!(grub.contains("insmod xfs"), "{grub}");
+    assert!(grub.contains("insmod part_gpt"), "{grub}");
+    assert!(
+        grub.contains(&format!("search --no-floppy --fs-uuid --set=root {uuid}")),
+        "grub.cfg finds the root by the UUID the filesystem has ({uuid}):\n{grub}"
+    );
+    assert!(
+        fs.read("/usr/sbin/grub-probe")
+            .unwrap()
+            .starts_with(b"\x7fELF"),
+        "the image's grub-probe is restored"
+    );
+    assert!(
+        fs.symlink_metadata("/usr/sbin/grub-probe.ccb-real")
+            .is_err()
+    );
+
+    // It boots on both firmwares, the root grown by cloud-init's xfs_growfs.
+    let test = env.run(&[
+        "--root",
+        root,
+        "test",
+        "xfs-os",
+        "--element-path",
+        elements,
+        "--firmware",
+        "both",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        test.code, 0,
+        "boot checks failed:\n{}\n{}",
+        test.stdout, test.stderr
+    );
+    let json = test.json();
+    let results = json["results"].as_array().unwrap();
+    let firmwares: Vec<&str> = results
+        .iter()
+        .map(|r| r["firmware"].as_str().unwrap())
+        .collect();
+    assert_eq!(firmwares.len(), 2, "{json}");
+    assert!(firmwares.contains(&"bios") && firmwares.contains(&"uefi"));
+    for r in results {
+        let names = check_names(r);
+        for want in ["multi-user", "cloud-init", "root-grown", "provenance"] {
+            assert!(names.contains(&want), "lacks {want}: {names:?}");
+        }
+    }
     env.run(&["cache", "verify"]).ok();
 }

@@ -158,9 +158,16 @@ fn links_in_an_image_never_lead_the_builds_writes_onto_the_host() {
 
 /// Runs ccb and waits at most `limit`: a hang is a failure of its own, not a stuck suite.
 fn run_within(env: &Env, args: &[&str], limit: std::time::Duration) -> crate::common::Run {
+    run_cmd_within(env.cmd(), args, limit)
+}
+
+fn run_cmd_within(
+    mut cmd: std::process::Command,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> crate::common::Run {
     use std::process::Stdio;
-    let mut child = env
-        .cmd()
+    let mut child = cmd
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -537,4 +544,118 @@ fn a_publish_dry_run_and_a_version_listing_build_nothing_and_create_nothing() {
         !env.cache.path().join("layers").exists() && !env.cache.path().join("actions").exists(),
         "something was built"
     );
+}
+
+/// A copy of the Nickel example whose images.ncl is `images`.
+fn example_with_images(images: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("p");
+    copy_tree(&repo().join("examples/nickel-project"), &root);
+    write(root.join("manifests/images.ncl"), images);
+    (dir, root)
+}
+
+#[test]
+fn a_manifest_that_recurses_without_end_stops_at_the_memory_limit_naming_the_manifests() {
+    let env = Env::new();
+    let (_dir, root) = example_with_images(
+        "let rec deeper = fun n => [n] @ deeper (n + 1) in\n\
+         { boom = { name = \"Boom\", elements = deeper 0 } }\n",
+    );
+    let mut cmd = env.cmd();
+    cmd.env("CCB_EVAL_MEMORY", "300M");
+    let run = run_cmd_within(
+        cmd,
+        &["--root", root.to_str().unwrap(), "check"],
+        std::time::Duration::from_secs(120),
+    )
+    .fails();
+    run.stderr_has("evaluating the manifests")
+        .stderr_has("`manifests/images.ncl`")
+        .stderr_has("needed more than 300 MiB of memory")
+        .stderr_has("CCB_EVAL_MEMORY");
+}
+
+#[test]
+fn a_manifest_that_never_ends_stops_at_the_time_limit_naming_the_manifests() {
+    let env = Env::new();
+    let (_dir, root) = example_with_images(
+        "let rec spin = fun n => spin (n + 1) in\n\
+         { boom = { name = \"Boom\", elements = spin 0 } }\n",
+    );
+    let mut cmd = env.cmd();
+    cmd.env("CCB_EVAL_TIMEOUT", "2");
+    let run = run_cmd_within(
+        cmd,
+        &["--root", root.to_str().unwrap(), "check"],
+        std::time::Duration::from_secs(60),
+    )
+    .fails();
+    run.stderr_has("`manifests/images.ncl`")
+        .stderr_has("did not finish within 2 s")
+        .stderr_has("CCB_EVAL_TIMEOUT");
+}
+
+#[test]
+fn the_limits_themselves_are_checked() {
+    let env = Env::new();
+    let root = repo().join("examples/nickel-project");
+    let mut cmd = env.cmd();
+    cmd.env("CCB_EVAL_MEMORY", "lots");
+    run_cmd_within(
+        cmd,
+        &["--root", root.to_str().unwrap(), "check"],
+        std::time::Duration::from_secs(60),
+    )
+    .fails()
+    .stderr_has("CCB_EVAL_MEMORY=\"lots\" is not a size");
+}
+
+/// Host processes whose command line is exactly `words`.
+fn processes_running(words: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = words
+        .iter()
+        .flat_map(|w| [w.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .filter(|pid| {
+            !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        })
+        .collect()
+}
+
+#[test]
+fn an_environment_d_that_escapes_into_its_own_session_leaves_nothing_behind() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("p");
+    copy_tree(&repo().join("examples/nickel-project"), &root);
+    // Neither the process group nor the session holds it, and it keeps the shell's stdout
+    // and stderr open.
+    write(
+        root.join("elements/tinyos/environment.d/20-daemon.bash"),
+        "setsid sleep 1013 &\n",
+    );
+    let run = run_within(
+        &env,
+        &["--root", root.to_str().unwrap(), "check"],
+        std::time::Duration::from_secs(120),
+    );
+    // Everything in the namespace is gone once ccb has reaped its PID 1; a moment for /proc.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let left = processes_running(&["sleep", "1013"]);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    run.ok();
+    assert!(left.is_empty(), "environment.d left {left:?} running");
 }

@@ -1,0 +1,455 @@
+//! Runs of untrusted programs that must end: a time limit, an optional memory limit, and
+//! nothing they start left behind.
+//!
+//! With [`Confine::PidNamespace`] the program is PID 1 of a fresh PID namespace, created by
+//! `clone(CLONE_NEWPID | CLONE_VM | CLONE_VFORK)` straight from ccb (no helper process, and no
+//! copy of ccb's page tables as a `fork` would make, which grew with the size of the project
+//! and made a cold `ccb check` quadratic). When PID 1 exits, or is killed at the limit, the
+//! kernel kills every other process of the namespace, including one that left the process
+//! group or the session (`setsid`). Without the privilege to make a namespace (not root),
+//! and with [`Confine::ProcessGroup`], the program runs in a process group of its own,
+//! killed when it ends.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use super::{Process, ProcessError};
+
+/// Where a bounded run is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confine {
+    /// A process group of its own, killed when the program ends.
+    ProcessGroup,
+    /// PID 1 of a fresh PID namespace (as root; a process group otherwise).
+    PidNamespace,
+}
+
+/// The end of a bounded run.
+#[derive(Debug)]
+pub struct Bounded {
+    pub output: Output,
+    /// The time limit was reached and the program killed.
+    pub timed_out: bool,
+}
+
+/// A started program: its pid, how to end it, and its output pipes.
+struct Started {
+    pid: libc::pid_t,
+    end: End,
+    stdout: File,
+    stderr: File,
+}
+
+/// How a started program is ended.
+enum End {
+    /// PID 1 of its namespace, by a pidfd: a signal through it can never reach another
+    /// process that reused the pid after the waiter reaped it.
+    Pid1(OwnedFd),
+    /// Its process group, also after it exited (what it left in the group goes too).
+    Group(libc::pid_t),
+}
+
+impl End {
+    fn kill(&self) {
+        match self {
+            // SAFETY: system calls on an fd we own and a group we made; no memory effects.
+            End::Pid1(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            },
+            End::Group(pgid) => unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            },
+        }
+    }
+}
+
+impl Process {
+    /// Runs the program to its end or to `limit`, whichever comes first, with stdout and
+    /// stderr captured, confined as `confine` says; in every case, nothing it started is left
+    /// running when this returns. A failed exit is not an error here: the caller reads
+    /// `output.status`.
+    pub fn output_bounded(
+        &self,
+        limit: Duration,
+        confine: Confine,
+    ) -> Result<Bounded, ProcessError> {
+        let spawn_error = |source| ProcessError::Spawn {
+            command: self.command_line(),
+            source,
+        };
+        let started = match confine {
+            Confine::PidNamespace if nix::unistd::geteuid().is_root() => {
+                self.spawn_pid1().map_err(spawn_error)?
+            }
+            _ => self.spawn_group().map_err(spawn_error)?,
+        };
+        let reader = |mut pipe: File| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = pipe.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let stdout = reader(started.stdout);
+        let stderr = reader(started.stderr);
+        // The wait happens on its own thread so this one can give up at the limit without
+        // polling.
+        let pid = started.pid;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(wait(pid));
+        });
+        let (status, timed_out) = match rx.recv_timeout(limit) {
+            Ok(status) => (status, false),
+            Err(_) => {
+                started.end.kill();
+                let status = rx
+                    .recv()
+                    .map_err(|_| spawn_error(std::io::Error::other("the waiter vanished")))?;
+                (status, true)
+            }
+        };
+        // PID 1 is gone, and with it its namespace; a process group may not be.
+        if let End::Group(_) = started.end {
+            started.end.kill();
+        }
+        let status = status.map_err(spawn_error)?;
+        Ok(Bounded {
+            output: Output {
+                status,
+                stdout: stdout.join().unwrap_or_default(),
+                stderr: stderr.join().unwrap_or_default(),
+            },
+            timed_out,
+        })
+    }
+
+    fn spawn_group(&self) -> std::io::Result<Started> {
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let memory = self.memory_limit;
+        // SAFETY: prctl and setrlimit are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // ccb's death ends the run.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                match memory {
+                    Some(bytes) => set_memory_limit(bytes),
+                    None => Ok(()),
+                }
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as libc::pid_t;
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(std::io::Error::other("no pipes to the child"));
+        };
+        Ok(Started {
+            pid,
+            end: End::Group(pid),
+            stdout: File::from(OwnedFd::from(out)),
+            stderr: File::from(OwnedFd::from(err)),
+        })
+    }
+
+    fn spawn_pid1(&self) -> std::io::Result<Started> {
+        let cstr = |s: &OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a NUL byte in an argument",
+                )
+            })
+        };
+        let env_path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                (!self.env_clear)
+                    .then(|| std::env::var_os("PATH"))
+                    .flatten()
+            });
+        let program = cstr(find_program(&self.program, env_path.as_deref())?.as_os_str())?;
+        let argv: Vec<CString> = std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| cstr(a))
+            .collect::<Result<_, _>>()?;
+        let mut vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = if self.env_clear {
+            Vec::new()
+        } else {
+            std::env::vars_os().collect()
+        };
+        for (k, v) in &self.env {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        let envp: Vec<CString> = vars
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstr(OsStr::from_bytes(&kv))
+            })
+            .collect::<Result<_, _>>()?;
+        let cwd = self.cwd.as_ref().map(|d| cstr(d.as_os_str())).transpose()?;
+        let pointers = |v: &[CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let stdin = File::open("/dev/null")?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let args = ChildArgs {
+            program: program.as_ptr(),
+            argv: pointers(&argv),
+            envp: pointers(&envp),
+            cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            fds: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            memory_limit: self.memory_limit,
+            errno: AtomicI32::new(0),
+        };
+        let mut stack = vec![0u8; 64 * 1024];
+        // SAFETY: the child shares this memory (CLONE_VM) while this thread is suspended
+        // (CLONE_VFORK) until it execs or exits; it only reads `args` (alive until then) and
+        // makes async-signal-safe system calls on its own stack.
+        let pid = unsafe {
+            let top = stack.as_mut_ptr().add(stack.len());
+            let top = top.sub(top as usize % 16);
+            libc::clone(
+                pid1_main,
+                top.cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::SIGCHLD,
+                std::ptr::addr_of!(args) as *mut libc::c_void,
+            )
+        };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        drop((stdin, out_w, err_w));
+        let errno = args.errno.load(Ordering::SeqCst);
+        if errno != 0 {
+            let _ = wait(pid);
+            return Err(std::io::Error::from_raw_os_error(errno));
+        }
+        // Opened before anything can reap the child, so it refers to this process only.
+        // SAFETY: a system call returning a new fd that we then own.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: our own, unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = wait(pid);
+            return Err(err);
+        }
+        // SAFETY: pidfd_open returned a new fd, owned from here on.
+        let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as RawFd) };
+        Ok(Started {
+            pid,
+            end: End::Pid1(pidfd),
+            stdout: File::from(out_r),
+            stderr: File::from(err_r),
+        })
+    }
+}
+
+/// What the cloned child reads: prepared before `clone`, since the child may not allocate.
+struct ChildArgs {
+    program: *const libc::c_char,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    cwd: *const libc::c_char,
+    /// stdin, stdout, stderr.
+    fds: [RawFd; 3],
+    memory_limit: Option<u64>,
+    /// Set by the child when it cannot exec.
+    errno: AtomicI32,
+}
+
+/// PID 1 of the new namespace until it execs the program.
+extern "C" fn pid1_main(data: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `data` is the parent's `ChildArgs`, alive while the parent is suspended.
+    let args = unsafe { &*(data as *const ChildArgs) };
+    let fail = || {
+        args.errno.store(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(1),
+            Ordering::SeqCst,
+        );
+        // SAFETY: leaves the child without unwinding or running the parent's exit handlers.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: async-signal-safe system calls on the child's own stack and file table.
+    unsafe {
+        // Signal masks and ignored signals survive exec: give the program the defaults
+        // (Rust's runtime ignores SIGPIPE).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        for (target, fd) in args.fds.iter().enumerate() {
+            if libc::dup2(*fd, target as RawFd) < 0 {
+                fail();
+            }
+        }
+        if !args.cwd.is_null() && libc::chdir(args.cwd) < 0 {
+            fail();
+        }
+        if let Some(bytes) = args.memory_limit
+            && set_memory_limit(bytes).is_err()
+        {
+            fail();
+        }
+        // ccb's death ends the namespace.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+            fail();
+        }
+        libc::execve(args.program, args.argv.as_ptr(), args.envp.as_ptr());
+    }
+    fail();
+    127
+}
+
+fn set_memory_limit(bytes: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: a plain system call on a local value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The path to exec for `program`: itself when it names a path, else the first executable of
+/// that name on `path` (execve does not search).
+fn find_program(program: &OsStr, path: Option<&OsStr>) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.as_bytes().contains(&b'/') {
+        return Ok(program.into());
+    }
+    std::env::split_paths(path.unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
+/// Reaps `pid`.
+fn wait(pid: libc::pid_t) -> std::io::Result<ExitStatus> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gone(pid: i32) -> bool {
+        (0..250).any(|_| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        })
+    }
+
+    #[test]
+    fn output_status_and_environment_reach_the_caller() {
+        let out = Process::new("sh")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("CCB_X", "x")
+            .args(["-c", "echo $CCB_X; echo err >&2; exit 3"])
+            .current_dir("/")
+            .output_bounded(Duration::from_secs(30), Confine::PidNamespace)
+            .unwrap();
+        assert!(!out.timed_out);
+        assert_eq!(out.output.status.code(), Some(3));
+        assert_eq!(out.output.stdout, b"x\n");
+        assert_eq!(out.output.stderr, b"err\n");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_missing_tool() {
+        let e = Process::new("ccb-no-such-tool")
+            .output_bounded(Duration::from_secs(5), Confine::PidNamespace)
+            .unwrap_err();
+        assert!(e.is_missing_tool(), "{e}");
+    }
+
+    #[test]
+    fn a_program_that_runs_past_the_limit_is_killed() {
+        let start = std::time::Instant::now();
+        let out = Process::new("sleep")
+            .arg("60")
+            .output_bounded(Duration::from_millis(200), Confine::PidNamespace)
+            .unwrap();
+        assert!(out.timed_out);
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_process_that_escapes_into_its_own_session_ends_with_the_program() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "setsid sleep 3171 </dev/null >/dev/null 2>&1 & echo $! > {}",
+            pidfile.display()
+        );
+        // The pid inside the namespace is not the host's: find the sleep from outside.
+        let out = Process::new("sh")
+            .args(["-c", &format!("{script}; sleep 0.2")])
+            .output_bounded(Duration::from_secs(30), Confine::PidNamespace)
+            .unwrap();
+        assert!(out.output.status.success());
+        let leftover = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c == b"sleep\x003171\x00")
+            })
+            .filter(|pid| !gone(*pid))
+            .collect::<Vec<_>>();
+        assert!(leftover.is_empty(), "still running: {leftover:?}");
+    }
+}

@@ -1,0 +1,604 @@
+//! Remote builders, for real: a second "host" on this machine is a network namespace with its
+//! own address (a veth pair), an sshd in it (Debian's openssh-server, a test host key and
+//! authorized key) and its own store. The shared cache is nginx with WebDAV on the host's end
+//! of the pair; the same nginx proxies the host's Debian mirror, the namespace's only way out
+//! (its apt sources are bind-mounted in its private mount namespace). Everything is torn down
+//! when the test ends, passed or failed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Env, Run, copy_tree, repo, wait_until};
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The host's Debian mirrors (the archive and its security suite), from its apt sources: the
+/// namespace reaches them through nginx.
+fn host_mirrors() -> (String, String) {
+    let mut uris = Vec::new();
+    for f in std::fs::read_dir("/etc/apt/sources.list.d")
+        .unwrap()
+        .filter_map(Result::ok)
+    {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".sources") {
+            continue;
+        }
+        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+        for l in text.lines() {
+            if let Some(u) = l.strip_prefix("URIs:") {
+                uris.extend(
+                    u.split_whitespace()
+                        .map(|s| s.trim_end_matches('/').to_string()),
+                );
+            }
+        }
+    }
+    let main = uris
+        .iter()
+        .find(|u| u.ends_with("/debian"))
+        .expect("an apt source for Debian")
+        .clone();
+    let security = uris
+        .iter()
+        .find(|u| u.ends_with("/debian-security"))
+        .cloned()
+        .unwrap_or_else(|| format!("{main}-security"));
+    (main, security)
+}
+
+/// The second host: a namespace, its sshd, and the cache + mirror proxy on the host side.
+struct Farm {
+    dir: tempfile::TempDir,
+    ns: String,
+    veth: String,
+    host_ip: String,
+    builder_ip: String,
+    nginx: Option<Child>,
+    sshd: Option<Child>,
+    cache: String,
+    builder_store: tempfile::TempDir,
+}
+
+impl Farm {
+    fn start() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "network namespaces and sshd need root (scripts/test runs as root)"
+        );
+        let id = std::process::id();
+        let net = 16 + id % 200;
+        let dir = tempfile::tempdir().unwrap();
+        let builder_store = tempfile::Builder::new()
+            .prefix("builders-remote-store-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let mut farm = Farm {
+            ns: format!("ccbb{id}"),
+            veth: format!("ccbv{id}"),
+            host_ip: format!("10.211.{net}.1"),
+            builder_ip: format!("10.211.{net}.2"),
+            nginx: None,
+            sshd: None,
+            cache: String::new(),
+            builder_store,
+            dir,
+        };
+        // From here on, Drop tears down whatever was made.
+        let (ns, veth, peer) = (&farm.ns, &farm.veth, format!("{}p", farm.veth));
+        sh(Command::new("ip").args(["netns", "add", ns]));
+        sh(Command::new("ip").args([
+            "link", "add", veth, "type", "veth", "peer", "name", &peer, "netns", ns,
+        ]));
+        sh(Command::new("ip").args(["addr", "add", &format!("{}/30", farm.host_ip), "dev", veth]));
+        sh(Command::new("ip").args(["link", "set", veth, "up"]));
+        let in_ns = |args: &[&str]| {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).args(args);
+            sh(&mut c);
+        };
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", farm.builder_ip),
+            "dev",
+            &peer,
+        ]);
+        in_ns(&["ip", "link", "set", &peer, "up"]);
+        in_ns(&["ip", "link", "set", "lo", "up"]);
+        farm.start_nginx();
+        farm.start_sshd();
+        farm
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start_nginx(&mut self) {
+        let port = 18000 + std::process::id() % 2000;
+        let d = self.dir.path().join("nginx");
+        std::fs::create_dir_all(d.join("data/cache")).unwrap();
+        let (main, security) = host_mirrors();
+        let p = d.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n\
+             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             server {{\n    listen {ip}:{port};\n    root {p}/data;\n\
+             client_max_body_size 0;\n    location /cache/ {{\n      dav_methods PUT;\n\
+             create_full_put_path on;\n    }}\n    proxy_http_version 1.1;\n\
+             location /debian/ {{ proxy_pass {main}/; }}\n\
+             location /debian-security/ {{ proxy_pass {security}/; }}\n  }}\n}}\n",
+            ip = self.host_ip
+        );
+        std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(&d)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian's nginx package)");
+        self.nginx = Some(child);
+        let ip = self.host_ip.clone();
+        wait_until("nginx to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect((ip.as_str(), port as u16)).is_ok()
+        });
+        // Credentials in the URL: nginx ignores them, ccb must never show them.
+        self.cache = format!("http://farmer:s3cr3t-pw@{}:{port}/cache", self.host_ip);
+        // The namespace's apt sources: the host's mirrors through nginx.
+        std::fs::create_dir_all(self.p("apt-sources")).unwrap();
+        std::fs::write(
+            self.p("apt-sources/debian.sources"),
+            format!(
+                "Types: deb\nURIs: http://{ip}:{port}/debian\nSuites: bookworm bookworm-updates\n\
+                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+                 Types: deb\nURIs: http://{ip}:{port}/debian-security\nSuites: bookworm-security\n\
+                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+                ip = self.host_ip
+            ),
+        )
+        .unwrap();
+    }
+
+    fn start_sshd(&mut self) {
+        for (key, file) in [("host", "host_key"), ("client", "id"), ("stranger", "id2")] {
+            sh(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                .arg(self.p(file)));
+        }
+        std::fs::copy(self.p("id.pub"), self.p("authorized_keys")).unwrap();
+        let host_pub = std::fs::read_to_string(self.p("host_key.pub")).unwrap();
+        std::fs::write(
+            self.p("known_hosts"),
+            format!("{} {host_pub}", self.builder_ip),
+        )
+        .unwrap();
+        for (cfg, id) in [("ssh_config", "id"), ("ssh_config_stranger", "id2")] {
+            std::fs::write(
+                self.p(cfg),
+                format!(
+                    "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  \
+                     StrictHostKeyChecking yes\n  ConnectTimeout 5\n",
+                    self.p(id).display(),
+                    self.p("known_hosts").display()
+                ),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            self.p("sshd_config"),
+            format!(
+                "ListenAddress {}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 SetEnv CCB_CACHE_DIR={}\n",
+                self.builder_ip,
+                self.p("host_key").display(),
+                self.p("sshd.pid").display(),
+                self.p("authorized_keys").display(),
+                self.builder_store.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        // A private mount namespace inside the network namespace: the builder's apt sources
+        // point at the proxy, the host's own stay as they are.
+        let script = format!(
+            "mount --make-rprivate / && mount --bind {src} /etc/apt/sources.list.d && \
+             exec /usr/sbin/sshd -D -e -f {cfg}",
+            src = self.p("apt-sources").display(),
+            cfg = self.p("sshd_config").display()
+        );
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "unshare", "-m", "sh", "-c", &script,
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.p("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.sshd = Some(child);
+        let ip = self.builder_ip.clone();
+        let log = self.p("sshd.log");
+        wait_until("sshd to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect((ip.as_str(), 22)).is_ok() || panic_if_dead(&log)
+        });
+    }
+
+    /// A builder URL for this farm's sshd running `program`.
+    fn builder(&self, user: &str, program: &str) -> String {
+        format!("ssh://{user}@{}{program}", self.builder_ip)
+    }
+
+    /// The processes of the namespace.
+    fn pids(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Bundles of inputs the builder's store holds.
+    fn bundles(&self) -> usize {
+        std::fs::read_dir(self.builder_store().join("bundles")).map_or(0, |d| d.count())
+    }
+
+    fn builder_store(&self) -> &Path {
+        self.builder_store.path()
+    }
+}
+
+fn panic_if_dead(log: &Path) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!text.contains("fatal"), "sshd: {text}");
+    false
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        for c in [self.sshd.as_mut(), self.nginx.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The sshd's sessions (a builder's ccb) die with the namespace's processes.
+        for pid in self.pids() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for _ in 0..50 {
+            if self.pids().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// A checkout of the layered fixture whose project lists `builders` for amd64.
+struct Project {
+    env: Env,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    ssh: String,
+}
+
+impl Project {
+    fn new(farm: &Farm, builder: &str, ssh_config: &str) -> Self {
+        Self::with_builders(farm, &[builder], ssh_config)
+    }
+
+    fn with_builders(farm: &Farm, builders: &[&str], ssh_config: &str) -> Self {
+        let builders = builders
+            .iter()
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("here");
+        copy_tree(&repo().join("tests/fixtures/layered"), &root);
+        std::fs::write(
+            root.join("manifests/project.ncl"),
+            format!(
+                "{{\n  build_repo = \"https://github.com/ChameleonCloud/cc-images\",\n  \
+                 builders = {{ amd64 = [{builders}] }},\n}}\n"
+            ),
+        )
+        .unwrap();
+        Self {
+            env: Env::new(),
+            _dir: dir,
+            root,
+            ssh: format!("ssh -F {}", farm.p(ssh_config).display()),
+        }
+    }
+
+    fn cmd(&self, farm: &Farm, rest: &[&str]) -> Command {
+        let mut c = self.env.cmd();
+        c.arg("--root")
+            .arg(&self.root)
+            .args(["--remote-cache", &farm.cache])
+            .args(rest)
+            .env("CCB_SSH_COMMAND", &self.ssh);
+        if rest.iter().any(|a| matches!(*a, "build" | "query")) {
+            c.arg("--element-path").arg(repo().join("elements"));
+        }
+        c
+    }
+
+    fn ccb(&self, farm: &Farm, rest: &[&str]) -> Run {
+        let run: Run = self.cmd(farm, rest).output().unwrap().into();
+        for secret in ["s3cr3t-pw", "PRIVATE KEY"] {
+            assert!(
+                !run.stdout.contains(secret) && !run.stderr.contains(secret),
+                "a secret in the output:\n{}\n{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+        run
+    }
+}
+
+fn ccb_bin() -> String {
+    env!("CARGO_BIN_EXE_ccb").to_string()
+}
+
+/// (id, status, from) of each action of a JSON build report.
+fn rows(run: &Run) -> Vec<(String, String, String)> {
+    run.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["status"].as_str().unwrap().to_string(),
+                a["from"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn verify(store: &Path) {
+    let run: Run = Command::new(ccb_bin())
+        .args(["cache", "verify"])
+        .env("CCB_CACHE_DIR", store)
+        .output()
+        .unwrap()
+        .into();
+    run.ok();
+}
+
+#[test]
+fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
+    let farm = Farm::start();
+    let p = Project::new(&farm, &farm.builder("root", &ccb_bin()), "ssh_config");
+
+    // Everything goes to the builder: this host runs nothing and gets the results through
+    // the cache.
+    let first = p
+        .ccb(
+            &farm,
+            &[
+                "--remote-builders-only",
+                "build",
+                "tiny",
+                "--format",
+                "json",
+            ],
+        )
+        .ok();
+    let r = rows(&first);
+    assert_eq!(r.len(), 3, "{r:?}");
+    for (id, status, from) in &r {
+        assert_eq!(
+            (status.as_str(), from.as_str()),
+            ("cached", "builder"),
+            "{id}"
+        );
+    }
+    let builder = format!("ssh://root@{}", farm.builder_ip);
+    for a in first.json()["actions"].as_array().unwrap() {
+        assert_eq!(a["builder"], builder.as_str(), "{a}");
+    }
+    let local = p.env.cache.path();
+    assert!(!local.join("checkpoints").exists(), "this host ran no step");
+    let disk_key = first.json()["actions"][2]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(local.join(format!("outputs/{disk_key}.json")).is_file());
+    // The builder's store holds the build (built there: not taken from a cache).
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            farm.builder_store()
+                .join(format!("actions/{disk_key}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(rec["remote"], true, "{rec}");
+    // The three actions of one image share one bundle of inputs: sent once.
+    assert_eq!(farm.bundles(), 1);
+    // The builder's log streamed here, and kept as the action's log.
+    first.stderr_has("disk:tiny:amd64 | ");
+    first.stderr_has("built on ssh://root@");
+    let log = std::fs::read_to_string(local.join(format!("logs/{disk_key}.log"))).unwrap();
+    assert!(log.contains("remote cache:"), "{log}");
+    p.ccb(&farm, &["cache", "verify"]).ok();
+    verify(farm.builder_store());
+
+    // Killed -9 while the builder builds the child's layer: both stores stay whole, the
+    // builder stops, and the next build succeeds.
+    let hashes = p
+        .ccb(&farm, &["query", "hash", "tiny-child", "--format", "json"])
+        .ok()
+        .json();
+    let layer_key = hashes["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "layer:tiny-child:amd64")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut child = p
+        .cmd(
+            &farm,
+            &[
+                "--remote-builders-only",
+                "build",
+                "tiny-child",
+                "--format",
+                "json",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the builder to build the layer",
+        Duration::from_secs(300),
+        || {
+            std::fs::read_dir(farm.builder_store().join("tmp")).is_ok_and(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&layer_key)))
+            })
+        },
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    verify(p.env.cache.path());
+    // The builder's build ends when its client goes: only the sshd is left in its namespace.
+    wait_until("the builder to stop", Duration::from_secs(120), || {
+        farm.pids().len() == 1
+    });
+    verify(farm.builder_store());
+    let again = p
+        .ccb(
+            &farm,
+            &[
+                "--remote-builders-only",
+                "build",
+                "tiny-child",
+                "--format",
+                "json",
+            ],
+        )
+        .ok();
+    // The child's bundle, received before the kill, is not sent again.
+    assert_eq!(farm.bundles(), 2);
+    let r = rows(&again);
+    assert!(
+        r.iter()
+            .any(|(id, _, from)| id == "layer:tiny-child:amd64" && from == "builder"),
+        "{r:?}"
+    );
+    assert!(r.iter().all(|(_, s, _)| s == "cached"), "{r:?}");
+
+    // A build that fails there fails here, with the builder's words.
+    let failed = p
+        .ccb(&farm, &["--remote-builders-only", "build", "tiny-fail"])
+        .fails();
+    failed.stderr_has("failed there");
+}
+
+#[test]
+fn an_unreachable_builder_a_refused_login_and_another_version_are_clear_errors() {
+    let farm = Farm::start();
+    // Nobody listens on that port.
+    let p = Project::new(
+        &farm,
+        &format!("ssh://root@{}:2/{}", farm.builder_ip, ccb_bin()),
+        "ssh_config",
+    );
+    let run = p
+        .ccb(&farm, &["--remote-builders-only", "build", "tiny"])
+        .fails();
+    run.stderr_has("cannot be reached");
+
+    // A key the builder does not know.
+    let p = Project::new(
+        &farm,
+        &farm.builder("root", &ccb_bin()),
+        "ssh_config_stranger",
+    );
+    let run = p
+        .ccb(&farm, &["--remote-builders-only", "build", "tiny"])
+        .fails();
+    run.stderr_has("refused the login");
+
+    // Another ccb on the builder.
+    let other = farm.p("other-ccb");
+    std::fs::write(&other, "#!/bin/sh\necho 'ccb 0.0.1-elsewhere'\n").unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let p = Project::new(
+        &farm,
+        &farm.builder("root", &other.display().to_string()),
+        "ssh_config",
+    );
+    let run = p
+        .ccb(&farm, &["--remote-builders-only", "build", "tiny"])
+        .fails();
+    run.stderr_has("ccb 0.0.1-elsewhere");
+    run.stderr_has("same ccb");
+
+    // An unreachable builder is passed over for the arch's next one (here: the other ccb).
+    let nowhere = format!("ssh://root@{}:2/{}", farm.builder_ip, ccb_bin());
+    let p = Project::with_builders(
+        &farm,
+        &[
+            &nowhere,
+            &farm.builder("root", &other.display().to_string()),
+        ],
+        "ssh_config",
+    );
+    let run = p
+        .ccb(&farm, &["--remote-builders-only", "build", "tiny"])
+        .fails();
+    run.stderr_has("trying the next builder");
+    run.stderr_has("same ccb");
+
+    // No builder listed: the flag is an error, not a silent local build.
+    let p = Project::new(&farm, &farm.builder("root", &ccb_bin()), "ssh_config");
+    std::fs::write(p.root.join("manifests/project.ncl"), "{}\n").unwrap();
+    p.ccb(&farm, &["--remote-builders-only", "build", "tiny"])
+        .fails()
+        .stderr_has("no `builders`");
+}
