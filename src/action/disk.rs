@@ -640,19 +640,18 @@ fn set_inode_times(img: &Path, epoch: i64) -> Result<(), RunError> {
         }
     }
     let script_path = img.with_file_name("debugfs-times");
-    let out = img;
     std::fs::write(&script_path, script).map_err(io("write debugfs's requests"))?;
-    let out_put = Process::new("debugfs")
+    let done = Process::new("debugfs")
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .arg("-w")
         .arg("-f")
         .arg(&script_path)
-        .arg(&out)
+        .arg(img)
         .output()
         .map_err(program("setting inode times (debugfs, from e2fsprogs)"))?;
     let _ = std::fs::remove_file(&script_path);
     // debugfs exits 0 whatever its requests did: a refused one is on stderr.
-    let stderr = String::from_utf8_lossy(&out_put.stderr);
+    let stderr = String::from_utf8_lossy(&done.stderr);
     if let Some(bad) = stderr
         .lines()
         .find(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
