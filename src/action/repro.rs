@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::inroot::TreeRoot;
@@ -117,12 +117,22 @@ pub fn scrub_layer(tree: &Path, epoch: i64) -> io::Result<Vec<String>> {
         let mut n = 0;
         for e in walkdir::WalkDir::new(&log).same_file_system(true) {
             let e = e.map_err(io::Error::other)?;
-            if e.file_type().is_file() && e.metadata().map_err(io::Error::other)?.len() > 0 {
-                std::fs::File::options()
+            let m = e.metadata().map_err(io::Error::other)?;
+            if e.file_type().is_file() && m.len() > 0 {
+                // A new empty file in its place, not a truncation: the old one may be a hard
+                // link shared with a step checkpoint, which must keep its bytes.
+                let path = e.path();
+                let tmp =
+                    path.with_file_name(format!(".ccb-empty-{}", e.file_name().to_string_lossy()));
+                let f = std::fs::File::options()
                     .write(true)
+                    .create_new(true)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .open(e.path())?
-                    .set_len(0)?;
+                    .open(&tmp)?;
+                f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+                std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
+                drop(f);
+                std::fs::rename(&tmp, path)?;
                 n += 1;
             }
         }
