@@ -246,6 +246,7 @@ impl DirFs {
             uid: m.uid(),
             gid: m.gid(),
             size: m.len(),
+            mtime: m.mtime(),
         })
     }
 }

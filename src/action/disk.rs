@@ -8,7 +8,10 @@
 //! 2. the root filesystem is written from the finalised tree into its own file: `mkfs.ext4
 //!    -d` (a copy from user space straight into the file, no mount, no loop device), or for
 //!    XFS `mkfs.xfs` and a copy through a loop mount (the protofile of xfsprogs 6.1 and 6.13,
-//!    Debian 12's and 13's, keeps neither xattrs nor hard links);
+//!    Debian 12's and 13's, keeps neither xattrs nor hard links); before it, what is random
+//!    or machine-specific is removed and every time clamped to the source date
+//!    ([`super::repro`]), and after it every ext4 inode's change, access and creation time
+//!    (which `mkfs` copies from the tree, where the change time cannot be set) is set to it;
 //! 3. the ESP is made in its own file with `mkfs.fat` and filled with mtools;
 //! 4. the disk file gets a GPT written here, the partition files copied in at their offsets
 //!    (holes kept), and GRUB's BIOS boot code placed the way `grub-bios-setup` places it;
@@ -24,6 +27,7 @@ use nix::mount::{MntFlags, umount2};
 
 use super::inroot;
 use super::layout::{self, DiskPlan, FsKind, Placed, SECTOR};
+use super::repro;
 use super::runner::{RunError, Runner, engine, io, program};
 use super::spec::DiskSpec;
 use super::tree;
@@ -37,17 +41,10 @@ fn tool(cmd: &mut Process, what: &str) -> Result<String, RunError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// What a tree takes: allocated bytes (du: hard links counted once), and the newest
-/// modification time in it, the filesystems' creation time (see [`make_fs`]).
-struct Usage {
-    bytes: u64,
-    newest: i64,
-}
-
-fn du(root: &Path) -> Result<Usage, RunError> {
+/// What a tree takes: allocated bytes (du: hard links counted once).
+fn du(root: &Path) -> Result<u64, RunError> {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
-    let mut newest = 0i64;
     // An entry that vanished or cannot be read counts for nothing; only the root must be.
     for e in walkdir::WalkDir::new(root).min_depth(1) {
         let e = match e {
@@ -58,16 +55,12 @@ fn du(root: &Path) -> Result<Usage, RunError> {
             Err(_) => continue,
         };
         let Ok(m) = e.metadata() else { continue };
-        newest = newest.max(m.mtime());
         if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
             continue;
         }
         total += m.blocks() * 512;
     }
-    Ok(Usage {
-        bytes: total,
-        newest,
-    })
+    Ok(total)
 }
 
 /// Copies `src` into `dst` at `offset`, skipping holes (SEEK_DATA/SEEK_HOLE), so a sparse
@@ -124,10 +117,13 @@ impl Runner<'_> {
         // at the chroot's root: finalise works on the tree, as every chroot phase does.
         std::fs::create_dir_all(&self.root).map_err(io("create the root tree"))?;
         self.prepare_root()?;
-        let Usage {
-            bytes: used,
-            newest,
-        } = du(&self.root)?;
+        let epoch: i64 = self
+            .spec
+            .env
+            .get(repro::ENV)
+            .and_then(|v| v.parse().ok())
+            .ok_or(RunError::Internal("a disk action without a source date"))?;
+        let used = du(&self.root)?;
         let plan_root = d
             .layout
             .partitions
@@ -237,6 +233,7 @@ impl Runner<'_> {
         if boot.join("efi").is_dir() {
             tree::copy_contents(&boot.join("efi"), &esp_tree)?;
         }
+        repro::clamp_times(&esp_tree, epoch).map_err(io("clamp the ESP's times"))?;
         if let Some(dir) = image
             .dir(&d.manifest_dir)
             .map_err(io(format!("resolve {}", d.manifest_dir)))?
@@ -245,13 +242,25 @@ impl Runner<'_> {
         }
         drop(image);
         self.finalise_base()?;
+        let image = self.tree()?;
+        let scrubbed =
+            repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
+        drop(image);
+        for line in scrubbed {
+            self.logln(&format!("disk: {line}"));
+        }
+        let clamped = repro::clamp_times(&self.root, epoch)
+            .map_err(io("clamp the image's times to the source date"))?;
+        self.logln(&format!(
+            "disk: source date {epoch}: {clamped} newer times clamped"
+        ));
 
         // 2. The root filesystem, written from the finalised tree by mkfs (ext4: `mkfs.ext4
         //    -d`, no mount, no loop device). The disk keeps the size DIB gives it, from the
         //    tree before finalise (whose growth, a few MiB of GRUB modules, DIB's 40 % of free
         //    space absorbs), unless finalise grew the tree to fill more than 80 % of the root
         //    (an initramfs made there): then it is sized again for what the tree holds now.
-        let after = du(&self.root)?.bytes;
+        let after = du(&self.root)?;
         let plan = if d.size.is_none() && after > plan.root().length / 10 * 8 {
             let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
                 .map_err(|problem| RunError::Image { problem })?;
@@ -268,7 +277,10 @@ impl Runner<'_> {
         let root_img = work.join("root.img");
         let root_fs_file = root_img.clone();
         let started = std::time::Instant::now();
-        make_fs(&root_img, &root, &d.seed, Some(&self.root), newest)?;
+        make_fs(&root_img, &root, &d.seed, Some(&self.root), epoch)?;
+        if plan_root.kind == FsKind::Ext4 {
+            set_inode_times(&root_img, epoch)?;
+        }
         self.logln(&format!(
             "disk: root filesystem ({}) written from the tree in {} ms",
             plan_root.kind.as_str(),
@@ -287,14 +299,14 @@ impl Runner<'_> {
                 && fs.kind == FsKind::Vfat
             {
                 let img = work.join(format!("part{}.img", p.number));
-                make_fs(&img, p, &d.seed, None, newest)?;
+                make_fs(&img, p, &d.seed, None, epoch)?;
                 let content = if fs.mount.as_ref().is_some_and(|m| m.point == "/boot/efi") {
                     Some(esp_tree.as_path())
                 } else {
                     None
                 };
                 if let Some(dir) = content {
-                    fill_vfat(&img, dir)?;
+                    fill_vfat(&img, dir, epoch)?;
                 }
                 images.push((p.clone(), img));
             }
@@ -493,8 +505,9 @@ fn sha256_of(path: &Path) -> Result<String, RunError> {
 /// Makes the filesystem of `p` in the file `img`, filled from `content` if given.
 ///
 /// Everything that would differ between two runs on the same input is fixed: UUIDs and the
-/// directory hash seed come from the key (`seed`), and ext4's timestamps of its own (creation,
-/// last write, lost+found, the root when empty) are `epoch`, the newest time in the tree.
+/// directory hash seed come from the key (`seed`), and the filesystem's timestamps of its own
+/// (creation, last write, lost+found, the root when empty; FAT's boot sector and volume
+/// label) are `epoch`, the source date. `mkfs.ext4 -d` adds files in name order.
 fn make_fs(
     img: &Path,
     p: &Placed,
@@ -546,7 +559,10 @@ fn make_fs(
                 .collect();
             tool(
                 Process::new("mkfs.fat")
-                    .args(["-F", "32", "-n", &fs.label, "-i", &volid])
+                    .env(repro::ENV, epoch.to_string())
+                    // dosfstools 4.2 stamps the volume label's entry with the clock whatever
+                    // SOURCE_DATE_EPOCH says; --invariant fixes it (the -i after it wins).
+                    .args(["-F", "32", "-n", &fs.label, "--invariant", "-i", &volid])
                     .arg(img),
                 "mkfs.fat (dosfstools)",
             )?
@@ -576,26 +592,129 @@ fn fill_by_mount(img: &Path, dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Fills a FAT image from a directory with mtools (no vfat mount needed).
-fn fill_vfat(img: &Path, dir: &Path) -> Result<(), RunError> {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io("read the ESP tree"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    if entries.is_empty() {
-        return Ok(());
+/// Fills a FAT image from a directory with mtools (no vfat mount needed): directories first
+/// (`mmd`), then each directory's files (`mcopy`, times kept), all in name order, so that
+/// the entries land in the same slots and clusters whatever order the host lists them in.
+fn fill_vfat(img: &Path, dir: &Path, epoch: i64) -> Result<(), RunError> {
+    // FAT keeps an access date, and a read before this one moved it.
+    repro::clamp_times(dir, epoch).map_err(io("clamp the ESP's times"))?;
+    let mut dirs: Vec<String> = Vec::new();
+    let mut files: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .sort_by_file_name()
+        .follow_links(true)
+    {
+        let e = e.map_err(|e| RunError::Io {
+            what: "read the ESP tree".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .map_err(|_| RunError::Internal("an ESP entry outside the ESP tree"))?;
+        let parent = rel
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if e.file_type().is_dir() {
+            dirs.push(rel.display().to_string());
+        } else {
+            files
+                .entry(parent)
+                .or_default()
+                .push(e.path().to_path_buf());
+        }
     }
-    let mut cmd = Process::new("mcopy");
-    cmd.env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-s")
-        .arg("-p")
-        .arg("-i")
-        .arg(img)
-        .args(&entries)
-        .arg("::/");
-    tool(&mut cmd, "filling the ESP (mcopy, from mtools)")?;
+    let mtools = |name: &str| {
+        let mut cmd = Process::new(name);
+        cmd.env("MTOOLS_SKIP_CHECK", "1")
+            .env(repro::ENV, epoch.to_string())
+            .arg("-i")
+            .arg(img);
+        cmd
+    };
+    if !dirs.is_empty() {
+        let mut cmd = mtools("mmd");
+        cmd.args(dirs.iter().map(|d| format!("::/{d}")));
+        tool(&mut cmd, "making the ESP's directories (mmd, from mtools)")?;
+    }
+    for (parent, list) in &files {
+        let mut cmd = mtools("mcopy");
+        cmd.args(["-p", "-m"])
+            .args(list)
+            .arg(format!("::/{parent}"));
+        tool(&mut cmd, "filling the ESP (mcopy, from mtools)")?;
+    }
     Ok(())
+}
+
+/// Every used inode of an ext4 image gets `epoch` as its change, access and creation time:
+/// `mkfs.ext4 -d` copies the change and access times from the tree, and the change time
+/// cannot be set there. The used inodes are read from the bitmaps (`dumpe2fs`), no mount.
+fn set_inode_times(img: &Path, epoch: i64) -> Result<(), RunError> {
+    let dump = tool(
+        Process::new("dumpe2fs").arg(img),
+        "reading the root filesystem's inode bitmaps (dumpe2fs, from e2fsprogs)",
+    )?;
+    let inodes = used_inodes(&dump).ok_or_else(|| RunError::Image {
+        problem: "dumpe2fs printed no inode count".into(),
+    })?;
+    let mut script = String::new();
+    for ino in &inodes {
+        for field in ["ctime", "atime", "crtime"] {
+            script.push_str(&format!("sif <{ino}> {field} @{epoch}\n"));
+        }
+    }
+    let script_path = img.with_file_name("debugfs-times");
+    std::fs::write(&script_path, script).map_err(io("write debugfs's requests"))?;
+    let done = Process::new("debugfs")
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(img)
+        .output()
+        .map_err(program("setting inode times (debugfs, from e2fsprogs)"))?;
+    let _ = std::fs::remove_file(&script_path);
+    // debugfs exits 0 whatever its requests did: a refused one is on stderr.
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    if let Some(bad) = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+    {
+        return Err(RunError::Image {
+            problem: format!("debugfs refused to set an inode's times: {bad}"),
+        });
+    }
+    Ok(())
+}
+
+/// The used inodes from `dumpe2fs`'s output: every inode up to `Inode count:` but those its
+/// groups list as free (`Free inodes: 12-8192, 8200`).
+fn used_inodes(dump: &str) -> Option<Vec<u64>> {
+    let count: u64 = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("Inode count:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut free = vec![false; count as usize + 1];
+    for l in dump.lines() {
+        let Some(ranges) = l.trim().strip_prefix("Free inodes:") else {
+            continue;
+        };
+        for r in ranges.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+                continue;
+            };
+            for i in a..=b.min(count) {
+                free[i as usize] = true;
+            }
+        }
+    }
+    Some((1..=count).filter(|i| !free[*i as usize]).collect())
 }
 
 /// gptman's errors wrap the I/O error under them (a full disk is still one).
@@ -892,6 +1011,89 @@ mod tests {
             blake3::hash(&std::fs::read(&img).unwrap())
         };
         assert_eq!(digest("a.img"), digest("b.img"));
+    }
+
+    /// `mkfs.ext4 -d` copies each file's change and access times from the tree, which no
+    /// clamp can set: once every inode's times are the source date, a tree touched between
+    /// two runs (a chmod, a read, a second later) gives the same filesystem.
+    #[test]
+    #[allow(clippy::print_stderr)] // the skip note
+    fn the_root_filesystem_is_the_same_whatever_the_trees_change_times() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: owners need root (scripts/test runs as root)");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc/default")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"ccb\n").unwrap();
+        std::fs::write(tree.join("etc/default/grub"), b"GRUB_TIMEOUT=1\n").unwrap();
+        repro::clamp_times(&tree, 1_700_000_000).unwrap();
+        let run = |n: u32| {
+            let img = dir.path().join(format!("root{n}.img"));
+            make_fs(
+                &img,
+                &ext4_root_partition(256 << 20),
+                "seed",
+                Some(&tree),
+                1_700_000_000,
+            )
+            .unwrap();
+            set_inode_times(&img, 1_700_000_000).unwrap();
+            blake3::hash(&std::fs::read(&img).unwrap())
+        };
+        let first = run(0);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let grub = tree.join("etc/default/grub");
+        std::fs::set_permissions(&grub, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _ = std::fs::read(&grub).unwrap();
+        assert_eq!(first, run(1));
+    }
+
+    #[test]
+    fn used_inodes_are_the_ones_the_bitmaps_do_not_list_free() {
+        let dump = "Inode count:              20\nGroup 0:\n  Free inodes: 3-5, 9, 12-20\n";
+        assert_eq!(used_inodes(dump).unwrap(), [1, 2, 6, 7, 8, 10, 11]);
+        assert_eq!(used_inodes("no count"), None);
+    }
+
+    /// The ESP from the same tree a second apart: the same bytes (mkfs.fat and mtools take
+    /// their times from the source date, and the files go in in name order).
+    #[test]
+    fn the_esp_is_the_same_from_the_same_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp");
+        std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+        std::fs::create_dir_all(esp.join("EFI/debian")).unwrap();
+        std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), b"shim").unwrap();
+        std::fs::write(esp.join("EFI/debian/grub.cfg"), b"search").unwrap();
+        std::fs::write(esp.join("EFI/debian/grubx64.efi"), b"grub").unwrap();
+        repro::clamp_times(&esp, 1_700_000_000).unwrap();
+        let part = Placed {
+            number: 1,
+            part: layout::Partition {
+                name: "ESP".into(),
+                type_guid: "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".into(),
+                size: layout::PartSize::Rest,
+                fs: Some(layout::Filesystem {
+                    kind: FsKind::Vfat,
+                    label: "MKFS_ESP".into(),
+                    mount: None,
+                }),
+            },
+            offset: 0,
+            length: 64 << 20,
+        };
+        let run = |n: u32| {
+            let img = dir.path().join(format!("esp{n}.img"));
+            make_fs(&img, &part, "seed", None, 1_700_000_000).unwrap();
+            fill_vfat(&img, &esp, 1_700_000_000).unwrap();
+            blake3::hash(&std::fs::read(&img).unwrap())
+        };
+        let first = run(0);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(first, run(1));
     }
 
     #[test]

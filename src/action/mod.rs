@@ -12,6 +12,7 @@ pub mod event;
 pub mod grub;
 pub mod inroot;
 pub mod layout;
+pub mod repro;
 pub mod runner;
 pub mod sandbox;
 mod segments;
@@ -534,6 +535,8 @@ impl SpecFor<'_, '_> {
         let phases = self.layer_phases(&own, &own_dirs)?;
         let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
         env.extend(image.env.clone());
+        let epoch = repro::source_date_epoch(&env, &lowers);
+        env.insert(repro::ENV.into(), epoch.to_string());
         let elements = self.element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
         let mut artifacts = self.artifacts(&image.artifacts)?;
         artifacts.extend(self.secrets(&work)?);
@@ -720,6 +723,9 @@ impl SpecFor<'_, '_> {
             .is_none_or(|v| !matches!(v.as_str(), "" | "0" | "false" | "False"));
         let mut env = engine_env(arch, Some(&name), &resolved.elements);
         env.extend(image.env.clone());
+        let lowers = meta.stack(ctx.store);
+        let epoch = repro::source_date_epoch(&env, &lowers);
+        env.insert(repro::ENV.into(), epoch.to_string());
         let phases = [
             ("block-device.d", Place::Outside),
             ("pre-finalise.d", Place::Outside),
@@ -748,11 +754,11 @@ impl SpecFor<'_, '_> {
         .collect();
         let elements = self.element_srcs(&resolved.elements, &|_| false)?;
         Ok(ActionSpec {
-            lowers: meta.stack(ctx.store),
+            lowers,
             phases,
             pkg_maps: self.pkg_maps(&resolved.elements, env_view)?,
             disk: Some(spec::DiskSpec {
-                provenance: provenance(ctx.model, image, &name),
+                provenance: provenance(ctx.model, image, &name, epoch),
                 name,
                 layout: disk_layout,
                 size: image.size.as_deref().and_then(layout::parse_bytes),
@@ -926,8 +932,14 @@ fn env_file_names(view: &crate::element::ElementView) -> Vec<String> {
     view.environment.iter().map(|s| s.name.clone()).collect()
 }
 
-/// The provenance record of chameleon-images.md: what was built, from which commit, when.
-pub fn provenance(model: &Model, image: &crate::manifest::Image, name: &str) -> String {
+/// The provenance record of chameleon-images.md: what was built, from which commit, when
+/// (the source date, so that a rebuild of the same key writes the same record).
+pub fn provenance(
+    model: &Model,
+    image: &crate::manifest::Image,
+    name: &str,
+    source_date: i64,
+) -> String {
     let git = |args: &[&str]| {
         crate::process::Process::new("git")
             .arg("-C")
@@ -940,11 +952,8 @@ pub fn provenance(model: &Model, image: &crate::manifest::Image, name: &str) -> 
     if !commit.is_empty() && !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
         commit.push_str("-dirty");
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     // The sites parse it with Python's `%Y-%m-%d %H:%M:%S.%f` (see publish::contract).
-    let timestamp = crate::publish::contract::build_timestamp(now.as_secs(), now.subsec_micros());
+    let timestamp = crate::publish::contract::build_timestamp(source_date.max(0) as u64, 0);
     // The project's declared repository, else its remote (never a credential it may carry).
     let repo = model
         .project
@@ -1393,6 +1402,27 @@ fn commit(
         }
         _ => (spec.work.join("tree"), LayerMode::Full, vec![]),
     };
+    // Times the scripts wrote go to the source date: the one the scripts saw, or for a base,
+    // the one its own packages give.
+    let epoch = match spec.env.get(repro::ENV) {
+        Some(v) if spec.kind != SpecKind::Base => v.parse().ok(),
+        _ => None,
+    }
+    .unwrap_or_else(|| repro::source_date_epoch(&spec.env, std::slice::from_ref(&tree_dir)));
+    repro::scrub_layer(&tree_dir, epoch).map_err(BuildError::io(
+        &action.id,
+        format!(
+            "remove what each machine makes itself from {}",
+            tree_dir.display()
+        ),
+    ))?;
+    repro::clamp_times(&tree_dir, epoch).map_err(BuildError::io(
+        &action.id,
+        format!(
+            "clamp the times of {} to the source date",
+            tree_dir.display()
+        ),
+    ))?;
     let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
         id: action.id.clone(),
         source,

@@ -15,6 +15,7 @@ mod query;
 mod render;
 mod test;
 mod update;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,6 +89,9 @@ enum Command {
     /// List, promote, roll back and prune the published versions of a site
     #[command(subcommand)]
     Versions(publish::VersionsCommand),
+    /// Rebuild targets in a scratch store and compare them with the store's (or a site's)
+    /// copy, file by file: equal keys must give equal bytes
+    Verify(verify::VerifyArgs),
     /// Pin sources' refs to commits (and "latest" artifacts to digests) in ccb.lock
     Update(update::UpdateArgs),
     /// Say what this host can build and test: arches (native, emulated), KVM, loop devices,
@@ -264,6 +268,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&mut ctx, args),
         Command::Versions(cmd) => publish::versions(&mut ctx, cmd),
         Command::Update(args) => update::run(&mut ctx, args),
+        Command::Verify(args) => verify::run(&mut ctx, args),
         Command::Doctor(args) => doctor::run(&mut ctx, args),
         Command::RemoteBuilder(cmd) => builder::run(&mut ctx, cmd),
     };

@@ -102,6 +102,8 @@ pub struct Metadata {
     pub gid: u32,
     /// Bytes; for a symlink, the length of its target.
     pub size: u64,
+    /// Last modification, seconds since 1970.
+    pub mtime: i64,
 }
 
 impl Metadata {
@@ -377,6 +379,7 @@ fn ext4_metadata(m: &ext4_view::Metadata) -> Metadata {
         uid: m.uid(),
         gid: m.gid(),
         size: m.len(),
+        mtime: m.modified().seconds(),
     }
 }
 
@@ -679,6 +682,8 @@ impl XfsFs {
                 uid: be32(&b, 8),
                 gid: be32(&b, 12),
                 size: be64(&b, 56),
+                // di_mtime's seconds (the classic encoding; bigtime inodes count otherwise).
+                mtime: i64::from(be32(&b, 40) as i32),
             },
             format: b[5],
             fork_offset: core,

@@ -271,6 +271,22 @@ fn site_subjects(
     Ok(out)
 }
 
+/// The disk of `name` live in `scope` on a site (its object name, and its bytes read by
+/// range): what `ccb verify --site` compares a rebuild with.
+pub fn published_disk(
+    session: &Session,
+    site: &str,
+    scope: &str,
+    name: &str,
+) -> Result<(String, Arc<dyn ReadAt>), CommandError> {
+    let mut model = session.model.clone();
+    let subject = site_subjects(&mut model, site, scope, &[name.to_string()])?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| CommandError::msg(format!("{name} is not live in {scope} on {site}")))?;
+    Ok((subject.source, subject.disk))
+}
+
 fn url_subjects(
     model: &Model,
     base: &str,

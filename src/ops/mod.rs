@@ -17,6 +17,7 @@ pub mod publish;
 pub mod query;
 pub mod test;
 pub mod update;
+pub mod verify;
 pub mod versions;
 
 use std::path::Path;

@@ -53,6 +53,8 @@ pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
         "usr/lib64",
         "etc",
         "var/log",
+        // The fake package tools log here: the committed layers' /var/log is emptied.
+        "var/lib",
         "tmp",
     ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
@@ -87,7 +89,7 @@ pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
     }
     script(
         root.join(format!("usr/bin/{package_tool}")),
-        &format!("#!/bin/bash\necho \"{package_tool} $*\" >> /var/log/fake-{package_tool}.log\n"),
+        &format!("#!/bin/bash\necho \"{package_tool} $*\" >> /var/lib/fake-{package_tool}.log\n"),
     );
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
@@ -249,7 +251,7 @@ fn ubuntu_and_centos_bases_come_from_verified_downloads() {
     // Packages went through each distribution's own tool, recommends/weak deps off.
     let apt = std::fs::read_to_string(
         f.layer_tree("layer:fake-ubuntu:amd64")
-            .join("var/log/fake-apt-get.log"),
+            .join("var/lib/fake-apt-get.log"),
     )
     .unwrap();
     assert!(
@@ -259,7 +261,7 @@ fn ubuntu_and_centos_bases_come_from_verified_downloads() {
     assert!(apt.contains("linux-image-generic"), "{apt}");
     let dnf = std::fs::read_to_string(
         f.layer_tree("layer:fake-centos:amd64")
-            .join("var/log/fake-dnf.log"),
+            .join("var/lib/fake-dnf.log"),
     )
     .unwrap();
     assert!(
@@ -366,7 +368,7 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
     // Its dependencies went through the distribution's package tool.
     let apt = std::fs::read_to_string(
         f.layer_tree("layer:snap:amd64")
-            .join("var/log/fake-apt-get.log"),
+            .join("var/lib/fake-apt-get.log"),
     )
     .unwrap();
     for pkg in ["libguestfs-tools", "qemu-utils", "python3-glanceclient"] {
@@ -406,7 +408,7 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
     // the served rootfs says the initramfs holds.
     script(
         root.join("usr/bin/dracut"),
-        "#!/bin/bash\necho \"dracut $*\" >> /var/log/fake-dracut.log\nfor a; do out=$a; done\necho initramfs > \"$out\"\n",
+        "#!/bin/bash\necho \"dracut $*\" >> /var/lib/fake-dracut.log\nfor a; do out=$a; done\necho initramfs > \"$out\"\n",
     );
     // lsinitrd lists an initramfs with the NVMe driver only when the image's env says so.
     script(
@@ -469,11 +471,11 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
     images("yes");
     f.ccb(&["build", "fake-ubuntu26", "--until", "layer"]).ok();
     let tree = f.layer_tree("layer:fake-ubuntu26:amd64");
-    let apt = std::fs::read_to_string(tree.join("var/log/fake-apt-get.log")).unwrap();
+    let apt = std::fs::read_to_string(tree.join("var/lib/fake-apt-get.log")).unwrap();
     assert!(apt.contains(" install ") && apt.contains("dracut"), "{apt}");
     let conf = std::fs::read_to_string(tree.join("etc/dracut.conf.d/10-cc-generic.conf")).unwrap();
     assert!(conf.contains("hostonly=\"no\""), "{conf}");
-    let dracut = std::fs::read_to_string(tree.join("var/log/fake-dracut.log")).unwrap();
+    let dracut = std::fs::read_to_string(tree.join("var/lib/fake-dracut.log")).unwrap();
     assert_eq!(
         dracut.trim(),
         format!(

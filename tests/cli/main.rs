@@ -21,6 +21,7 @@ mod remote;
 mod sbom;
 mod site_contract;
 mod sources;
+mod verify;
 
 #[test]
 fn no_forgotten_test_files() {
