@@ -217,6 +217,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    // Every command stops cleanly on Ctrl-C (exit 130), not only builds.
+    crate::interrupt::flag();
     let mut ctx = Context {
         quiet: cli.quiet,
         verbose: cli.verbose,
@@ -247,6 +249,15 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(&mut ctx, args),
     };
     match result {
+        // Interrupted: whatever stopped (or finished) last, the command did not run to the
+        // operator's end, and a script must see 130.
+        _ if crate::interrupt::requested() => {
+            if let Err(err) = &result {
+                crate::ui::error(err.report(), None);
+            }
+            crate::ui::error(None, Some("interrupted"));
+            ExitCode::from(crate::interrupt::EXIT_CODE)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             crate::ui::error(err.report(), err.hint());

@@ -421,6 +421,7 @@ pub fn publish_image(
         version = pick(&versions_taken(site, scope, &image.name)?)?;
     }
     site.put_marker(&layout::marker(scope, &version))?;
+    crate::fault::point("publish.claimed");
     let version = version;
     let name_of = |file: &str| name_of(&version, file);
     let manifest_name = name_of(&layout::manifest_file(&image.name));
@@ -491,6 +492,7 @@ pub fn publish_image(
             ),
         });
     }
+    crate::fault::point("publish.manifest");
     match site.put_bytes(&manifest_name, &manifest, "application/json", true)? {
         PutOutcome::Written => {}
         PutOutcome::Exists => {
@@ -527,7 +529,9 @@ pub fn publish_image(
         sha256: local,
         published_at: now_rfc3339(),
     };
+    crate::fault::point("publish.pointer");
     write_pointer(site, scope, &pointer)?;
+    crate::fault::point("publish.current");
     settle_current(site, scope)?;
     Ok(Outcome::Published {
         version: version.to_string(),

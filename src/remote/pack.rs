@@ -180,6 +180,9 @@ pub fn upload(
             if failed() {
                 break;
             }
+            if crate::interrupt::requested() {
+                return Some(RemoteError::Read(crate::interrupt::io_error().to_string()));
+            }
             whole.update(&chunk.data);
             size += chunk.data.len() as u64;
             if let Ok(mut c) = chunks.lock() {
@@ -251,6 +254,9 @@ pub fn download(
     let mut whole = Sha256::new();
     let mut done = 0u64;
     for group in m.chunks.chunks(window) {
+        if crate::interrupt::requested() {
+            return Err(RemoteError::Read(crate::interrupt::io_error().to_string()));
+        }
         let fetched: Vec<Result<Vec<u8>, RemoteError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = group
                 .iter()
