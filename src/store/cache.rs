@@ -392,7 +392,8 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
                     match crate::action::tree::summarize(&store.outputs_dir(&e.key)) {
                         Err(err) => problems.push(format!("cannot read the outputs: {err}")),
                         Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
-                            problems.push("the outputs changed since they were built".into())
+                            problems.push("the outputs changed since they were built".into());
+                            problems.push(set_aside(store, &e.key));
                         }
                         Ok(_) => {}
                     }
@@ -402,7 +403,11 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         } else if layer_dir.exists() {
             match store.layer_meta(&e.key) {
                 None => problems.push("layer.json is missing or does not parse".into()),
-                Some(meta) => check_layer(store, &meta, &mut problems),
+                Some(meta) => {
+                    if !check_layer(store, &meta, &mut problems) {
+                        problems.push(set_aside(store, &e.key));
+                    }
+                }
             }
         } else if matches!(e.kind.as_str(), "base" | "layer") {
             problems.push("the layer tree is missing".into());
@@ -487,7 +492,18 @@ fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
     }
 }
 
-fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {
+/// A tree or outputs that no longer match their digest must not be built on or published:
+/// the action record goes (it is what makes an entry count as cached), so the next build
+/// makes the entry again under the same key and replaces it. Returns what was done.
+fn set_aside(store: &Store, key: &str) -> String {
+    match store.remove(&crate::graph::action_record_name(key)) {
+        Ok(()) => "its action record was removed: the next build makes it again".into(),
+        Err(e) => format!("its action record could not be removed ({e}): remove the entry"),
+    }
+}
+
+/// Checks a layer's lowers and tree; `false` when the tree is not what was built.
+fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) -> bool {
     for l in &meta.lowers {
         if store.layer_meta(l).is_none() {
             problems.push(format!("lower layer {} is missing", short_key(l)));
@@ -496,10 +512,14 @@ fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {
     let tree = store.layer_dir(&meta.key).join("tree");
     match crate::action::tree::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
-        Ok(s) if s.digest != meta.tree.digest => problems.push(format!(
-            "the tree changed since it was built ({} entries, {} bytes; recorded {} entries, {} bytes)",
-            s.entries, s.bytes, meta.tree.entries, meta.tree.bytes
-        )),
+        Ok(s) if s.digest != meta.tree.digest => {
+            problems.push(format!(
+                "the tree changed since it was built ({} entries, {} bytes; recorded {} entries, {} bytes)",
+                s.entries, s.bytes, meta.tree.entries, meta.tree.bytes
+            ));
+            return false;
+        }
         Ok(_) => {}
     }
+    true
 }

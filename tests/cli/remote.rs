@@ -15,14 +15,14 @@ use ccb::remote::reapi;
 use crate::common::{Env, Run, copy_tree, repo, wait_until};
 
 /// A private nginx serving a directory with WebDAV PUT: what a team runs as its build cache.
-struct Nginx {
-    dir: tempfile::TempDir,
+pub(crate) struct Nginx {
+    pub(crate) dir: tempfile::TempDir,
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Nginx {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
