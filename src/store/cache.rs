@@ -351,6 +351,10 @@ pub struct Verdict {
     pub ok: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// A whole entry a stopped build committed but did not record: not used (only recorded
+    /// entries count as cached); the next build of its key replaces it, `cache gc` removes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<String>,
 }
 
 /// Re-reads every entry: records parse, layers have their lowers, and every tree still has
@@ -367,6 +371,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
                 id: e.id,
                 ok: problems.is_empty(),
                 problems,
+                unrecorded: None,
             });
             continue;
         }
@@ -375,7 +380,9 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             None if store.exists(&format!("actions/{}.json", e.key)) => {
                 problems.push("the action record does not parse".into())
             }
-            None => problems.push("no action record (the layer is not used)".into()),
+            // Committed, then stopped before its record (kill -9, power loss): the tree is
+            // checked below like any other; it is not used, so it is not broken.
+            None => {}
             Some(r) if r.key != e.key => {
                 problems.push(format!("the action record is for key {}", r.key))
             }
@@ -412,11 +419,14 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         } else if matches!(e.kind.as_str(), "base" | "layer") {
             problems.push("the layer tree is missing".into());
         }
+        let unrecorded = (record.is_none() && !store.exists(&format!("actions/{}.json", e.key)))
+            .then(|| "not recorded (a build stopped after committing it): not used; the next build of its key replaces it".to_string());
         out.push(Verdict {
             key: e.key,
             id: e.id,
             ok: problems.is_empty(),
             problems,
+            unrecorded,
         });
     }
     // Artifacts: re-hashed whatever the stat cache says (this is the thorough check).
@@ -454,6 +464,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             id,
             ok: problems.is_empty(),
             problems,
+            unrecorded: None,
         });
     }
     for name in foreign_names(store) {
@@ -464,6 +475,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             key: name,
             id: "not a store entry".into(),
             ok: false,
+            unrecorded: None,
         });
     }
     out

@@ -643,3 +643,135 @@ fn walk(dir: &Path) -> Vec<String> {
         .map(|e| e.path().display().to_string())
         .collect()
 }
+
+/// A small ext4 filesystem on a loop device, made and mounted by the test, removed on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new(mib: u64) -> Self {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let img = dir.path().join("fs.img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(mib << 20).unwrap();
+        let ok = |c: &mut std::process::Command| {
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ok(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&img));
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        ok(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(dir.path().join("mnt")));
+        Self { dir }
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn free(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.mnt()).unwrap();
+        s.blocks_available() * s.fragment_size()
+    }
+
+    /// Fills the filesystem until `leave` bytes are free (a file the test removes later).
+    fn fill_leaving(&self, leave: u64) -> PathBuf {
+        let filler = self.mnt().join("filler");
+        let size = self.free().saturating_sub(leave);
+        let out = std::process::Command::new("fallocate")
+            .args(["-l", &size.to_string()])
+            .arg(&filler)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        filler
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.mnt())
+            .status();
+    }
+}
+
+/// The store on a small filesystem that fills up during a fetch, a layer and a disk: each
+/// fails with an error naming the store and the lack of space, leaves nothing half-written
+/// that passes for a result, and the next run after space is freed succeeds.
+#[test]
+fn a_full_store_fails_clearly_and_the_next_run_after_freeing_space_succeeds() {
+    let lab = Lab::new();
+    let fs = SmallFs::new(1200);
+    let store = fs.mnt().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let run = |args: &[&str]| -> Run {
+        Run::from(lab.cmd(args).env("CCB_CACHE_DIR", &store).output().unwrap())
+    };
+    let check = |what: &str| {
+        let mut cmd = lab.env.cmd();
+        cmd.env("CCB_CACHE_DIR", &store);
+        let verify = Run::from(cmd.args(["cache", "verify"]).output().unwrap());
+        assert_eq!(
+            verify.code, 0,
+            "{what}: {}\n{}",
+            verify.stdout, verify.stderr
+        );
+        assert!(
+            leftovers(&store).is_empty(),
+            "{what}: {:?}",
+            leftovers(&store)
+        );
+        assert!(processes_under(&store).is_empty(), "{what}");
+    };
+    let full = |what: &str, r: &Run| {
+        assert_eq!(r.code, 1, "{what}: {}", r.stderr);
+        let text = r.stderr.to_lowercase();
+        assert!(
+            text.contains("no space"),
+            "{what}: the error does not say the disk is full:\n{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&store.display().to_string()),
+            "{what}: the error does not name the store:\n{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    };
+
+    // A fetch: two artifacts of 5 MiB, 3 MiB free.
+    let filler = fs.fill_leaving(3 << 20);
+    let r = run(&["fetch", "tiny-fetch"]);
+    full("fetch", &r);
+    check("fetch");
+    std::fs::remove_file(&filler).unwrap();
+    run(&["fetch", "tiny-fetch"]).ok();
+
+    // A layer: the base first, then 30 MiB free for a layer of about 90.
+    run(&["build", "tiny", "--until", "base"]).ok();
+    let filler = fs.fill_leaving(30 << 20);
+    let r = run(&["build", "tiny", "--until", "layer"]);
+    full("layer", &r);
+    check("layer");
+    std::fs::remove_file(&filler).unwrap();
+    run(&["build", "tiny", "--until", "layer"]).ok();
+
+    // A disk: 30 MiB free for a disk of about 80.
+    let filler = fs.fill_leaving(30 << 20);
+    let r = run(&["build", "tiny"]);
+    full("disk", &r);
+    check("disk");
+    std::fs::remove_file(&filler).unwrap();
+    run(&["build", "tiny"]).ok();
+    check("after the last build");
+}
