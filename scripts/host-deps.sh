@@ -26,6 +26,9 @@ ccb_host_tools=(
     zstd:zstd
     xz:xz-utils
     lz4:lz4
+    # A real web server on 127.0.0.1: the remote cache (WebDAV) and the distribution bases'
+    # fixture mirror.
+    nginx:nginx
 )
 
 ensure_host_tools() {

@@ -327,18 +327,27 @@ pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
     Ok(())
 }
 
-/// The unpinned "latest" artifacts `images` use (keys of the model's images).
+/// The unpinned "latest" artifacts the builds of `targets` use ((image key, arch) pairs of
+/// the model), their bases' included: each arch's file of one declared per arch.
 pub fn unpinned_for<'a>(
     model: &Model,
-    images: impl IntoIterator<Item = &'a str>,
+    targets: impl IntoIterator<Item = (&'a str, crate::manifest::Arch)>,
 ) -> std::collections::BTreeSet<String> {
-    images
-        .into_iter()
-        .filter_map(|i| model.images.get(i))
-        .flat_map(|img| img.artifacts.values())
-        .filter(|a| model.pins.unpinned.contains(*a))
-        .cloned()
-        .collect()
+    let mut out = std::collections::BTreeSet::new();
+    for (image, arch) in targets {
+        // A child's build needs its ancestors' bases, whose artifacts it does not inherit.
+        let mut cur = model.images.get(image);
+        while let Some(img) = cur {
+            for name in img.artifacts.values().chain(img.base_artifacts.values()) {
+                let key = model.artifact_key(name, arch);
+                if model.pins.unpinned.contains(&key) {
+                    out.insert(key);
+                }
+            }
+            cur = img.from.as_ref().and_then(|p| model.images.get(p));
+        }
+    }
+    out
 }
 
 /// Pins `names` (unpinned "latest" artifacts) the way Cargo adds a new dependency to
@@ -462,6 +471,7 @@ mod tests {
             sha256: LATEST.into(),
             sums: None,
             description: None,
+            arch: None,
         }
     }
 

@@ -108,9 +108,13 @@ impl Process {
         &self.program
     }
 
-    /// The command line as shown in errors (the environment is left out: it may hold
-    /// credentials).
+    /// The command line as shown in errors: redacted (a git URL may carry user-info), and
+    /// without the environment (it may hold credentials).
     pub fn command_line(&self) -> String {
+        crate::redact::text(&self.raw_command_line())
+    }
+
+    fn raw_command_line(&self) -> String {
         std::iter::once(&self.program)
             .chain(&self.args)
             .map(|a| {
@@ -173,7 +177,8 @@ impl Process {
         ProcessError::Failed {
             command: self.command_line(),
             status: out.status,
-            stderr: tail(&out.stderr, 8),
+            // A tool echoes its arguments and its server's answers: the same redaction.
+            stderr: crate::redact::text(&tail(&out.stderr, 8)),
         }
     }
 

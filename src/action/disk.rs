@@ -46,22 +46,21 @@ fn du(root: &Path) -> Result<Usage, RunError> {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
     let mut newest = 0i64;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(io(format!("read {}", dir.display())))?;
-        for e in rd.filter_map(Result::ok) {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            newest = newest.max(m.mtime());
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
+    // An entry that vanished or cannot be read counts for nothing; only the root must be.
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if e.depth() == 0 => {
+                return Err(io(format!("read {}", root.display()))(e.into()));
             }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
+            Err(_) => continue,
+        };
+        let Ok(m) = e.metadata() else { continue };
+        newest = newest.max(m.mtime());
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
         }
+        total += m.blocks() * 512;
     }
     Ok(Usage {
         bytes: total,
@@ -340,23 +339,18 @@ impl Runner<'_> {
         let Some(log) = image.dir("var/log").map_err(io("resolve /var/log"))? else {
             return Ok(());
         };
-        let mut stack = vec![log];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in rd.filter_map(Result::ok) {
-                let Ok(ft) = e.file_type() else { continue };
-                if ft.is_dir() {
-                    stack.push(e.path());
-                } else if ft.is_file() {
-                    File::options()
-                        .write(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(e.path())
-                        .and_then(|f| f.set_len(0))
-                        .map_err(io(format!("truncate {}", e.path().display())))?;
-                }
+        // walkdir follows no link: a link below /var/log is left alone, wherever it points.
+        for e in walkdir::WalkDir::new(&log)
+            .into_iter()
+            .filter_map(Result::ok)
+        {
+            if e.file_type().is_file() {
+                File::options()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(e.path())
+                    .and_then(|f| f.set_len(0))
+                    .map_err(io(format!("truncate {}", e.path().display())))?;
             }
         }
         Ok(())

@@ -472,6 +472,7 @@ impl SpecFor<'_, '_> {
         let mut env = engine_env(self.arch, None, &base.elements);
         env.extend(self.image.env.clone());
         let elements = self.element_srcs(&base.elements, &|_| true)?;
+        let artifacts = self.artifacts(&self.image.base_artifacts)?;
         let steps = base
             .view
             .phases
@@ -495,6 +496,7 @@ impl SpecFor<'_, '_> {
                 steps,
             }],
             pkg_maps: self.pkg_maps(&base.elements, &base.view.env)?,
+            artifacts,
             ..self.spec(SpecKind::Base, work, env, elements)
         })
     }
@@ -517,7 +519,7 @@ impl SpecFor<'_, '_> {
         let mut env = engine_env(arch, Some(&image.published_name(arch)), &resolved.elements);
         env.extend(image.env.clone());
         let elements = self.element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
-        let mut artifacts = self.artifacts()?;
+        let mut artifacts = self.artifacts(&image.artifacts)?;
         artifacts.extend(self.secrets(&work)?);
         Ok(ActionSpec {
             lowers,
@@ -611,12 +613,17 @@ impl SpecFor<'_, '_> {
         Ok(phases)
     }
 
-    /// The image's artifacts, verified in the store, by variable.
-    fn artifacts(&self) -> Result<BTreeMap<String, PathBuf>, BuildError> {
-        let (ctx, action, image) = (self.ctx, self.action, self.image);
+    /// Artifacts of `vars` (variable → artifact, this arch's file of one declared per arch),
+    /// verified in the store, by variable.
+    fn artifacts(
+        &self,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+        let (ctx, action) = (self.ctx, self.action);
         let mut artifacts = BTreeMap::new();
         let mut stat_cache = crate::fetch::hash::StatCache::load(ctx.store);
-        for (var, art_key) in &image.artifacts {
+        for (var, name) in vars {
+            let art_key = &ctx.model.artifact_key(name, self.arch);
             let art = ctx.model.artifacts.get(art_key).ok_or_else(|| {
                 BuildError::internal(&action.id, format!("artifact `{art_key}` is not declared"))
             })?;

@@ -63,7 +63,7 @@ pub enum FetchError {
         sums: String,
         file: String,
     },
-    #[error("artifact `{name}`: cannot download {url}: {message}")]
+    #[error("artifact `{name}`: cannot download {url}")]
     #[diagnostic(
         code(ccb::fetch::download),
         help(
@@ -75,7 +75,8 @@ pub enum FetchError {
     Download {
         name: String,
         url: String,
-        message: String,
+        #[source]
+        cause: TransferError,
     },
     #[error("artifact `{name}` is not in the store, and --offline forbids fetching it")]
     #[diagnostic(
@@ -96,9 +97,15 @@ pub enum FetchError {
         expected: String,
         actual: String,
     },
-    #[error("artifact `{name}`: {message}")]
+    #[error("artifact `{name}`: `{url}` is not an http, https or file URL")]
     #[diagnostic(code(ccb::fetch::unsupported))]
-    Unsupported { name: String, message: String },
+    Scheme { name: String, url: String },
+    #[error("artifact `{name}` has neither `url` nor `swift`")]
+    #[diagnostic(code(ccb::fetch::unsupported))]
+    NoOrigin { name: String },
+    #[error("artifact `{name}` is a Swift object, and this command opens no site")]
+    #[diagnostic(code(ccb::fetch::unsupported))]
+    NoSwift { name: String },
     #[error("artifact `{name}`: cannot read {}: {source}", path.display())]
     #[diagnostic(code(ccb::fetch::io))]
     Io {
@@ -162,8 +169,10 @@ pub enum Origin {
 }
 
 /// Opens a Swift object of a site for reading (the CLI knows clouds.yaml and Keystone).
-pub type SwiftOpener<'a> =
-    dyn Fn(&SwiftObject) -> Result<Arc<dyn ReadAt>, String> + Send + Sync + 'a;
+pub type SwiftOpener<'a> = dyn Fn(&SwiftObject) -> Result<Arc<dyn ReadAt>, Box<dyn std::error::Error + Send + Sync>>
+    + Send
+    + Sync
+    + 'a;
 
 /// Fetches artifacts into a store.
 pub struct Fetcher<'a> {
@@ -176,6 +185,35 @@ pub struct Fetcher<'a> {
 /// How many times one fetch tries a source before giving up (the partial file stays).
 const ATTEMPTS: u32 = 5;
 const CHUNK: usize = 4 << 20;
+
+/// Why a transfer from an artifact's origin failed: typed, so that a refused connection, a
+/// short read and a server's refusal stay apart from the store's own failures (a full disk is
+/// a [`FetchError::Io`] on the store's path, never a download error).
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The HTTP exchange failed: no connection, TLS, a status the fetch cannot use. The error
+    /// is kept for callers to match on but is not offered as `source()`: its own text can
+    /// carry the URL, credentials included, so it is only ever shown redacted.
+    #[error("{}", crate::redact::text(&.0.to_string()))]
+    Http(ureq::Error),
+    /// The connection broke while the body was read.
+    #[error("the connection broke")]
+    Read(#[source] std::io::Error),
+    /// The server closed the body before the length it announced.
+    #[error("the transfer ended at byte {received} of {total}")]
+    Truncated { received: u64, total: u64 },
+    /// A site's object store refused or failed the read (its error is redacted where it is
+    /// made: Keystone and Swift bodies never reach a message unredacted).
+    #[error("the object could not be read")]
+    Object(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Every attempt failed; the last attempt's failure.
+    #[error("{attempts} attempts failed")]
+    Attempts {
+        attempts: u32,
+        #[source]
+        last: Box<TransferError>,
+    },
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -493,9 +531,9 @@ impl Fetcher<'_> {
                     let p = self.download(name, url, &sha, progress)?;
                     Ok((p, Origin::Url(redact_url(url))))
                 } else {
-                    Err(FetchError::Unsupported {
+                    Err(FetchError::Scheme {
                         name: name.into(),
-                        message: format!("`{url}` is not an http, https or file URL"),
+                        url: redact_url(url),
                     })
                 }
             }
@@ -509,10 +547,7 @@ impl Fetcher<'_> {
                     )),
                 ))
             }
-            (None, None) => Err(FetchError::Unsupported {
-                name: name.into(),
-                message: "it has neither `url` nor `swift`".into(),
-            }),
+            (None, None) => Err(FetchError::NoOrigin { name: name.into() }),
         }
     }
 
@@ -524,6 +559,18 @@ impl Fetcher<'_> {
         sums: Option<&str>,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<String, FetchError> {
+        // An operator's copy in a distdir (a machine that cannot reach the publisher) is
+        // pinned as it is: putting it there vouches for it, as a pinned digest would.
+        for dir in &self.distdirs {
+            for candidate in url_file_name(url).into_iter().chain([name]) {
+                let path = dir.join(candidate);
+                if path.is_file() {
+                    let sha = hash::sha256_file(&path).map_err(Ingest::io(name, &path))?;
+                    self.copy_local(name, &path, &sha, progress)?;
+                    return Ok(sha);
+                }
+            }
+        }
         if self.offline {
             return Err(FetchError::Offline { name: name.into() });
         }
@@ -545,7 +592,7 @@ impl Fetcher<'_> {
             let mut response = agent().get(url).call().map_err(|e| FetchError::Download {
                 name: name.into(),
                 url: redact_url(url),
-                message: e.to_string(),
+                cause: TransferError::Http(e),
             })?;
             let total = response
                 .headers()
@@ -558,7 +605,7 @@ impl Fetcher<'_> {
                     return Err(FetchError::Download {
                         name: name.into(),
                         url: redact_url(url),
-                        message: e.to_string(),
+                        cause: TransferError::Read(e),
                     });
                 }
                 Err(e) => return Err(ingest.copy_error(name, Path::new(url), e)),
@@ -570,26 +617,26 @@ impl Fetcher<'_> {
 
     /// The digest `sums` (a SHA256SUMS or CHECKSUM file) gives for the file `url` names.
     fn sums_entry(&self, name: &str, url: &str, sums: &str) -> Result<String, FetchError> {
-        let download = |message: String| FetchError::Download {
+        let download = |cause: TransferError| FetchError::Download {
             name: name.into(),
             url: redact_url(sums),
-            message,
+            cause,
         };
         let text = if let Some(path) = sums.strip_prefix("file://") {
             crate::fsutil::read_regular(Path::new(path))
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| download(e.to_string()))?
+                .map_err(Ingest::io(name, Path::new(path)))?
         } else {
             let mut response = agent()
                 .get(sums)
                 .call()
-                .map_err(|e| download(e.to_string()))?;
+                .map_err(|e| download(TransferError::Http(e)))?;
             response
                 .body_mut()
                 .with_config()
                 .limit(16 << 20)
                 .read_to_string()
-                .map_err(|e| download(e.to_string()))?
+                .map_err(|e| download(TransferError::Http(e)))?
         };
         let file = url.rsplit('/').next().unwrap_or(url);
         let file = file.split(['?', '#']).next().unwrap_or(file);
@@ -645,10 +692,10 @@ impl Fetcher<'_> {
         sha: &str,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PathBuf, FetchError> {
-        let fail = |message: String| FetchError::Download {
+        let fail = |cause: TransferError| FetchError::Download {
             name: name.into(),
             url: redact_url(url),
-            message,
+            cause,
         };
         let agent = agent();
         let mut ingest = Ingest::partial(self.store, name, sha)?;
@@ -666,14 +713,14 @@ impl Fetcher<'_> {
                 Ok(r) => r,
                 // The partial file is as long as the whole (or longer): start again.
                 Err(ureq::Error::StatusCode(416)) if offset > 0 => {
-                    ingest.restart().map_err(|e| fail(e.to_string()))?;
+                    ingest.restart().map_err(Ingest::io(name, &ingest.path))?;
                     continue;
                 }
                 Err(e) if transient(&e) && attempt < ATTEMPTS => {
                     backoff(attempt);
                     continue;
                 }
-                Err(e) => return Err(fail(e.to_string())),
+                Err(e) => return Err(fail(TransferError::Http(e))),
             };
             let header = |h: &str| {
                 response
@@ -690,14 +737,14 @@ impl Fetcher<'_> {
                     }
                     // A range we did not ask for: take nothing from it.
                     _ => {
-                        ingest.restart().map_err(|e| fail(e.to_string()))?;
+                        ingest.restart().map_err(Ingest::io(name, &ingest.path))?;
                         continue;
                     }
                 }
             } else {
                 if offset > 0 {
                     // The server ignores ranges: the whole file again, from its first byte.
-                    ingest.restart().map_err(|e| fail(e.to_string()))?;
+                    ingest.restart().map_err(Ingest::io(name, &ingest.path))?;
                 }
                 header("content-length").and_then(|v| v.parse().ok())
             };
@@ -710,22 +757,24 @@ impl Fetcher<'_> {
                     backoff(attempt);
                     continue;
                 }
-                return Err(fail(format!("{e} (after {attempt} attempts)")));
+                return Err(fail(TransferError::Attempts {
+                    attempts: attempt,
+                    last: Box::new(TransferError::Read(e)),
+                }));
             }
             if total.is_some_and(|t| ingest.len < t) {
                 if attempt < ATTEMPTS {
                     continue;
                 }
-                return Err(fail(format!(
-                    "the transfer ended at byte {} of {}",
-                    ingest.len,
-                    total.unwrap_or_default()
-                )));
+                return Err(fail(TransferError::Truncated {
+                    received: ingest.len,
+                    total: total.unwrap_or_default(),
+                }));
             }
             let sha_now = ingest.sha256.clone().finalize();
             if resumed && !restarted && !hex(&sha_now).eq_ignore_ascii_case(sha) {
                 // The bytes kept from before may be another version's: once more, whole.
-                ingest.restart().map_err(|e| fail(e.to_string()))?;
+                ingest.restart().map_err(Ingest::io(name, &ingest.path))?;
                 restarted = true;
                 resumed = false;
                 attempt = 0;
@@ -746,21 +795,20 @@ impl Fetcher<'_> {
             "swift object {}/{} of site `{}`",
             object.container, object.object, object.site
         );
-        let fail = |message: String| FetchError::Download {
+        let fail = |cause: TransferError| FetchError::Download {
             name: name.into(),
             url: origin.clone(),
-            message,
+            cause,
         };
-        let open = self.swift.ok_or_else(|| FetchError::Unsupported {
-            name: name.into(),
-            message: "no Swift site can be opened here".into(),
-        })?;
-        let reader = open(object).map_err(fail)?;
+        let open = self
+            .swift
+            .ok_or_else(|| FetchError::NoSwift { name: name.into() })?;
+        let reader = open(object).map_err(|e| fail(TransferError::Object(e)))?;
         let size = reader.size();
         let mut ingest = Ingest::partial(self.store, name, sha)?;
         let mut resumed = ingest.len > 0;
         if ingest.len > size {
-            ingest.restart().map_err(|e| fail(e.to_string()))?;
+            ingest.restart().map_err(Ingest::io(name, &ingest.path))?;
             resumed = false;
         }
         loop {
@@ -769,13 +817,15 @@ impl Fetcher<'_> {
                 let n = (size - ingest.len).min(CHUNK as u64) as usize;
                 reader
                     .read_at(ingest.len, &mut buf[..n])
-                    .map_err(|e| fail(e.to_string()))?;
-                ingest.write(&buf[..n]).map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(TransferError::Object(Box::new(e))))?;
+                ingest
+                    .write(&buf[..n])
+                    .map_err(Ingest::io(name, &ingest.path))?;
                 progress(ingest.len, Some(size));
             }
             let sha_now = ingest.sha256.clone().finalize();
             if resumed && !hex(&sha_now).eq_ignore_ascii_case(sha) {
-                ingest.restart().map_err(|e| fail(e.to_string()))?;
+                ingest.restart().map_err(Ingest::io(name, &ingest.path))?;
                 resumed = false;
                 continue;
             }
@@ -889,6 +939,7 @@ mod tests {
             sha256: hex(&Sha256::digest(content)),
             sums: None,
             description: None,
+            arch: None,
         }
     }
 
@@ -965,7 +1016,16 @@ mod tests {
         let store = Store::at(dir.path().join("store"));
         let art = artifact(Some("http://127.0.0.1:9/tool.sh".into()), b"x");
         let err = fetch(&store, "tool", &art, &[], &mut |_, _| {}).unwrap_err();
-        assert!(matches!(err, FetchError::Download { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FetchError::Download {
+                    cause: TransferError::Http(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("http://127.0.0.1:9/tool.sh"));
     }
 
@@ -1101,7 +1161,26 @@ mod tests {
         let (url, _) = serve(body.clone(), cuts);
         let art = artifact(Some(url), &body);
         let err = fetch(&store, "big", &art, &[], &mut |_, _| {}).unwrap_err();
-        assert!(matches!(err, FetchError::Download { .. }), "{err}");
+        // Each attempt broke off mid-body: the network's failure, said as such.
+        assert!(
+            matches!(
+                &err,
+                FetchError::Download {
+                    cause: TransferError::Attempts { attempts: ATTEMPTS, last },
+                    ..
+                } if matches!(**last, TransferError::Read(_))
+            ) || matches!(
+                &err,
+                FetchError::Download {
+                    cause: TransferError::Truncated {
+                        received: 100_000,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(!is_fetched(&store, &art.sha256));
         let kept = std::fs::metadata(partial_path(&store, &art.sha256))
             .unwrap()

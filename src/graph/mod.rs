@@ -324,8 +324,9 @@ impl Graph {
                     arch,
                     resolved: &resolved,
                 };
-                let (artifact_digests, fetch_ids) = graph.add_fetches(&at, &mut fetched);
-                let (parent_id, parent_key, own) = graph.add_foundation(&at);
+                let (artifact_digests, fetch_ids) =
+                    graph.add_fetches(&at, &image.artifacts, &mut fetched);
+                let (parent_id, parent_key, own) = graph.add_foundation(&at, &mut fetched);
                 let layer_key = graph.add_layer(
                     &at,
                     Foundation {
@@ -355,17 +356,20 @@ impl Graph {
             .map(Vec::as_slice)
     }
 
-    /// A `fetch` action for each artifact of the image not fetched yet; the artifacts'
-    /// digests (as the layer's key names them) and the ids of their fetch actions.
+    /// A `fetch` action for each artifact of `vars` (variable → artifact, the image's
+    /// `artifacts` or `base_artifacts`) not fetched yet, its arch's file for one declared per
+    /// arch; the artifacts' digests (as the key names them) and the ids of their fetch actions.
     fn add_fetches(
         &mut self,
         at: &ImageAt,
+        vars: &BTreeMap<String, String>,
         fetched: &mut BTreeSet<String>,
     ) -> (BTreeMap<String, String>, Vec<String>) {
         let mut artifact_digests = BTreeMap::new();
         let mut fetch_ids = Vec::new();
-        for (var, art_key) in &at.image.artifacts {
-            let art = &at.model.artifacts[art_key];
+        for (var, name) in vars {
+            let art_key = at.model.artifact_key(name, at.arch);
+            let art = &at.model.artifacts[&art_key];
             // Named by the artifact, so `explain` says which one changed.
             // An artifact not pinned yet (the build that runs it adds the pin) is named
             // by its URL, so that two of them never share a key in a plan.
@@ -375,7 +379,7 @@ impl Graph {
                 art.sha256.clone()
             };
             artifact_digests.insert(format!("{art_key} ({var})"), digest.clone());
-            let id = ActionId::fetch(art_key).to_string();
+            let id = ActionId::fetch(&art_key).to_string();
             if fetched.insert(art_key.clone()) {
                 let doc = KeyDoc::new().str("action", "fetch").str("sha256", digest);
                 self.actions.push(Action {
@@ -395,12 +399,18 @@ impl Graph {
 
     /// The layer's foundation: a `base` action for a root image, else the parent's layer.
     /// Returns its id, its key and the layer's own elements.
-    fn add_foundation(&mut self, at: &ImageAt) -> (String, String, Vec<String>) {
+    fn add_foundation(
+        &mut self,
+        at: &ImageAt,
+        fetched: &mut BTreeSet<String>,
+    ) -> (String, String, Vec<String>) {
         let (image, arch, resolved) = (at.image, at.arch, at.resolved);
         match &image.from {
             None => {
                 let base = resolved.base.as_ref().expect("root images resolve a base");
                 let (commits, trees) = sources_of(at.model, at.resolver, &base.elements);
+                let (artifact_digests, fetch_ids) =
+                    self.add_fetches(at, &image.base_artifacts, fetched);
                 let doc = KeyDoc::new()
                     .str("action", "base")
                     .str("engine", crate::ENGINE_VERSION)
@@ -408,7 +418,8 @@ impl Graph {
                     .map("elements", digests_of(resolved, &base.elements))
                     .map("environment", base.view.env.clone())
                     .map_if_any("sources", commits)
-                    .map_if_any("source trees", trees);
+                    .map_if_any("source trees", trees)
+                    .map_if_any("artifacts", artifact_digests);
                 let id = ActionId::Base {
                     image: image.key.clone(),
                     arch,
@@ -421,7 +432,7 @@ impl Graph {
                     image: Some(image.key.clone()),
                     arch: Some(arch),
                     key: key.clone(),
-                    deps: vec![],
+                    deps: fetch_ids,
                     doc,
                 });
                 (id, key, resolved.elements.clone())

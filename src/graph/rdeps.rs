@@ -49,7 +49,13 @@ pub fn rdeps(
         }
         Input::Artifact(name) => {
             let id = ActionId::fetch(name).to_string();
-            hits = dependents(graph, all, |act| act.deps.contains(&id));
+            // An artifact declared per arch is fetched as `NAME:ARCH`, once per arch.
+            let per_arch = format!("{id}:");
+            hits = dependents(graph, all, |act| {
+                act.deps
+                    .iter()
+                    .any(|d| *d == id || d.starts_with(&per_arch))
+            });
         }
         Input::Source(name) => {
             // By where the action's elements come from: that covers plain local sources too,

@@ -144,6 +144,9 @@ pub struct Image {
     pub env: BTreeMap<String, String>,
     /// Env var name → artifact key, the parent's merged with the image's own.
     pub artifacts: BTreeMap<String, String>,
+    /// Env var name → artifact key for the `base` action (root.d): the distribution's root
+    /// filesystem. A root image's own; a child's base is its parent's.
+    pub base_artifacts: BTreeMap<String, String>,
     /// Env var name → where its secret is read at build time, the parent's merged with the
     /// image's own. Only their presence is part of a key.
     pub secrets: BTreeMap<String, SecretSource>,
@@ -238,6 +241,22 @@ pub struct Artifact {
     pub sums: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// One file per arch (a distribution's cloud image): the model holds each as its own
+    /// artifact, `NAME:ARCH` ([`Model::artifact_key`]), and this is `None` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<BTreeMap<Arch, ArchSource>>,
+}
+
+/// One arch's file of an artifact that differs per arch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchSource {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sums: Option<String>,
+    /// This arch's digest; the artifact's `sha256` ("latest" usually) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,7 +337,10 @@ pub struct Model {
     pub root: PathBuf,
     pub images: BTreeMap<String, Image>,
     pub sites: BTreeMap<String, Site>,
+    /// Artifacts by key; one that differs per arch is here once per arch, as `NAME:ARCH`.
     pub artifacts: BTreeMap<String, Artifact>,
+    /// The artifacts declared per arch: name → the arches they have a file for.
+    pub per_arch: BTreeMap<String, std::collections::BTreeSet<Arch>>,
     pub sources: BTreeMap<String, Source>,
     pub inspect: InspectChecks,
     pub project: ProjectSettings,
@@ -340,6 +362,7 @@ impl Model {
             images: BTreeMap::new(),
             sites: BTreeMap::new(),
             artifacts: BTreeMap::new(),
+            per_arch: BTreeMap::new(),
             sources: BTreeMap::new(),
             inspect: InspectChecks::default(),
             project: ProjectSettings::default(),
@@ -347,6 +370,25 @@ impl Model {
             from_cache: false,
             warnings: Vec::new(),
             pins: Default::default(),
+        }
+    }
+
+    /// The key in [`Model::artifacts`] of artifact `name` for an `arch` build: `NAME:ARCH` for
+    /// an artifact declared per arch, else `name`.
+    pub fn artifact_key(&self, name: &str, arch: Arch) -> String {
+        if self.per_arch.contains_key(name) {
+            arch_artifact_key(name, arch)
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// The model's artifact keys a name given on the command line means: itself, or every
+    /// arch's file of an artifact declared per arch.
+    pub fn artifact_keys_named(&self, name: &str) -> Vec<String> {
+        match self.per_arch.get(name) {
+            Some(arches) => arches.iter().map(|a| arch_artifact_key(name, *a)).collect(),
+            None => vec![name.to_string()],
         }
     }
 
@@ -386,6 +428,11 @@ impl Model {
     ) -> SourceDiagnostic {
         locate::diagnostic(&self.files, category, path, message, label)
     }
+}
+
+/// The key of one arch's file of an artifact declared per arch.
+pub fn arch_artifact_key(name: &str, arch: Arch) -> String {
+    format!("{name}:{arch}")
 }
 
 /// Finds the project root: the nearest ancestor of `start` holding `manifests/`.

@@ -42,6 +42,8 @@ struct RawImage {
     env: BTreeMap<String, String>,
     artifacts: BTreeMap<String, String>,
     #[serde(default)]
+    base_artifacts: BTreeMap<String, String>,
+    #[serde(default)]
     secrets: BTreeMap<String, super::SecretSource>,
     #[serde(default)]
     public_with_secrets: bool,
@@ -136,6 +138,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         images: BTreeMap::new(),
         sites: raw.sites,
         artifacts: raw.artifacts,
+        per_arch: BTreeMap::new(),
         sources: raw.sources,
         inspect: raw.inspect,
         project: raw.project,
@@ -147,6 +150,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
 
     check_image_keys(&model, &raw.images)?;
     check_swift_artifacts(&model)?;
+    split_per_arch(&mut model)?;
     check_variable_names(&model, &raw.images)?;
     check_from_cycles(&model, &raw.images)?;
     for key in parents_first(&raw.images) {
@@ -227,7 +231,24 @@ fn check_variable_names(
                 )
                 .into());
         }
-        for (field, map) in [("env", &img.env), ("artifacts", &img.artifacts)] {
+        if img.from.is_some()
+            && let Some(var) = img.base_artifacts.keys().next()
+        {
+            return Err(model
+                .locate(
+                    "images",
+                    &[key, "base_artifacts", var],
+                    format!("image `{key}` has a parent, so it has no base of its own to give `{var}` to"),
+                    "this variable",
+                )
+                .with_help("`base_artifacts` feed the root.d phase of a root image; move it to the root of the `from` chain, or use `artifacts`")
+                .into());
+        }
+        for (field, map) in [
+            ("env", &img.env),
+            ("artifacts", &img.artifacts),
+            ("base_artifacts", &img.base_artifacts),
+        ] {
             if let Some(bad) = map.keys().find(|k| !env_name_ok(k)) {
                 return Err(model
                     .locate(
@@ -386,6 +407,7 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
         provenance,
         env,
         artifacts,
+        base_artifacts: img.base_artifacts.clone(),
         secrets,
         public_with_secrets,
         formats,
@@ -421,21 +443,89 @@ fn check_published_names(model: &Model) -> Result<(), ManifestError> {
     Ok(())
 }
 
-/// Artifacts named by images exist (Nickel checks the names; keep the invariant explicit).
+/// Artifacts named by images exist, with a file for every arch the image is built for.
 fn check_image_artifacts(model: &Model) -> Result<(), ManifestError> {
     for (key, img) in &model.images {
-        for (var, art) in &img.artifacts {
-            if !model.artifacts.contains_key(art) {
-                return Err(model
-                    .locate(
-                        "images",
-                        &[key, "artifacts", var],
-                        format!("unknown artifact `{art}`"),
-                        "used here",
-                    )
-                    .into());
+        for (field, map) in [
+            ("artifacts", &img.artifacts),
+            ("base_artifacts", &img.base_artifacts),
+        ] {
+            for (var, art) in map {
+                if let Some(arches) = model.per_arch.get(art) {
+                    if let Some(missing) = img.arch.iter().find(|a| !arches.contains(a)) {
+                        return Err(model
+                            .locate(
+                                "images",
+                                &[key, field, var],
+                                format!(
+                                    "image `{key}` is built for {missing}, but artifact `{art}` has no {missing} file"
+                                ),
+                                "used here",
+                            )
+                            .with_help(format!(
+                                "add `arch.{missing}` to artifact `{art}`, or build `{key}` for {} only",
+                                arches.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+                            ))
+                            .into());
+                    }
+                } else if !model.artifacts.contains_key(art) {
+                    return Err(model
+                        .locate(
+                            "images",
+                            &[key, field, var],
+                            format!("unknown artifact `{art}`"),
+                            "used here",
+                        )
+                        .into());
+                }
             }
         }
+    }
+    Ok(())
+}
+
+/// An artifact declared per arch becomes one artifact per arch (`NAME:ARCH`), each fetched,
+/// pinned and updated on its own: amd64's and arm64's cloud images are different files.
+fn split_per_arch(model: &mut Model) -> Result<(), ManifestError> {
+    let names: Vec<String> = model
+        .artifacts
+        .iter()
+        .filter(|(_, a)| a.arch.is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for name in names {
+        let Some(mut art) = model.artifacts.remove(&name) else {
+            continue;
+        };
+        let per_arch = art.arch.take().unwrap_or_default();
+        if per_arch.is_empty() {
+            return Err(model
+                .locate(
+                    "artifacts",
+                    &[&name, "arch"],
+                    format!("artifact `{name}` declares `arch` with no arch in it"),
+                    "empty",
+                )
+                .with_help("give `arch.amd64` and/or `arch.arm64` a `url`")
+                .into());
+        }
+        for (arch, src) in &per_arch {
+            let key = super::arch_artifact_key(&name, *arch);
+            model.artifacts.insert(
+                key,
+                Artifact {
+                    url: Some(src.url.clone()),
+                    swift: None,
+                    sha256: src.sha256.clone().unwrap_or_else(|| art.sha256.clone()),
+                    sums: src.sums.clone(),
+                    description: art.description.as_ref().map(|d| format!("{d} ({arch})")),
+                    arch: None,
+                },
+            );
+        }
+        model
+            .per_arch
+            .insert(name, per_arch.keys().copied().collect());
     }
     Ok(())
 }

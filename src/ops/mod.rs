@@ -147,8 +147,10 @@ impl<'s> Session<'s> {
         shell: &Shell,
     ) -> Result<(), CommandError> {
         let resolved = self.targets(targets, arch)?;
-        let unpinned =
-            crate::lock::unpinned_for(&self.model, resolved.iter().map(|t| t.image.as_str()));
+        let unpinned = crate::lock::unpinned_for(
+            &self.model,
+            resolved.iter().map(|t| (t.image.as_str(), t.arch)),
+        );
         if unpinned.is_empty() {
             return Ok(());
         }

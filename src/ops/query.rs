@@ -48,6 +48,33 @@ fn one_image<'m>(
     Ok((&model.images[&targets[0].image], targets))
 }
 
+/// One image's targets with their graph: where deps, hash and explain all start.
+struct ImageGraph<'m, 's> {
+    image: &'m Image,
+    targets: Vec<Target>,
+    resolver: Resolver<'s>,
+    graph: Graph,
+}
+
+fn image_graph<'m, 's>(
+    model: &'m Model,
+    store: &'s Store,
+    scope: &Scope,
+    word: &str,
+    arch: &[String],
+    warn: &mut dyn FnMut(&str),
+) -> Result<ImageGraph<'m, 's>, CommandError> {
+    let (image, targets) = one_image(model, word, arch)?;
+    let resolver = resolver(model, store, scope, warn)?;
+    let graph = Graph::build(model, &resolver, &targets, false)?;
+    Ok(ImageGraph {
+        image,
+        targets,
+        resolver,
+        graph,
+    })
+}
+
 /// One image target as `query targets` lists it.
 #[derive(Debug, Serialize)]
 pub struct TargetRow {
@@ -272,16 +299,18 @@ pub fn deps(
     arch: &[String],
     warn: &mut dyn FnMut(&str),
 ) -> Result<DepsReport, CommandError> {
-    let (image, targets) = one_image(model, word, arch)?;
-    let resolver = resolver(model, store, scope, warn)?;
-    let graph = Graph::build(model, &resolver, &targets, false)?;
+    let ImageGraph {
+        image,
+        targets,
+        graph,
+        ..
+    } = image_graph(model, store, scope, word, arch, warn)?;
     let mut parents = Vec::new();
     let mut cur = image.from.clone();
     while let Some(p) = cur {
         parents.push(format!("//images:{p}"));
         cur = model.images[&p].from.clone();
     }
-    let artifacts: Vec<String> = image.artifacts.values().cloned().collect();
     let builds = targets
         .iter()
         .map(|t| {
@@ -294,7 +323,12 @@ pub fn deps(
             DepsBuild {
                 arch: t.arch,
                 elements: r.elements.clone(),
-                artifacts: artifacts.clone(),
+                artifacts: image
+                    .base_artifacts
+                    .values()
+                    .chain(image.artifacts.values())
+                    .map(|a| model.artifact_key(a, t.arch))
+                    .collect(),
                 sources,
                 actions: graph
                     .closure(&disk)
@@ -355,8 +389,10 @@ pub fn rdeps(
         }
         rdeps::Input::Element(name.to_string())
     } else if let Some(name) = what.strip_prefix("artifact:") {
-        if !model.artifacts.contains_key(name) {
-            return Err(unknown(name, model.artifacts.keys().cloned().collect()));
+        if !model.artifacts.contains_key(name) && !model.per_arch.contains_key(name) {
+            let mut known: Vec<String> = model.artifacts.keys().cloned().collect();
+            known.extend(model.per_arch.keys().cloned());
+            return Err(unknown(name, known));
         }
         rdeps::Input::Artifact(name.to_string())
     } else if let Some(name) = what.strip_prefix("source:") {
@@ -429,9 +465,7 @@ pub fn hash(
     arch: &[String],
     warn: &mut dyn FnMut(&str),
 ) -> Result<HashReport, CommandError> {
-    let (_, targets) = one_image(model, word, arch)?;
-    let resolver = resolver(model, store, scope, warn)?;
-    let graph = Graph::build(model, &resolver, &targets, false)?;
+    let ImageGraph { targets, graph, .. } = image_graph(model, store, scope, word, arch, warn)?;
     let actions = targets
         .iter()
         .flat_map(|t| graph.actions_of(t))
@@ -457,9 +491,12 @@ pub fn explain(
     arch: &[String],
     warn: &mut dyn FnMut(&str),
 ) -> Result<ExplainReport, CommandError> {
-    let (_, targets) = one_image(model, word, arch)?;
-    let resolver = resolver(model, store, scope, warn)?;
-    let graph = Graph::build(model, &resolver, &targets, false)?;
+    let ImageGraph {
+        targets,
+        resolver,
+        graph,
+        ..
+    } = image_graph(model, store, scope, word, arch, warn)?;
     let mut rows = Vec::new();
     for t in &targets {
         let disk = ActionId::disk(&t.image, t.arch).to_string();

@@ -64,9 +64,16 @@ pub fn update(
         Err(e) => return Err(e.into()),
     };
     let (git, latest) = lock::open_inputs(model);
-    for n in &req.names {
+    // An artifact declared per arch is named once for all its arches, or `NAME:ARCH`.
+    let names: Vec<String> = req
+        .names
+        .iter()
+        .flat_map(|n| model.artifact_keys_named(n))
+        .collect();
+    for n in &names {
         if !git.contains(&n) && !latest.contains(&n) {
-            let known: Vec<String> = git.iter().chain(&latest).map(|s| s.to_string()).collect();
+            let mut known: Vec<String> = git.iter().chain(&latest).map(|s| s.to_string()).collect();
+            known.extend(model.per_arch.keys().cloned());
             let hint = crate::label::did_you_mean(n, &known).unwrap_or_else(|| {
                 if known.is_empty() {
                     "the manifests declare no git source and no \"latest\" artifact".into()
@@ -79,7 +86,7 @@ pub fn update(
             )));
         }
     }
-    let wanted = |n: &str| req.names.is_empty() || req.names.iter().any(|x| x == n);
+    let wanted = |n: &str| names.is_empty() || names.iter().any(|x| x == n);
 
     let mut new = Lock {
         version: 1,

@@ -31,6 +31,9 @@ pub enum SiteError {
     #[error("unknown site `{wanted}` (known: {known})")]
     #[diagnostic(code(ccb::publish::unknown_site))]
     Unknown { wanted: String, known: String },
+    #[error("site `{site}` is not a Swift site: artifacts can name objects of Swift sites only")]
+    #[diagnostic(code(ccb::publish::not_swift))]
+    NotSwift { site: String },
     #[error("--segment-size {0}: expected bytes or a size such as 64MiB")]
     #[diagnostic(code(ccb::publish::segment_size))]
     SegmentSize(String),
@@ -142,18 +145,17 @@ pub fn open_site_by_name(
 /// site's credentials; each artifact opens its own session, only when it must be fetched.
 pub fn swift_opener(
     model: &Model,
-) -> impl Fn(&crate::manifest::SwiftObject) -> Result<Arc<dyn crate::inspect::ReadAt>, String>
+) -> impl Fn(
+    &crate::manifest::SwiftObject,
+) -> Result<Arc<dyn crate::inspect::ReadAt>, Box<dyn std::error::Error + Send + Sync>>
 + Send
 + Sync
 + use<> {
     let model = model.clone();
     move |object| {
-        let site = model
-            .sites
-            .get(&object.site)
-            .ok_or_else(|| format!("site `{}` is not declared", object.site))?;
+        let (key, site) = find_site(&model, &object.site)?;
         if site.kind != SiteKind::Swift {
-            return Err(format!("site `{}` is not a Swift site", object.site));
+            return Err(SiteError::NotSwift { site: key.clone() }.into());
         }
         let mut site = site.clone();
         site.container = object.container.clone();
@@ -161,7 +163,7 @@ pub fn swift_opener(
             segment_size: "1GiB".into(),
             jobs: 1,
         };
-        let store = open_site(&model, &object.site, &site, &swift).map_err(|e| e.to_string())?;
-        store.open_read(&object.object).map_err(|e| e.to_string())
+        let store = open_site(&model, key, &site, &swift)?;
+        Ok(store.open_read(&object.object)?)
     }
 }

@@ -19,24 +19,63 @@
 //! directories before it lack.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::lock::LockedSource;
 use crate::manifest::Source;
+use crate::process::ProcessError;
 use crate::store::{Store, StoreError, Wait};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum SourceError {
-    #[error("source `{name}`: {what} failed: {message}")]
+    /// git or tar failed; the command line and its stderr are redacted by [`Process`].
+    ///
+    /// [`Process`]: crate::process::Process
+    #[error("source `{name}`: {what} failed")]
     #[diagnostic(code(ccb::source::git))]
     Git {
         name: String,
         what: String,
-        message: String,
+        #[source]
+        source: ProcessError,
     },
-    #[error("source `{name}`: {message}")]
+    #[error("source `{name}`: commit {commit} has no `{path}`")]
     #[diagnostic(code(ccb::source::not_found))]
-    NotFound { name: String, message: String },
+    NoPath {
+        name: String,
+        commit: String,
+        path: String,
+    },
+    #[error("source `{name}`: `{path}` at commit {commit} is a {kind}, not a directory")]
+    #[diagnostic(code(ccb::source::not_found))]
+    NotADirectory {
+        name: String,
+        commit: String,
+        path: String,
+        kind: String,
+    },
+    #[error(
+        "source `{name}`: nothing of it is in the store yet, and --offline forbids fetching it"
+    )]
+    #[diagnostic(code(ccb::source::offline))]
+    OfflineEmpty { name: String },
+    #[error("source `{name}`: {url} has no branch, tag or commit `{git_ref}`")]
+    #[diagnostic(code(ccb::source::not_found))]
+    NoRef {
+        name: String,
+        url: String,
+        git_ref: String,
+    },
+    #[error("source `{name}`: {url} no longer has commit {commit} (pinned in ccb.lock)")]
+    #[diagnostic(
+        code(ccb::source::not_found),
+        help("was its branch rewritten? `ccb update {name}` pins what it has now")
+    )]
+    CommitGone {
+        name: String,
+        url: String,
+        commit: String,
+    },
     #[error(
         "source `{name}`: commit {commit} is not in the store, and --offline forbids fetching it"
     )]
@@ -153,10 +192,6 @@ struct Git<'a> {
 }
 
 impl Git<'_> {
-    fn command(&self) -> Command {
-        self.process().command()
-    }
-
     fn process(&self) -> crate::process::Process {
         let mut git = crate::process::Process::new("git");
         git.arg("--git-dir")
@@ -168,25 +203,14 @@ impl Git<'_> {
     }
 
     fn run(&self, what: &str, args: &[&str]) -> Result<String, SourceError> {
-        let out = self
-            .process()
+        self.process()
             .args(args)
-            .command()
-            .output()
-            .map_err(|e| SourceError::Git {
+            .read()
+            .map_err(|source| SourceError::Git {
                 name: self.name.into(),
                 what: what.into(),
-                message: format!("cannot run git: {e}"),
-            })?;
-        if !out.status.success() {
-            // The command line may hold a URL with credentials: only the redacted stderr.
-            return Err(SourceError::Git {
-                name: self.name.into(),
-                what: what.into(),
-                message: redact_all(&crate::process::tail(&out.stderr, 4)),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                source,
+            })
     }
 
     /// `rev` as a full id, or `None` when the mirror lacks it.
@@ -234,24 +258,22 @@ impl Git<'_> {
         } else {
             format!("{commit}:{rel}")
         };
-        let id = self.rev_parse(&rev).ok_or_else(|| SourceError::NotFound {
+        let id = self.rev_parse(&rev).ok_or_else(|| SourceError::NoPath {
             name: self.name.into(),
-            message: format!("commit {commit} has no `{path}`"),
+            commit: commit.into(),
+            path: path.into(),
         })?;
         let kind = self.run("cat-file", &["cat-file", "-t", &id])?;
         if kind != "tree" {
-            return Err(SourceError::NotFound {
+            return Err(SourceError::NotADirectory {
                 name: self.name.into(),
-                message: format!("`{path}` at commit {commit} is a {kind}, not a directory"),
+                commit: commit.into(),
+                path: path.into(),
+                kind,
             });
         }
         Ok(id)
     }
-}
-
-/// Git's messages can quote the URL it was given, credentials included.
-fn redact_all(text: &str) -> String {
-    crate::redact::text(text)
 }
 
 /// Opens (creating when needed) the bare mirror of a source's URL, under its lock.
@@ -303,10 +325,7 @@ pub fn resolve(
     if !offline {
         git.fetch_refs(&url)?;
     } else if git.rev_parse("HEAD").is_none() && git.run("refs", &["for-each-ref"])?.is_empty() {
-        return Err(SourceError::NotFound {
-            name: name.into(),
-            message: "nothing of it is in the store yet, and --offline forbids fetching it".into(),
-        });
+        return Err(SourceError::OfflineEmpty { name: name.into() });
     }
     let r = &source.git_ref;
     let commit = if is_commit_id(r) {
@@ -321,9 +340,10 @@ pub fn resolve(
             .iter()
             .find_map(|full| git.rev_parse(&format!("{full}^{{commit}}")))
     }
-    .ok_or_else(|| SourceError::NotFound {
+    .ok_or_else(|| SourceError::NoRef {
         name: name.into(),
-        message: format!("{} has no branch, tag or commit `{r}`", redact(&source.url)),
+        url: redact(&source.url),
+        git_ref: r.clone(),
     })?;
     let tree = git.tree_of(&commit, &source.path)?;
     Ok(LockedSource {
@@ -369,14 +389,10 @@ pub fn checkout(
         ));
         git.fetch_refs(&url)?;
         if !git.fetch_commit(&url, &locked.commit) {
-            return Err(SourceError::NotFound {
+            return Err(SourceError::CommitGone {
                 name: name.into(),
-                message: format!(
-                    "{} no longer has commit {} (pinned in ccb.lock): was its branch rewritten? \
-                     `ccb update {name}` pins what it has now",
-                    redact(&locked.url),
-                    locked.commit
-                ),
+                url: redact(&locked.url),
+                commit: locked.commit.clone(),
             });
         }
     }
@@ -402,36 +418,30 @@ fn extract(git: &Git, tree: &str, dest: &Path) -> Result<(), SourceError> {
         .prefix(".extract-")
         .tempdir_in(parent)
         .map_err(|e| crate::fsutil::FsError::new("create a directory in", parent, e))?;
-    let fail = |message: String| SourceError::Git {
+    let fail = |source: ProcessError| SourceError::Git {
         name: git.name.into(),
         what: format!("extracting tree {tree}"),
-        message,
+        source,
     };
-    let mut archive = git
-        .command()
-        .args(["archive", "--format=tar", tree])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run git: {e}")))?;
+    let mut git_archive = git.process();
+    git_archive.args(["archive", "--format=tar", tree]);
+    let mut archive = git_archive
+        .spawn(Stdio::piped(), Stdio::piped())
+        .map_err(fail)?;
     let stdout = archive.stdout.take().expect("piped");
-    let untar = crate::process::Process::new("tar")
-        .args(["-x", "--no-same-owner", "-C"])
-        .arg(tmp.path())
-        .command()
-        .stdin(stdout)
-        .output()
-        .map_err(|e| fail(format!("cannot run tar: {e}")))?;
-    let archived = archive
-        .wait_with_output()
-        .map_err(|e| fail(e.to_string()))?;
+    let mut tar = crate::process::Process::new("tar");
+    tar.args(["-x", "--no-same-owner", "-C"]).arg(tmp.path());
+    let spawn = |p: &crate::process::Process| {
+        let command = p.command_line();
+        move |source| fail(ProcessError::Spawn { command, source })
+    };
+    let untar = tar.command().stdin(stdout).output().map_err(spawn(&tar))?;
+    let archived = archive.wait_with_output().map_err(spawn(&git_archive))?;
     if !archived.status.success() {
-        return Err(fail(
-            String::from_utf8_lossy(&archived.stderr).trim().into(),
-        ));
+        return Err(fail(git_archive.failed(&archived)));
     }
     if !untar.status.success() {
-        return Err(fail(String::from_utf8_lossy(&untar.stderr).trim().into()));
+        return Err(fail(tar.failed(&untar)));
     }
     let tmp = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp, dest) {
@@ -478,6 +488,25 @@ mod tests {
             redact("https://git.example/x.git"),
             "https://git.example/x.git"
         );
-        assert!(!redact_all("fatal: unable to access 'https://u:secret@h/x/'").contains("secret"));
+        // git's command line and its stderr both hold the URL: neither reaches the error.
+        let dir = tempfile::tempdir().unwrap();
+        let git = Git {
+            name: "s",
+            mirror: dir.path().join("mirror"),
+        };
+        let err = git
+            .run(
+                "ls-remote",
+                &["ls-remote", "https://u:s3cret-pass@127.0.0.1:9/x.git"],
+            )
+            .unwrap_err();
+        let mut shown = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(e) = cause {
+            shown.push_str(&format!(": {e}"));
+            cause = e.source();
+        }
+        assert!(shown.contains("ls-remote"), "{shown}");
+        assert!(!shown.contains("s3cret-pass"), "{shown}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Env {
@@ -249,4 +249,78 @@ pub fn logs_contain(store: &Path, needle: &str) -> bool {
     };
     rd.filter_map(Result::ok)
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+}
+
+/// A private nginx on 127.0.0.1 (its own prefix and config in a temp dir): `data()` is its
+/// document root, and `/cache/` takes WebDAV PUTs, as a team's build cache does. `url` is
+/// the cache's; `base` the server's.
+pub struct Nginx {
+    dir: tempfile::TempDir,
+    child: Child,
+    pub url: String,
+    pub base: String,
+}
+
+impl Nginx {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n\
+             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    root {p}/data;\n\
+             client_max_body_size 0;\n    location /cache/ {{\n      dav_methods PUT;\n\
+             create_full_put_path on;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|n| !n.starts_with('/') || Path::new(n).exists())
+            .unwrap();
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian's nginx package)");
+        wait_until("nginx to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self {
+            url: format!("http://127.0.0.1:{port}/cache"),
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        }
+    }
+
+    /// Where nginx keeps the cache's entries.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data/cache")
+    }
+
+    /// The document root: a file at `root()/a/b` is served at `{base}/a/b`.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -45,7 +45,7 @@ fn serve(dir: PathBuf) -> u16 {
 
 /// A root filesystem just big enough for ccb's runner: bash and the few tools
 /// install-packages uses, copied from the host with their libraries, and a fake package tool.
-fn mini_rootfs(root: &Path, package_tool: &str) {
+pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
     for d in [
         "usr/bin",
         "usr/sbin",

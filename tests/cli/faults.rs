@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{Env, Run, copy_tree, leftovers, processes_under, repo, wait_until, write};
+use crate::common::{
+    Env, Nginx, Run, copy_tree, leftovers, processes_under, repo, wait_until, write,
+};
 
 /// How ccb is stopped at a point.
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +64,7 @@ struct Lab {
     env: Env,
     _dir: tempfile::TempDir,
     root: PathBuf,
-    nginx: crate::remote::Nginx,
+    nginx: Nginx,
 }
 
 impl Lab {
@@ -78,13 +80,13 @@ impl Lab {
             root.join("manifests/project.ncl"),
             "{ build_repo = \"https://github.com/ChameleonCloud/cc-images\" }\n",
         );
-        let nginx = crate::remote::Nginx::start();
+        let nginx = Nginx::start();
         // 5 MiB each: several 1 MiB copy chunks, so a stop lands in the middle.
         let blob = pseudo_random(5 << 20, 7);
         let web = pseudo_random(5 << 20, 11);
         std::fs::write(dir.path().join("blob.bin"), &blob).unwrap();
-        std::fs::write(nginx.dir.path().join("data/web.bin"), &web).unwrap();
-        let base = nginx.url.trim_end_matches("/cache");
+        std::fs::write(nginx.root().join("web.bin"), &web).unwrap();
+        let base = &nginx.base;
         write(
             root.join("manifests/artifacts.ncl"),
             &format!(

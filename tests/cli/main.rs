@@ -2,6 +2,7 @@
 //! binary in a fresh cache directory with a scrubbed environment.
 
 mod arm64;
+mod bases;
 mod checkpoint;
 mod common;
 mod dib_compat;

@@ -5,79 +5,14 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use ccb::remote::backend::{self, Backend};
 use ccb::remote::pack::{self, Counters, PackKind};
 use ccb::remote::reapi;
 
-use crate::common::{Env, Run, copy_tree, repo, wait_until};
-
-/// A private nginx serving a directory with WebDAV PUT: what a team runs as its build cache.
-pub(crate) struct Nginx {
-    pub(crate) dir: tempfile::TempDir,
-    child: Child,
-    pub(crate) url: String,
-}
-
-impl Nginx {
-    pub(crate) fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let p = dir.path().display();
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
-             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n\
-             proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port};\n    root {p}/data;\n\
-             client_max_body_size 0;\n    location /cache/ {{\n      dav_methods PUT;\n\
-             create_full_put_path on;\n    }}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let nginx = ["/usr/sbin/nginx", "nginx"]
-            .into_iter()
-            .find(|n| !n.starts_with('/') || Path::new(n).exists())
-            .unwrap();
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (Debian's nginx package)");
-        wait_until("nginx to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Self {
-            url: format!("http://127.0.0.1:{port}/cache"),
-            child,
-            dir,
-        }
-    }
-
-    /// Where nginx keeps the cache's entries.
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data/cache")
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{Env, Nginx, Run, copy_tree, repo, wait_until};
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

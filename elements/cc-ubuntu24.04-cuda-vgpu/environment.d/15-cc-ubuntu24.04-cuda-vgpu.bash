@@ -7,7 +7,8 @@ export CC_CUDA_GENERATION=12
 export CC_NVIDIA_DRIVER_FLAVOR=none
 
 # The guest driver (a .run or .deb NVIDIA licenses to the site, so there is no public
-# default): its URL and SHA-256, given by the site in the manifests.
+# default): the artifact `vgpu-guest-driver` (CC_VGPU_DRIVER, set by ccb), or else its URL
+# and SHA-256 in the image's env.
 export CC_VGPU_DRIVER_URL="${CC_VGPU_DRIVER_URL:-}"
 export CC_VGPU_DRIVER_SHA256="${CC_VGPU_DRIVER_SHA256:-}"
 # The client configuration token of the site's license server: the path of a secret input

@@ -7,9 +7,9 @@ export DIB_INIT_SYSTEM=systemd
 export EFI_BOOT_DIR=EFI/centos
 
 # The root filesystem: CentOS Stream's container base image (a root tarball, or a
-# docker-archive of one) from CentOS's public cloud server by default, verified against the
-# directory's CHECKSUM file; DIB_CENTOS_ROOTFS_SHA256 pins it instead. Set the URL in the
-# manifests to use a mirror.
+# docker-archive of one). ccb's manifests give it as an artifact (DIB_CENTOS_ROOTFS, pinned
+# per arch in ccb.lock). Without one: from CentOS's public cloud server, verified against the
+# directory's CHECKSUM file; DIB_CENTOS_ROOTFS_SHA256 pins it instead.
 case "${ARCH:-amd64}" in
     arm64|aarch64)
         _centos_arch=aarch64

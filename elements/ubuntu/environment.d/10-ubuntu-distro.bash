@@ -7,10 +7,12 @@ export DIB_INIT_SYSTEM=systemd
 export EFI_BOOT_DIR=EFI/ubuntu
 export DIB_DEBIAN_COMPONENTS="${DIB_DEBIAN_COMPONENTS:-main,universe}"
 
-# Where the Ubuntu cloud image root filesystem for DIB_RELEASE is downloaded
-# from: the directory holding the file and its SHA256SUMS. Ubuntu's public
-# cloud-image server by default, as DIB; set it in the manifests to use a
-# mirror. A pinned DIB_UBUNTU_ROOTFS_SHA256 replaces the SHA256SUMS check.
+# The Ubuntu cloud image root filesystem for DIB_RELEASE: ccb's manifests give
+# it as an artifact (DIB_UBUNTU_ROOTFS, the verified file, pinned per arch in
+# ccb.lock; see manifests/artifacts.ncl). Without one, as DIB: downloaded from
+# the directory holding the file and its SHA256SUMS, Ubuntu's public
+# cloud-image server by default; a pinned DIB_UBUNTU_ROOTFS_SHA256 replaces the
+# SHA256SUMS check.
 export DIB_CLOUD_IMAGES="${DIB_CLOUD_IMAGES:-https://cloud-images.ubuntu.com/${DIB_RELEASE}/current}"
 export DIB_UBUNTU_ROOTFS_FILE="${DIB_UBUNTU_ROOTFS_FILE:-${DIB_RELEASE}-server-cloudimg-${ARCH}.squashfs}"
 export DIB_UBUNTU_ROOTFS_SHA256="${DIB_UBUNTU_ROOTFS_SHA256:-}"

@@ -1,0 +1,412 @@
+//! Distribution bases as artifacts: a root image's cloud image root filesystem is an artifact
+//! with one file per arch, following "latest" and verified against the publisher's SHA256SUMS
+//! before it is pinned, per arch, in ccb.lock. Served by a real nginx on 127.0.0.1 in the
+//! layout of Ubuntu's cloud-image server (`<release>/current/` holding the images and
+//! SHA256SUMS), since this machine cannot reach the real one.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::{Env, Nginx, Run, repo, write};
+use crate::distros::{mini_rootfs, sha256};
+
+struct Project {
+    env: Env,
+    nginx: Nginx,
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// One image, `fake-ubuntu` (amd64 and arm64), whose base is the `noble-rootfs` artifact
+    /// served at `url_base` (nginx's by default).
+    fn new() -> Self {
+        let p = Self {
+            env: Env::new(),
+            nginx: Nginx::start(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        write(
+            p.root().join("manifests/sites.ncl"),
+            "{ local = { name = \"Local\", baremetal = true, kind = 'local, path = \"out\" } }\n",
+        );
+        write(
+            p.root().join("manifests/images.ncl"),
+            r#"{
+  fake-ubuntu = {
+    name = "Fake-Ubuntu",
+    elements = ["ubuntu"],
+    arch = ['amd64, 'arm64],
+    formats = ['qcow2],
+    base_artifacts = { DIB_UBUNTU_ROOTFS = "noble-rootfs" },
+    env = { DIB_RELEASE = "noble" },
+  },
+}
+"#,
+        );
+        let base = p.nginx.base.clone();
+        p.artifacts(&base);
+        p
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    fn artifacts(&self, server: &str) {
+        let dir = format!("{server}/ubuntu/noble/current");
+        write(
+            self.root().join("manifests/artifacts.ncl"),
+            &format!(
+                r#"let file = fun arch => {{ url = "{dir}/noble-server-cloudimg-%{{arch}}.squashfs", sums = "{dir}/SHA256SUMS" }} in
+{{
+  noble-rootfs = {{
+    sha256 = "latest",
+    arch = {{ amd64 = file "amd64", arm64 = file "arm64" }},
+    description = "Ubuntu 24.04 cloud image root filesystem",
+  }},
+}}
+"#
+            ),
+        );
+    }
+
+    /// Where nginx serves the release's `current/` directory from.
+    fn current(&self) -> PathBuf {
+        self.nginx.root().join("ubuntu/noble/current")
+    }
+
+    /// Publishes a squashfs root filesystem per arch, each marked with its arch and
+    /// `release`; returns their SHA-256s (amd64, arm64). `sums` writes SHA256SUMS.
+    fn publish(&self, release: &str, sums: bool) -> (String, String) {
+        let mut digests = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let tree = self.dir.path().join(format!("tree-{arch}"));
+            if !tree.exists() {
+                mini_rootfs(&tree, "apt-get");
+            }
+            write(
+                tree.join("etc/fixture-release"),
+                &format!("{arch} {release}\n"),
+            );
+            let file = self
+                .current()
+                .join(format!("noble-server-cloudimg-{arch}.squashfs"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            let st = Command::new("mksquashfs")
+                .arg(&tree)
+                .arg(&file)
+                .args(["-noappend", "-quiet", "-no-progress", "-all-root"])
+                .status()
+                .expect("mksquashfs (squashfs-tools) is installed");
+            assert!(st.success());
+            digests.push(sha256(&file));
+        }
+        if sums {
+            self.sums(&digests[0], &digests[1]);
+        }
+        (digests[0].clone(), digests[1].clone())
+    }
+
+    /// SHA256SUMS as Ubuntu writes it (`HEX *NAME`), with other files around ours.
+    fn sums(&self, amd64: &str, arm64: &str) {
+        write(
+            self.current().join("SHA256SUMS"),
+            &format!(
+                "{} *noble-server-cloudimg-amd64.img\n{amd64} *noble-server-cloudimg-amd64.squashfs\n{arm64} *noble-server-cloudimg-arm64.squashfs\n",
+                "f".repeat(64)
+            ),
+        );
+    }
+
+    /// Runs ccb on the project; ccb's own elements come from ELEMENTS_PATH so that every
+    /// command (`update`, `query`) sees them.
+    fn ccb(&self, rest: &[&str]) -> Run {
+        self.cmd().args(rest).output().expect("run ccb").into()
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = self.env.cmd();
+        cmd.env("ELEMENTS_PATH", repo().join("elements"))
+            .arg("--root")
+            .arg(self.root());
+        cmd
+    }
+
+    fn lock(&self) -> String {
+        std::fs::read_to_string(self.root().join("ccb.lock")).unwrap_or_default()
+    }
+
+    /// The marker of the root filesystem the arch's base was made from.
+    fn base_release(&self, arch: &str) -> String {
+        let tree = self.env.layer_tree(&format!("base:fake-ubuntu:{arch}"));
+        std::fs::read_to_string(tree.join("etc/fixture-release"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+/// The lock's `[artifacts."noble-rootfs:ARCH"]` digest.
+fn pinned(lock: &str, arch: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(lock).ok()?;
+    table["artifacts"][&format!("noble-rootfs:{arch}")]["sha256"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn a_distribution_base_is_pinned_per_arch_after_its_sha256sums_check_and_moved_only_by_update() {
+    let p = Project::new();
+    let (amd64, arm64) = p.publish("one", false);
+    let build = [
+        "build",
+        "fake-ubuntu",
+        "--until",
+        "base",
+        "--arch",
+        "amd64,arm64",
+    ];
+
+    // CI's --locked refuses to add the pins the manifests leave open, naming them.
+    p.ccb(&[&build[..], &["--locked"]].concat())
+        .fails()
+        .stderr_has("artifact `noble-rootfs:amd64`")
+        .stderr_has("artifact `noble-rootfs:arm64`")
+        .stderr_has("--locked");
+    assert!(!p.root().join("ccb.lock").exists());
+
+    // SHA256SUMS disagrees with arm64's file: refused, and no pin at all is written (amd64's
+    // was fine, but a lock is never half-resolved).
+    p.sums(&amd64, &"e".repeat(64));
+    p.ccb(&build)
+        .fails()
+        .stderr_has("artifact `noble-rootfs:arm64`: SHA-256 mismatch")
+        .stderr_has(&format!("expected {}", "e".repeat(64)))
+        .stderr_has(&format!("actual   {arm64}"));
+    assert!(!p.root().join("ccb.lock").exists());
+
+    // The publisher's sums agree: each arch's file is pinned at its own digest, saying so,
+    // and each arch's base is made from its own file.
+    p.sums(&amd64, &arm64);
+    let first = p.ccb(&build).ok();
+    first
+        .stderr_has(&format!(
+            "ccb.lock: pinned artifact `noble-rootfs:amd64` at {amd64}"
+        ))
+        .stderr_has(&format!(
+            "ccb.lock: pinned artifact `noble-rootfs:arm64` at {arm64}"
+        ));
+    let lock = p.lock();
+    assert_eq!(pinned(&lock, "amd64").as_deref(), Some(amd64.as_str()));
+    assert_eq!(pinned(&lock, "arm64").as_deref(), Some(arm64.as_str()));
+    assert_eq!(p.base_release("amd64"), "amd64 one");
+    assert_eq!(p.base_release("arm64"), "arm64 one");
+    p.ccb(&[&build[..], &["--locked"]].concat()).ok();
+
+    // Ubuntu publishes new images: builds keep the pins (nothing rebuilt, the lock as it was).
+    let (amd64_two, arm64_two) = p.publish("two", true);
+    let again = p.ccb(&[&build[..], &["--format", "json"]].concat()).ok();
+    assert!(!again.stderr.contains("pinned"), "{}", again.stderr);
+    assert_eq!(p.lock(), lock);
+    let built: Vec<String> = again.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["status"] == "built")
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(built.is_empty(), "{built:?}");
+
+    // `ccb update NAME:ARCH` moves that arch's pin alone; explain names the moved base.
+    let upd = p
+        .ccb(&["update", "noble-rootfs:arm64", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(upd["changed"].as_array().unwrap().len(), 1, "{upd}");
+    assert_eq!(upd["changed"][0]["entry"], "artifact `noble-rootfs:arm64`");
+    assert_eq!(upd["changed"][0]["before"], arm64.as_str());
+    assert_eq!(upd["changed"][0]["after"], arm64_two.as_str());
+    let lock = p.lock();
+    assert_eq!(pinned(&lock, "amd64").as_deref(), Some(amd64.as_str()));
+    let explain = p
+        .ccb(&["query", "explain", "fake-ubuntu", "--arch", "arm64"])
+        .ok();
+    assert!(
+        explain
+            .stdout
+            .contains("artifacts: noble-rootfs:arm64 (DIB_UBUNTU_ROOTFS) changed"),
+        "{}",
+        explain.stdout
+    );
+    p.ccb(&build).ok();
+    assert_eq!(p.base_release("arm64"), "arm64 two");
+    assert_eq!(p.base_release("amd64"), "amd64 one");
+
+    // Asked by its name, the artifact's dependents are every arch's base.
+    let rdeps = p.ccb(&["query", "rdeps", "artifact:noble-rootfs"]).ok();
+    for arch in ["amd64", "arm64"] {
+        assert!(
+            rdeps.stdout.contains(&format!("base:fake-ubuntu:{arch}")),
+            "{}",
+            rdeps.stdout
+        );
+    }
+
+    // `ccb update NAME` moves every arch's.
+    let upd = p
+        .ccb(&["update", "noble-rootfs", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(upd["changed"][0]["entry"], "artifact `noble-rootfs:amd64`");
+    assert_eq!(upd["changed"][0]["after"], amd64_two.as_str());
+    assert_eq!(
+        pinned(&p.lock(), "amd64").as_deref(),
+        Some(amd64_two.as_str())
+    );
+}
+
+#[test]
+fn an_unreachable_base_names_its_url_and_what_overrides_it() {
+    let p = Project::new();
+    p.artifacts("http://127.0.0.1:9");
+    p.ccb(&["build", "fake-ubuntu", "--until", "base", "--arch", "amd64"])
+        .fails()
+        .stderr_has("artifact `noble-rootfs:amd64`")
+        .stderr_has("http://127.0.0.1:9/ubuntu/noble/current/SHA256SUMS")
+        .stderr_has("CCB_DISTDIR");
+    assert!(!p.root().join("ccb.lock").exists());
+
+    // An operator's copy in CCB_DISTDIR (downloaded elsewhere) is pinned as it is.
+    let (amd64, _) = p.publish("one", false);
+    let run: Run = p
+        .cmd()
+        .env("CCB_DISTDIR", p.current())
+        .args(["build", "fake-ubuntu", "--until", "base", "--arch", "amd64"])
+        .output()
+        .unwrap()
+        .into();
+    run.ok()
+        .stderr_has(&format!("pinned artifact `noble-rootfs:amd64` at {amd64}"));
+    assert_eq!(p.base_release("amd64"), "amd64 one");
+
+    // An image built for an arch its base has no file for is a manifest error.
+    write(
+        p.root().join("manifests/artifacts.ncl"),
+        "{ noble-rootfs = { sha256 = \"latest\", arch = { amd64 = { url = \"http://127.0.0.1:9/x.squashfs\" } } } }\n",
+    );
+    p.ccb(&["check"]).fails().stderr_has(
+        "image `fake-ubuntu` is built for arm64, but artifact `noble-rootfs` has no arm64 file",
+    );
+}
+
+#[test]
+fn a_centos_stream_base_is_checked_against_its_checksum_file() {
+    let p = Project::new();
+    // CentOS's layout: `<major>-stream/<arch>/images/` holding the tarball and a CHECKSUM file
+    // in BSD format.
+    let images = p.nginx.root().join("centos/9-stream/x86_64/images");
+    let tree = p.dir.path().join("centos-root");
+    mini_rootfs(&tree, "dnf");
+    write(tree.join("etc/fixture-release"), "centos 9\n");
+    let file = images.join("CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz");
+    std::fs::create_dir_all(&images).unwrap();
+    let st = Command::new("tar")
+        .arg("-cJf")
+        .arg(&file)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let digest = sha256(&file);
+    let checksum = |hex: &str| {
+        write(
+            images.join("CHECKSUM"),
+            &format!(
+                "# CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz: 1 bytes\nSHA256 (CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz) = {hex}\n"
+            ),
+        )
+    };
+    let dir = format!("{}/centos/9-stream/%{{arch}}/images", p.nginx.base);
+    write(
+        p.root().join("manifests/artifacts.ncl"),
+        &format!(
+            r#"let file = fun arch => {{ url = "{dir}/CentOS-Stream-Container-Base-9-latest.%{{arch}}.tar.xz", sums = "{dir}/CHECKSUM" }} in
+{{ centos9-stream-rootfs = {{ sha256 = "latest", arch = {{ amd64 = file "x86_64" }} }} }}
+"#
+        ),
+    );
+    write(
+        p.root().join("manifests/images.ncl"),
+        r#"{
+  fake-centos = {
+    name = "Fake-CentOS",
+    elements = ["centos"],
+    formats = ['qcow2],
+    base_artifacts = { DIB_CENTOS_ROOTFS = "centos9-stream-rootfs" },
+  },
+}
+"#,
+    );
+    let build = ["build", "fake-centos", "--until", "base"];
+    checksum(&"0".repeat(64));
+    p.ccb(&build)
+        .fails()
+        .stderr_has("artifact `centos9-stream-rootfs:amd64`: SHA-256 mismatch");
+    assert!(!p.root().join("ccb.lock").exists());
+    checksum(&digest);
+    p.ccb(&build).ok().stderr_has(&format!(
+        "pinned artifact `centos9-stream-rootfs:amd64` at {digest}"
+    ));
+    let tree = p.env.layer_tree("base:fake-centos:amd64");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("etc/fixture-release")).unwrap(),
+        "centos 9\n"
+    );
+}
+
+/// The vGPU guest driver comes as a `.run` or a `.deb`; as an artifact its file is named by
+/// its variable, so the element tells them apart by content. The real extra-data script.
+#[test]
+fn the_vgpu_driver_artifact_reaches_the_root_named_by_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = repo().join("elements/cc-ubuntu24.04-cuda-vgpu/extra-data.d/40-cc-vgpu-driver");
+    let run = |content: &[u8]| {
+        let driver = dir.path().join("CC_VGPU_DRIVER");
+        std::fs::write(&driver, content).unwrap();
+        let root = dir.path().join("root");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let out = Command::new("bash")
+            .arg(&script)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("CC_VGPU_DRIVER", &driver)
+            .env("TMP_MOUNT_PATH", &root)
+            .output()
+            .unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(root.join("tmp/cc-vgpu"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        (
+            out.status.success(),
+            files,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, files, _) = run(b"#!/bin/sh\n# NVIDIA-Linux-x86_64-grid.run (makeself)\n");
+    assert!(ok);
+    assert_eq!(files, ["nvidia-vgpu-guest-driver.run"]);
+    let (ok, files, _) =
+        run(b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n");
+    assert!(ok);
+    assert_eq!(files, ["nvidia-vgpu-guest-driver.deb"]);
+    let (ok, files, err) = run(b"<html>login required</html>");
+    assert!(!ok && files.is_empty());
+    assert!(err.contains("neither a .deb nor a .run"), "{err}");
+}
