@@ -1,7 +1,8 @@
-//! Ctrl-C and SIGTERM, one handling for every command: the first signal asks each long
-//! operation to stop at its next safe point (a build cancels its running actions, a download
-//! or an upload stops between chunks and keeps what resumes it), and ccb exits 130 once it
-//! has cleaned up; a second signal exits 130 at once (the sandboxes die with ccb).
+//! Ctrl-C and SIGTERM for the commands that install it (build, fetch, publish): the first
+//! signal asks each long operation to stop at its next safe point (a build cancels its running
+//! actions, a download or an upload stops between chunks and keeps what resumes it), and ccb
+//! exits 130 once it has cleaned up; a second signal exits 130 at once (the sandboxes die with
+//! ccb).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

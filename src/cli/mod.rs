@@ -217,8 +217,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    // Every command stops cleanly on Ctrl-C (exit 130), not only builds.
-    crate::interrupt::flag();
+    // Builds (and fetches) stop cleanly on Ctrl-C inside ops::build; publishing too (its
+    // uploads stop between segments). Other commands keep the default: a QEMU boot or a query
+    // that never looks at the flag must not need a second Ctrl-C.
+    if matches!(cli.command, Command::Publish(_)) {
+        crate::interrupt::flag();
+    }
     let mut ctx = Context {
         quiet: cli.quiet,
         verbose: cli.verbose,
