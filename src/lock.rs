@@ -134,13 +134,19 @@ pub fn load(root: &Path) -> Result<Option<Lock>, LockError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(crate::fsutil::FsError::new("read", &file, e).into()),
     };
-    let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Invalid {
-        path: file.clone(),
+    parse(&text, &file).map(Some)
+}
+
+/// Parses and validates the text of a lock file; `file` names it in errors. Every value comes
+/// back checked for its syntax (see [`validate`]), so callers may use digests as file names.
+pub fn parse(text: &str, file: &Path) -> Result<Lock, LockError> {
+    let lock: Lock = toml::from_str(text).map_err(|e| LockError::Invalid {
+        path: file.to_path_buf(),
         message: e.to_string().trim_end().to_string(),
     })?;
     if lock.version != VERSION {
         return Err(LockError::Invalid {
-            path: file,
+            path: file.to_path_buf(),
             message: format!(
                 "version {} is not one this ccb reads (it writes version {VERSION})",
                 lock.version
@@ -148,10 +154,10 @@ pub fn load(root: &Path) -> Result<Option<Lock>, LockError> {
         });
     }
     validate(&lock).map_err(|message| LockError::Invalid {
-        path: file,
+        path: file.to_path_buf(),
         message,
     })?;
-    Ok(Some(lock))
+    Ok(lock)
 }
 
 /// Every value the lock holds is checked for its syntax before anything uses it: a digest

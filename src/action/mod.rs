@@ -1122,6 +1122,9 @@ pub fn run_action(
                 .and(result);
         }
     }
+    if result.is_ok() {
+        crate::fault::point(&format!("{}.commit", action.kind.as_str()));
+    }
     let outcome = match result {
         Ok((steps, warnings)) if spec.kind == SpecKind::Disk => commit_outputs(ctx, action, &spec)
             .map(|tree| Built {
@@ -1161,6 +1164,7 @@ fn supervise(
     let log = ctx.store.log_path(&action.key);
     let mut child =
         sandbox::spawn(spec_path, &log).map_err(BuildError::io(&action.id, "start the sandbox"))?;
+    crate::fault::point(&format!("{}.sandbox", action.kind.as_str()));
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel::<Event>();
     let reader = std::thread::spawn(move || {
@@ -1182,6 +1186,9 @@ fn supervise(
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(ev) => {
                 match &ev {
+                    Event::Step { name, .. } => {
+                        crate::fault::point(&format!("{}.step:{name}", action.kind.as_str()));
+                    }
                     Event::StepDone(r) => steps.push(r.clone()),
                     Event::MissingCommand(m) => warnings.push(m.clone()),
                     Event::Failed { .. } => failed = Some(ev.clone()),
@@ -1344,6 +1351,7 @@ pub fn materialize(
                     source,
                 })?;
         }
+        crate::fault::point("materialize.file");
         std::fs::rename(&tmp, &dst)
             .map_err(BuildError::io(ID, format!("rename into {}", dst.display())))?;
         made.push(dst);

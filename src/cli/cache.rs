@@ -134,7 +134,13 @@ fn render_gc(report: &ops::cache::GcReport) -> String {
 fn render_verify(report: &ops::cache::VerifyReport) -> String {
     let mut out = String::new();
     for v in &report.entries {
-        if v.ok {
+        if let (true, Some(note)) = (v.ok, &v.unrecorded) {
+            out.push_str(&format!(
+                "ok      {}  {}: {note}\n",
+                short_key(&v.key),
+                v.id
+            ));
+        } else if v.ok {
             out.push_str(&format!("ok      {}  {}\n", short_key(&v.key), v.id));
         } else {
             out.push_str(&format!(

@@ -239,6 +239,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    // Builds (and fetches) stop cleanly on Ctrl-C inside ops::build; publishing too (its
+    // uploads stop between segments). Other commands keep the default: a QEMU boot or a query
+    // that never looks at the flag must not need a second Ctrl-C.
+    if matches!(cli.command, Command::Publish(_)) {
+        crate::interrupt::flag();
+    }
     let mut ctx = Context {
         quiet: cli.quiet,
         verbose: cli.verbose,
@@ -273,6 +279,15 @@ pub fn main() -> ExitCode {
         Command::RemoteBuilder(cmd) => builder::run(&mut ctx, cmd),
     };
     match result {
+        // Interrupted: whatever stopped (or finished) last, the command did not run to the
+        // operator's end, and a script must see 130.
+        _ if crate::interrupt::requested() => {
+            if let Err(err) = &result {
+                crate::ui::error(err.report(), None);
+            }
+            crate::ui::error(None, Some("interrupted"));
+            ExitCode::from(crate::interrupt::EXIT_CODE)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             crate::ui::error(err.report(), err.hint());

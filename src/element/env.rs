@@ -118,8 +118,14 @@ pub fn source(
             },
         });
     }
+    Ok(parse_captured(&out.stdout))
+}
+
+/// The environment in `env -0`'s output (NUL-separated `KEY=value`), without the runner's own
+/// variables. Public for the fuzz target.
+pub fn parse_captured(bytes: &[u8]) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
-    for entry in out.stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+    for entry in bytes.split(|b| *b == 0).filter(|e| !e.is_empty()) {
         let entry = String::from_utf8_lossy(entry);
         if let Some((k, v)) = entry.split_once('=')
             && !RUNNER_VARS.contains(&k)
@@ -127,7 +133,7 @@ pub fn source(
             env.insert(k.to_string(), v.to_string());
         }
     }
-    Ok(env)
+    env
 }
 
 #[cfg(test)]

@@ -205,14 +205,48 @@ fn read_file(
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let ctx = Ctx {
-        element: &el.name,
-        file,
-        env,
-    };
+    squash_text(&el.name, file, &text, env, out)
+}
+
+/// The package lists of one `package-installs` file's text, judged for `env` (no pkg-map):
+/// what [`evaluate`] makes of a single element. Public for the fuzz target.
+pub fn parse_installs(
+    element: &str,
+    file: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, PackageLists>, ElementError> {
+    let mut squashed = Squashed::new();
+    squash_text(element, file, text, env, &mut squashed)?;
+    Ok(squashed
+        .into_iter()
+        .map(|(phase, (install, uninstall))| {
+            let names = |v: Vec<(String, String)>| -> Vec<String> {
+                let set: BTreeSet<String> = v.into_iter().map(|(p, _)| p).collect();
+                set.into_iter().collect()
+            };
+            (
+                phase,
+                PackageLists {
+                    install: names(install),
+                    uninstall: names(uninstall),
+                },
+            )
+        })
+        .collect())
+}
+
+fn squash_text(
+    element: &str,
+    file: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+    out: &mut Squashed,
+) -> Result<(), ElementError> {
+    let ctx = Ctx { element, file, env };
     // YAML is a superset of JSON: one parser serves both files.
     let doc: Value =
-        serde_yaml::from_str(&text).map_err(|e| ctx.err(format!("does not parse: {e}")))?;
+        serde_yaml::from_str(text).map_err(|e| ctx.err(format!("does not parse: {e}")))?;
     let map = match doc {
         Value::Null => return Ok(()),
         Value::Mapping(m) => m,
@@ -249,7 +283,7 @@ fn read_file(
                 continue;
             };
             let entry = out.entry(phase).or_default();
-            let item = (package.clone(), el.name.clone());
+            let item = (package.clone(), element.to_string());
             if install && !uninstall {
                 // A plain install cancels an earlier uninstall of the package.
                 entry.1.retain(|(p, _)| *p != package);

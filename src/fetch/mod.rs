@@ -339,6 +339,10 @@ impl<'s> Ingest<'s> {
     ) -> Result<(), CopyError> {
         let mut buf = vec![0u8; 1 << 20];
         loop {
+            if crate::interrupt::requested() {
+                // Not a read error (those are retried): the bytes so far stay for a resume.
+                return Err(CopyError::Write(crate::interrupt::io_error()));
+            }
             let n = match reader.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
@@ -346,6 +350,7 @@ impl<'s> Ingest<'s> {
                 Err(e) => return Err(CopyError::Read(e)),
             };
             self.write(&buf[..n]).map_err(CopyError::Write)?;
+            crate::fault::point("fetch.copy");
             progress(self.len, total);
         }
     }
@@ -417,6 +422,7 @@ impl<'s> Ingest<'s> {
         };
         // The record first: a blob is never in place without it.
         self.store.write_json(&meta_name(&actual), &meta)?;
+        crate::fault::point("fetch.commit");
         std::fs::rename(&self.path, &dest).map_err(Self::io(name, &dest))?;
         if let Some(t) = self.temp.take() {
             // Renamed away: nothing left to remove.

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -375,12 +375,8 @@ pub fn build(
         }
     };
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second Ctrl-C exits at once (the sandboxes die with ccb).
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, cancel.clone());
-        let _ = signal_hook::flag::register(sig, cancel.clone());
-    }
+    // Ctrl-C cancels the running actions; a second one exits at once.
+    let cancel = crate::interrupt::flag();
 
     let swift = crate::publish::sites::swift_opener(model);
     let bctx = BuildContext {
@@ -661,7 +657,9 @@ fn run_one(
     let started = Instant::now();
     match action::run_action(bctx, action, cancel, &mut on_event) {
         Ok(built) => {
+            crate::fault::point(&format!("{}.record", action.kind.as_str()));
             graph::record_build(store, action, &built)?;
+            crate::fault::point(&format!("{}.recorded", action.kind.as_str()));
             progress.finished(&action.id, "built", Some(built.duration));
             share(remote, store, action, progress);
             Ok(Some(built))

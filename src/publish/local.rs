@@ -220,12 +220,16 @@ impl ObjectStore for LocalSite {
         let mut src = std::fs::File::open(file).map_err(Self::io("open", file))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
+            if crate::interrupt::requested() {
+                return Err(Self::io("copy to", &path)(crate::interrupt::io_error()));
+            }
             let n = src.read(&mut buf).map_err(Self::io("read", file))?;
             if n == 0 {
                 break;
             }
             tmp.write_all(&buf[..n])
                 .map_err(Self::io("write", tmp.path()))?;
+            crate::fault::point("local.copy");
             progress.add(n as u64);
         }
         tmp.as_file()

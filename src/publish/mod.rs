@@ -339,9 +339,41 @@ pub fn publish_image(
         && p.sha256 == local
         && opts.version.is_none()
     {
+        // A publisher stopped between the pointer and `current` (killed, a network failure)
+        // left the image live by its pointer but not in `current`, which is what the sites
+        // read: this run finishes its job.
+        if !opts.dry_run && read_current(site, scope)?.get(&image.name) != Some(&p.version) {
+            settle_current(site, scope)?;
+        }
         return Ok(Outcome::AlreadyLive {
             version: p.version.clone(),
         });
+    }
+    // A publisher of these very files stopped after the manifest and before the pointer:
+    // the version holds the image, whole, and only has to go live (publishing it again as a
+    // new version would upload the whole image twice). Only a version newer than the live
+    // one: going back to an older version of the same content stays a new publish.
+    if !opts.dry_run && opts.version.is_none() {
+        let live_version = live
+            .as_ref()
+            .and_then(|p| layout::Version::parse(&p.version));
+        if let Some(version) = finished_claim(site, scope, image, &local)?
+            .filter(|v| live_version.as_ref().is_none_or(|l| v > l))
+        {
+            let pointer = Pointer {
+                name: image.name.clone(),
+                version: version.to_string(),
+                sha256: local,
+                published_at: now_rfc3339(),
+            };
+            write_pointer(site, scope, &pointer)?;
+            crate::fault::point("publish.current");
+            settle_current(site, scope)?;
+            return Ok(Outcome::Published {
+                version: version.to_string(),
+                bytes: 0,
+            });
+        }
     }
 
     let pick = |taken: &[Version]| -> Result<Version, PublishError> {
@@ -435,6 +467,7 @@ pub fn publish_image(
         version = pick(&versions_taken(site, scope, &image.name)?)?;
     }
     site.put_marker(&layout::marker(scope, &version))?;
+    crate::fault::point("publish.claimed");
     let version = version;
     let name_of = |file: &str| name_of(&version, file);
     let manifest_name = name_of(&layout::manifest_file(&image.name));
@@ -539,6 +572,7 @@ pub fn publish_image(
         "text/plain",
         false,
     )?;
+    crate::fault::point("publish.manifest");
     match site.put_bytes(&manifest_name, &manifest, "application/json", true)? {
         PutOutcome::Written => {}
         PutOutcome::Exists => {
@@ -575,7 +609,9 @@ pub fn publish_image(
         sha256: local,
         published_at: now_rfc3339(),
     };
+    crate::fault::point("publish.pointer");
     write_pointer(site, scope, &pointer)?;
+    crate::fault::point("publish.current");
     settle_current(site, scope)?;
     Ok(Outcome::Published {
         version: version.to_string(),
@@ -614,6 +650,39 @@ fn write_pointer(site: &dyn ObjectStore, scope: &str, p: &Pointer) -> Result<(),
         false,
     )?;
     Ok(())
+}
+
+/// The newest version that holds `image` with exactly the files `local` (by its claim, and
+/// each object present with its size and SHA-256).
+fn finished_claim(
+    site: &dyn ObjectStore,
+    scope: &str,
+    image: &ImageFiles,
+    local: &BTreeMap<String, String>,
+) -> Result<Option<Version>, PublishError> {
+    let mut holding = versions_holding(site, scope, &image.name)?;
+    holding.sort();
+    for v in holding.into_iter().rev() {
+        let Some(body) = site.get(&layout::claim(scope, &v, &image.name))? else {
+            continue;
+        };
+        let same = serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|c| c["sha256"] == serde_json::json!(local));
+        if !same {
+            continue;
+        }
+        let mut whole = true;
+        for f in &image.files {
+            let object = layout::object(scope, &v, &format!("{}.{}", image.name, f.format));
+            whole &= site.head(&object)?.is_some_and(|info| {
+                info.bytes == f.size && info.sha256.as_deref() == Some(f.sha256.as_str())
+            });
+        }
+        if whole {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
 }
 
 /// The newest claim on `name` whose version does not hold it yet and whose files are `local`

@@ -553,6 +553,15 @@ impl SwiftSite {
                         if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                             return;
                         }
+                        if crate::interrupt::requested() {
+                            // The segments sent so far stay: the next run resumes from them.
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(
+                                    self.invalid(crate::interrupt::io_error().to_string()),
+                                );
+                            }
+                            return;
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed) as u64;
                         if i >= count {
                             return;
@@ -596,6 +605,7 @@ impl SwiftSite {
                                 if let Ok(mut slot) = etags[i as usize].lock() {
                                     *slot = Some(md5);
                                 }
+                                crate::fault::point("swift.segment");
                             }
                             Err(e) => {
                                 if let Ok(mut f) = failure.lock() {
@@ -627,6 +637,7 @@ impl SwiftSite {
             concat.push_str(&md5);
         }
         let body = serde_json::to_vec(&manifest).expect("a manifest serializes");
+        crate::fault::point("swift.slo");
         let r = self.request(
             "PUT",
             name,

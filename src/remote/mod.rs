@@ -303,6 +303,7 @@ impl Remote {
                 let work = Scratch(store.work_dir(&action.key)?);
                 let tree = work.0.join("tree");
                 self.unpack_tree(&manifest, &tree, &meta.tree.digest, on_bytes)?;
+                crate::fault::point("remote.unpacked");
                 store.commit_layer(&tree, meta)?;
             }
             Kind::Disk => {
@@ -315,10 +316,12 @@ impl Remote {
                 let work = Scratch(store.work_dir(&action.key)?);
                 let dir = work.0.join("outputs");
                 self.unpack_tree(&manifest, &dir, &summary.digest, on_bytes)?;
+                crate::fault::point("remote.unpacked");
                 store.commit_outputs(&dir, meta)?;
             }
             Kind::Publish => return Ok(false),
         }
+        crate::fault::point("remote.committed");
         let mut record = entry.action;
         record.remote = true;
         store.write_json(&graph::action_record_name(&action.key), &record)?;
@@ -478,6 +481,7 @@ impl Remote {
             }
             Kind::Publish => return Ok(false),
         };
+        crate::fault::point("remote.data-sent");
         let rec = serde_json::to_vec(&entry).expect("a record serializes");
         let (rec_digest, rec_size) = pack::put_blob(&*self.backend, &rec, &self.counters)?;
         let result = reapi::ActionResult {
@@ -502,6 +506,7 @@ impl Remote {
             exit_code: 0,
         };
         let bytes = result.encode_vec();
+        crate::fault::point("remote.ac");
         self.backend.put(&ac, &bytes)?;
         self.counters
             .bytes_up

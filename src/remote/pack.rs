@@ -154,6 +154,7 @@ pub fn upload(
                         .and_then(|z| put_blob(backend, &z, counters));
                     match result {
                         Ok((digest, stored)) => {
+                            crate::fault::point("remote.upload-chunk");
                             if let Ok(mut c) = chunks.lock() {
                                 c[i] = Some(ChunkRef {
                                     digest,
@@ -179,6 +180,9 @@ pub fn upload(
             };
             if failed() {
                 break;
+            }
+            if crate::interrupt::requested() {
+                return Some(RemoteError::Read(crate::interrupt::io_error().to_string()));
             }
             whole.update(&chunk.data);
             size += chunk.data.len() as u64;
@@ -251,6 +255,12 @@ pub fn download(
     let mut whole = Sha256::new();
     let mut done = 0u64;
     for group in m.chunks.chunks(window) {
+        if done > 0 {
+            crate::fault::point("remote.download-chunk");
+        }
+        if crate::interrupt::requested() {
+            return Err(RemoteError::Read(crate::interrupt::io_error().to_string()));
+        }
         let fetched: Vec<Result<Vec<u8>, RemoteError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = group
                 .iter()

@@ -352,6 +352,10 @@ pub struct Verdict {
     pub ok: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// A whole entry a stopped build committed but did not record: not used (only recorded
+    /// entries count as cached); the next build of its key replaces it, `cache gc` removes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<String>,
 }
 
 /// Re-reads every entry: records parse, layers have their lowers, and every tree still has
@@ -368,6 +372,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
                 id: e.id,
                 ok: problems.is_empty(),
                 problems,
+                unrecorded: None,
             });
             continue;
         }
@@ -376,7 +381,9 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             None if store.exists(&format!("actions/{}.json", e.key)) => {
                 problems.push("the action record does not parse".into())
             }
-            None => problems.push("no action record (the layer is not used)".into()),
+            // Committed, then stopped before its record (kill -9, power loss): the tree is
+            // checked below like any other; it is not used, so it is not broken.
+            None => {}
             Some(r) if r.key != e.key => {
                 problems.push(format!("the action record is for key {}", r.key))
             }
@@ -393,7 +400,8 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
                     match crate::action::tree::summarize(&store.outputs_dir(&e.key)) {
                         Err(err) => problems.push(format!("cannot read the outputs: {err}")),
                         Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
-                            problems.push("the outputs changed since they were built".into())
+                            problems.push("the outputs changed since they were built".into());
+                            problems.push(set_aside(store, &e.key));
                         }
                         Ok(_) => {}
                     }
@@ -403,16 +411,23 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         } else if layer_dir.exists() {
             match store.layer_meta(&e.key) {
                 None => problems.push("layer.json is missing or does not parse".into()),
-                Some(meta) => check_layer(store, &meta, &mut problems),
+                Some(meta) => {
+                    if !check_layer(store, &meta, &mut problems) {
+                        problems.push(set_aside(store, &e.key));
+                    }
+                }
             }
         } else if matches!(e.kind.as_str(), "base" | "layer") {
             problems.push("the layer tree is missing".into());
         }
+        let unrecorded = (record.is_none() && !store.exists(&format!("actions/{}.json", e.key)))
+            .then(|| "not recorded (a build stopped after committing it): not used; the next build of its key replaces it".to_string());
         out.push(Verdict {
             key: e.key,
             id: e.id,
             ok: problems.is_empty(),
             problems,
+            unrecorded,
         });
     }
     // Artifacts: re-hashed whatever the stat cache says (this is the thorough check).
@@ -450,6 +465,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             id,
             ok: problems.is_empty(),
             problems,
+            unrecorded: None,
         });
     }
     for name in foreign_names(store) {
@@ -460,6 +476,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             key: name,
             id: "not a store entry".into(),
             ok: false,
+            unrecorded: None,
         });
     }
     out
@@ -488,7 +505,18 @@ fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
     }
 }
 
-fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {
+/// A tree or outputs that no longer match their digest must not be built on or published:
+/// the action record goes (it is what makes an entry count as cached), so the next build
+/// makes the entry again under the same key and replaces it. Returns what was done.
+fn set_aside(store: &Store, key: &str) -> String {
+    match store.remove(&crate::graph::action_record_name(key)) {
+        Ok(()) => "its action record was removed: the next build makes it again".into(),
+        Err(e) => format!("its action record could not be removed ({e}): remove the entry"),
+    }
+}
+
+/// Checks a layer's lowers and tree; `false` when the tree is not what was built.
+fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) -> bool {
     for l in &meta.lowers {
         if store.layer_meta(l).is_none() {
             problems.push(format!("lower layer {} is missing", short_key(l)));
@@ -497,10 +525,14 @@ fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) {
     let tree = store.layer_dir(&meta.key).join("tree");
     match crate::action::tree::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
-        Ok(s) if s.digest != meta.tree.digest => problems.push(format!(
-            "the tree changed since it was built ({} entries, {} bytes; recorded {} entries, {} bytes)",
-            s.entries, s.bytes, meta.tree.entries, meta.tree.bytes
-        )),
+        Ok(s) if s.digest != meta.tree.digest => {
+            problems.push(format!(
+                "the tree changed since it was built ({} entries, {} bytes; recorded {} entries, {} bytes)",
+                s.entries, s.bytes, meta.tree.entries, meta.tree.bytes
+            ));
+            return false;
+        }
         Ok(_) => {}
     }
+    true
 }

@@ -189,6 +189,7 @@ impl Store {
         std::fs::rename(tree, staging.join("tree"))
             .map_err(|e| FsError::new("move the finished tree from", tree, e))?;
         self.write_json_at(&staging.join("layer.json"), meta)?;
+        crate::fault::point("store.layer-staged");
         let dest = self.layer_dir(&meta.key);
         fsutil::create_dir_all(dest.parent().expect("layers/ has a parent"))?;
         if dest.exists() {
@@ -310,6 +311,7 @@ impl Store {
         } else {
             std::fs::rename(dir, &dest).map_err(|e| FsError::new("commit outputs to", &dest, e))?;
         }
+        crate::fault::point("store.outputs-unrecorded");
         self.write_json(&format!("outputs/{}.json", meta.key), meta)
     }
 }

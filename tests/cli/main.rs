@@ -11,6 +11,7 @@ mod disk;
 mod distros;
 mod elements;
 mod executor;
+mod faults;
 mod graph;
 mod hostile;
 mod inspect;

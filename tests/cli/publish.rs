@@ -255,7 +255,7 @@ impl Project {
         out
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = self.env.cmd();
         cmd.arg("--root").arg(self.root()).args(args);
         if let Some(c) = &self.clouds {
