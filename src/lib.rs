@@ -11,8 +11,8 @@
 //! ```
 //!
 //! Where to start reading:
-//! - [`ops`]: one operation per user-level job (check, build, test, inspect, publish, versions,
-//!   update, query, cache), each a typed request in and a typed, serializable report out. A [`ops::Session`] (the model with the
+//! - [`ops`]: one operation per user-level job (check, build, test, inspect, publish, verify,
+//!   versions, update, query, cache), each a typed request in and a typed, serializable report out. A [`ops::Session`] (the model with the
 //!   lock applied, the store, the element resolver) is loaded once per command and plans a
 //!   target set once; `test`, `publish` and `inspect` take their disks from the build report.
 //!   [`ops::CommandError`] sorts failures by who acts: user, environment, internal (exit 70);
@@ -38,7 +38,9 @@
 //!   (specs, events, commit, materialization), and step checkpoints inside a layer
 //!   (`action::checkpoint`: an edit to a late script reruns from the step before it). An
 //!   engine failure in the sandbox keeps its errno and who must act
-//!   ([`action::event::EngineFailure`]) across to the parent.
+//!   ([`action::event::EngineFailure`]) across to the parent. `action::repro` makes equal
+//!   keys give equal bytes (a source date from the inputs, times clamped, caches and host
+//!   keys removed, filesystems stamped), which `ops::verify` proves by rebuilding.
 //! - [`bootcheck`]: `ccb test`'s QEMU boots (amd64 on SeaBIOS/OVMF, arm64 on AAVMF; virtio,
 //!   NVMe or SATA disks) and the checks run inside the image.
 //! - [`doctor`]: what this host can build and boot (arches native or emulated, KVM, loop,
@@ -51,13 +53,18 @@
 //!   contract the sites' image puller reads (`publish::contract`).
 //! - [`remote`]: the remote cache shared by build hosts (Bazel's HTTP cache protocol, a Swift
 //!   container, a directory): content-defined zstd chunks, REAPI `ActionResult` entries,
-//!   verified before they enter the store; `ops::build` looks there after the store.
+//!   verified before they enter the store; `ops::build` looks there after the store. An
+//!   action may be sent to a remote builder over ssh (`remote::builder`: the inputs as a
+//!   content-addressed bundle, the result back through the cache).
 //! - [`sbom`]: each image's SPDX 2.3 bill of materials (packages, licenses, ccb's inputs),
 //!   written by the disk action and checked by `ccb inspect`.
 //! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc;
 //!   [`store::Layout`] alone spells its paths.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
 //!   status and warnings to stderr, progress, the terminal decision, byte formatting.
+//! - [`redact`]: the one redaction of URLs, server bodies and registered secrets.
+//! - [`interrupt`] and [`fault`]: Ctrl-C stops transfers between chunks (exit 130); debug
+//!   builds stop themselves at named points for the fault campaign (`tests/cli/faults.rs`).
 //! - [`process`]: the one way to run a program (command line kept for errors, captured
 //!   output, SIGTERM → grace → SIGKILL), and bounded runs of untrusted code (a time limit,
 //!   an address-space limit, PID 1 of a fresh PID namespace: environment.d, the evaluator).
