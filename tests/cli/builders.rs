@@ -66,7 +66,12 @@ struct Farm {
     sshd: Option<Child>,
     cache: String,
     builder_store: tempfile::TempDir,
+    /// Unique to this farm among every test of every process: names, subnet and port.
+    slot: u32,
 }
+
+/// Farms of one test process, which run side by side (the test harness's threads).
+static FARMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Farm {
     fn start() -> Self {
@@ -74,8 +79,10 @@ impl Farm {
             nix::unistd::geteuid().is_root(),
             "network namespaces and sshd need root (scripts/test runs as root)"
         );
-        let id = std::process::id();
-        let net = 16 + id % 200;
+        let n = FARMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
+        let id = format!("{}x{n}", std::process::id());
+        let slot = (std::process::id() % 50) * 4 + n;
+        let net = 16 + slot;
         let dir = tempfile::tempdir().unwrap();
         let builder_store = tempfile::Builder::new()
             .prefix("builders-remote-store-")
@@ -91,6 +98,7 @@ impl Farm {
             cache: String::new(),
             builder_store,
             dir,
+            slot,
         };
         // From here on, Drop tears down whatever was made.
         let (ns, veth, peer) = (&farm.ns, &farm.veth, format!("{}p", farm.veth));
@@ -125,7 +133,7 @@ impl Farm {
     }
 
     fn start_nginx(&mut self) {
-        let port = 18000 + std::process::id() % 2000;
+        let port = 18000 + self.slot;
         let d = self.dir.path().join("nginx");
         std::fs::create_dir_all(d.join("data/cache")).unwrap();
         let (main, security) = host_mirrors();
