@@ -675,7 +675,7 @@ fn xfs_project(dir: &Path) {
 /// an XFS root (filled through the mount path: xfsprogs' protofile keeps no xattrs or hard
 /// links) boots on BIOS and UEFI with the checks passing.
 #[test]
-fn an_xfs_root_is_written_after_finalise_and_boots_on_bios_and_uefi() {
+fn an_xfs_root_is_written_after_finalise_and_boots_on_uefi() {
     use ccb::inspect::disk::find_root;
 
     assert!(
@@ -763,7 +763,9 @@ fn an_xfs_root_is_written_after_finalise_and_boots_on_bios_and_uefi() {
             .is_err()
     );
 
-    // It boots on both firmwares, the root grown by cloud-init's xfs_growfs.
+    // It boots, the root grown by cloud-init's xfs_growfs. UEFI only: the filesystem is what
+    // differs from the ext4 disks, and those boot on both firmwares in the Debian 12/13 tests
+    // (a second TCG boot here costs CI minutes and proves nothing more).
     let test = env.run(&[
         "--root",
         root,
@@ -772,7 +774,7 @@ fn an_xfs_root_is_written_after_finalise_and_boots_on_bios_and_uefi() {
         "--element-path",
         elements,
         "--firmware",
-        "both",
+        "uefi",
         "--format",
         "json",
     ]);
@@ -787,8 +789,7 @@ fn an_xfs_root_is_written_after_finalise_and_boots_on_bios_and_uefi() {
         .iter()
         .map(|r| r["firmware"].as_str().unwrap())
         .collect();
-    assert_eq!(firmwares.len(), 2, "{json}");
-    assert!(firmwares.contains(&"bios") && firmwares.contains(&"uefi"));
+    assert_eq!(firmwares, ["uefi"], "{json}");
     for r in results {
         let names = check_names(r);
         for want in ["multi-user", "cloud-init", "root-grown", "provenance"] {
