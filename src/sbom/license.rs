@@ -153,9 +153,14 @@ fn spdx_for(name: &str) -> Option<String> {
 /// `LicenseRef-<name>` with every character SPDX does not allow in an id made `-`.
 pub fn license_ref(name: &str) -> String {
     // `+` (a later version) is spelled out, so `GPLv2` and `GPLv2+` stay two licenses.
-    let clean: String = name
-        .replace('+', "-plus")
-        .chars()
+    let clean = idstring(&name.replace('+', "-plus"));
+    format!("LicenseRef-{}", clean.trim_matches('-'))
+}
+
+/// `name` in SPDX's idstring alphabet (letters, digits, `.` and `-`), every other character
+/// a `-`: what SPDXRef and LicenseRef ids are made of.
+pub(crate) fn idstring(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -163,8 +168,7 @@ pub fn license_ref(name: &str) -> String {
                 '-'
             }
         })
-        .collect();
-    format!("LicenseRef-{}", clean.trim_matches('-'))
+        .collect()
 }
 
 /// One paragraph of a DEP-5 file: field name (lower case) → (first line, continuation lines).
