@@ -225,8 +225,15 @@ pub fn parse_header(blob: &[u8]) -> Result<RpmPackage, RpmError> {
             Some(be32(data, offset))
         }
     };
-    // Informational tags: a malformed one is left out rather than failing the package.
-    let optional = |i: usize| string(i).ok().flatten().filter(|s| !s.is_empty());
+    // Informational tags: a malformed one is left out rather than failing the package. rpm
+    // itself stores `(none)` for some it has no value for (an imported gpg-pubkey's
+    // SOURCERPM), the same text its queries print for a missing tag: absent either way.
+    let optional = |i: usize| {
+        string(i)
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty() && s != "(none)")
+    };
     Ok(RpmPackage {
         name,
         epoch,
