@@ -10,6 +10,25 @@ use std::time::{Duration, Instant};
 mod bounded;
 pub use bounded::{Bounded, Confine};
 
+/// The ccb binary that helper processes re-execute (the sandbox and the manifest evaluator
+/// are ccb started with a hidden first argument, see `cli::main`). By default the running
+/// program itself; a program that links the library without dispatching those arguments in
+/// its `main` (the integration tests do) names the ccb binary with [`use_ccb_binary`].
+pub fn ccb_binary() -> PathBuf {
+    CCB_BINARY
+        .get()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+static CCB_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`ccb_binary`] return `path` for the rest of the process. The first call wins: the
+/// helpers of one process are one binary.
+pub fn use_ccb_binary(path: impl Into<PathBuf>) {
+    let _ = CCB_BINARY.set(path.into());
+}
+
 /// A program that could not run, or ran and failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ProcessError {

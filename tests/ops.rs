@@ -36,6 +36,8 @@ struct Project {
 
 impl Project {
     fn new(blob: &[u8], pinned: &str) -> Self {
+        // The manifest evaluator and the sandbox are ccb re-executed; this test binary is not.
+        ccb::process::use_ccb_binary(env!("CARGO_BIN_EXE_ccb"));
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo().join("tests/fixtures/layered"), dir.path());
         std::fs::write(dir.path().join("blob.bin"), blob).unwrap();

@@ -47,7 +47,7 @@ pub fn spawn(spec_path: &Path, log: &Path) -> io::Result<Child> {
         .append(true)
         .open(log)?;
     let parent = std::process::id() as i32;
-    let mut cmd = Process::new("/proc/self/exe")
+    let mut cmd = Process::new(crate::process::ccb_binary())
         .arg(SANDBOX_ARG)
         .arg(spec_path)
         .command();

@@ -363,7 +363,7 @@ fn run_bounded(
     } else {
         named.join(", ")
     };
-    let run = crate::process::Process::new("/proc/self/exe")
+    let run = crate::process::Process::new(crate::process::ccb_binary())
         .arg(EVAL_ARG)
         .arg(manifests)
         .arg(stdlib_dir)
@@ -384,6 +384,14 @@ fn run_bounded(
             Outcome::Ok { json, read } => Ok((json, read)),
             Outcome::Err(d) => Err(SourceDiagnostic::from(d).into()),
         };
+    }
+    if out.status.success() {
+        // Exit 0 without an answer: not ccb's evaluator (a program embedding the library
+        // that neither dispatches `__eval` nor names ccb with `process::use_ccb_binary`).
+        return Err(ManifestError::EvalNoAnswer {
+            manifests: named,
+            program: crate::process::ccb_binary(),
+        });
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("memory allocation of") || stderr.contains("out of memory") {

@@ -62,6 +62,14 @@ pub enum ManifestError {
     #[error("evaluating the manifests {manifests} failed: the evaluator {detail}")]
     #[diagnostic(code(ccb::manifest::eval_crashed))]
     EvalCrashed { manifests: String, detail: String },
+    #[error("evaluating the manifests {manifests} failed: `{}` exited without an answer", program.display())]
+    #[diagnostic(
+        code(ccb::manifest::eval_no_answer),
+        help(
+            "the evaluator is ccb re-executed with `__eval`; a program embedding the library names the ccb binary with `ccb::process::use_ccb_binary`"
+        )
+    )]
+    EvalNoAnswer { manifests: String, program: PathBuf },
     #[error("cannot start the manifest evaluator")]
     EvalStart(#[source] Box<crate::process::ProcessError>),
 }
