@@ -18,6 +18,7 @@ pub mod sandbox;
 mod segments;
 pub mod spec;
 pub mod tree;
+mod xfs;
 
 use std::collections::BTreeMap;
 use std::io::BufRead;

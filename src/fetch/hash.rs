@@ -51,22 +51,6 @@ pub fn sha256_bytes(data: &[u8]) -> String {
         .collect()
 }
 
-/// The SHA-256 of everything a reader holds, read in order (a remote object by ranges).
-pub fn sha256_read_at(src: &dyn crate::inspect::ReadAt) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    let size = src.size();
-    let mut buf = vec![0u8; 8 << 20];
-    let mut at = 0u64;
-    while at < size {
-        let n = ((size - at) as usize).min(buf.len());
-        src.read_at(at, &mut buf[..n])?;
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {
     files: BTreeMap<PathBuf, (Stamp, String)>,

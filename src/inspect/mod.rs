@@ -38,6 +38,23 @@ pub trait ReadAt: Send + Sync {
     fn fetched_bytes(&self) -> Option<u64> {
         None
     }
+    /// The SHA-256 of the whole content, read in order once, never kept: a source over the
+    /// network streams it in one request rather than block by block (see
+    /// [`remote::HttpRange`]).
+    fn sha256(&self) -> std::io::Result<String> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let size = self.size();
+        let mut buf = vec![0u8; 8 << 20];
+        let mut at = 0u64;
+        while at < size {
+            let n = ((size - at) as usize).min(buf.len());
+            self.read_at(at, &mut buf[..n])?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
 }
 
 impl ReadAt for std::fs::File {

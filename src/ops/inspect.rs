@@ -432,7 +432,7 @@ fn signed_checksums(model: &Model, name: &str, p: &Published) -> Vec<check::Chec
     let mut checked = Vec::new();
     for (file, want) in &listed {
         let actual = if *file == p.disk_file {
-            crate::fetch::hash::sha256_read_at(p.disk.as_ref()).map_err(|e| e.to_string())
+            p.disk.sha256().map_err(|e| e.to_string())
         } else if let Some(bytes) = p.small.get(file) {
             bytes
                 .as_deref()

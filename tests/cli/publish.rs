@@ -1458,6 +1458,13 @@ fn inspect_verifies_the_signed_checksums_on_swift_and_by_url_and_names_a_tampere
     let run = by_url();
     assert_eq!(run["passed"], true, "{run}");
     assert_eq!(check(&run, "signature")["passed"], true, "{run}");
+    assert!(
+        check(&run, "checksums")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CC-Signed.qcow2"),
+        "the disk object is hashed whole, streamed from the site: {run}"
+    );
 
     // A manifest altered on the site: the checksums fail, naming it.
     let tampered = rig
