@@ -349,7 +349,12 @@ impl Project {
         assert!(text.contains("arch = ['amd64],"));
         std::fs::write(
             &images,
-            text.replace("arch = ['amd64],", &format!("arch = ['{arch}],")),
+            // Every image of the chain: a child names its arches too.
+            text.replace("arch = ['amd64],", &format!("arch = ['{arch}],"))
+                .replace(
+                    "from = \"tiny\",",
+                    &format!("from = \"tiny\",\n    arch = ['{arch}],"),
+                ),
         )
         .unwrap();
         std::fs::write(
