@@ -42,9 +42,7 @@ impl Origin {
         }
         let repo = declared_repo
             .map(str::to_string)
-            .or_else(|| {
-                crate::contract::public_repo_url(&git(&["remote", "get-url", "origin"]))
-            })
+            .or_else(|| crate::contract::public_repo_url(&git(&["remote", "get-url", "origin"])))
             .unwrap_or_default();
         Self { repo, commit }
     }
