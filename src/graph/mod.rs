@@ -278,6 +278,22 @@ fn sources_of(
     (commits, trees)
 }
 
+/// The provenance record's fields a disk's key covers (see [`crate::action::provenance`]).
+fn provenance_of(model: &Model, image: &crate::manifest::Image) -> BTreeMap<String, String> {
+    let origin = model.origin();
+    let p = &image.provenance;
+    [
+        ("build-distro", p.distro.clone().unwrap_or_default()),
+        ("build-release", p.release.clone().unwrap_or_default()),
+        ("build-variant", p.variant.clone().unwrap_or_default()),
+        ("build-repo", origin.repo.clone()),
+        ("build-repo-commit", origin.commit.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 fn package_map(view: &crate::element::ElementView) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (phase, lists) in &view.packages {
@@ -530,7 +546,11 @@ impl Graph {
                     .as_ref()
                     .map(|(e, f)| format!("{e}/{f}"))
                     .unwrap_or_else(|| "none".into()),
-            );
+            )
+            // What the disk writes into /opt/chameleon/provenance.json (its date comes from
+            // the layer and environment, covered above): a disk built at another commit holds
+            // other bytes, so it has another key.
+            .map("provenance", provenance_of(at.model, image));
         let disk_id = ActionId::disk(&image.key, arch).to_string();
         self.actions.push(Action {
             id: disk_id.clone(),
@@ -634,6 +654,16 @@ pub struct LastBuild {
     pub duration_ms: u64,
 }
 
+/// What the action record keeps of every step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub phase: String,
+    pub element: String,
+    pub name: String,
+    pub status: i32,
+    pub duration_ms: u64,
+}
+
 /// `actions/<key>.json`: what the store knows about a built action.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionRecord {
@@ -644,9 +674,9 @@ pub struct ActionRecord {
     pub duration_ms: u64,
     /// Seconds since the epoch.
     pub built_at: u64,
-    pub steps: Vec<crate::action::event::StepRecord>,
+    pub steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tree: Option<crate::action::tree::TreeSummary>,
+    pub tree: Option<store::TreeSummary>,
     /// The result came from the remote cache (another host built it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remote: bool,
@@ -657,9 +687,11 @@ pub struct ActionRecord {
 pub fn record_build(
     store: &Store,
     action: &Action,
-    built: &crate::action::Built,
+    duration: std::time::Duration,
+    steps: &[StepRecord],
+    tree: &store::TreeSummary,
 ) -> Result<(), store::StoreError> {
-    let duration_ms = built.duration.as_millis() as u64;
+    let duration_ms = duration.as_millis() as u64;
     let record = ActionRecord {
         id: action.id.clone(),
         key: action.key.clone(),
@@ -670,8 +702,8 @@ pub fn record_build(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        steps: built.steps.clone(),
-        tree: Some(built.tree.clone()),
+        steps: steps.to_vec(),
+        tree: Some(tree.clone()),
         remote: false,
     };
     store.write_json(&action_record_name(&action.key), &record)?;
