@@ -673,8 +673,8 @@ fn xfs_project(dir: &Path) {
 /// The disk action without a block device for finalise: the bootloader element's grub.cfg
 /// names the root filesystem by the UUID ccb then gives it (no grub-probe of a device), an
 /// XFS root (filled through a loop mount, then normalised: src/action/xfs.rs) boots on UEFI
-/// with the checks passing, and `ccb verify` builds it again from an empty store to the
-/// same raw and qcow2 bytes.
+/// with the checks passing, and the disk action run again on the same layer writes the same
+/// raw and qcow2 bytes.
 #[test]
 fn an_xfs_root_is_written_after_finalise_and_boots_on_uefi() {
     use ccb::inspect::disk::find_root;
@@ -692,17 +692,31 @@ fn an_xfs_root_is_written_after_finalise_and_boots_on_uefi() {
     let elements = elements.to_str().unwrap();
     let out = work.path().join("out");
     let outs = out.to_str().unwrap();
-    env.run(&[
-        "--root",
-        root,
-        "build",
-        "xfs-os",
-        "--element-path",
-        elements,
-        "--out",
-        outs,
-    ])
-    .ok();
+    let build = || {
+        env.run(&[
+            "--root",
+            root,
+            "build",
+            "xfs-os",
+            "--element-path",
+            elements,
+            "--out",
+            outs,
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json()
+    };
+    let built = build();
+    let disk_key = built["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "disk:xfs-os:amd64")
+        .and_then(|a| a["key"].as_str())
+        .unwrap_or_else(|| panic!("no disk action: {built}"))
+        .to_string();
 
     // The layout: ESP, BIOS boot partition, an XFS root labelled as DIB labels it.
     let raw = out.join("XFS-OS.raw");
@@ -799,42 +813,39 @@ fn an_xfs_root_is_written_after_finalise_and_boots_on_uefi() {
     }
     env.run(&["cache", "verify"]).ok();
 
-    // Equal keys, equal bytes on XFS too: the rebuild in a scratch store (base, layer and
-    // disk, nothing reused) is identical, and its raw and qcow2 are the first build's bytes.
+    // Equal keys, equal bytes on XFS too: the disk action run again on the same layer (its
+    // entry removed from the store by key) writes the same raw and qcow2 bytes. What XFS adds
+    // is the disk (filled through a loop mount, then normalised: src/action/xfs.rs); the
+    // base and layer are proven by the Debian 12 test's `ccb verify`, and a whole rebuild
+    // here would cost CI ten minutes more.
     let kept = tempfile::tempdir().unwrap();
-    let verify = env.run(&[
-        "--root",
-        root,
-        "verify",
-        "xfs-os",
-        "--element-path",
-        elements,
-        "--keep",
-        kept.path().to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+    for f in ["XFS-OS.raw", "XFS-OS.qcow2"] {
+        std::fs::rename(out.join(f), kept.path().join(f)).unwrap();
+    }
+    env.run(&["cache", "rm", &disk_key]).ok();
+    let again = build();
+    let status = |id: &str| {
+        again["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .map(|a| a["status"].as_str().unwrap().to_string())
+    };
     assert_eq!(
-        verify.code, 0,
-        "the rebuild differs:\n{}\n{}",
-        verify.stdout, verify.stderr
+        status("disk:xfs-os:amd64").as_deref(),
+        Some("built"),
+        "{again}"
     );
-    let v = verify.json();
-    let verdicts: Vec<(&str, &str)> = v["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["id"].as_str().unwrap(), a["verdict"].as_str().unwrap()))
-        .collect();
-    assert!(
-        verdicts.iter().any(|(id, _)| id.starts_with("disk:"))
-            && verdicts.iter().all(|(_, verdict)| *verdict == "identical"),
-        "{v}"
+    assert_eq!(
+        status("layer:xfs-os:amd64").as_deref(),
+        Some("cached"),
+        "{again}"
     );
     for f in ["XFS-OS.raw", "XFS-OS.qcow2"] {
         assert!(
             same_bytes(&out.join(f), &kept.path().join(f)),
-            "{f} of the rebuild is not bit-identical"
+            "{f} of the second disk action is not bit-identical"
         );
     }
 }
