@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, umount2};
 
+use super::event::{Event, StepRecord, emit};
 use super::inroot;
 use super::layout::{self, DiskPlan, FsKind, Placed, SECTOR};
 use super::repro;
@@ -99,6 +100,34 @@ fn uuid_of(seed: &str, what: &str) -> String {
 }
 
 impl Runner<'_> {
+    /// One part of the disk action that ccb does itself, timed and reported as a step (phase
+    /// `disk`, element `ccb`) beside the finalise scripts, so that the build report says where
+    /// a disk's time goes as it does for a layer.
+    fn disk_step<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, RunError>,
+    ) -> Result<T, RunError> {
+        let (phase, element) = ("disk", "ccb");
+        emit(&Event::Step {
+            phase: phase.into(),
+            element: element.into(),
+            name: name.into(),
+        });
+        let started = std::time::Instant::now();
+        let done = f(self)?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        self.logln(&format!("disk: step {name} in {duration_ms} ms"));
+        emit(&Event::StepDone(StepRecord {
+            phase: phase.into(),
+            element: element.into(),
+            name: name.into(),
+            status: 0,
+            duration_ms,
+        }));
+        Ok(done)
+    }
+
     fn disk_spec(&self) -> Result<&DiskSpec, RunError> {
         self.spec
             .disk
@@ -116,14 +145,14 @@ impl Runner<'_> {
         // The stack, writable through an overlay (or copied where overlayfs is unavailable),
         // at the chroot's root: finalise works on the tree, as every chroot phase does.
         std::fs::create_dir_all(&self.root).map_err(io("create the root tree"))?;
-        self.prepare_root()?;
+        self.disk_step("stack", Self::prepare_root)?;
         let epoch: i64 = self
             .spec
             .env
             .get(repro::ENV)
             .and_then(|v| v.parse().ok())
             .ok_or(RunError::Internal("a disk action without a source date"))?;
-        let used = du(&self.root)?;
+        let used = self.disk_step("measure", |r| du(&r.root))?;
         let plan_root = d
             .layout
             .partitions
@@ -217,12 +246,12 @@ impl Runner<'_> {
             tree::copy_contents(dir, &boot)?;
         }
         if let (Some(tool), Some(boot_in)) = (&host_mkimage, &boot_in) {
-            let started = std::time::Instant::now();
-            let n = super::grub::run_requests(tool, &self.root, boot_in, &boot)?;
+            let n = self.disk_step("boot-images", |r| {
+                super::grub::run_requests(tool, &r.root, boot_in, &boot)
+            })?;
             self.logln(&format!(
-                "disk: {n} GRUB image(s) made by the host's {} in {} ms",
+                "disk: {n} GRUB image(s) made by the host's {}",
                 tool.display(),
-                started.elapsed().as_millis()
             ));
         }
         let esp_tree = work.join("esp-tree");
@@ -241,16 +270,21 @@ impl Runner<'_> {
             tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
         }
         drop(image);
-        self.finalise_base()?;
-        let image = self.tree()?;
-        let scrubbed =
-            repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
-        drop(image);
-        for line in scrubbed {
-            self.logln(&format!("disk: {line}"));
-        }
-        let clamped = repro::clamp_times(&self.root, epoch)
-            .map_err(io("clamp the image's times to the source date"))?;
+        self.disk_step("clean", |r| {
+            r.finalise_base()?;
+            let image = r.tree()?;
+            let scrubbed =
+                repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
+            drop(image);
+            for line in scrubbed {
+                r.logln(&format!("disk: {line}"));
+            }
+            Ok(())
+        })?;
+        let clamped = self.disk_step("source-date", |r| {
+            repro::clamp_times(&r.root, epoch)
+                .map_err(io("clamp the image's times to the source date"))
+        })?;
         self.logln(&format!(
             "disk: source date {epoch}: {clamped} newer times clamped"
         ));
@@ -260,7 +294,7 @@ impl Runner<'_> {
         //    tree before finalise (whose growth, a few MiB of GRUB modules, DIB's 40 % of free
         //    space absorbs), unless finalise grew the tree to fill more than 80 % of the root
         //    (an initramfs made there): then it is sized again for what the tree holds now.
-        let after = du(&self.root)?;
+        let after = self.disk_step("measure-again", |r| du(&r.root))?;
         let plan = if d.size.is_none() && after > plan.root().length / 10 * 8 {
             let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
                 .map_err(|problem| RunError::Image { problem })?;
@@ -276,50 +310,41 @@ impl Runner<'_> {
         let root = plan.root().clone();
         let root_img = work.join("root.img");
         let root_fs_file = root_img.clone();
-        let started = std::time::Instant::now();
-        make_fs(&root_img, &root, &d.seed, Some(&self.root), epoch)?;
+        self.disk_step("root-filesystem", |r| {
+            make_fs(&root_img, &root, &d.seed, Some(&r.root), epoch)
+        })?;
         if plan_root.kind == FsKind::Ext4 {
-            set_inode_times(&root_img, epoch)?;
+            self.disk_step("inode-times", |_| set_inode_times(&root_img, epoch))?;
         }
-        self.logln(&format!(
-            "disk: root filesystem ({}) written from the tree in {} ms",
-            plan_root.kind.as_str(),
-            started.elapsed().as_millis()
-        ));
-        if self.spec.overlay {
-            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
-        } else {
-            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
-        }
+        self.disk_step("unmount", |r| {
+            if r.spec.overlay {
+                umount2(&r.root, MntFlags::empty()).map_err(engine("unmount the stack"))
+            } else {
+                std::fs::remove_dir_all(&r.root).map_err(io("remove the copied stack"))
+            }
+        })?;
 
         // 3. Every other filesystem (the ESP).
         let mut images: Vec<(Placed, PathBuf)> = vec![(root.clone(), root_img)];
-        for p in &plan.partitions {
-            if let Some(fs) = &p.part.fs
-                && fs.kind == FsKind::Vfat
-            {
-                let img = work.join(format!("part{}.img", p.number));
-                make_fs(&img, p, &d.seed, None, epoch)?;
-                let content = if fs.mount.as_ref().is_some_and(|m| m.point == "/boot/efi") {
-                    Some(esp_tree.as_path())
-                } else {
-                    None
-                };
-                if let Some(dir) = content {
-                    fill_vfat(&img, dir, epoch)?;
+        self.disk_step("esp", |_| {
+            for p in &plan.partitions {
+                if let Some(fs) = &p.part.fs
+                    && fs.kind == FsKind::Vfat
+                {
+                    let img = work.join(format!("part{}.img", p.number));
+                    make_fs(&img, p, &d.seed, None, epoch)?;
+                    if fs.mount.as_ref().is_some_and(|m| m.point == "/boot/efi") {
+                        fill_vfat(&img, &esp_tree, epoch)?;
+                    }
+                    images.push((p.clone(), img));
                 }
-                images.push((p.clone(), img));
             }
-        }
+            Ok(())
+        })?;
 
         // 4. The disk.
         let raw = work.join("disk.raw");
-        let started = std::time::Instant::now();
-        write_disk(&raw, &plan, &images, &boot, &d.seed)?;
-        self.logln(&format!(
-            "disk: partition table, filesystems and boot code written in {} ms",
-            started.elapsed().as_millis()
-        ));
+        self.disk_step("disk", |_| write_disk(&raw, &plan, &images, &boot, &d.seed))?;
 
         // 5. Outputs.
         self.outputs(&d, &raw, &out, &meta_dir, &root_fs_file)
@@ -408,32 +433,33 @@ impl Runner<'_> {
         if d.formats.iter().any(|f| f == "qcow2") {
             let name = format!("{}.qcow2", d.name);
             let dst = out.join(&name);
-            match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()) {
-                Some(compression) => {
-                    // ccb's writer: deflate on every core (benches/qcow2.rs compares it with
-                    // qemu-img on this image).
-                    let started = std::time::Instant::now();
-                    let stats = crate::qcow2::convert_raw(raw, &dst, compression)
-                        .map_err(RunError::Qcow2)?;
-                    self.logln(&format!(
-                        "disk: qcow2 {} MiB, {} of {} data clusters compressed, in {} ms",
-                        stats.file_size >> 20,
-                        stats.compressed_clusters,
-                        stats.data_clusters,
-                        started.elapsed().as_millis()
-                    ));
-                }
-                None => {
-                    // zstd: qemu-img's (libzstd, QEMU's level); ccb writes only deflate.
-                    let mut cmd = Process::new("qemu-img");
-                    cmd.args(["convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2"]);
-                    if let Some(c) = &d.qcow2_compression {
-                        cmd.arg("-c").arg("-o").arg(format!("compression_type={c}"));
+            self.disk_step("qcow2", |r| {
+                match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()) {
+                    Some(compression) => {
+                        // ccb's writer: deflate on every core (benches/qcow2.rs compares it
+                        // with qemu-img on this image).
+                        let stats = crate::qcow2::convert_raw(raw, &dst, compression)
+                            .map_err(RunError::Qcow2)?;
+                        r.logln(&format!(
+                            "disk: qcow2 {} MiB, {} of {} data clusters compressed",
+                            stats.file_size >> 20,
+                            stats.compressed_clusters,
+                            stats.data_clusters,
+                        ));
                     }
-                    cmd.arg(raw).arg(&dst);
-                    tool(&mut cmd, "converting to qcow2 (qemu-img, from qemu-utils)")?;
+                    None => {
+                        // zstd: qemu-img's (libzstd, QEMU's level); ccb writes only deflate.
+                        let mut cmd = Process::new("qemu-img");
+                        cmd.args(["convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2"]);
+                        if let Some(c) = &d.qcow2_compression {
+                            cmd.arg("-c").arg("-o").arg(format!("compression_type={c}"));
+                        }
+                        cmd.arg(raw).arg(&dst);
+                        tool(&mut cmd, "converting to qcow2 (qemu-img, from qemu-utils)")?;
+                    }
                 }
-            }
+                Ok(())
+            })?;
             made.push(name);
         }
         if d.formats.iter().any(|f| f == "raw") {
@@ -448,39 +474,39 @@ impl Runner<'_> {
             format!("{}\n", d.provenance),
         )
         .map_err(io("write the provenance"))?;
-        let mut digests: Vec<(String, String)> = Vec::new();
-        for name in &made {
-            digests.push((name.clone(), sha256_of(&out.join(name))?));
-        }
+        let digests = self.disk_step("checksums", |_| {
+            made.iter()
+                .map(|name| Ok((name.clone(), sha256_of(&out.join(name))?)))
+                .collect::<Result<Vec<(String, String)>, RunError>>()
+        })?;
+        let mut digests = digests;
         // The SBOM, from the root filesystem's own bytes (the reader `ccb inspect` checks it
         // with), beside the disks: cached and materialised with them.
-        let started = std::time::Instant::now();
-        let fs = std::fs::File::open(root_fs)
-            .map_err(io("open the root filesystem for the SBOM"))
-            .and_then(|f| {
-                crate::inspect::fs::open(std::sync::Arc::new(f)).map_err(|e| RunError::Image {
-                    problem: format!("the SBOM: reading the root filesystem: {e}"),
-                })
-            })?;
-        let inventory = crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
-            problem: format!("the SBOM: {e}"),
-        })?;
-        drop(fs);
-        let doc = crate::sbom::document(
-            &d.name,
-            &crate::sbom::created_from_provenance(&d.provenance),
-            &digests,
-            &inventory,
-            &d.sbom,
-        );
         let sbom_name = crate::sbom::file_name(&d.name);
-        std::fs::write(out.join(&sbom_name), crate::sbom::render(&doc))
-            .map_err(io("write the SBOM"))?;
-        self.logln(&format!(
-            "disk: SBOM of {} packages in {} ms",
-            inventory.packages.len(),
-            started.elapsed().as_millis()
-        ));
+        let packages = self.disk_step("sbom", |_| {
+            let fs = std::fs::File::open(root_fs)
+                .map_err(io("open the root filesystem for the SBOM"))
+                .and_then(|f| {
+                    crate::inspect::fs::open(std::sync::Arc::new(f)).map_err(|e| RunError::Image {
+                        problem: format!("the SBOM: reading the root filesystem: {e}"),
+                    })
+                })?;
+            let inventory = crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
+                problem: format!("the SBOM: {e}"),
+            })?;
+            drop(fs);
+            let doc = crate::sbom::document(
+                &d.name,
+                &crate::sbom::created_from_provenance(&d.provenance),
+                &digests,
+                &inventory,
+                &d.sbom,
+            );
+            std::fs::write(out.join(&sbom_name), crate::sbom::render(&doc))
+                .map_err(io("write the SBOM"))?;
+            Ok(inventory.packages.len())
+        })?;
+        self.logln(&format!("disk: SBOM of {packages} packages"));
         let started = std::time::Instant::now();
         digests.push((sbom_name.clone(), sha256_of(&out.join(&sbom_name))?));
         made.push(sbom_name);
