@@ -344,7 +344,10 @@ impl Runner<'_> {
 
         // 4. The disk.
         let raw = work.join("disk.raw");
-        self.disk_step("disk", |_| write_disk(&raw, &plan, &images, &boot, &d.seed))?;
+        let keep_raw = d.formats.iter().any(|f| f == "raw");
+        self.disk_step("disk", |_| {
+            write_disk(&raw, &plan, &images, &boot, &d.seed, keep_raw)
+        })?;
 
         // 5. Outputs.
         self.outputs(&d, &raw, &out, &meta_dir, &root_fs_file)
@@ -464,6 +467,13 @@ impl Runner<'_> {
         }
         if d.formats.iter().any(|f| f == "raw") {
             let name = format!("{}.raw", d.name);
+            // Durable before it is named, as the qcow2 is; a raw disk that is only the
+            // qcow2's source is never synced (it was GBs written to the disk for nothing).
+            self.disk_step("sync-raw", |_| {
+                File::open(raw)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("sync the raw disk"))
+            })?;
             std::fs::rename(raw, out.join(&name)).map_err(io("move the raw disk"))?;
             made.push(name);
         } else {
@@ -757,12 +767,15 @@ fn gpt_error(what: &'static str) -> impl FnOnce(gptman::Error) -> RunError {
     }
 }
 
+/// Writes the disk file. `keep`: the raw disk is an output (not only the qcow2's source), so
+/// its writeback starts here, to overlap the qcow2's compression; `outputs` waits for it.
 fn write_disk(
     raw: &Path,
     plan: &DiskPlan,
     images: &[(Placed, PathBuf)],
     boot: &Path,
     seed: &str,
+    keep: bool,
 ) -> Result<(), RunError> {
     let mut f = File::options()
         .read(true)
@@ -802,7 +815,22 @@ fn write_disk(
         copy_sparse_at(img, &f, p.offset)?;
     }
     bios_boot(&mut f, plan, boot)?;
-    f.sync_all().map_err(io("sync the disk"))?;
+    if keep {
+        // SAFETY: sync_file_range on a descriptor this function owns; it only starts writeback.
+        let started = unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if started != 0 {
+            return Err(io("start writing the disk back")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     Ok(())
 }
 
