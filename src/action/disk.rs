@@ -308,14 +308,26 @@ impl Runner<'_> {
             plan
         };
         let root = plan.root().clone();
-        let root_img = work.join("root.img");
-        let root_fs_file = root_img.clone();
-        self.disk_step("root-filesystem", |r| {
-            make_fs(&root_img, &root, &d.seed, Some(&r.root), epoch)
-        })?;
-        if plan_root.kind == FsKind::Ext4 {
-            self.disk_step("inode-times", |_| set_inode_times(&root_img, epoch))?;
-        }
+        let raw = work.join("disk.raw");
+        File::create(&raw)
+            .and_then(|f| f.set_len(plan.size))
+            .map_err(io("create the disk"))?;
+        // ext4 is written in place, at its offset in the disk file (`mkfs.ext4 -E offset`):
+        // a separate file copied in afterwards was a second write of every byte. XFS, filled
+        // through a loop mount, keeps a file of its own.
+        let (root_fs, root_img) = if plan_root.kind == FsKind::Ext4 {
+            self.disk_step("root-filesystem", |r| {
+                make_ext4_in(&raw, &root, &d.seed, &r.root, epoch)
+            })?;
+            self.disk_step("inode-times", |_| set_inode_times(&raw, root.offset, epoch))?;
+            ((raw.clone(), root.offset, root.length), None)
+        } else {
+            let root_img = work.join("root.img");
+            self.disk_step("root-filesystem", |r| {
+                make_fs(&root_img, &root, &d.seed, Some(&r.root), epoch)
+            })?;
+            ((root_img.clone(), 0, root.length), Some(root_img))
+        };
         self.disk_step("unmount", |r| {
             if r.spec.overlay {
                 umount2(&r.root, MntFlags::empty()).map_err(engine("unmount the stack"))
@@ -325,7 +337,10 @@ impl Runner<'_> {
         })?;
 
         // 3. Every other filesystem (the ESP).
-        let mut images: Vec<(Placed, PathBuf)> = vec![(root.clone(), root_img)];
+        let mut images: Vec<(Placed, PathBuf)> = root_img
+            .map(|img| (root.clone(), img))
+            .into_iter()
+            .collect();
         self.disk_step("esp", |_| {
             for p in &plan.partitions {
                 if let Some(fs) = &p.part.fs
@@ -343,14 +358,13 @@ impl Runner<'_> {
         })?;
 
         // 4. The disk.
-        let raw = work.join("disk.raw");
         let keep_raw = d.formats.iter().any(|f| f == "raw");
         self.disk_step("disk", |_| {
             write_disk(&raw, &plan, &images, &boot, &d.seed, keep_raw)
         })?;
 
         // 5. Outputs.
-        self.outputs(&d, &raw, &out, &meta_dir, &root_fs_file)
+        self.outputs(&d, &raw, &out, &meta_dir, &root_fs)
     }
 
     fn write_fstab(&mut self, plan: &DiskPlan) -> Result<(), RunError> {
@@ -430,8 +444,10 @@ impl Runner<'_> {
         raw: &Path,
         out: &Path,
         meta_dir: &Path,
-        root_fs: &Path,
+        (root_fs, root_offset, root_len): &(PathBuf, u64, u64),
     ) -> Result<(), RunError> {
+        // Opened now: the raw disk that holds it is renamed or removed below.
+        let root_file = File::open(root_fs).map_err(io("open the root filesystem for the SBOM"))?;
         let mut made: Vec<String> = Vec::new();
         if d.formats.iter().any(|f| f == "qcow2") {
             let name = format!("{}.qcow2", d.name);
@@ -484,8 +500,11 @@ impl Runner<'_> {
             format!("{}\n", d.provenance),
         )
         .map_err(io("write the provenance"))?;
+        // The disks side by side, one per core: hashing the raw disk (GBs, holes read as
+        // zeros) alone otherwise leaves the other core idle.
         let digests = self.disk_step("checksums", |_| {
-            made.iter()
+            use rayon::prelude::*;
+            made.par_iter()
                 .map(|name| Ok((name.clone(), sha256_of(&out.join(name))?)))
                 .collect::<Result<Vec<(String, String)>, RunError>>()
         })?;
@@ -494,13 +513,16 @@ impl Runner<'_> {
         // with), beside the disks: cached and materialised with them.
         let sbom_name = crate::sbom::file_name(&d.name);
         let packages = self.disk_step("sbom", |_| {
-            let fs = std::fs::File::open(root_fs)
-                .map_err(io("open the root filesystem for the SBOM"))
-                .and_then(|f| {
-                    crate::inspect::fs::open(std::sync::Arc::new(f)).map_err(|e| RunError::Image {
-                        problem: format!("the SBOM: reading the root filesystem: {e}"),
-                    })
-                })?;
+            let slice = crate::inspect::Slice {
+                inner: root_file,
+                offset: *root_offset,
+                len: *root_len,
+            };
+            let fs = crate::inspect::fs::open(std::sync::Arc::new(slice)).map_err(|e| {
+                RunError::Image {
+                    problem: format!("the SBOM: reading the root filesystem: {e}"),
+                }
+            })?;
             let inventory = crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
                 problem: format!("the SBOM: {e}"),
             })?;
@@ -559,21 +581,10 @@ fn make_fs(
     drop(f);
     let uuid = uuid_of(seed, &p.part.name);
     match fs.kind {
-        FsKind::Ext4 => {
-            let mut cmd = Process::new("mkfs.ext4");
-            cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-                .args(["-F", "-q", "-L", &fs.label, "-U", &uuid])
-                .arg("-E")
-                .arg(format!("hash_seed={}", uuid_of(seed, "hash_seed")))
-                // DIB's options: an inode per 4 KiB and a 64 MiB journal.
-                .args(["-i", "4096", "-J", "size=64"]);
-            // -d copies the tree into the new filesystem from user space (owners, modes,
-            // times, xattrs, hard links, devices, holes), with no mount and no loop device.
-            if let Some(dir) = content {
-                cmd.arg("-d").arg(dir);
-            }
-            tool(cmd.arg(img), "mkfs.ext4")?
-        }
+        FsKind::Ext4 => tool(
+            &mut mkfs_ext4(img, 0, p, &fs.label, seed, content, epoch),
+            "mkfs.ext4",
+        )?,
         FsKind::Xfs => {
             tool(
                 Process::new("mkfs.xfs")
@@ -605,6 +616,58 @@ fn make_fs(
         }
     };
     Ok(())
+}
+
+/// Writes the ext4 filesystem of `p` from `content` into the existing disk file `disk`, at the
+/// partition's offset.
+fn make_ext4_in(
+    disk: &Path,
+    p: &Placed,
+    seed: &str,
+    content: &Path,
+    epoch: i64,
+) -> Result<(), RunError> {
+    let fs = p.part.fs.as_ref().ok_or_else(|| RunError::Image {
+        problem: format!("partition {} has no filesystem", p.part.name),
+    })?;
+    tool(
+        &mut mkfs_ext4(disk, p.offset, p, &fs.label, seed, Some(content), epoch),
+        "mkfs.ext4",
+    )?;
+    Ok(())
+}
+
+/// `mkfs.ext4` for partition `p` at `offset` in `img` (0: the file is the filesystem).
+fn mkfs_ext4(
+    img: &Path,
+    offset: u64,
+    p: &Placed,
+    label: &str,
+    seed: &str,
+    content: Option<&Path>,
+    epoch: i64,
+) -> Process {
+    let mut cmd = Process::new("mkfs.ext4");
+    cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .args(["-F", "-q", "-L", label, "-U", &uuid_of(seed, &p.part.name)])
+        .arg("-E")
+        // Discard stays on: on a file it punches the range, which tells mkfs that the inode
+        // tables read as zeros, so it neither writes them nor leaves them to the kernel's
+        // lazy init at first boot.
+        .arg(format!(
+            "hash_seed={},offset={offset}",
+            uuid_of(seed, "hash_seed")
+        ))
+        // DIB's options: an inode per 4 KiB and a 64 MiB journal.
+        .args(["-i", "4096", "-J", "size=64"]);
+    // -d copies the tree into the new filesystem from user space (owners, modes,
+    // times, xattrs, hard links, devices, holes), with no mount and no loop device.
+    if let Some(dir) = content {
+        cmd.arg("-d").arg(dir);
+    }
+    // The size, the partition's, not what follows the offset in the file.
+    cmd.arg(img).arg(format!("{}k", p.length / 1024));
+    cmd
 }
 
 /// Fills a filesystem image through a loop mount: for XFS, whose protofile (`mkfs.xfs -p`,
@@ -688,9 +751,22 @@ fn fill_vfat(img: &Path, dir: &Path, epoch: i64) -> Result<(), RunError> {
 /// Every used inode of an ext4 image gets `epoch` as its change, access and creation time:
 /// `mkfs.ext4 -d` copies the change and access times from the tree, and the change time
 /// cannot be set there. The used inodes are read from the bitmaps (`dumpe2fs`), no mount.
-fn set_inode_times(img: &Path, epoch: i64) -> Result<(), RunError> {
+fn set_inode_times(img: &Path, offset: u64, epoch: i64) -> Result<(), RunError> {
+    // e2fsprogs' programs open a filesystem at an offset in a file as `FILE?offset=N`.
+    let mut device = img.as_os_str().to_owned();
+    if offset > 0 {
+        if device.as_encoded_bytes().contains(&b'?') {
+            return Err(RunError::Image {
+                problem: format!(
+                    "the disk's work path {} has a '?', which e2fsprogs reads as options",
+                    img.display()
+                ),
+            });
+        }
+        device.push(format!("?offset={offset}"));
+    }
     let dump = tool(
-        Process::new("dumpe2fs").arg(img),
+        Process::new("dumpe2fs").arg(&device),
         "reading the root filesystem's inode bitmaps (dumpe2fs, from e2fsprogs)",
     )?;
     let inodes = used_inodes(&dump).ok_or_else(|| RunError::Image {
@@ -709,7 +785,7 @@ fn set_inode_times(img: &Path, epoch: i64) -> Result<(), RunError> {
         .arg("-w")
         .arg("-f")
         .arg(&script_path)
-        .arg(img)
+        .arg(&device)
         .output()
         .map_err(program("setting inode times (debugfs, from e2fsprogs)"))?;
     let _ = std::fs::remove_file(&script_path);
@@ -777,14 +853,12 @@ fn write_disk(
     seed: &str,
     keep: bool,
 ) -> Result<(), RunError> {
+    // Made, at its size, before the root filesystem was written into it.
     let mut f = File::options()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
         .open(raw)
-        .map_err(io("create the disk"))?;
-    f.set_len(plan.size).map_err(io("size the disk"))?;
+        .map_err(io("open the disk"))?;
     let disk_guid = layout::guid_bytes(&uuid_of(seed, "disk")).expect("derived GUIDs parse");
     let mut gpt = gptman::GPT::new_from(&mut f, SECTOR, disk_guid)
         .map_err(gpt_error("create the partition table"))?;
@@ -1067,6 +1141,56 @@ mod tests {
         assert_eq!(digest("a.img"), digest("b.img"));
     }
 
+    /// The disk action writes ext4 in place at the partition's offset in the disk file: the
+    /// filesystem's bytes are those of one written (and its times set) in a file of its own,
+    /// and the bytes around it are left as they were.
+    #[test]
+    #[allow(clippy::print_stderr)] // the skip note
+    fn a_root_filesystem_written_in_place_is_the_one_written_alone() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (scripts/test runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"ccb\n").unwrap();
+        let (epoch, length) = (1_700_000_000, 256 << 20);
+
+        let alone = dir.path().join("root.img");
+        let part = ext4_root_partition(length);
+        make_fs(&alone, &part, "seed", Some(&tree), epoch).unwrap();
+        set_inode_times(&alone, 0, epoch).unwrap();
+
+        let offset = 3 << 20;
+        let disk = dir.path().join("disk.raw");
+        let f = File::create(&disk).unwrap();
+        f.set_len(offset + length + (1 << 20)).unwrap();
+        f.write_all_at(b"before", offset - 6).unwrap();
+        f.write_all_at(b"after", offset + length).unwrap();
+        drop(f);
+        let placed = Placed { offset, ..part };
+        make_ext4_in(&disk, &placed, "seed", &tree, epoch).unwrap();
+        set_inode_times(&disk, offset, epoch).unwrap();
+
+        let bytes = std::fs::read(&disk).unwrap();
+        let (offset, length) = (offset as usize, length as usize);
+        assert_eq!(&bytes[offset - 6..offset], b"before");
+        assert_eq!(&bytes[offset + length..offset + length + 5], b"after");
+        assert!(
+            bytes[offset + length + 5..].iter().all(|&b| b == 0),
+            "nothing written after the filesystem"
+        );
+        assert!(
+            bytes[..offset - 6].iter().all(|&b| b == 0),
+            "nothing written before the filesystem"
+        );
+        assert_eq!(
+            blake3::hash(&bytes[offset..offset + length]),
+            blake3::hash(&std::fs::read(&alone).unwrap())
+        );
+    }
+
     /// `mkfs.ext4 -d` copies each file's change and access times from the tree, which no
     /// clamp can set: once every inode's times are the source date, a tree touched between
     /// two runs (a chmod, a read, a second later) gives the same filesystem.
@@ -1094,7 +1218,7 @@ mod tests {
                 1_700_000_000,
             )
             .unwrap();
-            set_inode_times(&img, 1_700_000_000).unwrap();
+            set_inode_times(&img, 0, 1_700_000_000).unwrap();
             blake3::hash(&std::fs::read(&img).unwrap())
         };
         let first = run(0);
