@@ -58,11 +58,23 @@
 //!   content-addressed bundle, the result back through the cache).
 //! - [`sbom`]: each image's SPDX 2.3 bill of materials (packages, licenses, ccb's inputs),
 //!   written by the disk action and checked by `ccb inspect`.
-//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc;
+//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc
+//!   (`ccb cache`'s view of the entries is `ops::cache`, above the records it reads);
 //!   [`store::Layout`] alone spells its paths.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
 //!   status and warnings to stderr, progress, the terminal decision, byte formatting.
-//! - [`redact`]: the one redaction of URLs, server bodies and registered secrets.
+//! - [`redact`]: the one redaction of URLs, server bodies and registered secrets;
+//!   [`secret::Secret`] holds a credential that never prints.
+//! - [`readat`]: the random-access byte source that `inspect` reads images through and the
+//!   fetcher hashes ranged downloads from.
+//!
+//! Dependencies point down: `ops` → `action`/`bootcheck`/`publish`/`remote` → `graph` →
+//! `element`/`fetch`/`lock`/`sources` → `manifest`/`label` → `store` → `fsutil`/`process`/
+//! `redact`/`diag`. Data types that several layers share live in the lowest one that owns them
+//! (the project's settings and `ccb.lock`'s pins in `manifest`, tree summaries and checkpoint
+//! limits in `store`). What still points up is one knot: `action`, `graph`, `publish`,
+//! `remote`, `sbom` and `inspect` import one another (the action record's step list, the
+//! provenance's timestamp format, the remote cache's Swift client).
 //! - [`interrupt`] and [`fault`]: Ctrl-C stops transfers between chunks (exit 130); debug
 //!   builds stop themselves at named points for the fault campaign (`tests/cli/faults.rs`).
 //! - [`process`]: the one way to run a program (command line kept for errors, captured
@@ -116,9 +128,11 @@ pub mod ops;
 pub mod process;
 pub mod publish;
 pub mod qcow2;
+pub mod readat;
 pub mod redact;
 pub mod remote;
 pub mod sbom;
+pub mod secret;
 pub mod sources;
 pub mod store;
 pub mod ui;

@@ -229,7 +229,7 @@ fn stray_files<'a>(
         if read.iter().any(|r| *r == path) {
             continue;
         }
-        let hint = crate::label::did_you_mean(stem, &categories)
+        let hint = crate::diag::did_you_mean(stem, &categories)
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
         out.push(format!(

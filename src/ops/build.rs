@@ -294,7 +294,7 @@ fn check_arches(
         })
         .filter_map(|(act, _)| act.arch)
         // Sent to a remote builder (unless native here: then built here as usual).
-        .filter(|arch| !remote.contains(arch) || crate::doctor::host_arch() == Some(*arch))
+        .filter(|arch| !remote.contains(arch) || crate::manifest::Arch::host() == Some(*arch))
         .collect();
     let mut skipped = BTreeSet::new();
     for arch in foreign {

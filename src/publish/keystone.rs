@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::PublishError;
 use super::clouds::{AuthType, Cloud};
-use super::secret::Secret;
 use super::swift::Auth;
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum KeystoneError {

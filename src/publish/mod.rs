@@ -26,7 +26,9 @@ pub mod contract;
 pub mod keystone;
 pub mod layout;
 pub mod local;
-pub mod secret;
+/// Secrets moved to [`crate::secret`] (they are not publishing's alone: caches and inspect
+/// hold them too); the old path stays for code written against it.
+pub use crate::secret;
 pub mod signing;
 pub mod sites;
 pub mod swift;
@@ -182,7 +184,7 @@ pub trait ObjectStore: Send + Sync {
     fn open_read(
         &self,
         name: &str,
-    ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError>;
+    ) -> Result<std::sync::Arc<dyn crate::readat::ReadAt>, PublishError>;
     /// Makes sure a marker object exists: zero bytes, named like a "directory" other objects
     /// live under (Swift has no directories; a local site does, see [`local::LocalSite`]).
     fn put_marker(&self, name: &str) -> Result<(), PublishError> {

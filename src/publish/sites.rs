@@ -147,7 +147,7 @@ pub fn swift_opener(
     model: &Model,
 ) -> impl Fn(
     &crate::manifest::SwiftObject,
-) -> Result<Arc<dyn crate::inspect::ReadAt>, Box<dyn std::error::Error + Send + Sync>>
+) -> Result<Arc<dyn crate::readat::ReadAt>, Box<dyn std::error::Error + Send + Sync>>
 + Send
 + Sync
 + use<> {
