@@ -485,6 +485,62 @@ impl Runner<'_> {
         // Opened now: the raw disk that holds it is renamed or removed below.
         let root_file = File::open(root_fs).map_err(io("open the root filesystem for the SBOM"))?;
         let mut made: Vec<String> = Vec::new();
+        let keep_raw = d.formats.iter().any(|f| f == "raw");
+        // The raw disk's checksum is computed on a thread of its own while the qcow2 is
+        // written, which reads the same bytes from the page cache: alone, afterwards, it was
+        // seconds of one core hashing GBs (holes read as zeros) with the other idle.
+        let raw_digest = std::thread::scope(|s| -> Result<Option<String>, RunError> {
+            let hashing = keep_raw.then(|| s.spawn(|| sha256_of(raw)));
+            self.qcow2_output(d, raw, out, &mut made)?;
+            hashing
+                .map(|h| {
+                    h.join().map_err(|_| {
+                        RunError::Internal("the raw disk's checksum thread panicked")
+                    })?
+                })
+                .transpose()
+        })?;
+        if keep_raw {
+            let name = format!("{}.raw", d.name);
+            // Durable before it is named, as the qcow2 is; a raw disk that is only the
+            // qcow2's source is never synced (it was GBs written to the disk for nothing).
+            self.disk_step("sync-raw", |_| {
+                File::open(raw)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("sync the raw disk"))
+            })?;
+            std::fs::rename(raw, out.join(&name)).map_err(io("move the raw disk"))?;
+            made.push(name);
+        } else {
+            let _ = std::fs::remove_file(raw);
+        }
+        std::fs::write(
+            meta_dir.join(format!("{}_provenance.json", d.name)),
+            format!("{}\n", d.provenance),
+        )
+        .map_err(io("write the provenance"))?;
+        let digests = self.disk_step("checksums", |_| {
+            made.iter()
+                .map(|name| {
+                    let digest = match &raw_digest {
+                        Some(digest) if name.ends_with(".raw") => digest.clone(),
+                        _ => sha256_of(&out.join(name))?,
+                    };
+                    Ok((name.clone(), digest))
+                })
+                .collect::<Result<Vec<(String, String)>, RunError>>()
+        })?;
+        self.sbom_and_sums(d, out, root_file, (*root_offset, *root_len), digests, made)
+    }
+
+    /// The qcow2, if the image wants one, named in `made`.
+    fn qcow2_output(
+        &mut self,
+        d: &DiskSpec,
+        raw: &Path,
+        out: &Path,
+        made: &mut Vec<String>,
+    ) -> Result<(), RunError> {
         if d.formats.iter().any(|f| f == "qcow2") {
             let name = format!("{}.qcow2", d.name);
             let dst = out.join(&name);
@@ -517,42 +573,27 @@ impl Runner<'_> {
             })?;
             made.push(name);
         }
-        if d.formats.iter().any(|f| f == "raw") {
-            let name = format!("{}.raw", d.name);
-            // Durable before it is named, as the qcow2 is; a raw disk that is only the
-            // qcow2's source is never synced (it was GBs written to the disk for nothing).
-            self.disk_step("sync-raw", |_| {
-                File::open(raw)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io("sync the raw disk"))
-            })?;
-            std::fs::rename(raw, out.join(&name)).map_err(io("move the raw disk"))?;
-            made.push(name);
-        } else {
-            let _ = std::fs::remove_file(raw);
-        }
-        std::fs::write(
-            meta_dir.join(format!("{}_provenance.json", d.name)),
-            format!("{}\n", d.provenance),
-        )
-        .map_err(io("write the provenance"))?;
-        // The disks side by side, one per core: hashing the raw disk (GBs, holes read as
-        // zeros) alone otherwise leaves the other core idle.
-        let digests = self.disk_step("checksums", |_| {
-            use rayon::prelude::*;
-            made.par_iter()
-                .map(|name| Ok((name.clone(), sha256_of(&out.join(name))?)))
-                .collect::<Result<Vec<(String, String)>, RunError>>()
-        })?;
-        let mut digests = digests;
+        Ok(())
+    }
+
+    /// The SBOM and SHA256SUMS, after the disks.
+    fn sbom_and_sums(
+        &mut self,
+        d: &DiskSpec,
+        out: &Path,
+        root_file: File,
+        (root_offset, root_len): (u64, u64),
+        mut digests: Vec<(String, String)>,
+        mut made: Vec<String>,
+    ) -> Result<(), RunError> {
         // The SBOM, from the root filesystem's own bytes (the reader `ccb inspect` checks it
         // with), beside the disks: cached and materialised with them.
         let sbom_name = crate::sbom::file_name(&d.name);
         let packages = self.disk_step("sbom", |_| {
             let slice = crate::inspect::Slice {
                 inner: root_file,
-                offset: *root_offset,
-                len: *root_len,
+                offset: root_offset,
+                len: root_len,
             };
             let fs = crate::inspect::fs::open(std::sync::Arc::new(slice)).map_err(|e| {
                 RunError::Image {
