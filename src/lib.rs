@@ -49,8 +49,9 @@
 //!   is [`inspect::qcow2`].
 //! - [`inspect`]: reading images (qcow2, GPT, ext4, xfs, dpkg/rpm databases, initramfs
 //!   archives) without mounts.
-//! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes, and the
-//!   contract the sites' image puller reads (`publish::contract`).
+//! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes; [`contract`]
+//!   is what the sites' image puller reads (manifest keys, build timestamps), checked before
+//!   anything is uploaded.
 //! - [`remote`]: the remote cache shared by build hosts (Bazel's HTTP cache protocol, a Swift
 //!   container, a directory): content-defined zstd chunks, REAPI `ActionResult` entries,
 //!   verified before they enter the store; `ops::build` looks there after the store. An
@@ -67,19 +68,19 @@
 //!   [`secret::Secret`] holds a credential that never prints.
 //! - [`readat`]: the random-access byte source that `inspect` reads images through and the
 //!   fetcher hashes ranged downloads from.
-//!
-//! Dependencies point down: `ops` → `action`/`bootcheck`/`publish`/`remote` → `graph` →
-//! `element`/`fetch`/`lock`/`sources` → `manifest`/`label` → `store` → `fsutil`/`process`/
-//! `redact`/`diag`. Data types that several layers share live in the lowest one that owns them
-//! (the project's settings and `ccb.lock`'s pins in `manifest`, tree summaries and checkpoint
-//! limits in `store`). What still points up is one knot: `action`, `graph`, `publish`,
-//! `remote`, `sbom` and `inspect` import one another (the action record's step list, the
-//! provenance's timestamp format, the remote cache's Swift client).
 //! - [`interrupt`] and [`fault`]: Ctrl-C stops transfers between chunks (exit 130); debug
 //!   builds stop themselves at named points for the fault campaign (`tests/cli/faults.rs`).
 //! - [`process`]: the one way to run a program (command line kept for errors, captured
 //!   output, SIGTERM → grace → SIGKILL), and bounded runs of untrusted code (a time limit,
 //!   an address-space limit, PID 1 of a fresh PID namespace: environment.d, the evaluator).
+//!
+//! Dependencies point down: `ops` → `action`/`bootcheck`/`publish`/`remote` → `graph` →
+//! `element`/`fetch`/`lock`/`sources` → `manifest`/`label` → `store` → `fsutil`/`process`/
+//! `redact`/`diag`. Data types that several layers share live in the lowest one that owns them
+//! (the project's settings and `ccb.lock`'s pins in `manifest`, tree summaries and checkpoint
+//! limits in `store`, the sites' formats in [`contract`], sizes in [`units`]). One pair still
+//! imports each other: `action` (whose errors carry a remote builder's) and `remote` (which
+//! digests an unpacked tree with `action::tree`).
 //!
 //! On-disk layout of the store (`$CCB_CACHE_DIR`, default `$XDG_CACHE_HOME/ccb`):
 //!
@@ -110,6 +111,7 @@
 pub mod action;
 pub mod bootcheck;
 pub mod cli;
+pub mod contract;
 pub mod diag;
 pub mod doctor;
 pub mod element;
@@ -136,6 +138,7 @@ pub mod secret;
 pub mod sources;
 pub mod store;
 pub mod ui;
+pub mod units;
 
 /// ccb's version, part of every action key: a new engine never reuses an old engine's outputs.
 pub const ENGINE_VERSION: &str = concat!("ccb-", env!("CARGO_PKG_VERSION"), "-engine-1");

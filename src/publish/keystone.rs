@@ -393,7 +393,7 @@ mod tests {
         assert_eq!(parse_time("2026-11-27T18:21:43+00:00"), Some(1_795_803_703));
         assert_eq!(parse_time("nonsense"), None);
         // Round trip with the formatter the provenance uses.
-        let (iso, _) = crate::action::utc(1_795_803_703);
+        let (iso, _) = crate::contract::utc(1_795_803_703);
         assert_eq!(parse_time(&iso), Some(1_795_803_703));
     }
 }

@@ -22,7 +22,8 @@
 //! 6. writes the image's pointer, then settles `current` ([`settle_current`]).
 
 pub mod clouds;
-pub mod contract;
+/// The sites' contract moved to [`crate::contract`] (the disk action and the SBOM write it too).
+pub use crate::contract;
 pub mod keystone;
 pub mod layout;
 pub mod local;
@@ -315,7 +316,7 @@ pub struct PublishOptions<'a> {
 }
 
 fn now_rfc3339() -> String {
-    crate::action::utc_now().0
+    crate::contract::utc_now().0
 }
 
 /// Publishes one image to one site.
