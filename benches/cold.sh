@@ -9,10 +9,11 @@
 #   - ccb: `build --until layer` of an image of ccb's debian-minimal plus an element that asks
 #     for the same packages, and for those DIB's own elements add to every image (below).
 # The same root filesystem, not just the same command line: DIB's debian-minimal, debootstrap
-# and dib-python elements install packages of their own whatever is asked (tzdata with the
-# bootstrap; adduser, ca-certificates, cloud-initramfs-growroot, locales, lsb-release, netbase;
-# and systemd-sysv, busybox, sudo, gnupg2 and python3 in root.d, before its dpkg element turns
-# Recommends off, so with their Recommends: dirmngr, gpg-agent, pinentry...). Measured without
+# and base elements install packages of their own whatever is asked (tzdata with the
+# bootstrap; adduser, ca-certificates, locales, lsb-release, netbase; cloud-initramfs-growroot
+# is mapped away on bookworm; base's apt-transport-https, software-properties-common and
+# open-iscsi; and systemd-sysv, busybox, sudo, gnupg2 and python3 in root.d, before its dpkg
+# element turns Recommends off, so with their Recommends: dirmngr, gpg-agent, pinentry...). Measured without
 # this, DIB installed 276 packages and ccb 199, and the times compared different work. ccb's
 # side asks for the same (its debian-minimal adds nothing), in the same order and with
 # Recommends where DIB has them, so both trees hold the same packages: the benchmark prints
@@ -87,9 +88,11 @@ DEBIAN_FRONTEND=noninteractive apt-get -y -o APT::Install-Recommends=1 install \
     systemd-sysv busybox sudo gnupg2 python3
 SH
 chmod +x "$proj/elements/cold-packages/pre-install.d/02-as-dib-baseinstall"
-# What DIB's bootstrap (tzdata) and debootstrap element add, then what both were asked for.
-printf '%s:\n' tzdata adduser ca-certificates cloud-initramfs-growroot locales lsb-release \
-    netbase "${packages[@]}" >"$proj/elements/cold-packages/package-installs.yaml"
+# What DIB's bootstrap (tzdata), debootstrap and base elements add, then what both were asked
+# for.
+printf '%s:\n' tzdata adduser ca-certificates locales lsb-release netbase apt-transport-https \
+    software-properties-common open-iscsi "${packages[@]}" \
+    >"$proj/elements/cold-packages/package-installs.yaml"
 export CCB_CACHE_DIR="$work/store"
 t0=$(now)
 "$CCB" -q --root "$proj" build cold --until layer --element-path "$here/elements" \
