@@ -59,7 +59,8 @@ fn main() {
     let threads = rayon::current_num_threads();
     println!("raw disk: {} ({})", raw.display(), mib(stats.virtual_size));
     println!(
-        "ccb writer ({threads} threads, libdeflate 6): {ccb_s:6.1} s  {}  ({} data clusters, {} compressed)",
+        "ccb writer ({threads} threads, libdeflate {}): {ccb_s:6.1} s  {}  ({} data clusters, {} compressed)",
+        ccb::qcow2::LEVEL,
         mib(stats.file_size),
         stats.data_clusters,
         stats.compressed_clusters

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, umount2};
 
+use super::event::{Event, StepRecord, emit};
 use super::inroot;
 use super::layout::{self, DiskPlan, FsKind, Placed, SECTOR};
 use super::repro;
@@ -95,11 +96,58 @@ fn copy_sparse_at(src: &Path, dst: &File, offset: u64) -> Result<(), RunError> {
     Ok(())
 }
 
+/// CPU time (user and system) of this process and of the programs it ran and waited for.
+fn cpu_ms() -> u64 {
+    let of = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut u) } != 0 {
+            return 0;
+        }
+        let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+        ms(u.ru_utime) + ms(u.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
 fn uuid_of(seed: &str, what: &str) -> String {
     layout::derived_guid(&format!("{seed}/{what}"))
 }
 
 impl Runner<'_> {
+    /// One part of the disk action that ccb does itself, timed and reported as a step (phase
+    /// `disk`, element `ccb`) beside the finalise scripts, so that the build report says where
+    /// a disk's time goes as it does for a layer.
+    fn disk_step<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, RunError>,
+    ) -> Result<T, RunError> {
+        let (phase, element) = ("disk", "ccb");
+        emit(&Event::Step {
+            phase: phase.into(),
+            element: element.into(),
+            name: name.into(),
+        });
+        let (started, cpu) = (std::time::Instant::now(), cpu_ms());
+        let done = f(self)?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        // The CPU time beside the wall time: on a shared builder the wall time says as much
+        // about the neighbours as about the step.
+        self.logln(&format!(
+            "disk: step {name} in {duration_ms} ms ({} ms of CPU)",
+            cpu_ms().saturating_sub(cpu)
+        ));
+        emit(&Event::StepDone(StepRecord {
+            phase: phase.into(),
+            element: element.into(),
+            name: name.into(),
+            status: 0,
+            duration_ms,
+        }));
+        Ok(done)
+    }
+
     fn disk_spec(&self) -> Result<&DiskSpec, RunError> {
         self.spec
             .disk
@@ -117,14 +165,14 @@ impl Runner<'_> {
         // The stack, writable through an overlay (or copied where overlayfs is unavailable),
         // at the chroot's root: finalise works on the tree, as every chroot phase does.
         std::fs::create_dir_all(&self.root).map_err(io("create the root tree"))?;
-        self.prepare_root()?;
+        self.disk_step("stack", Self::prepare_root)?;
         let epoch: i64 = self
             .spec
             .env
             .get(repro::ENV)
             .and_then(|v| v.parse().ok())
             .ok_or(RunError::Internal("a disk action without a source date"))?;
-        let used = du(&self.root)?;
+        let used = self.disk_step("measure", |r| du(&r.root))?;
         let plan_root = d
             .layout
             .partitions
@@ -218,12 +266,12 @@ impl Runner<'_> {
             tree::copy_contents(dir, &boot)?;
         }
         if let (Some(tool), Some(boot_in)) = (&host_mkimage, &boot_in) {
-            let started = std::time::Instant::now();
-            let n = super::grub::run_requests(tool, &self.root, boot_in, &boot)?;
+            let n = self.disk_step("boot-images", |r| {
+                super::grub::run_requests(tool, &r.root, boot_in, &boot)
+            })?;
             self.logln(&format!(
-                "disk: {n} GRUB image(s) made by the host's {} in {} ms",
+                "disk: {n} GRUB image(s) made by the host's {}",
                 tool.display(),
-                started.elapsed().as_millis()
             ));
         }
         let esp_tree = work.join("esp-tree");
@@ -242,16 +290,26 @@ impl Runner<'_> {
             tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
         }
         drop(image);
-        self.finalise_base()?;
-        let image = self.tree()?;
-        let scrubbed =
-            repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
-        drop(image);
-        for line in scrubbed {
-            self.logln(&format!("disk: {line}"));
-        }
-        let clamped = repro::clamp_times(&self.root, epoch)
-            .map_err(io("clamp the image's times to the source date"))?;
+        self.disk_step("clean", |r| {
+            r.finalise_base()?;
+            let image = r.tree()?;
+            let scrubbed =
+                repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
+            drop(image);
+            for line in scrubbed {
+                r.logln(&format!("disk: {line}"));
+            }
+            Ok(())
+        })?;
+        let clamped = self.disk_step("source-date", |r| {
+            if plan_root.kind == FsKind::Ext4 {
+                // Every inode's access time is set in the filesystem (set_inode_times).
+                repro::clamp_modification_times(&r.root, epoch)
+            } else {
+                repro::clamp_times(&r.root, epoch)
+            }
+            .map_err(io("clamp the image's times to the source date"))
+        })?;
         self.logln(&format!(
             "disk: source date {epoch}: {clamped} newer times clamped"
         ));
@@ -261,8 +319,20 @@ impl Runner<'_> {
         //    tree before finalise (whose growth, a few MiB of GRUB modules, DIB's 40 % of free
         //    space absorbs), unless finalise grew the tree to fill more than 80 % of the root
         //    (an initramfs made there): then it is sized again for what the tree holds now.
-        let after = du(&self.root)?;
-        let plan = if d.size.is_none() && after > plan.root().length / 10 * 8 {
+        let limit = plan.root().length / 10 * 8;
+        let after = self.disk_step("measure-again", |r| {
+            if r.spec.overlay {
+                // All that finalise wrote is in the overlay's upper directory: the tree holds
+                // at most what it held before plus that (a copied-up file counts twice), and
+                // only a bound too close to the limit needs the whole tree walked again.
+                let bound = used + du(&r.spec.work.join("upper"))?;
+                if bound <= limit {
+                    return Ok(bound);
+                }
+            }
+            du(&r.root)
+        })?;
+        let plan = if d.size.is_none() && after > limit {
             let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
                 .map_err(|problem| RunError::Image { problem })?;
             self.logln(&format!(
@@ -275,55 +345,63 @@ impl Runner<'_> {
             plan
         };
         let root = plan.root().clone();
-        let root_img = work.join("root.img");
-        let root_fs_file = root_img.clone();
-        let started = std::time::Instant::now();
-        make_fs(&root_img, &root, &d.seed, Some(&self.root), epoch)?;
-        if plan_root.kind == FsKind::Ext4 {
-            set_inode_times(&root_img, epoch)?;
-        }
-        self.logln(&format!(
-            "disk: root filesystem ({}) written from the tree in {} ms",
-            plan_root.kind.as_str(),
-            started.elapsed().as_millis()
-        ));
-        if self.spec.overlay {
-            umount2(&self.root, MntFlags::empty()).map_err(engine("unmount the stack"))?;
+        let raw = work.join("disk.raw");
+        File::create(&raw)
+            .and_then(|f| f.set_len(plan.size))
+            .map_err(io("create the disk"))?;
+        // ext4 is written in place, at its offset in the disk file (`mkfs.ext4 -E offset`):
+        // a separate file copied in afterwards was a second write of every byte. XFS, filled
+        // through a loop mount, keeps a file of its own.
+        let (root_fs, root_img) = if plan_root.kind == FsKind::Ext4 {
+            self.disk_step("root-filesystem", |r| {
+                make_ext4_in(&raw, &root, &d.seed, &r.root, epoch)
+            })?;
+            self.disk_step("inode-times", |_| set_inode_times(&raw, root.offset, epoch))?;
+            ((raw.clone(), root.offset, root.length), None)
         } else {
-            std::fs::remove_dir_all(&self.root).map_err(io("remove the copied stack"))?;
-        }
+            let root_img = work.join("root.img");
+            self.disk_step("root-filesystem", |r| {
+                make_fs(&root_img, &root, &d.seed, Some(&r.root), epoch)
+            })?;
+            ((root_img.clone(), 0, root.length), Some(root_img))
+        };
+        self.disk_step("unmount", |r| {
+            if r.spec.overlay {
+                umount2(&r.root, MntFlags::empty()).map_err(engine("unmount the stack"))
+            } else {
+                std::fs::remove_dir_all(&r.root).map_err(io("remove the copied stack"))
+            }
+        })?;
 
         // 3. Every other filesystem (the ESP).
-        let mut images: Vec<(Placed, PathBuf)> = vec![(root.clone(), root_img)];
-        for p in &plan.partitions {
-            if let Some(fs) = &p.part.fs
-                && fs.kind == FsKind::Vfat
-            {
-                let img = work.join(format!("part{}.img", p.number));
-                make_fs(&img, p, &d.seed, None, epoch)?;
-                let content = if fs.mount.as_ref().is_some_and(|m| m.point == "/boot/efi") {
-                    Some(esp_tree.as_path())
-                } else {
-                    None
-                };
-                if let Some(dir) = content {
-                    fill_vfat(&img, dir, epoch)?;
+        let mut images: Vec<(Placed, PathBuf)> = root_img
+            .map(|img| (root.clone(), img))
+            .into_iter()
+            .collect();
+        self.disk_step("esp", |_| {
+            for p in &plan.partitions {
+                if let Some(fs) = &p.part.fs
+                    && fs.kind == FsKind::Vfat
+                {
+                    let img = work.join(format!("part{}.img", p.number));
+                    make_fs(&img, p, &d.seed, None, epoch)?;
+                    if fs.mount.as_ref().is_some_and(|m| m.point == "/boot/efi") {
+                        fill_vfat(&img, &esp_tree, epoch)?;
+                    }
+                    images.push((p.clone(), img));
                 }
-                images.push((p.clone(), img));
             }
-        }
+            Ok(())
+        })?;
 
         // 4. The disk.
-        let raw = work.join("disk.raw");
-        let started = std::time::Instant::now();
-        write_disk(&raw, &plan, &images, &boot, &d.seed)?;
-        self.logln(&format!(
-            "disk: partition table, filesystems and boot code written in {} ms",
-            started.elapsed().as_millis()
-        ));
+        let keep_raw = d.formats.iter().any(|f| f == "raw");
+        self.disk_step("disk", |_| {
+            write_disk(&raw, &plan, &images, &boot, &d.seed, keep_raw)
+        })?;
 
         // 5. Outputs.
-        self.outputs(&d, &raw, &out, &meta_dir, &root_fs_file)
+        self.outputs(&d, &raw, &out, &meta_dir, &root_fs)
     }
 
     fn write_fstab(&mut self, plan: &DiskPlan) -> Result<(), RunError> {
@@ -403,42 +481,35 @@ impl Runner<'_> {
         raw: &Path,
         out: &Path,
         meta_dir: &Path,
-        root_fs: &Path,
+        (root_fs, root_offset, root_len): &(PathBuf, u64, u64),
     ) -> Result<(), RunError> {
+        // Opened now: the raw disk that holds it is renamed or removed below.
+        let root_file = File::open(root_fs).map_err(io("open the root filesystem for the SBOM"))?;
         let mut made: Vec<String> = Vec::new();
-        if d.formats.iter().any(|f| f == "qcow2") {
-            let name = format!("{}.qcow2", d.name);
-            let dst = out.join(&name);
-            match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()) {
-                Some(compression) => {
-                    // ccb's writer: deflate on every core (benches/qcow2.rs compares it with
-                    // qemu-img on this image).
-                    let started = std::time::Instant::now();
-                    let stats = crate::qcow2::convert_raw(raw, &dst, compression)
-                        .map_err(RunError::Qcow2)?;
-                    self.logln(&format!(
-                        "disk: qcow2 {} MiB, {} of {} data clusters compressed, in {} ms",
-                        stats.file_size >> 20,
-                        stats.compressed_clusters,
-                        stats.data_clusters,
-                        started.elapsed().as_millis()
-                    ));
-                }
-                None => {
-                    // zstd: qemu-img's (libzstd, QEMU's level); ccb writes only deflate.
-                    let mut cmd = Process::new("qemu-img");
-                    cmd.args(["convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2"]);
-                    if let Some(c) = &d.qcow2_compression {
-                        cmd.arg("-c").arg("-o").arg(format!("compression_type={c}"));
-                    }
-                    cmd.arg(raw).arg(&dst);
-                    tool(&mut cmd, "converting to qcow2 (qemu-img, from qemu-utils)")?;
-                }
-            }
-            made.push(name);
-        }
-        if d.formats.iter().any(|f| f == "raw") {
+        let keep_raw = d.formats.iter().any(|f| f == "raw");
+        // The raw disk's checksum is computed on a thread of its own while the qcow2 is
+        // written, which reads the same bytes from the page cache: alone, afterwards, it was
+        // seconds of one core hashing GBs (holes read as zeros) with the other idle.
+        let raw_digest = std::thread::scope(|s| -> Result<Option<String>, RunError> {
+            let hashing = keep_raw.then(|| s.spawn(|| sha256_of(raw)));
+            self.qcow2_output(d, raw, out, &mut made)?;
+            hashing
+                .map(|h| {
+                    h.join().map_err(|_| {
+                        RunError::Internal("the raw disk's checksum thread panicked")
+                    })?
+                })
+                .transpose()
+        })?;
+        if keep_raw {
             let name = format!("{}.raw", d.name);
+            // Durable before it is named, as the qcow2 is; a raw disk that is only the
+            // qcow2's source is never synced (it was GBs written to the disk for nothing).
+            self.disk_step("sync-raw", |_| {
+                File::open(raw)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("sync the raw disk"))
+            })?;
             std::fs::rename(raw, out.join(&name)).map_err(io("move the raw disk"))?;
             made.push(name);
         } else {
@@ -449,39 +520,103 @@ impl Runner<'_> {
             format!("{}\n", d.provenance),
         )
         .map_err(io("write the provenance"))?;
-        let mut digests: Vec<(String, String)> = Vec::new();
-        for name in &made {
-            digests.push((name.clone(), sha256_of(&out.join(name))?));
+        let digests = self.disk_step("checksums", |_| {
+            made.iter()
+                .map(|name| {
+                    let digest = match &raw_digest {
+                        Some(digest) if name.ends_with(".raw") => digest.clone(),
+                        _ => sha256_of(&out.join(name))?,
+                    };
+                    Ok((name.clone(), digest))
+                })
+                .collect::<Result<Vec<(String, String)>, RunError>>()
+        })?;
+        self.sbom_and_sums(d, out, root_file, (*root_offset, *root_len), digests, made)
+    }
+
+    /// The qcow2, if the image wants one, named in `made`.
+    fn qcow2_output(
+        &mut self,
+        d: &DiskSpec,
+        raw: &Path,
+        out: &Path,
+        made: &mut Vec<String>,
+    ) -> Result<(), RunError> {
+        if d.formats.iter().any(|f| f == "qcow2") {
+            let name = format!("{}.qcow2", d.name);
+            let dst = out.join(&name);
+            self.disk_step("qcow2", |r| {
+                match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()) {
+                    Some(compression) => {
+                        // ccb's writer: deflate on every core (benches/qcow2.rs compares it
+                        // with qemu-img on this image).
+                        let stats = crate::qcow2::convert_raw(raw, &dst, compression)
+                            .map_err(RunError::Qcow2)?;
+                        r.logln(&format!(
+                            "disk: qcow2 {} MiB, {} of {} data clusters compressed",
+                            stats.file_size >> 20,
+                            stats.compressed_clusters,
+                            stats.data_clusters,
+                        ));
+                    }
+                    None => {
+                        // zstd: qemu-img's (libzstd, QEMU's level); ccb writes only deflate.
+                        let mut cmd = Process::new("qemu-img");
+                        cmd.args(["convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2"]);
+                        if let Some(c) = &d.qcow2_compression {
+                            cmd.arg("-c").arg("-o").arg(format!("compression_type={c}"));
+                        }
+                        cmd.arg(raw).arg(&dst);
+                        tool(&mut cmd, "converting to qcow2 (qemu-img, from qemu-utils)")?;
+                    }
+                }
+                Ok(())
+            })?;
+            made.push(name);
         }
+        Ok(())
+    }
+
+    /// The SBOM and SHA256SUMS, after the disks.
+    fn sbom_and_sums(
+        &mut self,
+        d: &DiskSpec,
+        out: &Path,
+        root_file: File,
+        (root_offset, root_len): (u64, u64),
+        mut digests: Vec<(String, String)>,
+        mut made: Vec<String>,
+    ) -> Result<(), RunError> {
         // The SBOM, from the root filesystem's own bytes (the reader `ccb inspect` checks it
         // with), beside the disks: cached and materialised with them.
-        let started = std::time::Instant::now();
-        let fs = std::fs::File::open(root_fs)
-            .map_err(io("open the root filesystem for the SBOM"))
-            .and_then(|f| {
-                crate::inspect::fs::open(std::sync::Arc::new(f)).map_err(|e| RunError::Image {
-                    problem: format!("the SBOM: reading the root filesystem: {e}"),
-                })
-            })?;
-        let inventory = crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
-            problem: format!("the SBOM: {e}"),
-        })?;
-        drop(fs);
-        let doc = crate::sbom::document(
-            &d.name,
-            &crate::sbom::created_from_provenance(&d.provenance),
-            &digests,
-            &inventory,
-            &d.sbom,
-        );
         let sbom_name = crate::sbom::file_name(&d.name);
-        std::fs::write(out.join(&sbom_name), crate::sbom::render(&doc))
-            .map_err(io("write the SBOM"))?;
-        self.logln(&format!(
-            "disk: SBOM of {} packages in {} ms",
-            inventory.packages.len(),
-            started.elapsed().as_millis()
-        ));
+        let packages = self.disk_step("sbom", |_| {
+            let slice = crate::inspect::Slice {
+                inner: root_file,
+                offset: root_offset,
+                len: root_len,
+            };
+            let fs = crate::inspect::fs::open(std::sync::Arc::new(slice)).map_err(|e| {
+                RunError::Image {
+                    problem: format!("the SBOM: reading the root filesystem: {e}"),
+                }
+            })?;
+            let inventory = crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
+                problem: format!("the SBOM: {e}"),
+            })?;
+            drop(fs);
+            let doc = crate::sbom::document(
+                &d.name,
+                &crate::sbom::created_from_provenance(&d.provenance),
+                &digests,
+                &inventory,
+                &d.sbom,
+            );
+            std::fs::write(out.join(&sbom_name), crate::sbom::render(&doc))
+                .map_err(io("write the SBOM"))?;
+            Ok(inventory.packages.len())
+        })?;
+        self.logln(&format!("disk: SBOM of {packages} packages"));
         let started = std::time::Instant::now();
         digests.push((sbom_name.clone(), sha256_of(&out.join(&sbom_name))?));
         made.push(sbom_name);
@@ -524,21 +659,10 @@ fn make_fs(
     drop(f);
     let uuid = uuid_of(seed, &p.part.name);
     match fs.kind {
-        FsKind::Ext4 => {
-            let mut cmd = Process::new("mkfs.ext4");
-            cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-                .args(["-F", "-q", "-L", &fs.label, "-U", &uuid])
-                .arg("-E")
-                .arg(format!("hash_seed={}", uuid_of(seed, "hash_seed")))
-                // DIB's options: an inode per 4 KiB and a 64 MiB journal.
-                .args(["-i", "4096", "-J", "size=64"]);
-            // -d copies the tree into the new filesystem from user space (owners, modes,
-            // times, xattrs, hard links, devices, holes), with no mount and no loop device.
-            if let Some(dir) = content {
-                cmd.arg("-d").arg(dir);
-            }
-            tool(cmd.arg(img), "mkfs.ext4")?
-        }
+        FsKind::Ext4 => tool(
+            &mut mkfs_ext4(img, 0, p, &fs.label, seed, content, epoch),
+            "mkfs.ext4",
+        )?,
         FsKind::Xfs => {
             tool(
                 Process::new("mkfs.xfs")
@@ -570,6 +694,58 @@ fn make_fs(
         }
     };
     Ok(())
+}
+
+/// Writes the ext4 filesystem of `p` from `content` into the existing disk file `disk`, at the
+/// partition's offset.
+fn make_ext4_in(
+    disk: &Path,
+    p: &Placed,
+    seed: &str,
+    content: &Path,
+    epoch: i64,
+) -> Result<(), RunError> {
+    let fs = p.part.fs.as_ref().ok_or_else(|| RunError::Image {
+        problem: format!("partition {} has no filesystem", p.part.name),
+    })?;
+    tool(
+        &mut mkfs_ext4(disk, p.offset, p, &fs.label, seed, Some(content), epoch),
+        "mkfs.ext4",
+    )?;
+    Ok(())
+}
+
+/// `mkfs.ext4` for partition `p` at `offset` in `img` (0: the file is the filesystem).
+fn mkfs_ext4(
+    img: &Path,
+    offset: u64,
+    p: &Placed,
+    label: &str,
+    seed: &str,
+    content: Option<&Path>,
+    epoch: i64,
+) -> Process {
+    let mut cmd = Process::new("mkfs.ext4");
+    cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .args(["-F", "-q", "-L", label, "-U", &uuid_of(seed, &p.part.name)])
+        .arg("-E")
+        // Discard stays on: on a file it punches the range, which tells mkfs that the inode
+        // tables read as zeros, so it neither writes them nor leaves them to the kernel's
+        // lazy init at first boot.
+        .arg(format!(
+            "hash_seed={},offset={offset}",
+            uuid_of(seed, "hash_seed")
+        ))
+        // DIB's options: an inode per 4 KiB and a 64 MiB journal.
+        .args(["-i", "4096", "-J", "size=64"]);
+    // -d copies the tree into the new filesystem from user space (owners, modes,
+    // times, xattrs, hard links, devices, holes), with no mount and no loop device.
+    if let Some(dir) = content {
+        cmd.arg("-d").arg(dir);
+    }
+    // The size, the partition's, not what follows the offset in the file.
+    cmd.arg(img).arg(format!("{}k", p.length / 1024));
+    cmd
 }
 
 /// Fills a FAT image from a directory with mtools (no vfat mount needed): directories first
@@ -632,9 +808,22 @@ fn fill_vfat(img: &Path, dir: &Path, epoch: i64) -> Result<(), RunError> {
 /// Every used inode of an ext4 image gets `epoch` as its change, access and creation time:
 /// `mkfs.ext4 -d` copies the change and access times from the tree, and the change time
 /// cannot be set there. The used inodes are read from the bitmaps (`dumpe2fs`), no mount.
-fn set_inode_times(img: &Path, epoch: i64) -> Result<(), RunError> {
+fn set_inode_times(img: &Path, offset: u64, epoch: i64) -> Result<(), RunError> {
+    // e2fsprogs' programs open a filesystem at an offset in a file as `FILE?offset=N`.
+    let mut device = img.as_os_str().to_owned();
+    if offset > 0 {
+        if device.as_encoded_bytes().contains(&b'?') {
+            return Err(RunError::Image {
+                problem: format!(
+                    "the disk's work path {} has a '?', which e2fsprogs reads as options",
+                    img.display()
+                ),
+            });
+        }
+        device.push(format!("?offset={offset}"));
+    }
     let dump = tool(
-        Process::new("dumpe2fs").arg(img),
+        Process::new("dumpe2fs").arg(&device),
         "reading the root filesystem's inode bitmaps (dumpe2fs, from e2fsprogs)",
     )?;
     let inodes = used_inodes(&dump).ok_or_else(|| RunError::Image {
@@ -653,7 +842,7 @@ fn set_inode_times(img: &Path, epoch: i64) -> Result<(), RunError> {
         .arg("-w")
         .arg("-f")
         .arg(&script_path)
-        .arg(img)
+        .arg(&device)
         .output()
         .map_err(program("setting inode times (debugfs, from e2fsprogs)"))?;
     let _ = std::fs::remove_file(&script_path);
@@ -711,21 +900,22 @@ fn gpt_error(what: &'static str) -> impl FnOnce(gptman::Error) -> RunError {
     }
 }
 
+/// Writes the disk file. `keep`: the raw disk is an output (not only the qcow2's source), so
+/// its writeback starts here, to overlap the qcow2's compression; `outputs` waits for it.
 fn write_disk(
     raw: &Path,
     plan: &DiskPlan,
     images: &[(Placed, PathBuf)],
     boot: &Path,
     seed: &str,
+    keep: bool,
 ) -> Result<(), RunError> {
+    // Made, at its size, before the root filesystem was written into it.
     let mut f = File::options()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
         .open(raw)
-        .map_err(io("create the disk"))?;
-    f.set_len(plan.size).map_err(io("size the disk"))?;
+        .map_err(io("open the disk"))?;
     let disk_guid = layout::guid_bytes(&uuid_of(seed, "disk")).expect("derived GUIDs parse");
     let mut gpt = gptman::GPT::new_from(&mut f, SECTOR, disk_guid)
         .map_err(gpt_error("create the partition table"))?;
@@ -756,7 +946,22 @@ fn write_disk(
         copy_sparse_at(img, &f, p.offset)?;
     }
     bios_boot(&mut f, plan, boot)?;
-    f.sync_all().map_err(io("sync the disk"))?;
+    if keep {
+        // SAFETY: sync_file_range on a descriptor this function owns; it only starts writeback.
+        let started = unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if started != 0 {
+            return Err(io("start writing the disk back")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -993,8 +1198,58 @@ mod tests {
         assert_eq!(digest("a.img"), digest("b.img"));
     }
 
+    /// The disk action writes ext4 in place at the partition's offset in the disk file: the
+    /// filesystem's bytes are those of one written (and its times set) in a file of its own,
+    /// and the bytes around it are left as they were.
+    #[test]
+    #[allow(clippy::print_stderr)] // the skip note
+    fn a_root_filesystem_written_in_place_is_the_one_written_alone() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (scripts/test runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"ccb\n").unwrap();
+        let (epoch, length) = (1_700_000_000, 256 << 20);
+
+        let alone = dir.path().join("root.img");
+        let part = ext4_root_partition(length);
+        make_fs(&alone, &part, "seed", Some(&tree), epoch).unwrap();
+        set_inode_times(&alone, 0, epoch).unwrap();
+
+        let offset = 3 << 20;
+        let disk = dir.path().join("disk.raw");
+        let f = File::create(&disk).unwrap();
+        f.set_len(offset + length + (1 << 20)).unwrap();
+        f.write_all_at(b"before", offset - 6).unwrap();
+        f.write_all_at(b"after", offset + length).unwrap();
+        drop(f);
+        let placed = Placed { offset, ..part };
+        make_ext4_in(&disk, &placed, "seed", &tree, epoch).unwrap();
+        set_inode_times(&disk, offset, epoch).unwrap();
+
+        let bytes = std::fs::read(&disk).unwrap();
+        let (offset, length) = (offset as usize, length as usize);
+        assert_eq!(&bytes[offset - 6..offset], b"before");
+        assert_eq!(&bytes[offset + length..offset + length + 5], b"after");
+        assert!(
+            bytes[offset + length + 5..].iter().all(|&b| b == 0),
+            "nothing written after the filesystem"
+        );
+        assert!(
+            bytes[..offset - 6].iter().all(|&b| b == 0),
+            "nothing written before the filesystem"
+        );
+        assert_eq!(
+            blake3::hash(&bytes[offset..offset + length]),
+            blake3::hash(&std::fs::read(&alone).unwrap())
+        );
+    }
+
     /// `mkfs.ext4 -d` copies each file's change and access times from the tree, which no
-    /// clamp can set: once every inode's times are the source date, a tree touched between
+    /// clamp can set (the change time) or the disk action leaves (the access time): once every inode's times are the source date, a tree touched between
     /// two runs (a chmod, a read, a second later) gives the same filesystem.
     #[test]
     #[allow(clippy::print_stderr)] // the skip note
@@ -1020,7 +1275,7 @@ mod tests {
                 1_700_000_000,
             )
             .unwrap();
-            set_inode_times(&img, 1_700_000_000).unwrap();
+            set_inode_times(&img, 0, 1_700_000_000).unwrap();
             blake3::hash(&std::fs::read(&img).unwrap())
         };
         let first = run(0);
@@ -1028,6 +1283,14 @@ mod tests {
         let grub = tree.join("etc/default/grub");
         std::fs::set_permissions(&grub, std::fs::Permissions::from_mode(0o644)).unwrap();
         let _ = std::fs::read(&grub).unwrap();
+        // An access time newer than the source date, which the disk action no longer clamps
+        // in the tree of an ext4 root (repro::clamp_modification_times).
+        File::options()
+            .write(true)
+            .open(tree.join("etc/hostname"))
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_accessed(std::time::SystemTime::now()))
+            .unwrap();
         assert_eq!(first, run(1));
     }
 

@@ -71,6 +71,19 @@ pub fn source_date_epoch(env: &BTreeMap<String, String>, stack: &[PathBuf]) -> i
 /// matters, in the filesystem image). Stays
 /// on `root`'s filesystem and never follows a link. Returns how many entries were clamped.
 pub fn clamp_times(root: &Path, epoch: i64) -> io::Result<u64> {
+    clamp(root, epoch, true)
+}
+
+/// As [`clamp_times`], for the entries whose modification time is newer (both times set):
+/// for a tree on an overlay whose filesystem image gets every access time set afterwards (an
+/// ext4 root, see `disk::set_inode_times`). Access times newer than the source date are the
+/// rule in a stack read since its commit (its digest reads every file), and setting one on an
+/// overlay copies the whole file up: over a GB for CC-Debian12.
+pub fn clamp_modification_times(root: &Path, epoch: i64) -> io::Result<u64> {
+    clamp(root, epoch, false)
+}
+
+fn clamp(root: &Path, epoch: i64, access: bool) -> io::Result<u64> {
     let mut clamped = 0;
     let at = rustix::fs::Timestamps {
         last_access: rustix::fs::Timespec {
@@ -86,7 +99,7 @@ pub fn clamp_times(root: &Path, epoch: i64) -> io::Result<u64> {
         let entry = entry.map_err(io::Error::other)?;
         let m = entry.metadata().map_err(io::Error::other)?;
         let newer = |secs: i64, nsec: i64| secs > epoch || (secs == epoch && nsec != 0);
-        if newer(m.mtime(), m.mtime_nsec()) || newer(m.atime(), m.atime_nsec()) {
+        if newer(m.mtime(), m.mtime_nsec()) || (access && newer(m.atime(), m.atime_nsec())) {
             rustix::fs::utimensat(
                 rustix::fs::CWD,
                 entry.path(),

@@ -734,16 +734,17 @@ impl Runner<'_> {
             }
         }
         let mut cmd = cmd.command();
-        if place == Place::Inside {
-            let root = self.root.clone();
-            // SAFETY: chroot and chdir are async-signal-safe; nothing is allocated.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::unistd::chroot(&root)?;
+        let nosync = super::nosync::NoSync::new();
+        let chroot = (place == Place::Inside).then(|| self.root.clone());
+        // SAFETY: chroot, chdir and prctl are async-signal-safe; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(root) = &chroot {
+                    nix::unistd::chroot(root)?;
                     nix::unistd::chdir("/")?;
-                    Ok(())
-                });
-            }
+                }
+                nosync.install()
+            });
         }
         let (reader, writer) = std::io::pipe().map_err(io("create a pipe"))?;
         let writer2 = writer.try_clone().map_err(io("create a pipe"))?;

@@ -218,6 +218,17 @@ fn debian12_is_a_gpt_disk_that_boots() {
         sums.contains("  CC-Debian12.qcow2\n") && sums.contains("  CC-Debian12.raw\n"),
         "{sums}"
     );
+    // Every checksum is its file's (the raw disk's is computed while the qcow2 is written).
+    let check = Command::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     let dpkg = std::fs::read_to_string(
         out.path()
             .join("CC-Debian12.d/dib-manifests/dib-manifest-dpkg-CC-Debian12"),

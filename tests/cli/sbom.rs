@@ -44,6 +44,17 @@ fn the_tiny_image_has_a_valid_sbom_of_its_packages_that_inspect_checks() {
     let sbom = out.join("Tiny.spdx.json");
     let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
     assert!(sums.contains("  Tiny.spdx.json\n"), "{sums}");
+    // Every checksum is its file's (the raw disk's is computed while the qcow2 is written).
+    let check = std::process::Command::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     let problems = spdx_validate(&sbom);
     assert!(problems.is_empty(), "pyspdxtools: {problems}");
 
