@@ -55,6 +55,24 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Writes back everything of the filesystem holding `path` (`syncfs`). A committed store
+/// entry must be on disk before the rename that makes it visible: build scripts run with their
+/// own syncs answered without writing (`action::nosync`), and one syncfs over the finished
+/// tree costs the write-back the scripts would have waited for, once.
+pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path).map_err(|e| FsError::new("open", path, e))?;
+    // SAFETY: syncfs takes a valid open descriptor, which `dir` holds for the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(FsError::new(
+            "sync the filesystem of",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Opens a file to read only if it is a regular file: a FIFO would block the open (and
 /// the build) forever, a device would read the host's hardware.
 pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {

@@ -1413,11 +1413,7 @@ pub enum ArchSupport {
 /// Whether `arch` binaries run here: natively, through a qemu-user binfmt handler, or not.
 pub fn arch_support(arch: crate::manifest::Arch) -> ArchSupport {
     use crate::manifest::Arch;
-    let host = match std::env::consts::ARCH {
-        "x86_64" => Some(Arch::Amd64),
-        "aarch64" => Some(Arch::Arm64),
-        _ => None,
-    };
+    let host = Arch::host();
     if host == Some(arch) {
         return ArchSupport::Native;
     }

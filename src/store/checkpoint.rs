@@ -90,6 +90,7 @@ impl Store {
         if self.checkpoint_meta(&meta.key).is_some() {
             return remove_tree(tree);
         }
+        fsutil::sync_filesystem(tree)?;
         let staging = self.work_dir(&format!("{}.commit", meta.key))?;
         std::fs::rename(tree, staging.join("tree"))
             .map_err(|e| FsError::new("move the checkpoint tree from", tree, e))?;

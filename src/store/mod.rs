@@ -184,6 +184,7 @@ impl Store {
     /// Moves a finished tree and its metadata into place in one rename: a reader sees no
     /// layer or a whole one.
     pub fn commit_layer(&self, tree: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
+        fsutil::sync_filesystem(tree)?;
         let staging = self.work_dir(&format!("{}.commit", meta.key))?;
         std::fs::rename(tree, staging.join("tree"))
             .map_err(|e| FsError::new("move the finished tree from", tree, e))?;
@@ -311,6 +312,7 @@ impl Store {
     /// Moves a finished output directory into place in one rename, then records it
     /// (`outputs/<key>.json`, which is what makes the outputs count as present).
     pub fn commit_outputs(&self, dir: &Path, meta: &OutputsMeta) -> Result<(), StoreError> {
+        fsutil::sync_filesystem(dir)?;
         let dest = self.outputs_dir(&meta.key);
         fsutil::create_dir_all(dest.parent().expect("outputs/ has a parent"))?;
         if dest.exists() {
