@@ -1010,6 +1010,21 @@ pub fn utc(secs: u64) -> (String, String) {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn only_emulated_arm64_programs_get_a_qemu_cpu_model() {
+        let host = std::env::consts::ARCH;
+        let native = if host == "aarch64" { "arm64" } else { "amd64" };
+        assert_eq!(super::emulated_cpu(native), None);
+        assert_eq!(super::emulated_cpu("riscv64"), None);
+        let arm64 = crate::manifest::Arch::Arm64;
+        let expected = matches!(
+            super::arch_support(arm64),
+            super::ArchSupport::Emulated { .. }
+        )
+        .then_some("cortex-a72");
+        assert_eq!(super::emulated_cpu("arm64"), expected);
+    }
+
+    #[test]
     fn utc_times_format_like_date_u() {
         assert_eq!(super::utc(0).0, "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(951_782_400).0, "2000-02-29T00:00:00Z");
@@ -1448,6 +1463,25 @@ fn commit(
     };
     ctx.store.commit_layer(&tree_dir, &meta)?;
     Ok(summary)
+}
+
+/// The variable qemu-user reads its CPU model from, in the environment of every program the
+/// binfmt handler starts (the build's scripts pass it on to their children).
+pub const QEMU_CPU: &str = "QEMU_CPU";
+
+/// qemu-user's CPU model for the programs of an image of `arch` when they run emulated here
+/// (nothing when they run natively). qemu-aarch64's default, `max`, emulates every optional
+/// ARMv8/9 feature, and Debian's arm64 binaries are built with branch protection: each
+/// function's pointer-authentication instructions then run QARMA in software. A Cortex-A72
+/// has no PAC, SVE or MTE, so those instructions are the no-ops (HINT space) the ABI made them;
+/// dpkg and the maintainer scripts ran 1.3-1.7x faster (benches/arm64.sh). ARMv8.0 is
+/// Debian's arm64 baseline, so every package runs on it; `ccb test` boots the same model.
+pub fn emulated_cpu(arch: &str) -> Option<&'static str> {
+    let arch = crate::manifest::Arch::parse(arch)?;
+    match (arch, arch_support(arch)) {
+        (crate::manifest::Arch::Arm64, ArchSupport::Emulated { .. }) => Some("cortex-a72"),
+        _ => None,
+    }
 }
 
 /// How this host runs code of an architecture.

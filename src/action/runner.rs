@@ -685,6 +685,7 @@ impl Runner<'_> {
             .env("HOME", "/root")
             .envs(&self.extra_env)
             .envs(super::dib::element_env(&spec.elements))
+            .envs(super::emulated_cpu(&spec.arch).map(|cpu| (super::QEMU_CPU, cpu)))
             .arg("--noprofile")
             .arg("--norc")
             .arg("-c")
