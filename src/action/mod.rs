@@ -12,6 +12,7 @@ pub mod event;
 pub mod grub;
 pub mod inroot;
 pub mod layout;
+pub mod native;
 pub mod repro;
 pub mod runner;
 pub mod sandbox;

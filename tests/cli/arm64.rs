@@ -523,4 +523,32 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         std::fs::read_to_string(dpkg_cfg).unwrap(),
         "force-unsafe-io\n"
     );
+    // On a bookworm host (CI's) the packages were decompressed by the host's dpkg-deb, and
+    // the emulated dpkg wrote them: every file of the layer's package is as packaged.
+    let log = std::fs::read_to_string(env.cache.path().join("logs").join(format!(
+        "{}.log",
+        row("layer:tiny:arm64")["key"].as_str().unwrap()
+    )))
+    .unwrap();
+    let bookworm_host =
+        std::fs::read_to_string("/etc/debian_version").is_ok_and(|v| v.starts_with("12."));
+    if bookworm_host {
+        assert!(
+            log.contains("ccb: packages are decompressed by the host's dpkg-deb"),
+            "{log}"
+        );
+    }
+    let verify = Command::new("chroot")
+        .arg(&layer)
+        .args(["dpkg", "--verify", "less"])
+        .env("QEMU_CPU", "cortex-a72")
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout),
+        "",
+        "dpkg --verify less"
+    );
+    assert!(layer.join("usr/bin/less").exists());
 }
