@@ -4,8 +4,9 @@
 //! a half for arm64's kernel package alone. The result is the same bytes whichever machine
 //! decompresses, so an emulated layer runs the host's dpkg-deb for those two operations, and
 //! dpkg itself (emulated) still writes every file and its database exactly as it does
-//! natively. Only when the host's dpkg is the image's version (a bookworm host building
-//! bookworm): another version might extract control files differently. Every other use of
+//! natively. Only when the host's dpkg is the image's release series (1.21.x: a bookworm host
+//! building bookworm, point releases apart): another series might extract control files
+//! differently. Every other use of
 //! dpkg-deb (building a package, `-x`, `--info`) stays the image's own.
 //!
 //! Nothing is written into the image: the host's dpkg-deb, its libraries and its loader are
@@ -26,7 +27,7 @@ const FILES_DIR: &str = "native";
 pub enum Skip {
     #[error("the host has no dpkg-deb")]
     NoHostTool,
-    #[error("the host's dpkg ({host}) is not the image's ({image})")]
+    #[error("the host's dpkg ({host}) is not of the image's series ({image})")]
     Version { host: String, image: String },
     #[error("the image has no dpkg")]
     NoImageDpkg,
@@ -51,6 +52,17 @@ pub fn dpkg_version(status: &str) -> Option<String> {
             .find_map(|l| l.strip_prefix("Version: "))
             .map(|v| v.trim().to_string())
     })
+}
+
+/// A dpkg version's release series: `1.21` of `1.21.22` (the stable point releases share
+/// it, so a bookworm host's dpkg matches every bookworm image's).
+pub fn dpkg_series(version: &str) -> &str {
+    let upstream = version.split_once(':').map_or(version, |(_, v)| v);
+    let mut dots = upstream.match_indices('.').map(|(i, _)| i);
+    match (dots.next(), dots.next()) {
+        (Some(_), Some(second)) => &upstream[..second],
+        _ => upstream.split('-').next().unwrap_or(upstream),
+    }
 }
 
 /// The shared libraries and the loader ldd lists for a host program (host paths).
@@ -92,7 +104,7 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
         .ok()
         .and_then(|s| dpkg_version(&s))
         .ok_or(Skip::NoHostTool)?;
-    if host != image {
+    if dpkg_series(&host) != dpkg_series(&image) {
         return Err(Skip::Version { host, image });
     }
     let out = Process::new("ldd")
@@ -119,7 +131,7 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
     let native = format!("{engine_in}/{FILES_DIR}");
     let wrapper = format!(
         "#!/bin/sh\n\
-         # ccb: the host's dpkg-deb ({host}, the image's version) decompresses natively;\n\
+         # ccb: the host's dpkg-deb ({host}, the image's series) decompresses natively;\n\
          # every other use is the image's own (src/action/native.rs).\n\
          case \"${{1:-}}\" in\n\
          --fsys-tarfile|--control)\n\
@@ -151,6 +163,15 @@ mod tests {
                       installed\nVersion: 1.21.22\n\nPackage: zlib1g\nVersion: 1\n";
         assert_eq!(dpkg_version(status).as_deref(), Some("1.21.22"));
         assert_eq!(dpkg_version("Package: dpkg-dev\nVersion: 9\n"), None);
+    }
+
+    #[test]
+    fn point_releases_of_one_dpkg_series_match_and_other_series_do_not() {
+        assert_eq!(dpkg_series("1.21.22"), "1.21");
+        assert_eq!(dpkg_series("1.21.23"), "1.21");
+        assert_eq!(dpkg_series("1.22.21ubuntu3"), "1.22");
+        assert_eq!(dpkg_series("1:1.21.1"), "1.21");
+        assert_ne!(dpkg_series("1.21.22"), dpkg_series("1.22.6"));
     }
 
     #[test]
