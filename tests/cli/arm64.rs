@@ -538,17 +538,13 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
             "{log}"
         );
     }
-    let verify = Command::new("chroot")
-        .arg(&layer)
-        .args(["dpkg", "--verify", "less"])
-        .env("QEMU_CPU", "cortex-a72")
+    // The layer's tree holds what the layer changed (less's files and dpkg's record of them):
+    // each file's md5 is the one the package lists.
+    let verify = Command::new("md5sum")
+        .args(["-c", "--quiet", "var/lib/dpkg/info/less.md5sums"])
+        .current_dir(&layer)
         .output()
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&verify.stdout),
-        "",
-        "dpkg --verify less"
-    );
     assert!(layer.join("usr/bin/less").exists());
 }
