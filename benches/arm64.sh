@@ -6,7 +6,7 @@
 # Package downloads are kept between the two builds' stores (the network is not measured).
 # Needs root, mmdebstrap, the Debian mirror of the host's apt sources and arm64 emulation
 # (scripts/host-deps.sh: ensure_arm64_emulation). About 30-60 min on a 2-core host.
-#   [CCB_BIN=path/to/ccb] benches/arm64.sh [TARGET]
+#   [CCB_BIN=path/to/ccb] [CCB_BENCH_KEEP=1] [CCB_BENCH_DOWNLOADS=dir] benches/arm64.sh [TARGET]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 target=${1:-//images:debian12}
@@ -21,8 +21,14 @@ else
     ccb="$here/target/release/ccb"
 fi
 work=$(mktemp -d /var/tmp/ccb-arm64-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-downloads="$work/downloads"
+# CCB_BENCH_KEEP=1 keeps the stores (to compare the two root filesystems afterwards);
+# CCB_BENCH_DOWNLOADS names a package download directory to reuse.
+if [[ -z ${CCB_BENCH_KEEP:-} ]]; then
+    trap 'rm -rf "$work"' EXIT
+else
+    echo "stores kept in $work" >&2
+fi
+downloads=${CCB_BENCH_DOWNLOADS:-$work/downloads}
 mkdir -p "$downloads"
 
 build() { # arch → $work/<arch>.json

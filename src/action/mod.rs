@@ -12,6 +12,7 @@ pub mod event;
 pub mod grub;
 pub mod inroot;
 pub mod layout;
+pub mod native;
 pub mod nosync;
 pub mod repro;
 pub mod runner;
@@ -963,6 +964,21 @@ pub fn provenance(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_emulated_arm64_programs_get_a_qemu_cpu_model() {
+        let host = std::env::consts::ARCH;
+        let native = if host == "aarch64" { "arm64" } else { "amd64" };
+        assert_eq!(super::emulated_cpu(native), None);
+        assert_eq!(super::emulated_cpu("riscv64"), None);
+        let arm64 = crate::manifest::Arch::Arm64;
+        let expected = matches!(
+            super::arch_support(arm64),
+            super::ArchSupport::Emulated { .. }
+        )
+        .then_some("cortex-a72");
+        assert_eq!(super::emulated_cpu("arm64"), expected);
+    }
+
     use super::event::{Blame, Event};
     use super::runner::RunError;
     use super::*;
@@ -1395,6 +1411,25 @@ fn commit(
     };
     ctx.store.commit_layer(&tree_dir, &meta)?;
     Ok(summary)
+}
+
+/// The variable qemu-user reads its CPU model from, in the environment of every program the
+/// binfmt handler starts (the build's scripts pass it on to their children).
+pub const QEMU_CPU: &str = "QEMU_CPU";
+
+/// qemu-user's CPU model for the programs of an image of `arch` when they run emulated here
+/// (nothing when they run natively). qemu-aarch64's default, `max`, emulates every optional
+/// ARMv8/9 feature, and Debian's arm64 binaries are built with branch protection: each
+/// function's pointer-authentication instructions then run QARMA in software. A Cortex-A72
+/// has no PAC, SVE or MTE, so those instructions are the no-ops (HINT space) the ABI made them;
+/// dpkg and the maintainer scripts ran 1.3-1.7x faster (benches/arm64.sh). ARMv8.0 is
+/// Debian's arm64 baseline, so every package runs on it; `ccb test` boots the same model.
+pub fn emulated_cpu(arch: &str) -> Option<&'static str> {
+    let arch = crate::manifest::Arch::parse(arch)?;
+    match (arch, arch_support(arch)) {
+        (crate::manifest::Arch::Arm64, ArchSupport::Emulated { .. }) => Some("cortex-a72"),
+        _ => None,
+    }
 }
 
 /// How this host runs code of an architecture.

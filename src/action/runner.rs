@@ -174,6 +174,8 @@ pub(super) struct Runner<'a> {
     pub(super) policy_rc_d: bool,
     /// Whether the runner put dpkg's unsafe-io setting in place (to remove afterwards).
     pub(super) dpkg_unsafe_io: bool,
+    /// Whether the chroot's PATH leads dpkg to the host's dpkg-deb (see [`super::native`]).
+    pub(super) native_dpkg_deb: bool,
     /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
     /// Commands the last program's output said were not found (see [`super::dib`]).
@@ -210,6 +212,7 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         resolv_moved: false,
         policy_rc_d: false,
         dpkg_unsafe_io: false,
+        native_dpkg_deb: false,
         extra_env: Default::default(),
         missing: Vec::new(),
         ckpt: None,
@@ -421,6 +424,18 @@ impl Runner<'_> {
                 .write(&unsafe_io, b"force-unsafe-io\n", 0o644)
                 .map_err(io("write dpkg's unsafe-io"))?;
             self.dpkg_unsafe_io = true;
+        }
+        if super::emulated_cpu(&self.spec.arch).is_some() && !self.native_dpkg_deb {
+            let status = image
+                .entry("var/lib/dpkg/status")
+                .map_err(io("resolve dpkg's status file"))?;
+            match super::native::install(&self.engine_dir, ENGINE_IN, &status) {
+                Ok(()) => {
+                    self.native_dpkg_deb = true;
+                    self.logln("ccb: packages are decompressed by the host's dpkg-deb");
+                }
+                Err(why) => self.logln(&format!("ccb: dpkg-deb runs emulated: {why}")),
+            }
         }
         let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         self.mount_in("proc", "/proc", Some("proc"), nodev, None)?;
@@ -685,6 +700,7 @@ impl Runner<'_> {
             .env("HOME", "/root")
             .envs(&self.extra_env)
             .envs(super::dib::element_env(&spec.elements))
+            .envs(super::emulated_cpu(&spec.arch).map(|cpu| (super::QEMU_CPU, cpu)))
             .arg("--noprofile")
             .arg("--norc")
             .arg("-c")
@@ -726,7 +742,12 @@ impl Runner<'_> {
                 cmd.current_dir(&spec.work);
             }
             Place::Inside => {
-                cmd.env("PATH", format!("{ENGINE_IN}/bin:{PATH}"))
+                let native = if self.native_dpkg_deb {
+                    format!("{ENGINE_IN}/{}:", super::native::BIN_DIR)
+                } else {
+                    String::new()
+                };
+                cmd.env("PATH", format!("{ENGINE_IN}/bin:{native}{PATH}"))
                     .env("_LIB", format!("{ENGINE_IN}/{}", super::dib::LIB_DIR));
                 for var in spec.artifacts.keys() {
                     cmd.env(var, format!("{ENGINE_IN}/artifacts/{var}"));

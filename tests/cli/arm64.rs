@@ -435,6 +435,12 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         .replace("arch = ['amd64],", "arch = ['arm64],")
         .replace("from = \"tiny\",", "from = \"tiny\",\n    arch = ['arm64],");
     std::fs::write(&images, text).unwrap();
+    // What CPU the child's emulated programs see: the hardware capabilities the kernel (here
+    // qemu-user) hands every program, which glibc prints.
+    script(
+        project.join("elements/tiny-extra/install.d/40-hwcap"),
+        "#!/bin/bash\nset -eu\nLD_SHOW_AUXV=1 /bin/true | grep '^AT_HWCAP:'\n",
+    );
     let elements = repo().join("elements");
     let run = env
         .run(&[
@@ -479,6 +485,29 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         .join(row("layer:tiny-child:arm64")["key"].as_str().unwrap())
         .join("tree");
     assert!(child.exists(), "{}", child.display());
+    // qemu-user emulates a Cortex-A72 (no pointer authentication, no SVE): with its default
+    // `max`, every function's PAC instructions of Debian's branch-protected binaries would
+    // run QARMA in software.
+    let build_env = std::fs::read_to_string(child.join("etc/tiny/build-env")).unwrap();
+    assert!(
+        build_env.lines().any(|l| l == "QEMU_CPU=cortex-a72"),
+        "{build_env}"
+    );
+    let log_path = env.cache.path().join("logs").join(format!(
+        "{}.log",
+        row("layer:tiny-child:arm64")["key"].as_str().unwrap()
+    ));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let hwcap = log
+        .lines()
+        .find_map(|l| l.strip_prefix("AT_HWCAP:"))
+        .map(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).unwrap())
+        .unwrap_or_else(|| panic!("no AT_HWCAP in {}", log_path.display()));
+    const SVE: u64 = 1 << 22;
+    const PACA: u64 = 1 << 30;
+    const ASIMD: u64 = 1 << 1;
+    assert_eq!(hwcap & (SVE | PACA), 0, "hwcap {hwcap:#x}");
+    assert_ne!(hwcap & ASIMD, 0, "hwcap {hwcap:#x}");
     // While layers build, update-initramfs is deferred (the dpkg element): the disk action
     // puts the real one back.
     let layer = env
@@ -494,4 +523,28 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         std::fs::read_to_string(dpkg_cfg).unwrap(),
         "force-unsafe-io\n"
     );
+    // On a bookworm host (CI's) the packages were decompressed by the host's dpkg-deb, and
+    // the emulated dpkg wrote them: every file of the layer's package is as packaged.
+    let log = std::fs::read_to_string(env.cache.path().join("logs").join(format!(
+        "{}.log",
+        row("layer:tiny:arm64")["key"].as_str().unwrap()
+    )))
+    .unwrap();
+    let bookworm_host =
+        std::fs::read_to_string("/etc/debian_version").is_ok_and(|v| v.starts_with("12."));
+    if bookworm_host {
+        assert!(
+            log.contains("ccb: packages are decompressed by the host's dpkg-deb"),
+            "{log}"
+        );
+    }
+    // The layer's tree holds what the layer changed (less's files and dpkg's record of them):
+    // each file's md5 is the one the package lists.
+    let verify = Command::new("md5sum")
+        .args(["-c", "--quiet", "var/lib/dpkg/info/less.md5sums"])
+        .current_dir(&layer)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(layer.join("usr/bin/less").exists());
 }
