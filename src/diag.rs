@@ -283,3 +283,19 @@ impl From<WireDiagnostic> for SourceDiagnostic {
         d
     }
 }
+
+/// "did you mean" over a list of candidates, by normalized Levenshtein similarity.
+pub fn did_you_mean(word: &str, candidates: &[String]) -> Option<String> {
+    let lower = word.to_ascii_lowercase();
+    let best = candidates
+        .iter()
+        .map(|c| {
+            (
+                strsim::normalized_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
+        .filter(|(score, _)| *score > 0.6)
+        .max_by(|a, b| a.0.total_cmp(&b.0))?;
+    Some(format!("did you mean `{}`?", best.1))
+}

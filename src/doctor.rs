@@ -86,15 +86,6 @@ impl DoctorReport {
     }
 }
 
-/// The host's own architecture, when ccb knows it.
-pub fn host_arch() -> Option<Arch> {
-    match std::env::consts::ARCH {
-        "x86_64" => Some(Arch::Amd64),
-        "aarch64" => Some(Arch::Arm64),
-        _ => None,
-    }
-}
-
 fn handler_of(arch: Arch) -> &'static str {
     match arch {
         Arch::Amd64 => "qemu-x86_64",
@@ -129,7 +120,7 @@ pub fn parse_binfmt(text: &str) -> Binfmt {
 /// says whether `ccb test` can boot it.
 pub fn arch_report(arch: Arch) -> ArchReport {
     let mut problems = Vec::new();
-    let (mode, handler, interpreter, fix_binary) = if host_arch() == Some(arch) {
+    let (mode, handler, interpreter, fix_binary) = if Arch::host() == Some(arch) {
         (ArchMode::Native, None, None, None)
     } else {
         let handler = handler_of(arch);
@@ -313,7 +304,7 @@ fn tools() -> Vec<Tool> {
         .iter()
         .filter(|(name, _, _)| {
             // The emulator of the host's own arch is never needed.
-            !(host_arch() == Some(Arch::Arm64) && *name == "qemu-aarch64-static")
+            !(Arch::host() == Some(Arch::Arm64) && *name == "qemu-aarch64-static")
         })
         .map(|(name, args, used_for)| {
             let path = which(name);
@@ -510,7 +501,7 @@ mod tests {
 
     #[test]
     fn the_host_arch_is_native_and_buildable() {
-        let host = host_arch().expect("tests run on amd64 or arm64");
+        let host = Arch::host().expect("tests run on amd64 or arm64");
         let r = arch_report(host);
         assert_eq!(r.mode, ArchMode::Native);
         assert!(r.can_build);

@@ -129,7 +129,7 @@ fn resolve_word(model: &Model, word: &str) -> Result<Vec<(String, Option<Arch>)>
     candidates.extend(model.images.values().map(|i| i.name.clone()));
     Err(LabelError::Unknown {
         word: word.to_string(),
-        help: did_you_mean(name, &candidates),
+        help: crate::diag::did_you_mean(name, &candidates),
     })
 }
 
@@ -148,22 +148,6 @@ pub fn named_arches(
         }
     }
     out
-}
-
-/// "did you mean" over a list of candidates, by normalized Levenshtein similarity.
-pub fn did_you_mean(word: &str, candidates: &[String]) -> Option<String> {
-    let lower = word.to_ascii_lowercase();
-    let best = candidates
-        .iter()
-        .map(|c| {
-            (
-                strsim::normalized_levenshtein(&lower, &c.to_ascii_lowercase()),
-                c,
-            )
-        })
-        .filter(|(score, _)| *score > 0.6)
-        .max_by(|a, b| a.0.total_cmp(&b.0))?;
-    Some(format!("did you mean `{}`?", best.1))
 }
 
 /// Expands words into targets, one per (image, arch), sorted and deduplicated. No words means

@@ -49,8 +49,9 @@
 //!   is [`inspect::qcow2`].
 //! - [`inspect`]: reading images (qcow2, GPT, ext4, xfs, dpkg/rpm databases, initramfs
 //!   archives) without mounts.
-//! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes, and the
-//!   contract the sites' image puller reads (`publish::contract`).
+//! - [`publish`]: the sites (directories, Swift + Keystone), versions and scopes; [`contract`]
+//!   is what the sites' image puller reads (manifest keys, build timestamps), checked before
+//!   anything is uploaded.
 //! - [`remote`]: the remote cache shared by build hosts (Bazel's HTTP cache protocol, a Swift
 //!   container, a directory): content-defined zstd chunks, REAPI `ActionResult` entries,
 //!   verified before they enter the store; `ops::build` looks there after the store. An
@@ -58,16 +59,28 @@
 //!   content-addressed bundle, the result back through the cache).
 //! - [`sbom`]: each image's SPDX 2.3 bill of materials (packages, licenses, ccb's inputs),
 //!   written by the disk action and checked by `ccb inspect`.
-//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc;
+//! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc
+//!   (`ccb cache`'s view of the entries is `ops::cache`, above the records it reads);
 //!   [`store::Layout`] alone spells its paths.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
 //!   status and warnings to stderr, progress, the terminal decision, byte formatting.
-//! - [`redact`]: the one redaction of URLs, server bodies and registered secrets.
+//! - [`redact`]: the one redaction of URLs, server bodies and registered secrets;
+//!   [`secret::Secret`] holds a credential that never prints.
+//! - [`readat`]: the random-access byte source that `inspect` reads images through and the
+//!   fetcher hashes ranged downloads from.
 //! - [`interrupt`] and [`fault`]: Ctrl-C stops transfers between chunks (exit 130); debug
 //!   builds stop themselves at named points for the fault campaign (`tests/cli/faults.rs`).
 //! - [`process`]: the one way to run a program (command line kept for errors, captured
 //!   output, SIGTERM → grace → SIGKILL), and bounded runs of untrusted code (a time limit,
 //!   an address-space limit, PID 1 of a fresh PID namespace: environment.d, the evaluator).
+//!
+//! Dependencies point down: `ops` → `action`/`bootcheck`/`publish`/`remote` → `graph` →
+//! `element`/`fetch`/`lock`/`sources` → `manifest`/`label` → `store` → `fsutil`/`process`/
+//! `redact`/`diag`. Data types that several layers share live in the lowest one that owns them
+//! (the project's settings and `ccb.lock`'s pins in `manifest`, tree summaries and checkpoint
+//! limits in `store`, the sites' formats in [`contract`], sizes in [`units`]). One pair still
+//! imports each other: `action` (whose errors carry a remote builder's) and `remote` (which
+//! digests an unpacked tree with `action::tree`).
 //!
 //! On-disk layout of the store (`$CCB_CACHE_DIR`, default `$XDG_CACHE_HOME/ccb`):
 //!
@@ -98,6 +111,7 @@
 pub mod action;
 pub mod bootcheck;
 pub mod cli;
+pub mod contract;
 pub mod diag;
 pub mod doctor;
 pub mod element;
@@ -116,12 +130,15 @@ pub mod ops;
 pub mod process;
 pub mod publish;
 pub mod qcow2;
+pub mod readat;
 pub mod redact;
 pub mod remote;
 pub mod sbom;
+pub mod secret;
 pub mod sources;
 pub mod store;
 pub mod ui;
+pub mod units;
 
 /// ccb's version, part of every action key: a new engine never reuses an old engine's outputs.
 pub const ENGINE_VERSION: &str = concat!("ccb-", env!("CARGO_PKG_VERSION"), "-engine-1");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Model, Source};
+use crate::manifest::Model;
 
 pub const FILE: &str = "ccb.lock";
 /// The `sha256` of an artifact whose digest the lock holds (`ccb update` resolves it).
@@ -35,25 +35,7 @@ pub struct Lock {
     pub artifacts: BTreeMap<String, LockedArtifact>,
 }
 
-/// A git source at one commit. `url`, `ref` and `path` repeat the manifest's, so an edit to
-/// any of them makes the entry stale instead of silently pinning the old repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockedSource {
-    pub url: String,
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub path: String,
-    pub commit: String,
-    /// The git tree id of `path` at `commit`: what the build's elements are made of.
-    pub tree: String,
-}
-
-impl LockedSource {
-    pub fn matches(&self, source: &Source) -> bool {
-        self.url == source.url && self.git_ref == source.git_ref && self.path == source.path
-    }
-}
+pub use crate::manifest::{LockedSource, Pins};
 
 /// An artifact that follows its URL, at the digest `ccb update` last saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,17 +52,6 @@ pub struct LockedArtifact {
 /// not make the pin stale.
 pub fn artifact_url(url: &str) -> String {
     crate::redact::url(url)
-}
-
-/// What the lock pins for one model: every git source's commit, every "latest" artifact's
-/// digest.
-#[derive(Debug, Clone, Default)]
-pub struct Pins {
-    pub sources: BTreeMap<String, LockedSource>,
-    /// "latest" artifacts the lock has no digest for yet (new in the manifests): their
-    /// `sha256` stays "latest" until a build pins them (`pin_new`), as Cargo adds a new
-    /// dependency to Cargo.lock.
-    pub unpinned: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -403,6 +374,7 @@ pub fn pin_new(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Source;
 
     fn source(url: &str, r: &str) -> Source {
         Source {

@@ -7,7 +7,7 @@
 //! its value here when it is made, so [`text`] can remove it from whatever a server says,
 //! whatever the shape of the reply.
 //!
-//! [`Secret`]: crate::publish::secret::Secret
+//! [`Secret`]: crate::secret::Secret
 
 use std::sync::{Mutex, PoisonError};
 

@@ -94,15 +94,8 @@ impl SandboxFailure {
     }
 }
 
-/// What the action record keeps of every step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub phase: String,
-    pub element: String,
-    pub name: String,
-    pub status: i32,
-    pub duration_ms: u64,
-}
+/// A step as the action record keeps it (the record is the graph's).
+pub use crate::graph::StepRecord;
 
 /// Writes one event; the parent reads lines, so a write never splits one.
 pub fn emit(event: &Event) {

@@ -145,28 +145,7 @@ fn parse_size(s: &str) -> Option<PartSize> {
     if s == "100%" {
         return Some(PartSize::Rest);
     }
-    parse_bytes(s).map(PartSize::Bytes)
-}
-
-/// A size with a unit (`20GiB`, `512MiB`, `8KiB`, `1GB`, `512B`) in bytes: the one parser for
-/// layout sizes and the manifest's `size`.
-pub fn parse_bytes(s: &str) -> Option<u64> {
-    let units: [(&str, u64); 8] = [
-        ("KiB", 1 << 10),
-        ("MiB", 1 << 20),
-        ("GiB", 1 << 30),
-        ("TiB", 1 << 40),
-        ("KB", 1000),
-        ("MB", 1000 * 1000),
-        ("GB", 1000 * 1000 * 1000),
-        ("B", 1),
-    ];
-    let s = s.trim();
-    units.iter().find_map(|(unit, mult)| {
-        s.strip_suffix(unit)
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .map(|n| n * mult)
-    })
+    crate::units::parse_size(s).map(PartSize::Bytes)
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -548,11 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_take_binary_and_decimal_units() {
-        assert_eq!(parse_bytes("20GiB"), Some(20 << 30));
-        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
-        assert_eq!(parse_bytes("1GB"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("20 parsecs"), None);
+    fn a_partition_may_take_the_rest_of_the_disk() {
         assert_eq!(parse_size("100%"), Some(PartSize::Rest));
     }
 

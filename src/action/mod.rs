@@ -761,7 +761,7 @@ impl SpecFor<'_, '_> {
                 provenance: provenance(ctx.model, image, &name, epoch),
                 name,
                 layout: disk_layout,
-                size: image.size.as_deref().and_then(layout::parse_bytes),
+                size: image.size.as_deref().and_then(crate::units::parse_size),
                 formats: image
                     .formats
                     .iter()
@@ -953,15 +953,13 @@ pub fn provenance(
         commit.push_str("-dirty");
     }
     // The sites parse it with Python's `%Y-%m-%d %H:%M:%S.%f` (see publish::contract).
-    let timestamp = crate::publish::contract::build_timestamp(source_date.max(0) as u64, 0);
+    let timestamp = crate::contract::build_timestamp(source_date.max(0) as u64, 0);
     // The project's declared repository, else its remote (never a credential it may carry).
     let repo = model
         .project
         .build_repo
         .clone()
-        .or_else(|| {
-            crate::publish::contract::public_repo_url(&git(&["remote", "get-url", "origin"]))
-        })
+        .or_else(|| crate::contract::public_repo_url(&git(&["remote", "get-url", "origin"])))
         .unwrap_or_default();
     let p = &image.provenance;
     let record = serde_json::json!({
@@ -978,44 +976,8 @@ pub fn provenance(
     serde_json::to_string_pretty(&record).unwrap_or_default()
 }
 
-/// Now, as [`utc`] formats it.
-pub fn utc_now() -> (String, String) {
-    utc(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0))
-}
-
-/// `2026-11-27T19:30:05Z` and `20261127193005` for a Unix time (proleptic Gregorian, UTC).
-pub fn utc(secs: u64) -> (String, String) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Howard Hinnant's days-from-civil, inverted.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
-        format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{s:02}"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn utc_times_format_like_date_u() {
-        assert_eq!(super::utc(0).0, "1970-01-01T00:00:00Z");
-        assert_eq!(super::utc(951_782_400).0, "2000-02-29T00:00:00Z");
-        assert_eq!(super::utc(1_795_800_605).1, "20261127173005");
-    }
-
     use super::event::{Blame, Event};
     use super::runner::RunError;
     use super::*;

@@ -5,8 +5,6 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::inroot::TreeRoot;
 
 /// overlayfs marks an opaque directory (hide everything below it) with this xattr.
@@ -144,16 +142,7 @@ pub fn apply_diff(diff: &Path, dst: &Path) -> Result<(), TreeError> {
     markers(diff, dst)
 }
 
-/// What a tree holds, and a digest over all of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TreeSummary {
-    /// blake3 over every entry's path, type, mode, owner, content or target, device number
-    /// and xattrs, in sorted order.
-    pub digest: String,
-    pub entries: u64,
-    /// Bytes of regular file content.
-    pub bytes: u64,
-}
+pub use crate::store::TreeSummary;
 
 /// Digests a tree. Any change a build could observe (a byte, a mode, an owner, an xattr, a
 /// whiteout) changes the digest; timestamps do not, as they differ on every build.

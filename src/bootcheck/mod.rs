@@ -410,7 +410,7 @@ fn virtual_size(image: &Path, format: &str) -> Result<u64, BootError> {
 /// Whether a boot of `arch` may use KVM, given what the amd64 probe found: only for the
 /// host's own arch (an arm64 guest on an amd64 host is always TCG).
 pub fn kvm_for(arch: Arch, amd64_probe: bool) -> bool {
-    match (crate::doctor::host_arch(), arch) {
+    match (crate::manifest::Arch::host(), arch) {
         (Some(Arch::Amd64), Arch::Amd64) => amd64_probe,
         (Some(Arch::Arm64), Arch::Arm64) => Path::new("/dev/kvm").exists(),
         _ => false,
@@ -894,7 +894,7 @@ mod tests {
 
     #[test]
     fn a_foreign_arch_never_boots_on_kvm() {
-        let host = crate::doctor::host_arch().expect("tests run on amd64 or arm64");
+        let host = crate::manifest::Arch::host().expect("tests run on amd64 or arm64");
         let foreign = if host == Arch::Amd64 {
             Arch::Arm64
         } else {

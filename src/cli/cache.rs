@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 
 use super::{CliError, Context};
 use crate::ops;
-use crate::store::cache::short_key;
+use crate::ops::cache::short_key;
 use crate::ui::progress::human_bytes;
 use crate::ui::{self, OutputFormat};
 

@@ -41,7 +41,7 @@ pub fn run(ctx: &mut Context, a: LintArgs) -> Result<(), CliError> {
                 CliError::from_diag(element::ElementError::NotFound {
                     name: name.clone(),
                     wanted_by: None,
-                    help: crate::label::did_you_mean(name, &path.names()),
+                    help: crate::diag::did_you_mean(name, &path.names()),
                 })
             })?;
             picked.push(el.clone());

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use super::{CliError, Context};
 use crate::element::{ElementView, PHASES};
 use crate::ops;
-use crate::store::cache::short_key;
+use crate::ops::cache::short_key;
 use crate::ui::{self, OutputFormat};
 
 #[derive(Debug, Subcommand)]

@@ -45,7 +45,7 @@ pub fn expand(path: &SearchPath, requested: &[String]) -> Result<Vec<String>, El
             return Err(ElementError::NotFound {
                 name: name.to_string(),
                 wanted_by: wanted_by.map(str::to_string),
-                help: crate::label::did_you_mean(name, &path.names()),
+                help: crate::diag::did_you_mean(name, &path.names()),
             });
         };
         let mut deps = read_list(&el.dir.join("element-deps"))?;
@@ -113,7 +113,7 @@ pub fn expand(path: &SearchPath, requested: &[String]) -> Result<Vec<String>, El
         if now == provided {
             if let Some((name, by)) = missing.into_iter().find(|(m, _)| !provided.contains_key(m)) {
                 return Err(ElementError::NotFound {
-                    help: crate::label::did_you_mean(&name, &path.names()),
+                    help: crate::diag::did_you_mean(&name, &path.names()),
                     name,
                     wanted_by: by,
                 });

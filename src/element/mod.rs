@@ -383,7 +383,7 @@ pub fn project_resolver<'a>(
     let mut path = scan(warn)?;
     // Git sources not in the store yet are fetched, in search order, only while some image
     // asks for an element no directory before them has.
-    let mut pending: Vec<(&String, &crate::lock::LockedSource)> = model
+    let mut pending: Vec<(&String, &crate::manifest::LockedSource)> = model
         .pins
         .sources
         .iter()

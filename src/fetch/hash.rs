@@ -52,7 +52,7 @@ pub fn sha256_bytes(data: &[u8]) -> String {
 }
 
 /// The SHA-256 of everything a reader holds, read in order (a remote object by ranges).
-pub fn sha256_read_at(src: &dyn crate::inspect::ReadAt) -> std::io::Result<String> {
+pub fn sha256_read_at(src: &dyn crate::readat::ReadAt) -> std::io::Result<String> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     let size = src.size();

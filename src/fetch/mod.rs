@@ -32,8 +32,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::inspect::ReadAt;
 use crate::manifest::{Artifact, SwiftObject};
+use crate::readat::ReadAt;
 use crate::store::{Layout, Store, StoreError};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

@@ -634,6 +634,16 @@ pub struct LastBuild {
     pub duration_ms: u64,
 }
 
+/// What the action record keeps of every step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub phase: String,
+    pub element: String,
+    pub name: String,
+    pub status: i32,
+    pub duration_ms: u64,
+}
+
 /// `actions/<key>.json`: what the store knows about a built action.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionRecord {
@@ -644,9 +654,9 @@ pub struct ActionRecord {
     pub duration_ms: u64,
     /// Seconds since the epoch.
     pub built_at: u64,
-    pub steps: Vec<crate::action::event::StepRecord>,
+    pub steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tree: Option<crate::action::tree::TreeSummary>,
+    pub tree: Option<store::TreeSummary>,
     /// The result came from the remote cache (another host built it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remote: bool,
@@ -657,9 +667,11 @@ pub struct ActionRecord {
 pub fn record_build(
     store: &Store,
     action: &Action,
-    built: &crate::action::Built,
+    duration: std::time::Duration,
+    steps: &[StepRecord],
+    tree: &store::TreeSummary,
 ) -> Result<(), store::StoreError> {
-    let duration_ms = built.duration.as_millis() as u64;
+    let duration_ms = duration.as_millis() as u64;
     let record = ActionRecord {
         id: action.id.clone(),
         key: action.key.clone(),
@@ -670,8 +682,8 @@ pub fn record_build(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        steps: built.steps.clone(),
-        tree: Some(built.tree.clone()),
+        steps: steps.to_vec(),
+        tree: Some(tree.clone()),
         remote: false,
     };
     store.write_json(&action_record_name(&action.key), &record)?;

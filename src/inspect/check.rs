@@ -110,19 +110,6 @@ fn comparison_result(name: String, c: &super::dpkg::Comparison) -> CheckResult {
     }
 }
 
-/// The image's SBOM lists exactly its installed packages at their versions.
-pub fn sbom(fs: &dyn Filesystem, doc: &[u8]) -> CheckResult {
-    let (passed, detail) = match crate::sbom::check(fs, doc) {
-        Ok(d) => (true, d),
-        Err(d) => (false, d),
-    };
-    CheckResult {
-        name: "sbom".into(),
-        passed,
-        detail,
-    }
-}
-
 /// An RPM image: no dpkg status file, an rpm SQLite database.
 pub fn is_rpm_image(fs: &dyn Filesystem) -> bool {
     fs.metadata(super::dpkg::STATUS_PATH).is_err() && fs.metadata(super::rpm::DB_PATH).is_ok()

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::ReadAt;
-use crate::publish::secret::Secret;
+use crate::secret::Secret;
 
 /// Fetch granularity: large enough that a qcow2 L2 table or a directory costs one request.
 const BLOCK: u64 = 1 << 20;

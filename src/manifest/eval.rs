@@ -229,7 +229,7 @@ fn stray_files<'a>(
         if read.iter().any(|r| *r == path) {
             continue;
         }
-        let hint = crate::label::did_you_mean(stem, &categories)
+        let hint = crate::diag::did_you_mean(stem, &categories)
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
         out.push(format!(
@@ -303,7 +303,7 @@ fn limits() -> Result<(std::time::Duration, u64), ManifestError> {
         Err(_) => DEFAULT_EVAL_TIMEOUT,
     };
     let memory = match std::env::var("CCB_EVAL_MEMORY") {
-        Ok(v) => match parse_bytes(&v) {
+        Ok(v) => match crate::units::parse_memory(&v) {
             Some(b) if b >= 64 << 20 => b,
             _ => {
                 return Err(bad(
@@ -316,22 +316,6 @@ fn limits() -> Result<(std::time::Duration, u64), ManifestError> {
         Err(_) => DEFAULT_EVAL_MEMORY,
     };
     Ok((timeout, memory))
-}
-
-/// `4096`, `512M`, `8G`, `8GiB` (binary units).
-fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..digits].parse().ok()?;
-    let shift = match s[digits..].trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return None,
-    };
-    n.checked_mul(1u64 << shift)
 }
 
 /// What the evaluator process sends back on its stdout.

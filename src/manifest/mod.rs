@@ -91,6 +91,15 @@ pub enum Arch {
 impl Arch {
     pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
 
+    /// The architecture this ccb runs on, when it is one images are built for.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
@@ -343,6 +352,51 @@ pub struct InitramfsChecks {
     pub root_filesystem: bool,
 }
 
+/// A git source at one commit. `url`, `ref` and `path` repeat the manifest's, so an edit to
+/// any of them makes the entry stale instead of silently pinning the old repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSource {
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub path: String,
+    pub commit: String,
+    /// The git tree id of `path` at `commit`: what the build's elements are made of.
+    pub tree: String,
+}
+
+impl LockedSource {
+    pub fn matches(&self, source: &Source) -> bool {
+        self.url == source.url && self.git_ref == source.git_ref && self.path == source.path
+    }
+}
+
+/// What `ccb.lock` pins for one model (read and written by `crate::lock`): every git source's commit, every "latest" artifact's
+/// digest.
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
+    pub sources: BTreeMap<String, LockedSource>,
+    /// "latest" artifacts the lock has no digest for yet (new in the manifests): their
+    /// `sha256` stays "latest" until a build pins them (`pin_new`), as Cargo adds a new
+    /// dependency to Cargo.lock.
+    pub unpinned: std::collections::BTreeSet<String>,
+}
+
+/// The project's `cache` setting: the remote cache shared with other build hosts (see
+/// `crate::remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    pub url: String,
+    #[serde(default)]
+    pub upload: bool,
+}
+
+/// The project's `builders` setting: build hosts per arch (`ssh://user@host`, see
+/// `crate::remote::builder`).
+pub type BuilderHosts = BTreeMap<Arch, Vec<String>>;
+
 /// Settings of the whole project (`manifests/project.ncl`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,10 +406,10 @@ pub struct ProjectSettings {
     pub build_repo: Option<String>,
     /// The remote cache shared with other build hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<crate::remote::Settings>,
+    pub cache: Option<CacheSettings>,
     /// Build hosts per arch (`ssh://user@host`), for what this host should not build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub builders: Option<crate::remote::builder::Settings>,
+    pub builders: Option<BuilderHosts>,
     /// How published checksums are signed and verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningSettings>,
@@ -396,7 +450,7 @@ pub struct Model {
     /// Non-fatal findings, for the CLI to print as warnings.
     pub warnings: Vec<String>,
     /// What `ccb.lock` pins (set by [`crate::lock::apply`]).
-    pub pins: crate::lock::Pins,
+    pub pins: Pins,
 }
 
 impl Model {

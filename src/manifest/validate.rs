@@ -272,11 +272,11 @@ fn check_variable_names(
 const OVERLAY_MAX_STACK: usize = 500;
 
 /// The longest `from` chain an image may have, itself included. Its layer's overlay stacks
-/// the base, one layer per ancestor and up to [`crate::action::checkpoint::MAX_CHECKPOINTS`]
+/// the base, one layer per ancestor and up to [`crate::store::MAX_CHECKPOINTS`]
 /// step checkpoints of its own; a longer chain would pass every check and fail at mount, deep
 /// in a build. (The mount's option string is not the limit: lowers are named by links of a
 /// few bytes, 500 of them fit in its page.)
-pub const MAX_FROM_CHAIN: usize = OVERLAY_MAX_STACK - crate::action::checkpoint::MAX_CHECKPOINTS;
+pub const MAX_FROM_CHAIN: usize = OVERLAY_MAX_STACK - crate::store::MAX_CHECKPOINTS;
 
 /// Image keys, every parent before its children; a cycle in `from`, or a chain longer than
 /// [`MAX_FROM_CHAIN`], is an error. Each image is visited once (a walk up stops at an image
@@ -341,7 +341,7 @@ fn parents_first<'a>(
                         "overlayfs stacks at most {OVERLAY_MAX_STACK} layers, and a layer keeps \
                          room for {} step checkpoints; start a shorter chain from an image \
                          that repeats its ancestors' elements",
-                        crate::action::checkpoint::MAX_CHECKPOINTS
+                        crate::store::MAX_CHECKPOINTS
                     ))
                     .into());
             }

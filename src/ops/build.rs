@@ -294,7 +294,7 @@ fn check_arches(
         })
         .filter_map(|(act, _)| act.arch)
         // Sent to a remote builder (unless native here: then built here as usual).
-        .filter(|arch| !remote.contains(arch) || crate::doctor::host_arch() == Some(*arch))
+        .filter(|arch| !remote.contains(arch) || crate::manifest::Arch::host() == Some(*arch))
         .collect();
     let mut skipped = BTreeSet::new();
     for arch in foreign {
@@ -658,7 +658,7 @@ fn run_one(
     match action::run_action(bctx, action, cancel, &mut on_event) {
         Ok(built) => {
             crate::fault::point(&format!("{}.record", action.kind.as_str()));
-            graph::record_build(store, action, &built)?;
+            graph::record_build(store, action, built.duration, &built.steps, &built.tree)?;
             crate::fault::point(&format!("{}.recorded", action.kind.as_str()));
             progress.finished(&action.id, "built", Some(built.duration));
             share(remote, store, action, progress);

@@ -556,7 +556,7 @@ pub fn inspect(
                     }
                 }
                 if let Some(doc) = &s.sbom {
-                    results.push(check::sbom(fs.as_ref(), doc));
+                    results.push(crate::sbom::check_result(fs.as_ref(), doc));
                 }
             }
             Err(e) => results.push(check::CheckResult {

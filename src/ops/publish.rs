@@ -61,7 +61,7 @@ pub trait PublishObserver {
 }
 
 pub fn today() -> String {
-    crate::action::utc_now().1[..8].to_string()
+    crate::contract::utc_now().1[..8].to_string()
 }
 
 /// `vN` (of today) or `YYYYMMDD-vN`.

@@ -376,7 +376,7 @@ pub fn rdeps(
     let unknown = |name: &str, known: Vec<String>| {
         CommandError::from_diag(label::LabelError::Unknown {
             word: what.to_string(),
-            help: label::did_you_mean(name, &known),
+            help: crate::diag::did_you_mean(name, &known),
         })
     };
     let input = if let Some(name) = what.strip_prefix("element:") {
@@ -384,7 +384,7 @@ pub fn rdeps(
             return Err(CommandError::from_diag(element::ElementError::NotFound {
                 name: name.to_string(),
                 wanted_by: None,
-                help: label::did_you_mean(name, &resolver.path.names()),
+                help: crate::diag::did_you_mean(name, &resolver.path.names()),
             }));
         }
         rdeps::Input::Element(name.to_string())

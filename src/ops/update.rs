@@ -74,7 +74,7 @@ pub fn update(
         if !git.contains(&n) && !latest.contains(&n) {
             let mut known: Vec<String> = git.iter().chain(&latest).map(|s| s.to_string()).collect();
             known.extend(model.per_arch.keys().cloned());
-            let hint = crate::label::did_you_mean(n, &known).unwrap_or_else(|| {
+            let hint = crate::diag::did_you_mean(n, &known).unwrap_or_else(|| {
                 if known.is_empty() {
                     "the manifests declare no git source and no \"latest\" artifact".into()
                 } else {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use super::secret::Secret;
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum CloudsError {

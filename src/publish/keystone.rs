@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::PublishError;
 use super::clouds::{AuthType, Cloud};
-use super::secret::Secret;
 use super::swift::Auth;
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum KeystoneError {
@@ -393,7 +393,7 @@ mod tests {
         assert_eq!(parse_time("2026-11-27T18:21:43+00:00"), Some(1_795_803_703));
         assert_eq!(parse_time("nonsense"), None);
         // Round trip with the formatter the provenance uses.
-        let (iso, _) = crate::action::utc(1_795_803_703);
+        let (iso, _) = crate::contract::utc(1_795_803_703);
         assert_eq!(parse_time(&iso), Some(1_795_803_703));
     }
 }

@@ -265,7 +265,7 @@ impl ObjectStore for LocalSite {
     fn open_read(
         &self,
         name: &str,
-    ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError> {
+    ) -> Result<std::sync::Arc<dyn crate::readat::ReadAt>, PublishError> {
         let path = self.path(name)?;
         let f = std::fs::File::open(&path).map_err(Self::io("open", &path))?;
         Ok(std::sync::Arc::new(f))

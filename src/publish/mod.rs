@@ -22,11 +22,14 @@
 //! 6. writes the image's pointer, then settles `current` ([`settle_current`]).
 
 pub mod clouds;
-pub mod contract;
+/// The sites' contract moved to [`crate::contract`] (the disk action and the SBOM write it too).
+pub use crate::contract;
 pub mod keystone;
 pub mod layout;
 pub mod local;
-pub mod secret;
+/// Secrets moved to [`crate::secret`] (they are not publishing's alone: caches and inspect
+/// hold them too); the old path stays for code written against it.
+pub use crate::secret;
 pub mod signing;
 pub mod sites;
 pub mod swift;
@@ -182,7 +185,7 @@ pub trait ObjectStore: Send + Sync {
     fn open_read(
         &self,
         name: &str,
-    ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError>;
+    ) -> Result<std::sync::Arc<dyn crate::readat::ReadAt>, PublishError>;
     /// Makes sure a marker object exists: zero bytes, named like a "directory" other objects
     /// live under (Swift has no directories; a local site does, see [`local::LocalSite`]).
     fn put_marker(&self, name: &str) -> Result<(), PublishError> {
@@ -313,7 +316,7 @@ pub struct PublishOptions<'a> {
 }
 
 fn now_rfc3339() -> String {
-    crate::action::utc_now().0
+    crate::contract::utc_now().0
 }
 
 /// Publishes one image to one site.

@@ -17,8 +17,8 @@ use std::path::Path;
 
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use super::secret::Secret;
 use crate::manifest::SigningSettings;
+use crate::secret::Secret;
 
 /// The SSHSIG namespace: a signature made for ccb's checksums is valid for nothing else.
 pub const NAMESPACE: &str = "ccb-image";

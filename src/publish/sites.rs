@@ -107,7 +107,7 @@ pub fn open_site(
             Ok(Box::new(LocalSite::new(root).map_err(SiteError::open)?))
         }
         SiteKind::Swift => {
-            let segment_size = crate::action::layout::parse_bytes(&swift.segment_size)
+            let segment_size = crate::units::parse_size(&swift.segment_size)
                 .filter(|n| *n > 0)
                 .ok_or_else(|| SiteError::SegmentSize(swift.segment_size.clone()))?;
             let cloud = clouds::load(site.cloud.as_deref(), &clouds::Env::from_process())
@@ -147,7 +147,7 @@ pub fn swift_opener(
     model: &Model,
 ) -> impl Fn(
     &crate::manifest::SwiftObject,
-) -> Result<Arc<dyn crate::inspect::ReadAt>, Box<dyn std::error::Error + Send + Sync>>
+) -> Result<Arc<dyn crate::readat::ReadAt>, Box<dyn std::error::Error + Send + Sync>>
 + Send
 + Sync
 + use<> {

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use super::secret::Secret;
 use super::{ObjectInfo, ObjectStore, Progress, PublishError, PutOutcome, layout};
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum SwiftError {
@@ -834,7 +834,7 @@ impl ObjectStore for SwiftSite {
     fn open_read(
         &self,
         name: &str,
-    ) -> Result<std::sync::Arc<dyn crate::inspect::ReadAt>, PublishError> {
+    ) -> Result<std::sync::Arc<dyn crate::readat::ReadAt>, PublishError> {
         use crate::inspect::remote::{self, HttpRange, Opened};
         let (_, storage) = self.auth.credentials()?;
         let url = format!(

@@ -138,7 +138,7 @@ impl Backend for Dir {
 pub struct Http {
     base: String,
     shown: String,
-    authorization: Option<crate::publish::secret::Secret>,
+    authorization: Option<crate::secret::Secret>,
     agent: ureq::Agent,
 }
 
@@ -169,7 +169,7 @@ impl Http {
             if let Some((_, password)) = String::from_utf8_lossy(&decoded).split_once(':') {
                 crate::redact::register(password);
             }
-            crate::publish::secret::Secret::new(format!(
+            crate::secret::Secret::new(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(decoded)
             ))

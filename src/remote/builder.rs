@@ -173,8 +173,8 @@ impl std::fmt::Display for BuilderUrl {
     }
 }
 
-/// The project's `builders` setting: build hosts per arch.
-pub type Settings = BTreeMap<Arch, Vec<String>>;
+/// The project's `builders` setting: a manifest value, defined with the manifests.
+pub use crate::manifest::BuilderHosts as Settings;
 
 /// Where a bundle's files come from: the project as this build sees it.
 #[derive(Clone, Copy)]
@@ -294,7 +294,7 @@ impl Builders {
         };
         matches!(action.kind, Kind::Base | Kind::Layer | Kind::Disk)
             && self.by_arch.contains_key(&arch)
-            && (self.only || crate::doctor::host_arch() != Some(arch))
+            && (self.only || crate::manifest::Arch::host() != Some(arch))
     }
 
     /// The builder that built `id` in this build.

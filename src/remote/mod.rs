@@ -90,14 +90,8 @@ pub struct Choice {
     pub no_builders: bool,
 }
 
-/// The project's `cache` setting (`manifests/project.ncl`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub url: String,
-    #[serde(default)]
-    pub upload: bool,
-}
+/// The project's `cache` setting: a manifest value, defined with the manifests.
+pub use crate::manifest::CacheSettings as Settings;
 
 /// A remote cache opened for one build.
 pub struct Remote {

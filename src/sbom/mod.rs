@@ -302,7 +302,7 @@ pub fn created_from_provenance(provenance: &str) -> String {
         .ok()
         .and_then(|v| v["build-timestamp"].as_str().map(str::to_string))
         .unwrap_or_default();
-    if ts.len() >= 19 && crate::publish::contract::parses_as_build_timestamp(&ts) {
+    if ts.len() >= 19 && crate::contract::parses_as_build_timestamp(&ts) {
         format!("{}T{}Z", &ts[..10], &ts[11..19])
     } else if ts.len() == 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z') {
         ts
@@ -599,6 +599,19 @@ pub fn listed_packages(doc: &[u8]) -> Result<BTreeSet<(String, String, String)>,
         out.insert((field("name"), arch, field("versionInfo")));
     }
     Ok(out)
+}
+
+/// `ccb inspect`'s check: the image's SBOM lists exactly its installed packages at their versions.
+pub fn check_result(fs: &dyn Filesystem, doc: &[u8]) -> crate::inspect::check::CheckResult {
+    let (passed, detail) = match check(fs, doc) {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    crate::inspect::check::CheckResult {
+        name: "sbom".into(),
+        passed,
+        detail,
+    }
 }
 
 /// Whether the document lists exactly the image's installed packages at their versions: the

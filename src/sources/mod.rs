@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::lock::LockedSource;
+use crate::manifest::LockedSource;
 use crate::manifest::Source;
 use crate::process::ProcessError;
 use crate::store::{Store, StoreError, Wait};

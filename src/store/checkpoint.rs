@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::{Layout, Store, StoreError, remove_tree};
 use crate::fsutil::{self, FsError};
 
+/// At most this many checkpoints stacked in one layer's overlay (the manifests' `from` chains
+/// keep room for them under overlayfs' layer limit: `manifest::MAX_FROM_CHAIN`).
+pub const MAX_CHECKPOINTS: usize = 24;
+
 /// `checkpoints/<key>/checkpoint.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -24,7 +28,7 @@ pub struct CheckpointMeta {
     pub lowers: Vec<String>,
     /// The key of the layer the layer's steps run on.
     pub parent: String,
-    pub tree: crate::action::tree::TreeSummary,
+    pub tree: super::TreeSummary,
     /// Seconds since the epoch.
     pub created: u64,
 }

@@ -5,7 +5,6 @@
 //! a record that fails to parse (an older ccb, a torn disk) is treated as absent, never as an
 //! error: the store is a cache, and a miss only costs time.
 
-pub mod cache;
 mod checkpoint;
 mod layout;
 
@@ -15,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::fsutil::{self, FsError};
-pub use checkpoint::{CheckpointChain, CheckpointMeta};
+pub use checkpoint::{CheckpointChain, CheckpointMeta, MAX_CHECKPOINTS};
 pub use layout::Layout;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -259,6 +258,18 @@ pub enum LayerMode {
     Diff,
 }
 
+/// What a tree holds, and a digest over all of it (made by `action::tree::summarize`;
+/// kept in layer and checkpoint records).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TreeSummary {
+    /// blake3 over every entry's path, type, mode, owner, content or target, device number
+    /// and xattrs, in sorted order.
+    pub digest: String,
+    pub entries: u64,
+    /// Bytes of regular file content.
+    pub bytes: u64,
+}
+
 /// `layers/<key>/layer.json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LayerMeta {
@@ -267,7 +278,7 @@ pub struct LayerMeta {
     pub mode: LayerMode,
     /// The layers under this one, top first, down to the nearest full one.
     pub lowers: Vec<String>,
-    pub tree: crate::action::tree::TreeSummary,
+    pub tree: TreeSummary,
     /// Seconds since the epoch.
     pub created: u64,
 }

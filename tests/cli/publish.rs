@@ -834,7 +834,8 @@ fn swift_errors_are_clear_and_no_secret_ever_shows() {
 #[test]
 fn a_wrong_etag_is_refused_and_an_expired_token_is_renewed() {
     use ccb::publish::swift::{Auth, SwiftSite};
-    use ccb::publish::{ObjectStore, PublishError, clouds, keystone, secret::Secret};
+    use ccb::publish::{ObjectStore, PublishError, clouds, keystone};
+    use ccb::secret::Secret;
 
     let rig = rig();
     let container = format!("ccb-test-etag-{}", std::process::id());

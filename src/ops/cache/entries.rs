@@ -1,12 +1,13 @@
-//! What `ccb cache` sees and does: the store's entries, garbage collection, verification and
+//! What `ccb cache` sees and does: the store's entries (read through the records of the
+//! fetcher, the graph and the actions, so this sits above all of them, not in the store), garbage collection, verification and
 //! removal. Callers hold the store lock exclusively for anything that removes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{LayerMeta, Store, StoreError, remove_tree};
 use crate::graph::{ActionRecord, LastBuild};
+use crate::store::{LayerMeta, Store, StoreError, remove_tree};
 
 /// One cached action result.
 #[derive(Debug, Clone, Serialize)]
@@ -213,7 +214,7 @@ pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
     }
     store.remove(&format!("logs/{key}.log"))?;
     store.remove_checkpoint(key)?;
-    store.remove(&super::Layout::checkpoint_chain(key))?;
+    store.remove(&crate::store::Layout::checkpoint_chain(key))?;
     Ok(())
 }
 

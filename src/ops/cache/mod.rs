@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{CommandError, Session};
-use crate::store::cache::{self, Entry, Verdict};
 use crate::store::{Lock, Store, Wait};
+
+mod entries;
+pub use entries::{Entry, Verdict, short_key};
 
 /// Every entry of the store.
 #[derive(Debug, Serialize)]
@@ -29,7 +31,7 @@ impl LsReport {
 pub fn ls(store: &Store) -> LsReport {
     LsReport {
         version: 1,
-        entries: cache::entries(store),
+        entries: entries::entries(store),
         store: store.root().to_path_buf(),
     }
 }
@@ -56,7 +58,7 @@ pub struct GcReport {
 
 pub fn gc(store: &Store, req: GcRequest) -> Result<GcReport, CommandError> {
     let _lock = exclusive(store)?;
-    let r = cache::gc(store, req.all, req.dry_run)?;
+    let r = entries::gc(store, req.all, req.dry_run)?;
     Ok(GcReport {
         version: 1,
         dry_run: req.dry_run,
@@ -95,7 +97,7 @@ impl VerifyReport {
 
 /// Re-reads every entry; `on_progress` hears each one's name as it starts.
 pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> VerifyReport {
-    let entries = cache::verify(store, on_progress);
+    let entries = entries::verify(store, on_progress);
     VerifyReport {
         version: 1,
         ok: entries.iter().all(|v| v.ok),
@@ -149,7 +151,7 @@ pub fn rm(
     session: Option<&Session>,
     req: &RmRequest,
 ) -> Result<RmReport, CommandError> {
-    let entries = cache::entries(store);
+    let entries = entries::entries(store);
     let mut keys = BTreeSet::new();
     for w in req.what.iter().filter(|w| is_key_prefix(w)) {
         let hits: Vec<&Entry> = entries
@@ -190,8 +192,8 @@ pub fn rm(
     }
     let _lock = exclusive(store)?;
     let mut removed = Vec::new();
-    for k in &cache::with_dependents(store, &keys) {
-        cache::remove_key(store, k)?;
+    for k in &entries::with_dependents(store, &keys) {
+        entries::remove_key(store, k)?;
         removed.push(Removed {
             key: k.clone(),
             id: entries

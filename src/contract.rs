@@ -42,7 +42,7 @@ pub struct ManifestProblem(pub String);
 /// digits of microseconds (Python's `str(datetime)` drops them when they are zero, which
 /// `strptime` then refuses: never rely on it).
 pub fn build_timestamp(secs: u64, micros: u32) -> String {
-    let (iso, _) = crate::action::utc(secs);
+    let (iso, _) = utc(secs);
     // `2026-11-27T19:30:05Z` → `2026-11-27 19:30:05.000000`
     format!("{} {}.{:06}", &iso[..10], &iso[11..19], micros.min(999_999))
 }
@@ -199,9 +199,45 @@ pub fn public_repo_url(url: &str) -> Option<String> {
     Some(url.to_string())
 }
 
+/// Now, as [`utc`] formats it.
+pub fn utc_now() -> (String, String) {
+    utc(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
+}
+
+/// `2026-11-27T19:30:05Z` and `20261127193005` for a Unix time (proleptic Gregorian, UTC).
+pub fn utc(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Howard Hinnant's days-from-civil, inverted.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{s:02}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_format_like_date_u() {
+        assert_eq!(utc(0).0, "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400).0, "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_800_605).1, "20261127173005");
+    }
 
     fn record(ts: &str) -> serde_json::Value {
         serde_json::json!({
