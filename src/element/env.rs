@@ -615,6 +615,27 @@ mod tests {
         assert!(!env.contains_key("LEFT"));
     }
 
+    #[test]
+    fn the_same_fragments_over_the_same_variables_are_sourced_once_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let files = fragments(
+            dir.path(),
+            &[(
+                "10-count",
+                &format!("echo x >> {}\nexport SEEN=1\n", count.display()),
+            )],
+        );
+        let first = source(&files, &declared()).unwrap();
+        let again = source(&files, &declared()).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+        // Another input is another capture.
+        let other: BTreeMap<String, String> = [("DIB_RELEASE".into(), "trixie".into())].into();
+        assert_eq!(source(&files, &other).unwrap()["DIB_RELEASE"], "trixie");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nx\n");
+    }
+
     fn with_limit<T>(secs: &str, f: impl FnOnce() -> T) -> T {
         // SAFETY: only this test sets the variable, and only `timeout()` reads it.
         unsafe { std::env::set_var("CCB_ENVIRONMENT_TIMEOUT", secs) };
