@@ -10,7 +10,8 @@
 # Prints times, bytes moved and the chunk sharing ratio. Package downloads are shared between
 # the stores (the network is not measured). Needs root, mmdebstrap, nginx and the Debian
 # mirror of the host's apt sources. About 20-40 min on a 2-core host.
-# It needs about 3 × the image's store size free on /var/tmp (some 15 GiB for CC-Debian12).
+# It needs about 2 × the image's store size free on /var/tmp (some 12 GiB for CC-Debian12):
+# store A is removed once its results are uploaded (KEEP=1 keeps everything).
 #   benches/remote.sh [IMAGE] [CHILD]        CCB=path/to/ccb to skip the release build,
 #   ARCH=amd64 (default), ROOT=project (default: this repository), TINY=1: the test
 #   fixture's small images (tests/fixtures/layered: tiny and tiny-child) instead
@@ -25,7 +26,7 @@ if [ -z "${CCB:-}" ]; then
     cargo build --release --quiet --manifest-path "$here/Cargo.toml"
     CCB="$here/target/release/ccb"
 fi
-work=$(mktemp -d /var/tmp/ccb-remote-bench.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/ccb-remote-bench.XXXXXX")
 nginx_pid=
 cleanup() {
     [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null
@@ -76,6 +77,8 @@ echo "== cold build of $image (store A, no remote cache)"
 cold=$(run cold a build "$image" --no-remote-cache)
 echo "== upload of store A's results to $url"
 upload=$(run upload a build "$image" --remote-cache "$url" --remote-cache-upload)
+# One image store at a time on a shared disk: store A is not read again.
+[ -n "${KEEP:-}" ] || rm -rf "$work/store-a" "$work/out-cold" "$work/out-upload"
 echo "== warm build of $image (store B, from the remote cache)"
 warm=$(run warm b build "$image" --remote-cache "$url")
 echo "== $child on store B, uploading"

@@ -933,41 +933,24 @@ fn env_file_names(view: &crate::element::ElementView) -> Vec<String> {
 }
 
 /// The provenance record of chameleon-images.md: what was built, from which commit, when
-/// (the source date, so that a rebuild of the same key writes the same record).
+/// (the source date, so that a rebuild of the same key writes the same record). All of it
+/// but the source date is in the disk's key (`provenance`), which covers the date's inputs.
 pub fn provenance(
     model: &Model,
     image: &crate::manifest::Image,
     name: &str,
     source_date: i64,
 ) -> String {
-    let git = |args: &[&str]| {
-        crate::process::Process::new("git")
-            .arg("-C")
-            .arg(&model.root)
-            .args(args)
-            .read()
-            .unwrap_or_default()
-    };
-    let mut commit = git(&["rev-parse", "HEAD"]);
-    if !commit.is_empty() && !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
-        commit.push_str("-dirty");
-    }
     // The sites parse it with Python's `%Y-%m-%d %H:%M:%S.%f` (see publish::contract).
     let timestamp = crate::contract::build_timestamp(source_date.max(0) as u64, 0);
-    // The project's declared repository, else its remote (never a credential it may carry).
-    let repo = model
-        .project
-        .build_repo
-        .clone()
-        .or_else(|| crate::contract::public_repo_url(&git(&["remote", "get-url", "origin"])))
-        .unwrap_or_default();
+    let origin = model.origin();
     let p = &image.provenance;
     let record = serde_json::json!({
         "build-distro": p.distro.clone().unwrap_or_default(),
         "build-release": p.release.clone().unwrap_or_default(),
         "build-variant": p.variant.clone().unwrap_or_default(),
-        "build-repo": repo,
-        "build-repo-commit": commit,
+        "build-repo": origin.repo,
+        "build-repo-commit": origin.commit,
         "build-tag": format!("{name}-{timestamp}"),
         "build-timestamp": timestamp,
         "build-ipa": "false",

@@ -278,6 +278,22 @@ fn sources_of(
     (commits, trees)
 }
 
+/// The provenance record's fields a disk's key covers (see [`crate::action::provenance`]).
+fn provenance_of(model: &Model, image: &crate::manifest::Image) -> BTreeMap<String, String> {
+    let origin = model.origin();
+    let p = &image.provenance;
+    [
+        ("build-distro", p.distro.clone().unwrap_or_default()),
+        ("build-release", p.release.clone().unwrap_or_default()),
+        ("build-variant", p.variant.clone().unwrap_or_default()),
+        ("build-repo", origin.repo.clone()),
+        ("build-repo-commit", origin.commit.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 fn package_map(view: &crate::element::ElementView) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (phase, lists) in &view.packages {
@@ -530,7 +546,11 @@ impl Graph {
                     .as_ref()
                     .map(|(e, f)| format!("{e}/{f}"))
                     .unwrap_or_else(|| "none".into()),
-            );
+            )
+            // What the disk writes into /opt/chameleon/provenance.json (its date comes from
+            // the layer and environment, covered above): a disk built at another commit holds
+            // other bytes, so it has another key.
+            .map("provenance", provenance_of(at.model, image));
         let disk_id = ActionId::disk(&image.key, arch).to_string();
         self.actions.push(Action {
             id: disk_id.clone(),

@@ -8,6 +8,7 @@
 
 mod eval;
 mod locate;
+pub mod origin;
 mod validate;
 pub use validate::env_entry_problem;
 
@@ -451,6 +452,8 @@ pub struct Model {
     pub warnings: Vec<String>,
     /// What `ccb.lock` pins (set by [`crate::lock::apply`]).
     pub pins: Pins,
+    /// Asked of git once, when a disk's key first needs it (see [`Model::origin`]).
+    pub origin: std::sync::OnceLock<origin::Origin>,
 }
 
 impl Model {
@@ -469,7 +472,14 @@ impl Model {
             from_cache: false,
             warnings: Vec::new(),
             pins: Default::default(),
+            origin: Default::default(),
         }
+    }
+
+    /// The repository and commit the images' provenance records (and the disks' keys cover).
+    pub fn origin(&self) -> &origin::Origin {
+        self.origin
+            .get_or_init(|| origin::Origin::of(&self.root, self.project.build_repo.as_deref()))
     }
 
     /// The key in [`Model::artifacts`] of artifact `name` for an `arch` build: `NAME:ARCH` for

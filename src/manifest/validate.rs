@@ -146,6 +146,7 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
         from_cache: evaluated.from_cache,
         warnings: evaluated.warnings,
         pins: Default::default(),
+        origin: Default::default(),
     };
 
     check_image_keys(&model, &raw.images)?;

@@ -715,10 +715,23 @@ fn build_remotely(
         };
         let inputs = crate::remote::builder::Inputs {
             graph: bctx.graph,
-            root: &bctx.model.root,
+            model: bctx.model,
             resolver: bctx.resolver,
-            pins: &bctx.model.pins,
+            store,
         };
+        // The artifacts this host fetched go to the builder through the cache (uploaded
+        // even when this build only reads it: the builder writes there too), so that it
+        // never downloads them again from their servers.
+        for dep in bctx.graph.closure(&action.id) {
+            if dep.kind == Kind::Fetch
+                && let Err(e) = remote.share_with_builder(store, dep)
+            {
+                progress.warn(
+                    &dep.id,
+                    &format!("not stored in the remote cache for the builder: {e}"),
+                );
+            }
+        }
         builders.build(&inputs, action, cancel, &mut on_line)
     };
     if let Some(f) = log {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{Action, Graph, Kind};
 use crate::manifest::Arch;
+use crate::manifest::origin::Origin;
 use crate::store::{Layout, Store};
 
 /// The hidden subcommand a builder runs (`ccb remote-builder …`).
@@ -180,9 +181,10 @@ pub use crate::manifest::BuilderHosts as Settings;
 #[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub graph: &'a Graph,
-    pub root: &'a Path,
+    pub model: &'a crate::manifest::Model,
     pub resolver: &'a crate::element::Resolver<'a>,
-    pub pins: &'a crate::lock::Pins,
+    /// The local store: the locked sources' trees come from it.
+    pub store: &'a Store,
 }
 
 /// What goes to the builder on ssh's stdin before the build: what must not be on a command
@@ -635,9 +637,14 @@ fn shell_quote(s: &str) -> String {
 /// lock) and the elements named in the key documents of the action, what it builds on, and
 /// its image's disk (the builder resolves the image whole).
 /// Elements of locked git sources are left out: the builder checks them out by the lock.
+/// On the builder, `bundles/<digest>/` holds the files under `project/` and the origin in
+/// `origin.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bundle {
     format: String,
+    /// The client's repository and commit: the builder has no checkout, and the disk's key
+    /// and provenance need them (the builder's key equals the client's).
+    origin: Origin,
     files: Vec<BundleEntry>,
 }
 
@@ -656,7 +663,12 @@ enum EntryKind {
     Link { target: String },
 }
 
-const BUNDLE_FORMAT: &str = "ccb-bundle-v1";
+const BUNDLE_FORMAT: &str = "ccb-bundle-v2";
+/// Under `bundles/<digest>/` on a builder.
+const PROJECT_DIR: &str = "project";
+/// Locked sources' trees in a bundle (by git tree id), moved into the builder's store.
+const TREES_DIR: &str = ".ccb-source-trees";
+const ORIGIN_FILE: &str = "origin.json";
 /// A bundle holds manifests and elements: far less than this.
 const MAX_BUNDLE: u64 = 512 << 20;
 
@@ -664,10 +676,11 @@ impl Bundle {
     pub fn collect(inputs: &Inputs, action: &Action) -> Result<Self, BuilderError> {
         let Inputs {
             graph,
-            root,
+            model,
             resolver,
-            pins,
+            store,
         } = *inputs;
+        let (root, pins) = (model.root.as_path(), &model.pins);
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut seen = BTreeSet::new();
         let mut stack = vec![action.id.clone()];
@@ -694,6 +707,7 @@ impl Bundle {
         }
         let mut b = Bundle {
             format: BUNDLE_FORMAT.into(),
+            origin: model.origin().clone(),
             files: Vec::new(),
         };
         for dir in ["manifests", "stdlib"] {
@@ -704,13 +718,43 @@ impl Bundle {
         if root.join("ccb.lock").is_file() {
             b.add_tree(&root.join("ccb.lock"), "ccb.lock")?;
         }
+        // Each element where the builder's search path finds it as this host's does (the
+        // SBOM names an element's source): a locked source's tree for its store (this host
+        // fetched it: the builder never goes to the source's server), a plain local source at
+        // its place in the project, any other element in the project's `elements/`.
+        let mut sources_sent = BTreeSet::new();
         for el in resolver.path.elements() {
-            let locked = el
-                .source
-                .as_ref()
-                .is_some_and(|s| pins.sources.contains_key(s));
-            if names.contains(&el.name) && !locked {
+            if !names.contains(&el.name) {
+                continue;
+            }
+            let Some(source) = el.source.as_ref() else {
                 b.add_tree(&el.dir, &format!("elements/{}", el.name))?;
+                continue;
+            };
+            if !sources_sent.insert(source.clone()) {
+                continue;
+            }
+            if let Some(locked) = pins.sources.get(source) {
+                let tree = crate::sources::tree_dir(store, &locked.tree);
+                b.add_tree(&tree, &format!("{TREES_DIR}/{}", locked.tree))?;
+                continue;
+            }
+            let dir = model
+                .sources
+                .get(source)
+                .and_then(|s| crate::sources::path_source_dir(root, s));
+            let rel = dir
+                .as_deref()
+                .and_then(|d| d.strip_prefix(root).ok())
+                .filter(|r| !r.as_os_str().is_empty())
+                .ok_or_else(|| {
+                    BuilderError::Bundle(format!(
+                        "source `{source}` is a directory outside the project: a builder \
+                         cannot find it (lock it as a git source, or move it into the project)"
+                    ))
+                })?;
+            if let Some(dir) = &dir {
+                b.add_tree(dir, &rel.display().to_string())?;
             }
         }
         b.files.sort_by(|x, y| x.path.cmp(&y.path));
@@ -818,10 +862,18 @@ impl Bundle {
         Ok(b)
     }
 
-    /// Writes the files under `dir` (a fresh directory).
+    /// Writes the files under `dir/project` and the origin as `dir/origin.json` (`dir` is
+    /// a fresh directory).
     fn write(&self, dir: &Path) -> Result<(), BuilderError> {
         use base64::Engine;
         use std::os::unix::fs::PermissionsExt;
+        crate::fsutil::create_dir_all(dir)?;
+        let origin = dir.join(ORIGIN_FILE);
+        let json = serde_json::to_vec(&self.origin).expect("an origin serializes");
+        std::fs::write(&origin, json)
+            .map_err(|e| crate::fsutil::FsError::new("write", &origin, e))?;
+        let dir = dir.join(PROJECT_DIR);
+        crate::fsutil::create_dir_all(&dir)?;
         for f in &self.files {
             let p = dir.join(&f.path);
             if let Some(parent) = p.parent() {
@@ -879,7 +931,29 @@ pub fn receive(store: &Store, digest: &str, input: impl Read) -> Result<(), Buil
         }
     });
     let _ = crate::store::remove_tree(&work);
-    result
+    result?;
+    adopt_trees(store, &dest.join(PROJECT_DIR).join(TREES_DIR))
+}
+
+/// Moves the locked sources' trees a bundle carried into the store, where the build looks
+/// for them (a tree id names its content: one already there is the same).
+fn adopt_trees(store: &Store, trees: &Path) -> Result<(), BuilderError> {
+    let Ok(entries) = std::fs::read_dir(trees) else {
+        return Ok(());
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let tree = entry.file_name().to_string_lossy().into_owned();
+        let dest = crate::sources::tree_dir(store, &tree);
+        if dest.is_dir() || !tree.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        crate::fsutil::create_dir_all(dest.parent().unwrap_or(store.root()))?;
+        match std::fs::rename(entry.path(), &dest) {
+            Err(_) if dest.is_dir() => {}
+            r => r.map_err(|e| crate::fsutil::FsError::new("rename into place", &dest, e))?,
+        }
+    }
+    Ok(())
 }
 
 /// The builder's side of `run`: reads the [`Request`] line, then runs this ccb's `build` on
@@ -906,8 +980,13 @@ pub fn run(
         .map_err(|e| BuilderError::Bundle(format!("reading the request: {e}")))?;
     let exe = std::env::current_exe()
         .map_err(|e| BuilderError::Bundle(format!("finding this ccb: {e}")))?;
-    let root: PathBuf = store.path(&Layout::bundle(digest));
+    let bundle: PathBuf = store.path(&Layout::bundle(digest));
+    let root = bundle.join(PROJECT_DIR);
+    let origin_path = bundle.join(ORIGIN_FILE);
+    let origin = std::fs::read_to_string(&origin_path)
+        .map_err(|e| crate::fsutil::FsError::new("read", &origin_path, e))?;
     let mut cmd = std::process::Command::new(exe);
+    cmd.env(crate::manifest::origin::ENV, origin.trim());
     cmd.arg("--root")
         .arg(&root)
         .args(["--remote-cache-upload", "--no-remote-builders"]);
@@ -994,6 +1073,7 @@ mod tests {
     fn a_bundle_is_named_by_its_bytes_and_refuses_paths_outside_the_project() {
         let b = Bundle {
             format: BUNDLE_FORMAT.into(),
+            origin: Origin::default(),
             files: vec![BundleEntry {
                 path: "manifests/images.ncl".into(),
                 kind: EntryKind::File {
@@ -1009,6 +1089,7 @@ mod tests {
         assert!(Bundle::unpack(&packed[..packed.len() / 2], &d).is_err());
         let evil = Bundle {
             format: BUNDLE_FORMAT.into(),
+            origin: Origin::default(),
             files: vec![BundleEntry {
                 path: "../etc/passwd".into(),
                 kind: EntryKind::Dir,
@@ -1018,6 +1099,7 @@ mod tests {
         assert!(e.to_string().contains("not a path inside"), "{e}");
         let through_a_link = Bundle {
             format: BUNDLE_FORMAT.into(),
+            origin: Origin::default(),
             files: vec![
                 BundleEntry {
                     path: "elements/x".into(),

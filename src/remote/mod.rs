@@ -423,7 +423,20 @@ impl Remote {
     /// Stores a result the local store holds, unless the cache has it already. Blobs first,
     /// the action entry last.
     pub fn upload(&self, store: &Store, action: &Action) -> Result<bool, RemoteError> {
-        if !self.upload || action.kind == Kind::Publish {
+        if !self.upload {
+            return Ok(false);
+        }
+        self.put(store, action)
+    }
+
+    /// Stores an input of an action sent to a remote builder (a fetched artifact), even when
+    /// this build only reads the cache: the builder takes it from there.
+    pub fn share_with_builder(&self, store: &Store, action: &Action) -> Result<bool, RemoteError> {
+        self.put(store, action)
+    }
+
+    fn put(&self, store: &Store, action: &Action) -> Result<bool, RemoteError> {
+        if action.kind == Kind::Publish {
             return Ok(false);
         }
         let ac = ac_name(&action.key);

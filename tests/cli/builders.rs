@@ -227,10 +227,14 @@ impl Farm {
         std::fs::create_dir_all("/run/sshd").unwrap();
         // A private mount namespace inside the network namespace: the builder's apt sources
         // point at the proxy, the host's own stay as they are.
+        // `hidden/` (this host's git upstreams) is an empty tmpfs there: the builder gets what
+        // this host fetched from the bundle and the cache, or nothing.
+        std::fs::create_dir_all(self.p("hidden")).unwrap();
         let script = format!(
             "mount --make-rprivate / && mount --bind {src} /etc/apt/sources.list.d && \
-             exec /usr/sbin/sshd -D -e -f {cfg}",
+             mount -t tmpfs ccb-hidden {hidden} && exec /usr/sbin/sshd -D -e -f {cfg}",
             src = self.p("apt-sources").display(),
+            hidden = self.p("hidden").display(),
             cfg = self.p("sshd_config").display()
         );
         let child = Command::new("ip")
@@ -327,6 +331,11 @@ impl Project {
     }
 
     fn with_builders(farm: &Farm, builders: &[&str], ssh_config: &str) -> Self {
+        Self::for_arch(farm, "amd64", builders, ssh_config)
+    }
+
+    /// The project with `builders` for `arch`, its images built for `arch` only.
+    fn for_arch(farm: &Farm, arch: &str, builders: &[&str], ssh_config: &str) -> Self {
         let builders = builders
             .iter()
             .map(|b| format!("\"{b}\""))
@@ -335,20 +344,62 @@ impl Project {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("here");
         copy_tree(&repo().join("tests/fixtures/layered"), &root);
+        let images = root.join("manifests/images.ncl");
+        let text = std::fs::read_to_string(&images).unwrap();
+        assert!(text.contains("arch = ['amd64],"));
+        std::fs::write(
+            &images,
+            // Every image of the chain: a child names its arches too.
+            text.replace("arch = ['amd64],", &format!("arch = ['{arch}],"))
+                .replace(
+                    "from = \"tiny\",",
+                    &format!("from = \"tiny\",\n    arch = ['{arch}],"),
+                ),
+        )
+        .unwrap();
         std::fs::write(
             root.join("manifests/project.ncl"),
             format!(
                 "{{\n  build_repo = \"https://github.com/ChameleonCloud/cc-images\",\n  \
-                 builders = {{ amd64 = [{builders}] }},\n}}\n"
+                 builders = {{ {arch} = [{builders}] }},\n}}\n"
             ),
         )
         .unwrap();
+        // A git checkout: the disk records its commit, which the builder (no checkout, only
+        // the bundle) must know for its key to be this host's.
+        for args in [
+            &["init", "-q"][..],
+            &["add", "-A"],
+            &["commit", "-q", "-m", "the project"],
+        ] {
+            sh(Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=ccb",
+                    "-c",
+                    "user.email=ccb@example.invalid",
+                ])
+                .arg("-C")
+                .arg(&root)
+                .args(args));
+        }
         Self {
             env: Env::new(),
             _dir: dir,
             root,
             ssh: format!("ssh -F {}", farm.p(ssh_config).display()),
         }
+    }
+
+    /// git HEAD of the checkout.
+    fn commit(&self) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.root)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     fn cmd(&self, farm: &Farm, rest: &[&str]) -> Command {
@@ -375,6 +426,124 @@ impl Project {
             );
         }
         run
+    }
+}
+
+/// `tiny-sourced`: tiny plus an element of a locked git source (upstream in the farm's
+/// `hidden/`), one of a plain local source (`vendor/` in the project) and an artifact served
+/// by a server on this host's loopback (which counts its requests).
+struct SourcedProject {
+    server: Child,
+    log: PathBuf,
+}
+
+impl SourcedProject {
+    fn add(farm: &Farm, p: &Project) -> Self {
+        let git = |dir: &Path, args: &[&str]| {
+            sh(Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=ccb",
+                    "-c",
+                    "user.email=ccb@example.invalid",
+                ])
+                .arg("-C")
+                .arg(dir)
+                .args(args));
+        };
+        let element = |dir: &Path, name: &str, script: &str| {
+            let d = dir.join(name);
+            std::fs::create_dir_all(d.join("extra-data.d")).unwrap();
+            std::fs::write(d.join("README.rst"), format!("{name}\n")).unwrap();
+            let f = d.join(format!("extra-data.d/50-{name}"));
+            std::fs::write(&f, format!("#!/bin/bash\nset -eu\n{script}\n")).unwrap();
+            std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        let up = farm.p("hidden/upstream");
+        element(
+            &up.join("elements"),
+            "src-greet",
+            "echo 'from git' > \"$TMP_MOUNT_PATH/etc/src-greeting\"",
+        );
+        git(&up, &["init", "-q", "-b", "main"]);
+        git(&up, &["add", "-A"]);
+        git(&up, &["commit", "-q", "-m", "greet"]);
+        element(
+            &p.root.join("vendor/elements"),
+            "path-greet",
+            "echo 'from a path' > \"$TMP_MOUNT_PATH/etc/path-greeting\"\n\
+             cp \"$GREETING_FILE\" \"$TMP_MOUNT_PATH/etc/artifact-greeting\"",
+        );
+        let served = farm.p("served");
+        std::fs::create_dir_all(&served).unwrap();
+        std::fs::write(served.join("greeting.txt"), "from an artifact\n").unwrap();
+        let sha = crate::distros::sha256(&served.join("greeting.txt"));
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let log = farm.p("served.log");
+        let server = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .arg("--directory")
+            .arg(&served)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_until("the artifact server", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        std::fs::write(
+            p.root.join("manifests/sources.ncl"),
+            format!(
+                "{{\n  upstream = {{ url = \"{}\", ref = \"main\", path = \"elements\" }},\n  \
+                 vendored = {{ url = \"vendor\", ref = \"main\", path = \"elements\" }},\n}}\n",
+                up.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            p.root.join("manifests/artifacts.ncl"),
+            format!(
+                "{{\n  greeting = {{ url = \"http://127.0.0.1:{port}/greeting.txt\", \
+                 sha256 = \"{sha}\", description = \"a greeting\" }},\n}}\n"
+            ),
+        )
+        .unwrap();
+        let images = p.root.join("manifests/images.ncl");
+        let text = std::fs::read_to_string(&images).unwrap();
+        let text = text.trim_end().trim_end_matches('}').to_string()
+            + "  tiny-sourced = {\n    name = \"Tiny-Sourced\",\n    description = \"tiny plus \
+               elements of two sources and an artifact\",\n    from = \"tiny\",\n    \
+               elements = [\"src-greet\", \"path-greet\"],\n    \
+               artifacts = { GREETING_FILE = \"greeting\" },\n  },\n}\n";
+        std::fs::write(&images, text).unwrap();
+        p.ccb(farm, &["update"]).ok();
+        Self { server, log }
+    }
+
+    /// Requests the artifact server answered.
+    fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("GET /greeting.txt"))
+            .count()
+    }
+}
+
+impl Drop for SourcedProject {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }
 
@@ -457,6 +626,18 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
     )
     .unwrap();
     assert_ne!(rec["remote"], true, "{rec}");
+    // Its disk records this checkout's commit (carried by the bundle): the same key, the
+    // same provenance.
+    let provenance: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(local.join(format!("outputs/{disk_key}/Tiny.d/Tiny_provenance.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(provenance["build-repo-commit"], p.commit().as_str());
+    assert_eq!(
+        provenance["build-repo"],
+        "https://github.com/ChameleonCloud/cc-images"
+    );
     // The three actions of one image share one bundle of inputs: sent once.
     assert_eq!(farm.bundles(), 1);
     // The builder's log streamed here, and kept as the action's log.
@@ -540,6 +721,42 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
     );
     assert!(r.iter().all(|(_, s, _)| s == "cached"), "{r:?}");
 
+    // The bundle is the action's inputs, whatever their place: an element of a locked git
+    // source, one of a plain local source in the project, and an artifact, all of which only
+    // this host can reach (the git upstream is hidden from the builder, the artifact served
+    // on this host's loopback): the builder gets them from the bundle and the cache.
+    let sourced = SourcedProject::add(&farm, &p);
+    let run = p
+        .ccb(
+            &farm,
+            &[
+                "--remote-builders-only",
+                "build",
+                "tiny-sourced",
+                "--format",
+                "json",
+            ],
+        )
+        .ok();
+    let r = rows(&run);
+    assert!(
+        r.iter()
+            .any(|(id, _, from)| id == "layer:tiny-sourced:amd64" && from == "builder"),
+        "{r:?}"
+    );
+    let tree = p.env.layer_tree("layer:tiny-sourced:amd64");
+    for (file, says) in [
+        ("etc/src-greeting", "from git"),
+        ("etc/path-greeting", "from a path"),
+        ("etc/artifact-greeting", "from an artifact"),
+    ] {
+        let text = std::fs::read_to_string(tree.join(file)).unwrap_or_default();
+        assert_eq!(text.trim(), says, "{file}");
+    }
+    // The artifact went through the cache: the builder never reached its server.
+    assert_eq!(sourced.requests(), 1, "fetched once, by this host");
+    drop(sourced);
+
     // A build that fails there fails here, with the builder's words.
     let failed = p
         .ccb(&farm, &["--remote-builders-only", "build", "tiny-fail"])
@@ -609,4 +826,53 @@ fn an_unreachable_builder_a_refused_login_and_another_version_are_clear_errors()
     p.ccb(&farm, &["--remote-builders-only", "build", "tiny"])
         .fails()
         .stderr_has("no `builders`");
+}
+
+#[test]
+fn an_arm64_action_goes_to_a_builder_because_this_host_cannot_build_arm64_natively() {
+    // No --remote-builders-only: this amd64 host could emulate arm64 (slowly), but a builder
+    // serves arm64, so the arm64 root filesystem is built there (here the builder emulates
+    // it too: it is this machine in another namespace) and arrives through the cache.
+    let farm = Farm::start();
+    let p = Project::for_arch(
+        &farm,
+        "arm64",
+        &[&farm.builder("root", &ccb_bin())],
+        "ssh_config",
+    );
+    let run = p
+        .ccb(
+            &farm,
+            &["build", "tiny", "--until", "base", "--format", "json"],
+        )
+        .ok();
+    let r = rows(&run);
+    assert_eq!(
+        r,
+        vec![(
+            "base:tiny:arm64".to_string(),
+            "cached".to_string(),
+            "builder".to_string()
+        )]
+    );
+    assert_eq!(
+        run.json()["actions"][0]["builder"],
+        format!("ssh://root@{}", farm.builder_ip).as_str()
+    );
+    // This host did not emulate: no warning of its own about qemu-user (the builder's, in
+    // its streamed log, is prefixed by the action), no step run here.
+    assert!(
+        !run.stderr
+            .lines()
+            .any(|l| l.starts_with("warning:") && l.contains("qemu-user")),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.env.cache.path().join("checkpoints").exists());
+    // The root filesystem that arrived is arm64's.
+    let ls = p.env.layer_tree("base:tiny:arm64").join("usr/bin/ls");
+    let bytes = std::fs::read(&ls).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 0xB7, "AArch64");
+    verify(p.env.cache.path());
 }

@@ -321,3 +321,65 @@ fn an_artifact_is_a_fetch_action_keyed_by_its_digest() {
         .fails()
         .stderr_has("did you mean `hello-notes`?");
 }
+
+/// `git` in `dir` with a fixed author (the tests' checkouts have no user config).
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=ccb",
+            "-c",
+            "user.email=ccb@example.invalid",
+        ])
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+#[test]
+fn another_commit_changes_the_disks_keys_and_no_layers() {
+    // The disk writes the commit into /opt/chameleon/provenance.json: equal keys must give
+    // equal bytes, so the commit is in the disk's key; layers stay shared across commits.
+    let env = Env::new();
+    let (_d, proj) = project_copy();
+    write(proj.join("NOTES"), "notes\n");
+    git(&proj, &["init", "-q"]);
+    git(&proj, &["add", "-A"]);
+    git(&proj, &["commit", "-q", "-m", "one"]);
+    let one = keys(&env, &proj);
+    git(&proj, &["commit", "-q", "--allow-empty", "-m", "two"]);
+    let two = keys(&env, &proj);
+    let ch = changed(&one, &two);
+    assert!(!ch.is_empty(), "a new commit changed no key");
+    for id in &ch {
+        assert!(
+            id.starts_with("disk:"),
+            "{id} changed with the commit: {ch:?}"
+        );
+    }
+    assert_eq!(
+        ch.len(),
+        one.keys().filter(|id| id.starts_with("disk:")).count(),
+        "every disk records the commit: {ch:?}"
+    );
+    // A tracked file edited and not committed: `<commit>-dirty`, another disk again.
+    write(proj.join("NOTES"), "notes, edited\n");
+    let dirty = keys(&env, &proj);
+    let ch = changed(&two, &dirty);
+    assert!(ch.iter().all(|id| id.starts_with("disk:")), "{ch:?}");
+    assert!(!ch.is_empty());
+    // The key document says so.
+    let hash = env
+        .run(&[
+            "--root",
+            proj.to_str().unwrap(),
+            "query",
+            "hash",
+            "debian12",
+        ])
+        .ok();
+    assert!(hash.stdout.contains("-dirty"), "{}", hash.stdout);
+}
