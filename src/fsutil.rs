@@ -43,12 +43,29 @@ pub fn create_dir_all(path: &Path) -> Result<(), FsError> {
 /// Writes `contents` to `path` atomically: a temporary file in the same directory, fsynced,
 /// then renamed over `path`. Concurrent writers of the same content are harmless.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    write_renamed(path, contents, true)
+}
+
+/// [`write_atomic`] without the fsync, for caches whose reader takes a damaged file for a
+/// missing one: a crash can cost the entry, never a wrong answer. A cold `ccb check` writes
+/// one per image and arch, and thousands of fsyncs were seconds of its wall time.
+pub fn write_atomic_cache(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    write_renamed(path, contents, false)
+}
+
+fn write_renamed(path: &Path, contents: &[u8], durable: bool) -> Result<(), FsError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| FsError::new("create a file in", dir, e))?;
     tmp.write_all(contents)
-        .and_then(|()| tmp.as_file().sync_data())
+        .and_then(|()| {
+            if durable {
+                tmp.as_file().sync_data()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| FsError::new("write", tmp.path().to_path_buf(), e))?;
     tmp.persist(path)
         .map_err(|e| FsError::new("rename into place", path, e.error))?;

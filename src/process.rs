@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod bounded;
-pub use bounded::{Bounded, Confine};
+pub use bounded::{Bounded, Confine, Resident};
 
 /// The ccb binary that helper processes re-execute (the sandbox and the manifest evaluator
 /// are ccb started with a hidden first argument, see `cli::main`). By default the running

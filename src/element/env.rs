@@ -6,9 +6,12 @@
 //! and `pipefail` like DIB's runner, so a fragment that reads an unset variable, or exits
 //! non-zero on purpose (dib-init-system does), fails with the file named.
 
-use crate::process::Process;
-use std::collections::BTreeMap;
+use crate::process::{Process, ProcessError};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::ElementError;
@@ -22,7 +25,8 @@ const RUNNER_VARS: [&str; 6] = ["PATH", "LC_ALL", "PWD", "OLDPWD", "SHLVL", "_"]
 
 const MARK: &str = "\u{1}ccb-sourcing ";
 
-/// What a fragment prints goes to stderr (fd 1 is pointed there first): only the final
+/// The script of a capture in a bash of its own ([`capture_once`]). What a fragment prints
+/// goes to stderr (fd 1 is pointed there first): only the final
 /// `env -0`, written to the saved stdout (fd 3), is the captured environment. A fragment that
 /// echoes can no longer inject `KEY=value` lines or hide a variable.
 const SCRIPT: &str = r#"exec 3>&1 1>&2
@@ -50,6 +54,10 @@ fn timeout() -> Duration {
 }
 
 /// Sources `files` in order over `declared` and returns the exported environment.
+///
+/// The result is a pure function of the fragments (paths and contents, in order) and the
+/// declared variables, so it is computed once per run for each distinct input. As root, the
+/// capture runs in a resident shell (see [`SERVER`]); otherwise in a bash of its own.
 pub fn source(
     files: &[(Script, PathBuf)],
     declared: &BTreeMap<String, String>,
@@ -57,6 +65,337 @@ pub fn source(
     if files.is_empty() {
         return Ok(declared.clone());
     }
+    let key = memo_key(files, declared);
+    if let Some(key) = &key
+        && let Some(env) = lock(&MEMO).get(key)
+    {
+        return Ok(env.clone());
+    }
+    let env = if nix::unistd::geteuid().is_root() {
+        capture_resident(files, declared)?
+    } else {
+        capture_once(files, declared)?
+    };
+    if let Some(key) = key {
+        lock(&MEMO).insert(key, env.clone());
+    }
+    Ok(env)
+}
+
+/// A captured environment.
+type Env = BTreeMap<String, String>;
+
+/// Captures already made in this run, by [`memo_key`].
+static MEMO: std::sync::LazyLock<Mutex<HashMap<[u8; 32], Env>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Idle resident shells, one per thread that captured at the same time (rayon's workers).
+static SHELLS: Mutex<Vec<Shell>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere leaves the data as sound as it was: a map of finished captures, a
+    // list of idle shells.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The digest of everything a capture depends on; `None` when a fragment cannot be read (the
+/// capture itself then says so).
+fn memo_key(files: &[(Script, PathBuf)], declared: &BTreeMap<String, String>) -> Option<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    for (_, path) in files {
+        crate::keydoc::hash_str(&mut h, &path.to_string_lossy());
+        let body = std::fs::read(path).ok()?;
+        h.update(&(body.len() as u64).to_le_bytes());
+        h.update(&body);
+    }
+    crate::keydoc::hash_map(&mut h, declared);
+    Some(*h.finalize().as_bytes())
+}
+
+/// The descriptors of a resident shell's request, output and environment (memfds): high
+/// enough that a fragment's own `exec 3>…` (or `{fd}>…`, from 10 up) never meets them.
+const REQUEST_FD: i32 = 200;
+const OUTPUT_FD: i32 = 201;
+const ENV_FD: i32 = 202;
+
+/// The resident shell: PID 1 of a PID namespace of its own, it forks a subshell per request
+/// line, which sources the request (a script ccb wrote into the request memfd: the declared
+/// variables, the fragments, the capture) with everything it prints going to the output
+/// memfd. Forking a shell that is already running costs a fraction of starting bash and
+/// `env` per image. Each subshell starts from the same untouched state, so no capture sees
+/// another's variables or functions; after each, whatever the fragments left running is
+/// killed (`kill -9 -1` as PID 1 reaches every other process of the namespace, and only
+/// them; the guard keeps it from ever running anywhere else). The answer is the subshell's
+/// exit status.
+const SERVER: &str = r#"while read -r; do
+    (exec </dev/null >/proc/self/fd/201 2>&1; unset REPLY; . /proc/self/fd/200)
+    REPLY=$?
+    [[ $$ == 1 ]] && kill -9 -1 2>/dev/null
+    echo "$REPLY"
+done
+"#;
+
+/// The part of a request after the variables and `set -- FRAGMENTS`. What a fragment prints
+/// goes to the output memfd with the markers; the environment is written to its own memfd
+/// only after the last fragment, by builtins (an `env -0` would cost an exec per capture):
+/// exported variables that are set, arrays excluded, as `env` would print them. Exported
+/// functions are in bash's own encoding (`BASH_FUNC_<name>%%`) that only `env` prints:
+/// rare, so only then is it run.
+const CAPTURE: &str = r#"set -eu
+set -o pipefail
+for f in "$@"; do
+    printf '\001ccb-sourcing %s\n' "$f" >&2
+    source "$f"
+done
+printf '\001ccb-sourcing \n' >&2
+set +eu
+{ builtin declare -Fx; builtin compgen -e; } >/proc/self/fd/202 || exit 70
+builtin mapfile -t __ccb_names </proc/self/fd/202 || exit 70
+case ${__ccb_names[0]-} in "declare "*) exec env -0 >/proc/self/fd/202 ;; esac
+for __ccb_name in "${__ccb_names[@]}"; do
+    case ${!__ccb_name@a} in *[aA]*) continue ;; esac
+    if [[ -v $__ccb_name ]]; then
+        builtin printf '%s=%s\0' "$__ccb_name" "${!__ccb_name}"
+    fi
+done >/proc/self/fd/202
+"#;
+
+/// A resident shell and its memfds.
+struct Shell {
+    resident: crate::process::Resident,
+    request: File,
+    output: File,
+    env: File,
+}
+
+impl Shell {
+    fn start() -> Result<Self, ProcessError> {
+        let mut cmd = Process::new("bash");
+        cmd.env_clear()
+            .env("PATH", PATH)
+            .env("LC_ALL", "C")
+            .arg("--noprofile")
+            .arg("--norc")
+            .arg("-c")
+            .arg(SERVER)
+            .arg("ccb-environment")
+            .current_dir("/");
+        let spawn_error = |source| ProcessError::Spawn {
+            command: cmd.command_line(),
+            source,
+        };
+        let request = memfd("ccb-env-request").map_err(spawn_error)?;
+        let output = memfd("ccb-env-output").map_err(spawn_error)?;
+        let env = memfd("ccb-env").map_err(spawn_error)?;
+        let resident = cmd.spawn_resident(&[
+            (request.as_raw_fd(), REQUEST_FD),
+            (output.as_raw_fd(), OUTPUT_FD),
+            (env.as_raw_fd(), ENV_FD),
+        ])?;
+        Ok(Self {
+            resident,
+            request,
+            output,
+            env,
+        })
+    }
+
+    /// Runs one capture: the subshell's exit status, `None` past `limit`.
+    fn run(&mut self, request: &[u8], limit: Duration) -> std::io::Result<Option<i32>> {
+        use std::os::unix::fs::FileExt;
+        for f in [&self.request, &self.output, &self.env] {
+            f.set_len(0)?;
+        }
+        self.request.write_all_at(request, 0)?;
+        let Some(answer) = self.resident.ask(b"\n", limit)? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&answer)
+            .ok()
+            .and_then(|a| a.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| std::io::Error::other("the environment shell answered nonsense"))
+    }
+}
+
+fn memfd(name: &str) -> std::io::Result<File> {
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a system call with a valid C string; the fd it returns is ours.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor, owned from here on.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+fn read_all(f: &File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::new();
+    let mut f = f;
+    // A memfd: reading it fails only if the system is out of memory, and then the capture
+    // reads as empty and fails on its own.
+    if f.seek(std::io::SeekFrom::Start(0)).is_ok() {
+        let _ = f.read_to_end(&mut buf);
+    }
+    buf
+}
+
+/// The script a resident shell sources for one capture: ccb's and the declared variables,
+/// the fragments as positional parameters (as `bash -c SCRIPT ccb-environment FILES…` had
+/// them), then [`CAPTURE`].
+fn request(
+    files: &[(Script, PathBuf)],
+    declared: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, std::io::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let quote = |out: &mut Vec<u8>, word: &[u8]| -> Result<(), std::io::Error> {
+        if word.contains(&0) {
+            return Err(invalid(format!(
+                "a NUL byte in `{}`",
+                String::from_utf8_lossy(word)
+            )));
+        }
+        out.push(b' ');
+        out.push(b'\'');
+        for &b in word {
+            if b == b'\'' {
+                out.extend_from_slice(b"'\\''");
+            } else {
+                out.push(b);
+            }
+        }
+        out.push(b'\'');
+        Ok(())
+    };
+    let mut out = b"export --".to_vec();
+    let ours = [("PATH", PATH), ("LC_ALL", "C")];
+    for (k, v) in ours
+        .into_iter()
+        .chain(declared.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        let name_ok = k.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            return Err(invalid(format!("`{k}` is not a variable name")));
+        }
+        quote(&mut out, format!("{k}={v}").as_bytes())?;
+    }
+    out.extend_from_slice(b"\nset --");
+    for (_, path) in files {
+        quote(&mut out, path.as_os_str().as_bytes())?;
+    }
+    out.push(b'\n');
+    out.extend_from_slice(CAPTURE.as_bytes());
+    Ok(out)
+}
+
+/// One capture in a resident shell from the pool (a new one when none is idle).
+fn capture_resident(
+    files: &[(Script, PathBuf)],
+    declared: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ElementError> {
+    let request = request(files, declared).map_err(|source| {
+        ElementError::Bash(ProcessError::Spawn {
+            command: "bash (environment.d)".into(),
+            source,
+        })
+    })?;
+    let limit = timeout();
+    let idle = lock(&SHELLS).pop();
+    let (mut shell, reused) = match idle {
+        Some(shell) => (shell, true),
+        None => (Shell::start().map_err(ElementError::Bash)?, false),
+    };
+    let mut outcome = shell.run(&request, limit);
+    if outcome.is_err() && reused {
+        // An idle shell can have ended with the thread that started it (its parent-death
+        // signal follows that thread): a fresh one, once.
+        shell = Shell::start().map_err(ElementError::Bash)?;
+        outcome = shell.run(&request, limit);
+    }
+    match outcome {
+        Ok(Some(0)) => {
+            let env = parse_captured(&read_all(&shell.env));
+            lock(&SHELLS).push(shell);
+            Ok(env)
+        }
+        Ok(Some(code)) => {
+            let output = read_all(&shell.output);
+            lock(&SHELLS).push(shell);
+            Err(failure(
+                files,
+                &String::from_utf8_lossy(&output),
+                format!("exited with status {code}"),
+            ))
+        }
+        Ok(None) => {
+            // Killing the shell ends its namespace, and with it the fragment and all it
+            // started.
+            let output = read_all(&shell.output);
+            drop(shell);
+            Err(failure(
+                files,
+                &String::from_utf8_lossy(&output),
+                timed_out(limit),
+            ))
+        }
+        Err(_) => {
+            let output = read_all(&shell.output);
+            drop(shell);
+            Err(failure(
+                files,
+                &String::from_utf8_lossy(&output),
+                "was killed".into(),
+            ))
+        }
+    }
+}
+
+fn timed_out(limit: Duration) -> String {
+    format!(
+        "did not finish within {} s (CCB_ENVIRONMENT_TIMEOUT sets the limit)",
+        limit.as_secs()
+    )
+}
+
+/// The error for a capture that stopped with `status`: the last marker in its output names
+/// the file being sourced, and the lines after it say why.
+fn failure(files: &[(Script, PathBuf)], output: &str, status: String) -> ElementError {
+    let mut current = String::new();
+    let mut detail = Vec::new();
+    for line in output.lines() {
+        if let Some(f) = line.strip_prefix(MARK) {
+            current = f.to_string();
+            detail.clear();
+        } else {
+            detail.push(line.to_string());
+        }
+    }
+    let (element, file) = files
+        .iter()
+        .find(|(_, p)| p.to_string_lossy() == current)
+        .map(|(s, _)| (s.element.clone(), format!("environment.d/{}", s.name)))
+        .unwrap_or_else(|| ("?".into(), current.clone()));
+    let tail: Vec<String> = detail.iter().rev().take(10).rev().cloned().collect();
+    ElementError::Environment {
+        element,
+        file,
+        detail: if tail.is_empty() {
+            status
+        } else {
+            format!("{status}: {}", tail.join("\n"))
+        },
+    }
+}
+
+/// One capture in a bash of its own (without the privilege for a PID namespace, where a
+/// resident shell could not end what fragments leave running).
+fn capture_once(
+    files: &[(Script, PathBuf)],
+    declared: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ElementError> {
     let mut cmd = Process::new("bash");
     cmd.env_clear()
         .env("PATH", PATH)
@@ -69,54 +408,27 @@ pub fn source(
         .arg("ccb-environment")
         .args(files.iter().map(|(_, p)| p))
         .current_dir("/");
-    // PID 1 of a namespace of its own: whatever a fragment starts, even in a session of its
-    // own (`setsid`), ends with the shell, so nothing outlives ccb and no pipe stays open.
     let limit = timeout();
     let crate::process::Bounded {
         output: out,
-        timed_out,
+        timed_out: late,
     } = cmd
         .output_bounded(limit, crate::process::Confine::PidNamespace)
         .map_err(ElementError::Bash)?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if timed_out || !out.status.success() {
-        // The last marker names the file being sourced when the shell stopped.
-        let mut current = String::new();
-        let mut detail = Vec::new();
-        for line in stderr.lines() {
-            if let Some(f) = line.strip_prefix(MARK) {
-                current = f.to_string();
-                detail.clear();
-            } else {
-                detail.push(line.to_string());
-            }
-        }
-        let (element, file) = files
-            .iter()
-            .find(|(_, p)| p.to_string_lossy() == current)
-            .map(|(s, _)| (s.element.clone(), format!("environment.d/{}", s.name)))
-            .unwrap_or_else(|| ("?".into(), current.clone()));
-        let status = if timed_out {
-            format!(
-                "did not finish within {} s (CCB_ENVIRONMENT_TIMEOUT sets the limit)",
-                limit.as_secs()
-            )
+    if late || !out.status.success() {
+        let status = if late {
+            timed_out(limit)
         } else {
             out.status
                 .code()
                 .map(|c| format!("exited with status {c}"))
                 .unwrap_or_else(|| "was killed".into())
         };
-        let tail: Vec<String> = detail.iter().rev().take(10).rev().cloned().collect();
-        return Err(ElementError::Environment {
-            element,
-            file,
-            detail: if tail.is_empty() {
-                status
-            } else {
-                format!("{status}: {}", tail.join("\n"))
-            },
-        });
+        return Err(failure(
+            files,
+            &String::from_utf8_lossy(&out.stderr),
+            status,
+        ));
     }
     Ok(parse_captured(&out.stdout))
 }
@@ -230,6 +542,98 @@ mod tests {
             !alive
         });
         assert!(gone, "the background `sleep` ({pid}) is still running");
+    }
+
+    #[test]
+    fn the_resident_shell_captures_what_a_bash_of_its_own_does() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let files = fragments(
+            dir.path(),
+            &[
+                (
+                    "10-values",
+                    "export QUOTED=\"it's \\\"quoted\\\" \\$HOME\"\n\
+                     export MULTI=$'line one\\nline two\\ttab'\n\
+                     export UNICODE='ünïcødé ✓' EMPTY=\n\
+                     export DECLARED_ONLY\n\
+                     declare -ax ARRAY=(a b)\n\
+                     declare -ix NUMBER=6*7\n\
+                     LOCAL_ONLY=1\n\
+                     export DIB_RELEASE=${DIB_RELEASE}-updated\n",
+                ),
+                ("20-function", "greet() { echo hi; }\nexport -f greet\n"),
+            ],
+        );
+        let resident = capture_resident(&files, &declared()).unwrap();
+        let once = capture_once(&files, &declared()).unwrap();
+        assert_eq!(resident, once);
+        assert_eq!(resident["MULTI"], "line one\nline two\ttab");
+        assert_eq!(resident["NUMBER"], "42");
+        assert!(resident.contains_key("BASH_FUNC_greet%%"), "{resident:?}");
+        // Without an exported function the builtins write the environment, not `env`.
+        let plain = &files[..1];
+        assert_eq!(
+            capture_resident(plain, &declared()).unwrap(),
+            capture_once(plain, &declared()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_capture_starts_from_nothing_a_previous_one_left_in_the_resident_shell() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let first = fragments(
+            dir.path(),
+            &[(
+                "10-leave",
+                "export LEFT=1\nset +o pipefail\nleft() { :; }\ncd /tmp\numask 077\n",
+            )],
+        );
+        let second = fragments(
+            dir.path(),
+            &[(
+                "20-look",
+                "export SAW=\"${LEFT-none} $(type -t left || echo none) $PWD $(umask)\"\n\
+                 export PIPEFAIL=$(set -o | grep pipefail | tr -s ' \\t' ' ')\n",
+            )],
+        );
+        // Both on the same thread, one after the other: the second takes the idle shell.
+        capture_resident(&first, &declared()).unwrap();
+        let env = capture_resident(&second, &declared()).unwrap();
+        let umask = capture_once(&second, &declared()).unwrap()["SAW"]
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(env["SAW"], format!("none none / {umask}"));
+        assert_eq!(env["PIPEFAIL"], "pipefail on");
+        assert!(!env.contains_key("LEFT"));
+    }
+
+    #[test]
+    fn the_same_fragments_over_the_same_variables_are_sourced_once_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let files = fragments(
+            dir.path(),
+            &[(
+                "10-count",
+                &format!("echo x >> {}\nexport SEEN=1\n", count.display()),
+            )],
+        );
+        let first = source(&files, &declared()).unwrap();
+        let again = source(&files, &declared()).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+        // Another input is another capture.
+        let other: BTreeMap<String, String> = [("DIB_RELEASE".into(), "trixie".into())].into();
+        assert_eq!(source(&files, &other).unwrap()["DIB_RELEASE"], "trixie");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nx\n");
     }
 
     fn with_limit<T>(secs: &str, f: impl FnOnce() -> T) -> T {

@@ -230,7 +230,7 @@ impl<'a> Resolver<'a> {
         });
         if missing.is_none() {
             // Failing to record it only costs the check next time.
-            let _ = self.store.write_json(&rec, &true);
+            let _ = self.store.write_cache_json(&rec, &true);
         }
         missing
     }
@@ -292,7 +292,7 @@ impl<'a> Resolver<'a> {
             base,
         };
         // Failing to cache only costs time on the next run.
-        let _ = self.store.write_json(&rec, &resolved);
+        let _ = self.store.write_cache_json(&rec, &resolved);
         Ok(resolved)
     }
 }
@@ -476,7 +476,7 @@ pub fn check_model(
         used.extend(r?);
     }
     // Failing to record it only costs the resolutions next time.
-    let _ = store.write_json(&record, &used.len());
+    let _ = store.write_cache_json(&record, &used.len());
     Ok(CheckSummary {
         elements: used.len(),
     })

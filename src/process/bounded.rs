@@ -49,8 +49,7 @@ struct Started {
 
 /// How a started program is ended.
 enum End {
-    /// PID 1 of its namespace, by a pidfd: a signal through it can never reach another
-    /// process that reused the pid after the waiter reaped it.
+    /// PID 1 of its namespace, by a pidfd ([`kill_pid1`]).
     Pid1(OwnedFd),
     /// Its process group, also after it exited (what it left in the group goes too).
     Group(libc::pid_t),
@@ -59,16 +58,8 @@ enum End {
 impl End {
     fn kill(&self) {
         match self {
-            // SAFETY: system calls on an fd we own and a group we made; no memory effects.
-            End::Pid1(fd) => unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            },
+            End::Pid1(fd) => kill_pid1(fd.as_raw_fd()),
+            // SAFETY: a system call on a group we made; no memory effects.
             End::Group(pgid) => unsafe {
                 libc::kill(-pgid, libc::SIGKILL);
             },
@@ -170,6 +161,26 @@ impl Process {
     }
 
     fn spawn_pid1(&self) -> std::io::Result<Started> {
+        let stdin = File::open("/dev/null")?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (pid, pidfd) = self.clone_pid1(&[
+            (stdin.as_raw_fd(), 0),
+            (out_w.as_raw_fd(), 1),
+            (err_w.as_raw_fd(), 2),
+        ])?;
+        drop((stdin, out_w, err_w));
+        Ok(Started {
+            pid,
+            end: End::Pid1(pidfd),
+            stdout: File::from(out_r),
+            stderr: File::from(err_r),
+        })
+    }
+
+    /// Starts the program as PID 1 of a fresh PID namespace with each `(fd, target)` of `fds`
+    /// as its descriptor `target` (and no other of ccb's); returns its pid and a pidfd.
+    fn clone_pid1(&self, fds: &[(RawFd, RawFd)]) -> std::io::Result<(libc::pid_t, OwnedFd)> {
         let cstr = |s: &OsStr| {
             CString::new(s.as_bytes()).map_err(|_| {
                 std::io::Error::new(
@@ -219,15 +230,31 @@ impl Process {
                 .chain(std::iter::once(std::ptr::null()))
                 .collect::<Vec<_>>()
         };
-        let stdin = File::open("/dev/null")?;
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // Copies above every target, so that no dup2 in the child overwrites a descriptor a
+        // later one still reads, and none is its own target (which would keep close-on-exec).
+        let above = fds.iter().map(|(_, t)| *t).max().unwrap_or(0) + 1;
+        let sources: Vec<OwnedFd> = fds
+            .iter()
+            .map(|(fd, _)| {
+                // SAFETY: duplicates a descriptor the caller keeps open; we own the copy.
+                let copy = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, above) };
+                if copy < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: fcntl returned a new descriptor, owned from here on.
+                Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy) })
+            })
+            .collect::<std::io::Result<_>>()?;
         let args = ChildArgs {
             program: program.as_ptr(),
             argv: pointers(&argv),
             envp: pointers(&envp),
             cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            fds: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            fds: sources
+                .iter()
+                .zip(fds)
+                .map(|(s, (_, t))| (s.as_raw_fd(), *t))
+                .collect(),
             memory_limit: self.memory_limit,
             errno: AtomicI32::new(0),
         };
@@ -248,7 +275,7 @@ impl Process {
         if pid < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        drop((stdin, out_w, err_w));
+        drop(sources);
         let errno = args.errno.load(Ordering::SeqCst);
         if errno != 0 {
             let _ = wait(pid);
@@ -266,12 +293,115 @@ impl Process {
         }
         // SAFETY: pidfd_open returned a new fd, owned from here on.
         let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as RawFd) };
-        Ok(Started {
-            pid,
-            end: End::Pid1(pidfd),
-            stdout: File::from(out_r),
-            stderr: File::from(err_r),
-        })
+        Ok((pid, pidfd))
+    }
+
+    /// Starts the program as a [`Resident`]: PID 1 of a fresh PID namespace, reading requests
+    /// on its stdin and answering one line each on its stdout, with `fds` passed as
+    /// `(fd, target)` and stderr at /dev/null. Root only (a namespace needs the privilege).
+    pub fn spawn_resident(&self, fds: &[(RawFd, RawFd)]) -> Result<Resident, ProcessError> {
+        let spawn_error = |source| ProcessError::Spawn {
+            command: self.command_line(),
+            source,
+        };
+        let started = (|| {
+            let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+            let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let mut all = vec![
+                (in_r.as_raw_fd(), 0),
+                (out_w.as_raw_fd(), 1),
+                (null.as_raw_fd(), 2),
+            ];
+            all.extend_from_slice(fds);
+            let (pid, pidfd) = self.clone_pid1(&all)?;
+            Ok::<_, std::io::Error>(Resident {
+                pid,
+                pidfd,
+                stdin: File::from(in_w),
+                stdout: File::from(out_r),
+                pending: Vec::new(),
+            })
+        })();
+        started.map_err(spawn_error)
+    }
+}
+
+/// A long-lived program in a PID namespace of its own, asked one thing at a time (see
+/// [`Process::spawn_resident`]). Dropping it kills it, and with it everything it started.
+pub struct Resident {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    stdin: File,
+    stdout: File,
+    /// Bytes read past the last answer.
+    pending: Vec<u8>,
+}
+
+impl Resident {
+    /// Sends `request` and waits at most `limit` for the answer line (without its newline):
+    /// `Ok(None)` when the limit passed first; an error when the program ended.
+    pub fn ask(&mut self, request: &[u8], limit: Duration) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Write;
+        self.stdin.write_all(request)?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line = self.pending[..end].to_vec();
+                self.pending.drain(..=end);
+                return Ok(Some(line));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut poll = libc::pollfd {
+                fd: self.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: polls one descriptor we own, described by a local struct.
+            let r = unsafe { libc::poll(&mut poll, 1, ms) };
+            if r < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if r == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 512];
+            let n = self.stdout.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        kill_pid1(self.pidfd.as_raw_fd());
+        let _ = wait(self.pid);
+    }
+}
+
+/// SIGKILL to PID 1 of a namespace through its pidfd: a signal through it can never reach
+/// another process that reused the pid after the waiter reaped it.
+fn kill_pid1(pidfd: RawFd) {
+    // SAFETY: a system call on an fd we own; no memory effects.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
     }
 }
 
@@ -281,8 +411,8 @@ struct ChildArgs {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     cwd: *const libc::c_char,
-    /// stdin, stdout, stderr.
-    fds: [RawFd; 3],
+    /// (descriptor, the number it gets in the child).
+    fds: Vec<(RawFd, RawFd)>,
     memory_limit: Option<u64>,
     /// Set by the child when it cannot exec.
     errno: AtomicI32,
@@ -308,8 +438,8 @@ extern "C" fn pid1_main(data: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        for (target, fd) in args.fds.iter().enumerate() {
-            if libc::dup2(*fd, target as RawFd) < 0 {
+        for (fd, target) in &args.fds {
+            if libc::dup2(*fd, *target) < 0 {
                 fail();
             }
         }

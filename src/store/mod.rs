@@ -82,6 +82,18 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::write_json`] for a cache record that [`Store::read_json`] reads back: not
+    /// fsynced (see [`fsutil::write_atomic_cache`]).
+    pub fn write_cache_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<(), StoreError> {
+        let path = self.path(rel);
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        fsutil::write_atomic_cache(&path, &bytes)?;
+        Ok(())
+    }
+
     pub fn exists(&self, rel: &str) -> bool {
         self.path(rel).exists()
     }
