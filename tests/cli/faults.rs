@@ -797,9 +797,13 @@ fn a_full_store_fails_clearly_and_the_next_run_after_freeing_space_succeeds() {
     std::fs::remove_file(&filler).unwrap();
     run(&["fetch", "tiny-fetch"]).ok();
 
-    // A layer: the base first, then 30 MiB free for a layer of about 90.
+    // A layer: the base first, then 64 KiB free, which ccb's own writes for the layer (its
+    // work directory, overlay, logs) run out of. Not a fill inside a step: apt-get update,
+    // the layer's first big writer, once waited forever after ENOSPC in its list downloads
+    // (its methods and apt-get each polling the other, seen under load), which is apt's own
+    // hang and not what this case proves; the disk below fills up inside ccb's mkfs/qcow2.
     run(&["build", "tiny", "--until", "base"]).ok();
-    let filler = fs.fill_leaving(30 << 20);
+    let filler = fs.fill_leaving(64 << 10);
     let r = run(&["build", "tiny", "--until", "layer"]);
     full("layer", &r);
     check("layer");
