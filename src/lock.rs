@@ -35,7 +35,7 @@ pub struct Lock {
     pub artifacts: BTreeMap<String, LockedArtifact>,
 }
 
-pub use crate::manifest::{LockedSource, Pins};
+use crate::manifest::{LockedSource, Pins};
 
 /// An artifact that follows its URL, at the digest `ccb update` last saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,7 +56,7 @@ pub const SEGMENT_DONE: &str = "done";
 
 /// Checkpoints after steps of at least this long (`CCB_CHECKPOINT_MIN_MS` overrides it).
 const DEFAULT_MIN_MS: u64 = 1500;
-pub use crate::store::MAX_CHECKPOINTS;
+use crate::store::MAX_CHECKPOINTS;
 
 /// A checkpoint's identity: the step of a layer it follows. Spelled
 /// `checkpoint:<image>:<arch>:<phase>/<step>`, here only.

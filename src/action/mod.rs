@@ -944,7 +944,7 @@ pub fn provenance(
     name: &str,
     source_date: i64,
 ) -> String {
-    // The sites parse it with Python's `%Y-%m-%d %H:%M:%S.%f` (see publish::contract).
+    // The sites parse it with Python's `%Y-%m-%d %H:%M:%S.%f` (see `contract`).
     let timestamp = crate::contract::build_timestamp(source_date.max(0) as u64, 0);
     let origin = model.origin();
     let p = &image.provenance;

@@ -22,14 +22,9 @@
 //! 6. writes the image's pointer, then settles `current` ([`settle_current`]).
 
 pub mod clouds;
-/// The sites' contract moved to [`crate::contract`] (the disk action and the SBOM write it too).
-pub use crate::contract;
 pub mod keystone;
 pub mod layout;
 pub mod local;
-/// Secrets moved to [`crate::secret`] (they are not publishing's alone: caches and inspect
-/// hold them too); the old path stays for code written against it.
-pub use crate::secret;
 pub mod signing;
 pub mod sites;
 pub mod swift;
@@ -41,6 +36,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::contract;
 use layout::{Pointer, Version};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

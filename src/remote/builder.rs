@@ -174,8 +174,7 @@ impl std::fmt::Display for BuilderUrl {
     }
 }
 
-/// The project's `builders` setting: a manifest value, defined with the manifests.
-pub use crate::manifest::BuilderHosts as Settings;
+use crate::manifest::BuilderHosts as Settings;
 
 /// Where a bundle's files come from: the project as this build sees it.
 #[derive(Clone, Copy)]

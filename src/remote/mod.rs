@@ -90,8 +90,7 @@ pub struct Choice {
     pub no_builders: bool,
 }
 
-/// The project's `cache` setting: a manifest value, defined with the manifests.
-pub use crate::manifest::CacheSettings as Settings;
+use crate::manifest::CacheSettings as Settings;
 
 /// A remote cache opened for one build.
 pub struct Remote {
