@@ -1054,6 +1054,41 @@ mod tests {
         }
     }
 
+    /// What a root tree holds that a careless copy loses, as Debian ships it: file capabilities
+    /// on `/usr/bin/ping` (cap_net_raw=ep, returned), a hard link and setuid `perl` (group 50),
+    /// a symlink, a device node and a sparse file of `sparse_len` bytes ending in `end`.
+    fn special_files(tree: &Path, sparse_len: u64) -> [u8; 20] {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(tree.join("srv")).unwrap();
+        std::fs::write(tree.join("usr/bin/ping"), b"\x7fELF ping").unwrap();
+        let cap: [u8; 20] = [
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        xattr::set(tree.join("usr/bin/ping"), "security.capability", &cap).unwrap();
+        std::fs::write(tree.join("usr/bin/perl"), b"perl").unwrap();
+        std::fs::hard_link(tree.join("usr/bin/perl"), tree.join("usr/bin/perl5.36")).unwrap();
+        // Owner first: a chown clears the setuid bit.
+        std::os::unix::fs::lchown(tree.join("usr/bin/perl"), Some(0), Some(50)).unwrap();
+        std::fs::set_permissions(
+            tree.join("usr/bin/perl"),
+            std::fs::Permissions::from_mode(0o4750),
+        )
+        .unwrap();
+        symlink("../usr/bin/perl", tree.join("srv/perl")).unwrap();
+        nix::sys::stat::mknod(
+            &tree.join("srv/null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        let sparse = File::create(tree.join("srv/sparse")).unwrap();
+        sparse.set_len(sparse_len).unwrap();
+        sparse.write_all_at(b"end", sparse_len - 3).unwrap();
+        cap
+    }
+
     /// The root filesystem is written from the tree by `mkfs.ext4 -d` (e2fsprogs 1.47): all
     /// that the copy through a loop mount (`cp -a`) kept must be in it, read back from the
     /// image file alone.
@@ -1064,25 +1099,12 @@ mod tests {
             eprintln!("skipped: owners and device nodes need root (scripts/test runs as root)");
             return;
         }
-        use std::os::unix::fs::{PermissionsExt, symlink};
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
         std::fs::create_dir_all(tree.join("srv/shared")).unwrap();
-        std::fs::write(tree.join("usr/bin/ping"), b"\x7fELF ping").unwrap();
-        // File capabilities (cap_net_raw=ep), as iputils-ping ships them.
-        let cap: [u8; 20] = [
-            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        xattr::set(tree.join("usr/bin/ping"), "security.capability", &cap).unwrap();
+        let cap = special_files(&tree, 512 << 20);
         xattr::set(tree.join("usr/bin/ping"), "user.origin", b"debian").unwrap();
-        std::fs::write(tree.join("usr/bin/perl"), b"perl").unwrap();
-        std::fs::hard_link(tree.join("usr/bin/perl"), tree.join("usr/bin/perl5.36")).unwrap();
-        std::fs::set_permissions(
-            tree.join("usr/bin/perl"),
-            std::fs::Permissions::from_mode(0o4750),
-        )
-        .unwrap();
         nix::unistd::chown(
             &tree.join("srv/shared"),
             Some(nix::unistd::Uid::from_raw(1234)),
@@ -1094,18 +1116,6 @@ mod tests {
             .arg(tree.join("srv/shared"))
             .output();
         let has_acl = acl.is_ok();
-        symlink("../usr/bin/perl", tree.join("srv/perl")).unwrap();
-        nix::sys::stat::mknod(
-            &tree.join("srv/null"),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(1, 3),
-        )
-        .unwrap();
-        let sparse = File::create(tree.join("srv/sparse")).unwrap();
-        sparse.set_len(512 << 20).unwrap();
-        sparse.write_all_at(b"end", (512 << 20) - 3).unwrap();
-        drop(sparse);
 
         let img = dir.path().join("root.img");
         make_fs(
@@ -1304,7 +1314,7 @@ mod tests {
             eprintln!("skipped: loop mounts need root (scripts/test runs as root)");
             return;
         }
-        use std::os::unix::fs::{PermissionsExt, symlink};
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
@@ -1313,31 +1323,7 @@ mod tests {
         for i in 0..2100 {
             std::fs::write(tree.join(format!("usr/share/many/{i:04}")), i.to_string()).unwrap();
         }
-        std::fs::write(tree.join("usr/bin/ping"), b"\x7fELF ping").unwrap();
-        let cap: [u8; 20] = [
-            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        xattr::set(tree.join("usr/bin/ping"), "security.capability", &cap).unwrap();
-        std::fs::write(tree.join("usr/bin/perl"), b"perl").unwrap();
-        std::fs::hard_link(tree.join("usr/bin/perl"), tree.join("usr/bin/perl5.36")).unwrap();
-        std::os::unix::fs::lchown(tree.join("usr/bin/perl"), Some(0), Some(50)).unwrap();
-        std::fs::set_permissions(
-            tree.join("usr/bin/perl"),
-            std::fs::Permissions::from_mode(0o4750),
-        )
-        .unwrap();
-        symlink("../usr/bin/perl", tree.join("srv/perl")).unwrap();
-        nix::sys::stat::mknod(
-            &tree.join("srv/null"),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(1, 3),
-        )
-        .unwrap();
-        let sparse = File::create(tree.join("srv/sparse")).unwrap();
-        sparse.set_len(64 << 20).unwrap();
-        sparse.write_all_at(b"end", (64 << 20) - 3).unwrap();
-        drop(sparse);
+        let cap = special_files(&tree, 64 << 20);
         repro::clamp_times(&tree, 1_700_000_000).unwrap();
         let old = filetime_of(&tree.join("usr/bin/ping"), 1_600_000_000);
 
