@@ -315,42 +315,24 @@ fn capture_resident(
         shell = Shell::start().map_err(ElementError::Bash)?;
         outcome = shell.run(&request, limit);
     }
-    match outcome {
+    let why = match outcome {
         Ok(Some(0)) => {
             let env = parse_captured(&read_all(&shell.env));
             lock(&SHELLS).push(shell);
-            Ok(env)
+            return Ok(env);
         }
-        Ok(Some(code)) => {
-            let output = read_all(&shell.output);
-            lock(&SHELLS).push(shell);
-            Err(failure(
-                files,
-                &String::from_utf8_lossy(&output),
-                format!("exited with status {code}"),
-            ))
-        }
-        Ok(None) => {
-            // Killing the shell ends its namespace, and with it the fragment and all it
-            // started.
-            let output = read_all(&shell.output);
-            drop(shell);
-            Err(failure(
-                files,
-                &String::from_utf8_lossy(&output),
-                timed_out(limit),
-            ))
-        }
-        Err(_) => {
-            let output = read_all(&shell.output);
-            drop(shell);
-            Err(failure(
-                files,
-                &String::from_utf8_lossy(&output),
-                "was killed".into(),
-            ))
-        }
+        Ok(Some(code)) => format!("exited with status {code}"),
+        Ok(None) => timed_out(limit),
+        Err(_) => "was killed".into(),
+    };
+    let output = read_all(&shell.output);
+    if matches!(outcome, Ok(Some(_))) {
+        // It ran to its end: the shell is sound for the next capture.
+        lock(&SHELLS).push(shell);
     }
+    // Otherwise the shell goes: dropping it kills its namespace, and with it the fragment
+    // and everything it started.
+    Err(failure(files, &String::from_utf8_lossy(&output), why))
 }
 
 fn timed_out(limit: Duration) -> String {
