@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod dib;
 pub mod disk;
 pub mod event;
+mod fullwatch;
 pub mod grub;
 pub mod inroot;
 pub mod layout;
@@ -1145,6 +1146,8 @@ fn supervise(
     let mut failed: Option<Event> = None;
     let mut engine_error: Option<event::EngineFailure> = None;
     let mut cancelled = false;
+    let mut watch = fullwatch::FullWatch::new(ctx.store.root());
+    let mut stuck = false;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(ev) => {
@@ -1168,6 +1171,11 @@ fn supervise(
             cancelled = true;
             break;
         }
+        if watch.stuck() {
+            crate::process::stop(&mut child, GRACE);
+            stuck = true;
+            break;
+        }
     }
     let _ = reader.join();
     let status = child
@@ -1176,6 +1184,19 @@ fn supervise(
     if cancelled {
         return Err(BuildError::Cancelled {
             id: action.id.clone(),
+        });
+    }
+    if stuck {
+        return Err(BuildError::Io {
+            id: action.id.clone(),
+            what: format!(
+                "the store's filesystem ({}) stayed full for {} s while the action ran, and \
+                 it was stopped (log: {})",
+                ctx.store.root().display(),
+                watch.grace.as_secs(),
+                log.display()
+            ),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
         });
     }
     match status.code() {
