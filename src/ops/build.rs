@@ -277,6 +277,64 @@ pub fn plan<'g>(planned: &'g Planned, store: &Store, until: Stage) -> Vec<(&'g A
         .collect()
 }
 
+/// One action of a plan: its key, its deps, and whether it is cached or would run (and why).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub id: String,
+    pub kind: Kind,
+    pub key: String,
+    pub deps: Vec<String>,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    pub total: usize,
+    pub cached: usize,
+    pub to_run: usize,
+}
+
+/// What a build would do: `build --dry-run` and `query explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub version: u32,
+    pub actions: Vec<PlanRow>,
+    pub summary: PlanSummary,
+}
+
+impl PlanReport {
+    pub fn new<'a>(rows: impl IntoIterator<Item = (&'a Action, Status)>) -> Self {
+        let actions: Vec<PlanRow> = rows
+            .into_iter()
+            .map(|(a, status)| PlanRow {
+                id: a.id.clone(),
+                kind: a.kind,
+                key: a.key.clone(),
+                deps: a.deps.clone(),
+                status,
+            })
+            .collect();
+        let to_run = actions
+            .iter()
+            .filter(|r| matches!(r.status, Status::ToRun { .. }))
+            .count();
+        Self {
+            version: 1,
+            summary: PlanSummary {
+                total: actions.len(),
+                cached: actions.len() - to_run,
+                to_run,
+            },
+            actions,
+        }
+    }
+}
+
+/// The plan of a build that does not run (`build --dry-run`).
+pub fn dry_run(planned: &Planned, store: &Store, until: Stage) -> PlanReport {
+    PlanReport::new(plan(planned, store, until))
+}
+
 /// Foreign architectures: emulated (slowly) when qemu-user is registered. An arch the host
 /// cannot build is refused before anything runs when it was asked for by name, and left out
 /// (with a warning) when it only came with `//...` or an image's arch list. Returns the arches

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::build::{BuildReport, BuildRequest};
 use super::{CommandError, Session, SessionOptions};
@@ -39,14 +38,31 @@ pub struct PublishRequest {
     pub stop_on_site_error: bool,
 }
 
+/// One image on one site (or a site that could not be opened: no image, no outcome).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishRow {
+    /// `outcome` (`published`, `already-live`, `dry-run`) and its fields.
+    #[serde(flatten)]
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The site's key.
+    pub site: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Every image on every site.
 #[derive(Debug, Clone, Serialize)]
 pub struct PublishReport {
     pub version: u32,
-    pub results: Vec<serde_json::Value>,
+    pub results: Vec<PublishRow>,
     #[serde(skip)]
     pub failed: usize,
-    #[serde(skip)]
+    /// The build of the disks published (none with `--outputs` or `--dry-run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildReport>,
 }
 
@@ -320,9 +336,13 @@ pub fn publish(
             Ok(s) => s,
             Err(e) if req.stop_on_site_error => return Err(site_error(e)),
             Err(e) => {
-                report
-                    .results
-                    .push(json!({"site": key, "error": e.to_string()}));
+                report.results.push(PublishRow {
+                    outcome: None,
+                    image: None,
+                    site: key.clone(),
+                    scope: None,
+                    error: Some(e.to_string()),
+                });
                 report.failed += 1;
                 observer.failed(miette::Report::new(e).wrap_err(format!("opening {}", site.name)));
                 continue;
@@ -375,15 +395,23 @@ pub fn publish(
                             objects.join(", ")
                         ),
                     });
-                    let mut row = serde_json::to_value(&outcome).unwrap_or_default();
-                    row["image"] = json!(image.name);
-                    row["site"] = json!(key);
-                    row["scope"] = json!(req.scope);
-                    report.results.push(row);
+                    report.results.push(PublishRow {
+                        outcome: Some(outcome),
+                        image: Some(image.name.clone()),
+                        site: key.clone(),
+                        scope: Some(req.scope.clone()),
+                        error: None,
+                    });
                 }
                 Err(e) => {
                     report.failed += 1;
-                    report.results.push(json!({"image": image.name, "site": key, "scope": req.scope, "error": e.to_string()}));
+                    report.results.push(PublishRow {
+                        outcome: None,
+                        image: Some(image.name.clone()),
+                        site: key.clone(),
+                        scope: Some(req.scope.clone()),
+                        error: Some(e.to_string()),
+                    });
                     observer.failed(
                         miette::Report::new(e)
                             .wrap_err(format!("publishing {} to {} failed", image.name, site.name)),

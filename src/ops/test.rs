@@ -45,7 +45,7 @@ pub struct TestReport {
     pub version: u32,
     pub results: Vec<BootResult>,
     pub passed: bool,
-    #[serde(skip)]
+    /// The build of the disks booted.
     pub build: BuildReport,
 }
 

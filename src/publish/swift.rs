@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use super::{ObjectInfo, ObjectStore, Progress, PublishError, PutOutcome, layout};
+use crate::ui::progress::Transfer;
+use super::{ObjectInfo, ObjectStore, PublishError, PutOutcome, layout};
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -94,7 +95,7 @@ enum Body<'a> {
         path: &'a Path,
         offset: u64,
         len: u64,
-        progress: Option<&'a Progress>,
+        progress: Option<&'a Transfer>,
     },
 }
 
@@ -128,7 +129,7 @@ fn encode_query(v: &str) -> String {
 /// Reads a file range, counting bytes into a progress bar.
 struct RangeReader<'a> {
     file: std::io::Take<std::fs::File>,
-    progress: Option<&'a Progress>,
+    progress: Option<&'a Transfer>,
     sent: u64,
     md5: Md5,
 }
@@ -478,7 +479,7 @@ impl SwiftSite {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError> {
         let r = self.request(
             "PUT",
@@ -523,7 +524,7 @@ impl SwiftSite {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError> {
         let seg = self.segment_size;
         let count = size.div_ceil(seg);
@@ -785,7 +786,7 @@ impl ObjectStore for SwiftSite {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError> {
         if size > self.segment_size {
             self.put_large(name, file, size, sha256, progress)
