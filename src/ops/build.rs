@@ -411,27 +411,9 @@ pub fn build(
     let skipped = check_arches(&plan, &planned.named_arches, &remote_arches, shell)?;
     plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
 
-    let forced: BTreeSet<String> = if req.force.is_empty() {
-        BTreeSet::new()
-    } else {
-        // Every architecture: only the forced actions in the plan run.
-        crate::label::resolve(model, &req.force, None)?
-            .iter()
-            .flat_map(|t| graph.actions_of(t))
-            .map(|act| act.id.clone())
-            .collect()
-    };
-
+    let forced = forced_ids(planned, model, &req.force)?;
     // Builds share the store; `ccb cache gc` takes it alone.
-    let _store_lock = match store.lock_store(false, Wait::Try)? {
-        Some(l) => l,
-        None => {
-            shell.status("waiting for `ccb cache` to release the store...");
-            store
-                .lock_store(false, Wait::Block)?
-                .ok_or_else(|| CommandError::internal("a blocking store lock returned none"))?
-        }
-    };
+    let _store_lock = lock_store(store, shell)?;
 
     // Ctrl-C cancels the running actions; a second one exits at once.
     let cancel = crate::interrupt::flag();
@@ -486,23 +468,87 @@ pub fn build(
         }
         end
     });
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
 
     // Every finished disk of the targets goes to the output directory.
     let out_dir = match &req.out {
         Some(d) => d.clone(),
         None => model.root.join("out/images"),
     };
-    let mut outputs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (act, _) in &plan {
+    let outputs = materialize(store, &plan, &fates, &out_dir, req.announce_outputs, shell)?;
+    let (actions, summary) = action_reports(
+        &plan,
+        &fates,
+        results.into_inner().unwrap_or_else(|e| e.into_inner()),
+        outputs,
+        remote,
+        builders,
+        started.elapsed(),
+    );
+    // A failed action counts even when the scheduler saw it cancelled by a later failure.
+    let disks = if summary.failed == 0 && !cancel.load(Ordering::SeqCst) {
+        built_disks(planned, store, req.until)?
+    } else {
+        vec![]
+    };
+    Ok(BuildReport {
+        version: 1,
+        actions,
+        summary,
+        remote: remote.map(|r| r.report()),
+        disks,
+        cancelled: cancel.load(Ordering::SeqCst),
+    })
+}
+
+/// The ids of the actions `--force` names (every architecture: only those in the plan run).
+fn forced_ids(
+    planned: &Planned,
+    model: &crate::manifest::Model,
+    force: &[String],
+) -> Result<BTreeSet<String>, CommandError> {
+    if force.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    Ok(crate::label::resolve(model, force, None)?
+        .iter()
+        .flat_map(|t| planned.graph.actions_of(t))
+        .map(|act| act.id.clone())
+        .collect())
+}
+
+/// The store's shared lock (builds share it; `ccb cache gc` takes it alone), waiting, and
+/// saying so, while a `ccb cache` holds it.
+fn lock_store(store: &Store, shell: &Shell) -> Result<crate::store::Lock, CommandError> {
+    match store.lock_store(false, Wait::Try)? {
+        Some(l) => Ok(l),
+        None => {
+            shell.status("waiting for `ccb cache` to release the store...");
+            store
+                .lock_store(false, Wait::Block)?
+                .ok_or_else(|| CommandError::internal("a blocking store lock returned none"))
+        }
+    }
+}
+
+/// Copies every disk that was built or cached to `out_dir`; returns each disk action's files.
+fn materialize(
+    store: &Store,
+    plan: &[(&Action, Status)],
+    fates: &BTreeMap<String, Fate>,
+    out_dir: &std::path::Path,
+    announce: bool,
+    shell: &Shell,
+) -> Result<BTreeMap<String, Vec<String>>, CommandError> {
+    let mut outputs = BTreeMap::new();
+    for (act, _) in plan {
         if act.kind == Kind::Disk
             && matches!(
                 fates.get(&act.id),
                 Some(Fate::Ran(JobEnd::Built | JobEnd::Cached))
             )
         {
-            let files = action::materialize(store, &act.key, &out_dir)?;
-            if req.announce_outputs {
+            let files = action::materialize(store, &act.key, out_dir)?;
+            if announce {
                 let shown: Vec<String> = files
                     .iter()
                     .filter(|f| f.extension().is_some_and(|e| e == "qcow2" || e == "raw"))
@@ -516,14 +562,26 @@ pub fn build(
             );
         }
     }
+    Ok(outputs)
+}
 
+/// One row per planned action (how it ended, what it left or why it failed) and the counts.
+fn action_reports(
+    plan: &[(&Action, Status)],
+    fates: &BTreeMap<String, Fate>,
+    mut results: BTreeMap<String, Result<action::Built, BuildError>>,
+    mut outputs: BTreeMap<String, Vec<String>>,
+    remote: Option<&crate::remote::Remote>,
+    builders: Option<&crate::remote::builder::Builders>,
+    elapsed: Duration,
+) -> (Vec<ActionReport>, BuildSummary) {
     let mut summary = BuildSummary {
         total: plan.len(),
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms: elapsed.as_millis() as u64,
         ..Default::default()
     };
     let mut actions = Vec::new();
-    for (act, _) in &plan {
+    for (act, _) in plan {
         let fate = fates.get(&act.id).cloned().unwrap_or(Fate::NotStarted);
         let (status, counter) = match &fate {
             Fate::Ran(JobEnd::Cached) => ("cached", &mut summary.cached),
@@ -534,7 +592,8 @@ pub fn build(
             Fate::NotStarted => ("not-started", &mut summary.not_started),
         };
         *counter += 1;
-        if matches!(fate, Fate::Ran(JobEnd::Cached)) && remote.is_some_and(|r| r.served(&act.id)) {
+        let served = remote.is_some_and(|r| r.served(&act.id));
+        if matches!(fate, Fate::Ran(JobEnd::Cached)) && served {
             summary.remote += 1;
         }
         let mut row = ActionReport {
@@ -545,8 +604,7 @@ pub fn build(
             from: if builders.is_some_and(|b| b.built_by(&act.id).is_some()) {
                 Some("builder")
             } else {
-                (status == "cached" && remote.is_some_and(|r| r.served(&act.id)))
-                    .then_some("remote")
+                (status == "cached" && served).then_some("remote")
             },
             builder: builders.and_then(|b| b.built_by(&act.id)),
             built: None,
@@ -577,20 +635,7 @@ pub fn build(
         }
         actions.push(row);
     }
-    // A failed action counts even when the scheduler saw it cancelled by a later failure.
-    let disks = if summary.failed == 0 && !cancel.load(Ordering::SeqCst) {
-        built_disks(planned, store, req.until)?
-    } else {
-        vec![]
-    };
-    Ok(BuildReport {
-        version: 1,
-        actions,
-        summary,
-        remote: remote.map(|r| r.report()),
-        disks,
-        cancelled: cancel.load(Ordering::SeqCst),
-    })
+    (actions, summary)
 }
 
 /// The targets' finished disks in the store (none before the disk stage).
