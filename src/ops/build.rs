@@ -438,36 +438,16 @@ pub fn build(
     {
         disks_first(r, store, &mut plan, &forced, &progress)?;
     }
-    let nodes = nodes(&plan, store);
-    let results: Mutex<BTreeMap<String, Result<action::Built, BuildError>>> =
-        Mutex::new(BTreeMap::new());
     let started = Instant::now();
-
-    let fates = exec::schedule(&nodes, req.jobs, req.keep_going, &cancel, |id| {
-        let Some(action) = graph.get(id) else {
-            return JobEnd::Failed;
-        };
-        let force = forced.contains(id);
-        if !force && graph::is_cached(store, action) {
-            // A result built before the cache was set up goes there too.
-            share(remote, store, action, &progress);
-            return JobEnd::Cached;
-        }
-        let outcome = run_one(&bctx, action, force, &cancel, &progress, remote, builders);
-        let end = match &outcome {
-            Ok(None) => JobEnd::Cached,
-            Ok(Some(_)) => JobEnd::Built,
-            Err(BuildError::Cancelled { .. }) => JobEnd::Cancelled,
-            Err(_) => JobEnd::Failed,
-        };
-        if let Some(r) = outcome.transpose() {
-            results
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.to_string(), r);
-        }
-        end
-    });
+    let run = Run {
+        bctx: &bctx,
+        forced: &forced,
+        cancel: &cancel,
+        progress: &progress,
+        remote,
+        builders,
+    };
+    let (fates, results) = run.schedule(&plan, req);
 
     // Every finished disk of the targets goes to the output directory.
     let out_dir = match &req.out {
@@ -478,7 +458,7 @@ pub fn build(
     let (actions, summary) = action_reports(
         &plan,
         &fates,
-        results.into_inner().unwrap_or_else(|e| e.into_inner()),
+        results,
         outputs,
         remote,
         builders,
@@ -498,6 +478,66 @@ pub fn build(
         disks,
         cancelled: cancel.load(Ordering::SeqCst),
     })
+}
+
+/// What running the plan's actions shares.
+struct Run<'a> {
+    bctx: &'a BuildContext<'a>,
+    forced: &'a BTreeSet<String>,
+    cancel: &'a AtomicBool,
+    progress: &'a Progress,
+    remote: Option<&'a crate::remote::Remote>,
+    builders: Option<&'a crate::remote::builder::Builders>,
+}
+
+type Results = BTreeMap<String, Result<action::Built, BuildError>>;
+
+impl Run<'_> {
+    /// Runs the plan's actions, `req.jobs` at a time, critical path first: how each ended,
+    /// and what each that ran left (or why it failed).
+    fn schedule(
+        &self,
+        plan: &[(&Action, Status)],
+        req: &BuildRequest,
+    ) -> (BTreeMap<String, Fate>, Results) {
+        let store = self.bctx.store;
+        let nodes = nodes(plan, store);
+        let results: Mutex<Results> = Mutex::new(BTreeMap::new());
+        let fates = exec::schedule(&nodes, req.jobs, req.keep_going, self.cancel, |id| {
+            let Some(action) = self.bctx.graph.get(id) else {
+                return JobEnd::Failed;
+            };
+            let force = self.forced.contains(id);
+            if !force && graph::is_cached(store, action) {
+                // A result built before the cache was set up goes there too.
+                share(self.remote, store, action, self.progress);
+                return JobEnd::Cached;
+            }
+            let outcome = run_one(
+                self.bctx,
+                action,
+                force,
+                self.cancel,
+                self.progress,
+                self.remote,
+                self.builders,
+            );
+            let end = match &outcome {
+                Ok(None) => JobEnd::Cached,
+                Ok(Some(_)) => JobEnd::Built,
+                Err(BuildError::Cancelled { .. }) => JobEnd::Cancelled,
+                Err(_) => JobEnd::Failed,
+            };
+            if let Some(r) = outcome.transpose() {
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), r);
+            }
+            end
+        });
+        (fates, results.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// The ids of the actions `--force` names (every architecture: only those in the plan run).
@@ -569,7 +609,7 @@ fn materialize(
 fn action_reports(
     plan: &[(&Action, Status)],
     fates: &BTreeMap<String, Fate>,
-    mut results: BTreeMap<String, Result<action::Built, BuildError>>,
+    mut results: Results,
     mut outputs: BTreeMap<String, Vec<String>>,
     remote: Option<&crate::remote::Remote>,
     builders: Option<&crate::remote::builder::Builders>,
