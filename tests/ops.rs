@@ -228,7 +228,12 @@ fn ran(report: &ops::build::BuildReport, id: &str) -> std::collections::BTreeSet
         .steps
         .iter()
         .map(|s| s.element.clone())
-        .filter(|e| !matches!(e.as_str(), "package-installs" | "install-bin" | "dib-init-system"))
+        .filter(|e| {
+            !matches!(
+                e.as_str(),
+                "package-installs" | "install-bin" | "dib-init-system"
+            )
+        })
         .collect()
 }
 
@@ -273,7 +278,12 @@ fn a_base_its_layers_and_a_disk_run_through_ops_build() {
     let arch = ccb::manifest::Arch::Amd64;
     let graph = &planned.graph;
     let keyed = |image: &str| -> std::collections::BTreeSet<String> {
-        graph.layer_elements(image, arch).unwrap().into_iter().collect()
+        graph
+            .layer_elements(image, arch)
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect()
     };
     let child = ran(&first, "layer:tiny-child:amd64");
     assert!(child.contains("tiny-extra"), "{child:?}");

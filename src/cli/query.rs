@@ -338,7 +338,11 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
                 }
                 out.push_str("    actions:\n");
                 for act in &b.actions {
-                    out.push_str(&format!("      {} {}\n", act.id, short(&act.key, KEY_WIDTH)));
+                    out.push_str(&format!(
+                        "      {} {}\n",
+                        act.id,
+                        short(&act.key, KEY_WIDTH)
+                    ));
                 }
             }
             shell.out(&out);
@@ -419,8 +423,7 @@ fn hash(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
 
 fn explain(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
     let q = a.query();
-    let (shell, report) =
-        with_session(ctx, a.element_path, |s| Ok(ops::query::explain(s, &q)?))?;
+    let (shell, report) = with_session(ctx, a.element_path, |s| Ok(ops::query::explain(s, &q)?))?;
     super::render::plan(&shell, &report, a.format, true);
     Ok(())
 }

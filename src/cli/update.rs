@@ -41,7 +41,11 @@ pub fn run(ctx: &mut Context, a: UpdateArgs) -> Result<(), CliError> {
                         short(b, COMMIT_WIDTH),
                         short(&c.after, COMMIT_WIDTH)
                     )),
-                    None => out.push_str(&format!("{}: pinned {}\n", c.entry, short(&c.after, COMMIT_WIDTH))),
+                    None => out.push_str(&format!(
+                        "{}: pinned {}\n",
+                        c.entry,
+                        short(&c.after, COMMIT_WIDTH)
+                    )),
                 }
             }
             for what in &r.removed {

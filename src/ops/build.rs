@@ -536,7 +536,10 @@ impl Run<'_> {
             }
             end
         });
-        (fates, results.into_inner().unwrap_or_else(|e| e.into_inner()))
+        (
+            fates,
+            results.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )
     }
 }
 

@@ -40,13 +40,10 @@ pub fn check(
     shell: &Shell,
     started: Instant,
 ) -> Result<CheckReport, CommandError> {
-    let summary = crate::element::check_model(
-        model,
-        &req.element_path,
-        store,
-        req.offline,
-        &mut |w| shell.warn(w),
-    )?;
+    let summary =
+        crate::element::check_model(model, &req.element_path, store, req.offline, &mut |w| {
+            shell.warn(w)
+        })?;
     Ok(CheckReport {
         images: model.images.len(),
         builds: model.images.values().map(|i| i.arch.len()).sum(),

@@ -10,8 +10,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::ui::progress::Transfer;
 use super::{ObjectInfo, ObjectStore, PublishError, PutOutcome};
+use crate::ui::progress::Transfer;
 
 /// The file holding the object named like the directory it sits in.
 pub const SELF: &str = ".ccb-self";

@@ -408,12 +408,10 @@ fn pick_version(
     let scope = opts.scope;
     let taken = versions_taken(site, scope, &image.name)?;
     let Some(v) = &opts.version else {
-        return layout::next_free(&opts.today, &taken).ok_or_else(|| {
-            PublishError::NoFreeVersion {
-                site: site.describe(),
-                date: opts.today.clone(),
-                name: image.name.clone(),
-            }
+        return layout::next_free(&opts.today, &taken).ok_or_else(|| PublishError::NoFreeVersion {
+            site: site.describe(),
+            date: opts.today.clone(),
+            name: image.name.clone(),
         });
     };
     if taken.contains(v) && !versions_holding(site, scope, &image.name)?.contains(v) {

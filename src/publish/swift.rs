@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use crate::ui::progress::Transfer;
 use super::{ObjectInfo, ObjectStore, PublishError, PutOutcome, layout};
 use crate::secret::Secret;
+use crate::ui::progress::Transfer;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum SwiftError {

@@ -494,12 +494,7 @@ impl Doc {
     }
 
     /// The elements, each a build tool of the image (and contained in its source, if any).
-    fn elements(
-        &mut self,
-        image_id: &str,
-        inputs: &Inputs,
-        source_ids: &BTreeMap<String, String>,
-    ) {
+    fn elements(&mut self, image_id: &str, inputs: &Inputs, source_ids: &BTreeMap<String, String>) {
         for e in &inputs.elements {
             let id = self.ids.make("Element", &e.name);
             let mut m = package(&id, &e.name);
@@ -580,7 +575,13 @@ impl Doc {
         }
     }
 
-    fn into_json(self, name: &str, created: &str, inputs: &Inputs, describes: Vec<String>) -> Value {
+    fn into_json(
+        self,
+        name: &str,
+        created: &str,
+        inputs: &Inputs,
+        describes: Vec<String>,
+    ) -> Value {
         let mut all_rels: Vec<Value> = describes
             .iter()
             .map(|d| relationship("SPDXRef-DOCUMENT", "DESCRIBES", d))

@@ -510,7 +510,10 @@ fn set_aside(store: &Store, key: &str) -> String {
 fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) -> bool {
     for l in &meta.lowers {
         if store.layer_meta(l).is_none() {
-            problems.push(format!("lower layer {} is missing", crate::ui::short(l, crate::ui::KEY_WIDTH)));
+            problems.push(format!(
+                "lower layer {} is missing",
+                crate::ui::short(l, crate::ui::KEY_WIDTH)
+            ));
         }
     }
     let tree = store.layer_dir(&meta.key).join("tree");
