@@ -44,6 +44,9 @@ fn tool(cmd: &mut Process, what: &str) -> Result<String, RunError> {
 }
 
 /// What a tree takes: allocated bytes (du: hard links counted once).
+/// A filesystem's bytes: the file holding it, its offset and its length there.
+type FsRange = (PathBuf, u64, u64);
+
 /// The layout's root filesystem (the one mounted at `/`).
 fn root_filesystem(d: &DiskSpec) -> Result<layout::Filesystem, RunError> {
     d.layout
@@ -456,7 +459,7 @@ impl Runner<'_> {
         root: &Placed,
         kind: FsKind,
         epoch: i64,
-    ) -> Result<((PathBuf, u64, u64), Option<PathBuf>), RunError> {
+    ) -> Result<(FsRange, Option<PathBuf>), RunError> {
         if kind == FsKind::Ext4 {
             self.disk_step("root-filesystem", |r| {
                 make_ext4_in(raw, root, &d.seed, &r.root, epoch)

@@ -311,7 +311,7 @@ fn with_session<T>(
 
 fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
     let q = a.query();
-    let (shell, report) = with_session(ctx, a.element_path, |s| Ok(ops::query::deps(s, &q)?))?;
+    let (shell, report) = with_session(ctx, a.element_path, |s| ops::query::deps(s, &q))?;
     match a.format {
         OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
@@ -352,7 +352,7 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
 }
 
 fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
-    let (shell, report) = with_session(ctx, vec![], |s| Ok(ops::query::rdeps(s, &a.what)?))?;
+    let (shell, report) = with_session(ctx, vec![], |s| ops::query::rdeps(s, &a.what))?;
     match a.format {
         OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
@@ -374,7 +374,7 @@ fn graph_cmd(ctx: &mut Context, a: GraphArgs) -> Result<(), CliError> {
         targets: a.targets,
         arch: a.arch,
     };
-    let (shell, report) = with_session(ctx, vec![], |s| Ok(ops::query::graph(s, &q)?))?;
+    let (shell, report) = with_session(ctx, vec![], |s| ops::query::graph(s, &q))?;
     match a.format {
         GraphFormat::Json => shell.out_json(&report),
         GraphFormat::Dot => {
@@ -401,7 +401,7 @@ fn graph_cmd(ctx: &mut Context, a: GraphArgs) -> Result<(), CliError> {
 
 fn hash(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
     let q = a.query();
-    let (shell, report) = with_session(ctx, a.element_path, |s| Ok(ops::query::hash(s, &q)?))?;
+    let (shell, report) = with_session(ctx, a.element_path, |s| ops::query::hash(s, &q))?;
     match a.format {
         OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
@@ -423,7 +423,7 @@ fn hash(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
 
 fn explain(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
     let q = a.query();
-    let (shell, report) = with_session(ctx, a.element_path, |s| Ok(ops::query::explain(s, &q)?))?;
+    let (shell, report) = with_session(ctx, a.element_path, |s| ops::query::explain(s, &q))?;
     super::render::plan(&shell, &report, a.format, true);
     Ok(())
 }

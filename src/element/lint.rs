@@ -315,7 +315,7 @@ impl File<'_> {
             out.add(line, "tabindent", "indent with spaces, not tabs".into());
         }
         let spaces = l.len() - l.trim_start_matches(' ').len();
-        if spaces % 4 != 0 && !l.trim_start().starts_with('#') && !l.trim().is_empty() {
+        if !spaces.is_multiple_of(4) && !l.trim_start().starts_with('#') && !l.trim().is_empty() {
             out.add(
                 line,
                 "indent",
