@@ -552,7 +552,7 @@ impl Runner<'_> {
         raw: &Path,
         out: &Path,
         meta_dir: &Path,
-        (root_fs, root_offset, root_len): &(PathBuf, u64, u64),
+        (root_fs, root_offset, root_len): &FsRange,
     ) -> Result<(), RunError> {
         // Opened now: the raw disk that holds it is renamed or removed below.
         let root_file = File::open(root_fs).map_err(io("open the root filesystem for the SBOM"))?;
