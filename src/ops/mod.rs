@@ -12,7 +12,9 @@ pub mod build;
 pub mod cache;
 pub mod check;
 mod error;
+pub mod files;
 pub mod inspect;
+pub mod lint;
 pub mod publish;
 pub mod query;
 pub mod test;
@@ -191,10 +193,28 @@ impl<'s> Session<'s> {
 
     /// Resolves the targets and builds their graph.
     pub fn plan(&self, targets: &[String], arch: &[String]) -> Result<Planned, CommandError> {
+        self.plan_graph(targets, arch, false)
+    }
+
+    /// [`Session::plan`] with the publish actions in the graph (`query graph` shows them).
+    pub fn plan_with_publish(
+        &self,
+        targets: &[String],
+        arch: &[String],
+    ) -> Result<Planned, CommandError> {
+        self.plan_graph(targets, arch, true)
+    }
+
+    fn plan_graph(
+        &self,
+        targets: &[String],
+        arch: &[String],
+        publish: bool,
+    ) -> Result<Planned, CommandError> {
         let named_arches =
             label::named_arches(&self.model, targets, label::parse_arches(arch)?.as_ref());
         let targets = self.targets(targets, arch)?;
-        let graph = Graph::build(&self.model, &self.resolver, &targets, false)?;
+        let graph = Graph::build(&self.model, &self.resolver, &targets, publish)?;
         Ok(Planned {
             targets,
             graph,

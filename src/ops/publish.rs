@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::build::{BuildReport, BuildRequest};
 use super::{CommandError, Session, SessionOptions};
@@ -39,14 +38,31 @@ pub struct PublishRequest {
     pub stop_on_site_error: bool,
 }
 
+/// One image on one site (or a site that could not be opened: no image, no outcome).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishRow {
+    /// `outcome` (`published`, `already-live`, `dry-run`) and its fields.
+    #[serde(flatten)]
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The site's key.
+    pub site: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Every image on every site.
 #[derive(Debug, Clone, Serialize)]
 pub struct PublishReport {
     pub version: u32,
-    pub results: Vec<serde_json::Value>,
+    pub results: Vec<PublishRow>,
     #[serde(skip)]
     pub failed: usize,
-    #[serde(skip)]
+    /// The build of the disks published (none with `--outputs` or `--dry-run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildReport>,
 }
 
@@ -219,57 +235,14 @@ pub fn publish(
     };
     let (candidates, build, model) = match &req.outputs {
         Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
-        // A dry run builds nothing (nor pins anything): it tells what the disks already in the
-        // store would publish, and which are not built yet.
         None if req.dry_run => {
-            let session = Session::open(model, store, opts, shell)?;
-            let planned = session.plan(&req.targets, &req.arch)?;
-            let mut out = Vec::new();
-            for t in &planned.targets {
-                let image = &session.model.images[&t.image];
-                let disk = planned
-                    .graph
-                    .actions_of(t)
-                    .into_iter()
-                    .find(|a| a.kind == crate::graph::Kind::Disk);
-                match disk.filter(|d| store.outputs_meta(&d.key).is_some()) {
-                    Some(d) => {
-                        let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
-                        out.push(Candidate {
-                            image: image_in(
-                                &store.outputs_dir(&d.key),
-                                &image.published_name(t.arch),
-                                &formats,
-                            )?,
-                            baremetal_only: image.baremetal_only_for(t.arch),
-                            key: Some(image.key.clone()),
-                        });
-                    }
-                    None => shell.status(&format!(
-                        "{}: not built yet; `ccb publish` builds it first",
-                        t.label()
-                    )),
-                }
-            }
-            (out, None, session.model)
+            let (candidates, model) = candidates_in_store(model, store, opts, req, shell)?;
+            (candidates, None, model)
         }
         None => {
-            let mut session = Session::open(model, store, opts, shell)?;
-            let planned = session.plan_to_build(&req.targets, &req.arch, shell)?;
-            let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
-            observer.built(&build);
-            build.ok()?;
-            let mut out = Vec::new();
-            for d in &build.disks {
-                let image = &session.model.images[&d.target.image];
-                let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
-                out.push(Candidate {
-                    image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
-                    baremetal_only: image.baremetal_only_for(d.target.arch),
-                    key: Some(image.key.clone()),
-                });
-            }
-            (out, Some(build), session.model)
+            let (candidates, build, model) =
+                candidates_built(model, store, opts, req, shell, observer)?;
+            (candidates, Some(build), model)
         }
     };
     let mut report = PublishReport {
@@ -286,7 +259,109 @@ pub fn publish(
             "signing.public_key is set but signing.key is not: the checksums are published unsigned",
         );
     }
+    let ctx = SiteRun {
+        model: &model,
+        req,
+        version,
+        signer: signer.as_ref(),
+        shell,
+    };
     for key in &site_keys {
+        ctx.publish_to(key, &candidates, &mut report, observer)?;
+    }
+    Ok(report)
+}
+
+/// A dry run builds nothing (nor pins anything): it tells what the disks already in the store
+/// would publish, and which are not built yet.
+fn candidates_in_store(
+    model: Model,
+    store: &Store,
+    opts: &SessionOptions,
+    req: &PublishRequest,
+    shell: &Shell,
+) -> Result<(Vec<Candidate>, Model), CommandError> {
+    let session = Session::open(model, store, opts, shell)?;
+    let planned = session.plan(&req.targets, &req.arch)?;
+    let mut out = Vec::new();
+    for t in &planned.targets {
+        let image = &session.model.images[&t.image];
+        let disk = planned
+            .graph
+            .actions_of(t)
+            .into_iter()
+            .find(|a| a.kind == crate::graph::Kind::Disk);
+        match disk.filter(|d| store.outputs_meta(&d.key).is_some()) {
+            Some(d) => {
+                let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
+                out.push(Candidate {
+                    image: image_in(
+                        &store.outputs_dir(&d.key),
+                        &image.published_name(t.arch),
+                        &formats,
+                    )?,
+                    baremetal_only: image.baremetal_only_for(t.arch),
+                    key: Some(image.key.clone()),
+                });
+            }
+            None => shell.status(&format!(
+                "{}: not built yet; `ccb publish` builds it first",
+                t.label()
+            )),
+        }
+    }
+    Ok((out, session.model))
+}
+
+/// The targets' disks, built first when missing: taken from the build report.
+fn candidates_built(
+    model: Model,
+    store: &Store,
+    opts: &SessionOptions,
+    req: &PublishRequest,
+    shell: &Shell,
+    observer: &mut dyn PublishObserver,
+) -> Result<(Vec<Candidate>, BuildReport, Model), CommandError> {
+    let mut session = Session::open(model, store, opts, shell)?;
+    let planned = session.plan_to_build(&req.targets, &req.arch, shell)?;
+    let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
+    observer.built(&build);
+    build.ok()?;
+    let mut out = Vec::new();
+    for d in &build.disks {
+        let image = &session.model.images[&d.target.image];
+        let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
+        out.push(Candidate {
+            image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
+            baremetal_only: image.baremetal_only_for(d.target.arch),
+            key: Some(image.key.clone()),
+        });
+    }
+    Ok((out, build, session.model))
+}
+
+/// What publishing to each site shares.
+struct SiteRun<'a> {
+    model: &'a Model,
+    req: &'a PublishRequest,
+    version: Option<Version>,
+    signer: Option<&'a crate::publish::signing::Signer>,
+    shell: &'a Shell,
+}
+
+impl SiteRun<'_> {
+    /// Publishes the candidates that belong on the site `key` (bare-metal-only images go to
+    /// bare-metal sites only; a site takes only its formats). A site that cannot be opened is
+    /// a failed row (or the command's end, with `stop_on_site_error`); an image that fails is
+    /// a failed row and the others go on.
+    fn publish_to(
+        &self,
+        key: &str,
+        candidates: &[Candidate],
+        report: &mut PublishReport,
+        observer: &mut dyn PublishObserver,
+    ) -> Result<(), CommandError> {
+        let (model, req, shell) = (self.model, self.req, self.shell);
         let site: &Site = &model.sites[key];
         let wanted: Vec<&Candidate> = candidates
             .iter()
@@ -302,7 +377,7 @@ pub fn publish(
             ));
         }
         if wanted.is_empty() {
-            continue;
+            return Ok(());
         }
         if let Some(refusal) = wanted.iter().find_map(|c| {
             let image = model.images.get(c.key.as_deref()?)?;
@@ -310,7 +385,7 @@ pub fn publish(
         }) {
             return Err(CommandError::msg(refusal));
         }
-        let opened = sites::open_site(&model, key, site, &req.swift).and_then(|store| {
+        let opened = sites::open_site(model, key, site, &req.swift).and_then(|store| {
             if site.kind == SiteKind::Swift && site.public && !req.no_public_check {
                 publish::check_public(store.as_ref()).map_err(SiteError::open)?;
             }
@@ -320,12 +395,16 @@ pub fn publish(
             Ok(s) => s,
             Err(e) if req.stop_on_site_error => return Err(site_error(e)),
             Err(e) => {
-                report
-                    .results
-                    .push(json!({"site": key, "error": e.to_string()}));
+                report.results.push(PublishRow {
+                    outcome: None,
+                    image: None,
+                    site: key.to_string(),
+                    scope: None,
+                    error: Some(e.to_string()),
+                });
                 report.failed += 1;
                 observer.failed(miette::Report::new(e).wrap_err(format!("opening {}", site.name)));
-                continue;
+                return Ok(());
             }
         };
         let site_formats: Vec<&str> = site.formats.iter().map(|f| f.as_str()).collect();
@@ -343,54 +422,72 @@ pub fn publish(
                 ));
                 continue;
             }
-            let opts = PublishOptions {
-                scope: &req.scope,
-                version: version.clone(),
-                today: today(),
-                dry_run: req.dry_run,
-                show_progress: req.show_progress,
-                signer: signer.as_ref(),
-            };
-            let started = std::time::Instant::now();
-            match publish::publish_image(store.as_ref(), &image, &opts) {
-                Ok(outcome) => {
-                    observer.line(&match &outcome {
-                        Outcome::Published { version, bytes } => format!(
-                            "{}: published to {} {}/versions/{version} ({}, {:.1} s)",
-                            image.name,
-                            site.name,
-                            req.scope,
-                            crate::ui::progress::human_bytes(*bytes),
-                            started.elapsed().as_secs_f64()
-                        ),
-                        Outcome::AlreadyLive { version } => format!(
-                            "{}: already live on {} as {}/versions/{version} (same content): nothing to do",
-                            image.name, site.name, req.scope
-                        ),
-                        Outcome::DryRun { version, objects } => format!(
-                            "{}: would publish to {} as {}/versions/{version}: {}",
-                            image.name,
-                            site.name,
-                            req.scope,
-                            objects.join(", ")
-                        ),
-                    });
-                    let mut row = serde_json::to_value(&outcome).unwrap_or_default();
-                    row["image"] = json!(image.name);
-                    row["site"] = json!(key);
-                    row["scope"] = json!(req.scope);
-                    report.results.push(row);
-                }
-                Err(e) => {
-                    report.failed += 1;
-                    report.results.push(json!({"image": image.name, "site": key, "scope": req.scope, "error": e.to_string()}));
-                    observer.failed(
-                        miette::Report::new(e)
-                            .wrap_err(format!("publishing {} to {} failed", image.name, site.name)),
-                    );
-                }
+            let row = self.publish_one(store.as_ref(), key, site, &image, observer);
+            report.failed += usize::from(row.error.is_some());
+            report.results.push(row);
+        }
+        Ok(())
+    }
+
+    /// Publishes one image to one opened site, telling the observer how it went.
+    fn publish_one(
+        &self,
+        store: &dyn publish::ObjectStore,
+        key: &str,
+        site: &Site,
+        image: &ImageFiles,
+        observer: &mut dyn PublishObserver,
+    ) -> PublishRow {
+        let req = self.req;
+        let opts = PublishOptions {
+            scope: &req.scope,
+            version: self.version.clone(),
+            today: today(),
+            dry_run: req.dry_run,
+            show_progress: req.show_progress,
+            signer: self.signer,
+        };
+        let started = std::time::Instant::now();
+        let mut row = PublishRow {
+            outcome: None,
+            image: Some(image.name.clone()),
+            site: key.to_string(),
+            scope: Some(req.scope.clone()),
+            error: None,
+        };
+        match publish::publish_image(store, image, &opts) {
+            Ok(outcome) => {
+                observer.line(&match &outcome {
+                    Outcome::Published { version, bytes } => format!(
+                        "{}: published to {} {}/versions/{version} ({}, {:.1} s)",
+                        image.name,
+                        site.name,
+                        req.scope,
+                        crate::ui::progress::human_bytes(*bytes),
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Outcome::AlreadyLive { version } => format!(
+                        "{}: already live on {} as {}/versions/{version} (same content): nothing to do",
+                        image.name, site.name, req.scope
+                    ),
+                    Outcome::DryRun { version, objects } => format!(
+                        "{}: would publish to {} as {}/versions/{version}: {}",
+                        image.name,
+                        site.name,
+                        req.scope,
+                        objects.join(", ")
+                    ),
+                });
+                row.outcome = Some(outcome);
+            }
+            Err(e) => {
+                row.error = Some(e.to_string());
+                observer.failed(
+                    miette::Report::new(e)
+                        .wrap_err(format!("publishing {} to {} failed", image.name, site.name)),
+                );
             }
         }
+        row
     }
-    Ok(report)
 }
