@@ -11,7 +11,13 @@ pub fn plan(plan: &[(&Action, Status)], format: OutputFormat, all_reasons: bool)
         OutputFormat::Json => {
             let rows: Vec<_> = plan
                 .iter()
-                .map(|(a, s)| json!({"id": a.id, "kind": a.kind, "key": a.key, "deps": a.deps, "status": s}))
+                .map(|(a, s)| {
+                    let mut row = json!({"id": a.id, "kind": a.kind, "key": a.key, "deps": a.deps, "status": s});
+                    if a.secret {
+                        row["not_shared"] = json!(crate::graph::NOT_SHARED);
+                    }
+                    row
+                })
                 .collect();
             let to_run = plan
                 .iter()
@@ -27,9 +33,14 @@ pub fn plan(plan: &[(&Action, Status)], format: OutputFormat, all_reasons: bool)
             let width = plan.iter().map(|(a, _)| a.id.len()).max().unwrap_or(0);
             let mut out = String::new();
             for (a, s) in plan {
+                let secret = if a.secret {
+                    format!(" ({})", crate::graph::NOT_SHARED)
+                } else {
+                    String::new()
+                };
                 match s {
                     Status::Cached { remote } => out.push_str(&format!(
-                        "{:width$}  {}  cached{}\n",
+                        "{:width$}  {}  cached{}{secret}\n",
                         a.id,
                         &a.key[..16],
                         if *remote { " (remote)" } else { "" }
@@ -53,6 +64,7 @@ pub fn plan(plan: &[(&Action, Status)], format: OutputFormat, all_reasons: bool)
                         if more > 0 {
                             out.push_str(&format!("; and {more} more (-v)"));
                         }
+                        out.push_str(&secret);
                         out.push('\n');
                     }
                 }

@@ -120,6 +120,10 @@ pub struct ActionReport {
     /// The remote builder that built it (`ssh://user@host[:port]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<String>,
+    /// Why the action was kept off the remote cache and builders (`holds a secret: not
+    /// shared`), when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_shared: Option<&'static str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub built: Option<BuiltInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -292,9 +296,13 @@ fn check_arches(
         .filter(|(act, s)| {
             matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
         })
+        // Sent to a remote builder (unless native here, or holding a secret: then built here).
+        .filter(|(act, _)| {
+            act.arch.is_some_and(|arch| {
+                act.secret || !remote.contains(&arch) || crate::manifest::Arch::host() == Some(arch)
+            })
+        })
         .filter_map(|(act, _)| act.arch)
-        // Sent to a remote builder (unless native here: then built here as usual).
-        .filter(|arch| !remote.contains(arch) || crate::manifest::Arch::host() == Some(*arch))
         .collect();
     let mut skipped = BTreeSet::new();
     for arch in foreign {
@@ -491,6 +499,8 @@ pub fn build(
                     .then_some("remote")
             },
             builder: builders.and_then(|b| b.built_by(&act.id)),
+            not_shared: (act.secret && (remote.is_some() || builders.is_some()))
+                .then_some(graph::NOT_SHARED),
             built: None,
             error: None,
             blame: None,
@@ -660,7 +670,12 @@ fn run_one(
             crate::fault::point(&format!("{}.record", action.kind.as_str()));
             graph::record_build(store, action, built.duration, &built.steps, &built.tree)?;
             crate::fault::point(&format!("{}.recorded", action.kind.as_str()));
-            progress.finished(&action.id, "built", Some(built.duration));
+            let verb = if action.secret && remote.is_some() {
+                format!("built ({})", graph::NOT_SHARED)
+            } else {
+                "built".to_string()
+            };
+            progress.finished(&action.id, &verb, Some(built.duration));
             share(remote, store, action, progress);
             Ok(Some(built))
         }

@@ -153,6 +153,88 @@ struct Candidate {
     baremetal_only: bool,
     /// The manifests' image, when the candidate is one (its secrets guard public sites).
     key: Option<String>,
+    /// The secrets its built disk holds (the store's record of the build), beside those its
+    /// manifest declares.
+    built_secrets: Vec<String>,
+    /// Named on the command line (not through a wildcard): refusing it is an error, not a note.
+    explicit: bool,
+}
+
+impl Candidate {
+    /// Why this image may not go to `site` (a public site, and it holds a secret the manifest
+    /// does not allow there), from its manifest and from what its build recorded.
+    fn refusal(&self, model: &Model, site: &Site) -> Option<String> {
+        let image = self.key.as_deref().and_then(|k| model.images.get(k));
+        if let Some(image) = image {
+            if let Some(r) = publish::secrets_refusal(image, site) {
+                return Some(r);
+            }
+            if image.public_with_secrets {
+                return None;
+            }
+        }
+        (site.public && !self.built_secrets.is_empty()).then(|| {
+            format!(
+                "image `{}` was built holding secret inputs ({}) and {} is public: not \
+                 published there (publish it to a private site (`public = false`), or set \
+                 `public_with_secrets = true` on the image to allow it)",
+                self.image.name,
+                self.built_secrets.join(", "),
+                site.name
+            )
+        })
+    }
+}
+
+/// A wildcard (`//images:all`, `//...`) leaves out, as Bazel's does with a target tagged
+/// `manual`, an image holding secrets that none of the chosen sites may receive: it is not
+/// built for nothing, and the notes name it. Named explicitly, it stays (and is refused with
+/// the reason). Returns the words to plan (each wildcard replaced by the images it keeps).
+fn without_unpublishable(
+    model: &Model,
+    words: &[String],
+    site_keys: &[String],
+    shell: &Shell,
+) -> Vec<String> {
+    let wildcard = words.is_empty() || words.iter().any(|w| crate::label::is_wildcard(w));
+    if !wildcard {
+        return words.to_vec();
+    }
+    let named = crate::label::named_images(model, words);
+    let refused_everywhere = |image: &crate::manifest::Image| {
+        !site_keys.is_empty()
+            && site_keys
+                .iter()
+                .filter_map(|k| model.sites.get(k))
+                .all(|site| publish::secrets_refusal(image, site).is_some())
+    };
+    let left_out: Vec<&crate::manifest::Image> = model
+        .images
+        .values()
+        .filter(|i| !named.contains(&i.key) && refused_everywhere(i))
+        .collect();
+    if left_out.is_empty() {
+        return words.to_vec();
+    }
+    for image in &left_out {
+        shell.status(&format!(
+            "{}: left out of the wildcard (holds secret inputs ({}) and the sites are public; \
+             name it to be told why, or publish it to a private site)",
+            image.key,
+            image.secret_names().join(", ")
+        ));
+    }
+    let kept = model
+        .images
+        .keys()
+        .filter(|k| !left_out.iter().any(|i| &i.key == *k))
+        .map(|k| format!("//images:{k}"));
+    words
+        .iter()
+        .filter(|w| !crate::label::is_wildcard(w))
+        .cloned()
+        .chain(kept)
+        .collect()
 }
 
 /// Images built elsewhere, by published name.
@@ -181,6 +263,8 @@ fn candidates_in(
             Ok(Candidate {
                 image: image_in(dir, name, &ALL)?,
                 baremetal_only,
+                built_secrets: vec![],
+                explicit: true,
                 key: model
                     .images
                     .values()
@@ -217,13 +301,29 @@ pub fn publish(
             .collect::<Result<_, _>>()
             .map_err(site_error)?
     };
+    let targets = match &req.outputs {
+        Some(_) => req.targets.clone(),
+        None => without_unpublishable(&model, &req.targets, &site_keys, shell),
+    };
+    let named = crate::label::named_images(&model, &req.targets);
+    // An image named explicitly that a chosen site may not receive is refused before anything
+    // is built for it.
+    for image in named.iter().filter_map(|k| model.images.get(k)) {
+        if let Some(refusal) = site_keys
+            .iter()
+            .filter_map(|k| model.sites.get(k))
+            .find_map(|site| publish::secrets_refusal(image, site))
+        {
+            return Err(CommandError::msg(refusal));
+        }
+    }
     let (candidates, build, model) = match &req.outputs {
         Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
         // A dry run builds nothing (nor pins anything): it tells what the disks already in the
         // store would publish, and which are not built yet.
         None if req.dry_run => {
             let session = Session::open(model, store, opts, shell)?;
-            let planned = session.plan(&req.targets, &req.arch)?;
+            let planned = session.plan(&targets, &req.arch)?;
             let mut out = Vec::new();
             for t in &planned.targets {
                 let image = &session.model.images[&t.image];
@@ -232,8 +332,8 @@ pub fn publish(
                     .actions_of(t)
                     .into_iter()
                     .find(|a| a.kind == crate::graph::Kind::Disk);
-                match disk.filter(|d| store.outputs_meta(&d.key).is_some()) {
-                    Some(d) => {
+                match disk.and_then(|d| Some((d, store.outputs_meta(&d.key)?))) {
+                    Some((d, meta)) => {
                         let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
                         out.push(Candidate {
                             image: image_in(
@@ -243,6 +343,8 @@ pub fn publish(
                             )?,
                             baremetal_only: image.baremetal_only_for(t.arch),
                             key: Some(image.key.clone()),
+                            built_secrets: meta.secrets,
+                            explicit: named.contains(&image.key),
                         });
                     }
                     None => shell.status(&format!(
@@ -255,7 +357,7 @@ pub fn publish(
         }
         None => {
             let mut session = Session::open(model, store, opts, shell)?;
-            let planned = session.plan_to_build(&req.targets, &req.arch, shell)?;
+            let planned = session.plan_to_build(&targets, &req.arch, shell)?;
             let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
             observer.built(&build);
             build.ok()?;
@@ -267,6 +369,11 @@ pub fn publish(
                     image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
                     baremetal_only: image.baremetal_only_for(d.target.arch),
                     key: Some(image.key.clone()),
+                    built_secrets: store
+                        .outputs_meta(&d.key)
+                        .map(|m| m.secrets)
+                        .unwrap_or_default(),
+                    explicit: named.contains(&image.key),
                 });
             }
             (out, Some(build), session.model)
@@ -288,10 +395,29 @@ pub fn publish(
     }
     for key in &site_keys {
         let site: &Site = &model.sites[key];
-        let wanted: Vec<&Candidate> = candidates
+        let mut wanted: Vec<&Candidate> = candidates
             .iter()
             .filter(|c| site.baremetal || !c.baremetal_only)
             .collect();
+        // Decided from the manifests and from what the build recorded: a disk that holds a
+        // secret is refused on a public site whatever the manifests say today.
+        for c in &wanted {
+            if let Some(refusal) = c.refusal(&model, site)
+                && c.explicit
+            {
+                return Err(CommandError::msg(refusal));
+            }
+        }
+        wanted.retain(|c| match c.refusal(&model, site) {
+            Some(refusal) => {
+                shell.status(&format!(
+                    "{}: left out of {}: {refusal}",
+                    c.image.name, site.name
+                ));
+                false
+            }
+            None => true,
+        });
         for c in candidates
             .iter()
             .filter(|c| !site.baremetal && c.baremetal_only)
@@ -303,12 +429,6 @@ pub fn publish(
         }
         if wanted.is_empty() {
             continue;
-        }
-        if let Some(refusal) = wanted.iter().find_map(|c| {
-            let image = model.images.get(c.key.as_deref()?)?;
-            publish::secrets_refusal(image, site)
-        }) {
-            return Err(CommandError::msg(refusal));
         }
         let opened = sites::open_site(&model, key, site, &req.swift).and_then(|store| {
             if site.kind == SiteKind::Swift && site.public && !req.no_public_check {
