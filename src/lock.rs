@@ -443,6 +443,7 @@ mod tests {
             sha256: LATEST.into(),
             sums: None,
             description: None,
+            secret: false,
             arch: None,
         }
     }

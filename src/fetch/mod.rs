@@ -939,6 +939,7 @@ mod tests {
             sha256: hex(&Sha256::digest(content)),
             sums: None,
             description: None,
+            secret: false,
             arch: None,
         }
     }

@@ -944,6 +944,7 @@ mod tests {
                 status: if b.is_some() { "failed" } else { "built" },
                 from: None,
                 builder: None,
+                not_shared: None,
                 built: None,
                 error: b.map(|_| "it failed".to_string()),
                 blame: *b,

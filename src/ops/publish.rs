@@ -164,7 +164,10 @@ impl Candidate {
     /// Why this image may not go to `site` (a public site, and it holds a secret the manifest
     /// does not allow there), from its manifest and from what its build recorded.
     fn refusal(&self, model: &Model, site: &Site) -> Option<String> {
-        let image = self.key.as_deref().and_then(|k| model.images.get(k));
+        self.refusal_with(self.key.as_deref().and_then(|k| model.images.get(k)), site)
+    }
+
+    fn refusal_with(&self, image: Option<&crate::manifest::Image>, site: &Site) -> Option<String> {
         if let Some(image) = image {
             if let Some(r) = publish::secrets_refusal(image, site) {
                 return Some(r);
@@ -513,4 +516,54 @@ pub fn publish(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(public: bool) -> Site {
+        Site {
+            name: "Open".into(),
+            baremetal: true,
+            formats: vec![crate::manifest::Format::Qcow2],
+            kind: SiteKind::Local,
+            cloud: None,
+            container: "c".into(),
+            region: None,
+            path: Some("pub".into()),
+            public,
+        }
+    }
+
+    #[test]
+    fn a_disk_built_holding_a_secret_is_refused_on_a_public_site_whatever_the_manifests_say() {
+        let built = |secrets: &[&str]| Candidate {
+            image: ImageFiles {
+                name: "Licensed".into(),
+                files: vec![],
+                manifest: vec![],
+                sbom: None,
+            },
+            baremetal_only: false,
+            key: None,
+            built_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            explicit: true,
+        };
+        // The manifests no longer declare the secret (or the image is gone): the build's
+        // record still does.
+        let refusal = built(&["LICENSE_TOKEN"])
+            .refusal_with(None, &site(true))
+            .unwrap();
+        assert!(
+            refusal.contains("built holding secret inputs (LICENSE_TOKEN)"),
+            "{refusal}"
+        );
+        assert!(
+            built(&["LICENSE_TOKEN"])
+                .refusal_with(None, &site(false))
+                .is_none()
+        );
+        assert!(built(&[]).refusal_with(None, &site(true)).is_none());
+    }
 }

@@ -493,27 +493,59 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
     );
 }
 
-/// A secret input (the vGPU license token): read at build time from the file the manifest
-/// names, handed to the scripts as a path, and nowhere else: not in a key, the plan, `explain`,
-/// JSON, the logs or the store outside the image's own tree. Only its presence is keyed, and an
-/// image holding one is not published to a public site unless the manifest allows it.
+/// A secret input (the vGPU license token) and an EULA-bound artifact (the vGPU guest driver):
+/// read at build time, handed to the scripts as paths, and nowhere else: not in a key, the
+/// plan, `explain`, JSON, the logs (a script that prints the token logs `[redacted]`), a
+/// remote cache, or the store outside the image's own tree; for the `file` and the `env`
+/// forms, and for a child layered on the image. The actions holding them build here and are
+/// neither uploaded nor taken from the cache (a second store builds them again while the
+/// base comes from the cache). Only the secret's presence is keyed, and an image holding
+/// one is not published to a public site unless the manifest allows it.
+/// CI cost: about 20 s (four fixture layers, one of them twice; no disk).
 #[test]
 fn a_secret_input_reaches_the_build_and_nothing_else() {
     let f = Fixture::new();
+    let nginx = crate::common::Nginx::start();
     let secret = "s3cr3t-token-7f1e2d";
+    let env_secret = "env-t0ken-9a8b7c6d";
+    let driver_bytes = "EULA-bound-driver-5d4c3b2a";
+    let all = [secret, env_secret, driver_bytes];
     let token = f.project.join("private/token.tok");
-    write(&token, secret);
+    write(&token, &format!("{secret}\n"));
+    let driver = f.project.join("private/driver.run");
+    write(&driver, driver_bytes);
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ eula-driver = {{ url = \"file://{}\", sha256 = \"{}\", secret = true }} }}\n",
+            driver.display(),
+            sha256(&driver)
+        ),
+    );
     script(
         f.project.join("elements/licensed/install.d/50-licensed"),
-        "#!/bin/bash\nset -eu\ntest -r \"$LICENSE_TOKEN\"\ninstall -D -m 0600 \"$LICENSE_TOKEN\" /etc/licensed/token\necho \"licensed: token installed\"\n",
+        "#!/bin/bash\nset -eu\ntest -r \"$LICENSE_TOKEN\"\ninstall -D -m 0600 \"$LICENSE_TOKEN\" /etc/licensed/token\n\
+         if [ -n \"${VGPU_DRIVER:-}\" ]; then install -D -m 0600 \"$VGPU_DRIVER\" /opt/driver.run; fi\n\
+         echo \"licensed: token is $(cat \"$LICENSE_TOKEN\")\"\n",
     );
     write(f.project.join("elements/licensed/README.rst"), "licensed\n");
+    script(
+        f.project
+            .join("elements/on-licensed/install.d/50-on-licensed"),
+        "#!/bin/bash\nset -eu\necho \"child: the parent's token is $(cat /etc/licensed/token)\"\n",
+    );
+    write(
+        f.project.join("elements/on-licensed/README.rst"),
+        "on-licensed\n",
+    );
     let centos = sha256(&f.served.join("centos/rootfs.tar.gz"));
     let images = |secrets: &str, public_ok: bool| {
         f.images_with(
             &centos,
             &format!(
-                "  licensed = {{ name = \"Licensed\", from = \"fake-ubuntu\", elements = [\"licensed\"], {secrets} public_with_secrets = {public_ok} }},\n"
+                "  licensed = {{ name = \"Licensed\", from = \"fake-ubuntu\", elements = [\"licensed\"], {secrets} artifacts = {{ VGPU_DRIVER = \"eula-driver\" }}, public_with_secrets = {public_ok} }},\n\
+                 \x20 licensed-child = {{ name = \"Licensed-Child\", from = \"licensed\", elements = [\"on-licensed\"] }},\n\
+                 \x20 licensed-env = {{ name = \"Licensed-Env\", from = \"fake-ubuntu\", elements = [\"licensed\"], secrets = {{ LICENSE_TOKEN = {{ env = \"CCB_TEST_TOKEN\" }} }} }},\n"
             ),
         )
     };
@@ -534,42 +566,144 @@ fn a_secret_input_reaches_the_build_and_nothing_else() {
             .unwrap()
             .to_string()
     };
+    let with_token = |env: &Env, rest: &[&str]| -> Run {
+        let elements = repo().join("elements");
+        let out = env
+            .cmd()
+            .env("CCB_TEST_TOKEN", env_secret)
+            .arg("--root")
+            .arg(&f.project)
+            .args(rest)
+            .arg("--element-path")
+            .arg(&elements)
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
 
     // Missing: the build stops naming the secret and where it was looked for.
     std::fs::remove_file(&token).unwrap();
     f.ccb(&["build", "licensed", "--until", "layer"])
         .fails()
         .stderr_has("secret `LICENSE_TOKEN` (file private/token.tok)");
-    write(&token, secret);
+    write(&token, &format!("{secret}\n"));
 
-    let built = f
-        .ccb(&[
-            "build", "licensed", "--until", "layer", "--format", "json", "-v",
-        ])
-        .ok();
-    assert!(!built.stdout.contains(secret) && !built.stderr.contains(secret));
+    let build = [
+        "build",
+        "licensed-child",
+        "licensed-env",
+        "--until",
+        "layer",
+        "--format",
+        "json",
+        "-v",
+        "--remote-cache",
+        &nginx.url,
+        "--remote-cache-upload",
+    ];
+    let built = with_token(&f.env, &build).ok();
+    for s in all {
+        assert!(!built.stdout.contains(s) && !built.stderr.contains(s));
+    }
+    assert!(
+        built.stderr.contains("token is [redacted]"),
+        "{}",
+        built.stderr
+    );
+    let report = built.json();
+    let mut not_shared: Vec<&str> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["not_shared"] == "holds a secret: not shared")
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    not_shared.sort();
+    assert_eq!(
+        not_shared,
+        [
+            "fetch:eula-driver",
+            "layer:licensed-child:amd64",
+            "layer:licensed-env:amd64",
+            "layer:licensed:amd64",
+        ],
+        "{report}"
+    );
+    // Only the parent image's base and layer went to the cache; it holds none of the secrets.
+    assert_eq!(report["remote"]["uploaded"], 2, "{report}");
+    let in_cache = Command::new("grep")
+        .args(["-rlF", "-e", secret, "-e", env_secret, "-e", driver_bytes])
+        .arg(nginx.data())
+        .output()
+        .unwrap();
+    assert!(in_cache.stdout.is_empty(), "{in_cache:?}");
+
     let tree = f.layer_tree("layer:licensed:amd64");
     assert_eq!(
         std::fs::read_to_string(tree.join("etc/licensed/token")).unwrap(),
-        secret
+        format!("{secret}\n")
     );
-    // Nowhere in the store but the image's own tree: no log, key document, work file.
+    assert_eq!(
+        std::fs::read_to_string(
+            f.layer_tree("layer:licensed-env:amd64")
+                .join("etc/licensed/token")
+        )
+        .unwrap(),
+        env_secret
+    );
+    // The whole store: the secrets are in the images' own trees (and the licensed file in the
+    // artifact store, where it was fetched to), never in a log, key document, record or work
+    // file; the logs say `[redacted]` where the scripts printed them (the child's too).
     let grep = Command::new("grep")
-        .args(["-rlF", "--exclude-dir=tree", secret])
+        .args(["-rlF", "-e", secret, "-e", env_secret, "-e", driver_bytes])
         .arg(f.env.cache.path())
         .output()
         .unwrap();
-    assert!(
-        grep.stdout.is_empty(),
-        "secret found in {}",
-        String::from_utf8_lossy(&grep.stdout)
-    );
+    for hit in String::from_utf8_lossy(&grep.stdout).lines() {
+        assert!(
+            hit.ends_with("/tree/etc/licensed/token")
+                || hit.ends_with("/tree/opt/driver.run")
+                || (hit.contains("/artifacts/")
+                    && std::fs::read_to_string(hit).unwrap() == driver_bytes),
+            "a secret found in {hit}"
+        );
+    }
+    assert!(crate::common::logs_contain(
+        f.env.cache.path(),
+        "licensed: token is [redacted]"
+    ));
+    assert!(crate::common::logs_contain(
+        f.env.cache.path(),
+        "child: the parent's token is [redacted]"
+    ));
     for q in [
-        vec!["query", "explain", "licensed"],
+        vec!["query", "explain", "licensed-child"],
         vec!["query", "manifest", "licensed", "--format", "json"],
     ] {
         let out = f.ccb(&q).ok();
-        assert!(!out.stdout.contains(secret), "{q:?}: {}", out.stdout);
+        for s in all {
+            assert!(!out.stdout.contains(s), "{q:?}: {}", out.stdout);
+        }
+    }
+    let explain = f.ccb(&["query", "explain", "licensed-child"]).ok();
+    assert!(
+        explain.stdout.contains("holds a secret: not shared"),
+        "{}",
+        explain.stdout
+    );
+
+    // Another host with the same cache: the base comes from it, the secret-holding actions
+    // are built there again (never downloaded).
+    let other = Env::new();
+    let again = with_token(&other, &build).ok().json();
+    for a in again["actions"].as_array().unwrap() {
+        let expected =
+            if a["id"] == "base:fake-ubuntu:amd64" || a["id"] == "layer:fake-ubuntu:amd64" {
+                "remote"
+            } else {
+                "none"
+            };
+        assert_eq!(a["from"].as_str().unwrap_or("none"), expected, "{a}");
     }
 
     // Its bytes are not keyed (another token, same key), its presence is.
@@ -607,7 +741,7 @@ fn a_secret_input_reaches_the_build_and_nothing_else() {
     };
     publish(&f)
         .fails()
-        .stderr_has("holds secret inputs (LICENSE_TOKEN) and Open is public");
+        .stderr_has("holds secret inputs (LICENSE_TOKEN, VGPU_DRIVER) and Open is public");
     assert!(!f.project.join("pub").exists());
     images(with_secret, true);
     let allowed = publish(&f);
