@@ -521,6 +521,7 @@ mod tests {
             distdirs: vec![],
             offline: true,
             swift: None,
+            mirrors: vec![],
         };
         let names = m.pins.unpinned.clone();
         let err = pin_new(&mut m, &names, &fetcher, true).unwrap_err();

@@ -317,6 +317,7 @@ fn run_fetch(
         distdirs: ctx.distdirs.clone(),
         offline: ctx.offline,
         swift: ctx.swift,
+        mirrors: crate::fetch::mirror_variables(&ctx.model.root),
     };
     let (path, origin) = fetcher.fetch(name, artifact, &mut |done, total| {
         on_event(&Event::Transfer { done, total })

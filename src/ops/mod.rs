@@ -168,6 +168,7 @@ impl<'s> Session<'s> {
             distdirs: crate::fetch::distdirs_from_env(),
             offline: self.offline,
             swift: None,
+            mirrors: crate::fetch::mirror_variables(&self.model.root),
         };
         for (name, sha) in crate::lock::pin_new(&mut self.model, &unpinned, &fetcher, locked)? {
             shell.status(&format!(

@@ -118,6 +118,7 @@ pub fn update(
         distdirs: vec![],
         offline: req.offline,
         swift: None,
+        mirrors: crate::fetch::mirror_variables(&model.root),
     };
     for name in latest {
         let art = &model.artifacts[name];

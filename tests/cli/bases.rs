@@ -53,11 +53,14 @@ impl Project {
     }
 
     fn artifacts(&self, server: &str) {
-        let dir = format!("{server}/ubuntu/noble/current");
+        // As the real manifests write it: the server is one `let`, the override a failed
+        // download names.
         write(
             self.root().join("manifests/artifacts.ncl"),
             &format!(
-                r#"let file = fun arch => {{ url = "{dir}/noble-server-cloudimg-%{{arch}}.squashfs", sums = "{dir}/SHA256SUMS" }} in
+                r#"let ubuntu_cloud_images = "{server}/ubuntu" in
+let dir = "%{{ubuntu_cloud_images}}/noble/current" in
+let file = fun arch => {{ url = "%{{dir}}/noble-server-cloudimg-%{{arch}}.squashfs", sums = "%{{dir}}/SHA256SUMS" }} in
 {{
   noble-rootfs = {{
     sha256 = "latest",
@@ -273,6 +276,7 @@ fn an_unreachable_base_names_its_url_and_what_overrides_it() {
         .fails()
         .stderr_has("artifact `noble-rootfs:amd64`")
         .stderr_has("http://127.0.0.1:9/ubuntu/noble/current/SHA256SUMS")
+        .stderr_has("`ubuntu_cloud_images` in manifests/artifacts.ncl")
         .stderr_has("CCB_DISTDIR");
     assert!(!p.root().join("ccb.lock").exists());
 
