@@ -279,6 +279,18 @@ fn an_unreachable_base_names_its_url_and_what_overrides_it() {
         .stderr_has("`ubuntu_cloud_images` in manifests/artifacts.ncl")
         .stderr_has("CCB_DISTDIR");
     assert!(!p.root().join("ccb.lock").exists());
+    // DIB's variable would be silently ignored (the base is the artifact): said instead.
+    p.ccb(&[
+        "build",
+        "fake-ubuntu",
+        "--dry-run",
+        "--env",
+        "DIB_CLOUD_IMAGES=http://mirror.example/ubuntu",
+    ])
+    .ok()
+    .stderr_has(
+        "--env DIB_CLOUD_IMAGES is not used by images whose base is an artifact (noble-rootfs)",
+    );
 
     // An operator's copy in CCB_DISTDIR (downloaded elsewhere) is pinned as it is.
     let (amd64, _) = p.publish("one", false);
