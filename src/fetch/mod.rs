@@ -658,35 +658,52 @@ impl Fetcher<'_> {
 
     /// The digest `sums` (a SHA256SUMS or CHECKSUM file) gives for the file `url` names.
     fn sums_entry(&self, name: &str, url: &str, sums: &str) -> Result<String, FetchError> {
+        let file = url.rsplit('/').next().unwrap_or(url);
+        let file = file.split(['?', '#']).next().unwrap_or(file);
+        let listed = self.read_sums(name, sums).map(|text| {
+            sums_lookup(&text, file).ok_or_else(|| FetchError::NotInSums {
+                name: name.into(),
+                sums: redact_url(sums),
+                file: file.into(),
+            })
+        });
+        match listed {
+            Ok(Ok(hex)) => Ok(hex),
+            // CentOS's directory CHECKSUM has at times listed only the dated names, never the
+            // `-latest` one: DIB then reads the file's own `<file>.SHA256SUM` beside it.
+            Ok(Err(e)) | Err(e) => {
+                let own = format!("{}.SHA256SUM", url.split(['?', '#']).next().unwrap_or(url));
+                self.read_sums(name, &own)
+                    .ok()
+                    .and_then(|text| sums_lookup(&text, file))
+                    .ok_or(e)
+            }
+        }
+    }
+
+    /// A checksum file's text (16 MiB at most).
+    fn read_sums(&self, name: &str, sums: &str) -> Result<String, FetchError> {
         let download = |cause: TransferError| FetchError::Download {
             name: name.into(),
             url: redact_url(sums),
             cause,
             overrides: self.overrides(sums),
         };
-        let text = if let Some(path) = sums.strip_prefix("file://") {
-            crate::fsutil::read_regular(Path::new(path))
+        if let Some(path) = sums.strip_prefix("file://") {
+            return crate::fsutil::read_regular(Path::new(path))
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(Ingest::io(name, Path::new(path)))?
-        } else {
-            let mut response = agent()
-                .get(sums)
-                .call()
-                .map_err(|e| download(TransferError::Http(e)))?;
-            response
-                .body_mut()
-                .with_config()
-                .limit(16 << 20)
-                .read_to_string()
-                .map_err(|e| download(TransferError::Http(e)))?
-        };
-        let file = url.rsplit('/').next().unwrap_or(url);
-        let file = file.split(['?', '#']).next().unwrap_or(file);
-        sums_lookup(&text, file).ok_or_else(|| FetchError::NotInSums {
-            name: name.into(),
-            sums: redact_url(sums),
-            file: file.into(),
-        })
+                .map_err(Ingest::io(name, Path::new(path)));
+        }
+        let mut response = agent()
+            .get(sums)
+            .call()
+            .map_err(|e| download(TransferError::Http(e)))?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(|e| download(TransferError::Http(e)))
     }
 
     /// A local file (distdir, `file://`): copied by the kernel (`copy_file_range`, a reflink

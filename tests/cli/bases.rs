@@ -371,7 +371,22 @@ fn a_centos_stream_base_is_checked_against_its_checksum_file() {
         .fails()
         .stderr_has("artifact `centos9-stream-rootfs:amd64`: SHA-256 mismatch");
     assert!(!p.root().join("ccb.lock").exists());
-    checksum(&digest);
+    // A CHECKSUM listing only the dated names (as CentOS's has at times): the file's own
+    // `<file>.SHA256SUM` beside it answers, as DIB reads it.
+    write(
+        images.join("CHECKSUM"),
+        &format!(
+            "SHA256 (CentOS-Stream-Container-Base-9-20261201.0.x86_64.tar.xz) = {}\n",
+            "e".repeat(64)
+        ),
+    );
+    p.ccb(&build)
+        .fails()
+        .stderr_has("has no SHA-256 for CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz");
+    write(
+        images.join("CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz.SHA256SUM"),
+        &format!("SHA256 (CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz) = {digest}\n"),
+    );
     p.ccb(&build).ok().stderr_has(&format!(
         "pinned artifact `centos9-stream-rootfs:amd64` at {digest}"
     ));
