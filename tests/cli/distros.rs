@@ -382,6 +382,64 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
         .ok();
 }
 
+/// Ubuntu 22.04's base: the jammy cloud image from the same server (its own name and
+/// SHA256SUMS entry), unpacked and set up by the real `ubuntu` element as for noble.
+/// CI cost: about 5 s (one fixture base and layer).
+#[test]
+fn ubuntu_22_04_base_is_jammy_from_its_cloud_image() {
+    let f = Fixture::new();
+    let root = f.served.parent().unwrap().join("jammy-root");
+    mini_rootfs(&root, "apt-get");
+    write(root.join("etc/fixture-release"), "jammy\n");
+    let sq = f.served.join("ubuntu/jammy-server-cloudimg-amd64.squashfs");
+    let st = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&sq)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let noble = f.served.join("ubuntu/noble-server-cloudimg-amd64.squashfs");
+    write(
+        f.served.join("ubuntu/SHA256SUMS"),
+        &format!(
+            "{} *noble-server-cloudimg-amd64.squashfs\n{} *jammy-server-cloudimg-amd64.squashfs\n",
+            sha256(&noble),
+            sha256(&sq)
+        ),
+    );
+    f.images_with(
+        &sha256(&f.served.join("centos/rootfs.tar.gz")),
+        &format!(
+            r#"  fake-ubuntu22 = {{
+    name = "Fake-Ubuntu22.04",
+    elements = ["ubuntu"],
+    formats = ['qcow2],
+    env = {{ DIB_RELEASE = "jammy", DIB_CLOUD_IMAGES = "http://127.0.0.1:{}/ubuntu" }},
+  }},
+"#,
+            f.port
+        ),
+    );
+    f.ccb(&["build", "fake-ubuntu22", "--until", "layer"]).ok();
+    let base = f.layer_tree("base:fake-ubuntu22:amd64");
+    assert_eq!(
+        std::fs::read_to_string(base.join("etc/fixture-release")).unwrap(),
+        "jammy\n"
+    );
+    let apt = std::fs::read_to_string(
+        f.layer_tree("layer:fake-ubuntu22:amd64")
+            .join("var/lib/fake-apt-get.log"),
+    )
+    .unwrap();
+    assert!(apt.contains("linux-image-generic"), "{apt}");
+    assert!(
+        f.downloads()
+            .join("ubuntu/jammy-server-cloudimg-amd64.squashfs")
+            .is_file()
+    );
+}
+
 /// Ubuntu 26.04's base: the resolute cloud image from the same server, and the initramfs made
 /// by dracut in its generic mode. The kernel, dracut and lsinitrd are fixtures here; what is
 /// real is the element's work: the apt install, the configuration that keeps every later
