@@ -394,3 +394,23 @@ fn a_wildcard_publish_leaves_out_the_image_holding_secrets() {
         plan.stdout
     );
 }
+
+/// `ccb test --disk FIRMWARE:BUS` names each boot; mixing it with bare buses or --firmware is
+/// a usage error before anything is planned or built. CI cost: milliseconds.
+#[test]
+fn ccb_test_disks_with_a_firmware_are_each_one_boot() {
+    let env = Env::new();
+    for extra in [
+        vec!["--disk", "uefi:nvme", "--disk", "sata"],
+        vec!["--disk", "uefi:nvme", "--firmware", "bios"],
+    ] {
+        let r = root();
+        let mut args = vec!["--root", &r, "test", "//images:debian13"];
+        args.extend(extra);
+        let run = env.run(&args);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        run.stderr_has("--disk FIRMWARE:BUS names each boot's firmware");
+    }
+    let run = env.run(&["--root", &root(), "test", "--disk", "uefi:floppy"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
