@@ -837,7 +837,13 @@ impl SpecFor<'_, '_> {
                     name: key.clone(),
                     variable: var.clone(),
                     sha256: art.sha256.to_ascii_lowercase(),
-                    url: art.url.as_deref().map(crate::redact::url),
+                    // A licensed file's site URL stays out of the SBOM: its name and digest say
+                    // what it is.
+                    url: art
+                        .url
+                        .as_deref()
+                        .filter(|_| !art.secret)
+                        .map(crate::redact::url),
                 })
             })
             .collect();
