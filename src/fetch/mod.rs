@@ -77,8 +77,9 @@ pub enum FetchError {
         url: String,
         #[source]
         cause: TransferError,
-        /// What to change to fetch it from elsewhere (see [`Fetcher::overrides`]).
-        overrides: String,
+        /// What to change to fetch it from elsewhere (see [`Fetcher::overrides`]); boxed to
+        /// keep the error small.
+        overrides: Box<str>,
     },
     #[error("artifact `{name}` is not in the store, and --offline forbids fetching it")]
     #[diagnostic(
@@ -218,7 +219,7 @@ pub enum TransferError {
     /// is kept for callers to match on but is not offered as `source()`: its own text can
     /// carry the URL, credentials included, so it is only ever shown redacted.
     #[error("{}", crate::redact::text(&.0.to_string()))]
-    Http(ureq::Error),
+    Http(Box<ureq::Error>),
     /// The connection broke while the body was read.
     #[error("the connection broke")]
     Read(#[source] std::io::Error),
@@ -513,7 +514,7 @@ fn agent() -> ureq::Agent {
 impl Fetcher<'_> {
     /// What points `url` elsewhere: the variable of `manifests/artifacts.ncl` it is built
     /// from, else the artifact's own `url`.
-    fn overrides(&self, url: &str) -> String {
+    fn overrides(&self, url: &str) -> Box<str> {
         self.mirrors
             .iter()
             .filter(|(_, prefix)| url.starts_with(prefix.as_str()))
@@ -525,6 +526,7 @@ impl Fetcher<'_> {
                 )
             })
             .unwrap_or_else(|| "point the artifact's `url` at a mirror in the manifests".into())
+            .into_boxed_str()
     }
 
     /// Puts artifact `name` into the store; `progress` gets (bytes so far, total if known).
@@ -631,7 +633,7 @@ impl Fetcher<'_> {
             let mut response = agent().get(url).call().map_err(|e| FetchError::Download {
                 name: name.into(),
                 url: redact_url(url),
-                cause: TransferError::Http(e),
+                cause: TransferError::Http(Box::new(e)),
                 overrides: self.overrides(url),
             })?;
             let total = response
@@ -697,13 +699,13 @@ impl Fetcher<'_> {
         let mut response = agent()
             .get(sums)
             .call()
-            .map_err(|e| download(TransferError::Http(e)))?;
+            .map_err(|e| download(TransferError::Http(Box::new(e))))?;
         response
             .body_mut()
             .with_config()
             .limit(16 << 20)
             .read_to_string()
-            .map_err(|e| download(TransferError::Http(e)))
+            .map_err(|e| download(TransferError::Http(Box::new(e))))
     }
 
     /// A local file (distdir, `file://`): copied by the kernel (`copy_file_range`, a reflink
@@ -780,7 +782,7 @@ impl Fetcher<'_> {
                     backoff(attempt);
                     continue;
                 }
-                Err(e) => return Err(fail(TransferError::Http(e))),
+                Err(e) => return Err(fail(TransferError::Http(Box::new(e)))),
             };
             let header = |h: &str| {
                 response
