@@ -68,7 +68,29 @@ pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
         std::os::unix::fs::symlink(target, root.join(link)).unwrap();
     }
     for tool in [
-        "bash", "find", "head", "cat", "env", "mkdir", "install", "grep", "chmod",
+        "bash",
+        "find",
+        "head",
+        "cat",
+        "env",
+        "mkdir",
+        "install",
+        "grep",
+        "chmod",
+        "rm",
+        "basename",
+        "dpkg-query",
+        "sed",
+        "dirname",
+        "mv",
+        "cp",
+        "ln",
+        "sort",
+        "chown",
+        "touch",
+        "tr",
+        "cut",
+        "stat",
     ] {
         let host = PathBuf::from(format!("/usr/bin/{tool}"));
         std::fs::copy(&host, root.join(format!("usr/bin/{tool}"))).unwrap();
@@ -92,6 +114,9 @@ pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
         &format!("#!/bin/bash\necho \"{package_tool} $*\" >> /var/lib/fake-{package_tool}.log\n"),
     );
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Enough of the user database for the finalise steps of a disk (`chown root:root`).
+    write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n");
+    write(root.join("etc/group"), "root:x:0:\n");
 }
 
 pub(crate) fn sha256(path: &Path) -> String {
@@ -557,9 +582,11 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
 /// remote cache, or the store outside the image's own tree; for the `file` and the `env`
 /// forms, and for a child layered on the image. The actions holding them build here and are
 /// neither uploaded nor taken from the cache (a second store builds them again while the
-/// base comes from the cache). Only the secret's presence is keyed, and an image holding
-/// one is not published to a public site unless the manifest allows it.
-/// CI cost: about 20 s (four fixture layers, one of them twice; no disk).
+/// base comes from the cache). Its disk is built too: the whole store, disk outputs and logs
+/// included, holds the secrets only inside the image (its trees and raw disk), and the disk's
+/// record names them. Only the secret's presence is keyed, and an image holding one is not
+/// published to a public site unless the manifest allows it.
+/// CI cost: about 20 s (four fixture layers, one of them twice, and one fixture disk).
 #[test]
 fn a_secret_input_reaches_the_build_and_nothing_else() {
     let f = Fixture::new();
@@ -696,6 +723,24 @@ fn a_secret_input_reaches_the_build_and_nothing_else() {
         .unwrap();
     assert!(in_cache.stdout.is_empty(), "{in_cache:?}");
 
+    // Its disk too: the outputs' record names the secrets the disk holds.
+    let disk = with_token(&f.env, &["build", "licensed", "--format", "json"]).ok();
+    let disk_key = disk.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "disk:licensed:amd64")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record =
+        std::fs::read_to_string(f.env.cache.path().join(format!("outputs/{disk_key}.json")))
+            .unwrap();
+    assert!(
+        record.contains("LICENSE_TOKEN") && record.contains("VGPU_DRIVER"),
+        "{record}"
+    );
     let tree = f.layer_tree("layer:licensed:amd64");
     assert_eq!(
         std::fs::read_to_string(tree.join("etc/licensed/token")).unwrap(),
@@ -721,6 +766,8 @@ fn a_secret_input_reaches_the_build_and_nothing_else() {
         assert!(
             hit.ends_with("/tree/etc/licensed/token")
                 || hit.ends_with("/tree/opt/driver.run")
+                // The disk image itself holds them, as its tree does.
+                || hit.ends_with("/Licensed.raw")
                 || (hit.contains("/artifacts/")
                     && std::fs::read_to_string(hit).unwrap() == driver_bytes),
             "a secret found in {hit}"
