@@ -91,6 +91,7 @@ pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
         "tr",
         "cut",
         "stat",
+        "mktemp",
     ] {
         let host = PathBuf::from(format!("/usr/bin/{tool}"));
         std::fs::copy(&host, root.join(format!("usr/bin/{tool}"))).unwrap();
@@ -405,6 +406,48 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
     std::fs::remove_file(f.served.join("cc-snapshot/cc-snapshot")).unwrap();
     f.ccb(&["build", "snap", "--until", "layer", "--force", "snap"])
         .ok();
+}
+
+/// A vendor repository apt cannot fetch fails where it is added, naming the variable that
+/// points it at a mirror: the real `05-cc-rocm-repo` of cc-ubuntu24.04-rocm, run in a fixture
+/// root whose apt-get fails `update` as it does when the repository is unreachable.
+/// CI cost: about 5 s (one fixture base and a failing layer).
+#[test]
+fn an_unreachable_vendor_repository_names_its_override_variable() {
+    let f = Fixture::new();
+    let el = f.project.join("elements/rocm-repo");
+    write(el.join("README.rst"), "rocm-repo\n");
+    std::fs::create_dir_all(el.join("pre-install.d")).unwrap();
+    std::fs::copy(
+        repo().join("elements/cc-ubuntu24.04-rocm/pre-install.d/05-cc-rocm-repo"),
+        el.join("pre-install.d/05-cc-rocm-repo"),
+    )
+    .unwrap();
+    // apt-get as it ends when a source cannot be fetched and the script asked to be told
+    // (Error-Mode=any): exit 100. install-packages' own update passes. apt's directories, as
+    // a real Ubuntu root has them.
+    script(
+        el.join("pre-install.d/01-unreachable-apt"),
+        "#!/bin/bash\nset -eu\nmkdir -p /etc/apt/sources.list.d /etc/apt/preferences.d\nprintf '#!/bin/bash\\ncase \" $* \" in *Error-Mode=any*\" update \"*) echo \"E: Failed to fetch\" >&2; exit 100;; esac\\n' > /usr/bin/apt-get\nchmod +x /usr/bin/apt-get\n",
+    );
+    let key = f.project.join("private/rocm.gpg");
+    write(&key, "binary key");
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ rocm-key = {{ url = \"file://{}\", sha256 = \"{}\" }} }}\n",
+            key.display(),
+            sha256(&key)
+        ),
+    );
+    f.images_with(
+        &sha256(&f.served.join("centos/rootfs.tar.gz")),
+        "  rocm = { name = \"Rocm\", from = \"fake-ubuntu\", elements = [\"rocm-repo\"], artifacts = { CC_ROCM_KEY = \"rocm-key\" }, env = { CC_ROCM_REPO_URL = \"http://127.0.0.1:9/rocm\", CC_AMDGPU_REPO_URL = \"http://127.0.0.1:9/amdgpu\" } },\n",
+    );
+    f.ccb(&["build", "rocm", "--until", "layer"])
+        .fails()
+        .stderr_has("apt-get update failed for AMD's repositories")
+        .stderr_has("set CC_ROCM_REPO_URL and CC_AMDGPU_REPO_URL");
 }
 
 /// Ubuntu 22.04's base: the jammy cloud image from the same server (its own name and
