@@ -568,6 +568,7 @@ mod tests {
             sha256: LATEST.into(),
             sums: None,
             description: None,
+            secret: false,
             arch: None,
         }
     }
@@ -645,6 +646,7 @@ mod tests {
             distdirs: vec![],
             offline: true,
             swift: None,
+            mirrors: vec![],
         };
         let names = m.pins.unpinned.clone();
         let err = pin_new(&mut m, &names, &fetcher, true).unwrap_err();

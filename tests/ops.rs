@@ -163,6 +163,7 @@ fn a_bios_boot_of_an_arm64_image_is_refused_before_anything_is_built() {
     let req = TestRequest {
         firmwares: vec![ccb::bootcheck::Firmware::Bios],
         buses: vec![ccb::bootcheck::DiskBus::Virtio],
+        paired: vec![],
         timeout: std::time::Duration::from_secs(1),
     };
     let err =

@@ -18,9 +18,13 @@ fn plan_text(plan: &PlanReport, all_reasons: bool) -> String {
     let mut out = String::new();
     for a in &plan.actions {
         let key = short(&a.key, KEY_WIDTH);
+        let secret = a
+            .not_shared
+            .map(|why| format!(" ({why})"))
+            .unwrap_or_default();
         match &a.status {
             Status::Cached { remote } => out.push_str(&format!(
-                "{:width$}  {key}  cached{}\n",
+                "{:width$}  {key}  cached{}{secret}\n",
                 a.id,
                 if *remote { " (remote)" } else { "" }
             )),
@@ -38,6 +42,7 @@ fn plan_text(plan: &PlanReport, all_reasons: bool) -> String {
                 if reasons.len() > shown {
                     out.push_str(&format!("; and {} more (-v)", reasons.len() - shown));
                 }
+                out.push_str(&secret);
                 out.push('\n');
             }
         }

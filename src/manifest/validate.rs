@@ -371,6 +371,16 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
     secrets.extend(img.secrets.clone());
     let public_with_secrets =
         img.public_with_secrets || parent.is_some_and(|p| p.public_with_secrets);
+    let mut secret_artifacts = parent
+        .map(|p| p.secret_artifacts.clone())
+        .unwrap_or_default();
+    secret_artifacts.extend(
+        img.artifacts
+            .iter()
+            .chain(&img.base_artifacts)
+            .filter(|(_, name)| model.artifact_is_secret(name))
+            .map(|(var, _)| var.clone()),
+    );
     let inherit = |own: &Option<String>, pick: fn(&Provenance) -> &Option<String>| {
         own.clone()
             .or_else(|| parent.and_then(|p| pick(&p.provenance).clone()))
@@ -442,6 +452,7 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
         env,
         artifacts,
         base_artifacts: img.base_artifacts.clone(),
+        secret_artifacts,
         secrets,
         public_with_secrets,
         formats,
@@ -553,6 +564,7 @@ fn split_per_arch(model: &mut Model) -> Result<(), ManifestError> {
                     sha256: src.sha256.clone().unwrap_or_else(|| art.sha256.clone()),
                     sums: src.sums.clone(),
                     description: art.description.as_ref().map(|d| format!("{d} ({arch})")),
+                    secret: art.secret,
                     arch: None,
                 },
             );

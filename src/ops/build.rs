@@ -120,6 +120,10 @@ pub struct ActionReport {
     /// The remote builder that built it (`ssh://user@host[:port]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<String>,
+    /// Why the action was kept off the remote cache and builders (`holds a secret: not
+    /// shared`), when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_shared: Option<&'static str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub built: Option<BuiltInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -285,6 +289,9 @@ pub struct PlanRow {
     pub key: String,
     pub deps: Vec<String>,
     pub status: Status,
+    /// Why the action never goes to a remote cache or builder (it holds a secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_shared: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,6 +319,7 @@ impl PlanReport {
                 key: a.key.clone(),
                 deps: a.deps.clone(),
                 status,
+                not_shared: a.secret.then_some(crate::graph::NOT_SHARED),
             })
             .collect();
         let to_run = actions
@@ -350,9 +358,13 @@ fn check_arches(
         .filter(|(act, s)| {
             matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
         })
+        // Sent to a remote builder (unless native here, or holding a secret: then built here).
+        .filter(|(act, _)| {
+            act.arch.is_some_and(|arch| {
+                act.secret || !remote.contains(&arch) || crate::manifest::Arch::host() == Some(arch)
+            })
+        })
         .filter_map(|(act, _)| act.arch)
-        // Sent to a remote builder (unless native here: then built here as usual).
-        .filter(|arch| !remote.contains(arch) || crate::manifest::Arch::host() == Some(*arch))
         .collect();
     let mut skipped = BTreeSet::new();
     for arch in foreign {
@@ -650,6 +662,8 @@ fn action_reports(
                 (status == "cached" && served).then_some("remote")
             },
             builder: builders.and_then(|b| b.built_by(&act.id)),
+            not_shared: (act.secret && (remote.is_some() || builders.is_some()))
+                .then_some(graph::NOT_SHARED),
             built: None,
             error: None,
             blame: None,
@@ -806,7 +820,12 @@ fn run_one(
             crate::fault::point(&format!("{}.record", action.kind.as_str()));
             graph::record_build(store, action, built.duration, &built.steps, &built.tree)?;
             crate::fault::point(&format!("{}.recorded", action.kind.as_str()));
-            progress.finished(&action.id, "built", Some(built.duration));
+            let verb = if action.secret && remote.is_some() {
+                format!("built ({})", graph::NOT_SHARED)
+            } else {
+                "built".to_string()
+            };
+            progress.finished(&action.id, &verb, Some(built.duration));
             share(remote, store, action, progress);
             Ok(Some(built))
         }
@@ -1075,6 +1094,7 @@ mod tests {
                 status: if b.is_some() { "failed" } else { "built" },
                 from: None,
                 builder: None,
+                not_shared: None,
                 built: None,
                 error: b.map(|_| "it failed".to_string()),
                 blame: *b,

@@ -164,11 +164,103 @@ fn image_in(dir: &Path, name: &str, formats: &[&str]) -> Result<ImageFiles, Comm
 }
 
 /// An image to publish and whether it may go to sites that are not bare metal.
+/// What a publish request's words select: the targets to plan (a wildcard without the images
+/// no chosen site may receive) and the images named explicitly.
+struct Selection {
+    targets: Vec<String>,
+    named: std::collections::BTreeSet<String>,
+}
+
 struct Candidate {
     image: ImageFiles,
     baremetal_only: bool,
     /// The manifests' image, when the candidate is one (its secrets guard public sites).
     key: Option<String>,
+    /// The secrets its built disk holds (the store's record of the build), beside those its
+    /// manifest declares.
+    built_secrets: Vec<String>,
+    /// Named on the command line (not through a wildcard): refusing it is an error, not a note.
+    explicit: bool,
+}
+
+impl Candidate {
+    /// Why this image may not go to `site` (a public site, and it holds a secret the manifest
+    /// does not allow there), from its manifest and from what its build recorded.
+    fn refusal(&self, model: &Model, site: &Site) -> Option<String> {
+        self.refusal_with(self.key.as_deref().and_then(|k| model.images.get(k)), site)
+    }
+
+    fn refusal_with(&self, image: Option<&crate::manifest::Image>, site: &Site) -> Option<String> {
+        if let Some(image) = image {
+            if let Some(r) = publish::secrets_refusal(image, site) {
+                return Some(r);
+            }
+            if image.public_with_secrets {
+                return None;
+            }
+        }
+        (site.public && !self.built_secrets.is_empty()).then(|| {
+            format!(
+                "image `{}` was built holding secret inputs ({}) and {} is public: not \
+                 published there (publish it to a private site (`public = false`), or set \
+                 `public_with_secrets = true` on the image to allow it)",
+                self.image.name,
+                self.built_secrets.join(", "),
+                site.name
+            )
+        })
+    }
+}
+
+/// A wildcard (`//images:all`, `//...`) leaves out, as Bazel's does with a target tagged
+/// `manual`, an image holding secrets that none of the chosen sites may receive: it is not
+/// built for nothing, and the notes name it. Named explicitly, it stays (and is refused with
+/// the reason). Returns the words to plan (each wildcard replaced by the images it keeps).
+fn without_unpublishable(
+    model: &Model,
+    words: &[String],
+    site_keys: &[String],
+    shell: &Shell,
+) -> Vec<String> {
+    let wildcard = words.is_empty() || words.iter().any(|w| crate::label::is_wildcard(w));
+    if !wildcard {
+        return words.to_vec();
+    }
+    let named = crate::label::named_images(model, words);
+    let refused_everywhere = |image: &crate::manifest::Image| {
+        !site_keys.is_empty()
+            && site_keys
+                .iter()
+                .filter_map(|k| model.sites.get(k))
+                .all(|site| publish::secrets_refusal(image, site).is_some())
+    };
+    let left_out: Vec<&crate::manifest::Image> = model
+        .images
+        .values()
+        .filter(|i| !named.contains(&i.key) && refused_everywhere(i))
+        .collect();
+    if left_out.is_empty() {
+        return words.to_vec();
+    }
+    for image in &left_out {
+        shell.status(&format!(
+            "{}: left out of the wildcard (holds secret inputs ({}) and the sites are public; \
+             name it to be told why, or publish it to a private site)",
+            image.key,
+            image.secret_names().join(", ")
+        ));
+    }
+    let kept = model
+        .images
+        .keys()
+        .filter(|k| !left_out.iter().any(|i| &i.key == *k))
+        .map(|k| format!("//images:{k}"));
+    words
+        .iter()
+        .filter(|w| !crate::label::is_wildcard(w))
+        .cloned()
+        .chain(kept)
+        .collect()
 }
 
 /// Images built elsewhere, by published name.
@@ -197,6 +289,8 @@ fn candidates_in(
             Ok(Candidate {
                 image: image_in(dir, name, &ALL)?,
                 baremetal_only,
+                built_secrets: vec![],
+                explicit: true,
                 key: model
                     .images
                     .values()
@@ -233,15 +327,34 @@ pub fn publish(
             .collect::<Result<_, _>>()
             .map_err(site_error)?
     };
+    let selection = Selection {
+        targets: match &req.outputs {
+            Some(_) => req.targets.clone(),
+            None => without_unpublishable(&model, &req.targets, &site_keys, shell),
+        },
+        named: crate::label::named_images(&model, &req.targets),
+    };
+    // An image named explicitly that a chosen site may not receive is refused before anything
+    // is built for it.
+    for image in selection.named.iter().filter_map(|k| model.images.get(k)) {
+        if let Some(refusal) = site_keys
+            .iter()
+            .filter_map(|k| model.sites.get(k))
+            .find_map(|site| publish::secrets_refusal(image, site))
+        {
+            return Err(CommandError::msg(refusal));
+        }
+    }
     let (candidates, build, model) = match &req.outputs {
         Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
         None if req.dry_run => {
-            let (candidates, model) = candidates_in_store(model, store, opts, req, shell)?;
+            let (candidates, model) =
+                candidates_in_store(model, store, opts, &selection, req, shell)?;
             (candidates, None, model)
         }
         None => {
             let (candidates, build, model) =
-                candidates_built(model, store, opts, req, shell, observer)?;
+                candidates_built(model, store, opts, &selection, req, shell, observer)?;
             (candidates, Some(build), model)
         }
     };
@@ -278,11 +391,12 @@ fn candidates_in_store(
     model: Model,
     store: &Store,
     opts: &SessionOptions,
+    selection: &Selection,
     req: &PublishRequest,
     shell: &Shell,
 ) -> Result<(Vec<Candidate>, Model), CommandError> {
     let session = Session::open(model, store, opts, shell)?;
-    let planned = session.plan(&req.targets, &req.arch)?;
+    let planned = session.plan(&selection.targets, &req.arch)?;
     let mut out = Vec::new();
     for t in &planned.targets {
         let image = &session.model.images[&t.image];
@@ -291,8 +405,8 @@ fn candidates_in_store(
             .actions_of(t)
             .into_iter()
             .find(|a| a.kind == crate::graph::Kind::Disk);
-        match disk.filter(|d| store.outputs_meta(&d.key).is_some()) {
-            Some(d) => {
+        match disk.and_then(|d| Some((d, store.outputs_meta(&d.key)?))) {
+            Some((d, meta)) => {
                 let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
                 out.push(Candidate {
                     image: image_in(
@@ -302,6 +416,8 @@ fn candidates_in_store(
                     )?,
                     baremetal_only: image.baremetal_only_for(t.arch),
                     key: Some(image.key.clone()),
+                    built_secrets: meta.secrets,
+                    explicit: selection.named.contains(&image.key),
                 });
             }
             None => shell.status(&format!(
@@ -318,12 +434,13 @@ fn candidates_built(
     model: Model,
     store: &Store,
     opts: &SessionOptions,
+    selection: &Selection,
     req: &PublishRequest,
     shell: &Shell,
     observer: &mut dyn PublishObserver,
 ) -> Result<(Vec<Candidate>, BuildReport, Model), CommandError> {
     let mut session = Session::open(model, store, opts, shell)?;
-    let planned = session.plan_to_build(&req.targets, &req.arch, shell)?;
+    let planned = session.plan_to_build(&selection.targets, &req.arch, shell)?;
     let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
     observer.built(&build);
     build.ok()?;
@@ -335,6 +452,11 @@ fn candidates_built(
             image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
             baremetal_only: image.baremetal_only_for(d.target.arch),
             key: Some(image.key.clone()),
+            built_secrets: store
+                .outputs_meta(&d.key)
+                .map(|m| m.secrets)
+                .unwrap_or_default(),
+            explicit: selection.named.contains(&image.key),
         });
     }
     Ok((out, build, session.model))
@@ -363,10 +485,29 @@ impl SiteRun<'_> {
     ) -> Result<(), CommandError> {
         let (model, req, shell) = (self.model, self.req, self.shell);
         let site: &Site = &model.sites[key];
-        let wanted: Vec<&Candidate> = candidates
+        let mut wanted: Vec<&Candidate> = candidates
             .iter()
             .filter(|c| site.baremetal || !c.baremetal_only)
             .collect();
+        // Decided from the manifests and from what the build recorded: a disk that holds a
+        // secret is refused on a public site whatever the manifests say today.
+        for c in &wanted {
+            if let Some(refusal) = c.refusal(model, site)
+                && c.explicit
+            {
+                return Err(CommandError::msg(refusal));
+            }
+        }
+        wanted.retain(|c| match c.refusal(model, site) {
+            Some(refusal) => {
+                shell.status(&format!(
+                    "{}: left out of {}: {refusal}",
+                    c.image.name, site.name
+                ));
+                false
+            }
+            None => true,
+        });
         for c in candidates
             .iter()
             .filter(|c| !site.baremetal && c.baremetal_only)
@@ -378,12 +519,6 @@ impl SiteRun<'_> {
         }
         if wanted.is_empty() {
             return Ok(());
-        }
-        if let Some(refusal) = wanted.iter().find_map(|c| {
-            let image = model.images.get(c.key.as_deref()?)?;
-            publish::secrets_refusal(image, site)
-        }) {
-            return Err(CommandError::msg(refusal));
         }
         let opened = sites::open_site(model, key, site, &req.swift).and_then(|store| {
             if site.kind == SiteKind::Swift && site.public && !req.no_public_check {
@@ -489,5 +624,55 @@ impl SiteRun<'_> {
             }
         }
         row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(public: bool) -> Site {
+        Site {
+            name: "Open".into(),
+            baremetal: true,
+            formats: vec![crate::manifest::Format::Qcow2],
+            kind: SiteKind::Local,
+            cloud: None,
+            container: "c".into(),
+            region: None,
+            path: Some("pub".into()),
+            public,
+        }
+    }
+
+    #[test]
+    fn a_disk_built_holding_a_secret_is_refused_on_a_public_site_whatever_the_manifests_say() {
+        let built = |secrets: &[&str]| Candidate {
+            image: ImageFiles {
+                name: "Licensed".into(),
+                files: vec![],
+                manifest: vec![],
+                sbom: None,
+            },
+            baremetal_only: false,
+            key: None,
+            built_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            explicit: true,
+        };
+        // The manifests no longer declare the secret (or the image is gone): the build's
+        // record still does.
+        let refusal = built(&["LICENSE_TOKEN"])
+            .refusal_with(None, &site(true))
+            .unwrap();
+        assert!(
+            refusal.contains("built holding secret inputs (LICENSE_TOKEN)"),
+            "{refusal}"
+        );
+        assert!(
+            built(&["LICENSE_TOKEN"])
+                .refusal_with(None, &site(false))
+                .is_none()
+        );
+        assert!(built(&[]).refusal_with(None, &site(true)).is_none());
     }
 }

@@ -19,6 +19,9 @@ pub struct TestRequest {
     pub firmwares: Vec<Firmware>,
     /// The buses the disk is attached to: one boot per firmware and bus.
     pub buses: Vec<DiskBus>,
+    /// Boots asked for as firmware and bus together (`--disk uefi:nvme --disk bios:sata`):
+    /// exactly these, instead of every firmware with every bus.
+    pub paired: Vec<(Firmware, DiskBus)>,
     /// How long a boot may take, checks included.
     pub timeout: Duration,
 }
@@ -116,9 +119,18 @@ pub fn test(
         let mut kvm = bootcheck::kvm_for(t.arch, amd64_kvm);
         let (name, image, format) = disk_file(store, disk)?;
         let checks = checks_of(session, planned, t);
-        let boots = firmwares
-            .iter()
-            .flat_map(|&firmware| req.buses.iter().map(move |&disk| (firmware, disk)));
+        let boots: Vec<(Firmware, DiskBus)> = if req.paired.is_empty() {
+            firmwares
+                .iter()
+                .flat_map(|&firmware| req.buses.iter().map(move |&disk| (firmware, disk)))
+                .collect()
+        } else {
+            req.paired
+                .iter()
+                .filter(|(fw, _)| firmwares.contains(fw))
+                .copied()
+                .collect()
+        };
         for (firmware, bus) in boots {
             let plan = BootPlan {
                 arch: t.arch,

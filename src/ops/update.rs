@@ -80,6 +80,7 @@ pub fn update(
         distdirs: vec![],
         offline: req.offline,
         swift: None,
+        mirrors: crate::fetch::mirror_variables(&model.root),
     };
     let updated = lock::update(model, old, &names, &fetcher, &mut |m| shell.status(m))?;
     let up_to_date = updated.new == updated.old;

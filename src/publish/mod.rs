@@ -1125,10 +1125,11 @@ pub fn secrets_refusal(
     if !site.public || !image.holds_secrets() || image.public_with_secrets {
         return None;
     }
-    let names: Vec<&str> = image.secrets.keys().map(String::as_str).collect();
+    let names = image.secret_names();
     Some(format!(
         "image `{}` holds secret inputs ({}) and {} is public: not published there \
-         (set `public_with_secrets = true` on the image to allow it)",
+         (publish it to a private site (`public = false`), or set \
+         `public_with_secrets = true` on the image to allow it)",
         image.key,
         names.join(", "),
         site.name
