@@ -473,7 +473,7 @@ impl SpecFor<'_, '_> {
             env_files: env_file_names(&self.resolved.view),
             phases: vec![],
             pkg_maps: BTreeMap::new(),
-            downloads: ctx.store.path("downloads"),
+            downloads: ctx.store.path(crate::store::Layout::DOWNLOADS),
             package_cache,
             log: ctx.store.log_path(&self.action.key),
             stream_output: ctx.stream_output,

@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn a_full_disk_deep_in_a_chain_is_an_environment_error_with_what_to_do() {
         let e = CommandError::from_diag(Write {
-            path: "layers/x".into(),
+            path: crate::store::Layout::layer_dir("x"),
             source: std::io::Error::from_raw_os_error(libc::ENOSPC),
         });
         assert_eq!(e.kind, ErrorKind::Environment);

@@ -23,7 +23,7 @@ use super::{CommandError, Session, SessionOptions};
 use crate::graph::{self, Action, Kind};
 use crate::inspect::fs::{FileKind, Filesystem};
 use crate::inspect::{ReadAt, disk, image};
-use crate::store::Store;
+use crate::store::{Layout, Store};
 use crate::ui::Shell;
 
 /// Differing files listed per action; the count covers them all.
@@ -130,13 +130,13 @@ impl Scratch {
     /// A new store under `store`'s `tmp/`, with hard links to what was fetched (the same
     /// filesystem, so no byte is copied).
     fn new(store: &Store) -> Result<Self, CommandError> {
-        let root = store.path(&format!("tmp/verify-{}", std::process::id()));
+        let root = store.path(&Layout::scratch(&format!("verify-{}", std::process::id())));
         let _ = crate::store::remove_tree(&root);
         crate::fsutil::create_dir_all(&root)?;
         let scratch = Self {
             store: Store::at(root),
         };
-        for dir in ["artifacts", "sources", "downloads"] {
+        for dir in Layout::FETCHED {
             let src = store.path(dir);
             if !src.is_dir() {
                 continue;
@@ -215,7 +215,7 @@ pub fn verify(
     let out = req
         .keep
         .clone()
-        .unwrap_or_else(|| scratch.store.path("out"));
+        .unwrap_or_else(|| scratch.store.path(Layout::SCRATCH_OUTPUTS));
     let build_req = BuildRequest {
         until: Stage::Disk,
         jobs: req.jobs,

@@ -376,7 +376,7 @@ impl Remote {
             )));
         }
         let dest = crate::fetch::store_path(store, &sha);
-        let dir = dest.parent().expect("artifacts/ has a parent");
+        let dir = dest.parent().expect("an artifact's path has a parent");
         crate::fsutil::create_dir_all(dir)?;
         // `.fetch-` files are what `ccb cache gc` removes after a killed download.
         let mut tmp = tempfile::Builder::new()

@@ -179,7 +179,7 @@ impl Store {
 
     /// Working directories of `key` left by a process that died (call with the key's lock held).
     pub fn remove_stale_work(&self, key: &str) -> Result<(), StoreError> {
-        let Ok(entries) = std::fs::read_dir(self.path("tmp")) else {
+        let Ok(entries) = std::fs::read_dir(self.path(Layout::TMP)) else {
             return Ok(());
         };
         for e in entries.filter_map(Result::ok) {
@@ -337,6 +337,6 @@ impl Store {
             std::fs::rename(dir, &dest).map_err(|e| FsError::new("commit outputs to", &dest, e))?;
         }
         crate::fault::point("store.outputs-unrecorded");
-        self.write_json(&format!("outputs/{}.json", meta.key), meta)
+        self.write_json(&Layout::outputs_record(&meta.key), meta)
     }
 }
