@@ -277,6 +277,59 @@ pub fn plan<'g>(planned: &'g Planned, store: &Store, until: Stage) -> Vec<(&'g A
         .collect()
 }
 
+/// The foreign arches whose root filesystems the plan runs on this host (not on a builder,
+/// unless native here), each with what the host can do about it.
+fn foreign_arches(
+    plan: &[(&Action, Status)],
+    remote: &BTreeSet<Arch>,
+) -> Vec<(Arch, crate::doctor::ArchReport)> {
+    let foreign: BTreeSet<Arch> = plan
+        .iter()
+        .filter(|(act, s)| {
+            matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
+        })
+        .filter_map(|(act, _)| act.arch)
+        // Sent to a remote builder (unless native here: then built here as usual).
+        .filter(|arch| !remote.contains(arch) || crate::manifest::Arch::host() == Some(*arch))
+        .collect();
+    foreign
+        .into_iter()
+        .map(|arch| (arch, crate::doctor::arch_report(arch)))
+        .collect()
+}
+
+/// The refusal of an arch asked for by name that this host cannot build.
+fn cannot_build(report: &crate::doctor::ArchReport) -> CommandError {
+    CommandError::environment(
+        crate::doctor::cannot_build(report),
+        "run `ccb doctor` for the command that registers the emulation, or build another --arch",
+    )
+}
+
+/// Whether an arch asked for by name may be refused: this host cannot run its code and no
+/// builder is configured for it. Cheap (no plan), so the pre-pin check runs only then.
+pub(super) fn may_refuse(named: &BTreeSet<Arch>, remote: &BTreeSet<Arch>) -> bool {
+    named.iter().any(|arch| {
+        !remote.contains(arch)
+            && crate::doctor::arch_report(*arch).mode == crate::doctor::ArchMode::Missing
+    })
+}
+
+/// Refuses an arch asked for by name whose root filesystems the plan would run on a host
+/// that cannot run its code; says nothing otherwise (the warnings are [`check_arches`]'s).
+pub(super) fn refuse_unbuildable(
+    plan: &[(&Action, Status)],
+    named: &BTreeSet<Arch>,
+    remote: &BTreeSet<Arch>,
+) -> Result<(), CommandError> {
+    for (arch, report) in foreign_arches(plan, remote) {
+        if report.mode == crate::doctor::ArchMode::Missing && named.contains(&arch) {
+            return Err(cannot_build(&report));
+        }
+    }
+    Ok(())
+}
+
 /// Foreign architectures: emulated (slowly) when qemu-user is registered. An arch the host
 /// cannot build is refused before anything runs when it was asked for by name, and left out
 /// (with a warning) when it only came with `//...` or an image's arch list. Returns the arches
@@ -287,18 +340,8 @@ fn check_arches(
     remote: &BTreeSet<Arch>,
     shell: &Shell,
 ) -> Result<BTreeSet<Arch>, CommandError> {
-    let foreign: BTreeSet<Arch> = plan
-        .iter()
-        .filter(|(act, s)| {
-            matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
-        })
-        .filter_map(|(act, _)| act.arch)
-        // Sent to a remote builder (unless native here: then built here as usual).
-        .filter(|arch| !remote.contains(arch) || crate::manifest::Arch::host() == Some(*arch))
-        .collect();
     let mut skipped = BTreeSet::new();
-    for arch in foreign {
-        let report = crate::doctor::arch_report(arch);
+    for (arch, report) in foreign_arches(plan, remote) {
         match report.mode {
             crate::doctor::ArchMode::Native => {}
             crate::doctor::ArchMode::Emulated => shell.warn(&format!(
@@ -307,11 +350,7 @@ fn check_arches(
                 report.handler.as_deref().unwrap_or("qemu-user")
             )),
             crate::doctor::ArchMode::Missing if named.contains(&arch) => {
-                return Err(CommandError::environment(
-                    crate::doctor::cannot_build(&report),
-                    "run `ccb doctor` for the command that registers the emulation, or build \
-                     another --arch",
-                ));
+                return Err(cannot_build(&report));
             }
             crate::doctor::ArchMode::Missing => {
                 shell.warn(&format!(
@@ -338,6 +377,14 @@ pub fn build(
     let model = &session.model;
     let graph = &planned.graph;
     let mut plan = plan(planned, store, req.until);
+    // Before the remote cache or a builder is opened: an arch this host cannot build fails
+    // here having touched nothing.
+    let remote_arches = crate::remote::builder::Builders::configured_arches(
+        model.project.builders.as_ref(),
+        &session.remote,
+    );
+    let skipped = check_arches(&plan, &planned.named_arches, &remote_arches, shell)?;
+    plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
     let remote = open_remote(session, shell)?;
     let remote = remote.as_ref();
     let builders = crate::remote::builder::Builders::open(
@@ -349,9 +396,6 @@ pub fn build(
     )
     .map_err(CommandError::from_diag)?;
     let builders = builders.as_ref();
-    let remote_arches = builders.map(|b| b.arches()).unwrap_or_default();
-    let skipped = check_arches(&plan, &planned.named_arches, &remote_arches, shell)?;
-    plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
 
     let forced: BTreeSet<String> = if req.force.is_empty() {
         BTreeSet::new()

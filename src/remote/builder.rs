@@ -218,6 +218,24 @@ pub struct Builders {
 }
 
 impl Builders {
+    /// The arches builders serve, from the settings alone (nothing is opened or parsed): what
+    /// the arch check needs before anything is pinned, downloaded or connected to. The same
+    /// set [`Builders::arches`] has once [`Builders::open`] succeeds.
+    pub fn configured_arches(
+        settings: Option<&Settings>,
+        choice: &super::Choice,
+    ) -> BTreeSet<Arch> {
+        if choice.no_builders {
+            return BTreeSet::new();
+        }
+        settings
+            .into_iter()
+            .flatten()
+            .filter(|(_, urls)| !urls.is_empty())
+            .map(|(arch, _)| *arch)
+            .collect()
+    }
+
     /// The builders this build may use: none without a setting or with `--no-remote-builders`.
     /// They return results through the remote cache, so they need one.
     pub fn open(
