@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{ActionSpec, Place, SpecKind, Step};
-use super::tree::{self, TreeError};
+use super::tree::TreeError;
 use super::{BuildContext, BuildError};
 use crate::graph::{Action, ActionId};
 use crate::keydoc::{hash_bytes, hash_list, hash_map, hash_str};
@@ -340,9 +340,9 @@ pub fn collect(
             continue;
         };
         let tree_dir = dir.join(i.to_string()).join("tree");
-        let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
+        let summary = crate::store::summarize(&tree_dir).map_err(|source| BuildError::Tree {
             id: action.id.clone(),
-            source,
+            source: source.into(),
         })?;
         let id = match (&action.image, action.arch) {
             (Some(image), Some(arch)) => CheckpointId {

@@ -256,7 +256,7 @@ pub struct Built {
     /// Commands the steps called that do not exist.
     pub warnings: Vec<dib::MissingCommand>,
     pub duration: Duration,
-    pub tree: tree::TreeSummary,
+    pub tree: crate::store::TreeSummary,
 }
 
 const LAYER_PHASES: [(&str, Place); 5] = [
@@ -334,7 +334,7 @@ fn run_fetch(
         steps: vec![],
         warnings: vec![],
         duration: started.elapsed(),
-        tree: tree::TreeSummary {
+        tree: crate::store::TreeSummary {
             digest: artifact.sha256.to_ascii_lowercase(),
             entries: 1,
             bytes,
@@ -1233,7 +1233,7 @@ fn commit_outputs(
     ctx: &BuildContext,
     action: &Action,
     spec: &ActionSpec,
-) -> Result<tree::TreeSummary, BuildError> {
+) -> Result<crate::store::TreeSummary, BuildError> {
     let out = spec.work.join("out");
     let mut files = Vec::new();
     for e in walkdir::WalkDir::new(&out).min_depth(1) {
@@ -1247,9 +1247,9 @@ fn commit_outputs(
         }
     }
     files.sort();
-    let summary = tree::summarize(&out).map_err(|source| BuildError::Tree {
+    let summary = crate::store::summarize(&out).map_err(|source| BuildError::Tree {
         id: action.id.clone(),
-        source,
+        source: source.into(),
     })?;
     let meta = crate::store::OutputsMeta {
         key: action.key.clone(),
@@ -1357,7 +1357,7 @@ fn commit(
     ctx: &BuildContext,
     action: &Action,
     spec: &ActionSpec,
-) -> Result<tree::TreeSummary, BuildError> {
+) -> Result<crate::store::TreeSummary, BuildError> {
     let (tree_dir, mode, lowers) = match (spec.kind, spec.overlay) {
         (SpecKind::Layer, true) => {
             let parent = ctx
@@ -1394,9 +1394,9 @@ fn commit(
             tree_dir.display()
         ),
     ))?;
-    let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
+    let summary = crate::store::summarize(&tree_dir).map_err(|source| BuildError::Tree {
         id: action.id.clone(),
-        source,
+        source: source.into(),
     })?;
     let meta = LayerMeta {
         key: action.key.clone(),

@@ -348,8 +348,7 @@ impl Remote {
             &self.counters,
             on_bytes,
         )?;
-        let got =
-            crate::action::tree::summarize(dir).map_err(|e| RemoteError::Write(e.to_string()))?;
+        let got = crate::store::summarize(dir).map_err(|e| RemoteError::Write(e.to_string()))?;
         if got.digest != digest {
             return Err(RemoteError::Corrupt(format!(
                 "the unpacked tree's digest is {}, it was built as {digest}",

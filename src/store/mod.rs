@@ -7,6 +7,7 @@
 
 mod checkpoint;
 mod layout;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::fsutil::{self, FsError};
 pub use checkpoint::{CheckpointChain, CheckpointMeta, MAX_CHECKPOINTS};
 pub use layout::Layout;
+pub use tree::summarize;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StoreError {
@@ -259,7 +261,7 @@ pub enum LayerMode {
     Diff,
 }
 
-/// What a tree holds, and a digest over all of it (made by `action::tree::summarize`;
+/// What a tree holds, and a digest over all of it (made by [`summarize`];
 /// kept in layer and checkpoint records).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TreeSummary {

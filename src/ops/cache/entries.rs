@@ -401,16 +401,14 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         if e.kind == "disk" {
             match (store.outputs_meta(&e.key), &record) {
                 (None, _) => problems.push("the disk outputs are missing".into()),
-                (Some(_), Some(r)) => {
-                    match crate::action::tree::summarize(&store.outputs_dir(&e.key)) {
-                        Err(err) => problems.push(format!("cannot read the outputs: {err}")),
-                        Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
-                            problems.push("the outputs changed since they were built".into());
-                            problems.push(set_aside(store, &e.key));
-                        }
-                        Ok(_) => {}
+                (Some(_), Some(r)) => match crate::store::summarize(&store.outputs_dir(&e.key)) {
+                    Err(err) => problems.push(format!("cannot read the outputs: {err}")),
+                    Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
+                        problems.push("the outputs changed since they were built".into());
+                        problems.push(set_aside(store, &e.key));
                     }
-                }
+                    Ok(_) => {}
+                },
                 (Some(_), None) => {}
             }
         } else if layer_dir.exists() {
@@ -501,7 +499,7 @@ fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
         }
     }
     let tree = store.checkpoint_dir(key).join("tree");
-    match crate::action::tree::summarize(&tree) {
+    match crate::store::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
         Ok(s) if s.digest != meta.tree.digest => {
             problems.push("the tree changed since it was made".into())
@@ -528,7 +526,7 @@ fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) -> b
         }
     }
     let tree = store.layer_dir(&meta.key).join("tree");
-    match crate::action::tree::summarize(&tree) {
+    match crate::store::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
         Ok(s) if s.digest != meta.tree.digest => {
             problems.push(format!(
