@@ -40,6 +40,14 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// Started, but waiting for it failed.
+    #[error("waiting for `{command}`")]
+    #[diagnostic(code(ccb::process::wait))]
+    Wait {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Ran and exited with a failure.
     #[error("`{command}` failed ({status}): {stderr}")]
     #[diagnostic(code(ccb::process::failed))]
@@ -231,6 +239,103 @@ impl Process {
                 command: self.command_line(),
                 source,
             })
+    }
+}
+
+/// A program started by [`Process::start`], with the command line its errors name. Its pipes
+/// are the caller's to take; [`Running::stop`] is the one way to end it early.
+pub struct Running {
+    pub child: Child,
+    command: String,
+}
+
+impl Process {
+    /// Starts it in a process group of its own (so that [`Running::stop`] reaches its
+    /// children), with its three streams as given.
+    pub fn start(
+        &self,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Running, ProcessError> {
+        use std::os::unix::process::CommandExt;
+        let child = self
+            .command()
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                command: self.command_line(),
+                source,
+            })?;
+        Ok(Running {
+            child,
+            command: self.command_line(),
+        })
+    }
+}
+
+impl Running {
+    /// Collects its piped stderr on a thread: a chatty program must not block on a full pipe.
+    pub fn drain_stderr(&mut self) -> std::thread::JoinHandle<Vec<u8>> {
+        let err = self.child.stderr.take();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut e) = err {
+                let _ = std::io::Read::read_to_end(&mut e, &mut buf);
+            }
+            buf
+        })
+    }
+
+    /// Waits for it to exit, whatever its status.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus, ProcessError> {
+        self.child.wait().map_err(|source| ProcessError::Wait {
+            command: self.command.clone(),
+            source,
+        })
+    }
+
+    /// Whether it has exited (reaped if so).
+    pub fn exited(&mut self) -> Result<bool, ProcessError> {
+        match self.child.try_wait() {
+            Ok(status) => Ok(status.is_some()),
+            Err(source) => Err(ProcessError::Wait {
+                command: self.command.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Waits for it with its piped stdout and stderr collected, whatever its status.
+    pub fn output(self) -> Result<Output, ProcessError> {
+        let command = self.command;
+        self.child
+            .wait_with_output()
+            .map_err(|source| ProcessError::Wait { command, source })
+    }
+
+    /// Waits for it; a failed exit is an error carrying the end of `stderr` (what
+    /// [`Running::drain_stderr`] collected).
+    pub fn finish(mut self, stderr: std::thread::JoinHandle<Vec<u8>>) -> Result<(), ProcessError> {
+        let status = self.wait()?;
+        let err = stderr.join().unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        Err(ProcessError::Failed {
+            command: self.command,
+            status,
+            stderr: crate::redact::text(&tail(&err, 8)),
+        })
+    }
+
+    /// Stops it: SIGTERM to its process group, up to `grace` for it to exit, then SIGKILL.
+    /// Reaps it.
+    pub fn stop(&mut self, grace: Duration) {
+        stop(&mut self.child, grace);
     }
 }
 

@@ -175,9 +175,14 @@ impl BuildError {
             }
             BuildError::Builder { source, .. } => {
                 use crate::remote::builder::BuilderError as B;
-                return match **source {
+                return match &**source {
+                    B::Ssh { source, .. } if source.is_missing_tool() => Blame::MissingTool,
+                    // A full disk while taking the result from the cache.
+                    B::Download { .. } if self.host_errno_in_chain() => Blame::Host,
                     B::Unreachable { .. } | B::Ssh { .. } | B::Download { .. } => Blame::Network,
-                    B::Failed { .. } | B::Bundle(_) => Blame::Input,
+                    B::Failed { .. } | B::SourceOutside { .. } | B::Corrupt { .. } => Blame::Input,
+                    B::Internal(_) | B::NoBuilder(_) => Blame::Bug,
+                    // The store, the project's files, a stream here: the host's.
                     _ => Blame::Host,
                 };
             }
@@ -186,6 +191,15 @@ impl BuildError {
             }
             _ => {}
         }
+        if self.host_errno_in_chain() {
+            return Blame::Host;
+        }
+        Blame::Input
+    }
+
+    /// Whether an OS error the host's operator fixes (a full disk, a permission) is in the
+    /// chain.
+    fn host_errno_in_chain(&self) -> bool {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cur {
             if let Some(errno) = e
@@ -193,11 +207,11 @@ impl BuildError {
                 .and_then(|io| io.raw_os_error())
                 && event::host_errno(errno)
             {
-                return Blame::Host;
+                return true;
             }
             cur = e.source();
         }
-        Blame::Input
+        false
     }
 
     /// The message with its whole chain of causes, each said once.

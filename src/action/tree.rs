@@ -17,8 +17,12 @@ pub enum TreeError {
         #[source]
         source: io::Error,
     },
-    #[error("`cp -a {}` failed: {detail}", from.display())]
-    Copy { from: PathBuf, detail: String },
+    #[error("copying `{}`", from.display())]
+    Copy {
+        from: PathBuf,
+        #[source]
+        source: crate::process::ProcessError,
+    },
 }
 
 impl From<crate::fsutil::FsError> for TreeError {
@@ -52,21 +56,17 @@ pub fn copy_contents(src: &Path, dst: &Path) -> Result<(), TreeError> {
 
 /// `cp -a --reflink=auto [extra] from to`, its failure named after `src`.
 pub fn cp_a(src: &Path, from: &Path, to: &Path, extra: &[&str]) -> Result<(), TreeError> {
-    let out = crate::process::Process::new("cp")
+    crate::process::Process::new("cp")
         .args(["-a", "--reflink=auto"])
         .args(extra)
         .arg(from)
         .arg(to)
         .env("LC_ALL", "C")
-        .command()
         .output()
-        .map_err(io_err("run cp for", src))?;
-    if !out.status.success() {
-        return Err(TreeError::Copy {
+        .map_err(|source| TreeError::Copy {
             from: src.to_path_buf(),
-            detail: crate::process::tail(&out.stderr, 8),
-        });
-    }
+            source,
+        })?;
     Ok(())
 }
 

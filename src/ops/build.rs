@@ -814,7 +814,7 @@ fn build_remotely(
         Err(e) => {
             let e = fail(crate::remote::builder::BuilderError::Download {
                 builder: builder.clone(),
-                detail: e.to_string(),
+                source: Box::new(e),
             });
             progress.block(&render_failure(&e, false));
             progress.finished(&action.id, "failed", Some(started.elapsed()));

@@ -354,9 +354,9 @@ fn url_subjects(
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
-                let f = file
-                    .reopen()
-                    .map_err(|e| CommandError::msg(e.to_string()))?;
+                let f = file.reopen().map_err(|e| {
+                    CommandError::from_diag(crate::fsutil::FsError::new("reopen", file.path(), e))
+                })?;
                 downloads.push(file);
                 (Arc::new(f), None)
             }

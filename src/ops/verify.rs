@@ -411,8 +411,9 @@ type Listing = BTreeMap<String, Entry>;
 /// Both sides' bytes of a path (for a text diff), where they can be read.
 type ReadBoth<'a> = &'a dyn Fn(&str) -> (Option<Vec<u8>>, Option<Vec<u8>>);
 
-fn io_error(what: String) -> impl FnOnce(std::io::Error) -> CommandError {
-    move |e| CommandError::msg(format!("{what}: {e}"))
+/// An I/O failure on a path, its kind kept (a full disk or a permission is the host's).
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CommandError {
+    move |e| CommandError::from_diag(crate::fsutil::FsError::new(action, path, e))
 }
 
 /// Every entry under a host directory (a layer's tree, a disk's outputs), files hashed in
@@ -420,25 +421,28 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> CommandError {
 fn host_listing(root: &Path, times: bool) -> Result<Listing, CommandError> {
     let mut paths = Vec::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-        let e = e.map_err(|e| CommandError::msg(format!("read {}: {e}", root.display())))?;
+        let e = e.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            match e.into_io_error() {
+                Some(io) => CommandError::from_diag(crate::fsutil::FsError::new("read", path, io)),
+                None => CommandError::msg(format!("read {}: a directory loop", path.display())),
+            }
+        })?;
         paths.push(e.into_path());
     }
     paths
         .par_iter()
         .map(|p| {
-            let m = p
-                .symlink_metadata()
-                .map_err(io_error(format!("stat {}", p.display())))?;
+            let m = p.symlink_metadata().map_err(io_error("stat", p))?;
             let ft = m.file_type();
             let (kind, content) = if ft.is_file() {
                 let mut h = blake3::Hasher::new();
-                h.update_mmap(p)
-                    .map_err(io_error(format!("read {}", p.display())))?;
+                h.update_mmap(p).map_err(io_error("read", p))?;
                 ("file", h.finalize().to_hex().to_string())
             } else if ft.is_dir() {
                 ("dir", String::new())
             } else if ft.is_symlink() {
-                let t = std::fs::read_link(p).map_err(io_error(format!("read {}", p.display())))?;
+                let t = std::fs::read_link(p).map_err(io_error("read", p))?;
                 ("symlink", t.display().to_string())
             } else {
                 ("other", format!("device {:x}", m.rdev()))
