@@ -308,7 +308,7 @@ fn distro_cache(distro: &str) -> Option<&'static str> {
 
 fn unsupported(action: &Action, what: &'static str) -> BuildError {
     BuildError::Unsupported {
-        id: action.id.clone(),
+        id: action.id.to_string(),
         what,
     }
 }
@@ -405,7 +405,7 @@ impl SpecFor<'_, '_> {
         for n in names {
             let el = self.dir_of(n)?;
             let map = packages::pkg_map(el, env).map_err(|source| BuildError::Element {
-                id: self.action.id.clone(),
+                id: self.action.id.to_string(),
                 source,
             })?;
             if !map.is_empty() {
@@ -475,7 +475,7 @@ impl SpecFor<'_, '_> {
             target: target.to_string(),
         });
         ActionSpec {
-            id: self.action.id.clone(),
+            id: self.action.id.to_string(),
             key: self.action.key.clone(),
             kind,
             arch: arch.as_str().into(),
@@ -576,7 +576,7 @@ impl SpecFor<'_, '_> {
         let resolved = self.resolved;
         let own_packages = packages::evaluate(own_dirs, &resolved.view.env).map_err(|source| {
             BuildError::Element {
-                id: self.action.id.clone(),
+                id: self.action.id.to_string(),
                 source,
             }
         })?;
@@ -696,7 +696,7 @@ impl SpecFor<'_, '_> {
         });
         for (var, src) in own_secrets {
             let bytes = src.read(&ctx.model.root).map_err(|e| BuildError::Input {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 problem: format!("secret `{var}` ({}): {e}", src.describe()),
             })?;
             let dir = work.join("secrets");
@@ -811,7 +811,7 @@ impl SpecFor<'_, '_> {
         let mut chain = Vec::new();
         let mut under = action.deps.first().cloned();
         while let Some(a) = under.as_deref().and_then(|id| ctx.graph.get(id)) {
-            chain.push((a.id.clone(), a.key.clone()));
+            chain.push((a.id.to_string(), a.key.clone()));
             under = (a.kind != Kind::Base)
                 .then(|| a.deps.first().cloned())
                 .flatten();
@@ -934,11 +934,11 @@ impl SpecFor<'_, '_> {
         };
         let defaults =
             layout::RootDefaults::from_env(env_view).map_err(|problem| BuildError::Input {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 problem,
             })?;
         layout::parse(&bd_name, &yaml, &defaults).map_err(|source| BuildError::Layout {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             source,
         })
     }
@@ -1093,7 +1093,7 @@ pub fn run_action(
         if result.is_ok() {
             result = checkpoint::merge_into_upper(store, &spec, &chain)
                 .map_err(|source| BuildError::Tree {
-                    id: action.id.clone(),
+                    id: action.id.to_string(),
                     source,
                 })
                 .and(result);
@@ -1189,7 +1189,7 @@ fn supervise(
         .map_err(BuildError::io(&action.id, "wait for the sandbox"))?;
     if cancelled {
         return Err(BuildError::Cancelled {
-            id: action.id.clone(),
+            id: action.id.to_string(),
         });
     }
     match status.code() {
@@ -1202,7 +1202,7 @@ fn supervise(
                 status,
                 tail,
             }) => Err(BuildError::StepFailed(Box::new(StepFailure {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 element,
                 phase,
                 script: name,
@@ -1219,11 +1219,11 @@ fn supervise(
             )),
         },
         Some(sandbox::EXIT_CANCELLED) => Err(BuildError::Cancelled {
-            id: action.id.clone(),
+            id: action.id.to_string(),
         }),
         other => match engine_error {
             Some(failure) => Err(BuildError::Sandbox {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 source: failure.into(),
                 log: Some(log),
             }),
@@ -1262,12 +1262,12 @@ fn commit_outputs(
     }
     files.sort();
     let summary = crate::store::summarize(&out).map_err(|source| BuildError::Tree {
-        id: action.id.clone(),
+        id: action.id.to_string(),
         source: source.into(),
     })?;
     let meta = crate::store::OutputsMeta {
         key: action.key.clone(),
-        id: action.id.clone(),
+        id: action.id.to_string(),
         name: spec
             .disk
             .as_ref()
@@ -1409,12 +1409,12 @@ fn commit(
         ),
     ))?;
     let summary = crate::store::summarize(&tree_dir).map_err(|source| BuildError::Tree {
-        id: action.id.clone(),
+        id: action.id.to_string(),
         source: source.into(),
     })?;
     let meta = LayerMeta {
         key: action.key.clone(),
-        id: action.id.clone(),
+        id: action.id.to_string(),
         mode,
         lowers,
         tree: summary.clone(),

@@ -14,7 +14,7 @@ use crate::action::event::Blame;
 use crate::action::event::{Event, StepRecord};
 use crate::action::{self, BuildContext, BuildError};
 use crate::exec::{self, Fate, JobEnd, Node};
-use crate::graph::{self, Action, Kind, Status};
+use crate::graph::{self, Action, ActionId, Kind, Status};
 use crate::label::Target;
 use crate::manifest::Arch;
 use crate::store::TreeSummary;
@@ -404,7 +404,7 @@ pub fn build(
         crate::label::resolve(model, &req.force, None)?
             .iter()
             .flat_map(|t| graph.actions_of(t))
-            .map(|act| act.id.clone())
+            .map(|act| act.id.to_string())
             .collect()
     };
 
@@ -483,7 +483,7 @@ pub fn build(
     for (act, _) in &plan {
         if act.kind == Kind::Disk
             && matches!(
-                fates.get(&act.id),
+                fates.get(act.id.as_str()),
                 Some(Fate::Ran(JobEnd::Built | JobEnd::Cached))
             )
         {
@@ -497,7 +497,7 @@ pub fn build(
                 shell.status(&format!("{}: {}", act.id, shown.join(", ")));
             }
             outputs.insert(
-                act.id.clone(),
+                act.id.to_string(),
                 files.iter().map(|f| f.display().to_string()).collect(),
             );
         }
@@ -510,7 +510,10 @@ pub fn build(
     };
     let mut actions = Vec::new();
     for (act, _) in &plan {
-        let fate = fates.get(&act.id).cloned().unwrap_or(Fate::NotStarted);
+        let fate = fates
+            .get(act.id.as_str())
+            .cloned()
+            .unwrap_or(Fate::NotStarted);
         let (status, counter) = match &fate {
             Fate::Ran(JobEnd::Cached) => ("cached", &mut summary.cached),
             Fate::Ran(JobEnd::Built) => ("built", &mut summary.built),
@@ -524,7 +527,7 @@ pub fn build(
             summary.remote += 1;
         }
         let mut row = ActionReport {
-            id: act.id.clone(),
+            id: act.id.to_string(),
             kind: act.kind,
             key: act.key.clone(),
             status,
@@ -540,9 +543,9 @@ pub fn build(
             blame: None,
             log: None,
             because: None,
-            outputs: outputs.remove(&act.id),
+            outputs: outputs.remove(act.id.as_str()),
         };
-        match results.remove(&act.id) {
+        match results.remove(act.id.as_str()) {
             Some(Ok(b)) => {
                 row.built = Some(BuiltInfo {
                     duration_ms: b.duration.as_millis() as u64,
@@ -616,8 +619,8 @@ fn built_disks(
 fn nodes(plan: &[(&Action, Status)], store: &Store) -> Vec<Node> {
     plan.iter()
         .map(|(act, _)| Node {
-            id: act.id.clone(),
-            deps: act.deps.clone(),
+            id: act.id.to_string(),
+            deps: act.deps.iter().map(ActionId::to_string).collect(),
             weight: store
                 .read_json::<graph::LastBuild>(&graph::last_record_name(&act.id))
                 .map(|l| l.duration_ms)
@@ -641,7 +644,7 @@ fn run_one(
     let store = bctx.store;
     if action.kind == Kind::Publish {
         let e = BuildError::Unsupported {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             what: "publish actions run under `ccb publish`",
         };
         progress.block(&format!("error: {e}"));
@@ -655,7 +658,7 @@ fn run_one(
                 Some(l) => l,
                 None => {
                     return Err(BuildError::Internal {
-                        id: action.id.clone(),
+                        id: action.id.to_string(),
                         what: "a blocking key lock returned none".into(),
                     });
                 }
@@ -734,10 +737,10 @@ fn build_remotely(
     let store = bctx.store;
     let fail = |e: crate::remote::builder::BuilderError| match e {
         crate::remote::builder::BuilderError::Cancelled { .. } => BuildError::Cancelled {
-            id: action.id.clone(),
+            id: action.id.to_string(),
         },
         e => BuildError::Builder {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             source: Box::new(e),
         },
     };
@@ -871,7 +874,7 @@ fn disks_first(
     let disks: Vec<&Action> = plan
         .iter()
         .filter(|(a, s)| a.kind == Kind::Disk && matches!(s, Status::ToRun { .. }))
-        .filter(|(a, _)| !forced.contains(&a.id))
+        .filter(|(a, _)| !forced.contains(a.id.as_str()))
         .map(|(a, _)| *a)
         .collect();
     if disks.is_empty() {
@@ -916,7 +919,7 @@ fn disks_first(
             continue;
         }
         if let Some(a) = by_id.get(id) {
-            stack.extend(a.deps.iter().map(String::as_str));
+            stack.extend(a.deps.iter().map(|d| d.as_str()));
         }
     }
     plan.retain(|(a, s)| matches!(s, Status::Cached { .. }) || needed.contains(a.id.as_str()));

@@ -265,7 +265,7 @@ pub struct ActionRef {
 impl From<&Action> for ActionRef {
     fn from(a: &Action) -> Self {
         Self {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             kind: a.kind,
             key: a.key.clone(),
         }
@@ -470,7 +470,7 @@ pub fn hash(
         .iter()
         .flat_map(|t| graph.actions_of(t))
         .map(|a| Hashed {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             key: a.key.clone(),
             document: a.doc.fields.clone(),
         })

@@ -257,7 +257,7 @@ fn verdict(a: &Action, compared: String, mut files: Vec<FileDiff>) -> ActionVerd
     let differing = files.len();
     files.truncate(MAX_LISTED);
     ActionVerdict {
-        id: a.id.clone(),
+        id: a.id.to_string(),
         kind: a.kind,
         key: a.key.clone(),
         verdict: if differing == 0 {

@@ -507,7 +507,7 @@ impl Builders {
         })?;
         if cancelled {
             return Err(BuilderError::Cancelled {
-                action: action.id.clone(),
+                action: action.id.to_string(),
             });
         }
         if !status.success() {
@@ -522,13 +522,13 @@ impl Builders {
                 .join("\n");
             return Err(BuilderError::Failed {
                 builder: name,
-                action: action.id.clone(),
+                action: action.id.to_string(),
                 code,
                 tail: shown,
             });
         }
         if let Ok(mut b) = self.built.lock() {
-            b.insert(action.id.clone(), name.clone());
+            b.insert(action.id.to_string(), name.clone());
         }
         Ok(name)
     }
@@ -537,7 +537,7 @@ impl Builders {
     pub fn not_shared(&self, builder: &str, action: &Action) -> BuilderError {
         BuilderError::NotShared {
             builder: builder.into(),
-            action: action.id.clone(),
+            action: action.id.to_string(),
             cache: self.cache_shown.clone(),
         }
     }
@@ -768,13 +768,7 @@ impl Bundle {
             // The builder resolves the whole image, so its every element goes (the disk's
             // key names them all), not only the ones this stage's key covers.
             if let (Some(image), Some(arch), true) = (&a.image, a.arch, a.kind != Kind::Disk) {
-                stack.push(
-                    crate::graph::ActionId::Disk {
-                        image: image.clone(),
-                        arch,
-                    }
-                    .to_string(),
-                );
+                stack.push(crate::graph::ActionId::disk(image, arch));
             }
         }
         let mut b = Bundle {

@@ -374,14 +374,14 @@ impl Remote {
         store.write_json(
             &graph::last_record_name(&action.id),
             &LastBuild {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 key: action.key.clone(),
                 doc: action.doc.clone(),
                 duration_ms: record.duration_ms,
             },
         )?;
         if let Ok(mut h) = self.hits.lock() {
-            h.push(action.id.clone());
+            h.push(action.id.to_string());
         }
         Ok(true)
     }
@@ -572,7 +572,7 @@ impl Remote {
             .bytes_up
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if let Ok(mut u) = self.uploaded.lock() {
-            u.push(action.id.clone());
+            u.push(action.id.to_string());
         }
         Ok(true)
     }
