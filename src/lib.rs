@@ -72,7 +72,8 @@
 //! - [`interrupt`] and [`fault`]: Ctrl-C stops transfers between chunks (exit 130); debug
 //!   builds stop themselves at named points for the fault campaign (`tests/cli/faults.rs`).
 //! - [`process`]: the one way to run a program (command line kept for errors, captured
-//!   output, SIGTERM → grace → SIGKILL), and bounded runs of untrusted code (a time limit,
+//!   output, a started program's pipes, wait and SIGTERM → grace → SIGKILL stop in
+//!   [`process::Running`]), and bounded runs of untrusted code (a time limit,
 //!   an address-space limit, PID 1 of a fresh PID namespace: environment.d, the evaluator).
 //!
 //! Dependencies point down: `ops` → `action`/`bootcheck`/`publish`/`remote` → `graph` →

@@ -442,4 +442,50 @@ mod tests {
         let status = child.try_wait().unwrap().expect("reaped");
         assert_eq!(status.signal(), Some(libc::SIGTERM));
     }
+
+    #[test]
+    fn a_started_program_s_failure_names_it_and_the_end_of_what_it_wrote_to_stderr() {
+        let mut tar = Process::new("sh")
+            .args(["-c", "echo first >&2; echo last >&2; exit 2"])
+            .start(Stdio::null(), Stdio::null(), Stdio::piped())
+            .unwrap();
+        let stderr = tar.drain_stderr();
+        let e = tar.finish(stderr).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("`sh -c "), "{text}");
+        assert!(text.ends_with("first\nlast"), "{text}");
+        let missing = Process::new("ccb-no-such-tool")
+            .start(Stdio::null(), Stdio::null(), Stdio::null())
+            .err()
+            .unwrap();
+        assert!(missing.is_missing_tool());
+    }
+
+    #[test]
+    fn a_started_program_is_stopped_the_one_way_children_included() {
+        // A shell that ignores SIGTERM and a child of it: both go at the end of the grace.
+        let mut running = Process::new("sh")
+            .args(["-c", "trap '' TERM; sleep 60 & wait"])
+            .start(Stdio::null(), Stdio::null(), Stdio::null())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        running.stop(Duration::from_millis(300));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(running.exited().unwrap());
+        // Nothing of its group runs (a killed child may stay a zombie until init reaps it).
+        let group = running.child.id().to_string();
+        let live: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                // pid (comm) state ppid pgrp ...: the fields after the command's ')'.
+                let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                fields.get(2) == Some(&group.as_str()) && fields.first() != Some(&"Z")
+            })
+            .collect();
+        assert!(live.is_empty(), "still running: {live:?}");
+    }
 }
