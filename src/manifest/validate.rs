@@ -12,9 +12,10 @@ use super::{
 };
 use crate::diag::SourceDiagnostic;
 
+/// The evaluated manifests as Nickel exports them, before inheritance and Rust's checks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProject {
+pub(super) struct RawProject {
     #[serde(default)]
     images: BTreeMap<String, RawImage>,
     #[serde(default)]
@@ -121,17 +122,21 @@ pub fn env_entry_problem(name: &str, value: &str) -> Option<String> {
     None
 }
 
+/// Decodes Nickel's export of the manifests; an error names the field that does not fit.
+pub(super) fn decode(json: &str) -> Result<RawProject, ManifestError> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json)).map_err(|e| {
+        SourceDiagnostic::new(format!(
+            "the evaluated manifests do not match ccb's model at `{}`: {}",
+            e.path(),
+            e.inner()
+        ))
+        .with_help("the stdlib in use may be older or newer than this ccb")
+        .into()
+    })
+}
+
 pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, ManifestError> {
-    let raw: RawProject =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&evaluated.json))
-            .map_err(|e| {
-                SourceDiagnostic::new(format!(
-                    "the evaluated manifests do not match ccb's model at `{}`: {}",
-                    e.path(),
-                    e.inner()
-                ))
-                .with_help("the stdlib in use may be older or newer than this ccb")
-            })?;
+    let raw = evaluated.project;
 
     let mut model = Model {
         root: root.to_path_buf(),
