@@ -90,6 +90,7 @@
 //! stat/<project>.json         element file digests by (path, size, mtime, inode)
 //! resolve/<key>.json          resolved element views (closure, phases, environment, packages)
 //! resolve/check-<hash>.json   a passed `ccb check` of one search path and set of requests
+//! resolve/pack-<project>.json the element closures of each build of a project's last check
 //! actions/<key>.json          a built action's record: its key document, steps, duration
 //! last/<action-id>.json       the key document of the last build of each action, for `explain`
 //! layers/<key>/{tree,layer.json}  committed root filesystems (full) or overlay upper dirs (diff)

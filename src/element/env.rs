@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::ElementError;
+use super::reads::Reads;
 use super::view::Script;
 
 /// The PATH element scripts get, inside and outside the chroot.
@@ -61,11 +62,12 @@ fn timeout() -> Duration {
 pub fn source(
     files: &[(Script, PathBuf)],
     declared: &BTreeMap<String, String>,
+    reads: &Reads,
 ) -> Result<BTreeMap<String, String>, ElementError> {
     if files.is_empty() {
         return Ok(declared.clone());
     }
-    let key = memo_key(files, declared);
+    let key = memo_key(files, declared, reads);
     if let Some(key) = &key
         && let Some(env) = lock(&MEMO).get(key)
     {
@@ -100,11 +102,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The digest of everything a capture depends on; `None` when a fragment cannot be read (the
 /// capture itself then says so).
-fn memo_key(files: &[(Script, PathBuf)], declared: &BTreeMap<String, String>) -> Option<[u8; 32]> {
+fn memo_key(
+    files: &[(Script, PathBuf)],
+    declared: &BTreeMap<String, String>,
+    reads: &Reads,
+) -> Option<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     for (_, path) in files {
         crate::keydoc::hash_str(&mut h, &path.to_string_lossy());
-        let body = std::fs::read(path).ok()?;
+        let body = reads.bytes(path).ok()??;
         h.update(&(body.len() as u64).to_le_bytes());
         h.update(&body);
     }
@@ -466,7 +472,7 @@ mod tests {
                 "echo hello\nprintf 'DIB_RELEASE=sid\\0FAKE=1\\0'\nexport GREETING=hi\n",
             )],
         );
-        let env = source(&files, &declared()).unwrap();
+        let env = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(env["DIB_RELEASE"], "bookworm");
         assert_eq!(env["GREETING"], "hi");
         assert!(!env.contains_key("FAKE"), "{env:?}");
@@ -480,7 +486,7 @@ mod tests {
         let cmd_env = declared();
         // The limit is read from ccb's environment; a short one keeps the test quick.
         let start = std::time::Instant::now();
-        let err = with_limit("1", || source(&files, &cmd_env)).unwrap_err();
+        let err = with_limit("1", || source(&files, &cmd_env, &Reads::default())).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(30));
         let text = err.to_string();
         assert!(text.contains("20-forever"), "{text}");
@@ -506,7 +512,7 @@ mod tests {
                 ),
             )],
         );
-        let env = source(&files, &declared()).unwrap();
+        let env = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(env["OK"], "1");
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -608,13 +614,16 @@ mod tests {
                 &format!("echo x >> {}\nexport SEEN=1\n", count.display()),
             )],
         );
-        let first = source(&files, &declared()).unwrap();
-        let again = source(&files, &declared()).unwrap();
+        let first = source(&files, &declared(), &Reads::default()).unwrap();
+        let again = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(first, again);
         assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
         // Another input is another capture.
         let other: BTreeMap<String, String> = [("DIB_RELEASE".into(), "trixie".into())].into();
-        assert_eq!(source(&files, &other).unwrap()["DIB_RELEASE"], "trixie");
+        assert_eq!(
+            source(&files, &other, &Reads::default()).unwrap()["DIB_RELEASE"],
+            "trixie"
+        );
         assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nx\n");
     }
 
