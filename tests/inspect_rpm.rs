@@ -138,15 +138,17 @@ fn make_rpmdb(dir: &Path) -> PathBuf {
     db
 }
 
-/// One database for the tests that only read it (building it takes a second).
+/// One database for the tests that only read it (building it takes a second). A static is
+/// never dropped, so it lives in cargo's per-target scratch directory, made afresh by each run,
+/// rather than in a temporary directory every run would leave behind.
 fn shared_rpmdb() -> &'static Path {
-    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, db) = DB.get_or_init(|| {
-        let dir = tempdir();
-        let db = make_rpmdb(dir.path());
-        (dir, db)
-    });
-    db
+    static DB: OnceLock<PathBuf> = OnceLock::new();
+    DB.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("inspect-rpm-shared");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        make_rpmdb(&dir)
+    })
 }
 
 /// What `rpm -qa` says the database holds.

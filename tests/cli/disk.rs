@@ -1,8 +1,9 @@
 //! The default image, end to end: `ccb build //images:debian12` makes a GPT disk bootable on
 //! BIOS and UEFI, its layout is checked by reading the image file, and `ccb test` boots it
 //! (TCG here) and runs the checks inside, and `ccb verify` builds it again from an empty
-//! scratch store into the same raw and qcow2 bytes; CC-Debian13 is booted on UEFI from NVMe
-//! and on BIOS from SATA.
+//! scratch store into the same raw and qcow2 bytes, while a second "host" builds
+//! CC-Debian12-Devtools from its results in a shared cache; CC-Debian13 is booted on UEFI from
+//! NVMe and on BIOS from SATA.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::{
-    Env, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until, write,
+    Env, Nginx, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until, write,
 };
 
 fn is_root() -> bool {
@@ -381,6 +382,16 @@ fn debian12_is_a_gpt_disk_that_boots() {
         );
     }
 
+    // A build farm ([7/9]): this store is host A and uploads what it built to a shared cache
+    // (nginx WebDAV); host B, another checkout and store, builds CC-Debian12-Devtools from it
+    // and publishes both images, while A goes on below.
+    let nginx = Nginx::start();
+    crate::remote::debian12_host_a_uploads(&env, root, &nginx);
+    let host_b = std::thread::spawn(move || {
+        crate::remote::debian12_host_b_builds_devtools_from_the_cache(&nginx.url);
+        drop(nginx);
+    });
+
     // And it boots with the checks passing inside: BIOS here; UEFI (and the NVMe and SATA
     // buses) are booted by the CC-Debian13 test below, so CI pays for three boots, not four.
     let test = env.run(&[
@@ -542,6 +553,10 @@ fn debian12_is_a_gpt_disk_that_boots() {
                 .contains("made by initramfs-tools"),
             "{k}"
         );
+    }
+
+    if let Err(panic) = host_b.join() {
+        std::panic::resume_unwind(panic);
     }
 }
 

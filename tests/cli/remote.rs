@@ -446,3 +446,195 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Another checkout of this repository ("another host"): a clone at another path with the
+/// working tree's uncommitted changes applied, so that both checkouts hold the same manifests
+/// and elements and name the same commit (`-dirty` or not), and a store of its own.
+pub(crate) struct Checkout {
+    pub env: Env,
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Checkout {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+        let git = |dir: &Path, args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        let here = repo();
+        git(
+            &here,
+            &["clone", "-q", "--shared", ".", root.to_str().unwrap()],
+        );
+        let changes = git(&here, &["diff", "--binary", "HEAD"]);
+        if !changes.is_empty() {
+            let patch = dir.path().join("working-tree.patch");
+            std::fs::write(&patch, changes).unwrap();
+            git(
+                &root,
+                &["apply", "--whitespace=nowarn", patch.to_str().unwrap()],
+            );
+        }
+        Self {
+            env: Env::new(),
+            _dir: dir,
+            root,
+        }
+    }
+
+    pub fn ccb(&self, rest: &[&str]) -> Run {
+        let mut args = vec!["--root", self.root.to_str().unwrap()];
+        args.extend_from_slice(rest);
+        self.env.run(&args)
+    }
+
+    fn spawn(&self, rest: &[&str]) -> Child {
+        self.env
+            .cmd()
+            .args(["--root", self.root.to_str().unwrap()])
+            .args(rest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Host A of the CC-Debian12 farm (the store that has just built the image) uploads its
+/// results to the shared cache: killed -9 in the middle of the upload, the server holds no
+/// entry without its data; run again, base, layer and disk are all there.
+pub(crate) fn debian12_host_a_uploads(a: &Env, root: &str, nginx: &Nginx) {
+    let args = [
+        "--root",
+        root,
+        "build",
+        "//images:debian12",
+        "--arch",
+        "amd64",
+        "--remote-cache",
+        &nginx.url,
+        "--remote-cache-upload",
+        "--format",
+        "json",
+    ];
+    let child = a
+        .cmd()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first upload", Duration::from_secs(600), || {
+        has_entries(&nginx.data().join("cas"))
+    });
+    // Some chunks are on the server, not all: the middle of the base's upload.
+    std::thread::sleep(Duration::from_secs(2));
+    kill9(child);
+    cache_is_consistent(&nginx.data());
+    a.run(&["cache", "verify"]).ok();
+
+    let upload = a.run(&args).ok();
+    assert!(ran(&upload).is_empty(), "A had built everything already");
+    let report = upload.json();
+    assert!(
+        report["remote"]["uploaded"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        cache_is_consistent(&nginx.data()) >= 3,
+        "base, layer and disk are on the server"
+    );
+}
+
+/// Host B of the CC-Debian12 farm: another checkout at another path with another store builds
+/// CC-Debian12-Devtools from A's cache. Killed -9 while it downloads, its store stays whole;
+/// run again, it downloads A's base and layer and runs only the devtools layer and disk. Then
+/// it publishes both images, the parent's disk coming from the cache, building nothing.
+pub(crate) fn debian12_host_b_builds_devtools_from_the_cache(url: &str) {
+    let b = Checkout::new("elsewhere/host-b");
+    let build = [
+        "build",
+        "//images:debian12-devtools",
+        "--arch",
+        "amd64",
+        "--remote-cache",
+        url,
+        "--format",
+        "json",
+    ];
+    let child = b.spawn(&build);
+    // B's first work is downloading A's base: a working directory now is a download's.
+    wait_until("a download", Duration::from_secs(600), || {
+        has_entries(&b.env.cache.path().join("tmp"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    kill9(child);
+    b.ccb(&["cache", "verify"]).ok();
+
+    let second = b.ccb(&build).ok();
+    assert_eq!(
+        ran(&second),
+        [
+            "layer:debian12-devtools:amd64",
+            "disk:debian12-devtools:amd64"
+        ],
+        "{}",
+        second.stderr
+    );
+    let st = statuses(&second);
+    for id in ["base:debian12:amd64", "layer:debian12:amd64"] {
+        assert!(
+            st.iter()
+                .any(|(i, s)| i == id && (s == "cached (remote)" || s == "cached")),
+            "{id} did not come from A: {st:?}"
+        );
+    }
+    assert!(
+        st.contains(&("layer:debian12:amd64".into(), "cached (remote)".into())),
+        "A's layer is downloaded on the second run: {st:?}"
+    );
+    assert!(second.json()["remote"]["bytes_down"].as_u64().unwrap() > 100 << 20);
+    b.ccb(&["cache", "verify"]).ok();
+
+    let publish = b
+        .ccb(&[
+            "publish",
+            "//images:debian12",
+            "//images:debian12-devtools",
+            "--arch",
+            "amd64",
+            "--site",
+            "local",
+            "--scope",
+            "farm",
+            "--remote-cache",
+            url,
+        ])
+        .ok();
+    assert!(
+        publish
+            .stderr
+            .contains("cached (remote) disk:debian12:amd64"),
+        "{}",
+        publish.stderr
+    );
+    assert!(!publish.stderr.contains("built "), "{}", publish.stderr);
+    let published = walk(&b.root.join("out/publish/farm"));
+    for name in ["CC-Debian12.qcow2", "CC-Debian12-Devtools.qcow2"] {
+        assert!(published.iter().any(|p| p.ends_with(name)), "{published:?}");
+    }
+}
