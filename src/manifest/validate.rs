@@ -158,9 +158,18 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
     check_swift_artifacts(&model)?;
     split_per_arch(&mut model)?;
     check_variable_names(&model, &raw.images)?;
-    for key in parents_first(&model, &raw.images)? {
-        let image = inherit(&model, key, &raw.images[key])?;
-        model.images.insert(key.to_string(), image);
+    let order: Vec<String> = parents_first(&model, &raw.images)?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    // Each raw image is moved into its model image, not cloned (parents are read from the
+    // model, already inherited).
+    let mut raw_images = raw.images;
+    for key in order {
+        if let Some(img) = raw_images.remove(&key) {
+            let image = inherit(&model, &key, img)?;
+            model.images.insert(key, image);
+        }
     }
     check_published_names(&model)?;
     check_image_artifacts(&model)?;
@@ -360,7 +369,7 @@ fn parents_first<'a>(
 
 /// An image with what it inherits from its parent (already in `model`): elements, environment,
 /// artifacts, secrets and provenance; its arches and formats checked.
-fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestError> {
+fn inherit(model: &Model, key: &str, img: RawImage) -> Result<Image, ManifestError> {
     let parent = img.from.as_ref().map(|p| &model.images[p]);
     let mut elements: Vec<String> = parent.map(|p| p.elements.clone()).unwrap_or_default();
     for e in &img.elements {
@@ -369,11 +378,11 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
         }
     }
     let mut env = parent.map(|p| p.env.clone()).unwrap_or_default();
-    env.extend(img.env.clone());
+    env.extend(img.env);
     let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
-    artifacts.extend(img.artifacts.clone());
+    artifacts.extend(img.artifacts);
     let mut secrets = parent.map(|p| p.secrets.clone()).unwrap_or_default();
-    secrets.extend(img.secrets.clone());
+    secrets.extend(img.secrets);
     let public_with_secrets =
         img.public_with_secrets || parent.is_some_and(|p| p.public_with_secrets);
     let inherit = |own: &Option<String>, pick: fn(&Provenance) -> &Option<String>| {
@@ -385,10 +394,10 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
         release: inherit(&img.provenance.release, |p| &p.release),
         variant: inherit(&img.provenance.variant, |p| &p.variant),
     };
-    let mut arch = img.arch.clone();
+    let mut arch = img.arch;
     arch.sort();
     arch.dedup();
-    let mut formats = img.formats.clone();
+    let mut formats = img.formats;
     formats.sort();
     formats.dedup();
     if let Some(p) = parent
@@ -437,31 +446,40 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
     }
     Ok(Image {
         key: key.to_string(),
-        name: img.name.clone(),
-        from: img.from.clone(),
-        own_elements: img.elements.clone(),
+        name: img.name,
+        from: img.from,
+        own_elements: img.elements,
         elements,
         arch,
         baremetal_only: img.baremetal_only,
         provenance,
         env,
         artifacts,
-        base_artifacts: img.base_artifacts.clone(),
+        base_artifacts: img.base_artifacts,
         secrets,
         public_with_secrets,
         formats,
-        size: img.size.clone(),
-        description: img.description.clone(),
+        size: img.size,
+        description: img.description,
     })
 }
 
 /// Published names, per arch, are unique ignoring case (they become file and object names).
 fn check_published_names(model: &Model) -> Result<(), ManifestError> {
-    let mut names: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Lower-cased published name → the image and arch that has it. A hash map, and the
+    // published name spelt only for an error: this runs on every command, over every image.
+    let mut names: std::collections::HashMap<String, (&str, Arch)> =
+        std::collections::HashMap::with_capacity(model.images.len() * 2);
     for (key, img) in &model.images {
+        let lower = img.name.to_ascii_lowercase();
         for &arch in &img.arch {
-            let published = img.published_name(arch);
-            if let Some((other, other_name)) = names.get(&published.to_ascii_lowercase()) {
+            let published = match arch {
+                Arch::Amd64 => lower.clone(),
+                other => format!("{lower}-{}", other.as_str()),
+            };
+            if let Some(&(other, other_arch)) = names.get(&published) {
+                let published = img.published_name(arch);
+                let other_name = model.images[other].published_name(other_arch);
                 return Err(model
                     .locate(
                         "images",
@@ -476,7 +494,7 @@ fn check_published_names(model: &Model) -> Result<(), ManifestError> {
                     ))
                     .into());
             }
-            names.insert(published.to_ascii_lowercase(), (key.clone(), published));
+            names.insert(published, (key, arch));
         }
     }
     Ok(())
