@@ -160,7 +160,7 @@ impl Default for KeyDoc {
 
 fn short(s: &str) -> String {
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        s[..12].to_string()
+        crate::ui::short(s, crate::ui::COMMIT_WIDTH).to_string()
     } else {
         format!("{s:?}")
     }

@@ -84,6 +84,26 @@ pub fn parse_arches(list: &[String]) -> Result<Option<BTreeSet<Arch>>, LabelErro
     Ok(Some(out))
 }
 
+/// Whether a word names every image (`//...`, `//images:all`) rather than one.
+pub fn is_wildcard(word: &str) -> bool {
+    matches!(
+        word,
+        "//..." | "..." | "//images" | "//images:all" | "//images:..."
+    )
+}
+
+/// The images the words name one by one (not through a wildcard): what a user asked for by
+/// name, which a command may not silently leave out.
+pub fn named_images(model: &Model, words: &[String]) -> BTreeSet<String> {
+    words
+        .iter()
+        .filter(|w| !is_wildcard(w))
+        .filter_map(|w| resolve_word(model, w).ok())
+        .flatten()
+        .map(|(image, _)| image)
+        .collect()
+}
+
 /// Which images (and optionally which single arch) a word names.
 fn resolve_word(model: &Model, word: &str) -> Result<Vec<(String, Option<Arch>)>, LabelError> {
     let all = || model.images.keys().map(|k| (k.clone(), None)).collect();

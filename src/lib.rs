@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Where to start reading:
-//! - [`ops`]: one operation per user-level job (check, build, test, inspect, publish, verify,
-//!   versions, update, query, cache), each a typed request in and a typed, serializable report out. A [`ops::Session`] (the model with the
+//! - [`ops`]: one operation per user-level job (check, build, test, inspect and its files,
+//!   publish, verify, versions, update, query, cache, lint), each a typed request in and a
+//!   typed, serializable report out. A [`ops::Session`] (the model with the
 //!   lock applied, the store, the element resolver) is loaded once per command and plans a
 //!   target set once; `test`, `publish` and `inspect` take their disks from the build report.
 //!   [`ops::CommandError`] sorts failures by who acts: user, environment, internal (exit 70);
@@ -63,7 +64,9 @@
 //!   (`ccb cache`'s view of the entries is `ops::cache`, above the records it reads);
 //!   [`store::Layout`] alone spells its paths.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
-//!   status and warnings to stderr, progress, the terminal decision, byte formatting.
+//!   status and warnings to stderr, one progress type ([`ui::progress::Progress`]; a
+//!   transfer's byte count, [`ui::progress::Transfer`], draws through it), the terminal
+//!   decision, byte formatting and the short form of keys ([`ui::short`]).
 //! - [`redact`]: the one redaction of URLs, server bodies and registered secrets;
 //!   [`secret::Secret`] holds a credential that never prints.
 //! - [`readat`]: the random-access byte source that `inspect` reads images through and the
@@ -87,12 +90,14 @@
 //! ```text
 //! stdlib-<hash>/ccb.ncl       the embedded stdlib, written on first use
 //! eval/<project>.json         evaluated manifests + the stat of every file evaluation read
-//! stat/<project>.json         element file digests by (path, size, mtime, inode)
+//! stat/elements.json          element file digests by (path, size, mtime, inode)
 //! resolve/<key>.json          resolved element views (closure, phases, environment, packages)
 //! resolve/check-<hash>.json   a passed `ccb check` of one search path and set of requests
+//! resolve/complete-<hash>.json  whether any image misses an element, for one search path
 //! resolve/pack-<project>.json the element closures of each build of a project's last check
 //! actions/<key>.json          a built action's record: its key document, steps, duration
-//! last/<action-id>.json       the key document of the last build of each action, for `explain`
+//! last/<name>.json            the key document of the last build of each action, for
+//!                             `explain` (the name: 32 hex digits of the blake3 of its id)
 //! layers/<key>/{tree,layer.json}  committed root filesystems (full) or overlay upper dirs (diff)
 //! checkpoints/<key>/{tree,checkpoint.json}  a layer's state after one of its slow steps
 //!                             (an overlay upper dir over the checkpoints under it)
@@ -107,6 +112,7 @@
 //! locks/                      per-key and store-wide flocks
 //! downloads/                  shared package and image downloads (never in a key)
 //! tmp/                        working directories of running (or killed) actions
+//! bundles/<digest>/           on a remote builder: the inputs a build host sent
 //! ```
 
 pub mod action;

@@ -85,9 +85,15 @@ pub enum LockError {
         help("run `ccb update {}` (or build without --locked) to pin it, then commit ccb.lock", names.join(" "))
     )]
     Unpinned { path: PathBuf, names: Vec<String> },
+    #[error("artifact `{name}`: \"latest\" needs a `url` (a Swift object is pinned by its sha256)")]
+    #[diagnostic(code(ccb::lock::no_url))]
+    NoUrl { name: String },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Source(#[from] crate::sources::SourceError),
     #[error(transparent)]
     #[diagnostic(code(ccb::lock::io))]
     Fs(#[from] crate::fsutil::FsError),
@@ -371,6 +377,125 @@ pub fn pin_new(
     Ok(added)
 }
 
+/// One pin an update changed (or added).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// `source `NAME`` or `artifact `NAME``.
+    pub entry: String,
+    pub before: Option<String>,
+    pub after: String,
+}
+
+/// A lock resolved again from the manifests, beside the one it replaces.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub old: Lock,
+    pub new: Lock,
+    pub changes: Vec<Change>,
+    /// Entries the manifests no longer declare.
+    pub removed: Vec<String>,
+}
+
+/// Resolves the manifests' open inputs against `old`, as `cargo update -p`: the `names`
+/// entries are resolved again (all when empty), the others keep their pin unless the
+/// manifests changed them (then they are stale and resolved too), and entries the manifests
+/// no longer declare are dropped. `model` is the unlocked one; `status` hears each network
+/// resolution before it starts. Writes nothing.
+pub fn update(
+    model: &Model,
+    old: Lock,
+    names: &[String],
+    fetcher: &crate::fetch::Fetcher,
+    status: &mut dyn FnMut(&str),
+) -> Result<Updated, LockError> {
+    let wanted = |n: &str| names.is_empty() || names.iter().any(|x| x == n);
+    let (git, latest) = open_inputs(model);
+    let mut new = Lock {
+        version: VERSION,
+        ..Default::default()
+    };
+    let mut changes: Vec<Change> = Vec::new();
+    for name in git {
+        let source = &model.sources[name];
+        let kept = old.sources.get(name).filter(|l| l.matches(source));
+        let locked = match kept {
+            Some(l) if !wanted(name) => l.clone(),
+            _ => {
+                status(&format!("resolving source `{name}` ({})", source.git_ref));
+                crate::sources::resolve(fetcher.store, &model.root, name, source, fetcher.offline)?
+            }
+        };
+        let before = old.sources.get(name).map(|l| l.commit.clone());
+        if before.as_deref() != Some(&locked.commit) || kept.is_none() {
+            changes.push(Change {
+                entry: format!("source `{name}`"),
+                before,
+                after: locked.commit.clone(),
+            });
+        }
+        new.sources.insert(name.clone(), locked);
+    }
+    for name in latest {
+        let art = &model.artifacts[name];
+        let url = art
+            .url
+            .clone()
+            .ok_or_else(|| LockError::NoUrl { name: name.clone() })?;
+        let shown = artifact_url(&url);
+        let kept = old.artifacts.get(name).filter(|l| l.url == shown);
+        let sha256 = match kept {
+            Some(l) if !wanted(name) => l.sha256.clone(),
+            _ => {
+                status(&format!("fetching artifact `{name}` ({shown})"));
+                fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {})?
+            }
+        };
+        let before = old.artifacts.get(name).map(|l| l.sha256.clone());
+        if before.as_deref() != Some(&sha256) || kept.is_none() {
+            changes.push(Change {
+                entry: format!("artifact `{name}`"),
+                before,
+                after: sha256.clone(),
+            });
+        }
+        new.artifacts
+            .insert(name.clone(), LockedArtifact { url: shown, sha256 });
+    }
+    let removed: Vec<String> = old
+        .sources
+        .keys()
+        .filter(|k| !new.sources.contains_key(*k))
+        .map(|k| format!("source `{k}`"))
+        .chain(
+            old.artifacts
+                .keys()
+                .filter(|k| !new.artifacts.contains_key(*k))
+                .map(|k| format!("artifact `{k}`")),
+        )
+        .collect();
+    Ok(Updated {
+        old,
+        new,
+        changes,
+        removed,
+    })
+}
+
+impl Lock {
+    /// Every pin: commits of sources, digests of artifacts.
+    pub fn pins(&self) -> BTreeMap<String, String> {
+        self.sources
+            .iter()
+            .map(|(k, l)| (k.clone(), l.commit.clone()))
+            .chain(
+                self.artifacts
+                    .iter()
+                    .map(|(k, l)| (k.clone(), l.sha256.clone())),
+            )
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +568,7 @@ mod tests {
             sha256: LATEST.into(),
             sums: None,
             description: None,
+            secret: false,
             arch: None,
         }
     }
@@ -520,6 +646,7 @@ mod tests {
             distdirs: vec![],
             offline: true,
             swift: None,
+            mirrors: vec![],
         };
         let names = m.pins.unpinned.clone();
         let err = pin_new(&mut m, &names, &fetcher, true).unwrap_err();

@@ -52,6 +52,37 @@ pub fn register(secret: &str) {
     }
 }
 
+/// What a build's log shows where a step printed a secret input.
+pub const OUTPUT_MARK: &[u8] = b"[redacted]";
+
+/// A step's output line with every registered secret replaced by [`OUTPUT_MARK`], byte for
+/// byte (a script's output need not be UTF-8).
+pub fn output(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let all = SECRETS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut out = std::borrow::Cow::Borrowed(line);
+    for s in all.iter().map(String::as_bytes) {
+        let Some(first) = find(&out, s) else {
+            continue;
+        };
+        let mut next = Vec::with_capacity(out.len());
+        let mut rest: &[u8] = &out;
+        let mut at = Some(first);
+        while let Some(i) = at {
+            next.extend_from_slice(&rest[..i]);
+            next.extend_from_slice(OUTPUT_MARK);
+            rest = &rest[i + s.len()..];
+            at = find(rest, s);
+        }
+        next.extend_from_slice(rest);
+        out = std::borrow::Cow::Owned(next);
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 /// A URL for people and files: no user-info, no signature values, no known secret.
 pub fn url(u: &str) -> String {
     known_secrets(&url_parts(u))
@@ -202,6 +233,16 @@ mod tests {
         // An @ in the path is not user-info.
         assert_eq!(url("https://h.example/a@b"), "https://h.example/a@b");
         assert_eq!(url("file:///var/tmp/x"), "file:///var/tmp/x");
+    }
+
+    #[test]
+    fn a_secret_printed_by_a_step_is_redacted_in_its_output() {
+        register("tok-42-abcdef");
+        assert_eq!(
+            &*output(b"token=tok-42-abcdef, again tok-42-abcdef\xff\n"),
+            b"token=[redacted], again [redacted]\xff\n"
+        );
+        assert_eq!(&*output(b"nothing here\n"), b"nothing here\n");
     }
 
     #[test]

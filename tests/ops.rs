@@ -163,6 +163,7 @@ fn a_bios_boot_of_an_arm64_image_is_refused_before_anything_is_built() {
     let req = TestRequest {
         firmwares: vec![ccb::bootcheck::Firmware::Bios],
         buses: vec![ccb::bootcheck::DiskBus::Virtio],
+        paired: vec![],
         timeout: std::time::Duration::from_secs(1),
     };
     let err =
@@ -203,4 +204,106 @@ fn a_layer_is_keyed_by_exactly_the_elements_it_runs() {
     assert!(root.iter().any(|e| e == "tiny-base"), "{root:?}");
     assert!(!root.iter().any(|e| e == "tiny-extra"), "{root:?}");
     assert_eq!(keyed("layer:tiny:amd64"), root);
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// The elements whose scripts a built layer ran (the engine's own steps left out: they come
+/// with the elements' files, not as elements).
+fn ran(report: &ops::build::BuildReport, id: &str) -> std::collections::BTreeSet<String> {
+    let row = report
+        .actions
+        .iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("{id} is not in the report"));
+    let built = row
+        .built
+        .as_ref()
+        .unwrap_or_else(|| panic!("{id} was not built: {row:?}"));
+    built
+        .steps
+        .iter()
+        .map(|s| s.element.clone())
+        .filter(|e| {
+            !matches!(
+                e.as_str(),
+                "package-installs" | "install-bin" | "dib-init-system"
+            )
+        })
+        .collect()
+}
+
+/// The whole chain as a library, as root like the executor's end-to-end tests: the base, both
+/// layers and the child's disk run through `ops::build`, each layer running exactly elements
+/// its key holds, the disk materialized; the same build again finds everything cached.
+#[test]
+fn a_base_its_layers_and_a_disk_run_through_ops_build() {
+    assert!(
+        is_root(),
+        "this test builds root filesystems: run it as root (scripts/test does)"
+    );
+    let blob = b"an artifact the image needs\n";
+    let p = Project::new(blob, &hex(&Sha256::digest(blob)));
+    let session = p.session();
+    let planned = session
+        .plan(&["//images:tiny-child".to_string()], &[])
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let req = BuildRequest {
+        out: Some(out.path().to_path_buf()),
+        announce_outputs: false,
+        ..BuildRequest::disks()
+    };
+    let shell = Shell::new(true, 0);
+
+    let first = ops::build::build(&session, &planned, &req, &shell).unwrap();
+    first.ok().unwrap();
+    let kinds: Vec<(&str, &str)> = first
+        .actions
+        .iter()
+        .map(|a| (a.kind.as_str(), a.status))
+        .collect();
+    for kind in ["fetch", "base", "layer", "disk"] {
+        assert!(
+            kinds.contains(&(kind, "built")),
+            "a {kind} action was built: {kinds:?}"
+        );
+    }
+    assert_eq!(first.summary.built, first.summary.total, "{kinds:?}");
+
+    let arch = ccb::manifest::Arch::Amd64;
+    let graph = &planned.graph;
+    let keyed = |image: &str| -> std::collections::BTreeSet<String> {
+        graph
+            .layer_elements(image, arch)
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect()
+    };
+    let child = ran(&first, "layer:tiny-child:amd64");
+    assert!(child.contains("tiny-extra"), "{child:?}");
+    assert!(child.is_subset(&keyed("tiny-child")), "{child:?}");
+    let root = ran(&first, "layer:tiny:amd64");
+    assert!(root.contains("tiny-base"), "{root:?}");
+    assert!(!root.contains("tiny-extra"), "{root:?}");
+    assert!(root.is_subset(&keyed("tiny")), "{root:?}");
+
+    assert_eq!(first.disks.len(), 1, "the target's one disk");
+    let disk = &first.disks[0];
+    assert!(disk.dir.join("Tiny-Child.qcow2").is_file(), "{disk:?}");
+    assert!(out.path().join("Tiny-Child.qcow2").is_file());
+
+    let second = ops::build::build(&session, &planned, &req, &shell).unwrap();
+    second.ok().unwrap();
+    assert_eq!(
+        (second.summary.built, second.summary.cached),
+        (0, first.summary.total)
+    );
+    assert_eq!(second.disks[0].key, disk.key);
 }

@@ -44,6 +44,24 @@ fn tool(cmd: &mut Process, what: &str) -> Result<String, RunError> {
 }
 
 /// What a tree takes: allocated bytes (du: hard links counted once).
+/// A filesystem's bytes: the file holding it, its offset and its length there.
+type FsRange = (PathBuf, u64, u64);
+
+/// The layout's root filesystem (the one mounted at `/`).
+fn root_filesystem(d: &DiskSpec) -> Result<layout::Filesystem, RunError> {
+    d.layout
+        .partitions
+        .iter()
+        .find_map(|p| {
+            p.fs.as_ref()
+                .filter(|f| f.mount.as_ref().is_some_and(|m| m.point == "/"))
+        })
+        .cloned()
+        .ok_or_else(|| RunError::Image {
+            problem: "the layout has no root filesystem".into(),
+        })
+}
+
 fn du(root: &Path) -> Result<u64, RunError> {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
@@ -173,198 +191,24 @@ impl Runner<'_> {
             .and_then(|v| v.parse().ok())
             .ok_or(RunError::Internal("a disk action without a source date"))?;
         let used = self.disk_step("measure", |r| du(&r.root))?;
-        let plan_root = d
-            .layout
-            .partitions
-            .iter()
-            .find_map(|p| {
-                p.fs.as_ref()
-                    .filter(|f| f.mount.as_ref().is_some_and(|m| m.point == "/"))
-            })
-            .cloned()
-            .ok_or_else(|| RunError::Image {
-                problem: "the layout has no root filesystem".into(),
-            })?;
-        let plan = layout::place(&d.layout, layout::root_size(used, plan_root.kind), d.size)
-            .map_err(|problem| RunError::Image { problem })?;
-        self.logln(&format!(
-            "disk: tree {} MiB, disk {} MiB: {}",
-            used >> 20,
-            plan.size >> 20,
-            plan.partitions
-                .iter()
-                .map(|p| format!(
-                    "{} {}MiB@{}MiB",
-                    p.part.name,
-                    p.length >> 20,
-                    p.offset >> 20
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        let plan_root = root_filesystem(&d)?;
+        let plan = self.place(&d, used, &plan_root)?;
 
         // 1. Finalise on the tree, in the sandbox, as every chroot phase runs: no block device
-        //    exists yet. What the bootloader element's grub-mkconfig would probe from one (the
-        //    root filesystem's UUID, type and partition table) ccb knows from the key and the
-        //    layout, and says so in CCB_ROOT_FS_UUID and CCB_ROOT_PART_UUID.
-        let root = plan.root().clone();
-        self.write_fstab(&plan)?;
-        self.tree()?
-            .create_dir_all(BOOT_DIR_IN, 0o755)
-            .map_err(io("create the boot image directory"))?;
-
-        let mountpoints: Vec<String> = plan
-            .partitions
-            .iter()
-            .filter_map(|p| p.part.fs.as_ref()?.mount.as_ref().map(|m| m.point.clone()))
-            .collect();
-        let image_dir = work.join("image");
-        std::fs::create_dir_all(&image_dir).map_err(io("create TMP_IMAGE_DIR"))?;
-        let env: BTreeMap<String, String> = [
-            ("DIB_ROOT_LABEL", plan_root.label.clone()),
-            ("DIB_ROOT_FSTYPE", plan_root.kind.as_str().to_string()),
-            ("DIB_IMAGE_SIZE", (plan.size / 1024).to_string()),
-            ("DIB_MOUNTPOINTS", mountpoints.join("|")),
-            // DIB's variable, set for scripts that read it under `set -u`: there is no
-            // device while finalise runs (the filesystem is written from the tree after).
-            ("IMAGE_BLOCK_DEVICE", String::new()),
-            ("CCB_ROOT_FS_UUID", uuid_of(&d.seed, &root.part.name)),
-            (
-                "CCB_ROOT_PART_UUID",
-                uuid_of(&d.seed, &format!("part/{}", root.part.name)),
-            ),
-            ("DIB_CC_PROVENANCE", d.provenance.clone()),
-            ("TMP_IMAGE_DIR", image_dir.display().to_string()),
-            ("CCB_BOOT_DIR", BOOT_DIR_IN.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        self.extra_env = env;
-        let host_mkimage = super::grub::host_mkimage(&self.spec.arch);
-        if let Some(tool) = &host_mkimage {
-            self.extra_env
-                .insert(super::grub::ENV.into(), tool.display().to_string());
-        }
-
-        self.setup_chroot()?;
-        let phases = self.spec.phases.clone();
-        for phase in &phases {
-            self.run_phase(phase)?;
-        }
-        self.teardown_chroot()?;
-
-        // What the bootloader element made, and what packages put on the ESP: read from
-        // the image as the image sees its paths (a /boot/efi linked to a host directory is
-        // that path inside the image, never the host's files in the ESP).
-        let image = self.tree()?;
-        let boot = work.join("boot");
-        let boot_in = image
-            .dir(BOOT_DIR_IN)
-            .map_err(io("resolve the boot image directory"))?;
-        if let Some(dir) = &boot_in {
-            tree::copy_contents(dir, &boot)?;
-        }
-        if let (Some(tool), Some(boot_in)) = (&host_mkimage, &boot_in) {
-            let n = self.disk_step("boot-images", |r| {
-                super::grub::run_requests(tool, &r.root, boot_in, &boot)
-            })?;
-            self.logln(&format!(
-                "disk: {n} GRUB image(s) made by the host's {}",
-                tool.display(),
-            ));
-        }
-        let esp_tree = work.join("esp-tree");
-        std::fs::create_dir_all(&esp_tree).map_err(io("create the ESP tree"))?;
-        if let Some(dir) = image.dir("boot/efi").map_err(io("resolve /boot/efi"))? {
-            tree::copy_contents(&dir, &esp_tree)?;
-        }
-        if boot.join("efi").is_dir() {
-            tree::copy_contents(&boot.join("efi"), &esp_tree)?;
-        }
-        repro::clamp_times(&esp_tree, epoch).map_err(io("clamp the ESP's times"))?;
-        if let Some(dir) = image
-            .dir(&d.manifest_dir)
-            .map_err(io(format!("resolve {}", d.manifest_dir)))?
-        {
-            tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
-        }
-        drop(image);
-        self.disk_step("clean", |r| {
-            r.finalise_base()?;
-            let image = r.tree()?;
-            let scrubbed =
-                repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
-            drop(image);
-            for line in scrubbed {
-                r.logln(&format!("disk: {line}"));
-            }
-            Ok(())
-        })?;
-        let clamped = self.disk_step("source-date", |r| {
-            if plan_root.kind == FsKind::Ext4 {
-                // Every inode's access time is set in the filesystem (set_inode_times).
-                repro::clamp_modification_times(&r.root, epoch)
-            } else {
-                repro::clamp_times(&r.root, epoch)
-            }
-            .map_err(io("clamp the image's times to the source date"))
-        })?;
-        self.logln(&format!(
-            "disk: source date {epoch}: {clamped} newer times clamped"
-        ));
+        //    exists yet.
+        let host_mkimage = self.finalise(&d, &plan, &plan_root)?;
+        let (boot, esp_tree) = self.collect_boot(&d, host_mkimage.as_deref(), &meta_dir, epoch)?;
+        self.clean_and_clamp(plan_root.kind, epoch)?;
 
         // 2. The root filesystem, written from the finalised tree by mkfs (ext4: `mkfs.ext4
-        //    -d`, no mount, no loop device). The disk keeps the size DIB gives it, from the
-        //    tree before finalise (whose growth, a few MiB of GRUB modules, DIB's 40 % of free
-        //    space absorbs), unless finalise grew the tree to fill more than 80 % of the root
-        //    (an initramfs made there): then it is sized again for what the tree holds now.
-        let limit = plan.root().length / 10 * 8;
-        let after = self.disk_step("measure-again", |r| {
-            if r.spec.overlay {
-                // All that finalise wrote is in the overlay's upper directory: the tree holds
-                // at most what it held before plus that (a copied-up file counts twice), and
-                // only a bound too close to the limit needs the whole tree walked again.
-                let bound = used + du(&r.spec.work.join("upper"))?;
-                if bound <= limit {
-                    return Ok(bound);
-                }
-            }
-            du(&r.root)
-        })?;
-        let plan = if d.size.is_none() && after > limit {
-            let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
-                .map_err(|problem| RunError::Image { problem })?;
-            self.logln(&format!(
-                "disk: finalise grew the tree to {} MiB, disk {} MiB",
-                after >> 20,
-                grown.size >> 20
-            ));
-            grown
-        } else {
-            plan
-        };
+        //    -d`, no mount, no loop device).
+        let plan = self.place_again(&d, plan, used, &plan_root)?;
         let root = plan.root().clone();
         let raw = work.join("disk.raw");
         File::create(&raw)
             .and_then(|f| f.set_len(plan.size))
             .map_err(io("create the disk"))?;
-        // ext4 is written in place, at its offset in the disk file (`mkfs.ext4 -E offset`):
-        // a separate file copied in afterwards was a second write of every byte. XFS, filled
-        // through a loop mount, keeps a file of its own.
-        let (root_fs, root_img) = if plan_root.kind == FsKind::Ext4 {
-            self.disk_step("root-filesystem", |r| {
-                make_ext4_in(&raw, &root, &d.seed, &r.root, epoch)
-            })?;
-            self.disk_step("inode-times", |_| set_inode_times(&raw, root.offset, epoch))?;
-            ((raw.clone(), root.offset, root.length), None)
-        } else {
-            let root_img = work.join("root.img");
-            self.disk_step("root-filesystem", |r| {
-                make_fs(&root_img, &root, &d.seed, Some(&r.root), epoch)
-            })?;
-            ((root_img.clone(), 0, root.length), Some(root_img))
-        };
+        let (root_fs, root_img) = self.write_root_fs(&d, &raw, &root, plan_root.kind, epoch)?;
         self.disk_step("unmount", |r| {
             if r.spec.overlay {
                 umount2(&r.root, MntFlags::empty()).map_err(engine("unmount the stack"))
@@ -402,6 +246,233 @@ impl Runner<'_> {
 
         // 5. Outputs.
         self.outputs(&d, &raw, &out, &meta_dir, &root_fs)
+    }
+
+    /// Places the partitions for a tree of `used` bytes, and says so in the log.
+    fn place(
+        &mut self,
+        d: &DiskSpec,
+        used: u64,
+        plan_root: &layout::Filesystem,
+    ) -> Result<DiskPlan, RunError> {
+        let plan = layout::place(&d.layout, layout::root_size(used, plan_root.kind), d.size)
+            .map_err(|problem| RunError::Image { problem })?;
+        self.logln(&format!(
+            "disk: tree {} MiB, disk {} MiB: {}",
+            used >> 20,
+            plan.size >> 20,
+            plan.partitions
+                .iter()
+                .map(|p| format!(
+                    "{} {}MiB@{}MiB",
+                    p.part.name,
+                    p.length >> 20,
+                    p.offset >> 20
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(plan)
+    }
+
+    /// Runs the finalise phases on the tree. What the bootloader element's grub-mkconfig
+    /// would probe from a block device (the root filesystem's UUID, type and partition table)
+    /// ccb knows from the key and the layout, and says so in CCB_ROOT_FS_UUID and
+    /// CCB_ROOT_PART_UUID. Returns the host's grub-mkimage, when the boot images are made
+    /// by it.
+    fn finalise(
+        &mut self,
+        d: &DiskSpec,
+        plan: &DiskPlan,
+        plan_root: &layout::Filesystem,
+    ) -> Result<Option<PathBuf>, RunError> {
+        let root = plan.root().clone();
+        self.write_fstab(plan)?;
+        self.tree()?
+            .create_dir_all(BOOT_DIR_IN, 0o755)
+            .map_err(io("create the boot image directory"))?;
+
+        let mountpoints: Vec<String> = plan
+            .partitions
+            .iter()
+            .filter_map(|p| p.part.fs.as_ref()?.mount.as_ref().map(|m| m.point.clone()))
+            .collect();
+        let image_dir = self.spec.work.join("image");
+        std::fs::create_dir_all(&image_dir).map_err(io("create TMP_IMAGE_DIR"))?;
+        let env: BTreeMap<String, String> = [
+            ("DIB_ROOT_LABEL", plan_root.label.clone()),
+            ("DIB_ROOT_FSTYPE", plan_root.kind.as_str().to_string()),
+            ("DIB_IMAGE_SIZE", (plan.size / 1024).to_string()),
+            ("DIB_MOUNTPOINTS", mountpoints.join("|")),
+            // DIB's variable, set for scripts that read it under `set -u`: there is no
+            // device while finalise runs (the filesystem is written from the tree after).
+            ("IMAGE_BLOCK_DEVICE", String::new()),
+            ("CCB_ROOT_FS_UUID", uuid_of(&d.seed, &root.part.name)),
+            (
+                "CCB_ROOT_PART_UUID",
+                uuid_of(&d.seed, &format!("part/{}", root.part.name)),
+            ),
+            ("DIB_CC_PROVENANCE", d.provenance.clone()),
+            ("TMP_IMAGE_DIR", image_dir.display().to_string()),
+            ("CCB_BOOT_DIR", BOOT_DIR_IN.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        self.extra_env = env;
+        let host_mkimage = super::grub::host_mkimage(&self.spec.arch);
+        if let Some(tool) = &host_mkimage {
+            self.extra_env
+                .insert(super::grub::ENV.into(), tool.display().to_string());
+        }
+
+        self.setup_chroot()?;
+        let phases = self.spec.phases.clone();
+        for phase in &phases {
+            self.run_phase(phase)?;
+        }
+        self.teardown_chroot()?;
+        Ok(host_mkimage)
+    }
+
+    /// What the bootloader element made, and what packages put on the ESP: read from the
+    /// image as the image sees its paths (a /boot/efi linked to a host directory is that path
+    /// inside the image, never the host's files in the ESP). Also keeps the image's DIB
+    /// manifests. Returns the boot images' directory and the ESP's tree.
+    fn collect_boot(
+        &mut self,
+        d: &DiskSpec,
+        host_mkimage: Option<&Path>,
+        meta_dir: &Path,
+        epoch: i64,
+    ) -> Result<(PathBuf, PathBuf), RunError> {
+        let work = self.spec.work.clone();
+        let image = self.tree()?;
+        let boot = work.join("boot");
+        let boot_in = image
+            .dir(BOOT_DIR_IN)
+            .map_err(io("resolve the boot image directory"))?;
+        if let Some(dir) = &boot_in {
+            tree::copy_contents(dir, &boot)?;
+        }
+        if let (Some(tool), Some(boot_in)) = (host_mkimage, &boot_in) {
+            let n = self.disk_step("boot-images", |r| {
+                super::grub::run_requests(tool, &r.root, boot_in, &boot)
+            })?;
+            self.logln(&format!(
+                "disk: {n} GRUB image(s) made by the host's {}",
+                tool.display(),
+            ));
+        }
+        let esp_tree = work.join("esp-tree");
+        std::fs::create_dir_all(&esp_tree).map_err(io("create the ESP tree"))?;
+        if let Some(dir) = image.dir("boot/efi").map_err(io("resolve /boot/efi"))? {
+            tree::copy_contents(&dir, &esp_tree)?;
+        }
+        if boot.join("efi").is_dir() {
+            tree::copy_contents(&boot.join("efi"), &esp_tree)?;
+        }
+        repro::clamp_times(&esp_tree, epoch).map_err(io("clamp the ESP's times"))?;
+        if let Some(dir) = image
+            .dir(&d.manifest_dir)
+            .map_err(io(format!("resolve {}", d.manifest_dir)))?
+        {
+            tree::copy_contents(&dir, &meta_dir.join("dib-manifests"))?;
+        }
+        drop(image);
+        Ok((boot, esp_tree))
+    }
+
+    /// Removes what each machine makes itself and clamps the tree's times to the source date.
+    fn clean_and_clamp(&mut self, root_kind: FsKind, epoch: i64) -> Result<(), RunError> {
+        self.disk_step("clean", |r| {
+            r.finalise_base()?;
+            let image = r.tree()?;
+            let scrubbed =
+                repro::scrub(&image, epoch).map_err(io("remove what each machine makes itself"))?;
+            drop(image);
+            for line in scrubbed {
+                r.logln(&format!("disk: {line}"));
+            }
+            Ok(())
+        })?;
+        let clamped = self.disk_step("source-date", |r| {
+            if root_kind == FsKind::Ext4 {
+                // Every inode's access time is set in the filesystem (set_inode_times).
+                repro::clamp_modification_times(&r.root, epoch)
+            } else {
+                repro::clamp_times(&r.root, epoch)
+            }
+            .map_err(io("clamp the image's times to the source date"))
+        })?;
+        self.logln(&format!(
+            "disk: source date {epoch}: {clamped} newer times clamped"
+        ));
+        Ok(())
+    }
+
+    /// The disk keeps the size DIB gives it, from the tree before finalise (whose growth, a
+    /// few MiB of GRUB modules, DIB's 40 % of free space absorbs), unless finalise grew the
+    /// tree to fill more than 80 % of the root (an initramfs made there): then it is sized
+    /// again for what the tree holds now.
+    fn place_again(
+        &mut self,
+        d: &DiskSpec,
+        plan: DiskPlan,
+        used: u64,
+        plan_root: &layout::Filesystem,
+    ) -> Result<DiskPlan, RunError> {
+        let limit = plan.root().length / 10 * 8;
+        let after = self.disk_step("measure-again", |r| {
+            if r.spec.overlay {
+                // All that finalise wrote is in the overlay's upper directory: the tree holds
+                // at most what it held before plus that (a copied-up file counts twice), and
+                // only a bound too close to the limit needs the whole tree walked again.
+                let bound = used + du(&r.spec.work.join("upper"))?;
+                if bound <= limit {
+                    return Ok(bound);
+                }
+            }
+            du(&r.root)
+        })?;
+        if d.size.is_some() || after <= limit {
+            return Ok(plan);
+        }
+        let grown = layout::place(&d.layout, layout::root_size(after, plan_root.kind), d.size)
+            .map_err(|problem| RunError::Image { problem })?;
+        self.logln(&format!(
+            "disk: finalise grew the tree to {} MiB, disk {} MiB",
+            after >> 20,
+            grown.size >> 20
+        ));
+        Ok(grown)
+    }
+
+    /// Writes the root filesystem from the tree. ext4 is written in place, at its offset in
+    /// the disk file (`mkfs.ext4 -E offset`): a separate file copied in afterwards was a
+    /// second write of every byte. XFS, filled through a loop mount, keeps a file of its own.
+    /// Returns (file, offset, length) of the filesystem, and its own file when it has one.
+    fn write_root_fs(
+        &mut self,
+        d: &DiskSpec,
+        raw: &Path,
+        root: &Placed,
+        kind: FsKind,
+        epoch: i64,
+    ) -> Result<(FsRange, Option<PathBuf>), RunError> {
+        if kind == FsKind::Ext4 {
+            self.disk_step("root-filesystem", |r| {
+                make_ext4_in(raw, root, &d.seed, &r.root, epoch)
+            })?;
+            self.disk_step("inode-times", |_| set_inode_times(raw, root.offset, epoch))?;
+            Ok(((raw.to_path_buf(), root.offset, root.length), None))
+        } else {
+            let root_img = self.spec.work.join("root.img");
+            self.disk_step("root-filesystem", |r| {
+                make_fs(&root_img, root, &d.seed, Some(&r.root), epoch)
+            })?;
+            Ok(((root_img.clone(), 0, root.length), Some(root_img)))
+        }
     }
 
     fn write_fstab(&mut self, plan: &DiskPlan) -> Result<(), RunError> {
@@ -481,7 +552,7 @@ impl Runner<'_> {
         raw: &Path,
         out: &Path,
         meta_dir: &Path,
-        (root_fs, root_offset, root_len): &(PathBuf, u64, u64),
+        (root_fs, root_offset, root_len): &FsRange,
     ) -> Result<(), RunError> {
         // Opened now: the raw disk that holds it is renamed or removed below.
         let root_file = File::open(root_fs).map_err(io("open the root filesystem for the SBOM"))?;

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod dib;
 pub mod disk;
 pub mod event;
+mod fullwatch;
 pub mod grub;
 pub mod inroot;
 pub mod layout;
@@ -317,6 +318,7 @@ fn run_fetch(
         distdirs: ctx.distdirs.clone(),
         offline: ctx.offline,
         swift: ctx.swift,
+        mirrors: crate::fetch::mirror_variables(&ctx.model.root),
     };
     let (path, origin) = fetcher.fetch(name, artifact, &mut |done, total| {
         on_event(&Event::Transfer { done, total })
@@ -479,6 +481,7 @@ impl SpecFor<'_, '_> {
             stream_output: ctx.stream_output,
             disk: None,
             artifacts: BTreeMap::new(),
+            redact: vec![],
             strict: ctx.strict,
         }
     }
@@ -542,12 +545,14 @@ impl SpecFor<'_, '_> {
         env.insert(repro::ENV.into(), epoch.to_string());
         let elements = self.element_srcs(&resolved.elements, &|n| own.iter().any(|o| o == n))?;
         let mut artifacts = self.artifacts(&image.artifacts)?;
-        artifacts.extend(self.secrets(&work)?);
+        let (own_secrets, redact) = self.secrets(&work, true)?;
+        artifacts.extend(own_secrets);
         Ok(ActionSpec {
             lowers,
             phases,
             pkg_maps: self.pkg_maps(&resolved.elements, &resolved.view.env)?,
             artifacts,
+            redact,
             ..self.spec(SpecKind::Layer, work, env, elements)
         })
     }
@@ -667,51 +672,40 @@ impl SpecFor<'_, '_> {
         Ok(artifacts)
     }
 
-    /// The image's own secrets: read now, into a private copy in this action's working
-    /// directory (gone with it), exposed to the scripts as artifacts are. A parent's are
-    /// already in its layer.
-    fn secrets(&self, work: &std::path::Path) -> Result<BTreeMap<String, PathBuf>, BuildError> {
+    /// The image's secrets, read now into private copies in this action's working directory
+    /// (gone with it). Its own are exposed to the scripts as artifacts are (a parent's are
+    /// already in its layer); all of them are returned as the files whose bytes the sandbox
+    /// removes from the action's log, so a script that prints one logs `[redacted]`. A
+    /// parent's secret this host cannot read is only not redacted: the layer holding it is
+    /// built.
+    /// The disk action reads none (`expose` false): its secrets are only redacted.
+    fn secrets(&self, work: &std::path::Path, expose: bool) -> Result<SecretCopies, BuildError> {
         let (ctx, action, image) = (self.ctx, self.action, self.image);
-        let mut artifacts = BTreeMap::new();
-        let own_secrets = image.secrets.iter().filter(|(var, src)| {
-            image
-                .from
-                .as_ref()
-                .and_then(|p| ctx.model.images.get(p))
-                .is_none_or(|p| p.secrets.get(*var) != Some(*src))
-        });
-        for (var, src) in own_secrets {
-            let bytes = src.read(&ctx.model.root).map_err(|e| BuildError::Input {
-                id: action.id.clone(),
-                problem: format!("secret `{var}` ({}): {e}", src.describe()),
-            })?;
-            let dir = work.join("secrets");
-            let path = dir.join(var);
-            let written = std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    std::fs::set_permissions(
-                        &dir,
-                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                            0o700,
-                        ),
-                    )
-                })
-                .and_then(|()| std::fs::write(&path, &bytes))
-                .and_then(|()| {
-                    std::fs::set_permissions(
-                        &path,
-                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                            0o400,
-                        ),
-                    )
-                });
-            written.map_err(BuildError::io(
+        let mut exposed = BTreeMap::new();
+        let mut redact = Vec::new();
+        let parent = image.from.as_ref().and_then(|p| ctx.model.images.get(p));
+        for (var, src) in &image.secrets {
+            let own = expose && parent.is_none_or(|p| p.secrets.get(var) != Some(src));
+            let bytes = match src.read(&ctx.model.root) {
+                Ok(b) => b,
+                Err(e) if own => {
+                    return Err(BuildError::Input {
+                        id: action.id.clone(),
+                        problem: format!("secret `{var}` ({}): {e}", src.describe()),
+                    });
+                }
+                Err(_) => continue,
+            };
+            let path = private_copy(work, var, &bytes).map_err(BuildError::io(
                 &action.id,
                 format!("secret `{var}`: cannot write its private copy"),
             ))?;
-            artifacts.insert(var.clone(), path);
+            if own {
+                exposed.insert(var.clone(), path.clone());
+            }
+            redact.push(path);
         }
-        Ok(artifacts)
+        Ok((exposed, redact))
     }
 
     fn disk(&self, work: PathBuf) -> Result<ActionSpec, BuildError> {
@@ -756,10 +750,12 @@ impl SpecFor<'_, '_> {
         })
         .collect();
         let elements = self.element_srcs(&resolved.elements, &|_| false)?;
+        let (_, redact) = self.secrets(&work, false)?;
         Ok(ActionSpec {
             lowers,
             phases,
             pkg_maps: self.pkg_maps(&resolved.elements, env_view)?,
+            redact,
             disk: Some(spec::DiskSpec {
                 provenance: provenance(ctx.model, image, &name, epoch),
                 name,
@@ -842,7 +838,13 @@ impl SpecFor<'_, '_> {
                     name: key.clone(),
                     variable: var.clone(),
                     sha256: art.sha256.to_ascii_lowercase(),
-                    url: art.url.as_deref().map(crate::redact::url),
+                    // A licensed file's site URL stays out of the SBOM: its name and digest say
+                    // what it is.
+                    url: art
+                        .url
+                        .as_deref()
+                        .filter(|_| !art.secret)
+                        .map(crate::redact::url),
                 })
             })
             .collect();
@@ -1040,6 +1042,23 @@ mod tests {
     }
 }
 
+/// A secret's private copy in an action's working directory: `secrets/VAR`, the directory
+/// 0700 and the file 0400.
+fn private_copy(work: &std::path::Path, var: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = work.join("secrets");
+    let path = dir.join(var);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::write(&path, bytes)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
+    Ok(path)
+}
+
+/// The secrets exposed to a layer's scripts (variable → private copy), and every private copy
+/// (the bytes to redact from its log).
+type SecretCopies = (BTreeMap<String, PathBuf>, Vec<PathBuf>);
+
 /// Runs a `base` or `layer` action in a sandbox and commits its tree to the store. The
 /// caller holds the key's lock.
 pub fn run_action(
@@ -1145,6 +1164,8 @@ fn supervise(
     let mut failed: Option<Event> = None;
     let mut engine_error: Option<event::EngineFailure> = None;
     let mut cancelled = false;
+    let mut watch = fullwatch::FullWatch::new(ctx.store.root());
+    let mut stuck = false;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(ev) => {
@@ -1168,6 +1189,11 @@ fn supervise(
             cancelled = true;
             break;
         }
+        if watch.stuck() {
+            crate::process::stop(&mut child, GRACE);
+            stuck = true;
+            break;
+        }
     }
     let _ = reader.join();
     let status = child
@@ -1176,6 +1202,19 @@ fn supervise(
     if cancelled {
         return Err(BuildError::Cancelled {
             id: action.id.clone(),
+        });
+    }
+    if stuck {
+        return Err(BuildError::Io {
+            id: action.id.clone(),
+            what: format!(
+                "the store's filesystem ({}) stayed full for {} s while the action ran, and \
+                 it was stopped (log: {})",
+                ctx.store.root().display(),
+                watch.grace.as_secs(),
+                log.display()
+            ),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
         });
     }
     match status.code() {
@@ -1264,6 +1303,12 @@ fn commit_outputs(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        secrets: action
+            .image
+            .as_deref()
+            .and_then(|k| ctx.model.images.get(k))
+            .map(|i| i.secret_names().into_iter().map(str::to_string).collect())
+            .unwrap_or_default(),
     };
     ctx.store.commit_outputs(&out, &meta)?;
     Ok(summary)

@@ -190,6 +190,11 @@ pub(super) struct Runner<'a> {
 
 /// Runs the action; the exit code of the sandbox.
 pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError> {
+    for path in &spec.redact {
+        let bytes = std::fs::read(path).map_err(io("read a secret's private copy"))?;
+        // A token file usually ends in a newline a script's `cat` prints on its own.
+        crate::redact::register(String::from_utf8_lossy(&bytes).trim());
+    }
     let log = File::options()
         .create(true)
         .append(true)
@@ -787,8 +792,9 @@ impl Runner<'_> {
                 if n == 0 {
                     break;
                 }
-                let _ = log.write_all(&buf);
-                let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                let shown = crate::redact::output(&buf);
+                let _ = log.write_all(&shown);
+                let line = String::from_utf8_lossy(&shown).trim_end().to_string();
                 if stream {
                     emit(&Event::Output { line: line.clone() });
                 }

@@ -128,6 +128,11 @@ pub struct ActionSpec {
     /// variable as a read-only path (inside the chroot under /tmp/ccb/artifacts).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, PathBuf>,
+    /// Files (private copies of the image's secrets) whose bytes never reach the log: the
+    /// sandbox writes `[redacted]` where a step prints one. Paths, so the spec on disk holds
+    /// no secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<PathBuf>,
     /// A `command not found` in a step's output fails the step (`--strict`). Not an input of
     /// the key: it decides whether a result is accepted, never what it holds.
     #[serde(default)]

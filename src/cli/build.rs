@@ -63,8 +63,8 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let planned = session.plan(&a.targets, &a.arch)?;
     let until = a.until.unwrap_or(Stage::Disk);
     if a.dry_run {
-        let plan = ops::build::plan(&planned, &store, until);
-        super::render::plan(&plan, a.format, ctx.verbose > 0);
+        let plan = ops::build::dry_run(&planned, &store, until);
+        super::render::plan(&shell, &plan, a.format, ctx.verbose > 0);
         return Ok(());
     }
     let req = BuildRequest {

@@ -28,7 +28,7 @@ pub fn run(ctx: &mut Context, cmd: BuilderCommand) -> Result<(), CliError> {
     let store = ctx.store()?;
     match cmd {
         BuilderCommand::Has { digest } => {
-            crate::ui::out(if builder::has(&store, &digest) {
+            ctx.shell().out(if builder::has(&store, &digest) {
                 "yes"
             } else {
                 "no"

@@ -4,9 +4,8 @@ use clap::{Args, Subcommand};
 
 use super::{CliError, Context};
 use crate::ops;
-use crate::ops::cache::short_key;
 use crate::ui::progress::human_bytes;
-use crate::ui::{self, OutputFormat};
+use crate::ui::{KEY_WIDTH, OutputFormat, short};
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -49,12 +48,13 @@ pub struct RmArgs {
 
 pub fn run(ctx: &mut Context, cmd: CacheCommand) -> Result<(), CliError> {
     let store = ctx.store()?;
+    let shell = ctx.shell();
     match cmd {
         CacheCommand::Ls(a) => {
             let report = ops::cache::ls(&store);
             match a.format {
-                OutputFormat::Json => ui::out_json(&report),
-                OutputFormat::Text => ui::out(&render_ls(&report)),
+                OutputFormat::Json => shell.out_json(&report),
+                OutputFormat::Text => shell.out(&render_ls(&report)),
             }
             Ok(())
         }
@@ -65,19 +65,18 @@ pub fn run(ctx: &mut Context, cmd: CacheCommand) -> Result<(), CliError> {
             };
             let report = ops::cache::gc(&store, req)?;
             match a.format {
-                OutputFormat::Json => ui::out_json(&report),
-                OutputFormat::Text => ui::out(&render_gc(&report)),
+                OutputFormat::Json => shell.out_json(&report),
+                OutputFormat::Text => shell.out(&render_gc(&report)),
             }
             Ok(())
         }
         CacheCommand::Verify(a) => {
-            let quiet = ctx.quiet;
             let report = ops::cache::verify(&store, &mut |id| {
-                ui::status(quiet, &format!("verifying {id}"));
+                shell.status(&format!("verifying {id}"));
             });
             match a.format {
-                OutputFormat::Json => ui::out_json(&report),
-                OutputFormat::Text => ui::out(&render_verify(&report)),
+                OutputFormat::Json => shell.out_json(&report),
+                OutputFormat::Text => shell.out(&render_verify(&report)),
             }
             report.result()
         }
@@ -90,11 +89,11 @@ pub fn run(ctx: &mut Context, cmd: CacheCommand) -> Result<(), CliError> {
             };
             let report = ops::cache::rm(&store, session.as_ref(), &req)?;
             if report.nothing_of_targets {
-                ui::status(ctx.quiet, "nothing of these targets is in the store");
+                shell.status("nothing of these targets is in the store");
             }
             match a.format {
-                OutputFormat::Json => ui::out_json(&report),
-                OutputFormat::Text => ui::out(&render_rm(&report)),
+                OutputFormat::Json => shell.out_json(&report),
+                OutputFormat::Text => shell.out(&render_rm(&report)),
             }
             Ok(())
         }
@@ -111,16 +110,16 @@ fn render_gc(report: &ops::cache::GcReport) -> String {
     for e in &report.removed {
         out.push_str(&format!(
             "{verb} {}  {}  {}\n",
-            short_key(&e.key),
+            short(&e.key, KEY_WIDTH),
             e.id,
             human_bytes(e.bytes)
         ));
     }
     for sha in &report.artifacts_removed {
-        out.push_str(&format!("{verb} artifact {}\n", short_key(sha)));
+        out.push_str(&format!("{verb} artifact {}\n", short(sha, KEY_WIDTH)));
     }
     for tree in &report.source_trees_removed {
-        out.push_str(&format!("{verb} source tree {}\n", short_key(tree)));
+        out.push_str(&format!("{verb} source tree {}\n", short(tree, KEY_WIDTH)));
     }
     out.push_str(&format!(
         "{verb} {} entries ({}), kept {}\n",
@@ -137,15 +136,15 @@ fn render_verify(report: &ops::cache::VerifyReport) -> String {
         if let (true, Some(note)) = (v.ok, &v.unrecorded) {
             out.push_str(&format!(
                 "ok      {}  {}: {note}\n",
-                short_key(&v.key),
+                short(&v.key, KEY_WIDTH),
                 v.id
             ));
         } else if v.ok {
-            out.push_str(&format!("ok      {}  {}\n", short_key(&v.key), v.id));
+            out.push_str(&format!("ok      {}  {}\n", short(&v.key, KEY_WIDTH), v.id));
         } else {
             out.push_str(&format!(
                 "BROKEN  {}  {}: {}\n",
-                short_key(&v.key),
+                short(&v.key, KEY_WIDTH),
                 v.id,
                 v.problems.join("; ")
             ));
@@ -164,7 +163,7 @@ fn render_rm(report: &ops::cache::RmReport) -> String {
     for r in &report.removed {
         out.push_str(&format!(
             "removed {}  {}{}\n",
-            short_key(&r.key),
+            short(&r.key, KEY_WIDTH),
             r.id,
             if r.dependent {
                 " (stacked on a removed layer)"
@@ -186,7 +185,7 @@ fn render_ls(report: &ops::cache::LsReport) -> String {
     for e in &report.entries {
         out.push_str(&format!(
             "{}  {:width$}  {:4}  {:>9}  {:>8}{}\n",
-            short_key(&e.key),
+            short(&e.key, KEY_WIDTH),
             e.id,
             e.mode.as_deref().unwrap_or("-"),
             human_bytes(e.bytes),

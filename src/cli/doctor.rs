@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{CliError, Context};
 use crate::doctor;
-use crate::ui::{self, OutputFormat};
+use crate::ui::OutputFormat;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -12,14 +12,14 @@ pub struct DoctorArgs {
     format: OutputFormat,
 }
 
-pub fn run(_ctx: &mut Context, a: DoctorArgs) -> Result<(), CliError> {
+pub fn run(ctx: &mut Context, a: DoctorArgs) -> Result<(), CliError> {
     let report = doctor::diagnose();
     match a.format {
-        OutputFormat::Json => ui::out_json(&report),
+        OutputFormat::Json => ctx.shell().out_json(&report),
         OutputFormat::Text => {
             let mut text = Vec::new();
             let _ = doctor::render(&report, &mut text);
-            ui::out(&String::from_utf8_lossy(&text));
+            ctx.shell().out(&String::from_utf8_lossy(&text));
         }
     }
     Ok(())

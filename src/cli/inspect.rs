@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::{CliError, Context};
+use crate::ops::files::{FileRequest, LsReport};
 use crate::ops::inspect::{ImageReport, Images};
 use crate::ops::{self, SessionOptions};
 use crate::ui::{self, OutputFormat};
@@ -39,6 +40,8 @@ pub enum InspectCommand {
         image: String,
         /// A path inside the image
         path: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
     /// Print a file of an image (like virt-cat)
     Cat {
@@ -46,7 +49,109 @@ pub enum InspectCommand {
         image: String,
         /// A path inside the image
         path: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
+}
+
+/// `inspect ls|cat`: an image file needs no project (as virt-ls needs none); a target does.
+fn files(
+    ctx: &mut Context,
+    store: &crate::store::Store,
+    opts: &SessionOptions,
+    cmd: InspectCommand,
+) -> Result<(), CliError> {
+    let shell = ctx.shell();
+    let (InspectCommand::Ls {
+        image,
+        path,
+        format,
+    }
+    | InspectCommand::Cat {
+        image,
+        path,
+        format,
+    }) = &cmd;
+    let format = *format;
+    let req = FileRequest {
+        image: image.clone(),
+        path: path.clone(),
+    };
+    let fs = if ops::inspect::names_a_file(&req.image) {
+        ops::inspect::open_file(std::path::Path::new(&req.image))?
+    } else {
+        let model = ctx.model()?;
+        ops::inspect::open_one(&model, store, opts, &req.image, &shell)?
+    };
+    match (cmd, format) {
+        (InspectCommand::Ls { .. }, OutputFormat::Json) => {
+            shell.out_json(&ops::files::ls(fs.as_ref(), &req)?)
+        }
+        (InspectCommand::Ls { .. }, OutputFormat::Text) => {
+            shell.out(&ls_text(&ops::files::ls(fs.as_ref(), &req)?))
+        }
+        (InspectCommand::Cat { .. }, OutputFormat::Json) => {
+            shell.out_json(&ops::files::cat(fs.as_ref(), &req)?)
+        }
+        (InspectCommand::Cat { .. }, OutputFormat::Text) => {
+            shell.out_bytes(&ops::files::cat(fs.as_ref(), &req)?.data)
+        }
+    }
+    Ok(())
+}
+
+fn ls_text(report: &LsReport) -> String {
+    let mut out = String::new();
+    for e in &report.entries {
+        match (e.mode, e.uid, e.gid, e.size) {
+            (Some(mode), Some(uid), Some(gid), Some(size)) => {
+                let link = e
+                    .link
+                    .as_ref()
+                    .map(|t| format!(" -> {t}"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{mode:06o} {uid:>5} {gid:>5} {size:>12} {}{link}\n",
+                    e.name
+                ));
+            }
+            _ => out.push_str(&format!("{:>32} {}\n", "?", e.name)),
+        }
+    }
+    out
+}
+
+/// Renders one image's checks as they finish (text only).
+fn image_text(r: &ImageReport) -> String {
+    let failed = r.checks.iter().filter(|c| !c.passed).count();
+    let mut out = format!(
+        "{} ({}){}\n",
+        r.name,
+        r.source,
+        if r.root.is_empty() {
+            String::new()
+        } else {
+            format!(": root {}", r.root)
+        }
+    );
+    for c in &r.checks {
+        out.push_str(&format!(
+            "  {} {:<44} {}\n",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        ));
+    }
+    out.push_str(&format!(
+        "  {}: {} checks, {failed} failed in {} ms{}\n",
+        if failed == 0 { "PASS" } else { "FAIL" },
+        r.checks.len(),
+        r.duration_ms,
+        r.fetched_bytes
+            .map(|b| format!(", {} fetched", ui::progress::human_bytes(b)))
+            .unwrap_or_default()
+    ));
+    out
 }
 
 pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
@@ -58,55 +163,8 @@ pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
         ..Default::default()
     };
     if let Some(cmd) = a.command {
-        let (image, path) = match &cmd {
-            InspectCommand::Ls { image, path } | InspectCommand::Cat { image, path } => {
-                (image.clone(), path.clone())
-            }
-        };
-        // An image file needs no project (as virt-ls needs none); a target does.
-        let fs = if ops::inspect::names_a_file(&image) {
-            ops::inspect::open_file(std::path::Path::new(&image))?
-        } else {
-            let model = ctx.model()?;
-            ops::inspect::open_one(&model, &store, &opts, &image, &shell)?
-        };
-        let path = if path.starts_with('/') {
-            path
-        } else {
-            format!("/{path}")
-        };
-        match cmd {
-            InspectCommand::Ls { .. } => {
-                let mut entries = fs.read_dir(&path).map_err(CliError::from_diag)?;
-                entries.sort_by(|x, y| x.name.cmp(&y.name));
-                for e in entries {
-                    let child = format!("{}/{}", path.trim_end_matches('/'), e.name);
-                    match fs.symlink_metadata(&child) {
-                        Ok(m) => {
-                            let link = if m.kind == crate::inspect::fs::FileKind::Symlink {
-                                fs.read_link(&child)
-                                    .map(|t| format!(" -> {t}"))
-                                    .unwrap_or_default()
-                            } else {
-                                String::new()
-                            };
-                            shell.out(&format!(
-                                "{:06o} {:>5} {:>5} {:>12} {}{link}\n",
-                                m.mode, m.uid, m.gid, m.size, e.name
-                            ));
-                        }
-                        Err(_) => shell.out(&format!("{:>32} {}\n", "?", e.name)),
-                    }
-                }
-            }
-            InspectCommand::Cat { .. } => {
-                let data = fs.read(&path).map_err(CliError::from_diag)?;
-                ui::out_bytes(&data);
-            }
-        }
-        return Ok(());
+        return files(ctx, &store, &opts, cmd);
     }
-
     let images = if let Some(site) = a.site {
         Images::Site {
             site,
@@ -133,35 +191,7 @@ pub fn run(ctx: &mut Context, a: InspectArgs) -> Result<(), CliError> {
         if let Some(note) = &r.skipped {
             shell.status(note);
         }
-        let failed = r.checks.iter().filter(|c| !c.passed).count();
-        let mut out = format!(
-            "{} ({}){}\n",
-            r.name,
-            r.source,
-            if r.root.is_empty() {
-                String::new()
-            } else {
-                format!(": root {}", r.root)
-            }
-        );
-        for c in &r.checks {
-            out.push_str(&format!(
-                "  {} {:<44} {}\n",
-                if c.passed { "ok  " } else { "FAIL" },
-                c.name,
-                c.detail
-            ));
-        }
-        out.push_str(&format!(
-            "  {}: {} checks, {failed} failed in {} ms{}\n",
-            if failed == 0 { "PASS" } else { "FAIL" },
-            r.checks.len(),
-            r.duration_ms,
-            r.fetched_bytes
-                .map(|b| format!(", {} fetched", ui::progress::human_bytes(b)))
-                .unwrap_or_default()
-        ));
-        shell.out(&out);
+        shell.out(&image_text(r));
     };
     let model = ctx.model()?;
     let report = ops::inspect::inspect(model, &store, &opts, &images, &shell, &mut render)?;

@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::{CliError, Context};
-use crate::element::{self, ForTarget, lint};
-use crate::ui::{self, OutputFormat};
+use crate::ops;
+use crate::ui::OutputFormat;
 
 #[derive(Debug, Args)]
 pub struct LintArgs {
@@ -18,46 +18,18 @@ pub struct LintArgs {
 }
 
 pub fn run(ctx: &mut Context, a: LintArgs) -> Result<(), CliError> {
+    let shell = ctx.shell();
     let root = ctx.root_if_any();
-    let path =
-        element::project_search_path(None, root.as_deref(), &a.element_path, None, &mut |w| {
-            ui::warn(w)
-        })
-        .map_err(|e| ForTarget::new(None, e))?;
-    let mut picked = Vec::new();
-    if a.elements.is_empty() {
-        let own = root.as_ref().map(|r| r.join("elements"));
-        for el in path.elements() {
-            let in_project = own
-                .as_ref()
-                .is_some_and(|o| el.dir.starts_with(o.canonicalize().unwrap_or(o.clone())));
-            if in_project || !a.element_path.is_empty() {
-                picked.push(el.clone());
-            }
-        }
-    } else {
-        for name in &a.elements {
-            let el = path.get(name).ok_or_else(|| {
-                CliError::from_diag(element::ElementError::NotFound {
-                    name: name.clone(),
-                    wanted_by: None,
-                    help: crate::diag::did_you_mean(name, &path.names()),
-                })
-            })?;
-            picked.push(el.clone());
-        }
-    }
-    let mut findings = Vec::new();
-    for el in &picked {
-        findings.extend(lint::lint_element(el)?);
-    }
+    let req = ops::lint::LintRequest {
+        elements: a.elements,
+        element_path: a.element_path,
+    };
+    let report = ops::lint::lint(root.as_deref(), &req, &mut |w| shell.warn(w))?;
     match a.format {
-        OutputFormat::Json => {
-            ui::out_json(&serde_json::json!({"elements": picked.len(), "findings": findings}))
-        }
+        OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
             let mut out = String::new();
-            for f in &findings {
+            for f in &report.findings {
                 let loc = match (f.file.as_str(), f.line) {
                     ("", _) => f.element.clone(),
                     (file, Some(l)) => format!("{}/{file}:{l}", f.element),
@@ -65,18 +37,15 @@ pub fn run(ctx: &mut Context, a: LintArgs) -> Result<(), CliError> {
                 };
                 out.push_str(&format!("{loc}: [{}] {}\n", f.rule, f.message));
             }
-            ui::out(&out);
-            ui::status(
-                ctx.quiet,
-                &format!(
-                    "{} elements linted, {} findings",
-                    picked.len(),
-                    findings.len()
-                ),
-            );
+            shell.out(&out);
+            shell.status(&format!(
+                "{} elements linted, {} findings",
+                report.elements,
+                report.findings.len()
+            ));
         }
     }
-    if findings.is_empty() {
+    if report.findings.is_empty() {
         Ok(())
     } else {
         Err(CliError::silent())

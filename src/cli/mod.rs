@@ -206,14 +206,14 @@ fn install_panic_hook() {
     std::panic::set_hook(Box::new(move |info| {
         default(info);
         let err = CliError::internal("ccb panicked (the message is above)");
-        crate::ui::error(err.report(), err.hint());
+        crate::ui::Shell::default().error(err.report(), err.hint());
         std::process::exit(70);
     }));
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    // The sandbox is ccb re-executed (see `build::sandbox`): not a user command.
+    // The sandbox is ccb re-executed (see `action::sandbox`): not a user command.
     let mut args = std::env::args_os();
     match args.nth(1) {
         Some(a) if a == crate::action::sandbox::SANDBOX_ARG => {
@@ -259,6 +259,7 @@ pub fn main() -> ExitCode {
         root_arg: cli.root,
         store: None,
     };
+    let shell = ctx.shell();
     let result = match cli.command {
         Command::Check(args) => check::run(&mut ctx, args),
         Command::Query(cmd) => query::run(&mut ctx, cmd),
@@ -283,14 +284,14 @@ pub fn main() -> ExitCode {
         // operator's end, and a script must see 130.
         _ if crate::interrupt::requested() => {
             if let Err(err) = &result {
-                crate::ui::error(err.report(), None);
+                shell.error(err.report(), None);
             }
-            crate::ui::error(None, Some("interrupted"));
+            shell.error(None, Some("interrupted"));
             ExitCode::from(crate::interrupt::EXIT_CODE)
         }
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            crate::ui::error(err.report(), err.hint());
+            shell.error(err.report(), err.hint());
             ExitCode::from(err.exit_code())
         }
     }

@@ -106,6 +106,8 @@ pub struct PromoteArgs {
     image: String,
     /// The version (`YYYYMMDD-vN`)
     version: String,
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +118,8 @@ pub struct RollbackArgs {
     image: String,
     /// The version to make live (`YYYYMMDD-vN`)
     version: String,
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +132,8 @@ pub struct PruneArgs {
     /// Say what would be removed, remove nothing
     #[arg(long)]
     dry_run: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
 }
 
 impl From<&SwiftArgs> for SwiftSettings {
@@ -199,6 +205,7 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
 }
 
 pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError> {
+    let shell = ctx.shell();
     let model = ctx.model()?;
     let at = |a: SiteScope| ops::versions::At {
         site: a.site,
@@ -206,55 +213,77 @@ pub fn versions(ctx: &mut Context, cmd: VersionsCommand) -> Result<(), CliError>
     };
     match cmd {
         VersionsCommand::List(a) => {
-            let format = a.format;
             let list = ops::versions::list(model, &at(a.at))?;
-            match format {
-                OutputFormat::Json => crate::ui::out_json(&list),
-                OutputFormat::Text => crate::ui::out(&render_versions(&list)),
+            match a.format {
+                OutputFormat::Json => shell.out_json(&list),
+                OutputFormat::Text => shell.out(&render_versions(&list)),
             }
         }
         VersionsCommand::Promote(a) => {
-            let live = ops::versions::promote(
-                model,
-                &ops::versions::PromoteRequest {
-                    site: a.site,
-                    from: a.from.clone(),
-                    to: a.to,
-                    image: a.image,
-                    version: a.version,
-                },
-            )?;
-            crate::ui::out(&format!(
-                "{}: {} {} promoted to {} (live)\n",
-                live.image, a.from, live.version, live.scope
-            ));
+            let req = ops::versions::PromoteRequest {
+                site: a.site,
+                from: a.from,
+                to: a.to,
+                image: a.image,
+                version: a.version,
+            };
+            let live = ops::versions::promote(model, &req)?;
+            match a.format {
+                OutputFormat::Json => shell.out_json(&live),
+                OutputFormat::Text => shell.out(&format!(
+                    "{}: {} {} promoted to {} (live)\n",
+                    live.image, req.from, live.version, live.scope
+                )),
+            }
         }
         VersionsCommand::Rollback(a) => {
-            let live = ops::versions::rollback(model, &at(a.at), &a.image, &a.version)?;
-            crate::ui::out(&format!(
-                "{}: {} now live as {}\n",
-                live.image, live.scope, live.version
-            ));
+            let req = ops::versions::RollbackRequest {
+                at: at(a.at),
+                image: a.image,
+                version: a.version,
+            };
+            let live = ops::versions::rollback(model, &req)?;
+            match a.format {
+                OutputFormat::Json => shell.out_json(&live),
+                OutputFormat::Text => shell.out(&format!(
+                    "{}: {} now live as {}\n",
+                    live.image, live.scope, live.version
+                )),
+            }
         }
         VersionsCommand::Prune(a) => {
-            let pruned = ops::versions::prune(model, &at(a.at), a.keep, a.dry_run)?;
-            let verb = if pruned.dry_run {
-                "would remove"
-            } else {
-                "removed"
+            let req = ops::versions::PruneRequest {
+                at: at(a.at),
+                keep: a.keep,
+                dry_run: a.dry_run,
             };
-            for (v, image) in &pruned.removed {
-                crate::ui::out(&format!("{verb} {image} {v}\n"));
-            }
-            if pruned.removed.is_empty() {
-                crate::ui::out(&format!(
-                    "nothing to prune (keeping {} per image and the live ones)\n",
-                    pruned.keep
-                ));
+            let pruned = ops::versions::prune(model, &req)?;
+            match a.format {
+                OutputFormat::Json => shell.out_json(&pruned),
+                OutputFormat::Text => shell.out(&render_pruned(&pruned)),
             }
         }
     }
     Ok(())
+}
+
+fn render_pruned(pruned: &ops::versions::Pruned) -> String {
+    let verb = if pruned.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut out = String::new();
+    for (v, image) in &pruned.removed {
+        out.push_str(&format!("{verb} {image} {v}\n"));
+    }
+    if pruned.removed.is_empty() {
+        out.push_str(&format!(
+            "nothing to prune (keeping {} per image and the live ones)\n",
+            pruned.keep
+        ));
+    }
+    out
 }
 
 fn render_versions(list: &ops::versions::VersionsList) -> String {

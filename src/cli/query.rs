@@ -5,8 +5,8 @@ use clap::{Args, Subcommand};
 use super::{CliError, Context};
 use crate::element::{ElementView, PHASES};
 use crate::ops;
-use crate::ops::cache::short_key;
-use crate::ui::{self, OutputFormat};
+use crate::ops::query::{TargetQuery, TargetsQuery};
+use crate::ui::{COMMIT_WIDTH, KEY_WIDTH, OutputFormat, Shell, short};
 
 #[derive(Debug, Subcommand)]
 pub enum QueryCommand {
@@ -111,22 +111,21 @@ pub fn run(ctx: &mut Context, cmd: QueryCommand) -> Result<(), CliError> {
     }
 }
 
-fn scope(ctx: &Context, element_path: Vec<String>) -> ops::query::Scope {
-    ops::query::Scope {
-        element_path,
-        offline: ctx.offline,
+impl OneTargetArgs {
+    fn query(&self) -> TargetQuery {
+        TargetQuery {
+            target: self.target.clone(),
+            arch: self.arch.clone(),
+        }
     }
 }
 
-fn warn(w: &str) {
-    ui::warn(w)
-}
-
 fn targets(ctx: &mut Context, a: TargetsArgs) -> Result<(), CliError> {
+    let shell = ctx.shell();
     let model = ctx.model()?;
     let report = ops::query::targets(&model, &a.arch)?;
     match a.format {
-        OutputFormat::Json => ui::out_json(&report),
+        OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
             let mut out = String::new();
             for t in &report.targets {
@@ -148,18 +147,19 @@ fn targets(ctx: &mut Context, a: TargetsArgs) -> Result<(), CliError> {
                     formats.join(",")
                 ));
             }
-            ui::out(&out);
+            shell.out(&out);
         }
     }
     Ok(())
 }
 
 fn manifest(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
+    let shell = ctx.shell();
     let model = ctx.model()?;
-    let image = ops::query::manifest(&model, &a.target, &a.arch)?;
+    let image = ops::query::manifest(&model, &a.query())?;
     match a.format {
-        OutputFormat::Json => ui::out_json(image),
-        OutputFormat::Text => ui::out(&manifest_text(image)),
+        OutputFormat::Json => shell.out_json(image),
+        OutputFormat::Text => shell.out(&manifest_text(image)),
     }
     Ok(())
 }
@@ -258,47 +258,62 @@ fn view_text(elements: &[String], view: &ElementView) -> String {
 }
 
 fn elements(ctx: &mut Context, a: ElementsArgs) -> Result<(), CliError> {
+    let shell = ctx.shell();
     let format = a.format;
     let req = ops::query::ElementsRequest {
         target: a.target,
         elements: a.elements,
         arch: a.arch,
         env: a.env,
-        scope: scope(ctx, a.element_path),
+        scope: ops::query::Scope {
+            element_path: a.element_path,
+            offline: ctx.offline,
+        },
     };
-    // A target needs the project; `-e` elements use it when there is one.
-    let root = ctx.root_if_any();
-    let model = match (&req.target, &root) {
-        (Some(_), _) => Some(ctx.model()?),
-        (None, Some(_)) => ctx.model().ok(),
-        (None, None) => None,
-    };
-    let store = if req.target.is_some() {
-        Some(ctx.store()?)
+    let report = if let Some(target) = &req.target {
+        let store = ctx.store()?;
+        let session = ctx.session(&store, req.scope.element_path.clone(), vec![])?;
+        ops::query::target_elements(&session, target, &req)?
     } else {
-        ctx.store().ok()
+        // `-e` elements use the project's search path when there is one.
+        let root = ctx.root_if_any();
+        let model = match &root {
+            Some(_) => ctx.model().ok(),
+            None => None,
+        };
+        let store = ctx.store().ok();
+        ops::query::named_elements(
+            model.as_ref(),
+            root.as_deref(),
+            store.as_ref(),
+            &req,
+            &mut |w| shell.warn(w),
+        )?
     };
-    let report = ops::query::elements(
-        model.as_ref(),
-        root.as_deref(),
-        store.as_ref(),
-        &req,
-        &mut warn,
-    )?;
     match format {
-        OutputFormat::Json => ui::out_json(&report),
-        OutputFormat::Text => ui::out(&view_text(&report.elements, &report.view)),
+        OutputFormat::Json => shell.out_json(&report),
+        OutputFormat::Text => shell.out(&view_text(&report.elements, &report.view)),
     }
     Ok(())
 }
 
-fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
-    let model = ctx.model()?;
+/// The session of a query: the locked model and its resolver (`element_path` searched first).
+fn with_session<T>(
+    ctx: &mut Context,
+    element_path: Vec<String>,
+    op: impl FnOnce(&ops::Session) -> Result<T, CliError>,
+) -> Result<(Shell, T), CliError> {
+    let shell = ctx.shell();
     let store = ctx.store()?;
-    let scope = scope(ctx, a.element_path);
-    let report = ops::query::deps(&model, &store, &scope, &a.target, &a.arch, &mut warn)?;
+    let session = ctx.session(&store, element_path, vec![])?;
+    Ok((shell, op(&session)?))
+}
+
+fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
+    let q = a.query();
+    let (shell, report) = with_session(ctx, a.element_path, |s| ops::query::deps(s, &q))?;
     match a.format {
-        OutputFormat::Json => ui::out_json(&report),
+        OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
             let mut out = format!("{}\n", report.target);
             if !report.parents.is_empty() {
@@ -314,7 +329,7 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
                     let pins: Vec<String> = b
                         .sources
                         .iter()
-                        .map(|(n, c)| format!("{n}@{}", &c[..12.min(c.len())]))
+                        .map(|(n, c)| format!("{n}@{}", short(c, COMMIT_WIDTH)))
                         .collect();
                     out.push_str(&format!("    sources: {}\n", pins.join(" ")));
                 }
@@ -323,30 +338,31 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
                 }
                 out.push_str("    actions:\n");
                 for act in &b.actions {
-                    out.push_str(&format!("      {} {}\n", act.id, short_key(&act.key)));
+                    out.push_str(&format!(
+                        "      {} {}\n",
+                        act.id,
+                        short(&act.key, KEY_WIDTH)
+                    ));
                 }
             }
-            ui::out(&out);
+            shell.out(&out);
         }
     }
     Ok(())
 }
 
 fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
-    let model = ctx.model()?;
-    let store = ctx.store()?;
-    let scope = scope(ctx, vec![]);
-    let report = ops::query::rdeps(&model, &store, &scope, &a.what, &mut warn)?;
+    let (shell, report) = with_session(ctx, vec![], |s| ops::query::rdeps(s, &a.what))?;
     match a.format {
-        OutputFormat::Json => ui::out_json(&report),
+        OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
             let mut out = String::new();
             for d in &report.dependents {
                 out.push_str(&format!("{}  {}\n", d.shown, d.actions.join(" ")));
             }
-            ui::out(&out);
+            shell.out(&out);
             if report.dependents.is_empty() {
-                ui::status(ctx.quiet, &format!("nothing depends on {}", a.what));
+                shell.status(&format!("nothing depends on {}", a.what));
             }
         }
     }
@@ -354,12 +370,13 @@ fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
 }
 
 fn graph_cmd(ctx: &mut Context, a: GraphArgs) -> Result<(), CliError> {
-    let model = ctx.model()?;
-    let store = ctx.store()?;
-    let scope = scope(ctx, vec![]);
-    let report = ops::query::graph(&model, &store, &scope, &a.targets, &a.arch, &mut warn)?;
+    let q = TargetsQuery {
+        targets: a.targets,
+        arch: a.arch,
+    };
+    let (shell, report) = with_session(ctx, vec![], |s| ops::query::graph(s, &q))?;
     match a.format {
-        GraphFormat::Json => ui::out_json(&report),
+        GraphFormat::Json => shell.out_json(&report),
         GraphFormat::Dot => {
             let mut out = String::from(
                 "digraph ccb {\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n",
@@ -369,26 +386,24 @@ fn graph_cmd(ctx: &mut Context, a: GraphArgs) -> Result<(), CliError> {
                     "  \"{}\" [label=\"{}\\n{}\"];\n",
                     act.id,
                     act.id,
-                    &act.key[..12.min(act.key.len())]
+                    short(&act.key, COMMIT_WIDTH)
                 ));
                 for d in &act.deps {
                     out.push_str(&format!("  \"{d}\" -> \"{}\";\n", act.id));
                 }
             }
             out.push_str("}\n");
-            ui::out(&out);
+            shell.out(&out);
         }
     }
     Ok(())
 }
 
 fn hash(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
-    let model = ctx.model()?;
-    let store = ctx.store()?;
-    let scope = scope(ctx, a.element_path);
-    let report = ops::query::hash(&model, &store, &scope, &a.target, &a.arch, &mut warn)?;
+    let q = a.query();
+    let (shell, report) = with_session(ctx, a.element_path, |s| ops::query::hash(s, &q))?;
     match a.format {
-        OutputFormat::Json => ui::out_json(&report),
+        OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
             let mut out = String::new();
             for act in &report.actions {
@@ -400,18 +415,15 @@ fn hash(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
                     out.push_str(&format!("  {line}\n"));
                 }
             }
-            ui::out(&out);
+            shell.out(&out);
         }
     }
     Ok(())
 }
 
 fn explain(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
-    let model = ctx.model()?;
-    let store = ctx.store()?;
-    let scope = scope(ctx, a.element_path);
-    let report = ops::query::explain(&model, &store, &scope, &a.target, &a.arch, &mut warn)?;
-    let rows: Vec<_> = report.rows.iter().map(|(a, s)| (a, s.clone())).collect();
-    super::render::plan(&rows, a.format, true);
+    let q = a.query();
+    let (shell, report) = with_session(ctx, a.element_path, |s| ops::query::explain(s, &q))?;
+    super::render::plan(&shell, &report, a.format, true);
     Ok(())
 }

@@ -1,73 +1,56 @@
 //! Renderings more than one command shares.
 
-use serde_json::json;
+use crate::graph::Status;
+use crate::ops::build::PlanReport;
+use crate::ui::{KEY_WIDTH, OutputFormat, Shell, short};
 
-use crate::graph::{Action, Status};
-use crate::ui::{self, OutputFormat};
-
-/// A plan: every action, its key, cached or to run and why (`build --dry-run`, `query plan`).
-pub fn plan(plan: &[(&Action, Status)], format: OutputFormat, all_reasons: bool) {
+/// A plan: every action, its key, cached or to run and why (`build --dry-run`,
+/// `query explain`).
+pub fn plan(shell: &Shell, plan: &PlanReport, format: OutputFormat, all_reasons: bool) {
     match format {
-        OutputFormat::Json => {
-            let rows: Vec<_> = plan
-                .iter()
-                .map(|(a, s)| json!({"id": a.id, "kind": a.kind, "key": a.key, "deps": a.deps, "status": s}))
-                .collect();
-            let to_run = plan
-                .iter()
-                .filter(|(_, s)| matches!(s, Status::ToRun { .. }))
-                .count();
-            ui::out_json(&json!({
-                "version": 1,
-                "actions": rows,
-                "summary": {"total": plan.len(), "cached": plan.len() - to_run, "to_run": to_run},
-            }));
-        }
-        OutputFormat::Text => {
-            let width = plan.iter().map(|(a, _)| a.id.len()).max().unwrap_or(0);
-            let mut out = String::new();
-            for (a, s) in plan {
-                match s {
-                    Status::Cached { remote } => out.push_str(&format!(
-                        "{:width$}  {}  cached{}\n",
-                        a.id,
-                        &a.key[..16],
-                        if *remote { " (remote)" } else { "" }
-                    )),
-                    Status::ToRun { reasons } => {
-                        let shown: Vec<&String> = if all_reasons {
-                            reasons.iter().collect()
-                        } else {
-                            reasons.iter().take(3).collect()
-                        };
-                        let more = reasons.len() - shown.len();
-                        out.push_str(&format!(
-                            "{:width$}  {}  to run: {}",
-                            a.id,
-                            &a.key[..16],
-                            shown[0]
-                        ));
-                        for r in &shown[1..] {
-                            out.push_str(&format!("; {r}"));
-                        }
-                        if more > 0 {
-                            out.push_str(&format!("; and {more} more (-v)"));
-                        }
-                        out.push('\n');
-                    }
+        OutputFormat::Json => shell.out_json(plan),
+        OutputFormat::Text => shell.out(&plan_text(plan, all_reasons)),
+    }
+}
+
+fn plan_text(plan: &PlanReport, all_reasons: bool) -> String {
+    let width = plan.actions.iter().map(|a| a.id.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for a in &plan.actions {
+        let key = short(&a.key, KEY_WIDTH);
+        let secret = a
+            .not_shared
+            .map(|why| format!(" ({why})"))
+            .unwrap_or_default();
+        match &a.status {
+            Status::Cached { remote } => out.push_str(&format!(
+                "{:width$}  {key}  cached{}{secret}\n",
+                a.id,
+                if *remote { " (remote)" } else { "" }
+            )),
+            Status::ToRun { reasons } => {
+                let shown = if all_reasons {
+                    reasons.len()
+                } else {
+                    reasons.len().min(3)
+                };
+                out.push_str(&format!(
+                    "{:width$}  {key}  to run: {}",
+                    a.id,
+                    reasons[..shown].join("; ")
+                ));
+                if reasons.len() > shown {
+                    out.push_str(&format!("; and {} more (-v)", reasons.len() - shown));
                 }
+                out.push_str(&secret);
+                out.push('\n');
             }
-            let to_run = plan
-                .iter()
-                .filter(|(_, s)| matches!(s, Status::ToRun { .. }))
-                .count();
-            out.push_str(&format!(
-                "{} actions: {} cached, {} to run\n",
-                plan.len(),
-                plan.len() - to_run,
-                to_run
-            ));
-            ui::out(&out);
         }
     }
+    let s = &plan.summary;
+    out.push_str(&format!(
+        "{} actions: {} cached, {} to run\n",
+        s.total, s.cached, s.to_run
+    ));
+    out
 }

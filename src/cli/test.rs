@@ -20,12 +20,13 @@ pub enum FirmwareChoice {
 pub struct TestArgs {
     /// Targets to boot (default: every image)
     targets: Vec<String>,
-    /// Which firmware to boot with
-    #[arg(long, value_enum, default_value = "both")]
-    firmware: FirmwareChoice,
-    /// The bus the image's disk is attached to (repeatable: one boot per bus and firmware)
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "virtio")]
-    disk: Vec<DiskBus>,
+    /// Which firmware to boot with [default: both]
+    #[arg(long, value_enum)]
+    firmware: Option<FirmwareChoice>,
+    /// The bus the image's disk is attached to (repeatable: one boot per bus and firmware), or
+    /// FIRMWARE:BUS for one boot with that firmware (`--disk uefi:nvme --disk bios:sata`)
+    #[arg(long, value_delimiter = ',', default_value = "virtio", value_parser = parse_disk, value_name = "[FIRMWARE:]BUS")]
+    disk: Vec<(Option<Firmware>, DiskBus)>,
     /// Seconds a boot may take, checks included, before it counts as failed
     #[arg(long, default_value_t = 900, value_name = "S")]
     timeout: u64,
@@ -40,6 +41,16 @@ pub struct TestArgs {
     env: Vec<String>,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
+}
+
+/// A `--disk` value: `nvme`, or `uefi:nvme` for one boot with that firmware.
+fn parse_disk(s: &str) -> Result<(Option<Firmware>, DiskBus), String> {
+    use clap::ValueEnum;
+    let (fw, bus) = match s.split_once(':') {
+        Some((fw, bus)) => (Some(Firmware::from_str(fw, true)?), bus),
+        None => (None, s),
+    };
+    Ok((fw, DiskBus::from_str(bus, true)?))
 }
 
 /// Tells the test as it goes, in text.
@@ -85,20 +96,46 @@ impl TestObserver for Text {
 pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
     let shell = ctx.shell();
     let store = ctx.store()?;
-    let mut session = ctx.session(&store, a.element_path, a.env)?;
-    let planned = session.plan_to_build(&a.targets, &a.arch, &shell)?;
-    let mut buses = a.disk.clone();
+    let paired: Vec<(Firmware, DiskBus)> = a
+        .disk
+        .iter()
+        .filter_map(|(fw, bus)| fw.map(|fw| (fw, *bus)))
+        .collect();
+    if !paired.is_empty() && (paired.len() != a.disk.len() || a.firmware.is_some()) {
+        return Err(CliError::usage(
+            "--disk FIRMWARE:BUS names each boot's firmware: give every --disk one \
+             (uefi:nvme, bios:sata) and no --firmware, or give buses only",
+        ));
+    }
+    let mut buses: Vec<DiskBus> = a.disk.iter().map(|(_, bus)| *bus).collect();
     buses.sort();
     buses.dedup();
-    let req = TestRequest {
-        firmwares: match a.firmware {
+    let firmwares = if paired.is_empty() {
+        match a.firmware.unwrap_or(FirmwareChoice::Both) {
             FirmwareChoice::Bios => vec![Firmware::Bios],
             FirmwareChoice::Uefi => vec![Firmware::Uefi],
             FirmwareChoice::Both => vec![Firmware::Bios, Firmware::Uefi],
-        },
+        }
+    } else {
+        [Firmware::Bios, Firmware::Uefi]
+            .into_iter()
+            .filter(|f| paired.iter().any(|(p, _)| p == f))
+            .collect()
+    };
+    let mut unique = Vec::new();
+    for p in paired {
+        if !unique.contains(&p) {
+            unique.push(p);
+        }
+    }
+    let req = TestRequest {
+        firmwares,
         buses,
+        paired: unique,
         timeout: std::time::Duration::from_secs(a.timeout),
     };
+    let mut session = ctx.session(&store, a.element_path, a.env)?;
+    let planned = session.plan_to_build(&a.targets, &a.arch, &shell)?;
     let mut observer = Text {
         shell,
         text: a.format == OutputFormat::Text,

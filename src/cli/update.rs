@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::{CliError, Context};
 use crate::ops::update::UpdateRequest;
-use crate::ui::OutputFormat;
+use crate::ui::{COMMIT_WIDTH, OutputFormat, short};
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
@@ -38,10 +38,14 @@ pub fn run(ctx: &mut Context, a: UpdateArgs) -> Result<(), CliError> {
                     Some(b) => out.push_str(&format!(
                         "{}: {} → {}\n",
                         c.entry,
-                        short(b),
-                        short(&c.after)
+                        short(b, COMMIT_WIDTH),
+                        short(&c.after, COMMIT_WIDTH)
                     )),
-                    None => out.push_str(&format!("{}: pinned {}\n", c.entry, short(&c.after))),
+                    None => out.push_str(&format!(
+                        "{}: pinned {}\n",
+                        c.entry,
+                        short(&c.after, COMMIT_WIDTH)
+                    )),
                 }
             }
             for what in &r.removed {
@@ -59,8 +63,4 @@ pub fn run(ctx: &mut Context, a: UpdateArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-fn short(digest: &str) -> &str {
-    &digest[..12.min(digest.len())]
 }

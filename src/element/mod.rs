@@ -425,7 +425,7 @@ pub fn project_resolver<'a>(
         };
         let (name, locked) = pending.remove(0);
         crate::sources::checkout(store, &model.root, name, locked, offline, &mut |m| {
-            crate::ui::status(false, m)
+            crate::ui::Shell::default().status(m)
         })
         .map_err(|source| {
             ForTarget::new(

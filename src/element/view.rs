@@ -174,41 +174,7 @@ impl ElementView {
         declared: &BTreeMap<String, String>,
     ) -> Result<Self, ElementError> {
         let mut view = ElementView::default();
-
-        // environment.d: bytewise order of names (DIB sorts full paths with `sort -n`, which
-        // degenerates to a plain byte order since every path starts with `/`).
-        let mut env_files: Vec<(Script, PathBuf)> = Vec::new();
-        let mut owner: BTreeMap<String, String> = BTreeMap::new();
-        for el in elements {
-            for Entry { name, path, .. } in files_in(&el.reads, &el.dir.join("environment.d"))? {
-                if !env_file_name(&name) {
-                    view.skipped.push(Skipped {
-                        element: el.name.clone(),
-                        path: format!("environment.d/{name}"),
-                        reason: "name has characters outside [0-9A-Za-z_.-]".into(),
-                    });
-                    continue;
-                }
-                if let Some(first) = owner.get(&name) {
-                    return Err(ElementError::DuplicateScript {
-                        phase: "environment.d".into(),
-                        script: name,
-                        first: first.clone(),
-                        second: el.name.clone(),
-                    });
-                }
-                owner.insert(name.clone(), el.name.clone());
-                env_files.push((
-                    Script {
-                        name,
-                        element: el.name.clone(),
-                        dir: None,
-                    },
-                    path,
-                ));
-            }
-        }
-        env_files.sort_by(|a, b| a.0.name.as_bytes().cmp(b.0.name.as_bytes()));
+        let env_files = environment_files(elements, &mut view.skipped)?;
         // One memo serves a search path's elements: any element's is theirs.
         let reads = elements
             .first()
@@ -216,98 +182,162 @@ impl ElementView {
             .unwrap_or_default();
         view.env = super::env::source(&env_files, declared, &reads)?;
         view.environment = env_files.into_iter().map(|(s, _)| s).collect();
-
         for phase in PHASES {
-            let mut scripts: Vec<Script> = Vec::new();
-            let mut owner: BTreeMap<String, String> = BTreeMap::new();
-            for el in elements {
-                let phase_dir = el.dir.join(phase);
-                let mut files: Vec<(Option<String>, Entry)> = files_in(&el.reads, &phase_dir)?
-                    .into_iter()
-                    .map(|e| (None, e))
-                    .collect();
-                if phase == "install.d" {
-                    for sub in install_type_dirs(&el.reads, &phase_dir, &view.env)? {
-                        for e in files_in(&el.reads, &phase_dir.join(&sub))? {
-                            files.push((Some(sub.clone()), e));
-                        }
-                    }
-                }
-                for (
-                    dir,
-                    Entry {
-                        name, executable, ..
-                    },
-                ) in files
-                {
-                    if let Some(first) = owner.get(&name) {
-                        return Err(ElementError::DuplicateScript {
-                            phase: phase.to_string(),
-                            script: name,
-                            first: first.clone(),
-                            second: el.name.clone(),
-                        });
-                    }
-                    owner.insert(name.clone(), el.name.clone());
-                    let reason = if !runnable_name(&name) {
-                        Some("name has characters outside [0-9A-Za-z_-]")
-                    } else if !executable {
-                        Some("not executable")
-                    } else {
-                        None
-                    };
-                    match reason {
-                        Some(r) => view.skipped.push(Skipped {
-                            element: el.name.clone(),
-                            path: format!("{phase}/{name}"),
-                            reason: r.to_string(),
-                        }),
-                        None => scripts.push(Script {
-                            name,
-                            element: el.name.clone(),
-                            dir,
-                        }),
-                    }
-                }
-            }
-            scripts.sort_by(|a, b| run_parts_cmp(&a.name, &b.name));
+            let scripts = phase_scripts(elements, phase, &view.env, &mut view.skipped)?;
             if !scripts.is_empty() {
                 view.phases.insert(phase.to_string(), scripts);
             }
         }
-
-        // static/ and bin/: later elements (in sorted order) overwrite earlier ones.
-        for sub in ["static", "bin"] {
-            let mut owner: BTreeMap<String, String> = BTreeMap::new();
-            for el in elements {
-                for f in el.reads.tree(&el.dir.join(sub))?.iter() {
-                    let key = format!("{sub}/{f}");
-                    if let Some(prev) = owner.insert(key.clone(), el.name.clone()) {
-                        view.overwrites.push(Overwrite {
-                            path: key,
-                            winner: el.name.clone(),
-                            loser: prev,
-                        });
-                    }
-                }
-            }
-        }
-
-        let arch = declared.get("ARCH").cloned().unwrap_or_default();
-        let arch_file = format!(
-            "block-device-{}.yaml",
-            if arch == "ppc64le" { "ppc64el" } else { &arch }
-        );
-        view.block_device = elements.iter().find_map(|el| {
-            [arch_file.as_str(), "block-device-default.yaml"]
-                .iter()
-                .find(|f| el.reads.is_file(&el.dir.join(f)))
-                .map(|f| (el.name.clone(), f.to_string()))
-        });
-
+        view.overwrites = overwrites(elements)?;
+        view.block_device = block_device(elements, declared);
         view.packages = super::packages::evaluate(elements, &view.env)?;
         Ok(view)
     }
+}
+
+/// The environment.d files in bytewise order of names (DIB sorts full paths with `sort -n`,
+/// which degenerates to a plain byte order since every path starts with `/`); files DIB
+/// would not source go to `skipped`.
+fn environment_files(
+    elements: &[&ElementDir],
+    skipped: &mut Vec<Skipped>,
+) -> Result<Vec<(Script, PathBuf)>, ElementError> {
+    let mut env_files: Vec<(Script, PathBuf)> = Vec::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for el in elements {
+        for Entry { name, path, .. } in files_in(&el.reads, &el.dir.join("environment.d"))? {
+            if !env_file_name(&name) {
+                skipped.push(Skipped {
+                    element: el.name.clone(),
+                    path: format!("environment.d/{name}"),
+                    reason: "name has characters outside [0-9A-Za-z_.-]".into(),
+                });
+                continue;
+            }
+            if let Some(first) = owner.get(&name) {
+                return Err(ElementError::DuplicateScript {
+                    phase: "environment.d".into(),
+                    script: name,
+                    first: first.clone(),
+                    second: el.name.clone(),
+                });
+            }
+            owner.insert(name.clone(), el.name.clone());
+            env_files.push((
+                Script {
+                    name,
+                    element: el.name.clone(),
+                    dir: None,
+                },
+                path,
+            ));
+        }
+    }
+    env_files.sort_by(|a, b| a.0.name.as_bytes().cmp(b.0.name.as_bytes()));
+    Ok(env_files)
+}
+
+/// One phase's scripts in run order (install.d's `*-<type>-install` directories chosen by
+/// the environment); files DIB's runner ignores go to `skipped`.
+fn phase_scripts(
+    elements: &[&ElementDir],
+    phase: &str,
+    env: &BTreeMap<String, String>,
+    skipped: &mut Vec<Skipped>,
+) -> Result<Vec<Script>, ElementError> {
+    let mut scripts: Vec<Script> = Vec::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for el in elements {
+        let phase_dir = el.dir.join(phase);
+        let mut files: Vec<(Option<String>, Entry)> = files_in(&el.reads, &phase_dir)?
+            .into_iter()
+            .map(|e| (None, e))
+            .collect();
+        if phase == "install.d" {
+            for sub in install_type_dirs(&el.reads, &phase_dir, env)? {
+                for e in files_in(&el.reads, &phase_dir.join(&sub))? {
+                    files.push((Some(sub.clone()), e));
+                }
+            }
+        }
+        for (
+            dir,
+            Entry {
+                name, executable, ..
+            },
+        ) in files
+        {
+            if let Some(first) = owner.get(&name) {
+                return Err(ElementError::DuplicateScript {
+                    phase: phase.to_string(),
+                    script: name,
+                    first: first.clone(),
+                    second: el.name.clone(),
+                });
+            }
+            owner.insert(name.clone(), el.name.clone());
+            let reason = if !runnable_name(&name) {
+                Some("name has characters outside [0-9A-Za-z_-]")
+            } else if !executable {
+                Some("not executable")
+            } else {
+                None
+            };
+            match reason {
+                Some(r) => skipped.push(Skipped {
+                    element: el.name.clone(),
+                    path: format!("{phase}/{name}"),
+                    reason: r.to_string(),
+                }),
+                None => scripts.push(Script {
+                    name,
+                    element: el.name.clone(),
+                    dir,
+                }),
+            }
+        }
+    }
+    scripts.sort_by(|a, b| run_parts_cmp(&a.name, &b.name));
+    Ok(scripts)
+}
+
+/// Files of static/ and bin/ that a later element (in sorted order) overwrites.
+fn overwrites(elements: &[&ElementDir]) -> Result<Vec<Overwrite>, ElementError> {
+    let mut out = Vec::new();
+    for sub in ["static", "bin"] {
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for el in elements {
+            for f in el.reads.tree(&el.dir.join(sub))?.iter() {
+                let key = format!("{sub}/{f}");
+                if let Some(prev) = owner.insert(key.clone(), el.name.clone()) {
+                    out.push(Overwrite {
+                        path: key,
+                        winner: el.name.clone(),
+                        loser: prev,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The first element (in order) with a block-device layout for the arch, or a default one.
+fn block_device(
+    elements: &[&ElementDir],
+    declared: &BTreeMap<String, String>,
+) -> Option<(String, String)> {
+    let arch = declared.get("ARCH").cloned().unwrap_or_default();
+    let arch_file = format!(
+        "block-device-{}.yaml",
+        if arch == "ppc64le" { "ppc64el" } else { &arch }
+    );
+    elements.iter().find_map(|el| {
+        [arch_file.as_str(), "block-device-default.yaml"]
+            .iter()
+            .find(|f| el.reads.is_file(&el.dir.join(f)))
+            .map(|f| (el.name.clone(), f.to_string()))
+    })
 }
 
 #[cfg(test)]

@@ -67,9 +67,9 @@ pub enum FetchError {
     #[diagnostic(
         code(ccb::fetch::download),
         help(
-            "point the artifact's `url` at a mirror in the manifests, or, on a machine that cannot \
-             reach it, put the file in a directory named by CCB_DISTDIR; the bytes received so far \
-             are kept and the next build resumes from them"
+            "{overrides}, or, on a machine that cannot reach it, put the file in a directory \
+             named by CCB_DISTDIR; the bytes received so far are kept and the next build resumes \
+             from them"
         )
     )]
     Download {
@@ -77,6 +77,9 @@ pub enum FetchError {
         url: String,
         #[source]
         cause: TransferError,
+        /// What to change to fetch it from elsewhere (see [`Fetcher::overrides`]); boxed to
+        /// keep the error small.
+        overrides: Box<str>,
     },
     #[error("artifact `{name}` is not in the store, and --offline forbids fetching it")]
     #[diagnostic(
@@ -180,6 +183,27 @@ pub struct Fetcher<'a> {
     pub distdirs: Vec<PathBuf>,
     pub offline: bool,
     pub swift: Option<&'a SwiftOpener<'a>>,
+    /// The upstream servers of `manifests/artifacts.ncl` (see [`mirror_variables`]), so that a
+    /// failed download names the variable that points it elsewhere.
+    pub mirrors: Vec<(String, String)>,
+}
+
+/// The manifests' upstream servers, each a `let NAME = "URL" in` of `manifests/artifacts.ncl`
+/// (`ubuntu_cloud_images`, `nvidia`, …): (NAME, URL). The evaluated artifacts no longer say
+/// which variable their URL came from; the source does.
+pub fn mirror_variables(root: &Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(root.join("manifests/artifacts.ncl")) else {
+        return vec![];
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.trim().strip_prefix("let ")?.split_once('=')?;
+            let value = value.trim().strip_suffix(" in")?.trim();
+            let url = value.strip_prefix('"')?.strip_suffix('"')?;
+            (url.contains("://") && !url.contains("%{"))
+                .then(|| (name.trim().to_string(), url.to_string()))
+        })
+        .collect()
 }
 
 /// How many times one fetch tries a source before giving up (the partial file stays).
@@ -195,7 +219,7 @@ pub enum TransferError {
     /// is kept for callers to match on but is not offered as `source()`: its own text can
     /// carry the URL, credentials included, so it is only ever shown redacted.
     #[error("{}", crate::redact::text(&.0.to_string()))]
-    Http(ureq::Error),
+    Http(Box<ureq::Error>),
     /// The connection broke while the body was read.
     #[error("the connection broke")]
     Read(#[source] std::io::Error),
@@ -488,6 +512,23 @@ fn agent() -> ureq::Agent {
 }
 
 impl Fetcher<'_> {
+    /// What points `url` elsewhere: the variable of `manifests/artifacts.ncl` it is built
+    /// from, else the artifact's own `url`.
+    fn overrides(&self, url: &str) -> Box<str> {
+        self.mirrors
+            .iter()
+            .filter(|(_, prefix)| url.starts_with(prefix.as_str()))
+            .max_by_key(|(_, prefix)| prefix.len())
+            .map(|(name, _)| {
+                format!(
+                    "the URL is built from `{name}` in manifests/artifacts.ncl: point it at a \
+                     mirror with the same paths (then `ccb update` the artifact)"
+                )
+            })
+            .unwrap_or_else(|| "point the artifact's `url` at a mirror in the manifests".into())
+            .into_boxed_str()
+    }
+
     /// Puts artifact `name` into the store; `progress` gets (bytes so far, total if known).
     pub fn fetch(
         &self,
@@ -592,7 +633,8 @@ impl Fetcher<'_> {
             let mut response = agent().get(url).call().map_err(|e| FetchError::Download {
                 name: name.into(),
                 url: redact_url(url),
-                cause: TransferError::Http(e),
+                cause: TransferError::Http(Box::new(e)),
+                overrides: self.overrides(url),
             })?;
             let total = response
                 .headers()
@@ -606,6 +648,7 @@ impl Fetcher<'_> {
                         name: name.into(),
                         url: redact_url(url),
                         cause: TransferError::Read(e),
+                        overrides: self.overrides(url),
                     });
                 }
                 Err(e) => return Err(ingest.copy_error(name, Path::new(url), e)),
@@ -617,34 +660,52 @@ impl Fetcher<'_> {
 
     /// The digest `sums` (a SHA256SUMS or CHECKSUM file) gives for the file `url` names.
     fn sums_entry(&self, name: &str, url: &str, sums: &str) -> Result<String, FetchError> {
+        let file = url.rsplit('/').next().unwrap_or(url);
+        let file = file.split(['?', '#']).next().unwrap_or(file);
+        let listed = self.read_sums(name, sums).map(|text| {
+            sums_lookup(&text, file).ok_or_else(|| FetchError::NotInSums {
+                name: name.into(),
+                sums: redact_url(sums),
+                file: file.into(),
+            })
+        });
+        match listed {
+            Ok(Ok(hex)) => Ok(hex),
+            // CentOS's directory CHECKSUM has at times listed only the dated names, never the
+            // `-latest` one: DIB then reads the file's own `<file>.SHA256SUM` beside it.
+            Ok(Err(e)) | Err(e) => {
+                let own = format!("{}.SHA256SUM", url.split(['?', '#']).next().unwrap_or(url));
+                self.read_sums(name, &own)
+                    .ok()
+                    .and_then(|text| sums_lookup(&text, file))
+                    .ok_or(e)
+            }
+        }
+    }
+
+    /// A checksum file's text (16 MiB at most).
+    fn read_sums(&self, name: &str, sums: &str) -> Result<String, FetchError> {
         let download = |cause: TransferError| FetchError::Download {
             name: name.into(),
             url: redact_url(sums),
             cause,
+            overrides: self.overrides(sums),
         };
-        let text = if let Some(path) = sums.strip_prefix("file://") {
-            crate::fsutil::read_regular(Path::new(path))
+        if let Some(path) = sums.strip_prefix("file://") {
+            return crate::fsutil::read_regular(Path::new(path))
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(Ingest::io(name, Path::new(path)))?
-        } else {
-            let mut response = agent()
-                .get(sums)
-                .call()
-                .map_err(|e| download(TransferError::Http(e)))?;
-            response
-                .body_mut()
-                .with_config()
-                .limit(16 << 20)
-                .read_to_string()
-                .map_err(|e| download(TransferError::Http(e)))?
-        };
-        let file = url.rsplit('/').next().unwrap_or(url);
-        let file = file.split(['?', '#']).next().unwrap_or(file);
-        sums_lookup(&text, file).ok_or_else(|| FetchError::NotInSums {
-            name: name.into(),
-            sums: redact_url(sums),
-            file: file.into(),
-        })
+                .map_err(Ingest::io(name, Path::new(path)));
+        }
+        let mut response = agent()
+            .get(sums)
+            .call()
+            .map_err(|e| download(TransferError::Http(Box::new(e))))?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(|e| download(TransferError::Http(Box::new(e))))
     }
 
     /// A local file (distdir, `file://`): copied by the kernel (`copy_file_range`, a reflink
@@ -696,6 +757,7 @@ impl Fetcher<'_> {
             name: name.into(),
             url: redact_url(url),
             cause,
+            overrides: self.overrides(url),
         };
         let agent = agent();
         let mut ingest = Ingest::partial(self.store, name, sha)?;
@@ -720,7 +782,7 @@ impl Fetcher<'_> {
                     backoff(attempt);
                     continue;
                 }
-                Err(e) => return Err(fail(TransferError::Http(e))),
+                Err(e) => return Err(fail(TransferError::Http(Box::new(e)))),
             };
             let header = |h: &str| {
                 response
@@ -799,6 +861,7 @@ impl Fetcher<'_> {
             name: name.into(),
             url: origin.clone(),
             cause,
+            overrides: "point the artifact at another object or a `url`".into(),
         };
         let open = self
             .swift
@@ -906,6 +969,7 @@ mod tests {
             distdirs: distdirs.to_vec(),
             offline: false,
             swift: None,
+            mirrors: vec![],
         }
         .fetch(name, artifact, progress)
     }
@@ -939,6 +1003,7 @@ mod tests {
             sha256: hex(&Sha256::digest(content)),
             sums: None,
             description: None,
+            secret: false,
             arch: None,
         }
     }
@@ -1212,6 +1277,41 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_download_names_the_manifest_variable_its_url_comes_from() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+        std::fs::write(
+            dir.path().join("manifests/artifacts.ncl"),
+            "let nvidia = \"http://127.0.0.1:9/cuda\" in\nlet images = \"http://127.0.0.1:9\" in\n\
+             let f = fun x => \"%{x}\" in\n{}\n",
+        )
+        .unwrap();
+        let mirrors = mirror_variables(dir.path());
+        assert_eq!(mirrors.len(), 2, "{mirrors:?}");
+        let store = Store::at(dir.path().join("store"));
+        let fetcher = Fetcher {
+            store: &store,
+            distdirs: vec![],
+            offline: false,
+            swift: None,
+            mirrors,
+        };
+        // The longest prefix names it.
+        let art = artifact(Some("http://127.0.0.1:9/cuda/key.pub".into()), b"k");
+        let err = fetcher.fetch("key", &art, &mut |_, _| {}).unwrap_err();
+        let help = miette::Diagnostic::help(&err).unwrap().to_string();
+        assert!(
+            help.contains("`nvidia` in manifests/artifacts.ncl"),
+            "{help}"
+        );
+        assert!(help.contains("CCB_DISTDIR"), "{help}");
+        let art = artifact(Some("http://127.0.0.2:9/other".into()), b"k");
+        let err = fetcher.fetch("other", &art, &mut |_, _| {}).unwrap_err();
+        let help = miette::Diagnostic::help(&err).unwrap().to_string();
+        assert!(help.contains("the artifact's `url`"), "{help}");
+    }
+
+    #[test]
     fn offline_only_the_store_and_the_distdirs_answer() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::at(dir.path().join("store"));
@@ -1221,6 +1321,7 @@ mod tests {
             distdirs: vec![],
             offline: true,
             swift: None,
+            mirrors: vec![],
         };
         let err = offline.fetch("tool", &art, &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, FetchError::Offline { .. }), "{err}");

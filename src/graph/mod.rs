@@ -165,9 +165,17 @@ pub struct Action {
     pub key: String,
     /// Ids of the actions this one needs first.
     pub deps: Vec<String>,
+    /// Its inputs include a secret (a secret input, a `secret` artifact, or a layer holding
+    /// one): it builds here and stays here, never taken from or stored in a remote cache nor
+    /// sent to a remote builder. Its presence is keyed, never its bytes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
     #[serde(skip)]
     pub doc: KeyDoc,
 }
+
+/// Why a secret-holding action is neither shared nor taken from a cache, as reports say it.
+pub const NOT_SHARED: &str = "holds a secret: not shared";
 
 impl Action {
     /// The pinned digest of a `fetch` action's artifact.
@@ -389,7 +397,10 @@ impl Graph {
             // Named by the artifact, so `explain` says which one changed.
             // An artifact not pinned yet (the build that runs it adds the pin) is named
             // by its URL, so that two of them never share a key in a plan.
-            let digest = if crate::lock::follows_latest(&art.sha256) {
+            let digest = if crate::lock::follows_latest(&art.sha256) && art.secret {
+                // A site's URL of a licensed file (maybe a signed temp URL) stays out of keys.
+                format!("latest secret artifact {art_key}")
+            } else if crate::lock::follows_latest(&art.sha256) {
                 format!("latest {}", art.url.as_deref().unwrap_or_default())
             } else {
                 art.sha256.clone()
@@ -405,6 +416,7 @@ impl Graph {
                     arch: None,
                     key: doc.key(),
                     deps: vec![],
+                    secret: art.secret,
                     doc,
                 });
             }
@@ -449,6 +461,10 @@ impl Graph {
                     arch: Some(arch),
                     key: key.clone(),
                     deps: fetch_ids,
+                    secret: image
+                        .base_artifacts
+                        .values()
+                        .any(|name| at.model.artifact_is_secret(name)),
                     doc,
                 });
                 (id, key, resolved.elements.clone())
@@ -509,6 +525,7 @@ impl Graph {
             arch: Some(arch),
             key: layer_key.clone(),
             deps,
+            secret: image.holds_secrets(),
             doc: layer_doc,
         });
         layer_key
@@ -559,6 +576,7 @@ impl Graph {
             arch: Some(arch),
             key: disk_doc.key(),
             deps: vec![ActionId::layer(&image.key, arch).to_string()],
+            secret: image.holds_secrets(),
             doc: disk_doc,
         });
         disk_id
@@ -598,6 +616,7 @@ impl Graph {
                 arch: Some(arch),
                 key: doc.key(),
                 deps: vec![disk_id.to_string()],
+                secret: image.holds_secrets(),
                 doc,
             });
         }

@@ -85,7 +85,8 @@ pub enum FsError {
 }
 
 /// What an inode is. Devices, FIFOs and sockets are all `Other`: the checks never open them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FileKind {
     File,
     Dir,

@@ -12,7 +12,7 @@ pub mod origin;
 mod validate;
 pub use validate::env_entry_problem;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -185,6 +185,10 @@ pub struct Image {
     /// Env var name → where its secret is read at build time, the parent's merged with the
     /// image's own. Only their presence is part of a key.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// The variables of `artifacts` and `base_artifacts` (the parent's included) whose
+    /// artifact is `secret` (EULA-bound files such as NVIDIA's vGPU guest driver): the image
+    /// holds them as it holds a secret input.
+    pub secret_artifacts: BTreeSet<String>,
     /// The manifests allow publishing this image to public sites although it holds secrets.
     pub public_with_secrets: bool,
     pub formats: Vec<Format>,
@@ -205,7 +209,17 @@ impl Image {
     /// Whether the image's builds hold secret inputs (then publishing to a public site needs
     /// `public_with_secrets`).
     pub fn holds_secrets(&self) -> bool {
-        !self.secrets.is_empty()
+        !self.secrets.is_empty() || !self.secret_artifacts.is_empty()
+    }
+
+    /// The variables of what the image holds that may not be shared: its secret inputs and its
+    /// secret artifacts, for messages (names only).
+    pub fn secret_names(&self) -> Vec<&str> {
+        self.secrets
+            .keys()
+            .chain(self.secret_artifacts.iter())
+            .map(String::as_str)
+            .collect()
     }
 
     /// Non-amd64 builds count as bare-metal only, whatever the manifest says.
@@ -276,6 +290,11 @@ pub struct Artifact {
     pub sums: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A file its licence forbids sharing (NVIDIA's vGPU guest driver): fetched and used on
+    /// this host only, never uploaded to a remote cache or sent to a builder, and an image
+    /// using it counts as holding a secret.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
     /// One file per arch (a distribution's cloud image): the model holds each as its own
     /// artifact, `NAME:ARCH` ([`Model::artifact_key`]), and this is `None` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -490,6 +509,18 @@ impl Model {
         } else {
             name.to_string()
         }
+    }
+
+    /// Whether artifact `name` (as an image names it, per-arch or not) is `secret`.
+    pub fn artifact_is_secret(&self, name: &str) -> bool {
+        self.artifacts.get(name).is_some_and(|a| a.secret)
+            || self.per_arch.get(name).is_some_and(|arches| {
+                arches.iter().any(|a| {
+                    self.artifacts
+                        .get(&arch_artifact_key(name, *a))
+                        .is_some_and(|x| x.secret)
+                })
+            })
     }
 
     /// The model's artifact keys a name given on the command line means: itself, or every

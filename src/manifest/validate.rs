@@ -377,6 +377,16 @@ fn inherit(model: &Model, key: &str, img: RawImage) -> Result<Image, ManifestErr
             elements.push(e.clone());
         }
     }
+    let mut secret_artifacts = parent
+        .map(|p| p.secret_artifacts.clone())
+        .unwrap_or_default();
+    secret_artifacts.extend(
+        img.artifacts
+            .iter()
+            .chain(&img.base_artifacts)
+            .filter(|(_, name)| model.artifact_is_secret(name))
+            .map(|(var, _)| var.clone()),
+    );
     let mut env = parent.map(|p| p.env.clone()).unwrap_or_default();
     env.extend(img.env);
     let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
@@ -456,6 +466,7 @@ fn inherit(model: &Model, key: &str, img: RawImage) -> Result<Image, ManifestErr
         env,
         artifacts,
         base_artifacts: img.base_artifacts,
+        secret_artifacts,
         secrets,
         public_with_secrets,
         formats,
@@ -576,6 +587,7 @@ fn split_per_arch(model: &mut Model) -> Result<(), ManifestError> {
                     sha256: src.sha256.clone().unwrap_or_else(|| art.sha256.clone()),
                     sums: src.sums.clone(),
                     description: art.description.as_ref().map(|d| format!("{d} ({arch})")),
+                    secret: art.secret,
                     arch: None,
                 },
             );

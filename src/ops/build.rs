@@ -120,6 +120,10 @@ pub struct ActionReport {
     /// The remote builder that built it (`ssh://user@host[:port]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<String>,
+    /// Why the action was kept off the remote cache and builders (`holds a secret: not
+    /// shared`), when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_shared: Option<&'static str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub built: Option<BuiltInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -277,6 +281,68 @@ pub fn plan<'g>(planned: &'g Planned, store: &Store, until: Stage) -> Vec<(&'g A
         .collect()
 }
 
+/// One action of a plan: its key, its deps, and whether it is cached or would run (and why).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub id: String,
+    pub kind: Kind,
+    pub key: String,
+    pub deps: Vec<String>,
+    pub status: Status,
+    /// Why the action never goes to a remote cache or builder (it holds a secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_shared: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    pub total: usize,
+    pub cached: usize,
+    pub to_run: usize,
+}
+
+/// What a build would do: `build --dry-run` and `query explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub version: u32,
+    pub actions: Vec<PlanRow>,
+    pub summary: PlanSummary,
+}
+
+impl PlanReport {
+    pub fn new<'a>(rows: impl IntoIterator<Item = (&'a Action, Status)>) -> Self {
+        let actions: Vec<PlanRow> = rows
+            .into_iter()
+            .map(|(a, status)| PlanRow {
+                id: a.id.clone(),
+                kind: a.kind,
+                key: a.key.clone(),
+                deps: a.deps.clone(),
+                status,
+                not_shared: a.secret.then_some(crate::graph::NOT_SHARED),
+            })
+            .collect();
+        let to_run = actions
+            .iter()
+            .filter(|r| matches!(r.status, Status::ToRun { .. }))
+            .count();
+        Self {
+            version: 1,
+            summary: PlanSummary {
+                total: actions.len(),
+                cached: actions.len() - to_run,
+                to_run,
+            },
+            actions,
+        }
+    }
+}
+
+/// The plan of a build that does not run (`build --dry-run`).
+pub fn dry_run(planned: &Planned, store: &Store, until: Stage) -> PlanReport {
+    PlanReport::new(plan(planned, store, until))
+}
+
 /// Foreign architectures: emulated (slowly) when qemu-user is registered. An arch the host
 /// cannot build is refused before anything runs when it was asked for by name, and left out
 /// (with a warning) when it only came with `//...` or an image's arch list. Returns the arches
@@ -292,9 +358,13 @@ fn check_arches(
         .filter(|(act, s)| {
             matches!(act.kind, Kind::Base | Kind::Layer) && matches!(s, Status::ToRun { .. })
         })
+        // Sent to a remote builder (unless native here, or holding a secret: then built here).
+        .filter(|(act, _)| {
+            act.arch.is_some_and(|arch| {
+                act.secret || !remote.contains(&arch) || crate::manifest::Arch::host() == Some(arch)
+            })
+        })
         .filter_map(|(act, _)| act.arch)
-        // Sent to a remote builder (unless native here: then built here as usual).
-        .filter(|arch| !remote.contains(arch) || crate::manifest::Arch::host() == Some(*arch))
         .collect();
     let mut skipped = BTreeSet::new();
     for arch in foreign {
@@ -353,27 +423,9 @@ pub fn build(
     let skipped = check_arches(&plan, &planned.named_arches, &remote_arches, shell)?;
     plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
 
-    let forced: BTreeSet<String> = if req.force.is_empty() {
-        BTreeSet::new()
-    } else {
-        // Every architecture: only the forced actions in the plan run.
-        crate::label::resolve(model, &req.force, None)?
-            .iter()
-            .flat_map(|t| graph.actions_of(t))
-            .map(|act| act.id.clone())
-            .collect()
-    };
-
+    let forced = forced_ids(planned, model, &req.force)?;
     // Builds share the store; `ccb cache gc` takes it alone.
-    let _store_lock = match store.lock_store(false, Wait::Try)? {
-        Some(l) => l,
-        None => {
-            shell.status("waiting for `ccb cache` to release the store...");
-            store
-                .lock_store(false, Wait::Block)?
-                .ok_or_else(|| CommandError::internal("a blocking store lock returned none"))?
-        }
-    };
+    let _store_lock = lock_store(store, shell)?;
 
     // Ctrl-C cancels the running actions; a second one exits at once.
     let cancel = crate::interrupt::flag();
@@ -398,53 +450,160 @@ pub fn build(
     {
         disks_first(r, store, &mut plan, &forced, &progress)?;
     }
-    let nodes = nodes(&plan, store);
-    let results: Mutex<BTreeMap<String, Result<action::Built, BuildError>>> =
-        Mutex::new(BTreeMap::new());
     let started = Instant::now();
-
-    let fates = exec::schedule(&nodes, req.jobs, req.keep_going, &cancel, |id| {
-        let Some(action) = graph.get(id) else {
-            return JobEnd::Failed;
-        };
-        let force = forced.contains(id);
-        if !force && graph::is_cached(store, action) {
-            // A result built before the cache was set up goes there too.
-            share(remote, store, action, &progress);
-            return JobEnd::Cached;
-        }
-        let outcome = run_one(&bctx, action, force, &cancel, &progress, remote, builders);
-        let end = match &outcome {
-            Ok(None) => JobEnd::Cached,
-            Ok(Some(_)) => JobEnd::Built,
-            Err(BuildError::Cancelled { .. }) => JobEnd::Cancelled,
-            Err(_) => JobEnd::Failed,
-        };
-        if let Some(r) = outcome.transpose() {
-            results
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.to_string(), r);
-        }
-        end
-    });
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let run = Run {
+        bctx: &bctx,
+        forced: &forced,
+        cancel: &cancel,
+        progress: &progress,
+        remote,
+        builders,
+    };
+    let (fates, results) = run.schedule(&plan, req);
 
     // Every finished disk of the targets goes to the output directory.
     let out_dir = match &req.out {
         Some(d) => d.clone(),
         None => model.root.join("out/images"),
     };
-    let mut outputs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (act, _) in &plan {
+    let outputs = materialize(store, &plan, &fates, &out_dir, req.announce_outputs, shell)?;
+    let (actions, summary) = action_reports(
+        &plan,
+        &fates,
+        results,
+        outputs,
+        remote,
+        builders,
+        started.elapsed(),
+    );
+    // A failed action counts even when the scheduler saw it cancelled by a later failure.
+    let disks = if summary.failed == 0 && !cancel.load(Ordering::SeqCst) {
+        built_disks(planned, store, req.until)?
+    } else {
+        vec![]
+    };
+    Ok(BuildReport {
+        version: 1,
+        actions,
+        summary,
+        remote: remote.map(|r| r.report()),
+        disks,
+        cancelled: cancel.load(Ordering::SeqCst),
+    })
+}
+
+/// What running the plan's actions shares.
+struct Run<'a> {
+    bctx: &'a BuildContext<'a>,
+    forced: &'a BTreeSet<String>,
+    cancel: &'a AtomicBool,
+    progress: &'a Progress,
+    remote: Option<&'a crate::remote::Remote>,
+    builders: Option<&'a crate::remote::builder::Builders>,
+}
+
+type Results = BTreeMap<String, Result<action::Built, BuildError>>;
+
+impl Run<'_> {
+    /// Runs the plan's actions, `req.jobs` at a time, critical path first: how each ended,
+    /// and what each that ran left (or why it failed).
+    fn schedule(
+        &self,
+        plan: &[(&Action, Status)],
+        req: &BuildRequest,
+    ) -> (BTreeMap<String, Fate>, Results) {
+        let store = self.bctx.store;
+        let nodes = nodes(plan, store);
+        let results: Mutex<Results> = Mutex::new(BTreeMap::new());
+        let fates = exec::schedule(&nodes, req.jobs, req.keep_going, self.cancel, |id| {
+            let Some(action) = self.bctx.graph.get(id) else {
+                return JobEnd::Failed;
+            };
+            let force = self.forced.contains(id);
+            if !force && graph::is_cached(store, action) {
+                // A result built before the cache was set up goes there too.
+                share(self.remote, store, action, self.progress);
+                return JobEnd::Cached;
+            }
+            let outcome = run_one(
+                self.bctx,
+                action,
+                force,
+                self.cancel,
+                self.progress,
+                self.remote,
+                self.builders,
+            );
+            let end = match &outcome {
+                Ok(None) => JobEnd::Cached,
+                Ok(Some(_)) => JobEnd::Built,
+                Err(BuildError::Cancelled { .. }) => JobEnd::Cancelled,
+                Err(_) => JobEnd::Failed,
+            };
+            if let Some(r) = outcome.transpose() {
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), r);
+            }
+            end
+        });
+        (
+            fates,
+            results.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+}
+
+/// The ids of the actions `--force` names (every architecture: only those in the plan run).
+fn forced_ids(
+    planned: &Planned,
+    model: &crate::manifest::Model,
+    force: &[String],
+) -> Result<BTreeSet<String>, CommandError> {
+    if force.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    Ok(crate::label::resolve(model, force, None)?
+        .iter()
+        .flat_map(|t| planned.graph.actions_of(t))
+        .map(|act| act.id.clone())
+        .collect())
+}
+
+/// The store's shared lock (builds share it; `ccb cache gc` takes it alone), waiting, and
+/// saying so, while a `ccb cache` holds it.
+fn lock_store(store: &Store, shell: &Shell) -> Result<crate::store::Lock, CommandError> {
+    match store.lock_store(false, Wait::Try)? {
+        Some(l) => Ok(l),
+        None => {
+            shell.status("waiting for `ccb cache` to release the store...");
+            store
+                .lock_store(false, Wait::Block)?
+                .ok_or_else(|| CommandError::internal("a blocking store lock returned none"))
+        }
+    }
+}
+
+/// Copies every disk that was built or cached to `out_dir`; returns each disk action's files.
+fn materialize(
+    store: &Store,
+    plan: &[(&Action, Status)],
+    fates: &BTreeMap<String, Fate>,
+    out_dir: &std::path::Path,
+    announce: bool,
+    shell: &Shell,
+) -> Result<BTreeMap<String, Vec<String>>, CommandError> {
+    let mut outputs = BTreeMap::new();
+    for (act, _) in plan {
         if act.kind == Kind::Disk
             && matches!(
                 fates.get(&act.id),
                 Some(Fate::Ran(JobEnd::Built | JobEnd::Cached))
             )
         {
-            let files = action::materialize(store, &act.key, &out_dir)?;
-            if req.announce_outputs {
+            let files = action::materialize(store, &act.key, out_dir)?;
+            if announce {
                 let shown: Vec<String> = files
                     .iter()
                     .filter(|f| f.extension().is_some_and(|e| e == "qcow2" || e == "raw"))
@@ -458,14 +617,26 @@ pub fn build(
             );
         }
     }
+    Ok(outputs)
+}
 
+/// One row per planned action (how it ended, what it left or why it failed) and the counts.
+fn action_reports(
+    plan: &[(&Action, Status)],
+    fates: &BTreeMap<String, Fate>,
+    mut results: Results,
+    mut outputs: BTreeMap<String, Vec<String>>,
+    remote: Option<&crate::remote::Remote>,
+    builders: Option<&crate::remote::builder::Builders>,
+    elapsed: Duration,
+) -> (Vec<ActionReport>, BuildSummary) {
     let mut summary = BuildSummary {
         total: plan.len(),
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms: elapsed.as_millis() as u64,
         ..Default::default()
     };
     let mut actions = Vec::new();
-    for (act, _) in &plan {
+    for (act, _) in plan {
         let fate = fates.get(&act.id).cloned().unwrap_or(Fate::NotStarted);
         let (status, counter) = match &fate {
             Fate::Ran(JobEnd::Cached) => ("cached", &mut summary.cached),
@@ -476,7 +647,8 @@ pub fn build(
             Fate::NotStarted => ("not-started", &mut summary.not_started),
         };
         *counter += 1;
-        if matches!(fate, Fate::Ran(JobEnd::Cached)) && remote.is_some_and(|r| r.served(&act.id)) {
+        let served = remote.is_some_and(|r| r.served(&act.id));
+        if matches!(fate, Fate::Ran(JobEnd::Cached)) && served {
             summary.remote += 1;
         }
         let mut row = ActionReport {
@@ -487,10 +659,11 @@ pub fn build(
             from: if builders.is_some_and(|b| b.built_by(&act.id).is_some()) {
                 Some("builder")
             } else {
-                (status == "cached" && remote.is_some_and(|r| r.served(&act.id)))
-                    .then_some("remote")
+                (status == "cached" && served).then_some("remote")
             },
             builder: builders.and_then(|b| b.built_by(&act.id)),
+            not_shared: (act.secret && (remote.is_some() || builders.is_some()))
+                .then_some(graph::NOT_SHARED),
             built: None,
             error: None,
             blame: None,
@@ -519,20 +692,7 @@ pub fn build(
         }
         actions.push(row);
     }
-    // A failed action counts even when the scheduler saw it cancelled by a later failure.
-    let disks = if summary.failed == 0 && !cancel.load(Ordering::SeqCst) {
-        built_disks(planned, store, req.until)?
-    } else {
-        vec![]
-    };
-    Ok(BuildReport {
-        version: 1,
-        actions,
-        summary,
-        remote: remote.map(|r| r.report()),
-        disks,
-        cancelled: cancel.load(Ordering::SeqCst),
-    })
+    (actions, summary)
 }
 
 /// The targets' finished disks in the store (none before the disk stage).
@@ -660,7 +820,12 @@ fn run_one(
             crate::fault::point(&format!("{}.record", action.kind.as_str()));
             graph::record_build(store, action, built.duration, &built.steps, &built.tree)?;
             crate::fault::point(&format!("{}.recorded", action.kind.as_str()));
-            progress.finished(&action.id, "built", Some(built.duration));
+            let verb = if action.secret && remote.is_some() {
+                format!("built ({})", graph::NOT_SHARED)
+            } else {
+                "built".to_string()
+            };
+            progress.finished(&action.id, &verb, Some(built.duration));
             share(remote, store, action, progress);
             Ok(Some(built))
         }
@@ -929,6 +1094,7 @@ mod tests {
                 status: if b.is_some() { "failed" } else { "built" },
                 from: None,
                 builder: None,
+                not_shared: None,
                 built: None,
                 error: b.map(|_| "it failed".to_string()),
                 blame: *b,

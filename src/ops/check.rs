@@ -22,17 +22,28 @@ pub struct CheckReport {
     pub duration_ms: u64,
 }
 
-/// Checks that every image's elements resolve (the model is already validated when loaded).
+/// What to check the model with.
+#[derive(Debug, Clone, Default)]
+pub struct CheckRequest {
+    /// Extra element directories, searched first.
+    pub element_path: Vec<String>,
+    /// Fetch no source.
+    pub offline: bool,
+}
+
+/// Checks that every image's elements resolve (the model is already validated when loaded);
+/// `started` is when the command began (the model's load counts).
 pub fn check(
     model: &Model,
     store: &Store,
-    element_path: &[String],
-    offline: bool,
+    req: &CheckRequest,
     shell: &Shell,
     started: Instant,
 ) -> Result<CheckReport, CommandError> {
     let summary =
-        crate::element::check_model(model, element_path, store, offline, &mut |w| shell.warn(w))?;
+        crate::element::check_model(model, &req.element_path, store, req.offline, &mut |w| {
+            shell.warn(w)
+        })?;
     Ok(CheckReport {
         images: model.images.len(),
         builds: model.images.values().map(|i| i.arch.len()).sum(),

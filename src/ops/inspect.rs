@@ -16,6 +16,7 @@ use crate::manifest::Model;
 use crate::publish::layout;
 use crate::store::Store;
 use crate::ui::Shell;
+use crate::ui::progress::Transfer;
 
 /// An image to inspect: where its bytes are, and the build's dpkg manifest when local.
 struct Subject {
@@ -340,20 +341,10 @@ fn url_subjects(
             }
             Opened::WholeOnly { size } => {
                 // No ranges: the whole image, once, with progress.
-                let bar = (!quiet).then(|| {
-                    let b = indicatif::ProgressBar::new(size.unwrap_or(0));
-                    b.set_message(format!("downloading {name}"));
-                    b
-                });
-                let file = remote::download(&url, &no_headers(), &mut |done, _| {
-                    if let Some(b) = &bar {
-                        b.set_position(done);
-                    }
-                })
-                .map_err(inspect_err)?;
-                if let Some(b) = bar {
-                    b.finish_and_clear();
-                }
+                let bar = Transfer::new(&format!("downloading {name}"), size.unwrap_or(0), !quiet);
+                let file = remote::download(&url, &no_headers(), &mut |done, _| bar.set(done))
+                    .map_err(inspect_err)?;
+                bar.finish();
                 let f = file
                     .reopen()
                     .map_err(|e| CommandError::msg(e.to_string()))?;

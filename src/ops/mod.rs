@@ -12,7 +12,9 @@ pub mod build;
 pub mod cache;
 pub mod check;
 mod error;
+pub mod files;
 pub mod inspect;
+pub mod lint;
 pub mod publish;
 pub mod query;
 pub mod test;
@@ -80,6 +82,38 @@ pub fn apply_env(
     Ok(applied)
 }
 
+/// DIB's download variables of a distribution base (`--env DIB_CLOUD_IMAGES=...`) that the
+/// images' `base_artifacts` make unused: the base is the artifact, fetched from its URL. Said
+/// rather than silently ignored, with what does point the base elsewhere.
+fn shadowed_env(model: &Model, applied: &[(String, String)]) -> Vec<String> {
+    const SHADOWED: [(&str, &str); 2] = [
+        ("DIB_CLOUD_IMAGES", "DIB_UBUNTU_ROOTFS"),
+        ("DIB_CENTOS_ROOTFS_URL", "DIB_CENTOS_ROOTFS"),
+    ];
+    let mut out = Vec::new();
+    for (set, artifact_var) in SHADOWED {
+        if !applied.iter().any(|(n, _)| n == set) {
+            continue;
+        }
+        let bases: std::collections::BTreeSet<&str> = model
+            .images
+            .values()
+            .filter_map(|i| i.base_artifacts.get(artifact_var).map(String::as_str))
+            .collect();
+        if bases.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = bases.into_iter().collect();
+        out.push(format!(
+            "--env {set} is not used by images whose base is an artifact ({}): their base comes \
+             from the artifact's URL; point it at a mirror in manifests/artifacts.ncl (its `let`, \
+             e.g. `ubuntu_cloud_images`) or put the file in CCB_DISTDIR",
+            names.join(", ")
+        ));
+    }
+    out
+}
+
 /// What a session is opened with, beyond the model and the store.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -121,6 +155,9 @@ impl<'s> Session<'s> {
         shell: &Shell,
     ) -> Result<Self, CommandError> {
         let env = apply_env(&mut model, &opts.env)?;
+        for warning in shadowed_env(&model, &env) {
+            shell.warn(&warning);
+        }
         let resolver =
             element::project_resolver(&model, &opts.element_path, store, opts.offline, &mut |w| {
                 shell.warn(w)
@@ -168,6 +205,7 @@ impl<'s> Session<'s> {
             distdirs: crate::fetch::distdirs_from_env(),
             offline: self.offline,
             swift: None,
+            mirrors: crate::fetch::mirror_variables(&self.model.root),
         };
         for (name, sha) in crate::lock::pin_new(&mut self.model, &unpinned, &fetcher, locked)? {
             shell.status(&format!(
@@ -191,10 +229,28 @@ impl<'s> Session<'s> {
 
     /// Resolves the targets and builds their graph.
     pub fn plan(&self, targets: &[String], arch: &[String]) -> Result<Planned, CommandError> {
+        self.plan_graph(targets, arch, false)
+    }
+
+    /// [`Session::plan`] with the publish actions in the graph (`query graph` shows them).
+    pub fn plan_with_publish(
+        &self,
+        targets: &[String],
+        arch: &[String],
+    ) -> Result<Planned, CommandError> {
+        self.plan_graph(targets, arch, true)
+    }
+
+    fn plan_graph(
+        &self,
+        targets: &[String],
+        arch: &[String],
+        publish: bool,
+    ) -> Result<Planned, CommandError> {
         let named_arches =
             label::named_arches(&self.model, targets, label::parse_arches(arch)?.as_ref());
         let targets = self.targets(targets, arch)?;
-        let graph = Graph::build(&self.model, &self.resolver, &targets, false)?;
+        let graph = Graph::build(&self.model, &self.resolver, &targets, publish)?;
         Ok(Planned {
             targets,
             graph,

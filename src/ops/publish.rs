@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::build::{BuildReport, BuildRequest};
 use super::{CommandError, Session, SessionOptions};
@@ -39,14 +38,31 @@ pub struct PublishRequest {
     pub stop_on_site_error: bool,
 }
 
+/// One image on one site (or a site that could not be opened: no image, no outcome).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishRow {
+    /// `outcome` (`published`, `already-live`, `dry-run`) and its fields.
+    #[serde(flatten)]
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The site's key.
+    pub site: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Every image on every site.
 #[derive(Debug, Clone, Serialize)]
 pub struct PublishReport {
     pub version: u32,
-    pub results: Vec<serde_json::Value>,
+    pub results: Vec<PublishRow>,
     #[serde(skip)]
     pub failed: usize,
-    #[serde(skip)]
+    /// The build of the disks published (none with `--outputs` or `--dry-run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildReport>,
 }
 
@@ -148,11 +164,103 @@ fn image_in(dir: &Path, name: &str, formats: &[&str]) -> Result<ImageFiles, Comm
 }
 
 /// An image to publish and whether it may go to sites that are not bare metal.
+/// What a publish request's words select: the targets to plan (a wildcard without the images
+/// no chosen site may receive) and the images named explicitly.
+struct Selection {
+    targets: Vec<String>,
+    named: std::collections::BTreeSet<String>,
+}
+
 struct Candidate {
     image: ImageFiles,
     baremetal_only: bool,
     /// The manifests' image, when the candidate is one (its secrets guard public sites).
     key: Option<String>,
+    /// The secrets its built disk holds (the store's record of the build), beside those its
+    /// manifest declares.
+    built_secrets: Vec<String>,
+    /// Named on the command line (not through a wildcard): refusing it is an error, not a note.
+    explicit: bool,
+}
+
+impl Candidate {
+    /// Why this image may not go to `site` (a public site, and it holds a secret the manifest
+    /// does not allow there), from its manifest and from what its build recorded.
+    fn refusal(&self, model: &Model, site: &Site) -> Option<String> {
+        self.refusal_with(self.key.as_deref().and_then(|k| model.images.get(k)), site)
+    }
+
+    fn refusal_with(&self, image: Option<&crate::manifest::Image>, site: &Site) -> Option<String> {
+        if let Some(image) = image {
+            if let Some(r) = publish::secrets_refusal(image, site) {
+                return Some(r);
+            }
+            if image.public_with_secrets {
+                return None;
+            }
+        }
+        (site.public && !self.built_secrets.is_empty()).then(|| {
+            format!(
+                "image `{}` was built holding secret inputs ({}) and {} is public: not \
+                 published there (publish it to a private site (`public = false`), or set \
+                 `public_with_secrets = true` on the image to allow it)",
+                self.image.name,
+                self.built_secrets.join(", "),
+                site.name
+            )
+        })
+    }
+}
+
+/// A wildcard (`//images:all`, `//...`) leaves out, as Bazel's does with a target tagged
+/// `manual`, an image holding secrets that none of the chosen sites may receive: it is not
+/// built for nothing, and the notes name it. Named explicitly, it stays (and is refused with
+/// the reason). Returns the words to plan (each wildcard replaced by the images it keeps).
+fn without_unpublishable(
+    model: &Model,
+    words: &[String],
+    site_keys: &[String],
+    shell: &Shell,
+) -> Vec<String> {
+    let wildcard = words.is_empty() || words.iter().any(|w| crate::label::is_wildcard(w));
+    if !wildcard {
+        return words.to_vec();
+    }
+    let named = crate::label::named_images(model, words);
+    let refused_everywhere = |image: &crate::manifest::Image| {
+        !site_keys.is_empty()
+            && site_keys
+                .iter()
+                .filter_map(|k| model.sites.get(k))
+                .all(|site| publish::secrets_refusal(image, site).is_some())
+    };
+    let left_out: Vec<&crate::manifest::Image> = model
+        .images
+        .values()
+        .filter(|i| !named.contains(&i.key) && refused_everywhere(i))
+        .collect();
+    if left_out.is_empty() {
+        return words.to_vec();
+    }
+    for image in &left_out {
+        shell.status(&format!(
+            "{}: left out of the wildcard (holds secret inputs ({}) and the sites are public; \
+             name it to be told why, or publish it to a private site)",
+            image.key,
+            image.secret_names().join(", ")
+        ));
+    }
+    let kept = model
+        .images
+        .keys()
+        .filter(|k| !left_out.iter().any(|i| &i.key == *k))
+        .map(|k| format!("//images:{k}"));
+    words
+        .iter()
+        .filter(|w| !crate::label::is_wildcard(w))
+        .cloned()
+        .chain(kept)
+        .collect()
 }
 
 /// Images built elsewhere, by published name.
@@ -181,6 +289,8 @@ fn candidates_in(
             Ok(Candidate {
                 image: image_in(dir, name, &ALL)?,
                 baremetal_only,
+                built_secrets: vec![],
+                explicit: true,
                 key: model
                     .images
                     .values()
@@ -217,59 +327,35 @@ pub fn publish(
             .collect::<Result<_, _>>()
             .map_err(site_error)?
     };
+    let selection = Selection {
+        targets: match &req.outputs {
+            Some(_) => req.targets.clone(),
+            None => without_unpublishable(&model, &req.targets, &site_keys, shell),
+        },
+        named: crate::label::named_images(&model, &req.targets),
+    };
+    // An image named explicitly that a chosen site may not receive is refused before anything
+    // is built for it.
+    for image in selection.named.iter().filter_map(|k| model.images.get(k)) {
+        if let Some(refusal) = site_keys
+            .iter()
+            .filter_map(|k| model.sites.get(k))
+            .find_map(|site| publish::secrets_refusal(image, site))
+        {
+            return Err(CommandError::msg(refusal));
+        }
+    }
     let (candidates, build, model) = match &req.outputs {
         Some(dir) => (candidates_in(dir, &req.targets, &model)?, None, model),
-        // A dry run builds nothing (nor pins anything): it tells what the disks already in the
-        // store would publish, and which are not built yet.
         None if req.dry_run => {
-            let session = Session::open(model, store, opts, shell)?;
-            let planned = session.plan(&req.targets, &req.arch)?;
-            let mut out = Vec::new();
-            for t in &planned.targets {
-                let image = &session.model.images[&t.image];
-                let disk = planned
-                    .graph
-                    .actions_of(t)
-                    .into_iter()
-                    .find(|a| a.kind == crate::graph::Kind::Disk);
-                match disk.filter(|d| store.outputs_meta(&d.key).is_some()) {
-                    Some(d) => {
-                        let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
-                        out.push(Candidate {
-                            image: image_in(
-                                &store.outputs_dir(&d.key),
-                                &image.published_name(t.arch),
-                                &formats,
-                            )?,
-                            baremetal_only: image.baremetal_only_for(t.arch),
-                            key: Some(image.key.clone()),
-                        });
-                    }
-                    None => shell.status(&format!(
-                        "{}: not built yet; `ccb publish` builds it first",
-                        t.label()
-                    )),
-                }
-            }
-            (out, None, session.model)
+            let (candidates, model) =
+                candidates_in_store(model, store, opts, &selection, req, shell)?;
+            (candidates, None, model)
         }
         None => {
-            let mut session = Session::open(model, store, opts, shell)?;
-            let planned = session.plan_to_build(&req.targets, &req.arch, shell)?;
-            let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
-            observer.built(&build);
-            build.ok()?;
-            let mut out = Vec::new();
-            for d in &build.disks {
-                let image = &session.model.images[&d.target.image];
-                let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
-                out.push(Candidate {
-                    image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
-                    baremetal_only: image.baremetal_only_for(d.target.arch),
-                    key: Some(image.key.clone()),
-                });
-            }
-            (out, Some(build), session.model)
+            let (candidates, build, model) =
+                candidates_built(model, store, opts, &selection, req, shell, observer)?;
+            (candidates, Some(build), model)
         }
     };
     let mut report = PublishReport {
@@ -286,12 +372,142 @@ pub fn publish(
             "signing.public_key is set but signing.key is not: the checksums are published unsigned",
         );
     }
+    let ctx = SiteRun {
+        model: &model,
+        req,
+        version,
+        signer: signer.as_ref(),
+        shell,
+    };
     for key in &site_keys {
+        ctx.publish_to(key, &candidates, &mut report, observer)?;
+    }
+    Ok(report)
+}
+
+/// A dry run builds nothing (nor pins anything): it tells what the disks already in the store
+/// would publish, and which are not built yet.
+fn candidates_in_store(
+    model: Model,
+    store: &Store,
+    opts: &SessionOptions,
+    selection: &Selection,
+    req: &PublishRequest,
+    shell: &Shell,
+) -> Result<(Vec<Candidate>, Model), CommandError> {
+    let session = Session::open(model, store, opts, shell)?;
+    let planned = session.plan(&selection.targets, &req.arch)?;
+    let mut out = Vec::new();
+    for t in &planned.targets {
+        let image = &session.model.images[&t.image];
+        let disk = planned
+            .graph
+            .actions_of(t)
+            .into_iter()
+            .find(|a| a.kind == crate::graph::Kind::Disk);
+        match disk.and_then(|d| Some((d, store.outputs_meta(&d.key)?))) {
+            Some((d, meta)) => {
+                let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
+                out.push(Candidate {
+                    image: image_in(
+                        &store.outputs_dir(&d.key),
+                        &image.published_name(t.arch),
+                        &formats,
+                    )?,
+                    baremetal_only: image.baremetal_only_for(t.arch),
+                    key: Some(image.key.clone()),
+                    built_secrets: meta.secrets,
+                    explicit: selection.named.contains(&image.key),
+                });
+            }
+            None => shell.status(&format!(
+                "{}: not built yet; `ccb publish` builds it first",
+                t.label()
+            )),
+        }
+    }
+    Ok((out, session.model))
+}
+
+/// The targets' disks, built first when missing: taken from the build report.
+fn candidates_built(
+    model: Model,
+    store: &Store,
+    opts: &SessionOptions,
+    selection: &Selection,
+    req: &PublishRequest,
+    shell: &Shell,
+    observer: &mut dyn PublishObserver,
+) -> Result<(Vec<Candidate>, BuildReport, Model), CommandError> {
+    let mut session = Session::open(model, store, opts, shell)?;
+    let planned = session.plan_to_build(&selection.targets, &req.arch, shell)?;
+    let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
+    observer.built(&build);
+    build.ok()?;
+    let mut out = Vec::new();
+    for d in &build.disks {
+        let image = &session.model.images[&d.target.image];
+        let formats: Vec<&str> = image.formats.iter().map(|f| f.as_str()).collect();
+        out.push(Candidate {
+            image: image_in(&d.dir, &image.published_name(d.target.arch), &formats)?,
+            baremetal_only: image.baremetal_only_for(d.target.arch),
+            key: Some(image.key.clone()),
+            built_secrets: store
+                .outputs_meta(&d.key)
+                .map(|m| m.secrets)
+                .unwrap_or_default(),
+            explicit: selection.named.contains(&image.key),
+        });
+    }
+    Ok((out, build, session.model))
+}
+
+/// What publishing to each site shares.
+struct SiteRun<'a> {
+    model: &'a Model,
+    req: &'a PublishRequest,
+    version: Option<Version>,
+    signer: Option<&'a crate::publish::signing::Signer>,
+    shell: &'a Shell,
+}
+
+impl SiteRun<'_> {
+    /// Publishes the candidates that belong on the site `key` (bare-metal-only images go to
+    /// bare-metal sites only; a site takes only its formats). A site that cannot be opened is
+    /// a failed row (or the command's end, with `stop_on_site_error`); an image that fails is
+    /// a failed row and the others go on.
+    fn publish_to(
+        &self,
+        key: &str,
+        candidates: &[Candidate],
+        report: &mut PublishReport,
+        observer: &mut dyn PublishObserver,
+    ) -> Result<(), CommandError> {
+        let (model, req, shell) = (self.model, self.req, self.shell);
         let site: &Site = &model.sites[key];
-        let wanted: Vec<&Candidate> = candidates
+        let mut wanted: Vec<&Candidate> = candidates
             .iter()
             .filter(|c| site.baremetal || !c.baremetal_only)
             .collect();
+        // Decided from the manifests and from what the build recorded: a disk that holds a
+        // secret is refused on a public site whatever the manifests say today.
+        for c in &wanted {
+            if let Some(refusal) = c.refusal(model, site)
+                && c.explicit
+            {
+                return Err(CommandError::msg(refusal));
+            }
+        }
+        wanted.retain(|c| match c.refusal(model, site) {
+            Some(refusal) => {
+                shell.status(&format!(
+                    "{}: left out of {}: {refusal}",
+                    c.image.name, site.name
+                ));
+                false
+            }
+            None => true,
+        });
         for c in candidates
             .iter()
             .filter(|c| !site.baremetal && c.baremetal_only)
@@ -302,15 +518,9 @@ pub fn publish(
             ));
         }
         if wanted.is_empty() {
-            continue;
+            return Ok(());
         }
-        if let Some(refusal) = wanted.iter().find_map(|c| {
-            let image = model.images.get(c.key.as_deref()?)?;
-            publish::secrets_refusal(image, site)
-        }) {
-            return Err(CommandError::msg(refusal));
-        }
-        let opened = sites::open_site(&model, key, site, &req.swift).and_then(|store| {
+        let opened = sites::open_site(model, key, site, &req.swift).and_then(|store| {
             if site.kind == SiteKind::Swift && site.public && !req.no_public_check {
                 publish::check_public(store.as_ref()).map_err(SiteError::open)?;
             }
@@ -320,12 +530,16 @@ pub fn publish(
             Ok(s) => s,
             Err(e) if req.stop_on_site_error => return Err(site_error(e)),
             Err(e) => {
-                report
-                    .results
-                    .push(json!({"site": key, "error": e.to_string()}));
+                report.results.push(PublishRow {
+                    outcome: None,
+                    image: None,
+                    site: key.to_string(),
+                    scope: None,
+                    error: Some(e.to_string()),
+                });
                 report.failed += 1;
                 observer.failed(miette::Report::new(e).wrap_err(format!("opening {}", site.name)));
-                continue;
+                return Ok(());
             }
         };
         let site_formats: Vec<&str> = site.formats.iter().map(|f| f.as_str()).collect();
@@ -343,54 +557,122 @@ pub fn publish(
                 ));
                 continue;
             }
-            let opts = PublishOptions {
-                scope: &req.scope,
-                version: version.clone(),
-                today: today(),
-                dry_run: req.dry_run,
-                show_progress: req.show_progress,
-                signer: signer.as_ref(),
-            };
-            let started = std::time::Instant::now();
-            match publish::publish_image(store.as_ref(), &image, &opts) {
-                Ok(outcome) => {
-                    observer.line(&match &outcome {
-                        Outcome::Published { version, bytes } => format!(
-                            "{}: published to {} {}/versions/{version} ({}, {:.1} s)",
-                            image.name,
-                            site.name,
-                            req.scope,
-                            crate::ui::progress::human_bytes(*bytes),
-                            started.elapsed().as_secs_f64()
-                        ),
-                        Outcome::AlreadyLive { version } => format!(
-                            "{}: already live on {} as {}/versions/{version} (same content): nothing to do",
-                            image.name, site.name, req.scope
-                        ),
-                        Outcome::DryRun { version, objects } => format!(
-                            "{}: would publish to {} as {}/versions/{version}: {}",
-                            image.name,
-                            site.name,
-                            req.scope,
-                            objects.join(", ")
-                        ),
-                    });
-                    let mut row = serde_json::to_value(&outcome).unwrap_or_default();
-                    row["image"] = json!(image.name);
-                    row["site"] = json!(key);
-                    row["scope"] = json!(req.scope);
-                    report.results.push(row);
-                }
-                Err(e) => {
-                    report.failed += 1;
-                    report.results.push(json!({"image": image.name, "site": key, "scope": req.scope, "error": e.to_string()}));
-                    observer.failed(
-                        miette::Report::new(e)
-                            .wrap_err(format!("publishing {} to {} failed", image.name, site.name)),
-                    );
-                }
+            let row = self.publish_one(store.as_ref(), key, site, &image, observer);
+            report.failed += usize::from(row.error.is_some());
+            report.results.push(row);
+        }
+        Ok(())
+    }
+
+    /// Publishes one image to one opened site, telling the observer how it went.
+    fn publish_one(
+        &self,
+        store: &dyn publish::ObjectStore,
+        key: &str,
+        site: &Site,
+        image: &ImageFiles,
+        observer: &mut dyn PublishObserver,
+    ) -> PublishRow {
+        let req = self.req;
+        let opts = PublishOptions {
+            scope: &req.scope,
+            version: self.version.clone(),
+            today: today(),
+            dry_run: req.dry_run,
+            show_progress: req.show_progress,
+            signer: self.signer,
+        };
+        let started = std::time::Instant::now();
+        let mut row = PublishRow {
+            outcome: None,
+            image: Some(image.name.clone()),
+            site: key.to_string(),
+            scope: Some(req.scope.clone()),
+            error: None,
+        };
+        match publish::publish_image(store, image, &opts) {
+            Ok(outcome) => {
+                observer.line(&match &outcome {
+                    Outcome::Published { version, bytes } => format!(
+                        "{}: published to {} {}/versions/{version} ({}, {:.1} s)",
+                        image.name,
+                        site.name,
+                        req.scope,
+                        crate::ui::progress::human_bytes(*bytes),
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Outcome::AlreadyLive { version } => format!(
+                        "{}: already live on {} as {}/versions/{version} (same content): nothing to do",
+                        image.name, site.name, req.scope
+                    ),
+                    Outcome::DryRun { version, objects } => format!(
+                        "{}: would publish to {} as {}/versions/{version}: {}",
+                        image.name,
+                        site.name,
+                        req.scope,
+                        objects.join(", ")
+                    ),
+                });
+                row.outcome = Some(outcome);
+            }
+            Err(e) => {
+                row.error = Some(e.to_string());
+                observer.failed(
+                    miette::Report::new(e)
+                        .wrap_err(format!("publishing {} to {} failed", image.name, site.name)),
+                );
             }
         }
+        row
     }
-    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(public: bool) -> Site {
+        Site {
+            name: "Open".into(),
+            baremetal: true,
+            formats: vec![crate::manifest::Format::Qcow2],
+            kind: SiteKind::Local,
+            cloud: None,
+            container: "c".into(),
+            region: None,
+            path: Some("pub".into()),
+            public,
+        }
+    }
+
+    #[test]
+    fn a_disk_built_holding_a_secret_is_refused_on_a_public_site_whatever_the_manifests_say() {
+        let built = |secrets: &[&str]| Candidate {
+            image: ImageFiles {
+                name: "Licensed".into(),
+                files: vec![],
+                manifest: vec![],
+                sbom: None,
+            },
+            baremetal_only: false,
+            key: None,
+            built_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            explicit: true,
+        };
+        // The manifests no longer declare the secret (or the image is gone): the build's
+        // record still does.
+        let refusal = built(&["LICENSE_TOKEN"])
+            .refusal_with(None, &site(true))
+            .unwrap();
+        assert!(
+            refusal.contains("built holding secret inputs (LICENSE_TOKEN)"),
+            "{refusal}"
+        );
+        assert!(
+            built(&["LICENSE_TOKEN"])
+                .refusal_with(None, &site(false))
+                .is_none()
+        );
+        assert!(built(&[]).refusal_with(None, &site(true)).is_none());
+    }
 }

@@ -6,73 +6,50 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::CommandError;
-use crate::element::{self, ElementView, ForTarget, PHASES, Resolver};
-use crate::graph::{self, Action, ActionId, Graph, Kind, Status, rdeps};
+use indexmap::IndexMap;
+
+use super::build::PlanReport;
+use super::{CommandError, Planned, Session};
+use crate::element::view::{Overwrite, PackageLists, Script, Skipped};
+use crate::element::{self, ElementView, ForTarget, PHASES};
+use crate::graph::{self, Action, ActionId, Kind, rdeps};
 use crate::keydoc::Value;
-use crate::label::{self, Target};
+use crate::label;
 use crate::manifest::{Arch, Format, Image, Model};
 use crate::store::Store;
 
 /// Where elements are found beyond the project's own search path, and whether sources may
-/// be fetched.
+/// be fetched (for `-e` elements, which need no session).
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     pub element_path: Vec<String>,
     pub offline: bool,
 }
 
-fn resolver<'s>(
-    model: &Model,
-    store: &'s Store,
-    scope: &Scope,
-    warn: &mut dyn FnMut(&str),
-) -> Result<Resolver<'s>, CommandError> {
-    Ok(element::project_resolver(
-        model,
-        &scope.element_path,
-        store,
-        scope.offline,
-        warn,
-    )?)
+/// One image asked about (`query manifest|deps|hash|explain`): a word naming it (`//images:NAME`,
+/// `NAME` or a published name) and the arches (all of its own when empty).
+#[derive(Debug, Clone, Default)]
+pub struct TargetQuery {
+    pub target: String,
+    pub arch: Vec<String>,
 }
 
 /// Exactly one image (any of its arches, or those asked for) from a word.
-fn one_image<'m>(
-    model: &'m Model,
-    word: &str,
-    arch: &[String],
-) -> Result<(&'m Image, Vec<Target>), CommandError> {
-    let arches = label::parse_arches(arch)?;
-    let targets = label::resolve(model, &[word.to_string()], arches.as_ref())?;
-    Ok((&model.images[&targets[0].image], targets))
+fn one_image<'m>(model: &'m Model, q: &TargetQuery) -> Result<&'m Image, CommandError> {
+    let arches = label::parse_arches(&q.arch)?;
+    let targets = label::resolve(model, std::slice::from_ref(&q.target), arches.as_ref())?;
+    Ok(&model.images[&targets[0].image])
 }
 
-/// One image's targets with their graph: where deps, hash and explain all start.
-struct ImageGraph<'m, 's> {
-    image: &'m Image,
-    targets: Vec<Target>,
-    resolver: Resolver<'s>,
-    graph: Graph,
-}
-
-fn image_graph<'m, 's>(
-    model: &'m Model,
-    store: &'s Store,
-    scope: &Scope,
-    word: &str,
-    arch: &[String],
-    warn: &mut dyn FnMut(&str),
-) -> Result<ImageGraph<'m, 's>, CommandError> {
-    let (image, targets) = one_image(model, word, arch)?;
-    let resolver = resolver(model, store, scope, warn)?;
-    let graph = Graph::build(model, &resolver, &targets, false)?;
-    Ok(ImageGraph {
-        image,
-        targets,
-        resolver,
-        graph,
-    })
+/// One image's targets with their graph (the session's plan): where deps, hash and explain
+/// all start.
+fn image_graph<'m>(
+    session: &'m Session,
+    q: &TargetQuery,
+) -> Result<(&'m Image, Planned), CommandError> {
+    let image = one_image(&session.model, q)?;
+    let planned = session.plan(std::slice::from_ref(&q.target), &q.arch)?;
+    Ok((image, planned))
 }
 
 /// One image target as `query targets` lists it.
@@ -127,12 +104,8 @@ pub fn targets(model: &Model, arch: &[String]) -> Result<TargetsReport, CommandE
 }
 
 /// An image's manifest record after inheritance.
-pub fn manifest<'m>(
-    model: &'m Model,
-    word: &str,
-    arch: &[String],
-) -> Result<&'m Image, CommandError> {
-    Ok(one_image(model, word, arch)?.0)
+pub fn manifest<'m>(model: &'m Model, q: &TargetQuery) -> Result<&'m Image, CommandError> {
+    one_image(model, q)
 }
 
 /// What `query elements` expands: a target's elements, or elements named alone (`-e`, as
@@ -147,100 +120,127 @@ pub struct ElementsRequest {
     pub scope: Scope,
 }
 
-/// An expanded element set: its closure and the merged view.
-#[derive(Debug)]
+/// An expanded element set: its closure and the merged view, phases in DIB's order.
+#[derive(Debug, Serialize)]
 pub struct ElementsReport {
     pub elements: Vec<String>,
+    /// Phase → script names.
+    pub phases: IndexMap<String, Vec<String>>,
+    /// environment.d file names in sourcing order.
+    pub environment: Vec<String>,
+    pub packages: BTreeMap<String, PackageLists>,
+    /// Phase → scripts (name, element, path).
+    pub scripts: IndexMap<String, Vec<Script>>,
+    pub environment_files: Vec<Script>,
+    pub env: BTreeMap<String, String>,
+    pub overwrites: Vec<Overwrite>,
+    pub skipped: Vec<Skipped>,
+    pub block_device: Option<BlockDevice>,
+    /// The view the fields above come from, for text.
+    #[serde(skip)]
     pub view: ElementView,
 }
 
-impl Serialize for ElementsReport {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let view = &self.view;
-        // In DIB's phase order (serde_json keeps insertion order here).
-        let phases: serde_json::Map<String, serde_json::Value> = PHASES
+/// The element and file of the block-device layout.
+#[derive(Debug, Serialize)]
+pub struct BlockDevice {
+    pub element: String,
+    pub file: String,
+}
+
+impl ElementsReport {
+    fn new(elements: Vec<String>, view: ElementView) -> Self {
+        let scripts: IndexMap<String, Vec<Script>> = PHASES
             .iter()
-            .filter_map(|p| {
-                view.phases.get(*p).map(|s| {
-                    (
-                        p.to_string(),
-                        serde_json::json!(s.iter().map(|s| &s.name).collect::<Vec<_>>()),
-                    )
-                })
-            })
+            .filter_map(|p| view.phases.get(*p).map(|s| (p.to_string(), s.clone())))
             .collect();
-        let scripts: serde_json::Map<String, serde_json::Value> = PHASES
-            .iter()
-            .filter_map(|p| {
-                view.phases
-                    .get(*p)
-                    .map(|s| (p.to_string(), serde_json::json!(s)))
-            })
-            .collect();
-        serde_json::json!({
-            "elements": self.elements,
-            "phases": phases,
-            "environment": view.environment.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            "packages": view.packages,
-            "scripts": scripts,
-            "environment_files": view.environment,
-            "env": view.env,
-            "overwrites": view.overwrites,
-            "skipped": view.skipped,
-            "block_device": view.block_device.as_ref().map(|(e, f)| serde_json::json!({"element": e, "file": f})),
-        })
-        .serialize(s)
+        Self {
+            elements,
+            phases: scripts
+                .iter()
+                .map(|(p, s)| (p.clone(), s.iter().map(|s| s.name.clone()).collect()))
+                .collect(),
+            environment: view.environment.iter().map(|s| s.name.clone()).collect(),
+            packages: view.packages.clone(),
+            scripts,
+            environment_files: view.environment.clone(),
+            env: view.env.clone(),
+            overwrites: view.overwrites.clone(),
+            skipped: view.skipped.clone(),
+            block_device: view
+                .block_device
+                .as_ref()
+                .map(|(element, file)| BlockDevice {
+                    element: element.clone(),
+                    file: file.clone(),
+                }),
+            view,
+        }
     }
 }
 
-/// Expands a target's elements (`model` is then required) or the `-e` elements (`model`
-/// and `root` when inside a project: its search path).
-pub fn elements(
+/// `K=V` declarations of `--env`.
+fn declared(env: &[String]) -> Result<BTreeMap<String, String>, CommandError> {
+    env.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| CommandError::usage(format!("--env expects K=V, got `{kv}`")))
+        })
+        .collect()
+}
+
+fn parse_arch(arch: &Option<String>) -> Result<Option<Arch>, CommandError> {
+    match arch {
+        Some(s) => Ok(Some(
+            Arch::parse(s).ok_or_else(|| label::LabelError::BadArch(s.clone()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Expands a target's elements (`req.target` names it) with the session's resolver.
+pub fn target_elements(
+    session: &Session,
+    target: &str,
+    req: &ElementsRequest,
+) -> Result<ElementsReport, CommandError> {
+    let declared = declared(&req.env)?;
+    let q = TargetQuery {
+        target: target.to_string(),
+        arch: parse_arch(&req.arch)?
+            .map(|a| vec![a.to_string()])
+            .unwrap_or_default(),
+    };
+    let image = one_image(&session.model, &q)?;
+    let targets = session.targets(std::slice::from_ref(&q.target), &q.arch)?;
+    let arch = targets[0].arch;
+    let mut env = image.env.clone();
+    env.extend(declared);
+    let r = session
+        .resolver
+        .resolve(
+            &element::requested_elements(image),
+            arch,
+            Some(&image.published_name(arch)),
+            &env,
+            false,
+        )
+        .map_err(|e| ForTarget::new(Some(targets[0].to_string()), e))?;
+    Ok(ElementsReport::new(r.elements, r.view))
+}
+
+/// Expands the `-e` elements alone, as DIB's element-info (`model` and `root` when inside a
+/// project: its search path).
+pub fn named_elements(
     model: Option<&Model>,
     root: Option<&Path>,
     store: Option<&Store>,
     req: &ElementsRequest,
     warn: &mut dyn FnMut(&str),
 ) -> Result<ElementsReport, CommandError> {
-    let mut declared: BTreeMap<String, String> = BTreeMap::new();
-    for kv in &req.env {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| CommandError::usage(format!("--env expects K=V, got `{kv}`")))?;
-        declared.insert(k.to_string(), v.to_string());
-    }
-    let arch = match &req.arch {
-        Some(s) => Some(Arch::parse(s).ok_or_else(|| label::LabelError::BadArch(s.clone()))?),
-        None => None,
-    };
-    if let Some(word) = &req.target {
-        let (model, store) = model.zip(store).ok_or_else(|| {
-            CommandError::internal("query elements of a target without a project")
-        })?;
-        let (image, targets) = one_image(
-            model,
-            word,
-            &arch.map(|a| vec![a.to_string()]).unwrap_or_default(),
-        )?;
-        let arch = targets[0].arch;
-        let resolver = resolver(model, store, &req.scope, warn)?;
-        let mut env = image.env.clone();
-        env.extend(declared);
-        let r = resolver
-            .resolve(
-                &element::requested_elements(image),
-                arch,
-                Some(&image.published_name(arch)),
-                &env,
-                false,
-            )
-            .map_err(|e| ForTarget::new(Some(targets[0].to_string()), e))?;
-        return Ok(ElementsReport {
-            elements: r.elements,
-            view: r.view,
-        });
-    }
-    let arch = arch.unwrap_or(Arch::Amd64);
+    let declared = declared(&req.env)?;
+    let arch = parse_arch(&req.arch)?.unwrap_or(Arch::Amd64);
     let path = element::project_search_path(model, root, &req.scope.element_path, store, warn)
         .map_err(|e| ForTarget::new(None, e))?;
     let closure = element::expand(&path, &req.elements).map_err(|e| ForTarget::new(None, e))?;
@@ -248,10 +248,7 @@ pub fn elements(
     let mut env = element::engine_env(arch, None, &closure);
     env.extend(declared);
     let view = ElementView::build(&dirs, &env).map_err(|e| ForTarget::new(None, e))?;
-    Ok(ElementsReport {
-        elements: closure,
-        view,
-    })
+    Ok(ElementsReport::new(closure, view))
 }
 
 /// An action as listings name it.
@@ -291,20 +288,9 @@ pub struct DepsReport {
     pub builds: Vec<DepsBuild>,
 }
 
-pub fn deps(
-    model: &Model,
-    store: &Store,
-    scope: &Scope,
-    word: &str,
-    arch: &[String],
-    warn: &mut dyn FnMut(&str),
-) -> Result<DepsReport, CommandError> {
-    let ImageGraph {
-        image,
-        targets,
-        graph,
-        ..
-    } = image_graph(model, store, scope, word, arch, warn)?;
+pub fn deps(session: &Session, q: &TargetQuery) -> Result<DepsReport, CommandError> {
+    let model = &session.model;
+    let (image, Planned { targets, graph, .. }) = image_graph(session, q)?;
     let mut parents = Vec::new();
     let mut cur = image.from.clone();
     while let Some(p) = cur {
@@ -363,16 +349,14 @@ pub struct RdepsReport {
 }
 
 /// The targets that depend on a target, `element:NAME`, `artifact:NAME` or `source:NAME`.
-pub fn rdeps(
-    model: &Model,
-    store: &Store,
-    scope: &Scope,
-    what: &str,
-    warn: &mut dyn FnMut(&str),
-) -> Result<RdepsReport, CommandError> {
-    let all = label::resolve(model, &[], None)?;
-    let resolver = resolver(model, store, scope, warn)?;
-    let graph = Graph::build(model, &resolver, &all, false)?;
+pub fn rdeps(session: &Session, what: &str) -> Result<RdepsReport, CommandError> {
+    let model = &session.model;
+    let resolver = &session.resolver;
+    let Planned {
+        targets: all,
+        graph,
+        ..
+    } = session.plan(&[], &[])?;
     let unknown = |name: &str, known: Vec<String>| {
         CommandError::from_diag(label::LabelError::Unknown {
             word: what.to_string(),
@@ -403,7 +387,7 @@ pub fn rdeps(
     } else {
         rdeps::Input::Images(label::resolve(model, &[what.to_string()], None)?)
     };
-    let dependents = rdeps::rdeps(&graph, &resolver, &all, &input)
+    let dependents = rdeps::rdeps(&graph, resolver, &all, &input)
         .into_iter()
         .map(|(t, actions)| Dependent {
             target: t.label(),
@@ -424,22 +408,19 @@ pub struct GraphReport {
     pub actions: Vec<Action>,
 }
 
-/// The action graph of `targets` (every image when empty), publish actions included.
-pub fn graph(
-    model: &Model,
-    store: &Store,
-    scope: &Scope,
-    targets: &[String],
-    arch: &[String],
-    warn: &mut dyn FnMut(&str),
-) -> Result<GraphReport, CommandError> {
-    let arches = label::parse_arches(arch)?;
-    let targets = label::resolve(model, targets, arches.as_ref())?;
-    let resolver = resolver(model, store, scope, warn)?;
-    let graph = Graph::build(model, &resolver, &targets, true)?;
+/// Targets asked about (`query graph`): words (every image when none) and arches.
+#[derive(Debug, Clone, Default)]
+pub struct TargetsQuery {
+    pub targets: Vec<String>,
+    pub arch: Vec<String>,
+}
+
+/// The action graph of the targets, publish actions included.
+pub fn graph(session: &Session, q: &TargetsQuery) -> Result<GraphReport, CommandError> {
+    let planned = session.plan_with_publish(&q.targets, &q.arch)?;
     Ok(GraphReport {
         version: 1,
-        actions: graph.actions,
+        actions: planned.graph.actions,
     })
 }
 
@@ -457,15 +438,8 @@ pub struct HashReport {
 }
 
 /// The keys and key documents of a target's own actions.
-pub fn hash(
-    model: &Model,
-    store: &Store,
-    scope: &Scope,
-    word: &str,
-    arch: &[String],
-    warn: &mut dyn FnMut(&str),
-) -> Result<HashReport, CommandError> {
-    let ImageGraph { targets, graph, .. } = image_graph(model, store, scope, word, arch, warn)?;
+pub fn hash(session: &Session, q: &TargetQuery) -> Result<HashReport, CommandError> {
+    let (_, Planned { targets, graph, .. }) = image_graph(session, q)?;
     let actions = targets
         .iter()
         .flat_map(|t| graph.actions_of(t))
@@ -478,39 +452,29 @@ pub fn hash(
     Ok(HashReport { actions })
 }
 
-/// Every action a target's disk needs, with whether it would run and why.
-pub struct ExplainReport {
-    pub rows: Vec<(Action, Status)>,
-}
-
-pub fn explain(
-    model: &Model,
-    store: &Store,
-    scope: &Scope,
-    word: &str,
-    arch: &[String],
-    warn: &mut dyn FnMut(&str),
-) -> Result<ExplainReport, CommandError> {
-    let ImageGraph {
-        targets,
-        resolver,
-        graph,
-        ..
-    } = image_graph(model, store, scope, word, arch, warn)?;
+/// Every action a target's disk needs, with whether it would run and why (for a layer that
+/// reruns, the step checkpoint it would start from).
+pub fn explain(session: &Session, q: &TargetQuery) -> Result<PlanReport, CommandError> {
+    let (_, Planned { targets, graph, .. }) = image_graph(session, q)?;
+    let store = session.store;
     let mut rows = Vec::new();
     for t in &targets {
         let disk = ActionId::disk(&t.image, t.arch).to_string();
         for act in graph.closure(&disk) {
             let mut status = graph::status(store, act);
-            // A layer that reruns may start from a step checkpoint: say from which step.
             if let graph::Status::ToRun { reasons } = &mut status
-                && let Some(line) =
-                    crate::action::checkpoint::explain(model, &graph, &resolver, store, act)
+                && let Some(line) = crate::action::checkpoint::explain(
+                    &session.model,
+                    &graph,
+                    &session.resolver,
+                    store,
+                    act,
+                )
             {
                 reasons.push(line);
             }
-            rows.push((act.clone(), status));
+            rows.push((act, status));
         }
     }
-    Ok(ExplainReport { rows })
+    Ok(PlanReport::new(rows))
 }

@@ -19,6 +19,9 @@ pub struct TestRequest {
     pub firmwares: Vec<Firmware>,
     /// The buses the disk is attached to: one boot per firmware and bus.
     pub buses: Vec<DiskBus>,
+    /// Boots asked for as firmware and bus together (`--disk uefi:nvme --disk bios:sata`):
+    /// exactly these, instead of every firmware with every bus.
+    pub paired: Vec<(Firmware, DiskBus)>,
     /// How long a boot may take, checks included.
     pub timeout: Duration,
 }
@@ -45,7 +48,7 @@ pub struct TestReport {
     pub version: u32,
     pub results: Vec<BootResult>,
     pub passed: bool,
-    #[serde(skip)]
+    /// The build of the disks booted.
     pub build: BuildReport,
 }
 
@@ -114,86 +117,45 @@ pub fn test(
             Arch::Arm64 => vec![Firmware::Uefi],
         };
         let mut kvm = bootcheck::kvm_for(t.arch, amd64_kvm);
-        let meta = store.outputs_meta(&disk.key).ok_or_else(|| {
-            CommandError::msg(format!(
-                "the disk of //images:{} is not in the store",
-                t.image
-            ))
-        })?;
-        let (file, format) = ["qcow2", "raw"]
-            .iter()
-            .find_map(|ext| {
-                let f = format!("{}.{ext}", meta.name);
-                meta.files.iter().any(|(n, _)| *n == f).then_some((f, *ext))
-            })
-            .ok_or_else(|| {
-                CommandError::msg(format!("//images:{} has no qcow2 or raw output", t.image))
-            })?;
-        let image = disk.dir.join(&file);
-        let resolved = &planned.graph.resolved[&(t.image.clone(), t.arch)];
-        let dirs: Vec<(String, PathBuf)> = resolved
-            .elements
-            .iter()
-            .filter_map(|n| {
-                session
-                    .resolver
-                    .path
-                    .get(n)
-                    .map(|d| (n.clone(), d.dir.clone()))
-            })
-            .collect();
-        let checks = bootcheck::element_checks(&dirs);
-        let boots = firmwares
-            .iter()
-            .flat_map(|&firmware| req.buses.iter().map(move |&disk| (firmware, disk)));
-        for (fw, bus) in boots {
+        let (name, image, format) = disk_file(store, disk)?;
+        let checks = checks_of(session, planned, t);
+        let boots: Vec<(Firmware, DiskBus)> = if req.paired.is_empty() {
+            firmwares
+                .iter()
+                .flat_map(|&firmware| req.buses.iter().map(move |&disk| (firmware, disk)))
+                .collect()
+        } else {
+            req.paired
+                .iter()
+                .filter(|(fw, _)| firmwares.contains(fw))
+                .copied()
+                .collect()
+        };
+        for (firmware, bus) in boots {
             let plan = BootPlan {
                 arch: t.arch,
-                firmware: fw,
+                firmware,
                 disk: bus,
             };
-            observer.booting(&meta.name, &plan, kvm);
-            let log = store.boot_log(&disk.key, fw.as_str(), bus.as_str());
-            let work = scratch.path().join(format!(
-                "{}-{}-{}-{}",
-                t.image,
-                t.arch,
-                fw.as_str(),
-                bus.as_str()
-            ));
-            let had_kvm = kvm;
-            let report = bootcheck::boot(
-                &BootTest {
-                    image: &image,
-                    format,
-                    arch: t.arch,
-                    firmware: fw,
-                    disk: bus,
-                    timeout: req.timeout,
-                    checks: &checks,
-                    work: &work,
-                    serial_log: log,
-                },
-                &mut kvm,
-            )?;
-            if had_kvm && !kvm {
-                shell.status(
-                    "KVM started but the kernel never spoke: KVM does not really work here, using TCG",
-                );
-            }
-            let result = BootResult {
-                target: format!("//images:{}", t.image),
+            observer.booting(&name, &plan, kvm);
+            let test = BootTest {
+                image: &image,
+                format,
                 arch: t.arch,
-                image: image.clone(),
-                firmware: report.firmware,
+                firmware,
                 disk: bus,
-                accel: report.accel.clone(),
-                duration_ms: report.duration_ms,
-                completed: report.completed,
-                passed: report.passed(),
-                serial_log: report.serial_log.clone(),
-                checks: report.checks.clone(),
+                timeout: req.timeout,
+                checks: &checks,
+                work: &scratch.path().join(format!(
+                    "{}-{}-{}-{}",
+                    t.image,
+                    t.arch,
+                    firmware.as_str(),
+                    bus.as_str()
+                )),
+                serial_log: store.boot_log(&disk.key, firmware.as_str(), bus.as_str()),
             };
+            let (report, result) = boot_one(&test, t, &mut kvm, shell)?;
             observer.booted(&report, &result);
             results.push(result);
         }
@@ -204,4 +166,79 @@ pub fn test(
         results,
         build,
     })
+}
+
+/// A built disk's published name, its file (qcow2, else raw) and that file's format.
+fn disk_file(
+    store: &crate::store::Store,
+    disk: &super::build::BuiltDisk,
+) -> Result<(String, PathBuf, &'static str), CommandError> {
+    let t = &disk.target;
+    let meta = store.outputs_meta(&disk.key).ok_or_else(|| {
+        CommandError::msg(format!(
+            "the disk of //images:{} is not in the store",
+            t.image
+        ))
+    })?;
+    let (file, format) = ["qcow2", "raw"]
+        .iter()
+        .find_map(|ext| {
+            let f = format!("{}.{ext}", meta.name);
+            meta.files.iter().any(|(n, _)| *n == f).then_some((f, *ext))
+        })
+        .ok_or_else(|| {
+            CommandError::msg(format!("//images:{} has no qcow2 or raw output", t.image))
+        })?;
+    Ok((meta.name, disk.dir.join(file), format))
+}
+
+/// The boot checks the target's elements ship (`boot-checks.d`).
+fn checks_of(
+    session: &Session,
+    planned: &Planned,
+    t: &crate::label::Target,
+) -> Vec<bootcheck::ElementCheck> {
+    let resolved = &planned.graph.resolved[&(t.image.clone(), t.arch)];
+    let dirs: Vec<(String, PathBuf)> = resolved
+        .elements
+        .iter()
+        .filter_map(|n| {
+            session
+                .resolver
+                .path
+                .get(n)
+                .map(|d| (n.clone(), d.dir.clone()))
+        })
+        .collect();
+    bootcheck::element_checks(&dirs)
+}
+
+/// One boot; `kvm` is turned off for the next boots when KVM started but never ran the guest.
+fn boot_one(
+    test: &BootTest,
+    t: &crate::label::Target,
+    kvm: &mut bool,
+    shell: &Shell,
+) -> Result<(BootReport, BootResult), CommandError> {
+    let had_kvm = *kvm;
+    let report = bootcheck::boot(test, kvm)?;
+    if had_kvm && !*kvm {
+        shell.status(
+            "KVM started but the kernel never spoke: KVM does not really work here, using TCG",
+        );
+    }
+    let result = BootResult {
+        target: t.label(),
+        arch: t.arch,
+        image: test.image.to_path_buf(),
+        firmware: report.firmware,
+        disk: test.disk,
+        accel: report.accel.clone(),
+        duration_ms: report.duration_ms,
+        completed: report.completed,
+        passed: report.passed(),
+        serial_log: report.serial_log.clone(),
+        checks: report.checks.clone(),
+    };
+    Ok((report, result))
 }

@@ -1,8 +1,5 @@
-//! `update`: resolve the manifests' open inputs and rewrite `ccb.lock`.
-//!
-//! As `cargo update -p`: named entries are resolved again, the others keep their pin unless the
-//! manifests changed them (then they are stale and resolved too), entries the manifests no
-//! longer declare are dropped. The lock is written only when it changes.
+//! `update`: resolve the manifests' open inputs and rewrite `ccb.lock` (the algorithm is
+//! [`lock::update`]); the lock is written only when it changes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::CommandError;
-use crate::lock::{self, Lock, LockedArtifact};
+use crate::lock::{self, Change, Lock};
 use crate::manifest::Model;
 use crate::store::Store;
 use crate::ui::Shell;
@@ -23,14 +20,6 @@ pub struct UpdateRequest {
     /// Write nothing.
     pub dry_run: bool,
     pub offline: bool,
-}
-
-/// One pin that changed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Change {
-    pub entry: String,
-    pub before: Option<String>,
-    pub after: String,
 }
 
 /// What the update found and did.
@@ -86,97 +75,25 @@ pub fn update(
             )));
         }
     }
-    let wanted = |n: &str| names.is_empty() || names.iter().any(|x| x == n);
-
-    let mut new = Lock {
-        version: 1,
-        ..Default::default()
-    };
-    let mut changes: Vec<Change> = Vec::new();
-    for name in git {
-        let source = &model.sources[name];
-        let kept = old.sources.get(name).filter(|l| l.matches(source));
-        let locked = match kept {
-            Some(l) if !wanted(name) => l.clone(),
-            _ => {
-                shell.status(&format!("resolving source `{name}` ({})", source.git_ref));
-                crate::sources::resolve(store, &root, name, source, req.offline)?
-            }
-        };
-        let before = old.sources.get(name).map(|l| l.commit.clone());
-        if before.as_deref() != Some(&locked.commit) || kept.is_none() {
-            changes.push(Change {
-                entry: format!("source `{name}`"),
-                before,
-                after: locked.commit.clone(),
-            });
-        }
-        new.sources.insert(name.clone(), locked);
-    }
     let fetcher = crate::fetch::Fetcher {
         store,
         distdirs: vec![],
         offline: req.offline,
         swift: None,
+        mirrors: crate::fetch::mirror_variables(&model.root),
     };
-    for name in latest {
-        let art = &model.artifacts[name];
-        let Some(url) = art.url.clone() else {
-            return Err(CommandError::msg(format!(
-                "artifact `{name}`: \"latest\" needs a `url` (a Swift object is pinned by its sha256)"
-            )));
-        };
-        let shown = crate::lock::artifact_url(&url);
-        let kept = old.artifacts.get(name).filter(|l| l.url == shown);
-        let sha256 = match kept {
-            Some(l) if !wanted(name) => l.sha256.clone(),
-            _ => {
-                shell.status(&format!("fetching artifact `{name}` ({shown})"));
-                fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {})?
-            }
-        };
-        let before = old.artifacts.get(name).map(|l| l.sha256.clone());
-        if before.as_deref() != Some(&sha256) || kept.is_none() {
-            changes.push(Change {
-                entry: format!("artifact `{name}`"),
-                before,
-                after: sha256.clone(),
-            });
-        }
-        new.artifacts
-            .insert(name.clone(), LockedArtifact { url: shown, sha256 });
-    }
-    let removed: Vec<String> = old
-        .sources
-        .keys()
-        .filter(|k| !new.sources.contains_key(*k))
-        .map(|k| format!("source `{k}`"))
-        .chain(
-            old.artifacts
-                .keys()
-                .filter(|k| !new.artifacts.contains_key(*k))
-                .map(|k| format!("artifact `{k}`")),
-        )
-        .collect();
-    let written = new != old && !req.dry_run;
+    let updated = lock::update(model, old, &names, &fetcher, &mut |m| shell.status(m))?;
+    let up_to_date = updated.new == updated.old;
+    let written = !up_to_date && !req.dry_run;
     if written {
-        lock::save(&root, &new)?;
+        lock::save(&root, &updated.new)?;
     }
     Ok(UpdateReport {
         lock: lock::path(&root),
         written,
-        changed: changes,
-        removed,
-        pins: new
-            .sources
-            .iter()
-            .map(|(k, l)| (k.clone(), l.commit.clone()))
-            .chain(
-                new.artifacts
-                    .iter()
-                    .map(|(k, l)| (k.clone(), l.sha256.clone())),
-            )
-            .collect(),
-        up_to_date: new == old,
+        changed: updated.changes,
+        removed: updated.removed,
+        pins: updated.new.pins(),
+        up_to_date,
     })
 }

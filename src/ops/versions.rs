@@ -114,10 +114,20 @@ pub fn promote(model: Model, req: &PromoteRequest) -> Result<Live, CommandError>
     })
 }
 
-pub fn rollback(model: Model, at: &At, image: &str, version: &str) -> Result<Live, CommandError> {
-    let version = parse_version(version)?;
+/// Which earlier version of an image to make live again, where.
+#[derive(Debug, Clone)]
+pub struct RollbackRequest {
+    pub at: At,
+    /// A published name or a target.
+    pub image: String,
+    pub version: String,
+}
+
+pub fn rollback(model: Model, req: &RollbackRequest) -> Result<Live, CommandError> {
+    let at = &req.at;
+    let version = parse_version(&req.version)?;
     let model = with_sites(model);
-    let name = image_name(&model, image);
+    let name = image_name(&model, &req.image);
     let site = open(&model, &at.site)?;
     publish::rollback(site.store.as_ref(), &at.scope, &name, &version)?;
     Ok(Live {
@@ -135,13 +145,21 @@ pub struct Pruned {
     pub removed: Vec<(String, String)>,
 }
 
-pub fn prune(model: Model, at: &At, keep: usize, dry_run: bool) -> Result<Pruned, CommandError> {
+/// Which versions to remove: all but the newest `keep` of each image (and the live ones).
+#[derive(Debug, Clone)]
+pub struct PruneRequest {
+    pub at: At,
+    pub keep: usize,
+    pub dry_run: bool,
+}
+
+pub fn prune(model: Model, req: &PruneRequest) -> Result<Pruned, CommandError> {
     let model = with_sites(model);
-    let site = open(&model, &at.site)?;
-    let removed = publish::prune(site.store.as_ref(), &at.scope, keep, dry_run)?;
+    let site = open(&model, &req.at.site)?;
+    let removed = publish::prune(site.store.as_ref(), &req.at.scope, req.keep, req.dry_run)?;
     Ok(Pruned {
-        dry_run,
-        keep,
+        dry_run: req.dry_run,
+        keep: req.keep,
         removed,
     })
 }

@@ -338,29 +338,9 @@ fn normalise(name: &str, m: Mapping, source: &str) -> Result<Cloud, CloudsError>
         cloud: name.to_string(),
         message,
     };
-    let auth_type = match get("auth_type").as_deref().unwrap_or("password") {
-        "password" => AuthType::Password,
-        "v3password" => AuthType::V3Password,
-        "v3applicationcredential" | "applicationcredential" => AuthType::V3ApplicationCredential,
-        "token" | "v3token" => AuthType::Token,
-        other => {
-            return Err(invalid(format!(
-                "auth_type `{other}` is not supported (supported: password, v3password, \
-                 v3applicationcredential, token, v3token)"
-            )));
-        }
-    };
+    let auth_type = auth_type(get("auth_type").as_deref()).map_err(invalid)?;
     let auth_url = get("auth_url").ok_or_else(|| invalid("no auth_url".into()))?;
-    // `http://user:pass@keystone/…` works, so its user-info is a credential like any other.
-    if let Some((_, rest)) = auth_url.split_once("://")
-        && let Some((userinfo, _)) = rest.split_once('@')
-        && !userinfo.contains('/')
-    {
-        crate::redact::register(userinfo);
-        if let Some((_, password)) = userinfo.split_once(':') {
-            crate::redact::register(password);
-        }
-    }
+    register_userinfo(&auth_url);
     let interface = {
         let i = get("interface").unwrap_or_else(|| "public".into());
         i.trim_end_matches("URL").to_ascii_lowercase()
@@ -434,42 +414,74 @@ fn normalise(name: &str, m: Mapping, source: &str) -> Result<Cloud, CloudsError>
         verify,
         source: source.to_string(),
     };
-    match cloud.auth_type {
-        AuthType::Password | AuthType::V3Password => {
-            if cloud.username.is_none() && cloud.user_id.is_none() {
-                return Err(invalid("password auth needs username or user_id".into()));
-            }
-            if cloud.password.is_none() {
-                return Err(invalid(
-                    "password auth needs a password (in clouds.yaml, secure.yaml or OS_PASSWORD)"
-                        .into(),
-                ));
-            }
+    cloud.check_credentials().map_err(|m| invalid(m.into()))?;
+    Ok(cloud)
+}
+
+fn auth_type(given: Option<&str>) -> Result<AuthType, String> {
+    Ok(match given.unwrap_or("password") {
+        "password" => AuthType::Password,
+        "v3password" => AuthType::V3Password,
+        "v3applicationcredential" | "applicationcredential" => AuthType::V3ApplicationCredential,
+        "token" | "v3token" => AuthType::Token,
+        other => {
+            return Err(format!(
+                "auth_type `{other}` is not supported (supported: password, v3password, \
+                 v3applicationcredential, token, v3token)"
+            ));
         }
-        AuthType::V3ApplicationCredential => {
-            if cloud.application_credential_secret.is_none() {
-                return Err(invalid(
-                    "application credential auth needs application_credential_secret".into(),
-                ));
-            }
-            if cloud.application_credential_id.is_none()
-                && (cloud.application_credential_name.is_none()
-                    || (cloud.username.is_none() && cloud.user_id.is_none()))
-            {
-                return Err(invalid(
-                    "application credential auth needs application_credential_id, or \
-                     application_credential_name with username or user_id"
-                        .into(),
-                ));
-            }
-        }
-        AuthType::Token => {
-            if cloud.token.is_none() {
-                return Err(invalid("token auth needs a token".into()));
-            }
+    })
+}
+
+/// `http://user:pass@keystone/…` works, so its user-info is a credential like any other.
+fn register_userinfo(auth_url: &str) {
+    if let Some((_, rest)) = auth_url.split_once("://")
+        && let Some((userinfo, _)) = rest.split_once('@')
+        && !userinfo.contains('/')
+    {
+        crate::redact::register(userinfo);
+        if let Some((_, password)) = userinfo.split_once(':') {
+            crate::redact::register(password);
         }
     }
-    Ok(cloud)
+}
+
+impl Cloud {
+    /// What the auth type needs is there.
+    fn check_credentials(&self) -> Result<(), &'static str> {
+        match self.auth_type {
+            AuthType::Password | AuthType::V3Password => {
+                if self.username.is_none() && self.user_id.is_none() {
+                    return Err("password auth needs username or user_id");
+                }
+                if self.password.is_none() {
+                    return Err(
+                        "password auth needs a password (in clouds.yaml, secure.yaml or OS_PASSWORD)",
+                    );
+                }
+            }
+            AuthType::V3ApplicationCredential => {
+                if self.application_credential_secret.is_none() {
+                    return Err("application credential auth needs application_credential_secret");
+                }
+                if self.application_credential_id.is_none()
+                    && (self.application_credential_name.is_none()
+                        || (self.username.is_none() && self.user_id.is_none()))
+                {
+                    return Err(
+                        "application credential auth needs application_credential_id, or \
+                         application_credential_name with username or user_id",
+                    );
+                }
+            }
+            AuthType::Token => {
+                if self.token.is_none() {
+                    return Err("token auth needs a token");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

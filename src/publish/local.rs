@@ -10,7 +10,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ObjectInfo, ObjectStore, Progress, PublishError, PutOutcome};
+use super::{ObjectInfo, ObjectStore, PublishError, PutOutcome};
+use crate::ui::progress::Transfer;
 
 /// The file holding the object named like the directory it sits in.
 pub const SELF: &str = ".ccb-self";
@@ -213,7 +214,7 @@ impl ObjectStore for LocalSite {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError> {
         let path = self.path(name)?;
         let mut tmp = Self::temp_beside(&path)?;

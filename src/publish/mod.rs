@@ -31,12 +31,12 @@ pub mod swift;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::contract;
+use crate::ui::progress::Transfer;
 use layout::{Pointer, Version};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -171,7 +171,7 @@ pub trait ObjectStore: Send + Sync {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError>;
     /// Server-side copy (metadata kept; Swift large objects: the manifest only).
     fn copy(&self, from: &str, to: &str) -> Result<(), PublishError>;
@@ -201,62 +201,6 @@ pub trait ObjectStore: Send + Sync {
     /// Segment sets a large object of this store may use, for [`gc_segments`].
     fn segment_sets(&self) -> Result<Vec<(String, String)>, PublishError> {
         Ok(vec![])
-    }
-}
-
-/// Byte counts for progress bars; shared by parallel uploads.
-pub struct Progress {
-    done: AtomicU64,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    pub fn new(label: &str, total: u64, visible: bool) -> Self {
-        let bar = visible.then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:>28} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_message(label.to_string());
-            bar
-        });
-        Self {
-            done: AtomicU64::new(0),
-            bar,
-        }
-    }
-
-    pub fn hidden() -> Self {
-        Self::new("", 0, false)
-    }
-
-    pub fn add(&self, n: u64) {
-        self.done.fetch_add(n, Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.inc(n);
-        }
-    }
-
-    /// Takes back bytes of an attempt that will be sent again.
-    pub fn sub(&self, n: u64) {
-        let before = self.done.fetch_sub(n.min(self.done()), Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.set_position(before.saturating_sub(n));
-        }
-    }
-
-    pub fn done(&self) -> u64 {
-        self.done.load(Ordering::Relaxed)
-    }
-
-    pub fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
     }
 }
 
@@ -315,7 +259,9 @@ fn now_rfc3339() -> String {
     crate::contract::utc_now().0
 }
 
-/// Publishes one image to one site.
+/// Publishes one image to one site: finish an interrupted publish of the same files, else
+/// claim a version, upload the files (re-hashed on the way), write the SBOM, checksums,
+/// signature and manifest, check every object back, and make the version live.
 pub fn publish_image(
     site: &dyn ObjectStore,
     image: &ImageFiles,
@@ -328,199 +274,42 @@ pub fn publish_image(
             message: p.0,
         }
     })?;
-    let live = read_pointer(site, scope, &image.name)?;
     let local: BTreeMap<String, String> = image
         .files
         .iter()
         .map(|f| (f.format.clone(), f.sha256.clone()))
         .collect();
-    if let Some(p) = &live
-        && p.sha256 == local
-        && opts.version.is_none()
-    {
-        // A publisher stopped between the pointer and `current` (killed, a network failure)
-        // left the image live by its pointer but not in `current`, which is what the sites
-        // read: this run finishes its job.
-        if !opts.dry_run && read_current(site, scope)?.get(&image.name) != Some(&p.version) {
-            settle_current(site, scope)?;
-        }
-        return Ok(Outcome::AlreadyLive {
-            version: p.version.clone(),
-        });
+    if let Some(done) = finish_interrupted(site, image, opts, &local)? {
+        return Ok(done);
     }
-    // A publisher of these very files stopped after the manifest and before the pointer:
-    // the version holds the image, whole, and only has to go live (publishing it again as a
-    // new version would upload the whole image twice). Only a version newer than the live
-    // one: going back to an older version of the same content stays a new publish.
-    if !opts.dry_run && opts.version.is_none() {
-        let live_version = live
-            .as_ref()
-            .and_then(|p| layout::Version::parse(&p.version));
-        if let Some(version) = finished_claim(site, scope, image, &local)?
-            .filter(|v| live_version.as_ref().is_none_or(|l| v > l))
-        {
-            let pointer = Pointer {
-                name: image.name.clone(),
-                version: version.to_string(),
-                sha256: local,
-                published_at: now_rfc3339(),
-            };
-            write_pointer(site, scope, &pointer)?;
-            crate::fault::point("publish.current");
-            settle_current(site, scope)?;
-            return Ok(Outcome::Published {
-                version: version.to_string(),
-                bytes: 0,
-            });
-        }
-    }
-
-    let pick = |taken: &[Version]| -> Result<Version, PublishError> {
-        match &opts.version {
-            Some(v) => {
-                if taken.contains(v) && !versions_holding(site, scope, &image.name)?.contains(v) {
-                    return Err(PublishError::VersionClaimed {
-                        site: site.describe(),
-                        version: v.to_string(),
-                        name: image.name.clone(),
-                    });
-                }
-                if taken.contains(v) {
-                    return Err(PublishError::VersionTaken {
-                        site: site.describe(),
-                        version: v.to_string(),
-                        name: image.name.clone(),
-                    });
-                }
-                if let Some(other) = taken.iter().find(|t| t.prefix_collides(v)) {
-                    return Err(PublishError::PrefixCollision {
-                        site: site.describe(),
-                        version: v.to_string(),
-                        other: other.to_string(),
-                        name: image.name.clone(),
-                    });
-                }
-                Ok(v.clone())
-            }
-            None => {
-                layout::next_free(&opts.today, taken).ok_or_else(|| PublishError::NoFreeVersion {
-                    site: site.describe(),
-                    date: opts.today.clone(),
-                    name: image.name.clone(),
-                })
-            }
-        }
-    };
     // An earlier publish of these very files that stopped before its manifest (killed, a
     // network failure) left its claim: resume in its version, where whatever it sent is
     // these same bytes (segments are named by content, so nothing is sent twice).
     let resume = resumable_claim(site, scope, &image.name, &local, opts.version.as_ref())?;
-    let mut version = match &resume {
+    let version = match &resume {
         Some((v, _)) => v.clone(),
-        None => pick(&versions_taken(site, scope, &image.name)?)?,
+        None => pick_version(site, image, opts)?,
     };
-    let name_of = |version: &Version, file: &str| layout::object(scope, version, file);
-
     if opts.dry_run {
-        let mut objects = vec![layout::claim(scope, &version, &image.name)];
-        objects.push(layout::marker(scope, &version));
-        objects.extend(
-            image
-                .files
-                .iter()
-                .map(|f| name_of(&version, &format!("{}.{}", image.name, f.format))),
-        );
-        if image.sbom.is_some() {
-            objects.push(name_of(&version, &crate::sbom::file_name(&image.name)));
-        }
-        objects.push(name_of(&version, &signing::sums_file(&image.name)));
-        if opts.signer.is_some() {
-            objects.push(name_of(&version, &signing::signature_file(&image.name)));
-        }
-        objects.push(name_of(&version, &layout::manifest_file(&image.name)));
-        objects.push(layout::pointer(scope, &image.name));
-        objects.push(layout::current(scope));
         return Ok(Outcome::DryRun {
+            objects: dry_run_objects(image, opts, &version),
             version: version.to_string(),
-            objects,
         });
     }
-
-    // Claim the version before writing anything in it. A lost claim means a concurrent
-    // publisher of this image took the version: take the next free one (or, for an explicit
-    // --version, stop).
-    let mut attempts = 0;
-    let (resumed, token) = match resume {
-        Some((_, token)) => (true, token),
-        None => (false, claim_token(&local)),
+    let (version, token) = match resume {
+        Some((_, token)) => (version, token),
+        None => claim_version(site, image, opts, version, claim_token(&local))?,
     };
-    while !resumed && !claim(site, scope, &version, &image.name, &token)? {
-        attempts += 1;
-        if opts.version.is_some() || attempts >= 50 {
-            return Err(PublishError::VersionTaken {
-                site: site.describe(),
-                version: version.to_string(),
-                name: image.name.clone(),
-            });
-        }
-        version = pick(&versions_taken(site, scope, &image.name)?)?;
-    }
     site.put_marker(&layout::marker(scope, &version))?;
     crate::fault::point("publish.claimed");
-    let version = version;
-    let name_of = |file: &str| name_of(&version, file);
-    let manifest_name = name_of(&layout::manifest_file(&image.name));
+    let name_of = |file: &str| layout::object(scope, &version, file);
 
-    // The files must still be what the build recorded: a file changed since (or a bad disk)
-    // would otherwise be published under the recorded digest. They are re-hashed while they
-    // upload (the upload reads them anyway, in segments, out of order), and a mismatch removes
-    // what was sent before the version can hold the image.
-    let total: u64 = image.files.iter().map(|f| f.size).sum();
     let objects: Vec<String> = image
         .files
         .iter()
         .map(|f| name_of(&format!("{}.{}", image.name, f.format)))
         .collect();
-    std::thread::scope(|scope| -> Result<(), PublishError> {
-        let hashers: Vec<_> = image
-            .files
-            .iter()
-            .map(|f| scope.spawn(move || sha256_file(&f.path)))
-            .collect();
-        let uploaded = (|| {
-            for (f, object) in image.files.iter().zip(&objects) {
-                let progress = Progress::new(
-                    &format!("{}.{}", image.name, f.format),
-                    f.size,
-                    opts.show_progress,
-                );
-                let result = site.put_file(object, &f.path, f.size, &f.sha256, &progress);
-                progress.finish();
-                result?;
-            }
-            Ok(())
-        })();
-        for ((f, object), hasher) in image.files.iter().zip(&objects).zip(hashers) {
-            let actual = hasher
-                .join()
-                .map_err(|_| PublishError::Site("the hashing thread panicked".into()))??;
-            if actual != f.sha256 {
-                for o in &objects {
-                    let _ = site.delete(o);
-                }
-                return Err(PublishError::Verify {
-                    site: site.describe(),
-                    message: format!(
-                        "{} does not match its recorded SHA-256 (recorded {}, actual {actual}); \
-                         {object} was removed and the version does not hold the image",
-                        f.path.display(),
-                        f.sha256
-                    ),
-                });
-            }
-        }
-        uploaded
-    })?;
+    upload_verified(site, image, &objects, opts.show_progress)?;
     // A claim that changed hands (it cannot, short of someone deleting it) must not end in a
     // manifest over another publisher's files.
     if site
@@ -537,8 +326,231 @@ pub fn publish_image(
             ),
         });
     }
-    // The SBOM and the signed checksums of every file, before the manifest: once the version
-    // holds the image, they are there.
+    put_records(site, image, opts, &version, &manifest)?;
+    check_uploaded(site, image, &objects)?;
+    let pointer = Pointer {
+        name: image.name.clone(),
+        version: version.to_string(),
+        sha256: local,
+        published_at: now_rfc3339(),
+    };
+    crate::fault::point("publish.pointer");
+    write_pointer(site, scope, &pointer)?;
+    crate::fault::point("publish.current");
+    settle_current(site, scope)?;
+    Ok(Outcome::Published {
+        version: version.to_string(),
+        bytes: image.files.iter().map(|f| f.size).sum(),
+    })
+}
+
+/// The outcome when these very files are already published (or were, by a publisher that
+/// stopped before its end): nothing to upload, at most the pointer and `current` to settle.
+fn finish_interrupted(
+    site: &dyn ObjectStore,
+    image: &ImageFiles,
+    opts: &PublishOptions,
+    local: &BTreeMap<String, String>,
+) -> Result<Option<Outcome>, PublishError> {
+    let scope = opts.scope;
+    let live = read_pointer(site, scope, &image.name)?;
+    if let Some(p) = &live
+        && &p.sha256 == local
+        && opts.version.is_none()
+    {
+        // A publisher stopped between the pointer and `current` (killed, a network failure)
+        // left the image live by its pointer but not in `current`, which is what the sites
+        // read: this run finishes its job.
+        if !opts.dry_run && read_current(site, scope)?.get(&image.name) != Some(&p.version) {
+            settle_current(site, scope)?;
+        }
+        return Ok(Some(Outcome::AlreadyLive {
+            version: p.version.clone(),
+        }));
+    }
+    // A publisher of these very files stopped after the manifest and before the pointer:
+    // the version holds the image, whole, and only has to go live (publishing it again as a
+    // new version would upload the whole image twice). Only a version newer than the live
+    // one: going back to an older version of the same content stays a new publish.
+    if opts.dry_run || opts.version.is_some() {
+        return Ok(None);
+    }
+    let live_version = live
+        .as_ref()
+        .and_then(|p| layout::Version::parse(&p.version));
+    let Some(version) = finished_claim(site, scope, image, local)?
+        .filter(|v| live_version.as_ref().is_none_or(|l| v > l))
+    else {
+        return Ok(None);
+    };
+    let pointer = Pointer {
+        name: image.name.clone(),
+        version: version.to_string(),
+        sha256: local.clone(),
+        published_at: now_rfc3339(),
+    };
+    write_pointer(site, scope, &pointer)?;
+    crate::fault::point("publish.current");
+    settle_current(site, scope)?;
+    Ok(Some(Outcome::Published {
+        version: version.to_string(),
+        bytes: 0,
+    }))
+}
+
+/// The version to publish in: `--version` when free (and no prefix of another), else the
+/// next free one of today.
+fn pick_version(
+    site: &dyn ObjectStore,
+    image: &ImageFiles,
+    opts: &PublishOptions,
+) -> Result<Version, PublishError> {
+    let scope = opts.scope;
+    let taken = versions_taken(site, scope, &image.name)?;
+    let Some(v) = &opts.version else {
+        return layout::next_free(&opts.today, &taken).ok_or_else(|| PublishError::NoFreeVersion {
+            site: site.describe(),
+            date: opts.today.clone(),
+            name: image.name.clone(),
+        });
+    };
+    if taken.contains(v) && !versions_holding(site, scope, &image.name)?.contains(v) {
+        return Err(PublishError::VersionClaimed {
+            site: site.describe(),
+            version: v.to_string(),
+            name: image.name.clone(),
+        });
+    }
+    if taken.contains(v) {
+        return Err(PublishError::VersionTaken {
+            site: site.describe(),
+            version: v.to_string(),
+            name: image.name.clone(),
+        });
+    }
+    if let Some(other) = taken.iter().find(|t| t.prefix_collides(v)) {
+        return Err(PublishError::PrefixCollision {
+            site: site.describe(),
+            version: v.to_string(),
+            other: other.to_string(),
+            name: image.name.clone(),
+        });
+    }
+    Ok(v.clone())
+}
+
+/// Every object a publish in `version` would write, in the order it writes them.
+fn dry_run_objects(image: &ImageFiles, opts: &PublishOptions, version: &Version) -> Vec<String> {
+    let scope = opts.scope;
+    let name_of = |file: &str| layout::object(scope, version, file);
+    let mut objects = vec![layout::claim(scope, version, &image.name)];
+    objects.push(layout::marker(scope, version));
+    objects.extend(
+        image
+            .files
+            .iter()
+            .map(|f| name_of(&format!("{}.{}", image.name, f.format))),
+    );
+    if image.sbom.is_some() {
+        objects.push(name_of(&crate::sbom::file_name(&image.name)));
+    }
+    objects.push(name_of(&signing::sums_file(&image.name)));
+    if opts.signer.is_some() {
+        objects.push(name_of(&signing::signature_file(&image.name)));
+    }
+    objects.push(name_of(&layout::manifest_file(&image.name)));
+    objects.push(layout::pointer(scope, &image.name));
+    objects.push(layout::current(scope));
+    objects
+}
+
+/// Claims a version before anything is written in it. A lost claim means a concurrent
+/// publisher of this image took the version: take the next free one (or, for an explicit
+/// --version, stop).
+fn claim_version(
+    site: &dyn ObjectStore,
+    image: &ImageFiles,
+    opts: &PublishOptions,
+    mut version: Version,
+    token: String,
+) -> Result<(Version, String), PublishError> {
+    let mut attempts = 0;
+    while !claim(site, opts.scope, &version, &image.name, &token)? {
+        attempts += 1;
+        if opts.version.is_some() || attempts >= 50 {
+            return Err(PublishError::VersionTaken {
+                site: site.describe(),
+                version: version.to_string(),
+                name: image.name.clone(),
+            });
+        }
+        version = pick_version(site, image, opts)?;
+    }
+    Ok((version, token))
+}
+
+/// Uploads the files to `objects`. The files must still be what the build recorded: a file
+/// changed since (or a bad disk) would otherwise be published under the recorded digest.
+/// They are re-hashed while they upload (the upload reads them anyway, in segments, out of
+/// order), and a mismatch removes what was sent before the version can hold the image.
+fn upload_verified(
+    site: &dyn ObjectStore,
+    image: &ImageFiles,
+    objects: &[String],
+    show_progress: bool,
+) -> Result<(), PublishError> {
+    std::thread::scope(|scope| -> Result<(), PublishError> {
+        let hashers: Vec<_> = image
+            .files
+            .iter()
+            .map(|f| scope.spawn(move || sha256_file(&f.path)))
+            .collect();
+        let uploaded = (|| {
+            for (f, object) in image.files.iter().zip(objects) {
+                let progress = Transfer::new(
+                    &format!("{}.{}", image.name, f.format),
+                    f.size,
+                    show_progress,
+                );
+                let result = site.put_file(object, &f.path, f.size, &f.sha256, &progress);
+                progress.finish();
+                result?;
+            }
+            Ok(())
+        })();
+        for ((f, object), hasher) in image.files.iter().zip(objects).zip(hashers) {
+            let actual = hasher
+                .join()
+                .map_err(|_| PublishError::Site("the hashing thread panicked".into()))??;
+            if actual != f.sha256 {
+                for o in objects {
+                    let _ = site.delete(o);
+                }
+                return Err(PublishError::Verify {
+                    site: site.describe(),
+                    message: format!(
+                        "{} does not match its recorded SHA-256 (recorded {}, actual {actual}); \
+                         {object} was removed and the version does not hold the image",
+                        f.path.display(),
+                        f.sha256
+                    ),
+                });
+            }
+        }
+        uploaded
+    })
+}
+
+/// The SBOM and the signed checksums of every file, then the manifest: once the version
+/// holds the image (its manifest is there), they are there.
+fn put_records(
+    site: &dyn ObjectStore,
+    image: &ImageFiles,
+    opts: &PublishOptions,
+    version: &Version,
+    manifest: &[u8],
+) -> Result<(), PublishError> {
+    let name_of = |file: &str| layout::object(opts.scope, version, file);
     let mut sums: BTreeMap<String, String> = image
         .files
         .iter()
@@ -546,7 +558,7 @@ pub fn publish_image(
         .collect();
     sums.insert(
         layout::manifest_file(&image.name),
-        crate::fetch::hash::sha256_bytes(&manifest),
+        crate::fetch::hash::sha256_bytes(manifest),
     );
     if let Some(sbom) = &image.sbom {
         let file = crate::sbom::file_name(&image.name);
@@ -572,20 +584,29 @@ pub fn publish_image(
         false,
     )?;
     crate::fault::point("publish.manifest");
-    match site.put_bytes(&manifest_name, &manifest, "application/json", true)? {
-        PutOutcome::Written => {}
-        PutOutcome::Exists => {
-            return Err(PublishError::VersionTaken {
-                site: site.describe(),
-                version: version.to_string(),
-                name: image.name.clone(),
-            });
-        }
+    match site.put_bytes(
+        &name_of(&layout::manifest_file(&image.name)),
+        manifest,
+        "application/json",
+        true,
+    )? {
+        PutOutcome::Written => Ok(()),
+        PutOutcome::Exists => Err(PublishError::VersionTaken {
+            site: site.describe(),
+            version: version.to_string(),
+            name: image.name.clone(),
+        }),
     }
-    // Every object back: present, whole, and the content we meant.
-    for f in &image.files {
-        let object = name_of(&format!("{}.{}", image.name, f.format));
-        let info = site.head(&object)?.ok_or_else(|| PublishError::Verify {
+}
+
+/// Every uploaded file back: present, whole, and the content we meant.
+fn check_uploaded(
+    site: &dyn ObjectStore,
+    image: &ImageFiles,
+    objects: &[String],
+) -> Result<(), PublishError> {
+    for (f, object) in image.files.iter().zip(objects) {
+        let info = site.head(object)?.ok_or_else(|| PublishError::Verify {
             site: site.describe(),
             message: format!("{object} is missing after its upload"),
         })?;
@@ -602,20 +623,7 @@ pub fn publish_image(
             });
         }
     }
-    let pointer = Pointer {
-        name: image.name.clone(),
-        version: version.to_string(),
-        sha256: local,
-        published_at: now_rfc3339(),
-    };
-    crate::fault::point("publish.pointer");
-    write_pointer(site, scope, &pointer)?;
-    crate::fault::point("publish.current");
-    settle_current(site, scope)?;
-    Ok(Outcome::Published {
-        version: version.to_string(),
-        bytes: total,
-    })
+    Ok(())
 }
 
 fn sha256_file(path: &Path) -> Result<String, PublishError> {
@@ -1117,10 +1125,11 @@ pub fn secrets_refusal(
     if !site.public || !image.holds_secrets() || image.public_with_secrets {
         return None;
     }
-    let names: Vec<&str> = image.secrets.keys().map(String::as_str).collect();
+    let names = image.secret_names();
     Some(format!(
         "image `{}` holds secret inputs ({}) and {} is public: not published there \
-         (set `public_with_secrets = true` on the image to allow it)",
+         (publish it to a private site (`public = false`), or set \
+         `public_with_secrets = true` on the image to allow it)",
         image.key,
         names.join(", "),
         site.name

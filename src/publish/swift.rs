@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use super::{ObjectInfo, ObjectStore, Progress, PublishError, PutOutcome, layout};
+use super::{ObjectInfo, ObjectStore, PublishError, PutOutcome, layout};
 use crate::secret::Secret;
+use crate::ui::progress::Transfer;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum SwiftError {
@@ -94,7 +95,7 @@ enum Body<'a> {
         path: &'a Path,
         offset: u64,
         len: u64,
-        progress: Option<&'a Progress>,
+        progress: Option<&'a Transfer>,
     },
 }
 
@@ -128,7 +129,7 @@ fn encode_query(v: &str) -> String {
 /// Reads a file range, counting bytes into a progress bar.
 struct RangeReader<'a> {
     file: std::io::Take<std::fs::File>,
-    progress: Option<&'a Progress>,
+    progress: Option<&'a Transfer>,
     sent: u64,
     md5: Md5,
 }
@@ -270,95 +271,14 @@ impl SwiftSite {
         loop {
             attempt += 1;
             let (token, storage) = self.auth.credentials()?;
-            let mut url = format!(
-                "{}/{}",
-                storage.trim_end_matches('/'),
-                encode_path(&self.container)
-            );
-            if !object.is_empty() {
-                url.push('/');
-                url.push_str(&encode_path(object));
-            }
-            if !query.is_empty() {
-                url.push('?');
-                let q: Vec<String> = query
-                    .iter()
-                    .map(|(k, v)| {
-                        if v.is_empty() {
-                            k.to_string()
-                        } else {
-                            format!("{k}={}", encode_query(v))
-                        }
-                    })
-                    .collect();
-                url.push_str(&q.join("&"));
-            }
             let mut req = ureq::http::Request::builder()
                 .method(method)
-                .uri(&url)
+                .uri(self.url(&storage, object, query))
                 .header("X-Auth-Token", token.expose());
             for (k, v) in headers {
                 req = req.header(*k, v.as_str());
             }
-            let mut sent_md5 = None;
-            let result = match &body {
-                Body::Empty => {
-                    let req = if method == "PUT" || method == "POST" {
-                        req.header("Content-Length", "0")
-                    } else {
-                        req
-                    };
-                    req.body(())
-                        .map_err(|e| self.invalid(e.to_string()))
-                        .and_then(|r| {
-                            self.agent
-                                .run(r)
-                                .map_err(|e| self.transport(method, object, e))
-                        })
-                }
-                Body::Bytes(b) => req
-                    .header("Content-Length", b.len().to_string())
-                    .body(b.to_vec())
-                    .map_err(|e| self.invalid(e.to_string()))
-                    .and_then(|r| {
-                        self.agent
-                            .run(r)
-                            .map_err(|e| self.transport(method, object, e))
-                    }),
-                Body::File {
-                    path,
-                    offset,
-                    len,
-                    progress,
-                } => {
-                    let mut f = std::fs::File::open(path)
-                        .map_err(|e| self.invalid(format!("open {}: {e}", path.display())))?;
-                    f.seek(SeekFrom::Start(*offset))
-                        .map_err(|e| self.invalid(format!("seek {}: {e}", path.display())))?;
-                    let mut reader = RangeReader {
-                        file: f.take(*len),
-                        progress: *progress,
-                        sent: 0,
-                        md5: Md5::new(),
-                    };
-                    let r = req
-                        .header("Content-Length", len.to_string())
-                        .body(ureq::SendBody::from_reader(&mut reader))
-                        .map_err(|e| self.invalid(e.to_string()))
-                        .and_then(|r| {
-                            self.agent
-                                .run(r)
-                                .map_err(|e| self.transport(method, object, e))
-                        });
-                    // An attempt that stored nothing will be sent again: take back its bytes.
-                    let stored = r.as_ref().is_ok_and(|resp| resp.status().is_success());
-                    if !stored && let Some(p) = progress {
-                        p.sub(reader.sent);
-                    }
-                    sent_md5 = (reader.sent == *len).then(|| hex(&reader.md5.clone().finalize()));
-                    r
-                }
-            };
+            let (result, sent_md5) = self.send(method, object, req, &body);
             let retryable = match &result {
                 Err(PublishError::Swift(SwiftError::Transport { .. })) => true,
                 Ok(resp) => {
@@ -367,47 +287,150 @@ impl SwiftSite {
                 }
                 Err(_) => false,
             };
-            match result {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    if status == 401 && !renewed {
-                        // An expired or revoked token: renew once.
-                        self.auth.invalidate();
-                        renewed = true;
-                        continue;
-                    }
-                    if retryable && attempt < ATTEMPTS {
-                        std::thread::sleep(delay);
-                        delay *= 2;
-                        continue;
-                    }
-                    let headers = resp.headers().clone();
-                    let body = if method == "HEAD" {
-                        Vec::new()
+            let result = match result {
+                Ok(resp) if resp.status().as_u16() == 401 && !renewed => {
+                    // An expired or revoked token: renew once.
+                    self.auth.invalidate();
+                    renewed = true;
+                    continue;
+                }
+                r => r,
+            };
+            if retryable && attempt < ATTEMPTS {
+                std::thread::sleep(delay);
+                delay *= 2;
+                continue;
+            }
+            let mut resp = result?;
+            let headers = resp.headers().clone();
+            let body = if method == "HEAD" {
+                Vec::new()
+            } else {
+                resp.body_mut()
+                    .with_config()
+                    .limit(64 << 20)
+                    .read_to_vec()
+                    .map_err(|e| self.transport(method, object, e))?
+            };
+            return Ok(Reply {
+                status: resp.status().as_u16(),
+                headers,
+                body,
+                sent_md5,
+            });
+        }
+    }
+
+    /// The URL of `object` (the container itself when empty) with its query.
+    fn url(&self, storage: &str, object: &str, query: &[(&str, String)]) -> String {
+        let mut url = format!(
+            "{}/{}",
+            storage.trim_end_matches('/'),
+            encode_path(&self.container)
+        );
+        if !object.is_empty() {
+            url.push('/');
+            url.push_str(&encode_path(object));
+        }
+        if !query.is_empty() {
+            url.push('?');
+            let q: Vec<String> = query
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.to_string()
                     } else {
-                        resp.body_mut()
-                            .with_config()
-                            .limit(64 << 20)
-                            .read_to_vec()
-                            .map_err(|e| self.transport(method, object, e))?
-                    };
-                    return Ok(Reply {
-                        status,
-                        headers,
-                        body,
-                        sent_md5,
-                    });
-                }
-                Err(e) => {
-                    if retryable && attempt < ATTEMPTS {
-                        std::thread::sleep(delay);
-                        delay *= 2;
-                        continue;
+                        format!("{k}={}", encode_query(v))
                     }
-                    return Err(e);
+                })
+                .collect();
+            url.push_str(&q.join("&"));
+        }
+        url
+    }
+
+    /// One attempt: the request with its body. A file range counts its bytes into its
+    /// progress (taken back when nothing was stored) and returns the MD5 of what it sent
+    /// when it sent it all.
+    fn send(
+        &self,
+        method: &str,
+        object: &str,
+        req: ureq::http::request::Builder,
+        body: &Body,
+    ) -> (
+        Result<ureq::http::Response<ureq::Body>, PublishError>,
+        Option<String>,
+    ) {
+        match body {
+            Body::Empty => {
+                let req = if method == "PUT" || method == "POST" {
+                    req.header("Content-Length", "0")
+                } else {
+                    req
+                };
+                (self.run(method, object, req.body(())), None)
+            }
+            Body::Bytes(b) => (
+                self.run(
+                    method,
+                    object,
+                    req.header("Content-Length", b.len().to_string())
+                        .body(b.to_vec()),
+                ),
+                None,
+            ),
+            Body::File {
+                path,
+                offset,
+                len,
+                progress,
+            } => {
+                let opened = std::fs::File::open(path)
+                    .map_err(|e| self.invalid(format!("open {}: {e}", path.display())))
+                    .and_then(|mut f| {
+                        f.seek(SeekFrom::Start(*offset))
+                            .map_err(|e| self.invalid(format!("seek {}: {e}", path.display())))?;
+                        Ok(f)
+                    });
+                let f = match opened {
+                    Ok(f) => f,
+                    Err(e) => return (Err(e), None),
+                };
+                let mut reader = RangeReader {
+                    file: f.take(*len),
+                    progress: *progress,
+                    sent: 0,
+                    md5: Md5::new(),
+                };
+                let r = self.run(
+                    method,
+                    object,
+                    req.header("Content-Length", len.to_string())
+                        .body(ureq::SendBody::from_reader(&mut reader)),
+                );
+                // An attempt that stored nothing will be sent again: take back its bytes.
+                let stored = r.as_ref().is_ok_and(|resp| resp.status().is_success());
+                if !stored && let Some(p) = progress {
+                    p.sub(reader.sent);
                 }
+                let sent_md5 = (reader.sent == *len).then(|| hex(&reader.md5.clone().finalize()));
+                (r, sent_md5)
             }
         }
+    }
+
+    fn run(
+        &self,
+        method: &str,
+        object: &str,
+        req: Result<ureq::http::Request<impl ureq::AsSendBody>, ureq::http::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, PublishError> {
+        req.map_err(|e| self.invalid(e.to_string())).and_then(|r| {
+            self.agent
+                .run(r)
+                .map_err(|e| self.transport(method, object, e))
+        })
     }
 
     fn invalid(&self, message: String) -> PublishError {
@@ -478,7 +501,7 @@ impl SwiftSite {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError> {
         let r = self.request(
             "PUT",
@@ -523,7 +546,7 @@ impl SwiftSite {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError> {
         let seg = self.segment_size;
         let count = size.div_ceil(seg);
@@ -785,7 +808,7 @@ impl ObjectStore for SwiftSite {
         file: &Path,
         size: u64,
         sha256: &str,
-        progress: &Progress,
+        progress: &Transfer,
     ) -> Result<(), PublishError> {
         if size > self.segment_size {
             self.put_large(name, file, size, sha256, progress)

@@ -293,7 +293,9 @@ impl Builders {
         let Some(arch) = action.arch else {
             return false;
         };
+        // A secret-holding action builds here: its secret never leaves this host.
         matches!(action.kind, Kind::Base | Kind::Layer | Kind::Disk)
+            && !action.secret
             && self.by_arch.contains_key(&arch)
             && (self.only || crate::manifest::Arch::host() != Some(arch))
     }

@@ -234,7 +234,8 @@ impl Remote {
         action: &Action,
         on_bytes: &mut dyn FnMut(u64, u64),
     ) -> Result<bool, RemoteError> {
-        if action.kind == Kind::Publish {
+        // A secret-holding result is never looked up: even a hit would be someone's secret.
+        if action.kind == Kind::Publish || action.secret {
             return Ok(false);
         }
         if action.kind == Kind::Fetch && action.artifact_sha256().is_none_or(|d| d.len() != 64) {
@@ -435,7 +436,8 @@ impl Remote {
     }
 
     fn put(&self, store: &Store, action: &Action) -> Result<bool, RemoteError> {
-        if action.kind == Kind::Publish {
+        // Every path to the cache (upload, sharing with a builder) ends here.
+        if action.kind == Kind::Publish || action.secret {
             return Ok(false);
         }
         let ac = ac_name(&action.key);

@@ -355,62 +355,92 @@ pub fn document(
     inv: &OsInventory,
     inputs: &Inputs,
 ) -> Value {
-    let mut ids = Ids::default();
-    let mut packages = Vec::new();
-    let mut rels = Vec::new();
-    let mut refs: BTreeMap<String, String> = BTreeMap::new();
+    let mut doc = Doc::default();
+    let image_id = doc.ids.make("Image", name);
+    let describes = doc.disks(name, files, &image_id);
+    doc.image(&image_id, name, inv, inputs);
+    doc.os_packages(&image_id, inv);
+    let source_ids = doc.sources(inputs);
+    doc.elements(&image_id, inputs, &source_ids);
+    doc.artifacts(&image_id, inputs);
+    doc.base(&image_id, inputs);
+    doc.into_json(name, created, inputs, describes)
+}
 
-    let image_id = ids.make("Image", name);
-    let mut describes = Vec::new();
-    for (file, sha256) in files {
-        let ext = file.rsplit('.').next().unwrap_or(file);
-        let id = ids.make("Disk", ext);
-        let mut p = package(&id, file);
-        p.insert("packageFileName".into(), json!(file));
-        p.insert(
-            "checksums".into(),
-            json!([{"algorithm": "SHA256", "checksumValue": sha256}]),
-        );
-        p.insert("primaryPackagePurpose".into(), json!("FILE"));
-        p.insert(
-            "comment".into(),
-            json!(format!("The {ext} disk file of {name}.")),
-        );
-        packages.push(finish(p));
-        rels.push(relationship(&id, "CONTAINS", &image_id));
-        describes.push(id);
+/// An SBOM being written: its packages and relationships, in order, with unique ids.
+#[derive(Default)]
+struct Doc {
+    ids: Ids,
+    packages: Vec<Value>,
+    rels: Vec<Value>,
+    /// License references the packages use: id → text.
+    refs: BTreeMap<String, String>,
+}
+
+impl Doc {
+    /// The disk files, each contained in the image; returns their ids (what the document
+    /// describes).
+    fn disks(&mut self, name: &str, files: &[(String, String)], image_id: &str) -> Vec<String> {
+        let mut describes = Vec::new();
+        for (file, sha256) in files {
+            let ext = file.rsplit('.').next().unwrap_or(file);
+            let id = self.ids.make("Disk", ext);
+            let mut p = package(&id, file);
+            p.insert("packageFileName".into(), json!(file));
+            p.insert(
+                "checksums".into(),
+                json!([{"algorithm": "SHA256", "checksumValue": sha256}]),
+            );
+            p.insert("primaryPackagePurpose".into(), json!("FILE"));
+            p.insert(
+                "comment".into(),
+                json!(format!("The {ext} disk file of {name}.")),
+            );
+            self.packages.push(finish(p));
+            self.rels.push(relationship(&id, "CONTAINS", image_id));
+            describes.push(id);
+        }
+        describes
     }
-    let mut image = package(&image_id, name);
-    image.insert("primaryPackagePurpose".into(), json!("OPERATING-SYSTEM"));
-    if !inv.version_id.is_empty() {
+
+    /// The image itself: its OS and the actions it was built by.
+    fn image(&mut self, image_id: &str, name: &str, inv: &OsInventory, inputs: &Inputs) {
+        let mut image = package(image_id, name);
+        image.insert("primaryPackagePurpose".into(), json!("OPERATING-SYSTEM"));
+        if !inv.version_id.is_empty() {
+            image.insert(
+                "versionInfo".into(),
+                json!(format!("{} {}", inv.distro, inv.version_id)),
+            );
+        }
+        let chain: Vec<String> = inputs
+            .chain
+            .iter()
+            .map(|(id, key)| format!("{id} {key}"))
+            .collect();
         image.insert(
-            "versionInfo".into(),
-            json!(format!("{} {}", inv.distro, inv.version_id)),
+            "comment".into(),
+            json!(format!(
+                "Built by {} as disk action {} over: {}.",
+                inputs.engine,
+                inputs.disk_key,
+                chain.join(", ")
+            )),
         );
+        self.packages.push(finish(image));
     }
-    let chain: Vec<String> = inputs
-        .chain
-        .iter()
-        .map(|(id, key)| format!("{id} {key}"))
-        .collect();
-    image.insert(
-        "comment".into(),
-        json!(format!(
-            "Built by {} as disk action {} over: {}.",
-            inputs.engine,
-            inputs.disk_key,
-            chain.join(", ")
-        )),
-    );
-    packages.push(finish(image));
 
-    if let Some(eco) = inv.ecosystem {
+    /// The OS packages installed in the image, with their package URLs and licenses.
+    fn os_packages(&mut self, image_id: &str, inv: &OsInventory) {
+        let Some(eco) = inv.ecosystem else {
+            return;
+        };
         let prefix = match eco {
             Ecosystem::Deb => "Deb",
             Ecosystem::Rpm => "Rpm",
         };
         for p in &inv.packages {
-            let id = ids.make(prefix, &format!("{}-{}", p.name, p.arch));
+            let id = self.ids.make(prefix, &format!("{}-{}", p.name, p.arch));
             let mut m = package(&id, &p.name);
             m.insert("versionInfo".into(), json!(p.version));
             if let Some(src) = &p.source {
@@ -422,7 +452,7 @@ pub fn document(
             if let Some(l) = &p.license {
                 m.insert("licenseDeclared".into(), json!(l.expression));
                 for (k, v) in &l.refs {
-                    refs.entry(k.clone()).or_insert_with(|| v.clone());
+                    self.refs.entry(k.clone()).or_insert_with(|| v.clone());
                 }
             }
             m.insert(
@@ -433,81 +463,100 @@ pub fn document(
                     "referenceLocator": purl(inv, eco, p),
                 }]),
             );
-            packages.push(finish(m));
-            rels.push(relationship(&image_id, "CONTAINS", &id));
+            self.packages.push(finish(m));
+            self.rels.push(relationship(image_id, "CONTAINS", &id));
         }
     }
 
-    let mut source_ids = BTreeMap::new();
-    for s in &inputs.sources {
-        let id = ids.make("Source", &s.name);
-        let mut m = package(&id, &s.name);
-        m.insert("versionInfo".into(), json!(s.commit));
-        m.insert(
-            "downloadLocation".into(),
-            json!(format!("git+{}@{}", s.url, s.commit)),
-        );
-        m.insert("primaryPackagePurpose".into(), json!("SOURCE"));
-        m.insert(
-            "comment".into(),
-            json!(format!(
-                "A git source pinned by ccb.lock: ref {}, path {}, tree {}.",
-                s.git_ref, s.path, s.tree
-            )),
-        );
-        packages.push(finish(m));
-        source_ids.insert(s.name.clone(), id);
-    }
-    for e in &inputs.elements {
-        let id = ids.make("Element", &e.name);
-        let mut m = package(&id, &e.name);
-        m.insert("versionInfo".into(), json!(e.digest));
-        m.insert("primaryPackagePurpose".into(), json!("INSTALL"));
-        m.insert(
-            "comment".into(),
-            json!("A diskimage-builder element; the version is the blake3 digest of its directory (ccb's key input)."),
-        );
-        packages.push(finish(m));
-        rels.push(relationship(&id, "BUILD_TOOL_OF", &image_id));
-        if let Some(src) = e.source.as_ref().and_then(|s| source_ids.get(s)) {
-            rels.push(relationship(src, "CONTAINS", &id));
-        }
-    }
-    for a in &inputs.artifacts {
-        let id = ids.make("Artifact", &a.name);
-        let mut m = package(&id, &a.name);
-        if is_sha256(&a.sha256) {
+    /// The git sources pinned by ccb.lock; returns their ids by source name.
+    fn sources(&mut self, inputs: &Inputs) -> BTreeMap<String, String> {
+        let mut source_ids = BTreeMap::new();
+        for s in &inputs.sources {
+            let id = self.ids.make("Source", &s.name);
+            let mut m = package(&id, &s.name);
+            m.insert("versionInfo".into(), json!(s.commit));
             m.insert(
-                "checksums".into(),
-                json!([{"algorithm": "SHA256", "checksumValue": a.sha256}]),
+                "downloadLocation".into(),
+                json!(format!("git+{}@{}", s.url, s.commit)),
             );
+            m.insert("primaryPackagePurpose".into(), json!("SOURCE"));
+            m.insert(
+                "comment".into(),
+                json!(format!(
+                    "A git source pinned by ccb.lock: ref {}, path {}, tree {}.",
+                    s.git_ref, s.path, s.tree
+                )),
+            );
+            self.packages.push(finish(m));
+            source_ids.insert(s.name.clone(), id);
         }
-        if let Some(u) = a.url.as_deref().filter(|u| is_web_url(u)) {
-            m.insert("downloadLocation".into(), json!(u));
-        }
-        m.insert("primaryPackagePurpose".into(), json!("FILE"));
-        m.insert(
-            "comment".into(),
-            json!(format!(
-                "An artifact pinned by SHA-256, seen by the build as ${}.",
-                a.variable
-            )),
-        );
-        packages.push(finish(m));
-        rels.push(relationship(&id, "BUILD_DEPENDENCY_OF", &image_id));
+        source_ids
     }
-    if let Some((base_id, base_key)) = inputs.chain.first() {
-        let id = ids.make("Base", base_id);
+
+    /// The elements, each a build tool of the image (and contained in its source, if any).
+    fn elements(&mut self, image_id: &str, inputs: &Inputs, source_ids: &BTreeMap<String, String>) {
+        for e in &inputs.elements {
+            let id = self.ids.make("Element", &e.name);
+            let mut m = package(&id, &e.name);
+            m.insert("versionInfo".into(), json!(e.digest));
+            m.insert("primaryPackagePurpose".into(), json!("INSTALL"));
+            m.insert(
+                "comment".into(),
+                json!("A diskimage-builder element; the version is the blake3 digest of its directory (ccb's key input)."),
+            );
+            self.packages.push(finish(m));
+            self.rels.push(relationship(&id, "BUILD_TOOL_OF", image_id));
+            if let Some(src) = e.source.as_ref().and_then(|s| source_ids.get(s)) {
+                self.rels.push(relationship(src, "CONTAINS", &id));
+            }
+        }
+    }
+
+    /// The artifacts the build saw, pinned by SHA-256.
+    fn artifacts(&mut self, image_id: &str, inputs: &Inputs) {
+        for a in &inputs.artifacts {
+            let id = self.ids.make("Artifact", &a.name);
+            let mut m = package(&id, &a.name);
+            if is_sha256(&a.sha256) {
+                m.insert(
+                    "checksums".into(),
+                    json!([{"algorithm": "SHA256", "checksumValue": a.sha256}]),
+                );
+            }
+            if let Some(u) = a.url.as_deref().filter(|u| is_web_url(u)) {
+                m.insert("downloadLocation".into(), json!(u));
+            }
+            m.insert("primaryPackagePurpose".into(), json!("FILE"));
+            m.insert(
+                "comment".into(),
+                json!(format!(
+                    "An artifact pinned by SHA-256, seen by the build as ${}.",
+                    a.variable
+                )),
+            );
+            self.packages.push(finish(m));
+            self.rels
+                .push(relationship(&id, "BUILD_DEPENDENCY_OF", image_id));
+        }
+    }
+
+    /// The base root filesystem the image descends from, and the distribution's images it
+    /// was unpacked from.
+    fn base(&mut self, image_id: &str, inputs: &Inputs) {
+        let Some((base_id, base_key)) = inputs.chain.first() else {
+            return;
+        };
+        let id = self.ids.make("Base", base_id);
         let mut m = package(&id, base_id);
         m.insert("versionInfo".into(), json!(base_key));
         m.insert(
             "comment".into(),
             json!("The base root filesystem (ccb's base action; the version is its key)."),
         );
-        packages.push(finish(m));
-        rels.push(relationship(&image_id, "DESCENDANT_OF", &id));
+        self.packages.push(finish(m));
+        self.rels.push(relationship(image_id, "DESCENDANT_OF", &id));
         for b in inputs.base_images.iter().filter(|b| is_sha256(&b.sha256)) {
-            let bid = ids.make("BaseImage", &b.name);
+            let bid = self.ids.make("BaseImage", &b.name);
             let mut m = package(&bid, &b.name);
             m.insert(
                 "checksums".into(),
@@ -521,41 +570,50 @@ pub fn document(
                 "comment".into(),
                 json!("The distribution's base image the root filesystem was unpacked from."),
             );
-            packages.push(finish(m));
-            rels.push(relationship(&id, "GENERATED_FROM", &bid));
+            self.packages.push(finish(m));
+            self.rels.push(relationship(&id, "GENERATED_FROM", &bid));
         }
     }
 
-    let mut all_rels: Vec<Value> = describes
-        .iter()
-        .map(|d| relationship("SPDXRef-DOCUMENT", "DESCRIBES", d))
-        .collect();
-    all_rels.extend(rels);
-    let extracted: Vec<Value> = refs
-        .into_iter()
-        .map(|(id, text)| {
-            let name = id.trim_start_matches("LicenseRef-").to_string();
-            json!({"licenseId": id, "extractedText": text, "name": name})
-        })
-        .collect();
-    let mut doc = json!({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": name,
-        "documentNamespace": format!("https://spdx.org/spdxdocs/ccb/{name}-{}", inputs.disk_key),
-        "creationInfo": {
-            "created": created,
-            "creators": [format!("Tool: {}", inputs.engine)],
-        },
-        "documentDescribes": describes,
-        "packages": packages,
-        "relationships": all_rels,
-    });
-    if !extracted.is_empty() {
-        doc["hasExtractedLicensingInfos"] = json!(extracted);
+    fn into_json(
+        self,
+        name: &str,
+        created: &str,
+        inputs: &Inputs,
+        describes: Vec<String>,
+    ) -> Value {
+        let mut all_rels: Vec<Value> = describes
+            .iter()
+            .map(|d| relationship("SPDXRef-DOCUMENT", "DESCRIBES", d))
+            .collect();
+        all_rels.extend(self.rels);
+        let extracted: Vec<Value> = self
+            .refs
+            .into_iter()
+            .map(|(id, text)| {
+                let name = id.trim_start_matches("LicenseRef-").to_string();
+                json!({"licenseId": id, "extractedText": text, "name": name})
+            })
+            .collect();
+        let mut doc = json!({
+            "spdxVersion": "SPDX-2.3",
+            "dataLicense": "CC0-1.0",
+            "SPDXID": "SPDXRef-DOCUMENT",
+            "name": name,
+            "documentNamespace": format!("https://spdx.org/spdxdocs/ccb/{name}-{}", inputs.disk_key),
+            "creationInfo": {
+                "created": created,
+                "creators": [format!("Tool: {}", inputs.engine)],
+            },
+            "documentDescribes": describes,
+            "packages": self.packages,
+            "relationships": all_rels,
+        });
+        if !extracted.is_empty() {
+            doc["hasExtractedLicensingInfos"] = json!(extracted);
+        }
+        doc
     }
-    doc
 }
 
 /// The document as written: pretty JSON and a final newline.

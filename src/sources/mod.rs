@@ -385,7 +385,7 @@ pub fn checkout(
         on_fetch(&format!(
             "fetching source `{name}` ({} at {})",
             redact(&locked.url),
-            &locked.commit[..12.min(locked.commit.len())]
+            crate::ui::short(&locked.commit, crate::ui::COMMIT_WIDTH)
         ));
         git.fetch_refs(&url)?;
         if !git.fetch_commit(&url, &locked.commit) {

@@ -305,6 +305,10 @@ pub struct OutputsMeta {
     /// Paths relative to the outputs directory, with their sizes (apparent bytes).
     pub files: Vec<(String, u64)>,
     pub created: u64,
+    /// The secret inputs (and secret artifacts) the disk holds, by variable: publish refuses
+    /// public sites from this record of the build, not only from today's manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl Store {

@@ -13,68 +13,9 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Writes data to stdout; on a closed pipe, exits 0 at once.
-pub fn out(text: &str) {
-    out_bytes(text.as_bytes())
-}
-
-/// Writes raw bytes (a file of an image) to stdout; on a closed pipe, exits 0 at once.
-pub fn out_bytes(data: &[u8]) {
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(data).and_then(|()| stdout.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        // Any other stdout failure (disk full on a redirect) is reported once.
-        let _ = writeln!(std::io::stderr(), "error: failed to write to stdout: {e}");
-        std::process::exit(1);
-    }
-}
-
-/// Writes a JSON document (pretty, one trailing newline) to stdout.
-pub fn out_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(mut s) => {
-            s.push('\n');
-            out(&s);
-        }
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "error: failed to encode JSON output: {e}"
-            );
-            std::process::exit(1);
-        }
-    }
-}
-
-/// A status line on stderr (suppressed by `-q`).
-pub fn status(quiet: bool, text: &str) {
-    if !quiet {
-        let _ = writeln!(std::io::stderr(), "{text}");
-    }
-}
-
-/// A command's failure on stderr: its diagnostic (none when already reported), and what to
-/// do for an environment error.
-pub fn error(report: Option<&miette::Report>, hint: Option<&str>) {
-    let mut stderr = std::io::stderr().lock();
-    if let Some(report) = report {
-        let _ = writeln!(stderr, "{report:?}");
-    }
-    if let Some(hint) = hint {
-        let _ = writeln!(stderr, "  help: {hint}");
-    }
-}
-
-/// A warning on stderr; never suppressed.
-pub fn warn(text: &str) {
-    let _ = writeln!(std::io::stderr(), "warning: {text}");
-}
-
-/// The one output of a command (in the spirit of cargo's `Shell`): data to stdout through
-/// [`out`] (a closed pipe ends the command quietly), status lines and warnings to stderr,
-/// progress drawn only where [`progress::live_terminal`] says so.
+/// The one output of a command (in the spirit of cargo's `Shell`): data to stdout (a closed
+/// pipe ends the command quietly, status 0), status lines and warnings to stderr, progress
+/// drawn only where [`progress::live_terminal`] says so.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Shell {
     /// `-q`: only data and errors.
@@ -90,22 +31,61 @@ impl Shell {
 
     /// Data on stdout.
     pub fn out(&self, text: &str) {
-        out(text)
+        self.out_bytes(text.as_bytes())
     }
 
-    /// A JSON document on stdout.
+    /// Raw bytes (a file of an image) on stdout.
+    pub fn out_bytes(&self, data: &[u8]) {
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = stdout.write_all(data).and_then(|()| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            // Any other stdout failure (disk full on a redirect) is reported once.
+            let _ = writeln!(std::io::stderr(), "error: failed to write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+
+    /// A JSON document (pretty, one trailing newline) on stdout.
     pub fn out_json<T: serde::Serialize>(&self, value: &T) {
-        out_json(value)
+        match serde_json::to_string_pretty(value) {
+            Ok(mut s) => {
+                s.push('\n');
+                self.out(&s);
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error: failed to encode JSON output: {e}"
+                );
+                std::process::exit(1);
+            }
+        }
     }
 
     /// A status line on stderr, unless quiet.
     pub fn status(&self, text: &str) {
-        status(self.quiet, text)
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        }
     }
 
     /// A warning on stderr, always.
     pub fn warn(&self, text: &str) {
-        warn(text)
+        let _ = writeln!(std::io::stderr(), "warning: {text}");
+    }
+
+    /// A command's failure on stderr: its diagnostic (none when already reported), and what
+    /// to do for an environment error.
+    pub fn error(&self, report: Option<&miette::Report>, hint: Option<&str>) {
+        let mut stderr = std::io::stderr().lock();
+        if let Some(report) = report {
+            let _ = writeln!(stderr, "{report:?}");
+        }
+        if let Some(hint) = hint {
+            let _ = writeln!(stderr, "  help: {hint}");
+        }
     }
 
     /// An error that does not end the command (the others go on), rendered in full.
@@ -118,3 +98,18 @@ impl Shell {
         progress::Progress::new(self.quiet, self.verbose > 0)
     }
 }
+
+/// A key, digest or commit shortened for text output to its first `width` characters (whole
+/// when shorter, or not ASCII).
+pub fn short(hex: &str, width: usize) -> &str {
+    if hex.is_ascii() && hex.len() > width {
+        &hex[..width]
+    } else {
+        hex
+    }
+}
+
+/// The width of an action key or store entry in text listings.
+pub const KEY_WIDTH: usize = 16;
+/// The width of a commit or digest beside a name (`source@0123456789ab`).
+pub const COMMIT_WIDTH: usize = 12;

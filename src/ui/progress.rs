@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -51,6 +52,19 @@ impl Progress {
             tenths: Mutex::new(BTreeMap::new()),
             verbose,
         }
+    }
+
+    /// Draws byte bars on a live terminal and nothing elsewhere (what a [`Transfer`] shows:
+    /// an upload's bar, never a line per tenth in a log).
+    fn bars_only() -> Self {
+        let mut progress = Self::new(false, false);
+        if matches!(
+            progress.mode.get_mut().unwrap_or_else(|e| e.into_inner()),
+            Mode::Lines
+        ) {
+            progress.mode = Mutex::new(Mode::Quiet);
+        }
+        progress
     }
 
     fn line(mode: &Mode, text: &str) {
@@ -166,6 +180,16 @@ impl Progress {
         Self::line(&mode, &text);
     }
 
+    /// Takes an action's live line away without a line of its own.
+    pub fn clear(&self, id: &str) {
+        let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        if let Mode::Bars { bars, .. } = &mut *mode
+            && let Some(bar) = bars.remove(id)
+        {
+            bar.finish_and_clear();
+        }
+    }
+
     /// Prints a block (an error report) without tearing the live lines.
     pub fn block(&self, text: &str) {
         let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
@@ -176,6 +200,70 @@ impl Progress {
             _ => {
                 let _ = writeln!(std::io::stderr(), "{text}");
             }
+        }
+    }
+}
+
+/// The bytes of one transfer (an upload, a download), counted by the threads that move them
+/// and drawn as a bar of a [`Progress`] where [`live_terminal`] says so (never with `-q`).
+pub struct Transfer {
+    label: String,
+    total: u64,
+    done: AtomicU64,
+    progress: Option<Progress>,
+}
+
+impl Transfer {
+    pub fn new(label: &str, total: u64, visible: bool) -> Self {
+        let progress = visible.then(|| {
+            let p = Progress::bars_only();
+            p.started(label);
+            p.transfer(label, 0, Some(total));
+            p
+        });
+        Self {
+            label: label.to_string(),
+            total,
+            done: AtomicU64::new(0),
+            progress,
+        }
+    }
+
+    /// A transfer counted but never drawn.
+    pub fn hidden() -> Self {
+        Self::new("", 0, false)
+    }
+
+    pub fn add(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        self.draw(done);
+    }
+
+    /// Takes back bytes of an attempt that will be sent again.
+    pub fn sub(&self, n: u64) {
+        let before = self.done.fetch_sub(n.min(self.done()), Ordering::Relaxed);
+        self.draw(before.saturating_sub(n));
+    }
+
+    /// Sets the count (a download that reports its position).
+    pub fn set(&self, done: u64) {
+        self.done.store(done, Ordering::Relaxed);
+        self.draw(done);
+    }
+
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    pub fn finish(&self) {
+        if let Some(p) = &self.progress {
+            p.clear(&self.label);
+        }
+    }
+
+    fn draw(&self, done: u64) {
+        if let Some(p) = &self.progress {
+            p.transfer(&self.label, done, Some(self.total));
         }
     }
 }

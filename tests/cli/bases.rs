@@ -53,11 +53,14 @@ impl Project {
     }
 
     fn artifacts(&self, server: &str) {
-        let dir = format!("{server}/ubuntu/noble/current");
+        // As the real manifests write it: the server is one `let`, the override a failed
+        // download names.
         write(
             self.root().join("manifests/artifacts.ncl"),
             &format!(
-                r#"let file = fun arch => {{ url = "{dir}/noble-server-cloudimg-%{{arch}}.squashfs", sums = "{dir}/SHA256SUMS" }} in
+                r#"let ubuntu_cloud_images = "{server}/ubuntu" in
+let dir = "%{{ubuntu_cloud_images}}/noble/current" in
+let file = fun arch => {{ url = "%{{dir}}/noble-server-cloudimg-%{{arch}}.squashfs", sums = "%{{dir}}/SHA256SUMS" }} in
 {{
   noble-rootfs = {{
     sha256 = "latest",
@@ -273,8 +276,21 @@ fn an_unreachable_base_names_its_url_and_what_overrides_it() {
         .fails()
         .stderr_has("artifact `noble-rootfs:amd64`")
         .stderr_has("http://127.0.0.1:9/ubuntu/noble/current/SHA256SUMS")
+        .stderr_has("`ubuntu_cloud_images` in manifests/artifacts.ncl")
         .stderr_has("CCB_DISTDIR");
     assert!(!p.root().join("ccb.lock").exists());
+    // DIB's variable would be silently ignored (the base is the artifact): said instead.
+    p.ccb(&[
+        "build",
+        "fake-ubuntu",
+        "--dry-run",
+        "--env",
+        "DIB_CLOUD_IMAGES=http://mirror.example/ubuntu",
+    ])
+    .ok()
+    .stderr_has(
+        "--env DIB_CLOUD_IMAGES is not used by images whose base is an artifact (noble-rootfs)",
+    );
 
     // An operator's copy in CCB_DISTDIR (downloaded elsewhere) is pinned as it is.
     let (amd64, _) = p.publish("one", false);
@@ -355,7 +371,22 @@ fn a_centos_stream_base_is_checked_against_its_checksum_file() {
         .fails()
         .stderr_has("artifact `centos9-stream-rootfs:amd64`: SHA-256 mismatch");
     assert!(!p.root().join("ccb.lock").exists());
-    checksum(&digest);
+    // A CHECKSUM listing only the dated names (as CentOS's has at times): the file's own
+    // `<file>.SHA256SUM` beside it answers, as DIB reads it.
+    write(
+        images.join("CHECKSUM"),
+        &format!(
+            "SHA256 (CentOS-Stream-Container-Base-9-20261201.0.x86_64.tar.xz) = {}\n",
+            "e".repeat(64)
+        ),
+    );
+    p.ccb(&build)
+        .fails()
+        .stderr_has("has no SHA-256 for CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz");
+    write(
+        images.join("CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz.SHA256SUM"),
+        &format!("SHA256 (CentOS-Stream-Container-Base-9-latest.x86_64.tar.xz) = {digest}\n"),
+    );
     p.ccb(&build).ok().stderr_has(&format!(
         "pinned artifact `centos9-stream-rootfs:amd64` at {digest}"
     ));
@@ -409,4 +440,140 @@ fn the_vgpu_driver_artifact_reaches_the_root_named_by_its_kind() {
     let (ok, files, err) = run(b"<html>login required</html>");
     assert!(!ok && files.is_empty());
     assert!(err.contains("neither a .deb nor a .run"), "{err}");
+}
+
+/// The real manifests' base and key artifacts, resolved and pinned from a server laid out as
+/// the upstream ones are (Ubuntu's `<release>/current/` with SHA256SUMS, CentOS's
+/// `<major>-stream/<arch>/images/` with CHECKSUM, NVIDIA's `<distro>/<arch>/` keyrings,
+/// AMD's key), reached by changing only the `let`s of `manifests/artifacts.ncl`: a typo in a
+/// URL template or a checksum name fails here. Fetch only, nothing is built.
+/// CI cost: about 2 s (14 small files served by nginx).
+#[test]
+fn every_base_and_key_of_the_real_inventory_resolves_from_upstream_layouts() {
+    let nginx = Nginx::start();
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("project");
+    std::fs::create_dir_all(&root).unwrap();
+    crate::common::copy_tree(&repo().join("manifests"), &root.join("manifests"));
+    std::fs::copy(repo().join("ccb.lock"), root.join("ccb.lock")).unwrap();
+    let real = std::fs::read_to_string(root.join("manifests/artifacts.ncl")).unwrap();
+    let mut pointed = real.clone();
+    for (var, upstream, here) in [
+        (
+            "ubuntu_cloud_images",
+            "https://cloud-images.ubuntu.com",
+            "ubuntu",
+        ),
+        ("centos_cloud", "https://cloud.centos.org/centos", "centos"),
+        (
+            "nvidia",
+            "https://developer.download.nvidia.com/compute/cuda/repos",
+            "cuda",
+        ),
+        ("radeon", "https://repo.radeon.com", "radeon"),
+    ] {
+        let line = format!("let {var} = \"{upstream}\" in");
+        assert!(
+            pointed.contains(&line),
+            "manifests/artifacts.ncl lacks `{line}`"
+        );
+        pointed = pointed.replace(&line, &format!("let {var} = \"{}/{here}\" in", nginx.base));
+    }
+    // The site's licensed driver: `ccb update` resolves every unpinned artifact.
+    let driver = dir.path().join("vgpu-driver.run");
+    write(&driver, "a site's vGPU guest driver\n");
+    let site_url = "file:///etc/ccb/vgpu/nvidia-vgpu-guest-driver.run";
+    assert!(pointed.contains(site_url));
+    pointed = pointed.replace(site_url, &format!("file://{}", driver.display()));
+    write(root.join("manifests/artifacts.ncl"), &pointed);
+
+    // Each file holds its own path, so every digest is distinct and checkable.
+    let serve = |path: &str| -> String {
+        let file = nginx.root().join(path);
+        write(&file, &format!("fixture {path}\n"));
+        sha256(&file)
+    };
+    let mut expected: Vec<(String, String)> = Vec::new();
+    for release in ["jammy", "noble", "resolute"] {
+        let mut sums = String::new();
+        for arch in ["amd64", "arm64"] {
+            let name = format!("{release}-server-cloudimg-{arch}.squashfs");
+            let hex = serve(&format!("ubuntu/{release}/current/{name}"));
+            sums.push_str(&format!("{hex} *{name}\n"));
+            expected.push((format!("ubuntu-{release}-rootfs:{arch}"), hex));
+        }
+        write(
+            nginx
+                .root()
+                .join(format!("ubuntu/{release}/current/SHA256SUMS")),
+            &sums,
+        );
+    }
+    for (arch, upstream) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
+        let name = format!("CentOS-Stream-Container-Base-9-latest.{upstream}.tar.xz");
+        let hex = serve(&format!("centos/9-stream/{upstream}/images/{name}"));
+        write(
+            nginx
+                .root()
+                .join(format!("centos/9-stream/{upstream}/images/CHECKSUM")),
+            &format!("# {name}: 1 bytes\nSHA256 ({name}) = {hex}\n"),
+        );
+        expected.push((format!("centos9-stream-rootfs:{arch}"), hex));
+    }
+    for (name, path) in [
+        (
+            "cuda-keyring-ubuntu2204",
+            "cuda/ubuntu2204/x86_64/cuda-keyring_1.1-1_all.deb",
+        ),
+        (
+            "cuda-keyring-ubuntu2404",
+            "cuda/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb",
+        ),
+        (
+            "cuda-keyring-ubuntu2404-sbsa",
+            "cuda/ubuntu2404/sbsa/cuda-keyring_1.1-1_all.deb",
+        ),
+        ("cuda-key-rhel9", "cuda/rhel9/x86_64/D42D0685.pub"),
+        ("rocm-key", "radeon/rocm/rocm.gpg.key"),
+    ] {
+        expected.push((name.to_string(), serve(path)));
+    }
+
+    let names = [
+        "ubuntu-jammy-rootfs",
+        "ubuntu-noble-rootfs",
+        "ubuntu-resolute-rootfs",
+        "centos9-stream-rootfs",
+        "cuda-keyring-ubuntu2204",
+        "cuda-keyring-ubuntu2404",
+        "cuda-keyring-ubuntu2404-sbsa",
+        "cuda-key-rhel9",
+        "rocm-key",
+    ];
+    let mut args = vec!["--root", root.to_str().unwrap(), "update"];
+    args.extend(names);
+    env.run(&args).ok();
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("ccb.lock")).unwrap()).unwrap();
+    for (name, hex) in &expected {
+        assert_eq!(
+            lock["artifacts"][name]["sha256"].as_str(),
+            Some(hex.as_str()),
+            "{name}"
+        );
+    }
+    // Every image plans with its bases and keys pinned: nothing is left to pin.
+    let elements = repo().join("elements");
+    env.run(&[
+        "--root",
+        root.to_str().unwrap(),
+        "build",
+        "//...",
+        "--dry-run",
+        "--locked",
+        "--element-path",
+        elements.to_str().unwrap(),
+    ])
+    .ok();
 }

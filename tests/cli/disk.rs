@@ -637,29 +637,40 @@ fn debian13_with_a_dracut_initramfs_boots_from_nvme_on_uefi_and_sata_on_bios() {
         );
     }
 
-    // Booted: UEFI from an NVMe disk, BIOS from a SATA one, every check passing.
-    for (firmware, disk) in [("uefi", "nvme"), ("bios", "sata")] {
-        let mut test = vec!["--root", root, "test"];
-        test.extend_from_slice(&image);
-        test.extend_from_slice(&["--firmware", firmware, "--disk", disk, "--format", "json"]);
-        let run = env.run(&test);
-        assert_eq!(
-            run.code, 0,
-            "{firmware} from {disk}: boot checks failed:\n{}\n{}",
-            run.stdout, run.stderr
-        );
-        let json = run.json();
-        let results = json["results"].as_array().unwrap();
-        assert_eq!(results.len(), 1, "{json}");
-        assert_eq!(
-            (results[0]["firmware"].as_str(), results[0]["disk"].as_str()),
-            (Some(firmware), Some(disk))
-        );
-        let names = check_names(&results[0]);
+    // Booted by one `ccb test` with a repeated --disk: UEFI from an NVMe disk, BIOS from a
+    // SATA one (each --disk naming its firmware: two boots, not every firmware on every
+    // bus), every check passing on both.
+    let mut test = vec!["--root", root, "test"];
+    test.extend_from_slice(&image);
+    test.extend_from_slice(&[
+        "--disk",
+        "uefi:nvme",
+        "--disk",
+        "bios:sata",
+        "--format",
+        "json",
+    ]);
+    let run = env.run(&test);
+    assert_eq!(
+        run.code, 0,
+        "boot checks failed:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    let json = run.json();
+    let results = json["results"].as_array().unwrap();
+    let boots: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| (r["firmware"].as_str().unwrap(), r["disk"].as_str().unwrap()))
+        .collect();
+    assert_eq!(boots, [("uefi", "nvme"), ("bios", "sata")], "{json}");
+    for result in results {
+        let names = check_names(result);
         for want in CHAMELEON_CHECKS {
             assert!(
                 names.contains(want),
-                "{firmware}/{disk} lacks {want}: {names:?}"
+                "{}/{} lacks {want}: {names:?}",
+                result["firmware"],
+                result["disk"]
             );
         }
     }

@@ -68,7 +68,30 @@ pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
         std::os::unix::fs::symlink(target, root.join(link)).unwrap();
     }
     for tool in [
-        "bash", "find", "head", "cat", "env", "mkdir", "install", "grep", "chmod",
+        "bash",
+        "find",
+        "head",
+        "cat",
+        "env",
+        "mkdir",
+        "install",
+        "grep",
+        "chmod",
+        "rm",
+        "basename",
+        "dpkg-query",
+        "sed",
+        "dirname",
+        "mv",
+        "cp",
+        "ln",
+        "sort",
+        "chown",
+        "touch",
+        "tr",
+        "cut",
+        "stat",
+        "mktemp",
     ] {
         let host = PathBuf::from(format!("/usr/bin/{tool}"));
         std::fs::copy(&host, root.join(format!("usr/bin/{tool}"))).unwrap();
@@ -92,6 +115,9 @@ pub(crate) fn mini_rootfs(root: &Path, package_tool: &str) {
         &format!("#!/bin/bash\necho \"{package_tool} $*\" >> /var/lib/fake-{package_tool}.log\n"),
     );
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Enough of the user database for the finalise steps of a disk (`chown root:root`).
+    write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n");
+    write(root.join("etc/group"), "root:x:0:\n");
 }
 
 pub(crate) fn sha256(path: &Path) -> String {
@@ -382,6 +408,106 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
         .ok();
 }
 
+/// A vendor repository apt cannot fetch fails where it is added, naming the variable that
+/// points it at a mirror: the real `05-cc-rocm-repo` of cc-ubuntu24.04-rocm, run in a fixture
+/// root whose apt-get fails `update` as it does when the repository is unreachable.
+/// CI cost: about 5 s (one fixture base and a failing layer).
+#[test]
+fn an_unreachable_vendor_repository_names_its_override_variable() {
+    let f = Fixture::new();
+    let el = f.project.join("elements/rocm-repo");
+    write(el.join("README.rst"), "rocm-repo\n");
+    std::fs::create_dir_all(el.join("pre-install.d")).unwrap();
+    std::fs::copy(
+        repo().join("elements/cc-ubuntu24.04-rocm/pre-install.d/05-cc-rocm-repo"),
+        el.join("pre-install.d/05-cc-rocm-repo"),
+    )
+    .unwrap();
+    // apt-get as it ends when a source cannot be fetched and the script asked to be told
+    // (Error-Mode=any): exit 100. install-packages' own update passes. apt's directories, as
+    // a real Ubuntu root has them.
+    script(
+        el.join("pre-install.d/01-unreachable-apt"),
+        "#!/bin/bash\nset -eu\nmkdir -p /etc/apt/sources.list.d /etc/apt/preferences.d\nprintf '#!/bin/bash\\ncase \" $* \" in *Error-Mode=any*\" update \"*) echo \"E: Failed to fetch\" >&2; exit 100;; esac\\n' > /usr/bin/apt-get\nchmod +x /usr/bin/apt-get\n",
+    );
+    let key = f.project.join("private/rocm.gpg");
+    write(&key, "binary key");
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ rocm-key = {{ url = \"file://{}\", sha256 = \"{}\" }} }}\n",
+            key.display(),
+            sha256(&key)
+        ),
+    );
+    f.images_with(
+        &sha256(&f.served.join("centos/rootfs.tar.gz")),
+        "  rocm = { name = \"Rocm\", from = \"fake-ubuntu\", elements = [\"rocm-repo\"], artifacts = { CC_ROCM_KEY = \"rocm-key\" }, env = { CC_ROCM_REPO_URL = \"http://127.0.0.1:9/rocm\", CC_AMDGPU_REPO_URL = \"http://127.0.0.1:9/amdgpu\" } },\n",
+    );
+    f.ccb(&["build", "rocm", "--until", "layer"])
+        .fails()
+        .stderr_has("apt-get update failed for AMD's repositories")
+        .stderr_has("set CC_ROCM_REPO_URL and CC_AMDGPU_REPO_URL");
+}
+
+/// Ubuntu 22.04's base: the jammy cloud image from the same server (its own name and
+/// SHA256SUMS entry), unpacked and set up by the real `ubuntu` element as for noble.
+/// CI cost: about 5 s (one fixture base and layer).
+#[test]
+fn ubuntu_22_04_base_is_jammy_from_its_cloud_image() {
+    let f = Fixture::new();
+    let root = f.served.parent().unwrap().join("jammy-root");
+    mini_rootfs(&root, "apt-get");
+    write(root.join("etc/fixture-release"), "jammy\n");
+    let sq = f.served.join("ubuntu/jammy-server-cloudimg-amd64.squashfs");
+    let st = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&sq)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let noble = f.served.join("ubuntu/noble-server-cloudimg-amd64.squashfs");
+    write(
+        f.served.join("ubuntu/SHA256SUMS"),
+        &format!(
+            "{} *noble-server-cloudimg-amd64.squashfs\n{} *jammy-server-cloudimg-amd64.squashfs\n",
+            sha256(&noble),
+            sha256(&sq)
+        ),
+    );
+    f.images_with(
+        &sha256(&f.served.join("centos/rootfs.tar.gz")),
+        &format!(
+            r#"  fake-ubuntu22 = {{
+    name = "Fake-Ubuntu22.04",
+    elements = ["ubuntu"],
+    formats = ['qcow2],
+    env = {{ DIB_RELEASE = "jammy", DIB_CLOUD_IMAGES = "http://127.0.0.1:{}/ubuntu" }},
+  }},
+"#,
+            f.port
+        ),
+    );
+    f.ccb(&["build", "fake-ubuntu22", "--until", "layer"]).ok();
+    let base = f.layer_tree("base:fake-ubuntu22:amd64");
+    assert_eq!(
+        std::fs::read_to_string(base.join("etc/fixture-release")).unwrap(),
+        "jammy\n"
+    );
+    let apt = std::fs::read_to_string(
+        f.layer_tree("layer:fake-ubuntu22:amd64")
+            .join("var/lib/fake-apt-get.log"),
+    )
+    .unwrap();
+    assert!(apt.contains("linux-image-generic"), "{apt}");
+    assert!(
+        f.downloads()
+            .join("ubuntu/jammy-server-cloudimg-amd64.squashfs")
+            .is_file()
+    );
+}
+
 /// Ubuntu 26.04's base: the resolute cloud image from the same server, and the initramfs made
 /// by dracut in its generic mode. The kernel, dracut and lsinitrd are fixtures here; what is
 /// real is the element's work: the apt install, the configuration that keeps every later
@@ -493,27 +619,61 @@ fn ubuntu_26_04_base_is_resolute_with_a_generic_dracut_initramfs() {
     );
 }
 
-/// A secret input (the vGPU license token): read at build time from the file the manifest
-/// names, handed to the scripts as a path, and nowhere else: not in a key, the plan, `explain`,
-/// JSON, the logs or the store outside the image's own tree. Only its presence is keyed, and an
-/// image holding one is not published to a public site unless the manifest allows it.
+/// A secret input (the vGPU license token) and an EULA-bound artifact (the vGPU guest driver):
+/// read at build time, handed to the scripts as paths, and nowhere else: not in a key, the
+/// plan, `explain`, JSON, the logs (a script that prints the token logs `[redacted]`), a
+/// remote cache, or the store outside the image's own tree; for the `file` and the `env`
+/// forms, and for a child layered on the image. The actions holding them build here and are
+/// neither uploaded nor taken from the cache (a second store builds them again while the
+/// base comes from the cache). Its disk is built too: the whole store, disk outputs and logs
+/// included, holds the secrets only inside the image (its trees and raw disk), and the disk's
+/// record names them. Only the secret's presence is keyed, and an image holding one is not
+/// published to a public site unless the manifest allows it.
+/// CI cost: about 20 s (four fixture layers, one of them twice, and one fixture disk).
 #[test]
 fn a_secret_input_reaches_the_build_and_nothing_else() {
     let f = Fixture::new();
+    let nginx = crate::common::Nginx::start();
     let secret = "s3cr3t-token-7f1e2d";
+    let env_secret = "env-t0ken-9a8b7c6d";
+    let driver_bytes = "EULA-bound-driver-5d4c3b2a";
+    let all = [secret, env_secret, driver_bytes];
     let token = f.project.join("private/token.tok");
-    write(&token, secret);
+    write(&token, &format!("{secret}\n"));
+    let driver = f.project.join("private/driver.run");
+    write(&driver, driver_bytes);
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!(
+            "{{ eula-driver = {{ url = \"file://{}\", sha256 = \"{}\", secret = true }} }}\n",
+            driver.display(),
+            sha256(&driver)
+        ),
+    );
     script(
         f.project.join("elements/licensed/install.d/50-licensed"),
-        "#!/bin/bash\nset -eu\ntest -r \"$LICENSE_TOKEN\"\ninstall -D -m 0600 \"$LICENSE_TOKEN\" /etc/licensed/token\necho \"licensed: token installed\"\n",
+        "#!/bin/bash\nset -eu\ntest -r \"$LICENSE_TOKEN\"\ninstall -D -m 0600 \"$LICENSE_TOKEN\" /etc/licensed/token\n\
+         if [ -n \"${VGPU_DRIVER:-}\" ]; then install -D -m 0600 \"$VGPU_DRIVER\" /opt/driver.run; fi\n\
+         echo \"licensed: token is $(cat \"$LICENSE_TOKEN\")\"\n",
     );
     write(f.project.join("elements/licensed/README.rst"), "licensed\n");
+    script(
+        f.project
+            .join("elements/on-licensed/install.d/50-on-licensed"),
+        "#!/bin/bash\nset -eu\necho \"child: the parent's token is $(cat /etc/licensed/token)\"\n",
+    );
+    write(
+        f.project.join("elements/on-licensed/README.rst"),
+        "on-licensed\n",
+    );
     let centos = sha256(&f.served.join("centos/rootfs.tar.gz"));
     let images = |secrets: &str, public_ok: bool| {
         f.images_with(
             &centos,
             &format!(
-                "  licensed = {{ name = \"Licensed\", from = \"fake-ubuntu\", elements = [\"licensed\"], {secrets} public_with_secrets = {public_ok} }},\n"
+                "  licensed = {{ name = \"Licensed\", from = \"fake-ubuntu\", elements = [\"licensed\"], {secrets} artifacts = {{ VGPU_DRIVER = \"eula-driver\" }}, public_with_secrets = {public_ok} }},\n\
+                 \x20 licensed-child = {{ name = \"Licensed-Child\", from = \"licensed\", elements = [\"on-licensed\"] }},\n\
+                 \x20 licensed-env = {{ name = \"Licensed-Env\", from = \"fake-ubuntu\", elements = [\"licensed\"], secrets = {{ LICENSE_TOKEN = {{ env = \"CCB_TEST_TOKEN\" }} }} }},\n"
             ),
         )
     };
@@ -534,42 +694,164 @@ fn a_secret_input_reaches_the_build_and_nothing_else() {
             .unwrap()
             .to_string()
     };
+    let with_token = |env: &Env, rest: &[&str]| -> Run {
+        let elements = repo().join("elements");
+        let out = env
+            .cmd()
+            .env("CCB_TEST_TOKEN", env_secret)
+            .arg("--root")
+            .arg(&f.project)
+            .args(rest)
+            .arg("--element-path")
+            .arg(&elements)
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
 
     // Missing: the build stops naming the secret and where it was looked for.
     std::fs::remove_file(&token).unwrap();
     f.ccb(&["build", "licensed", "--until", "layer"])
         .fails()
         .stderr_has("secret `LICENSE_TOKEN` (file private/token.tok)");
-    write(&token, secret);
+    write(&token, &format!("{secret}\n"));
 
-    let built = f
-        .ccb(&[
-            "build", "licensed", "--until", "layer", "--format", "json", "-v",
-        ])
-        .ok();
-    assert!(!built.stdout.contains(secret) && !built.stderr.contains(secret));
+    let build = [
+        "build",
+        "licensed-child",
+        "licensed-env",
+        "--until",
+        "layer",
+        "--format",
+        "json",
+        "-v",
+        "--remote-cache",
+        &nginx.url,
+        "--remote-cache-upload",
+    ];
+    let built = with_token(&f.env, &build).ok();
+    for s in all {
+        assert!(!built.stdout.contains(s) && !built.stderr.contains(s));
+    }
+    assert!(
+        built.stderr.contains("token is [redacted]"),
+        "{}",
+        built.stderr
+    );
+    let report = built.json();
+    let mut not_shared: Vec<&str> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["not_shared"] == "holds a secret: not shared")
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    not_shared.sort();
+    assert_eq!(
+        not_shared,
+        [
+            "fetch:eula-driver",
+            "layer:licensed-child:amd64",
+            "layer:licensed-env:amd64",
+            "layer:licensed:amd64",
+        ],
+        "{report}"
+    );
+    // Only the parent image's base and layer went to the cache; it holds none of the secrets.
+    assert_eq!(report["remote"]["uploaded"], 2, "{report}");
+    let in_cache = Command::new("grep")
+        .args(["-rlF", "-e", secret, "-e", env_secret, "-e", driver_bytes])
+        .arg(nginx.data())
+        .output()
+        .unwrap();
+    assert!(in_cache.stdout.is_empty(), "{in_cache:?}");
+
+    // Its disk too: the outputs' record names the secrets the disk holds.
+    let disk = with_token(&f.env, &["build", "licensed", "--format", "json"]).ok();
+    let disk_key = disk.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "disk:licensed:amd64")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record =
+        std::fs::read_to_string(f.env.cache.path().join(format!("outputs/{disk_key}.json")))
+            .unwrap();
+    assert!(
+        record.contains("LICENSE_TOKEN") && record.contains("VGPU_DRIVER"),
+        "{record}"
+    );
     let tree = f.layer_tree("layer:licensed:amd64");
     assert_eq!(
         std::fs::read_to_string(tree.join("etc/licensed/token")).unwrap(),
-        secret
+        format!("{secret}\n")
     );
-    // Nowhere in the store but the image's own tree: no log, key document, work file.
+    assert_eq!(
+        std::fs::read_to_string(
+            f.layer_tree("layer:licensed-env:amd64")
+                .join("etc/licensed/token")
+        )
+        .unwrap(),
+        env_secret
+    );
+    // The whole store: the secrets are in the images' own trees (and the licensed file in the
+    // artifact store, where it was fetched to), never in a log, key document, record or work
+    // file; the logs say `[redacted]` where the scripts printed them (the child's too).
     let grep = Command::new("grep")
-        .args(["-rlF", "--exclude-dir=tree", secret])
+        .args(["-rlF", "-e", secret, "-e", env_secret, "-e", driver_bytes])
         .arg(f.env.cache.path())
         .output()
         .unwrap();
-    assert!(
-        grep.stdout.is_empty(),
-        "secret found in {}",
-        String::from_utf8_lossy(&grep.stdout)
-    );
+    for hit in String::from_utf8_lossy(&grep.stdout).lines() {
+        assert!(
+            hit.ends_with("/tree/etc/licensed/token")
+                || hit.ends_with("/tree/opt/driver.run")
+                // The disk image itself holds them, as its tree does.
+                || hit.ends_with("/Licensed.raw")
+                || (hit.contains("/artifacts/")
+                    && std::fs::read_to_string(hit).unwrap() == driver_bytes),
+            "a secret found in {hit}"
+        );
+    }
+    assert!(crate::common::logs_contain(
+        f.env.cache.path(),
+        "licensed: token is [redacted]"
+    ));
+    assert!(crate::common::logs_contain(
+        f.env.cache.path(),
+        "child: the parent's token is [redacted]"
+    ));
     for q in [
-        vec!["query", "explain", "licensed"],
+        vec!["query", "explain", "licensed-child"],
         vec!["query", "manifest", "licensed", "--format", "json"],
     ] {
         let out = f.ccb(&q).ok();
-        assert!(!out.stdout.contains(secret), "{q:?}: {}", out.stdout);
+        for s in all {
+            assert!(!out.stdout.contains(s), "{q:?}: {}", out.stdout);
+        }
+    }
+    let explain = f.ccb(&["query", "explain", "licensed-child"]).ok();
+    assert!(
+        explain.stdout.contains("holds a secret: not shared"),
+        "{}",
+        explain.stdout
+    );
+
+    // Another host with the same cache: the base comes from it, the secret-holding actions
+    // are built there again (never downloaded).
+    let other = Env::new();
+    let again = with_token(&other, &build).ok().json();
+    for a in again["actions"].as_array().unwrap() {
+        let expected =
+            if a["id"] == "base:fake-ubuntu:amd64" || a["id"] == "layer:fake-ubuntu:amd64" {
+                "remote"
+            } else {
+                "none"
+            };
+        assert_eq!(a["from"].as_str().unwrap_or("none"), expected, "{a}");
     }
 
     // Its bytes are not keyed (another token, same key), its presence is.
@@ -607,7 +889,7 @@ fn a_secret_input_reaches_the_build_and_nothing_else() {
     };
     publish(&f)
         .fails()
-        .stderr_has("holds secret inputs (LICENSE_TOKEN) and Open is public");
+        .stderr_has("holds secret inputs (LICENSE_TOKEN, VGPU_DRIVER) and Open is public");
     assert!(!f.project.join("pub").exists());
     images(with_secret, true);
     let allowed = publish(&f);

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::{
-    Env, Nginx, Run, copy_tree, leftovers, processes_under, repo, wait_until, write,
+    Env, Nginx, Run, copy_tree, leftovers, processes_under, repo, script, wait_until, write,
 };
 
 /// How ccb is stopped at a point.
@@ -809,6 +809,37 @@ fn a_full_store_fails_clearly_and_the_next_run_after_freeing_space_succeeds() {
     check("layer");
     std::fs::remove_file(&filler).unwrap();
     run(&["build", "tiny", "--until", "layer"]).ok();
+
+    // A step that fills the store and then waits forever, as apt-get once did after ENOSPC:
+    // once the store has stayed full for the grace period (2 s here) the action is stopped and
+    // reported as a full store, never left hanging.
+    let stuck = lab.root.join("elements/tiny-stuck");
+    write(stuck.join("README.rst"), "Fills the disk, then waits.\n");
+    script(
+        stuck.join("install.d/50-fill-then-wait"),
+        "#!/bin/bash\nset -u\ndd if=/dev/zero of=/filler bs=1M 2>/dev/null\nexec sleep 120\n",
+    );
+    let images = lab.root.join("manifests/images.ncl");
+    let text = std::fs::read_to_string(&images).unwrap();
+    let at = text.rfind('}').unwrap();
+    write(
+        &images,
+        &format!(
+            "{}  tiny-stuck = {{ name = \"Tiny-Stuck\", description = \"fills its store\", \
+             from = \"tiny\", elements = [\"tiny-stuck\"] }},\n}}\n",
+            &text[..at]
+        ),
+    );
+    let r = Run::from(
+        lab.cmd(&["build", "tiny-stuck", "--until", "layer"])
+            .env("CCB_CACHE_DIR", &store)
+            .env("CCB_STORE_FULL_GRACE", "2")
+            .output()
+            .unwrap(),
+    );
+    full("a step waiting on a full store", &r);
+    assert!(r.stderr.contains("stayed full"), "{}", r.stderr);
+    check("a step waiting on a full store");
 
     // A disk: 30 MiB free for a disk of about 80.
     let filler = fs.fill_leaving(30 << 20);

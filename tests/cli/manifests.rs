@@ -407,3 +407,97 @@ fn a_check_after_an_edit_resolves_only_the_builds_the_edit_changed() {
     env.run(&["--root", root, "check"]).ok();
     assert_eq!(sourced(), ["A", "B", "B"]);
 }
+
+/// The real inventory publishes with a wildcard: the vGPU image holds the site's license token
+/// and NVIDIA's EULA-bound driver, so `//images:all` leaves it out of a public site with a
+/// note naming it (as Bazel's wildcards skip `manual` targets), and naming it is the clear
+/// error with the way out. The plan marks its actions as kept off caches and builders.
+/// CI cost: under a second (dry runs, nothing built).
+#[test]
+fn a_wildcard_publish_leaves_out_the_image_holding_secrets() {
+    let env = Env::new();
+    let all = env
+        .run(&[
+            "--root",
+            &root(),
+            "publish",
+            "//images:all",
+            "--site",
+            "tacc",
+            "--scope",
+            "prod",
+            "--dry-run",
+        ])
+        .ok();
+    all.stderr_has("ubuntu24.04-cuda-vgpu: left out of the wildcard")
+        .stderr_has("CC_VGPU_LICENSE_TOKEN, CC_VGPU_DRIVER");
+    assert!(
+        all.stderr
+            .contains("//images:ubuntu24.04-cuda: not built yet"),
+        "{}",
+        all.stderr
+    );
+    assert!(
+        !all.stderr.contains("//images:ubuntu24.04-cuda-vgpu:"),
+        "{}",
+        all.stderr
+    );
+
+    let named = env
+        .run(&[
+            "--root",
+            &root(),
+            "publish",
+            "ubuntu24.04-cuda-vgpu",
+            "--site",
+            "tacc",
+            "--scope",
+            "prod",
+            "--dry-run",
+        ])
+        .fails();
+    named
+        .stderr_has("image `ubuntu24.04-cuda-vgpu` holds secret inputs")
+        .stderr_has("CHI@TACC is public")
+        .stderr_has("public_with_secrets");
+
+    let plan = env
+        .run(&["--root", &root(), "build", "//...", "--dry-run"])
+        .ok();
+    let kept_here: Vec<&str> = plan
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("(holds a secret: not shared)"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        kept_here,
+        [
+            "fetch:vgpu-guest-driver",
+            "layer:ubuntu24.04-cuda-vgpu:amd64",
+            "disk:ubuntu24.04-cuda-vgpu:amd64"
+        ],
+        "{}",
+        plan.stdout
+    );
+}
+
+/// `ccb test --disk FIRMWARE:BUS` names each boot; mixing it with bare buses or --firmware is
+/// a usage error before anything is planned or built. CI cost: milliseconds.
+#[test]
+fn ccb_test_disks_with_a_firmware_are_each_one_boot() {
+    let env = Env::new();
+    for extra in [
+        vec!["--disk", "uefi:nvme", "--disk", "sata"],
+        vec!["--disk", "uefi:nvme", "--firmware", "bios"],
+    ] {
+        let r = root();
+        let mut args = vec!["--root", &r, "test", "//images:debian13"];
+        args.extend(extra);
+        let run = env.run(&args);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        run.stderr_has("--disk FIRMWARE:BUS names each boot's firmware");
+    }
+    let run = env.run(&["--root", &root(), "test", "--disk", "uefi:floppy"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}

@@ -36,8 +36,20 @@ fn every_listing_command_ends_quietly_on_a_closed_pipe() {
         &["query", "graph"],
         &["query", "hash", "debian12"],
         &["query", "explain", "debian12"],
+        &["query", "manifest", "debian12", "--format", "json"],
+        &["query", "elements", "debian12", "--format", "json"],
+        &["query", "deps", "debian12", "--format", "json"],
+        &["query", "rdeps", "//images:debian12", "--format", "json"],
+        &["query", "hash", "debian12", "--format", "json"],
+        &["query", "explain", "debian12", "--format", "json"],
         &["build", "--dry-run"],
+        &["build", "--dry-run", "--format", "json"],
         &["check"],
+        &["check", "--format", "json"],
+        &["lint"],
+        &["lint", "--format", "json"],
+        &["doctor"],
+        &["cache", "rm", "debian12"],
         &["cache", "ls"],
         &["cache", "ls", "--format", "json"],
         &["cache", "verify"],
@@ -58,7 +70,8 @@ fn every_listing_command_ends_quietly_on_a_closed_pipe() {
     }
 }
 
-/// The listings that read an image or a site: `inspect ls` of a disk, `versions list`.
+/// The listings that read an image or a site (`inspect ls|cat` of a disk, its checks,
+/// `versions list|prune`), and `update` of a project with nothing to pin.
 #[test]
 fn image_and_site_listings_end_quietly_on_a_closed_pipe() {
     let env = Env::new();
@@ -90,6 +103,51 @@ fn image_and_site_listings_end_quietly_on_a_closed_pipe() {
             "--root", &root, "versions", "list", "--site", "here", "--scope", "prod", "--format",
             "json",
         ],
+        &[
+            "--root", &root, "inspect", "ls", disk, "/", "--format", "json",
+        ],
+        &[
+            "--root",
+            &root,
+            "inspect",
+            "cat",
+            disk,
+            "/var/lib/dpkg/status",
+            "--format",
+            "json",
+        ],
+        &["--root", &root, "inspect", disk],
+        &["--root", &root, "inspect", disk, "--format", "json"],
+        &[
+            "--root",
+            &root,
+            "versions",
+            "prune",
+            "--site",
+            "here",
+            "--scope",
+            "prod",
+            "--keep",
+            "1",
+            "--dry-run",
+        ],
+        &[
+            "--root",
+            &root,
+            "versions",
+            "prune",
+            "--site",
+            "here",
+            "--scope",
+            "prod",
+            "--keep",
+            "1",
+            "--dry-run",
+            "--format",
+            "json",
+        ],
+        &["--root", &root, "update", "--dry-run"],
+        &["--root", &root, "update", "--dry-run", "--format", "json"],
     ];
     for args in listings {
         let (code, stderr) = into_closed_pipe(&env, args);

@@ -941,7 +941,7 @@ fn a_wrong_etag_is_refused_and_an_expired_token_is_renewed() {
             file.path(),
             (3 << 20) + 5,
             &sum,
-            &ccb::publish::Progress::hidden(),
+            &ccb::ui::progress::Transfer::hidden(),
         )
         .unwrap();
     let info = renewing.head("big").unwrap().unwrap();

@@ -46,16 +46,6 @@ pub fn is_key(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The first 16 characters of a key, for listings; any other name whole (it is not sliced:
-/// a store entry ccb did not make may be short or not ASCII).
-pub fn short_key(name: &str) -> &str {
-    if name.is_ascii() && name.len() > 16 {
-        &name[..16]
-    } else {
-        name
-    }
-}
-
 /// Names in the store's keyed directories that are not keys: not ccb's making (an operator's
 /// copy, a crash of something else). Listings and `gc` leave them alone; `verify` names them.
 pub fn foreign_names(store: &Store) -> Vec<String> {
@@ -436,7 +426,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         if name.len() != 64 {
             continue;
         }
-        let id = format!("artifact {}", short_key(&name));
+        let id = format!("artifact {}", crate::ui::short(&name, crate::ui::KEY_WIDTH));
         on_progress(&id);
         let path = store.path(&format!("artifacts/{name}"));
         let mut problems = Vec::new();
@@ -492,7 +482,7 @@ fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
         if store.checkpoint_meta(l).is_none() {
             problems.push(format!(
                 "lower checkpoint {} is missing",
-                &l[..16.min(l.len())]
+                crate::ui::short(l, crate::ui::KEY_WIDTH)
             ));
         }
     }
@@ -520,7 +510,10 @@ fn set_aside(store: &Store, key: &str) -> String {
 fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) -> bool {
     for l in &meta.lowers {
         if store.layer_meta(l).is_none() {
-            problems.push(format!("lower layer {} is missing", short_key(l)));
+            problems.push(format!(
+                "lower layer {} is missing",
+                crate::ui::short(l, crate::ui::KEY_WIDTH)
+            ));
         }
     }
     let tree = store.layer_dir(&meta.key).join("tree");

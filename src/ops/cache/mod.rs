@@ -10,7 +10,7 @@ use super::{CommandError, Session};
 use crate::store::{Lock, Store, Wait};
 
 mod entries;
-pub use entries::{Entry, Verdict, short_key};
+pub use entries::{Entry, Verdict};
 
 /// Every entry of the store.
 #[derive(Debug, Serialize)]
