@@ -23,6 +23,14 @@ impl FsError {
         }
     }
 
+    /// The error of `action` on `path`, for `map_err`.
+    pub fn at<'p>(
+        action: &'static str,
+        path: &'p Path,
+    ) -> impl FnOnce(std::io::Error) -> Self + use<'p> {
+        move |source| Self::new(action, path, source)
+    }
+
     pub fn is_not_found(&self) -> bool {
         self.source.kind() == std::io::ErrorKind::NotFound
     }

@@ -62,7 +62,8 @@
 //!   written by the disk action and checked by `ccb inspect`.
 //! - [`store`]: the on-disk cache (`$CCB_CACHE_DIR`): records, layers, outputs, locks, gc
 //!   (`ccb cache`'s view of the entries is `ops::cache`, above the records it reads);
-//!   [`store::Layout`] alone spells its paths.
+//!   [`store::Layout`] alone spells its paths (a lib test fails on a store path literal
+//!   anywhere else); [`store::tree`] digests trees.
 //! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
 //!   status and warnings to stderr, one progress type ([`ui::progress::Progress`]; a
 //!   transfer's byte count, [`ui::progress::Transfer`], draws through it), the terminal
@@ -74,16 +75,17 @@
 //! - [`interrupt`] and [`fault`]: Ctrl-C stops transfers between chunks (exit 130); debug
 //!   builds stop themselves at named points for the fault campaign (`tests/cli/faults.rs`).
 //! - [`process`]: the one way to run a program (command line kept for errors, captured
-//!   output, SIGTERM → grace → SIGKILL), and bounded runs of untrusted code (a time limit,
+//!   output, a started program's pipes, wait and SIGTERM → grace → SIGKILL stop in
+//!   [`process::Running`]), and bounded runs of untrusted code (a time limit,
 //!   an address-space limit, PID 1 of a fresh PID namespace: environment.d, the evaluator).
 //!
 //! Dependencies point down: `ops` → `action`/`bootcheck`/`publish`/`remote` → `graph` →
 //! `element`/`fetch`/`lock`/`sources` → `manifest`/`label` → `store` → `fsutil`/`process`/
 //! `redact`/`diag`. Data types that several layers share live in the lowest one that owns them
 //! (the project's settings and `ccb.lock`'s pins in `manifest`, tree summaries and checkpoint
-//! limits in `store`, the sites' formats in [`contract`], sizes in [`units`]). One pair still
-//! imports each other: `action` (whose errors carry a remote builder's) and `remote` (which
-//! digests an unpacked tree with `action::tree`).
+//! limits in `store`, tree digests in [`store::tree`] (what `action` commits and `remote`
+//! unpacks), the sites' formats in [`contract`], sizes in [`units`]). No two modules import
+//! each other, around any circle: a lib test (`layering`) reads the sources and fails on one.
 //!
 //! On-disk layout of the store (`$CCB_CACHE_DIR`, default `$XDG_CACHE_HOME/ccb`):
 //!
@@ -149,3 +151,6 @@ pub mod units;
 
 /// ccb's version, part of every action key: a new engine never reuses an old engine's outputs.
 pub const ENGINE_VERSION: &str = concat!("ccb-", env!("CARGO_PKG_VERSION"), "-engine-1");
+
+#[cfg(test)]
+mod layering;

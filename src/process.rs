@@ -40,6 +40,14 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// Started, but waiting for it failed.
+    #[error("waiting for `{command}`")]
+    #[diagnostic(code(ccb::process::wait))]
+    Wait {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Ran and exited with a failure.
     #[error("`{command}` failed ({status}): {stderr}")]
     #[diagnostic(code(ccb::process::failed))]
@@ -234,6 +242,103 @@ impl Process {
     }
 }
 
+/// A program started by [`Process::start`], with the command line its errors name. Its pipes
+/// are the caller's to take; [`Running::stop`] is the one way to end it early.
+pub struct Running {
+    pub child: Child,
+    command: String,
+}
+
+impl Process {
+    /// Starts it in a process group of its own (so that [`Running::stop`] reaches its
+    /// children), with its three streams as given.
+    pub fn start(
+        &self,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Running, ProcessError> {
+        use std::os::unix::process::CommandExt;
+        let child = self
+            .command()
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                command: self.command_line(),
+                source,
+            })?;
+        Ok(Running {
+            child,
+            command: self.command_line(),
+        })
+    }
+}
+
+impl Running {
+    /// Collects its piped stderr on a thread: a chatty program must not block on a full pipe.
+    pub fn drain_stderr(&mut self) -> std::thread::JoinHandle<Vec<u8>> {
+        let err = self.child.stderr.take();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut e) = err {
+                let _ = std::io::Read::read_to_end(&mut e, &mut buf);
+            }
+            buf
+        })
+    }
+
+    /// Waits for it to exit, whatever its status.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus, ProcessError> {
+        self.child.wait().map_err(|source| ProcessError::Wait {
+            command: self.command.clone(),
+            source,
+        })
+    }
+
+    /// Whether it has exited (reaped if so).
+    pub fn exited(&mut self) -> Result<bool, ProcessError> {
+        match self.child.try_wait() {
+            Ok(status) => Ok(status.is_some()),
+            Err(source) => Err(ProcessError::Wait {
+                command: self.command.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Waits for it with its piped stdout and stderr collected, whatever its status.
+    pub fn output(self) -> Result<Output, ProcessError> {
+        let command = self.command;
+        self.child
+            .wait_with_output()
+            .map_err(|source| ProcessError::Wait { command, source })
+    }
+
+    /// Waits for it; a failed exit is an error carrying the end of `stderr` (what
+    /// [`Running::drain_stderr`] collected).
+    pub fn finish(mut self, stderr: std::thread::JoinHandle<Vec<u8>>) -> Result<(), ProcessError> {
+        let status = self.wait()?;
+        let err = stderr.join().unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        Err(ProcessError::Failed {
+            command: self.command,
+            status,
+            stderr: crate::redact::text(&tail(&err, 8)),
+        })
+    }
+
+    /// Stops it: SIGTERM to its process group, up to `grace` for it to exit, then SIGKILL.
+    /// Reaps it.
+    pub fn stop(&mut self, grace: Duration) {
+        stop(&mut self.child, grace);
+    }
+}
+
 /// The last `n` lines of a program's output.
 pub fn tail(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -336,5 +441,51 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         let status = child.try_wait().unwrap().expect("reaped");
         assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_started_program_s_failure_names_it_and_the_end_of_what_it_wrote_to_stderr() {
+        let mut tar = Process::new("sh")
+            .args(["-c", "echo first >&2; echo last >&2; exit 2"])
+            .start(Stdio::null(), Stdio::null(), Stdio::piped())
+            .unwrap();
+        let stderr = tar.drain_stderr();
+        let e = tar.finish(stderr).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("`sh -c "), "{text}");
+        assert!(text.ends_with("first\nlast"), "{text}");
+        let missing = Process::new("ccb-no-such-tool")
+            .start(Stdio::null(), Stdio::null(), Stdio::null())
+            .err()
+            .unwrap();
+        assert!(missing.is_missing_tool());
+    }
+
+    #[test]
+    fn a_started_program_is_stopped_the_one_way_children_included() {
+        // A shell that ignores SIGTERM and a child of it: both go at the end of the grace.
+        let mut running = Process::new("sh")
+            .args(["-c", "trap '' TERM; sleep 60 & wait"])
+            .start(Stdio::null(), Stdio::null(), Stdio::null())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        running.stop(Duration::from_millis(300));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(running.exited().unwrap());
+        // Nothing of its group runs (a killed child may stay a zombie until init reaps it).
+        let group = running.child.id().to_string();
+        let live: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                // pid (comm) state ppid pgrp ...: the fields after the command's ')'.
+                let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                fields.get(2) == Some(&group.as_str()) && fields.first() != Some(&"Z")
+            })
+            .collect();
+        assert!(live.is_empty(), "still running: {live:?}");
     }
 }

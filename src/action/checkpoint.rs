@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{ActionSpec, Place, SpecKind, Step};
-use super::tree::{self, TreeError};
+use super::tree::TreeError;
 use super::{BuildContext, BuildError};
 use crate::graph::{Action, ActionId};
 use crate::keydoc::{hash_bytes, hash_list, hash_map, hash_str};
@@ -69,9 +69,12 @@ pub struct CheckpointId {
 
 impl std::fmt::Display for CheckpointId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let layer = self.layer.to_string();
-        let rest = layer.strip_prefix("layer:").unwrap_or(&layer);
-        write!(f, "checkpoint:{rest}:{}/{}", self.phase, self.step)
+        match self.layer.image_arch() {
+            Some((image, arch)) => {
+                write!(f, "checkpoint:{image}:{arch}:{}/{}", self.phase, self.step)
+            }
+            None => write!(f, "checkpoint:{}:{}/{}", self.layer, self.phase, self.step),
+        }
     }
 }
 
@@ -80,7 +83,7 @@ impl CheckpointId {
         let rest = s.strip_prefix("checkpoint:")?;
         let (layer, step) = rest.rsplit_once(':')?;
         let (phase, step) = step.split_once('/')?;
-        let layer = ActionId::parse(&format!("layer:{layer}"))?;
+        let layer = ActionId::parse_of(crate::graph::Kind::Layer, layer)?;
         (!phase.is_empty() && !step.is_empty()).then(|| CheckpointId {
             layer,
             phase: phase.into(),
@@ -340,9 +343,9 @@ pub fn collect(
             continue;
         };
         let tree_dir = dir.join(i.to_string()).join("tree");
-        let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
-            id: action.id.clone(),
-            source,
+        let summary = crate::store::summarize(&tree_dir).map_err(|source| BuildError::Tree {
+            id: action.id.to_string(),
+            source: source.into(),
         })?;
         let id = match (&action.image, action.arch) {
             (Some(image), Some(arch)) => CheckpointId {

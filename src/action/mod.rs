@@ -176,9 +176,14 @@ impl BuildError {
             }
             BuildError::Builder { source, .. } => {
                 use crate::remote::builder::BuilderError as B;
-                return match **source {
+                return match &**source {
+                    B::Ssh { source, .. } if source.is_missing_tool() => Blame::MissingTool,
+                    // A full disk while taking the result from the cache.
+                    B::Download { .. } if self.host_errno_in_chain() => Blame::Host,
                     B::Unreachable { .. } | B::Ssh { .. } | B::Download { .. } => Blame::Network,
-                    B::Failed { .. } | B::Bundle(_) => Blame::Input,
+                    B::Failed { .. } | B::SourceOutside { .. } | B::Corrupt { .. } => Blame::Input,
+                    B::Internal(_) | B::NoBuilder(_) => Blame::Bug,
+                    // The store, the project's files, a stream here: the host's.
                     _ => Blame::Host,
                 };
             }
@@ -187,6 +192,15 @@ impl BuildError {
             }
             _ => {}
         }
+        if self.host_errno_in_chain() {
+            return Blame::Host;
+        }
+        Blame::Input
+    }
+
+    /// Whether an OS error the host's operator fixes (a full disk, a permission) is in the
+    /// chain.
+    fn host_errno_in_chain(&self) -> bool {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cur {
             if let Some(errno) = e
@@ -194,11 +208,11 @@ impl BuildError {
                 .and_then(|io| io.raw_os_error())
                 && event::host_errno(errno)
             {
-                return Blame::Host;
+                return true;
             }
             cur = e.source();
         }
-        Blame::Input
+        false
     }
 
     /// The message with its whole chain of causes, each said once.
@@ -257,7 +271,7 @@ pub struct Built {
     /// Commands the steps called that do not exist.
     pub warnings: Vec<dib::MissingCommand>,
     pub duration: Duration,
-    pub tree: tree::TreeSummary,
+    pub tree: crate::store::TreeSummary,
 }
 
 const LAYER_PHASES: [(&str, Place); 5] = [
@@ -295,7 +309,7 @@ fn distro_cache(distro: &str) -> Option<&'static str> {
 
 fn unsupported(action: &Action, what: &'static str) -> BuildError {
     BuildError::Unsupported {
-        id: action.id.clone(),
+        id: action.id.to_string(),
         what,
     }
 }
@@ -336,7 +350,7 @@ fn run_fetch(
         steps: vec![],
         warnings: vec![],
         duration: started.elapsed(),
-        tree: tree::TreeSummary {
+        tree: crate::store::TreeSummary {
             digest: artifact.sha256.to_ascii_lowercase(),
             entries: 1,
             bytes,
@@ -393,7 +407,7 @@ impl SpecFor<'_, '_> {
         for n in names {
             let el = self.dir_of(n)?;
             let map = packages::pkg_map(el, env).map_err(|source| BuildError::Element {
-                id: self.action.id.clone(),
+                id: self.action.id.to_string(),
                 source,
             })?;
             if !map.is_empty() {
@@ -463,7 +477,7 @@ impl SpecFor<'_, '_> {
             target: target.to_string(),
         });
         ActionSpec {
-            id: self.action.id.clone(),
+            id: self.action.id.to_string(),
             key: self.action.key.clone(),
             kind,
             arch: arch.as_str().into(),
@@ -475,7 +489,7 @@ impl SpecFor<'_, '_> {
             env_files: env_file_names(&self.resolved.view),
             phases: vec![],
             pkg_maps: BTreeMap::new(),
-            downloads: ctx.store.path("downloads"),
+            downloads: ctx.store.path(crate::store::Layout::DOWNLOADS),
             package_cache,
             log: ctx.store.log_path(&self.action.key),
             stream_output: ctx.stream_output,
@@ -567,7 +581,7 @@ impl SpecFor<'_, '_> {
         let resolved = self.resolved;
         let own_packages = packages::evaluate(own_dirs, &resolved.view.env).map_err(|source| {
             BuildError::Element {
-                id: self.action.id.clone(),
+                id: self.action.id.to_string(),
                 source,
             }
         })?;
@@ -690,7 +704,7 @@ impl SpecFor<'_, '_> {
                 Ok(b) => b,
                 Err(e) if own => {
                     return Err(BuildError::Input {
-                        id: action.id.clone(),
+                        id: action.id.to_string(),
                         problem: format!("secret `{var}` ({}): {e}", src.describe()),
                     });
                 }
@@ -793,7 +807,7 @@ impl SpecFor<'_, '_> {
         let mut chain = Vec::new();
         let mut under = action.deps.first().cloned();
         while let Some(a) = under.as_deref().and_then(|id| ctx.graph.get(id)) {
-            chain.push((a.id.clone(), a.key.clone()));
+            chain.push((a.id.to_string(), a.key.clone()));
             under = (a.kind != Kind::Base)
                 .then(|| a.deps.first().cloned())
                 .flatten();
@@ -922,11 +936,11 @@ impl SpecFor<'_, '_> {
         };
         let defaults =
             layout::RootDefaults::from_env(env_view).map_err(|problem| BuildError::Input {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 problem,
             })?;
         layout::parse(&bd_name, &yaml, &defaults).map_err(|source| BuildError::Layout {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             source,
         })
     }
@@ -1098,7 +1112,7 @@ pub fn run_action(
         if result.is_ok() {
             result = checkpoint::merge_into_upper(store, &spec, &chain)
                 .map_err(|source| BuildError::Tree {
-                    id: action.id.clone(),
+                    id: action.id.to_string(),
                     source,
                 })
                 .and(result);
@@ -1201,12 +1215,12 @@ fn supervise(
         .map_err(BuildError::io(&action.id, "wait for the sandbox"))?;
     if cancelled {
         return Err(BuildError::Cancelled {
-            id: action.id.clone(),
+            id: action.id.to_string(),
         });
     }
     if stuck {
         return Err(BuildError::Io {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             what: format!(
                 "the store's filesystem ({}) stayed full for {} s while the action ran, and \
                  it was stopped (log: {})",
@@ -1227,7 +1241,7 @@ fn supervise(
                 status,
                 tail,
             }) => Err(BuildError::StepFailed(Box::new(StepFailure {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 element,
                 phase,
                 script: name,
@@ -1244,11 +1258,11 @@ fn supervise(
             )),
         },
         Some(sandbox::EXIT_CANCELLED) => Err(BuildError::Cancelled {
-            id: action.id.clone(),
+            id: action.id.to_string(),
         }),
         other => match engine_error {
             Some(failure) => Err(BuildError::Sandbox {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 source: failure.into(),
                 log: Some(log),
             }),
@@ -1272,7 +1286,7 @@ fn commit_outputs(
     ctx: &BuildContext,
     action: &Action,
     spec: &ActionSpec,
-) -> Result<tree::TreeSummary, BuildError> {
+) -> Result<crate::store::TreeSummary, BuildError> {
     let out = spec.work.join("out");
     let mut files = Vec::new();
     for e in walkdir::WalkDir::new(&out).min_depth(1) {
@@ -1286,13 +1300,13 @@ fn commit_outputs(
         }
     }
     files.sort();
-    let summary = tree::summarize(&out).map_err(|source| BuildError::Tree {
-        id: action.id.clone(),
-        source,
+    let summary = crate::store::summarize(&out).map_err(|source| BuildError::Tree {
+        id: action.id.to_string(),
+        source: source.into(),
     })?;
     let meta = crate::store::OutputsMeta {
         key: action.key.clone(),
-        id: action.id.clone(),
+        id: action.id.to_string(),
         name: spec
             .disk
             .as_ref()
@@ -1402,7 +1416,7 @@ fn commit(
     ctx: &BuildContext,
     action: &Action,
     spec: &ActionSpec,
-) -> Result<tree::TreeSummary, BuildError> {
+) -> Result<crate::store::TreeSummary, BuildError> {
     let (tree_dir, mode, lowers) = match (spec.kind, spec.overlay) {
         (SpecKind::Layer, true) => {
             let parent = ctx
@@ -1439,13 +1453,13 @@ fn commit(
             tree_dir.display()
         ),
     ))?;
-    let summary = tree::summarize(&tree_dir).map_err(|source| BuildError::Tree {
-        id: action.id.clone(),
-        source,
+    let summary = crate::store::summarize(&tree_dir).map_err(|source| BuildError::Tree {
+        id: action.id.to_string(),
+        source: source.into(),
     })?;
     let meta = LayerMeta {
         key: action.key.clone(),
-        id: action.id.clone(),
+        id: action.id.to_string(),
         mode,
         lowers,
         tree: summary.clone(),

@@ -31,11 +31,14 @@ pub enum Skip {
     Version { host: String, image: String },
     #[error("the image has no dpkg")]
     NoImageDpkg,
-    #[error("ldd could not list dpkg-deb's libraries: {0}")]
-    Ldd(String),
-    #[error("copy {what}: {source}")]
+    #[error("ldd could not list dpkg-deb's libraries")]
+    Ldd(#[source] crate::process::ProcessError),
+    #[error("ldd could not list dpkg-deb's libraries: {output}")]
+    LddOutput { output: String },
+    #[error("copy {}: {source}", path.display())]
     Io {
-        what: String,
+        path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }
@@ -87,7 +90,7 @@ fn copy(from: &Path, to: &Path) -> Result<(), Skip> {
     std::fs::copy(from, to)
         .map(drop)
         .map_err(|source| Skip::Io {
-            what: from.display().to_string(),
+            path: from.to_path_buf(),
             source,
         })
 }
@@ -110,20 +113,24 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
     let out = Process::new("ldd")
         .arg(&host_tool)
         .output()
-        .map_err(|e| Skip::Ldd(e.to_string()))?;
+        .map_err(Skip::Ldd)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let (libs, loader) = ldd_paths(&text).ok_or_else(|| Skip::Ldd(text.to_string()))?;
+    let (libs, loader) = ldd_paths(&text).ok_or_else(|| Skip::LddOutput {
+        output: text.to_string(),
+    })?;
     let files = engine_dir.join(FILES_DIR);
     let lib_dir = files.join("lib");
     let bin = engine_dir.join(BIN_DIR);
     for dir in [&lib_dir, &bin] {
         std::fs::create_dir_all(dir).map_err(|source| Skip::Io {
-            what: dir.display().to_string(),
+            path: dir.to_path_buf(),
             source,
         })?;
     }
     for lib in &libs {
-        let name = lib.file_name().ok_or_else(|| Skip::Ldd(text.to_string()))?;
+        let name = lib.file_name().ok_or_else(|| Skip::LddOutput {
+            output: text.to_string(),
+        })?;
         copy(lib, &lib_dir.join(name))?;
     }
     copy(&loader, &files.join("ld.so"))?;
@@ -141,13 +148,13 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
     );
     let path = bin.join("dpkg-deb");
     std::fs::write(&path, wrapper).map_err(|source| Skip::Io {
-        what: path.display().to_string(),
+        path: path.clone(),
         source,
     })?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
         Skip::Io {
-            what: path.display().to_string(),
+            path: path.clone(),
             source,
         }
     })

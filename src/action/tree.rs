@@ -1,14 +1,12 @@
 //! Filesystem trees: copying, merging overlay diffs without overlayfs, digests and sizes.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::inroot::TreeRoot;
 
-/// overlayfs marks an opaque directory (hide everything below it) with this xattr.
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+use crate::store::tree::OPAQUE_XATTR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -19,8 +17,22 @@ pub enum TreeError {
         #[source]
         source: io::Error,
     },
-    #[error("`cp -a {}` failed: {detail}", from.display())]
-    Copy { from: PathBuf, detail: String },
+    #[error("copying `{}`", from.display())]
+    Copy {
+        from: PathBuf,
+        #[source]
+        source: crate::process::ProcessError,
+    },
+}
+
+impl From<crate::fsutil::FsError> for TreeError {
+    fn from(e: crate::fsutil::FsError) -> Self {
+        TreeError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 fn io_err<'p>(
@@ -44,21 +56,17 @@ pub fn copy_contents(src: &Path, dst: &Path) -> Result<(), TreeError> {
 
 /// `cp -a --reflink=auto [extra] from to`, its failure named after `src`.
 pub fn cp_a(src: &Path, from: &Path, to: &Path, extra: &[&str]) -> Result<(), TreeError> {
-    let out = crate::process::Process::new("cp")
+    crate::process::Process::new("cp")
         .args(["-a", "--reflink=auto"])
         .args(extra)
         .arg(from)
         .arg(to)
         .env("LC_ALL", "C")
-        .command()
         .output()
-        .map_err(io_err("run cp for", src))?;
-    if !out.status.success() {
-        return Err(TreeError::Copy {
+        .map_err(|source| TreeError::Copy {
             from: src.to_path_buf(),
-            detail: crate::process::tail(&out.stderr, 8),
-        });
-    }
+            source,
+        })?;
     Ok(())
 }
 
@@ -83,16 +91,7 @@ fn remove_any(path: &Path) -> Result<(), TreeError> {
 // which every stored layer's digest was made with; walkdir's `sort_by_file_name` orders
 // OsStr bytes, which differs for names that are not UTF-8, and would change those digests.
 fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, TreeError> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err("read directory", dir))? {
-        let entry = entry.map_err(io_err("read directory", dir))?;
-        out.push((
-            entry.file_name().to_string_lossy().into_owned(),
-            entry.path(),
-        ));
-    }
-    out.sort();
-    Ok(out)
+    Ok(crate::store::tree::sorted_entries(dir)?)
 }
 
 /// Applies an overlayfs upper directory (`diff`) onto a plain tree `dst`, the way overlayfs
@@ -140,82 +139,6 @@ pub fn apply_diff(diff: &Path, dst: &Path) -> Result<(), TreeError> {
         Ok(())
     }
     markers(diff, dst)
-}
-
-pub use crate::store::TreeSummary;
-
-/// Digests a tree. Any change a build could observe (a byte, a mode, an owner, an xattr, a
-/// whiteout) changes the digest; timestamps do not, as they differ on every build.
-pub fn summarize(root: &Path) -> Result<TreeSummary, TreeError> {
-    let mut h = blake3::Hasher::new();
-    h.update(b"ccb-tree-v1\0");
-    let mut sum = TreeSummary::default();
-    walk(root, "", &mut h, &mut sum)?;
-    sum.digest = h.finalize().to_hex().to_string();
-    Ok(sum)
-}
-
-fn put(h: &mut blake3::Hasher, bytes: &[u8]) {
-    h.update(&(bytes.len() as u64).to_le_bytes());
-    h.update(bytes);
-}
-
-fn walk(
-    dir: &Path,
-    rel: &str,
-    h: &mut blake3::Hasher,
-    sum: &mut TreeSummary,
-) -> Result<(), TreeError> {
-    for (name, path) in sorted_entries(dir)? {
-        let meta = std::fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
-        let rel = format!("{rel}/{name}");
-        sum.entries += 1;
-        put(h, rel.as_bytes());
-        h.update(&meta.mode().to_le_bytes());
-        h.update(&meta.uid().to_le_bytes());
-        h.update(&meta.gid().to_le_bytes());
-        let ft = meta.file_type();
-        if ft.is_file() {
-            sum.bytes += meta.len();
-            let f = std::fs::File::open(&path).map_err(io_err("read", &path))?;
-            let mut fh = blake3::Hasher::new();
-            fh.update_reader(f).map_err(io_err("read", &path))?;
-            h.update(fh.finalize().as_bytes());
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io_err("read link", &path))?;
-            put(h, target.as_os_str().as_encoded_bytes());
-        } else if ft.is_char_device() || ft.is_block_device() {
-            h.update(&meta.rdev().to_le_bytes());
-        }
-        let mut attrs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        if let Ok(names) = xattr::list(&path) {
-            for n in names {
-                if is_overlay_bookkeeping(&n) {
-                    continue;
-                }
-                if let Ok(Some(v)) = xattr::get(&path, &n) {
-                    attrs.insert(n.as_encoded_bytes().to_vec(), v);
-                }
-            }
-        }
-        h.update(&(attrs.len() as u64).to_le_bytes());
-        for (k, v) in attrs {
-            put(h, &k);
-            put(h, &v);
-        }
-        if ft.is_dir() {
-            walk(&path, &rel, h, sum)?;
-        }
-    }
-    Ok(())
-}
-
-/// overlayfs' own records in an upper directory (`origin`, `impure`, ...: file handles of the
-/// lower inodes it copied up from), which no build observes through the overlay and which
-/// differ between two builds of the same tree. The opaque marker does change what is seen.
-fn is_overlay_bookkeeping(name: &std::ffi::OsStr) -> bool {
-    let name = name.as_encoded_bytes();
-    name.starts_with(b"trusted.overlay.") && name != OPAQUE_XATTR.as_bytes()
 }
 
 /// Whether a freshly made root tree is effectively empty (DIB's "Failed to deploy the root
@@ -362,31 +285,6 @@ pub fn install_static(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn digest_changes_with_content_and_mode_but_not_time() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/motd"), "hello\n").unwrap();
-        let a = summarize(dir.path()).unwrap();
-        assert_eq!(a.entries, 2);
-        assert_eq!(a.bytes, 6);
-        let f = std::fs::File::options()
-            .write(true)
-            .open(dir.path().join("etc/motd"))
-            .unwrap();
-        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(summarize(dir.path()).unwrap(), a, "mtime is not an input");
-        std::fs::set_permissions(
-            dir.path().join("etc/motd"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-        let b = summarize(dir.path()).unwrap();
-        assert_ne!(a.digest, b.digest, "a mode change is visible");
-        std::fs::write(dir.path().join("etc/motd"), "hellO\n").unwrap();
-        assert_ne!(b.digest, summarize(dir.path()).unwrap().digest);
-    }
 
     #[test]
     fn an_empty_root_is_detected() {

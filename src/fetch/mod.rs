@@ -282,7 +282,7 @@ impl<'s> Ingest<'s> {
 
     /// A fresh temporary file in `artifacts/`.
     fn temp(store: &'s Store, name: &str) -> Result<Self, FetchError> {
-        let dir = store.path("artifacts");
+        let dir = store.path(Layout::ARTIFACTS);
         crate::fsutil::create_dir_all(&dir).map_err(StoreError::from)?;
         let tmp = tempfile::Builder::new()
             .prefix(".fetch-")
@@ -1045,7 +1045,7 @@ mod tests {
             msg.contains(&hex(&Sha256::digest(b"changed upstream"))),
             "{msg}"
         );
-        let left: Vec<_> = std::fs::read_dir(store.path("artifacts"))
+        let left: Vec<_> = std::fs::read_dir(store.path(Layout::ARTIFACTS))
             .unwrap()
             .filter_map(Result::ok)
             .filter(|e| e.file_type().unwrap().is_file())
@@ -1269,7 +1269,7 @@ mod tests {
         let art = artifact(Some(url), b"pinned");
         let err = fetch(&store, "tool", &art, &[], &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
-        let left: Vec<_> = std::fs::read_dir(store.path("artifacts"))
+        let left: Vec<_> = std::fs::read_dir(store.path(Layout::ARTIFACTS))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

@@ -48,11 +48,9 @@ impl Kind {
     }
 }
 
-/// An action's identity, stable across builds: its kind and what it makes. Its string form
-/// (`layer:debian12:amd64`, `fetch:cuda-runfile`, `publish:debian12:amd64:uc`) is spelled
-/// and parsed here only.
+/// What an action makes: the parts of its [`ActionId`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ActionId {
+pub enum Made {
     Fetch {
         artifact: String,
     },
@@ -75,40 +73,117 @@ pub enum ActionId {
     },
 }
 
+/// An action's identity, stable across builds: its kind and what it makes. Its string form
+/// (`layer:debian12:amd64`, `fetch:cuda-runfile`, `publish:debian12:amd64:uc`) is spelled
+/// and parsed here only; it is what JSON reports and records hold (serde writes and reads
+/// that form), and what the id reads as where a `&str` is wanted (logs, maps by id).
+#[derive(Debug, Clone)]
+pub struct ActionId {
+    made: Made,
+    text: String,
+}
+
 impl ActionId {
+    fn new(made: Made) -> Self {
+        let text = match &made {
+            Made::Fetch { artifact } => format!("fetch:{artifact}"),
+            Made::Base { image, arch } => format!("base:{image}:{arch}"),
+            Made::Layer { image, arch } => format!("layer:{image}:{arch}"),
+            Made::Disk { image, arch } => format!("disk:{image}:{arch}"),
+            Made::Publish { image, arch, site } => format!("publish:{image}:{arch}:{site}"),
+        };
+        Self { made, text }
+    }
+
+    pub fn made(&self) -> &Made {
+        &self.made
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     pub fn kind(&self) -> Kind {
-        match self {
-            ActionId::Fetch { .. } => Kind::Fetch,
-            ActionId::Base { .. } => Kind::Base,
-            ActionId::Layer { .. } => Kind::Layer,
-            ActionId::Disk { .. } => Kind::Disk,
-            ActionId::Publish { .. } => Kind::Publish,
+        match self.made {
+            Made::Fetch { .. } => Kind::Fetch,
+            Made::Base { .. } => Kind::Base,
+            Made::Layer { .. } => Kind::Layer,
+            Made::Disk { .. } => Kind::Disk,
+            Made::Publish { .. } => Kind::Publish,
         }
+    }
+
+    /// The image and arch of any action but a fetch.
+    pub fn image_arch(&self) -> Option<(&str, Arch)> {
+        match &self.made {
+            Made::Fetch { .. } => None,
+            Made::Base { image, arch }
+            | Made::Layer { image, arch }
+            | Made::Disk { image, arch }
+            | Made::Publish { image, arch, .. } => Some((image, *arch)),
+        }
+    }
+
+    /// The artifact a fetch action fetches.
+    pub fn artifact(&self) -> Option<&str> {
+        match &self.made {
+            Made::Fetch { artifact } => Some(artifact),
+            _ => None,
+        }
+    }
+
+    pub fn base(image: &str, arch: Arch) -> Self {
+        Self::new(Made::Base {
+            image: image.to_string(),
+            arch,
+        })
     }
 
     pub fn disk(image: &str, arch: Arch) -> Self {
-        ActionId::Disk {
+        Self::new(Made::Disk {
             image: image.to_string(),
             arch,
-        }
+        })
     }
 
     pub fn layer(image: &str, arch: Arch) -> Self {
-        ActionId::Layer {
+        Self::new(Made::Layer {
             image: image.to_string(),
             arch,
-        }
+        })
     }
 
     pub fn fetch(artifact: &str) -> Self {
-        ActionId::Fetch {
+        Self::new(Made::Fetch {
             artifact: artifact.to_string(),
-        }
+        })
+    }
+
+    pub fn publish(image: &str, arch: Arch, site: &str) -> Self {
+        Self::new(Made::Publish {
+            image: image.to_string(),
+            arch,
+            site: site.to_string(),
+        })
     }
 
     /// Reads an id's string form; `None` when it is not one.
     pub fn parse(s: &str) -> Option<Self> {
         let (kind, rest) = s.split_once(':')?;
+        let kind = [
+            Kind::Fetch,
+            Kind::Base,
+            Kind::Layer,
+            Kind::Disk,
+            Kind::Publish,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)?;
+        Self::parse_of(kind, rest)
+    }
+
+    /// Reads the part after `kind:` of an id of that kind (what a checkpoint id embeds).
+    pub fn parse_of(kind: Kind, rest: &str) -> Option<Self> {
         let image_arch = |rest: &str| -> Option<(String, Arch, Option<String>)> {
             let mut parts = rest.splitn(3, ':');
             let image = parts.next().filter(|i| !i.is_empty())?.to_string();
@@ -116,47 +191,125 @@ impl ActionId {
             let arch = Arch::ALL.into_iter().find(|a| a.as_str() == arch)?;
             Some((image, arch, parts.next().map(str::to_string)))
         };
-        Some(match kind {
-            "fetch" if !rest.is_empty() => ActionId::fetch(rest),
-            "base" | "layer" | "disk" => {
+        Some(Self::new(match kind {
+            Kind::Fetch if !rest.is_empty() => Made::Fetch {
+                artifact: rest.to_string(),
+            },
+            Kind::Fetch => return None,
+            Kind::Base | Kind::Layer | Kind::Disk => {
                 let (image, arch, None) = image_arch(rest)? else {
                     return None;
                 };
                 match kind {
-                    "base" => ActionId::Base { image, arch },
-                    "layer" => ActionId::Layer { image, arch },
-                    _ => ActionId::Disk { image, arch },
+                    Kind::Base => Made::Base { image, arch },
+                    Kind::Layer => Made::Layer { image, arch },
+                    _ => Made::Disk { image, arch },
                 }
             }
-            "publish" => {
+            Kind::Publish => {
                 let (image, arch, Some(site)) = image_arch(rest)? else {
                     return None;
                 };
-                ActionId::Publish { image, arch, site }
+                Made::Publish { image, arch, site }
             }
-            _ => return None,
-        })
+        }))
     }
 }
 
 impl std::fmt::Display for ActionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ActionId::Fetch { artifact } => write!(f, "fetch:{artifact}"),
-            ActionId::Base { image, arch } => write!(f, "base:{image}:{arch}"),
-            ActionId::Layer { image, arch } => write!(f, "layer:{image}:{arch}"),
-            ActionId::Disk { image, arch } => write!(f, "disk:{image}:{arch}"),
-            ActionId::Publish { image, arch, site } => {
-                write!(f, "publish:{image}:{arch}:{site}")
-            }
-        }
+        f.write_str(&self.text)
+    }
+}
+
+impl std::ops::Deref for ActionId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AsRef<str> for ActionId {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+// Equality, order and hash are the string form's, so maps keyed by id answer a `&str`.
+impl std::borrow::Borrow<str> for ActionId {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for ActionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for ActionId {}
+
+impl PartialOrd for ActionId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ActionId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for ActionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state)
+    }
+}
+
+impl PartialEq<str> for ActionId {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for ActionId {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl PartialEq<String> for ActionId {
+    fn eq(&self, other: &String) -> bool {
+        &self.text == other
+    }
+}
+
+impl From<ActionId> for String {
+    fn from(id: ActionId) -> String {
+        id.text
+    }
+}
+
+impl Serialize for ActionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ActionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ActionId::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not an action id")))
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Action {
     /// A stable identity across builds: `layer:debian12:amd64`, `fetch:cuda-runfile`.
-    pub id: String,
+    pub id: ActionId,
     pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -164,7 +317,7 @@ pub struct Action {
     pub arch: Option<Arch>,
     pub key: String,
     /// Ids of the actions this one needs first.
-    pub deps: Vec<String>,
+    pub deps: Vec<ActionId>,
     /// Its inputs include a secret (a secret input, a `secret` artifact, or a layer holding
     /// one): it builds here and stays here, never taken from or stored in a remote cache nor
     /// sent to a remote builder. Its presence is keyed, never its bytes.
@@ -188,10 +341,7 @@ impl Action {
 
     /// The artifact key of a `fetch` action.
     pub fn artifact_name(&self) -> Option<String> {
-        match ActionId::parse(&self.id)? {
-            ActionId::Fetch { artifact } => Some(artifact),
-            _ => None,
-        }
+        self.id.artifact().map(str::to_string)
     }
 }
 
@@ -215,7 +365,7 @@ struct ImageAt<'a> {
 
 /// What a layer stacks on: the base or the parent's layer, and the elements it adds.
 struct Foundation<'a> {
-    id: String,
+    id: ActionId,
     key: String,
     own: &'a [String],
 }
@@ -388,7 +538,7 @@ impl Graph {
         at: &ImageAt,
         vars: &BTreeMap<String, String>,
         fetched: &mut BTreeSet<String>,
-    ) -> (BTreeMap<String, String>, Vec<String>) {
+    ) -> (BTreeMap<String, String>, Vec<ActionId>) {
         let mut artifact_digests = BTreeMap::new();
         let mut fetch_ids = Vec::new();
         for (var, name) in vars {
@@ -406,7 +556,7 @@ impl Graph {
                 art.sha256.clone()
             };
             artifact_digests.insert(format!("{art_key} ({var})"), digest.clone());
-            let id = ActionId::fetch(&art_key).to_string();
+            let id = ActionId::fetch(&art_key);
             if fetched.insert(art_key.clone()) {
                 let doc = KeyDoc::new().str("action", "fetch").str("sha256", digest);
                 self.actions.push(Action {
@@ -431,7 +581,7 @@ impl Graph {
         &mut self,
         at: &ImageAt,
         fetched: &mut BTreeSet<String>,
-    ) -> (String, String, Vec<String>) {
+    ) -> (ActionId, String, Vec<String>) {
         let (image, arch, resolved) = (at.image, at.arch, at.resolved);
         match &image.from {
             None => {
@@ -448,11 +598,7 @@ impl Graph {
                     .map_if_any("sources", commits)
                     .map_if_any("source trees", trees)
                     .map_if_any("artifacts", artifact_digests);
-                let id = ActionId::Base {
-                    image: image.key.clone(),
-                    arch,
-                }
-                .to_string();
+                let id = ActionId::base(&image.key, arch);
                 let key = doc.key();
                 self.actions.push(Action {
                     id: id.clone(),
@@ -477,7 +623,7 @@ impl Graph {
                     .filter(|e| !parent_resolved.elements.contains(e))
                     .cloned()
                     .collect();
-                let id = ActionId::layer(parent, arch).to_string();
+                let id = ActionId::layer(parent, arch);
                 let key = self.get(&id).map(|a| a.key.clone()).unwrap_or_default();
                 (id, key, own)
             }
@@ -490,7 +636,7 @@ impl Graph {
         at: &ImageAt,
         under: Foundation,
         artifact_digests: BTreeMap<String, String>,
-        fetch_ids: Vec<String>,
+        fetch_ids: Vec<ActionId>,
     ) -> String {
         let (image, arch, resolved) = (at.image, at.arch, at.resolved);
         let (commits, trees) = sources_of(at.model, at.resolver, under.own);
@@ -519,7 +665,7 @@ impl Graph {
         let mut deps = vec![under.id];
         deps.extend(fetch_ids);
         self.actions.push(Action {
-            id: ActionId::layer(&image.key, arch).to_string(),
+            id: ActionId::layer(&image.key, arch),
             kind: Kind::Layer,
             image: Some(image.key.clone()),
             arch: Some(arch),
@@ -532,7 +678,7 @@ impl Graph {
     }
 
     /// The `disk` action over the layer; returns its id.
-    fn add_disk(&mut self, at: &ImageAt, layer_key: String) -> String {
+    fn add_disk(&mut self, at: &ImageAt, layer_key: String) -> ActionId {
         let (image, arch, resolved) = (at.image, at.arch, at.resolved);
         let disk_doc = KeyDoc::new()
             .str("action", "disk")
@@ -568,14 +714,14 @@ impl Graph {
             // the layer and environment, covered above): a disk built at another commit holds
             // other bytes, so it has another key.
             .map("provenance", provenance_of(at.model, image));
-        let disk_id = ActionId::disk(&image.key, arch).to_string();
+        let disk_id = ActionId::disk(&image.key, arch);
         self.actions.push(Action {
             id: disk_id.clone(),
             kind: Kind::Disk,
             image: Some(image.key.clone()),
             arch: Some(arch),
             key: disk_doc.key(),
-            deps: vec![ActionId::layer(&image.key, arch).to_string()],
+            deps: vec![ActionId::layer(&image.key, arch)],
             secret: image.holds_secrets(),
             doc: disk_doc,
         });
@@ -583,7 +729,7 @@ impl Graph {
     }
 
     /// A `publish` action per site that takes one of the image's formats.
-    fn add_publishes(&mut self, at: &ImageAt, disk_id: &str) {
+    fn add_publishes(&mut self, at: &ImageAt, disk_id: &ActionId) {
         let (image, arch) = (at.image, at.arch);
         let disk_key = self.get(disk_id).map(|a| a.key.clone()).unwrap_or_default();
         for (site_key, site) in &at.model.sites {
@@ -605,17 +751,12 @@ impl Graph {
                 .str("site", site_key.clone())
                 .list("formats", formats);
             self.actions.push(Action {
-                id: ActionId::Publish {
-                    image: image.key.clone(),
-                    arch,
-                    site: site_key.clone(),
-                }
-                .to_string(),
+                id: ActionId::publish(&image.key, arch, site_key),
                 kind: Kind::Publish,
                 image: Some(image.key.clone()),
                 arch: Some(arch),
                 key: doc.key(),
-                deps: vec![disk_id.to_string()],
+                deps: vec![disk_id.clone()],
                 secret: image.holds_secrets(),
                 doc,
             });
@@ -630,12 +771,12 @@ impl Graph {
             if need.insert(cur.clone())
                 && let Some(a) = self.get(&cur)
             {
-                stack.extend(a.deps.iter().cloned());
+                stack.extend(a.deps.iter().map(ActionId::to_string));
             }
         }
         self.actions
             .iter()
-            .filter(|a| need.contains(&a.id))
+            .filter(|a| need.contains(a.id.as_str()))
             .collect()
     }
 
@@ -712,7 +853,7 @@ pub fn record_build(
 ) -> Result<(), store::StoreError> {
     let duration_ms = duration.as_millis() as u64;
     let record = ActionRecord {
-        id: action.id.clone(),
+        id: action.id.to_string(),
         key: action.key.clone(),
         kind: action.kind,
         doc: action.doc.clone(),
@@ -729,7 +870,7 @@ pub fn record_build(
     store.write_json(
         &last_record_name(&action.id),
         &LastBuild {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             key: action.key.clone(),
             doc: action.doc.clone(),
             duration_ms,
@@ -806,20 +947,20 @@ mod action_id_tests {
     fn an_action_id_reads_back_what_it_writes() {
         for id in [
             ActionId::fetch("cuda-runfile"),
-            ActionId::Base {
-                image: "debian12".into(),
-                arch: Arch::Amd64,
-            },
+            ActionId::base("debian12", Arch::Amd64),
             ActionId::layer("ubuntu24.04", Arch::Arm64),
             ActionId::disk("debian12", Arch::Amd64),
-            ActionId::Publish {
-                image: "debian12".into(),
-                arch: Arch::Amd64,
-                site: "uc".into(),
-            },
+            ActionId::publish("debian12", Arch::Amd64, "uc"),
         ] {
-            assert_eq!(ActionId::parse(&id.to_string()), Some(id));
+            let parsed = ActionId::parse(id.as_str()).unwrap();
+            assert_eq!(parsed.made(), id.made());
+            assert_eq!(parsed, id);
+            // JSON reports and records hold the string form.
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(json, format!("\"{id}\""));
+            assert_eq!(serde_json::from_str::<ActionId>(&json).unwrap(), id);
         }
+        assert!(serde_json::from_str::<ActionId>("\"disk:d:sparc\"").is_err());
         assert_eq!(ActionId::disk("d", Arch::Arm64).to_string(), "disk:d:arm64");
         assert_eq!(ActionId::fetch("a").kind(), Kind::Fetch);
     }

@@ -41,7 +41,7 @@ pub fn rdeps(
                             Kind::Layer => matches!(act.doc.get("elements"), Some(crate::keydoc::Value::Map(m)) if m.contains_key(name)),
                             _ => true,
                         })
-                        .map(|act| act.id.clone())
+                        .map(|act| act.id.to_string())
                         .collect();
                     hits.push((t, acts));
                 }
@@ -72,11 +72,15 @@ pub fn rdeps(
                 if targets.iter().any(|x| {
                     closure
                         .iter()
-                        .any(|act| act.id == ActionId::layer(&x.image, x.arch).to_string())
+                        .any(|act| act.id == ActionId::layer(&x.image, x.arch))
                 }) {
                     hits.push((
                         t.clone(),
-                        graph.actions_of(t).iter().map(|a| a.id.clone()).collect(),
+                        graph
+                            .actions_of(t)
+                            .iter()
+                            .map(|a| a.id.to_string())
+                            .collect(),
                     ));
                 }
             }
@@ -108,7 +112,7 @@ fn dependents(
                     .iter()
                     .any(|c| users.contains(c.id.as_str()))
             })
-            .map(|act| act.id.clone())
+            .map(|act| act.id.to_string())
             .collect();
         if !acts.is_empty() {
             hits.push((t.clone(), acts));

@@ -12,12 +12,12 @@ use serde::Serialize;
 use super::{CommandError, Planned, Session};
 use crate::action::event::Blame;
 use crate::action::event::{Event, StepRecord};
-use crate::action::tree::TreeSummary;
 use crate::action::{self, BuildContext, BuildError};
 use crate::exec::{self, Fate, JobEnd, Node};
-use crate::graph::{self, Action, Kind, Status};
+use crate::graph::{self, Action, ActionId, Kind, Status};
 use crate::label::Target;
 use crate::manifest::Arch;
+use crate::store::TreeSummary;
 use crate::store::{Store, Wait};
 use crate::ui::Shell;
 use crate::ui::progress::{Progress, human_duration};
@@ -314,10 +314,10 @@ impl PlanReport {
         let actions: Vec<PlanRow> = rows
             .into_iter()
             .map(|(a, status)| PlanRow {
-                id: a.id.clone(),
+                id: a.id.to_string(),
                 kind: a.kind,
                 key: a.key.clone(),
-                deps: a.deps.clone(),
+                deps: a.deps.iter().map(ToString::to_string).collect(),
                 status,
                 not_shared: a.secret.then_some(crate::graph::NOT_SHARED),
             })
@@ -343,16 +343,12 @@ pub fn dry_run(planned: &Planned, store: &Store, until: Stage) -> PlanReport {
     PlanReport::new(plan(planned, store, until))
 }
 
-/// Foreign architectures: emulated (slowly) when qemu-user is registered. An arch the host
-/// cannot build is refused before anything runs when it was asked for by name, and left out
-/// (with a warning) when it only came with `//...` or an image's arch list. Returns the arches
-/// left out.
-fn check_arches(
+/// The foreign arches whose root filesystems the plan runs on this host (not on a builder,
+/// unless native here), each with what the host can do about it.
+fn foreign_arches(
     plan: &[(&Action, Status)],
-    named: &BTreeSet<Arch>,
     remote: &BTreeSet<Arch>,
-    shell: &Shell,
-) -> Result<BTreeSet<Arch>, CommandError> {
+) -> Vec<(Arch, crate::doctor::ArchReport)> {
     let foreign: BTreeSet<Arch> = plan
         .iter()
         .filter(|(act, s)| {
@@ -366,9 +362,56 @@ fn check_arches(
         })
         .filter_map(|(act, _)| act.arch)
         .collect();
+    foreign
+        .into_iter()
+        .map(|arch| (arch, crate::doctor::arch_report(arch)))
+        .collect()
+}
+
+/// The refusal of an arch asked for by name that this host cannot build.
+fn cannot_build(report: &crate::doctor::ArchReport) -> CommandError {
+    CommandError::environment(
+        crate::doctor::cannot_build(report),
+        "run `ccb doctor` for the command that registers the emulation, or build another --arch",
+    )
+}
+
+/// Whether an arch asked for by name may be refused: this host cannot run its code and no
+/// builder is configured for it. Cheap (no plan), so the pre-pin check runs only then.
+pub(super) fn may_refuse(named: &BTreeSet<Arch>, remote: &BTreeSet<Arch>) -> bool {
+    named.iter().any(|arch| {
+        !remote.contains(arch)
+            && crate::doctor::arch_report(*arch).mode == crate::doctor::ArchMode::Missing
+    })
+}
+
+/// Refuses an arch asked for by name whose root filesystems the plan would run on a host
+/// that cannot run its code; says nothing otherwise (the warnings are [`check_arches`]'s).
+pub(super) fn refuse_unbuildable(
+    plan: &[(&Action, Status)],
+    named: &BTreeSet<Arch>,
+    remote: &BTreeSet<Arch>,
+) -> Result<(), CommandError> {
+    for (arch, report) in foreign_arches(plan, remote) {
+        if report.mode == crate::doctor::ArchMode::Missing && named.contains(&arch) {
+            return Err(cannot_build(&report));
+        }
+    }
+    Ok(())
+}
+
+/// Foreign architectures: emulated (slowly) when qemu-user is registered. An arch the host
+/// cannot build is refused before anything runs when it was asked for by name, and left out
+/// (with a warning) when it only came with `//...` or an image's arch list. Returns the arches
+/// left out.
+fn check_arches(
+    plan: &[(&Action, Status)],
+    named: &BTreeSet<Arch>,
+    remote: &BTreeSet<Arch>,
+    shell: &Shell,
+) -> Result<BTreeSet<Arch>, CommandError> {
     let mut skipped = BTreeSet::new();
-    for arch in foreign {
-        let report = crate::doctor::arch_report(arch);
+    for (arch, report) in foreign_arches(plan, remote) {
         match report.mode {
             crate::doctor::ArchMode::Native => {}
             crate::doctor::ArchMode::Emulated => shell.warn(&format!(
@@ -377,11 +420,7 @@ fn check_arches(
                 report.handler.as_deref().unwrap_or("qemu-user")
             )),
             crate::doctor::ArchMode::Missing if named.contains(&arch) => {
-                return Err(CommandError::environment(
-                    crate::doctor::cannot_build(&report),
-                    "run `ccb doctor` for the command that registers the emulation, or build \
-                     another --arch",
-                ));
+                return Err(cannot_build(&report));
             }
             crate::doctor::ArchMode::Missing => {
                 shell.warn(&format!(
@@ -408,6 +447,14 @@ pub fn build(
     let model = &session.model;
     let graph = &planned.graph;
     let mut plan = plan(planned, store, req.until);
+    // Before the remote cache or a builder is opened: an arch this host cannot build fails
+    // here having touched nothing.
+    let remote_arches = crate::remote::builder::Builders::configured_arches(
+        model.project.builders.as_ref(),
+        &session.remote,
+    );
+    let skipped = check_arches(&plan, &planned.named_arches, &remote_arches, shell)?;
+    plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
     let remote = open_remote(session, shell)?;
     let remote = remote.as_ref();
     let builders = crate::remote::builder::Builders::open(
@@ -419,9 +466,6 @@ pub fn build(
     )
     .map_err(CommandError::from_diag)?;
     let builders = builders.as_ref();
-    let remote_arches = builders.map(|b| b.arches()).unwrap_or_default();
-    let skipped = check_arches(&plan, &planned.named_arches, &remote_arches, shell)?;
-    plan.retain(|(act, _)| act.arch.is_none_or(|arch| !skipped.contains(&arch)));
 
     let forced = forced_ids(planned, model, &req.force)?;
     // Builds share the store; `ccb cache gc` takes it alone.
@@ -567,7 +611,7 @@ fn forced_ids(
     Ok(crate::label::resolve(model, force, None)?
         .iter()
         .flat_map(|t| planned.graph.actions_of(t))
-        .map(|act| act.id.clone())
+        .map(|act| act.id.to_string())
         .collect())
 }
 
@@ -598,7 +642,7 @@ fn materialize(
     for (act, _) in plan {
         if act.kind == Kind::Disk
             && matches!(
-                fates.get(&act.id),
+                fates.get(act.id.as_str()),
                 Some(Fate::Ran(JobEnd::Built | JobEnd::Cached))
             )
         {
@@ -612,7 +656,7 @@ fn materialize(
                 shell.status(&format!("{}: {}", act.id, shown.join(", ")));
             }
             outputs.insert(
-                act.id.clone(),
+                act.id.to_string(),
                 files.iter().map(|f| f.display().to_string()).collect(),
             );
         }
@@ -637,7 +681,10 @@ fn action_reports(
     };
     let mut actions = Vec::new();
     for (act, _) in plan {
-        let fate = fates.get(&act.id).cloned().unwrap_or(Fate::NotStarted);
+        let fate = fates
+            .get(act.id.as_str())
+            .cloned()
+            .unwrap_or(Fate::NotStarted);
         let (status, counter) = match &fate {
             Fate::Ran(JobEnd::Cached) => ("cached", &mut summary.cached),
             Fate::Ran(JobEnd::Built) => ("built", &mut summary.built),
@@ -652,7 +699,7 @@ fn action_reports(
             summary.remote += 1;
         }
         let mut row = ActionReport {
-            id: act.id.clone(),
+            id: act.id.to_string(),
             kind: act.kind,
             key: act.key.clone(),
             status,
@@ -669,9 +716,9 @@ fn action_reports(
             blame: None,
             log: None,
             because: None,
-            outputs: outputs.remove(&act.id),
+            outputs: outputs.remove(act.id.as_str()),
         };
-        match results.remove(&act.id) {
+        match results.remove(act.id.as_str()) {
             Some(Ok(b)) => {
                 row.built = Some(BuiltInfo {
                     duration_ms: b.duration.as_millis() as u64,
@@ -732,8 +779,8 @@ fn built_disks(
 fn nodes(plan: &[(&Action, Status)], store: &Store) -> Vec<Node> {
     plan.iter()
         .map(|(act, _)| Node {
-            id: act.id.clone(),
-            deps: act.deps.clone(),
+            id: act.id.to_string(),
+            deps: act.deps.iter().map(ActionId::to_string).collect(),
             weight: store
                 .read_json::<graph::LastBuild>(&graph::last_record_name(&act.id))
                 .map(|l| l.duration_ms)
@@ -757,7 +804,7 @@ fn run_one(
     let store = bctx.store;
     if action.kind == Kind::Publish {
         let e = BuildError::Unsupported {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             what: "publish actions run under `ccb publish`",
         };
         progress.block(&format!("error: {e}"));
@@ -771,7 +818,7 @@ fn run_one(
                 Some(l) => l,
                 None => {
                     return Err(BuildError::Internal {
-                        id: action.id.clone(),
+                        id: action.id.to_string(),
                         what: "a blocking key lock returned none".into(),
                     });
                 }
@@ -855,10 +902,10 @@ fn build_remotely(
     let store = bctx.store;
     let fail = |e: crate::remote::builder::BuilderError| match e {
         crate::remote::builder::BuilderError::Cancelled { .. } => BuildError::Cancelled {
-            id: action.id.clone(),
+            id: action.id.to_string(),
         },
         e => BuildError::Builder {
-            id: action.id.clone(),
+            id: action.id.to_string(),
             source: Box::new(e),
         },
     };
@@ -935,7 +982,7 @@ fn build_remotely(
         Err(e) => {
             let e = fail(crate::remote::builder::BuilderError::Download {
                 builder: builder.clone(),
-                detail: e.to_string(),
+                source: Box::new(e),
             });
             progress.block(&render_failure(&e, false));
             progress.finished(&action.id, "failed", Some(started.elapsed()));
@@ -992,7 +1039,7 @@ fn disks_first(
     let disks: Vec<&Action> = plan
         .iter()
         .filter(|(a, s)| a.kind == Kind::Disk && matches!(s, Status::ToRun { .. }))
-        .filter(|(a, _)| !forced.contains(&a.id))
+        .filter(|(a, _)| !forced.contains(a.id.as_str()))
         .map(|(a, _)| *a)
         .collect();
     if disks.is_empty() {
@@ -1037,7 +1084,7 @@ fn disks_first(
             continue;
         }
         if let Some(a) = by_id.get(id) {
-            stack.extend(a.deps.iter().map(String::as_str));
+            stack.extend(a.deps.iter().map(|d| d.as_str()));
         }
     }
     plan.retain(|(a, s)| matches!(s, Status::Cached { .. }) || needed.contains(a.id.as_str()));

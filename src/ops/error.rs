@@ -34,7 +34,8 @@ impl ErrorKind {
 pub struct CommandError {
     pub kind: ErrorKind,
     report: Option<miette::Report>,
-    /// What to do, for environment errors found in a typed error's chain.
+    /// What to do, for environment errors found in a typed error's chain (and "please
+    /// report" for a typed internal error).
     hint: Option<&'static str>,
 }
 
@@ -84,9 +85,36 @@ fn environment_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static 
     None
 }
 
+/// Whether a typed error's chain holds a failure ccb rules out (a bug): the build's, the
+/// sandbox's, the remote cache's or a builder's internal errors.
+fn is_internal(err: &(dyn std::error::Error + 'static)) -> bool {
+    use crate::remote::builder::BuilderError;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let bug = e
+            .downcast_ref::<crate::action::BuildError>()
+            .is_some_and(|b| b.blame() == crate::action::event::Blame::Bug)
+            || matches!(
+                e.downcast_ref::<crate::action::runner::RunError>(),
+                Some(crate::action::runner::RunError::Internal(_))
+            )
+            || e.downcast_ref::<crate::remote::RemoteError>()
+                .is_some_and(|r| r.is_internal())
+            || matches!(
+                e.downcast_ref::<BuilderError>(),
+                Some(BuilderError::Internal(_) | BuilderError::NoBuilder(_))
+            );
+        if bug {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 impl CommandError {
     /// A typed failure; an I/O error in its chain that the host must fix makes it an
-    /// environment error, with what to do.
+    /// environment error, with what to do; an internal error in it is a bug (exit 70).
     pub fn from_diag<E: miette::Diagnostic + Send + Sync + 'static>(e: E) -> Self {
         // A malformed target or --arch, wherever it was parsed, is a usage error.
         if (&e as &(dyn std::error::Error + 'static))
@@ -94,6 +122,13 @@ impl CommandError {
             .is_some_and(|l| l.is_usage())
         {
             return Self::usage_diag(e);
+        }
+        if is_internal(&e) {
+            return Self {
+                kind: ErrorKind::Internal,
+                report: Some(miette::Report::new(e)),
+                hint: Some("this is a bug in ccb: please report it with the command line"),
+            };
         }
         let hint = environment_hint(&e);
         Self {
@@ -209,7 +244,7 @@ mod tests {
     #[test]
     fn a_full_disk_deep_in_a_chain_is_an_environment_error_with_what_to_do() {
         let e = CommandError::from_diag(Write {
-            path: "layers/x".into(),
+            path: crate::store::Layout::layer_dir("x"),
             source: std::io::Error::from_raw_os_error(libc::ENOSPC),
         });
         assert_eq!(e.kind, ErrorKind::Environment);
@@ -246,5 +281,36 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::User);
         assert_eq!(CommandError::internal("x").exit_code(), 70);
         assert_eq!(CommandError::usage("x").exit_code(), 2);
+    }
+
+    #[derive(Debug, thiserror::Error, miette::Diagnostic)]
+    #[error("uploading")]
+    struct Upload(#[source] crate::remote::RemoteError);
+
+    #[test]
+    fn a_typed_internal_error_anywhere_in_the_chain_is_a_bug_exit_70_with_please_report() {
+        let internal = [
+            CommandError::from_diag(crate::action::BuildError::Internal {
+                id: "disk:x:amd64".into(),
+                what: "no spec".into(),
+            }),
+            CommandError::from_diag(Upload(crate::remote::RemoteError::Internal(
+                "a chunk was not stored",
+            ))),
+            CommandError::from_diag(crate::remote::builder::BuilderError::Internal(
+                "an action without an image or arch sent to a builder",
+            )),
+        ];
+        for e in internal {
+            assert_eq!(e.kind, ErrorKind::Internal, "{}", e.message());
+            assert_eq!(e.exit_code(), 70);
+            assert!(e.hint().is_some_and(|h| h.contains("please report")));
+        }
+        // The same chain with an I/O error instead is the host's, not a bug.
+        let full = CommandError::from_diag(Upload(crate::remote::RemoteError::Write(
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        )));
+        assert_eq!(full.kind, ErrorKind::Environment);
+        assert!(full.hint().is_some_and(|h| h.contains("disk is full")));
     }
 }

@@ -345,9 +345,9 @@ fn url_subjects(
                 let file = remote::download(&url, &no_headers(), &mut |done, _| bar.set(done))
                     .map_err(inspect_err)?;
                 bar.finish();
-                let f = file
-                    .reopen()
-                    .map_err(|e| CommandError::msg(e.to_string()))?;
+                let f = file.reopen().map_err(|e| {
+                    CommandError::from_diag(crate::fsutil::FsError::new("reopen", file.path(), e))
+                })?;
                 downloads.push(file);
                 (Arc::new(f), None)
             }

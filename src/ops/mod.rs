@@ -184,14 +184,17 @@ impl<'s> Session<'s> {
 
     /// Pins the "latest" artifacts the targets use that ccb.lock has no digest for yet, saying
     /// so, as Cargo adds a new dependency to Cargo.lock; `locked` refuses instead (CI). Runs
-    /// before [`Session::plan`]: the keys are made from the pins.
+    /// before [`Session::plan`]: the keys are made from the pins. An arch asked for by name
+    /// that this host cannot build up to `until` is refused first, having pinned nothing.
     pub fn pin_new_artifacts(
         &mut self,
         targets: &[String],
         arch: &[String],
         locked: bool,
+        until: build::Stage,
         shell: &Shell,
     ) -> Result<(), CommandError> {
+        self.refuse_unbuildable_arches(targets, arch, until)?;
         let resolved = self.targets(targets, arch)?;
         let unpinned = crate::lock::unpinned_for(
             &self.model,
@@ -223,8 +226,30 @@ impl<'s> Session<'s> {
         arch: &[String],
         shell: &Shell,
     ) -> Result<Planned, CommandError> {
-        self.pin_new_artifacts(targets, arch, false, shell)?;
+        self.pin_new_artifacts(targets, arch, false, build::Stage::Disk, shell)?;
         self.plan(targets, arch)
+    }
+
+    /// Refuses an arch asked for by name that this host cannot build and no builder serves,
+    /// before anything is pinned, downloaded or opened. Only then is the graph planned twice
+    /// (here, with the pins as they are, and after pinning): an action whose artifact is not
+    /// pinned yet is not cached, so this plan runs at least what the pinned one would.
+    fn refuse_unbuildable_arches(
+        &self,
+        targets: &[String],
+        arch: &[String],
+        until: build::Stage,
+    ) -> Result<(), CommandError> {
+        let named = label::named_arches(&self.model, targets, label::parse_arches(arch)?.as_ref());
+        let remote = crate::remote::builder::Builders::configured_arches(
+            self.model.project.builders.as_ref(),
+            &self.remote,
+        );
+        if !build::may_refuse(&named, &remote) {
+            return Ok(());
+        }
+        let planned = self.plan(targets, arch)?;
+        build::refuse_unbuildable(&build::plan(&planned, self.store, until), &named, &remote)
     }
 
     /// Resolves the targets and builds their graph.

@@ -262,7 +262,7 @@ pub struct ActionRef {
 impl From<&Action> for ActionRef {
     fn from(a: &Action) -> Self {
         Self {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             kind: a.kind,
             key: a.key.clone(),
         }
@@ -444,7 +444,7 @@ pub fn hash(session: &Session, q: &TargetQuery) -> Result<HashReport, CommandErr
         .iter()
         .flat_map(|t| graph.actions_of(t))
         .map(|a| Hashed {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             key: a.key.clone(),
             document: a.doc.fields.clone(),
         })

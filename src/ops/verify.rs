@@ -23,7 +23,7 @@ use super::{CommandError, Session, SessionOptions};
 use crate::graph::{self, Action, Kind};
 use crate::inspect::fs::{FileKind, Filesystem};
 use crate::inspect::{ReadAt, disk, image};
-use crate::store::Store;
+use crate::store::{Layout, Store};
 use crate::ui::Shell;
 
 /// Differing files listed per action; the count covers them all.
@@ -130,13 +130,13 @@ impl Scratch {
     /// A new store under `store`'s `tmp/`, with hard links to what was fetched (the same
     /// filesystem, so no byte is copied).
     fn new(store: &Store) -> Result<Self, CommandError> {
-        let root = store.path(&format!("tmp/verify-{}", std::process::id()));
+        let root = store.path(&Layout::scratch(&format!("verify-{}", std::process::id())));
         let _ = crate::store::remove_tree(&root);
         crate::fsutil::create_dir_all(&root)?;
         let scratch = Self {
             store: Store::at(root),
         };
-        for dir in ["artifacts", "sources", "downloads"] {
+        for dir in Layout::FETCHED {
             let src = store.path(dir);
             if !src.is_dir() {
                 continue;
@@ -215,7 +215,7 @@ pub fn verify(
     let out = req
         .keep
         .clone()
-        .unwrap_or_else(|| scratch.store.path("out"));
+        .unwrap_or_else(|| scratch.store.path(Layout::SCRATCH_OUTPUTS));
     let build_req = BuildRequest {
         until: Stage::Disk,
         jobs: req.jobs,
@@ -257,7 +257,7 @@ fn verdict(a: &Action, compared: String, mut files: Vec<FileDiff>) -> ActionVerd
     let differing = files.len();
     files.truncate(MAX_LISTED);
     ActionVerdict {
-        id: a.id.clone(),
+        id: a.id.to_string(),
         kind: a.kind,
         key: a.key.clone(),
         verdict: if differing == 0 {
@@ -411,8 +411,9 @@ type Listing = BTreeMap<String, Entry>;
 /// Both sides' bytes of a path (for a text diff), where they can be read.
 type ReadBoth<'a> = &'a dyn Fn(&str) -> (Option<Vec<u8>>, Option<Vec<u8>>);
 
-fn io_error(what: String) -> impl FnOnce(std::io::Error) -> CommandError {
-    move |e| CommandError::msg(format!("{what}: {e}"))
+/// An I/O failure on a path, its kind kept (a full disk or a permission is the host's).
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CommandError {
+    move |e| CommandError::from_diag(crate::fsutil::FsError::new(action, path, e))
 }
 
 /// Every entry under a host directory (a layer's tree, a disk's outputs), files hashed in
@@ -420,25 +421,28 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> CommandError {
 fn host_listing(root: &Path, times: bool) -> Result<Listing, CommandError> {
     let mut paths = Vec::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-        let e = e.map_err(|e| CommandError::msg(format!("read {}: {e}", root.display())))?;
+        let e = e.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            match e.into_io_error() {
+                Some(io) => CommandError::from_diag(crate::fsutil::FsError::new("read", path, io)),
+                None => CommandError::msg(format!("read {}: a directory loop", path.display())),
+            }
+        })?;
         paths.push(e.into_path());
     }
     paths
         .par_iter()
         .map(|p| {
-            let m = p
-                .symlink_metadata()
-                .map_err(io_error(format!("stat {}", p.display())))?;
+            let m = p.symlink_metadata().map_err(io_error("stat", p))?;
             let ft = m.file_type();
             let (kind, content) = if ft.is_file() {
                 let mut h = blake3::Hasher::new();
-                h.update_mmap(p)
-                    .map_err(io_error(format!("read {}", p.display())))?;
+                h.update_mmap(p).map_err(io_error("read", p))?;
                 ("file", h.finalize().to_hex().to_string())
             } else if ft.is_dir() {
                 ("dir", String::new())
             } else if ft.is_symlink() {
-                let t = std::fs::read_link(p).map_err(io_error(format!("read {}", p.display())))?;
+                let t = std::fs::read_link(p).map_err(io_error("read", p))?;
                 ("symlink", t.display().to_string())
             } else {
                 ("other", format!("device {:x}", m.rdev()))

@@ -90,9 +90,7 @@ fn check_name(path: &str) -> Result<(), RemoteError> {
     if ok {
         Ok(())
     } else {
-        Err(RemoteError::Internal(format!(
-            "`{path}` is not a cache entry name"
-        )))
+        Err(RemoteError::EntryName(path.to_string()))
     }
 }
 

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::graph::{Action, Graph, Kind};
 use crate::manifest::Arch;
 use crate::manifest::origin::Origin;
+use crate::process::Process;
 use crate::store::{Layout, Store};
 
 /// The hidden subcommand a builder runs (`ccb remote-builder …`).
@@ -73,18 +75,59 @@ pub enum BuilderError {
         cache: String,
     },
     #[error(
-        "builder {builder} built it, but it could not be taken from the remote cache: {detail}"
+        "builder {builder} built it, but it could not be taken from the remote cache: {source}"
     )]
     #[diagnostic(code(ccb::builder::download))]
-    Download { builder: String, detail: String },
-    #[error("the project's inputs for a builder: {0}")]
-    Bundle(String),
-    #[error("running ssh for builder {builder}")]
-    Ssh {
+    Download {
         builder: String,
+        #[source]
+        source: Box<super::RemoteError>,
+    },
+    /// A source the project keeps outside its directory: a bundle cannot carry it.
+    #[error(
+        "the project's inputs for a builder: source `{source_name}` is a directory outside the \
+         project: a builder cannot find it (lock it as a git source, or move it into the project)"
+    )]
+    #[diagnostic(code(ccb::builder::outside))]
+    SourceOutside { source_name: String },
+    /// The project's files could not be read into a bundle.
+    #[error("the project's inputs for a builder: {0}")]
+    #[diagnostic(code(ccb::builder::walk))]
+    Walk(#[source] walkdir::Error),
+    /// What a builder received is not a whole bundle of this format.
+    #[error("the project's inputs for a builder: {what}{}", super::suffix(.source))]
+    #[diagnostic(code(ccb::builder::bundle))]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A stream of the builder's own side (its stdin, its stderr, the bundle's compression).
+    #[error("{what}: {source}")]
+    #[diagnostic(code(ccb::builder::io))]
+    Io {
+        what: &'static str,
         #[source]
         source: std::io::Error,
     },
+    #[error("running ssh for builder {builder}")]
+    #[diagnostic(code(ccb::builder::ssh))]
+    Ssh {
+        builder: String,
+        #[source]
+        source: crate::process::ProcessError,
+    },
+    /// The ccb this builder runs for a request could not run.
+    #[error("running this builder's ccb")]
+    #[diagnostic(code(ccb::builder::local))]
+    Local(#[source] crate::process::ProcessError),
+    #[error("no builder for {0}")]
+    #[diagnostic(code(ccb::builder::none))]
+    NoBuilder(Arch),
+    /// A state ccb rules out: a bug.
+    #[error("internal error: {0}")]
+    #[diagnostic(code(ccb::builder::internal))]
+    Internal(&'static str),
     #[error("{action}: cancelled")]
     Cancelled { action: String },
     #[error(transparent)]
@@ -217,7 +260,45 @@ pub struct Builders {
     built: Mutex<BTreeMap<String, String>>,
 }
 
+impl BuilderError {
+    /// What a builder received is damaged or not a bundle.
+    fn corrupt(what: impl Into<String>) -> Self {
+        BuilderError::Corrupt {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    fn undecodable(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BuilderError::Corrupt {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
 impl Builders {
+    /// The arches builders serve, from the settings alone (nothing is opened or parsed): what
+    /// the arch check needs before anything is pinned, downloaded or connected to. The same
+    /// set [`Builders::arches`] has once [`Builders::open`] succeeds.
+    pub fn configured_arches(
+        settings: Option<&Settings>,
+        choice: &super::Choice,
+    ) -> BTreeSet<Arch> {
+        if choice.no_builders {
+            return BTreeSet::new();
+        }
+        settings
+            .into_iter()
+            .flatten()
+            .filter(|(_, urls)| !urls.is_empty())
+            .map(|(arch, _)| *arch)
+            .collect()
+    }
+
     /// The builders this build may use: none without a setting or with `--no-remote-builders`.
     /// They return results through the remote cache, so they need one.
     pub fn open(
@@ -315,14 +396,13 @@ impl Builders {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<String, BuilderError> {
         let (Some(arch), Some(image)) = (action.arch, action.image.as_deref()) else {
-            return Err(BuilderError::Bundle(format!(
-                "{} has no image or arch",
-                action.id
-            )));
+            return Err(BuilderError::Internal(
+                "an action without an image or arch sent to a builder",
+            ));
         };
         let list = self.by_arch.get(&arch).map(Vec::as_slice).unwrap_or(&[]);
         if list.is_empty() {
-            return Err(BuilderError::Bundle(format!("no builder for {arch}")));
+            return Err(BuilderError::NoBuilder(arch));
         }
         // Round robin; a builder that cannot be reached is passed over for the next one
         // (nothing was sent to it yet), any other refusal stops the action.
@@ -344,8 +424,7 @@ impl Builders {
             }
         }
         let Some(builder) = chosen else {
-            return Err(unreachable
-                .unwrap_or_else(|| BuilderError::Bundle(format!("no builder for {arch}"))));
+            return Err(unreachable.unwrap_or(BuilderError::NoBuilder(arch)));
         };
         let name = builder.to_string();
         let bundle = Bundle::collect(inputs, action)?;
@@ -376,23 +455,20 @@ impl Builders {
                     until,
                 ],
             )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+            .start(Stdio::piped(), Stdio::null(), Stdio::piped())
             .map_err(|source| BuilderError::Ssh {
                 builder: name.clone(),
                 source,
             })?;
         // Kept open for the whole build: its end tells the builder to stop.
-        let mut stdin = child.stdin.take();
+        let mut stdin = child.child.stdin.take();
         if let Some(s) = stdin.as_mut() {
             let line = serde_json::to_string(&request).expect("a request serializes");
             let _ = writeln!(s, "{line}");
             let _ = s.flush();
         }
         let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let stderr = child.stderr.take();
+        let stderr = child.child.stderr.take();
         let reader = std::thread::spawn(move || {
             if let Some(e) = stderr {
                 for line in std::io::BufReader::new(e).lines() {
@@ -419,7 +495,7 @@ impl Builders {
                     if cancel.load(Ordering::SeqCst) && !cancelled {
                         cancelled = true;
                         drop(stdin.take());
-                        crate::process::stop(&mut child, Duration::from_secs(10));
+                        child.stop(Duration::from_secs(10));
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -433,7 +509,7 @@ impl Builders {
         })?;
         if cancelled {
             return Err(BuilderError::Cancelled {
-                action: action.id.clone(),
+                action: action.id.to_string(),
             });
         }
         if !status.success() {
@@ -448,13 +524,13 @@ impl Builders {
                 .join("\n");
             return Err(BuilderError::Failed {
                 builder: name,
-                action: action.id.clone(),
+                action: action.id.to_string(),
                 code,
                 tail: shown,
             });
         }
         if let Ok(mut b) = self.built.lock() {
-            b.insert(action.id.clone(), name.clone());
+            b.insert(action.id.to_string(), name.clone());
         }
         Ok(name)
     }
@@ -463,14 +539,16 @@ impl Builders {
     pub fn not_shared(&self, builder: &str, action: &Action) -> BuilderError {
         BuilderError::NotShared {
             builder: builder.into(),
-            action: action.id.clone(),
+            action: action.id.to_string(),
             cache: self.cache_shown.clone(),
         }
     }
 
-    /// `ssh … builder -- <ccb> args`, each word quoted for the remote shell.
-    fn ssh(&self, b: &BuilderUrl, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new(&self.ssh[0]);
+    /// `ssh … builder -- <ccb> args`, each word quoted for the remote shell. Started with
+    /// [`Process::start`]: a process group of its own, so a Ctrl-C here is ccb's to handle
+    /// (it closes the session).
+    fn ssh(&self, b: &BuilderUrl, args: &[&str]) -> Process {
+        let mut c = Process::new(&self.ssh[0]);
         c.args(&self.ssh[1..])
             .args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15"]);
         if let Some(p) = b.port {
@@ -485,8 +563,6 @@ impl Builders {
             remote.push_str(&shell_quote(a));
         }
         c.arg("--").arg(&b.host).arg(remote);
-        // Its own process group: a Ctrl-C here is ccb's to handle (it closes the session).
-        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         c
     }
 
@@ -498,21 +574,23 @@ impl Builders {
         input: Option<&[u8]>,
     ) -> Result<String, BuilderError> {
         let name = b.to_string();
+        let cannot_run = |source| BuilderError::Ssh {
+            builder: name.clone(),
+            source,
+        };
         let mut child = self
             .ssh(b, args)
-            .stdin(if input.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|source| BuilderError::Ssh {
-                builder: name.clone(),
-                source,
-            })?;
-        let writer = match (input, child.stdin.take()) {
+            .start(
+                if input.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                },
+                Stdio::piped(),
+                Stdio::piped(),
+            )
+            .map_err(cannot_run)?;
+        let writer = match (input, child.child.stdin.take()) {
             (Some(data), Some(mut stdin)) => {
                 let data = data.to_vec();
                 Some(std::thread::spawn(move || {
@@ -521,12 +599,7 @@ impl Builders {
             }
             _ => None,
         };
-        let out = child
-            .wait_with_output()
-            .map_err(|source| BuilderError::Ssh {
-                builder: name.clone(),
-                source,
-            })?;
+        let out = child.output().map_err(cannot_run)?;
         if let Some(w) = writer {
             let _ = w.join();
         }
@@ -697,13 +770,7 @@ impl Bundle {
             // The builder resolves the whole image, so its every element goes (the disk's
             // key names them all), not only the ones this stage's key covers.
             if let (Some(image), Some(arch), true) = (&a.image, a.arch, a.kind != Kind::Disk) {
-                stack.push(
-                    crate::graph::ActionId::Disk {
-                        image: image.clone(),
-                        arch,
-                    }
-                    .to_string(),
-                );
+                stack.push(crate::graph::ActionId::disk(image, arch));
             }
         }
         let mut b = Bundle {
@@ -748,11 +815,8 @@ impl Bundle {
                 .as_deref()
                 .and_then(|d| d.strip_prefix(root).ok())
                 .filter(|r| !r.as_os_str().is_empty())
-                .ok_or_else(|| {
-                    BuilderError::Bundle(format!(
-                        "source `{source}` is a directory outside the project: a builder \
-                         cannot find it (lock it as a git source, or move it into the project)"
-                    ))
+                .ok_or_else(|| BuilderError::SourceOutside {
+                    source_name: source.to_string(),
                 })?;
             if let Some(dir) = &dir {
                 b.add_tree(dir, &rel.display().to_string())?;
@@ -764,11 +828,11 @@ impl Bundle {
 
     fn add_tree(&mut self, src: &Path, at: &str) -> Result<(), BuilderError> {
         for entry in walkdir::WalkDir::new(src).sort_by_file_name() {
-            let entry = entry.map_err(|e| BuilderError::Bundle(e.to_string()))?;
+            let entry = entry.map_err(BuilderError::Walk)?;
             let rel = entry
                 .path()
                 .strip_prefix(src)
-                .map_err(|e| BuilderError::Bundle(e.to_string()))?;
+                .map_err(|_| BuilderError::Internal("a walk left the directory it walks"))?;
             let path = if rel.as_os_str().is_empty() {
                 at.to_string()
             } else {
@@ -790,7 +854,7 @@ impl Bundle {
                     .map_err(|e| crate::fsutil::FsError::new("read", entry.path(), e))?;
                 let mode = entry
                     .metadata()
-                    .map_err(|e| BuilderError::Bundle(e.to_string()))?
+                    .map_err(BuilderError::Walk)?
                     .permissions()
                     .mode();
                 EntryKind::File {
@@ -816,26 +880,32 @@ impl Bundle {
 
     /// zstd-compressed, as it travels.
     pub fn pack(&self) -> Result<Vec<u8>, BuilderError> {
-        zstd::encode_all(&self.to_bytes()[..], 3).map_err(|e| BuilderError::Bundle(e.to_string()))
+        zstd::encode_all(&self.to_bytes()[..], 3).map_err(|source| BuilderError::Io {
+            what: "compressing the bundle",
+            source,
+        })
     }
 
     /// Reads a packed bundle and checks it is the one named `digest`.
     pub fn unpack(packed: impl Read, digest: &str) -> Result<Self, BuilderError> {
         let mut bytes = Vec::new();
         zstd::Decoder::new(packed)
-            .map_err(|e| BuilderError::Bundle(e.to_string()))?
+            .map_err(|source| BuilderError::Io {
+                what: "reading a bundle",
+                source,
+            })?
             .take(MAX_BUNDLE)
             .read_to_end(&mut bytes)
-            .map_err(|e| BuilderError::Bundle(format!("not a bundle: {e}")))?;
+            .map_err(|e| BuilderError::undecodable("not a bundle", e))?;
         if crate::remote::pack::sha256_hex(&bytes) != digest {
-            return Err(BuilderError::Bundle(format!(
+            return Err(BuilderError::corrupt(format!(
                 "what arrived is not bundle {digest} (truncated or damaged)"
             )));
         }
         let b: Bundle = serde_json::from_slice(&bytes)
-            .map_err(|e| BuilderError::Bundle(format!("not a bundle: {e}")))?;
+            .map_err(|e| BuilderError::undecodable("not a bundle", e))?;
         if b.format != BUNDLE_FORMAT {
-            return Err(BuilderError::Bundle(format!(
+            return Err(BuilderError::corrupt(format!(
                 "format {} (this ccb reads {BUNDLE_FORMAT})",
                 b.format
             )));
@@ -854,7 +924,7 @@ impl Bundle {
                 || !p.components().all(|c| matches!(c, Component::Normal(_)))
                 || p.ancestors().skip(1).any(|a| links.contains(a))
             {
-                return Err(BuilderError::Bundle(format!(
+                return Err(BuilderError::corrupt(format!(
                     "`{}` is not a path inside the project",
                     f.path
                 )));
@@ -887,7 +957,7 @@ impl Bundle {
                 EntryKind::File { exec, data } => {
                     let bytes = base64::engine::general_purpose::STANDARD
                         .decode(data)
-                        .map_err(|e| BuilderError::Bundle(format!("{}: {e}", f.path)))?;
+                        .map_err(|e| BuilderError::undecodable(f.path.clone(), e))?;
                     std::fs::write(&p, bytes)
                         .map_err(|e| crate::fsutil::FsError::new("write", &p, e))?;
                     let mode = if *exec { 0o755 } else { 0o644 };
@@ -913,7 +983,7 @@ fn valid_digest(d: &str) -> bool {
 /// private working directory renamed into place).
 pub fn receive(store: &Store, digest: &str, input: impl Read) -> Result<(), BuilderError> {
     if !valid_digest(digest) {
-        return Err(BuilderError::Bundle(format!("`{digest}` is not a digest")));
+        return Err(BuilderError::corrupt(format!("`{digest}` is not a digest")));
     }
     let bundle = Bundle::unpack(input, digest)?;
     let dest = store.path(&Layout::bundle(digest));
@@ -968,7 +1038,7 @@ pub fn run(
     until: &str,
 ) -> Result<i32, BuilderError> {
     if !has(store, digest) {
-        return Err(BuilderError::Bundle(format!(
+        return Err(BuilderError::corrupt(format!(
             "bundle {digest} is not in this builder's store"
         )));
     }
@@ -976,17 +1046,20 @@ pub fn run(
     let mut line = String::new();
     stdin
         .read_line(&mut line)
-        .map_err(|e| BuilderError::Bundle(format!("reading the request: {e}")))?;
+        .map_err(|source| BuilderError::Io {
+            what: "reading the request",
+            source,
+        })?;
     let req: Request = serde_json::from_str(line.trim())
-        .map_err(|e| BuilderError::Bundle(format!("reading the request: {e}")))?;
+        .map_err(|e| BuilderError::undecodable("reading the request", e))?;
     let exe = std::env::current_exe()
-        .map_err(|e| BuilderError::Bundle(format!("finding this ccb: {e}")))?;
+        .map_err(|e| crate::fsutil::FsError::new("find", "/proc/self/exe", e))?;
     let bundle: PathBuf = store.path(&Layout::bundle(digest));
     let root = bundle.join(PROJECT_DIR);
     let origin_path = bundle.join(ORIGIN_FILE);
     let origin = std::fs::read_to_string(&origin_path)
         .map_err(|e| crate::fsutil::FsError::new("read", &origin_path, e))?;
-    let mut cmd = std::process::Command::new(exe);
+    let mut cmd = Process::new(exe);
     cmd.env(crate::manifest::origin::ENV, origin.trim());
     cmd.arg("--root")
         .arg(&root)
@@ -1002,37 +1075,44 @@ pub fn run(
     for (k, v) in &req.env {
         cmd.arg("--env").arg(k).env(k, v);
     }
-    cmd.env("CCB_REMOTE_CACHE", &req.cache)
-        .stdin(std::process::Stdio::null())
-        // The report is part of the log: everything goes back on stderr.
-        .stdout(std::process::Stdio::from(
-            std::io::stderr()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| BuilderError::Bundle(e.to_string()))?,
-        ));
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().map_err(|source| BuilderError::Ssh {
-        builder: "(this host)".into(),
-        source,
-    })?;
-    let pid = child.id() as i32;
-    // The client went away (its ssh closed): stop the build as Ctrl-C would.
+    cmd.env("CCB_REMOTE_CACHE", &req.cache);
+    // The report is part of the log: everything goes back on stderr.
+    let stdout = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| BuilderError::Io {
+            what: "duplicating stderr",
+            source,
+        })?;
+    let mut child = cmd
+        .start(Stdio::null(), Stdio::from(stdout), Stdio::inherit())
+        .map_err(BuilderError::Local)?;
+    // The client went away (its ssh closed): stop the build as Ctrl-C would, the one way
+    // ccb stops a program (SIGTERM, then SIGKILL after a grace for its cleanup).
+    let gone = std::sync::Arc::new(AtomicBool::new(false));
+    let watcher = gone.clone();
     std::thread::spawn(move || {
         let mut sink = Vec::new();
         let _ = stdin.read_to_end(&mut sink);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        watcher.store(true, Ordering::SeqCst);
     });
-    let status = child.wait().map_err(|source| BuilderError::Ssh {
-        builder: "(this host)".into(),
-        source,
-    });
+    let status = loop {
+        if gone.load(Ordering::SeqCst) {
+            child.stop(CLIENT_GONE_GRACE);
+        }
+        match child.exited() {
+            Ok(false) => std::thread::sleep(Duration::from_millis(100)),
+            Ok(true) => break child.wait(),
+            Err(e) => break Err(e),
+        }
+    };
     let _ = crate::store::remove_tree(&out);
-    Ok(status?.code().unwrap_or(1))
+    Ok(status.map_err(BuilderError::Local)?.code().unwrap_or(1))
 }
+
+/// How long the builder's ccb has to cancel its actions (unmount, remove its work) once the
+/// client is gone, before it is killed.
+const CLIENT_GONE_GRACE: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

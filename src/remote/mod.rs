@@ -57,21 +57,75 @@ pub enum RemoteError {
     #[error("remote cache {server}: {message}")]
     #[diagnostic(code(ccb::remote::swift))]
     Swift { server: String, message: String },
-    #[error("the remote cache's entry is corrupt: {0}")]
+    #[error("the remote cache's entry is corrupt: {what}{}", suffix(.source))]
     #[diagnostic(code(ccb::remote::corrupt))]
-    Corrupt(String),
+    Corrupt {
+        what: String,
+        /// What could not decode it (JSON, zstd), when something tried.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The stream to upload (a file, tar's output) could not be read.
     #[error("reading what to upload: {0}")]
-    Read(String),
+    #[diagnostic(code(ccb::remote::read))]
+    Read(#[source] std::io::Error),
+    /// What was downloaded could not be written (a full disk, tar gone).
     #[error("writing what was downloaded: {0}")]
-    Write(String),
-    #[error("{0}")]
-    Tar(String),
+    #[diagnostic(code(ccb::remote::write))]
+    Write(#[source] std::io::Error),
+    #[error("compressing a chunk: {0}")]
+    #[diagnostic(code(ccb::remote::compress))]
+    Compress(#[source] std::io::Error),
+    /// tar, which packs and unpacks trees, could not run or failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Tar(#[from] crate::process::ProcessError),
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Internal(String),
+    /// A state ccb rules out: a bug.
+    #[error("internal error: {0}")]
+    #[diagnostic(code(ccb::remote::internal))]
+    Internal(&'static str),
+    /// ccb asked its backend for a name that is not a cache entry's: a bug.
+    #[error("internal error: `{0}` is not a cache entry name")]
+    #[diagnostic(code(ccb::remote::internal))]
+    EntryName(String),
+}
+
+/// `: cause` after a message, when there is a cause.
+fn suffix(source: &Option<Box<dyn std::error::Error + Send + Sync>>) -> String {
+    source
+        .as_ref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default()
+}
+
+impl RemoteError {
+    /// Data the cache holds is not what it claims.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        RemoteError::Corrupt {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Data the cache holds does not decode.
+    pub fn undecodable(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        RemoteError::Corrupt {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A bug in ccb rather than a fault of the cache or the host.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, RemoteError::Internal(_) | RemoteError::EntryName(_))
+    }
 }
 
 /// The command line's say over the project's `cache` setting.
@@ -248,12 +302,11 @@ impl Remote {
         self.counters
             .bytes_down
             .fetch_add(ac.len() as u64, Ordering::Relaxed);
-        let result = reapi::ActionResult::decode_bytes(&ac).ok_or_else(|| {
-            RemoteError::Corrupt("the action entry is not an ActionResult".into())
-        })?;
+        let result = reapi::ActionResult::decode_bytes(&ac)
+            .ok_or_else(|| RemoteError::corrupt("the action entry is not an ActionResult"))?;
         let (Some(rec), Some(data)) = (result.output(RECORD), result.output(DATA)) else {
-            return Err(RemoteError::Corrupt(
-                "the action entry does not name ccb's record and data".into(),
+            return Err(RemoteError::corrupt(
+                "the action entry does not name ccb's record and data",
             ));
         };
         let rec_bytes = pack::get_blob(
@@ -262,17 +315,17 @@ impl Remote {
             Some(rec.size_bytes as u64),
             &self.counters,
         )?
-        .ok_or_else(|| RemoteError::Corrupt("the action's record is missing".into()))?;
+        .ok_or_else(|| RemoteError::corrupt("the action's record is missing"))?;
         let entry: Entry = serde_json::from_slice(&rec_bytes)
-            .map_err(|e| RemoteError::Corrupt(format!("the action's record: {e}")))?;
+            .map_err(|e| RemoteError::undecodable("the action's record", e))?;
         // The record must be this action's, and its key document must hash to the key.
         if entry.format != FORMAT
             || entry.action.key != action.key
             || entry.action.kind != action.kind
             || entry.action.doc.key() != action.key
         {
-            return Err(RemoteError::Corrupt(
-                "the action's record is for another key".into(),
+            return Err(RemoteError::corrupt(
+                "the action's record is for another key",
             ));
         }
         let manifest = pack::manifest(
@@ -281,13 +334,13 @@ impl Remote {
             data.size_bytes as u64,
             &self.counters,
         )?
-        .ok_or_else(|| RemoteError::Corrupt("the action's data manifest is missing".into()))?;
+        .ok_or_else(|| RemoteError::corrupt("the action's data manifest is missing"))?;
         store.remove_stale_work(&action.key)?;
         match action.kind {
             Kind::Fetch => self.fetch_artifact(store, action, &manifest, on_bytes)?,
             Kind::Base | Kind::Layer => {
                 let Some(meta) = entry.layer.as_ref().filter(|m| m.key == action.key) else {
-                    return Err(RemoteError::Corrupt("no layer metadata".into()));
+                    return Err(RemoteError::corrupt("no layer metadata"));
                 };
                 // A diff goes on its lowers: the scheduler fetched or built them first; one
                 // missing (a local gc raced) is a miss, and the layer builds.
@@ -305,7 +358,7 @@ impl Remote {
                     entry.outputs.as_ref().filter(|m| m.key == action.key),
                     entry.action.tree.as_ref(),
                 ) else {
-                    return Err(RemoteError::Corrupt("no outputs metadata".into()));
+                    return Err(RemoteError::corrupt("no outputs metadata"));
                 };
                 let work = Scratch(store.work_dir(&action.key)?);
                 let dir = work.0.join("outputs");
@@ -322,14 +375,14 @@ impl Remote {
         store.write_json(
             &graph::last_record_name(&action.id),
             &LastBuild {
-                id: action.id.clone(),
+                id: action.id.to_string(),
                 key: action.key.clone(),
                 doc: action.doc.clone(),
                 duration_ms: record.duration_ms,
             },
         )?;
         if let Ok(mut h) = self.hits.lock() {
-            h.push(action.id.clone());
+            h.push(action.id.to_string());
         }
         Ok(true)
     }
@@ -349,10 +402,9 @@ impl Remote {
             &self.counters,
             on_bytes,
         )?;
-        let got =
-            crate::action::tree::summarize(dir).map_err(|e| RemoteError::Write(e.to_string()))?;
+        let got = crate::store::summarize(dir)?;
         if got.digest != digest {
-            return Err(RemoteError::Corrupt(format!(
+            return Err(RemoteError::corrupt(format!(
                 "the unpacked tree's digest is {}, it was built as {digest}",
                 got.digest
             )));
@@ -372,18 +424,19 @@ impl Remote {
             .map(str::to_ascii_lowercase)
             .unwrap_or_default();
         if manifest.kind != PackKind::File || manifest.sha256 != sha {
-            return Err(RemoteError::Corrupt(format!(
+            return Err(RemoteError::corrupt(format!(
                 "the data is not the artifact with SHA-256 {sha}"
             )));
         }
         let dest = crate::fetch::store_path(store, &sha);
-        let dir = dest.parent().expect("artifacts/ has a parent");
+        let dir = dest.parent().expect("an artifact's path has a parent");
         crate::fsutil::create_dir_all(dir)?;
         // `.fetch-` files are what `ccb cache gc` removes after a killed download.
         let mut tmp = tempfile::Builder::new()
             .prefix(".fetch-remote-")
             .tempfile_in(dir)
             .map_err(|e| crate::fsutil::FsError::new("create a file in", dir, e))?;
+        let tmp_path = tmp.path().to_path_buf();
         let mut b3 = Blake3Writer {
             inner: std::io::BufWriter::new(tmp.as_file_mut()),
             hasher: blake3::Hasher::new(),
@@ -396,12 +449,13 @@ impl Remote {
             &self.counters,
             on_bytes,
         )?;
-        b3.flush().map_err(|e| RemoteError::Write(e.to_string()))?;
+        b3.flush()
+            .map_err(|e| crate::fsutil::FsError::new("write", &tmp_path, e))?;
         let blake3 = b3.hasher.finalize().to_hex().to_string();
         drop(b3);
         tmp.as_file()
             .sync_data()
-            .map_err(|e| RemoteError::Write(e.to_string()))?;
+            .map_err(|e| crate::fsutil::FsError::new("sync", &tmp_path, e))?;
         // Read-only like every fetched artifact.
         let _ = std::fs::set_permissions(
             tmp.path(),
@@ -520,7 +574,7 @@ impl Remote {
             .bytes_up
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if let Ok(mut u) = self.uploaded.lock() {
-            u.push(action.id.clone());
+            u.push(action.id.to_string());
         }
         Ok(true)
     }

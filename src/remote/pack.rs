@@ -12,15 +12,17 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::RemoteError;
 use super::backend::Backend;
+use crate::process::Running;
 
 /// Chunk sizes: small enough that related layers share most of them and that a blob is one
 /// request, large enough that a GiB-sized disk is a few hundred requests.
@@ -114,7 +116,7 @@ pub fn get_blob(
         .bytes_down
         .fetch_add(data.len() as u64, Ordering::Relaxed);
     if size.is_some_and(|s| s != data.len() as u64) || sha256_hex(&data) != digest {
-        return Err(RemoteError::Corrupt(format!(
+        return Err(RemoteError::corrupt(format!(
             "blob {digest} does not match its name ({} bytes)",
             data.len()
         )));
@@ -150,7 +152,7 @@ pub fn upload(
                         continue;
                     }
                     let result = zstd::bulk::compress(&data, ZSTD_LEVEL)
-                        .map_err(|e| RemoteError::Internal(format!("zstd: {e}")))
+                        .map_err(RemoteError::Compress)
                         .and_then(|z| put_blob(backend, &z, counters));
                     match result {
                         Ok((digest, stored)) => {
@@ -176,13 +178,13 @@ pub fn upload(
         for (i, chunk) in cdc.enumerate() {
             let chunk = match chunk {
                 Ok(c) => c,
-                Err(e) => return Some(RemoteError::Read(std::io::Error::from(e).to_string())),
+                Err(e) => return Some(RemoteError::Read(std::io::Error::from(e))),
             };
             if failed() {
                 break;
             }
             if crate::interrupt::requested() {
-                return Some(RemoteError::Read(crate::interrupt::io_error().to_string()));
+                return Some(RemoteError::Read(crate::interrupt::io_error()));
             }
             whole.update(&chunk.data);
             size += chunk.data.len() as u64;
@@ -207,7 +209,7 @@ pub fn upload(
         .unwrap_or_default()
         .into_iter()
         .collect::<Option<_>>()
-        .ok_or_else(|| RemoteError::Internal("a chunk was not stored".into()))?;
+        .ok_or_else(|| RemoteError::Internal("a chunk was not stored"))?;
     let manifest = Manifest {
         format: FORMAT.into(),
         kind,
@@ -230,9 +232,9 @@ pub fn manifest(
         return Ok(None);
     };
     let m: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| RemoteError::Corrupt(format!("manifest {digest}: {e}")))?;
+        .map_err(|e| RemoteError::undecodable(format!("manifest {digest}"), e))?;
     if m.format != FORMAT {
-        return Err(RemoteError::Corrupt(format!(
+        return Err(RemoteError::corrupt(format!(
             "manifest {digest} is in format `{}`, not {FORMAT}",
             m.format
         )));
@@ -259,7 +261,7 @@ pub fn download(
             crate::fault::point("remote.download-chunk");
         }
         if crate::interrupt::requested() {
-            return Err(RemoteError::Read(crate::interrupt::io_error().to_string()));
+            return Err(RemoteError::Read(crate::interrupt::io_error()));
         }
         let fetched: Vec<Result<Vec<u8>, RemoteError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = group
@@ -268,19 +270,19 @@ pub fn download(
                     scope.spawn(move || -> Result<Vec<u8>, RemoteError> {
                         let z = get_blob(backend, &c.digest, Some(c.stored), counters)?
                             .ok_or_else(|| {
-                                RemoteError::Corrupt(format!("chunk {} is missing", c.digest))
+                                RemoteError::corrupt(format!("chunk {} is missing", c.digest))
                             })?;
                         if c.size > MAX_CHUNK as u64 {
-                            return Err(RemoteError::Corrupt(format!(
+                            return Err(RemoteError::corrupt(format!(
                                 "chunk {} claims {} bytes",
                                 c.digest, c.size
                             )));
                         }
                         let data = zstd::bulk::decompress(&z, c.size as usize).map_err(|e| {
-                            RemoteError::Corrupt(format!("chunk {}: {e}", c.digest))
+                            RemoteError::undecodable(format!("chunk {}", c.digest), e)
                         })?;
                         if data.len() as u64 != c.size {
-                            return Err(RemoteError::Corrupt(format!(
+                            return Err(RemoteError::corrupt(format!(
                                 "chunk {} holds {} bytes, not {}",
                                 c.digest,
                                 data.len(),
@@ -294,24 +296,22 @@ pub fn download(
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(RemoteError::Internal("a download panicked".into()))
-                    })
+                    h.join()
+                        .unwrap_or_else(|_| Err(RemoteError::Internal("a download panicked")))
                 })
                 .collect()
         });
         for data in fetched {
             let data = data?;
             whole.update(&data);
-            out.write_all(&data)
-                .map_err(|e| RemoteError::Write(e.to_string()))?;
+            out.write_all(&data).map_err(RemoteError::Write)?;
             done += data.len() as u64;
             on_bytes(done, m.size);
         }
     }
     let sha = hex(&whole.finalize());
     if done != m.size || sha != m.sha256 {
-        return Err(RemoteError::Corrupt(format!(
+        return Err(RemoteError::corrupt(format!(
             "the stream is {done} bytes with SHA-256 {sha}, its manifest says {} and {}",
             m.size, m.sha256
         )));
@@ -332,8 +332,8 @@ const TAR_COMMON: &[&str] = &[
 ];
 
 /// `tar -c` of a directory's contents, its archive on stdout.
-pub fn tar_create(dir: &Path) -> Result<Child, RemoteError> {
-    crate::process::Process::new("tar")
+fn tar_create(dir: &Path) -> Result<Running, RemoteError> {
+    Ok(crate::process::Process::new("tar")
         .arg("--create")
         .arg("--file=-")
         .arg("--directory")
@@ -347,14 +347,13 @@ pub fn tar_create(dir: &Path) -> Result<Child, RemoteError> {
             ".",
         ])
         .env("LC_ALL", "C")
-        .spawn(Stdio::piped(), Stdio::piped())
-        .map_err(|e| RemoteError::Tar(e.to_string()))
+        .start(Stdio::null(), Stdio::piped(), Stdio::piped())?)
 }
 
 /// `tar -x` into a directory, reading the archive on stdin. GNU tar refuses members that
 /// leave the directory (`..`, absolute names) and does not write through links it extracted.
-pub fn tar_extract(dir: &Path) -> Result<Child, RemoteError> {
-    let mut cmd = crate::process::Process::new("tar")
+fn tar_extract(dir: &Path) -> Result<Running, RemoteError> {
+    Ok(crate::process::Process::new("tar")
         .arg("--extract")
         .arg("--file=-")
         .arg("--directory")
@@ -366,43 +365,7 @@ pub fn tar_extract(dir: &Path) -> Result<Child, RemoteError> {
             "--delay-directory-restore",
         ])
         .env("LC_ALL", "C")
-        .command();
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd.spawn()
-        .map_err(|e| RemoteError::Tar(format!("cannot run tar: {e}")))
-}
-
-/// Collects a child's stderr on a thread (a chatty tar must not block on a full pipe).
-pub fn stderr_of(child: &mut Child) -> std::thread::JoinHandle<Vec<u8>> {
-    let err = child.stderr.take();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut e) = err {
-            let _ = e.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-/// Waits for tar and turns a failure into an error with its last lines.
-pub fn finish_tar(
-    mut child: Child,
-    stderr: std::thread::JoinHandle<Vec<u8>>,
-) -> Result<(), RemoteError> {
-    let status = child
-        .wait()
-        .map_err(|e| RemoteError::Tar(format!("wait for tar: {e}")))?;
-    let err = stderr.join().unwrap_or_default();
-    if status.success() {
-        Ok(())
-    } else {
-        Err(RemoteError::Tar(format!(
-            "tar exited with {status}: {}",
-            crate::process::tail(&err, 6)
-        )))
-    }
+        .start(Stdio::piped(), Stdio::null(), Stdio::piped())?)
 }
 
 /// Packs a directory tree (as `tar` streams it) into the cache; returns its manifest's
@@ -414,13 +377,13 @@ pub fn upload_tree(
     counters: &Counters,
 ) -> Result<(String, u64), RemoteError> {
     let mut tar = tar_create(dir)?;
-    let stderr = stderr_of(&mut tar);
-    let stdout = tar.stdout.take().expect("piped");
+    let stderr = tar.drain_stderr();
+    let stdout = tar.child.stdout.take().expect("piped");
     let sent = upload(backend, PackKind::Tree, stdout, jobs, counters);
     if sent.is_err() {
-        let _ = tar.kill();
+        tar.stop(Duration::ZERO);
     }
-    let finished = finish_tar(tar, stderr);
+    let finished = tar.finish(stderr);
     let sent = sent?;
     finished?;
     Ok(sent)
@@ -436,20 +399,19 @@ pub fn download_tree(
     on_bytes: &mut dyn FnMut(u64, u64),
 ) -> Result<(), RemoteError> {
     if manifest.kind != PackKind::Tree {
-        return Err(RemoteError::Corrupt("the data is not a tree".into()));
+        return Err(RemoteError::corrupt("the data is not a tree"));
     }
     crate::fsutil::create_dir_all(dir)?;
     let mut tar = tar_extract(dir)?;
-    let stderr = stderr_of(&mut tar);
-    let mut stdin = tar.stdin.take().expect("piped");
+    let stderr = tar.drain_stderr();
+    let mut stdin = tar.child.stdin.take().expect("piped");
     let streamed = download(backend, manifest, &mut stdin, jobs, counters, on_bytes);
     drop(stdin);
     if let Err(e) = streamed {
-        let _ = tar.kill();
-        let _ = tar.wait();
+        tar.stop(Duration::ZERO);
         return Err(e);
     }
-    finish_tar(tar, stderr)
+    Ok(tar.finish(stderr)?)
 }
 
 #[cfg(test)]
@@ -505,16 +467,16 @@ mod tests {
         bytes[10] ^= 0xff;
         std::fs::write(&victim, &bytes).unwrap();
         let err = download(&dir, &m, &mut Vec::new(), 1, &c, &mut |_, _| {}).unwrap_err();
-        assert!(matches!(err, RemoteError::Corrupt(_)), "{err}");
+        assert!(matches!(err, RemoteError::Corrupt { .. }), "{err}");
         std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
         assert!(matches!(
             download(&dir, &m, &mut Vec::new(), 1, &c, &mut |_, _| {}),
-            Err(RemoteError::Corrupt(_))
+            Err(RemoteError::Corrupt { .. })
         ));
         std::fs::remove_file(&victim).unwrap();
         assert!(matches!(
             download(&dir, &m, &mut Vec::new(), 1, &c, &mut |_, _| {}),
-            Err(RemoteError::Corrupt(_))
+            Err(RemoteError::Corrupt { .. })
         ));
     }
 }

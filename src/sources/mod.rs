@@ -426,23 +426,23 @@ fn extract(git: &Git, tree: &str, dest: &Path) -> Result<(), SourceError> {
     let mut git_archive = git.process();
     git_archive.args(["archive", "--format=tar", tree]);
     let mut archive = git_archive
-        .spawn(Stdio::piped(), Stdio::piped())
+        .start(Stdio::null(), Stdio::piped(), Stdio::piped())
         .map_err(fail)?;
-    let stdout = archive.stdout.take().expect("piped");
+    let archive_stderr = archive.drain_stderr();
+    let stdout = archive.child.stdout.take().expect("piped");
     let mut tar = crate::process::Process::new("tar");
     tar.args(["-x", "--no-same-owner", "-C"]).arg(tmp.path());
-    let spawn = |p: &crate::process::Process| {
-        let command = p.command_line();
-        move |source| fail(ProcessError::Spawn { command, source })
+    let mut untar = match tar.start(Stdio::from(stdout), Stdio::null(), Stdio::piped()) {
+        Ok(u) => u,
+        Err(e) => {
+            archive.stop(std::time::Duration::ZERO);
+            return Err(fail(e));
+        }
     };
-    let untar = tar.command().stdin(stdout).output().map_err(spawn(&tar))?;
-    let archived = archive.wait_with_output().map_err(spawn(&git_archive))?;
-    if !archived.status.success() {
-        return Err(fail(git_archive.failed(&archived)));
-    }
-    if !untar.status.success() {
-        return Err(fail(tar.failed(&untar)));
-    }
+    let untar_stderr = untar.drain_stderr();
+    let untarred = untar.finish(untar_stderr);
+    archive.finish(archive_stderr).map_err(fail)?;
+    untarred.map_err(fail)?;
     let tmp = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp, dest) {
         let _ = std::fs::remove_dir_all(&tmp);

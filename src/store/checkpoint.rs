@@ -70,7 +70,7 @@ impl Store {
 
     /// Every checkpoint's key (whatever its record says).
     pub fn checkpoint_keys(&self) -> Vec<String> {
-        let Ok(rd) = std::fs::read_dir(self.path("checkpoints")) else {
+        let Ok(rd) = std::fs::read_dir(self.path(Layout::CHECKPOINTS)) else {
             return Vec::new();
         };
         let mut out: Vec<String> = rd

@@ -7,6 +7,7 @@
 
 mod checkpoint;
 mod layout;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::fsutil::{self, FsError};
 pub use checkpoint::{CheckpointChain, CheckpointMeta, MAX_CHECKPOINTS};
 pub use layout::Layout;
+pub use tree::summarize;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StoreError {
@@ -179,7 +181,7 @@ impl Store {
 
     /// Working directories of `key` left by a process that died (call with the key's lock held).
     pub fn remove_stale_work(&self, key: &str) -> Result<(), StoreError> {
-        let Ok(entries) = std::fs::read_dir(self.path("tmp")) else {
+        let Ok(entries) = std::fs::read_dir(self.path(Layout::TMP)) else {
             return Ok(());
         };
         for e in entries.filter_map(Result::ok) {
@@ -259,7 +261,7 @@ pub enum LayerMode {
     Diff,
 }
 
-/// What a tree holds, and a digest over all of it (made by `action::tree::summarize`;
+/// What a tree holds, and a digest over all of it (made by [`summarize`];
 /// kept in layer and checkpoint records).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TreeSummary {
@@ -341,6 +343,6 @@ impl Store {
             std::fs::rename(dir, &dest).map_err(|e| FsError::new("commit outputs to", &dest, e))?;
         }
         crate::fault::point("store.outputs-unrecorded");
-        self.write_json(&format!("outputs/{}.json", meta.key), meta)
+        self.write_json(&Layout::outputs_record(&meta.key), meta)
     }
 }

@@ -147,6 +147,68 @@ fn without_emulation_every_buildable_arch_builds_and_a_named_foreign_arch_is_ref
 }
 
 #[test]
+fn an_arch_this_host_cannot_build_is_refused_before_anything_is_pinned_downloaded_or_opened() {
+    assert!(is_root(), "mount namespaces need root");
+    let env = Env::new();
+    let project = tempfile::tempdir().unwrap();
+    two_arch_project(project.path());
+    // The image follows a "latest" artifact nobody serves (nothing listens on port 9): a
+    // build that pins it first fails on the download, and writes nothing to ccb.lock.
+    write(
+        project.path().join("manifests/artifacts.ncl"),
+        "{ tool = { url = \"http://127.0.0.1:9/tool.sh\", sha256 = \"latest\" } }\n",
+    );
+    let images = project.path().join("manifests/images.ncl");
+    let text = std::fs::read_to_string(&images).unwrap();
+    write(
+        &images,
+        &text.replace(
+            "formats = ['qcow2],",
+            "formats = ['qcow2],\n    artifacts = { TOOL = \"tool\" },",
+        ),
+    );
+    let remote = tempfile::tempdir().unwrap();
+    let remote_url = format!("file://{}", remote.path().display());
+    let root = project.path().to_str().unwrap();
+    let elements = repo().join("elements");
+    let elements = elements.to_str().unwrap();
+    let build = |arch: &'static str| {
+        vec![
+            "--root",
+            root,
+            "build",
+            "mini",
+            "--arch",
+            arch,
+            "--until",
+            "base",
+            "--element-path",
+            elements,
+            "--remote-cache",
+            &remote_url,
+        ]
+    };
+    let store_has = |dir: &str| env.cache.path().join(dir).exists();
+
+    // What a buildable arch does first: pin the artifact (and fail, nothing serves it).
+    run_without_binfmt(&Env::new(), &build("amd64"))
+        .fails()
+        .stderr_has("127.0.0.1:9");
+
+    // arm64 without emulation: refused having pinned, downloaded and opened nothing.
+    let refused = run_without_binfmt(&env, &build("arm64")).fails();
+    refused.stderr_has("cannot build arm64 root filesystems");
+    assert!(
+        !refused.stderr.contains("remote cache:") && !refused.stderr.contains("127.0.0.1:9"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!project.path().join("ccb.lock").exists());
+    assert!(!store_has("artifacts") && !store_has("layers"));
+    assert_eq!(std::fs::read_dir(remote.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn with_emulation_registered_arm64_is_emulated_with_the_fix_binary_flag() {
     // scripts/test registers it (scripts/host-deps.sh, ensure_arm64_emulation).
     let env = Env::new();

@@ -156,13 +156,13 @@ fn an_overlay_upper_dir_travels_exactly() {
     let f = std::fs::File::create(e.join("sparse")).unwrap();
     f.set_len(64 << 20).unwrap();
     std::os::unix::fs::FileExt::write_at(&f, b"tail", 64 << 20).unwrap();
-    let before = ccb::action::tree::summarize(&src).unwrap();
+    let before = ccb::store::summarize(&src).unwrap();
     let c = Counters::default();
     let (digest, size) = pack::upload_tree(&*b, &src, 2, &c).unwrap();
     let m = pack::manifest(&*b, &digest, size, &c).unwrap().unwrap();
     let dst = t.path().join("down");
     pack::download_tree(&*b, &m, &dst, 2, &c, &mut |_, _| {}).unwrap();
-    let after = ccb::action::tree::summarize(&dst).unwrap();
+    let after = ccb::store::summarize(&dst).unwrap();
     // The digest covers content, modes, owners, xattrs, device numbers and link targets.
     assert_eq!(before.digest, after.digest);
     assert_eq!(before.entries, after.entries);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::graph::{ActionRecord, LastBuild};
-use crate::store::{LayerMeta, Store, StoreError, remove_tree};
+use crate::store::{LayerMeta, Layout, Store, StoreError, remove_tree};
 
 /// One cached action result.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +50,11 @@ pub fn is_key(name: &str) -> bool {
 /// copy, a crash of something else). Listings and `gc` leave them alone; `verify` names them.
 pub fn foreign_names(store: &Store) -> Vec<String> {
     let mut out = Vec::new();
-    for (dir, suffix) in [("layers", ""), ("outputs", ""), ("actions", ".json")] {
+    for (dir, suffix) in [
+        (Layout::LAYERS, ""),
+        (Layout::OUTPUTS, ""),
+        (Layout::ACTIONS, ".json"),
+    ] {
         let Ok(rd) = std::fs::read_dir(store.path(dir)) else {
             continue;
         };
@@ -61,7 +65,7 @@ pub fn foreign_names(store: &Store) -> Vec<String> {
             }
             let stem = name.strip_suffix(suffix).unwrap_or(&name);
             // outputs/ holds KEY/ and KEY.json.
-            let stem = if dir == "outputs" {
+            let stem = if dir == Layout::OUTPUTS {
                 stem.strip_suffix(".json").unwrap_or(stem)
             } else {
                 stem
@@ -77,9 +81,9 @@ pub fn foreign_names(store: &Store) -> Vec<String> {
 
 /// The keys the last build of every action id used: what `gc` keeps.
 pub fn current_keys(store: &Store) -> BTreeSet<String> {
-    list_names(store, "last", ".json")
+    list_names(store, Layout::LAST, ".json")
         .iter()
-        .filter_map(|n| store.read_json::<LastBuild>(&format!("last/{n}.json")))
+        .filter_map(|n| store.read_json::<LastBuild>(&Layout::last_record(n)))
         .map(|l| l.key)
         .collect()
 }
@@ -87,11 +91,11 @@ pub fn current_keys(store: &Store) -> BTreeSet<String> {
 pub fn entries(store: &Store) -> Vec<Entry> {
     let current = current_keys(store);
     let mut by_key: BTreeMap<String, Entry> = BTreeMap::new();
-    for key in list_names(store, "actions", ".json") {
+    for key in list_names(store, Layout::ACTIONS, ".json") {
         if !is_key(&key) {
             continue;
         }
-        if let Some(r) = store.read_json::<ActionRecord>(&format!("actions/{key}.json")) {
+        if let Some(r) = store.read_json::<ActionRecord>(&Layout::action_record(&key)) {
             by_key.insert(
                 key.clone(),
                 Entry {
@@ -107,7 +111,7 @@ pub fn entries(store: &Store) -> Vec<Entry> {
             );
         }
     }
-    for key in list_names(store, "layers", "") {
+    for key in list_names(store, Layout::LAYERS, "") {
         if !is_key(&key) {
             continue;
         }
@@ -185,7 +189,7 @@ pub fn with_dependents(store: &Store, keys: &BTreeSet<String>) -> BTreeSet<Strin
 /// Removes one key's entries: the action record first (so the key stops looking cached),
 /// then the layer, then the log.
 pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
-    store.remove(&format!("actions/{key}.json"))?;
+    store.remove(&Layout::action_record(key))?;
     let dir = store.layer_dir(key);
     if dir.exists() {
         // Rename first: a half-removed layer must never be found under its key.
@@ -194,7 +198,7 @@ pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
             .map_err(|e| crate::fsutil::FsError::new("move aside", &dir, e))?;
         remove_tree(&trash)?;
     }
-    store.remove(&format!("outputs/{key}.json"))?;
+    store.remove(&Layout::outputs_record(key))?;
     let out = store.outputs_dir(key);
     if out.exists() {
         let trash = store.work_dir(&format!("{key}.trash"))?;
@@ -202,9 +206,9 @@ pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
             .map_err(|e| crate::fsutil::FsError::new("move aside", &out, e))?;
         remove_tree(&trash)?;
     }
-    store.remove(&format!("logs/{key}.log"))?;
+    store.remove(&Layout::log(key))?;
     store.remove_checkpoint(key)?;
-    store.remove(&crate::store::Layout::checkpoint_chain(key))?;
+    store.remove(&Layout::checkpoint_chain(key))?;
     Ok(())
 }
 
@@ -250,7 +254,7 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
     // What the kept actions read: their artifacts and source trees stay.
     let (mut blobs, mut trees) = (BTreeSet::new(), BTreeSet::new());
     for key in &keep {
-        let Some(r) = store.read_json::<ActionRecord>(&format!("actions/{key}.json")) else {
+        let Some(r) = store.read_json::<ActionRecord>(&Layout::action_record(key)) else {
             continue;
         };
         if let Some(crate::keydoc::Value::Str(d)) = r.doc.get("sha256") {
@@ -260,27 +264,27 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
             trees.extend(m.values().cloned());
         }
     }
-    for name in list_names(store, "artifacts", "") {
+    for name in list_names(store, Layout::ARTIFACTS, "") {
         let sha = name.trim_end_matches(".json");
-        if sha.len() != 64 || blobs.contains(sha) || name.ends_with(".json") {
+        if !is_key(sha) || blobs.contains(sha) || name.ends_with(".json") {
             continue;
         }
-        if let Ok(md) = std::fs::metadata(store.path(&format!("artifacts/{name}"))) {
+        if let Ok(md) = std::fs::metadata(store.path(&Layout::artifact(&name))) {
             report.bytes_freed += md.len();
         }
         if !dry_run {
             // The blob first: a record without its blob is harmless, the reverse is refetched.
-            store.remove(&format!("artifacts/{sha}"))?;
-            store.remove(&format!("artifacts/{sha}.json"))?;
+            store.remove(&Layout::artifact(sha))?;
+            store.remove(&Layout::artifact_record(sha))?;
         }
         report.artifacts_removed.push(sha.to_string());
     }
-    for tree in list_names(store, "sources/trees", "") {
+    for tree in list_names(store, Layout::SOURCE_TREES, "") {
         if trees.contains(&tree) {
             continue;
         }
         if !dry_run {
-            remove_tree(&store.path(&format!("sources/trees/{tree}")))?;
+            remove_tree(&store.path(&Layout::source_tree(&tree)))?;
         }
         report.trees_removed.push(tree);
     }
@@ -297,11 +301,11 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
     }
     if !dry_run {
         if all {
-            for n in list_names(store, "last", ".json") {
-                store.remove(&format!("last/{n}.json"))?;
+            for n in list_names(store, Layout::LAST, ".json") {
+                store.remove(&Layout::last_record(&n))?;
             }
         }
-        if let Ok(rd) = std::fs::read_dir(store.path("artifacts")) {
+        if let Ok(rd) = std::fs::read_dir(store.path(Layout::ARTIFACTS)) {
             // Downloads of a killed ccb (a live one holds the store shared: none runs now).
             for e in rd.filter_map(Result::ok) {
                 if e.file_name().to_string_lossy().starts_with(".fetch-") {
@@ -311,7 +315,7 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
             }
         }
         // Bundles a remote builder received: the next client that needs one sends it again.
-        for scratch in ["tmp", "artifacts/.partial", "bundles"] {
+        for scratch in Layout::SCRATCH {
             if let Ok(rd) = std::fs::read_dir(store.path(scratch)) {
                 for e in rd.filter_map(Result::ok) {
                     remove_tree(&e.path())?;
@@ -321,14 +325,14 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
         }
         if all {
             // Mirrors are the only copy of what a lock pins offline: kept unless asked.
-            remove_tree(&store.path("sources/git"))?;
+            remove_tree(&store.path(Layout::GIT_MIRRORS))?;
         }
         // Resolutions are cheap to redo and keyed by inputs that change often.
-        remove_tree(&store.path("resolve"))?;
+        remove_tree(&store.path(Layout::RESOLVE))?;
         // Logs of keys that are gone.
-        for n in list_names(store, "logs", ".log") {
-            if !store.exists(&format!("actions/{n}.json")) && !store.layer_dir(&n).exists() {
-                store.remove(&format!("logs/{n}.log"))?;
+        for n in list_names(store, Layout::LOGS, ".log") {
+            if !store.exists(&Layout::action_record(&n)) && !store.layer_dir(&n).exists() {
+                store.remove(&Layout::log(&n))?;
             }
         }
     }
@@ -367,9 +371,9 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
             });
             continue;
         }
-        let record = store.read_json::<ActionRecord>(&format!("actions/{}.json", e.key));
+        let record = store.read_json::<ActionRecord>(&Layout::action_record(&e.key));
         match &record {
-            None if store.exists(&format!("actions/{}.json", e.key)) => {
+            None if store.exists(&Layout::action_record(&e.key)) => {
                 problems.push("the action record does not parse".into())
             }
             // Committed, then stopped before its record (kill -9, power loss): the tree is
@@ -387,16 +391,14 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         if e.kind == "disk" {
             match (store.outputs_meta(&e.key), &record) {
                 (None, _) => problems.push("the disk outputs are missing".into()),
-                (Some(_), Some(r)) => {
-                    match crate::action::tree::summarize(&store.outputs_dir(&e.key)) {
-                        Err(err) => problems.push(format!("cannot read the outputs: {err}")),
-                        Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
-                            problems.push("the outputs changed since they were built".into());
-                            problems.push(set_aside(store, &e.key));
-                        }
-                        Ok(_) => {}
+                (Some(_), Some(r)) => match crate::store::summarize(&store.outputs_dir(&e.key)) {
+                    Err(err) => problems.push(format!("cannot read the outputs: {err}")),
+                    Ok(s) if r.tree.as_ref().is_some_and(|t| t.digest != s.digest) => {
+                        problems.push("the outputs changed since they were built".into());
+                        problems.push(set_aside(store, &e.key));
                     }
-                }
+                    Ok(_) => {}
+                },
                 (Some(_), None) => {}
             }
         } else if layer_dir.exists() {
@@ -411,7 +413,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         } else if matches!(e.kind.as_str(), "base" | "layer") {
             problems.push("the layer tree is missing".into());
         }
-        let unrecorded = (record.is_none() && !store.exists(&format!("actions/{}.json", e.key)))
+        let unrecorded = (record.is_none() && !store.exists(&Layout::action_record(&e.key)))
             .then(|| "not recorded (a build stopped after committing it): not used; the next build of its key replaces it".to_string());
         out.push(Verdict {
             key: e.key,
@@ -422,15 +424,15 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         });
     }
     // Artifacts: re-hashed whatever the stat cache says (this is the thorough check).
-    for name in list_names(store, "artifacts", "") {
-        if name.len() != 64 {
+    for name in list_names(store, Layout::ARTIFACTS, "") {
+        if !is_key(&name) {
             continue;
         }
         let id = format!("artifact {}", crate::ui::short(&name, crate::ui::KEY_WIDTH));
         on_progress(&id);
-        let path = store.path(&format!("artifacts/{name}"));
+        let path = store.path(&Layout::artifact(&name));
         let mut problems = Vec::new();
-        match store.read_json::<crate::fetch::ArtifactMeta>(&format!("artifacts/{name}.json")) {
+        match store.read_json::<crate::fetch::ArtifactMeta>(&Layout::artifact_record(&name)) {
             // Fetched before the store recorded blake3: its name is its SHA-256.
             None => match crate::fetch::hash::sha256_file(&path) {
                 Err(e) => problems.push(format!("cannot read it: {e}")),
@@ -487,7 +489,7 @@ fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
         }
     }
     let tree = store.checkpoint_dir(key).join("tree");
-    match crate::action::tree::summarize(&tree) {
+    match crate::store::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
         Ok(s) if s.digest != meta.tree.digest => {
             problems.push("the tree changed since it was made".into())
@@ -517,7 +519,7 @@ fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) -> b
         }
     }
     let tree = store.layer_dir(&meta.key).join("tree");
-    match crate::action::tree::summarize(&tree) {
+    match crate::store::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
         Ok(s) if s.digest != meta.tree.digest => {
             problems.push(format!(
