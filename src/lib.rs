@@ -96,6 +96,7 @@
 //! resolve/<key>.json          resolved element views (closure, phases, environment, packages)
 //! resolve/check-<hash>.json   a passed `ccb check` of one search path and set of requests
 //! resolve/complete-<hash>.json  whether any image misses an element, for one search path
+//! resolve/pack-<project>.json the element closures of each build of a project's last check
 //! actions/<key>.json          a built action's record: its key document, steps, duration
 //! last/<name>.json            the key document of the last build of each action, for
 //!                             `explain` (the name: 32 hex digits of the blake3 of its id)

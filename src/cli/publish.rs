@@ -198,6 +198,9 @@ pub fn run(ctx: &mut Context, a: PublishArgs) -> Result<(), CliError> {
     if !text {
         shell.out_json(&report);
     }
+    if report.bug {
+        return Err(CliError::silent_internal());
+    }
     if report.failed > 0 {
         return Err(CliError::silent());
     }

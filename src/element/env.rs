@@ -15,7 +15,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::ElementError;
+use super::reads::Reads;
 use super::view::Script;
+
+mod native;
 
 /// The PATH element scripts get, inside and outside the chroot.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -61,11 +64,15 @@ fn timeout() -> Duration {
 pub fn source(
     files: &[(Script, PathBuf)],
     declared: &BTreeMap<String, String>,
+    reads: &Reads,
 ) -> Result<BTreeMap<String, String>, ElementError> {
     if files.is_empty() {
         return Ok(declared.clone());
     }
-    let key = memo_key(files, declared);
+    if let Some(env) = evaluate_natively(files, declared, reads) {
+        return Ok(env);
+    }
+    let key = memo_key(files, declared, reads);
     if let Some(key) = &key
         && let Some(env) = lock(&MEMO).get(key)
     {
@@ -80,6 +87,35 @@ pub fn source(
         lock(&MEMO).insert(key, env.clone());
     }
     Ok(env)
+}
+
+/// What bash would capture, computed without it when every fragment is in the subset
+/// [`native`] reads; `None` sends the set to bash.
+fn evaluate_natively(
+    files: &[(Script, PathBuf)],
+    declared: &BTreeMap<String, String>,
+    reads: &Reads,
+) -> Option<Env> {
+    let mut bodies = Vec::with_capacity(files.len());
+    for (_, path) in files {
+        // `source` looks a relative name up in PATH.
+        if !path.is_absolute() {
+            return None;
+        }
+        bodies.push(reads.bytes(path).ok()??);
+    }
+    let texts = bodies
+        .iter()
+        .map(|b| std::str::from_utf8(b).ok())
+        .collect::<Option<Vec<&str>>>()?;
+    let mut start: Env = [("PATH", PATH), ("LC_ALL", "C")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    start.extend(declared.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut env = native::evaluate(&texts, start)?;
+    env.retain(|k, _| !RUNNER_VARS.contains(&k.as_str()));
+    Some(env)
 }
 
 /// A captured environment.
@@ -100,11 +136,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The digest of everything a capture depends on; `None` when a fragment cannot be read (the
 /// capture itself then says so).
-fn memo_key(files: &[(Script, PathBuf)], declared: &BTreeMap<String, String>) -> Option<[u8; 32]> {
+fn memo_key(
+    files: &[(Script, PathBuf)],
+    declared: &BTreeMap<String, String>,
+    reads: &Reads,
+) -> Option<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     for (_, path) in files {
         crate::keydoc::hash_str(&mut h, &path.to_string_lossy());
-        let body = std::fs::read(path).ok()?;
+        let body = reads.bytes(path).ok()??;
         h.update(&(body.len() as u64).to_le_bytes());
         h.update(&body);
     }
@@ -466,7 +506,7 @@ mod tests {
                 "echo hello\nprintf 'DIB_RELEASE=sid\\0FAKE=1\\0'\nexport GREETING=hi\n",
             )],
         );
-        let env = source(&files, &declared()).unwrap();
+        let env = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(env["DIB_RELEASE"], "bookworm");
         assert_eq!(env["GREETING"], "hi");
         assert!(!env.contains_key("FAKE"), "{env:?}");
@@ -480,7 +520,7 @@ mod tests {
         let cmd_env = declared();
         // The limit is read from ccb's environment; a short one keeps the test quick.
         let start = std::time::Instant::now();
-        let err = with_limit("1", || source(&files, &cmd_env)).unwrap_err();
+        let err = with_limit("1", || source(&files, &cmd_env, &Reads::default())).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(30));
         let text = err.to_string();
         assert!(text.contains("20-forever"), "{text}");
@@ -506,7 +546,7 @@ mod tests {
                 ),
             )],
         );
-        let env = source(&files, &declared()).unwrap();
+        let env = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(env["OK"], "1");
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -608,14 +648,241 @@ mod tests {
                 &format!("echo x >> {}\nexport SEEN=1\n", count.display()),
             )],
         );
-        let first = source(&files, &declared()).unwrap();
-        let again = source(&files, &declared()).unwrap();
+        let first = source(&files, &declared(), &Reads::default()).unwrap();
+        let again = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(first, again);
         assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
         // Another input is another capture.
         let other: BTreeMap<String, String> = [("DIB_RELEASE".into(), "trixie".into())].into();
-        assert_eq!(source(&files, &other).unwrap()["DIB_RELEASE"], "trixie");
+        assert_eq!(
+            source(&files, &other, &Reads::default()).unwrap()["DIB_RELEASE"],
+            "trixie"
+        );
         assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nx\n");
+    }
+
+    /// The native answer for `files` over `declared`, checked against the real capture: a
+    /// bash of its own, and (as root) the resident shell.
+    fn native_matches_bash(files: &[(Script, PathBuf)], declared: &BTreeMap<String, String>) {
+        let native = evaluate_natively(files, declared, &Reads::default())
+            .unwrap_or_else(|| panic!("not evaluated natively: {files:?}"));
+        let once = capture_once(files, declared).unwrap();
+        assert_eq!(native, once, "{files:?} over {declared:?}");
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(native, capture_resident(files, declared).unwrap());
+        }
+    }
+
+    /// Declared environments a fragment may meet: nothing, empty values, values with spaces,
+    /// quotes and `=`.
+    fn declared_variants(names: &[&str]) -> Vec<BTreeMap<String, String>> {
+        let all = |v: &str| {
+            names
+                .iter()
+                .map(|n| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        vec![
+            BTreeMap::new(),
+            declared(),
+            all(""),
+            all("set"),
+            all("it's a \"value\" with = and $X"),
+            [
+                ("IMAGE_NAME".to_string(), "Scale-7".to_string()),
+                ("DIB_RELEASE".to_string(), "".to_string()),
+            ]
+            .into(),
+        ]
+    }
+
+    fn names_in(body: &str) -> Vec<&str> {
+        body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.bytes().next().is_some_and(|b| b.is_ascii_uppercase()))
+            .collect()
+    }
+
+    #[test]
+    fn every_environment_d_file_of_the_repository_read_natively_is_what_bash_captures() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut accepted = Vec::new();
+        for top in ["elements", "examples", "tests/fixtures"] {
+            for entry in walkdir::WalkDir::new(root.join(top)).sort_by_file_name() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                if !entry.file_type().is_file()
+                    || path.parent().and_then(|p| p.file_name()) != Some("environment.d".as_ref())
+                {
+                    continue;
+                }
+                let script = Script {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    element: "repo".into(),
+                    dir: None,
+                };
+                let files = vec![(script, path.to_path_buf())];
+                if evaluate_natively(&files, &BTreeMap::new(), &Reads::default()).is_none() {
+                    continue;
+                }
+                let body = std::fs::read_to_string(path).unwrap();
+                for declared in declared_variants(&names_in(&body)) {
+                    native_matches_bash(&files, &declared);
+                }
+                accepted.extend(files);
+            }
+        }
+        // The defaults-only fragments (tinyos, cc-users, debian-minimal, ...) are read
+        // natively; the ones with `case` or `if` are not.
+        assert!(accepted.len() >= 10, "{accepted:?}");
+        assert!(
+            accepted
+                .iter()
+                .all(|(_, p)| !p.ends_with("10-initramfs.bash")),
+            "{accepted:?}"
+        );
+        // All of them in a row: later fragments see what earlier ones exported.
+        for declared in declared_variants(&["DIB_RELEASE", "CC_ADMIN_SSH_KEY", "DISTRO_NAME"]) {
+            native_matches_bash(&accepted, &declared);
+        }
+    }
+
+    #[test]
+    fn the_subset_read_natively_gives_what_bash_captures() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[&[(&str, &str)]] = &[
+            &[("10-empty", "export EMPTY=\nexport Q=\"\"\nexport S=''\n")],
+            &[(
+                "10-defaults",
+                "export A=\"${X:-}\"\nexport B=\"${X-}\"\nexport C=\"${X:-d}\"\n\
+                 export D=\"${X-d}\"\nexport E=\"${Y:-two words}\"\nexport F=\"${Y-}\"\n",
+            )],
+            &[(
+                "10-quotes",
+                "export S='single quoted with spaces \"and\" $NOT ${EXPANDED} `x`'\n\
+                 export U=\"ünïcødé 'q' #x * ? [a] ~ {b,c}\"\n",
+            )],
+            &[(
+                "10-equals",
+                "export EQ=a=b=c\nexport URL=https://host:8080/p/a.b,c+d@e%f-g_h\n\
+                 export EQ2=\"x=${EQ}\"\n",
+            )],
+            &[(
+                "10-layout",
+                "# a comment\n\n   # an indented one\n\texport T=1   \n  export  U=2\t\n\
+                 export NO_NEWLINE=\"${T}$U\"",
+            )],
+            &[(
+                "10-refs",
+                "export R=\"$X$Y-${X}/${Y-none}:${Z:-d e}/$X.$Y\"\n",
+            )],
+            &[
+                (
+                    "10-first",
+                    "export OVER=first\nexport OVER=\"${OVER}-again\"\nexport X=\"${X:-x0}\"\n",
+                ),
+                (
+                    "20-second",
+                    "export OVER=\"${OVER}-second\"\nexport DIB_RELEASE=\"${DIB_RELEASE:-bookworm}\"\n",
+                ),
+            ],
+            &[("10-empty-file", ""), ("20-comments", "# nothing\n")],
+        ];
+        for (i, bodies) in cases.iter().enumerate() {
+            let case = dir.path().join(i.to_string());
+            std::fs::create_dir(&case).unwrap();
+            let files = fragments(&case, bodies);
+            let bare_refs = bodies.iter().any(|(_, b)| b.contains("$X$Y"));
+            for declared in declared_variants(&["X", "Y", "Z", "DIB_RELEASE"]) {
+                // `$X` of an unset X is bash's error: not read natively.
+                if bare_refs && !(declared.contains_key("X") && declared.contains_key("Y")) {
+                    assert!(evaluate_natively(&files, &declared, &Reads::default()).is_none());
+                    continue;
+                }
+                native_matches_bash(&files, &declared);
+            }
+        }
+    }
+
+    #[test]
+    fn fragments_outside_the_subset_go_to_bash() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = [
+            "export A=$(echo hi)\n",
+            "export A=\"$(echo hi)\"\n",
+            "export A=\"$((1+2))\"\n",
+            "if true; then export A=1; fi\n",
+            "greet() { :; }\nexport A=1\n",
+            "export A=\"$UNSET_X\"\n",
+            "export A=\"${UNSET_X}\"\n",
+            "export A=1\r\n",
+            "export A=~\n",
+            "export A=a*\n",
+            "export A=\"${X:-${Y:-}}\"\n",
+            "export A=\"${X:=y}\"\n",
+            "export A=\"${X:+y}\"\n",
+            "export A=\"a\\$b\"\n",
+            "export A=\"`id`\"\n",
+            "export A=\"a!b\"\n",
+            "export A=$DIB_RELEASE\n",
+            "A=1\nexport A\n",
+            "export A=1 B=2\n",
+            "export A=1 # why\n",
+            "export A='multi\nline'\n",
+            "export PATH=/nowhere\n",
+            "export A=\"$HOSTNAME\"\n",
+            "export A=\"${f-}\"\n",
+            "export A=\"${BASH_VERSION-}\"\n",
+            "export A=\"$1\"\n",
+            "export A=(a b)\n",
+            "declare -x A=1\n",
+            "exportA=1\n",
+            "export 1A=1\n",
+            "source /dev/null\n",
+        ];
+        for (i, body) in outside.iter().enumerate() {
+            let case = dir.path().join(i.to_string());
+            std::fs::create_dir(&case).unwrap();
+            let files = fragments(
+                &case,
+                &[("10-outside", body), ("20-inside", "export B=2\n")],
+            );
+            assert!(
+                evaluate_natively(&files, &declared(), &Reads::default()).is_none(),
+                "read natively: {body:?}"
+            );
+        }
+        // Bash then answers as before: a value, or the error naming the file.
+        let files = fragments(dir.path(), &[("10-subst", "export A=$(echo hi)\n")]);
+        assert_eq!(
+            source(&files, &declared(), &Reads::default()).unwrap()["A"],
+            "hi"
+        );
+        let files = fragments(dir.path(), &[("10-unset", "export A=\"$UNSET_X\"\n")]);
+        let err = source(&files, &declared(), &Reads::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10-unset") && err.contains("UNSET_X"), "{err}");
+        // A declared variable bash gives a meaning to is not modelled either.
+        let files = fragments(dir.path(), &[("10-plain", "export A=1\n")]);
+        let odd: BTreeMap<String, String> = [("IFS".to_string(), ":".to_string())].into();
+        assert!(evaluate_natively(&files, &odd, &Reads::default()).is_none());
+    }
+
+    #[test]
+    fn every_variable_bash_sets_itself_is_reserved_from_native_reading() {
+        let mut cmd = Process::new("bash");
+        cmd.env_clear().env("PATH", PATH).env("LC_ALL", "C").args([
+            "--noprofile",
+            "--norc",
+            "-c",
+            "compgen -v",
+            "ccb-environment",
+        ]);
+        let out = cmd.output().unwrap();
+        let names = String::from_utf8(out.stdout).unwrap();
+        let unreserved: Vec<&str> = names.lines().filter(|n| !native::reserved(n)).collect();
+        assert!(unreserved.is_empty(), "{unreserved:?}");
+        assert!(names.lines().count() > 20, "{names}");
     }
 
     fn with_limit<T>(secs: &str, f: impl FnOnce() -> T) -> T {

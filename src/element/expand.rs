@@ -8,22 +8,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{ElementError, SearchPath};
-use crate::fsutil;
+use super::{ElementDir, ElementError, SearchPath};
 
-/// Reads a list file (`element-deps`, `element-provides`): one name per line, trimmed, blank
-/// lines dropped. Like DIB, `#` lines are not comments here.
-pub fn read_list(path: &std::path::Path) -> Result<Vec<String>, ElementError> {
-    match fsutil::read_to_string(path) {
-        Ok(text) => Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()),
-        Err(e) if e.is_not_found() => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
-    }
+/// Reads a list file (`element-deps`, `element-provides`) of `el`: one name per line,
+/// trimmed, blank lines dropped. Like DIB, `#` lines are not comments here.
+fn read_list(el: &ElementDir, file: &str) -> Result<Vec<String>, ElementError> {
+    let text = el.reads.text(&el.dir.join(file))?.unwrap_or_default();
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 struct Info {
@@ -48,10 +44,10 @@ pub fn expand(path: &SearchPath, requested: &[String]) -> Result<Vec<String>, El
                 help: crate::diag::did_you_mean(name, &path.names()),
             });
         };
-        let mut deps = read_list(&el.dir.join("element-deps"))?;
+        let mut deps = read_list(el, "element-deps")?;
         deps.sort();
         deps.dedup();
-        let mut provides = read_list(&el.dir.join("element-provides"))?;
+        let mut provides = read_list(el, "element-provides")?;
         provides.sort();
         provides.dedup();
         infos.insert(name.to_string(), Info { deps, provides });

@@ -13,7 +13,6 @@ use serde_yaml::Value;
 
 use super::view::PackageLists;
 use super::{ElementDir, ElementError};
-use crate::fsutil;
 
 const PACKAGE_PHASES: [&str; 3] = ["pre-install.d", "install.d", "post-install.d"];
 const KNOWN_KEYS: [&str; 7] = [
@@ -199,11 +198,8 @@ fn read_file(
     env: &BTreeMap<String, String>,
     out: &mut Squashed,
 ) -> Result<(), ElementError> {
-    let path = el.dir.join(file);
-    let text = match fsutil::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some(text) = el.reads.text(&el.dir.join(file))? else {
+        return Ok(());
     };
     squash_text(&el.name, file, &text, env, out)
 }
@@ -304,11 +300,8 @@ pub fn pkg_map(
     el: &ElementDir,
     env: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, ElementError> {
-    let path = el.dir.join("pkg-map");
-    let text = match fsutil::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.is_not_found() => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e.into()),
+    let Some(text) = el.reads.text(&el.dir.join("pkg-map"))? else {
+        return Ok(BTreeMap::new());
     };
     let err = |m: String| ElementError::Packages {
         element: el.name.clone(),

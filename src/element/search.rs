@@ -2,17 +2,30 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::ElementError;
+use super::reads::Reads;
 
 /// One element: its name and directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ElementDir {
     pub name: String,
     pub dir: PathBuf,
     /// The third-party source (a key of `sources`) it comes from, if any.
     pub source: Option<String>,
+    /// What has been read of the search path's elements (one memo for all of them).
+    pub reads: Arc<Reads>,
 }
+
+impl PartialEq for ElementDir {
+    fn eq(&self, other: &Self) -> bool {
+        // The memo is what was read, not what the element is.
+        (&self.name, &self.dir, &self.source) == (&other.name, &other.dir, &other.source)
+    }
+}
+
+impl Eq for ElementDir {}
 
 /// One directory of the search path, and the source it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +53,7 @@ impl SearchPath {
     pub fn scan(dirs: &[SearchDir], warn: &mut dyn FnMut(&str)) -> Result<Self, ElementError> {
         let mut elements: BTreeMap<String, ElementDir> = BTreeMap::new();
         let mut kept = Vec::new();
+        let reads = Arc::new(Reads::default());
         for SearchDir { dir, source } in dirs {
             if !dir.is_dir() {
                 return Err(ElementError::InvalidElementDir(dir.display().to_string()));
@@ -77,6 +91,7 @@ impl SearchPath {
                         name,
                         dir: real,
                         source: source.clone(),
+                        reads: reads.clone(),
                     },
                 );
             }

@@ -4,11 +4,11 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::reads::{Entry, Reads};
 use super::{ElementDir, ElementError};
 use crate::fsutil::FsError;
 
@@ -125,14 +125,11 @@ pub fn run_parts_cmp(a: &str, b: &str) -> Ordering {
 /// whose scripts run, as DIB's install-types element chooses them: the type is
 /// `DIB_INSTALLTYPE_<prefix, - as _>` if set, else `DIB_DEFAULT_INSTALLTYPE` (default `source`).
 fn install_type_dirs(
+    reads: &Reads,
     phase_dir: &Path,
     env: &BTreeMap<String, String>,
 ) -> Result<Vec<String>, FsError> {
-    let rd = match std::fs::read_dir(phase_dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(FsError::new("list", phase_dir, e)),
-    };
+    let listing = reads.list(phase_dir)?;
     let chosen: BTreeMap<String, &str> = env
         .iter()
         .filter_map(|(k, v)| {
@@ -145,74 +142,29 @@ fn install_type_dirs(
         .filter(|v| !v.is_empty())
         .map_or("source", String::as_str);
     let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| FsError::new("list", phase_dir, e))?;
-        if !entry.path().is_dir() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for entry in listing.iter().filter(|e| e.is_dir) {
+        let name = &entry.name;
         let picked = chosen
             .iter()
-            .any(|(prefix, ty)| name == format!("{prefix}-{ty}-install"))
+            .any(|(prefix, ty)| *name == format!("{prefix}-{ty}-install"))
             || name
                 .strip_suffix(&format!("-{default}-install"))
                 .is_some_and(|prefix| !chosen.contains_key(prefix));
         if picked {
-            out.push(name);
+            out.push(name.clone());
         }
     }
-    out.sort();
     Ok(out)
 }
 
 /// Regular files (following symlinks) directly in `dir`, sorted by name.
-fn files_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, FsError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(FsError::new("list", dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
-        let path = entry.path();
-        if path.is_file() {
-            out.push((entry.file_name().to_string_lossy().into_owned(), path));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
-}
-
-/// Every file under `dir`, relative, recursively (following symlinked dirs is not done).
-fn tree_files(dir: &Path, base: &Path, out: &mut Vec<String>) -> Result<(), FsError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(FsError::new("list", dir, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
-        let path = entry.path();
-        let ft = entry
-            .file_type()
-            .map_err(|e| FsError::new("stat", &path, e))?;
-        if ft.is_dir() {
-            tree_files(&path, base, out)?;
-        } else {
-            out.push(
-                path.strip_prefix(base)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
-    }
-    Ok(())
+fn files_in(reads: &Reads, dir: &Path) -> Result<Vec<Entry>, FsError> {
+    Ok(reads
+        .list(dir)?
+        .iter()
+        .filter(|e| e.is_file)
+        .cloned()
+        .collect())
 }
 
 impl ElementView {
@@ -223,7 +175,12 @@ impl ElementView {
     ) -> Result<Self, ElementError> {
         let mut view = ElementView::default();
         let env_files = environment_files(elements, &mut view.skipped)?;
-        view.env = super::env::source(&env_files, declared)?;
+        // One memo serves a search path's elements: any element's is theirs.
+        let reads = elements
+            .first()
+            .map(|el| el.reads.clone())
+            .unwrap_or_default();
+        view.env = super::env::source(&env_files, declared, &reads)?;
         view.environment = env_files.into_iter().map(|(s, _)| s).collect();
         for phase in PHASES {
             let scripts = phase_scripts(elements, phase, &view.env, &mut view.skipped)?;
@@ -248,7 +205,7 @@ fn environment_files(
     let mut env_files: Vec<(Script, PathBuf)> = Vec::new();
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
     for el in elements {
-        for (name, path) in files_in(&el.dir.join("environment.d"))? {
+        for Entry { name, path, .. } in files_in(&el.reads, &el.dir.join("environment.d"))? {
             if !env_file_name(&name) {
                 skipped.push(Skipped {
                     element: el.name.clone(),
@@ -291,18 +248,25 @@ fn phase_scripts(
     let mut scripts: Vec<Script> = Vec::new();
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
     for el in elements {
-        let mut files: Vec<(Option<String>, String, PathBuf)> = files_in(&el.dir.join(phase))?
+        let phase_dir = el.dir.join(phase);
+        let mut files: Vec<(Option<String>, Entry)> = files_in(&el.reads, &phase_dir)?
             .into_iter()
-            .map(|(name, path)| (None, name, path))
+            .map(|e| (None, e))
             .collect();
         if phase == "install.d" {
-            for sub in install_type_dirs(&el.dir.join(phase), env)? {
-                for (name, path) in files_in(&el.dir.join(phase).join(&sub))? {
-                    files.push((Some(sub.clone()), name, path));
+            for sub in install_type_dirs(&el.reads, &phase_dir, env)? {
+                for e in files_in(&el.reads, &phase_dir.join(&sub))? {
+                    files.push((Some(sub.clone()), e));
                 }
             }
         }
-        for (dir, name, path) in files {
+        for (
+            dir,
+            Entry {
+                name, executable, ..
+            },
+        ) in files
+        {
             if let Some(first) = owner.get(&name) {
                 return Err(ElementError::DuplicateScript {
                     phase: phase.to_string(),
@@ -314,7 +278,7 @@ fn phase_scripts(
             owner.insert(name.clone(), el.name.clone());
             let reason = if !runnable_name(&name) {
                 Some("name has characters outside [0-9A-Za-z_-]")
-            } else if !is_executable(&path) {
+            } else if !executable {
                 Some("not executable")
             } else {
                 None
@@ -343,11 +307,7 @@ fn overwrites(elements: &[&ElementDir]) -> Result<Vec<Overwrite>, ElementError> 
     for sub in ["static", "bin"] {
         let mut owner: BTreeMap<String, String> = BTreeMap::new();
         for el in elements {
-            let base = el.dir.join(sub);
-            let mut files = Vec::new();
-            tree_files(&base, &base, &mut files)?;
-            files.sort();
-            for f in files {
+            for f in el.reads.tree(&el.dir.join(sub))?.iter() {
                 let key = format!("{sub}/{f}");
                 if let Some(prev) = owner.insert(key.clone(), el.name.clone()) {
                     out.push(Overwrite {
@@ -375,7 +335,7 @@ fn block_device(
     elements.iter().find_map(|el| {
         [arch_file.as_str(), "block-device-default.yaml"]
             .iter()
-            .find(|f| el.dir.join(f).is_file())
+            .find(|f| el.reads.is_file(&el.dir.join(f)))
             .map(|f| (el.name.clone(), f.to_string()))
     })
 }
@@ -431,7 +391,7 @@ mod tests {
         let mut env = BTreeMap::new();
         // Nothing chosen: every `source` variant.
         assert_eq!(
-            install_type_dirs(dir.path(), &env).unwrap(),
+            install_type_dirs(&Reads::default(), dir.path(), &env).unwrap(),
             [
                 "keylime-agent-source-install",
                 "simple-init-source-install",
@@ -442,7 +402,7 @@ mod tests {
         env.insert("DIB_DEFAULT_INSTALLTYPE".into(), "package".into());
         // The variable decides for its prefix; the default (package) has no other takers.
         assert_eq!(
-            install_type_dirs(dir.path(), &env).unwrap(),
+            install_type_dirs(&Reads::default(), dir.path(), &env).unwrap(),
             ["simple-init-repo-install"]
         );
     }

@@ -20,6 +20,7 @@ use nickel_lang_core::program::{BuilderError, Program, ProgramBuilder};
 use nickel_lang_core::serialize::{self, ExportFormat};
 use serde::{Deserialize, Serialize};
 
+use super::validate::RawProject;
 use super::{CATEGORIES, ManifestError};
 use crate::diag::SourceDiagnostic;
 use crate::fsutil::{self, FsError};
@@ -44,9 +45,9 @@ impl EmbeddedStdlib {
     }
 }
 
-/// The evaluated manifests as JSON, with the files of each category.
+/// The evaluated manifests, decoded, with the files of each category.
 pub(super) struct Evaluated {
-    pub json: String,
+    pub project: RawProject,
     /// Things worth saying that are not errors (a misspelt category file, …).
     pub warnings: Vec<String>,
     pub files: BTreeMap<String, Vec<PathBuf>>,
@@ -76,13 +77,57 @@ impl Stamp {
     }
 }
 
+/// What decides whether an evaluation record still holds: the first line of the record, the
+/// evaluated manifests' JSON follows it (see [`split_head`]). Kept apart so that a warm run
+/// checks the stamps before decoding the value, and decodes the value once, straight into
+/// the model's types (a record that held the JSON as a string in JSON decoded it twice).
 #[derive(Debug, Serialize, Deserialize)]
-struct EvalRecord {
+struct EvalHead {
     engine: String,
     listing: Vec<String>,
     stdlib_dir: PathBuf,
     inputs: Vec<Stamp>,
-    json: String,
+}
+
+/// `HEAD\nVALUE`: a head serialised compactly (JSON strings escape newlines, so the first
+/// newline ends it) and the bytes after it. `None` when there is no newline: not this format.
+fn split_head(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    Some((&bytes[..nl], &bytes[nl + 1..]))
+}
+
+/// A record's head and its value as one file.
+fn framed<T: Serialize>(head: &T, value: &str) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = serde_json::to_vec(head)?;
+    out.push(b'\n');
+    out.extend_from_slice(value.as_bytes());
+    Ok(out)
+}
+
+/// The manifests as a valid record of this project evaluated them: `None` (evaluate again)
+/// when the record is absent, stale, of an older format (the JSON as a string in one JSON
+/// document: the head decodes, no value follows) or does not decode into the model's types.
+fn cached(
+    store: &Store,
+    record: &str,
+    listing: &[String],
+    stdlib_dir: &Path,
+) -> Option<(EvalHead, RawProject)> {
+    let bytes = std::fs::read(store.path(record)).ok()?;
+    let (head, value) = split_head(&bytes)?;
+    let head: EvalHead = serde_json::from_slice(head).ok()?;
+    let fresh = head.engine == crate::ENGINE_VERSION
+        && head.listing == listing
+        && head.stdlib_dir == stdlib_dir
+        && head
+            .inputs
+            .iter()
+            .all(|s| Stamp::of(&s.path).as_ref() == Some(s));
+    if !fresh {
+        return None;
+    }
+    let project = serde_json::from_slice(value).ok()?;
+    Some((head, project))
 }
 
 fn listing(manifests: &Path) -> Result<Vec<String>, FsError> {
@@ -146,22 +191,14 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
         crate::ENGINE_VERSION
     )));
 
-    if let Some(rec) = store.read_json::<EvalRecord>(&record_name)
-        && rec.engine == crate::ENGINE_VERSION
-        && rec.listing == listing
-        && rec.stdlib_dir == stdlib_dir
-        && rec
-            .inputs
-            .iter()
-            .all(|s| Stamp::of(&s.path).as_ref() == Some(s))
-    {
+    if let Some((head, project)) = cached(store, &record_name, &listing, &stdlib_dir) {
         let warnings = stray_files(
             &manifests,
             &listing,
-            rec.inputs.iter().map(|s| s.path.as_path()),
+            head.inputs.iter().map(|s| s.path.as_path()),
         );
         return Ok(Evaluated {
-            json: rec.json,
+            project,
             warnings,
             files,
             from_cache: true,
@@ -171,6 +208,7 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
     check_utf8(root, &manifests, &listing)?;
     let started = std::time::SystemTime::now();
     let (json, read) = run_bounded(root, &manifests, &stdlib_dir, &files)?;
+    let project = super::validate::decode(&json)?;
 
     // A file modified in the same clock tick as our read could change again without changing
     // its stamp ("racy" stamps, as git calls them): only cache when every input is older than
@@ -190,18 +228,20 @@ pub(super) fn evaluate(root: &Path, store: &Store) -> Result<Evaluated, Manifest
                 || now_ns - s.mtime_ns.max(s.ctime_ns) > 2_000_000_000
         })
     {
-        let rec = EvalRecord {
+        let head = EvalHead {
             engine: crate::ENGINE_VERSION.to_string(),
             listing,
             stdlib_dir,
             inputs,
-            json: json.clone(),
         };
-        // A cache that cannot be written only costs time next run.
-        let _ = store.write_json(&record_name, &rec);
+        // A cache that cannot be written only costs time next run (and one that is lost
+        // in a crash too: it is not fsynced).
+        if let Ok(bytes) = framed(&head, &json) {
+            let _ = fsutil::write_atomic_cache(&store.path(&record_name), &bytes);
+        }
     }
     Ok(Evaluated {
-        json,
+        project,
         warnings,
         files,
         from_cache: false,
@@ -318,11 +358,20 @@ fn limits() -> Result<(std::time::Duration, u64), ManifestError> {
     Ok((timeout, memory))
 }
 
-/// What the evaluator process sends back on its stdout.
+/// What the evaluator process sends back on its stdout, as one line; after `Ok`'s, the
+/// evaluated manifests' JSON (see [`framed`]), so that it is not escaped into a JSON string
+/// and unescaped again.
 #[derive(Serialize, Deserialize)]
 enum Outcome {
-    Ok { json: String, read: Vec<PathBuf> },
+    Ok { read: Vec<PathBuf> },
     Err(crate::diag::WireDiagnostic),
+}
+
+/// The evaluator's answer: the outcome, and for `Ok` the JSON after it.
+fn parse_answer(stdout: &[u8]) -> Option<(Outcome, &str)> {
+    let (head, value) = split_head(stdout)?;
+    let outcome = serde_json::from_slice(head).ok()?;
+    Some((outcome, std::str::from_utf8(value).ok()?))
 }
 
 /// Evaluates in a child process (ccb re-executed with [`EVAL_ARG`]) under a time limit and an
@@ -362,10 +411,10 @@ fn run_bounded(
     }
     let out = run.output;
     if out.status.success()
-        && let Ok(outcome) = serde_json::from_slice::<Outcome>(&out.stdout)
+        && let Some((outcome, json)) = parse_answer(&out.stdout)
     {
         return match outcome {
-            Outcome::Ok { json, read } => Ok((json, read)),
+            Outcome::Ok { read } => Ok((json.to_string(), read)),
             Outcome::Err(d) => Err(SourceDiagnostic::from(d).into()),
         };
     }
@@ -401,12 +450,15 @@ fn run_bounded(
 pub fn evaluator_main(manifests: &Path, stdlib_dir: &Path) -> i32 {
     use std::io::Write;
     let files = category_files(manifests);
-    let outcome = match run_nickel(manifests, stdlib_dir, &files) {
-        Ok((json, read)) => Outcome::Ok { json, read },
-        Err(ManifestError::Invalid(d)) => Outcome::Err((&*d).into()),
-        Err(other) => Outcome::Err((&SourceDiagnostic::new(other.to_string())).into()),
+    let (outcome, json) = match run_nickel(manifests, stdlib_dir, &files) {
+        Ok((json, read)) => (Outcome::Ok { read }, json),
+        Err(ManifestError::Invalid(d)) => (Outcome::Err((&*d).into()), String::new()),
+        Err(other) => (
+            Outcome::Err((&SourceDiagnostic::new(other.to_string())).into()),
+            String::new(),
+        ),
     };
-    let Ok(bytes) = serde_json::to_vec(&outcome) else {
+    let Ok(bytes) = framed(&outcome, &json) else {
         return 70;
     };
     let mut stdout = std::io::stdout().lock();
@@ -447,11 +499,17 @@ fn run_nickel(
             return Err(SourceDiagnostic::from_nickel(diags, &nfiles).into());
         }
     };
-    let json = serialize::to_string(ExportFormat::Json, &value).map_err(|e| {
-        let err = nickel_lang_core::error::Error::export_error(prog.pos_table().clone(), e);
-        let diags = err.into_diagnostics(&mut nfiles);
-        ManifestError::from(SourceDiagnostic::from_nickel(diags, &nfiles))
-    })?;
+    // Compact, not Nickel's pretty export: a third of the bytes to send, store and decode.
+    let json = serialize::validate(ExportFormat::Json, &value)
+        .and_then(|()| {
+            serde_json::to_string(&value)
+                .map_err(|e| nickel_lang_core::error::ExportErrorKind::Other(e.to_string()).into())
+        })
+        .map_err(|e| {
+            let err = nickel_lang_core::error::Error::export_error(prog.pos_table().clone(), e);
+            let diags = err.into_diagnostics(&mut nfiles);
+            ManifestError::from(SourceDiagnostic::from_nickel(diags, &nfiles))
+        })?;
     let read: Vec<PathBuf> = nfiles
         .filenames()
         .map(PathBuf::from)

@@ -12,9 +12,10 @@ use super::{
 };
 use crate::diag::SourceDiagnostic;
 
+/// The evaluated manifests as Nickel exports them, before inheritance and Rust's checks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProject {
+pub(super) struct RawProject {
     #[serde(default)]
     images: BTreeMap<String, RawImage>,
     #[serde(default)]
@@ -121,17 +122,21 @@ pub fn env_entry_problem(name: &str, value: &str) -> Option<String> {
     None
 }
 
+/// Decodes Nickel's export of the manifests; an error names the field that does not fit.
+pub(super) fn decode(json: &str) -> Result<RawProject, ManifestError> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json)).map_err(|e| {
+        SourceDiagnostic::new(format!(
+            "the evaluated manifests do not match ccb's model at `{}`: {}",
+            e.path(),
+            e.inner()
+        ))
+        .with_help("the stdlib in use may be older or newer than this ccb")
+        .into()
+    })
+}
+
 pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, ManifestError> {
-    let raw: RawProject =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&evaluated.json))
-            .map_err(|e| {
-                SourceDiagnostic::new(format!(
-                    "the evaluated manifests do not match ccb's model at `{}`: {}",
-                    e.path(),
-                    e.inner()
-                ))
-                .with_help("the stdlib in use may be older or newer than this ccb")
-            })?;
+    let raw = evaluated.project;
 
     let mut model = Model {
         root: root.to_path_buf(),
@@ -153,9 +158,18 @@ pub(super) fn resolve(root: &Path, evaluated: Evaluated) -> Result<Model, Manife
     check_swift_artifacts(&model)?;
     split_per_arch(&mut model)?;
     check_variable_names(&model, &raw.images)?;
-    for key in parents_first(&model, &raw.images)? {
-        let image = inherit(&model, key, &raw.images[key])?;
-        model.images.insert(key.to_string(), image);
+    let order: Vec<String> = parents_first(&model, &raw.images)?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    // Each raw image is moved into its model image, not cloned (parents are read from the
+    // model, already inherited).
+    let mut raw_images = raw.images;
+    for key in order {
+        if let Some(img) = raw_images.remove(&key) {
+            let image = inherit(&model, &key, img)?;
+            model.images.insert(key, image);
+        }
     }
     check_published_names(&model)?;
     check_image_artifacts(&model)?;
@@ -355,7 +369,7 @@ fn parents_first<'a>(
 
 /// An image with what it inherits from its parent (already in `model`): elements, environment,
 /// artifacts, secrets and provenance; its arches and formats checked.
-fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestError> {
+fn inherit(model: &Model, key: &str, img: RawImage) -> Result<Image, ManifestError> {
     let parent = img.from.as_ref().map(|p| &model.images[p]);
     let mut elements: Vec<String> = parent.map(|p| p.elements.clone()).unwrap_or_default();
     for e in &img.elements {
@@ -363,14 +377,6 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
             elements.push(e.clone());
         }
     }
-    let mut env = parent.map(|p| p.env.clone()).unwrap_or_default();
-    env.extend(img.env.clone());
-    let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
-    artifacts.extend(img.artifacts.clone());
-    let mut secrets = parent.map(|p| p.secrets.clone()).unwrap_or_default();
-    secrets.extend(img.secrets.clone());
-    let public_with_secrets =
-        img.public_with_secrets || parent.is_some_and(|p| p.public_with_secrets);
     let mut secret_artifacts = parent
         .map(|p| p.secret_artifacts.clone())
         .unwrap_or_default();
@@ -381,6 +387,14 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
             .filter(|(_, name)| model.artifact_is_secret(name))
             .map(|(var, _)| var.clone()),
     );
+    let mut env = parent.map(|p| p.env.clone()).unwrap_or_default();
+    env.extend(img.env);
+    let mut artifacts = parent.map(|p| p.artifacts.clone()).unwrap_or_default();
+    artifacts.extend(img.artifacts);
+    let mut secrets = parent.map(|p| p.secrets.clone()).unwrap_or_default();
+    secrets.extend(img.secrets);
+    let public_with_secrets =
+        img.public_with_secrets || parent.is_some_and(|p| p.public_with_secrets);
     let inherit = |own: &Option<String>, pick: fn(&Provenance) -> &Option<String>| {
         own.clone()
             .or_else(|| parent.and_then(|p| pick(&p.provenance).clone()))
@@ -390,10 +404,10 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
         release: inherit(&img.provenance.release, |p| &p.release),
         variant: inherit(&img.provenance.variant, |p| &p.variant),
     };
-    let mut arch = img.arch.clone();
+    let mut arch = img.arch;
     arch.sort();
     arch.dedup();
-    let mut formats = img.formats.clone();
+    let mut formats = img.formats;
     formats.sort();
     formats.dedup();
     if let Some(p) = parent
@@ -442,32 +456,41 @@ fn inherit(model: &Model, key: &str, img: &RawImage) -> Result<Image, ManifestEr
     }
     Ok(Image {
         key: key.to_string(),
-        name: img.name.clone(),
-        from: img.from.clone(),
-        own_elements: img.elements.clone(),
+        name: img.name,
+        from: img.from,
+        own_elements: img.elements,
         elements,
         arch,
         baremetal_only: img.baremetal_only,
         provenance,
         env,
         artifacts,
-        base_artifacts: img.base_artifacts.clone(),
+        base_artifacts: img.base_artifacts,
         secret_artifacts,
         secrets,
         public_with_secrets,
         formats,
-        size: img.size.clone(),
-        description: img.description.clone(),
+        size: img.size,
+        description: img.description,
     })
 }
 
 /// Published names, per arch, are unique ignoring case (they become file and object names).
 fn check_published_names(model: &Model) -> Result<(), ManifestError> {
-    let mut names: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Lower-cased published name → the image and arch that has it. A hash map, and the
+    // published name spelt only for an error: this runs on every command, over every image.
+    let mut names: std::collections::HashMap<String, (&str, Arch)> =
+        std::collections::HashMap::with_capacity(model.images.len() * 2);
     for (key, img) in &model.images {
+        let lower = img.name.to_ascii_lowercase();
         for &arch in &img.arch {
-            let published = img.published_name(arch);
-            if let Some((other, other_name)) = names.get(&published.to_ascii_lowercase()) {
+            let published = match arch {
+                Arch::Amd64 => lower.clone(),
+                other => format!("{lower}-{}", other.as_str()),
+            };
+            if let Some(&(other, other_arch)) = names.get(&published) {
+                let published = img.published_name(arch);
+                let other_name = model.images[other].published_name(other_arch);
                 return Err(model
                     .locate(
                         "images",
@@ -482,7 +505,7 @@ fn check_published_names(model: &Model) -> Result<(), ManifestError> {
                     ))
                     .into());
             }
-            names.insert(published.to_ascii_lowercase(), (key.clone(), published));
+            names.insert(published, (key, arch));
         }
     }
     Ok(())

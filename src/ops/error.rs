@@ -86,8 +86,8 @@ fn environment_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static 
 }
 
 /// Whether a typed error's chain holds a failure ccb rules out (a bug): the build's, the
-/// sandbox's, the remote cache's or a builder's internal errors.
-fn is_internal(err: &(dyn std::error::Error + 'static)) -> bool {
+/// sandbox's, the remote cache's, a builder's or publishing's internal errors.
+pub(crate) fn is_internal(err: &(dyn std::error::Error + 'static)) -> bool {
     use crate::remote::builder::BuilderError;
     let mut cur = Some(err);
     while let Some(e) = cur {
@@ -103,6 +103,10 @@ fn is_internal(err: &(dyn std::error::Error + 'static)) -> bool {
             || matches!(
                 e.downcast_ref::<BuilderError>(),
                 Some(BuilderError::Internal(_) | BuilderError::NoBuilder(_))
+            )
+            || matches!(
+                e.downcast_ref::<crate::publish::PublishError>(),
+                Some(crate::publish::PublishError::Internal(_))
             );
         if bug {
             return true;
@@ -186,6 +190,15 @@ impl CommandError {
     pub fn silent() -> Self {
         Self {
             kind: ErrorKind::User,
+            report: None,
+            hint: None,
+        }
+    }
+
+    /// A failure already reported that is a bug in ccb (exit 70).
+    pub fn silent_internal() -> Self {
+        Self {
+            kind: ErrorKind::Internal,
             report: None,
             hint: None,
         }
@@ -281,6 +294,29 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::User);
         assert_eq!(CommandError::internal("x").exit_code(), 70);
         assert_eq!(CommandError::usage("x").exit_code(), 2);
+    }
+
+    #[test]
+    fn a_full_local_disk_while_publishing_is_the_hosts_to_fix() {
+        // What a local site's write gives (see publish::local's tests for a real one).
+        let e = CommandError::from_diag(crate::publish::PublishError::Io {
+            what: "write",
+            path: "/srv/images/current.json".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert_eq!(e.kind, ErrorKind::Environment);
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.hint().is_some_and(|h| h.contains("disk is full")));
+    }
+
+    #[test]
+    fn a_publishing_state_ccb_rules_out_is_a_bug_that_exits_70() {
+        let e = CommandError::from_diag(crate::publish::PublishError::Internal(
+            "the hashing thread panicked",
+        ));
+        assert_eq!(e.kind, ErrorKind::Internal);
+        assert_eq!(e.exit_code(), 70);
+        assert!(e.hint().is_some_and(|h| h.contains("please report")));
     }
 
     #[derive(Debug, thiserror::Error, miette::Diagnostic)]

@@ -52,6 +52,9 @@ pub struct PublishRow {
     pub scope: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error is a bug in ccb: the command then exits 70, not 1.
+    #[serde(skip)]
+    pub bug: bool,
 }
 
 /// Every image on every site.
@@ -61,6 +64,9 @@ pub struct PublishReport {
     pub results: Vec<PublishRow>,
     #[serde(skip)]
     pub failed: usize,
+    /// Some failure is a bug in ccb (exit 70).
+    #[serde(skip)]
+    pub bug: bool,
     /// The build of the disks published (none with `--outputs` or `--dry-run`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildReport>,
@@ -362,6 +368,7 @@ pub fn publish(
         version: 1,
         results: vec![],
         failed: 0,
+        bug: false,
         build,
     };
     let signing = model.project.signing.clone().unwrap_or_default();
@@ -536,8 +543,10 @@ impl SiteRun<'_> {
                     site: key.to_string(),
                     scope: None,
                     error: Some(e.to_string()),
+                    bug: super::error::is_internal(&e),
                 });
                 report.failed += 1;
+                report.bug |= super::error::is_internal(&e);
                 observer.failed(miette::Report::new(e).wrap_err(format!("opening {}", site.name)));
                 return Ok(());
             }
@@ -559,6 +568,7 @@ impl SiteRun<'_> {
             }
             let row = self.publish_one(store.as_ref(), key, site, &image, observer);
             report.failed += usize::from(row.error.is_some());
+            report.bug |= row.bug;
             report.results.push(row);
         }
         Ok(())
@@ -589,6 +599,7 @@ impl SiteRun<'_> {
             site: key.to_string(),
             scope: Some(req.scope.clone()),
             error: None,
+            bug: false,
         };
         match publish::publish_image(store, image, &opts) {
             Ok(outcome) => {
@@ -617,6 +628,7 @@ impl SiteRun<'_> {
             }
             Err(e) => {
                 row.error = Some(e.to_string());
+                row.bug = super::error::is_internal(&e);
                 observer.failed(
                     miette::Report::new(e)
                         .wrap_err(format!("publishing {} to {} failed", image.name, site.name)),

@@ -67,6 +67,43 @@ pub trait TestObserver {
     fn booted(&mut self, report: &BootReport, result: &BootResult);
 }
 
+/// Refuses a boot that cannot happen (BIOS alone for an arm64 image named on the command line)
+/// from the words alone: call it before [`Session::plan_to_build`], which pins "latest"
+/// artifacts (downloading them) for a test that would be refused anyway.
+pub fn refuse_impossible_boots(
+    session: &Session,
+    targets: &[String],
+    arch: &[String],
+    req: &TestRequest,
+) -> Result<(), CommandError> {
+    let named = crate::label::named_arches(
+        &session.model,
+        targets,
+        crate::label::parse_arches(arch)?.as_ref(),
+    );
+    refuse_bios_on_arm64(req, &session.targets(targets, arch)?, &named)
+}
+
+fn refuse_bios_on_arm64(
+    req: &TestRequest,
+    targets: &[crate::label::Target],
+    named: &std::collections::BTreeSet<Arch>,
+) -> Result<(), CommandError> {
+    if req.firmwares.contains(&Firmware::Uefi) {
+        return Ok(());
+    }
+    match targets
+        .iter()
+        .find(|t| t.arch == Arch::Arm64 && named.contains(&t.arch))
+    {
+        Some(t) => Err(CommandError::usage(format!(
+            "{}: arm64 has no BIOS, its disks boot on UEFI only (--firmware uefi)",
+            t.label()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Boots the planned targets' disks, building what is missing first: amd64 on SeaBIOS and OVMF,
 /// arm64 on AAVMF (UEFI only). Asking for a BIOS boot of an arm64 image named on the command
 /// line is refused before anything is built; unnamed arm64 images are then left out.
@@ -78,17 +115,7 @@ pub fn test(
     observer: &mut dyn TestObserver,
 ) -> Result<TestReport, CommandError> {
     let bios_only = !req.firmwares.contains(&Firmware::Uefi);
-    if bios_only
-        && let Some(t) = planned
-            .targets
-            .iter()
-            .find(|t| t.arch == Arch::Arm64 && planned.named_arches.contains(&t.arch))
-    {
-        return Err(CommandError::usage(format!(
-            "{}: arm64 has no BIOS, its disks boot on UEFI only (--firmware uefi)",
-            t.label()
-        )));
-    }
+    refuse_bios_on_arm64(req, &planned.targets, &planned.named_arches)?;
     let build = super::build::build(session, planned, &BuildRequest::disks(), shell)?;
     observer.built(&build);
     build.ok()?;

@@ -115,6 +115,20 @@ impl VerifyReport {
     }
 }
 
+/// The store's fetched files could not be linked into the scratch store. The `cp` error stays
+/// the source, so a missing `cp` is found as the host's to fix (see [`CommandError::from_diag`]).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("linking the store's {dir} into the scratch store: {source}")]
+#[diagnostic(
+    code(ccb::verify::scratch),
+    help("the scratch store is under the store's tmp/: is the disk full?")
+)]
+pub struct ScratchError {
+    dir: &'static str,
+    #[source]
+    source: crate::process::ProcessError,
+}
+
 /// The scratch store, removed with everything in it when dropped.
 struct Scratch {
     store: Store,
@@ -146,12 +160,7 @@ impl Scratch {
                 .arg(&src)
                 .arg(scratch.store.path(dir))
                 .output()
-                .map_err(|e| {
-                    CommandError::environment(
-                        format!("link the store's {dir} into the scratch store: {e}"),
-                        "the scratch store is under the store's tmp/: is the disk full?",
-                    )
-                })?;
+                .map_err(|source| ScratchError { dir, source })?;
         }
         Ok(scratch)
     }

@@ -34,7 +34,9 @@ impl LocalSite {
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
         {
-            return Err(PublishError::Site(format!("invalid object name `{name}`")));
+            return Err(PublishError::InvalidName {
+                name: name.to_string(),
+            });
         }
         Ok(self.root.join(name))
     }
@@ -74,9 +76,9 @@ impl LocalSite {
         path.with_file_name(format!(".{}.meta.json", file.unwrap_or_default()))
     }
 
-    fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> PublishError {
-        let msg = format!("{what} {}", path.display());
-        move |e| PublishError::Site(format!("{msg}: {e}"))
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PublishError {
+        let path = path.to_path_buf();
+        move |source| PublishError::Io { what, path, source }
     }
 
     fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, PublishError> {
@@ -95,7 +97,7 @@ impl LocalSite {
                 &meta,
                 serde_json::json!({"sha256": d}).to_string().as_bytes(),
             )
-            .map_err(|e| PublishError::Site(e.to_string())),
+            .map_err(PublishError::from),
             None => {
                 let _ = std::fs::remove_file(&meta);
                 Ok(())
@@ -238,10 +240,11 @@ impl ObjectStore for LocalSite {
             .map_err(Self::io("sync", tmp.path()))?;
         let written = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
         if written != size {
-            return Err(PublishError::Site(format!(
-                "{} changed while it was published ({written} bytes, expected {size})",
-                file.display()
-            )));
+            return Err(PublishError::Changed {
+                path: file.to_path_buf(),
+                written,
+                expected: size,
+            });
         }
         Self::write_meta(&path, Some(sha256))?;
         tmp.persist(&path)
@@ -298,5 +301,51 @@ impl ObjectStore for LocalSite {
 
     fn create_only_is_atomic(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io_in_chain(err: &PublishError) -> Option<&std::io::Error> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Some(io);
+            }
+            cur = e.source();
+        }
+        None
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_io_error_in_the_source_chain_and_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // The site's root is a file: no directory can be made under it.
+        let root = dir.path().join("not-a-directory");
+        std::fs::write(&root, b"").unwrap();
+        let site = LocalSite::new(root.clone()).unwrap();
+        let err = site
+            .put_bytes("scope/current.json", b"{}", "application/json", false)
+            .unwrap_err();
+        let io = io_in_chain(&err).expect("the io::Error stays the source");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&root.join("scope").display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_object_name_that_would_leave_the_site_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = LocalSite::new(dir.path().to_path_buf()).unwrap();
+        let err = site.get("scope/../../etc/passwd").unwrap_err();
+        assert!(
+            matches!(&err, PublishError::InvalidName { name } if name == "scope/../../etc/passwd"),
+            "{err}"
+        );
     }
 }

@@ -41,9 +41,74 @@ use layout::{Pointer, Version};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum PublishError {
-    #[error("{0}")]
-    #[diagnostic(code(ccb::publish::site))]
-    Site(String),
+    /// A file of the image or of a local site could not be read or written (a full disk, a
+    /// permission): the host's to fix, found by its `io::Error` kind.
+    #[error("{what} {}: {source}", path.display())]
+    #[diagnostic(code(ccb::publish::io))]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    /// An object of a Swift site could not be opened for reading by ranges.
+    #[error("{site}: {source}")]
+    #[diagnostic(code(ccb::publish::remote))]
+    Remote {
+        site: String,
+        #[source]
+        source: crate::inspect::remote::RemoteError,
+    },
+    #[error("{site}: {name}: the server does not serve byte ranges")]
+    #[diagnostic(code(ccb::publish::no_ranges))]
+    NoRanges { site: String, name: String },
+    /// A name with an empty, `.` or `..` segment, which would leave a local site's directory.
+    #[error("invalid object name `{name}`")]
+    #[diagnostic(code(ccb::publish::invalid_name))]
+    InvalidName { name: String },
+    #[error("{} changed while it was published ({written} bytes, expected {expected})", path.display())]
+    #[diagnostic(code(ccb::publish::changed))]
+    Changed {
+        path: PathBuf,
+        written: u64,
+        expected: u64,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Signing(#[from] signing::SigningError),
+    /// A record ccb keeps on the site (a pointer, `current`) does not parse.
+    #[error("{site}: {object} is not {expected}: {source}")]
+    #[diagnostic(code(ccb::publish::record))]
+    Record {
+        site: String,
+        object: String,
+        expected: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{site}: {object} did not settle after {rounds} rounds (too many concurrent publishers?)"
+    )]
+    #[diagnostic(code(ccb::publish::not_settled))]
+    NotSettled {
+        site: String,
+        object: String,
+        rounds: usize,
+    },
+    #[error("{site}: {version} does not hold {name}")]
+    #[diagnostic(code(ccb::publish::not_held))]
+    NotHeld {
+        site: String,
+        version: String,
+        name: String,
+    },
+    /// A state ccb rules out: a bug (exit 70).
+    #[error("internal error: {0}")]
+    #[diagnostic(code(ccb::publish::internal))]
+    Internal(&'static str),
     #[error(
         "{site}: version {version} already holds {name}; a published version is never overwritten"
     )]
@@ -521,7 +586,7 @@ fn upload_verified(
         for ((f, object), hasher) in image.files.iter().zip(objects).zip(hashers) {
             let actual = hasher
                 .join()
-                .map_err(|_| PublishError::Site("the hashing thread panicked".into()))??;
+                .map_err(|_| PublishError::Internal("the hashing thread panicked"))??;
             if actual != f.sha256 {
                 for o in objects {
                     let _ = site.delete(o);
@@ -567,9 +632,7 @@ fn put_records(
     }
     let sums = signing::sums_text(&sums);
     if let Some(signer) = opts.signer {
-        let sig = signer
-            .sign(sums.as_bytes())
-            .map_err(|e| PublishError::Site(e.to_string()))?;
+        let sig = signer.sign(sums.as_bytes())?;
         site.put_bytes(
             &name_of(&signing::signature_file(&image.name)),
             sig.as_bytes(),
@@ -627,8 +690,11 @@ fn check_uploaded(
 }
 
 fn sha256_file(path: &Path) -> Result<String, PublishError> {
-    crate::fetch::hash::sha256_file(path)
-        .map_err(|e| PublishError::Site(format!("read {}: {e}", path.display())))
+    crate::fetch::hash::sha256_file(path).map_err(|source| PublishError::Io {
+        what: "read",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub fn read_pointer(
@@ -639,13 +705,14 @@ pub fn read_pointer(
     let Some(bytes) = site.get(&layout::pointer(scope, name))? else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        PublishError::Site(format!(
-            "{}: {} is not a pointer record: {e}",
-            site.describe(),
-            layout::pointer(scope, name)
-        ))
-    })
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| PublishError::Record {
+            site: site.describe(),
+            object: layout::pointer(scope, name),
+            expected: "a pointer record",
+            source,
+        })
 }
 
 fn write_pointer(site: &dyn ObjectStore, scope: &str, p: &Pointer) -> Result<(), PublishError> {
@@ -820,12 +887,11 @@ pub fn read_current(
 ) -> Result<BTreeMap<String, String>, PublishError> {
     match site.get(&layout::current(scope))? {
         None => Ok(BTreeMap::new()),
-        Some(b) => serde_json::from_slice(&b).map_err(|e| {
-            PublishError::Site(format!(
-                "{}: {} is not a JSON map of image names to versions: {e}",
-                site.describe(),
-                layout::current(scope)
-            ))
+        Some(b) => serde_json::from_slice(&b).map_err(|source| PublishError::Record {
+            site: site.describe(),
+            object: layout::current(scope),
+            expected: "a JSON map of image names to versions",
+            source,
         }),
     }
 }
@@ -855,11 +921,11 @@ pub fn settle_current(site: &dyn ObjectStore, scope: &str) -> Result<(), Publish
             50 + (std::process::id() as u64 % 7) * 20,
         ));
     }
-    Err(PublishError::Site(format!(
-        "{}: {} did not settle after {ROUNDS} rounds (too many concurrent publishers?)",
-        site.describe(),
-        layout::current(scope)
-    )))
+    Err(PublishError::NotSettled {
+        site: site.describe(),
+        object: layout::current(scope),
+        rounds: ROUNDS,
+    })
 }
 
 fn read_pointers(site: &dyn ObjectStore, scope: &str) -> Result<Vec<Pointer>, PublishError> {
@@ -930,10 +996,11 @@ pub fn rollback(
     version: &Version,
 ) -> Result<(), PublishError> {
     if !versions_holding(site, scope, name)?.contains(version) {
-        return Err(PublishError::Site(format!(
-            "{}: {scope}/versions/{version} does not hold {name}",
-            site.describe()
-        )));
+        return Err(PublishError::NotHeld {
+            site: site.describe(),
+            version: format!("{scope}/versions/{version}"),
+            name: name.to_string(),
+        });
     }
     let pointer = pointer_for(site, scope, name, version)?;
     write_pointer(site, scope, &pointer)?;
@@ -977,10 +1044,11 @@ pub fn promote(
     version: &Version,
 ) -> Result<(), PublishError> {
     if !versions_holding(site, from_scope, name)?.contains(version) {
-        return Err(PublishError::Site(format!(
-            "{}: {from_scope}/versions/{version} does not hold {name}",
-            site.describe()
-        )));
+        return Err(PublishError::NotHeld {
+            site: site.describe(),
+            version: format!("{from_scope}/versions/{version}"),
+            name: name.to_string(),
+        });
     }
     let taken = versions_taken(site, to_scope, name)?;
     let digests = pointer_for(site, from_scope, name, version)?.sha256;

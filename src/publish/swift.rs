@@ -871,13 +871,16 @@ impl ObjectStore for SwiftSite {
             let (token, _) = auth.credentials().map_err(|e| e.to_string())?;
             Ok(vec![("X-Auth-Token".to_string(), token)])
         });
-        let site_err = |e: remote::RemoteError| PublishError::Site(format!("{}: {e}", self.site));
+        let site_err = |source| PublishError::Remote {
+            site: self.site.clone(),
+            source,
+        };
         match HttpRange::open(&url, headers).map_err(site_err)? {
             Opened::Ranges(r) => Ok(std::sync::Arc::new(r)),
-            Opened::WholeOnly { .. } => Err(PublishError::Site(format!(
-                "{}: {name}: the server does not serve byte ranges",
-                self.site
-            ))),
+            Opened::WholeOnly { .. } => Err(PublishError::NoRanges {
+                site: self.site.clone(),
+                name: name.to_string(),
+            }),
         }
     }
 

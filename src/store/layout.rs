@@ -79,6 +79,11 @@ impl Layout {
         format!("{}/complete-{hash}.json", Self::RESOLVE)
     }
 
+    /// The element closures of every build of one project's last check, by resolution key.
+    pub fn check_pack(project: &str) -> String {
+        format!("resolve/pack-{project}.json")
+    }
+
     /// A passed `ccb check` of one project state: the elements it used.
     pub fn check_record(hash: &str) -> String {
         format!("{}/check-{hash}.json", Self::RESOLVE)

@@ -209,6 +209,51 @@ fn an_arch_this_host_cannot_build_is_refused_before_anything_is_pinned_downloade
 }
 
 #[test]
+fn a_bios_boot_of_arm64_is_refused_before_anything_is_pinned_or_downloaded() {
+    let env = Env::new();
+    let project = tempfile::tempdir().unwrap();
+    two_arch_project(project.path());
+    // A "latest" artifact nobody serves (nothing listens on port 9): pinning it would fail on
+    // the download, so a refusal that came after pinning would name 127.0.0.1:9.
+    write(
+        project.path().join("manifests/artifacts.ncl"),
+        "{ tool = { url = \"http://127.0.0.1:9/tool.sh\", sha256 = \"latest\" } }\n",
+    );
+    let images = project.path().join("manifests/images.ncl");
+    let text = std::fs::read_to_string(&images).unwrap();
+    write(
+        &images,
+        &text.replace(
+            "formats = ['qcow2],",
+            "formats = ['qcow2],\n    artifacts = { TOOL = \"tool\" },",
+        ),
+    );
+    let root = project.path().to_str().unwrap();
+    let elements = repo().join("elements");
+    let refused = env.run(&[
+        "--root",
+        root,
+        "test",
+        "mini",
+        "--arch",
+        "arm64",
+        "--firmware",
+        "bios",
+        "--element-path",
+        elements.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code, 2, "a usage error:\n{}", refused.stderr);
+    refused.stderr_has("arm64 has no BIOS");
+    assert!(
+        !refused.stderr.contains("127.0.0.1:9"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!project.path().join("ccb.lock").exists());
+    assert!(!env.cache.path().join("artifacts").exists());
+}
+
+#[test]
 fn with_emulation_registered_arm64_is_emulated_with_the_fix_binary_flag() {
     // scripts/test registers it (scripts/host-deps.sh, ensure_arm64_emulation).
     let env = Env::new();

@@ -321,6 +321,93 @@ fn a_misspelt_category_file_is_reported() {
         .stderr_has("did you mean `sites`?");
 }
 
+/// The one evaluation record in `env`'s store.
+fn eval_record(env: &Env) -> std::path::PathBuf {
+    let dir = env.cache.path().join("eval");
+    let mut records: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    records.remove(0)
+}
+
+#[test]
+fn an_evaluation_record_that_cannot_be_read_is_evaluated_again() {
+    // The example's files are old enough to be cached (a fresh copy's are not, for 2 s).
+    let env = Env::new();
+    let root = repo().join("examples/nickel-project");
+    let root = root.to_str().unwrap();
+    let summary =
+        |run: crate::common::Run| run.stdout.split(" checked").next().unwrap().to_string();
+    let first = summary(env.run(&["--root", root, "check"]).ok());
+    assert!(first.starts_with("ok: 2 images"), "{first}");
+    let record = eval_record(&env);
+    let text = std::fs::read_to_string(&record).unwrap();
+    // The record is a line of stamps, then the evaluated manifests as JSON (not a string).
+    let (head, value) = text.split_once('\n').unwrap();
+    let value: serde_json::Value = serde_json::from_str(value).unwrap();
+    assert!(value["images"].is_object(), "{value}");
+
+    // The format before: one JSON document, the manifests as a string inside it. Its stamps
+    // still match, but it is a miss, not an error nor a model without images.
+    let mut old: serde_json::Value = serde_json::from_str(head).unwrap();
+    old["json"] = serde_json::Value::String(r#"{"images": {}}"#.into());
+    std::fs::write(&record, serde_json::to_vec(&old).unwrap()).unwrap();
+    assert_eq!(summary(env.run(&["--root", root, "check"]).ok()), first);
+    assert!(std::fs::read_to_string(&record).unwrap().contains('\n'));
+
+    // A value that no longer fits the model (a record of another ccb, a damaged file): a
+    // miss too.
+    for damaged in [
+        format!("{head}\n{{\"images\": 42}}"),
+        format!("{head}\n{{\"ima"),
+    ] {
+        std::fs::write(&record, damaged).unwrap();
+        assert_eq!(summary(env.run(&["--root", root, "check"]).ok()), first);
+    }
+}
+
+#[test]
+fn a_check_after_an_edit_resolves_only_the_builds_the_edit_changed() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("p");
+    copy_tree(&repo().join("examples/nickel-project"), &proj);
+    // Each time environment.d is sourced, the build it is sourced for says so.
+    let log = dir.path().join("sourced");
+    write(
+        proj.join("elements/counted/environment.d/10-count"),
+        &format!("echo \"$IMAGE_NAME\" >> {}\n", log.display()),
+    );
+    let images = |release_b: &str| {
+        format!(
+            "let common = {{ elements = [\"tinyos\", \"counted\"], arch = ['amd64], \
+             formats = ['qcow2], provenance = {{ distro = \"debian\", variant = \"base\" }} }} in\n\
+             {{ a = common & {{ name = \"A\", env.DIB_RELEASE = \"r1\" }},\n  \
+             b = common & {{ name = \"B\", env.DIB_RELEASE = \"{release_b}\" }} }}\n"
+        )
+    };
+    write(proj.join("manifests/images.ncl"), &images("r2"));
+    // Builds resolve in parallel: the order of the lines is not the point.
+    let sourced = || {
+        let mut lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let root = proj.to_str().unwrap();
+    env.run(&["--root", root, "check"]).ok();
+    assert_eq!(sourced(), ["A", "B"]);
+
+    write(proj.join("manifests/images.ncl"), &images("r3"));
+    env.run(&["--root", root, "check"]).ok();
+    assert_eq!(sourced(), ["A", "B", "B"]);
+}
+
 /// The real inventory publishes with a wildcard: the vGPU image holds the site's license token
 /// and NVIDIA's EULA-bound driver, so `//images:all` leaves it out of a public site with a
 /// note naming it (as Bazel's wildcards skip `manual` targets), and naming it is the clear
