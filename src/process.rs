@@ -332,8 +332,8 @@ impl Running {
         })
     }
 
-    /// Stops it: SIGTERM to its process group, up to `grace` for it to exit, then SIGKILL.
-    /// Reaps it.
+    /// Stops it: SIGTERM to its process group, up to `grace` for it to exit, then SIGKILL to
+    /// what is left of the group. Reaps it.
     pub fn stop(&mut self, grace: Duration) {
         stop(&mut self.child, grace);
     }
@@ -347,7 +347,7 @@ pub fn tail(bytes: &[u8], n: usize) -> String {
 }
 
 /// Stops a child started by [`Process::spawn`]: SIGTERM to its process group, up to `grace`
-/// for it to exit, then SIGKILL. Reaps it.
+/// for it to exit, then SIGKILL to what is left of the group. Reaps it.
 pub fn stop(child: &mut Child, grace: Duration) {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
@@ -355,19 +355,43 @@ pub fn stop(child: &mut Child, grace: Duration) {
         return;
     };
     let pgid = Pid::from_raw(raw);
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = killpg(pgid, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+    match leader(pgid) {
+        // Reaped before: its pid may name another process's group by now.
+        Leader::Reaped => return,
+        Leader::Exited => {}
+        Leader::Running => {
+            let _ = killpg(pgid, Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && leader(pgid) == Leader::Running {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
+    // The group can outlive its leader (a member that ignores SIGTERM, or one started in the
+    // background), so it is killed whether or not the leader went. Until the leader is reaped
+    // its pid cannot be reused, so the group id still names only this program's processes.
     let _ = killpg(pgid, Signal::SIGKILL);
     let _ = child.wait();
+}
+
+#[derive(PartialEq)]
+enum Leader {
+    Running,
+    /// Exited and not yet reaped: a zombie that keeps its pid reserved.
+    Exited,
+    Reaped,
+}
+
+/// The state of a child started as its group's leader, without reaping it.
+fn leader(pid: nix::unistd::Pid) -> Leader {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::StillAlive) => Leader::Running,
+        Ok(_) => Leader::Exited,
+        Err(nix::errno::Errno::EINTR) => Leader::Running,
+        Err(_) => Leader::Reaped,
+    }
 }
 
 #[cfg(test)]
@@ -473,19 +497,44 @@ mod tests {
         running.stop(Duration::from_millis(300));
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(running.exited().unwrap());
-        // Nothing of its group runs (a killed child may stay a zombie until init reaps it).
-        let group = running.child.id().to_string();
-        let live: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-            .filter(|stat| {
-                // pid (comm) state ppid pgrp ...: the fields after the command's ')'.
-                let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
-                let fields: Vec<&str> = after.split_whitespace().collect();
-                fields.get(2) == Some(&group.as_str()) && fields.first() != Some(&"Z")
-            })
-            .collect();
-        assert!(live.is_empty(), "still running: {live:?}");
+        assert_group_ends(&running.child.id().to_string());
+    }
+
+    #[test]
+    fn a_program_whose_leader_obeys_sigterm_leaves_no_member_of_its_group_behind() {
+        // The shell exits at SIGTERM; its background child ignores it and would outlive it.
+        let mut running = Process::new("sh")
+            .args(["-c", "(trap '' TERM; exec sleep 60) & wait"])
+            .start(Stdio::null(), Stdio::null(), Stdio::null())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        running.stop(Duration::from_secs(5));
+        assert!(running.exited().unwrap());
+        assert_group_ends(&running.child.id().to_string());
+    }
+
+    /// Nothing of the group runs once SIGKILL has been delivered. Delivery is asynchronous (a
+    /// killed process can still show as running for a moment under load), so it is given a
+    /// few seconds; a killed child may stay a zombie until init reaps it.
+    fn assert_group_ends(group: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let live: Vec<String> = std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    // pid (comm) state ppid pgrp ...: the fields after the command's ')'.
+                    let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
+                    let fields: Vec<&str> = after.split_whitespace().collect();
+                    fields.get(2) == Some(&group) && fields.first() != Some(&"Z")
+                })
+                .collect();
+            if live.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still running: {live:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
