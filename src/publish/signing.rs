@@ -54,12 +54,12 @@ pub enum SigningError {
         )
     )]
     Mismatch { source_desc: String },
-    #[error("`signing.public_key`: {0}")]
+    #[error("`signing.public_key` is not an OpenSSH public key line")]
     #[diagnostic(code(ccb::signing::public_key))]
-    PublicKey(String),
-    #[error("signing the checksums: {0}")]
+    PublicKey(#[source] ssh_key::Error),
+    #[error("signing the checksums")]
     #[diagnostic(code(ccb::signing::sign))]
-    Sign(String),
+    Sign(#[source] ssh_key::Error),
 }
 
 /// The private key, loaded once per publish.
@@ -78,9 +78,7 @@ pub fn public_key(settings: &SigningSettings) -> Result<Option<PublicKey>, Signi
     settings
         .public_key
         .as_deref()
-        .map(|k| {
-            PublicKey::from_openssh(k.trim()).map_err(|e| SigningError::PublicKey(e.to_string()))
-        })
+        .map(|k| PublicKey::from_openssh(k.trim()).map_err(SigningError::PublicKey))
         .transpose()
 }
 
@@ -127,9 +125,8 @@ impl Signer {
         let sig = self
             .key
             .sign(NAMESPACE, HashAlg::Sha512, data)
-            .map_err(|e| SigningError::Sign(e.to_string()))?;
-        sig.to_pem(LineEnding::LF)
-            .map_err(|e| SigningError::Sign(e.to_string()))
+            .map_err(SigningError::Sign)?;
+        sig.to_pem(LineEnding::LF).map_err(SigningError::Sign)
     }
 }
 

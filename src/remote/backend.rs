@@ -325,12 +325,12 @@ impl Swift {
         let shown = format!("swift://{cloud}/{container}/{prefix}")
             .trim_end_matches('/')
             .to_string();
-        let err = |e: &dyn std::fmt::Display| RemoteError::Swift {
+        let err = |e: crate::publish::PublishError| RemoteError::Swift {
             server: shown.clone(),
-            message: e.to_string(),
+            source: Box::new(e),
         };
-        let cloud = clouds::load(Some(cloud), env).map_err(|e| err(&e))?;
-        let session = keystone::Session::new(cloud, None).map_err(|e| err(&e))?;
+        let cloud = clouds::load(Some(cloud), env).map_err(|e| err(e.into()))?;
+        let session = keystone::Session::new(cloud, None).map_err(|e| err(e.into()))?;
         let agent = session.agent();
         let site = crate::publish::swift::SwiftSite::connect(
             &shown,
@@ -341,7 +341,7 @@ impl Swift {
             super::pack::MAX_BLOB,
             1,
         )
-        .map_err(|e| err(&e))?;
+        .map_err(err)?;
         Ok(Self {
             site,
             prefix: if prefix.is_empty() {
@@ -356,7 +356,7 @@ impl Swift {
     fn swift_err(&self, e: crate::publish::PublishError) -> RemoteError {
         RemoteError::Swift {
             server: self.shown.clone(),
-            message: e.to_string(),
+            source: Box::new(e),
         }
     }
 }

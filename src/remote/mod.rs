@@ -54,9 +54,13 @@ pub enum RemoteError {
         path: String,
         message: String,
     },
-    #[error("remote cache {server}: {message}")]
+    #[error("remote cache {server}: {source}")]
     #[diagnostic(code(ccb::remote::swift))]
-    Swift { server: String, message: String },
+    Swift {
+        server: String,
+        #[source]
+        source: Box<crate::publish::PublishError>,
+    },
     #[error("the remote cache's entry is corrupt: {what}{}", suffix(.source))]
     #[diagnostic(code(ccb::remote::corrupt))]
     Corrupt {
