@@ -14,7 +14,6 @@ pub mod grub;
 pub mod inroot;
 pub mod layout;
 pub mod native;
-pub mod nosync;
 pub mod repro;
 pub mod runner;
 pub mod sandbox;

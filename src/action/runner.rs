@@ -760,7 +760,7 @@ impl Runner<'_> {
             }
         }
         let mut cmd = cmd.command();
-        let nosync = super::nosync::NoSync::new();
+        let nosync = crate::process::nosync::NoSync::new();
         let chroot = (place == Place::Inside).then(|| self.root.clone());
         // SAFETY: chroot, chdir and prctl are async-signal-safe; nothing is allocated.
         unsafe {
