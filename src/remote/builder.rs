@@ -239,6 +239,10 @@ struct Request {
     env: Vec<(String, String)>,
     /// Stream every step's output (`-v` here).
     verbose: bool,
+    /// Keys whose cache entries this host found damaged: the builder stores them again even
+    /// when its own store holds them (see [`super::REPAIR_ENV`]).
+    #[serde(default)]
+    repair: Vec<String>,
 }
 
 /// The builders of one build.
@@ -258,6 +262,8 @@ pub struct Builders {
     next: AtomicUsize,
     /// Actions built remotely, with their builder.
     built: Mutex<BTreeMap<String, String>>,
+    /// The remote cache's damaged keys, as this build's lookups find them.
+    damaged: std::sync::Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl BuilderError {
@@ -360,6 +366,7 @@ impl Builders {
             sent: Mutex::new(BTreeSet::new()),
             next: AtomicUsize::new(0),
             built: Mutex::new(BTreeMap::new()),
+            damaged: remote.damaged(),
         }))
     }
 
@@ -439,6 +446,11 @@ impl Builders {
             cache: self.cache.clone(),
             env: self.env.clone(),
             verbose: self.verbose,
+            repair: self
+                .damaged
+                .lock()
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default(),
         };
         let mut child = self
             .ssh(
@@ -1076,6 +1088,9 @@ pub fn run(
         cmd.arg("--env").arg(k).env(k, v);
     }
     cmd.env("CCB_REMOTE_CACHE", &req.cache);
+    if !req.repair.is_empty() {
+        cmd.env(super::REPAIR_ENV, req.repair.join(","));
+    }
     // The report is part of the log: everything goes back on stderr.
     let stdout = std::io::stderr()
         .as_fd()
