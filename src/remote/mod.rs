@@ -253,15 +253,15 @@ pub fn open(
         counters: Counters::default(),
         hits: Mutex::new(Vec::new()),
         uploaded: Mutex::new(Vec::new()),
-        damaged: Arc::new(Mutex::new(keys_to_repair())),
+        damaged: Arc::new(Mutex::new(keys_to_repair(
+            &std::env::var(REPAIR_ENV).unwrap_or_default(),
+        ))),
     }))
 }
 
 /// The keys [`REPAIR_ENV`] names (only key-shaped words: it is never a path or a command).
-fn keys_to_repair() -> BTreeSet<String> {
-    std::env::var(REPAIR_ENV)
-        .unwrap_or_default()
-        .split(',')
+fn keys_to_repair(list: &str) -> BTreeSet<String> {
+    list.split(',')
         .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_string)
         .collect()
@@ -717,6 +717,14 @@ mod tests {
             "--offline"
         );
         assert!(open(None, &none, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_builder_repairs_only_key_shaped_words() {
+        let (a, b) = ("a".repeat(64), "0123456789abcdef".repeat(4));
+        let keys = keys_to_repair(&format!("{a},../etc,,{b},{}", "f".repeat(63)));
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), [b, a], "sorted");
+        assert!(keys_to_repair("").is_empty());
     }
 
     #[test]
