@@ -53,6 +53,8 @@ pub const PLAN_FILE: &str = "checkpoints.json";
 pub const SEGMENTS_DIR: &str = "ckpt";
 /// Written into a segment's directory once its tree is complete.
 pub const SEGMENT_DONE: &str = "done";
+/// A segment's files (the overlayfs upper directory it closed), committed as a checkpoint.
+pub const SEGMENT_TREE: &str = "tree";
 
 /// Checkpoints after steps of at least this long (`CCB_CHECKPOINT_MIN_MS` overrides it).
 const DEFAULT_MIN_MS: u64 = 1500;
@@ -301,7 +303,7 @@ pub fn prepare(
         reuse: resume
             .reuse
             .iter()
-            .map(|k| ctx.store.checkpoint_dir(k).join("tree"))
+            .map(|k| ctx.store.checkpoint_tree(k))
             .collect(),
         resume_at: resume.resume_at,
         min_ms,
@@ -342,7 +344,7 @@ pub fn collect(
         let (Some(key), Some((phase, _, step))) = (prepared.keys.get(i), steps.get(i)) else {
             continue;
         };
-        let tree_dir = dir.join(i.to_string()).join("tree");
+        let tree_dir = dir.join(i.to_string()).join(SEGMENT_TREE);
         let summary = crate::store::summarize(&tree_dir).map_err(|source| BuildError::Tree {
             id: action.id.to_string(),
             source: source.into(),
@@ -392,7 +394,7 @@ pub fn merge_into_upper(
     })?;
     let below = &spec.lowers;
     for key in chain.iter().rev() {
-        merge_segment(&store.checkpoint_dir(key).join("tree"), &merged, below)?;
+        merge_segment(&store.checkpoint_tree(key), &merged, below)?;
     }
     let last = spec.work.join("upper");
     merge_segment(&last, &merged, below)?;

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{self, Action, ActionRecord, Kind, LastBuild};
-use crate::store::{LayerMeta, OutputsMeta, Store};
+use crate::store::{LayerMeta, Layout, OutputsMeta, Store};
 use backend::Backend;
 use pack::{Counters, PackKind};
 
@@ -435,9 +435,10 @@ impl Remote {
         let dest = crate::fetch::store_path(store, &sha);
         let dir = dest.parent().expect("an artifact's path has a parent");
         crate::fsutil::create_dir_all(dir)?;
-        // `.fetch-` files are what `ccb cache gc` removes after a killed download.
+        // Named as the fetcher's are: what `ccb cache gc` removes after a killed download.
+        let prefix = format!("{}remote-", Layout::FETCH_TEMP_PREFIX);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".fetch-remote-")
+            .prefix(&prefix)
             .tempfile_in(dir)
             .map_err(|e| crate::fsutil::FsError::new("create a file in", dir, e))?;
         let tmp_path = tmp.path().to_path_buf();
@@ -534,7 +535,7 @@ impl Remote {
                 let Some(meta) = store.layer_meta(&action.key) else {
                     return Ok(false);
                 };
-                let tree = store.layer_dir(&action.key).join("tree");
+                let tree = store.layer_tree(&action.key);
                 entry.layer = Some(meta);
                 self.upload_tree(&tree)?
             }
