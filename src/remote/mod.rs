@@ -46,13 +46,16 @@ pub enum RemoteError {
         path: String,
         status: u16,
     },
-    #[error("remote cache {server}: {method} {path}: {message}")]
+    /// The request did not get an answer (ureq's error says why: a refused connection, a
+    /// timeout, a name that does not resolve).
+    #[error("remote cache {server}: {method} {path}: {source}")]
     #[diagnostic(code(ccb::remote::transport))]
     Transport {
         server: String,
         method: String,
         path: String,
-        message: String,
+        #[source]
+        source: ureq::Error,
     },
     #[error("remote cache {server}: {source}")]
     #[diagnostic(code(ccb::remote::swift))]
