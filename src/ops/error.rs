@@ -89,8 +89,12 @@ fn environment_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static 
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             return io_hint(io);
         }
-        // ureq's error keeps its causes to itself (no `source()`): read it here.
-        if let Some(http) = e.downcast_ref::<ureq::Error>() {
+        // ureq's error keeps its causes to itself (no `source()`): read it here (boxed, it
+        // is the box that is in the chain).
+        let http = e
+            .downcast_ref::<ureq::Error>()
+            .or_else(|| e.downcast_ref::<Box<ureq::Error>>().map(|b| &**b));
+        if let Some(http) = http {
             return match http {
                 ureq::Error::Io(io) => io_hint(io),
                 ureq::Error::HostNotFound

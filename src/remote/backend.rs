@@ -228,7 +228,7 @@ impl Http {
                 server: self.shown.clone(),
                 method: method.into(),
                 path: path.into(),
-                source,
+                source: Box::new(source),
             })?;
             let status = resp.status().as_u16();
             let data = if method == "GET" && status == 200 {
@@ -240,7 +240,7 @@ impl Http {
                         server: self.shown.clone(),
                         method: method.into(),
                         path: path.into(),
-                        source,
+                        source: Box::new(source),
                     })?
             } else {
                 Vec::new()

@@ -55,7 +55,7 @@ pub enum RemoteError {
         method: String,
         path: String,
         #[source]
-        source: ureq::Error,
+        source: Box<ureq::Error>,
     },
     #[error("remote cache {server}: {source}")]
     #[diagnostic(code(ccb::remote::swift))]

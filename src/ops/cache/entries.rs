@@ -27,8 +27,12 @@ pub struct Entry {
     pub lowers: Vec<String>,
 }
 
-/// The names of a store directory's entries, as `name` reads them (`None`: not an entry).
-fn list_names(store: &Store, dir: &str, name: fn(&str) -> Option<&str>) -> Vec<String> {
+/// What a store directory's file name names (`None`: not an entry), e.g.
+/// [`Layout::record_stem`].
+type NameReader = fn(&str) -> Option<&str>;
+
+/// The names of a store directory's entries, as `name` reads them.
+fn list_names(store: &Store, dir: &str, name: NameReader) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(store.path(dir)) else {
         return Vec::new();
     };
@@ -56,7 +60,7 @@ pub fn is_key(name: &str) -> bool {
 /// copy, a crash of something else). Listings and `gc` leave them alone; `verify` names them.
 pub fn foreign_names(store: &Store) -> Vec<String> {
     let mut out = Vec::new();
-    let key_of: [(&str, fn(&str) -> Option<&str>); 3] = [
+    let key_of: [(&str, NameReader); 3] = [
         (Layout::LAYERS, any_name),
         (Layout::OUTPUTS, |n| Some(Layout::outputs_key(n))),
         (Layout::ACTIONS, Layout::record_stem),
