@@ -79,7 +79,7 @@ fn fetch_only() -> BuildRequest {
     BuildRequest {
         until: Stage::Fetch,
         announce_outputs: false,
-        ..BuildRequest::disks()
+        ..BuildRequest::disks(&["tiny".into()], &[])
     }
 }
 
@@ -158,16 +158,16 @@ fn a_bios_boot_of_an_arm64_image_is_refused_before_anything_is_built() {
         1,
     );
     std::fs::write(&images, text).unwrap();
-    let session = p.session();
-    let planned = session.plan(&["tiny".into()], &["arm64".into()]).unwrap();
+    let mut session = p.session();
     let req = TestRequest {
+        targets: vec!["tiny".into()],
+        arch: vec!["arm64".into()],
         firmwares: vec![ccb::bootcheck::Firmware::Bios],
         buses: vec![ccb::bootcheck::DiskBus::Virtio],
         paired: vec![],
         timeout: std::time::Duration::from_secs(1),
     };
-    let err =
-        ops::test::test(&session, &planned, &req, &Shell::new(true, 0), &mut Silent).unwrap_err();
+    let err = ops::test::run(&mut session, &req, &Shell::new(true, 0), &mut Silent).unwrap_err();
     assert!(err.message().contains("no BIOS"), "{}", err.message());
     assert!(
         !p.store.path("artifacts").exists() && !p.store.path("layers").exists(),
@@ -257,7 +257,7 @@ fn a_base_its_layers_and_a_disk_run_through_ops_build() {
     let req = BuildRequest {
         out: Some(out.path().to_path_buf()),
         announce_outputs: false,
-        ..BuildRequest::disks()
+        ..BuildRequest::disks(&[], &[])
     };
     let shell = Shell::new(true, 0);
 
