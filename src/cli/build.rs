@@ -58,10 +58,11 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let store = ctx.store()?;
     let mut session = ctx.session(&store, a.element_path, a.env)?;
     let until = a.until.unwrap_or(Stage::Disk);
+    let targets = session.buildable_here(&a.targets, &shell);
     if a.locked || !a.dry_run {
-        session.pin_new_artifacts(&a.targets, &a.arch, a.locked, until, &shell)?;
+        session.pin_new_artifacts(&targets, &a.arch, a.locked, until, &shell)?;
     }
-    let planned = session.plan(&a.targets, &a.arch)?;
+    let planned = session.plan(&targets, &a.arch)?;
     if a.dry_run {
         let plan = ops::build::dry_run(&planned, &store, until);
         super::render::plan(&shell, &plan, a.format, ctx.verbose > 0);

@@ -135,8 +135,9 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
         timeout: std::time::Duration::from_secs(a.timeout),
     };
     let mut session = ctx.session(&store, a.element_path, a.env)?;
-    ops::test::refuse_impossible_boots(&session, &a.targets, &a.arch, &req)?;
-    let planned = session.plan_to_build(&a.targets, &a.arch, &shell)?;
+    let targets = session.buildable_here(&a.targets, &shell);
+    ops::test::refuse_impossible_boots(&session, &targets, &a.arch, &req)?;
+    let planned = session.plan_to_build(&targets, &a.arch, &shell)?;
     let mut observer = Text {
         shell,
         text: a.format == OutputFormat::Text,

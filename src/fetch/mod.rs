@@ -151,6 +151,34 @@ pub fn is_fetched(store: &Store, sha256: &str) -> bool {
         && store_path(store, sha256).is_file()
 }
 
+/// Whether this host holds artifact `key` or can reach its source: in the store at its pin,
+/// in a distdir (as [`Fetcher::fetch`] looks there), or at a `file://` URL that exists. An
+/// `http` URL or a Swift object counts as reachable: only a fetch finds out.
+pub fn within_reach(store: &Store, distdirs: &[PathBuf], key: &str, artifact: &Artifact) -> bool {
+    if is_fetched(store, &artifact.sha256.to_ascii_lowercase()) {
+        return true;
+    }
+    let file_name = match (&artifact.url, &artifact.swift) {
+        (Some(u), _) => url_file_name(u),
+        (None, Some(o)) => o.object.rsplit('/').next().filter(|n| !n.is_empty()),
+        _ => None,
+    };
+    if distdirs.iter().any(|dir| {
+        file_name
+            .into_iter()
+            .chain([key])
+            .any(|f| dir.join(f).is_file())
+    }) {
+        return true;
+    }
+    match (&artifact.url, &artifact.swift) {
+        (Some(url), _) => url
+            .strip_prefix("file://")
+            .is_none_or(|path| Path::new(path).is_file()),
+        (None, swift) => swift.is_some(),
+    }
+}
+
 /// The directories of `CCB_DISTDIR`.
 pub fn distdirs_from_env() -> Vec<PathBuf> {
     std::env::var_os("CCB_DISTDIR")
@@ -223,6 +251,9 @@ pub enum TransferError {
     /// The connection broke while the body was read.
     #[error("the connection broke")]
     Read(#[source] std::io::Error),
+    /// A `file://` source is not there (or not readable): a site's file not installed yet.
+    #[error("the file cannot be opened")]
+    Open(#[source] std::io::Error),
     /// The server closed the body before the length it announced.
     #[error("the transfer ended at byte {received} of {total}")]
     Truncated { received: u64, total: u64 },
@@ -623,8 +654,14 @@ impl Fetcher<'_> {
         };
         let mut ingest = Ingest::temp(self.store, name)?;
         if let Some(path) = url.strip_prefix("file://") {
-            let file = crate::fsutil::open_regular(Path::new(path))
-                .map_err(Ingest::io(name, Path::new(path)))?;
+            // Named as a download: the same ways out (another `url`, CCB_DISTDIR) apply.
+            let file =
+                crate::fsutil::open_regular(Path::new(path)).map_err(|e| FetchError::Download {
+                    name: name.into(),
+                    url: redact_url(url),
+                    cause: TransferError::Open(e),
+                    overrides: self.overrides(url),
+                })?;
             let total = file.metadata().ok().map(|m| m.len());
             if let Err(e) = ingest.copy_from(file, total, progress) {
                 return Err(ingest.copy_error(name, Path::new(path), e));
