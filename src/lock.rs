@@ -65,7 +65,7 @@ pub enum LockError {
     #[error("{} is stale: {entry}: {reason}", path.display())]
     #[diagnostic(
         code(ccb::lock::stale),
-        help("run `ccb update {name}` to pin it again (builds never rewrite the lock file)")
+        help("run `ccb update {name}` to pin it again (a build never moves an existing pin)")
     )]
     Stale {
         path: PathBuf,
@@ -752,6 +752,18 @@ mod tests {
         assert_eq!(lock.artifacts.len(), 1);
         assert_eq!(m.artifacts["b-base"].sha256, sha);
         assert!(m.pins.unpinned.contains("a-driver") && !m.pins.unpinned.contains("b-base"));
+    }
+
+    /// The committed lock and the README say what the code does: a build adds a missing pin,
+    /// never moves one (they once said a build never writes the lock).
+    #[test]
+    fn the_committed_lock_and_the_readme_describe_pin_on_first_use() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(repo.join(FILE)).unwrap();
+        assert!(text.starts_with(HEADER), "{text}");
+        let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+        assert!(!readme.contains("written only by `ccb update`"));
+        assert!(!readme.contains("a build never changes it"));
     }
 
     #[test]
