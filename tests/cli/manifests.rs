@@ -699,3 +699,35 @@ fn chi_at_tacc_and_chi_at_ncar_publish_with_their_own_formats() {
     assert!(!ncar.contains(&format!("{name}.raw")), "{ncar}");
     assert!(!proj.join("pub-tacc").exists() && !proj.join("pub-ncar").exists());
 }
+
+/// The drivers the dracut initramfs is made to hold (elements/initramfs) are those `ccb inspect`
+/// requires (manifests/inspect.ncl): one list may not gain a driver (md RAID once) the other
+/// does not know of. Beyond inspect's list the element names only the root filesystems' modules
+/// (inspect's `root_filesystem` check) and virtio_pci, the bus of virtio_blk/virtio_scsi.
+/// CI cost: milliseconds.
+#[test]
+fn the_initramfs_element_and_the_inspect_guard_name_the_same_storage_drivers() {
+    let script =
+        std::fs::read_to_string(repo().join("elements/initramfs/post-install.d/99-initramfs"))
+            .unwrap();
+    let wanted: std::collections::BTreeSet<&str> = script
+        .lines()
+        .find_map(|l| l.strip_prefix("wanted=("))
+        .and_then(|l| l.strip_suffix(')'))
+        .expect("99-initramfs has its `wanted=(...)` line")
+        .split_whitespace()
+        .filter(|m| !["ext4", "xfs", "virtio_pci"].contains(m))
+        .collect();
+    let ncl = std::fs::read_to_string(repo().join("manifests/inspect.ncl")).unwrap();
+    let list = ncl
+        .split_once("modules = [")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .expect("inspect.ncl has `initramfs.modules`")
+        .0;
+    let required: std::collections::BTreeSet<&str> = list
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+        .collect();
+    assert_eq!(wanted, required);
+}
