@@ -156,6 +156,53 @@ pub(crate) fn wildcard_without(
         .collect()
 }
 
+/// Why a wildcard leaves `image` out on this host: the secret inputs and secret artifacts it
+/// lacks, each with where it is looked for (never its bytes); `None` when it has them all.
+pub(crate) fn missing_secrets_note(
+    model: &Model,
+    store: &Store,
+    image: &manifest::Image,
+    distdirs: &[std::path::PathBuf],
+) -> Option<String> {
+    let mut missing: Vec<String> = image
+        .secrets
+        .iter()
+        .filter(|(_, source)| !source.is_available(&model.root))
+        .map(|(var, source)| format!("{var} ({})", source.describe()))
+        .collect();
+    for var in &image.secret_artifacts {
+        // Artifacts are the image's own or an ancestor's (a child does not inherit them).
+        let mut cur = Some(image);
+        let name = std::iter::from_fn(|| {
+            let img = cur?;
+            cur = img.from.as_ref().and_then(|p| model.images.get(p));
+            Some(img)
+        })
+        .find_map(|img| img.artifacts.get(var).or(img.base_artifacts.get(var)));
+        let Some(name) = name else { continue };
+        let unreachable = image.arch.iter().find_map(|arch| {
+            let key = model.artifact_key(name, *arch);
+            let art = model.artifacts.get(&key)?;
+            (!crate::fetch::within_reach(store, distdirs, &key, art)).then(|| {
+                format!(
+                    "{var} (artifact `{key}`, {})",
+                    art.url
+                        .as_deref()
+                        .map(crate::fetch::redact_url)
+                        .unwrap_or_default()
+                )
+            })
+        });
+        missing.extend(unreachable);
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "its secret inputs are not on this host: {}; name it to build it once they are",
+            missing.join(", ")
+        )
+    })
+}
+
 /// What a session is opened with, beyond the model and the store.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -230,55 +277,8 @@ impl<'s> Session<'s> {
     pub fn buildable_here(&self, targets: &[String], shell: &Shell) -> Vec<String> {
         let distdirs = crate::fetch::distdirs_from_env();
         wildcard_without(&self.model, targets, shell, |image| {
-            let missing = self.missing_secrets(image, &distdirs);
-            (!missing.is_empty()).then(|| {
-                format!(
-                    "its secret inputs are not on this host: {}; name it to build it once they are",
-                    missing.join(", ")
-                )
-            })
+            missing_secrets_note(&self.model, self.store, image, &distdirs)
         })
-    }
-
-    /// The secret inputs and secret artifacts of `image` this host cannot supply, each with
-    /// where it is looked for (never its bytes).
-    fn missing_secrets(
-        &self,
-        image: &manifest::Image,
-        distdirs: &[std::path::PathBuf],
-    ) -> Vec<String> {
-        let mut out: Vec<String> = image
-            .secrets
-            .iter()
-            .filter(|(_, source)| !source.is_available(&self.model.root))
-            .map(|(var, source)| format!("{var} ({})", source.describe()))
-            .collect();
-        for var in &image.secret_artifacts {
-            // Artifacts are the image's own or an ancestor's (a child does not inherit them).
-            let mut cur = Some(image);
-            let name = std::iter::from_fn(|| {
-                let img = cur?;
-                cur = img.from.as_ref().and_then(|p| self.model.images.get(p));
-                Some(img)
-            })
-            .find_map(|img| img.artifacts.get(var).or(img.base_artifacts.get(var)));
-            let Some(name) = name else { continue };
-            let unreachable = image.arch.iter().find_map(|arch| {
-                let key = self.model.artifact_key(name, *arch);
-                let art = self.model.artifacts.get(&key)?;
-                (!crate::fetch::within_reach(self.store, distdirs, &key, art)).then(|| {
-                    format!(
-                        "{var} (artifact `{key}`, {})",
-                        art.url
-                            .as_deref()
-                            .map(crate::fetch::redact_url)
-                            .unwrap_or_default()
-                    )
-                })
-            });
-            out.extend(unreachable);
-        }
-        out
     }
 
     /// Pins the "latest" artifacts the targets use that ccb.lock has no digest for yet, saying

@@ -219,14 +219,17 @@ impl Candidate {
 }
 
 /// A wildcard (`//images:all`, `//...`) leaves out an image holding secrets that none of the
-/// chosen sites may receive: it is not built for nothing, and the notes name it. Named
-/// explicitly, it stays (and is refused with the reason). Returns the words to plan.
+/// chosen sites may receive, or whose secrets this host lacks (as `ccb build` does): it is not
+/// built for nothing, and the notes name it. Named explicitly, it stays (and is refused with
+/// the reason). Returns the words to plan.
 fn without_unpublishable(
     model: &Model,
+    store: &Store,
     words: &[String],
     site_keys: &[String],
     shell: &Shell,
 ) -> Vec<String> {
+    let distdirs = crate::fetch::distdirs_from_env();
     let refused_everywhere = |image: &crate::manifest::Image| {
         !site_keys.is_empty()
             && site_keys
@@ -235,13 +238,15 @@ fn without_unpublishable(
                 .all(|site| publish::secrets_refusal(image, site).is_some())
     };
     super::wildcard_without(model, words, shell, |image| {
-        refused_everywhere(image).then(|| {
-            format!(
-                "holds secret inputs ({}) and the sites are public; name it to be told why, or \
-                 publish it to a private site",
-                image.secret_names().join(", ")
-            )
-        })
+        refused_everywhere(image)
+            .then(|| {
+                format!(
+                    "holds secret inputs ({}) and the sites are public; name it to be told why, \
+                     or publish it to a private site",
+                    image.secret_names().join(", ")
+                )
+            })
+            .or_else(|| super::missing_secrets_note(model, store, image, &distdirs))
     })
 }
 
@@ -312,7 +317,7 @@ pub fn publish(
     let selection = Selection {
         targets: match &req.outputs {
             Some(_) => req.targets.clone(),
-            None => without_unpublishable(&model, &req.targets, &site_keys, shell),
+            None => without_unpublishable(&model, store, &req.targets, &site_keys, shell),
         },
         named: crate::label::named_images(&model, &req.targets),
     };

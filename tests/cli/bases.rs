@@ -152,7 +152,9 @@ let file = fun arch => {{ url = "%{{dir}}/noble-server-cloudimg-%{{arch}}.squash
 /// The lock's `[artifacts."noble-rootfs:ARCH"]` digest.
 fn pinned(lock: &str, arch: &str) -> Option<String> {
     let table: toml::Table = toml::from_str(lock).ok()?;
-    table["artifacts"][&format!("noble-rootfs:{arch}")]["sha256"]
+    table["artifacts"]
+        .get(&format!("noble-rootfs:{arch}"))?
+        .get("sha256")?
         .as_str()
         .map(str::to_string)
 }
@@ -178,27 +180,33 @@ fn a_distribution_base_is_pinned_per_arch_after_its_sha256sums_check_and_moved_o
         .stderr_has("--locked");
     assert!(!p.root().join("ccb.lock").exists());
 
-    // SHA256SUMS disagrees with arm64's file: refused, and no pin at all is written (amd64's
-    // was fine, but a lock is never half-resolved).
+    // SHA256SUMS disagrees with arm64's file: refused, and amd64's pin, which was fine, is
+    // kept (written atomically with the others resolved): the next build does not download
+    // it again.
     p.sums(&amd64, &"e".repeat(64));
     p.ccb(&build)
         .fails()
+        .stderr_has("cannot pin artifact `noble-rootfs:arm64`")
+        .stderr_has("kept the 1 pinned meanwhile (noble-rootfs:amd64)")
         .stderr_has("artifact `noble-rootfs:arm64`: SHA-256 mismatch")
         .stderr_has(&format!("expected {}", "e".repeat(64)))
         .stderr_has(&format!("actual   {arm64}"));
-    assert!(!p.root().join("ccb.lock").exists());
+    let kept = p.lock();
+    assert_eq!(pinned(&kept, "amd64").as_deref(), Some(amd64.as_str()));
+    assert_eq!(pinned(&kept, "arm64"), None);
 
-    // The publisher's sums agree: each arch's file is pinned at its own digest, saying so,
-    // and each arch's base is made from its own file.
+    // The publisher's sums agree: arm64's file is pinned at its own digest, saying so, and
+    // each arch's base is made from its own file.
     p.sums(&amd64, &arm64);
     let first = p.ccb(&build).ok();
-    first
-        .stderr_has(&format!(
-            "ccb.lock: pinned artifact `noble-rootfs:amd64` at {amd64}"
-        ))
-        .stderr_has(&format!(
-            "ccb.lock: pinned artifact `noble-rootfs:arm64` at {arm64}"
-        ));
+    first.stderr_has(&format!(
+        "ccb.lock: pinned artifact `noble-rootfs:arm64` at {arm64}"
+    ));
+    assert!(
+        !first.stderr.contains("`noble-rootfs:amd64` at"),
+        "{}",
+        first.stderr
+    );
     let lock = p.lock();
     assert_eq!(pinned(&lock, "amd64").as_deref(), Some(amd64.as_str()));
     assert_eq!(pinned(&lock, "arm64").as_deref(), Some(arm64.as_str()));

@@ -633,6 +633,10 @@ fn chi_at_tacc_and_chi_at_ncar_publish_with_their_own_formats() {
             &format!("kind = 'local,\n    path = \"pub-{key}\","),
         );
     }
+    // The local directory made private: the vGPU image may go there.
+    let private = "name = \"Local directory\",";
+    assert!(local.contains(private));
+    let local = local.replace(private, &format!("{private} public = false,"));
     write(proj.join("manifests/sites.ncl"), &local);
 
     let root = proj.to_str().unwrap();
@@ -698,6 +702,27 @@ fn chi_at_tacc_and_chi_at_ncar_publish_with_their_own_formats() {
     assert!(ncar.contains(&format!("{name}.qcow2")), "{ncar}");
     assert!(!ncar.contains(&format!("{name}.raw")), "{ncar}");
     assert!(!proj.join("pub-tacc").exists() && !proj.join("pub-ncar").exists());
+
+    // A private site may take the vGPU image, but this host lacks its driver and token: a
+    // wildcard leaves it out as `ccb build` does, rather than failing on them.
+    let elements = repo().join("elements");
+    env.run(&[
+        "--root",
+        root,
+        "publish",
+        "//images:all",
+        "--site",
+        "local",
+        "--scope",
+        "prod",
+        "--dry-run",
+        "--element-path",
+        elements.to_str().unwrap(),
+    ])
+    .ok()
+    .stderr_has(
+        "ubuntu24.04-cuda-vgpu: left out of the wildcard (its secret inputs are not on this host",
+    );
 }
 
 /// The drivers the dracut initramfs is made to hold (elements/initramfs) are those `ccb inspect`
