@@ -59,6 +59,15 @@ fn default_weight(kind: Kind) -> u64 {
 /// What to build and how.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
+    /// Targets (all images when empty).
+    pub targets: Vec<String>,
+    /// Only these architectures (all when empty).
+    pub arch: Vec<String>,
+    /// Refuse to add a pin to ccb.lock: a "latest" artifact with no pin is an error (CI).
+    pub locked: bool,
+    /// Plan only: the report is the plan, nothing runs (nothing is pinned unless `locked`,
+    /// which then checks the pins).
+    pub dry_run: bool,
     /// Stop after this stage.
     pub until: Stage,
     /// Actions run at once.
@@ -80,8 +89,12 @@ pub struct BuildRequest {
 impl BuildRequest {
     /// The targets' disks, one action at a time, nothing forced: what `ccb test`, `publish` and
     /// `inspect` build first.
-    pub fn disks() -> Self {
+    pub fn disks(targets: &[String], arch: &[String]) -> Self {
         Self {
+            targets: targets.to_vec(),
+            arch: arch.to_vec(),
+            locked: false,
+            dry_run: false,
             until: Stage::Disk,
             jobs: 1,
             keep_going: false,
@@ -343,6 +356,39 @@ pub fn dry_run(planned: &Planned, store: &Store, until: Stage) -> PlanReport {
     PlanReport::new(plan(planned, store, until))
 }
 
+/// What `ccb build` did: the plan of a dry run, or the build.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum BuildOutcome {
+    Planned(PlanReport),
+    Built(BuildReport),
+}
+
+/// `ccb build` (and `ccb fetch`): an arch asked for by name that this host cannot build is
+/// refused first, then the new "latest" artifacts are pinned (their digests enter the keys),
+/// then the targets are planned once, and the plan is either reported (`dry_run`) or run.
+pub fn run(
+    session: &mut Session,
+    req: &BuildRequest,
+    shell: &Shell,
+) -> Result<BuildOutcome, CommandError> {
+    // A wildcard leaves out, with a note, the images whose secrets this host lacks.
+    let targets = session.buildable_here(&req.targets, shell);
+    // A dry run pins nothing; with --locked it still checks that nothing needs a pin.
+    if req.locked || !req.dry_run {
+        session.pin_new_artifacts(&targets, &req.arch, req.locked, req.until, shell)?;
+    }
+    let planned = session.plan(&targets, &req.arch)?;
+    if req.dry_run {
+        return Ok(BuildOutcome::Planned(dry_run(
+            &planned,
+            session.store,
+            req.until,
+        )));
+    }
+    build(session, &planned, req, shell).map(BuildOutcome::Built)
+}
+
 /// The foreign arches whose root filesystems the plan runs on this host (not on a builder,
 /// unless native here), each with what the host can do about it.
 fn foreign_arches(
@@ -434,9 +480,10 @@ fn check_arches(
     Ok(skipped)
 }
 
-/// Runs the planned targets' actions up to `req.until` and materializes their finished disks.
-/// Failed actions are in the report (see [`BuildReport::ok`]); an error here means the build
-/// could not run at all.
+/// Runs the planned targets' actions up to `req.until` and materializes their finished disks
+/// (the graph is `planned`, not `req.targets`: what the ops that build first call, after
+/// [`Session::plan_to_build`]). Failed actions are in the report (see [`BuildReport::ok`]); an
+/// error here means the build could not run at all.
 pub fn build(
     session: &Session,
     planned: &Planned,

@@ -429,7 +429,12 @@ fn candidates_built(
 ) -> Result<(Vec<Candidate>, BuildReport, Model), CommandError> {
     let mut session = Session::open(model, store, opts, shell)?;
     let planned = session.plan_to_build(&selection.targets, &req.arch, shell)?;
-    let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
+    let build = super::build::build(
+        &session,
+        &planned,
+        &BuildRequest::disks(&selection.targets, &req.arch),
+        shell,
+    )?;
     observer.built(&build);
     build.ok()?;
     let mut out = Vec::new();
