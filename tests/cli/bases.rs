@@ -153,7 +153,7 @@ let file = fun arch => {{ url = "%{{dir}}/noble-server-cloudimg-%{{arch}}.squash
 fn pinned(lock: &str, arch: &str) -> Option<String> {
     let table: toml::Table = toml::from_str(lock).ok()?;
     table["artifacts"]
-        .get(&format!("noble-rootfs:{arch}"))?
+        .get(format!("noble-rootfs:{arch}"))?
         .get("sha256")?
         .as_str()
         .map(str::to_string)
