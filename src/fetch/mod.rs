@@ -361,7 +361,7 @@ impl<'s> Ingest<'s> {
         let dir = store.path(Layout::ARTIFACTS);
         crate::fsutil::create_dir_all(&dir).map_err(StoreError::from)?;
         let tmp = tempfile::Builder::new()
-            .prefix(".fetch-")
+            .prefix(Layout::FETCH_TEMP_PREFIX)
             .tempfile_in(&dir)
             .map_err(Self::io(name, &dir))?;
         let (file, temp) = tmp.into_parts();

@@ -291,10 +291,7 @@ fn compare_action(
     }
     match a.kind {
         Kind::Base | Kind::Layer => {
-            let (l, r) = (
-                local.layer_dir(&a.key).join("tree"),
-                scratch.layer_dir(&a.key).join("tree"),
-            );
+            let (l, r) = (local.layer_tree(&a.key), scratch.layer_tree(&a.key));
             let files = diff_listings(&host_listing(&l, true)?, &host_listing(&r, true)?, &|p| {
                 (std::fs::read(l.join(p)).ok(), std::fs::read(r.join(p)).ok())
             });

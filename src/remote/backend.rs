@@ -208,12 +208,12 @@ impl Http {
                 Some(b) => req
                     .header("Content-Type", "application/octet-stream")
                     .body(b.to_vec())
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
+                    .map_err(ureq::Error::from)
+                    .and_then(|r| self.agent.run(r)),
                 None => req
                     .body(())
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
+                    .map_err(ureq::Error::from)
+                    .and_then(|r| self.agent.run(r)),
             };
             let retry = match &result {
                 Err(_) => true,
@@ -224,11 +224,11 @@ impl Http {
                 delay *= 2;
                 continue;
             }
-            let mut resp = result.map_err(|message| RemoteError::Transport {
+            let mut resp = result.map_err(|source| RemoteError::Transport {
                 server: self.shown.clone(),
                 method: method.into(),
                 path: path.into(),
-                message,
+                source: Box::new(source),
             })?;
             let status = resp.status().as_u16();
             let data = if method == "GET" && status == 200 {
@@ -236,11 +236,11 @@ impl Http {
                     .with_config()
                     .limit(super::pack::MAX_BLOB)
                     .read_to_vec()
-                    .map_err(|e| RemoteError::Transport {
+                    .map_err(|source| RemoteError::Transport {
                         server: self.shown.clone(),
                         method: method.into(),
                         path: path.into(),
-                        message: e.to_string(),
+                        source: Box::new(source),
                     })?
             } else {
                 Vec::new()

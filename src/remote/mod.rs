@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{self, Action, ActionRecord, Kind, LastBuild};
-use crate::store::{LayerMeta, OutputsMeta, Store};
+use crate::store::{LayerMeta, Layout, OutputsMeta, Store};
 use backend::Backend;
 use pack::{Counters, PackKind};
 
@@ -46,13 +46,16 @@ pub enum RemoteError {
         path: String,
         status: u16,
     },
-    #[error("remote cache {server}: {method} {path}: {message}")]
+    /// The request did not get an answer (ureq's error says why: a refused connection, a
+    /// timeout, a name that does not resolve).
+    #[error("remote cache {server}: {method} {path}: {source}")]
     #[diagnostic(code(ccb::remote::transport))]
     Transport {
         server: String,
         method: String,
         path: String,
-        message: String,
+        #[source]
+        source: Box<ureq::Error>,
     },
     #[error("remote cache {server}: {source}")]
     #[diagnostic(code(ccb::remote::swift))]
@@ -435,9 +438,10 @@ impl Remote {
         let dest = crate::fetch::store_path(store, &sha);
         let dir = dest.parent().expect("an artifact's path has a parent");
         crate::fsutil::create_dir_all(dir)?;
-        // `.fetch-` files are what `ccb cache gc` removes after a killed download.
+        // Named as the fetcher's are: what `ccb cache gc` removes after a killed download.
+        let prefix = format!("{}remote-", Layout::FETCH_TEMP_PREFIX);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".fetch-remote-")
+            .prefix(&prefix)
             .tempfile_in(dir)
             .map_err(|e| crate::fsutil::FsError::new("create a file in", dir, e))?;
         let tmp_path = tmp.path().to_path_buf();
@@ -534,7 +538,7 @@ impl Remote {
                 let Some(meta) = store.layer_meta(&action.key) else {
                     return Ok(false);
                 };
-                let tree = store.layer_dir(&action.key).join("tree");
+                let tree = store.layer_tree(&action.key);
                 entry.layer = Some(meta);
                 self.upload_tree(&tree)?
             }
