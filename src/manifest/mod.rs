@@ -249,6 +249,18 @@ impl SecretSource {
         }
     }
 
+    /// Whether [`SecretSource::read`] would find something (a non-empty file or variable),
+    /// without reading it.
+    pub fn is_available(&self, root: &Path) -> bool {
+        match (&self.file, &self.env) {
+            (Some(f), _) => {
+                std::fs::metadata(root.join(f)).is_ok_and(|m| m.is_file() && m.len() > 0)
+            }
+            (None, Some(name)) => std::env::var_os(name).is_some_and(|v| !v.is_empty()),
+            (None, None) => false,
+        }
+    }
+
     /// Reads the secret. Errors name the source, never any content.
     pub fn read(&self, root: &Path) -> Result<Vec<u8>, SecretError> {
         let bytes = match (&self.file, &self.env) {

@@ -372,11 +372,13 @@ pub fn run(
     req: &BuildRequest,
     shell: &Shell,
 ) -> Result<BuildOutcome, CommandError> {
+    // A wildcard leaves out, with a note, the images whose secrets this host lacks.
+    let targets = session.buildable_here(&req.targets, shell);
     // A dry run pins nothing; with --locked it still checks that nothing needs a pin.
     if req.locked || !req.dry_run {
-        session.pin_new_artifacts(&req.targets, &req.arch, req.locked, req.until, shell)?;
+        session.pin_new_artifacts(&targets, &req.arch, req.locked, req.until, shell)?;
     }
-    let planned = session.plan(&req.targets, &req.arch)?;
+    let planned = session.plan(&targets, &req.arch)?;
     if req.dry_run {
         return Ok(BuildOutcome::Planned(dry_run(
             &planned,
