@@ -28,7 +28,7 @@ disk_action() {
     key=$("${c[@]}" build //images:debian12 --arch amd64 --dry-run --format json |
         python3 -c 'import json,sys; print([a["key"] for a in json.load(sys.stdin)["actions"] if a["id"] == "disk:debian12:amd64"][0])')
     "${c[@]}" -q cache rm "$key" >/dev/null 2>&1 || true
-    rm -f "$out"/CC-Debian12.*
+    rm -rf "$out"/CC-Debian12.*
     "${c[@]}" -q build //images:debian12 --arch amd64 --out "$out" --format json > "$out/build.json"
     echo "== $label"
     python3 - "$out" <<'PY'
