@@ -387,8 +387,12 @@ pub struct LockedSource {
 }
 
 impl LockedSource {
+    /// Compared without credentials (see `crate::lock::source_url`): the lock never holds
+    /// them, and an older lock that does still matches until `ccb update` rewrites it.
     pub fn matches(&self, source: &Source) -> bool {
-        self.url == source.url && self.git_ref == source.git_ref && self.path == source.path
+        crate::lock::source_url(&self.url) == crate::lock::source_url(&source.url)
+            && self.git_ref == source.git_ref
+            && self.path == source.path
     }
 }
 
