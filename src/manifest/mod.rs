@@ -387,10 +387,11 @@ pub struct LockedSource {
 }
 
 impl LockedSource {
-    /// Compared without credentials (see `crate::lock::source_url`): the lock never holds
-    /// them, and an older lock that does still matches until `ccb update` rewrites it.
+    /// Compared without credentials, in the form the lock holds (`crate::lock::source_url`,
+    /// which is `redact::url`): the lock never holds them, and an older lock that does still
+    /// matches until `ccb update` rewrites it.
     pub fn matches(&self, source: &Source) -> bool {
-        crate::lock::source_url(&self.url) == crate::lock::source_url(&source.url)
+        crate::redact::url(&self.url) == crate::redact::url(&source.url)
             && self.git_ref == source.git_ref
             && self.path == source.path
     }

@@ -347,7 +347,8 @@ pub fn resolve(
     })?;
     let tree = git.tree_of(&commit, &source.path)?;
     Ok(LockedSource {
-        url: crate::lock::source_url(&source.url),
+        // Without credentials, as `crate::lock::source_url` pins it.
+        url: redact(&source.url),
         git_ref: source.git_ref.clone(),
         path: source.path.clone(),
         commit,
