@@ -142,12 +142,19 @@ fn evaluate_natively(
         .iter()
         .map(|b| std::str::from_utf8(b).ok())
         .collect::<Option<Vec<&str>>>()?;
+    evaluate_native(&texts, declared)
+}
+
+/// What bash would capture after sourcing the fragment texts `bodies` over `declared`,
+/// computed by ccb ([`native`]); `None` when a fragment is outside the subset it reads.
+/// Public for the fuzz target.
+pub fn evaluate_native(bodies: &[&str], declared: &BTreeMap<String, String>) -> Option<Env> {
     let mut start: Env = [("PATH", PATH), ("LC_ALL", "C")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     start.extend(declared.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut env = native::evaluate(&texts, start)?;
+    let mut env = native::evaluate(bodies, start)?;
     env.retain(|k, _| !RUNNER_VARS.contains(&k.as_str()));
     Some(env)
 }
