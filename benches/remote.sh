@@ -6,7 +6,8 @@
 #   3. warm: a second empty store ("another host") builds the image from the warm cache
 #      (goal: ≤ 15 % of the cold time);
 #   4. sharing: that second host builds CC-Debian12-Devtools and uploads it: the chunks the
-#      cache already held (shared with CC-Debian12's results) against the chunks it sent.
+#      cache already held (shared with CC-Debian12's results) against the chunks it sent, by
+#      count and by bytes.
 # Prints times, bytes moved and the chunk sharing ratio. Package downloads are shared between
 # the stores (the network is not measured). Needs root, mmdebstrap, nginx and the Debian
 # mirror of the host's apt sources. About 20-40 min on a 2-core host.
@@ -99,6 +100,11 @@ for a in load("warm")["actions"]:
 total = s["chunks_sent"] + s["chunks_present"]
 print(f"child upload      {share:8.1f} s  {s['chunks_present']} of {total} blobs already in the cache"
       f" ({100 * s['chunks_present'] / max(total, 1):.1f} % shared), {mib(s['bytes_up'])} sent")
+# By bytes too: a few large shared chunks save more than many small ones (stored, compressed
+# sizes; bytes_up also counts the small action entries).
+shared = s.get("bytes_present", 0)
+print(f"                  {mib(shared)} of {mib(shared + s['bytes_up'])} already in the cache"
+      f" ({100 * shared / max(shared + s['bytes_up'], 1):.1f} % of the bytes shared)")
 for a in load("share")["actions"]:
     print(f"   {a['id']:40} {a['status']}{' (remote)' if a.get('from') else ''}")
 PY

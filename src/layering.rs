@@ -29,9 +29,6 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         .map(|p| module_of(p))
         .filter(|m| !matches!(m.as_str(), "lib" | "main" | "layering"))
         .collect();
-    let path = regex::Regex::new(r"crate::(\w+)").unwrap();
-    let group = regex::Regex::new(r"crate::\{([^}]*)").unwrap();
-    let first_word = regex::Regex::new(r"(?:^|,)\s*(\w+)").unwrap();
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
         let from = module_of(file);
@@ -39,21 +36,48 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(file).unwrap();
-        let edges = out.entry(from.clone()).or_default();
-        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            let named = path.captures_iter(line).map(|c| c[1].to_string());
-            let grouped = group.captures_iter(line).flat_map(|g| {
-                first_word
-                    .captures_iter(&g[1])
-                    .map(|c| c[1].to_string())
-                    .collect::<Vec<_>>()
-            });
-            edges.extend(
-                named
-                    .chain(grouped)
-                    .filter(|m| *m != from && modules.contains(m)),
-            );
+        out.entry(from.clone()).or_default().extend(
+            named_modules(&text)
+                .into_iter()
+                .filter(|m| *m != from && modules.contains(m)),
+        );
+    }
+    out
+}
+
+/// The first path segments a source text names after `crate::`: in paths (`crate::a::b`)
+/// and in groups (`use crate::{a, b::{c, d}};`, over as many lines as rustfmt wraps it to).
+/// Comment lines are not read.
+fn named_modules(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    let path = regex::Regex::new(r"crate::(\w+)").unwrap();
+    let mut out: BTreeSet<String> = path.captures_iter(&code).map(|c| c[1].into()).collect();
+    for (at, _) in code.match_indices("crate::{") {
+        // The group's items at its own depth: each one's first word is a module.
+        let (mut depth, mut items) = (0, vec![String::new()]);
+        for ch in code[at + "crate::{".len()..].chars() {
+            match ch {
+                '}' if depth == 0 => break,
+                ',' if depth == 0 => items.push(String::new()),
+                _ => {
+                    depth += usize::from(ch == '{');
+                    depth -= usize::from(ch == '}');
+                    items.last_mut().unwrap().push(ch);
+                }
+            }
         }
+        out.extend(items.iter().filter_map(|item| {
+            let word: String = item
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            (!word.is_empty()).then_some(word)
+        }));
     }
     out
 }
@@ -81,6 +105,16 @@ fn circle(
         }
     }
     None
+}
+
+#[test]
+fn the_reader_sees_imports_in_paths_and_in_groups_over_several_lines() {
+    let text = "use crate::store::Layout;\n\
+                use crate::{\n    fetch::{self, Fetcher},\n    graph,\n    ui::{short,\n        KEY_WIDTH},\n    remote};\n\
+                // use crate::commented;\n\
+                let x = crate::lock::read();\n";
+    let named: Vec<String> = named_modules(text).into_iter().collect();
+    assert_eq!(named, ["fetch", "graph", "lock", "remote", "store", "ui"]);
 }
 
 #[test]

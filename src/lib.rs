@@ -16,6 +16,8 @@
 //!   typed, serializable report out. A [`ops::Session`] (the model with the
 //!   lock applied, the store, the element resolver) is loaded once per command and plans a
 //!   target set once; `test`, `publish` and `inspect` take their disks from the build report.
+//!   An operation owns its order (`ops::build::run`: refuse an arch the host cannot build,
+//!   pin new "latest" artifacts, plan, then report the plan or build).
 //!   [`ops::CommandError`] sorts failures by who acts: user, environment, internal (exit 70);
 //!   a failed build takes the kind of its worst action ([`action::event::Blame`]).
 //! - [`cli`]: argument parsing and rendering only; each command parses, calls one operation
@@ -64,7 +66,8 @@
 //!   (`ccb cache`'s view of the entries is `ops::cache`, above the records it reads);
 //!   [`store::Layout`] alone spells its paths (a lib test fails on a store path literal
 //!   anywhere else); [`store::tree`] digests trees.
-//! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends quietly),
+//! - [`ui`]: the one output ([`ui::Shell`]): data to stdout (a closed pipe ends a listing
+//!   quietly; a command that changes things carries on with it discarded: [`ui::ClosedPipe`]),
 //!   status and warnings to stderr, one progress type ([`ui::progress::Progress`]; a
 //!   transfer's byte count, [`ui::progress::Transfer`], draws through it), the terminal
 //!   decision, byte formatting and the short form of keys ([`ui::short`]).

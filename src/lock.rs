@@ -73,7 +73,7 @@ pub enum LockError {
     #[error("{} is stale: {entry}: {reason}", path.display())]
     #[diagnostic(
         code(ccb::lock::stale),
-        help("run `ccb update {name}` to pin it again (builds never rewrite the lock file)")
+        help("run `ccb update {name}` to pin it again (a build never moves an existing pin)")
     )]
     Stale {
         path: PathBuf,
@@ -93,6 +93,28 @@ pub enum LockError {
         help("run `ccb update {}` (or build without --locked) to pin it, then commit ccb.lock", names.join(" "))
     )]
     Unpinned { path: PathBuf, names: Vec<String> },
+    /// Pins that could not be resolved, every one of them (the others were added to the lock
+    /// all the same: a later run does not download them again).
+    #[error(
+        "cannot pin {}{}",
+        names.iter().map(|n| format!("artifact `{n}`")).collect::<Vec<_>>().join(", "),
+        if pinned.is_empty() { String::new() } else {
+            format!("; {} kept the {} pinned meanwhile ({})", path.display(), pinned.len(), pinned.join(", "))
+        }
+    )]
+    #[diagnostic(
+        code(ccb::lock::pin),
+        help(
+            "each failure below names its URL and what overrides it; build again once they are reachable"
+        )
+    )]
+    Pins {
+        path: PathBuf,
+        names: Vec<String>,
+        pinned: Vec<String>,
+        #[related]
+        causes: Vec<crate::fetch::FetchError>,
+    },
     #[error("artifact `{name}`: \"latest\" needs a `url` (a Swift object is pinned by its sha256)")]
     #[diagnostic(code(ccb::lock::no_url))]
     NoUrl { name: String },
@@ -358,29 +380,49 @@ pub fn pin_new(
         version: VERSION,
         ..Default::default()
     });
+    // Every pin is tried, and those resolved are kept even when another fails: a base of
+    // several GB is not downloaded again because a site's file was missing.
     let mut added = Vec::new();
+    let (mut failed, mut causes) = (Vec::new(), Vec::new());
     for name in names {
         let Some(art) = model.artifacts.get(name) else {
             continue;
         };
         let url = art.url.clone().unwrap_or_default();
-        let sha = fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {})?;
-        lock.artifacts.insert(
-            name.clone(),
-            LockedArtifact {
-                url: artifact_url(&url),
-                sha256: sha.clone(),
-            },
-        );
-        added.push((name.clone(), sha));
+        match fetcher.fetch_latest(name, &url, art.sums.as_deref(), &mut |_, _| {}) {
+            Ok(sha) => {
+                lock.artifacts.insert(
+                    name.clone(),
+                    LockedArtifact {
+                        url: artifact_url(&url),
+                        sha256: sha.clone(),
+                    },
+                );
+                added.push((name.clone(), sha));
+            }
+            Err(e) => {
+                failed.push(name.clone());
+                causes.push(e);
+            }
+        }
     }
-    // One write for all of them: the lock is never half-updated.
-    save(&model.root, &lock)?;
+    // One atomic write for all of them: the lock is never half-written.
+    if !added.is_empty() {
+        save(&model.root, &lock)?;
+    }
     for (name, sha) in &added {
         if let Some(a) = model.artifacts.get_mut(name) {
             a.sha256 = sha.clone();
         }
         model.pins.unpinned.remove(name);
+    }
+    if !causes.is_empty() {
+        return Err(LockError::Pins {
+            path: path(&model.root),
+            names: failed,
+            pinned: added.into_iter().map(|(n, _)| n).collect(),
+            causes,
+        });
     }
     Ok(added)
 }
@@ -667,6 +709,73 @@ mod tests {
         // Offline, the pin cannot be resolved: an error, and still no lock file.
         assert!(pin_new(&mut m, &names, &fetcher, false).is_err());
         assert!(!path(dir.path()).exists());
+    }
+
+    /// A base of several GB resolved before the site's missing driver is not lost with it:
+    /// every pin is tried, the resolved ones are written, and the error names every failure.
+    #[test]
+    fn a_failing_pin_keeps_the_others_and_every_failure_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::empty(dir.path().to_path_buf());
+        let here = dir.path().join("base.img");
+        std::fs::write(&here, "a base\n").unwrap();
+        let at = |url: String| crate::manifest::Artifact {
+            url: Some(url),
+            ..latest_tool()
+        };
+        m.artifacts.insert(
+            "a-driver".into(),
+            at("file:///nonexistent/driver.run".into()),
+        );
+        m.artifacts
+            .insert("b-base".into(), at(format!("file://{}", here.display())));
+        m.artifacts
+            .insert("c-key".into(), at("file:///nonexistent/key.gpg".into()));
+        apply(&mut m, None).unwrap();
+        let store = crate::store::Store::at(dir.path().join("store"));
+        let fetcher = crate::fetch::Fetcher {
+            store: &store,
+            distdirs: vec![],
+            offline: false,
+            swift: None,
+            mirrors: vec![],
+        };
+        let names = m.pins.unpinned.clone();
+        let err = pin_new(&mut m, &names, &fetcher, false).unwrap_err();
+        let LockError::Pins {
+            names: failed,
+            pinned,
+            causes,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(failed, &["a-driver", "c-key"]);
+        assert_eq!(pinned, &["b-base"]);
+        let why: Vec<String> = causes.iter().map(|c| c.to_string()).collect();
+        assert!(why[0].contains("a-driver"), "{why:?}");
+        assert!(why[1].contains("c-key"), "{why:?}");
+        let lock = load(dir.path())
+            .unwrap()
+            .expect("the resolved pin is written");
+        let sha = crate::fetch::hash::sha256_file(&here).unwrap();
+        assert_eq!(lock.artifacts["b-base"].sha256, sha);
+        assert_eq!(lock.artifacts.len(), 1);
+        assert_eq!(m.artifacts["b-base"].sha256, sha);
+        assert!(m.pins.unpinned.contains("a-driver") && !m.pins.unpinned.contains("b-base"));
+    }
+
+    /// The committed lock and the README say what the code does: a build adds a missing pin,
+    /// never moves one (they once said a build never writes the lock).
+    #[test]
+    fn the_committed_lock_and_the_readme_describe_pin_on_first_use() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(repo.join(FILE)).unwrap();
+        assert!(text.starts_with(HEADER), "{text}");
+        let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+        assert!(!readme.contains("written only by `ccb update`"));
+        assert!(!readme.contains("a build never changes it"));
     }
 
     #[test]

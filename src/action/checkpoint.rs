@@ -53,6 +53,8 @@ pub const PLAN_FILE: &str = "checkpoints.json";
 pub const SEGMENTS_DIR: &str = "ckpt";
 /// Written into a segment's directory once its tree is complete.
 pub const SEGMENT_DONE: &str = "done";
+/// A segment's files (the overlayfs upper directory it closed), committed as a checkpoint.
+pub const SEGMENT_TREE: &str = "tree";
 
 /// Checkpoints after steps of at least this long (`CCB_CHECKPOINT_MIN_MS` overrides it).
 const DEFAULT_MIN_MS: u64 = 1500;
@@ -140,7 +142,7 @@ pub fn step_keys(spec: &ActionSpec, parent_key: &str) -> std::io::Result<Option<
     for el in &spec.elements {
         hash_str(&mut h, &el.name);
         hash_str(&mut h, if el.own { "own" } else { "parent" });
-        hash_dir(&mut h, &el.dir, Path::new(""), &scripts).map_err(|e| {
+        hash_dir(&mut h, &el.dir, &scripts).map_err(|e| {
             std::io::Error::new(e.kind(), format!("read element `{}`: {e}", el.name))
         })?;
     }
@@ -198,36 +200,29 @@ pub fn step_keys(spec: &ActionSpec, parent_key: &str) -> std::io::Result<Option<
 }
 
 /// Sorted relative paths, exec bits, symlink targets and contents of a directory, but the
-/// files in `skip`.
-fn hash_dir(
-    h: &mut blake3::Hasher,
-    root: &Path,
-    rel: &Path,
-    skip: &[PathBuf],
-) -> std::io::Result<()> {
-    let dir = root.join(rel);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        let rel = rel.join(&name);
-        let path = root.join(&rel);
-        if skip.contains(&path) {
-            continue;
-        }
-        let meta = std::fs::symlink_metadata(&path)?;
+/// files (and directories) in `skip`. walkdir's order is the one the keys were made with:
+/// each directory's entries sorted by their name's bytes, a directory's before the next entry.
+fn hash_dir(h: &mut blake3::Hasher, root: &Path, skip: &[PathBuf]) -> std::io::Result<()> {
+    let entries = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !skip.iter().any(|s| s == e.path()));
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap_or(path);
         hash_bytes(h, rel.as_os_str().as_encoded_bytes());
-        if meta.file_type().is_symlink() {
+        let ft = entry.file_type();
+        if ft.is_symlink() {
             hash_str(h, "l");
-            hash_bytes(h, std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
-        } else if meta.is_dir() {
+            hash_bytes(h, std::fs::read_link(path)?.as_os_str().as_encoded_bytes());
+        } else if ft.is_dir() {
             hash_str(h, "d");
-            hash_dir(h, root, &rel, skip)?;
         } else {
-            hash_str(h, if meta.mode() & 0o111 != 0 { "x" } else { "f" });
-            hash_bytes(h, &std::fs::read(&path)?);
+            let mode = entry.metadata()?.mode();
+            hash_str(h, if mode & 0o111 != 0 { "x" } else { "f" });
+            hash_bytes(h, &std::fs::read(path)?);
         }
     }
     Ok(())
@@ -301,7 +296,7 @@ pub fn prepare(
         reuse: resume
             .reuse
             .iter()
-            .map(|k| ctx.store.checkpoint_dir(k).join("tree"))
+            .map(|k| ctx.store.checkpoint_tree(k))
             .collect(),
         resume_at: resume.resume_at,
         min_ms,
@@ -342,7 +337,7 @@ pub fn collect(
         let (Some(key), Some((phase, _, step))) = (prepared.keys.get(i), steps.get(i)) else {
             continue;
         };
-        let tree_dir = dir.join(i.to_string()).join("tree");
+        let tree_dir = dir.join(i.to_string()).join(SEGMENT_TREE);
         let summary = crate::store::summarize(&tree_dir).map_err(|source| BuildError::Tree {
             id: action.id.to_string(),
             source: source.into(),
@@ -392,7 +387,7 @@ pub fn merge_into_upper(
     })?;
     let below = &spec.lowers;
     for key in chain.iter().rev() {
-        merge_segment(&store.checkpoint_dir(key).join("tree"), &merged, below)?;
+        merge_segment(&store.checkpoint_tree(key), &merged, below)?;
     }
     let last = spec.work.join("upper");
     merge_segment(&last, &merged, below)?;

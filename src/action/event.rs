@@ -62,11 +62,18 @@ pub enum Blame {
     Bug,
 }
 
-/// OS errors the host's operator fixes (not the image's author).
+/// OS errors the host's operator fixes (not the image's author): a full disk, a
+/// permission, a read-only or failing file system, exhausted memory.
 pub fn host_errno(errno: i32) -> bool {
     matches!(
         errno,
-        libc::ENOSPC | libc::EDQUOT | libc::EACCES | libc::EPERM | libc::EROFS | libc::ENOMEM
+        libc::ENOSPC
+            | libc::EDQUOT
+            | libc::EACCES
+            | libc::EPERM
+            | libc::EROFS
+            | libc::EIO
+            | libc::ENOMEM
     )
 }
 

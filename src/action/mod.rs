@@ -109,8 +109,19 @@ pub enum BuildError {
         #[source]
         source: tree::TreeError,
     },
-    /// The image's input is wrong in a way found while preparing it (a secret that cannot be
-    /// read, a layout variable out of range).
+    /// A secret input could not be read: the project's to fix (no such variable or file),
+    /// or the host's (the OS error in the chain says: a permission, a failing disk).
+    #[error("{id}: secret `{var}` ({from})")]
+    #[diagnostic(code(ccb::build::secret))]
+    Secret {
+        id: String,
+        var: String,
+        from: String,
+        #[source]
+        source: crate::manifest::SecretError,
+    },
+    /// The image's input is wrong in a way found while preparing it (a layout variable out
+    /// of range).
     #[error("{id}: {problem}")]
     #[diagnostic(code(ccb::build::input))]
     Input { id: String, problem: String },
@@ -701,10 +712,12 @@ impl SpecFor<'_, '_> {
             let own = expose && parent.is_none_or(|p| p.secrets.get(var) != Some(src));
             let bytes = match src.read(&ctx.model.root) {
                 Ok(b) => b,
-                Err(e) if own => {
-                    return Err(BuildError::Input {
+                Err(source) if own => {
+                    return Err(BuildError::Secret {
                         id: action.id.to_string(),
-                        problem: format!("secret `{var}` ({}): {e}", src.describe()),
+                        var: var.clone(),
+                        from: src.describe(),
+                        source,
                     });
                 }
                 Err(_) => continue,

@@ -754,69 +754,7 @@ impl Runner<'_> {
         program: &str,
         args: &[String],
     ) -> Result<(i32, VecDeque<String>), RunError> {
-        let spec = self.spec;
-        let mut cmd = Process::new("/bin/bash");
-        cmd.env_clear()
-            .envs(&spec.env)
-            .env("LC_ALL", "C")
-            .env("HOME", "/root")
-            .envs(&self.extra_env)
-            .envs(super::dib::element_env(&spec.elements))
-            .envs(super::emulated_cpu(&spec.arch).map(|cpu| (super::QEMU_CPU, cpu)))
-            .arg("--noprofile")
-            .arg("--norc")
-            .arg("-c")
-            .arg(RUN)
-            .arg("ccb-run")
-            .arg(program)
-            .arg(args.len().to_string())
-            .args(args)
-            .args(self.env_files(place));
-        match place {
-            Place::Outside => {
-                cmd.env(
-                    "PATH",
-                    format!(
-                        "{}:{}:{PATH}",
-                        self.engine_dir.join("bin").display(),
-                        self.engine_dir.join(super::dib::HOST_BIN_DIR).display()
-                    ),
-                )
-                .env("_LIB", self.engine_dir.join(super::dib::LIB_DIR))
-                .env("TMP_BUILD_DIR", &spec.work)
-                .env("TMP_HOOKS_PATH", &self.hooks)
-                .env("TMP_MOUNT_PATH", &self.root)
-                .env("DIB_IMAGE_CACHE", spec.downloads.join("image-cache"));
-                for var in spec.artifacts.keys() {
-                    cmd.env(var, self.engine_dir.join("artifacts").join(var));
-                }
-                if let Some(cache) = &spec.package_cache {
-                    cmd.env("CCB_PACKAGE_CACHE", &cache.host);
-                }
-                if matches!(phase, "root.d" | "cleanup.d") {
-                    cmd.env("TARGET_ROOT", &self.root);
-                }
-                if !spec.env.contains_key("DIB_PYTHON_EXEC")
-                    && let Some(python) = super::dib::host_python()
-                {
-                    cmd.env("DIB_PYTHON_EXEC", python);
-                }
-                cmd.current_dir(&spec.work);
-            }
-            Place::Inside => {
-                let native = if self.native_dpkg_deb {
-                    format!("{ENGINE_IN}/{}:", super::native::BIN_DIR)
-                } else {
-                    String::new()
-                };
-                cmd.env("PATH", format!("{ENGINE_IN}/bin:{native}{PATH}"))
-                    .env("_LIB", format!("{ENGINE_IN}/{}", super::dib::LIB_DIR));
-                for var in spec.artifacts.keys() {
-                    cmd.env(var, format!("{ENGINE_IN}/artifacts/{var}"));
-                }
-            }
-        }
-        let mut cmd = cmd.command();
+        let mut cmd = self.step_process(phase, place, program, args).command();
         let nosync = crate::process::nosync::NoSync::new();
         let chroot = (place == Place::Inside).then(|| self.root.clone());
         // SAFETY: chroot, chdir and prctl are async-signal-safe; nothing is allocated.
@@ -838,61 +776,10 @@ impl Runner<'_> {
         drop(cmd);
         let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
 
-        let mut log = self.log.try_clone().map_err(io("duplicate the log"))?;
-        let stream = spec.stream_output;
-        let collector = std::thread::spawn(move || {
-            let mut tail: VecDeque<String> = VecDeque::new();
-            let mut missing: Vec<String> = Vec::new();
-            let mut reader = BufReader::new(reader);
-            let mut buf = Vec::new();
-            while let Ok(n) = reader.read_until(b'\n', &mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let shown = crate::redact::output(&buf);
-                let _ = log.write_all(&shown);
-                let line = String::from_utf8_lossy(&shown).trim_end().to_string();
-                if stream {
-                    emit(&Event::Output { line: line.clone() });
-                }
-                if let Some(cmd) = super::dib::missing_command(&line)
-                    && !missing.contains(&cmd)
-                {
-                    missing.push(cmd);
-                }
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-                buf.clear();
-            }
-            (tail, missing)
-        });
-
-        // `None`: cancelled, the step stopped the one way ccb stops a program.
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) => {}
-                Err(e) => return Err(io(format!("wait for {program}"))(e)),
-            }
-            if self.cancelled.load(Ordering::SeqCst) {
-                crate::process::stop(&mut child, GRACE);
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        };
-        // Nothing outlives a step: a daemon a script started (even in a new session) would
-        // hold the output pipe open and write into the next step's tree. As PID 1 of the
-        // namespace, kill(-1) reaches every other process in it.
-        // (Only as PID 1: anywhere else kill(-1) would reach the host's processes.)
-        if nix::unistd::getpid().as_raw() == 1 {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
-            reap_orphans();
-        } else {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
-        }
+        let log = self.log.try_clone().map_err(io("duplicate the log"))?;
+        let collector = collect_output(reader, log, self.spec.stream_output);
+        let status = self.wait_or_stop(&mut child, program)?;
+        kill_what_the_step_left(pgid);
         let (tail, missing) = collector.join().unwrap_or_default();
         self.missing.extend(missing);
         let Some(status) = status else {
@@ -903,6 +790,99 @@ impl Runner<'_> {
             .code()
             .unwrap_or_else(|| -status.signal().unwrap_or(1));
         Ok((code, tail))
+    }
+
+    /// The bash that runs a step's program, with the environment DIB gives it where it runs.
+    fn step_process(&self, phase: &str, place: Place, program: &str, args: &[String]) -> Process {
+        let spec = self.spec;
+        let mut cmd = Process::new("/bin/bash");
+        cmd.env_clear()
+            .envs(&spec.env)
+            .env("LC_ALL", "C")
+            .env("HOME", "/root")
+            .envs(&self.extra_env)
+            .envs(super::dib::element_env(&spec.elements))
+            .envs(super::emulated_cpu(&spec.arch).map(|cpu| (super::QEMU_CPU, cpu)))
+            .arg("--noprofile")
+            .arg("--norc")
+            .arg("-c")
+            .arg(RUN)
+            .arg("ccb-run")
+            .arg(program)
+            .arg(args.len().to_string())
+            .args(args)
+            .args(self.env_files(place));
+        match place {
+            Place::Outside => self.outside_env(&mut cmd, phase),
+            Place::Inside => {
+                let native = if self.native_dpkg_deb {
+                    format!("{ENGINE_IN}/{}:", super::native::BIN_DIR)
+                } else {
+                    String::new()
+                };
+                cmd.env("PATH", format!("{ENGINE_IN}/bin:{native}{PATH}"))
+                    .env("_LIB", format!("{ENGINE_IN}/{}", super::dib::LIB_DIR));
+                for var in spec.artifacts.keys() {
+                    cmd.env(var, format!("{ENGINE_IN}/artifacts/{var}"));
+                }
+            }
+        }
+        cmd
+    }
+
+    /// What a step run on the host (outside the chroot) sees: the engine's tools, the
+    /// working directories and the tree by their host paths.
+    fn outside_env(&self, cmd: &mut Process, phase: &str) {
+        let spec = self.spec;
+        cmd.env(
+            "PATH",
+            format!(
+                "{}:{}:{PATH}",
+                self.engine_dir.join("bin").display(),
+                self.engine_dir.join(super::dib::HOST_BIN_DIR).display()
+            ),
+        )
+        .env("_LIB", self.engine_dir.join(super::dib::LIB_DIR))
+        .env("TMP_BUILD_DIR", &spec.work)
+        .env("TMP_HOOKS_PATH", &self.hooks)
+        .env("TMP_MOUNT_PATH", &self.root)
+        .env("DIB_IMAGE_CACHE", spec.downloads.join("image-cache"));
+        for var in spec.artifacts.keys() {
+            cmd.env(var, self.engine_dir.join("artifacts").join(var));
+        }
+        if let Some(cache) = &spec.package_cache {
+            cmd.env("CCB_PACKAGE_CACHE", &cache.host);
+        }
+        if matches!(phase, "root.d" | "cleanup.d") {
+            cmd.env("TARGET_ROOT", &self.root);
+        }
+        if !spec.env.contains_key("DIB_PYTHON_EXEC")
+            && let Some(python) = super::dib::host_python()
+        {
+            cmd.env("DIB_PYTHON_EXEC", python);
+        }
+        cmd.current_dir(&spec.work);
+    }
+
+    /// Waits for a step's program; `None`: cancelled, the step stopped the one way ccb stops
+    /// a program.
+    fn wait_or_stop(
+        &self,
+        child: &mut std::process::Child,
+        program: &str,
+    ) -> Result<Option<std::process::ExitStatus>, RunError> {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(Some(status)),
+                Ok(None) => {}
+                Err(e) => return Err(io(format!("wait for {program}"))(e)),
+            }
+            if self.cancelled.load(Ordering::SeqCst) {
+                crate::process::stop(child, GRACE);
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// The image tree, opened for host-side access that stays inside it. Opened afresh
@@ -971,6 +951,56 @@ impl Runner<'_> {
         }
         self.logln(&format!("install-static: {n} files"));
         Ok(())
+    }
+}
+
+/// Logs a step's output (redacted) as it comes, streams it when asked, and keeps its last
+/// lines and the commands it missed: what the thread returns when the output ends.
+fn collect_output(
+    reader: std::io::PipeReader,
+    mut log: std::fs::File,
+    stream: bool,
+) -> std::thread::JoinHandle<(VecDeque<String>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let mut missing: Vec<String> = Vec::new();
+        let mut reader = BufReader::new(reader);
+        let mut buf = Vec::new();
+        while let Ok(n) = reader.read_until(b'\n', &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let shown = crate::redact::output(&buf);
+            let _ = log.write_all(&shown);
+            let line = String::from_utf8_lossy(&shown).trim_end().to_string();
+            if stream {
+                emit(&Event::Output { line: line.clone() });
+            }
+            if let Some(cmd) = super::dib::missing_command(&line)
+                && !missing.contains(&cmd)
+            {
+                missing.push(cmd);
+            }
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+            buf.clear();
+        }
+        (tail, missing)
+    })
+}
+
+/// Nothing outlives a step: a daemon a script started (even in a new session) would hold the
+/// output pipe open and write into the next step's tree. As PID 1 of the namespace, kill(-1)
+/// reaches every other process in it (only as PID 1: anywhere else kill(-1) would reach the
+/// host's processes); elsewhere the step's process group is killed.
+fn kill_what_the_step_left(pgid: nix::unistd::Pid) {
+    if nix::unistd::getpid().as_raw() == 1 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
+        reap_orphans();
+    } else {
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::SIGKILL);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use super::checkpoint::{PLAN_FILE, Plan, SEGMENT_DONE, SEGMENTS_DIR};
+use super::checkpoint::{PLAN_FILE, Plan, SEGMENT_DONE, SEGMENT_TREE, SEGMENTS_DIR};
 use super::event::{Event, emit};
 use super::runner::{RunError, Runner, engine, io};
 use super::spec::{Place, Step};
@@ -141,10 +141,10 @@ impl Runner<'_> {
         let seg = work.join(SEGMENTS_DIR).join(n.to_string());
         std::fs::create_dir_all(&seg).map_err(io("create a checkpoint directory"))?;
         let upper = work.join("upper");
-        std::fs::rename(&upper, seg.join("tree")).map_err(io("close the upper directory"))?;
+        std::fs::rename(&upper, seg.join(SEGMENT_TREE)).map_err(io("close the upper directory"))?;
         std::fs::write(seg.join(SEGMENT_DONE), b"").map_err(io("mark a checkpoint done"))?;
         std::fs::create_dir_all(&upper).map_err(io("create the upper directory"))?;
-        self.segments.insert(0, seg.join("tree"));
+        self.segments.insert(0, seg.join(SEGMENT_TREE));
         self.logln(&format!("ccb: checkpoint after step {}", n + 1));
         self.mount_overlay()?;
         self.setup_chroot()?;

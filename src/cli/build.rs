@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{CliError, Context};
 use crate::ops;
-use crate::ops::build::{BuildRequest, Stage};
+use crate::ops::build::{BuildOutcome, BuildRequest, Stage};
 use crate::ui::OutputFormat;
 
 #[derive(Debug, Args)]
@@ -13,7 +13,7 @@ pub struct BuildArgs {
     targets: Vec<String>,
     /// Print the plan (every action, its key, cached or to run, and why) without building
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
     /// Refuse to add a pin to ccb.lock (for CI): a "latest" artifact with no pin is an error
     #[arg(long)]
     locked: bool,
@@ -57,18 +57,12 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
     let shell = ctx.shell();
     let store = ctx.store()?;
     let mut session = ctx.session(&store, a.element_path, a.env)?;
-    let until = a.until.unwrap_or(Stage::Disk);
-    if a.locked || !a.dry_run {
-        session.pin_new_artifacts(&a.targets, &a.arch, a.locked, until, &shell)?;
-    }
-    let planned = session.plan(&a.targets, &a.arch)?;
-    if a.dry_run {
-        let plan = ops::build::dry_run(&planned, &store, until);
-        super::render::plan(&shell, &plan, a.format, ctx.verbose > 0);
-        return Ok(());
-    }
     let req = BuildRequest {
-        until,
+        targets: a.targets,
+        arch: a.arch,
+        locked: a.locked,
+        dry_run: a.dry_run,
+        until: a.until.unwrap_or(Stage::Disk),
         jobs: a.jobs,
         keep_going: a.keep_going,
         force: a.force,
@@ -77,10 +71,17 @@ pub fn run(ctx: &mut Context, a: BuildArgs) -> Result<(), CliError> {
         announce_outputs: a.format == OutputFormat::Text,
         strict: a.strict,
     };
-    let report = ops::build::build(&session, &planned, &req, &shell)?;
-    match a.format {
-        OutputFormat::Json => shell.out_json(&report),
-        OutputFormat::Text => shell.status(&report.summary_line()),
+    match ops::build::run(&mut session, &req, &shell)? {
+        BuildOutcome::Planned(plan) => {
+            super::render::plan(&shell, &plan, a.format, ctx.verbose > 0);
+            Ok(())
+        }
+        BuildOutcome::Built(report) => {
+            match a.format {
+                OutputFormat::Json => shell.out_json(&report),
+                OutputFormat::Text => shell.status(&report.summary_line()),
+            }
+            report.ok()
+        }
     }
-    report.ok()
 }

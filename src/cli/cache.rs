@@ -32,7 +32,7 @@ pub struct GcArgs {
     all: bool,
     /// Say what would be removed, remove nothing
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }

@@ -102,6 +102,41 @@ enum Command {
     RemoteBuilder(builder::BuilderCommand),
 }
 
+impl Command {
+    /// What a closed stdout means for this command: a command that changes things (the store,
+    /// a site, ccb.lock) runs to its end with its output discarded and exits by its result;
+    /// a listing, a query or a dry run ends at once, status 0.
+    fn closed_pipe(&self) -> crate::ui::ClosedPipe {
+        use crate::ui::ClosedPipe::{Discard, End};
+        let changes = match self {
+            Command::Build(a) | Command::Fetch(a) => !a.dry_run,
+            Command::Test(_) => true,
+            Command::Publish(a) => !a.dry_run,
+            Command::Update(a) => !a.dry_run,
+            Command::Versions(v) => match v {
+                publish::VersionsCommand::List(_) => false,
+                publish::VersionsCommand::Promote(_) | publish::VersionsCommand::Rollback(_) => {
+                    true
+                }
+                publish::VersionsCommand::Prune(a) => !a.dry_run,
+            },
+            Command::Cache(c) => match c {
+                cache::CacheCommand::Gc(a) => !a.dry_run,
+                cache::CacheCommand::Rm(_) => true,
+                cache::CacheCommand::Ls(_) | cache::CacheCommand::Verify(_) => false,
+            },
+            Command::Check(_)
+            | Command::Query(_)
+            | Command::Lint(_)
+            | Command::Inspect(_)
+            | Command::Verify(_)
+            | Command::Doctor(_)
+            | Command::RemoteBuilder(_) => false,
+        };
+        if changes { Discard } else { End }
+    }
+}
+
 /// What every command may need: the global flags, the project and the store, loaded lazily
 /// (`ccb query elements -e …` and `ccb lint` work outside a project).
 pub struct Context {
@@ -110,6 +145,8 @@ pub struct Context {
     pub offline: bool,
     /// `--remote-cache`, `--remote-cache-upload`, `--no-remote-cache`.
     pub remote: crate::remote::Choice,
+    /// What a closed stdout means for this command (see [`Command::closed_pipe`]).
+    closed_pipe: crate::ui::ClosedPipe,
     root_arg: Option<PathBuf>,
     store: Option<Store>,
 }
@@ -117,7 +154,7 @@ pub struct Context {
 impl Context {
     /// The output of this command.
     pub fn shell(&self) -> crate::ui::Shell {
-        crate::ui::Shell::new(self.quiet, self.verbose)
+        crate::ui::Shell::new(self.quiet, self.verbose).on_closed_pipe(self.closed_pipe)
     }
 
     pub fn store(&mut self) -> Result<Store, CliError> {
@@ -256,6 +293,7 @@ pub fn main() -> ExitCode {
             builders_only: cli.remote_builders_only,
             no_builders: cli.no_remote_builders,
         },
+        closed_pipe: cli.command.closed_pipe(),
         root_arg: cli.root,
         store: None,
     };

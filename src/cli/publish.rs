@@ -39,7 +39,7 @@ pub struct PublishArgs {
     version: Option<String>,
     /// Say what would be uploaded, upload nothing
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
     /// Publish to a Swift site declared public even when its container's read ACL does not
     /// let the sites read and list it anonymously (`.r:*,.rlistings`)
     #[arg(long)]
@@ -131,7 +131,7 @@ pub struct PruneArgs {
     keep: usize,
     /// Say what would be removed, remove nothing
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }

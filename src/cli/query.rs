@@ -123,7 +123,7 @@ impl OneTargetArgs {
 fn targets(ctx: &mut Context, a: TargetsArgs) -> Result<(), CliError> {
     let shell = ctx.shell();
     let model = ctx.model()?;
-    let report = ops::query::targets(&model, &a.arch)?;
+    let report = ops::query::targets(&model, &ops::query::TargetsListing { arch: a.arch })?;
     match a.format {
         OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {
@@ -352,7 +352,8 @@ fn deps(ctx: &mut Context, a: OneTargetArgs) -> Result<(), CliError> {
 }
 
 fn rdeps(ctx: &mut Context, a: RdepsArgs) -> Result<(), CliError> {
-    let (shell, report) = with_session(ctx, vec![], |s| ops::query::rdeps(s, &a.what))?;
+    let q = ops::query::RdepsQuery { of: a.what.clone() };
+    let (shell, report) = with_session(ctx, vec![], |s| ops::query::rdeps(s, &q))?;
     match a.format {
         OutputFormat::Json => shell.out_json(&report),
         OutputFormat::Text => {

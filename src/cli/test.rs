@@ -129,19 +129,19 @@ pub fn run(ctx: &mut Context, a: TestArgs) -> Result<(), CliError> {
         }
     }
     let req = TestRequest {
+        targets: a.targets,
+        arch: a.arch,
         firmwares,
         buses,
         paired: unique,
         timeout: std::time::Duration::from_secs(a.timeout),
     };
     let mut session = ctx.session(&store, a.element_path, a.env)?;
-    ops::test::refuse_impossible_boots(&session, &a.targets, &a.arch, &req)?;
-    let planned = session.plan_to_build(&a.targets, &a.arch, &shell)?;
     let mut observer = Text {
         shell,
         text: a.format == OutputFormat::Text,
     };
-    let report = ops::test::test(&session, &planned, &req, &shell, &mut observer)?;
+    let report = ops::test::run(&mut session, &req, &shell, &mut observer)?;
     if a.format == OutputFormat::Json {
         shell.out_json(&report);
     }

@@ -14,7 +14,7 @@ pub struct UpdateArgs {
     names: Vec<String>,
     /// Show what would change without writing ccb.lock
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
     #[arg(long, value_enum, default_value = "text")]
     format: OutputFormat,
 }

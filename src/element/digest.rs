@@ -94,8 +94,7 @@ impl DigestCache {
 
     /// The digest of one element directory.
     pub fn element_digest(&mut self, dir: &Path) -> Result<String, ElementError> {
-        let mut entries: Vec<(String, PathBuf)> = Vec::new();
-        collect(dir, dir, &mut entries)?;
+        let mut entries = collect(dir)?;
         entries.sort();
         let mut h = blake3::Hasher::new();
         hash_str(&mut h, "ccb-element-digest-v1");
@@ -128,32 +127,31 @@ impl DigestCache {
 /// bytecode caches are skipped, as DIB does when merging elements, and so is the element's
 /// top-level `boot-checks.d/`: checks run on a booted image (`ccb test`) and never reach a
 /// build, so editing one must not rebuild anything.
-fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), FsError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| FsError::new("list", dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
-        let path = entry.path();
-        let name = entry.file_name();
-        if name == "__pycache__" || path.extension().is_some_and(|e| e == "pyc") {
-            continue;
-        }
-        if dir == base && name == "boot-checks.d" {
-            continue;
-        }
-        let rel = path
-            .strip_prefix(base)
-            .unwrap_or(&path)
+fn collect(dir: &Path) -> Result<Vec<(String, PathBuf)>, FsError> {
+    let skipped = |e: &walkdir::DirEntry| {
+        e.file_name() == "__pycache__"
+            || e.path().extension().is_some_and(|x| x == "pyc")
+            || (e.depth() == 1 && e.file_name() == "boot-checks.d")
+    };
+    let mut out = Vec::new();
+    let entries = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !skipped(e));
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            FsError::new("list", &path, e.into())
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .unwrap_or(entry.path())
             .to_string_lossy()
             .into_owned();
-        let ft = entry
-            .file_type()
-            .map_err(|e| FsError::new("stat", &path, e))?;
-        out.push((rel, path.clone()));
-        if ft.is_dir() {
-            collect(base, &path, out)?;
-        }
+        out.push((rel, entry.into_path()));
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -41,15 +41,16 @@ pub enum FetchError {
     #[error(
         "artifact `{name}`: SHA-256 mismatch for {origin}\n  expected {expected}\n  actual   {actual}"
     )]
-    #[diagnostic(
-        code(ccb::fetch::mismatch),
-        help("the file changed upstream, or the manifest's sha256 is wrong; nothing was stored")
-    )]
+    #[diagnostic(code(ccb::fetch::mismatch))]
     Mismatch {
         name: String,
         origin: String,
         expected: String,
         actual: String,
+        /// What to do about it, which depends on where the pin came from (see
+        /// [`FetchError::for_pinned_url`]).
+        #[help]
+        advice: Box<str>,
     },
     #[error("artifact `{name}`: {sums} has no SHA-256 for {file}")]
     #[diagnostic(
@@ -122,6 +123,50 @@ pub enum FetchError {
     Store(#[from] StoreError),
 }
 
+impl FetchError {
+    /// A mismatch of a file fetched from `url` against its pin: a URL that follows the
+    /// publisher's newest file (Ubuntu's `current/`, CentOS's `-latest`) serves another file
+    /// once the publisher republishes, so the advice is the three ways on, not "fix the sha256".
+    fn for_pinned_url(self, url: &str) -> Self {
+        match self {
+            FetchError::Mismatch {
+                name,
+                origin,
+                expected,
+                actual,
+                ..
+            } => {
+                let moving = url.contains("/current/") || url.contains("-latest");
+                let advice = if moving {
+                    format!(
+                        "the publisher republished this URL (it follows its newest file) since \
+                         the pin was made; nothing was stored. `ccb update {name}` pins the new \
+                         file (the images built on it change); to keep the pinned one, put a \
+                         copy of it in a directory named by CCB_DISTDIR, or point the \
+                         artifact's `url` at the publisher's dated copy (e.g. `<release>/\
+                         <YYYYMMDD>/` instead of `current/`) and `ccb update {name}`"
+                    )
+                } else {
+                    format!(
+                        "the file changed upstream, or the pin is wrong; nothing was stored. \
+                         `ccb update {name}` pins what the URL serves now (an artifact whose \
+                         sha256 is \"latest\"), else correct the manifest's sha256; a copy of \
+                         the pinned file in a directory named by CCB_DISTDIR is used instead"
+                    )
+                };
+                FetchError::Mismatch {
+                    name,
+                    origin,
+                    expected,
+                    actual,
+                    advice: advice.into_boxed_str(),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Where an artifact with this digest lives in the store.
 pub fn store_path(store: &Store, sha256: &str) -> PathBuf {
     store.path(&Layout::artifact(sha256))
@@ -149,6 +194,34 @@ pub fn is_fetched(store: &Store, sha256: &str) -> bool {
     sha256.len() == 64
         && sha256.bytes().all(|b| b.is_ascii_hexdigit())
         && store_path(store, sha256).is_file()
+}
+
+/// Whether this host holds artifact `key` or can reach its source: in the store at its pin,
+/// in a distdir (as [`Fetcher::fetch`] looks there), or at a `file://` URL that exists. An
+/// `http` URL or a Swift object counts as reachable: only a fetch finds out.
+pub fn within_reach(store: &Store, distdirs: &[PathBuf], key: &str, artifact: &Artifact) -> bool {
+    if is_fetched(store, &artifact.sha256.to_ascii_lowercase()) {
+        return true;
+    }
+    let file_name = match (&artifact.url, &artifact.swift) {
+        (Some(u), _) => url_file_name(u),
+        (None, Some(o)) => o.object.rsplit('/').next().filter(|n| !n.is_empty()),
+        _ => None,
+    };
+    if distdirs.iter().any(|dir| {
+        file_name
+            .into_iter()
+            .chain([key])
+            .any(|f| dir.join(f).is_file())
+    }) {
+        return true;
+    }
+    match (&artifact.url, &artifact.swift) {
+        (Some(url), _) => url
+            .strip_prefix("file://")
+            .is_none_or(|path| Path::new(path).is_file()),
+        (None, swift) => swift.is_some(),
+    }
 }
 
 /// The directories of `CCB_DISTDIR`.
@@ -223,6 +296,9 @@ pub enum TransferError {
     /// The connection broke while the body was read.
     #[error("the connection broke")]
     Read(#[source] std::io::Error),
+    /// A `file://` source is not there (or not readable): a site's file not installed yet.
+    #[error("the file cannot be opened")]
+    Open(#[source] std::io::Error),
     /// The server closed the body before the length it announced.
     #[error("the transfer ended at byte {received} of {total}")]
     Truncated { received: u64, total: u64 },
@@ -285,7 +361,7 @@ impl<'s> Ingest<'s> {
         let dir = store.path(Layout::ARTIFACTS);
         crate::fsutil::create_dir_all(&dir).map_err(StoreError::from)?;
         let tmp = tempfile::Builder::new()
-            .prefix(".fetch-")
+            .prefix(Layout::FETCH_TEMP_PREFIX)
             .tempfile_in(&dir)
             .map_err(Self::io(name, &dir))?;
         let (file, temp) = tmp.into_parts();
@@ -428,6 +504,9 @@ impl<'s> Ingest<'s> {
                 origin: origin.into(),
                 expected: expected.to_ascii_lowercase(),
                 actual,
+                advice: "the file changed upstream, or the manifest's sha256 is wrong; nothing \
+                         was stored"
+                    .into(),
             };
             self.discard();
             return Err(e);
@@ -566,10 +645,14 @@ impl Fetcher<'_> {
         match (&artifact.url, &artifact.swift) {
             (Some(url), _) => {
                 if let Some(path) = url.strip_prefix("file://") {
-                    let p = self.copy_local(name, Path::new(path), &sha, progress)?;
+                    let p = self
+                        .copy_local(name, Path::new(path), &sha, progress)
+                        .map_err(|e| e.for_pinned_url(url))?;
                     Ok((p, Origin::Url(redact_url(url))))
                 } else if url.starts_with("http://") || url.starts_with("https://") {
-                    let p = self.download(name, url, &sha, progress)?;
+                    let p = self
+                        .download(name, url, &sha, progress)
+                        .map_err(|e| e.for_pinned_url(url))?;
                     Ok((p, Origin::Url(redact_url(url))))
                 } else {
                     Err(FetchError::Scheme {
@@ -623,8 +706,14 @@ impl Fetcher<'_> {
         };
         let mut ingest = Ingest::temp(self.store, name)?;
         if let Some(path) = url.strip_prefix("file://") {
-            let file = crate::fsutil::open_regular(Path::new(path))
-                .map_err(Ingest::io(name, Path::new(path)))?;
+            // Named as a download: the same ways out (another `url`, CCB_DISTDIR) apply.
+            let file =
+                crate::fsutil::open_regular(Path::new(path)).map_err(|e| FetchError::Download {
+                    name: name.into(),
+                    url: redact_url(url),
+                    cause: TransferError::Open(e),
+                    overrides: self.overrides(url),
+                })?;
             let total = file.metadata().ok().map(|m| m.len());
             if let Err(e) = ingest.copy_from(file, total, progress) {
                 return Err(ingest.copy_error(name, Path::new(path), e));
@@ -1261,6 +1350,32 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![kept.to_string()]);
     }
 
+    /// A base pinned from Ubuntu's `current/` breaks when Ubuntu republishes: the error says
+    /// the three ways on (move the pin, supply the pinned file, follow a dated URL).
+    #[test]
+    fn a_republished_current_url_says_how_to_move_or_keep_the_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("store"));
+        let file = dir
+            .path()
+            .join("noble/current/noble-server-cloudimg-amd64.squashfs");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "republished").unwrap();
+        let art = artifact(Some(format!("file://{}", file.display())), b"pinned");
+        let name = "ubuntu-noble-rootfs:amd64";
+        let err = fetch(&store, name, &art, &[], &mut |_, _| {}).unwrap_err();
+        assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
+        let help = miette::Diagnostic::help(&err).unwrap().to_string();
+        for needle in [
+            "republished",
+            "`ccb update ubuntu-noble-rootfs:amd64`",
+            "CCB_DISTDIR",
+            "dated",
+        ] {
+            assert!(help.contains(needle), "{needle}: {help}");
+        }
+    }
+
     #[test]
     fn a_downloaded_mismatch_stores_nothing_not_even_a_partial_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -1269,6 +1384,8 @@ mod tests {
         let art = artifact(Some(url), b"pinned");
         let err = fetch(&store, "tool", &art, &[], &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
+        let help = miette::Diagnostic::help(&err).unwrap().to_string();
+        assert!(help.contains("`ccb update tool`"), "{help}");
         let left: Vec<_> = std::fs::read_dir(store.path(Layout::ARTIFACTS))
             .unwrap()
             .map(|e| e.unwrap().file_name())

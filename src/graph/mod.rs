@@ -892,9 +892,9 @@ pub fn is_cached(store: &Store, action: &Action) -> bool {
         .read_json::<ActionRecord>(&action_record_name(&action.key))
         .is_some_and(|r| r.key == action.key)
         && match action.kind {
-            Kind::Base | Kind::Layer => store.layer_meta(&action.key).is_some_and(|m| {
-                m.key == action.key && store.layer_dir(&action.key).join("tree").is_dir()
-            }),
+            Kind::Base | Kind::Layer => store
+                .layer_meta(&action.key)
+                .is_some_and(|m| m.key == action.key && store.layer_tree(&action.key).is_dir()),
             Kind::Disk => store
                 .outputs_meta(&action.key)
                 .is_some_and(|m| m.key == action.key && store.outputs_dir(&action.key).is_dir()),

@@ -249,23 +249,60 @@ impl SecretSource {
         }
     }
 
+    /// Whether [`SecretSource::read`] would find something (a non-empty file or variable),
+    /// without reading it.
+    pub fn is_available(&self, root: &Path) -> bool {
+        match (&self.file, &self.env) {
+            (Some(f), _) => {
+                std::fs::metadata(root.join(f)).is_ok_and(|m| m.is_file() && m.len() > 0)
+            }
+            (None, Some(name)) => std::env::var_os(name).is_some_and(|v| !v.is_empty()),
+            (None, None) => false,
+        }
+    }
+
     /// Reads the secret. Errors name the source, never any content.
-    pub fn read(&self, root: &Path) -> Result<Vec<u8>, String> {
+    pub fn read(&self, root: &Path) -> Result<Vec<u8>, SecretError> {
         let bytes = match (&self.file, &self.env) {
             (Some(f), _) => {
                 let path = root.join(f);
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                std::fs::read(&path).map_err(|source| SecretError::Read { path, source })?
             }
             (None, Some(name)) => std::env::var_os(name)
                 .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec())
-                .ok_or_else(|| format!("environment variable {name} is not set"))?,
-            (None, None) => return Err("no source (`file` or `env`)".into()),
+                .ok_or_else(|| SecretError::Unset { name: name.clone() })?,
+            (None, None) => return Err(SecretError::NoSource),
         };
         if bytes.is_empty() {
-            return Err(format!("{} is empty", self.describe()));
+            return Err(SecretError::Empty {
+                from: self.describe(),
+            });
         }
         Ok(bytes)
     }
+}
+
+/// Why a secret input could not be read. A missing variable or file, or an empty one, is
+/// the project's to fix; the OS error of a file kept as the source says when it is the
+/// host's (a permission, a failing disk).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum SecretError {
+    #[error("cannot read {}", path.display())]
+    #[diagnostic(code(ccb::secret::read))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("environment variable {name} is not set")]
+    #[diagnostic(code(ccb::secret::unset))]
+    Unset { name: String },
+    #[error("no source (`file` or `env`)")]
+    #[diagnostic(code(ccb::secret::no_source))]
+    NoSource,
+    #[error("{from} is empty")]
+    #[diagnostic(code(ccb::secret::empty))]
+    Empty { from: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

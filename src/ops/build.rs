@@ -59,6 +59,15 @@ fn default_weight(kind: Kind) -> u64 {
 /// What to build and how.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
+    /// Targets (all images when empty).
+    pub targets: Vec<String>,
+    /// Only these architectures (all when empty).
+    pub arch: Vec<String>,
+    /// Refuse to add a pin to ccb.lock: a "latest" artifact with no pin is an error (CI).
+    pub locked: bool,
+    /// Plan only: the report is the plan, nothing runs (nothing is pinned unless `locked`,
+    /// which then checks the pins).
+    pub dry_run: bool,
     /// Stop after this stage.
     pub until: Stage,
     /// Actions run at once.
@@ -80,8 +89,12 @@ pub struct BuildRequest {
 impl BuildRequest {
     /// The targets' disks, one action at a time, nothing forced: what `ccb test`, `publish` and
     /// `inspect` build first.
-    pub fn disks() -> Self {
+    pub fn disks(targets: &[String], arch: &[String]) -> Self {
         Self {
+            targets: targets.to_vec(),
+            arch: arch.to_vec(),
+            locked: false,
+            dry_run: false,
             until: Stage::Disk,
             jobs: 1,
             keep_going: false,
@@ -343,6 +356,39 @@ pub fn dry_run(planned: &Planned, store: &Store, until: Stage) -> PlanReport {
     PlanReport::new(plan(planned, store, until))
 }
 
+/// What `ccb build` did: the plan of a dry run, or the build.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum BuildOutcome {
+    Planned(PlanReport),
+    Built(BuildReport),
+}
+
+/// `ccb build` (and `ccb fetch`): an arch asked for by name that this host cannot build is
+/// refused first, then the new "latest" artifacts are pinned (their digests enter the keys),
+/// then the targets are planned once, and the plan is either reported (`dry_run`) or run.
+pub fn run(
+    session: &mut Session,
+    req: &BuildRequest,
+    shell: &Shell,
+) -> Result<BuildOutcome, CommandError> {
+    // A wildcard leaves out, with a note, the images whose secrets this host lacks.
+    let targets = session.buildable_here(&req.targets, shell);
+    // A dry run pins nothing; with --locked it still checks that nothing needs a pin.
+    if req.locked || !req.dry_run {
+        session.pin_new_artifacts(&targets, &req.arch, req.locked, req.until, shell)?;
+    }
+    let planned = session.plan(&targets, &req.arch)?;
+    if req.dry_run {
+        return Ok(BuildOutcome::Planned(dry_run(
+            &planned,
+            session.store,
+            req.until,
+        )));
+    }
+    build(session, &planned, req, shell).map(BuildOutcome::Built)
+}
+
 /// The foreign arches whose root filesystems the plan runs on this host (not on a builder,
 /// unless native here), each with what the host can do about it.
 fn foreign_arches(
@@ -434,9 +480,10 @@ fn check_arches(
     Ok(skipped)
 }
 
-/// Runs the planned targets' actions up to `req.until` and materializes their finished disks.
-/// Failed actions are in the report (see [`BuildReport::ok`]); an error here means the build
-/// could not run at all.
+/// Runs the planned targets' actions up to `req.until` and materializes their finished disks
+/// (the graph is `planned`, not `req.targets`: what the ops that build first call, after
+/// [`Session::plan_to_build`]). Failed actions are in the report (see [`BuildReport::ok`]); an
+/// error here means the build could not run at all.
 pub fn build(
     session: &Session,
     planned: &Planned,
@@ -810,44 +857,77 @@ fn run_one(
         progress.block(&format!("error: {e}"));
         return Err(e);
     }
-    let _lock = match store.lock_key(&action.key, Wait::Try)? {
-        Some(l) => l,
-        None => {
-            progress.warn(&action.id, "waiting for another ccb building the same key");
-            match store.lock_key(&action.key, Wait::Block)? {
-                Some(l) => l,
-                None => {
-                    return Err(BuildError::Internal {
-                        id: action.id.to_string(),
-                        what: "a blocking key lock returned none".into(),
-                    });
-                }
-            }
-        }
-    };
+    let _lock = lock_key(store, action, progress)?;
     if !force && graph::is_cached(store, action) {
         return Ok(None);
     }
-    if !force && let Some(remote) = remote {
-        let started = Instant::now();
-        let mut on_bytes = |done, total| progress.transfer(&action.id, done, Some(total));
-        match remote.fetch(store, action, &mut on_bytes) {
-            Ok(true) => {
-                progress.finished(&action.id, "cached (remote)", Some(started.elapsed()));
-                return Ok(None);
-            }
-            Ok(false) => {}
-            Err(e) => progress.warn(
-                &action.id,
-                &format!("not taken from the remote cache ({e}); building it"),
-            ),
-        }
+    if !force
+        && let Some(remote) = remote
+        && take_from_remote(store, action, remote, progress)
+    {
+        return Ok(None);
     }
     if let (Some(builders), Some(remote)) = (builders, remote)
         && builders.wants(action)
     {
         return build_remotely(bctx, action, cancel, progress, remote, builders).map(|()| None);
     }
+    build_here(bctx, action, cancel, progress, remote).map(Some)
+}
+
+/// The key's lock, waiting (and saying so) while another ccb holds it.
+fn lock_key(
+    store: &Store,
+    action: &Action,
+    progress: &Progress,
+) -> Result<crate::store::Lock, BuildError> {
+    if let Some(l) = store.lock_key(&action.key, Wait::Try)? {
+        return Ok(l);
+    }
+    progress.warn(&action.id, "waiting for another ccb building the same key");
+    store
+        .lock_key(&action.key, Wait::Block)?
+        .ok_or_else(|| BuildError::Internal {
+            id: action.id.to_string(),
+            what: "a blocking key lock returned none".into(),
+        })
+}
+
+/// Whether the remote cache had the action's result (now in the store). A cache that fails
+/// is a warning: the action is built.
+fn take_from_remote(
+    store: &Store,
+    action: &Action,
+    remote: &crate::remote::Remote,
+    progress: &Progress,
+) -> bool {
+    let started = Instant::now();
+    let mut on_bytes = |done, total| progress.transfer(&action.id, done, Some(total));
+    match remote.fetch(store, action, &mut on_bytes) {
+        Ok(true) => {
+            progress.finished(&action.id, "cached (remote)", Some(started.elapsed()));
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            progress.warn(
+                &action.id,
+                &format!("not taken from the remote cache ({e}); building it"),
+            );
+            false
+        }
+    }
+}
+
+/// Runs the action on this host, records it and shares it with the remote cache.
+fn build_here(
+    bctx: &BuildContext,
+    action: &Action,
+    cancel: &AtomicBool,
+    progress: &Progress,
+    remote: Option<&crate::remote::Remote>,
+) -> Result<action::Built, BuildError> {
+    let store = bctx.store;
     progress.started(&action.id);
     let mut on_event = |ev: &Event| match ev {
         Event::Step {
@@ -862,30 +942,49 @@ fn run_one(
         _ => {}
     };
     let started = Instant::now();
-    match action::run_action(bctx, action, cancel, &mut on_event) {
-        Ok(built) => {
-            crate::fault::point(&format!("{}.record", action.kind.as_str()));
-            graph::record_build(store, action, built.duration, &built.steps, &built.tree)?;
-            crate::fault::point(&format!("{}.recorded", action.kind.as_str()));
-            let verb = if action.secret && remote.is_some() {
-                format!("built ({})", graph::NOT_SHARED)
-            } else {
-                "built".to_string()
-            };
-            progress.finished(&action.id, &verb, Some(built.duration));
-            share(remote, store, action, progress);
-            Ok(Some(built))
-        }
-        Err(e) => {
-            let verb = if matches!(e, BuildError::Cancelled { .. }) {
-                "cancelled"
-            } else {
-                progress.block(&render_failure(&e, bctx.keep_failed));
-                "failed"
-            };
-            progress.finished(&action.id, verb, Some(started.elapsed()));
-            Err(e)
-        }
+    let built = action::run_action(bctx, action, cancel, &mut on_event)
+        .map_err(|e| failed(progress, action, e, bctx.keep_failed, started))?;
+    crate::fault::point(&format!("{}.record", action.kind.as_str()));
+    graph::record_build(store, action, built.duration, &built.steps, &built.tree)?;
+    crate::fault::point(&format!("{}.recorded", action.kind.as_str()));
+    let verb = if action.secret && remote.is_some() {
+        format!("built ({})", graph::NOT_SHARED)
+    } else {
+        "built".to_string()
+    };
+    progress.finished(&action.id, &verb, Some(built.duration));
+    share(remote, store, action, progress);
+    Ok(built)
+}
+
+/// Shows an action's failure (a cancellation only as such) and ends its progress line.
+fn failed(
+    progress: &Progress,
+    action: &Action,
+    e: BuildError,
+    keep_failed: bool,
+    started: Instant,
+) -> BuildError {
+    let verb = if matches!(e, BuildError::Cancelled { .. }) {
+        "cancelled"
+    } else {
+        progress.block(&render_failure(&e, keep_failed));
+        "failed"
+    };
+    progress.finished(&action.id, verb, Some(started.elapsed()));
+    e
+}
+
+/// A remote builder's failure as the action's (a cancellation stays one).
+fn builder_failure(action: &Action, e: crate::remote::builder::BuilderError) -> BuildError {
+    match e {
+        crate::remote::builder::BuilderError::Cancelled { .. } => BuildError::Cancelled {
+            id: action.id.to_string(),
+        },
+        e => BuildError::Builder {
+            id: action.id.to_string(),
+            source: Box::new(e),
+        },
     }
 }
 
@@ -900,17 +999,39 @@ fn build_remotely(
     builders: &crate::remote::builder::Builders,
 ) -> Result<(), BuildError> {
     let store = bctx.store;
-    let fail = |e: crate::remote::builder::BuilderError| match e {
-        crate::remote::builder::BuilderError::Cancelled { .. } => BuildError::Cancelled {
-            id: action.id.to_string(),
-        },
-        e => BuildError::Builder {
-            id: action.id.to_string(),
-            source: Box::new(e),
-        },
-    };
     progress.started(&action.id);
     let started = Instant::now();
+    let builder = send_to_builder(bctx, action, cancel, progress, remote, builders)
+        .map_err(|e| failed(progress, action, builder_failure(action, e), false, started))?;
+    let mut on_bytes = |done, total| progress.transfer(&action.id, done, Some(total));
+    let taken = match remote.fetch(store, action, &mut on_bytes) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(builders.not_shared(&builder, action)),
+        Err(e) => Err(crate::remote::builder::BuilderError::Download {
+            builder: builder.clone(),
+            source: Box::new(e),
+        }),
+    };
+    taken.map_err(|e| failed(progress, action, builder_failure(action, e), false, started))?;
+    progress.finished(
+        &action.id,
+        &format!("built on {builder}"),
+        Some(started.elapsed()),
+    );
+    Ok(())
+}
+
+/// Has a remote builder build `action` (with the artifacts this host fetched shared through
+/// the cache) and keeps its stderr as the action's log; the builder that built it.
+fn send_to_builder(
+    bctx: &BuildContext,
+    action: &Action,
+    cancel: &AtomicBool,
+    progress: &Progress,
+    remote: &crate::remote::Remote,
+    builders: &crate::remote::builder::Builders,
+) -> Result<String, crate::remote::builder::BuilderError> {
+    let store = bctx.store;
     let log_path = store.path(&crate::store::Layout::log(&action.key));
     // Written beside, renamed into place when the builder is done (a log is never half of
     // one build and half of another).
@@ -949,46 +1070,7 @@ fn build_remotely(
     if let Some(f) = log {
         let _ = f.persist(&log_path);
     }
-    let builder = match built {
-        Ok(b) => b,
-        Err(e) => {
-            let e = fail(e);
-            let verb = if matches!(e, BuildError::Cancelled { .. }) {
-                "cancelled"
-            } else {
-                progress.block(&render_failure(&e, false));
-                "failed"
-            };
-            progress.finished(&action.id, verb, Some(started.elapsed()));
-            return Err(e);
-        }
-    };
-    let mut on_bytes = |done, total| progress.transfer(&action.id, done, Some(total));
-    match remote.fetch(store, action, &mut on_bytes) {
-        Ok(true) => {
-            progress.finished(
-                &action.id,
-                &format!("built on {builder}"),
-                Some(started.elapsed()),
-            );
-            Ok(())
-        }
-        Ok(false) => {
-            let e = fail(builders.not_shared(&builder, action));
-            progress.block(&render_failure(&e, false));
-            progress.finished(&action.id, "failed", Some(started.elapsed()));
-            Err(e)
-        }
-        Err(e) => {
-            let e = fail(crate::remote::builder::BuilderError::Download {
-                builder: builder.clone(),
-                source: Box::new(e),
-            });
-            progress.block(&render_failure(&e, false));
-            progress.finished(&action.id, "failed", Some(started.elapsed()));
-            Err(e)
-        }
-    }
+    built
 }
 
 /// The remote cache of this build: the command line's choice over the project's setting. A

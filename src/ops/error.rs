@@ -45,6 +45,32 @@ impl std::fmt::Debug for CommandError {
     }
 }
 
+const NETWORK_HINT: &str =
+    "the network failed: check the connection, or build with --offline from what the store holds";
+
+/// What the host's operator does about an OS error, if it is theirs to fix.
+fn io_hint(io: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind as K;
+    // No stable kind of its own: a disk or file system of the host failing.
+    if io.raw_os_error() == Some(libc::EIO) {
+        return Some("an I/O error: a disk or file system of this host failed (see `dmesg`)");
+    }
+    match io.kind() {
+        K::StorageFull | K::QuotaExceeded => Some(
+            "the disk is full: free space (e.g. `ccb cache gc`) or point CCB_CACHE_DIR at a \
+             larger disk",
+        ),
+        K::PermissionDenied => Some("permission denied: ccb builds run as root"),
+        K::ReadOnlyFilesystem => Some("the file system is read-only"),
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::TimedOut
+        | K::HostUnreachable
+        | K::NetworkUnreachable => Some(NETWORK_HINT),
+        _ => None,
+    }
+}
+
 /// An environment failure's hint from the first I/O error of a chain, if it is one the user
 /// fixes on the host.
 fn environment_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
@@ -61,22 +87,19 @@ fn environment_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static 
             return Some("install the firmware package named above");
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            return match io.kind() {
-                K::StorageFull | K::QuotaExceeded => Some(
-                    "the disk is full: free space (e.g. `ccb cache gc`) or point CCB_CACHE_DIR \
-                     at a larger disk",
-                ),
-                K::PermissionDenied => Some("permission denied: ccb builds run as root"),
-                K::ReadOnlyFilesystem => Some("the file system is read-only"),
-                K::ConnectionRefused
-                | K::ConnectionReset
-                | K::TimedOut
-                | K::HostUnreachable
-                | K::NetworkUnreachable => Some(
-                    "the network failed: check the connection, or build with --offline from \
-                     what the store holds",
-                ),
+            return io_hint(io);
+        }
+        // ureq's error keeps its causes to itself (no `source()`): read it here (boxed, it
+        // is the box that is in the chain).
+        let http = e
+            .downcast_ref::<ureq::Error>()
+            .or_else(|| e.downcast_ref::<Box<ureq::Error>>().map(|b| &**b));
+        if let Some(http) = http {
+            return match http {
+                ureq::Error::Io(io) => io_hint(io),
+                ureq::Error::HostNotFound
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Timeout(_) => Some(NETWORK_HINT),
                 _ => None,
             };
         }
@@ -317,6 +340,78 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Internal);
         assert_eq!(e.exit_code(), 70);
         assert!(e.hint().is_some_and(|h| h.contains("please report")));
+    }
+
+    /// A secret the build could not read, as the action reports it.
+    fn secret_failure(source: crate::manifest::SecretError) -> crate::action::BuildError {
+        crate::action::BuildError::Secret {
+            id: "layer:x:amd64".into(),
+            var: "TOKEN".into(),
+            from: "file secrets/token".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn a_secret_the_project_does_not_provide_is_the_users_one_the_host_cannot_read_is_not() {
+        use crate::action::event::Blame;
+        use crate::manifest::SecretSource;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = SecretSource {
+            file: Some("secrets/token".into()),
+            env: None,
+        };
+        let unset = SecretSource {
+            file: None,
+            env: Some("CCB_TEST_NO_SUCH_SECRET_VARIABLE".into()),
+        };
+        for src in [missing, unset] {
+            let e = secret_failure(src.read(dir.path()).unwrap_err());
+            assert_eq!(e.blame(), Blame::Input, "{}", e.message());
+            let c = CommandError::from_diag(e);
+            assert_eq!(c.kind, ErrorKind::User, "{}", c.message());
+            assert!(c.message().contains("secret `TOKEN`"), "{}", c.message());
+        }
+        // What reading it gives when the file's permissions or the disk under it refuse (root
+        // reads any mode, so the OS errors are made here).
+        for (errno, hint) in [(libc::EACCES, "permission"), (libc::EIO, "dmesg")] {
+            let e = secret_failure(crate::manifest::SecretError::Read {
+                path: dir.path().join("secrets/token"),
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+            assert_eq!(e.blame(), Blame::Host, "{}", e.message());
+            let c = CommandError::from_diag(e);
+            assert_eq!(c.kind, ErrorKind::Environment, "{}", c.message());
+            assert!(c.hint().is_some_and(|h| h.contains(hint)), "{:?}", c.hint());
+            assert!(c.message().contains("secrets/token"), "{}", c.message());
+        }
+    }
+
+    #[test]
+    fn a_remote_cache_that_refuses_the_connection_is_the_networks_problem() {
+        // A port nothing listens on any more: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cache = crate::remote::backend::open(&format!("http://127.0.0.1:{port}/c")).unwrap();
+        let e = cache.get(&format!("ac/{}", "0".repeat(64))).unwrap_err();
+        assert!(
+            matches!(&e, crate::remote::RemoteError::Transport { .. }),
+            "{e}"
+        );
+        let shown = e.to_string();
+        let c = CommandError::from_diag(Upload(e));
+        assert_eq!(c.kind, ErrorKind::Environment, "{}", c.message());
+        assert!(
+            c.hint().is_some_and(|h| h.contains("network")),
+            "{:?}",
+            c.hint()
+        );
+        // The message is what it was when the error was text.
+        assert!(shown.starts_with(&format!("remote cache http://127.0.0.1:{port}/c: GET ac/")));
+        assert!(shown.contains("io: "), "{shown}");
     }
 
     #[derive(Debug, thiserror::Error, miette::Diagnostic)]

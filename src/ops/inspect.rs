@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::build::BuildRequest;
+use super::build::{BuildReport, BuildRequest};
 use super::{CommandError, Session, SessionOptions};
 use crate::inspect::remote::{self, HttpRange, Opened};
 use crate::inspect::{ReadAt, check, disk, drivers, fs::Filesystem, image};
@@ -102,6 +102,9 @@ pub struct InspectReport {
     pub passed: bool,
     pub images: Vec<ImageReport>,
     pub duration_ms: u64,
+    /// The build of the disks inspected (none for files, sites and URLs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildReport>,
 }
 
 impl InspectReport {
@@ -138,7 +141,7 @@ fn local_subjects(
     images: &[String],
     arch: &[String],
     shell: &Shell,
-) -> Result<Vec<Subject>, CommandError> {
+) -> Result<(Vec<Subject>, Option<BuildReport>), CommandError> {
     let (files, targets): (Vec<&String>, Vec<&String>) =
         images.iter().partition(|i| names_a_file(i));
     let mut out = Vec::new();
@@ -159,17 +162,22 @@ fn local_subjects(
         });
     }
     if targets.is_empty() && !images.is_empty() {
-        return Ok(out);
+        return Ok((out, None));
     }
     let targets: Vec<String> = targets.into_iter().cloned().collect();
     // Build what is missing, through the graph; the disks come from the build report.
     let mut session = Session::open(model.clone(), store, opts, shell)?;
     let planned = session.plan_to_build(&targets, arch, shell)?;
-    let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
+    let build = super::build::build(
+        &session,
+        &planned,
+        &BuildRequest::disks(&targets, arch),
+        shell,
+    )?;
     shell.status(&build.summary_line());
     build.ok()?;
-    for d in build.disks {
-        let (t, dir) = (d.target, d.dir);
+    for d in &build.disks {
+        let (t, dir) = (&d.target, &d.dir);
         let name = model.images[&t.image].published_name(t.arch);
         let file = ["qcow2", "raw"]
             .iter()
@@ -187,7 +195,7 @@ fn local_subjects(
             name,
         });
     }
-    Ok(out)
+    Ok((out, Some(build)))
 }
 
 /// Images live in a scope: `current`'s entries, filtered by the names asked for.
@@ -484,7 +492,7 @@ pub fn open_one(
     image: &str,
     shell: &Shell,
 ) -> Result<Box<dyn Filesystem>, CommandError> {
-    let mut subjects = local_subjects(model, store, opts, &[image.to_string()], &[], shell)?;
+    let (mut subjects, _) = local_subjects(model, store, opts, &[image.to_string()], &[], shell)?;
     if subjects.is_empty() {
         return Err(CommandError::msg(format!("{image}: no such image")));
     }
@@ -505,6 +513,7 @@ pub fn inspect(
 ) -> Result<InspectReport, CommandError> {
     let started = Instant::now();
     let mut downloads = Vec::new();
+    let mut build = None;
     let subjects = match images {
         Images::Site {
             site,
@@ -520,7 +529,11 @@ pub fn inspect(
             downloads = d;
             s
         }
-        Images::Local { images, arch } => local_subjects(&model, store, opts, images, arch, shell)?,
+        Images::Local { images, arch } => {
+            let (subjects, built) = local_subjects(&model, store, opts, images, arch, shell)?;
+            build = built;
+            subjects
+        }
     };
     let mut reports = Vec::new();
     for s in subjects {
@@ -583,5 +596,6 @@ pub fn inspect(
         passed: reports.iter().all(|r| r.passed),
         images: reports,
         duration_ms: started.elapsed().as_millis() as u64,
+        build,
     })
 }

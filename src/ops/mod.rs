@@ -114,6 +114,95 @@ fn shadowed_env(model: &Model, applied: &[(String, String)]) -> Vec<String> {
     out
 }
 
+/// A wildcard (`//images:all`, `//...`, or no target at all) leaves out, as Bazel's does with a
+/// target tagged `manual`, each image `why` gives a reason for, with a note naming it and the
+/// reason. An image named explicitly stays (the command then says what stops it). Returns the
+/// words to resolve: each wildcard replaced by the images it keeps.
+pub(crate) fn wildcard_without(
+    model: &Model,
+    words: &[String],
+    shell: &Shell,
+    why: impl Fn(&manifest::Image) -> Option<String>,
+) -> Vec<String> {
+    let wildcard = words.is_empty() || words.iter().any(|w| label::is_wildcard(w));
+    if !wildcard {
+        return words.to_vec();
+    }
+    let named = label::named_images(model, words);
+    let left_out: Vec<(&String, String)> = model
+        .images
+        .values()
+        .filter(|i| !named.contains(&i.key))
+        .filter_map(|i| why(i).map(|reason| (&i.key, reason)))
+        .collect();
+    let kept: Vec<String> = model
+        .images
+        .keys()
+        .filter(|k| !left_out.iter().any(|(l, _)| l == k))
+        .map(|k| format!("//images:{k}"))
+        .collect();
+    // With nothing left, no words would mean every image: the build then names what is missing.
+    if left_out.is_empty() || (kept.is_empty() && named.is_empty()) {
+        return words.to_vec();
+    }
+    for (key, reason) in &left_out {
+        shell.status(&format!("{key}: left out of the wildcard ({reason})"));
+    }
+    words
+        .iter()
+        .filter(|w| !label::is_wildcard(w))
+        .cloned()
+        .chain(kept)
+        .collect()
+}
+
+/// Why a wildcard leaves `image` out on this host: the secret inputs and secret artifacts it
+/// lacks, each with where it is looked for (never its bytes); `None` when it has them all.
+pub(crate) fn missing_secrets_note(
+    model: &Model,
+    store: &Store,
+    image: &manifest::Image,
+    distdirs: &[std::path::PathBuf],
+) -> Option<String> {
+    let mut missing: Vec<String> = image
+        .secrets
+        .iter()
+        .filter(|(_, source)| !source.is_available(&model.root))
+        .map(|(var, source)| format!("{var} ({})", source.describe()))
+        .collect();
+    for var in &image.secret_artifacts {
+        // Artifacts are the image's own or an ancestor's (a child does not inherit them).
+        let mut cur = Some(image);
+        let name = std::iter::from_fn(|| {
+            let img = cur?;
+            cur = img.from.as_ref().and_then(|p| model.images.get(p));
+            Some(img)
+        })
+        .find_map(|img| img.artifacts.get(var).or(img.base_artifacts.get(var)));
+        let Some(name) = name else { continue };
+        let unreachable = image.arch.iter().find_map(|arch| {
+            let key = model.artifact_key(name, *arch);
+            let art = model.artifacts.get(&key)?;
+            (!crate::fetch::within_reach(store, distdirs, &key, art)).then(|| {
+                format!(
+                    "{var} (artifact `{key}`, {})",
+                    art.url
+                        .as_deref()
+                        .map(crate::fetch::redact_url)
+                        .unwrap_or_default()
+                )
+            })
+        });
+        missing.extend(unreachable);
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "its secret inputs are not on this host: {}; name it to build it once they are",
+            missing.join(", ")
+        )
+    })
+}
+
 /// What a session is opened with, beyond the model and the store.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -180,6 +269,16 @@ impl<'s> Session<'s> {
     ) -> Result<Vec<Target>, CommandError> {
         let arches = label::parse_arches(arch)?;
         Ok(label::resolve(&self.model, targets, arches.as_ref())?)
+    }
+
+    /// The targets of `ccb build` and `ccb test`: a wildcard leaves out the images whose secret
+    /// inputs this host does not have (a site's vGPU driver and license token), with a note,
+    /// rather than downloading every base and then failing on them. Named, an image stays.
+    pub fn buildable_here(&self, targets: &[String], shell: &Shell) -> Vec<String> {
+        let distdirs = crate::fetch::distdirs_from_env();
+        wildcard_without(&self.model, targets, shell, |image| {
+            missing_secrets_note(&self.model, self.store, image, &distdirs)
+        })
     }
 
     /// Pins the "latest" artifacts the targets use that ccb.lock has no digest for yet, saying

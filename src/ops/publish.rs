@@ -218,21 +218,18 @@ impl Candidate {
     }
 }
 
-/// A wildcard (`//images:all`, `//...`) leaves out, as Bazel's does with a target tagged
-/// `manual`, an image holding secrets that none of the chosen sites may receive: it is not
+/// A wildcard (`//images:all`, `//...`) leaves out an image holding secrets that none of the
+/// chosen sites may receive, or whose secrets this host lacks (as `ccb build` does): it is not
 /// built for nothing, and the notes name it. Named explicitly, it stays (and is refused with
-/// the reason). Returns the words to plan (each wildcard replaced by the images it keeps).
+/// the reason). Returns the words to plan.
 fn without_unpublishable(
     model: &Model,
+    store: &Store,
     words: &[String],
     site_keys: &[String],
     shell: &Shell,
 ) -> Vec<String> {
-    let wildcard = words.is_empty() || words.iter().any(|w| crate::label::is_wildcard(w));
-    if !wildcard {
-        return words.to_vec();
-    }
-    let named = crate::label::named_images(model, words);
+    let distdirs = crate::fetch::distdirs_from_env();
     let refused_everywhere = |image: &crate::manifest::Image| {
         !site_keys.is_empty()
             && site_keys
@@ -240,33 +237,17 @@ fn without_unpublishable(
                 .filter_map(|k| model.sites.get(k))
                 .all(|site| publish::secrets_refusal(image, site).is_some())
     };
-    let left_out: Vec<&crate::manifest::Image> = model
-        .images
-        .values()
-        .filter(|i| !named.contains(&i.key) && refused_everywhere(i))
-        .collect();
-    if left_out.is_empty() {
-        return words.to_vec();
-    }
-    for image in &left_out {
-        shell.status(&format!(
-            "{}: left out of the wildcard (holds secret inputs ({}) and the sites are public; \
-             name it to be told why, or publish it to a private site)",
-            image.key,
-            image.secret_names().join(", ")
-        ));
-    }
-    let kept = model
-        .images
-        .keys()
-        .filter(|k| !left_out.iter().any(|i| &i.key == *k))
-        .map(|k| format!("//images:{k}"));
-    words
-        .iter()
-        .filter(|w| !crate::label::is_wildcard(w))
-        .cloned()
-        .chain(kept)
-        .collect()
+    super::wildcard_without(model, words, shell, |image| {
+        refused_everywhere(image)
+            .then(|| {
+                format!(
+                    "holds secret inputs ({}) and the sites are public; name it to be told why, \
+                     or publish it to a private site",
+                    image.secret_names().join(", ")
+                )
+            })
+            .or_else(|| super::missing_secrets_note(model, store, image, &distdirs))
+    })
 }
 
 /// Images built elsewhere, by published name.
@@ -336,7 +317,7 @@ pub fn publish(
     let selection = Selection {
         targets: match &req.outputs {
             Some(_) => req.targets.clone(),
-            None => without_unpublishable(&model, &req.targets, &site_keys, shell),
+            None => without_unpublishable(&model, store, &req.targets, &site_keys, shell),
         },
         named: crate::label::named_images(&model, &req.targets),
     };
@@ -448,7 +429,12 @@ fn candidates_built(
 ) -> Result<(Vec<Candidate>, BuildReport, Model), CommandError> {
     let mut session = Session::open(model, store, opts, shell)?;
     let planned = session.plan_to_build(&selection.targets, &req.arch, shell)?;
-    let build = super::build::build(&session, &planned, &BuildRequest::disks(), shell)?;
+    let build = super::build::build(
+        &session,
+        &planned,
+        &BuildRequest::disks(&selection.targets, &req.arch),
+        shell,
+    )?;
     observer.built(&build);
     build.ok()?;
     let mut out = Vec::new();

@@ -72,9 +72,16 @@ pub struct TargetsReport {
     pub targets: Vec<TargetRow>,
 }
 
-/// Every image target built for one of `arch` (all when empty).
-pub fn targets(model: &Model, arch: &[String]) -> Result<TargetsReport, CommandError> {
-    let arches = label::parse_arches(arch)?;
+/// The image targets to list (`query targets`).
+#[derive(Debug, Clone, Default)]
+pub struct TargetsListing {
+    /// Only targets built for one of these arches (all when empty).
+    pub arch: Vec<String>,
+}
+
+/// Every image target built for one of the arches asked for.
+pub fn targets(model: &Model, q: &TargetsListing) -> Result<TargetsReport, CommandError> {
+    let arches = label::parse_arches(&q.arch)?;
     let targets = model
         .images
         .values()
@@ -348,8 +355,16 @@ pub struct RdepsReport {
     pub dependents: Vec<Dependent>,
 }
 
-/// The targets that depend on a target, `element:NAME`, `artifact:NAME` or `source:NAME`.
-pub fn rdeps(session: &Session, what: &str) -> Result<RdepsReport, CommandError> {
+/// What `query rdeps` asks about.
+#[derive(Debug, Clone, Default)]
+pub struct RdepsQuery {
+    /// A target, `element:NAME`, `artifact:NAME` or `source:NAME`.
+    pub of: String,
+}
+
+/// The targets that depend on what the query names.
+pub fn rdeps(session: &Session, q: &RdepsQuery) -> Result<RdepsReport, CommandError> {
+    let what = q.of.as_str();
     let model = &session.model;
     let resolver = &session.resolver;
     let Planned {

@@ -11,9 +11,13 @@ use crate::bootcheck::{self, BootReport, BootTest, CheckResult, DiskBus, Firmwar
 use crate::manifest::Arch;
 use crate::ui::Shell;
 
-/// What to boot with.
+/// What to boot, and with what.
 #[derive(Debug, Clone)]
 pub struct TestRequest {
+    /// Targets to boot (all images when empty).
+    pub targets: Vec<String>,
+    /// Only these architectures (all when empty).
+    pub arch: Vec<String>,
     /// Firmwares to boot with; arm64 has no BIOS, so it boots UEFI only (BIOS alone asked for
     /// an arm64 image named on the command line is an error).
     pub firmwares: Vec<Firmware>,
@@ -67,21 +71,35 @@ pub trait TestObserver {
     fn booted(&mut self, report: &BootReport, result: &BootResult);
 }
 
+/// `ccb test`: a boot that cannot happen is refused from the words alone, before "latest"
+/// artifacts are pinned (downloading them) for a test that would be refused anyway; then the
+/// targets are pinned and planned once, their disks built, and each disk booted.
+pub fn run(
+    session: &mut Session,
+    req: &TestRequest,
+    shell: &Shell,
+    observer: &mut dyn TestObserver,
+) -> Result<TestReport, CommandError> {
+    // A wildcard leaves out, with a note, the images whose secrets this host lacks.
+    let targets = session.buildable_here(&req.targets, shell);
+    refuse_impossible_boots(session, &targets, req)?;
+    let planned = session.plan_to_build(&targets, &req.arch, shell)?;
+    test(session, &planned, req, shell, observer)
+}
+
 /// Refuses a boot that cannot happen (BIOS alone for an arm64 image named on the command line)
-/// from the words alone: call it before [`Session::plan_to_build`], which pins "latest"
-/// artifacts (downloading them) for a test that would be refused anyway.
-pub fn refuse_impossible_boots(
+/// from the words alone.
+fn refuse_impossible_boots(
     session: &Session,
     targets: &[String],
-    arch: &[String],
     req: &TestRequest,
 ) -> Result<(), CommandError> {
     let named = crate::label::named_arches(
         &session.model,
         targets,
-        crate::label::parse_arches(arch)?.as_ref(),
+        crate::label::parse_arches(&req.arch)?.as_ref(),
     );
-    refuse_bios_on_arm64(req, &session.targets(targets, arch)?, &named)
+    refuse_bios_on_arm64(req, &session.targets(targets, &req.arch)?, &named)
 }
 
 fn refuse_bios_on_arm64(
@@ -107,7 +125,7 @@ fn refuse_bios_on_arm64(
 /// Boots the planned targets' disks, building what is missing first: amd64 on SeaBIOS and OVMF,
 /// arm64 on AAVMF (UEFI only). Asking for a BIOS boot of an arm64 image named on the command
 /// line is refused before anything is built; unnamed arm64 images are then left out.
-pub fn test(
+fn test(
     session: &Session,
     planned: &Planned,
     req: &TestRequest,
@@ -116,7 +134,12 @@ pub fn test(
 ) -> Result<TestReport, CommandError> {
     let bios_only = !req.firmwares.contains(&Firmware::Uefi);
     refuse_bios_on_arm64(req, &planned.targets, &planned.named_arches)?;
-    let build = super::build::build(session, planned, &BuildRequest::disks(), shell)?;
+    let build = super::build::build(
+        session,
+        planned,
+        &BuildRequest::disks(&req.targets, &req.arch),
+        shell,
+    )?;
     observer.built(&build);
     build.ok()?;
 

@@ -18,7 +18,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::build::{BuildRequest, Stage};
+use super::build::BuildRequest;
 use super::{CommandError, Session, SessionOptions};
 use crate::graph::{self, Action, Kind};
 use crate::inspect::fs::{FileKind, Filesystem};
@@ -226,14 +226,10 @@ pub fn verify(
         .clone()
         .unwrap_or_else(|| scratch.store.path(Layout::SCRATCH_OUTPUTS));
     let build_req = BuildRequest {
-        until: Stage::Disk,
         jobs: req.jobs,
-        keep_going: false,
-        force: vec![],
-        keep_failed: false,
         out: Some(out),
         announce_outputs: req.keep.is_some(),
-        strict: false,
+        ..BuildRequest::disks(&req.targets, &req.arch)
     };
     let build = super::build::build(&rebuilt, &planned2, &build_req, shell)?;
     shell.status(&build.summary_line());
@@ -295,10 +291,7 @@ fn compare_action(
     }
     match a.kind {
         Kind::Base | Kind::Layer => {
-            let (l, r) = (
-                local.layer_dir(&a.key).join("tree"),
-                scratch.layer_dir(&a.key).join("tree"),
-            );
+            let (l, r) = (local.layer_tree(&a.key), scratch.layer_tree(&a.key));
             let files = diff_listings(&host_listing(&l, true)?, &host_listing(&r, true)?, &|p| {
                 (std::fs::read(l.join(p)).ok(), std::fs::read(r.join(p)).ok())
             });

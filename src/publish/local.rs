@@ -140,9 +140,7 @@ impl ObjectStore for LocalSite {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, PublishError> {
-        // Walk the deepest directory the prefix names, then filter by the full prefix. Not
-        // walkdir: a missing directory is an empty listing here, not an error, and a
-        // directory's `SELF` file stands for an object named like the directory.
+        // Walk the deepest directory the prefix names, then filter by the full prefix.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
             None => "",
@@ -152,48 +150,47 @@ impl ObjectStore for LocalSite {
         } else {
             self.path(dir_part)?
         };
+        let rel_of = |path: &Path| {
+            path.strip_prefix(&self.root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        // Hidden names are this site's own (temp files, metadata), but a directory's `SELF`
+        // file, which stands for an object named like the directory.
+        let walk = walkdir::WalkDir::new(&start)
+            .min_depth(1)
+            .into_iter()
+            .filter_entry(|e| {
+                e.file_name() == SELF || !e.file_name().as_encoded_bytes().starts_with(b".")
+            });
         let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
+        for entry in walk {
+            let entry = match entry {
                 Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Self::io("list", &dir)(e)),
+                // A prefix that names no directory (or one removed meanwhile) lists nothing.
+                Err(e)
+                    if e.io_error().map(std::io::Error::kind)
+                        == Some(std::io::ErrorKind::NotFound) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    let path = e.path().unwrap_or(&start).to_path_buf();
+                    return Err(Self::io("list", &path)(e.into()));
+                }
             };
-            for entry in entries {
-                let entry = entry.map_err(Self::io("list", &dir))?;
-                let path = entry.path();
-                let file = entry.file_name().to_string_lossy().into_owned();
-                if file == SELF {
-                    let rel = dir
-                        .strip_prefix(&self.root)
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if !rel.is_empty()
-                        && rel.starts_with(prefix)
-                        && let Some(info) = self.head(&rel)?
-                    {
-                        out.push(info);
-                    }
-                    continue;
-                }
-                if file.starts_with('.') {
-                    continue;
-                }
-                let ft = entry.file_type().map_err(Self::io("stat", &path))?;
-                if ft.is_dir() {
-                    stack.push(path);
-                } else if ft.is_file() {
-                    let rel = path
-                        .strip_prefix(&self.root)
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if rel.starts_with(prefix)
-                        && let Some(info) = self.head(&rel)?
-                    {
-                        out.push(info);
-                    }
-                }
+            let rel = if entry.file_name() == SELF {
+                entry.path().parent().map(rel_of).unwrap_or_default()
+            } else if entry.file_type().is_file() {
+                rel_of(entry.path())
+            } else {
+                continue;
+            };
+            if !rel.is_empty()
+                && rel.starts_with(prefix)
+                && let Some(info) = self.head(&rel)?
+            {
+                out.push(info);
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

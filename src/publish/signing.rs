@@ -45,6 +45,17 @@ pub enum SigningError {
         source_desc: String,
         problem: String,
     },
+    /// The private key could not be read (a permission in the chain is the host's to fix).
+    #[error("signing key ({source_desc})")]
+    #[diagnostic(
+        code(ccb::signing::read),
+        help("`signing.key` in manifests/project.ncl names where the private key is read")
+    )]
+    Read {
+        source_desc: String,
+        #[source]
+        source: crate::manifest::SecretError,
+    },
     /// The private key is not the one `public_key` names.
     #[error("signing key ({source_desc}) is not the key of `signing.public_key`")]
     #[diagnostic(
@@ -94,7 +105,10 @@ impl Signer {
             source_desc: source_desc.clone(),
             problem,
         };
-        let bytes = src.read(root).map_err(key_err)?;
+        let bytes = src.read(root).map_err(|source| SigningError::Read {
+            source_desc: source_desc.clone(),
+            source,
+        })?;
         let text = Secret::new(
             String::from_utf8(bytes).map_err(|_| key_err("not an OpenSSH private key".into()))?,
         );

@@ -560,15 +560,35 @@ impl SwiftSite {
         }
         let base = name.rsplit('/').next().unwrap_or(name);
         let prefix = layout::segments_prefix(base, sha256, seg);
+        let md5s = self.put_segments(name, file, &prefix, size, progress)?;
+        self.put_manifest(name, &prefix, size, sha256, &md5s)
+    }
+
+    /// Uploads the segments of `file` (for object `name`) under `prefix`, `jobs` at a time,
+    /// keeping those an interrupted run already sent; their MD5s in order.
+    fn put_segments(
+        &self,
+        name: &str,
+        file: &Path,
+        prefix: &str,
+        size: u64,
+        progress: &Transfer,
+    ) -> Result<Vec<String>, PublishError> {
+        let count = size.div_ceil(self.segment_size);
         // What an earlier, interrupted run already sent.
-        let existing: std::collections::BTreeMap<String, (u64, String)> = self
-            .list_raw(&prefix)?
+        let existing: Segments = self
+            .list_raw(prefix)?
             .into_iter()
             .map(|(n, b, h)| (n, (b, h)))
             .collect();
         let etags: Vec<Mutex<Option<String>>> = (0..count).map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let failure: Mutex<Option<PublishError>> = Mutex::new(None);
+        let fail = |e: PublishError| {
+            if let Ok(mut f) = failure.lock() {
+                f.get_or_insert(e);
+            }
+        };
         std::thread::scope(|scope| {
             for _ in 0..self.jobs.min(count as usize) {
                 scope.spawn(|| {
@@ -578,64 +598,21 @@ impl SwiftSite {
                         }
                         if crate::interrupt::requested() {
                             // The segments sent so far stay: the next run resumes from them.
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(
-                                    self.invalid(crate::interrupt::io_error().to_string()),
-                                );
-                            }
+                            fail(self.invalid(crate::interrupt::io_error().to_string()));
                             return;
                         }
                         let i = next.fetch_add(1, Ordering::Relaxed) as u64;
                         if i >= count {
                             return;
                         }
-                        let offset = i * seg;
-                        let len = seg.min(size - offset);
-                        let seg_name = format!("{prefix}{i:08}");
-                        let result = (|| -> Result<String, PublishError> {
-                            // Already there from an interrupted run: kept if it is this range,
-                            // byte for byte (same size and MD5).
-                            if let Some((bytes, hash)) = existing.get(&seg_name)
-                                && *bytes == len
-                            {
-                                let md5 =
-                                    md5_of_range(file, offset, len).map_err(|e| self.invalid(e))?;
-                                if *hash == md5 {
-                                    progress.add(len);
-                                    return Ok(md5);
-                                }
-                            }
-                            let r = self.request(
-                                "PUT",
-                                &seg_name,
-                                &[],
-                                &[("Content-Type", "application/octet-stream".into())],
-                                Body::File {
-                                    path: file,
-                                    offset,
-                                    len,
-                                    progress: Some(progress),
-                                },
-                            )?;
-                            if r.status != 201 {
-                                return Err(self.http_error("PUT", &seg_name, r.status, &r.body));
-                            }
-                            self.check_etag(&seg_name, &r)?;
-                            Ok(r.sent_md5.clone().unwrap_or_default())
-                        })();
-                        match result {
+                        match self.put_segment(file, prefix, i, size, &existing, progress) {
                             Ok(md5) => {
                                 if let Ok(mut slot) = etags[i as usize].lock() {
                                     *slot = Some(md5);
                                 }
                                 crate::fault::point("swift.segment");
                             }
-                            Err(e) => {
-                                if let Ok(mut f) = failure.lock() {
-                                    f.get_or_insert(e);
-                                }
-                                return;
-                            }
+                            Err(e) => return fail(e),
                         }
                     }
                 });
@@ -644,20 +621,81 @@ impl SwiftSite {
         if let Some(e) = failure.into_inner().ok().flatten() {
             return Err(e);
         }
+        etags
+            .into_iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                slot.into_inner()
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| self.invalid(format!("segment {i} of {name} was not uploaded")))
+            })
+            .collect()
+    }
+
+    /// Uploads segment `i` of `file` (unless an interrupted run already sent this range, byte
+    /// for byte: same size and MD5); its MD5.
+    fn put_segment(
+        &self,
+        file: &Path,
+        prefix: &str,
+        i: u64,
+        size: u64,
+        existing: &Segments,
+        progress: &Transfer,
+    ) -> Result<String, PublishError> {
+        let offset = i * self.segment_size;
+        let len = self.segment_size.min(size - offset);
+        let seg_name = format!("{prefix}{i:08}");
+        if let Some((bytes, hash)) = existing.get(&seg_name)
+            && *bytes == len
+        {
+            let md5 = md5_of_range(file, offset, len).map_err(|e| self.invalid(e))?;
+            if *hash == md5 {
+                progress.add(len);
+                return Ok(md5);
+            }
+        }
+        let r = self.request(
+            "PUT",
+            &seg_name,
+            &[],
+            &[("Content-Type", "application/octet-stream".into())],
+            Body::File {
+                path: file,
+                offset,
+                len,
+                progress: Some(progress),
+            },
+        )?;
+        if r.status != 201 {
+            return Err(self.http_error("PUT", &seg_name, r.status, &r.body));
+        }
+        self.check_etag(&seg_name, &r)?;
+        Ok(r.sent_md5.clone().unwrap_or_default())
+    }
+
+    /// The static large object's manifest: the segments under `prefix` with their MD5s,
+    /// checked by Swift against the MD5 of their concatenation.
+    fn put_manifest(
+        &self,
+        name: &str,
+        prefix: &str,
+        size: u64,
+        sha256: &str,
+        md5s: &[String],
+    ) -> Result<(), PublishError> {
+        let seg = self.segment_size;
         let mut manifest = Vec::new();
         let mut concat = String::new();
-        for (i, slot) in etags.into_iter().enumerate() {
-            let md5 =
-                slot.into_inner().ok().flatten().ok_or_else(|| {
-                    self.invalid(format!("segment {i} of {name} was not uploaded"))
-                })?;
+        for (i, md5) in md5s.iter().enumerate() {
             let offset = i as u64 * seg;
             manifest.push(serde_json::json!({
                 "path": format!("/{}/{prefix}{i:08}", self.container),
                 "etag": md5,
                 "size_bytes": seg.min(size - offset),
             }));
-            concat.push_str(&md5);
+            concat.push_str(md5);
         }
         let body = serde_json::to_vec(&manifest).expect("a manifest serializes");
         crate::fault::point("swift.slo");
@@ -678,6 +716,9 @@ impl SwiftSite {
         Ok(())
     }
 }
+
+/// Segments already in the container, by name: their size and MD5.
+type Segments = std::collections::BTreeMap<String, (u64, String)>;
 
 impl SwiftSite {
     /// A PUT of `data` that Swift verifies against `etag` (its MD5): a mismatch is refused

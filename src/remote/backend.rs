@@ -34,7 +34,8 @@ pub fn open(url: &str) -> Result<Box<dyn Backend>, RemoteError> {
     open_in(url, &crate::publish::clouds::Env::from_process())
 }
 
-/// Opens the backend a URL names, reading clouds.yaml where `env` says.
+/// Opens the backend a URL names, reading clouds.yaml (and [`super::TIMEOUT_ENV`]) where
+/// `env` says.
 pub fn open_in(
     url: &str,
     env: &crate::publish::clouds::Env,
@@ -55,7 +56,7 @@ pub fn open_in(
         return Ok(Box::new(Dir::new(PathBuf::from(url))));
     }
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(Box::new(Http::new(url)?));
+        return Ok(Box::new(Http::new(url, env.vars.get(super::TIMEOUT_ENV))?));
     }
     if let Some(rest) = url.strip_prefix("swift://") {
         let mut parts = rest.splitn(3, '/');
@@ -113,7 +114,8 @@ impl Backend for Dir {
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         check_name(path)?;
         let p = self.root.join(path);
-        match std::fs::read(&p) {
+        // Never `read` a FIFO or device someone named like a blob: it would block forever.
+        match fsutil::read_regular(&p) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(fsutil::FsError::new("read", p, e).into()),
@@ -143,7 +145,7 @@ pub struct Http {
 const ATTEMPTS: u32 = 4;
 
 impl Http {
-    fn new(url: &str) -> Result<Self, RemoteError> {
+    fn new(url: &str, timeout: Option<&String>) -> Result<Self, RemoteError> {
         let shown = redact(url);
         let (scheme, rest) = url.split_once("://").expect("checked by the caller");
         let (authority, path) = match rest.find('/') {
@@ -172,10 +174,18 @@ impl Http {
                 base64::engine::general_purpose::STANDARD.encode(decoded)
             ))
         });
+        let stall = stall_timeout(timeout).map_err(|message| RemoteError::Url {
+            url: shown.clone(),
+            message,
+        })?;
+        // A server that stops sending (or reading) mid-body fails the request, which the
+        // build takes as a cache miss, instead of hanging it.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .timeout_recv_response(Some(stall))
+            .timeout_per_read(Some(stall))
+            .timeout_per_write(Some(stall))
             .build()
             .new_agent();
         Ok(Self {
@@ -208,12 +218,12 @@ impl Http {
                 Some(b) => req
                     .header("Content-Type", "application/octet-stream")
                     .body(b.to_vec())
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
+                    .map_err(ureq::Error::from)
+                    .and_then(|r| self.agent.run(r)),
                 None => req
                     .body(())
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
+                    .map_err(ureq::Error::from)
+                    .and_then(|r| self.agent.run(r)),
             };
             let retry = match &result {
                 Err(_) => true,
@@ -224,11 +234,11 @@ impl Http {
                 delay *= 2;
                 continue;
             }
-            let mut resp = result.map_err(|message| RemoteError::Transport {
+            let mut resp = result.map_err(|source| RemoteError::Transport {
                 server: self.shown.clone(),
                 method: method.into(),
                 path: path.into(),
-                message,
+                source: Box::new(source),
             })?;
             let status = resp.status().as_u16();
             let data = if method == "GET" && status == 200 {
@@ -236,11 +246,11 @@ impl Http {
                     .with_config()
                     .limit(super::pack::MAX_BLOB)
                     .read_to_vec()
-                    .map_err(|e| RemoteError::Transport {
+                    .map_err(|source| RemoteError::Transport {
                         server: self.shown.clone(),
                         method: method.into(),
                         path: path.into(),
-                        message: e.to_string(),
+                        source: Box::new(source),
                     })?
             } else {
                 Vec::new()
@@ -256,6 +266,21 @@ impl Http {
             path: path.into(),
             status,
         }
+    }
+}
+
+/// How long a server may send or take nothing: [`super::TIMEOUT_ENV`] seconds, else two
+/// minutes (generous: a busy cache on a slow link is not a stalled one).
+fn stall_timeout(setting: Option<&String>) -> Result<Duration, String> {
+    match setting {
+        None => Ok(Duration::from_secs(120)),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s > 0.0 && s.is_finite() && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+            _ => Err(format!(
+                "{}=`{v}` is not a number of seconds above 0",
+                super::TIMEOUT_ENV
+            )),
+        },
     }
 }
 

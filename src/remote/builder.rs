@@ -239,6 +239,10 @@ struct Request {
     env: Vec<(String, String)>,
     /// Stream every step's output (`-v` here).
     verbose: bool,
+    /// Keys whose cache entries this host found damaged: the builder stores them again even
+    /// when its own store holds them (see [`super::REPAIR_ENV`]).
+    #[serde(default)]
+    repair: Vec<String>,
 }
 
 /// The builders of one build.
@@ -258,6 +262,8 @@ pub struct Builders {
     next: AtomicUsize,
     /// Actions built remotely, with their builder.
     built: Mutex<BTreeMap<String, String>>,
+    /// The remote cache's damaged keys, as this build's lookups find them.
+    damaged: std::sync::Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl BuilderError {
@@ -360,6 +366,7 @@ impl Builders {
             sent: Mutex::new(BTreeSet::new()),
             next: AtomicUsize::new(0),
             built: Mutex::new(BTreeMap::new()),
+            damaged: remote.damaged(),
         }))
     }
 
@@ -400,32 +407,7 @@ impl Builders {
                 "an action without an image or arch sent to a builder",
             ));
         };
-        let list = self.by_arch.get(&arch).map(Vec::as_slice).unwrap_or(&[]);
-        if list.is_empty() {
-            return Err(BuilderError::NoBuilder(arch));
-        }
-        // Round robin; a builder that cannot be reached is passed over for the next one
-        // (nothing was sent to it yet), any other refusal stops the action.
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut chosen = None;
-        let mut unreachable = None;
-        for i in 0..list.len() {
-            let b = &list[(start + i) % list.len()];
-            match self.check_version(b) {
-                Ok(()) => {
-                    chosen = Some(b);
-                    break;
-                }
-                Err(e @ BuilderError::Unreachable { .. }) if i + 1 < list.len() => {
-                    on_line(&format!("{e}; trying the next builder"));
-                    unreachable = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(builder) = chosen else {
-            return Err(unreachable.unwrap_or(BuilderError::NoBuilder(arch)));
-        };
+        let builder = self.choose(arch, on_line)?;
         let name = builder.to_string();
         let bundle = Bundle::collect(inputs, action)?;
         let digest = bundle.digest();
@@ -435,31 +417,87 @@ impl Builders {
             Kind::Layer => "layer",
             _ => "disk",
         };
+        let args = [
+            COMMAND,
+            "run",
+            &digest,
+            "--image",
+            image,
+            "--arch",
+            arch.as_str(),
+            "--until",
+            until,
+        ];
+        let ssh_failed = |source| BuilderError::Ssh {
+            builder: name.clone(),
+            source,
+        };
+        let mut child = self
+            .ssh(builder, &args)
+            .start(Stdio::piped(), Stdio::null(), Stdio::piped())
+            .map_err(ssh_failed)?;
+        let (tail, cancelled) = self.follow(&mut child, cancel, on_line);
+        let status = child.wait().map_err(ssh_failed)?;
+        if cancelled {
+            return Err(BuilderError::Cancelled {
+                action: action.id.to_string(),
+            });
+        }
+        if !status.success() {
+            return Err(run_failure(&name, action, status.code(), &tail));
+        }
+        if let Ok(mut b) = self.built.lock() {
+            b.insert(action.id.to_string(), name.clone());
+        }
+        Ok(name)
+    }
+
+    /// A builder of `arch`, round robin; a builder that cannot be reached is passed over for
+    /// the next one (nothing was sent to it yet), any other refusal stops the action.
+    fn choose(
+        &self,
+        arch: Arch,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<&BuilderUrl, BuilderError> {
+        let list = self.by_arch.get(&arch).map(Vec::as_slice).unwrap_or(&[]);
+        if list.is_empty() {
+            return Err(BuilderError::NoBuilder(arch));
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut unreachable = None;
+        for i in 0..list.len() {
+            let b = &list[(start + i) % list.len()];
+            match self.check_version(b) {
+                Ok(()) => return Ok(b),
+                Err(e @ BuilderError::Unreachable { .. }) if i + 1 < list.len() => {
+                    on_line(&format!("{e}; trying the next builder"));
+                    unreachable = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(unreachable.unwrap_or(BuilderError::NoBuilder(arch)))
+    }
+
+    /// Sends the build's request to a started `ccb builder run` and follows its stderr (to
+    /// `on_line`, redacted) until it ends; closes the session when `cancel` is set. Its last
+    /// lines, and whether it was cancelled.
+    fn follow(
+        &self,
+        child: &mut crate::process::Running,
+        cancel: &AtomicBool,
+        on_line: &mut dyn FnMut(&str),
+    ) -> (Vec<String>, bool) {
         let request = Request {
             cache: self.cache.clone(),
             env: self.env.clone(),
             verbose: self.verbose,
+            repair: self
+                .damaged
+                .lock()
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default(),
         };
-        let mut child = self
-            .ssh(
-                builder,
-                &[
-                    COMMAND,
-                    "run",
-                    &digest,
-                    "--image",
-                    image,
-                    "--arch",
-                    arch.as_str(),
-                    "--until",
-                    until,
-                ],
-            )
-            .start(Stdio::piped(), Stdio::null(), Stdio::piped())
-            .map_err(|source| BuilderError::Ssh {
-                builder: name.clone(),
-                source,
-            })?;
         // Kept open for the whole build: its end tells the builder to stop.
         let mut stdin = child.child.stdin.take();
         if let Some(s) = stdin.as_mut() {
@@ -503,36 +541,7 @@ impl Builders {
         }
         let _ = reader.join();
         drop(stdin);
-        let status = child.wait().map_err(|source| BuilderError::Ssh {
-            builder: name.clone(),
-            source,
-        })?;
-        if cancelled {
-            return Err(BuilderError::Cancelled {
-                action: action.id.to_string(),
-            });
-        }
-        if !status.success() {
-            let code = status.code().unwrap_or(-1);
-            if code == 255 {
-                return Err(ssh_error(&name, &tail.join("\n")));
-            }
-            let shown = tail[tail.len().saturating_sub(12)..]
-                .iter()
-                .map(|l| format!("  | {l}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(BuilderError::Failed {
-                builder: name,
-                action: action.id.to_string(),
-                code,
-                tail: shown,
-            });
-        }
-        if let Ok(mut b) = self.built.lock() {
-            b.insert(action.id.to_string(), name.clone());
-        }
-        Ok(name)
+        (tail, cancelled)
     }
 
     /// The error for a builder whose result is not in the cache after it succeeded.
@@ -670,6 +679,26 @@ impl Builders {
 /// What `ccb --version` prints: the builder's must be the same.
 pub fn version() -> String {
     format!("ccb {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A `ccb builder run` that exited `code`: ssh's own failure (255), or the build's, with the
+/// last lines of its stderr.
+fn run_failure(name: &str, action: &Action, code: Option<i32>, tail: &[String]) -> BuilderError {
+    let code = code.unwrap_or(-1);
+    if code == 255 {
+        return ssh_error(name, &tail.join("\n"));
+    }
+    let shown = tail[tail.len().saturating_sub(12)..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    BuilderError::Failed {
+        builder: name.into(),
+        action: action.id.to_string(),
+        code,
+        tail: shown,
+    }
 }
 
 /// ssh's own failure (exit 255): a refused login or an unreachable host.
@@ -1076,6 +1105,9 @@ pub fn run(
         cmd.arg("--env").arg(k).env(k, v);
     }
     cmd.env("CCB_REMOTE_CACHE", &req.cache);
+    if !req.repair.is_empty() {
+        cmd.env(super::REPAIR_ENV, req.repair.join(","));
+    }
     // The report is part of the log: everything goes back on stderr.
     let stdout = std::io::stderr()
         .as_fd()

@@ -17,16 +17,17 @@ pub mod builder;
 pub mod pack;
 pub mod reapi;
 
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{self, Action, ActionRecord, Kind, LastBuild};
-use crate::store::{LayerMeta, OutputsMeta, Store};
+use crate::store::{LayerMeta, Layout, OutputsMeta, Store};
 use backend::Backend;
-use pack::{Counters, PackKind};
+use pack::{Counters, Existing, PackKind};
 
 /// What goes wrong talking to a remote cache. A lookup or an upload that fails is a warning
 /// (the build goes on without the cache); only a malformed setting stops a command.
@@ -46,13 +47,16 @@ pub enum RemoteError {
         path: String,
         status: u16,
     },
-    #[error("remote cache {server}: {method} {path}: {message}")]
+    /// The request did not get an answer (ureq's error says why: a refused connection, a
+    /// timeout, a name that does not resolve).
+    #[error("remote cache {server}: {method} {path}: {source}")]
     #[diagnostic(code(ccb::remote::transport))]
     Transport {
         server: String,
         method: String,
         path: String,
-        message: String,
+        #[source]
+        source: Box<ureq::Error>,
     },
     #[error("remote cache {server}: {source}")]
     #[diagnostic(code(ccb::remote::swift))]
@@ -161,7 +165,21 @@ pub struct Remote {
     /// Action ids served from the cache, and those this build uploaded.
     hits: Mutex<Vec<String>>,
     uploaded: Mutex<Vec<String>>,
+    /// Keys whose entry a lookup found damaged (a blob corrupt or gone): uploading one
+    /// stores the entry and every blob it needs again instead of trusting what exists, else
+    /// every host would warn and rebuild it forever. Shared with the builders, which pass
+    /// it on to theirs ([`REPAIR_ENV`]).
+    damaged: Arc<Mutex<BTreeSet<String>>>,
 }
+
+/// The keys a builder's ccb must repair in the cache (its client found their entries
+/// damaged), comma-separated. A builder whose own store holds such a result would otherwise
+/// see the entry exists and skip it, and the client could never take it from the cache.
+pub const REPAIR_ENV: &str = "CCB_REMOTE_CACHE_REPAIR";
+
+/// How long a remote cache may send nothing (mid-body included) before the request fails
+/// as a cache error, in seconds: a server that stalls must not hang the build.
+pub const TIMEOUT_ENV: &str = "CCB_REMOTE_CACHE_TIMEOUT";
 
 /// What the build report says about the remote cache.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -178,6 +196,8 @@ pub struct Report {
     /// Chunks sent, and chunks the cache already had (shared with another result).
     pub chunks_sent: u64,
     pub chunks_present: u64,
+    /// Stored bytes of the chunks the cache already had: what was not sent.
+    pub bytes_present: u64,
 }
 
 /// The entry format: bump when what an entry holds changes meaning. It enters the action
@@ -236,7 +256,18 @@ pub fn open(
         counters: Counters::default(),
         hits: Mutex::new(Vec::new()),
         uploaded: Mutex::new(Vec::new()),
+        damaged: Arc::new(Mutex::new(keys_to_repair(
+            &std::env::var(REPAIR_ENV).unwrap_or_default(),
+        ))),
     }))
+}
+
+/// The keys [`REPAIR_ENV`] names (only key-shaped words: it is never a path or a command).
+fn keys_to_repair(list: &str) -> BTreeSet<String> {
+    list.split(',')
+        .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A download in the store's scratch space that is removed unless committed.
@@ -273,6 +304,7 @@ impl Remote {
             bytes_up: c.bytes_up.load(Ordering::Relaxed),
             chunks_sent: c.chunks_sent.load(Ordering::Relaxed),
             chunks_present: c.chunks_present.load(Ordering::Relaxed),
+            bytes_present: c.bytes_present.load(Ordering::Relaxed),
         }
     }
 
@@ -284,9 +316,34 @@ impl Remote {
             .unwrap_or(false)
     }
 
+    /// The damaged keys, shared: what a builder is told to repair.
+    pub fn damaged(&self) -> Arc<Mutex<BTreeSet<String>>> {
+        self.damaged.clone()
+    }
+
+    fn is_damaged(&self, key: &str) -> bool {
+        self.damaged.lock().is_ok_and(|d| d.contains(key))
+    }
+
     /// Looks `action` up and, on a hit, commits it to the local store (call with the key's
-    /// lock held). `Ok(false)`: a miss. An error is a miss too, for the caller to warn about.
+    /// lock held). `Ok(false)`: a miss. An error is a miss too, for the caller to warn about;
+    /// when the entry proved damaged, this build's upload of the action repairs it.
     pub fn fetch(
+        &self,
+        store: &Store,
+        action: &Action,
+        on_bytes: &mut dyn FnMut(u64, u64),
+    ) -> Result<bool, RemoteError> {
+        let found = self.lookup(store, action, on_bytes);
+        if let Err(RemoteError::Corrupt { .. }) = &found
+            && let Ok(mut d) = self.damaged.lock()
+        {
+            d.insert(action.key.clone());
+        }
+        found
+    }
+
+    fn lookup(
         &self,
         store: &Store,
         action: &Action,
@@ -435,9 +492,10 @@ impl Remote {
         let dest = crate::fetch::store_path(store, &sha);
         let dir = dest.parent().expect("an artifact's path has a parent");
         crate::fsutil::create_dir_all(dir)?;
-        // `.fetch-` files are what `ccb cache gc` removes after a killed download.
+        // Named as the fetcher's are: what `ccb cache gc` removes after a killed download.
+        let prefix = format!("{}remote-", Layout::FETCH_TEMP_PREFIX);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".fetch-remote-")
+            .prefix(&prefix)
             .tempfile_in(dir)
             .map_err(|e| crate::fsutil::FsError::new("create a file in", dir, e))?;
         let tmp_path = tmp.path().to_path_buf();
@@ -478,8 +536,9 @@ impl Remote {
         Ok(())
     }
 
-    /// Stores a result the local store holds, unless the cache has it already. Blobs first,
-    /// the action entry last.
+    /// Stores a result the local store holds, unless the cache has it already (an entry a
+    /// lookup found damaged is stored again, blobs and all). Blobs first, the action entry
+    /// last.
     pub fn upload(&self, store: &Store, action: &Action) -> Result<bool, RemoteError> {
         if !self.upload {
             return Ok(false);
@@ -499,9 +558,13 @@ impl Remote {
             return Ok(false);
         }
         let ac = ac_name(&action.key);
-        if self.backend.head(&ac)? {
+        let existing = if self.is_damaged(&action.key) {
+            Existing::Replace
+        } else if self.backend.head(&ac)? {
             return Ok(false);
-        }
+        } else {
+            Existing::Reuse
+        };
         let Some(mut record) =
             store.read_json::<ActionRecord>(&graph::action_record_name(&action.key))
         else {
@@ -527,6 +590,7 @@ impl Remote {
                     PackKind::File,
                     std::io::BufReader::new(file),
                     self.jobs,
+                    existing,
                     &self.counters,
                 )?
             }
@@ -534,22 +598,23 @@ impl Remote {
                 let Some(meta) = store.layer_meta(&action.key) else {
                     return Ok(false);
                 };
-                let tree = store.layer_dir(&action.key).join("tree");
+                let tree = store.layer_tree(&action.key);
                 entry.layer = Some(meta);
-                self.upload_tree(&tree)?
+                self.upload_tree(&tree, existing)?
             }
             Kind::Disk => {
                 let Some(meta) = store.outputs_meta(&action.key) else {
                     return Ok(false);
                 };
                 entry.outputs = Some(meta);
-                self.upload_tree(&store.outputs_dir(&action.key))?
+                self.upload_tree(&store.outputs_dir(&action.key), existing)?
             }
             Kind::Publish => return Ok(false),
         };
         crate::fault::point("remote.data-sent");
         let rec = serde_json::to_vec(&entry).expect("a record serializes");
-        let (rec_digest, rec_size) = pack::put_blob(&*self.backend, &rec, &self.counters)?;
+        let (rec_digest, rec_size) =
+            pack::put_blob(&*self.backend, &rec, existing, &self.counters)?;
         let result = reapi::ActionResult {
             output_files: vec![
                 reapi::OutputFile {
@@ -580,11 +645,18 @@ impl Remote {
         if let Ok(mut u) = self.uploaded.lock() {
             u.push(action.id.to_string());
         }
+        if let Ok(mut d) = self.damaged.lock() {
+            d.remove(&action.key);
+        }
         Ok(true)
     }
 
-    fn upload_tree(&self, dir: &std::path::Path) -> Result<(String, u64), RemoteError> {
-        pack::upload_tree(&*self.backend, dir, self.jobs, &self.counters)
+    fn upload_tree(
+        &self,
+        dir: &std::path::Path,
+        existing: Existing,
+    ) -> Result<(String, u64), RemoteError> {
+        pack::upload_tree(&*self.backend, dir, self.jobs, existing, &self.counters)
     }
 }
 
@@ -649,6 +721,14 @@ mod tests {
             "--offline"
         );
         assert!(open(None, &none, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_builder_repairs_only_key_shaped_words() {
+        let (a, b) = ("a".repeat(64), "0123456789abcdef".repeat(4));
+        let keys = keys_to_repair(&format!("{a},../etc,,{b},{}", "f".repeat(63)));
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), [b, a], "sorted");
+        assert!(keys_to_repair("").is_empty());
     }
 
     #[test]

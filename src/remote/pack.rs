@@ -72,6 +72,18 @@ pub struct Counters {
     pub bytes_up: AtomicU64,
     pub chunks_sent: AtomicU64,
     pub chunks_present: AtomicU64,
+    /// Stored bytes of the chunks the cache already had: what sharing saved.
+    pub bytes_present: AtomicU64,
+}
+
+/// What an upload does with a blob the cache already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Keep it: a blob is named by its digest, so the one there is the same (unless damaged).
+    Reuse,
+    /// Send it again: a lookup found the entry damaged, and a blob that exists may be the
+    /// damaged one (a server-side `HEAD` cannot tell).
+    Replace,
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -82,16 +94,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Stores a blob under its SHA-256 unless the cache has it; returns its digest and size.
+/// Stores a blob under its SHA-256 unless the cache has it (and `existing` says to reuse it);
+/// returns its digest and size.
 pub fn put_blob(
     backend: &dyn Backend,
     data: &[u8],
+    existing: Existing,
     counters: &Counters,
 ) -> Result<(String, u64), RemoteError> {
     let digest = sha256_hex(data);
     let name = format!("cas/{digest}");
-    if backend.head(&name)? {
+    if existing == Existing::Reuse && backend.head(&name)? {
         counters.chunks_present.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_present
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
     } else {
         backend.put(&name, data)?;
         counters
@@ -130,6 +147,7 @@ pub fn upload(
     kind: PackKind,
     source: impl Read,
     jobs: usize,
+    existing: Existing,
     counters: &Counters,
 ) -> Result<(String, u64), RemoteError> {
     let jobs = jobs.max(1);
@@ -153,7 +171,7 @@ pub fn upload(
                     }
                     let result = zstd::bulk::compress(&data, ZSTD_LEVEL)
                         .map_err(RemoteError::Compress)
-                        .and_then(|z| put_blob(backend, &z, counters));
+                        .and_then(|z| put_blob(backend, &z, existing, counters));
                     match result {
                         Ok((digest, stored)) => {
                             crate::fault::point("remote.upload-chunk");
@@ -218,7 +236,7 @@ pub fn upload(
         chunks,
     };
     let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
-    put_blob(backend, &bytes, counters)
+    put_blob(backend, &bytes, existing, counters)
 }
 
 /// Reads a manifest.
@@ -374,12 +392,13 @@ pub fn upload_tree(
     backend: &dyn Backend,
     dir: &Path,
     jobs: usize,
+    existing: Existing,
     counters: &Counters,
 ) -> Result<(String, u64), RemoteError> {
     let mut tar = tar_create(dir)?;
     let stderr = tar.drain_stderr();
     let stdout = tar.child.stdout.take().expect("piped");
-    let sent = upload(backend, PackKind::Tree, stdout, jobs, counters);
+    let sent = upload(backend, PackKind::Tree, stdout, jobs, existing, counters);
     if sent.is_err() {
         tar.stop(Duration::ZERO);
     }
@@ -437,7 +456,8 @@ mod tests {
         let dir = Dir::new(d.path().to_path_buf());
         let c = Counters::default();
         let data = pseudo_random(12 << 20, 7);
-        let (digest, size) = upload(&dir, PackKind::File, &data[..], 2, &c).unwrap();
+        let (digest, size) =
+            upload(&dir, PackKind::File, &data[..], 2, Existing::Reuse, &c).unwrap();
         let m = manifest(&dir, &digest, size, &c).unwrap().unwrap();
         assert!(m.chunks.len() > 4, "{} chunks", m.chunks.len());
         let mut back = Vec::new();
@@ -448,7 +468,7 @@ mod tests {
         let sent = c.chunks_sent.load(Ordering::Relaxed);
         let mut edited = data.clone();
         edited.splice(1000..1000, *b"a small edit");
-        let (d2, s2) = upload(&dir, PackKind::File, &edited[..], 2, &c).unwrap();
+        let (d2, s2) = upload(&dir, PackKind::File, &edited[..], 2, Existing::Reuse, &c).unwrap();
         let m2 = manifest(&dir, &d2, s2, &c).unwrap().unwrap();
         let new = c.chunks_sent.load(Ordering::Relaxed) - sent - 1; // the manifest
         assert!(new <= 2, "{new} of {} chunks were new", m2.chunks.len());
@@ -460,7 +480,8 @@ mod tests {
         let dir = Dir::new(d.path().to_path_buf());
         let c = Counters::default();
         let data = pseudo_random(3 << 20, 1);
-        let (digest, size) = upload(&dir, PackKind::File, &data[..], 1, &c).unwrap();
+        let (digest, size) =
+            upload(&dir, PackKind::File, &data[..], 1, Existing::Reuse, &c).unwrap();
         let m = manifest(&dir, &digest, size, &c).unwrap().unwrap();
         let victim = d.path().join("cas").join(&m.chunks[1].digest);
         let mut bytes = std::fs::read(&victim).unwrap();
@@ -478,5 +499,29 @@ mod tests {
             download(&dir, &m, &mut Vec::new(), 1, &c, &mut |_, _| {}),
             Err(RemoteError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn an_upload_that_replaces_repairs_a_damaged_chunk_that_a_reusing_one_keeps() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Dir::new(d.path().to_path_buf());
+        let c = Counters::default();
+        let data = pseudo_random(3 << 20, 5);
+        let (digest, size) =
+            upload(&dir, PackKind::File, &data[..], 1, Existing::Reuse, &c).unwrap();
+        let m = manifest(&dir, &digest, size, &c).unwrap().unwrap();
+        let victim = d.path().join("cas").join(&m.chunks[0].digest);
+        let mut bytes = std::fs::read(&victim).unwrap();
+        bytes[10] ^= 0xff;
+        std::fs::write(&victim, &bytes).unwrap();
+        let fails =
+            |c: &Counters| download(&dir, &m, &mut Vec::new(), 1, c, &mut |_, _| {}).is_err();
+
+        upload(&dir, PackKind::File, &data[..], 1, Existing::Reuse, &c).unwrap();
+        assert!(fails(&c), "a blob that exists is not sent again");
+        upload(&dir, PackKind::File, &data[..], 1, Existing::Replace, &c).unwrap();
+        let mut back = Vec::new();
+        download(&dir, &m, &mut back, 1, &c, &mut |_, _| {}).unwrap();
+        assert!(back == data);
     }
 }

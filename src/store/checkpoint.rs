@@ -38,7 +38,7 @@ impl CheckpointMeta {
     pub fn stack(&self, store: &Store) -> Vec<PathBuf> {
         std::iter::once(&self.key)
             .chain(&self.lowers)
-            .map(|k| store.checkpoint_dir(k).join("tree"))
+            .map(|k| store.checkpoint_tree(k))
             .collect()
     }
 }
@@ -53,6 +53,11 @@ pub struct CheckpointChain {
 impl Store {
     pub fn checkpoint_dir(&self, key: &str) -> PathBuf {
         self.path(&Layout::checkpoint_dir(key))
+    }
+
+    /// A checkpoint's files.
+    pub fn checkpoint_tree(&self, key: &str) -> PathBuf {
+        self.path(&Layout::checkpoint_tree(key))
     }
 
     pub fn checkpoint_meta(&self, key: &str) -> Option<CheckpointMeta> {
@@ -91,18 +96,18 @@ impl Store {
             return remove_tree(tree);
         }
         fsutil::sync_filesystem(tree)?;
-        let staging = self.work_dir(&format!("{}.commit", meta.key))?;
-        std::fs::rename(tree, staging.join("tree"))
+        let staging = self.work_dir(&Layout::staging(&meta.key))?;
+        std::fs::rename(tree, staging.join(Layout::TREE))
             .map_err(|e| FsError::new("move the checkpoint tree from", tree, e))?;
         let bytes = serde_json::to_vec_pretty(meta).map_err(|source| StoreError::Encode {
-            path: staging.join("checkpoint.json"),
+            path: staging.join(Layout::CHECKPOINT_RECORD),
             source,
         })?;
-        fsutil::write_atomic(&staging.join("checkpoint.json"), &bytes)?;
+        fsutil::write_atomic(&staging.join(Layout::CHECKPOINT_RECORD), &bytes)?;
         fsutil::create_dir_all(dest.parent().expect("checkpoints/ has a parent"))?;
         if dest.exists() {
             // A torn one (no record): replace it.
-            let old = self.work_dir(&format!("{}.old", meta.key))?;
+            let old = self.work_dir(&Layout::replaced(&meta.key))?;
             std::fs::rename(&dest, old.join("checkpoint"))
                 .map_err(|e| FsError::new("move aside", &dest, e))?;
             remove_tree(&old)?;
@@ -114,14 +119,7 @@ impl Store {
 
     /// Removes a checkpoint: renamed away first, so a half-removed one is never found.
     pub fn remove_checkpoint(&self, key: &str) -> Result<(), StoreError> {
-        let dir = self.checkpoint_dir(key);
-        if dir.exists() {
-            let trash = self.work_dir(&format!("{key}.trash"))?;
-            std::fs::rename(&dir, trash.join("checkpoint"))
-                .map_err(|e| FsError::new("move aside", &dir, e))?;
-            remove_tree(&trash)?;
-        }
-        Ok(())
+        self.remove_aside(&self.checkpoint_dir(key), key, "checkpoint")
     }
 
     pub fn checkpoint_chain(&self, layer_key: &str) -> CheckpointChain {

@@ -91,12 +91,12 @@ impl Layout {
 
     /// A built action's record: its key document, steps, duration.
     pub fn action_record(key: &str) -> String {
-        format!("{}/{key}.json", Self::ACTIONS)
+        format!("{}/{}", Self::ACTIONS, Self::record_name(key))
     }
 
     /// The key document of the last build of an action (by a short name of its id).
     pub fn last_record(id_name: &str) -> String {
-        format!("{}/{id_name}.json", Self::LAST)
+        format!("{}/{}", Self::LAST, Self::record_name(id_name))
     }
 
     /// A committed layer: `tree/` and `layer.json`.
@@ -104,9 +104,21 @@ impl Layout {
         format!("{}/{key}", Self::LAYERS)
     }
 
+    /// The directory a layer's or a checkpoint's files sit in, inside its own directory (a
+    /// whole root filesystem, or an overlayfs upper directory over the ones under it).
+    pub const TREE: &'static str = "tree";
+
+    /// A committed layer's files.
+    pub fn layer_tree(key: &str) -> String {
+        format!("{}/{}", Self::layer_dir(key), Self::TREE)
+    }
+
+    /// The name of a layer's record inside its directory.
+    pub const LAYER_RECORD: &'static str = "layer.json";
+
     /// The record that makes a layer count as present.
     pub fn layer_record(key: &str) -> String {
-        format!("{}/layer.json", Self::layer_dir(key))
+        format!("{}/{}", Self::layer_dir(key), Self::LAYER_RECORD)
     }
 
     /// A step checkpoint inside a layer: `tree/` (an overlayfs upper directory over the
@@ -115,9 +127,17 @@ impl Layout {
         format!("{}/{key}", Self::CHECKPOINTS)
     }
 
+    /// A step checkpoint's files.
+    pub fn checkpoint_tree(key: &str) -> String {
+        format!("{}/{}", Self::checkpoint_dir(key), Self::TREE)
+    }
+
+    /// The name of a checkpoint's record inside its directory.
+    pub const CHECKPOINT_RECORD: &'static str = "checkpoint.json";
+
     /// The record that makes a checkpoint count as present.
     pub fn checkpoint_record(key: &str) -> String {
-        format!("{}/checkpoint.json", Self::checkpoint_dir(key))
+        format!("{}/{}", Self::checkpoint_dir(key), Self::CHECKPOINT_RECORD)
     }
 
     /// The checkpoints a committed layer was built through (what `gc` keeps with it).
@@ -132,7 +152,51 @@ impl Layout {
 
     /// The record that makes a disk's outputs count as present.
     pub fn outputs_record(key: &str) -> String {
-        format!("{}.json", Self::outputs_dir(key))
+        format!("{}/{}", Self::OUTPUTS, Self::record_name(key))
+    }
+
+    /// The file name of a JSON record of `stem` in a directory of records (`actions/`,
+    /// `last/`, `outputs/`, `artifacts/`).
+    pub fn record_name(stem: &str) -> String {
+        format!("{stem}.json")
+    }
+
+    /// What a record's file name (see [`Layout::record_name`]) records; `None` for a name
+    /// that is not a record.
+    pub fn record_stem(name: &str) -> Option<&str> {
+        name.strip_suffix(".json")
+    }
+
+    /// The key of an entry of `outputs/`, which holds `KEY/` and `KEY.json`.
+    pub fn outputs_key(name: &str) -> &str {
+        Self::record_stem(name).unwrap_or(name)
+    }
+
+    /// The key a file name of `logs/` is the action log of (boot logs are not).
+    pub fn log_key(name: &str) -> Option<&str> {
+        name.strip_suffix(".log")
+    }
+
+    /// Downloads in progress in [`Layout::ARTIFACTS`] start with this (temp files, renamed
+    /// into place when verified): what `gc` removes after a killed ccb.
+    pub const FETCH_TEMP_PREFIX: &'static str = ".fetch-";
+
+    /// The working directory (a name for [`super::Store::work_dir`]) that an entry of `key`
+    /// is renamed into before it is removed, so that a half-removed entry is never found
+    /// under its key.
+    pub fn trash(key: &str) -> String {
+        format!("{key}.trash")
+    }
+
+    /// The working directory a finished tree and its record are staged in before the
+    /// rename that commits them.
+    pub fn staging(key: &str) -> String {
+        format!("{key}.commit")
+    }
+
+    /// The working directory an entry a `--force` rebuild replaces is moved aside to.
+    pub fn replaced(key: &str) -> String {
+        format!("{key}.old")
     }
 
     /// A fetched artifact, read-only, verified.
@@ -142,7 +206,11 @@ impl Layout {
 
     /// An artifact's record (its blake3).
     pub fn artifact_record(sha256: &str) -> String {
-        format!("{}.json", Self::artifact(sha256))
+        format!(
+            "{}/{}",
+            Self::ARTIFACTS,
+            Self::record_name(&sha256.to_ascii_lowercase())
+        )
     }
 
     /// An interrupted download, resumed by the next fetch.
@@ -199,12 +267,22 @@ impl Layout {
 mod tests {
     use super::Layout;
 
-    /// String literals that are not store paths although they start like one (paths inside
-    /// a chroot or an image, or words that name something else), by file.
-    const NOT_STORE_PATHS: &[(&str, &str)] = &[("src/action/runner.rs", "\"tmp/in_target.d\"")];
+    /// Expressions that match a pattern below but are not store paths (paths inside a
+    /// chroot or an image, an attempt's own working directory), by file.
+    const NOT_STORE_PATHS: &[(&str, &str)] = &[
+        ("src/action/runner.rs", "\"tmp/in_target.d\""),
+        // Where a full layer is built in its attempt's working directory.
+        ("src/action/runner.rs", "spec.work.join(\"tree\")"),
+        ("src/action/mod.rs", "spec.work.join(\"tree\")"),
+        // Where a layer pulled from a remote cache is unpacked before it is committed.
+        ("src/remote/mod.rs", "work.0.join(\"tree\")"),
+    ];
 
-    #[test]
-    fn no_module_outside_the_store_spells_a_store_path() {
+    /// What spells a store path: a literal starting with one of the store's directories, a
+    /// literal handed straight to the store (`store.path("…")`), a literal joined onto a
+    /// layer's or checkpoint's directory (`join("tree")`), the names of records, logs, trash
+    /// and download temp files (`format!("{key}.json")`, `".log"`, `".trash"`, `".fetch-"`).
+    fn store_path_pattern() -> regex::Regex {
         let dirs = [
             Layout::LAYERS,
             Layout::OUTPUTS,
@@ -223,13 +301,42 @@ mod tests {
             "locks",
             "checkpoint-chains",
         ];
-        // A store path starts a literal with one of the directories and a slash, or is a
-        // literal handed straight to the store (`store.path("…")`).
         let dir_alternatives = dirs.join("|");
-        let spelled = regex::Regex::new(&format!(
-            r#""({dir_alternatives})/|\b(store|self\.store|ctx\.store)\.(path|exists|remove|read_json|write_json|write_cache_json)\(&?""#
+        regex::Regex::new(&format!(
+            r#""({dir_alternatives})/|\b(store|self\.store|ctx\.store)\.(path|exists|remove|read_json|write_json|write_cache_json)\(&?"|\.join\("(tree|layer\.json|checkpoint\.json)"\)|"\{{[^}}"]*\}}\.(json|log|trash|commit|old)"|"\.(json|log|trash)"|"\.fetch-"#
         ))
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Where `text` (a file of `src/`, by its path `rel`) spells a store path, as
+    /// `file:line: text`. Comments and the file's test module are not read.
+    fn store_paths_spelled(rel: &str, text: &str) -> Vec<String> {
+        let spelled = store_path_pattern();
+        let mut found = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for m in spelled.find_iter(line) {
+                let allowed = NOT_STORE_PATHS.iter().any(|(file, expr)| {
+                    *file == rel
+                        && line.match_indices(expr).any(|(at, e)| {
+                            (at..at + e.len()).contains(&m.start()) && m.end() <= at + e.len()
+                        })
+                });
+                if !allowed {
+                    found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn no_module_outside_the_store_spells_a_store_path() {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut found = Vec::new();
         for entry in walkdir::WalkDir::new(&src) {
@@ -239,26 +346,60 @@ mod tests {
                 continue;
             }
             let rel = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
-            let rel = rel.to_str().unwrap();
             let text = std::fs::read_to_string(path).unwrap();
-            for (n, line) in text.lines().enumerate() {
-                if line.trim_start().starts_with("//") {
-                    continue;
-                }
-                for m in spelled.find_iter(line) {
-                    let allowed = NOT_STORE_PATHS
-                        .iter()
-                        .any(|(file, lit)| *file == rel && line[m.start()..].starts_with(lit));
-                    if !allowed {
-                        found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
-                    }
-                }
-            }
+            found.extend(store_paths_spelled(rel.to_str().unwrap(), &text));
         }
         assert!(
             found.is_empty(),
             "store paths spelled outside store::Layout:\n{}",
             found.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_guard_catches_every_way_the_store_was_spelled_before_layout_owned_it() {
+        // Each of these lines was in ccb once, outside the store.
+        let spelled = [
+            r#"let path = store.path("layers/abc/layer.json");"#,
+            r#"let tree = store.checkpoint_dir(key).join("tree");"#,
+            r#"local.layer_dir(&a.key).join("tree"),"#,
+            r#"std::fs::read(dir.join("layer.json"))"#,
+            r#".prefix(".fetch-remote-")"#,
+            r#"if name.starts_with(".fetch-") {"#,
+            r#"let trash = store.work_dir(&format!("{key}.trash"))?;"#,
+            r#"let record = format!("{key}.json");"#,
+            r#"let log = format!("{}.log", key);"#,
+            r#"list_names(store, Layout::LAST, ".json")"#,
+            r#"stem.strip_suffix(".json").unwrap_or(stem)"#,
+        ];
+        for line in spelled {
+            assert_eq!(
+                store_paths_spelled("src/ops/cache/entries.rs", line).len(),
+                1,
+                "not caught: {line}"
+            );
+        }
+        // Names that only look alike: an SBOM's, a publish site's, a work directory's.
+        let not_spelled = [
+            r#"format!("{image}.spdx.json")"#,
+            r#"format!("{name}.d/{name}_provenance.json")"#,
+            r#"Ok(verdict(a, "tree".into(), files))"#,
+            r#"// store.path("layers/x")"#,
+        ];
+        for line in not_spelled {
+            assert_eq!(
+                store_paths_spelled("src/ops/x.rs", line),
+                Vec::<String>::new()
+            );
+        }
+        // An allowed expression is allowed in its file only, and only as itself.
+        let work = r#"_ => spec.work.join("tree"),"#;
+        assert!(store_paths_spelled("src/action/runner.rs", work).is_empty());
+        assert_eq!(store_paths_spelled("src/ops/x.rs", work).len(), 1);
+        let store_tree = r#"let t = store.layer_dir(k).join("tree");"#;
+        assert_eq!(
+            store_paths_spelled("src/action/runner.rs", store_tree).len(),
+            1
         );
     }
 

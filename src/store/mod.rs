@@ -159,6 +159,11 @@ impl Store {
         self.path(&Layout::layer_dir(key))
     }
 
+    /// A committed layer's files.
+    pub fn layer_tree(&self, key: &str) -> PathBuf {
+        self.path(&Layout::layer_tree(key))
+    }
+
     pub fn layer_meta(&self, key: &str) -> Option<LayerMeta> {
         self.read_json(&Layout::layer_record(key))
     }
@@ -199,16 +204,16 @@ impl Store {
     /// layer or a whole one.
     pub fn commit_layer(&self, tree: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
         fsutil::sync_filesystem(tree)?;
-        let staging = self.work_dir(&format!("{}.commit", meta.key))?;
-        std::fs::rename(tree, staging.join("tree"))
+        let staging = self.work_dir(&Layout::staging(&meta.key))?;
+        std::fs::rename(tree, staging.join(Layout::TREE))
             .map_err(|e| FsError::new("move the finished tree from", tree, e))?;
-        self.write_json_at(&staging.join("layer.json"), meta)?;
+        self.write_json_at(&staging.join(Layout::LAYER_RECORD), meta)?;
         crate::fault::point("store.layer-staged");
         let dest = self.layer_dir(&meta.key);
         fsutil::create_dir_all(dest.parent().expect("layers/ has a parent"))?;
         if dest.exists() {
             // Only a `--force` rebuild gets here (with the key's lock held): replace it.
-            let old = self.work_dir(&format!("{}.old", meta.key))?;
+            let old = self.work_dir(&Layout::replaced(&meta.key))?;
             std::fs::rename(&dest, old.join("layer"))
                 .map_err(|e| FsError::new("move aside", &dest, e))?;
             std::fs::rename(&staging, &dest)
@@ -227,6 +232,28 @@ impl Store {
             source,
         })?;
         fsutil::write_atomic(path, &bytes)?;
+        Ok(())
+    }
+
+    /// Removes a committed layer (renamed aside first: a half-removed layer must never be
+    /// found under its key).
+    pub fn remove_layer(&self, key: &str) -> Result<(), StoreError> {
+        self.remove_aside(&self.layer_dir(key), key, "layer")
+    }
+
+    /// Removes a disk's outputs directory (its record is the caller's to remove first).
+    pub fn remove_outputs(&self, key: &str) -> Result<(), StoreError> {
+        self.remove_aside(&self.outputs_dir(key), key, "outputs")
+    }
+
+    /// Renames `dir` into a trash working directory of `key`, then removes it.
+    fn remove_aside(&self, dir: &Path, key: &str, what: &str) -> Result<(), StoreError> {
+        if dir.exists() {
+            let trash = self.work_dir(&Layout::trash(key))?;
+            std::fs::rename(dir, trash.join(what))
+                .map_err(|e| FsError::new("move aside", dir, e))?;
+            remove_tree(&trash)?;
+        }
         Ok(())
     }
 
@@ -289,9 +316,9 @@ pub struct LayerMeta {
 impl LayerMeta {
     /// The trees to stack for a layer built on this one, top first.
     pub fn stack(&self, store: &Store) -> Vec<PathBuf> {
-        let mut out = vec![store.layer_dir(&self.key).join("tree")];
+        let mut out = vec![store.layer_tree(&self.key)];
         if self.mode == LayerMode::Diff {
-            out.extend(self.lowers.iter().map(|k| store.layer_dir(k).join("tree")));
+            out.extend(self.lowers.iter().map(|k| store.layer_tree(k)));
         }
         out
     }
@@ -334,7 +361,7 @@ impl Store {
         let dest = self.outputs_dir(&meta.key);
         fsutil::create_dir_all(dest.parent().expect("outputs/ has a parent"))?;
         if dest.exists() {
-            let old = self.work_dir(&format!("{}.old", meta.key))?;
+            let old = self.work_dir(&Layout::replaced(&meta.key))?;
             std::fs::rename(&dest, old.join("outputs"))
                 .map_err(|e| FsError::new("move aside", &dest, e))?;
             std::fs::rename(dir, &dest).map_err(|e| FsError::new("commit outputs to", &dest, e))?;

@@ -1,9 +1,28 @@
-//! Output: data to stdout, status and warnings to stderr, and a closed stdout ends the program
-//! quietly (`ccb query targets | head` is normal use, not an error).
+//! Output: data to stdout, status and warnings to stderr. A closed stdout ends a listing
+//! quietly (`ccb query targets | head` is normal use, not an error); a command that changes
+//! things goes on to its end with its output discarded, so that a reader leaving early never
+//! leaves half a publish behind.
 
 pub mod progress;
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a closed stdout (the reader went away: `| head -1`) means for a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClosedPipe {
+    /// The reader has what it wanted: end at once, status 0 (listings, queries).
+    #[default]
+    End,
+    /// Carry on with the output discarded and exit by the command's real result (build, test,
+    /// publish, update, versions promote/rollback/prune, cache gc/rm, fetch): stopping them
+    /// half-way would leave work undone behind an exit status of 0.
+    Discard,
+}
+
+/// Set once stdout has been found closed under [`ClosedPipe::Discard`]: later output is
+/// dropped without another write.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// `--format`: text for people, JSON for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -14,19 +33,34 @@ pub enum OutputFormat {
 }
 
 /// The one output of a command (in the spirit of cargo's `Shell`): data to stdout (a closed
-/// pipe ends the command quietly, status 0), status lines and warnings to stderr, progress
-/// drawn only where [`progress::live_terminal`] says so.
+/// pipe handled as [`ClosedPipe`] says), status lines and warnings to stderr, progress drawn
+/// only where [`progress::live_terminal`] says so.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Shell {
     /// `-q`: only data and errors.
     pub quiet: bool,
     /// `-v` count.
     pub verbose: u8,
+    /// What a closed stdout does: chosen per command by the command line.
+    pub closed_pipe: ClosedPipe,
 }
 
 impl Shell {
+    /// The output of a listing: a closed stdout ends the command.
     pub fn new(quiet: bool, verbose: u8) -> Self {
-        Self { quiet, verbose }
+        Self {
+            quiet,
+            verbose,
+            closed_pipe: ClosedPipe::End,
+        }
+    }
+
+    /// This shell with `closed_pipe` as what a closed stdout does.
+    pub fn on_closed_pipe(self, closed_pipe: ClosedPipe) -> Self {
+        Self {
+            closed_pipe,
+            ..self
+        }
     }
 
     /// Data on stdout.
@@ -36,10 +70,19 @@ impl Shell {
 
     /// Raw bytes (a file of an image) on stdout.
     pub fn out_bytes(&self, data: &[u8]) {
+        if STDOUT_CLOSED.load(Ordering::Relaxed) {
+            return;
+        }
         let mut stdout = std::io::stdout().lock();
         if let Err(e) = stdout.write_all(data).and_then(|()| stdout.flush()) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
+                match self.closed_pipe {
+                    ClosedPipe::End => std::process::exit(0),
+                    ClosedPipe::Discard => {
+                        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
             }
             // Any other stdout failure (disk full on a redirect) is reported once.
             let _ = writeln!(std::io::stderr(), "error: failed to write to stdout: {e}");

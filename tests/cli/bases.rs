@@ -152,7 +152,9 @@ let file = fun arch => {{ url = "%{{dir}}/noble-server-cloudimg-%{{arch}}.squash
 /// The lock's `[artifacts."noble-rootfs:ARCH"]` digest.
 fn pinned(lock: &str, arch: &str) -> Option<String> {
     let table: toml::Table = toml::from_str(lock).ok()?;
-    table["artifacts"][&format!("noble-rootfs:{arch}")]["sha256"]
+    table["artifacts"]
+        .get(format!("noble-rootfs:{arch}"))?
+        .get("sha256")?
         .as_str()
         .map(str::to_string)
 }
@@ -178,27 +180,33 @@ fn a_distribution_base_is_pinned_per_arch_after_its_sha256sums_check_and_moved_o
         .stderr_has("--locked");
     assert!(!p.root().join("ccb.lock").exists());
 
-    // SHA256SUMS disagrees with arm64's file: refused, and no pin at all is written (amd64's
-    // was fine, but a lock is never half-resolved).
+    // SHA256SUMS disagrees with arm64's file: refused, and amd64's pin, which was fine, is
+    // kept (written atomically with the others resolved): the next build does not download
+    // it again.
     p.sums(&amd64, &"e".repeat(64));
     p.ccb(&build)
         .fails()
+        .stderr_has("cannot pin artifact `noble-rootfs:arm64`")
+        .stderr_has("kept the 1 pinned meanwhile (noble-rootfs:amd64)")
         .stderr_has("artifact `noble-rootfs:arm64`: SHA-256 mismatch")
         .stderr_has(&format!("expected {}", "e".repeat(64)))
         .stderr_has(&format!("actual   {arm64}"));
-    assert!(!p.root().join("ccb.lock").exists());
+    let kept = p.lock();
+    assert_eq!(pinned(&kept, "amd64").as_deref(), Some(amd64.as_str()));
+    assert_eq!(pinned(&kept, "arm64"), None);
 
-    // The publisher's sums agree: each arch's file is pinned at its own digest, saying so,
-    // and each arch's base is made from its own file.
+    // The publisher's sums agree: arm64's file is pinned at its own digest, saying so, and
+    // each arch's base is made from its own file.
     p.sums(&amd64, &arm64);
     let first = p.ccb(&build).ok();
-    first
-        .stderr_has(&format!(
-            "ccb.lock: pinned artifact `noble-rootfs:amd64` at {amd64}"
-        ))
-        .stderr_has(&format!(
-            "ccb.lock: pinned artifact `noble-rootfs:arm64` at {arm64}"
-        ));
+    first.stderr_has(&format!(
+        "ccb.lock: pinned artifact `noble-rootfs:arm64` at {arm64}"
+    ));
+    assert!(
+        !first.stderr.contains("`noble-rootfs:amd64` at"),
+        "{}",
+        first.stderr
+    );
     let lock = p.lock();
     assert_eq!(pinned(&lock, "amd64").as_deref(), Some(amd64.as_str()));
     assert_eq!(pinned(&lock, "arm64").as_deref(), Some(arm64.as_str()));
@@ -442,104 +450,157 @@ fn the_vgpu_driver_artifact_reaches_the_root_named_by_its_kind() {
     assert!(err.contains("neither a .deb nor a .run"), "{err}");
 }
 
-/// The real manifests' base and key artifacts, resolved and pinned from a server laid out as
-/// the upstream ones are (Ubuntu's `<release>/current/` with SHA256SUMS, CentOS's
-/// `<major>-stream/<arch>/images/` with CHECKSUM, NVIDIA's `<distro>/<arch>/` keyrings,
-/// AMD's key), reached by changing only the `let`s of `manifests/artifacts.ncl`: a typo in a
-/// URL template or a checksum name fails here. Fetch only, nothing is built.
+/// The real manifests in a project of their own, their upstream `let`s pointed at a nginx on
+/// 127.0.0.1 laid out as the upstream servers are (Ubuntu's `<release>/current/` with
+/// SHA256SUMS, CentOS's `<major>-stream/<arch>/images/` with CHECKSUM, NVIDIA's
+/// `<distro>/<arch>/` keyrings, AMD's key). Only the `let`s change: a typo in a URL template
+/// or a checksum name fails the tests that use it.
+struct RealInventory {
+    /// Serves as long as the inventory lives.
+    _nginx: Nginx,
+    env: Env,
+    dir: tempfile::TempDir,
+    /// (artifact key, SHA-256) of every file served.
+    expected: Vec<(String, String)>,
+}
+
+impl RealInventory {
+    /// Serves every base and key but those of `withheld` (artifact keys); `driver`, when
+    /// given, replaces the vGPU driver's site URL by a file of that content.
+    fn new(withheld: &[&str], driver: Option<&str>) -> Self {
+        let nginx = Nginx::start();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("project");
+        std::fs::create_dir_all(&root).unwrap();
+        crate::common::copy_tree(&repo().join("manifests"), &root.join("manifests"));
+        std::fs::copy(repo().join("ccb.lock"), root.join("ccb.lock")).unwrap();
+        let real = std::fs::read_to_string(root.join("manifests/artifacts.ncl")).unwrap();
+        let mut pointed = real.clone();
+        for (var, upstream, here) in [
+            (
+                "ubuntu_cloud_images",
+                "https://cloud-images.ubuntu.com",
+                "ubuntu",
+            ),
+            ("centos_cloud", "https://cloud.centos.org/centos", "centos"),
+            (
+                "nvidia",
+                "https://developer.download.nvidia.com/compute/cuda/repos",
+                "cuda",
+            ),
+            ("radeon", "https://repo.radeon.com", "radeon"),
+        ] {
+            let line = format!("let {var} = \"{upstream}\" in");
+            assert!(
+                pointed.contains(&line),
+                "manifests/artifacts.ncl lacks `{line}`"
+            );
+            pointed = pointed.replace(&line, &format!("let {var} = \"{}/{here}\" in", nginx.base));
+        }
+        let site_url = "file:///etc/ccb/vgpu/nvidia-vgpu-guest-driver.run";
+        assert!(pointed.contains(site_url));
+        if let Some(content) = driver {
+            let file = dir.path().join("vgpu-driver.run");
+            write(&file, content);
+            pointed = pointed.replace(site_url, &format!("file://{}", file.display()));
+        }
+        write(root.join("manifests/artifacts.ncl"), &pointed);
+
+        // Each file holds its own path, so every digest is distinct and checkable.
+        let mut expected: Vec<(String, String)> = Vec::new();
+        let mut serve = |key: String, path: &str| -> String {
+            let file = nginx.root().join(path);
+            write(&file, &format!("fixture {path}\n"));
+            let hex = sha256(&file);
+            if withheld.contains(&key.as_str()) {
+                std::fs::remove_file(&file).unwrap();
+            } else {
+                expected.push((key, hex.clone()));
+            }
+            hex
+        };
+        for release in ["jammy", "noble", "resolute"] {
+            let mut sums = String::new();
+            for arch in ["amd64", "arm64"] {
+                let name = format!("{release}-server-cloudimg-{arch}.squashfs");
+                let hex = serve(
+                    format!("ubuntu-{release}-rootfs:{arch}"),
+                    &format!("ubuntu/{release}/current/{name}"),
+                );
+                sums.push_str(&format!("{hex} *{name}\n"));
+            }
+            write(
+                nginx
+                    .root()
+                    .join(format!("ubuntu/{release}/current/SHA256SUMS")),
+                &sums,
+            );
+        }
+        for (arch, upstream) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
+            let name = format!("CentOS-Stream-Container-Base-9-latest.{upstream}.tar.xz");
+            let hex = serve(
+                format!("centos9-stream-rootfs:{arch}"),
+                &format!("centos/9-stream/{upstream}/images/{name}"),
+            );
+            write(
+                nginx
+                    .root()
+                    .join(format!("centos/9-stream/{upstream}/images/CHECKSUM")),
+                &format!("# {name}: 1 bytes\nSHA256 ({name}) = {hex}\n"),
+            );
+        }
+        for (name, path) in [
+            (
+                "cuda-keyring-ubuntu2204",
+                "cuda/ubuntu2204/x86_64/cuda-keyring_1.1-1_all.deb",
+            ),
+            (
+                "cuda-keyring-ubuntu2404",
+                "cuda/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb",
+            ),
+            (
+                "cuda-keyring-ubuntu2404-sbsa",
+                "cuda/ubuntu2404/sbsa/cuda-keyring_1.1-1_all.deb",
+            ),
+            ("cuda-key-rhel9", "cuda/rhel9/x86_64/D42D0685.pub"),
+            ("rocm-key", "radeon/rocm/rocm.gpg.key"),
+        ] {
+            serve(name.to_string(), path);
+        }
+        Self {
+            _nginx: nginx,
+            env: Env::new(),
+            dir,
+            expected,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    /// `ccb --root PROJECT ARGS… --element-path <the repo's elements>`.
+    fn ccb(&self, args: &[&str]) -> Run {
+        let root = self.root();
+        let elements = repo().join("elements");
+        let mut all = vec!["--root", root.to_str().unwrap()];
+        all.extend(args);
+        all.extend(["--element-path", elements.to_str().unwrap()]);
+        self.env.run(&all)
+    }
+
+    fn lock(&self) -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(self.root().join("ccb.lock")).unwrap()).unwrap()
+    }
+}
+
+/// The real manifests' base and key artifacts, resolved and pinned from upstream layouts
+/// ([`RealInventory`]). Fetch only, nothing is built.
 /// CI cost: about 2 s (14 small files served by nginx).
 #[test]
 fn every_base_and_key_of_the_real_inventory_resolves_from_upstream_layouts() {
-    let nginx = Nginx::start();
-    let env = Env::new();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("project");
-    std::fs::create_dir_all(&root).unwrap();
-    crate::common::copy_tree(&repo().join("manifests"), &root.join("manifests"));
-    std::fs::copy(repo().join("ccb.lock"), root.join("ccb.lock")).unwrap();
-    let real = std::fs::read_to_string(root.join("manifests/artifacts.ncl")).unwrap();
-    let mut pointed = real.clone();
-    for (var, upstream, here) in [
-        (
-            "ubuntu_cloud_images",
-            "https://cloud-images.ubuntu.com",
-            "ubuntu",
-        ),
-        ("centos_cloud", "https://cloud.centos.org/centos", "centos"),
-        (
-            "nvidia",
-            "https://developer.download.nvidia.com/compute/cuda/repos",
-            "cuda",
-        ),
-        ("radeon", "https://repo.radeon.com", "radeon"),
-    ] {
-        let line = format!("let {var} = \"{upstream}\" in");
-        assert!(
-            pointed.contains(&line),
-            "manifests/artifacts.ncl lacks `{line}`"
-        );
-        pointed = pointed.replace(&line, &format!("let {var} = \"{}/{here}\" in", nginx.base));
-    }
     // The site's licensed driver: `ccb update` resolves every unpinned artifact.
-    let driver = dir.path().join("vgpu-driver.run");
-    write(&driver, "a site's vGPU guest driver\n");
-    let site_url = "file:///etc/ccb/vgpu/nvidia-vgpu-guest-driver.run";
-    assert!(pointed.contains(site_url));
-    pointed = pointed.replace(site_url, &format!("file://{}", driver.display()));
-    write(root.join("manifests/artifacts.ncl"), &pointed);
-
-    // Each file holds its own path, so every digest is distinct and checkable.
-    let serve = |path: &str| -> String {
-        let file = nginx.root().join(path);
-        write(&file, &format!("fixture {path}\n"));
-        sha256(&file)
-    };
-    let mut expected: Vec<(String, String)> = Vec::new();
-    for release in ["jammy", "noble", "resolute"] {
-        let mut sums = String::new();
-        for arch in ["amd64", "arm64"] {
-            let name = format!("{release}-server-cloudimg-{arch}.squashfs");
-            let hex = serve(&format!("ubuntu/{release}/current/{name}"));
-            sums.push_str(&format!("{hex} *{name}\n"));
-            expected.push((format!("ubuntu-{release}-rootfs:{arch}"), hex));
-        }
-        write(
-            nginx
-                .root()
-                .join(format!("ubuntu/{release}/current/SHA256SUMS")),
-            &sums,
-        );
-    }
-    for (arch, upstream) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
-        let name = format!("CentOS-Stream-Container-Base-9-latest.{upstream}.tar.xz");
-        let hex = serve(&format!("centos/9-stream/{upstream}/images/{name}"));
-        write(
-            nginx
-                .root()
-                .join(format!("centos/9-stream/{upstream}/images/CHECKSUM")),
-            &format!("# {name}: 1 bytes\nSHA256 ({name}) = {hex}\n"),
-        );
-        expected.push((format!("centos9-stream-rootfs:{arch}"), hex));
-    }
-    for (name, path) in [
-        (
-            "cuda-keyring-ubuntu2204",
-            "cuda/ubuntu2204/x86_64/cuda-keyring_1.1-1_all.deb",
-        ),
-        (
-            "cuda-keyring-ubuntu2404",
-            "cuda/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb",
-        ),
-        (
-            "cuda-keyring-ubuntu2404-sbsa",
-            "cuda/ubuntu2404/sbsa/cuda-keyring_1.1-1_all.deb",
-        ),
-        ("cuda-key-rhel9", "cuda/rhel9/x86_64/D42D0685.pub"),
-        ("rocm-key", "radeon/rocm/rocm.gpg.key"),
-    ] {
-        expected.push((name.to_string(), serve(path)));
-    }
-
+    let inv = RealInventory::new(&[], Some("a site's vGPU guest driver\n"));
     let names = [
         "ubuntu-jammy-rootfs",
         "ubuntu-noble-rootfs",
@@ -551,29 +612,98 @@ fn every_base_and_key_of_the_real_inventory_resolves_from_upstream_layouts() {
         "cuda-key-rhel9",
         "rocm-key",
     ];
+    let root = inv.root();
     let mut args = vec!["--root", root.to_str().unwrap(), "update"];
     args.extend(names);
-    env.run(&args).ok();
-    let lock: toml::Table =
-        toml::from_str(&std::fs::read_to_string(root.join("ccb.lock")).unwrap()).unwrap();
-    for (name, hex) in &expected {
+    inv.env.run(&args).ok();
+    let lock = inv.lock();
+    for (name, hex) in &inv.expected {
         assert_eq!(
             lock["artifacts"][name]["sha256"].as_str(),
             Some(hex.as_str()),
             "{name}"
         );
     }
-    // Every image plans with its bases and keys pinned: nothing is left to pin.
-    let elements = repo().join("elements");
-    env.run(&[
-        "--root",
-        root.to_str().unwrap(),
+    // Every image plans with its bases and keys pinned: nothing is left to pin. The vGPU
+    // image is named: its license token is not on this host, so `//...` alone leaves it out.
+    inv.ccb(&[
         "build",
         "//...",
+        "ubuntu24.04-cuda-vgpu",
         "--dry-run",
         "--locked",
-        "--element-path",
-        elements.to_str().unwrap(),
     ])
     .ok();
+}
+
+/// `ccb build //...` on a host without the site's vGPU driver and license token: the vGPU
+/// image is left out of the wildcard with a note naming what it lacks (nothing is downloaded
+/// for it), and a base that cannot be fetched does not cost the others their pins: every pin
+/// resolved is in ccb.lock, and every failure is named with its URL and its variable. Named,
+/// the vGPU image fails on its missing driver. Pins and fetches only, nothing is built.
+/// CI cost: about 3 s (small files served by nginx).
+#[test]
+fn a_wildcard_build_leaves_out_images_whose_secrets_are_missing_and_keeps_every_pin_it_resolved() {
+    assert!(
+        !std::path::Path::new("/etc/ccb/vgpu/nvidia-vgpu-guest-driver.run").exists()
+            && !std::path::Path::new("/etc/ccb/secrets/vgpu-client-configuration-token.tok")
+                .exists(),
+        "this test needs a host without the site's vGPU files"
+    );
+    let inv = RealInventory::new(&["rocm-key", "ubuntu-resolute-rootfs:arm64"], None);
+    let note = "ubuntu24.04-cuda-vgpu: left out of the wildcard (its secret inputs are not on \
+                this host: CC_VGPU_LICENSE_TOKEN (file /etc/ccb/secrets/vgpu-client-configuration-token.tok), \
+                CC_VGPU_DRIVER (artifact `vgpu-guest-driver`, file:///etc/ccb/vgpu/nvidia-vgpu-guest-driver.run)";
+
+    let plan = inv.ccb(&["build", "//...", "--dry-run"]).ok();
+    plan.stderr_has(note);
+    assert!(
+        !plan.stdout.contains("ubuntu24.04-cuda-vgpu"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("layer:ubuntu24.04-cuda:amd64"),
+        "{}",
+        plan.stdout
+    );
+
+    let failed = inv.ccb(&["build", "//...", "--until", "fetch"]).fails();
+    failed
+        .stderr_has(note)
+        .stderr_has("cannot pin artifact `rocm-key`, artifact `ubuntu-resolute-rootfs:arm64`")
+        .stderr_has("/ubuntu/resolute/current/resolute-server-cloudimg-arm64.squashfs")
+        .stderr_has("`ubuntu_cloud_images` in manifests/artifacts.ncl")
+        .stderr_has("/radeon/rocm/rocm.gpg.key")
+        .stderr_has("`radeon` in manifests/artifacts.ncl");
+    let lock = inv.lock();
+    // No image builds CentOS on arm64: only that base is not needed.
+    for (name, hex) in inv
+        .expected
+        .iter()
+        .filter(|(n, _)| n != "centos9-stream-rootfs:arm64")
+    {
+        assert_eq!(
+            lock["artifacts"]
+                .get(name)
+                .and_then(|a| a["sha256"].as_str()),
+            Some(hex.as_str()),
+            "{name}: {}",
+            failed.stderr
+        );
+    }
+    assert!(
+        !lock["artifacts"]
+            .as_table()
+            .unwrap()
+            .keys()
+            .any(|k| k == "rocm-key" || k == "vgpu-guest-driver"),
+        "{lock}"
+    );
+
+    // Named, the image stays, and its missing driver is the error, with the way out.
+    inv.ccb(&["build", "ubuntu24.04-cuda-vgpu", "--until", "fetch"])
+        .fails()
+        .stderr_has("artifact `vgpu-guest-driver`: cannot download file:///etc/ccb/vgpu/nvidia-vgpu-guest-driver.run")
+        .stderr_has("CCB_DISTDIR");
 }

@@ -411,6 +411,49 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
         .ok();
 }
 
+/// An element `name` of the fixture project running the real `hooks` (paths under the repo's
+/// `elements/`, each copied into its phase) in a root whose apt-get fails `update` as it does
+/// when a vendor repository is unreachable: exit 100 when the script asked to be told
+/// (Error-Mode=any); install-packages' own update passes. apt's directories, as a real Ubuntu
+/// root has them.
+fn unreachable_repository_element(f: &Fixture, name: &str, hooks: &[&str]) -> PathBuf {
+    let el = f.project.join("elements").join(name);
+    write(el.join("README.rst"), &format!("{name}\n"));
+    for hook in hooks {
+        let (phase, file) = hook.rsplit_once('/').unwrap();
+        let phase = phase.rsplit('/').next().unwrap();
+        std::fs::create_dir_all(el.join(phase)).unwrap();
+        std::fs::copy(
+            repo().join("elements").join(hook),
+            el.join(phase).join(file),
+        )
+        .unwrap();
+    }
+    script(
+        el.join("pre-install.d/01-unreachable-apt"),
+        "#!/bin/bash\nset -eu\nmkdir -p /etc/apt/sources.list.d /etc/apt/preferences.d\nprintf '#!/bin/bash\\ncase \" $* \" in *Error-Mode=any*\" update \"*) echo \"E: Failed to fetch\" >&2; exit 100;; esac\\n' > /usr/bin/apt-get\nchmod +x /usr/bin/apt-get\n",
+    );
+    el
+}
+
+/// `manifests/artifacts.ncl` of the fixture project: each (name, file) pinned by its digest.
+fn file_artifacts(f: &Fixture, files: &[(&str, &Path)]) {
+    let entries: Vec<String> = files
+        .iter()
+        .map(|(name, path)| {
+            format!(
+                "{name} = {{ url = \"file://{}\", sha256 = \"{}\" }}",
+                path.display(),
+                sha256(path)
+            )
+        })
+        .collect();
+    write(
+        f.project.join("manifests/artifacts.ncl"),
+        &format!("{{ {} }}\n", entries.join(", ")),
+    );
+}
+
 /// A vendor repository apt cannot fetch fails where it is added, naming the variable that
 /// points it at a mirror: the real `05-cc-rocm-repo` of cc-ubuntu24.04-rocm, run in a fixture
 /// root whose apt-get fails `update` as it does when the repository is unreachable.
@@ -418,31 +461,14 @@ fn cc_snapshot_is_installed_from_a_pinned_artifact_served_locally() {
 #[test]
 fn an_unreachable_vendor_repository_names_its_override_variable() {
     let f = Fixture::new();
-    let el = f.project.join("elements/rocm-repo");
-    write(el.join("README.rst"), "rocm-repo\n");
-    std::fs::create_dir_all(el.join("pre-install.d")).unwrap();
-    std::fs::copy(
-        repo().join("elements/cc-ubuntu24.04-rocm/pre-install.d/05-cc-rocm-repo"),
-        el.join("pre-install.d/05-cc-rocm-repo"),
-    )
-    .unwrap();
-    // apt-get as it ends when a source cannot be fetched and the script asked to be told
-    // (Error-Mode=any): exit 100. install-packages' own update passes. apt's directories, as
-    // a real Ubuntu root has them.
-    script(
-        el.join("pre-install.d/01-unreachable-apt"),
-        "#!/bin/bash\nset -eu\nmkdir -p /etc/apt/sources.list.d /etc/apt/preferences.d\nprintf '#!/bin/bash\\ncase \" $* \" in *Error-Mode=any*\" update \"*) echo \"E: Failed to fetch\" >&2; exit 100;; esac\\n' > /usr/bin/apt-get\nchmod +x /usr/bin/apt-get\n",
+    unreachable_repository_element(
+        &f,
+        "rocm-repo",
+        &["cc-ubuntu24.04-rocm/pre-install.d/05-cc-rocm-repo"],
     );
     let key = f.project.join("private/rocm.gpg");
     write(&key, "binary key");
-    write(
-        f.project.join("manifests/artifacts.ncl"),
-        &format!(
-            "{{ rocm-key = {{ url = \"file://{}\", sha256 = \"{}\" }} }}\n",
-            key.display(),
-            sha256(&key)
-        ),
-    );
+    file_artifacts(&f, &[("rocm-key", &key)]);
     f.images_with(
         &sha256(&f.served.join("centos/rootfs.tar.gz")),
         "  rocm = { name = \"Rocm\", from = \"fake-ubuntu\", elements = [\"rocm-repo\"], artifacts = { CC_ROCM_KEY = \"rocm-key\" }, env = { CC_ROCM_REPO_URL = \"http://127.0.0.1:9/rocm\", CC_AMDGPU_REPO_URL = \"http://127.0.0.1:9/amdgpu\" } },\n",
@@ -451,6 +477,70 @@ fn an_unreachable_vendor_repository_names_its_override_variable() {
         .fails()
         .stderr_has("apt-get update failed for AMD's repositories")
         .stderr_has("set CC_ROCM_REPO_URL and CC_AMDGPU_REPO_URL");
+}
+
+/// The same for NVIDIA's CUDA repository: the real `05-cc-cuda-repo` and cc-cuda's
+/// environment install a keyring package built with `dpkg-deb -b` as NVIDIA's is laid out
+/// (a keyring in /usr/share/keyrings, an apt source naming NVIDIA's host), with the host's
+/// real dpkg, point its source at CC_CUDA_REPO_URL, and fail naming that variable when apt
+/// cannot fetch it. CI cost: about 5 s (one fixture base and a failing layer).
+#[test]
+fn an_unreachable_cuda_repository_names_its_override_variable() {
+    let f = Fixture::new();
+    let el = unreachable_repository_element(
+        &f,
+        "cuda-repo",
+        &[
+            "cc-cuda/environment.d/20-cc-cuda.bash",
+            "cc-cuda/pre-install.d/05-cc-cuda-repo",
+        ],
+    );
+    // The host's dpkg (and what it checks for on its PATH), with their libraries: the
+    // fixture root has only a fake package tool.
+    script(
+        el.join("extra-data.d/10-host-dpkg"),
+        "#!/bin/bash\nset -eu\nroot=$TMP_MOUNT_PATH\n\
+         for tool in dpkg dpkg-deb dpkg-split dpkg-query tar diff sh ldconfig start-stop-daemon rm; do\n\
+           bin=$(command -v \"$tool\")\n\
+           install -D \"$(readlink -f \"$bin\")\" \"$root/usr/bin/$tool\"\n\
+           for lib in $(ldd \"$bin\" | grep -o '/[^ ]*'); do\n\
+             [ -e \"$root$lib\" ] || install -D \"$lib\" \"$root$lib\"\n\
+           done\n\
+         done\n\
+         mkdir -p \"$root/var/lib/dpkg/info\" \"$root/var/lib/dpkg/updates\" \"$root/usr/share/keyrings\"\n\
+         touch \"$root/var/lib/dpkg/status\" \"$root/var/lib/dpkg/available\"\n",
+    );
+    let pkg = f.project.join("private/cuda-keyring");
+    write(
+        pkg.join("DEBIAN/control"),
+        "Package: cuda-keyring\nVersion: 1.1-1\nArchitecture: all\nMaintainer: fixture <f@example.org>\nDescription: NVIDIA's CUDA repository keyring, as laid out\n",
+    );
+    write(
+        pkg.join("usr/share/keyrings/cuda-archive-keyring.gpg"),
+        "binary key",
+    );
+    write(
+        pkg.join("etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list"),
+        "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] https://vendor.invalid/compute/cuda/repos/ubuntu2404/x86_64/ /\n",
+    );
+    let deb = f.project.join("private/cuda-keyring_1.1-1_all.deb");
+    let built = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&pkg)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    file_artifacts(&f, &[("cuda-keyring", &deb)]);
+    f.images_with(
+        &sha256(&f.served.join("centos/rootfs.tar.gz")),
+        "  cuda = { name = \"Cuda\", from = \"fake-ubuntu\", elements = [\"cuda-repo\"], artifacts = { CC_CUDA_KEYRING = \"cuda-keyring\" }, env = { CC_CUDA_REPO_URL = \"http://127.0.0.1:9/cuda\" } },\n",
+    );
+    f.ccb(&["build", "cuda", "--until", "layer"])
+        .fails()
+        .stderr_has("cc-cuda: /etc/apt/sources.list.d/cuda-ubuntu2404-x86_64.list -> http://127.0.0.1:9/cuda/ubuntu2404/x86_64/")
+        .stderr_has("apt-get update failed for NVIDIA's repository http://127.0.0.1:9/cuda/ubuntu2404/x86_64/")
+        .stderr_has("set CC_CUDA_REPO_URL");
 }
 
 /// Ubuntu 22.04's base: the jammy cloud image from the same server (its own name and

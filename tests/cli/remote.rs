@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use ccb::remote::backend::{self, Backend};
-use ccb::remote::pack::{self, Counters, PackKind};
+use ccb::remote::pack::{self, Counters, Existing, PackKind};
 use ccb::remote::reapi;
 
 use crate::common::{Env, Nginx, Run, copy_tree, repo, wait_until};
@@ -35,7 +35,8 @@ fn backend_contract(b: &dyn Backend) {
 
     let c = Counters::default();
     let data = pseudo_random(5 << 20, 3);
-    let (digest, size) = pack::upload(b, PackKind::File, &data[..], 2, &c).unwrap();
+    let (digest, size) =
+        pack::upload(b, PackKind::File, &data[..], 2, Existing::Reuse, &c).unwrap();
     let m = pack::manifest(b, &digest, size, &c).unwrap().unwrap();
     assert!(m.chunks.len() >= 2);
     let mut back = Vec::new();
@@ -100,7 +101,8 @@ fn a_damaged_or_truncated_chunk_on_the_server_fails_the_download() {
     let b = backend::open(&nginx.url).unwrap();
     let c = Counters::default();
     let data = pseudo_random(3 << 20, 9);
-    let (digest, size) = pack::upload(&*b, PackKind::File, &data[..], 2, &c).unwrap();
+    let (digest, size) =
+        pack::upload(&*b, PackKind::File, &data[..], 2, Existing::Reuse, &c).unwrap();
     let m = pack::manifest(&*b, &digest, size, &c).unwrap().unwrap();
     let victim = nginx.data().join("cas").join(&m.chunks[0].digest);
     let bytes = std::fs::read(&victim).unwrap();
@@ -158,7 +160,7 @@ fn an_overlay_upper_dir_travels_exactly() {
     std::os::unix::fs::FileExt::write_at(&f, b"tail", 64 << 20).unwrap();
     let before = ccb::store::summarize(&src).unwrap();
     let c = Counters::default();
-    let (digest, size) = pack::upload_tree(&*b, &src, 2, &c).unwrap();
+    let (digest, size) = pack::upload_tree(&*b, &src, 2, Existing::Reuse, &c).unwrap();
     let m = pack::manifest(&*b, &digest, size, &c).unwrap().unwrap();
     let dst = t.path().join("down");
     pack::download_tree(&*b, &m, &dst, 2, &c, &mut |_, _| {}).unwrap();
@@ -193,16 +195,34 @@ impl Host {
         let root = dir.path().join(name);
         std::fs::create_dir_all(root.parent().unwrap()).unwrap();
         copy_tree(&repo().join("tests/fixtures/layered"), &root);
-        std::fs::write(
-            root.join("manifests/project.ncl"),
-            "{ build_repo = \"https://github.com/ChameleonCloud/cc-images\" }\n",
-        )
-        .unwrap();
-        Self {
+        let host = Self {
             env: Env::new(),
             _dir: dir,
             root,
-        }
+        };
+        host.set_project("");
+        host
+    }
+
+    /// A checkout whose project shares a cache: `cache = { url, upload }`.
+    fn with_cache(name: &str, url: &str, upload: bool) -> Self {
+        let host = Self::new(name);
+        host.set_cache(url, upload);
+        host
+    }
+
+    fn set_cache(&self, url: &str, upload: bool) {
+        self.set_project(&format!(
+            ", cache = {{ url = \"{url}\", upload = {upload} }}"
+        ));
+    }
+
+    fn set_project(&self, more: &str) {
+        std::fs::write(
+            self.root.join("manifests/project.ncl"),
+            format!("{{ build_repo = \"https://github.com/ChameleonCloud/cc-images\"{more} }}\n"),
+        )
+        .unwrap();
     }
 
     fn args(&self, rest: &[&str]) -> Vec<String> {
@@ -242,18 +262,36 @@ impl Host {
 #[test]
 fn keys_are_the_same_on_every_host() {
     let (a, b) = (Host::new("a"), Host::new("checkout-b"));
-    let keys = |h: &Host| {
-        let v = h
-            .ccb(&["query", "hash", "tiny-child", "--format", "json"])
-            .ok()
-            .json();
+    // Each "host" has its own user, home and time zone, and runs at another moment.
+    let keys = |h: &Host, user: &str, home: &str, tz: &str| {
+        let out = h
+            .env
+            .cmd()
+            .args(h.args(&["query", "hash", "tiny-child", "--format", "json"]))
+            .env("USER", user)
+            .env("LOGNAME", user)
+            .env("HOME", home)
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        let v = Run::from(out).ok().json();
         let docs = v.to_string();
-        // No path, host name or user in any key document.
+        // No path, host name, user, home or date in any key document.
         assert!(!docs.contains(&h.root.display().to_string()), "{docs}");
         assert!(!docs.contains(&h.store().display().to_string()), "{docs}");
         if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
             assert!(!docs.contains(host.trim()), "{docs}");
         }
+        for word in [user, home, tz] {
+            assert!(!docs.contains(word), "{word} in {docs}");
+        }
+        let today = std::process::Command::new("date")
+            .arg("+%Y-%m-%d")
+            .output()
+            .unwrap();
+        let today = String::from_utf8_lossy(&today.stdout).trim().to_string();
+        assert!(!docs.contains(&today), "{docs}");
+        std::thread::sleep(Duration::from_millis(1100));
         v["actions"]
             .as_array()
             .unwrap()
@@ -261,7 +299,8 @@ fn keys_are_the_same_on_every_host() {
             .map(|a| (a["id"].to_string(), a["key"].to_string()))
             .collect::<Vec<_>>()
     };
-    let (ka, kb) = (keys(&a), keys(&b));
+    let ka = keys(&a, "alice-builds", "/home/alice-builds", "America/Chicago");
+    let kb = keys(&b, "bob-on-ci", "/var/lib/bob-on-ci", "Asia/Tokyo");
     assert!(!ka.is_empty());
     assert_eq!(ka, kb);
 }
@@ -430,6 +469,185 @@ fn host_b_builds_a_child_from_host_a_s_results_and_publishes_without_building() 
     for name in ["Tiny.qcow2", "Tiny-Child.qcow2"] {
         assert!(published.iter().any(|p| p.ends_with(name)), "{published:?}");
     }
+}
+
+/// The chunks of the data of the entry the server holds for action `id`.
+fn chunks_of(data: &Path, id: &str) -> Vec<PathBuf> {
+    let cas = |d: &str| std::fs::read(data.join("cas").join(d)).unwrap();
+    for e in std::fs::read_dir(data.join("ac")).unwrap() {
+        let r =
+            reapi::ActionResult::decode_bytes(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        let rec: serde_json::Value =
+            serde_json::from_slice(&cas(&r.output("ccb/record.json").unwrap().hash)).unwrap();
+        if rec["action"]["id"] != id {
+            continue;
+        }
+        let m: serde_json::Value =
+            serde_json::from_slice(&cas(&r.output("ccb/data").unwrap().hash)).unwrap();
+        return m["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| data.join("cas").join(c["digest"].as_str().unwrap()))
+            .collect();
+    }
+    panic!("the server holds no entry for {id}");
+}
+
+fn status_of(run: &Run, id: &str) -> String {
+    statuses(run)
+        .into_iter()
+        .find(|(i, _)| i == id)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("{id} is not in the report: {}", run.stdout))
+}
+
+/// The project's `cache` setting is all a host needs: A uploads through it, B reuses it.
+/// A chunk damaged on the server (same size, other bytes: the server's `HEAD` still says it
+/// is there) makes the next host warn and rebuild, and that host's upload stores the entry
+/// again, so a third host takes it from the cache. `--no-remote-cache` turns the setting off:
+/// no request reaches the server.
+#[test]
+fn the_project_s_cache_is_shared_and_a_damaged_entry_is_rebuilt_and_repaired() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "building root filesystems needs root (scripts/test runs as root)"
+    );
+    let nginx = Nginx::start();
+    let build = ["build", "tiny", "--format", "json"];
+    let disk = "disk:tiny:amd64";
+
+    let a = Host::with_cache("host-a", &nginx.url, true);
+    let first = a.ccb(&build).ok();
+    let report = first.json();
+    assert_eq!(report["remote"]["upload"], true, "{report}");
+    assert_eq!(report["remote"]["uploaded"], 3, "{report}");
+    assert_eq!(cache_is_consistent(&nginx.data()), 3);
+
+    let b = Host::with_cache("elsewhere/host-b", &nginx.url, false);
+    let reused = b.ccb(&build).ok();
+    assert_eq!(status_of(&reused, disk), "cached (remote)");
+    assert_eq!(reused.json()["remote"]["upload"], false);
+
+    // One chunk of the disk's data damaged in place.
+    let victim = chunks_of(&nginx.data(), disk).remove(0);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let c = Host::with_cache("host-c", &nginx.url, true);
+    let repaired = c.ccb(&build).ok();
+    repaired.stderr_has("not taken from the remote cache");
+    assert_eq!(status_of(&repaired, disk), "built", "{}", repaired.stderr);
+    assert!(
+        repaired.json()["remote"]["uploaded"].as_u64().unwrap() >= 1,
+        "{}",
+        repaired.stdout
+    );
+    assert_eq!(cache_is_consistent(&nginx.data()), 3);
+
+    let d = Host::with_cache("host-d", &nginx.url, false);
+    let after = d.ccb(&build).ok();
+    assert_eq!(
+        status_of(&after, disk),
+        "cached (remote)",
+        "{}",
+        after.stderr
+    );
+    assert!(!after.stderr.contains("not taken"), "{}", after.stderr);
+
+    // A "server" that accepts connections and never answers: any request would show in its
+    // queue. A's store holds everything, so only the cache could be contacted.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/cache", silent.local_addr().unwrap());
+    a.set_cache(&url, true);
+    let off = a
+        .ccb(&["build", "tiny", "--format", "json", "--no-remote-cache"])
+        .ok();
+    assert!(off.json()["remote"].is_null(), "{}", off.stdout);
+    assert!(!off.stderr.contains("remote cache"), "{}", off.stderr);
+    assert!(silent.accept().is_err(), "a request reached the cache");
+    // Without the flag the same build asks the cache (it would upload A's results).
+    let on = a
+        .env
+        .cmd()
+        .args(a.args(&build))
+        .env("CCB_REMOTE_CACHE_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    Run::from(on).ok();
+    assert!(silent.accept().is_ok(), "the setting is read");
+}
+
+/// A server that sends the headers and part of a blob, then stalls.
+fn stalling_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nthe first bytes",
+            );
+            // Kept open, never written to again.
+            held.push(stream);
+        }
+    });
+    format!("http://{addr}/cache")
+}
+
+#[test]
+fn a_cache_that_stalls_mid_body_is_an_error_not_a_hang() {
+    let url = stalling_server();
+    let env = ccb::publish::clouds::Env {
+        vars: [(ccb::remote::TIMEOUT_ENV.to_string(), "0.5".to_string())].into(),
+        cwd: PathBuf::from("/"),
+        home: None,
+    };
+    let b = backend::open_in(&url, &env).unwrap();
+    // An error is what a build's lookup turns into a warning and a miss.
+    let err = b.get(&format!("cas/{}", "1".repeat(64))).unwrap_err();
+    assert!(
+        matches!(err, ccb::remote::RemoteError::Transport { .. }),
+        "{err}"
+    );
+    let bad = ccb::publish::clouds::Env {
+        vars: [(ccb::remote::TIMEOUT_ENV.to_string(), "soon".to_string())].into(),
+        ..env
+    };
+    let err = backend::open_in(&url, &bad).err().unwrap();
+    assert!(
+        err.to_string().contains("CCB_REMOTE_CACHE_TIMEOUT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_fifo_named_like_a_blob_in_a_directory_cache_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("cas/{}", "2".repeat(64));
+    std::fs::create_dir_all(dir.path().join("cas")).unwrap();
+    nix::unistd::mkfifo(
+        &dir.path().join(&name),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let b = backend::open(&format!("file://{}", dir.path().display())).unwrap();
+    let err = b.get(&name).unwrap_err();
+    let mut chain = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        chain.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(chain.contains("not a regular file"), "{chain}");
+    assert!(!b.head(&name).unwrap());
 }
 
 fn walk(dir: &Path) -> Vec<String> {

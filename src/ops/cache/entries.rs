@@ -27,18 +27,28 @@ pub struct Entry {
     pub lowers: Vec<String>,
 }
 
-fn list_names(store: &Store, dir: &str, suffix: &str) -> Vec<String> {
+/// What a store directory's file name names (`None`: not an entry), e.g.
+/// [`Layout::record_stem`].
+type NameReader = fn(&str) -> Option<&str>;
+
+/// The names of a store directory's entries, as `name` reads them.
+fn list_names(store: &Store, dir: &str, name: NameReader) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(store.path(dir)) else {
         return Vec::new();
     };
     let mut out: Vec<String> = rd
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter_map(|n| n.strip_suffix(suffix).map(str::to_string))
+        .filter_map(|n| name(&n).map(str::to_string))
         .filter(|n| !n.starts_with('.'))
         .collect();
     out.sort();
     out
+}
+
+/// For [`list_names`] of a directory whose every entry is named by its key.
+fn any_name(name: &str) -> Option<&str> {
+    Some(name)
 }
 
 /// Whether a store name is an action key (64 lowercase hex digits, as blake3 prints it).
@@ -50,11 +60,12 @@ pub fn is_key(name: &str) -> bool {
 /// copy, a crash of something else). Listings and `gc` leave them alone; `verify` names them.
 pub fn foreign_names(store: &Store) -> Vec<String> {
     let mut out = Vec::new();
-    for (dir, suffix) in [
-        (Layout::LAYERS, ""),
-        (Layout::OUTPUTS, ""),
-        (Layout::ACTIONS, ".json"),
-    ] {
+    let key_of: [(&str, NameReader); 3] = [
+        (Layout::LAYERS, any_name),
+        (Layout::OUTPUTS, |n| Some(Layout::outputs_key(n))),
+        (Layout::ACTIONS, Layout::record_stem),
+    ];
+    for (dir, key_of) in key_of {
         let Ok(rd) = std::fs::read_dir(store.path(dir)) else {
             continue;
         };
@@ -63,14 +74,7 @@ pub fn foreign_names(store: &Store) -> Vec<String> {
             if name.starts_with('.') {
                 continue;
             }
-            let stem = name.strip_suffix(suffix).unwrap_or(&name);
-            // outputs/ holds KEY/ and KEY.json.
-            let stem = if dir == Layout::OUTPUTS {
-                stem.strip_suffix(".json").unwrap_or(stem)
-            } else {
-                stem
-            };
-            if !is_key(stem) {
+            if !key_of(&name).is_some_and(is_key) {
                 out.push(format!("{dir}/{name}"));
             }
         }
@@ -81,7 +85,7 @@ pub fn foreign_names(store: &Store) -> Vec<String> {
 
 /// The keys the last build of every action id used: what `gc` keeps.
 pub fn current_keys(store: &Store) -> BTreeSet<String> {
-    list_names(store, Layout::LAST, ".json")
+    list_names(store, Layout::LAST, Layout::record_stem)
         .iter()
         .filter_map(|n| store.read_json::<LastBuild>(&Layout::last_record(n)))
         .map(|l| l.key)
@@ -91,7 +95,7 @@ pub fn current_keys(store: &Store) -> BTreeSet<String> {
 pub fn entries(store: &Store) -> Vec<Entry> {
     let current = current_keys(store);
     let mut by_key: BTreeMap<String, Entry> = BTreeMap::new();
-    for key in list_names(store, Layout::ACTIONS, ".json") {
+    for key in list_names(store, Layout::ACTIONS, Layout::record_stem) {
         if !is_key(&key) {
             continue;
         }
@@ -111,7 +115,7 @@ pub fn entries(store: &Store) -> Vec<Entry> {
             );
         }
     }
-    for key in list_names(store, Layout::LAYERS, "") {
+    for key in list_names(store, Layout::LAYERS, any_name) {
         if !is_key(&key) {
             continue;
         }
@@ -190,22 +194,9 @@ pub fn with_dependents(store: &Store, keys: &BTreeSet<String>) -> BTreeSet<Strin
 /// then the layer, then the log.
 pub fn remove_key(store: &Store, key: &str) -> Result<(), StoreError> {
     store.remove(&Layout::action_record(key))?;
-    let dir = store.layer_dir(key);
-    if dir.exists() {
-        // Rename first: a half-removed layer must never be found under its key.
-        let trash = store.work_dir(&format!("{key}.trash"))?;
-        std::fs::rename(&dir, trash.join("layer"))
-            .map_err(|e| crate::fsutil::FsError::new("move aside", &dir, e))?;
-        remove_tree(&trash)?;
-    }
+    store.remove_layer(key)?;
     store.remove(&Layout::outputs_record(key))?;
-    let out = store.outputs_dir(key);
-    if out.exists() {
-        let trash = store.work_dir(&format!("{key}.trash"))?;
-        std::fs::rename(&out, trash.join("outputs"))
-            .map_err(|e| crate::fsutil::FsError::new("move aside", &out, e))?;
-        remove_tree(&trash)?;
-    }
+    store.remove_outputs(key)?;
     store.remove(&Layout::log(key))?;
     store.remove_checkpoint(key)?;
     store.remove(&Layout::checkpoint_chain(key))?;
@@ -264,22 +255,22 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
             trees.extend(m.values().cloned());
         }
     }
-    for name in list_names(store, Layout::ARTIFACTS, "") {
-        let sha = name.trim_end_matches(".json");
-        if !is_key(sha) || blobs.contains(sha) || name.ends_with(".json") {
+    // Blobs are named by their SHA-256; their records go with them.
+    for sha in list_names(store, Layout::ARTIFACTS, any_name) {
+        if !is_key(&sha) || blobs.contains(&sha) {
             continue;
         }
-        if let Ok(md) = std::fs::metadata(store.path(&Layout::artifact(&name))) {
+        if let Ok(md) = std::fs::metadata(store.path(&Layout::artifact(&sha))) {
             report.bytes_freed += md.len();
         }
         if !dry_run {
             // The blob first: a record without its blob is harmless, the reverse is refetched.
-            store.remove(&Layout::artifact(sha))?;
-            store.remove(&Layout::artifact_record(sha))?;
+            store.remove(&Layout::artifact(&sha))?;
+            store.remove(&Layout::artifact_record(&sha))?;
         }
-        report.artifacts_removed.push(sha.to_string());
+        report.artifacts_removed.push(sha);
     }
-    for tree in list_names(store, Layout::SOURCE_TREES, "") {
+    for tree in list_names(store, Layout::SOURCE_TREES, any_name) {
         if trees.contains(&tree) {
             continue;
         }
@@ -301,14 +292,17 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
     }
     if !dry_run {
         if all {
-            for n in list_names(store, Layout::LAST, ".json") {
+            for n in list_names(store, Layout::LAST, Layout::record_stem) {
                 store.remove(&Layout::last_record(&n))?;
             }
         }
         if let Ok(rd) = std::fs::read_dir(store.path(Layout::ARTIFACTS)) {
             // Downloads of a killed ccb (a live one holds the store shared: none runs now).
             for e in rd.filter_map(Result::ok) {
-                if e.file_name().to_string_lossy().starts_with(".fetch-") {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(Layout::FETCH_TEMP_PREFIX)
+                {
                     let _ = std::fs::remove_file(e.path());
                     report.scratch_removed += 1;
                 }
@@ -330,7 +324,7 @@ pub fn gc(store: &Store, all: bool, dry_run: bool) -> Result<GcReport, StoreErro
         // Resolutions are cheap to redo and keyed by inputs that change often.
         remove_tree(&store.path(Layout::RESOLVE))?;
         // Logs of keys that are gone.
-        for n in list_names(store, Layout::LOGS, ".log") {
+        for n in list_names(store, Layout::LOGS, Layout::log_key) {
             if !store.exists(&Layout::action_record(&n)) && !store.layer_dir(&n).exists() {
                 store.remove(&Layout::log(&n))?;
             }
@@ -424,7 +418,7 @@ pub fn verify(store: &Store, on_progress: &mut dyn FnMut(&str)) -> Vec<Verdict> 
         });
     }
     // Artifacts: re-hashed whatever the stat cache says (this is the thorough check).
-    for name in list_names(store, Layout::ARTIFACTS, "") {
+    for name in list_names(store, Layout::ARTIFACTS, any_name) {
         if !is_key(&name) {
             continue;
         }
@@ -488,7 +482,7 @@ fn check_checkpoint(store: &Store, key: &str, problems: &mut Vec<String>) {
             ));
         }
     }
-    let tree = store.checkpoint_dir(key).join("tree");
+    let tree = store.checkpoint_tree(key);
     match crate::store::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
         Ok(s) if s.digest != meta.tree.digest => {
@@ -518,7 +512,7 @@ fn check_layer(store: &Store, meta: &LayerMeta, problems: &mut Vec<String>) -> b
             ));
         }
     }
-    let tree = store.layer_dir(&meta.key).join("tree");
+    let tree = store.layer_tree(&meta.key);
     match crate::store::summarize(&tree) {
         Err(e) => problems.push(format!("cannot read the tree: {e}")),
         Ok(s) if s.digest != meta.tree.digest => {
