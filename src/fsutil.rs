@@ -99,14 +99,18 @@ pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
 }
 
 /// Opens a file to read only if it is a regular file: a FIFO would block the open (and
-/// the build) forever, a device would read the host's hardware.
+/// the build) forever, a device would read the host's hardware. A symlink is followed: the
+/// path is one the operator named (an image, its backing file, a `file://` artifact, an
+/// element's file), and a link to an image is as good as the image; what it leads to must
+/// be a regular file all the same. Paths inside an image tree never come here unresolved
+/// (`action::inroot` resolves them in the tree first).
 pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK keeps the open of a FIFO from waiting for a writer; the type check then
     // refuses it.
     let f = std::fs::File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
@@ -175,5 +179,25 @@ mod tests {
         let err = open_regular(&fifo).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_link_the_operator_names_is_followed_to_a_regular_file_and_never_to_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("image.qcow2"), b"disk").unwrap();
+        let link = dir.path().join("latest.qcow2");
+        std::os::unix::fs::symlink("image.qcow2", &link).unwrap();
+        assert_eq!(read_regular(&link).unwrap(), b"disk");
+
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let to_fifo = dir.path().join("to-fifo");
+        std::os::unix::fs::symlink(&fifo, &to_fifo).unwrap();
+        let err = open_regular(&to_fifo).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let to_dir = dir.path().join("to-dir");
+        std::os::unix::fs::symlink(dir.path(), &to_dir).unwrap();
+        assert!(open_regular(&to_dir).is_err());
     }
 }

@@ -54,6 +54,14 @@ pub fn artifact_url(url: &str) -> String {
     crate::redact::url(url)
 }
 
+/// The form of a git source's URL the lock holds and compares, for the same reasons as
+/// [`artifact_url`]: `https://user:token@host/repo.git` is pinned as `https://***@host/…`,
+/// and fetched with the manifests' URL (credentials included) when the tree is checked out.
+/// A new token is not a new repository.
+pub fn source_url(url: &str) -> String {
+    crate::redact::url(url)
+}
+
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LockError {
     #[error("{} is missing; the manifests need it for {}", path.display(), needed.join(", "))]
@@ -270,10 +278,10 @@ pub fn apply(model: &mut Model, lock: Option<&Lock>) -> Result<(), LockError> {
                 name,
                 format!(
                     "the manifests ask for {} (ref {}, path {}), the lock pins {} (ref {}, path {})",
-                    source.url,
+                    source_url(&source.url),
                     source.git_ref,
                     source.path,
-                    locked.url,
+                    source_url(&locked.url),
                     locked.git_ref,
                     locked.path
                 ),
@@ -461,7 +469,11 @@ pub fn update(
         let source = &model.sources[name];
         let kept = old.sources.get(name).filter(|l| l.matches(source));
         let locked = match kept {
-            Some(l) if !wanted(name) => l.clone(),
+            // A pin written before URLs were locked without credentials loses them here.
+            Some(l) if !wanted(name) => LockedSource {
+                url: source_url(&l.url),
+                ..l.clone()
+            },
             _ => {
                 status(&format!("resolving source `{name}` ({})", source.git_ref));
                 crate::sources::resolve(fetcher.store, &model.root, name, source, fetcher.offline)?

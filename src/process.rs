@@ -80,6 +80,8 @@ pub struct Process {
     memory_limit: Option<u64>,
     /// Its `fsync` and kin answered without waiting ([`nosync`]).
     without_syncs: bool,
+    /// In a PID namespace, also a mount namespace with the host's tree read-only.
+    read_only_host: bool,
 }
 
 impl Process {
@@ -92,6 +94,7 @@ impl Process {
             cwd: None,
             memory_limit: None,
             without_syncs: false,
+            read_only_host: false,
         }
     }
 
@@ -144,6 +147,15 @@ impl Process {
     /// Limits the address space of a bounded run ([`Process::output_bounded`]).
     pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// When it runs as PID 1 of a namespace ([`Confine::PidNamespace`] as root, or
+    /// [`Process::spawn_resident`]): in a mount namespace of its own where every mount of the
+    /// host is read-only (recursively, `mount_setattr`) and /tmp writes into a private tmpfs,
+    /// so that it reads what it likes and writes nothing that outlives it.
+    pub fn read_only_host(&mut self) -> &mut Self {
+        self.read_only_host = true;
         self
     }
 

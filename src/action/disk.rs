@@ -480,40 +480,7 @@ impl Runner<'_> {
     }
 
     fn write_fstab(&mut self, plan: &DiskPlan) -> Result<(), RunError> {
-        let mut text = String::from("# Written by ccb from the image's block-device layout.\n");
-        let mut mounts: Vec<(&str, String)> = Vec::new();
-        for p in &plan.partitions {
-            if let Some(fs) = &p.part.fs
-                && let Some(m) = &fs.mount
-            {
-                mounts.push((
-                    m.point.as_str(),
-                    format!(
-                        "LABEL={} {} {} {} 0 {}\n",
-                        fs.label,
-                        m.point,
-                        fs.kind.as_str(),
-                        m.options,
-                        m.passno
-                    ),
-                ));
-            }
-        }
-        // Parents before children: `/` before `/boot/efi`.
-        mounts.sort_by_key(|(point, _)| point.matches('/').count() + usize::from(*point != "/"));
-        let image = self.tree()?;
-        for (point, line) in mounts {
-            text.push_str(&line);
-            if point != "/" {
-                image
-                    .create_dir_all(point, 0o755)
-                    .map_err(io(format!("create mount point {point}")))?;
-            }
-        }
-        image
-            .create_dir_all("etc", 0o755)
-            .and_then(|_| image.write("etc/fstab", text.as_bytes(), 0o644))
-            .map_err(io("write /etc/fstab"))
+        write_fstab(&self.tree()?, plan)
     }
 
     /// DIB's finalise_base: an empty /tmp, truncated logs, no build leftovers.
@@ -1119,9 +1086,89 @@ fn bios_boot(f: &mut File, plan: &DiskPlan, boot: &Path) -> Result<(), RunError>
     Ok(())
 }
 
+/// The image's /etc/fstab from its block-device layout, and the mount points it names, in
+/// the tree as the image sees it (its /etc or /boot may be links to the host's).
+fn write_fstab(image: &super::inroot::TreeRoot, plan: &DiskPlan) -> Result<(), RunError> {
+    let mut text = String::from("# Written by ccb from the image's block-device layout.\n");
+    let mut mounts: Vec<(&str, String)> = Vec::new();
+    for p in &plan.partitions {
+        if let Some(fs) = &p.part.fs
+            && let Some(m) = &fs.mount
+        {
+            mounts.push((
+                m.point.as_str(),
+                format!(
+                    "LABEL={} {} {} {} 0 {}\n",
+                    fs.label,
+                    m.point,
+                    fs.kind.as_str(),
+                    m.options,
+                    m.passno
+                ),
+            ));
+        }
+    }
+    // Parents before children: `/` before `/boot/efi`.
+    mounts.sort_by_key(|(point, _)| point.matches('/').count() + usize::from(*point != "/"));
+    for (point, line) in mounts {
+        text.push_str(&line);
+        if point != "/" {
+            image
+                .create_dir_all(point, 0o755)
+                .map_err(io(format!("create mount point {point}")))?;
+        }
+    }
+    image
+        .create_dir_all("etc", 0o755)
+        .and_then(|_| image.write("etc/fstab", text.as_bytes(), 0o644))
+        .map_err(io("write /etc/fstab"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fstab_and_mount_points_through_links_to_the_host_land_in_the_image() {
+        let tree = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        // /etc is a link to a host directory, /etc/fstab there a link to a host file.
+        std::fs::write(host.path().join("fstab"), b"host\n").unwrap();
+        std::os::unix::fs::symlink(host.path(), tree.path().join("etc")).unwrap();
+        let inside = tree.path().join(host.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::os::unix::fs::symlink(host.path().join("fstab"), inside.join("fstab")).unwrap();
+        // /boot is a link to the host directory too: the ESP's mount point goes in the image.
+        std::os::unix::fs::symlink(host.path(), tree.path().join("boot")).unwrap();
+        let mut root = ext4_root_partition(1 << 30);
+        root.part.fs.as_mut().unwrap().mount = Some(layout::Mount {
+            point: "/".into(),
+            options: "defaults".into(),
+            passno: 1,
+        });
+        let mut esp = ext4_root_partition(1 << 20);
+        esp.part.fs.as_mut().unwrap().label = "ESP".into();
+        esp.part.fs.as_mut().unwrap().mount = Some(layout::Mount {
+            point: "/boot/efi".into(),
+            options: "umask=0077".into(),
+            passno: 2,
+        });
+        let plan = DiskPlan {
+            size: 2 << 30,
+            partitions: vec![root, esp],
+        };
+        let image = super::super::inroot::TreeRoot::open(tree.path()).unwrap();
+        write_fstab(&image, &plan).unwrap();
+        assert_eq!(std::fs::read(host.path().join("fstab")).unwrap(), b"host\n");
+        let entries: Vec<_> = std::fs::read_dir(host.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["fstab"], "a mount point was made on the host");
+        let fstab = std::fs::read_to_string(inside.join("fstab")).unwrap();
+        assert!(fstab.contains("LABEL=ESP /boot/efi"), "{fstab}");
+        assert!(inside.join("efi").is_dir());
+    }
 
     /// `debugfs -R <request>` on an ext4 image: what ccb's reader does not expose (inode
     /// numbers, link counts, xattrs, device numbers).

@@ -30,7 +30,16 @@ const FALLBACK: i64 = 946_684_800;
 pub fn newest_package_date(stack: &[PathBuf]) -> Option<i64> {
     let mut newest: Option<i64> = None;
     for tree in stack {
-        let Ok(docs) = std::fs::read_dir(tree.join("usr/share/doc")) else {
+        // As the image sees it: a /usr/share/doc that links to a host directory would let the
+        // host's file times set the image's date.
+        let Some(doc) = TreeRoot::open(tree)
+            .and_then(|t| t.dir("usr/share/doc"))
+            .ok()
+            .flatten()
+        else {
+            continue;
+        };
+        let Ok(docs) = std::fs::read_dir(doc) else {
             continue;
         };
         for pkg in docs.filter_map(Result::ok) {
@@ -314,6 +323,40 @@ mod tests {
             source_date_epoch(&BTreeMap::new(), &[dir.path().join("none")]),
             FALLBACK
         );
+    }
+
+    #[test]
+    fn a_doc_directory_linked_to_the_host_gives_no_date_from_the_hosts_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let pkg = host.path().join("evil");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(pkg.join("changelog"), b"x").unwrap();
+        let ts = rustix::fs::Timespec {
+            tv_sec: 1_900_000_000,
+            tv_nsec: 0,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            pkg.join("changelog"),
+            &rustix::fs::Timestamps {
+                last_access: ts,
+                last_modification: ts,
+            },
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/share")).unwrap();
+        symlink(host.path(), tree.join("usr/share/doc")).unwrap();
+        // Inside the image the link leads to <tree>/<host dir>, which does not exist.
+        assert_eq!(newest_package_date(std::slice::from_ref(&tree)), None);
+        // A link that stays inside the image is followed as the image would.
+        std::fs::create_dir_all(tree.join("opt/doc/bash")).unwrap();
+        std::fs::write(tree.join("opt/doc/bash/copyright"), b"x").unwrap();
+        std::fs::remove_file(tree.join("usr/share/doc")).unwrap();
+        symlink("/opt/doc", tree.join("usr/share/doc")).unwrap();
+        assert!(newest_package_date(&[tree]).is_some());
     }
 
     #[test]

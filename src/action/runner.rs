@@ -159,6 +159,115 @@ pub(super) fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error)
     }
 }
 
+/// Where `rel` is in the image tree, as the image sees it: an image whose /proc or /dev is
+/// a link to a host directory gets the mount inside its own tree, never on the host's
+/// directory. Made (and `true`) when missing, for the teardown to remove.
+pub(super) fn mount_point(image: &TreeRoot, rel: &str) -> Result<(PathBuf, bool), RunError> {
+    match image
+        .resolve_existing(rel)
+        .map_err(io(format!("resolve {rel} in the tree")))?
+    {
+        Some(t) => Ok((t, false)),
+        None => image
+            .create_dir_all(rel, 0o755)
+            .map(|t| (t, true))
+            .map_err(io(format!("create {rel} in the tree"))),
+    }
+}
+
+/// What [`place_chroot_files`] put in the tree, for the teardown to undo.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ChrootFiles {
+    pub(super) resolv_moved: bool,
+    pub(super) policy_rc_d: bool,
+    pub(super) dpkg_unsafe_io: bool,
+}
+
+/// The chroot's files from the host's side: `host_resolv` as the image's resolv.conf (its
+/// own moved aside), a policy-rc.d that keeps daemons from starting, and dpkg without an
+/// fsync per file (as DIB's dpkg element sets it for the build: a tree that fails is thrown
+/// away, one that succeeds is committed after the phases). Every path as the image sees it:
+/// its /etc or /usr/sbin may be a link to anywhere on the host.
+pub(super) fn place_chroot_files(
+    image: &TreeRoot,
+    host_resolv: &[u8],
+) -> Result<ChrootFiles, RunError> {
+    let mut placed = ChrootFiles::default();
+    if let Some(etc) = image.dir("etc").map_err(io("resolve /etc in the tree"))? {
+        let resolv = etc.join("resolv.conf");
+        if std::fs::symlink_metadata(&resolv).is_ok() {
+            std::fs::rename(&resolv, etc.join("resolv.conf.ORIG"))
+                .map_err(io("move the image's resolv.conf aside"))?;
+            placed.resolv_moved = true;
+        }
+        image
+            .write("etc/resolv.conf", host_resolv, 0o644)
+            .map_err(io("write resolv.conf"))?;
+    }
+    if image
+        .dir("usr/sbin")
+        .map_err(io("resolve /usr/sbin in the tree"))?
+        .is_some()
+        && image
+            .entry("usr/sbin/policy-rc.d")
+            .is_ok_and(|p| std::fs::symlink_metadata(p).is_err())
+    {
+        image
+            .write(
+                "usr/sbin/policy-rc.d",
+                b"#!/bin/sh\n# ccb: no daemons start during a build\nexit 101\n",
+                0o755,
+            )
+            .map_err(io("write policy-rc.d"))?;
+        placed.policy_rc_d = true;
+    }
+    let unsafe_io = Path::new("etc/dpkg/dpkg.cfg.d").join(DPKG_UNSAFE_IO);
+    if image
+        .dir("etc/dpkg/dpkg.cfg.d")
+        .map_err(io("resolve dpkg's configuration"))?
+        .is_some()
+        && image
+            .entry(&unsafe_io)
+            .is_ok_and(|p| std::fs::symlink_metadata(p).is_err())
+    {
+        image
+            .write(&unsafe_io, b"force-unsafe-io\n", 0o644)
+            .map_err(io("write dpkg's unsafe-io"))?;
+        placed.dpkg_unsafe_io = true;
+    }
+    Ok(placed)
+}
+
+/// DIB's install-bin: the regular files of each element's `bin/` into the image's
+/// /usr/local/bin (resolved as the image sees it), mode 0755. Returns how many.
+pub(super) fn install_bin<'p>(
+    image: &TreeRoot,
+    element_dirs: impl IntoIterator<Item = &'p Path>,
+) -> Result<usize, RunError> {
+    image
+        .create_dir_all("usr/local/bin", 0o755)
+        .map_err(io("create /usr/local/bin"))?;
+    let mut n = 0;
+    for dir in element_dirs {
+        let Ok(entries) = std::fs::read_dir(dir.join("bin")) else {
+            continue;
+        };
+        let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        names.sort();
+        for src in names {
+            if !src.is_file() {
+                continue;
+            }
+            let target = Path::new("usr/local/bin").join(src.file_name().unwrap_or_default());
+            image
+                .copy_in(&src, &target, 0o755)
+                .map_err(io(format!("install {}", src.display())))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 pub(super) struct Runner<'a> {
     pub(super) spec: &'a ActionSpec,
     pub(super) hooks: PathBuf,
@@ -348,22 +457,10 @@ impl Runner<'_> {
         flags: MsFlags,
         data: Option<&str>,
     ) -> Result<(), RunError> {
-        // Resolved as the image sees it: an image whose /proc or /dev is a link to a host
-        // directory gets the mount inside its own tree, never on the host's directory.
-        let image = self.tree()?;
-        let target = match image
-            .resolve_existing(rel)
-            .map_err(io(format!("resolve {rel} in the tree")))?
-        {
-            Some(t) => t,
-            None => {
-                let t = image
-                    .create_dir_all(rel, 0o755)
-                    .map_err(io(format!("create {rel} in the tree")))?;
-                self.made_dirs.push(t.clone());
-                t
-            }
-        };
+        let (target, made) = mount_point(&self.tree()?, rel)?;
+        if made {
+            self.made_dirs.push(target.clone());
+        }
         mount(Some(source), &target, fstype, flags, data)
             .map_err(engine(format!("mount {source} on {rel}")))?;
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
@@ -385,51 +482,11 @@ impl Runner<'_> {
     /// daemons blocked, the shared package cache, ccb's tools.
     pub(super) fn setup_chroot(&mut self) -> Result<(), RunError> {
         let image = self.tree()?;
-        if let Some(etc) = image.dir("etc").map_err(io("resolve /etc in the tree"))? {
-            let resolv = etc.join("resolv.conf");
-            if std::fs::symlink_metadata(&resolv).is_ok() {
-                std::fs::rename(&resolv, etc.join("resolv.conf.ORIG"))
-                    .map_err(io("move the image's resolv.conf aside"))?;
-                self.resolv_moved = true;
-            }
-            let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-            image
-                .write("etc/resolv.conf", &host, 0o644)
-                .map_err(io("write resolv.conf"))?;
-        }
-        if image
-            .dir("usr/sbin")
-            .map_err(io("resolve /usr/sbin in the tree"))?
-            .is_some()
-            && image
-                .entry("usr/sbin/policy-rc.d")
-                .is_ok_and(|p| std::fs::symlink_metadata(p).is_err())
-        {
-            image
-                .write(
-                    "usr/sbin/policy-rc.d",
-                    b"#!/bin/sh\n# ccb: no daemons start during a build\nexit 101\n",
-                    0o755,
-                )
-                .map_err(io("write policy-rc.d"))?;
-            self.policy_rc_d = true;
-        }
-        // dpkg without an fsync per file, as DIB's dpkg element sets it for the build: a tree
-        // that fails is thrown away, and one that succeeds is committed after the phases.
-        let unsafe_io = Path::new("etc/dpkg/dpkg.cfg.d").join(DPKG_UNSAFE_IO);
-        if image
-            .dir("etc/dpkg/dpkg.cfg.d")
-            .map_err(io("resolve dpkg's configuration"))?
-            .is_some()
-            && image
-                .entry(&unsafe_io)
-                .is_ok_and(|p| std::fs::symlink_metadata(p).is_err())
-        {
-            image
-                .write(&unsafe_io, b"force-unsafe-io\n", 0o644)
-                .map_err(io("write dpkg's unsafe-io"))?;
-            self.dpkg_unsafe_io = true;
-        }
+        let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let placed = place_chroot_files(&image, &host_resolv)?;
+        self.resolv_moved |= placed.resolv_moved;
+        self.policy_rc_d |= placed.policy_rc_d;
+        self.dpkg_unsafe_io |= placed.dpkg_unsafe_io;
         if super::emulated_cpu(&self.spec.arch).is_some() && !self.native_dpkg_deb {
             let status = image
                 .entry("var/lib/dpkg/status")
@@ -839,29 +896,7 @@ impl Runner<'_> {
     }
 
     fn install_bin(&mut self) -> Result<(), RunError> {
-        let image = self.tree()?;
-        image
-            .create_dir_all("usr/local/bin", 0o755)
-            .map_err(io("create /usr/local/bin"))?;
-        let mut n = 0;
-        for el in self.own_elements() {
-            let bin = el.dir.join("bin");
-            let Ok(entries) = std::fs::read_dir(&bin) else {
-                continue;
-            };
-            let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-            names.sort();
-            for src in names {
-                if !src.is_file() {
-                    continue;
-                }
-                let target = Path::new("usr/local/bin").join(src.file_name().unwrap_or_default());
-                image
-                    .copy_in(&src, &target, 0o755)
-                    .map_err(io(format!("install {}", src.display())))?;
-                n += 1;
-            }
-        }
+        let n = install_bin(&self.tree()?, self.own_elements().map(|e| e.dir.as_path()))?;
         self.logln(&format!("install-bin: {n} files into /usr/local/bin"));
         Ok(())
     }
@@ -976,5 +1011,108 @@ fn reap_orphans() {
         if status == WaitStatus::StillAlive {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// An image tree in which `link` (relative to the tree) is an absolute link to a fresh
+    /// host directory, and the same path exists inside the tree: after `chroot` the link
+    /// leads there, and so must every host-side write.
+    fn tree_linking_to_the_host(link: &str) -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+        let tree = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let at = tree.path().join(link);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        symlink(host.path(), &at).unwrap();
+        let inside = tree.path().join(host.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        (tree, host, inside)
+    }
+
+    fn empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir).unwrap().next().is_none()
+    }
+
+    #[test]
+    fn install_bin_through_a_link_to_the_host_lands_in_the_image() {
+        let (tree, host, inside) = tree_linking_to_the_host("usr/local/bin");
+        let element = tempfile::tempdir().unwrap();
+        std::fs::create_dir(element.path().join("bin")).unwrap();
+        std::fs::write(element.path().join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        let image = TreeRoot::open(tree.path()).unwrap();
+        assert_eq!(install_bin(&image, [element.path()]).unwrap(), 1);
+        assert!(empty(host.path()), "install-bin wrote onto the host");
+        assert!(inside.join("tool").is_file());
+    }
+
+    #[test]
+    fn resolv_conf_and_policy_rc_d_through_links_to_the_host_land_in_the_image() {
+        let (tree, host_etc, inside_etc) = tree_linking_to_the_host("etc");
+        std::fs::create_dir_all(inside_etc.join("dpkg/dpkg.cfg.d")).unwrap();
+        let host_sbin = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("usr")).unwrap();
+        symlink(host_sbin.path(), tree.path().join("usr/sbin")).unwrap();
+        let inside_sbin = tree
+            .path()
+            .join(host_sbin.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside_sbin).unwrap();
+        // The image's own resolv.conf is a link to a host file: moved aside, never written.
+        let host_resolv = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(host_resolv.path(), b"nameserver 192.0.2.1\n").unwrap();
+        symlink(host_resolv.path(), inside_etc.join("resolv.conf")).unwrap();
+
+        let image = TreeRoot::open(tree.path()).unwrap();
+        let placed = place_chroot_files(&image, b"nameserver 127.0.0.53\n").unwrap();
+        assert_eq!(
+            placed,
+            ChrootFiles {
+                resolv_moved: true,
+                policy_rc_d: true,
+                dpkg_unsafe_io: true
+            }
+        );
+        assert!(
+            empty(host_etc.path()),
+            "the chroot's files went to the host's /etc"
+        );
+        assert!(empty(host_sbin.path()), "policy-rc.d went to the host");
+        assert_eq!(
+            std::fs::read(host_resolv.path()).unwrap(),
+            b"nameserver 192.0.2.1\n"
+        );
+        assert_eq!(
+            std::fs::read(inside_etc.join("resolv.conf")).unwrap(),
+            b"nameserver 127.0.0.53\n"
+        );
+        assert!(inside_sbin.join("policy-rc.d").is_file());
+        assert!(
+            inside_etc
+                .join("dpkg/dpkg.cfg.d")
+                .join(DPKG_UNSAFE_IO)
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn a_mount_point_linked_to_the_host_is_the_images_own() {
+        let (tree, host, inside) = tree_linking_to_the_host("proc");
+        let image = TreeRoot::open(tree.path()).unwrap();
+        let (at, made) = mount_point(&image, "/proc").unwrap();
+        assert_eq!(
+            at,
+            image.path().join(inside.strip_prefix(tree.path()).unwrap())
+        );
+        assert!(!made);
+        // A link that dangles inside the image is created inside it, never on the host.
+        let (tree, host2, _) = tree_linking_to_the_host("dev");
+        std::fs::remove_dir_all(tree.path().join(host2.path().strip_prefix("/").unwrap())).unwrap();
+        let image = TreeRoot::open(tree.path()).unwrap();
+        let dev = mount_point(&image, "dev/pts");
+        assert!(dev.is_err() || dev.unwrap().0.starts_with(image.path()));
+        assert!(empty(host.path()) && empty(host2.path()));
     }
 }

@@ -48,23 +48,57 @@ exec env -0 >&3 3>&-
 /// `CCB_ENVIRONMENT_TIMEOUT` (seconds).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn timeout() -> Duration {
-    std::env::var("CCB_ENVIRONMENT_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+/// How much address space each process of a capture may map (`RLIMIT_AS`): DIB's fragments
+/// need a few MiB; one that allocates without end must fail, not take the host's memory.
+/// Overridable with `CCB_ENVIRONMENT_MEMORY` (bytes, or `512M`, `8G`).
+const DEFAULT_MEMORY: u64 = 4 << 30;
+
+/// A capture's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub time: Duration,
+    pub memory: u64,
 }
 
-/// Sources `files` in order over `declared` and returns the exported environment.
-///
-/// The result is a pure function of the fragments (paths and contents, in order) and the
-/// declared variables, so it is computed once per run for each distinct input. As root, the
-/// capture runs in a resident shell (see [`SERVER`]); otherwise in a bash of its own.
+impl Limits {
+    /// `CCB_ENVIRONMENT_TIMEOUT` and `CCB_ENVIRONMENT_MEMORY`, each its default when unset or
+    /// not a value (a memory limit under 64 MiB would stop bash itself).
+    pub fn from_env() -> Self {
+        let time = std::env::var("CCB_ENVIRONMENT_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+        let memory = std::env::var("CCB_ENVIRONMENT_MEMORY")
+            .ok()
+            .and_then(|v| crate::units::parse_memory(&v))
+            .filter(|b| *b >= 64 << 20)
+            .unwrap_or(DEFAULT_MEMORY);
+        Self { time, memory }
+    }
+}
+
+/// Sources `files` in order over `declared` and returns the exported environment, under the
+/// limits ccb's environment sets ([`Limits::from_env`]).
 pub fn source(
     files: &[(Script, PathBuf)],
     declared: &BTreeMap<String, String>,
     reads: &Reads,
+) -> Result<BTreeMap<String, String>, ElementError> {
+    source_limited(files, declared, reads, Limits::from_env())
+}
+
+/// [`source`] under `limits`.
+///
+/// The result is a pure function of the fragments (paths and contents, in order) and the
+/// declared variables, so it is computed once per run for each distinct input. As root, the
+/// capture runs in a resident shell (see [`SERVER`]) that cannot write to the host; otherwise
+/// in a bash of its own.
+pub fn source_limited(
+    files: &[(Script, PathBuf)],
+    declared: &BTreeMap<String, String>,
+    reads: &Reads,
+    limits: Limits,
 ) -> Result<BTreeMap<String, String>, ElementError> {
     if files.is_empty() {
         return Ok(declared.clone());
@@ -79,9 +113,9 @@ pub fn source(
         return Ok(env.clone());
     }
     let env = if nix::unistd::geteuid().is_root() {
-        capture_resident(files, declared)?
+        capture_resident(files, declared, limits)?
     } else {
-        capture_once(files, declared)?
+        capture_once(files, declared, limits)?
     };
     if let Some(key) = key {
         lock(&MEMO).insert(key, env.clone());
@@ -108,12 +142,19 @@ fn evaluate_natively(
         .iter()
         .map(|b| std::str::from_utf8(b).ok())
         .collect::<Option<Vec<&str>>>()?;
+    evaluate_native(&texts, declared)
+}
+
+/// What bash would capture after sourcing the fragment texts `bodies` over `declared`,
+/// computed by ccb ([`native`]); `None` when a fragment is outside the subset it reads.
+/// Public for the fuzz target.
+pub fn evaluate_native(bodies: &[&str], declared: &BTreeMap<String, String>) -> Option<Env> {
     let mut start: Env = [("PATH", PATH), ("LC_ALL", "C")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     start.extend(declared.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut env = native::evaluate(&texts, start)?;
+    let mut env = native::evaluate(bodies, start)?;
     env.retain(|k, _| !RUNNER_VARS.contains(&k.as_str()));
     Some(env)
 }
@@ -202,6 +243,8 @@ done >/proc/self/fd/202
 
 /// A resident shell and its memfds.
 struct Shell {
+    /// Its address-space limit, set when it started.
+    memory: u64,
     resident: crate::process::Resident,
     request: File,
     output: File,
@@ -209,8 +252,12 @@ struct Shell {
 }
 
 impl Shell {
-    fn start() -> Result<Self, ProcessError> {
+    /// A resident shell whose every process may map `memory` bytes, and whose writes never
+    /// reach the host (its mounts are read-only, its /tmp its own): a fragment reads the
+    /// element tree and the host's tools as DIB's do, and sets variables.
+    fn start(memory: u64) -> Result<Self, ProcessError> {
         let mut cmd = Process::new("bash");
+        cmd.memory_limit(memory).read_only_host();
         cmd.env_clear()
             .env("PATH", PATH)
             .env("LC_ALL", "C")
@@ -233,6 +280,7 @@ impl Shell {
             (env.as_raw_fd(), ENV_FD),
         ])?;
         Ok(Self {
+            memory,
             resident,
             request,
             output,
@@ -335,6 +383,7 @@ fn request(
 fn capture_resident(
     files: &[(Script, PathBuf)],
     declared: &BTreeMap<String, String>,
+    limits: Limits,
 ) -> Result<BTreeMap<String, String>, ElementError> {
     let request = request(files, declared).map_err(|source| {
         ElementError::Bash(ProcessError::Spawn {
@@ -342,17 +391,24 @@ fn capture_resident(
             source,
         })
     })?;
-    let limit = timeout();
-    let idle = lock(&SHELLS).pop();
+    let limit = limits.time;
+    let idle = {
+        let mut idle = lock(&SHELLS);
+        let i = idle.iter().rposition(|s| s.memory == limits.memory);
+        i.map(|i| idle.swap_remove(i))
+    };
     let (mut shell, reused) = match idle {
         Some(shell) => (shell, true),
-        None => (Shell::start().map_err(ElementError::Bash)?, false),
+        None => (
+            Shell::start(limits.memory).map_err(ElementError::Bash)?,
+            false,
+        ),
     };
     let mut outcome = shell.run(&request, limit);
     if outcome.is_err() && reused {
         // An idle shell can have ended with the thread that started it (its parent-death
         // signal follows that thread): a fresh one, once.
-        shell = Shell::start().map_err(ElementError::Bash)?;
+        shell = Shell::start(limits.memory).map_err(ElementError::Bash)?;
         outcome = shell.run(&request, limit);
     }
     let why = match outcome {
@@ -366,6 +422,7 @@ fn capture_resident(
         Err(_) => "was killed".into(),
     };
     let output = read_all(&shell.output);
+    let why = out_of_memory(&why, &output, limits.memory);
     if matches!(outcome, Ok(Some(_))) {
         // It ran to its end: the shell is sound for the next capture.
         lock(&SHELLS).push(shell);
@@ -373,6 +430,27 @@ fn capture_resident(
     // Otherwise the shell goes: dropping it kills its namespace, and with it the fragment
     // and everything it started.
     Err(failure(files, &String::from_utf8_lossy(&output), why))
+}
+
+/// `why` a capture failed, naming the memory limit when what it printed says an allocation
+/// failed (bash's `xmalloc: cannot allocate`, a program's ENOMEM): the fragment did not fail
+/// on its own, the limit stopped it.
+fn out_of_memory(why: &str, output: &[u8], memory: u64) -> String {
+    let text = String::from_utf8_lossy(output);
+    let hints = [
+        "cannot allocate",
+        "Cannot allocate memory",
+        "out of memory",
+        "MemoryError",
+    ];
+    if hints.iter().any(|h| text.contains(h)) {
+        format!(
+            "{why}: ran out of memory at its limit of {} (CCB_ENVIRONMENT_MEMORY sets the limit)",
+            crate::ui::progress::human_bytes(memory)
+        )
+    } else {
+        why.to_string()
+    }
 }
 
 fn timed_out(limit: Duration) -> String {
@@ -417,8 +495,10 @@ fn failure(files: &[(Script, PathBuf)], output: &str, status: String) -> Element
 fn capture_once(
     files: &[(Script, PathBuf)],
     declared: &BTreeMap<String, String>,
+    limits: Limits,
 ) -> Result<BTreeMap<String, String>, ElementError> {
     let mut cmd = Process::new("bash");
+    cmd.memory_limit(limits.memory).read_only_host();
     cmd.env_clear()
         .env("PATH", PATH)
         .env("LC_ALL", "C")
@@ -430,7 +510,7 @@ fn capture_once(
         .arg("ccb-environment")
         .args(files.iter().map(|(_, p)| p))
         .current_dir("/");
-    let limit = timeout();
+    let limit = limits.time;
     let crate::process::Bounded {
         output: out,
         timed_out: late,
@@ -446,6 +526,7 @@ fn capture_once(
                 .map(|c| format!("exited with status {c}"))
                 .unwrap_or_else(|| "was killed".into())
         };
+        let status = out_of_memory(&status, &out.stderr, limits.memory);
         return Err(failure(
             files,
             &String::from_utf8_lossy(&out.stderr),
@@ -518,9 +599,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = fragments(dir.path(), &[("20-forever", "while true; do :; done\n")]);
         let cmd_env = declared();
-        // The limit is read from ccb's environment; a short one keeps the test quick.
+        // A short limit keeps the test quick.
         let start = std::time::Instant::now();
-        let err = with_limit("1", || source(&files, &cmd_env, &Reads::default())).unwrap_err();
+        let limits = Limits {
+            time: Duration::from_secs(1),
+            ..Limits::from_env()
+        };
+        let err = source_limited(&files, &cmd_env, &Reads::default(), limits).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(30));
         let text = err.to_string();
         assert!(text.contains("20-forever"), "{text}");
@@ -530,29 +615,25 @@ mod tests {
     #[test]
     fn a_background_job_of_a_fragment_does_not_outlive_the_capture() {
         let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
         // The job leaves the shell's process group and session (`setsid`); it writes the pid
-        // the host sees (fields of /proc/self/stat are in the host's terms, $! is not), then
-        // becomes the `sleep`.
+        // the host sees (fields of /proc/self/stat are in the host's terms, $! is not) into
+        // the capture's own /tmp, then becomes the `sleep`; the fragment exports that pid.
+        let pidfile = format!("/tmp/ccb-daemon-{}", std::process::id());
         let files = fragments(
             dir.path(),
             &[(
                 "30-daemon",
                 &format!(
-                    "setsid sh -c 'cut -d\" \" -f4 /proc/self/stat > {p}; exec sleep 300' \
+                    "rm -f {p}\nsetsid sh -c 'cut -d\" \" -f4 /proc/self/stat > {p}; exec sleep 300' \
                      </dev/null >/dev/null 2>&1 &\n\
-                     while [ ! -s {p} ]; do sleep 0.01; done\nexport OK=1\n",
-                    p = pidfile.display()
+                     while [ ! -s {p} ]; do sleep 0.01; done\nexport OK=1 DAEMON=$(cat {p})\n",
+                    p = pidfile
                 ),
             )],
         );
         let env = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(env["OK"], "1");
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid: i32 = env["DAEMON"].trim().parse().unwrap();
         // Killed with the namespace; allow it a moment to disappear.
         let gone = (0..100).any(|_| {
             let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -589,8 +670,8 @@ mod tests {
                 ("20-function", "greet() { echo hi; }\nexport -f greet\n"),
             ],
         );
-        let resident = capture_resident(&files, &declared()).unwrap();
-        let once = capture_once(&files, &declared()).unwrap();
+        let resident = capture_resident(&files, &declared(), Limits::from_env()).unwrap();
+        let once = capture_once(&files, &declared(), Limits::from_env()).unwrap();
         assert_eq!(resident, once);
         assert_eq!(resident["MULTI"], "line one\nline two\ttab");
         assert_eq!(resident["NUMBER"], "42");
@@ -598,8 +679,8 @@ mod tests {
         // Without an exported function the builtins write the environment, not `env`.
         let plain = &files[..1];
         assert_eq!(
-            capture_resident(plain, &declared()).unwrap(),
-            capture_once(plain, &declared()).unwrap()
+            capture_resident(plain, &declared(), Limits::from_env()).unwrap(),
+            capture_once(plain, &declared(), Limits::from_env()).unwrap()
         );
     }
 
@@ -625,9 +706,9 @@ mod tests {
             )],
         );
         // Both on the same thread, one after the other: the second takes the idle shell.
-        capture_resident(&first, &declared()).unwrap();
-        let env = capture_resident(&second, &declared()).unwrap();
-        let umask = capture_once(&second, &declared()).unwrap()["SAW"]
+        capture_resident(&first, &declared(), Limits::from_env()).unwrap();
+        let env = capture_resident(&second, &declared(), Limits::from_env()).unwrap();
+        let umask = capture_once(&second, &declared(), Limits::from_env()).unwrap()["SAW"]
             .rsplit(' ')
             .next()
             .unwrap()
@@ -640,25 +721,22 @@ mod tests {
     #[test]
     fn the_same_fragments_over_the_same_variables_are_sourced_once_per_run() {
         let dir = tempfile::tempdir().unwrap();
-        let count = dir.path().join("count");
+        // Each sourcing draws a new value: the same value twice means one sourcing.
         let files = fragments(
             dir.path(),
             &[(
                 "10-count",
-                &format!("echo x >> {}\nexport SEEN=1\n", count.display()),
+                "export DRAWN=$(cat /proc/sys/kernel/random/uuid)\n",
             )],
         );
         let first = source(&files, &declared(), &Reads::default()).unwrap();
         let again = source(&files, &declared(), &Reads::default()).unwrap();
         assert_eq!(first, again);
-        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
         // Another input is another capture.
         let other: BTreeMap<String, String> = [("DIB_RELEASE".into(), "trixie".into())].into();
-        assert_eq!(
-            source(&files, &other, &Reads::default()).unwrap()["DIB_RELEASE"],
-            "trixie"
-        );
-        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nx\n");
+        let third = source(&files, &other, &Reads::default()).unwrap();
+        assert_eq!(third["DIB_RELEASE"], "trixie");
+        assert_ne!(third["DRAWN"], first["DRAWN"]);
     }
 
     /// The native answer for `files` over `declared`, checked against the real capture: a
@@ -666,10 +744,13 @@ mod tests {
     fn native_matches_bash(files: &[(Script, PathBuf)], declared: &BTreeMap<String, String>) {
         let native = evaluate_natively(files, declared, &Reads::default())
             .unwrap_or_else(|| panic!("not evaluated natively: {files:?}"));
-        let once = capture_once(files, declared).unwrap();
+        let once = capture_once(files, declared, Limits::from_env()).unwrap();
         assert_eq!(native, once, "{files:?} over {declared:?}");
         if nix::unistd::geteuid().is_root() {
-            assert_eq!(native, capture_resident(files, declared).unwrap());
+            assert_eq!(
+                native,
+                capture_resident(files, declared, Limits::from_env()).unwrap()
+            );
         }
     }
 
@@ -885,11 +966,68 @@ mod tests {
         assert!(names.lines().count() > 20, "{names}");
     }
 
-    fn with_limit<T>(secs: &str, f: impl FnOnce() -> T) -> T {
-        // SAFETY: only this test sets the variable, and only `timeout()` reads it.
-        unsafe { std::env::set_var("CCB_ENVIRONMENT_TIMEOUT", secs) };
-        let out = f();
-        unsafe { std::env::remove_var("CCB_ENVIRONMENT_TIMEOUT") };
-        out
+    #[test]
+    fn a_fragment_that_allocates_without_end_is_stopped_at_the_memory_limit_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = fragments(
+            dir.path(),
+            &[("40-greedy", "x=a\nwhile true; do x=$x$x; done\n")],
+        );
+        let limits = Limits {
+            time: Duration::from_secs(120),
+            memory: 256 << 20,
+        };
+        let err = source_limited(&files, &declared(), &Reads::default(), limits).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("40-greedy"), "{text}");
+        assert!(
+            text.contains("ran out of memory at its limit of 256"),
+            "{text}"
+        );
+        assert!(text.contains("CCB_ENVIRONMENT_MEMORY"), "{text}");
+    }
+
+    #[test]
+    fn a_fragment_cannot_write_to_the_host() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let escape = format!("/var/tmp/ccb-envd-escape-{}", std::process::id());
+        let files = fragments(
+            dir.path(),
+            &[(
+                "50-escape",
+                &format!(
+                    "touch {escape} || true\necho x > /etc/ccb-envd-escape || true\nexport WROTE=no\n"
+                ),
+            )],
+        );
+        let env = source(&files, &declared(), &Reads::default()).unwrap();
+        assert_eq!(env["WROTE"], "no");
+        assert!(!std::path::Path::new(&escape).exists());
+        assert!(!std::path::Path::new("/etc/ccb-envd-escape").exists());
+        // Its own /tmp works, and here-documents with it.
+        let files = fragments(
+            dir.path(),
+            &[(
+                "60-tmp",
+                "echo scratch > /tmp/ccb-scratch\nexport FROM_TMP=$(cat /tmp/ccb-scratch)\nexport DOC=$(cat <<EOF\nheredoc\nEOF\n)\n",
+            )],
+        );
+        let env = source(&files, &declared(), &Reads::default()).unwrap();
+        assert_eq!(env["FROM_TMP"], "scratch");
+        assert_eq!(env["DOC"], "heredoc");
+        assert!(!std::path::Path::new("/tmp/ccb-scratch").exists());
+        // A fragment that must write fails, naming itself.
+        let files = fragments(
+            dir.path(),
+            &[("70-must-write", &format!("touch {escape}\n"))],
+        );
+        let err = source(&files, &declared(), &Reads::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("70-must-write"), "{text}");
+        assert!(text.contains("Read-only file system"), "{text}");
+        assert!(!std::path::Path::new(&escape).exists());
     }
 }

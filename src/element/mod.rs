@@ -424,7 +424,11 @@ pub fn project_resolver<'a>(
             return Ok(resolver);
         };
         let (name, locked) = pending.remove(0);
-        crate::sources::checkout(store, &model.root, name, locked, offline, &mut |m| {
+        let url = model
+            .sources
+            .get(name)
+            .map_or(locked.url.as_str(), |s| &s.url);
+        crate::sources::checkout(store, &model.root, name, url, locked, offline, &mut |m| {
             crate::ui::Shell::default().status(m)
         })
         .map_err(|source| {

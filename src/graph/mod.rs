@@ -551,7 +551,13 @@ impl Graph {
                 // A site's URL of a licensed file (maybe a signed temp URL) stays out of keys.
                 format!("latest secret artifact {art_key}")
             } else if crate::lock::follows_latest(&art.sha256) {
-                format!("latest {}", art.url.as_deref().unwrap_or_default())
+                // As the lock names it: a temp URL's signature or a password is no identity of
+                // the content (the pin is), and keys reach `query hash`, `explain` and the
+                // store's records.
+                format!(
+                    "latest {}",
+                    crate::lock::artifact_url(art.url.as_deref().unwrap_or_default())
+                )
             } else {
                 art.sha256.clone()
             };

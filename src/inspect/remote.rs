@@ -22,6 +22,17 @@ pub enum RemoteError {
     Http { url: String, message: String },
 }
 
+impl RemoteError {
+    /// Built only here, so no URL reaches a message with its password or signature, and no
+    /// server's or HTTP client's words with a credential they echo.
+    fn http(url: &str, message: &str) -> Self {
+        Self::Http {
+            url: crate::redact::url(url),
+            message: crate::redact::text(message),
+        }
+    }
+}
+
 /// Extra request headers (an `X-Auth-Token`), asked for on every request so a renewed token
 /// is used.
 pub type Headers = Box<dyn Fn() -> Result<Vec<(String, Secret)>, String> + Send + Sync>;
@@ -59,10 +70,7 @@ impl HttpRange {
     /// object is.
     pub fn open(url: &str, headers: Headers) -> Result<Opened, RemoteError> {
         let agent = agent();
-        let err = |message: String| RemoteError::Http {
-            url: url.to_string(),
-            message,
-        };
+        let err = |message: String| RemoteError::http(url, &message);
         let mut req = agent.get(url).header("Range", "bytes=0-0");
         for (k, v) in headers().map_err(err)? {
             req = req.header(k, v.expose());
@@ -117,7 +125,13 @@ impl HttpRange {
         }
         let start = index * BLOCK;
         let end = (start + BLOCK).min(self.size) - 1;
-        let io = |m: String| std::io::Error::other(format!("{}: {m}", self.url));
+        let io = |m: String| {
+            std::io::Error::other(format!(
+                "{}: {}",
+                crate::redact::url(&self.url),
+                crate::redact::text(&m)
+            ))
+        };
         let mut attempt = 0;
         let data = loop {
             attempt += 1;
@@ -180,7 +194,13 @@ impl ReadAt for HttpRange {
     /// (5 120 for a 5 GiB image) and empty the block cache on the way.
     fn sha256(&self) -> std::io::Result<String> {
         use sha2::Digest;
-        let io = |m: String| std::io::Error::other(format!("{}: {m}", self.url));
+        let io = |m: String| {
+            std::io::Error::other(format!(
+                "{}: {}",
+                crate::redact::url(&self.url),
+                crate::redact::text(&m)
+            ))
+        };
         let mut req = self.agent.get(&self.url);
         for (k, v) in (self.headers)().map_err(io)? {
             req = req.header(k, v.expose());
@@ -243,10 +263,7 @@ pub fn download(
     headers: &Headers,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<tempfile::NamedTempFile, RemoteError> {
-    let err = |message: String| RemoteError::Http {
-        url: url.to_string(),
-        message,
-    };
+    let err = |message: String| RemoteError::http(url, &message);
     let mut req = agent().get(url);
     for (k, v) in headers().map_err(err)? {
         req = req.header(k, v.expose());

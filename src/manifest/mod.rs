@@ -424,8 +424,13 @@ pub struct LockedSource {
 }
 
 impl LockedSource {
+    /// Compared without credentials, in the form the lock holds (`crate::lock::source_url`,
+    /// which is `redact::url`): the lock never holds them, and an older lock that does still
+    /// matches until `ccb update` rewrites it.
     pub fn matches(&self, source: &Source) -> bool {
-        self.url == source.url && self.git_ref == source.git_ref && self.path == source.path
+        crate::redact::url(&self.url) == crate::redact::url(&source.url)
+            && self.git_ref == source.git_ref
+            && self.path == source.path
     }
 }
 

@@ -308,8 +308,12 @@ fn url_subjects(
     let current_url = format!("{base}/{}", layout::current(scope));
     let tmp = remote::download(&current_url, &no_headers(), &mut |_, _| {}).map_err(inspect_err)?;
     let current: std::collections::BTreeMap<String, String> =
-        serde_json::from_slice(&std::fs::read(tmp.path()).unwrap_or_default())
-            .map_err(|e| CommandError::msg(format!("{current_url}: not a JSON map: {e}")))?;
+        serde_json::from_slice(&std::fs::read(tmp.path()).unwrap_or_default()).map_err(|e| {
+            CommandError::msg(format!(
+                "{}: not a JSON map: {e}",
+                crate::redact::url(&current_url)
+            ))
+        })?;
     let mut out = Vec::new();
     let mut downloads = Vec::new();
     for (name, version) in wanted_live(&current, model, images)? {
@@ -326,7 +330,8 @@ fn url_subjects(
         }
         let (url, opened) = opened.ok_or_else(|| {
             CommandError::msg(format!(
-                "{name} {version}: no qcow2 or raw object at {base}"
+                "{name} {version}: no qcow2 or raw object at {}",
+                crate::redact::url(base)
             ))
         })?;
         let small: std::collections::BTreeMap<String, Option<Vec<u8>>> = small_files(&name)
@@ -367,7 +372,7 @@ fn url_subjects(
                 disk: disk.clone(),
                 small,
             }),
-            source: url,
+            source: crate::redact::url(&url),
             disk: image::open_source(disk, &|b| {
                 Err(crate::inspect::qcow2::Qcow2Error::Backing(format!(
                     "a published image has a backing file ({b})"

@@ -256,7 +256,13 @@ impl Process {
                 .map(|(s, (_, t))| (s.as_raw_fd(), *t))
                 .collect(),
             memory_limit: self.memory_limit,
+            read_only_host: self.read_only_host,
             errno: AtomicI32::new(0),
+        };
+        let mount_ns = if self.read_only_host {
+            libc::CLONE_NEWNS
+        } else {
+            0
         };
         let mut stack = vec![0u8; 64 * 1024];
         // SAFETY: the child shares this memory (CLONE_VM) while this thread is suspended
@@ -268,7 +274,7 @@ impl Process {
             libc::clone(
                 pid1_main,
                 top.cast(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::SIGCHLD,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | mount_ns | libc::SIGCHLD,
                 std::ptr::addr_of!(args) as *mut libc::c_void,
             )
         };
@@ -414,6 +420,9 @@ struct ChildArgs {
     /// (descriptor, the number it gets in the child).
     fds: Vec<(RawFd, RawFd)>,
     memory_limit: Option<u64>,
+    /// In a mount namespace of its own (`CLONE_NEWNS`): make the host read-only there
+    /// ([`read_only_host`]).
+    read_only_host: bool,
     /// Set by the child when it cannot exec.
     errno: AtomicI32,
 }
@@ -443,6 +452,9 @@ extern "C" fn pid1_main(data: *mut libc::c_void) -> libc::c_int {
                 fail();
             }
         }
+        if args.read_only_host && read_only_host().is_err() {
+            fail();
+        }
         if !args.cwd.is_null() && libc::chdir(args.cwd) < 0 {
             fail();
         }
@@ -459,6 +471,77 @@ extern "C" fn pid1_main(data: *mut libc::c_void) -> libc::c_int {
     }
     fail();
     127
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// In the child's fresh mount namespace: nothing it mounts reaches the host (private
+/// propagation), every mount it inherited is read-only, and /tmp takes writes into a tmpfs of
+/// its own (bash writes here-documents there) while still showing the host's files (element
+/// trees can live there): an overlay whose upper layer is a tmpfs mounted over /dev/shm.
+/// Only system calls on static strings and the stack: the child shares ccb's memory until it
+/// execs.
+fn read_only_host() -> std::io::Result<()> {
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: system calls on NUL-terminated literals and a local struct.
+    unsafe {
+        check(libc::c_long::from(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )))?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        check(libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MountAttr>(),
+        ))?;
+        check(libc::c_long::from(libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev/shm".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=1777,size=64m".as_ptr().cast(),
+        )))?;
+        for dir in [c"/dev/shm/.ccb-tmp", c"/dev/shm/.ccb-work"] {
+            check(libc::c_long::from(libc::mkdir(dir.as_ptr(), 0o1777)))?;
+        }
+        check(libc::c_long::from(libc::mount(
+            c"overlay".as_ptr(),
+            c"/tmp".as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"lowerdir=/tmp,upperdir=/dev/shm/.ccb-tmp,workdir=/dev/shm/.ccb-work"
+                .as_ptr()
+                .cast(),
+        )))?;
+    }
+    Ok(())
 }
 
 fn set_memory_limit(bytes: u64) -> std::io::Result<()> {

@@ -347,7 +347,8 @@ pub fn resolve(
     })?;
     let tree = git.tree_of(&commit, &source.path)?;
     Ok(LockedSource {
-        url: source.url.clone(),
+        // Without credentials, as `crate::lock::source_url` pins it.
+        url: redact(&source.url),
         git_ref: source.git_ref.clone(),
         path: source.path.clone(),
         commit,
@@ -355,12 +356,14 @@ pub fn resolve(
     })
 }
 
-/// The locked tree of a source in the store, fetched and extracted when it is not there yet.
-/// `on_fetch` is told before anything is downloaded.
+/// The locked tree of a source in the store, fetched and extracted when it is not there yet,
+/// from `url`, the manifests' URL (the lock's has no credentials). `on_fetch` is told before
+/// anything is downloaded.
 pub fn checkout(
     store: &Store,
     root: &Path,
     name: &str,
+    url: &str,
     locked: &LockedSource,
     offline: bool,
     on_fetch: &mut dyn FnMut(&str),
@@ -369,7 +372,7 @@ pub fn checkout(
     if dest.is_dir() {
         return Ok(dest);
     }
-    let url = git_url(root, &locked.url);
+    let url = git_url(root, url);
     let (git, _lock) = open_mirror(store, name, &url)?;
     if dest.is_dir() {
         // Another ccb extracted it while this one waited for the lock.

@@ -20,7 +20,10 @@ fn serve(dir: PathBuf) -> u16 {
             let Ok(mut stream) = stream else { continue };
             let mut line = String::new();
             let _ = BufReader::new(&stream).read_line(&mut line);
-            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            // The query is not part of the file's name (git's dumb HTTP asks
+            // `info/refs?service=…` first).
+            let target = line.split_whitespace().nth(1).unwrap_or("/");
+            let path = target.split('?').next().unwrap_or("/").to_string();
             let file = dir.join(path.trim_start_matches('/'));
             match std::fs::read(&file) {
                 Ok(body) if !path.contains("..") => {

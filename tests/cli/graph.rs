@@ -383,3 +383,73 @@ fn another_commit_changes_the_disks_keys_and_no_layers() {
         .ok();
     assert!(hash.stdout.contains("-dirty"), "{}", hash.stdout);
 }
+
+#[test]
+fn a_latest_artifacts_signed_url_is_keyed_without_its_signature() {
+    let env = Env::new();
+    let (_d, proj) = project_copy();
+    let artifacts = proj.join("manifests/artifacts.ncl");
+    let text = std::fs::read_to_string(&artifacts).unwrap();
+    let pinned = "    url = \"https://raw.githubusercontent.com/ChameleonCloud/cc-snapshot/d5477a6ca09ea9927db202086e6b021a25fe46eb/cc-snapshot\",\n    sha256 = \"0efbe7ce84cde6fd6add4f7e7e4b2116574d2057e8936a7e8219d10aae3392cb\",\n";
+    assert!(
+        text.contains(pinned),
+        "the fixture's cc-snapshot entry moved"
+    );
+    let signed = |sig: &str| {
+        let latest = format!(
+            "    url = \"https://ccb:pa55word@swift.example/v1/AUTH_p/c/cc-snapshot?temp_url_sig={sig}&temp_url_expires=1\",\n    sha256 = \"latest\",\n"
+        );
+        write(&artifacts, &text.replace(pinned, &latest));
+        let root = proj.to_str().unwrap();
+        let hash = env
+            .run(&[
+                "--root",
+                root,
+                "query",
+                "hash",
+                "ubuntu22.04",
+                "--arch",
+                "amd64",
+                "--format",
+                "json",
+            ])
+            .ok();
+        let explain = env
+            .run(&[
+                "--root",
+                root,
+                "query",
+                "explain",
+                "ubuntu22.04",
+                "--arch",
+                "amd64",
+                "--format",
+                "json",
+            ])
+            .ok();
+        for out in [&hash.stdout, &hash.stderr, &explain.stdout, &explain.stderr] {
+            assert!(!out.contains(sig), "the signature entered a key: {out}");
+            assert!(
+                !out.contains("pa55word"),
+                "the password entered a key: {out}"
+            );
+        }
+        assert!(
+            hash.stdout.contains("latest https://***@swift.example"),
+            "{}",
+            hash.stdout
+        );
+        hash.json()["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["id"].to_string(), a["key"].to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let first = signed("f1rstsignature");
+    assert_eq!(
+        first,
+        signed("s3condsignature"),
+        "a renewed signature changed a key"
+    );
+}

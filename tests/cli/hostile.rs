@@ -659,3 +659,79 @@ fn an_environment_d_that_escapes_into_its_own_session_leaves_nothing_behind() {
     run.ok();
     assert!(left.is_empty(), "environment.d left {left:?} running");
 }
+
+#[test]
+fn inspect_by_url_never_prints_the_urls_password_or_signature() {
+    let env = Env::new();
+    let p = crate::inspect::project();
+    let nginx = crate::common::Nginx::start();
+    let raw = crate::inspect::disk(p.path(), "CC-Test", 0o755, "2.36-9");
+    let versions = nginx.root().join("c/prod/versions/v1");
+    std::fs::create_dir_all(&versions).unwrap();
+    crate::inspect::run(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(versions.join("CC-Test.qcow2")),
+    );
+    write(
+        nginx.root().join("c/prod/current"),
+        r#"{"CC-Test": "v1", "CC-Gone": "v2"}"#,
+    );
+    let password = "pa55word";
+    let signature = "s1gnature";
+    let base = format!(
+        "{}/c",
+        nginx
+            .base
+            .replace("http://", &format!("http://ccb:{password}@"))
+    );
+    let inspect = |url: &str, image: &str, json: bool| {
+        let mut args = vec![
+            "--root",
+            p.path().to_str().unwrap(),
+            "inspect",
+            "--url",
+            url,
+            "--scope",
+            "prod",
+            image,
+        ];
+        if json {
+            args.extend(["--format", "json"]);
+        }
+        let run = env.run(&args);
+        for out in [&run.stdout, &run.stderr] {
+            assert!(!out.contains(password), "the password was printed: {out}");
+            assert!(!out.contains(signature), "the signature was printed: {out}");
+        }
+        run
+    };
+
+    // Success: the report names the object it read, without the password.
+    let run = inspect(&base, "CC-Test", true).ok().json();
+    assert_eq!(run["passed"], true, "{run}");
+    let source = run["images"][0]["source"].as_str().unwrap();
+    assert!(source.starts_with("http://***@127.0.0.1"), "{source}");
+    let text = inspect(&base, "CC-Test", false).ok();
+    assert!(
+        text.stdout.contains("http://***@127.0.0.1"),
+        "{}",
+        text.stdout
+    );
+
+    // Errors: an image with no object, a scope the server does not have, a signed URL.
+    inspect(&base, "CC-Gone", false)
+        .fails()
+        .stderr_has("no qcow2 or raw object at http://***@127.0.0.1");
+    inspect(&format!("{base}/nowhere"), "CC-Test", false)
+        .fails()
+        .stderr_has("http://***@127.0.0.1");
+    inspect(
+        &format!("{base}?temp_url_sig={signature}&temp_url_expires=1"),
+        "CC-Test",
+        true,
+    )
+    .fails()
+    .stderr_has("temp_url_sig=***");
+}

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::common::{Env, Run, write};
 
 /// A project whose inspect.ncl asks for two executables and the dpkg comparison.
-fn project() -> tempfile::TempDir {
+pub(crate) fn project() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     write(d.path().join("manifests/images.ncl"), "{}\n");
     write(

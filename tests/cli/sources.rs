@@ -239,6 +239,46 @@ fn a_git_source_is_pinned_by_the_lock_until_ccb_update() {
 }
 
 #[test]
+fn a_git_sources_credentials_stay_in_the_manifests_never_in_the_lock_or_a_message() {
+    let f = Fixture::new();
+    // Served over git's dumb HTTP by the fixture's server, which ignores the credentials.
+    let up = Upstream::new(&f.served, "tie");
+    up.greeter("hello");
+    git(&up.bare, &["update-server-info"]);
+    let secret = "tok3n-s3cret";
+    let entry = |r: &str| {
+        format!(
+            "{{\n  tie = {{ url = \"http://ccb:{secret}@127.0.0.1:{}/tie.git\", ref = \"{r}\", path = \"elements\" }},\n}}\n",
+            f.port
+        )
+    };
+    sources(&f, &entry("main"));
+    greet_image(&f);
+    let update = ccb(&f, &["update"]).ok();
+    let lock = std::fs::read_to_string(f.project.join("ccb.lock")).unwrap();
+    assert!(!lock.contains(secret), "{lock}");
+    assert!(lock.contains("http://***@127.0.0.1"), "{lock}");
+    assert!(!update.stderr.contains(secret), "{}", update.stderr);
+
+    // The checkout fetches with the manifests' URL, credentials included (the lock's has none).
+    let check = ccb(&f, &["check"]).ok();
+    assert!(!check.stderr.contains(secret), "{}", check.stderr);
+
+    // Another token for the same repository is not a new repository: the pin still holds.
+    let rotated = entry("main").replace(secret, "rotated-t0ken");
+    sources(&f, &rotated);
+    ccb(&f, &["check"]).ok();
+
+    // A stale pin names both URLs, without credentials.
+    sources(&f, &entry("v2"));
+    let stale = ccb(&f, &["check"]).fails();
+    stale
+        .stderr_has("is stale")
+        .stderr_has("http://***@127.0.0.1");
+    assert!(!stale.stderr.contains(secret), "{}", stale.stderr);
+}
+
+#[test]
 fn a_source_is_fetched_only_when_an_image_needs_one_of_its_elements() {
     let f = Fixture::new();
     let root = f.project.parent().unwrap();
