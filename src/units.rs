@@ -24,6 +24,46 @@ pub fn parse_size(s: &str) -> Option<u64> {
     })
 }
 
+/// An environment variable that sets a limit but holds something that is not one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLimit {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// A time limit in seconds from `var`: `None` when unset, an error naming it when it is set
+/// to anything but a positive number (a typo must not silently give the default).
+pub fn seconds_from_env(var: &'static str) -> Result<Option<u64>, BadLimit> {
+    match std::env::var(var) {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Ok(Some(s)),
+            _ => Err(BadLimit {
+                var,
+                value: v,
+                expected: "a number of seconds",
+            }),
+        },
+        Err(_) => Ok(None),
+    }
+}
+
+/// A memory limit from `var` ([`parse_memory`]): `None` when unset, an error naming it when
+/// it is not a size of at least 64 MiB (less would stop the limited program itself).
+pub fn memory_from_env(var: &'static str) -> Result<Option<u64>, BadLimit> {
+    match std::env::var(var) {
+        Ok(v) => match parse_memory(&v) {
+            Some(b) if b >= 64 << 20 => Ok(Some(b)),
+            _ => Err(BadLimit {
+                var,
+                value: v,
+                expected: "a size of at least 64M (e.g. 8G)",
+            }),
+        },
+        Err(_) => Ok(None),
+    }
+}
+
 /// A memory limit in bytes: `4096`, `512M`, `8G`, `8GiB`, all binary, as `ulimit` and
 /// container runtimes read them.
 pub fn parse_memory(s: &str) -> Option<u64> {

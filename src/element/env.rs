@@ -61,20 +61,21 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// `CCB_ENVIRONMENT_TIMEOUT` and `CCB_ENVIRONMENT_MEMORY`, each its default when unset or
-    /// not a value (a memory limit under 64 MiB would stop bash itself).
-    pub fn from_env() -> Self {
-        let time = std::env::var("CCB_ENVIRONMENT_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|s| *s > 0)
+    /// `CCB_ENVIRONMENT_TIMEOUT` and `CCB_ENVIRONMENT_MEMORY`, each its default when unset;
+    /// set to something that is not a limit, an error naming the variable.
+    pub fn from_env() -> Result<Self, ElementError> {
+        let bad = |e: crate::units::BadLimit| ElementError::BadLimit {
+            var: e.var,
+            value: e.value,
+            expected: e.expected,
+        };
+        let time = crate::units::seconds_from_env("CCB_ENVIRONMENT_TIMEOUT")
+            .map_err(bad)?
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-        let memory = std::env::var("CCB_ENVIRONMENT_MEMORY")
-            .ok()
-            .and_then(|v| crate::units::parse_memory(&v))
-            .filter(|b| *b >= 64 << 20)
+        let memory = crate::units::memory_from_env("CCB_ENVIRONMENT_MEMORY")
+            .map_err(bad)?
             .unwrap_or(DEFAULT_MEMORY);
-        Self { time, memory }
+        Ok(Self { time, memory })
     }
 }
 
@@ -85,7 +86,7 @@ pub fn source(
     declared: &BTreeMap<String, String>,
     reads: &Reads,
 ) -> Result<BTreeMap<String, String>, ElementError> {
-    source_limited(files, declared, reads, Limits::from_env())
+    source_limited(files, declared, reads, Limits::from_env()?)
 }
 
 /// [`source`] under `limits`.
@@ -603,7 +604,7 @@ mod tests {
         let start = std::time::Instant::now();
         let limits = Limits {
             time: Duration::from_secs(1),
-            ..Limits::from_env()
+            ..Limits::from_env().unwrap()
         };
         let err = source_limited(&files, &cmd_env, &Reads::default(), limits).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(30));
@@ -670,8 +671,8 @@ mod tests {
                 ("20-function", "greet() { echo hi; }\nexport -f greet\n"),
             ],
         );
-        let resident = capture_resident(&files, &declared(), Limits::from_env()).unwrap();
-        let once = capture_once(&files, &declared(), Limits::from_env()).unwrap();
+        let resident = capture_resident(&files, &declared(), Limits::from_env().unwrap()).unwrap();
+        let once = capture_once(&files, &declared(), Limits::from_env().unwrap()).unwrap();
         assert_eq!(resident, once);
         assert_eq!(resident["MULTI"], "line one\nline two\ttab");
         assert_eq!(resident["NUMBER"], "42");
@@ -679,8 +680,8 @@ mod tests {
         // Without an exported function the builtins write the environment, not `env`.
         let plain = &files[..1];
         assert_eq!(
-            capture_resident(plain, &declared(), Limits::from_env()).unwrap(),
-            capture_once(plain, &declared(), Limits::from_env()).unwrap()
+            capture_resident(plain, &declared(), Limits::from_env().unwrap()).unwrap(),
+            capture_once(plain, &declared(), Limits::from_env().unwrap()).unwrap()
         );
     }
 
@@ -706,9 +707,9 @@ mod tests {
             )],
         );
         // Both on the same thread, one after the other: the second takes the idle shell.
-        capture_resident(&first, &declared(), Limits::from_env()).unwrap();
-        let env = capture_resident(&second, &declared(), Limits::from_env()).unwrap();
-        let umask = capture_once(&second, &declared(), Limits::from_env()).unwrap()["SAW"]
+        capture_resident(&first, &declared(), Limits::from_env().unwrap()).unwrap();
+        let env = capture_resident(&second, &declared(), Limits::from_env().unwrap()).unwrap();
+        let umask = capture_once(&second, &declared(), Limits::from_env().unwrap()).unwrap()["SAW"]
             .rsplit(' ')
             .next()
             .unwrap()
@@ -744,12 +745,12 @@ mod tests {
     fn native_matches_bash(files: &[(Script, PathBuf)], declared: &BTreeMap<String, String>) {
         let native = evaluate_natively(files, declared, &Reads::default())
             .unwrap_or_else(|| panic!("not evaluated natively: {files:?}"));
-        let once = capture_once(files, declared, Limits::from_env()).unwrap();
+        let once = capture_once(files, declared, Limits::from_env().unwrap()).unwrap();
         assert_eq!(native, once, "{files:?} over {declared:?}");
         if nix::unistd::geteuid().is_root() {
             assert_eq!(
                 native,
-                capture_resident(files, declared, Limits::from_env()).unwrap()
+                capture_resident(files, declared, Limits::from_env().unwrap()).unwrap()
             );
         }
     }

@@ -31,6 +31,17 @@ use crate::store::Store;
 /// provided", "operating system") so that people who know DIB recognise them.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ElementError {
+    /// A limit of the environment.d capture set to something that is not one.
+    #[error("{var}={value:?} is not {expected}")]
+    #[diagnostic(
+        code(ccb::element::limit),
+        help("unset {var} for the default, or see the README's limits")
+    )]
+    BadLimit {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("Element '{name}' not found{}", wanted_by.as_ref().map(|w| format!(" (required by {w})")).unwrap_or_default())]
     #[diagnostic(code(ccb::element::not_found))]
     NotFound {

@@ -335,26 +335,13 @@ fn limits() -> Result<(std::time::Duration, u64), ManifestError> {
             )),
         )
     };
-    let timeout = match std::env::var("CCB_EVAL_TIMEOUT") {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(s) if s > 0 => std::time::Duration::from_secs(s),
-            _ => return Err(bad("CCB_EVAL_TIMEOUT", v, "a number of seconds")),
-        },
-        Err(_) => DEFAULT_EVAL_TIMEOUT,
-    };
-    let memory = match std::env::var("CCB_EVAL_MEMORY") {
-        Ok(v) => match crate::units::parse_memory(&v) {
-            Some(b) if b >= 64 << 20 => b,
-            _ => {
-                return Err(bad(
-                    "CCB_EVAL_MEMORY",
-                    v,
-                    "a size of at least 64M (e.g. 8G)",
-                ));
-            }
-        },
-        Err(_) => DEFAULT_EVAL_MEMORY,
-    };
+    let bad = |e: crate::units::BadLimit| bad(e.var, e.value, e.expected);
+    let timeout = crate::units::seconds_from_env("CCB_EVAL_TIMEOUT")
+        .map_err(bad)?
+        .map_or(DEFAULT_EVAL_TIMEOUT, std::time::Duration::from_secs);
+    let memory = crate::units::memory_from_env("CCB_EVAL_MEMORY")
+        .map_err(bad)?
+        .unwrap_or(DEFAULT_EVAL_MEMORY);
     Ok((timeout, memory))
 }
 

@@ -609,6 +609,29 @@ fn the_limits_themselves_are_checked() {
     )
     .fails()
     .stderr_has("CCB_EVAL_MEMORY=\"lots\" is not a size");
+    // environment.d's limits too: a typo must not quietly give the default.
+    for (var, value, expected) in [
+        (
+            "CCB_ENVIRONMENT_TIMEOUT",
+            "soon",
+            "is not a number of seconds",
+        ),
+        (
+            "CCB_ENVIRONMENT_MEMORY",
+            "1K",
+            "is not a size of at least 64M",
+        ),
+    ] {
+        let mut cmd = env.cmd();
+        cmd.env(var, value);
+        run_cmd_within(
+            cmd,
+            &["--root", root.to_str().unwrap(), "check"],
+            std::time::Duration::from_secs(60),
+        )
+        .fails()
+        .stderr_has(&format!("{var}=\"{value}\" {expected}"));
+    }
 }
 
 /// Host processes whose command line is exactly `words`.
