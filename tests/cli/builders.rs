@@ -403,7 +403,12 @@ impl Project {
     }
 
     fn cmd(&self, farm: &Farm, rest: &[&str]) -> Command {
-        let mut c = self.env.cmd();
+        self.cmd_in(&self.env, farm, rest)
+    }
+
+    /// [`Project::cmd`] with the local store of `env` (another host's, same checkout).
+    fn cmd_in(&self, env: &Env, farm: &Farm, rest: &[&str]) -> Command {
+        let mut c = env.cmd();
         c.arg("--root")
             .arg(&self.root)
             .args(["--remote-cache", &farm.cache])
@@ -416,7 +421,11 @@ impl Project {
     }
 
     fn ccb(&self, farm: &Farm, rest: &[&str]) -> Run {
-        let run: Run = self.cmd(farm, rest).output().unwrap().into();
+        self.ccb_in(&self.env, farm, rest)
+    }
+
+    fn ccb_in(&self, env: &Env, farm: &Farm, rest: &[&str]) -> Run {
+        let run: Run = self.cmd_in(env, farm, rest).output().unwrap().into();
         for secret in ["s3cr3t-pw", "PRIVATE KEY"] {
             assert!(
                 !run.stdout.contains(secret) && !run.stderr.contains(secret),
@@ -647,6 +656,44 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
     assert!(log.contains("remote cache:"), "{log}");
     p.ccb(&farm, &["cache", "verify"]).ok();
     verify(farm.builder_store());
+
+    // A chunk of the disk's entry damaged on the server (same size: its HEAD still says it is
+    // there). A host with an empty store misses the disk with a warning and sends it to the
+    // builder, whose own store holds it already: the builder stores the entry again instead
+    // of skipping what the server seems to have, so the disk arrives, sound.
+    let victim = super::remote::chunks_of(&farm.p("nginx/data/cache"), "disk:tiny:amd64").remove(0);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let other_host = Env::new();
+    let repaired = p
+        .ccb_in(
+            &other_host,
+            &farm,
+            &[
+                "--remote-builders-only",
+                "build",
+                "tiny",
+                "--format",
+                "json",
+            ],
+        )
+        .ok();
+    repaired.stderr_has("not taken from the remote cache");
+    let r = rows(&repaired);
+    assert!(
+        r.iter().any(|(id, status, from)| id == "disk:tiny:amd64"
+            && status == "cached"
+            && from == "builder"),
+        "{r:?}"
+    );
+    verify(other_host.cache.path());
+    assert_eq!(
+        farm.bundles(),
+        1,
+        "the disk's bundle is the one the builder holds"
+    );
 
     // Killed -9 while the builder builds the child's layer: both stores stay whole, the
     // builder stops, and the next build succeeds.

@@ -472,7 +472,7 @@ fn host_b_builds_a_child_from_host_a_s_results_and_publishes_without_building() 
 }
 
 /// The chunks of the data of the entry the server holds for action `id`.
-fn chunks_of(data: &Path, id: &str) -> Vec<PathBuf> {
+pub(crate) fn chunks_of(data: &Path, id: &str) -> Vec<PathBuf> {
     let cas = |d: &str| std::fs::read(data.join("cas").join(d)).unwrap();
     for e in std::fs::read_dir(data.join("ac")).unwrap() {
         let r =
