@@ -285,7 +285,7 @@ impl<'s> Session<'s> {
     /// so, as Cargo adds a new dependency to Cargo.lock; `locked` refuses instead (CI). Runs
     /// before [`Session::plan`]: the keys are made from the pins. An arch asked for by name
     /// that this host cannot build up to `until` is refused first, having pinned nothing.
-    pub fn pin_new_artifacts(
+    pub(crate) fn pin_new_artifacts(
         &mut self,
         targets: &[String],
         arch: &[String],
@@ -319,7 +319,7 @@ impl<'s> Session<'s> {
 
     /// Pins what the targets need (never `--locked`: only `ccb build` takes that flag), then
     /// plans them: what every command that builds disks first (test, publish, inspect) runs.
-    pub fn plan_to_build(
+    pub(crate) fn plan_to_build(
         &mut self,
         targets: &[String],
         arch: &[String],
