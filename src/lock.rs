@@ -145,7 +145,7 @@ pub fn load(root: &Path) -> Result<Option<Lock>, LockError> {
 }
 
 /// Parses and validates the text of a lock file; `file` names it in errors. Every value comes
-/// back checked for its syntax (see [`validate`]), so callers may use digests as file names.
+/// back checked for its syntax (see `validate`), so callers may use digests as file names.
 pub fn parse(text: &str, file: &Path) -> Result<Lock, LockError> {
     let lock: Lock = toml::from_str(text).map_err(|e| LockError::Invalid {
         path: file.to_path_buf(),

@@ -9,7 +9,7 @@
 //!    -d` (a copy from user space straight into the file, no mount, no loop device), or for
 //!    XFS `mkfs.xfs` and a copy through a loop mount (the protofile of xfsprogs 6.1 and 6.13,
 //!    Debian 12's and 13's, keeps neither xattrs nor hard links), normalised offline after
-//!    it ([`super::xfs`]); before it, what is random
+//!    it (`super::xfs`); before it, what is random
 //!    or machine-specific is removed and every time clamped to the source date
 //!    ([`super::repro`]), and after it every ext4 inode's change, access and creation time
 //!    (which `mkfs` copies from the tree, where the change time cannot be set) is set to it;

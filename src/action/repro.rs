@@ -67,7 +67,7 @@ pub fn newest_package_date(stack: &[PathBuf]) -> Option<i64> {
 }
 
 /// The source date of an action: the image's own `SOURCE_DATE_EPOCH` when it sets one, else
-/// the newest package date of `stack`, else [`FALLBACK`].
+/// the newest package date of `stack`, else `FALLBACK`.
 pub fn source_date_epoch(env: &BTreeMap<String, String>, stack: &[PathBuf]) -> i64 {
     env.get(ENV)
         .and_then(|v| v.trim().parse::<i64>().ok())

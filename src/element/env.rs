@@ -93,7 +93,7 @@ pub fn source(
 ///
 /// The result is a pure function of the fragments (paths and contents, in order) and the
 /// declared variables, so it is computed once per run for each distinct input. As root, the
-/// capture runs in a resident shell (see [`SERVER`]) that cannot write to the host; otherwise
+/// capture runs in a resident shell (see `SERVER`) that cannot write to the host; otherwise
 /// in a bash of its own.
 pub fn source_limited(
     files: &[(Script, PathBuf)],
@@ -147,7 +147,7 @@ fn evaluate_natively(
 }
 
 /// What bash would capture after sourcing the fragment texts `bodies` over `declared`,
-/// computed by ccb ([`native`]); `None` when a fragment is outside the subset it reads.
+/// computed by ccb (`native`); `None` when a fragment is outside the subset it reads.
 /// Public for the fuzz target.
 pub fn evaluate_native(bodies: &[&str], declared: &BTreeMap<String, String>) -> Option<Env> {
     let mut start: Env = [("PATH", PATH), ("LC_ALL", "C")]

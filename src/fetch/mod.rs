@@ -48,7 +48,7 @@ pub enum FetchError {
         expected: String,
         actual: String,
         /// What to do about it, which depends on where the pin came from (see
-        /// [`FetchError::for_pinned_url`]).
+        /// `FetchError::for_pinned_url`).
         #[help]
         advice: Box<str>,
     },
@@ -78,7 +78,7 @@ pub enum FetchError {
         url: String,
         #[source]
         cause: TransferError,
-        /// What to change to fetch it from elsewhere (see [`Fetcher::overrides`]); boxed to
+        /// What to change to fetch it from elsewhere (see `Fetcher::overrides`); boxed to
         /// keep the error small.
         overrides: Box<str>,
     },

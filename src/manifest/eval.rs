@@ -316,7 +316,7 @@ fn check_utf8(root: &Path, manifests: &Path, listing: &[String]) -> Result<(), M
     Ok(())
 }
 
-/// The hidden argument that makes ccb a manifest evaluator (see [`run_bounded`]).
+/// The hidden argument that makes ccb a manifest evaluator (see `run_bounded`).
 pub const EVAL_ARG: &str = "__eval";
 
 /// How long an evaluation may take and how much memory it may map: the real manifests
@@ -432,7 +432,7 @@ fn run_bounded(
     })
 }
 
-/// `ccb __eval MANIFESTS STDLIB_DIR`: the evaluator process's main; writes an [`Outcome`] to
+/// `ccb __eval MANIFESTS STDLIB_DIR`: the evaluator process's main; writes an `Outcome` to
 /// stdout. Returns the exit code.
 pub fn evaluator_main(manifests: &Path, stdlib_dir: &Path) -> i32 {
     use std::io::Write;

@@ -1,7 +1,7 @@
 //! Manifests: evaluation of `manifests/*.ncl|*.toml` against `stdlib/ccb.ncl` into a [`Model`].
 //!
 //! Nickel checks each field's type and the names parts use to refer to each other (an unknown
-//! parent, artifact or site); [`validate`] checks what reads better in Rust (cycles in `from`,
+//! parent, artifact or site); `validate` checks what reads better in Rust (cycles in `from`,
 //! duplicate published names, a child built for an arch its parent lacks) and resolves
 //! inheritance. The evaluated manifests are cached with the stat of every file the evaluation
 //! read, so a warm run does not start Nickel at all.

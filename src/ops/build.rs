@@ -482,7 +482,7 @@ fn check_arches(
 
 /// Runs the planned targets' actions up to `req.until` and materializes their finished disks
 /// (the graph is `planned`, not `req.targets`: what the ops that build first call, after
-/// [`Session::plan_to_build`]). Failed actions are in the report (see [`BuildReport::ok`]); an
+/// `Session::plan_to_build`). Failed actions are in the report (see [`BuildReport::ok`]); an
 /// error here means the build could not run at all.
 pub fn build(
     session: &Session,

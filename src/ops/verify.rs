@@ -72,7 +72,7 @@ pub struct ActionVerdict {
     pub key: String,
     /// `identical`, `different`, or `not-in-store` (nothing to compare with).
     pub verdict: &'static str,
-    /// Files (or outputs) that differ, at most [`MAX_LISTED`].
+    /// Files (or outputs) that differ, at most `MAX_LISTED`.
     pub files: Vec<FileDiff>,
     /// How many differ in all.
     pub differing: usize,

@@ -1056,7 +1056,7 @@ fn adopt_trees(store: &Store, trees: &Path) -> Result<(), BuilderError> {
     Ok(())
 }
 
-/// The builder's side of `run`: reads the [`Request`] line, then runs this ccb's `build` on
+/// The builder's side of `run`: reads the `Request` line, then runs this ccb's `build` on
 /// the bundle with the cache set to upload, its output on stderr (ssh carries it back). The
 /// end of stdin stops the build. Returns the build's exit code.
 pub fn run(
