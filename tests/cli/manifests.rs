@@ -374,11 +374,15 @@ fn a_check_after_an_edit_resolves_only_the_builds_the_edit_changed() {
     let dir = tempfile::tempdir().unwrap();
     let proj = dir.path().join("p");
     copy_tree(&repo().join("examples/nickel-project"), &proj);
-    // Each time environment.d is sourced, the build it is sourced for says so.
-    let log = dir.path().join("sourced");
+    // Each time environment.d is sourced, the build it is sourced for says so, over TCP:
+    // environment.d cannot write to the host's files. Every fragment's connection is queued
+    // (with its line) before `ccb check` ends, so the listener is drained after each run.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
     write(
         proj.join("elements/counted/environment.d/10-count"),
-        &format!("echo \"$IMAGE_NAME\" >> {}\n", log.display()),
+        &format!("echo \"$IMAGE_NAME\" > /dev/tcp/127.0.0.1/{port}\n"),
     );
     let images = |release_b: &str| {
         format!(
@@ -390,12 +394,21 @@ fn a_check_after_an_edit_resolves_only_the_builds_the_edit_changed() {
     };
     write(proj.join("manifests/images.ncl"), &images("r2"));
     // Builds resolve in parallel: the order of the lines is not the point.
-    let sourced = || {
-        let mut lines: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
+    let mut seen: Vec<String> = Vec::new();
+    let mut sourced = || {
+        loop {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    let mut line = String::new();
+                    std::io::Read::read_to_string(&mut conn, &mut line).unwrap();
+                    seen.extend(line.lines().map(str::to_string));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        let mut lines = seen.clone();
         lines.sort();
         lines
     };
