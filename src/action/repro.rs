@@ -299,20 +299,7 @@ mod tests {
             let d = tree.join("usr/share/doc").join(pkg);
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join(file), b"x").unwrap();
-            let ts = rustix::fs::Timespec {
-                tv_sec: t,
-                tv_nsec: 0,
-            };
-            rustix::fs::utimensat(
-                rustix::fs::CWD,
-                d.join(file),
-                &rustix::fs::Timestamps {
-                    last_access: ts,
-                    last_modification: ts,
-                },
-                rustix::fs::AtFlags::empty(),
-            )
-            .unwrap();
+            set_times(&d.join(file), t);
         }
         let stack = vec![upper, lower.clone()];
         assert_eq!(newest_package_date(&stack), Some(1_710_000_000));
@@ -325,6 +312,19 @@ mod tests {
         );
     }
 
+    /// Sets a file's access and modification times to `secs`.
+    fn set_times(path: &Path, secs: i64) {
+        let t = rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty()).unwrap();
+    }
+
     #[test]
     fn a_doc_directory_linked_to_the_host_gives_no_date_from_the_hosts_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -332,20 +332,7 @@ mod tests {
         let pkg = host.path().join("evil");
         std::fs::create_dir_all(&pkg).unwrap();
         std::fs::write(pkg.join("changelog"), b"x").unwrap();
-        let ts = rustix::fs::Timespec {
-            tv_sec: 1_900_000_000,
-            tv_nsec: 0,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            pkg.join("changelog"),
-            &rustix::fs::Timestamps {
-                last_access: ts,
-                last_modification: ts,
-            },
-            rustix::fs::AtFlags::empty(),
-        )
-        .unwrap();
+        set_times(&pkg.join("changelog"), 1_900_000_000);
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("usr/share")).unwrap();
         symlink(host.path(), tree.join("usr/share/doc")).unwrap();
@@ -365,20 +352,7 @@ mod tests {
         let root = dir.path();
         std::fs::write(root.join("new"), b"n").unwrap();
         std::fs::write(root.join("old"), b"o").unwrap();
-        let old = rustix::fs::Timespec {
-            tv_sec: 1_000,
-            tv_nsec: 0,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            root.join("old"),
-            &rustix::fs::Timestamps {
-                last_access: old,
-                last_modification: old,
-            },
-            rustix::fs::AtFlags::empty(),
-        )
-        .unwrap();
+        set_times(&root.join("old"), 1_000);
         symlink("/nonexistent", root.join("dangling")).unwrap();
         clamp_times(root, 5_000).unwrap();
         let mtime = |p: &str| root.join(p).symlink_metadata().unwrap().mtime();

@@ -67,9 +67,15 @@ pub fn spawn(spec_path: &Path, log: &Path) -> io::Result<Child> {
     cmd.spawn()
 }
 
+/// Says why the sandbox could not start, on its stderr: the action's log, not ccb's Shell. A
+/// log that is gone (its reader killed) must not turn the failure into a panic.
+fn setup_failed(what: std::fmt::Arguments) -> i32 {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "ccb sandbox: {what}");
+    EXIT_ENGINE
+}
+
 /// `ccb __sandbox SPEC`: the sandbox's own main. Returns the process exit code.
-// The sandbox is a process of its own whose stderr is the action's log, not ccb's Shell.
-#[allow(clippy::print_stderr)]
 pub fn main(spec_path: &Path) -> i32 {
     let spec: ActionSpec = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())
@@ -77,8 +83,7 @@ pub fn main(spec_path: &Path) -> i32 {
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ccb sandbox: cannot read {}: {e}", spec_path.display());
-            return EXIT_ENGINE;
+            return setup_failed(format_args!("cannot read {}: {e}", spec_path.display()));
         }
     };
     // Mounts made from here on must never propagate back to the host.
@@ -89,24 +94,19 @@ pub fn main(spec_path: &Path) -> i32 {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     ) {
-        eprintln!("ccb sandbox: cannot make mounts private: {e}");
-        return EXIT_ENGINE;
+        return setup_failed(format_args!("cannot make mounts private: {e}"));
     }
     // PID 1 cannot see its parent from inside the new PID namespace: it learns whether the
     // parent is still alive from this pipe, whose write end only the parent keeps open.
     let (alive_r, alive_w) = match nix::unistd::pipe() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ccb sandbox: pipe failed: {e}");
-            return EXIT_ENGINE;
+            return setup_failed(format_args!("pipe failed: {e}"));
         }
     };
     // SAFETY: the process is single-threaded here (the sandbox main has started nothing).
     match unsafe { fork() } {
-        Err(e) => {
-            eprintln!("ccb sandbox: fork failed: {e}");
-            EXIT_ENGINE
-        }
+        Err(e) => setup_failed(format_args!("fork failed: {e}")),
         Ok(ForkResult::Child) => {
             let _ = prctl::set_pdeathsig(Signal::SIGKILL);
             drop(alive_w);
