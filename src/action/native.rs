@@ -1,28 +1,42 @@
-//! The host's `dpkg-deb` inside an emulated chroot. Unpacking a package is dpkg reading the
-//! tar stream `dpkg-deb --fsys-tarfile` decompresses (and the control files `dpkg-deb
-//! --control` extracts): under qemu-user that xz/zstd decompression runs emulated, a minute and
-//! a half for arm64's kernel package alone. The result is the same bytes whichever machine
-//! decompresses, so an emulated layer runs the host's dpkg-deb for those two operations, and
-//! dpkg itself (emulated) still writes every file and its database exactly as it does
-//! natively. Only when the host's dpkg is the image's release series (1.21.x: a bookworm host
-//! building bookworm, point releases apart): another series might extract control files
-//! differently. Every other use of
-//! dpkg-deb (building a package, `-x`, `--info`) stays the image's own.
+//! Host programs inside an emulated chroot: under qemu-user every process start costs ~30x a
+//! native one, and some steps are thousands of short processes whose results cannot depend on
+//! the machine that runs them. Two uses, both only when the host's dpkg is the image's release
+//! series (1.21.x: a bookworm host building bookworm, point releases apart), so the host's
+//! programs are the image's own versions built for another machine.
 //!
-//! Nothing is written into the image: the host's dpkg-deb, its libraries and its loader are
-//! copied under the engine directory (bind-mounted read-only at `/tmp/ccb` in the chroot), and
-//! a wrapper there, first in the chroot's PATH for the build's scripts (dpkg runs `dpkg-deb`
-//! through PATH), starts them through the loader: the kernel runs an x86-64 ELF natively.
+//! **dpkg-deb.** Unpacking a package is dpkg reading the tar stream `dpkg-deb --fsys-tarfile`
+//! decompresses (and the control files `dpkg-deb --control` extracts): under qemu-user that
+//! xz/zstd decompression runs emulated, a minute and a half for arm64's kernel package alone.
+//! The result is the same bytes whichever machine decompresses, so an emulated layer runs the
+//! host's dpkg-deb for those two operations, and dpkg itself (emulated) still writes every
+//! file and its database exactly as it does natively. Every other use of dpkg-deb (building a
+//! package, `-x`, `--info`) stays the image's own. The host's dpkg-deb, its libraries and its
+//! loader are copied under the engine directory (bind-mounted read-only at `/tmp/ccb` in the
+//! chroot), and a wrapper there, first in the chroot's PATH for the build's scripts (dpkg runs
+//! `dpkg-deb` through PATH), starts them through the loader: the kernel runs an x86-64 ELF
+//! natively.
+//!
+//! **Host tools.** A step whose script declares [`HOST_TOOLS_MARK`] in its first lines (the
+//! dpkg element's initramfs generations: mkinitramfs copies thousands of modules, each through
+//! several `cp`, `mkdir`, `readlink`, `dirname`) runs with [`TOOLS`] replaced for its duration:
+//! patched copies of the host's programs (their loader and library path under the engine
+//! directory, so the kernel runs them natively when exec'd by path, shebangs included: `/bin/sh`
+//! is the host's dash) bind-mounted read-only over the image's files, and unmounted when the
+//! step ends, failed or not. Nothing is written into the image. Never replaced: what reports or
+//! depends on the machine (uname, dpkg, ldd, the loader, ldconfig) and what an initramfs
+//! generator copies into the initramfs (busybox, kmod, udev, klibc): an x86 binary there would
+//! not boot.
 
 use std::path::{Path, PathBuf};
 
+use super::inroot::TreeRoot;
 use crate::process::Process;
 
 /// Under the engine directory: the wrapper's directory (on the chroot's PATH) and the host files.
 pub const BIN_DIR: &str = "native-bin";
 const FILES_DIR: &str = "native";
 
-/// Why the host's dpkg-deb is not used (the layer then decompresses emulated, as before).
+/// Why a host program is not used (the step then runs the image's own, emulated, as before).
 #[derive(Debug, thiserror::Error)]
 pub enum Skip {
     #[error("the host has no dpkg-deb")]
@@ -31,10 +45,14 @@ pub enum Skip {
     Version { host: String, image: String },
     #[error("the image has no dpkg")]
     NoImageDpkg,
-    #[error("ldd could not list dpkg-deb's libraries")]
+    #[error("the host has no patchelf (scripts/host-deps.sh ensure_arm64_emulation installs it)")]
+    NoPatchelf,
+    #[error("ldd could not list a host program's libraries")]
     Ldd(#[source] crate::process::ProcessError),
-    #[error("ldd could not list dpkg-deb's libraries: {output}")]
+    #[error("ldd could not list a host program's libraries: {output}")]
     LddOutput { output: String },
+    #[error("patchelf could not patch a host program")]
+    Patchelf(#[source] crate::process::ProcessError),
     #[error("copy {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -95,10 +113,9 @@ fn copy(from: &Path, to: &Path) -> Result<(), Skip> {
         })
 }
 
-/// Installs the host's dpkg-deb and its wrapper under `engine_dir` for a chroot whose dpkg
-/// status file is `image_status`; `engine_in` is where the chroot sees `engine_dir`.
-pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Result<(), Skip> {
-    let host_tool = crate::doctor::which("dpkg-deb").ok_or(Skip::NoHostTool)?;
+/// The host's dpkg version when it is of the series of the image whose dpkg status file is
+/// `image_status`: the gate of every host program in an emulated chroot.
+pub fn same_series(image_status: &Path) -> Result<String, Skip> {
     let image = std::fs::read_to_string(image_status)
         .ok()
         .and_then(|s| dpkg_version(&s))
@@ -110,8 +127,21 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
     if dpkg_series(&host) != dpkg_series(&image) {
         return Err(Skip::Version { host, image });
     }
+    Ok(host)
+}
+
+/// The gate of host-tools steps: [`same_series`], and patchelf on the host.
+pub fn host_tools_gate(image_status: &Path) -> Result<(), Skip> {
+    same_series(image_status)?;
+    crate::doctor::which("patchelf").ok_or(Skip::NoPatchelf)?;
+    Ok(())
+}
+
+/// What the host program `program` needs to start under the engine directory: its shared
+/// libraries in `native/lib` and the loader as `native/ld.so` (each copied once).
+fn copy_runtime(engine_dir: &Path, program: &Path) -> Result<(), Skip> {
     let out = Process::new("ldd")
-        .arg(&host_tool)
+        .arg(program)
         .output()
         .map_err(Skip::Ldd)?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -120,21 +150,39 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
     })?;
     let files = engine_dir.join(FILES_DIR);
     let lib_dir = files.join("lib");
-    let bin = engine_dir.join(BIN_DIR);
-    for dir in [&lib_dir, &bin] {
-        std::fs::create_dir_all(dir).map_err(|source| Skip::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
+    create_dir(&lib_dir)?;
     for lib in &libs {
         let name = lib.file_name().ok_or_else(|| Skip::LddOutput {
             output: text.to_string(),
         })?;
-        copy(lib, &lib_dir.join(name))?;
+        copy_once(lib, &lib_dir.join(name))?;
     }
-    copy(&loader, &files.join("ld.so"))?;
-    copy(&host_tool, &files.join("dpkg-deb"))?;
+    copy_once(&loader, &files.join("ld.so"))
+}
+
+fn create_dir(dir: &Path) -> Result<(), Skip> {
+    std::fs::create_dir_all(dir).map_err(|source| Skip::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn copy_once(from: &Path, to: &Path) -> Result<(), Skip> {
+    if to.exists() {
+        return Ok(());
+    }
+    copy(from, to)
+}
+
+/// Installs the host's dpkg-deb and its wrapper under `engine_dir` for a chroot whose dpkg
+/// status file is `image_status`; `engine_in` is where the chroot sees `engine_dir`.
+pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Result<(), Skip> {
+    let host_tool = crate::doctor::which("dpkg-deb").ok_or(Skip::NoHostTool)?;
+    let host = same_series(image_status)?;
+    copy_runtime(engine_dir, &host_tool)?;
+    let bin = engine_dir.join(BIN_DIR);
+    create_dir(&bin)?;
+    copy(&host_tool, &engine_dir.join(FILES_DIR).join("dpkg-deb"))?;
     let native = format!("{engine_in}/{FILES_DIR}");
     let wrapper = format!(
         "#!/bin/sh\n\
@@ -151,13 +199,275 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
         path: path.clone(),
         source,
     })?;
+    make_executable(&path)
+}
+
+fn make_executable(path: &Path) -> Result<(), Skip> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
         Skip::Io {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         }
     })
+}
+
+/// The line by which a step's script asks for the host's tools (a comment to DIB).
+pub const HOST_TOOLS_MARK: &str = "# ccb: host-tools";
+/// How many of a script's first lines may hold [`HOST_TOOLS_MARK`].
+const MARK_LINES: usize = 10;
+
+/// Whether a step's script declares [`HOST_TOOLS_MARK`] in its first lines, alone on its line.
+pub fn declares_host_tools(script: &[u8]) -> bool {
+    script
+        .split(|&b| b == b'\n')
+        .take(MARK_LINES)
+        .any(|line| line.trim_ascii_end() == HOST_TOOLS_MARK.as_bytes())
+}
+
+/// The image's programs a host-tools step runs as the host's, as the image names them: the
+/// ones mkinitramfs and its hooks start by the hundred (counted with strace, see the README's
+/// arm64 section), whose output is the same on any machine. dash is there because every hook
+/// runs through its `#!/bin/sh`.
+pub const TOOLS: &[&str] = &[
+    "/usr/bin/dash",
+    "/usr/bin/basename",
+    "/usr/bin/cat",
+    "/usr/bin/chmod",
+    "/usr/bin/cp",
+    "/usr/bin/cpio",
+    "/usr/bin/cut",
+    "/usr/bin/dirname",
+    "/usr/bin/env",
+    "/usr/bin/find",
+    "/usr/bin/grep",
+    "/usr/bin/gzip",
+    "/usr/bin/head",
+    "/usr/bin/ln",
+    "/usr/bin/ls",
+    "/usr/bin/mkdir",
+    "/usr/bin/mktemp",
+    "/usr/bin/mv",
+    "/usr/bin/readlink",
+    "/usr/bin/realpath",
+    "/usr/bin/rm",
+    "/usr/bin/sed",
+    "/usr/bin/sort",
+    "/usr/bin/tail",
+    "/usr/bin/touch",
+    "/usr/bin/tr",
+    "/usr/bin/uniq",
+    "/usr/bin/wc",
+    "/usr/bin/xargs",
+    "/usr/bin/xz",
+    "/usr/bin/zstd",
+];
+
+/// Never replaced, whatever [`TOOLS`] says: what reports or depends on the machine, and what
+/// initramfs-tools and dracut copy into an initramfs (an x86 binary there would not boot).
+/// By file name, so a link to one of them (`/sbin/modprobe` is kmod) is caught too.
+const NEVER: &[&str] = &[
+    "uname",
+    "arch",
+    "nproc",
+    "dpkg",
+    "dpkg-architecture",
+    "dpkg-query",
+    "ldd",
+    "ldconfig",
+    "ld-linux-aarch64.so.1",
+    "busybox",
+    "kmod",
+    "depmod",
+    "modprobe",
+    "udevadm",
+    "systemd-udevd",
+    "blkid",
+    "mount",
+    "sh.shared",
+];
+
+/// One of the image's programs replaced for a host-tools step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// As the image names it (`/usr/bin/dash`).
+    pub tool: String,
+    /// The image's file, its real path in the tree (links followed inside the tree).
+    pub target: PathBuf,
+    /// The host's program.
+    pub host: PathBuf,
+}
+
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// Which of `tools` can be replaced in `image` by the programs under `host_root` (`/` but in
+/// tests): each must be, in the image, a regular ELF file of its own name once its links are
+/// followed inside the tree (a link to busybox is busybox, never replaced), and the same on
+/// the host. A program the image reaches by two names is replaced once.
+pub fn select(image: &TreeRoot, host_root: &Path, tools: &[&str]) -> Vec<Replacement> {
+    let mut out: Vec<Replacement> = Vec::new();
+    for &tool in tools {
+        let Some(name) = Path::new(tool).file_name() else {
+            continue;
+        };
+        if NEVER.iter().any(|n| name == *n) {
+            continue;
+        }
+        let own_name = |p: &Path| p.file_name() == Some(name) && p.is_file() && is_elf(p);
+        let Ok(Some(target)) = image.resolve_existing(tool) else {
+            continue;
+        };
+        if !own_name(&target) || out.iter().any(|r| r.target == target) {
+            continue;
+        }
+        let Ok(host) = host_root.join(tool.trim_start_matches('/')).canonicalize() else {
+            continue;
+        };
+        if !own_name(&host) {
+            continue;
+        }
+        out.push(Replacement {
+            tool: tool.to_string(),
+            target,
+            host,
+        });
+    }
+    out
+}
+
+/// The host's programs prepared under the engine directory for host-tools steps.
+#[derive(Debug, Default)]
+pub struct HostTools {
+    /// Host program -> its patched copy under the engine directory.
+    prepared: Vec<(PathBuf, PathBuf)>,
+}
+
+impl HostTools {
+    /// The patched copy of the host program `host` (made the first time), which the kernel
+    /// starts through `engine_in`'s loader and libraries, natively.
+    pub fn prepare(
+        &mut self,
+        engine_dir: &Path,
+        engine_in: &str,
+        host: &Path,
+    ) -> Result<PathBuf, Skip> {
+        if let Some((_, copy)) = self.prepared.iter().find(|(h, _)| h == host) {
+            return Ok(copy.clone());
+        }
+        copy_runtime(engine_dir, host)?;
+        let dir = engine_dir.join(FILES_DIR).join("tools");
+        create_dir(&dir)?;
+        let name = host.file_name().ok_or_else(|| Skip::Io {
+            path: host.to_path_buf(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+        let patched = dir.join(name);
+        copy(host, &patched)?;
+        let native = format!("{engine_in}/{FILES_DIR}");
+        // DT_RPATH, not RUNPATH: it also serves the libraries' own dependencies (sed's
+        // libselinux needs libpcre2), which would otherwise be looked up in the image's
+        // arm64 directories.
+        Process::new("patchelf")
+            .arg("--set-interpreter")
+            .arg(format!("{native}/ld.so"))
+            .arg("--force-rpath")
+            .arg("--set-rpath")
+            .arg(format!("{native}/lib"))
+            .arg(&patched)
+            .output()
+            .map_err(Skip::Patchelf)?;
+        make_executable(&patched)?;
+        self.prepared.push((host.to_path_buf(), patched.clone()));
+        Ok(patched)
+    }
+}
+
+/// Why a host tool's bind mount failed or could not be undone.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}", path.display())]
+pub struct MountError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: nix::Error,
+}
+
+/// Bind-mounts each `(source, target)` read-only, source over target; on a failure the ones
+/// made are undone before the error returns. Returns the targets mounted.
+pub fn bind(pairs: &[(PathBuf, PathBuf)]) -> Result<Vec<PathBuf>, MountError> {
+    use nix::mount::{MsFlags, mount};
+    let mut done = Vec::new();
+    for (source, target) in pairs {
+        let made = mount(
+            Some(source.as_path()),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|source| MountError {
+            what: "bind-mount a host tool over",
+            path: target.clone(),
+            source,
+        })
+        .and_then(|()| {
+            done.push(target.clone());
+            // A bind mount ignores MS_RDONLY until remounted.
+            mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|source| MountError {
+                what: "make a host tool read-only at",
+                path: target.clone(),
+                source,
+            })
+        });
+        if let Err(e) = made {
+            let _ = unbind(done);
+            return Err(e);
+        }
+    }
+    Ok(done)
+}
+
+/// Undoes [`bind`], last first; every mount is tried even when one fails.
+pub fn unbind(targets: Vec<PathBuf>) -> Result<(), MountError> {
+    use nix::mount::{MntFlags, umount2};
+    let mut first = None;
+    for target in targets.into_iter().rev() {
+        if let Err(source) =
+            umount2(&target, MntFlags::empty()).or_else(|_| umount2(&target, MntFlags::MNT_DETACH))
+        {
+            first.get_or_insert(MountError {
+                what: "unmount the host tool at",
+                path: target,
+                source,
+            });
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Runs `step` with `pairs` bind-mounted, and unmounts them afterwards whatever `step`
+/// returned: the step's result, then the unmount's.
+pub fn with_bound<T>(
+    pairs: &[(PathBuf, PathBuf)],
+    step: impl FnOnce() -> T,
+) -> Result<(T, Result<(), MountError>), MountError> {
+    let mounted = bind(pairs)?;
+    let result = step();
+    Ok((result, unbind(mounted)))
 }
 
 #[cfg(test)]
@@ -200,5 +510,166 @@ mod tests {
             ldd_paths("\tlibfoo.so => not found\n\t/lib64/ld.so (0x1)\n"),
             None
         );
+    }
+
+    #[test]
+    fn only_a_mark_alone_on_one_of_the_first_lines_asks_for_host_tools() {
+        assert!(declares_host_tools(
+            b"#!/bin/bash\n# ccb: host-tools\nupdate-initramfs -u\n"
+        ));
+        assert!(declares_host_tools(b"#!/bin/sh\n# ccb: host-tools  \n"));
+        // Elsewhere in a line, in a longer comment, or after the first lines: not asked.
+        assert!(!declares_host_tools(
+            b"#!/bin/sh\necho '# ccb: host-tools'\n"
+        ));
+        assert!(!declares_host_tools(
+            b"#!/bin/sh\n# ccb: host-tools please\n"
+        ));
+        assert!(!declares_host_tools(b"#!/bin/sh\n#ccb: host-tools\n"));
+        let late = format!("#!/bin/sh\n{}{HOST_TOOLS_MARK}\n", ":\n".repeat(MARK_LINES));
+        assert!(!declares_host_tools(late.as_bytes()));
+        assert!(!declares_host_tools(b""));
+    }
+
+    #[test]
+    fn no_listed_tool_is_one_that_depends_on_the_machine_or_goes_into_an_initramfs() {
+        for tool in TOOLS {
+            let name = Path::new(tool).file_name().unwrap();
+            assert!(!NEVER.iter().any(|n| name == *n), "{tool}");
+        }
+        assert!(
+            TOOLS.contains(&"/usr/bin/dash"),
+            "hooks run through /bin/sh"
+        );
+    }
+
+    fn file(at: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, bytes).unwrap();
+    }
+
+    #[test]
+    fn tools_are_selected_as_the_image_resolves_them_and_only_the_images_own_programs() {
+        use std::os::unix::fs::symlink;
+        let elf = b"\x7fELF\x02\x01\x01";
+        let tree = tempfile::tempdir().unwrap();
+        let t = tree.path();
+        file(&t.join("usr/bin/dash"), elf);
+        symlink("usr/bin", t.join("bin")).unwrap(); // merged /usr
+        // A multi-call program is never replaced through one of its names.
+        file(&t.join("usr/bin/busybox"), elf);
+        symlink("busybox", t.join("usr/bin/cp")).unwrap();
+        file(&t.join("usr/bin/sed"), b"#!/bin/sh\n"); // not a program of its own
+        file(&t.join("usr/bin/uname"), elf); // tells the machine
+        // An absolute link is followed inside the tree, never onto the host.
+        file(&t.join("usr/libexec/find"), elf);
+        symlink("/usr/libexec/find", t.join("usr/bin/find")).unwrap();
+        symlink("/usr/libexec/grep", t.join("usr/bin/grep")).unwrap(); // dangles in the tree
+        let host = tempfile::tempdir().unwrap();
+        let h = host.path();
+        for tool in ["dash", "cp", "sed", "uname", "find", "grep", "busybox"] {
+            file(&h.join("usr/bin").join(tool), elf);
+        }
+        file(&h.join("usr/libexec/grep"), elf);
+
+        let image = TreeRoot::open(t).unwrap();
+        let tools = [
+            "/usr/bin/dash",
+            "/bin/dash",
+            "/usr/bin/cp",
+            "/usr/bin/sed",
+            "/usr/bin/uname",
+            "/usr/bin/find",
+            "/usr/bin/grep",
+            "/usr/bin/cat", // absent from both
+        ];
+        let got = select(&image, h, &tools);
+        let real = image.path();
+        assert_eq!(
+            got,
+            [
+                Replacement {
+                    tool: "/usr/bin/dash".into(),
+                    target: real.join("usr/bin/dash"),
+                    host: h.canonicalize().unwrap().join("usr/bin/dash"),
+                },
+                Replacement {
+                    tool: "/usr/bin/find".into(),
+                    target: real.join("usr/libexec/find"),
+                    host: h.canonicalize().unwrap().join("usr/bin/find"),
+                },
+            ]
+        );
+        // A program the host lacks stays the image's.
+        std::fs::remove_file(h.join("usr/bin/find")).unwrap();
+        assert_eq!(select(&image, h, &tools).len(), 1);
+    }
+
+    /// Runs the calling test again, alone, in a mount namespace of its own: its mounts never
+    /// reach the host's. Returns true in that copy.
+    fn in_own_mount_namespace(test: &str) -> bool {
+        const INSIDE: &str = "CCB_TEST_OWN_MOUNT_NS";
+        if std::env::var_os(INSIDE).is_some() {
+            return true;
+        }
+        let status = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads=1"])
+            .env(INSIDE, "1")
+            .status()
+            .expect("run unshare (tests run as root)");
+        assert!(status.success(), "{test} failed in its mount namespace");
+        false
+    }
+
+    fn mounted_under(dir: &Path) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = dir.canonicalize().unwrap();
+        mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .any(|m| Path::new(m).starts_with(&dir))
+    }
+
+    #[test]
+    fn host_tools_are_read_only_during_a_step_and_gone_after_it_even_when_it_fails() {
+        if !in_own_mount_namespace(
+            "action::native::tests::host_tools_are_read_only_during_a_step_and_gone_after_it_even_when_it_fails",
+        ) {
+            return;
+        }
+        let tree = tempfile::tempdir().unwrap();
+        let engine = tempfile::tempdir().unwrap();
+        let dash = tree.path().join("usr/bin/dash");
+        let sed = tree.path().join("usr/bin/sed");
+        file(&dash, b"image dash");
+        file(&sed, b"image sed");
+        file(&engine.path().join("dash"), b"host dash");
+        file(&engine.path().join("sed"), b"host sed");
+        let pairs = [
+            (engine.path().join("dash"), dash.clone()),
+            (engine.path().join("sed"), sed.clone()),
+        ];
+        let (outcome, unmounted) = with_bound(&pairs, || {
+            assert_eq!(std::fs::read(&dash).unwrap(), b"host dash");
+            assert_eq!(std::fs::read(&sed).unwrap(), b"host sed");
+            let write = std::fs::write(&dash, b"changed");
+            assert_eq!(write.unwrap_err().raw_os_error(), Some(libc::EROFS));
+            Err::<(), _>("the step failed")
+        })
+        .unwrap();
+        assert_eq!(outcome, Err("the step failed"));
+        unmounted.unwrap();
+        assert!(!mounted_under(tree.path()), "a host tool is still mounted");
+        assert_eq!(std::fs::read(&dash).unwrap(), b"image dash");
+        assert_eq!(std::fs::read(&sed).unwrap(), b"image sed");
+
+        // A mount that cannot be made undoes the ones before it.
+        let missing = (engine.path().join("none"), tree.path().join("usr/bin/none"));
+        let err = bind(&[pairs[0].clone(), missing]).unwrap_err();
+        assert!(err.path.ends_with("usr/bin/none"), "{err}");
+        assert!(!mounted_under(tree.path()), "a host tool is still mounted");
+        assert_eq!(std::fs::read(&dash).unwrap(), b"image dash");
     }
 }

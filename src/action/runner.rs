@@ -136,6 +136,13 @@ impl RunError {
     }
 }
 
+fn mount_error(e: super::native::MountError) -> RunError {
+    RunError::Sys {
+        what: format!("{} {}", e.what, e.path.display()),
+        source: e.source,
+    }
+}
+
 pub(super) fn engine(context: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> RunError {
     move |source| RunError::Sys {
         what: context.to_string(),
@@ -285,6 +292,9 @@ pub(super) struct Runner<'a> {
     pub(super) dpkg_unsafe_io: bool,
     /// Whether the chroot's PATH leads dpkg to the host's dpkg-deb (see [`super::native`]).
     pub(super) native_dpkg_deb: bool,
+    /// The host's programs for host-tools steps (see [`super::native`]); `None` until the
+    /// first such step, an error when the host's cannot be used.
+    pub(super) host_tools: Option<Result<super::native::HostTools, String>>,
     /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
     /// Commands the last program's output said were not found (see [`super::dib`]).
@@ -327,6 +337,7 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         policy_rc_d: false,
         dpkg_unsafe_io: false,
         native_dpkg_deb: false,
+        host_tools: None,
         extra_env: Default::default(),
         missing: Vec::new(),
         ckpt: None,
@@ -646,13 +657,27 @@ impl Runner<'_> {
         self.logln(&format!("==> {phase}/{} ({})", step.name(), step.element()));
         let started = Instant::now();
         let outcome = match step {
-            Step::Script { name, .. } => {
-                let path = match place {
-                    Place::Outside => self.hooks.join(phase).join(name).display().to_string(),
-                    Place::Inside => format!("{HOOKS_IN}/{phase}/{name}"),
-                };
-                self.exec(phase, place, &path, &[])
-            }
+            Step::Script { name, .. } => match place {
+                Place::Outside => {
+                    let path = self.hooks.join(phase).join(name).display().to_string();
+                    self.exec(phase, place, &path, &[])
+                }
+                Place::Inside => {
+                    let path = format!("{HOOKS_IN}/{phase}/{name}");
+                    let binds = self.host_tool_binds(phase, name)?;
+                    if binds.is_empty() {
+                        self.exec(phase, place, &path, &[])
+                    } else {
+                        let (outcome, unmounted) = super::native::with_bound(&binds, || {
+                            self.exec(phase, place, &path, &[])
+                        })
+                        .map_err(mount_error)?;
+                        unmounted.map_err(mount_error)?;
+                        self.logln(&format!("ccb: {} host tools unmounted", binds.len()));
+                        outcome
+                    }
+                }
+            },
             Step::Packages {
                 install, uninstall, ..
             } => {
@@ -727,6 +752,63 @@ impl Runner<'_> {
             return Err(RunError::StepFailed);
         }
         Ok(())
+    }
+
+    /// For a step of an emulated build whose script declares
+    /// [`super::native::HOST_TOOLS_MARK`]: the host's programs prepared to be bind-mounted
+    /// over the image's (patched copy, image file). Empty for any other step, or when the host's
+    /// programs cannot serve this image (logged).
+    fn host_tool_binds(
+        &mut self,
+        phase: &str,
+        name: &str,
+    ) -> Result<Vec<(PathBuf, PathBuf)>, RunError> {
+        if super::emulated_cpu(&self.spec.arch).is_none() {
+            return Ok(Vec::new());
+        }
+        let script = self.hooks.join(phase).join(name);
+        let text = std::fs::read(&script).map_err(io(format!("read {}", script.display())))?;
+        if !super::native::declares_host_tools(&text) {
+            return Ok(Vec::new());
+        }
+        let image = self.tree()?;
+        if self.host_tools.is_none() {
+            let status = image
+                .entry("var/lib/dpkg/status")
+                .map_err(io("resolve dpkg's status file"))?;
+            self.host_tools = Some(
+                super::native::host_tools_gate(&status)
+                    .map(|()| Default::default())
+                    .map_err(|why| why.to_string()),
+            );
+        }
+        let tools = match &mut self.host_tools {
+            Some(Ok(tools)) => tools,
+            Some(Err(why)) => {
+                let line = format!("ccb: {phase}/{name} runs the image's own tools: {why}");
+                self.logln(&line);
+                return Ok(Vec::new());
+            }
+            None => return Err(RunError::Internal("host tools neither ready nor refused")),
+        };
+        let mut binds = Vec::new();
+        let mut lines = Vec::new();
+        for r in super::native::select(&image, Path::new("/"), super::native::TOOLS) {
+            let at = r.target.strip_prefix(image.path()).unwrap_or(&r.target);
+            match tools.prepare(&self.engine_dir, ENGINE_IN, &r.host) {
+                Ok(copy) => {
+                    lines.push(format!("/{} <- host {}", at.display(), r.host.display()));
+                    binds.push((copy, r.target));
+                }
+                Err(why) => lines.push(format!("/{} stays the image's: {why}", at.display())),
+            }
+        }
+        self.logln(&format!(
+            "ccb: {phase}/{name} runs {} host tools natively: {}",
+            binds.len(),
+            lines.join(", ")
+        ));
+        Ok(binds)
     }
 
     fn env_files(&self, place: Place) -> Vec<String> {
