@@ -107,6 +107,10 @@ ensure_arm64_emulation() {
     # GRUB's arm64 boot image is made by the host's grub-mkimage from the image's own
     # modules (it only assembles them), not by the image's under emulation.
     command -v grub-mkimage >/dev/null 2>&1 || pkgs+=(grub-common)
+    # Host tools in emulated chroots (src/action/native.rs): the host's programs are
+    # patched to start from the engine directory; kmod's modinfo and depmod are among them.
+    command -v patchelf >/dev/null 2>&1 || pkgs+=(patchelf)
+    [[ -x /usr/bin/kmod ]] || pkgs+=(kmod)
     if ((${#pkgs[@]} > 0)); then
         if [[ $(id -u) -ne 0 ]]; then
             echo "arm64 emulation: need root to install ${pkgs[*]}" \

@@ -772,6 +772,12 @@ impl Runner<'_> {
             return Ok(Vec::new());
         }
         let image = self.tree()?;
+        if let Some(why) = super::native::refused(&image) {
+            self.logln(&format!(
+                "ccb: {phase}/{name} runs the image's own tools: {why}"
+            ));
+            return Ok(Vec::new());
+        }
         if self.host_tools.is_none() {
             let status = image
                 .entry("var/lib/dpkg/status")

@@ -384,6 +384,101 @@ fn arm64_boot_project(dir: &Path) {
          echo MODULES=list > /etc/initramfs-tools/conf.d/ccb-arm-test.conf\n\
          printf '%s\\n' virtio_pci virtio_blk virtio_net ext4 >> /etc/initramfs-tools/modules\n",
     );
+    // The same initramfs made again with every program the image's own, emulated (this
+    // script does not declare host tools), for the test to compare with the one the dpkg
+    // element's post-install.d/01 made with the host's. A name GRUB does not take for an
+    // initrd.
+    script(
+        el.join("post-install.d/02-arm-test-initramfs-emulated"),
+        "#!/bin/bash\nset -eu\nfor m in /lib/modules/*; do\n\
+         \x20   mkinitramfs -o \"/boot/ccb-test-emulated-${m##*/}\" \"${m##*/}\"\ndone\n",
+    );
+}
+
+/// One member of an initramfs's cpio archives: the link target is a link's contents.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Member {
+    name: String,
+    mode: u32,
+    contents: Vec<u8>,
+}
+
+/// Every member of an initramfs (uncompressed early archives, then one compressed by gzip,
+/// xz or zstd, which the host's tool decompresses), by name.
+fn initramfs_members(path: &Path) -> Vec<Member> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut members = Vec::new();
+    let mut rest = &bytes[..];
+    loop {
+        while rest.first() == Some(&0) {
+            rest = &rest[1..];
+        }
+        if rest.is_empty() {
+            break;
+        }
+        if !rest.starts_with(b"070701") {
+            let tool = match rest[..4] {
+                [0x28, 0xb5, 0x2f, 0xfd] => "zstd",
+                [0x1f, 0x8b, _, _] => "gzip",
+                [0xfd, b'7', b'z', b'X'] => "xz",
+                _ => panic!("{}: unknown compression {:x?}", path.display(), &rest[..4]),
+            };
+            let mut child = Command::new(tool)
+                .arg("-dc")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let input = rest.to_vec();
+            let mut stdin = child.stdin.take().unwrap();
+            let feeder = std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = stdin.write_all(&input);
+            });
+            let out = child.wait_with_output().unwrap();
+            feeder.join().unwrap();
+            assert!(out.status.success(), "{tool} -dc {}", path.display());
+            let mut inner = &out.stdout[..];
+            while inner.starts_with(b"070701") {
+                inner = read_newc(inner, &mut members);
+                while inner.first() == Some(&0) {
+                    inner = &inner[1..];
+                }
+            }
+            break;
+        }
+        rest = read_newc(rest, &mut members);
+    }
+    members.sort();
+    members
+}
+
+/// Reads one newc archive (up to its trailer) into `members`; returns what follows it.
+fn read_newc<'a>(mut data: &'a [u8], members: &mut Vec<Member>) -> &'a [u8] {
+    let field = |h: &[u8], i: usize| {
+        u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap()
+    };
+    let pad = |n: usize| (n + 3) & !3;
+    loop {
+        assert!(data.starts_with(b"070701"), "not a newc header");
+        let (mode, size, namesize) = (
+            field(data, 1),
+            field(data, 6) as usize,
+            field(data, 11) as usize,
+        );
+        let name = String::from_utf8_lossy(&data[110..110 + namesize - 1]).into_owned();
+        let start = pad(110 + namesize);
+        let contents = data[start..start + size].to_vec();
+        data = &data[pad(start + size)..];
+        if name == "TRAILER!!!" {
+            return data;
+        }
+        members.push(Member {
+            name,
+            mode,
+            contents,
+        });
+    }
 }
 
 /// The whole arm64 path: ~10 min on a quiet 2-core host (an emulated kernel, GRUB and
@@ -463,6 +558,54 @@ fn an_arm64_image_is_built_under_emulation_and_boots_on_aavmf_with_the_checks_pa
             "the arm64 GRUB image was not made natively"
         );
     }
+    // The initramfs the dpkg element made with the host's tools is the one the image's own
+    // tools make under emulation: the same members, modes, link targets and contents, and
+    // every program in it is arm64's.
+    assert!(
+        logs_contain(env.cache.path(), "post-install.d/01-dpkg-initramfs runs")
+            && logs_contain(env.cache.path(), "/usr/bin/dash <- host"),
+        "the initramfs was not made with the host's tools"
+    );
+    let boot = layer.join("boot");
+    let emulated: Vec<_> = std::fs::read_dir(&boot)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("ccb-test-emulated-"))
+        .collect();
+    assert_eq!(emulated.len(), 1, "{emulated:?}");
+    let version = emulated[0]
+        .to_string_lossy()
+        .rsplit_once("ccb-test-emulated-")
+        .unwrap()
+        .1
+        .to_string();
+    let host_made = boot.join(format!("initrd.img-{version}"));
+    let members = initramfs_members(&host_made);
+    assert!(
+        members.iter().any(|m| m.name.ends_with("virtio_blk.ko")),
+        "{:?}",
+        members.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
+    let want = initramfs_members(&emulated[0]);
+    let names = |ms: &[Member]| ms.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&members), names(&want));
+    for (got, want) in members.iter().zip(&want) {
+        assert!(got == want, "{} differs", got.name);
+    }
+    let mut programs = 0;
+    for m in &members {
+        if m.mode & 0o170000 == 0o100000 && m.contents.starts_with(b"\x7fELF") {
+            let machine = u16::from_le_bytes([m.contents[18], m.contents[19]]);
+            assert_eq!(machine, 0xB7, "{} is not arm64's", m.name);
+            programs += 1;
+        }
+    }
+    assert!(programs > 10, "{programs} programs in the initramfs");
+    eprintln!(
+        "initramfs: {} members, {programs} programs; bytes equal: {}",
+        members.len(),
+        std::fs::read(&host_made).unwrap() == std::fs::read(&emulated[0]).unwrap()
+    );
     assert!(
         out.join("Arm-CC-ARM64.qcow2").is_file(),
         "no Arm-CC-ARM64.qcow2 in {}",
@@ -548,6 +691,22 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         project.join("elements/tiny-extra/install.d/40-hwcap"),
         "#!/bin/bash\nset -eu\nLD_SHOW_AUXV=1 /bin/true | grep '^AT_HWCAP:'\n",
     );
+    // A step that declares host tools sees the host's dash (x86-64, e_machine 3e) over the
+    // image's, read-only, and still the emulated machine's uname; the step after it sees the
+    // image's own programs again, with nothing mounted over them.
+    let observe = "od -An -tx1 -j18 -N2 /usr/bin/dash | tr -d ' \\n'; echo \" $(uname -m) \
+                   $(grep -c ' /usr/bin/' /proc/self/mountinfo || true)\"";
+    script(
+        project.join("elements/tiny-extra/install.d/41-host-tools"),
+        &format!(
+            "#!/bin/bash\n# ccb: host-tools\nset -eu\n{{ {observe}; }} > /etc/tiny/host-tools\n\
+             if : > /usr/bin/sed 2>/dev/null; then echo writable; exit 1; fi\n"
+        ),
+    );
+    script(
+        project.join("elements/tiny-extra/install.d/42-image-tools"),
+        &format!("#!/bin/bash\nset -eu\n{{ {observe}; }} > /etc/tiny/image-tools\n"),
+    );
     let elements = repo().join("elements");
     let run = env
         .run(&[
@@ -615,6 +774,35 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
     const ASIMD: u64 = 1 << 1;
     assert_eq!(hwcap & (SVE | PACA), 0, "hwcap {hwcap:#x}");
     assert_ne!(hwcap & ASIMD, 0, "hwcap {hwcap:#x}");
+    // On a bookworm host (the gate of every host program) the host-tools step ran the host's
+    // dash natively, and nothing of it outlived the step: the child's tree has no program
+    // of the base written into it, and the base's dash is arm64's.
+    let bookworm_host =
+        std::fs::read_to_string("/etc/debian_version").is_ok_and(|v| v.starts_with("12."));
+    let observed = |f: &str| std::fs::read_to_string(child.join("etc/tiny").join(f)).unwrap();
+    if bookworm_host {
+        let mounted: usize = observed("host-tools")
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            observed("host-tools").starts_with("3e00 aarch64 ") && mounted >= 10,
+            "{}",
+            observed("host-tools")
+        );
+        assert!(
+            log.contains("install.d/41-host-tools runs") && log.contains("/usr/bin/dash <- host"),
+            "{log}"
+        );
+    }
+    assert_eq!(observed("image-tools").trim(), "b700 aarch64 0");
+    for program in ["dash", "sed", "cp"] {
+        assert!(!child.join("usr/bin").join(program).exists(), "{program}");
+        assert_eq!(elf_machine(&base.join("usr/bin").join(program)), 0xB7);
+    }
     // While layers build, update-initramfs is deferred (the dpkg element): the disk action
     // puts the real one back.
     let layer = env
@@ -637,8 +825,6 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         row("layer:tiny:arm64")["key"].as_str().unwrap()
     )))
     .unwrap();
-    let bookworm_host =
-        std::fs::read_to_string("/etc/debian_version").is_ok_and(|v| v.starts_with("12."));
     if bookworm_host {
         assert!(
             log.contains("ccb: packages are decompressed by the host's dpkg-deb"),
