@@ -7,7 +7,7 @@ use std::process::Command;
 
 use ccb::inspect::ReadAt;
 use ccb::inspect::image;
-use ccb::qcow2::{Compression, Qcow2WriteError, Stats, convert_raw};
+use ccb::qcow2::{Compression, Qcow2WriteError, Stats, convert_raw, convert_raw_with_digest};
 use proptest::prelude::*;
 
 fn qemu_img(args: &[&str]) -> String {
@@ -79,10 +79,16 @@ fn write_raw(path: &Path, runs: &[Run]) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-/// Converts `raw` and checks the result as QEMU and ccb read it.
+/// Converts `raw` and checks the result as QEMU and ccb read it, and the raw disk's SHA-256
+/// the conversion computed on the way (holes hash as the zeros they read as).
 fn convert_and_check(dir: &Path, raw: &Path, expected: &[u8], compression: Compression) -> Stats {
     let qcow2 = dir.join("disk.qcow2");
-    let stats = convert_raw(raw, &qcow2, compression).unwrap();
+    let (stats, digest) = convert_raw_with_digest(raw, &qcow2, compression).unwrap();
+    assert_eq!(
+        digest,
+        ccb::fetch::hash::sha256_bytes(expected),
+        "the raw disk's SHA-256"
+    );
     assert_eq!(stats.virtual_size, expected.len() as u64);
     assert_eq!(
         stats.file_size,
@@ -187,7 +193,13 @@ fn disks_larger_than_one_l2_table_keep_data_at_both_ends() {
     }
     drop(f);
     let qcow2 = dir.path().join("disk.qcow2");
-    let stats = convert_raw(&raw, &qcow2, Compression::Zlib).unwrap();
+    let (stats, digest) = convert_raw_with_digest(&raw, &qcow2, Compression::Zlib).unwrap();
+    // Batches that are holes through and through hash as zeros too.
+    assert_eq!(
+        digest,
+        ccb::fetch::hash::sha256_file(&raw).unwrap(),
+        "the raw disk's SHA-256"
+    );
     assert_eq!(stats.data_clusters, 2 + 3 + 1);
     assert!(stats.compressed_clusters >= 3, "{stats:?}");
     let check = qemu_img(&["check", "-f", "qcow2", qcow2.to_str().unwrap()]);

@@ -529,19 +529,21 @@ impl Runner<'_> {
         let root_file = File::open(root_fs).map_err(io("open the root filesystem for the SBOM"))?;
         let mut made: Vec<String> = Vec::new();
         let keep_raw = d.formats.iter().any(|f| f == "raw");
-        // The raw disk's checksum is computed on a thread of its own while the qcow2 is
-        // written, which reads the same bytes from the page cache: alone, afterwards, it was
-        // seconds of one core hashing GBs (holes read as zeros) with the other idle.
+        // The raw disk's checksum: ccb's qcow2 writer hashes the bytes it reads for the
+        // qcow2; otherwise (no qcow2, or qemu-img's zstd) a thread of its own reads the raw
+        // disk again beside the conversion. Alone, afterwards, it was seconds of one core
+        // hashing GBs (holes read as zeros) with the other idle.
+        let writer_hashes = keep_raw && ccb_writes_qcow2(d);
         let raw_digest = std::thread::scope(|s| -> Result<Option<String>, RunError> {
-            let hashing = keep_raw.then(|| s.spawn(|| sha256_of(raw)));
-            self.qcow2_output(d, raw, out, &mut made)?;
-            hashing
-                .map(|h| {
-                    h.join().map_err(|_| {
-                        RunError::Internal("the raw disk's checksum thread panicked")
-                    })?
-                })
-                .transpose()
+            let hashing = (keep_raw && !writer_hashes).then(|| s.spawn(|| sha256_of(raw)));
+            let from_writer = self.qcow2_output(d, raw, out, &mut made, writer_hashes)?;
+            match hashing {
+                Some(h) => h
+                    .join()
+                    .map_err(|_| RunError::Internal("the raw disk's checksum thread panicked"))?
+                    .map(Some),
+                None => Ok(from_writer),
+            }
         })?;
         if keep_raw {
             let name = format!("{}.raw", d.name);
@@ -576,14 +578,17 @@ impl Runner<'_> {
         self.sbom_and_sums(d, out, root_file, (*root_offset, *root_len), digests, made)
     }
 
-    /// The qcow2, if the image wants one, named in `made`.
+    /// The qcow2, if the image wants one, named in `made`; with `hash_raw` (only when ccb's
+    /// writer makes it: [`ccb_writes_qcow2`]), the raw disk's SHA-256 as well.
     fn qcow2_output(
         &mut self,
         d: &DiskSpec,
         raw: &Path,
         out: &Path,
         made: &mut Vec<String>,
-    ) -> Result<(), RunError> {
+        hash_raw: bool,
+    ) -> Result<Option<String>, RunError> {
+        let mut raw_digest = None;
         if d.formats.iter().any(|f| f == "qcow2") {
             let name = format!("{}.qcow2", d.name);
             let dst = out.join(&name);
@@ -592,8 +597,16 @@ impl Runner<'_> {
                     Some(compression) => {
                         // ccb's writer: deflate on every core (benches/qcow2.rs compares it
                         // with qemu-img on this image).
-                        let stats = crate::qcow2::convert_raw(raw, &dst, compression)
-                            .map_err(RunError::Qcow2)?;
+                        let stats = if hash_raw {
+                            let (stats, digest) =
+                                crate::qcow2::convert_raw_with_digest(raw, &dst, compression)
+                                    .map_err(RunError::Qcow2)?;
+                            raw_digest = Some(digest);
+                            stats
+                        } else {
+                            crate::qcow2::convert_raw(raw, &dst, compression)
+                                .map_err(RunError::Qcow2)?
+                        };
                         r.logln(&format!(
                             "disk: qcow2 {} MiB, {} of {} data clusters compressed",
                             stats.file_size >> 20,
@@ -616,7 +629,7 @@ impl Runner<'_> {
             })?;
             made.push(name);
         }
-        Ok(())
+        Ok(raw_digest)
     }
 
     /// The SBOM and SHA256SUMS, after the disks.
@@ -674,6 +687,12 @@ impl Runner<'_> {
         ));
         Ok(())
     }
+}
+
+/// Whether the disk's qcow2 is written by ccb's writer (deflate or none), not `qemu-img`.
+fn ccb_writes_qcow2(d: &DiskSpec) -> bool {
+    d.formats.iter().any(|f| f == "qcow2")
+        && crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()).is_some()
 }
 
 /// Starts writing the raw disk's dirty pages to the disk now, without waiting: the write-back

@@ -125,6 +125,34 @@ pub fn convert_raw(
     dst: &Path,
     compression: Compression,
 ) -> Result<Stats, Qcow2WriteError> {
+    convert(src, dst, compression, None)
+}
+
+/// [`convert_raw`], and the SHA-256 of `src` (hex; its holes read as zeros) from the bytes the
+/// conversion reads anyway, hashed beside the compression: a disk that is an output as well
+/// as the qcow2's source was read a second time for its checksum, GBs through one core.
+pub fn convert_raw_with_digest(
+    src: &Path,
+    dst: &Path,
+    compression: Compression,
+) -> Result<(Stats, String), Qcow2WriteError> {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    let stats = convert(src, dst, compression, Some(&mut digest))?;
+    let hex = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((stats, hex))
+}
+
+fn convert(
+    src: &Path,
+    dst: &Path,
+    compression: Compression,
+    digest: Option<&mut sha2::Sha256>,
+) -> Result<Stats, Qcow2WriteError> {
     let input = File::open(src).map_err(io_err("open", src))?;
     let size = input.metadata().map_err(io_err("stat", src))?.len();
     if size % SECTOR != 0 {
@@ -144,7 +172,7 @@ pub fn convert_raw(
     let stats = {
         let out = tmp.as_file();
         let mut w = Writer::new(out, tmp.path(), size)?;
-        w.data(&input, src, size, compression)?;
+        w.data(&input, src, size, compression, digest)?;
         w.finish()?
     };
     // Readable by all, as qemu-img's output is (a temporary file starts private).
@@ -212,6 +240,30 @@ fn deflate(cluster: &[u8], out: &mut [u8]) -> Option<usize> {
         });
         z.deflate_compress(cluster, out).ok()
     })
+}
+
+/// How each cluster of a batch is stored, decided (and compressed) on every core.
+fn compress_batch(chunk: &[u8], compression: Compression) -> Vec<Stored> {
+    chunk
+        .par_chunks(CLUSTER as usize)
+        .map(|cluster| {
+            if is_zero(cluster) {
+                return Stored::Zero;
+            }
+            if compression == Compression::None {
+                return Stored::Raw;
+            }
+            // As QEMU: compressed only if it saves at least a byte.
+            let mut out = vec![0u8; CLUSTER as usize - 1];
+            match deflate(cluster, &mut out) {
+                Some(n) => {
+                    out.truncate(n);
+                    Stored::Compressed(out)
+                }
+                None => Stored::Raw,
+            }
+        })
+        .collect()
 }
 
 /// A cluster as it goes to the file.
@@ -292,18 +344,29 @@ impl<'a> Writer<'a> {
         src: &Path,
         size: u64,
         compression: Compression,
+        mut digest: Option<&mut sha2::Sha256>,
     ) -> Result<(), Qcow2WriteError> {
+        use sha2::Digest;
         let batch_bytes = BATCH_CLUSTERS as u64 * CLUSTER;
         let mut buf = vec![0u8; batch_bytes as usize];
+        // What a hole hashes as (allocated only when there is a digest to feed).
+        let zeros = if digest.is_some() {
+            vec![0u8; batch_bytes as usize]
+        } else {
+            Vec::new()
+        };
         let mut start = 0u64;
         while start < size {
             let end = (start + batch_bytes).min(size);
+            let len = (end - start) as usize;
             let ranges = data_ranges(input, start, end);
             if ranges.is_empty() {
+                if let Some(d) = digest.as_deref_mut() {
+                    d.update(&zeros[..len]);
+                }
                 start = end;
                 continue; // a hole: unallocated clusters
             }
-            let len = (end - start) as usize;
             let chunk = &mut buf[..len.next_multiple_of(CLUSTER as usize)];
             chunk.fill(0);
             for (a, b) in ranges {
@@ -311,26 +374,16 @@ impl<'a> Writer<'a> {
                     .read_exact_at(&mut chunk[(a - start) as usize..(b - start) as usize], a)
                     .map_err(io_err("read", src))?;
             }
-            let stored: Vec<Stored> = chunk
-                .par_chunks(CLUSTER as usize)
-                .map(|cluster| {
-                    if is_zero(cluster) {
-                        return Stored::Zero;
+            let chunk = &*chunk;
+            // The batch is hashed on one core while every other compresses it.
+            let ((), stored) = rayon::join(
+                || {
+                    if let Some(d) = digest.as_deref_mut() {
+                        d.update(&chunk[..len]);
                     }
-                    if compression == Compression::None {
-                        return Stored::Raw;
-                    }
-                    // As QEMU: compressed only if it saves at least a byte.
-                    let mut out = vec![0u8; CLUSTER as usize - 1];
-                    match deflate(cluster, &mut out) {
-                        Some(n) => {
-                            out.truncate(n);
-                            Stored::Compressed(out)
-                        }
-                        None => Stored::Raw,
-                    }
-                })
-                .collect();
+                },
+                || compress_batch(chunk, compression),
+            );
             let first = (start / CLUSTER) as usize;
             for (i, s) in stored.into_iter().enumerate() {
                 let guest = first + i;

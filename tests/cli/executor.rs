@@ -497,3 +497,64 @@ fn a_foreign_architecture_needs_qemu_user_emulation() {
         assert!(!env.cache.path().join("layers").exists());
     }
 }
+
+#[test]
+fn cc_ssh_checks_sshd_in_a_layer_above_the_one_that_installed_it() {
+    // Every layer is committed without SSH host keys (each instance makes its own), so in a
+    // layer on top of the one that installed openssh-server there are none: cc-ssh's check
+    // (`sshd -t`, which wants a host key) must still check the configuration, and leave no
+    // key behind.
+    let p = Project::new();
+    let el = p.root.join("elements/tiny-sshd");
+    crate::common::write(
+        el.join("README.rst"),
+        "openssh-server in a layer of its own.\n",
+    );
+    crate::common::write(el.join("element-deps"), "package-installs\n");
+    crate::common::write(el.join("package-installs.yaml"), "openssh-server:\n");
+    p.edit("manifests/images.ncl", |text| {
+        let end = text.rfind('}').unwrap();
+        format!(
+            "{}  tiny-sshd = {{\n    name = \"Tiny-Sshd\",\n    description = \"tiny plus \
+             openssh-server\",\n    from = \"tiny\",\n    elements = [\"tiny-sshd\"],\n  }},\n  \
+             tiny-cc-ssh = {{\n    name = \"Tiny-CC-SSH\",\n    description = \"cc-ssh above \
+             the layer that installed sshd\",\n    from = \"tiny-sshd\",\n    elements = \
+             [\"cc-ssh\"],\n  }},\n}}\n",
+            &text[..end]
+        )
+    });
+    let run = p.build_layers("tiny-cc-ssh");
+    let json = run.json();
+    let child = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "layer:tiny-cc-ssh:amd64")
+        .unwrap();
+    assert!(
+        child["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "90-cc-ssh-check" && s["status"] == 0),
+        "{child}"
+    );
+    let parent = p.tree_of("layer:tiny-sshd:amd64");
+    assert!(parent.join("usr/sbin/sshd").is_file());
+    let tree = p.tree_of("layer:tiny-cc-ssh:amd64");
+    assert!(
+        tree.join("etc/ssh/sshd_config.d/50-cc-hardening.conf")
+            .is_file()
+    );
+    for layer in [&parent, &tree] {
+        let keys: Vec<_> = std::fs::read_dir(layer.join("etc/ssh"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("ssh_host_"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(keys.is_empty(), "{}: {keys:?}", layer.display());
+    }
+}
