@@ -4,7 +4,9 @@
 //!
 //! Nothing here unmounts on error paths: every mount lives in the sandbox's mount namespace
 //! and disappears with it, whatever way the sandbox ends. The success path still unmounts in
-//! order, so the tree is left exactly as the last step left it.
+//! order, so the tree is left exactly as the last step left it. The one exception is a
+//! host-tools step's programs (see [`super::native`]): they are unmounted when the step ends,
+//! failed or not, as no other step may run them.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -766,8 +768,8 @@ impl Runner<'_> {
         if super::emulated_cpu(&self.spec.arch).is_none() {
             return Ok(Vec::new());
         }
-        let script = self.hooks.join(phase).join(name);
-        let text = std::fs::read(&script).map_err(io(format!("read {}", script.display())))?;
+        // A script that cannot be read fails as the step it is, with its own message.
+        let text = std::fs::read(self.hooks.join(phase).join(name)).unwrap_or_default();
         if !super::native::declares_host_tools(&text) {
             return Ok(Vec::new());
         }
