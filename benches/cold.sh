@@ -73,7 +73,9 @@ cat >"$proj/manifests/images.ncl" <<'NCL'
     elements = ["debian-minimal", "cold-packages"],
     arch = ['amd64],
     formats = ['raw],
-    env = { DIB_RELEASE = "bookworm" },
+    # ccb's base element adds a baseline DIB's (this version's) does not: curl, less,
+    # iputils-ping. The package lists below already name what DIB's elements add.
+    env = { DIB_RELEASE = "bookworm", DIB_SKIP_BASE_PACKAGE_INSTALL = "1" },
   },
 }
 NCL
@@ -91,7 +93,7 @@ chmod +x "$proj/elements/cold-packages/pre-install.d/02-as-dib-baseinstall"
 # What DIB's bootstrap (tzdata), debootstrap and base elements add, then what both were asked
 # for.
 printf '%s:\n' tzdata adduser ca-certificates locales lsb-release netbase apt-transport-https \
-    software-properties-common open-iscsi "${packages[@]}" \
+    software-properties-common open-iscsi iproute2 procps "${packages[@]}" \
     >"$proj/elements/cold-packages/package-installs.yaml"
 export CCB_CACHE_DIR="$work/store"
 t0=$(now)

@@ -8,7 +8,8 @@
 #   - `ccb test` per firmware (TCG here, as KVM does not work on this machine).
 # CCB=/path/to/ccb measures that binary instead of building the release one (a debug binary's
 # qcow2 writer is much slower: figures for the goal come from a release build);
-# NO_QCOW2_BENCH=1 skips the qcow2 writers' comparison (a `cargo bench` build).
+# NO_QCOW2_BENCH=1 skips the qcow2 writers' comparison (a `cargo bench` build), NO_BOOT_BENCH=1
+# the boot tests.
 # Uses the normal store ($CCB_CACHE_DIR or ~/.cache/ccb), so a previous build's layers are reused.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,6 +59,9 @@ if [[ -z "${NO_QCOW2_BENCH:-}" ]]; then
     CCB_BENCH_RAW="$out/CC-Debian12.raw" cargo bench --quiet --manifest-path "$here/Cargo.toml" --bench qcow2
 fi
 
+if [[ -n "${NO_BOOT_BENCH:-}" ]]; then
+    exit 0
+fi
 "${ccb[@]}" -q test //images:debian12 --arch amd64 --firmware both --format json > "$out/test.json" || true
 python3 - "$out" <<'PY'
 import json, os, sys
