@@ -35,6 +35,9 @@ pub enum SwiftError {
         status: u16,
         detail: Option<String>,
     },
+    /// The transport's error as redacted text, not as a `#[source]`: ureq's errors can carry
+    /// the request's URL (a temporary URL's signature, a token in a query) and a source chain
+    /// is printed unredacted by every renderer.
     #[error("{site}: {method} {object}: {message}")]
     #[diagnostic(code(ccb::swift::transport))]
     Transport {
