@@ -299,6 +299,8 @@ pub(super) struct Runner<'a> {
     pub(super) host_tools: Option<Result<super::native::HostTools, String>>,
     /// A directory the running step finds first on its PATH (a package step's host programs).
     pub(super) path_front: Option<String>,
+    /// Whether the running step is a package step (apt's dpkg gets ccb's PATH).
+    pub(super) packages_step: bool,
     /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
     /// Commands the last program's output said were not found (see [`super::dib`]).
@@ -343,6 +345,7 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         native_dpkg_deb: false,
         host_tools: None,
         path_front: None,
+        packages_step: false,
         extra_env: Default::default(),
         missing: Vec::new(),
         ckpt: None,
@@ -694,6 +697,7 @@ impl Runner<'_> {
                 install, uninstall, ..
             } => {
                 self.path_front = self.package_tools(phase, step.name())?;
+                self.packages_step = true;
                 let tool = format!("{ENGINE_IN}/bin/install-packages");
                 let mut res = Ok((0, VecDeque::new()));
                 if !install.is_empty() {
@@ -705,6 +709,7 @@ impl Runner<'_> {
                     res = self.exec(phase, Place::Inside, &tool, &args);
                 }
                 self.path_front = None;
+                self.packages_step = false;
                 res
             }
             Step::InstallBin { .. } => self.install_bin().map(|()| (0, VecDeque::new())),
@@ -1017,6 +1022,14 @@ impl Runner<'_> {
                     .path_front
                     .as_ref()
                     .map_or(String::new(), |dir| format!("{dir}:"));
+                if self.packages_step && !(native.is_empty() && front.is_empty()) {
+                    // apt gives dpkg a PATH of its own (DPkg::Path): install-packages hands
+                    // it this one, the host's programs first and apt's default after them.
+                    cmd.env(
+                        "CCB_DPKG_PATH",
+                        format!("{native}{front}/usr/sbin:/usr/bin:/sbin:/bin"),
+                    );
+                }
                 cmd.env("PATH", format!("{ENGINE_IN}/bin:{native}{front}{PATH}"))
                     .env("_LIB", format!("{ENGINE_IN}/{}", super::dib::LIB_DIR));
                 for var in spec.artifacts.keys() {
