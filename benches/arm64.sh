@@ -6,7 +6,8 @@
 # Package downloads are kept between the two builds' stores (the network is not measured).
 # Needs root, mmdebstrap, the Debian mirror of the host's apt sources and arm64 emulation
 # (scripts/host-deps.sh: ensure_arm64_emulation). About 30-60 min on a 2-core host.
-#   [CCB_BIN=path/to/ccb] [CCB_BENCH_KEEP=1] [CCB_BENCH_DOWNLOADS=dir] benches/arm64.sh [TARGET]
+#   [CCB_BIN=path/to/ccb] [CCB_BENCH_KEEP=1] [CCB_BENCH_DOWNLOADS=dir] [CCB_BENCH_NO_BOOT=1]
+#   benches/arm64.sh [TARGET]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 target=${1:-//images:debian12}
@@ -69,6 +70,9 @@ tb = arm["summary"]["duration_ms"] / 1000
 print(f"{'total (wall)':58} {ta:8.1f}s {tb:8.1f}s {tb / ta:5.1f}x   goal <= 4x")
 PY
 
+if [[ -n ${CCB_BENCH_NO_BOOT:-} ]]; then
+    exit 0
+fi
 t0=$(date +%s)
 CCB_CACHE_DIR="$work/store-arm64" "$ccb" -q --root "$here" test "$target" --arch arm64 \
     --firmware uefi --format json > "$work/boot.json" || true
