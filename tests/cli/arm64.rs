@@ -709,15 +709,15 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         project.join("elements/tiny-extra/install.d/42-image-tools"),
         &format!("#!/bin/bash\nset -eu\n{{ {observe}; }} > /etc/tiny/image-tools\n"),
     );
-    // What the package step's programs find on their PATH: apt hands its environment to dpkg
-    // and dpkg to every maintainer script; this hook of apt's, run after dpkg, prints which
-    // grep they find and its ELF machine into the log (not the tree: the two builds below
-    // must make the same one).
+    // What the package step's programs find on their PATH: apt runs dpkg with a PATH of its
+    // own (DPkg::Path) and dpkg hands its environment to every maintainer script; this hook
+    // of dpkg's, run by dpkg after its work, prints which grep it finds and that program's
+    // ELF machine into the log (not the tree: the two builds below must make the same one).
     script(
         project.join("elements/tiny-base/pre-install.d/10-observe-path"),
-        "#!/bin/bash\nset -eu\ncat > /etc/apt/apt.conf.d/99ccb-observe <<'EOF'\n\
-         DPkg::Post-Invoke { \"echo ccb-observe $(command -v grep) \
-         $(od -An -tx1 -j18 -N2 $(readlink -f $(command -v grep)) | tr -d ' ')\"; };\nEOF\n",
+        "#!/bin/bash\nset -eu\ncat > /etc/dpkg/dpkg.cfg.d/99ccb-observe <<'EOF'\n\
+         post-invoke=echo ccb-observe $(command -v grep) \
+         $(od -An -tx1 -j18 -N2 $(readlink -f $(command -v grep)) | tr -d ' ')\nEOF\n",
     );
     let elements = repo().join("elements");
     let run = env
