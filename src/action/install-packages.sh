@@ -64,6 +64,12 @@ if [ "$family" = deb ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt_opts=(-y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef
         -o APT::Install-Recommends=false -o APT::Install-Suggests=false)
+    # apt runs dpkg with PATH set to DPkg::Path (/usr/sbin:/usr/bin:/sbin:/bin), not its own:
+    # ccb's directories of host programs (an emulated build) go first on it, for dpkg and
+    # every maintainer script.
+    if [ -n "${CCB_DPKG_PATH:-}" ]; then
+        apt_opts+=(-o "DPkg::Path=$CCB_DPKG_PATH")
+    fi
     # Lists are dropped when a root filesystem is bootstrapped, and age in a parent layer:
     # fetch them when they are missing or older than a day.
     if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name "*_Packages*" -mmin -1440 2>/dev/null | head -n 1)" ]; then

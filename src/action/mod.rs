@@ -507,6 +507,7 @@ impl SpecFor<'_, '_> {
             artifacts: BTreeMap::new(),
             redact: vec![],
             strict: ctx.strict,
+            no_host_tools: !native::allowed_by_env(),
         }
     }
 

@@ -26,6 +26,15 @@
 //! depends on the machine (uname, dpkg, ldd, the loader, ldconfig) and what an initramfs
 //! generator copies into the initramfs (busybox, kmod, udev, klibc): an x86 binary there would
 //! not boot.
+//!
+//! **Package steps.** apt, dpkg and the maintainer scripts they run start hundreds of short
+//! processes of grep, sed, basename, rm, readlink... ([`PACKAGE_TOOLS`]). In an emulated
+//! build that passes the same gate, a package step finds patched host copies of them first on
+//! its PATH ([`PATH_DIR`]; dpkg hands PATH to every maintainer script), never mounted over the
+//! image's files: dpkg installs a file by renaming onto it, and a mount point refuses that, so
+//! a package upgrading coreutils would fail. Only PATH lookups are affected: a `#!/bin/sh`
+//! script keeps the image's dash, and mkinitramfs and dracut set their own PATH, so no host
+//! program reaches an initramfs. `CCB_HOST_TOOLS=0` turns every host program off.
 
 use std::path::{Path, PathBuf};
 
@@ -63,9 +72,15 @@ pub enum Skip {
 
 /// The `Version:` of package `dpkg` in a dpkg status file.
 pub fn dpkg_version(status: &str) -> Option<String> {
+    package_version(status, "dpkg")
+}
+
+/// The `Version:` of package `name` in a dpkg status file.
+pub fn package_version(status: &str, name: &str) -> Option<String> {
+    let want = format!("Package: {name}");
     status.split("\n\n").find_map(|stanza| {
         let mut lines = stanza.lines();
-        if !lines.any(|l| l == "Package: dpkg") {
+        if !lines.any(|l| l == want) {
             return None;
         }
         stanza
@@ -175,8 +190,15 @@ fn copy_once(from: &Path, to: &Path) -> Result<(), Skip> {
 }
 
 /// Installs the host's dpkg-deb and its wrapper under `engine_dir` for a chroot whose dpkg
-/// status file is `image_status`; `engine_in` is where the chroot sees `engine_dir`.
-pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Result<(), Skip> {
+/// status file is `image_status`; `engine_in` is where the chroot sees `engine_dir`. `shell`:
+/// the wrapper's interpreter as the chroot sees it (a patched host dash spares dpkg an
+/// emulated shell start per package; `/bin/sh`, the image's, otherwise).
+pub fn install(
+    engine_dir: &Path,
+    engine_in: &str,
+    image_status: &Path,
+    shell: Option<&str>,
+) -> Result<(), Skip> {
     let host_tool = crate::doctor::which("dpkg-deb").ok_or(Skip::NoHostTool)?;
     let host = same_series(image_status)?;
     copy_runtime(engine_dir, &host_tool)?;
@@ -184,8 +206,9 @@ pub fn install(engine_dir: &Path, engine_in: &str, image_status: &Path) -> Resul
     create_dir(&bin)?;
     copy(&host_tool, &engine_dir.join(FILES_DIR).join("dpkg-deb"))?;
     let native = format!("{engine_in}/{FILES_DIR}");
+    let shell = shell.unwrap_or("/bin/sh");
     let wrapper = format!(
-        "#!/bin/sh\n\
+        "#!{shell}\n\
          # ccb: the host's dpkg-deb ({host}, the image's series) decompresses natively;\n\
          # every other use is the image's own (src/action/native.rs).\n\
          case \"${{1:-}}\" in\n\
@@ -266,13 +289,79 @@ pub const TOOLS: &[&str] = &[
     "/usr/sbin/depmod",
 ];
 
-/// Never replaced, whatever [`TOOLS`] says: what reports or depends on the machine, and what
-/// initramfs-tools and dracut copy into an initramfs (an x86 binary there would not boot).
-/// By file name, so a link to one of them (`/sbin/modprobe` is kmod) is caught too.
+/// The image's programs a package step finds first on its PATH as the host's (see
+/// [`path_entries`]), each with the package that ships it: a program is the host's only where
+/// that package has the same upstream version on both (the dpkg series of the gate spans
+/// releases: Ubuntu 22.04's dpkg is 1.21 too, its coreutils older than bookworm's). These are
+/// the machine-independent programs an emulated arm64 package step starts most often (strace
+/// of the arm64 boot test's layer, 3,629 starts: grep 819, sed 644, basename 345, readlink
+/// 154, rm 153, ln 149, test 148, tar 138 through dpkg-deb --control, then mkdir, cp, tr,
+/// cat, stat, chmod...), and their kin. The step's `#!/bin/sh` scripts keep the image's
+/// dash: a shebang is not a PATH lookup.
+pub const PACKAGE_TOOLS: &[(&str, &str)] = &[
+    // Text and file tools of maintainer scripts, ucf and update-* helpers.
+    ("/usr/bin/grep", "grep"),
+    ("/usr/bin/sed", "sed"),
+    ("/usr/bin/basename", "coreutils"),
+    ("/usr/bin/dirname", "coreutils"),
+    ("/usr/bin/readlink", "coreutils"),
+    ("/usr/bin/realpath", "coreutils"),
+    ("/usr/bin/rm", "coreutils"),
+    ("/usr/bin/ln", "coreutils"),
+    ("/usr/bin/mv", "coreutils"),
+    ("/usr/bin/cp", "coreutils"),
+    ("/usr/bin/mkdir", "coreutils"),
+    ("/usr/bin/rmdir", "coreutils"),
+    ("/usr/bin/touch", "coreutils"),
+    ("/usr/bin/chmod", "coreutils"),
+    ("/usr/bin/chown", "coreutils"),
+    ("/usr/bin/chgrp", "coreutils"),
+    ("/usr/bin/test", "coreutils"),
+    ("/usr/bin/[", "coreutils"),
+    ("/usr/bin/mktemp", "coreutils"),
+    ("/usr/bin/cat", "coreutils"),
+    ("/usr/bin/cut", "coreutils"),
+    ("/usr/bin/tr", "coreutils"),
+    ("/usr/bin/head", "coreutils"),
+    ("/usr/bin/tail", "coreutils"),
+    ("/usr/bin/sort", "coreutils"),
+    ("/usr/bin/uniq", "coreutils"),
+    ("/usr/bin/wc", "coreutils"),
+    ("/usr/bin/tee", "coreutils"),
+    ("/usr/bin/expr", "coreutils"),
+    ("/usr/bin/stat", "coreutils"),
+    ("/usr/bin/ls", "coreutils"),
+    ("/usr/bin/env", "coreutils"),
+    ("/usr/bin/md5sum", "coreutils"),
+    ("/usr/bin/sha256sum", "coreutils"),
+    ("/usr/bin/cmp", "diffutils"),
+    ("/usr/bin/diff", "diffutils"),
+    ("/usr/bin/seq", "coreutils"),
+    ("/usr/bin/getopt", "util-linux"),
+    // An alternative: replaced only where the image's and the host's lead to the same
+    // program (mawk on both).
+    ("/usr/bin/awk", "mawk"),
+    ("/usr/bin/find", "findutils"),
+    ("/usr/bin/xargs", "findutils"),
+    // Archives and compressors (the same bytes whichever machine runs them).
+    ("/usr/bin/tar", "tar"),
+    ("/usr/bin/gzip", "gzip"),
+    ("/usr/bin/xz", "xz-utils"),
+    ("/usr/bin/zstd", "zstd"),
+];
+
+/// Never replaced, whatever [`TOOLS`] or [`PACKAGE_TOOLS`] say: what reports or depends on
+/// the machine, and what initramfs-tools and dracut copy into an initramfs (an x86 binary
+/// there would not boot), and the interpreters whose modules are the image's own. By file
+/// name, so a link to one of them (`/sbin/modprobe` is kmod) is caught too.
 const NEVER: &[&str] = &[
     "uname",
     "arch",
     "nproc",
+    "getconf",
+    "hostname",
+    "perl",
+    "python3",
     "dpkg",
     "dpkg-architecture",
     "dpkg-query",
@@ -412,6 +501,100 @@ impl HostTools {
     }
 }
 
+/// A Debian version without its Debian revision: `1:3.8` of `1:3.8-4`, `4.9` of
+/// `4.9-1+deb12u1`.
+fn upstream(version: &str) -> &str {
+    version.rsplit_once('-').map_or(version, |(v, _)| v)
+}
+
+/// Of [`PACKAGE_TOOLS`], the programs whose package has the same upstream version (a stable
+/// update's Debian revision apart: bookworm's sed 4.9-1+deb12u1 is 4.9-1's program with a
+/// fix) in the image's dpkg
+/// status file (`image_status`) as in the host's (`host_status`); the others, each with why.
+pub fn same_version_tools(
+    image_status: &str,
+    host_status: &str,
+) -> (Vec<&'static str>, Vec<String>) {
+    let mut same = Vec::new();
+    let mut other = Vec::new();
+    for &(tool, package) in PACKAGE_TOOLS {
+        let image = package_version(image_status, package);
+        let host = package_version(host_status, package);
+        match (image, host) {
+            (Some(i), Some(h)) if upstream(&i) == upstream(&h) => same.push(tool),
+            (Some(i), Some(h)) => {
+                other.push(format!("{tool}: {package} {i} here, {h} on the host"))
+            }
+            // Not installed on one side: the image has no such program, or the host's would
+            // be of no known version.
+            _ => {}
+        }
+    }
+    (same, other)
+}
+
+/// The directory, under the engine directory, a package step finds first on its PATH.
+pub const PATH_DIR: &str = "native/path";
+
+/// Fills [`PATH_DIR`] under `engine_dir` with one entry per program of `chosen` (as
+/// [`select`] found them), named as the image names it and leading to its patched host copy
+/// ([`HostTools::prepare`]). A PATH entry, never a mount over the image's file: dpkg replaces
+/// a file by renaming onto it, which a mount point refuses (EBUSY), so a package upgrading
+/// coreutils, grep or sed could not be installed over a mounted program. Returns the names
+/// placed, and a line per program that stays the image's.
+pub fn path_entries(
+    tools: &mut HostTools,
+    engine_dir: &Path,
+    engine_in: &str,
+    chosen: &[Replacement],
+) -> Result<(Vec<String>, Vec<String>), Skip> {
+    let dir = engine_dir.join(PATH_DIR);
+    create_dir(&dir)?;
+    let mut placed = Vec::new();
+    let mut kept = Vec::new();
+    for r in chosen {
+        let Some(name) = Path::new(&r.tool).file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let copy = match tools.prepare(engine_dir, engine_in, &r.host) {
+            Ok(copy) => copy,
+            Err(why) => {
+                kept.push(format!("{name} stays the image's: {why}"));
+                continue;
+            }
+        };
+        // Relative, so it leads to the copy wherever the engine directory is seen.
+        let tools_dir = copy.parent().and_then(Path::file_name).unwrap_or_default();
+        let copy_name = copy.file_name().unwrap_or_default();
+        let target = Path::new("..").join(tools_dir).join(copy_name);
+        let entry = dir.join(name);
+        match std::fs::symlink_metadata(&entry) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::os::unix::fs::symlink(&target, &entry).map_err(|source| Skip::Io {
+                    path: entry.clone(),
+                    source,
+                })?;
+            }
+            Err(source) => {
+                return Err(Skip::Io {
+                    path: entry,
+                    source,
+                });
+            }
+        }
+        placed.push(name.to_string());
+    }
+    Ok((placed, kept))
+}
+
+/// Whether host programs may run in an emulated chroot at all: `CCB_HOST_TOOLS=0` makes
+/// every program of an emulated build the image's own (to compare the results, or to rule
+/// the host's programs out when something differs).
+pub fn allowed_by_env() -> bool {
+    !std::env::var("CCB_HOST_TOOLS").is_ok_and(|v| v == "0")
+}
+
 /// Why a host tool's bind mount failed or could not be undone.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {}", path.display())]
@@ -512,6 +695,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_package_tool_is_the_hosts_only_where_its_package_has_the_same_version() {
+        let image = "Package: coreutils\nVersion: 9.1-1\n\nPackage: grep\nVersion: 3.7-1build1\n\n\
+                     Package: sed\nVersion: 4.9-1\n\nPackage: tar\nVersion: 1.34+dfsg-1.2+deb12u1\n";
+        let host = "Package: grep\nVersion: 3.8-5\n\nPackage: coreutils\nVersion: 9.1-1\n\n\
+                    Package: zstd\nVersion: 1.5.4+dfsg2-5\n\nPackage: tar\nVersion: 1.34+dfsg-1.2\n";
+        let (same, other) = same_version_tools(image, host);
+        assert!(same.contains(&"/usr/bin/rm") && same.contains(&"/usr/bin/basename"));
+        assert!(!same.contains(&"/usr/bin/grep"), "older grep in the image");
+        assert!(
+            !same.contains(&"/usr/bin/sed"),
+            "no sed package on the host"
+        );
+        assert!(
+            !same.contains(&"/usr/bin/zstd"),
+            "no zstd package in the image"
+        );
+        assert!(
+            same.contains(&"/usr/bin/tar"),
+            "a stable update's revision apart"
+        );
+        assert_eq!(
+            other,
+            ["/usr/bin/grep: grep 3.7-1build1 here, 3.8-5 on the host"]
+        );
+    }
+
+    #[test]
     fn the_dpkg_version_is_read_from_its_own_stanza() {
         let status = "Package: dpkg-dev\nVersion: 9\n\nPackage: dpkg\nStatus: install ok \
                       installed\nVersion: 1.21.22\n\nPackage: zlib1g\nVersion: 1\n";
@@ -588,6 +798,68 @@ mod tests {
             TOOLS.contains(&"/usr/bin/dash"),
             "hooks run through /bin/sh"
         );
+        for (tool, _) in PACKAGE_TOOLS {
+            let name = Path::new(tool).file_name().unwrap();
+            assert!(!NEVER.iter().any(|n| name == *n), "{tool}");
+            // A package step's scripts keep the image's shell and interpreters.
+            for never in ["sh", "dash", "bash", "perl", "python3", "ldconfig"] {
+                assert_ne!(name, never, "{tool}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_package_steps_path_entry_runs_the_patched_host_program_by_the_images_name() {
+        // Real host programs, patched as for a chroot that sees the engine directory where
+        // the host does (here: its own path).
+        let engine = tempfile::tempdir().unwrap();
+        let engine_in = engine.path().to_str().unwrap();
+        let chosen = [
+            Replacement {
+                tool: "/usr/bin/grep".into(),
+                target: PathBuf::from("/usr/bin/grep"),
+                host: PathBuf::from("/usr/bin/grep"),
+            },
+            Replacement {
+                tool: "/usr/bin/[".into(),
+                target: PathBuf::from("/usr/bin/["),
+                host: PathBuf::from("/usr/bin/["),
+            },
+        ];
+        let mut tools = HostTools::default();
+        let (placed, kept) = path_entries(&mut tools, engine.path(), engine_in, &chosen).unwrap();
+        assert_eq!(placed, ["grep", "["]);
+        assert!(kept.is_empty(), "{kept:?}");
+        let dir = engine.path().join(PATH_DIR);
+        assert_eq!(
+            std::fs::read_link(dir.join("grep")).unwrap(),
+            Path::new("../tools/grep")
+        );
+        let out = std::process::Command::new(dir.join("grep"))
+            .args(["-c", "b"])
+            .stdin(std::fs::File::open(file_with(engine.path(), "a\nb\nbb\n")).unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n", "{out:?}");
+        // Its loader is the engine directory's copy, never the host's own.
+        let interp = std::process::Command::new("patchelf")
+            .arg("--print-interpreter")
+            .arg(dir.join("grep"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&interp.stdout).trim(),
+            format!("{engine_in}/native/ld.so")
+        );
+        // Placed again (the next package step): the same entries, nothing copied twice.
+        let again = path_entries(&mut tools, engine.path(), engine_in, &chosen).unwrap();
+        assert_eq!(again.0, placed);
+    }
+
+    fn file_with(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("input");
+        std::fs::write(&p, text).unwrap();
+        p
     }
 
     fn file(at: &Path, bytes: &[u8]) {

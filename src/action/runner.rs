@@ -297,6 +297,10 @@ pub(super) struct Runner<'a> {
     /// The host's programs for host-tools steps (see [`super::native`]); `None` until the
     /// first such step, an error when the host's cannot be used.
     pub(super) host_tools: Option<Result<super::native::HostTools, String>>,
+    /// A directory the running step finds first on its PATH (a package step's host programs).
+    pub(super) path_front: Option<String>,
+    /// Whether the running step is a package step (apt's dpkg gets ccb's PATH).
+    pub(super) packages_step: bool,
     /// Variables of the disk phases (DIB_ROOT_LABEL, IMAGE_BLOCK_DEVICE, ...).
     pub(super) extra_env: std::collections::BTreeMap<String, String>,
     /// Commands the last program's output said were not found (see [`super::dib`]).
@@ -340,6 +344,8 @@ pub fn run(spec: &ActionSpec, cancelled: Arc<AtomicBool>) -> Result<(), RunError
         dpkg_unsafe_io: false,
         native_dpkg_deb: false,
         host_tools: None,
+        path_front: None,
+        packages_step: false,
         extra_env: Default::default(),
         missing: Vec::new(),
         ckpt: None,
@@ -500,14 +506,21 @@ impl Runner<'_> {
         self.resolv_moved |= placed.resolv_moved;
         self.policy_rc_d |= placed.policy_rc_d;
         self.dpkg_unsafe_io |= placed.dpkg_unsafe_io;
-        if super::emulated_cpu(&self.spec.arch).is_some() && !self.native_dpkg_deb {
+        if super::emulated_cpu(&self.spec.arch).is_some()
+            && !self.native_dpkg_deb
+            && !self.spec.no_host_tools
+        {
             let status = image
                 .entry("var/lib/dpkg/status")
                 .map_err(io("resolve dpkg's status file"))?;
-            match super::native::install(&self.engine_dir, ENGINE_IN, &status) {
+            let shell = self.host_shell(&image)?;
+            match super::native::install(&self.engine_dir, ENGINE_IN, &status, shell.as_deref()) {
                 Ok(()) => {
                     self.native_dpkg_deb = true;
-                    self.logln("ccb: packages are decompressed by the host's dpkg-deb");
+                    self.logln(&format!(
+                        "ccb: packages are decompressed by the host's dpkg-deb (its wrapper run by {})",
+                        shell.as_deref().unwrap_or("the image's /bin/sh")
+                    ));
                 }
                 Err(why) => self.logln(&format!("ccb: dpkg-deb runs emulated: {why}")),
             }
@@ -683,6 +696,8 @@ impl Runner<'_> {
             Step::Packages {
                 install, uninstall, ..
             } => {
+                self.path_front = self.package_tools(phase, step.name())?;
+                self.packages_step = true;
                 let tool = format!("{ENGINE_IN}/bin/install-packages");
                 let mut res = Ok((0, VecDeque::new()));
                 if !install.is_empty() {
@@ -693,6 +708,8 @@ impl Runner<'_> {
                     args.extend(uninstall.iter().cloned());
                     res = self.exec(phase, Place::Inside, &tool, &args);
                 }
+                self.path_front = None;
+                self.packages_step = false;
                 res
             }
             Step::InstallBin { .. } => self.install_bin().map(|()| (0, VecDeque::new())),
@@ -765,7 +782,7 @@ impl Runner<'_> {
         phase: &str,
         name: &str,
     ) -> Result<Vec<(PathBuf, PathBuf)>, RunError> {
-        if super::emulated_cpu(&self.spec.arch).is_none() {
+        if super::emulated_cpu(&self.spec.arch).is_none() || self.spec.no_host_tools {
             return Ok(Vec::new());
         }
         // A script that cannot be read fails as the step it is, with its own message.
@@ -780,16 +797,7 @@ impl Runner<'_> {
             ));
             return Ok(Vec::new());
         }
-        if self.host_tools.is_none() {
-            let status = image
-                .entry("var/lib/dpkg/status")
-                .map_err(io("resolve dpkg's status file"))?;
-            self.host_tools = Some(
-                super::native::host_tools_gate(&status)
-                    .map(|()| Default::default())
-                    .map_err(|why| why.to_string()),
-            );
-        }
+        self.check_host_tools(&image)?;
         let tools = match &mut self.host_tools {
             Some(Ok(tools)) => tools,
             Some(Err(why)) => {
@@ -817,6 +825,106 @@ impl Runner<'_> {
             lines.join(", ")
         ));
         Ok(binds)
+    }
+
+    /// The host's dash, patched, as the chroot sees it, when the host's programs can serve
+    /// this image (else `None`: the image's own shell).
+    fn host_shell(&mut self, image: &TreeRoot) -> Result<Option<String>, RunError> {
+        self.check_host_tools(image)?;
+        let Some(Ok(tools)) = &mut self.host_tools else {
+            return Ok(None);
+        };
+        let Ok(dash) = Path::new("/usr/bin/dash").canonicalize() else {
+            return Ok(None);
+        };
+        Ok(tools
+            .prepare(&self.engine_dir, ENGINE_IN, &dash)
+            .ok()
+            .and_then(|copy| {
+                let rel = copy.strip_prefix(&self.engine_dir).ok()?;
+                Some(format!("{ENGINE_IN}/{}", rel.display()))
+            }))
+    }
+
+    /// Decides whether the host's programs can serve this image (see [`super::native`]): once
+    /// they can, for the rest of the action; a refusal is asked again at the next step (a
+    /// base's tree has no dpkg until its bootstrap ran).
+    fn check_host_tools(&mut self, image: &TreeRoot) -> Result<(), RunError> {
+        if !matches!(self.host_tools, Some(Ok(_))) {
+            let status = image
+                .entry("var/lib/dpkg/status")
+                .map_err(io("resolve dpkg's status file"))?;
+            self.host_tools = Some(
+                super::native::host_tools_gate(&status)
+                    .map(|()| Default::default())
+                    .map_err(|why| why.to_string()),
+            );
+        }
+        Ok(())
+    }
+
+    /// For a package step of an emulated build: the chroot's path of a directory of the
+    /// host's programs ([`super::native::PACKAGE_TOOLS`]) for apt, dpkg and every maintainer
+    /// script to find first on their PATH. `None` for a native build, or when the host's
+    /// programs cannot serve this image (logged).
+    fn package_tools(&mut self, phase: &str, name: &str) -> Result<Option<String>, RunError> {
+        if super::emulated_cpu(&self.spec.arch).is_none() {
+            return Ok(None);
+        }
+        if self.spec.no_host_tools {
+            self.logln(&format!(
+                "ccb: {phase}/{name} runs the image's own tools: CCB_HOST_TOOLS=0"
+            ));
+            return Ok(None);
+        }
+        let image = self.tree()?;
+        if let Some(why) = super::native::refused(&image) {
+            self.logln(&format!(
+                "ccb: {phase}/{name} runs the image's own tools: {why}"
+            ));
+            return Ok(None);
+        }
+        self.check_host_tools(&image)?;
+        let tools = match &mut self.host_tools {
+            Some(Ok(tools)) => tools,
+            Some(Err(why)) => {
+                let line = format!("ccb: {phase}/{name} runs the image's own tools: {why}");
+                self.logln(&line);
+                return Ok(None);
+            }
+            None => return Err(RunError::Internal("host tools neither ready nor refused")),
+        };
+        let status = image
+            .entry("var/lib/dpkg/status")
+            .map_err(io("resolve dpkg's status file"))?;
+        let image_status = std::fs::read_to_string(&status).unwrap_or_default();
+        let host_status = std::fs::read_to_string("/var/lib/dpkg/status").unwrap_or_default();
+        let (same, other) = super::native::same_version_tools(&image_status, &host_status);
+        let chosen = super::native::select(&image, Path::new("/"), &same);
+        match super::native::path_entries(tools, &self.engine_dir, ENGINE_IN, &chosen) {
+            Ok((placed, mut kept)) => {
+                kept.extend(other);
+                let mut line = format!(
+                    "ccb: {phase}/{name} finds {} host programs first on its PATH: {}",
+                    placed.len(),
+                    placed.join(" ")
+                );
+                if !kept.is_empty() {
+                    line.push_str(&format!(" ({})", kept.join(", ")));
+                }
+                self.logln(&line);
+                Ok(
+                    (!placed.is_empty())
+                        .then(|| format!("{ENGINE_IN}/{}", super::native::PATH_DIR)),
+                )
+            }
+            Err(why) => {
+                self.logln(&format!(
+                    "ccb: {phase}/{name} runs the image's own tools: {why}"
+                ));
+                Ok(None)
+            }
+        }
     }
 
     fn env_files(&self, place: Place) -> Vec<String> {
@@ -910,7 +1018,19 @@ impl Runner<'_> {
                 } else {
                     String::new()
                 };
-                cmd.env("PATH", format!("{ENGINE_IN}/bin:{native}{PATH}"))
+                let front = self
+                    .path_front
+                    .as_ref()
+                    .map_or(String::new(), |dir| format!("{dir}:"));
+                if self.packages_step && !(native.is_empty() && front.is_empty()) {
+                    // apt gives dpkg a PATH of its own (DPkg::Path): install-packages hands
+                    // it this one, the host's programs first and apt's default after them.
+                    cmd.env(
+                        "CCB_DPKG_PATH",
+                        format!("{native}{front}/usr/sbin:/usr/bin:/sbin:/bin"),
+                    );
+                }
+                cmd.env("PATH", format!("{ENGINE_IN}/bin:{native}{front}{PATH}"))
                     .env("_LIB", format!("{ENGINE_IN}/{}", super::dib::LIB_DIR));
                 for var in spec.artifacts.keys() {
                     cmd.env(var, format!("{ENGINE_IN}/artifacts/{var}"));

@@ -137,6 +137,11 @@ pub struct ActionSpec {
     /// the key: it decides whether a result is accepted, never what it holds.
     #[serde(default)]
     pub strict: bool,
+    /// Every program of an emulated build is the image's own, none the host's
+    /// (`CCB_HOST_TOOLS=0`; see [`super::native`]). Not an input of the key: the host's
+    /// programs make the same tree.
+    #[serde(default)]
+    pub no_host_tools: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -709,6 +709,16 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         project.join("elements/tiny-extra/install.d/42-image-tools"),
         &format!("#!/bin/bash\nset -eu\n{{ {observe}; }} > /etc/tiny/image-tools\n"),
     );
+    // What the package step's programs find on their PATH: apt runs dpkg with a PATH of its
+    // own (DPkg::Path) and dpkg hands its environment to every maintainer script; this hook
+    // of dpkg's, run by dpkg after its work, prints which grep it finds and that program's
+    // ELF machine into the log (not the tree: the two builds below must make the same one).
+    script(
+        project.join("elements/tiny-base/pre-install.d/10-observe-path"),
+        "#!/bin/bash\nset -eu\ncat > /etc/dpkg/dpkg.cfg.d/99ccb-observe <<'EOF'\n\
+         post-invoke=echo ccb-observe $(command -v grep) \
+         $(od -An -tx1 -j18 -N2 $(readlink -f $(command -v grep)) | tr -d ' ')\nEOF\n",
+    );
     let elements = repo().join("elements");
     let run = env
         .run(&[
@@ -832,6 +842,26 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
             log.contains("ccb: packages are decompressed by the host's dpkg-deb"),
             "{log}"
         );
+        // The package step found the host's machine-independent tools first on its PATH
+        // (x86-64's grep, e_machine 3e), named in the log.
+        let placed = log
+            .lines()
+            .find_map(|l| l.split_once("host programs first on its PATH: "))
+            .map(|(_, names)| names.split(' ').collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no host programs on the package step's PATH: {log}"));
+        for tool in ["grep", "sed", "rm", "basename", "readlink"] {
+            assert!(placed.contains(&tool), "{tool} not in {placed:?}");
+        }
+        assert!(
+            placed
+                .iter()
+                .all(|t| !["uname", "arch", "nproc", "dpkg", "perl", "sh", "dash"].contains(t)),
+            "{placed:?}"
+        );
+        assert!(
+            log.contains("ccb-observe /tmp/ccb/native/path/grep 3e00"),
+            "{log}"
+        );
     }
     // The layer's tree holds what the layer changed (less's files and dpkg's record of them):
     // each file's md5 is the one the package lists.
@@ -842,4 +872,143 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");
     assert!(layer.join("usr/bin/less").exists());
+    // Nothing of the engine is in the committed layer: every program in it is arm64's and
+    // no link leads to the engine directory.
+    let listing = tree_listing(&layer);
+    for (path, entry) in &listing {
+        assert!(!path.starts_with("tmp/ccb"), "{path}");
+        if let Entry::Link(target) = &entry.kind {
+            assert!(!target.contains("/tmp/ccb"), "{path} -> {target}");
+        }
+        if let Entry::File(bytes) = &entry.kind
+            && bytes.starts_with(b"\x7fELF")
+        {
+            assert_eq!(
+                u16::from_le_bytes([bytes[18], bytes[19]]),
+                0xB7,
+                "{path} is not arm64's"
+            );
+        }
+    }
+
+    // The same layer built again on the same base with every program the image's own
+    // (CCB_HOST_TOOLS=0, no dpkg-deb of the host's either) is the same tree: names, types,
+    // modes, owners, link targets and contents.
+    let with_host = work.path().join("with-host-tools");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&layer)
+        .arg(&with_host)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let layer_key = row("layer:tiny:arm64")["key"].as_str().unwrap().to_string();
+    env.run(&["cache", "rm", &layer_key]).ok();
+    let out = env
+        .cmd()
+        .env("CCB_HOST_TOOLS", "0")
+        // The layer's steps again, not its checkpoints (the switch is no input of their keys).
+        .env("CCB_CHECKPOINTS", "0")
+        .args([
+            "--root",
+            project.to_str().unwrap(),
+            "build",
+            "tiny",
+            "--until",
+            "layer",
+            "--element-path",
+            elements.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let again = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "layer:tiny:arm64")
+        .unwrap()
+        .clone();
+    assert_eq!(again["status"], "built", "{json}");
+    assert_eq!(
+        again["key"],
+        layer_key.as_str(),
+        "the switch is not an input of the key"
+    );
+    let log = std::fs::read_to_string(
+        env.cache
+            .path()
+            .join("logs")
+            .join(format!("{layer_key}.log")),
+    )
+    .unwrap();
+    assert!(
+        log.contains("runs the image's own tools: CCB_HOST_TOOLS=0"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("decompressed by the host's dpkg-deb"),
+        "{log}"
+    );
+    assert!(log.contains("ccb-observe /usr/bin/grep b700"), "{log}");
+    let emulated = tree_listing(&layer);
+    let with_host = tree_listing(&with_host);
+    let names =
+        |l: &std::collections::BTreeMap<String, Meta>| l.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&with_host), names(&emulated));
+    for (path, meta) in &emulated {
+        assert_eq!(&with_host[path], meta, "{path} differs");
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File(Vec<u8>),
+    Link(String),
+    /// A device (an overlay whiteout is 0:0): its number.
+    Other(u64),
+}
+
+/// What two builds of one tree must agree on for a path (not its times).
+#[derive(Debug, PartialEq, Eq)]
+struct Meta {
+    kind: Entry,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Every path under `root` (relative) with its kind, contents, mode and owner.
+fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, Meta> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e.unwrap();
+        let md = e.path().symlink_metadata().unwrap();
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            Entry::Dir
+        } else if ft.is_symlink() {
+            Entry::Link(std::fs::read_link(e.path()).unwrap().display().to_string())
+        } else if ft.is_file() {
+            Entry::File(std::fs::read(e.path()).unwrap())
+        } else {
+            Entry::Other(md.rdev())
+        };
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        out.insert(
+            rel,
+            Meta {
+                kind,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+            },
+        );
+    }
+    out
 }
