@@ -761,9 +761,11 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
     // The child's bundle, received before the kill, is not sent again.
     assert_eq!(farm.bundles(), 2);
     let r = rows(&again);
+    // Built again by the builder, or, when the layer was done and uploaded before the kill
+    // reached the builder through ssh (a few seconds of a busy host), taken from the cache.
     assert!(
-        r.iter()
-            .any(|(id, _, from)| id == "layer:tiny-child:amd64" && from == "builder"),
+        r.iter().any(|(id, _, from)| id == "layer:tiny-child:amd64"
+            && (from == "builder" || from == "remote")),
         "{r:?}"
     );
     assert!(r.iter().all(|(_, s, _)| s == "cached"), "{r:?}");
