@@ -790,22 +790,11 @@ impl Runner<'_> {
         if !super::native::declares_host_tools(&text) {
             return Ok(Vec::new());
         }
-        let image = self.tree()?;
-        if let Some(why) = super::native::refused(&image) {
-            self.logln(&format!(
-                "ccb: {phase}/{name} runs the image's own tools: {why}"
-            ));
+        let Some(image) = self.host_tools_for(phase, name)? else {
             return Ok(Vec::new());
-        }
-        self.check_host_tools(&image)?;
-        let tools = match &mut self.host_tools {
-            Some(Ok(tools)) => tools,
-            Some(Err(why)) => {
-                let line = format!("ccb: {phase}/{name} runs the image's own tools: {why}");
-                self.logln(&line);
-                return Ok(Vec::new());
-            }
-            None => return Err(RunError::Internal("host tools neither ready nor refused")),
+        };
+        let Some(Ok(tools)) = &mut self.host_tools else {
+            return Err(RunError::Internal("host tools neither ready nor refused"));
         };
         let mut binds = Vec::new();
         let mut lines = Vec::new();
@@ -846,6 +835,27 @@ impl Runner<'_> {
             }))
     }
 
+    /// The image's tree when the host's programs can serve step `phase/name`; `None`, said in
+    /// the log, when the image refuses them (dracut) or the host's programs cannot serve it.
+    fn host_tools_for(&mut self, phase: &str, name: &str) -> Result<Option<TreeRoot>, RunError> {
+        let image = self.tree()?;
+        let why = match super::native::refused(&image) {
+            Some(why) => why.to_string(),
+            None => {
+                self.check_host_tools(&image)?;
+                match &self.host_tools {
+                    Some(Ok(_)) => return Ok(Some(image)),
+                    Some(Err(why)) => why.clone(),
+                    None => return Err(RunError::Internal("host tools neither ready nor refused")),
+                }
+            }
+        };
+        self.logln(&format!(
+            "ccb: {phase}/{name} runs the image's own tools: {why}"
+        ));
+        Ok(None)
+    }
+
     /// Decides whether the host's programs can serve this image (see [`super::native`]): once
     /// they can, for the rest of the action; a refusal is asked again at the next step (a
     /// base's tree has no dpkg until its bootstrap ran).
@@ -877,22 +887,11 @@ impl Runner<'_> {
             ));
             return Ok(None);
         }
-        let image = self.tree()?;
-        if let Some(why) = super::native::refused(&image) {
-            self.logln(&format!(
-                "ccb: {phase}/{name} runs the image's own tools: {why}"
-            ));
+        let Some(image) = self.host_tools_for(phase, name)? else {
             return Ok(None);
-        }
-        self.check_host_tools(&image)?;
-        let tools = match &mut self.host_tools {
-            Some(Ok(tools)) => tools,
-            Some(Err(why)) => {
-                let line = format!("ccb: {phase}/{name} runs the image's own tools: {why}");
-                self.logln(&line);
-                return Ok(None);
-            }
-            None => return Err(RunError::Internal("host tools neither ready nor refused")),
+        };
+        let Some(Ok(tools)) = &mut self.host_tools else {
+            return Err(RunError::Internal("host tools neither ready nor refused"));
         };
         let status = image
             .entry("var/lib/dpkg/status")
