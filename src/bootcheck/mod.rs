@@ -456,8 +456,60 @@ struct Drives {
 /// How a watched boot ended.
 struct Watched {
     completed: bool,
+    /// The guest kernel panicked: nothing more will come, whatever the time left.
+    panicked: bool,
     status: std::io::Result<std::process::ExitStatus>,
     stderr: String,
+}
+
+/// What the kernel prints when it panics; Debian's kernels then hang (no `panic=` timeout),
+/// so without looking for it a boot would wait out the whole timeout.
+const PANIC_MARK: &str = "Kernel panic - not syncing";
+
+/// How long the console may go on after the panic line: the kernel ends its report with
+/// `---[ end Kernel panic`, which usually follows at once.
+const PANIC_TAIL: Duration = Duration::from_secs(5);
+
+/// Says what the panic was from the console: its message and, when the kernel printed an
+/// oops before it, the oops' first line and the faulting instruction.
+fn panic_summary(serial: &str) -> String {
+    let lines: Vec<&str> = serial.lines().map(strip_timestamp).collect();
+    let Some(at) = lines.iter().position(|l| l.contains(PANIC_MARK)) else {
+        return String::new();
+    };
+    let message = lines[at][lines[at].find(PANIC_MARK).unwrap_or(0)..].trim();
+    // The oops that led to the panic is the last one printed before it.
+    let oops = lines[..at].iter().rposition(|l| {
+        [
+            "BUG:",
+            "Oops:",
+            "general protection fault",
+            "Unable to handle",
+            "Internal error:",
+        ]
+        .iter()
+        .any(|m| l.contains(m))
+    });
+    let mut parts = vec![message.to_string()];
+    if let Some(o) = oops {
+        parts.push(lines[o].trim().to_string());
+        if let Some(ip) = lines[o..at]
+            .iter()
+            .find(|l| l.trim_start().starts_with("RIP:") || l.trim_start().starts_with("pc :"))
+        {
+            parts.push(ip.trim().to_string());
+        }
+    }
+    parts.join(" / ")
+}
+
+/// A console line without the kernel's `[    3.730511] ` timestamp.
+fn strip_timestamp(line: &str) -> &str {
+    let t = line.trim_start();
+    match (t.starts_with('['), t.find(']')) {
+        (true, Some(end)) => t[end + 1..].trim_start(),
+        _ => t,
+    }
 }
 
 fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
@@ -473,7 +525,13 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         String::from_utf8_lossy(&std::fs::read(&t.serial_log).unwrap_or_default()).into_owned();
     let mut checks = console_checks(&serial);
     if !watched.completed {
-        let why = if started.elapsed() > t.timeout {
+        let why = if watched.panicked {
+            format!(
+                "the guest kernel panicked after {} s: {}",
+                started.elapsed().as_secs(),
+                panic_summary(&serial)
+            )
+        } else if started.elapsed() > t.timeout {
             format!("no result within {} s", t.timeout.as_secs())
         } else {
             format!(
@@ -693,11 +751,20 @@ fn watch(
     started: Instant,
 ) -> Result<Option<Watched>, BootError> {
     let mut completed = false;
+    let mut panicked_at: Option<Instant> = None;
     loop {
         let serial = std::fs::read(&t.serial_log).unwrap_or_default();
         let text = String::from_utf8_lossy(&serial);
         if text.contains("CCB-CHECKS-DONE") {
             completed = true;
+        }
+        if !completed && panicked_at.is_none() && text.contains(PANIC_MARK) {
+            panicked_at = Some(Instant::now());
+        }
+        if panicked_at
+            .is_some_and(|at| text.contains("---[ end Kernel panic") || at.elapsed() > PANIC_TAIL)
+        {
+            break;
         }
         if kvm && started.elapsed() > KVM_STALL && !text.contains("Linux version") {
             crate::process::stop(&mut child, QEMU_GRACE);
@@ -729,6 +796,7 @@ fn watch(
     }
     Ok(Some(Watched {
         completed,
+        panicked: panicked_at.is_some(),
         status,
         stderr,
     }))
@@ -806,9 +874,17 @@ mod tests {
         );
     }
 
-    /// A BIOS boot sector that prints `text` on COM1 and then ends the VM (a triple fault,
-    /// which `-no-reboot` turns into QEMU's exit).
-    fn boot_sector(text: &str) -> Vec<u8> {
+    /// How a test boot sector ends after printing.
+    #[derive(Clone, Copy)]
+    enum Then {
+        /// A triple fault, which `-no-reboot` turns into QEMU's exit.
+        ExitVm,
+        /// Halts for good with interrupts off, as a panicked Debian kernel does.
+        Hang,
+    }
+
+    /// A BIOS boot sector that prints `text` on COM1 and then ends as `then` says.
+    fn boot_sector(text: &str, then: Then) -> Vec<u8> {
         const IDTR: u16 = 0x7c00 + 25;
         const MSG: u16 = 0x7c00 + 31;
         let mut s = vec![
@@ -831,22 +907,32 @@ mod tests {
             0xee, // out dx, al
             0xeb,
             0xf8, // jmp lodsb
-            0x0f,
-            0x01,
-            0x1e,
-            IDTR as u8,
-            (IDTR >> 8) as u8, // lidt [IDTR]: limit 0
-            0xcc,              // int3: no IDT, so a triple fault
-            0,
-            0,
-            0,
-            0,
-            0,
-            0, // IDTR
         ];
-        assert_eq!(s.len(), 31);
+        match then {
+            Then::ExitVm => s.extend_from_slice(&[
+                0x0f,
+                0x01,
+                0x1e,
+                IDTR as u8,
+                (IDTR >> 8) as u8, // lidt [IDTR]: limit 0
+                0xcc,              // int3: no IDT, so a triple fault
+                0,
+                0,
+                0,
+                0,
+                0,
+                0, // IDTR
+            ]),
+            Then::Hang => s.extend_from_slice(&[
+                0xfa, // cli
+                0xf4, // hlt
+                0xeb, 0xfd, // jmp hlt
+            ]),
+        }
+        s.resize(31, 0);
         s.extend_from_slice(text.as_bytes());
         s.push(0);
+        assert!(s.len() <= 510, "the text does not fit in a boot sector");
         s.resize(510, 0);
         s.extend_from_slice(&[0x55, 0xaa]);
         s
@@ -860,10 +946,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for bus in [DiskBus::Virtio, DiskBus::Nvme, DiskBus::Sata] {
             let image = dir.path().join(format!("{}.raw", bus.as_str()));
-            let mut disk = boot_sector(&format!(
-                "\r\nCCB-CHECK|booted-from-{0}|PASS|{0}\r\nCCB-CHECKS-DONE\r\n",
-                bus.as_str()
-            ));
+            let mut disk = boot_sector(
+                &format!(
+                    "\r\nCCB-CHECK|booted-from-{0}|PASS|{0}\r\nCCB-CHECKS-DONE\r\n",
+                    bus.as_str()
+                ),
+                Then::ExitVm,
+            );
             disk.resize(1 << 20, 0);
             std::fs::write(&image, &disk).unwrap();
             let mut kvm = false;
@@ -890,6 +979,77 @@ mod tests {
                 format!("booted-from-{}", bus.as_str())
             );
         }
+    }
+
+    #[test]
+    fn a_guest_kernel_panic_ends_the_boot_at_once_and_says_what_panicked() {
+        // The console of a panicked kernel (the shape of the one a CI boot waited 900 s on),
+        // then a guest that hangs with interrupts off, as Debian's kernels do after a panic.
+        let console = "\r\n[    3.702113] BUG: kernel NULL pointer dereference, address: 0000000000000008\r\n\
+            [    3.705001] #PF: supervisor read access in kernel mode\r\n\
+            [    3.712950] RIP: 0010:nvme_irq+0x3c/0x90 [nvme]\r\n\
+            [    3.730511] Kernel panic - not syncing: Fatal exception in interrupt\r\n\
+            [    3.741851] ---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---\r\n";
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("panic.raw");
+        let mut disk = boot_sector(console, Then::Hang);
+        disk.resize(1 << 20, 0);
+        std::fs::write(&image, &disk).unwrap();
+        let report = boot(
+            &BootTest {
+                image: &image,
+                format: "raw",
+                arch: Arch::Amd64,
+                firmware: Firmware::Bios,
+                disk: DiskBus::Virtio,
+                // Were the panic missed, the boot would end only here, and say so.
+                timeout: Duration::from_secs(300),
+                checks: &[],
+                work: &dir.path().join("work"),
+                serial_log: dir.path().join("panic.log"),
+            },
+            &mut false,
+        )
+        .unwrap();
+        assert!(!report.completed);
+        assert_eq!(report.checks.len(), 1, "{:?}", report.checks);
+        let boot = &report.checks[0];
+        assert_eq!(boot.name, "boot");
+        assert!(!boot.passed);
+        assert!(
+            boot.detail.starts_with("the guest kernel panicked after "),
+            "{}",
+            boot.detail
+        );
+        for part in [
+            "Kernel panic - not syncing: Fatal exception in interrupt",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000008",
+            "RIP: 0010:nvme_irq+0x3c/0x90 [nvme]",
+        ] {
+            assert!(boot.detail.contains(part), "{part}: {}", boot.detail);
+        }
+    }
+
+    #[test]
+    fn the_panic_summary_names_the_oops_that_led_to_it_and_not_an_earlier_one() {
+        let arm64 = "[    1.0] Internal error: Oops: 0000000096000004 [#1] SMP\n\
+            [    1.1] pc : earlier_fault+0x10/0x20\n\
+            [    2.0] Unable to handle kernel paging request at virtual address dead000000000100\n\
+            [    2.1] pc : virtqueue_get_buf+0x2c/0x40\n\
+            [    2.2] Kernel panic - not syncing: Oops: Fatal exception\n";
+        assert_eq!(
+            panic_summary(arm64),
+            "Kernel panic - not syncing: Oops: Fatal exception / \
+             Unable to handle kernel paging request at virtual address dead000000000100 / \
+             pc : virtqueue_get_buf+0x2c/0x40"
+        );
+        // A panic with no oops before it (an init that died) is its own message.
+        assert_eq!(
+            panic_summary(
+                "[ 5.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n"
+            ),
+            "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
+        );
     }
 
     #[test]
