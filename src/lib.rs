@@ -113,6 +113,8 @@
 //! artifacts/.partial/         interrupted downloads, resumed by the next fetch
 //! sources/git/, sources/trees/  bare mirrors of git sources; locked trees by git tree id
 //! stat/artifacts.json         verified blake3 of store artifacts by stat
+//! stat/kvm-stall.json         a kernel stalled under KVM here: `ccb test` uses TCG until the
+//!                             host's kernel or QEMU changes
 //! logs/<key>.log              every step's output; <key>-boot-<firmware>-<disk bus>.log for `ccb test`
 //! locks/                      per-key and store-wide flocks
 //! downloads/                  shared package and image downloads (never in a key)

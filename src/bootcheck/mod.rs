@@ -226,6 +226,35 @@ fn run_tool(cmd: &mut Process, what: &str) -> Result<String, BootError> {
 
 /// Whether KVM really runs guests here (it may exist and hang or abort): a boot sector that
 /// prints `K` on the serial port must do so within a few seconds.
+/// The host a kernel stalled under KVM on. Some hosts run the probe's boot sector under KVM
+/// and then hang on a real kernel, which costs every boot [`KVM_STALL`] before TCG takes over;
+/// a stall is remembered for this host's kernel and QEMU, and a new version of either (which
+/// may well have fixed KVM) tries KVM again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct KvmHost {
+    /// The running kernel's release (`uname -r`).
+    pub kernel: String,
+    /// The first line of `qemu-system-<host arch> --version`.
+    pub qemu: String,
+}
+
+impl KvmHost {
+    /// This host, or `None` when its kernel release or QEMU's version cannot be read (nothing
+    /// is then remembered).
+    pub fn here() -> Option<KvmHost> {
+        let uname = nix::sys::utsname::uname().ok()?;
+        let kernel = uname.release().to_string_lossy().into_owned();
+        let qemu = qemu_program(crate::manifest::Arch::host()?);
+        let out = Process::new(qemu).arg("--version").output().ok()?;
+        let qemu = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .to_string();
+        Some(KvmHost { kernel, qemu })
+    }
+}
+
 pub fn kvm_works(work: &Path) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;

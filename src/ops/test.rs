@@ -153,10 +153,20 @@ fn test(
                 "set TMPDIR to a writable directory with room for a disk overlay",
             )
         })?;
-    let amd64_kvm = bootcheck::kvm_works(scratch.path());
-    if !amd64_kvm {
-        shell.status("KVM is unavailable or does not work here: booting with TCG (slower)");
-    }
+    let kvm_host = bootcheck::KvmHost::here();
+    let mut stalled = stalled_here_before(store, kvm_host.as_ref());
+    let amd64_kvm = if stalled {
+        shell.status(
+            "a kernel stalled under KVM on this host before (same kernel and QEMU): booting with TCG",
+        );
+        false
+    } else {
+        let works = bootcheck::kvm_works(scratch.path());
+        if !works {
+            shell.status("KVM is unavailable or does not work here: booting with TCG (slower)");
+        }
+        works
+    };
 
     let mut results = Vec::new();
     for disk in &build.disks {
@@ -166,7 +176,7 @@ fn test(
             Arch::Arm64 if bios_only => continue,
             Arch::Arm64 => vec![Firmware::Uefi],
         };
-        let mut kvm = bootcheck::kvm_for(t.arch, amd64_kvm);
+        let mut kvm = !stalled && bootcheck::kvm_for(t.arch, amd64_kvm);
         let (name, image, format) = disk_file(store, disk)?;
         let checks = checks_of(session, planned, t);
         let boots: Vec<(Firmware, DiskBus)> = if req.paired.is_empty() {
@@ -205,7 +215,13 @@ fn test(
                 )),
                 serial_log: store.boot_log(&disk.key, firmware.as_str(), bus.as_str()),
             };
+            let had_kvm = kvm;
             let (report, result) = boot_one(&test, t, &mut kvm, shell)?;
+            if had_kvm && !kvm && !stalled {
+                // Every later boot, of this disk or another, in this run or the next.
+                stalled = true;
+                remember_stall(store, kvm_host.as_ref());
+            }
             observer.booted(&report, &result);
             results.push(result);
         }
@@ -263,6 +279,24 @@ fn checks_of(
     bootcheck::element_checks(&dirs)
 }
 
+/// Whether a kernel stalled under KVM on this very host (kernel and QEMU) in an earlier run.
+fn stalled_here_before(store: &crate::store::Store, host: Option<&bootcheck::KvmHost>) -> bool {
+    host.is_some_and(|h| {
+        store
+            .read_json::<bootcheck::KvmHost>(crate::store::Layout::KVM_STALL)
+            .as_ref()
+            == Some(h)
+    })
+}
+
+/// Remembers that a kernel stalled under KVM on this host. A cache record: when it cannot be
+/// written, the next run pays the stall once more and tries again.
+fn remember_stall(store: &crate::store::Store, host: Option<&bootcheck::KvmHost>) {
+    if let Some(h) = host {
+        let _ = store.write_cache_json(crate::store::Layout::KVM_STALL, h);
+    }
+}
+
 /// One boot; `kvm` is turned off for the next boots when KVM started but never ran the guest.
 fn boot_one(
     test: &BootTest,
@@ -291,4 +325,61 @@ fn boot_one(
         checks: report.checks.clone(),
     };
     Ok((report, result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootcheck::KvmHost;
+    use crate::store::{Layout, Store};
+
+    fn host(kernel: &str, qemu: &str) -> KvmHost {
+        KvmHost {
+            kernel: kernel.into(),
+            qemu: qemu.into(),
+        }
+    }
+
+    #[test]
+    fn a_kvm_stall_is_remembered_for_this_kernel_and_qemu_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let here = host("6.1.0-40-cloud-amd64", "QEMU emulator version 7.2.22");
+        assert!(
+            !stalled_here_before(&store, Some(&here)),
+            "nothing seen yet"
+        );
+
+        remember_stall(&store, Some(&here));
+        assert!(store.exists(Layout::KVM_STALL));
+        assert!(stalled_here_before(&store, Some(&here)));
+        // A new kernel or a new QEMU may have fixed KVM: it is tried again.
+        assert!(!stalled_here_before(
+            &store,
+            Some(&host(
+                "6.1.0-41-cloud-amd64",
+                "QEMU emulator version 7.2.22"
+            ))
+        ));
+        assert!(!stalled_here_before(
+            &store,
+            Some(&host("6.1.0-40-cloud-amd64", "QEMU emulator version 8.2.2"))
+        ));
+        // A host whose versions cannot be read remembers nothing and is never taken for one.
+        assert!(!stalled_here_before(&store, None));
+        // A damaged record is a missing one.
+        std::fs::write(store.path(Layout::KVM_STALL), b"{\"kernel\": 1").unwrap();
+        assert!(!stalled_here_before(&store, Some(&here)));
+    }
+
+    #[test]
+    fn this_host_is_read_from_its_kernel_and_qemu() {
+        let Some(h) = KvmHost::here() else {
+            panic!(
+                "the test host has QEMU (scripts/host-deps.sh installs it) and a kernel release"
+            );
+        };
+        assert!(!h.kernel.is_empty());
+        assert!(h.qemu.starts_with("QEMU emulator version "), "{}", h.qemu);
+    }
 }

@@ -69,6 +69,9 @@ impl Layout {
     /// Verified blake3 of store artifacts by stat.
     pub const ARTIFACT_STATS: &'static str = "stat/artifacts.json";
 
+    /// A guest kernel that stalled under KVM on this host (its kernel and QEMU versions).
+    pub const KVM_STALL: &'static str = "stat/kvm-stall.json";
+
     /// A resolved element view.
     pub fn resolve_record(hash: &str) -> String {
         format!("{}/{hash}.json", Self::RESOLVE)
