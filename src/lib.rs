@@ -157,5 +157,10 @@ pub mod units;
 /// ccb's version, part of every action key: a new engine never reuses an old engine's outputs.
 pub const ENGINE_VERSION: &str = concat!("ccb-", env!("CARGO_PKG_VERSION"), "-engine-1");
 
+/// The disk action's writer, part of every disk key: raised when the same tree gives other
+/// disk bytes (equal keys must give equal bytes), without touching the keys of the layers
+/// under it. 2: inode times written by ccb, not debugfs (the superblock's write count).
+pub const DISK_WRITER: &str = "2";
+
 #[cfg(test)]
 mod layering;

@@ -468,7 +468,9 @@ impl Runner<'_> {
             self.disk_step("root-filesystem", |r| {
                 make_ext4_in(raw, root, &d.seed, &r.root, epoch)
             })?;
-            self.disk_step("inode-times", |_| set_inode_times(raw, root.offset, epoch))?;
+            self.disk_step("inode-times", |_| {
+                super::ext4::set_inode_times(raw, root.offset, epoch)
+            })?;
             Ok(((raw.to_path_buf(), root.offset, root.length), None))
         } else {
             let root_img = self.spec.work.join("root.img");
@@ -891,87 +893,6 @@ fn fill_vfat(img: &Path, dir: &Path, epoch: i64) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Every used inode of an ext4 image gets `epoch` as its change, access and creation time:
-/// `mkfs.ext4 -d` copies the change and access times from the tree, and the change time
-/// cannot be set there. The used inodes are read from the bitmaps (`dumpe2fs`), no mount.
-fn set_inode_times(img: &Path, offset: u64, epoch: i64) -> Result<(), RunError> {
-    // e2fsprogs' programs open a filesystem at an offset in a file as `FILE?offset=N`.
-    let mut device = img.as_os_str().to_owned();
-    if offset > 0 {
-        if device.as_encoded_bytes().contains(&b'?') {
-            return Err(RunError::Image {
-                problem: format!(
-                    "the disk's work path {} has a '?', which e2fsprogs reads as options",
-                    img.display()
-                ),
-            });
-        }
-        device.push(format!("?offset={offset}"));
-    }
-    let dump = tool(
-        Process::new("dumpe2fs").arg(&device),
-        "reading the root filesystem's inode bitmaps (dumpe2fs, from e2fsprogs)",
-    )?;
-    let inodes = used_inodes(&dump).ok_or_else(|| RunError::Image {
-        problem: "dumpe2fs printed no inode count".into(),
-    })?;
-    let mut script = String::new();
-    for ino in &inodes {
-        for field in ["ctime", "atime", "crtime"] {
-            script.push_str(&format!("sif <{ino}> {field} @{epoch}\n"));
-        }
-    }
-    let script_path = img.with_file_name("debugfs-times");
-    std::fs::write(&script_path, script).map_err(io("write debugfs's requests"))?;
-    let done = Process::new("debugfs")
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-        .arg("-w")
-        .arg("-f")
-        .arg(&script_path)
-        .arg(&device)
-        .output()
-        .map_err(program("setting inode times (debugfs, from e2fsprogs)"))?;
-    let _ = std::fs::remove_file(&script_path);
-    // debugfs exits 0 whatever its requests did: a refused one is on stderr.
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    if let Some(bad) = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
-    {
-        return Err(RunError::Image {
-            problem: format!("debugfs refused to set an inode's times: {bad}"),
-        });
-    }
-    Ok(())
-}
-
-/// The used inodes from `dumpe2fs`'s output: every inode up to `Inode count:` but those its
-/// groups list as free (`Free inodes: 12-8192, 8200`).
-fn used_inodes(dump: &str) -> Option<Vec<u64>> {
-    let count: u64 = dump
-        .lines()
-        .find_map(|l| l.strip_prefix("Inode count:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    let mut free = vec![false; count as usize + 1];
-    for l in dump.lines() {
-        let Some(ranges) = l.trim().strip_prefix("Free inodes:") else {
-            continue;
-        };
-        for r in ranges.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-            let (a, b) = r.split_once('-').unwrap_or((r, r));
-            let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
-                continue;
-            };
-            for i in a..=b.min(count) {
-                free[i as usize] = true;
-            }
-        }
-    }
-    Some((1..=count).filter(|i| !free[*i as usize]).collect())
-}
-
 /// gptman's errors wrap the I/O error under them (a full disk is still one).
 fn gpt_error(what: &'static str) -> impl FnOnce(gptman::Error) -> RunError {
     move |e| match e {
@@ -1371,7 +1292,7 @@ mod tests {
             .unwrap();
             // As the disk action does: mkfs copies the tree's access times, and its own read
             // of the tree moved them (a second apart under load).
-            set_inode_times(&img, 0, 1_700_000_000).unwrap();
+            super::super::ext4::set_inode_times(&img, 0, 1_700_000_000).unwrap();
             blake3::hash(&std::fs::read(&img).unwrap())
         };
         assert_eq!(digest("a.img"), digest("b.img"));
@@ -1396,7 +1317,7 @@ mod tests {
         let alone = dir.path().join("root.img");
         let part = ext4_root_partition(length);
         make_fs(&alone, &part, "seed", Some(&tree), epoch).unwrap();
-        set_inode_times(&alone, 0, epoch).unwrap();
+        super::super::ext4::set_inode_times(&alone, 0, epoch).unwrap();
 
         let offset = 3 << 20;
         let disk = dir.path().join("disk.raw");
@@ -1407,7 +1328,7 @@ mod tests {
         drop(f);
         let placed = Placed { offset, ..part };
         make_ext4_in(&disk, &placed, "seed", &tree, epoch).unwrap();
-        set_inode_times(&disk, offset, epoch).unwrap();
+        super::super::ext4::set_inode_times(&disk, offset, epoch).unwrap();
 
         let bytes = std::fs::read(&disk).unwrap();
         let (offset, length) = (offset as usize, length as usize);
@@ -1454,7 +1375,7 @@ mod tests {
                 1_700_000_000,
             )
             .unwrap();
-            set_inode_times(&img, 0, 1_700_000_000).unwrap();
+            super::super::ext4::set_inode_times(&img, 0, 1_700_000_000).unwrap();
             blake3::hash(&std::fs::read(&img).unwrap())
         };
         let first = run(0);
@@ -1589,15 +1510,6 @@ mod tests {
         mtime
     }
 
-    #[test]
-    fn used_inodes_are_the_ones_the_bitmaps_do_not_list_free() {
-        let dump = "Inode count:              20\nGroup 0:\n  Free inodes: 3-5, 9, 12-20\n";
-        assert_eq!(used_inodes(dump).unwrap(), [1, 2, 6, 7, 8, 10, 11]);
-        assert_eq!(used_inodes("no count"), None);
-    }
-
-    /// The ESP from the same tree a second apart: the same bytes (mkfs.fat and mtools take
-    /// their times from the source date, and the files go in in name order).
     #[test]
     fn the_esp_is_the_same_from_the_same_tree() {
         let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod dib;
 pub mod disk;
 pub mod event;
+mod ext4;
 mod fullwatch;
 pub mod grub;
 pub mod inroot;

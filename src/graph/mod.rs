@@ -689,6 +689,7 @@ impl Graph {
         let disk_doc = KeyDoc::new()
             .str("action", "disk")
             .str("engine", crate::ENGINE_VERSION)
+            .str("writer", crate::DISK_WRITER)
             .str("arch", arch.as_str())
             .str("layer", layer_key)
             .str("name", image.published_name(arch))
