@@ -44,6 +44,9 @@ pub struct BootResult {
     pub passed: bool,
     pub serial_log: PathBuf,
     pub checks: Vec<CheckResult>,
+    /// Why this is the boot's second attempt (the first's guest kernel panicked under TCG).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried: Option<String>,
 }
 
 /// The build and every boot.
@@ -311,6 +314,9 @@ fn boot_one(
             "KVM started but the kernel never spoke: KVM does not really work here, using TCG",
         );
     }
+    if let Some(why) = &report.retried {
+        shell.warn(&format!("booted a second time: {why}"));
+    }
     let result = BootResult {
         target: t.label(),
         arch: t.arch,
@@ -323,6 +329,7 @@ fn boot_one(
         passed: report.passed(),
         serial_log: report.serial_log.clone(),
         checks: report.checks.clone(),
+        retried: report.retried.clone(),
     };
     Ok((report, result))
 }
