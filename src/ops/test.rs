@@ -156,20 +156,7 @@ fn test(
                 "set TMPDIR to a writable directory with room for a disk overlay",
             )
         })?;
-    let kvm_host = bootcheck::KvmHost::here();
-    let mut stalled = stalled_here_before(store, kvm_host.as_ref());
-    let amd64_kvm = if stalled {
-        shell.status(
-            "a kernel stalled under KVM on this host before (same kernel and QEMU): booting with TCG",
-        );
-        false
-    } else {
-        let works = bootcheck::kvm_works(scratch.path());
-        if !works {
-            shell.status("KVM is unavailable or does not work here: booting with TCG (slower)");
-        }
-        works
-    };
+    let mut accel = Accel::start(store, scratch.path(), shell);
 
     let mut results = Vec::new();
     for disk in &build.disks {
@@ -179,22 +166,10 @@ fn test(
             Arch::Arm64 if bios_only => continue,
             Arch::Arm64 => vec![Firmware::Uefi],
         };
-        let mut kvm = !stalled && bootcheck::kvm_for(t.arch, amd64_kvm);
+        let mut kvm = accel.kvm_for(t.arch);
         let (name, image, format) = disk_file(store, disk)?;
         let checks = checks_of(session, planned, t);
-        let boots: Vec<(Firmware, DiskBus)> = if req.paired.is_empty() {
-            firmwares
-                .iter()
-                .flat_map(|&firmware| req.buses.iter().map(move |&disk| (firmware, disk)))
-                .collect()
-        } else {
-            req.paired
-                .iter()
-                .filter(|(fw, _)| firmwares.contains(fw))
-                .copied()
-                .collect()
-        };
-        for (firmware, bus) in boots {
+        for (firmware, bus) in boots_of(req, &firmwares) {
             let plan = BootPlan {
                 arch: t.arch,
                 firmware,
@@ -220,10 +195,8 @@ fn test(
             };
             let had_kvm = kvm;
             let (report, result) = boot_one(&test, t, &mut kvm, shell)?;
-            if had_kvm && !kvm && !stalled {
-                // Every later boot, of this disk or another, in this run or the next.
-                stalled = true;
-                remember_stall(store, kvm_host.as_ref());
+            if had_kvm && !kvm {
+                accel.stalled(store);
             }
             observer.booted(&report, &result);
             results.push(result);
@@ -235,6 +208,68 @@ fn test(
         results,
         build,
     })
+}
+
+/// The boots of one disk: every firmware on every bus, or the firmware and bus pairs asked
+/// for (of the firmwares the disk's arch has).
+fn boots_of(req: &TestRequest, firmwares: &[Firmware]) -> Vec<(Firmware, DiskBus)> {
+    if req.paired.is_empty() {
+        firmwares
+            .iter()
+            .flat_map(|&firmware| req.buses.iter().map(move |&disk| (firmware, disk)))
+            .collect()
+    } else {
+        req.paired
+            .iter()
+            .filter(|(fw, _)| firmwares.contains(fw))
+            .copied()
+            .collect()
+    }
+}
+
+/// Whether boots use KVM: probed once per run, and off for good (this run and, through the
+/// store, the next ones on this kernel and QEMU) once a kernel stalled under it.
+struct Accel {
+    host: Option<bootcheck::KvmHost>,
+    stalled: bool,
+    amd64_probe: bool,
+}
+
+impl Accel {
+    fn start(store: &crate::store::Store, scratch: &std::path::Path, shell: &Shell) -> Accel {
+        let host = bootcheck::KvmHost::here();
+        let stalled = stalled_here_before(store, host.as_ref());
+        let amd64_probe = if stalled {
+            shell.status(
+                "a kernel stalled under KVM on this host before (same kernel and QEMU): booting with TCG",
+            );
+            false
+        } else {
+            let works = bootcheck::kvm_works(scratch);
+            if !works {
+                shell.status("KVM is unavailable or does not work here: booting with TCG (slower)");
+            }
+            works
+        };
+        Accel {
+            host,
+            stalled,
+            amd64_probe,
+        }
+    }
+
+    fn kvm_for(&self, arch: Arch) -> bool {
+        !self.stalled && bootcheck::kvm_for(arch, self.amd64_probe)
+    }
+
+    /// A kernel stalled under KVM: every later boot, of this disk or another, in this run or
+    /// the next, uses TCG.
+    fn stalled(&mut self, store: &crate::store::Store) {
+        if !self.stalled {
+            self.stalled = true;
+            remember_stall(store, self.host.as_ref());
+        }
+    }
 }
 
 /// A built disk's published name, its file (qcow2, else raw) and that file's format.
