@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod bounded;
+mod landlock;
 pub mod nosync;
 pub use bounded::{Bounded, Confine, Resident};
 
@@ -153,7 +154,10 @@ impl Process {
     /// When it runs as PID 1 of a namespace ([`Confine::PidNamespace`] as root, or
     /// [`Process::spawn_resident`]): in a mount namespace of its own where every mount of the
     /// host is read-only (recursively, `mount_setattr`) and /tmp writes into a private tmpfs,
-    /// so that it reads what it likes and writes nothing that outlives it.
+    /// so that it reads what it likes and writes nothing that outlives it. In a process group
+    /// (a user without the privilege for namespaces), Landlock allows writes only to
+    /// `/dev/null` and a scratch directory that is its `TMPDIR` (`process::landlock`); a kernel
+    /// without Landlock runs it unconfined.
     pub fn read_only_host(&mut self) -> &mut Self {
         self.read_only_host = true;
         self

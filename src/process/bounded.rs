@@ -45,6 +45,9 @@ struct Started {
     end: End,
     stdout: File,
     stderr: File,
+    /// The only place a read-only program in a process group may write (its TMPDIR),
+    /// removed once it has ended.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 /// How a started program is ended.
@@ -133,16 +136,30 @@ impl Process {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        // Without the privilege for a mount namespace, Landlock keeps a read-only program's
+        // writes to a scratch directory; a kernel without Landlock runs it as before.
+        let (scratch, ruleset) = if self.read_only_host {
+            let scratch = tempfile::Builder::new().prefix("ccb-ro-").tempdir()?;
+            let ruleset = super::landlock::ReadOnly::new(scratch.path())?;
+            cmd.env("TMPDIR", scratch.path());
+            (Some(scratch), ruleset)
+        } else {
+            (None, None)
+        };
+        let landlock = ruleset.as_ref().map(super::landlock::ReadOnly::raw);
         let memory = self.memory_limit;
-        // SAFETY: prctl and setrlimit are async-signal-safe.
+        // SAFETY: prctl, setrlimit and landlock_restrict_self are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
                 // ccb's death ends the run.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                match memory {
-                    Some(bytes) => set_memory_limit(bytes),
+                if let Some(bytes) = memory {
+                    set_memory_limit(bytes)?;
+                }
+                match landlock {
+                    Some(fd) => super::landlock::restrict_self(fd),
                     None => Ok(()),
                 }
             });
@@ -152,11 +169,13 @@ impl Process {
         let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(std::io::Error::other("no pipes to the child"));
         };
+        drop(ruleset);
         Ok(Started {
             pid,
             end: End::Group(pid),
             stdout: File::from(OwnedFd::from(out)),
             stderr: File::from(OwnedFd::from(err)),
+            _scratch: scratch,
         })
     }
 
@@ -175,6 +194,7 @@ impl Process {
             end: End::Pid1(pidfd),
             stdout: File::from(out_r),
             stderr: File::from(err_r),
+            _scratch: None,
         })
     }
 

@@ -4,7 +4,9 @@
 //! `chroot`); bad input at the command line and in the store is refused or survived with a
 //! clear message, never a panic, a hang, a printed secret, or removing what was not asked for.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::common::{Env, copy_tree, repo, script, write};
 
@@ -757,4 +759,75 @@ fn inspect_by_url_never_prints_the_urls_password_or_signature() {
     )
     .fails()
     .stderr_has("temp_url_sig=***");
+}
+
+/// A user without privileges runs ccb: the mount namespace that makes the host read-only for
+/// `environment.d` needs root, so Landlock stands in for it. The fragment reads and runs what
+/// it likes and writes to a temporary file of its own (a here-document too large for a pipe),
+/// but nothing it writes outside reaches the host: not /tmp (writable by everyone), not the
+/// store, not the element itself.
+#[test]
+fn an_environment_d_run_by_a_user_without_privileges_writes_nothing_to_the_host() {
+    assert!(
+        is_root(),
+        "the test drops to an unprivileged user (scripts/test runs as root)"
+    );
+    let nobody = "65534";
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // ccb itself where the user can run it, and a store the user owns.
+    let ccb = top.join("ccb");
+    std::fs::copy(env!("CARGO_BIN_EXE_ccb"), &ccb).unwrap();
+    let store = top.join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::os::unix::fs::chown(&store, Some(65534), Some(65534)).unwrap();
+    let elements = top.join("elements");
+    crate::common::os_element(&elements, "os");
+    let escape = std::path::PathBuf::from(format!("/tmp/ccb-escape-{}", std::process::id()));
+    let inside = elements.join("a/written-by-a-fragment");
+    let fragment = format!(
+        "for f in {escape} {inside} {store}/planted; do\n\
+         \x20   {{ echo escaped > \"$f\"; }} 2>/dev/null || echo \"refused: $f\" >&2\n\
+         done\n\
+         big=$(cat <<DOC\n{doc}\nDOC\n)\n\
+         export BIG_LEN=${{#big}} QUIET=$(ls /nonexistent 2>/dev/null || echo quiet)\n",
+        escape = escape.display(),
+        inside = inside.display(),
+        store = store.display(),
+        doc = "x".repeat(200_000),
+    );
+    write(elements.join("a/README.rst"), "a\n");
+    write(elements.join("a/environment.d/20-write"), &fragment);
+    // Writable by the user but for the confinement: the element's directory, like /tmp.
+    std::fs::set_permissions(elements.join("a"), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let out = Command::new("setpriv")
+        .args(["--reuid", nobody, "--regid", nobody, "--clear-groups", "--"])
+        .arg(&ccb)
+        .args(["query", "elements", "--format", "json", "--element-path"])
+        .arg(&elements)
+        .args(["-e", "os", "a"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CCB_CACHE_DIR", &store)
+        .env("NO_COLOR", "1")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let escaped = [&escape, &inside, &store.join("planted")]
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>();
+    let _ = std::fs::remove_file(&escape);
+    assert!(escaped.is_empty(), "environment.d wrote {escaped:?}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["env"]["BIG_LEN"], "200000", "{j}");
+    assert_eq!(j["env"]["QUIET"], "quiet", "{j}");
 }
