@@ -116,6 +116,7 @@
 //! stat/kvm-stall.json         a kernel stalled under KVM here: `ccb test` uses TCG until the
 //!                             host's kernel or QEMU changes
 //! logs/<key>.log              every step's output; <key>-boot-<firmware>-<disk bus>.log for `ccb test`
+//!                             (and -panicked.log: a first attempt whose guest kernel panicked)
 //! locks/                      per-key and store-wide flocks
 //! downloads/                  shared package and image downloads (never in a key)
 //! tmp/                        working directories of running (or killed) actions

@@ -1066,6 +1066,7 @@ fn write_fstab(image: &super::inroot::TreeRoot, plan: &DiskPlan) -> Result<(), R
 
 #[cfg(test)]
 mod tests {
+    use super::super::ext4::set_inode_times;
     use super::*;
 
     #[test]
@@ -1292,7 +1293,7 @@ mod tests {
             .unwrap();
             // As the disk action does: mkfs copies the tree's access times, and its own read
             // of the tree moved them (a second apart under load).
-            super::super::ext4::set_inode_times(&img, 0, 1_700_000_000).unwrap();
+            set_inode_times(&img, 0, 1_700_000_000).unwrap();
             blake3::hash(&std::fs::read(&img).unwrap())
         };
         assert_eq!(digest("a.img"), digest("b.img"));
@@ -1317,7 +1318,7 @@ mod tests {
         let alone = dir.path().join("root.img");
         let part = ext4_root_partition(length);
         make_fs(&alone, &part, "seed", Some(&tree), epoch).unwrap();
-        super::super::ext4::set_inode_times(&alone, 0, epoch).unwrap();
+        set_inode_times(&alone, 0, epoch).unwrap();
 
         let offset = 3 << 20;
         let disk = dir.path().join("disk.raw");
@@ -1328,7 +1329,7 @@ mod tests {
         drop(f);
         let placed = Placed { offset, ..part };
         make_ext4_in(&disk, &placed, "seed", &tree, epoch).unwrap();
-        super::super::ext4::set_inode_times(&disk, offset, epoch).unwrap();
+        set_inode_times(&disk, offset, epoch).unwrap();
 
         let bytes = std::fs::read(&disk).unwrap();
         let (offset, length) = (offset as usize, length as usize);
@@ -1375,7 +1376,7 @@ mod tests {
                 1_700_000_000,
             )
             .unwrap();
-            super::super::ext4::set_inode_times(&img, 0, 1_700_000_000).unwrap();
+            set_inode_times(&img, 0, 1_700_000_000).unwrap();
             blake3::hash(&std::fs::read(&img).unwrap())
         };
         let first = run(0);
@@ -1510,6 +1511,8 @@ mod tests {
         mtime
     }
 
+    /// The ESP from the same tree a second apart: the same bytes (mkfs.fat and mtools take
+    /// their times from the source date, and the files go in in name order).
     #[test]
     fn the_esp_is_the_same_from_the_same_tree() {
         let dir = tempfile::tempdir().unwrap();

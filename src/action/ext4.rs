@@ -35,6 +35,10 @@ const S_CHECKSUM_SEED: usize = 0x270;
 
 const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+/// Features that move the group descriptors or the inode tables away from where this pass
+/// reads them (`meta_bg` scatters the descriptors; a journal device has no inodes), and any
+/// this pass does not know: refused rather than written wrong.
+const INCOMPAT_UNSUPPORTED: u32 = 0x8 | 0x10 | !0x3_ffff;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 
 const BG_INODE_BITMAP_LO: usize = 0x04;
@@ -119,6 +123,12 @@ impl Geometry {
             return Err(bad(format!("block size 1024 << {log}")));
         }
         let incompat = le32(&sb, S_FEATURE_INCOMPAT);
+        if incompat & INCOMPAT_UNSUPPORTED != 0 {
+            return Err(bad(format!(
+                "incompatible features {:#x} (meta_bg, a journal device or newer): ccb cannot set its inode times",
+                incompat & INCOMPAT_UNSUPPORTED
+            )));
+        }
         let ro_compat = le32(&sb, S_FEATURE_RO_COMPAT);
         let inode_size = usize::from(le16(&sb, S_INODE_SIZE));
         let desc_size = if incompat & INCOMPAT_64BIT != 0 {
@@ -131,6 +141,7 @@ impl Geometry {
             || !inode_size.is_power_of_two()
             || !(32..=1024).contains(&desc_size)
             || inodes_per_group == 0
+            || u64::from(inodes_per_group) > 8 * (1024 << log)
         {
             return Err(bad(format!(
                 "inode size {inode_size}, descriptor size {desc_size}, {inodes_per_group} inodes per group"
@@ -159,15 +170,15 @@ impl Geometry {
     }
 }
 
-/// Sets a time field as `debugfs`'s `set_inode_field` does: the low 32 bits of the seconds
-/// in the field, the epoch bits (the two low bits) of its `_extra` word from the rest,
-/// that word's nanoseconds kept.
+/// Sets a time field to the source date: the low 32 bits of the seconds in the field, and
+/// its `_extra` word the epoch bits (its two low bits) with no nanoseconds. debugfs kept the
+/// word's nanoseconds, which mkfs 1.47 leaves 0; a later mkfs that copied the tree's would
+/// put the build's moment there.
 fn put_time(inode: &mut [u8], field: usize, extra: Option<usize>, epoch: i64) {
     inode[field..field + 4].copy_from_slice(&(epoch as u32).to_le_bytes());
     if let Some(x) = extra {
         let high = (((epoch - i64::from(epoch as i32)) >> 32) & 3) as u32;
-        let word = (le32(inode, x) & !3) | high;
-        inode[x..x + 4].copy_from_slice(&word.to_le_bytes());
+        inode[x..x + 4].copy_from_slice(&high.to_le_bytes());
     }
 }
 
@@ -213,8 +224,22 @@ pub(super) fn set_inode_times(img: &Path, offset: u64, epoch: i64) -> Result<(),
         .map_err(io(format!("open {}", img.display())))?;
     let geo = Geometry::read(&f, offset)?;
     let groups = geo.groups();
-    let mut descs = vec![0u8; groups as usize * geo.desc_size];
-    let gdt = offset + (geo.first_data_block + 1) * geo.block_size;
+    // A damaged count must not become an allocation larger than the disk.
+    let table_len = u64::from(groups) * geo.desc_size as u64;
+    let file_len = f.metadata().map_err(io("stat the disk"))?.len();
+    if table_len > file_len {
+        return Err(bad(format!(
+            "{groups} groups' descriptors would not fit in the disk"
+        )));
+    }
+    let mut descs = vec![0u8; table_len as usize];
+    let block_at = |block: u64| {
+        block
+            .checked_mul(geo.block_size)
+            .and_then(|b| b.checked_add(offset))
+            .ok_or_else(|| bad(format!("block {block} is beyond any disk")))
+    };
+    let gdt = block_at(geo.first_data_block + 1)?;
     f.read_exact_at(&mut descs, gdt)
         .map_err(io("read the root filesystem's group descriptors"))?;
     let ipg = geo.inodes_per_group as usize;
@@ -232,7 +257,7 @@ pub(super) fn set_inode_times(img: &Path, offset: u64, epoch: i64) -> Result<(),
         };
         let bitmap_block = u64::from(le32(desc, BG_INODE_BITMAP_LO)) | hi(BG_INODE_BITMAP_HI);
         let table_block = u64::from(le32(desc, BG_INODE_TABLE_LO)) | hi(BG_INODE_TABLE_HI);
-        f.read_exact_at(&mut bitmap, offset + bitmap_block * geo.block_size)
+        f.read_exact_at(&mut bitmap, block_at(bitmap_block)?)
             .map_err(io("read the root filesystem's inode bitmaps"))?;
         let used = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
         // Inodes are handed out from the start of a group: read the table up to the last
@@ -241,7 +266,7 @@ pub(super) fn set_inode_times(img: &Path, offset: u64, epoch: i64) -> Result<(),
             continue;
         };
         let mut table = vec![0u8; (last + 1) * geo.inode_size];
-        let at = offset + table_block * geo.block_size;
+        let at = block_at(table_block)?;
         f.read_exact_at(&mut table, at)
             .map_err(io("read the root filesystem's inode tables"))?;
         for (i, inode) in table.chunks_exact_mut(geo.inode_size).enumerate() {
@@ -292,11 +317,14 @@ mod tests {
 
     /// `mkfs.ext4 -d` of the tree at `offset` in a new `len`-byte file, as the disk action
     /// runs it (its options that shape inodes: an inode per 4 KiB, metadata checksums).
-    fn mkfs(img: &Path, offset: u64, len: u64, tree: &Path, usage: &str) {
+    fn mkfs(img: &Path, offset: u64, len: u64, tree: &Path, usage: &str, features: Option<&str>) {
         let f = File::create(img).unwrap();
         f.set_len(offset + len).unwrap();
-        Process::new("mkfs.ext4")
-            .env("E2FSPROGS_FAKE_TIME", EPOCH.to_string())
+        let mut cmd = Process::new("mkfs.ext4");
+        if let Some(o) = features {
+            cmd.args(["-O", o]);
+        }
+        cmd.env("E2FSPROGS_FAKE_TIME", EPOCH.to_string())
             .args(["-F", "-q", "-T", usage, "-i", "4096", "-J", "size=4", "-E"])
             .arg(format!("offset={offset}"))
             .arg("-d")
@@ -364,17 +392,19 @@ mod tests {
         // groups, two never initialised) and a small one's (1 KiB blocks, 38 groups); at an
         // offset, as the root partition sits in the disk file.
         for usage in ["default", "small"] {
-            same_as_debugfs(usage);
+            same_as_debugfs(usage, None);
         }
+        // The checksum seed kept in the superblock (a default of newer e2fsprogs).
+        same_as_debugfs("default", Some("metadata_csum_seed"));
     }
 
-    fn same_as_debugfs(usage: &str) {
+    fn same_as_debugfs(usage: &str, features: Option<&str>) {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("tree");
         tree(&src);
         let (offset, len) = (1 << 20, 300 << 20);
         let ours = dir.path().join("ours.img");
-        mkfs(&ours, offset, len, &src, usage);
+        mkfs(&ours, offset, len, &src, usage, features);
         let theirs = dir.path().join("theirs.img");
         std::fs::copy(&ours, &theirs).unwrap();
 
@@ -433,5 +463,47 @@ mod tests {
         std::fs::write(&img, vec![0u8; 8192]).unwrap();
         let err = set_inode_times(&img, 0, EPOCH).unwrap_err().to_string();
         assert!(err.contains("no ext4 superblock"), "{err}");
+    }
+
+    #[test]
+    fn scattered_group_descriptors_are_refused_not_written_over() {
+        // meta_bg puts each meta-group's descriptors in its own first group: read from after
+        // the superblock, they would send the inode tables' writes into other blocks.
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("tree");
+        tree(&src);
+        let img = dir.path().join("meta_bg.img");
+        mkfs(
+            &img,
+            0,
+            64 << 20,
+            &src,
+            "default",
+            Some("meta_bg,^resize_inode"),
+        );
+        let before = std::fs::read(&img).unwrap();
+        let err = set_inode_times(&img, 0, EPOCH).unwrap_err().to_string();
+        assert!(err.contains("meta_bg"), "{err}");
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "the filesystem was written"
+        );
+    }
+
+    #[test]
+    fn a_damaged_superblock_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("tree");
+        tree(&src);
+        let img = dir.path().join("damaged.img");
+        mkfs(&img, 0, 64 << 20, &src, "default", None);
+        let f = File::options().read(true).write(true).open(&img).unwrap();
+        // One inode per group of four billion: 256 GiB of group descriptors to read.
+        f.write_all_at(&1u32.to_le_bytes(), SUPERBLOCK + S_INODES_PER_GROUP as u64)
+            .unwrap();
+        f.write_all_at(&u32::MAX.to_le_bytes(), SUPERBLOCK + S_INODES_COUNT as u64)
+            .unwrap();
+        let err = set_inode_times(&img, 0, EPOCH).unwrap_err().to_string();
+        assert!(err.contains("descriptors would not fit"), "{err}");
     }
 }

@@ -196,6 +196,10 @@ pub struct BootReport {
     /// The guest kernel panicked (the `boot` check says how).
     #[serde(skip)]
     pub panicked: bool,
+    /// The guest kernel printed its banner: whatever came after, the console works, so a
+    /// KVM boot that never showed it stalled because of KVM, not the image.
+    #[serde(skip)]
+    pub kernel_started: bool,
 }
 
 impl BootReport {
@@ -216,6 +220,8 @@ pub struct BootTest<'a> {
     pub disk: DiskBus,
     pub timeout: Duration,
     pub checks: &'a [ElementCheck],
+    /// Where the serial log of a first attempt whose guest kernel panicked is kept.
+    pub panicked_log: PathBuf,
     /// A scratch directory (overlay, seed, firmware variables).
     pub work: &'a Path,
     pub serial_log: PathBuf,
@@ -229,10 +235,8 @@ fn run_tool(cmd: &mut Process, what: &str) -> Result<String, BootError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Whether KVM really runs guests here (it may exist and hang or abort): a boot sector that
-/// prints `K` on the serial port must do so within a few seconds.
 /// The host a kernel stalled under KVM on. Some hosts run the probe's boot sector under KVM
-/// and then hang on a real kernel, which costs every boot [`KVM_STALL`] before TCG takes over;
+/// and then hang on a real kernel, which costs every boot `KVM_STALL` (40 s) before TCG takes over;
 /// a stall is remembered for this host's kernel and QEMU, and a new version of either (which
 /// may well have fixed KVM) tries KVM again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -260,6 +264,8 @@ impl KvmHost {
     }
 }
 
+/// Whether KVM really runs guests here (it may exist and hang or abort): a boot sector that
+/// prints `K` on the serial port must do so within a few seconds.
 pub fn kvm_works(work: &Path) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
@@ -474,13 +480,20 @@ const KVM_STALL: Duration = Duration::from_secs(40);
 /// kernel panic in early boot, once, in an interrupt handler (CI, Debian 13 on NVMe). A
 /// panic the image causes panics again and fails the boot; one under KVM is never retried.
 pub fn boot(t: &BootTest, kvm: &mut bool) -> Result<BootReport, BootError> {
-    boot_with(kvm, |kvm| boot_once(t, kvm))
+    // The first attempt's console, kept for whoever looks into the panic.
+    let keep_first = || match std::fs::rename(&t.serial_log, &t.panicked_log) {
+        Ok(()) => format!(" (its console: {})", t.panicked_log.display()),
+        Err(_) => String::new(),
+    };
+    boot_with(kvm, |kvm| boot_once(t, kvm), keep_first)
 }
 
-/// [`boot`]'s policy over one boot attempt (`Ok(None)`: a KVM boot abandoned).
+/// [`boot`]'s policy over one boot attempt (`Ok(None)`: a KVM boot abandoned); `keep_first`
+/// runs before a second attempt and says where the first one's console went.
 fn boot_with(
     kvm: &mut bool,
     mut once: impl FnMut(bool) -> Result<Option<BootReport>, BootError>,
+    keep_first: impl FnOnce() -> String,
 ) -> Result<BootReport, BootError> {
     if *kvm {
         match once(true)? {
@@ -501,6 +514,7 @@ fn boot_with(
         .find(|c| c.name == "boot")
         .map(|c| c.detail.clone())
         .unwrap_or_default();
+    let why = format!("{why}{}", keep_first());
     let mut second = tcg_boot()?;
     second.retried = Some(why);
     Ok(second)
@@ -518,11 +532,15 @@ struct Drives {
 /// How a watched boot ended.
 struct Watched {
     completed: bool,
-    /// The guest kernel panicked: nothing more will come, whatever the time left.
-    panicked: bool,
+    /// When the guest kernel panicked (from the boot's start): nothing more will come,
+    /// whatever the time left.
+    panicked: Option<Duration>,
     status: std::io::Result<std::process::ExitStatus>,
     stderr: String,
 }
+
+/// The first line of every Linux kernel's log (`Linux version 6.1.0-…`), on both arches.
+const KERNEL_BANNER: &str = "Linux version";
 
 /// What the kernel prints when it panics; Debian's kernels then hang (no `panic=` timeout),
 /// so without looking for it a boot would wait out the whole timeout.
@@ -587,10 +605,10 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         String::from_utf8_lossy(&std::fs::read(&t.serial_log).unwrap_or_default()).into_owned();
     let mut checks = console_checks(&serial);
     if !watched.completed {
-        let why = if watched.panicked {
+        let why = if let Some(after) = watched.panicked {
             format!(
                 "the guest kernel panicked after {} s: {}",
-                started.elapsed().as_secs(),
+                after.as_secs(),
                 panic_summary(&serial)
             )
         } else if started.elapsed() > t.timeout {
@@ -622,7 +640,8 @@ fn boot_once(t: &BootTest, kvm: bool) -> Result<Option<BootReport>, BootError> {
         completed: watched.completed,
         serial_log: t.serial_log.clone(),
         retried: None,
-        panicked: watched.panicked,
+        panicked: watched.panicked.is_some(),
+        kernel_started: serial.contains(KERNEL_BANNER),
     }))
 }
 
@@ -830,7 +849,7 @@ fn watch(
         {
             break;
         }
-        if kvm && started.elapsed() > KVM_STALL && !text.contains("Linux version") {
+        if kvm && started.elapsed() > KVM_STALL && !text.contains(KERNEL_BANNER) {
             crate::process::stop(&mut child, QEMU_GRACE);
             return Ok(None);
         }
@@ -860,7 +879,7 @@ fn watch(
     }
     Ok(Some(Watched {
         completed,
-        panicked: panicked_at.is_some(),
+        panicked: panicked_at.map(|at| at.duration_since(started)),
         status,
         stderr,
     }))
@@ -1031,6 +1050,7 @@ mod tests {
                     checks: &[],
                     work: &dir.path().join(bus.as_str()),
                     serial_log: dir.path().join(format!("{}.log", bus.as_str())),
+                    panicked_log: dir.path().join(format!("{}-panicked.log", bus.as_str())),
                 },
                 &mut kvm,
             )
@@ -1071,19 +1091,28 @@ mod tests {
                 checks: &[],
                 work: &dir.path().join("work"),
                 serial_log: dir.path().join("panic.log"),
+                panicked_log: dir.path().join("first-panic.log"),
             },
             &mut false,
         )
         .unwrap();
         assert!(!report.completed);
-        // Booted twice: a panic the image causes panics again, and fails the boot.
+        // Booted twice: a panic the image causes panics again, and fails the boot; the first
+        // attempt's console is kept beside the second's.
+        let first = dir.path().join("first-panic.log");
         assert!(
             report
                 .retried
                 .as_deref()
-                .is_some_and(|why| why.contains("Fatal exception in interrupt")),
+                .is_some_and(|why| why.contains("Fatal exception in interrupt")
+                    && why.contains(&first.display().to_string())),
             "{:?}",
             report.retried
+        );
+        assert!(
+            std::fs::read_to_string(&first)
+                .unwrap()
+                .contains("RIP: 0010:nvme_irq")
         );
         assert_eq!(report.checks.len(), 1, "{:?}", report.checks);
         let boot = &report.checks[0];
@@ -1127,6 +1156,7 @@ mod tests {
             serial_log: PathBuf::from("serial.log"),
             retried: None,
             panicked,
+            kernel_started: true,
         }
     }
 
@@ -1134,14 +1164,20 @@ mod tests {
     fn a_kernel_panic_under_tcg_is_booted_once_more_and_said() {
         // The emulator's panic: the second boot passes, and the report says why it is one.
         let mut attempts = vec![attempt("tcg", true, false), attempt("tcg", false, true)];
-        let report = boot_with(&mut false, |_| Ok(attempts.pop())).unwrap();
+        let report = boot_with(
+            &mut false,
+            |_| Ok(attempts.pop()),
+            || " (its console: first.log)".into(),
+        )
+        .unwrap();
         assert!(report.passed());
         assert!(attempts.is_empty());
         assert!(
             report
                 .retried
                 .as_deref()
-                .is_some_and(|w| w.starts_with("the guest kernel panicked after 4 s")),
+                .is_some_and(|w| w.starts_with("the guest kernel panicked after 4 s")
+                    && w.ends_with("(its console: first.log)")),
             "{:?}",
             report.retried
         );
@@ -1152,17 +1188,17 @@ mod tests {
             attempt("tcg", false, true),
             attempt("tcg", false, true),
         ];
-        let report = boot_with(&mut false, |_| Ok(attempts.pop())).unwrap();
+        let report = boot_with(&mut false, |_| Ok(attempts.pop()), String::new).unwrap();
         assert!(!report.passed() && report.panicked);
         assert_eq!(attempts.len(), 1, "a third boot was made");
 
         // A boot that failed without a panic, or a panic under KVM, is never booted again.
         let mut attempts = vec![attempt("tcg", true, false), attempt("tcg", false, false)];
-        let report = boot_with(&mut false, |_| Ok(attempts.pop())).unwrap();
+        let report = boot_with(&mut false, |_| Ok(attempts.pop()), String::new).unwrap();
         assert!(!report.passed() && report.retried.is_none());
         let mut attempts = vec![attempt("tcg", true, false), attempt("kvm", false, true)];
         let mut kvm = true;
-        let report = boot_with(&mut kvm, |_| Ok(attempts.pop())).unwrap();
+        let report = boot_with(&mut kvm, |_| Ok(attempts.pop()), String::new).unwrap();
         assert!(!report.passed() && report.retried.is_none() && kvm);
     }
 

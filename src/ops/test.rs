@@ -192,10 +192,12 @@ fn test(
                     bus.as_str()
                 )),
                 serial_log: store.boot_log(&disk.key, firmware.as_str(), bus.as_str()),
+                panicked_log: store.boot_log_panicked(&disk.key, firmware.as_str(), bus.as_str()),
             };
             let had_kvm = kvm;
             let (report, result) = boot_one(&test, t, &mut kvm, shell)?;
-            if had_kvm && !kvm {
+            // Only a kernel that spoke under TCG proves the stall was KVM's, not the image's.
+            if had_kvm && !kvm && report.kernel_started {
                 accel.stalled(store);
             }
             observer.booted(&report, &result);
@@ -240,9 +242,10 @@ impl Accel {
         let host = bootcheck::KvmHost::here();
         let stalled = stalled_here_before(store, host.as_ref());
         let amd64_probe = if stalled {
-            shell.status(
-                "a kernel stalled under KVM on this host before (same kernel and QEMU): booting with TCG",
-            );
+            shell.status(&format!(
+                "a kernel stalled under KVM on this host before (same kernel and QEMU): booting with TCG (remove {} to try KVM again)",
+                store.path(crate::store::Layout::KVM_STALL).display()
+            ));
             false
         } else {
             let works = bootcheck::kvm_works(scratch);

@@ -245,6 +245,12 @@ impl Layout {
         format!("{}/{key}-boot-{firmware}-{bus}.log", Self::LOGS)
     }
 
+    /// The console of a boot's first attempt, kept when its guest kernel panicked and the
+    /// boot was made again.
+    pub fn boot_log_panicked(key: &str, firmware: &str, bus: &str) -> String {
+        format!("{}/{key}-boot-{firmware}-{bus}-panicked.log", Self::LOGS)
+    }
+
     /// A per-key or store-wide flock.
     pub fn lock(name: &str) -> String {
         format!("locks/{name}.lock")

@@ -354,6 +354,11 @@ impl Store {
         self.path(&Layout::boot_log(key, firmware, bus))
     }
 
+    /// Where a boot's first attempt's serial log goes when its guest kernel panicked.
+    pub fn boot_log_panicked(&self, key: &str, firmware: &str, bus: &str) -> PathBuf {
+        self.path(&Layout::boot_log_panicked(key, firmware, bus))
+    }
+
     /// Moves a finished output directory into place in one rename, then records it
     /// (`outputs/<key>.json`, which is what makes the outputs count as present).
     pub fn commit_outputs(&self, dir: &Path, meta: &OutputsMeta) -> Result<(), StoreError> {
