@@ -925,13 +925,7 @@ fn an_arm64_root_filesystem_is_built_under_emulation_with_every_step_timed() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let again = json["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == "layer:tiny:arm64")
-        .unwrap()
-        .clone();
+    let again = crate::common::row(&json["actions"], "layer:tiny:arm64").clone();
     assert_eq!(again["status"], "built", "{json}");
     assert_eq!(
         again["key"],

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Env, Run, copy_tree, repo, wait_until};
+use crate::common::{Env, Run, copy_tree, repo, row, wait_until};
 
 fn sh(cmd: &mut Command) {
     let out = cmd.output().unwrap();
@@ -701,12 +701,7 @@ fn a_builder_in_another_namespace_builds_what_this_host_sends_it() {
         .ccb(&farm, &["query", "hash", "tiny-child", "--format", "json"])
         .ok()
         .json();
-    let layer_key = hashes["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == "layer:tiny-child:amd64")
-        .unwrap()["key"]
+    let layer_key = row(&hashes["actions"], "layer:tiny-child:amd64")["key"]
         .as_str()
         .unwrap()
         .to_string();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{Env, Run, copy_tree, leftovers, repo, script, write};
+use crate::common::{Env, Run, copy_tree, leftovers, repo, row, script, write};
 
 struct Project {
     env: Env,
@@ -116,12 +116,7 @@ impl Project {
 
     /// The steps the layer's build ran.
     fn ran(report: &serde_json::Value) -> Vec<String> {
-        let layer = report["actions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["id"] == "layer:tiny-steps:amd64")
-            .unwrap();
+        let layer = row(&report["actions"], "layer:tiny-steps:amd64");
         assert_eq!(layer["status"], "built", "{report}");
         layer["steps"]
             .as_array()
@@ -138,12 +133,7 @@ impl Project {
     }
 
     fn layer_key(report: &serde_json::Value) -> String {
-        report["actions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["id"] == "layer:tiny-steps:amd64")
-            .unwrap()["key"]
+        row(&report["actions"], "layer:tiny-steps:amd64")["key"]
             .as_str()
             .unwrap()
             .to_string()

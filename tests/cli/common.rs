@@ -164,6 +164,16 @@ pub fn os_element(dir: &Path, name: &str) {
     );
 }
 
+/// The row whose `id` is `id` in a JSON report's list (a build's `actions`, `cache ls`'s
+/// `entries`); a missing one fails the test with the id and the list.
+pub fn row<'a>(rows: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    rows.as_array()
+        .unwrap_or_else(|| panic!("not a list: {rows}"))
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {rows}"))
+}
+
 /// Copies a directory tree (for editing a copy of the real project).
 pub fn copy_tree(from: &Path, to: &Path) {
     let status = Command::new("cp")

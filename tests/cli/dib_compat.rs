@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{Env, Run, leftovers, repo, script, write};
+use crate::common::{Env, Run, leftovers, repo, row, script, write};
 
 /// DIB's release whose elements are tested.
 const DIB_VERSION: &str = "3.43.0";
@@ -394,12 +394,7 @@ fn dib_elements_run_unchanged_and_their_effects_are_in_the_image() {
          `dib-compat-no-such-tool`: command not found",
     );
     let report = lenient.json();
-    let layer = report["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == "layer:dibcompat-missing:amd64")
-        .unwrap();
+    let layer = row(&report["actions"], "layer:dibcompat-missing:amd64");
     assert_eq!(
         layer["warnings"],
         serde_json::json!([{

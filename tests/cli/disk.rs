@@ -13,7 +13,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::{
-    Env, Nginx, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until, write,
+    Env, Nginx, leftovers, logs_contain, processes_under, repo, row, sandbox_mounts, wait_until,
+    write,
 };
 
 fn is_root() -> bool {
@@ -191,20 +192,9 @@ fn debian12_is_a_gpt_disk_that_boots() {
         ])
         .ok();
     let report = build.json();
-    let disk = report["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == "disk:debian12:amd64")
-        .unwrap()
-        .clone();
+    let disk = row(&report["actions"], "disk:debian12:amd64").clone();
     assert_eq!(disk["status"], "built", "{report}");
-    let layer = report["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == "layer:debian12:amd64")
-        .unwrap();
+    let layer = row(&report["actions"], "layer:debian12:amd64");
     assert_eq!(
         layer["status"], "cached",
         "the killed build had finished the layer"

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Env, Run, copy_tree, leftovers, logs_contain, processes_under, repo, sandbox_mounts, wait_until,
+    Env, Run, copy_tree, leftovers, logs_contain, processes_under, repo, row, sandbox_mounts,
+    wait_until,
 };
 
 /// A copy of the fixture project, and an Env whose store is private to the test.
@@ -348,13 +349,7 @@ fn two_ccb_processes_never_build_the_same_key_twice() {
         String::from_utf8_lossy(&out.stderr)
     );
     let ls = p.ccb(&["cache", "ls", "--format", "json"]).ok().json();
-    let child = ls["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == "layer:tiny-child:amd64")
-        .unwrap()
-        .clone();
+    let child = row(&ls["entries"], "layer:tiny-child:amd64").clone();
     assert_eq!(child["mode"], "full", "{ls}");
     let tree = p.tree_of("layer:tiny-child:amd64");
     assert!(
@@ -525,12 +520,7 @@ fn cc_ssh_checks_sshd_in_a_layer_above_the_one_that_installed_it() {
     });
     let run = p.build_layers("tiny-cc-ssh");
     let json = run.json();
-    let child = json["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == "layer:tiny-cc-ssh:amd64")
-        .unwrap();
+    let child = row(&json["actions"], "layer:tiny-cc-ssh:amd64");
     assert!(
         child["steps"]
             .as_array()

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{Env, Run, repo, script, write};
+use crate::common::{Env, Run, repo, row, script, write};
 use crate::distros::Fixture;
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -95,12 +95,7 @@ fn greeting(f: &Fixture) -> String {
 }
 
 fn action<'a>(run: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    run["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == id)
-        .unwrap_or_else(|| panic!("{id} not in {run}"))
+    row(&run["actions"], id)
 }
 
 /// Runs ccb on the fixture's project with the store of `env`; ccb's own elements come from
