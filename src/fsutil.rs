@@ -98,6 +98,32 @@ pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// The byte ranges of `f` in `[from, to)` that may hold data (SEEK_DATA/SEEK_HOLE), in order.
+/// Where the filesystem cannot say, the whole rest of the range: a range too many only costs
+/// reading zeros, a range too few would lose data.
+pub fn data_ranges(f: &std::fs::File, from: u64, to: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::SeekFrom;
+    let mut out = Vec::new();
+    let mut pos = from;
+    while pos < to {
+        let data = match rustix::fs::seek(f, SeekFrom::Data(pos)) {
+            Ok(data) => data,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole from here on
+            Err(_) => {
+                out.push((pos, to));
+                break;
+            }
+        };
+        if data >= to {
+            break;
+        }
+        let end = rustix::fs::seek(f, SeekFrom::Hole(data)).map_or(to, |hole| hole.min(to));
+        out.push((data, end));
+        pos = end;
+    }
+    out
+}
+
 /// Opens a file to read only if it is a regular file: a FIFO would block the open (and
 /// the build) forever, a device would read the host's hardware. A symlink is followed: the
 /// path is one the operator named (an image, its backing file, a `file://` artifact, an
@@ -199,5 +225,34 @@ mod tests {
         let to_dir = dir.path().join("to-dir");
         std::os::unix::fs::symlink(dir.path(), &to_dir).unwrap();
         assert!(open_regular(&to_dir).is_err());
+    }
+
+    #[test]
+    fn data_ranges_cover_every_written_byte_and_skip_holes_in_the_range_asked() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("sparse"))
+            .unwrap();
+        let mib = 1u64 << 20;
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"middle", 8 * mib).unwrap();
+        f.set_len(32 * mib).unwrap();
+        let ranges = data_ranges(&f, 0, 32 * mib);
+        let covers = |at: u64| ranges.iter().any(|&(a, b)| a <= at && at < b);
+        assert!(covers(0) && covers(8 * mib + 5), "{ranges:?}");
+        // The filesystem says where the holes are (to its block size): most of the file is
+        // skipped, and nothing after the last data.
+        let data: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+        assert!(data < 4 * mib, "{ranges:?}");
+        assert!(ranges.windows(2).all(|w| w[0].1 <= w[1].0), "{ranges:?}");
+        // A range asked for is kept to.
+        let tail = data_ranges(&f, 8 * mib + 2, 8 * mib + 4);
+        assert_eq!(tail, vec![(8 * mib + 2, 8 * mib + 4)]);
+        assert!(data_ranges(&f, 16 * mib, 32 * mib).is_empty());
     }
 }

@@ -83,7 +83,7 @@ fn write_raw(path: &Path, runs: &[Run]) -> Vec<u8> {
 /// the conversion computed on the way (holes hash as the zeros they read as).
 fn convert_and_check(dir: &Path, raw: &Path, expected: &[u8], compression: Compression) -> Stats {
     let qcow2 = dir.join("disk.qcow2");
-    let (stats, digest) = convert_raw_with_digest(raw, &qcow2, compression).unwrap();
+    let (stats, digest) = convert_raw_with_digest(raw, &qcow2, compression, None).unwrap();
     assert_eq!(
         digest,
         ccb::fetch::hash::sha256_bytes(expected),
@@ -193,7 +193,7 @@ fn disks_larger_than_one_l2_table_keep_data_at_both_ends() {
     }
     drop(f);
     let qcow2 = dir.path().join("disk.qcow2");
-    let (stats, digest) = convert_raw_with_digest(&raw, &qcow2, Compression::Zlib).unwrap();
+    let (stats, digest) = convert_raw_with_digest(&raw, &qcow2, Compression::Zlib, None).unwrap();
     // Batches that are holes through and through hash as zeros too.
     assert_eq!(
         digest,
@@ -315,7 +315,7 @@ fn a_disk_of_partial_sectors_is_refused_and_the_destination_left_alone() {
     std::fs::write(&raw, vec![1u8; 1000]).unwrap();
     let dst = dir.path().join("disk.qcow2");
     std::fs::write(&dst, b"the previous image").unwrap();
-    let err = convert_raw(&raw, &dst, Compression::Zlib).unwrap_err();
+    let err = convert_raw(&raw, &dst, Compression::Zlib, None).unwrap_err();
     assert!(
         matches!(err, Qcow2WriteError::NotSectors { size: 1000, .. }),
         "{err}"
@@ -339,4 +339,80 @@ fn a_new_image_replaces_the_old_one_whole() {
     let expected = write_raw(&raw, &[Run::Text(200_000)]);
     std::fs::write(dir.path().join("disk.qcow2"), vec![0xffu8; 10 << 20]).unwrap();
     convert_and_check(dir.path(), &raw, &expected, Compression::Zlib);
+}
+
+#[test]
+fn a_head_start_taken_while_the_disk_was_written_gives_the_same_image_byte_for_byte() {
+    use ccb::qcow2::Ahead;
+    use std::os::unix::fs::FileExt;
+    const CLUSTER: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    // A writer at work: the first half written, the rest a hole still.
+    let mut runs = vec![
+        Run::Text(40 * CLUSTER as usize),
+        Run::Random(8 * CLUSTER as usize, 7),
+    ];
+    runs.push(Run::Hole(80 * CLUSTER as usize));
+    write_raw(&raw, &runs);
+    let f = std::fs::File::options().write(true).open(&raw).unwrap();
+
+    let ahead = Ahead::start(&raw, 0, 128 * CLUSTER, Compression::Zlib).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while ahead.compressed() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing compressed ahead in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Then the writer goes on: it rewrites clusters already compressed (as mkfs rewrites its
+    // metadata), zeros one, and writes the rest.
+    f.write_all_at(&random_bytes(CLUSTER as usize, 11), 3 * CLUSTER)
+        .unwrap();
+    f.write_all_at(b"a byte changed", 10 * CLUSTER + 100)
+        .unwrap();
+    f.write_all_at(&vec![0; CLUSTER as usize], 20 * CLUSTER)
+        .unwrap();
+    f.write_all_at(&random_bytes(30 * CLUSTER as usize, 3), 60 * CLUSTER)
+        .unwrap();
+    drop(f);
+    let head = ahead.finish();
+    assert!(head.len() >= 40, "{} clusters compressed ahead", head.len());
+
+    let expected = std::fs::read(&raw).unwrap();
+    let (with, without) = (
+        dir.path().join("with.qcow2"),
+        dir.path().join("without.qcow2"),
+    );
+    let (stats, digest) =
+        convert_raw_with_digest(&raw, &with, Compression::Zlib, Some(&head)).unwrap();
+    let (plain_stats, plain_digest) =
+        convert_raw_with_digest(&raw, &without, Compression::Zlib, None).unwrap();
+    assert_eq!(
+        std::fs::read(&with).unwrap(),
+        std::fs::read(&without).unwrap(),
+        "the same image, head start or not"
+    );
+    assert_eq!((stats, &digest), (plain_stats, &plain_digest));
+    assert_eq!(digest, ccb::fetch::hash::sha256_bytes(&expected));
+    // What the writer changed was compressed again, the rest taken as it was.
+    let stale = head.len() as u64 - head.reused();
+    assert!(
+        head.reused() > 0 && stale >= 3,
+        "{} reused of {}",
+        head.reused(),
+        head.len()
+    );
+    let back = dir.path().join("back.raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        with.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    assert_same("qemu-img", &std::fs::read(&back).unwrap(), &expected);
 }

@@ -88,28 +88,16 @@ fn du(root: &Path) -> Result<u64, RunError> {
 fn copy_sparse_at(src: &Path, dst: &File, offset: u64) -> Result<(), RunError> {
     let f = File::open(src).map_err(io(format!("open {}", src.display())))?;
     let len = f.metadata().map_err(io("stat a partition image"))?.len();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-    let mut pos: i64 = 0;
     let mut buf = vec![0u8; 4 << 20];
-    while (pos as u64) < len {
-        // SAFETY: lseek on a valid descriptor.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // ENXIO: no data after pos
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
-        let mut at = data;
+    for (mut at, end) in crate::fsutil::data_ranges(&f, 0, len) {
         while at < end {
             let n = ((end - at) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], at as u64)
+            f.read_exact_at(&mut buf[..n], at)
                 .map_err(io("read a partition image"))?;
-            dst.write_all_at(&buf[..n], offset + at as u64)
+            dst.write_all_at(&buf[..n], offset + at)
                 .map_err(io("write the disk"))?;
-            at += n as i64;
+            at += n as u64;
         }
-        pos = end;
     }
     Ok(())
 }
@@ -208,6 +196,21 @@ impl Runner<'_> {
         File::create(&raw)
             .and_then(|f| f.set_len(plan.size))
             .map_err(io("create the disk"))?;
+        // The qcow2's compression starts while mkfs writes the root (ext4 only: XFS is
+        // written elsewhere and copied in).
+        let ahead = match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref())
+        {
+            Some(compression) if ccb_writes_qcow2(&d) && plan_root.kind == FsKind::Ext4 => Some(
+                crate::qcow2::Ahead::start(
+                    &raw,
+                    root.offset,
+                    root.offset + root.length,
+                    compression,
+                )
+                .map_err(io("start compressing the qcow2"))?,
+            ),
+            _ => None,
+        };
         let (root_fs, root_img) = self.write_root_fs(&d, &raw, &root, plan_root.kind, epoch)?;
         self.disk_step("unmount", |r| {
             if r.spec.overlay {
@@ -240,16 +243,13 @@ impl Runner<'_> {
 
         // 4. The disk.
         let keep_raw = d.formats.iter().any(|f| f == "raw");
-        self.disk_step("disk", |_| {
-            write_disk(&raw, &plan, &images, &boot, &d.seed, keep_raw)?;
-            if keep_raw {
-                start_write_back(&raw)?;
-            }
-            Ok(())
+        let write_back = self.disk_step("disk", |_| {
+            write_disk(&raw, &plan, &images, &boot, &d.seed)?;
+            keep_raw.then(|| WriteBack::start(&raw)).transpose()
         })?;
 
         // 5. Outputs.
-        self.outputs(&d, &raw, &out, &meta_dir, &root_fs)
+        self.outputs(&d, &raw, &out, &meta_dir, &root_fs, (write_back, ahead))
     }
 
     /// Places the partitions for a tree of `used` bytes, and says so in the log.
@@ -526,6 +526,7 @@ impl Runner<'_> {
         out: &Path,
         meta_dir: &Path,
         (root_fs, root_offset, root_len): &FsRange,
+        (write_back, ahead): (Option<WriteBack>, Option<crate::qcow2::Ahead>),
     ) -> Result<(), RunError> {
         // Opened now: the raw disk that holds it is renamed or removed below.
         let root_file = File::open(root_fs).map_err(io("open the root filesystem for the SBOM"))?;
@@ -538,7 +539,7 @@ impl Runner<'_> {
         let writer_hashes = keep_raw && ccb_writes_qcow2(d);
         let raw_digest = std::thread::scope(|s| -> Result<Option<String>, RunError> {
             let hashing = (keep_raw && !writer_hashes).then(|| s.spawn(|| sha256_of(raw)));
-            let from_writer = self.qcow2_output(d, raw, out, &mut made, writer_hashes)?;
+            let from_writer = self.qcow2_output(d, raw, out, &mut made, writer_hashes, ahead)?;
             match hashing {
                 Some(h) => h
                     .join()
@@ -552,6 +553,9 @@ impl Runner<'_> {
             // Durable before it is named, as the qcow2 is; a raw disk that is only the
             // qcow2's source is never synced (it was GBs written to the disk for nothing).
             self.disk_step("sync-raw", |_| {
+                if let Some(w) = write_back {
+                    w.wait()?;
+                }
                 File::open(raw)
                     .and_then(|f| f.sync_all())
                     .map_err(io("sync the raw disk"))
@@ -589,6 +593,7 @@ impl Runner<'_> {
         out: &Path,
         made: &mut Vec<String>,
         hash_raw: bool,
+        ahead: Option<crate::qcow2::Ahead>,
     ) -> Result<Option<String>, RunError> {
         let mut raw_digest = None;
         if d.formats.iter().any(|f| f == "qcow2") {
@@ -599,14 +604,19 @@ impl Runner<'_> {
                     Some(compression) => {
                         // ccb's writer: deflate on every core (benches/qcow2.rs compares it
                         // with qemu-img on this image).
+                        let head = ahead.map(crate::qcow2::Ahead::finish);
                         let stats = if hash_raw {
-                            let (stats, digest) =
-                                crate::qcow2::convert_raw_with_digest(raw, &dst, compression)
-                                    .map_err(RunError::Qcow2)?;
+                            let (stats, digest) = crate::qcow2::convert_raw_with_digest(
+                                raw,
+                                &dst,
+                                compression,
+                                head.as_ref(),
+                            )
+                            .map_err(RunError::Qcow2)?;
                             raw_digest = Some(digest);
                             stats
                         } else {
-                            crate::qcow2::convert_raw(raw, &dst, compression)
+                            crate::qcow2::convert_raw(raw, &dst, compression, head.as_ref())
                                 .map_err(RunError::Qcow2)?
                         };
                         r.logln(&format!(
@@ -615,6 +625,14 @@ impl Runner<'_> {
                             stats.compressed_clusters,
                             stats.data_clusters,
                         ));
+                        if let Some(h) = head {
+                            r.logln(&format!(
+                                "disk: qcow2 head start: {} clusters compressed while the root \
+                                 was written, {} of them still the same",
+                                h.len(),
+                                h.reused()
+                            ));
+                        }
                     }
                     None => {
                         // zstd: qemu-img's (libzstd, QEMU's level); ccb writes only deflate.
@@ -697,23 +715,36 @@ fn ccb_writes_qcow2(d: &DiskSpec) -> bool {
         && crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()).is_some()
 }
 
-/// Starts writing the raw disk's dirty pages to the disk now, without waiting: the write-back
-/// then runs while the qcow2 is compressed from the page cache, and the later sync of the raw
-/// disk only waits for what is left.
-fn start_write_back(raw: &Path) -> Result<(), RunError> {
-    let f = File::open(raw).map_err(io("open the raw disk"))?;
-    // Only a hint, so its answer is not looked at: where the filesystem cannot, the sync before
-    // the raw disk is named does it all.
-    // SAFETY: a system call on a descriptor this function owns; a range of 0 means "to the end".
-    unsafe {
-        libc::sync_file_range(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-            0,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+/// The raw disk's write-back (when it is an output), started on a thread of its own while the
+/// qcow2 is compressed from the page cache: `sync_file_range` starts it but also waits while
+/// the device's queue is full, which for GBs was a second of both cores idle. The sync before
+/// the raw disk is named then only waits for what is left.
+struct WriteBack(std::thread::JoinHandle<()>);
+
+impl WriteBack {
+    fn start(raw: &Path) -> Result<WriteBack, RunError> {
+        let f = File::open(raw).map_err(io("open the raw disk"))?;
+        Ok(WriteBack(std::thread::spawn(move || {
+            // Only a hint, so its answer is not looked at: where the filesystem cannot, the
+            // sync before the raw disk is named does it all.
+            // SAFETY: a system call on a descriptor the thread owns; a range of 0 means "to
+            // the end".
+            unsafe {
+                libc::sync_file_range(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    0,
+                    0,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        })))
     }
-    Ok(())
+
+    fn wait(self) -> Result<(), RunError> {
+        self.0
+            .join()
+            .map_err(|_| RunError::Internal("the raw disk's write-back thread panicked"))
+    }
 }
 
 fn sha256_of(path: &Path) -> Result<String, RunError> {
@@ -907,15 +938,13 @@ fn gpt_error(what: &'static str) -> impl FnOnce(gptman::Error) -> RunError {
     }
 }
 
-/// Writes the disk file. `keep`: the raw disk is an output (not only the qcow2's source), so
-/// its writeback starts here, to overlap the qcow2's compression; `outputs` waits for it.
+/// Writes the disk file: the partition table, the partitions written apart, the BIOS boot code.
 fn write_disk(
     raw: &Path,
     plan: &DiskPlan,
     images: &[(Placed, PathBuf)],
     boot: &Path,
     seed: &str,
-    keep: bool,
 ) -> Result<(), RunError> {
     // Made, at its size, before the root filesystem was written into it.
     let mut f = File::options()
@@ -952,24 +981,7 @@ fn write_disk(
     for (p, img) in images {
         copy_sparse_at(img, &f, p.offset)?;
     }
-    bios_boot(&mut f, plan, boot)?;
-    if keep {
-        // SAFETY: sync_file_range on a descriptor this function owns; it only starts writeback.
-        let started = unsafe {
-            libc::sync_file_range(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                0,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        if started != 0 {
-            return Err(io("start writing the disk back")(
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    Ok(())
+    bios_boot(&mut f, plan, boot)
 }
 
 /// GRUB's i386-pc boot code, placed as grub-bios-setup places it on a GPT disk: boot.img's

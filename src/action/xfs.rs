@@ -39,7 +39,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -279,36 +278,20 @@ fn sync_parent(path: &Path) -> Result<(), RunError> {
 /// Copies a file's data, its holes kept holes; returns the bytes written.
 fn copy_data(src: &Path, dst: &File, len: u64) -> Result<u64, RunError> {
     let f = File::open(src).map_err(io_at("open", src))?;
-    let fd = f.as_raw_fd();
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos: i64 = 0;
     let mut written = 0u64;
-    while (pos as u64) < len {
-        // SAFETY: lseek on a descriptor this function owns.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // ENXIO: only a hole after pos
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 {
-            len as i64
-        } else {
-            hole.min(len as i64)
-        };
-        let mut at = data;
+    for (mut at, end) in crate::fsutil::data_ranges(&f, 0, len) {
         while at < end {
             let n = ((end - at) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], at as u64)
+            f.read_exact_at(&mut buf[..n], at)
                 .map_err(io_at("read", src))?;
-            dst.write_all_at(&buf[..n], at as u64).map_err(io(format!(
+            dst.write_all_at(&buf[..n], at).map_err(io(format!(
                 "write into the XFS root (from {})",
                 src.display()
             )))?;
-            at += n as i64;
+            at += n as u64;
             written += n as u64;
         }
-        pos = end;
     }
     dst.set_len(len)
         .map_err(io(format!("size the copy of {}", src.display())))?;
@@ -677,23 +660,11 @@ fn zero_lsns(f: &File, geo: &Geometry) -> Result<(), RunError> {
             }
         }
     }
-    let fd = f.as_raw_fd();
     let mut buf = vec![0u8; 4 << 20];
-    let mut pos: i64 = 0;
-    while (pos as u64) < end {
-        // SAFETY: lseek on the caller's open descriptor.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // ENXIO: only a hole after pos
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let stop = if hole < 0 {
-            end
-        } else {
-            (hole as u64).min(end)
-        };
-        let mut at = data as u64 / geo.blocksize * geo.blocksize;
+    // Where the blocks read so far end: a range's first block may be the last one read.
+    let mut done = 0u64;
+    for (data, stop) in crate::fsutil::data_ranges(f, 0, end) {
+        let mut at = (data / geo.blocksize * geo.blocksize).max(done);
         while at < stop {
             let n = ((stop - at) as usize).min(buf.len()) / bs * bs;
             let n = n.max(bs);
@@ -713,7 +684,7 @@ fn zero_lsns(f: &File, geo: &Geometry) -> Result<(), RunError> {
             }
             at += n as u64;
         }
-        pos = at as i64;
+        done = at;
     }
     Ok(())
 }

@@ -20,11 +20,13 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+
+mod ahead;
+pub use ahead::{Ahead, HeadStart};
 
 const MAGIC: u32 = 0x5146_49fb;
 const VERSION: u32 = 3;
@@ -56,6 +58,8 @@ pub const LEVEL: i32 = 4;
 /// Clusters read, compressed and written per batch: enough work to keep every core busy,
 /// little enough memory (16 MiB in, at most as much out) to stream any disk.
 const BATCH_CLUSTERS: usize = 256;
+/// Batches read ahead of the digest's thread at most (each holds its buffer).
+const HASH_QUEUE: usize = 2;
 /// Clusters stored as they are wait for this many of them (16 MiB) before being written.
 const PENDING_RAW: usize = 256;
 
@@ -120,12 +124,15 @@ pub struct Stats {
 }
 
 /// Converts the raw disk `src` into the qcow2 image `dst` (replaced atomically).
+/// With a `head` start ([`Ahead`]), clusters whose bytes it compressed already are not
+/// compressed again.
 pub fn convert_raw(
     src: &Path,
     dst: &Path,
     compression: Compression,
+    head: Option<&HeadStart>,
 ) -> Result<Stats, Qcow2WriteError> {
-    convert(src, dst, compression, None)
+    convert(src, dst, compression, None, head)
 }
 
 /// [`convert_raw`], and the SHA-256 of `src` (hex; its holes read as zeros) from the bytes the
@@ -135,10 +142,11 @@ pub fn convert_raw_with_digest(
     src: &Path,
     dst: &Path,
     compression: Compression,
+    head: Option<&HeadStart>,
 ) -> Result<(Stats, String), Qcow2WriteError> {
     use sha2::Digest;
     let mut digest = sha2::Sha256::new();
-    let stats = convert(src, dst, compression, Some(&mut digest))?;
+    let stats = convert(src, dst, compression, Some(&mut digest), head)?;
     let hex = digest
         .finalize()
         .iter()
@@ -152,6 +160,7 @@ fn convert(
     dst: &Path,
     compression: Compression,
     digest: Option<&mut sha2::Sha256>,
+    head: Option<&HeadStart>,
 ) -> Result<Stats, Qcow2WriteError> {
     let input = File::open(src).map_err(io_err("open", src))?;
     let size = input.metadata().map_err(io_err("stat", src))?.len();
@@ -172,7 +181,7 @@ fn convert(
     let stats = {
         let out = tmp.as_file();
         let mut w = Writer::new(out, tmp.path(), size)?;
-        w.data(&input, src, size, compression, digest)?;
+        w.data(&input, src, size, compression, digest, head)?;
         w.finish()?
     };
     // Readable by all, as qemu-img's output is (a temporary file starts private).
@@ -187,33 +196,52 @@ fn convert(
     Ok(stats)
 }
 
-/// The byte ranges of `f` in `[from, to)` that may hold data (SEEK_DATA/SEEK_HOLE); the whole
-/// range where the filesystem cannot say.
-fn data_ranges(f: &File, from: u64, to: u64) -> Vec<(u64, u64)> {
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = from;
-    while pos < to {
-        // SAFETY: lseek on a descriptor this function borrows.
-        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole from here on
-            }
-            out.push((pos, to));
-            break;
-        }
-        let data = data as u64;
-        if data >= to {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
-        let end = if hole < 0 { to } else { (hole as u64).min(to) };
-        out.push((data, end));
-        pos = end;
+/// A batch of the raw disk: `len` bytes from `start`, and its bytes (zeros where the file has
+/// holes, up to the next cluster boundary) unless it is all hole.
+struct Batch {
+    start: u64,
+    len: usize,
+    data: Option<Vec<u8>>,
+}
+
+/// Reads the batch at `start` of the `size`-byte disk into `buf` (of a batch's size); `None`
+/// past the end.
+fn read_batch(
+    input: &File,
+    src: &Path,
+    start: u64,
+    size: u64,
+    mut buf: Vec<u8>,
+) -> Result<Option<Batch>, Qcow2WriteError> {
+    if start >= size {
+        return Ok(None);
     }
-    out
+    let end = (start + buf.len() as u64).min(size);
+    let len = (end - start) as usize;
+    let ranges = crate::fsutil::data_ranges(input, start, end);
+    if ranges.is_empty() {
+        return Ok(Some(Batch {
+            start,
+            len,
+            data: None,
+        }));
+    }
+    // Zeros only where no data is read: the holes between ranges and the last cluster's tail.
+    let mut at = 0;
+    for (a, b) in ranges {
+        let (a, b) = ((a - start) as usize, (b - start) as usize);
+        buf[at..a].fill(0);
+        input
+            .read_exact_at(&mut buf[a..b], start + a as u64)
+            .map_err(io_err("read", src))?;
+        at = b;
+    }
+    buf[at..len.next_multiple_of(CLUSTER as usize)].fill(0);
+    Ok(Some(Batch {
+        start,
+        len,
+        data: Some(buf),
+    }))
 }
 
 fn is_zero(buf: &[u8]) -> bool {
@@ -242,35 +270,59 @@ fn deflate(cluster: &[u8], out: &mut [u8]) -> Option<usize> {
     })
 }
 
-/// How each cluster of a batch is stored, decided (and compressed) on every core.
-fn compress_batch(chunk: &[u8], compression: Compression) -> Vec<Stored> {
+/// How each cluster of a batch (the first is guest cluster `first`) is stored, decided (and
+/// compressed) on every core, or taken from the head start where its bytes are the same.
+fn compress_batch(
+    chunk: &[u8],
+    first: u64,
+    compression: Compression,
+    head: Option<&HeadStart>,
+) -> Vec<Stored> {
     chunk
         .par_chunks(CLUSTER as usize)
-        .map(|cluster| {
+        .enumerate()
+        .map(|(i, cluster)| {
             if is_zero(cluster) {
                 return Stored::Zero;
             }
-            if compression == Compression::None {
-                return Stored::Raw;
-            }
-            // As QEMU: compressed only if it saves at least a byte.
-            let mut out = vec![0u8; CLUSTER as usize - 1];
-            match deflate(cluster, &mut out) {
-                Some(n) => {
-                    out.truncate(n);
-                    Stored::Compressed(out)
-                }
-                None => Stored::Raw,
-            }
+            head.and_then(|h| h.reuse(first + i as u64, cluster))
+                .unwrap_or_else(|| store_cluster(cluster, compression))
         })
         .collect()
 }
 
+/// How a cluster that is not all zeros is stored.
+fn store_cluster(cluster: &[u8], compression: Compression) -> Stored {
+    if compression == Compression::None {
+        return Stored::Raw;
+    }
+    // As QEMU: compressed only if it saves at least a byte.
+    let mut out = vec![0u8; CLUSTER as usize - 1];
+    match deflate(cluster, &mut out) {
+        Some(n) => {
+            out.truncate(n);
+            Stored::Compressed(out)
+        }
+        None => Stored::Raw,
+    }
+}
+
 /// A cluster as it goes to the file.
+#[derive(Clone)]
 enum Stored {
     Zero,
     Raw,
     Compressed(Vec<u8>),
+}
+
+impl Stored {
+    /// The memory it holds.
+    fn held(&self) -> usize {
+        match self {
+            Stored::Compressed(bytes) => bytes.len(),
+            Stored::Zero | Stored::Raw => 0,
+        }
+    }
 }
 
 struct Writer<'a> {
@@ -344,76 +396,121 @@ impl<'a> Writer<'a> {
         src: &Path,
         size: u64,
         compression: Compression,
-        mut digest: Option<&mut sha2::Sha256>,
+        digest: Option<&mut sha2::Sha256>,
+        head: Option<&HeadStart>,
     ) -> Result<(), Qcow2WriteError> {
         use sha2::Digest;
-        let batch_bytes = BATCH_CLUSTERS as u64 * CLUSTER;
-        let mut buf = vec![0u8; batch_bytes as usize];
-        // What a hole hashes as (allocated only when there is a digest to feed).
-        let zeros = if digest.is_some() {
-            vec![0u8; batch_bytes as usize]
-        } else {
-            Vec::new()
-        };
-        let mut start = 0u64;
-        while start < size {
-            let end = (start + batch_bytes).min(size);
-            let len = (end - start) as usize;
-            let ranges = data_ranges(input, start, end);
-            if ranges.is_empty() {
-                if let Some(d) = digest.as_deref_mut() {
-                    d.update(&zeros[..len]);
-                }
-                start = end;
-                continue; // a hole: unallocated clusters
-            }
-            let chunk = &mut buf[..len.next_multiple_of(CLUSTER as usize)];
-            chunk.fill(0);
-            for (a, b) in ranges {
-                input
-                    .read_exact_at(&mut chunk[(a - start) as usize..(b - start) as usize], a)
-                    .map_err(io_err("read", src))?;
-            }
-            let chunk = &*chunk;
-            // The batch is hashed on one core while every other compresses it.
-            let ((), stored) = rayon::join(
-                || {
-                    if let Some(d) = digest.as_deref_mut() {
-                        d.update(&chunk[..len]);
-                    }
-                },
-                || compress_batch(chunk, compression),
-            );
-            let first = (start / CLUSTER) as usize;
-            for (i, s) in stored.into_iter().enumerate() {
-                let guest = first + i;
-                match s {
-                    Stored::Zero => continue,
-                    Stored::Raw => {
-                        let c = i * CLUSTER as usize;
-                        self.pending
-                            .push((guest, chunk[c..c + CLUSTER as usize].to_vec()));
-                        if self.pending.len() >= PENDING_RAW {
-                            self.flush_raw()?;
+        use std::sync::mpsc;
+        let batch_bytes = BATCH_CLUSTERS * CLUSTER as usize;
+        std::thread::scope(|s| {
+            // Buffers go round: read into, compressed from, hashed, then read into again.
+            let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
+            // The digest on a thread of its own, fed in order (holes as zeros): hashed between
+            // batches, it left the other core idle for every hole and every batch's hash.
+            let hasher = digest.map(|d| {
+                let (tx, rx) = mpsc::sync_channel::<(Option<Vec<u8>>, usize)>(HASH_QUEUE);
+                let spare = spare_tx.clone();
+                let handle = s.spawn(move || {
+                    let zeros = vec![0u8; batch_bytes];
+                    for (buf, len) in rx {
+                        match buf {
+                            Some(buf) => {
+                                d.update(&buf[..len]);
+                                let _ = spare.send(buf);
+                            }
+                            None => d.update(&zeros[..len]),
                         }
                     }
-                    Stored::Compressed(bytes) => {
-                        let at = self.pos;
-                        self.write(&bytes)?;
-                        let len = bytes.len() as u64;
-                        // QEMU reads (and counts) whole sectors from the one holding `at`.
-                        let sectors = (at + len - 1) / SECTOR - at / SECTOR;
-                        debug_assert!(sectors <= CSIZE_MASK, "a compressed cluster under 64 KiB");
-                        self.refer(at, (at + len).next_multiple_of(SECTOR) - at);
-                        self.stats.compressed_clusters += 1;
-                        self.l2[guest] = L2_COMPRESSED | (sectors << CSIZE_SHIFT) | at;
+                });
+                (tx, handle)
+            });
+            let buffer = || {
+                spare_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| vec![0u8; batch_bytes])
+            };
+            let result = (|| {
+                let mut next = read_batch(input, src, 0, size, buffer())?;
+                while let Some(batch) = next.take() {
+                    let (after, into) = (batch.start + batch.len as u64, buffer());
+                    // The next batch is read while this one is compressed.
+                    let (read, stored) = rayon::join(
+                        || read_batch(input, src, after, size, into),
+                        || {
+                            batch.data.as_ref().map(|buf| {
+                                compress_batch(
+                                    &buf[..batch.len.next_multiple_of(CLUSTER as usize)],
+                                    batch.start / CLUSTER,
+                                    compression,
+                                    head,
+                                )
+                            })
+                        },
+                    );
+                    next = read?;
+                    if let (Some(buf), Some(stored)) = (&batch.data, stored) {
+                        self.store_batch(batch.start, buf, stored)?;
+                    }
+                    match &hasher {
+                        Some((tx, _)) => {
+                            // Only a hasher that stopped closes its end: its panic is
+                            // raised when it is joined below.
+                            let _ = tx.send((batch.data, batch.len));
+                        }
+                        None => {
+                            if let Some(buf) = batch.data {
+                                let _ = spare_tx.send(buf);
+                            }
+                        }
                     }
                 }
-                self.stats.data_clusters += 1;
+                self.flush_raw()
+            })();
+            if let Some((tx, handle)) = hasher {
+                drop(tx);
+                if let Err(panic) = handle.join() {
+                    std::panic::resume_unwind(panic);
+                }
             }
-            start = end;
+            result
+        })
+    }
+
+    /// Writes (or keeps for [`Self::flush_raw`]) the clusters of the batch at `start`.
+    fn store_batch(
+        &mut self,
+        start: u64,
+        buf: &[u8],
+        stored: Vec<Stored>,
+    ) -> Result<(), Qcow2WriteError> {
+        let first = (start / CLUSTER) as usize;
+        for (i, s) in stored.into_iter().enumerate() {
+            let guest = first + i;
+            match s {
+                Stored::Zero => continue,
+                Stored::Raw => {
+                    let c = i * CLUSTER as usize;
+                    self.pending
+                        .push((guest, buf[c..c + CLUSTER as usize].to_vec()));
+                    if self.pending.len() >= PENDING_RAW {
+                        self.flush_raw()?;
+                    }
+                }
+                Stored::Compressed(bytes) => {
+                    let at = self.pos;
+                    self.write(&bytes)?;
+                    let len = bytes.len() as u64;
+                    // QEMU reads (and counts) whole sectors from the one holding `at`.
+                    let sectors = (at + len - 1) / SECTOR - at / SECTOR;
+                    debug_assert!(sectors <= CSIZE_MASK, "a compressed cluster under 64 KiB");
+                    self.refer(at, (at + len).next_multiple_of(SECTOR) - at);
+                    self.stats.compressed_clusters += 1;
+                    self.l2[guest] = L2_COMPRESSED | (sectors << CSIZE_SHIFT) | at;
+                }
+            }
+            self.stats.data_clusters += 1;
         }
-        self.flush_raw()
+        Ok(())
     }
 
     /// Writes the clusters kept as they are, each in a host cluster of its own. They wait in

@@ -64,10 +64,7 @@ fn walk(
             sum.bytes += meta.len();
             let mut fh = blake3::Hasher::new();
             if meta.len() >= BIG_FILE {
-                // A disk's outputs are GBs (a raw disk's holes read as zeros): hashed on every
-                // core from a mapping, not through one core's reads, as `fetch::hash` does.
-                fh.update_mmap_rayon(&path)
-                    .map_err(FsError::at("read", &path))?;
+                hash_big_file(&path, meta.len(), &mut fh).map_err(FsError::at("read", &path))?;
             } else {
                 let f = std::fs::File::open(&path).map_err(FsError::at("read", &path))?;
                 fh.update_reader(f).map_err(FsError::at("read", &path))?;
@@ -99,6 +96,37 @@ fn walk(
             walk(&path, &rel, h, sum)?;
         }
     }
+    Ok(())
+}
+
+/// Hashes a big file (a disk's outputs are GBs) on every core. Its holes (half of a raw disk)
+/// are hashed as zeros from memory: mapped or read, the kernel zero-filled a page cache page
+/// for every hole page first, seconds of CPU for a raw disk.
+fn hash_big_file(path: &Path, len: u64, h: &mut blake3::Hasher) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const PIECE: usize = 8 << 20;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; PIECE];
+    let zeros = vec![0u8; PIECE];
+    let hash_zeros = |h: &mut blake3::Hasher, mut n: u64| {
+        while n > 0 {
+            let k = n.min(PIECE as u64);
+            h.update_rayon(&zeros[..k as usize]);
+            n -= k;
+        }
+    };
+    let mut at = 0;
+    for (a, b) in crate::fsutil::data_ranges(&f, 0, len) {
+        hash_zeros(h, a - at);
+        at = a;
+        while at < b {
+            let k = (b - at).min(PIECE as u64) as usize;
+            f.read_exact_at(&mut buf[..k], at)?;
+            h.update_rayon(&buf[..k]);
+            at += k as u64;
+        }
+    }
+    hash_zeros(h, len - at);
     Ok(())
 }
 
