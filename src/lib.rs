@@ -161,7 +161,8 @@ pub const ENGINE_VERSION: &str = concat!("ccb-", env!("CARGO_PKG_VERSION"), "-en
 /// The disk action's writer, part of every disk key: raised when the same tree gives other
 /// disk bytes (equal keys must give equal bytes), without touching the keys of the layers
 /// under it. 2: inode times written by ccb, not debugfs (the superblock's write count).
-pub const DISK_WRITER: &str = "2";
+/// 3: the qcow2 at libdeflate level 2.
+pub const DISK_WRITER: &str = "3";
 
 #[cfg(test)]
 mod layering;

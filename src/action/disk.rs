@@ -570,18 +570,29 @@ impl Runner<'_> {
             format!("{}\n", d.provenance),
         )
         .map_err(io("write the provenance"))?;
-        let digests = self.disk_step("checksums", |_| {
-            made.iter()
-                .map(|name| {
-                    let digest = match &raw_digest {
-                        Some(digest) if name.ends_with(".raw") => digest.clone(),
-                        _ => sha256_of(&out.join(name))?,
-                    };
-                    Ok((name.clone(), digest))
-                })
-                .collect::<Result<Vec<(String, String)>, RunError>>()
+        // The files' checksums and the SBOM's packages (read from the root filesystem's own
+        // bytes), side by side: each is one core's work.
+        let (digests, inventory) = self.disk_step("checksums-and-packages", |_| {
+            std::thread::scope(|s| {
+                let sums = s.spawn(|| {
+                    made.iter()
+                        .map(|name| {
+                            let digest = match &raw_digest {
+                                Some(digest) if name.ends_with(".raw") => digest.clone(),
+                                _ => sha256_of(&out.join(name))?,
+                            };
+                            Ok((name.clone(), digest))
+                        })
+                        .collect::<Result<Vec<(String, String)>, RunError>>()
+                });
+                let inventory = sbom_inventory(root_file, *root_offset, *root_len);
+                let digests = sums
+                    .join()
+                    .map_err(|_| RunError::Internal("the checksum thread panicked"))??;
+                Ok((digests, inventory?))
+            })
         })?;
-        self.sbom_and_sums(d, out, root_file, (*root_offset, *root_len), digests, made)
+        self.sbom_and_sums(d, out, &inventory, digests, made)
     }
 
     /// The qcow2, if the image wants one, named in `made`; with `hash_raw` (only when ccb's
@@ -657,40 +668,22 @@ impl Runner<'_> {
         &mut self,
         d: &DiskSpec,
         out: &Path,
-        root_file: File,
-        (root_offset, root_len): (u64, u64),
+        inventory: &crate::sbom::OsInventory,
         mut digests: Vec<(String, String)>,
         mut made: Vec<String>,
     ) -> Result<(), RunError> {
-        // The SBOM, from the root filesystem's own bytes (the reader `ccb inspect` checks it
-        // with), beside the disks: cached and materialised with them.
+        // The SBOM beside the disks: cached and materialised with them.
         let sbom_name = crate::sbom::file_name(&d.name);
-        let packages = self.disk_step("sbom", |_| {
-            let slice = crate::inspect::Slice {
-                inner: root_file,
-                offset: root_offset,
-                len: root_len,
-            };
-            let fs = crate::inspect::fs::open(std::sync::Arc::new(slice)).map_err(|e| {
-                RunError::Image {
-                    problem: format!("the SBOM: reading the root filesystem: {e}"),
-                }
-            })?;
-            let inventory = crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
-                problem: format!("the SBOM: {e}"),
-            })?;
-            drop(fs);
-            let doc = crate::sbom::document(
-                &d.name,
-                &crate::sbom::created_from_provenance(&d.provenance),
-                &digests,
-                &inventory,
-                &d.sbom,
-            );
-            std::fs::write(out.join(&sbom_name), crate::sbom::render(&doc))
-                .map_err(io("write the SBOM"))?;
-            Ok(inventory.packages.len())
-        })?;
+        let doc = crate::sbom::document(
+            &d.name,
+            &crate::sbom::created_from_provenance(&d.provenance),
+            &digests,
+            inventory,
+            &d.sbom,
+        );
+        std::fs::write(out.join(&sbom_name), crate::sbom::render(&doc))
+            .map_err(io("write the SBOM"))?;
+        let packages = inventory.packages.len();
         self.logln(&format!("disk: SBOM of {packages} packages"));
         let started = std::time::Instant::now();
         digests.push((sbom_name.clone(), sha256_of(&out.join(&sbom_name))?));
@@ -707,6 +700,22 @@ impl Runner<'_> {
         ));
         Ok(())
     }
+}
+
+/// The packages of the root filesystem at `offset` in `file`, from its own bytes (the reader
+/// `ccb inspect` checks the SBOM with).
+fn sbom_inventory(file: File, offset: u64, len: u64) -> Result<crate::sbom::OsInventory, RunError> {
+    let slice = crate::inspect::Slice {
+        inner: file,
+        offset,
+        len,
+    };
+    let fs = crate::inspect::fs::open(std::sync::Arc::new(slice)).map_err(|e| RunError::Image {
+        problem: format!("the SBOM: reading the root filesystem: {e}"),
+    })?;
+    crate::sbom::inventory(fs.as_ref()).map_err(|e| RunError::Image {
+        problem: format!("the SBOM: {e}"),
+    })
 }
 
 /// Whether the disk's qcow2 is written by ccb's writer (deflate or none), not `qemu-img`.

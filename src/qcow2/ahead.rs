@@ -23,8 +23,9 @@ use super::{CLUSTER, Compression, Stored};
 const SETTLE: Duration = Duration::from_millis(100);
 
 /// The compressed bytes held at most: the head start stops there rather than hold a disk's
-/// worth in memory (CC-Debian12's qcow2 is ~490 MiB).
-const MAX_HELD: usize = 2 << 30;
+/// worth in memory, as several disk actions may run at once (CC-Debian12's whole qcow2 is
+/// ~490 MiB, of which the head start holds about half).
+const MAX_HELD: usize = 1 << 30;
 
 /// Clusters compressed ahead: per guest cluster, the hash of the bytes it was compressed
 /// from and how it is stored.

@@ -49,11 +49,11 @@ const CSIZE_SHIFT: u32 = 62 - (CLUSTER_BITS - 8);
 const CSIZE_MASK: u64 = (1 << (CLUSTER_BITS - 8)) - 1;
 
 /// libdeflate's level. Measured on CC-Debian12 (1.45 GB of data clusters): `qemu-img`'s
-/// zlib at level 6 writes 538.9 MB; libdeflate at 6 writes 501.6 MB, and at 4 about 2.4 %
-/// more (about 514 MB, still 4.6 % less than QEMU's) with 35 % less CPU, which is most of a
-/// disk action's own work on a two-core builder. Below 4 the size grows faster than the time
-/// falls (level 1: larger than QEMU's).
-pub const LEVEL: i32 = 4;
+/// zlib at level 6 writes 538.9 MB; libdeflate at 6 writes 501.6 MB, at 4 512.0 MB and at 2
+/// 519.1 MB, still 3.7 % less than QEMU's, with about 10 % less CPU than 4 (compression is
+/// most of a disk action's work on a two-core builder, where the goal is the disk action's
+/// time). Level 1 writes more than QEMU.
+pub const LEVEL: i32 = 2;
 
 /// Clusters read, compressed and written per batch: enough work to keep every core busy,
 /// little enough memory (16 MiB in, at most as much out) to stream any disk.
