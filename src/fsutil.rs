@@ -245,14 +245,17 @@ mod tests {
         let ranges = data_ranges(&f, 0, 32 * mib);
         let covers = |at: u64| ranges.iter().any(|&(a, b)| a <= at && at < b);
         assert!(covers(0) && covers(8 * mib + 5), "{ranges:?}");
+        // A range asked for is kept to.
+        let tail = data_ranges(&f, 8 * mib + 2, 8 * mib + 4);
+        assert_eq!(tail, vec![(8 * mib + 2, 8 * mib + 4)]);
+        if ranges == [(0, 32 * mib)] {
+            return; // a filesystem that cannot say where its holes are: all is data
+        }
         // The filesystem says where the holes are (to its block size): most of the file is
         // skipped, and nothing after the last data.
         let data: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         assert!(data < 4 * mib, "{ranges:?}");
         assert!(ranges.windows(2).all(|w| w[0].1 <= w[1].0), "{ranges:?}");
-        // A range asked for is kept to.
-        let tail = data_ranges(&f, 8 * mib + 2, 8 * mib + 4);
-        assert_eq!(tail, vec![(8 * mib + 2, 8 * mib + 4)]);
         assert!(data_ranges(&f, 16 * mib, 32 * mib).is_empty());
     }
 }

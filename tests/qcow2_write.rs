@@ -345,19 +345,27 @@ fn a_new_image_replaces_the_old_one_whole() {
 fn a_head_start_taken_while_the_disk_was_written_gives_the_same_image_byte_for_byte() {
     use ccb::qcow2::Ahead;
     use std::os::unix::fs::FileExt;
-    const CLUSTER: u64 = 64 << 10;
+    const C: usize = 64 << 10;
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("disk.raw");
-    // A writer at work: the first half written, the rest a hole still.
-    let mut runs = vec![
-        Run::Text(40 * CLUSTER as usize),
-        Run::Random(8 * CLUSTER as usize, 7),
-    ];
-    runs.push(Run::Hole(80 * CLUSTER as usize));
-    write_raw(&raw, &runs);
+    // A writer at work on a partition that starts mid-cluster, past the conversion's first
+    // batch, in a disk whose end is not on a cluster boundary either: 48 clusters of it
+    // written, the rest a hole still.
+    let part = 300 * C + 4096;
+    write_raw(
+        &raw,
+        &[
+            Run::Hole(part),
+            Run::Text(40 * C),
+            Run::Random(8 * C, 7),
+            Run::Hole(252 * C + 1536 - 4096),
+        ],
+    );
+    let size = std::fs::metadata(&raw).unwrap().len();
+    assert_ne!(size % C as u64, 0);
     let f = std::fs::File::options().write(true).open(&raw).unwrap();
 
-    let ahead = Ahead::start(&raw, 0, 128 * CLUSTER, Compression::Zlib).unwrap();
+    let ahead = Ahead::start(&raw, part as u64, size, Compression::Zlib).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while ahead.compressed() < 40 {
         assert!(
@@ -367,51 +375,46 @@ fn a_head_start_taken_while_the_disk_was_written_gives_the_same_image_byte_for_b
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // Then the writer goes on: it rewrites clusters already compressed (as mkfs rewrites its
-    // metadata), zeros one, and writes the rest.
-    f.write_all_at(&random_bytes(CLUSTER as usize, 11), 3 * CLUSTER)
-        .unwrap();
-    f.write_all_at(b"a byte changed", 10 * CLUSTER + 100)
-        .unwrap();
-    f.write_all_at(&vec![0; CLUSTER as usize], 20 * CLUSTER)
-        .unwrap();
-    f.write_all_at(&random_bytes(30 * CLUSTER as usize, 3), 60 * CLUSTER)
-        .unwrap();
+    // metadata), zeros one, and writes more.
+    let at = |cluster: usize| (cluster * C) as u64;
+    f.write_all_at(&random_bytes(C, 11), at(303)).unwrap();
+    f.write_all_at(b"a byte changed", at(310) + 100).unwrap();
+    f.write_all_at(&vec![0; C], at(320)).unwrap();
+    f.write_all_at(&random_bytes(30 * C, 3), at(400)).unwrap();
     drop(f);
     let head = ahead.finish();
     assert!(head.len() >= 40, "{} clusters compressed ahead", head.len());
 
     let expected = std::fs::read(&raw).unwrap();
-    let (with, without) = (
-        dir.path().join("with.qcow2"),
-        dir.path().join("without.qcow2"),
-    );
-    let (stats, digest) =
-        convert_raw_with_digest(&raw, &with, Compression::Zlib, Some(&head)).unwrap();
-    let (plain_stats, plain_digest) =
-        convert_raw_with_digest(&raw, &without, Compression::Zlib, None).unwrap();
-    assert_eq!(
-        std::fs::read(&with).unwrap(),
-        std::fs::read(&without).unwrap(),
-        "the same image, head start or not"
-    );
-    assert_eq!((stats, &digest), (plain_stats, &plain_digest));
-    assert_eq!(digest, ccb::fetch::hash::sha256_bytes(&expected));
-    // What the writer changed was compressed again, the rest taken as it was.
+    let convert = |name: &str, compression, head| {
+        let out = dir.path().join(name);
+        let (stats, digest) = convert_raw_with_digest(&raw, &out, compression, head).unwrap();
+        (std::fs::read(&out).unwrap(), stats, digest)
+    };
+    let with = convert("with.qcow2", Compression::Zlib, Some(&head));
+    let without = convert("without.qcow2", Compression::Zlib, None);
+    assert!(with == without, "the same image, head start or not");
+    assert_eq!(with.2, ccb::fetch::hash::sha256_bytes(&expected));
+    // What the writer changed was compressed again, all the rest taken as it was.
     let stale = head.len() as u64 - head.reused();
     assert!(
-        head.reused() > 0 && stale >= 3,
+        head.reused() >= 37 && stale >= 3,
         "{} reused of {}",
         head.reused(),
         head.len()
     );
+    // A head start is for the compression it was made for only.
+    let plain = convert("plain.qcow2", Compression::None, Some(&head));
+    assert!(plain == convert("plain-alone.qcow2", Compression::None, None));
     let back = dir.path().join("back.raw");
+    let with_path = dir.path().join("with.qcow2");
     qemu_img(&[
         "convert",
         "-f",
         "qcow2",
         "-O",
         "raw",
-        with.to_str().unwrap(),
+        with_path.to_str().unwrap(),
         back.to_str().unwrap(),
     ]);
     assert_same("qemu-img", &std::fs::read(&back).unwrap(), &expected);

@@ -200,15 +200,17 @@ impl Runner<'_> {
         // written elsewhere and copied in).
         let ahead = match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref())
         {
-            Some(compression) if ccb_writes_qcow2(&d) && plan_root.kind == FsKind::Ext4 => Some(
-                crate::qcow2::Ahead::start(
-                    &raw,
-                    root.offset,
-                    root.offset + root.length,
-                    compression,
-                )
-                .map_err(io("start compressing the qcow2"))?,
-            ),
+            Some(compression) if ccb_writes_qcow2(&d) && plan_root.kind == FsKind::Ext4 => {
+                let range = (root.offset, root.offset + root.length);
+                match crate::qcow2::Ahead::start(&raw, range.0, range.1, compression) {
+                    Ok(ahead) => Some(ahead),
+                    // Only time is lost: the conversion compresses everything itself.
+                    Err(e) => {
+                        self.logln(&format!("disk: no qcow2 head start: {e}"));
+                        None
+                    }
+                }
+            }
             _ => None,
         };
         let (root_fs, root_img) = self.write_root_fs(&d, &raw, &root, plan_root.kind, epoch)?;
@@ -245,7 +247,11 @@ impl Runner<'_> {
         let keep_raw = d.formats.iter().any(|f| f == "raw");
         let write_back = self.disk_step("disk", |_| {
             write_disk(&raw, &plan, &images, &boot, &d.seed)?;
-            keep_raw.then(|| WriteBack::start(&raw)).transpose()
+            Ok(if keep_raw {
+                WriteBack::start(&raw)?
+            } else {
+                None
+            })
         })?;
 
         // 5. Outputs.
@@ -538,7 +544,14 @@ impl Runner<'_> {
         // hashing GBs (holes read as zeros) with the other idle.
         let writer_hashes = keep_raw && ccb_writes_qcow2(d);
         let raw_digest = std::thread::scope(|s| -> Result<Option<String>, RunError> {
-            let hashing = (keep_raw && !writer_hashes).then(|| s.spawn(|| sha256_of(raw)));
+            let hashing = (keep_raw && !writer_hashes)
+                .then(|| {
+                    std::thread::Builder::new()
+                        .name("ccb-raw-sha256".into())
+                        .spawn_scoped(s, || sha256_of(raw))
+                })
+                .transpose()
+                .map_err(io("start the raw disk's checksum thread"))?;
             let from_writer = self.qcow2_output(d, raw, out, &mut made, writer_hashes, ahead)?;
             match hashing {
                 Some(h) => h
@@ -574,17 +587,20 @@ impl Runner<'_> {
         // bytes), side by side: each is one core's work.
         let (digests, inventory) = self.disk_step("checksums-and-packages", |_| {
             std::thread::scope(|s| {
-                let sums = s.spawn(|| {
-                    made.iter()
-                        .map(|name| {
-                            let digest = match &raw_digest {
-                                Some(digest) if name.ends_with(".raw") => digest.clone(),
-                                _ => sha256_of(&out.join(name))?,
-                            };
-                            Ok((name.clone(), digest))
-                        })
-                        .collect::<Result<Vec<(String, String)>, RunError>>()
-                });
+                let sums = std::thread::Builder::new()
+                    .name("ccb-checksums".into())
+                    .spawn_scoped(s, || {
+                        made.iter()
+                            .map(|name| {
+                                let digest = match &raw_digest {
+                                    Some(digest) if name.ends_with(".raw") => digest.clone(),
+                                    _ => sha256_of(&out.join(name))?,
+                                };
+                                Ok((name.clone(), digest))
+                            })
+                            .collect::<Result<Vec<(String, String)>, RunError>>()
+                    })
+                    .map_err(io("start the checksum thread"))?;
                 let inventory = sbom_inventory(root_file, *root_offset, *root_len);
                 let digests = sums
                     .join()
@@ -731,9 +747,11 @@ fn ccb_writes_qcow2(d: &DiskSpec) -> bool {
 struct WriteBack(std::thread::JoinHandle<()>);
 
 impl WriteBack {
-    fn start(raw: &Path) -> Result<WriteBack, RunError> {
+    /// `None` where no thread can be started: the sync then does it all.
+    fn start(raw: &Path) -> Result<Option<WriteBack>, RunError> {
         let f = File::open(raw).map_err(io("open the raw disk"))?;
-        Ok(WriteBack(std::thread::spawn(move || {
+        let thread = std::thread::Builder::new().name("ccb-write-back".into());
+        let started = thread.spawn(move || {
             // Only a hint, so its answer is not looked at: where the filesystem cannot, the
             // sync before the raw disk is named does it all.
             // SAFETY: a system call on a descriptor the thread owns; a range of 0 means "to
@@ -746,7 +764,8 @@ impl WriteBack {
                     libc::SYNC_FILE_RANGE_WRITE,
                 );
             }
-        })))
+        });
+        Ok(started.ok().map(WriteBack))
     }
 
     fn wait(self) -> Result<(), RunError> {

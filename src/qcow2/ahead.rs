@@ -14,31 +14,48 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use super::{CLUSTER, Compression, Stored};
 
 /// How long the writer must have left a cluster alone (one look to the next) before it is
 /// compressed ahead: a cluster compressed while it is still being written is work thrown away.
+/// Each look also holds the file's inode lock for a moment, which the writer then waits for.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// The compressed bytes held at most: the head start stops there rather than hold a disk's
-/// worth in memory, as several disk actions may run at once (CC-Debian12's whole qcow2 is
-/// ~490 MiB, of which the head start holds about half).
+/// The memory the results may hold at most: the head start stops there rather than hold a
+/// disk's worth, as several disk actions may run at once (CC-Debian12's whole qcow2 is
+/// ~500 MiB, of which the head start holds about half).
 const MAX_HELD: usize = 1 << 30;
+
+/// One cluster compressed ahead: its guest cluster, the hash of the bytes it was compressed
+/// from, how it is stored.
+type Ahead1 = (u64, blake3::Hash, Stored);
 
 /// Clusters compressed ahead: per guest cluster, the hash of the bytes it was compressed
 /// from and how it is stored.
 #[derive(Default)]
 pub struct HeadStart {
+    /// What they were compressed for: a conversion to anything else ignores them.
+    compression: Option<Compression>,
     clusters: HashMap<u64, (blake3::Hash, Stored)>,
     /// Clusters the conversion took from here.
     reused: AtomicU64,
 }
 
 impl HeadStart {
-    /// How guest cluster `index` is stored, if it was compressed ahead from these very bytes.
-    pub(super) fn reuse(&self, index: u64, bytes: &[u8]) -> Option<Stored> {
+    /// How guest cluster `index` is stored, if it was compressed ahead, for `compression`,
+    /// from these very bytes.
+    pub(super) fn reuse(
+        &self,
+        index: u64,
+        bytes: &[u8],
+        compression: Compression,
+    ) -> Option<Stored> {
+        if self.compression != Some(compression) {
+            return None;
+        }
         let (hash, stored) = self.clusters.get(&index)?;
         if blake3::hash(bytes) != *hash {
             return None;
@@ -64,32 +81,37 @@ impl HeadStart {
 
 /// Compression running ahead of a writer, on a thread of its own.
 pub struct Ahead {
+    compression: Compression,
     stop: Arc<AtomicBool>,
     /// Clusters compressed so far.
     done: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<HeadStart>>,
+    results: mpsc::Receiver<Ahead1>,
 }
 
 impl Ahead {
-    /// Starts compressing the clusters of `raw` in `[from, to)` as they are written. Nothing
-    /// to do for an image stored uncompressed: the head start is then empty.
+    /// Starts compressing the clusters of `raw` in `[from, to)` as they are written. An image
+    /// stored uncompressed has nothing to gain: no thread is started for it.
     pub fn start(
         raw: &Path,
         from: u64,
         to: u64,
         compression: Compression,
     ) -> std::io::Result<Ahead> {
-        let f = File::open(raw)?;
-        let stop = Arc::new(AtomicBool::new(compression == Compression::None));
+        let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
-        let (flag, count) = (Arc::clone(&stop), Arc::clone(&done));
-        let thread = std::thread::Builder::new()
-            .name("ccb-qcow2-ahead".into())
-            .spawn(move || run(&f, from, to, &flag, &count))?;
+        let (tx, results) = mpsc::channel();
+        if compression != Compression::None {
+            let f = File::open(raw)?;
+            let (flag, count) = (Arc::clone(&stop), Arc::clone(&done));
+            std::thread::Builder::new()
+                .name("ccb-qcow2-ahead".into())
+                .spawn(move || run(&f, (from, to), compression, &flag, &count, &tx))?;
+        }
         Ok(Ahead {
+            compression,
             stop,
             done,
-            thread: Some(thread),
+            results,
         })
     }
 
@@ -98,14 +120,21 @@ impl Ahead {
         self.done.load(Ordering::Relaxed)
     }
 
-    /// Stops (the writer is done) and hands over what was compressed. A read that failed
-    /// ahead only means less of a head start: the conversion reads everything again.
-    pub fn finish(mut self) -> HeadStart {
+    /// Stops (the writer is done) and hands over what was compressed so far, without waiting
+    /// for the thread: on a busy host a low-priority thread may not run again for a while,
+    /// and the conversion must not wait for it. It ends at its next look (its results then
+    /// go nowhere).
+    pub fn finish(self) -> HeadStart {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
+        HeadStart {
+            compression: Some(self.compression),
+            clusters: self
+                .results
+                .try_iter()
+                .map(|(c, hash, stored)| (c, (hash, stored)))
+                .collect(),
+            reused: AtomicU64::new(0),
+        }
     }
 }
 
@@ -116,13 +145,22 @@ impl Drop for Ahead {
     }
 }
 
-fn run(f: &File, from: u64, to: u64, stop: &AtomicBool, count: &AtomicU64) -> HeadStart {
-    // Work on the side, never in the writer's way: this thread only gets a core that mkfs
-    // and the kernel's write-back leave idle. Where it cannot be, it runs as any thread.
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets the calling thread's (0) policy from a valid parameter block.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    let mut head = HeadStart::default();
+fn run(
+    f: &File,
+    (from, to): (u64, u64),
+    compression: Compression,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+    results: &mpsc::Sender<Ahead1>,
+) {
+    // Work on the side, out of the writer's way: the lowest priority of the normal class, so
+    // that mkfs and the kernel's write-back come first, yet a look preempted while it holds
+    // the inode lock gets to finish soon (the idle class could wait for seconds on a busy
+    // host, and mkfs with it). Where it cannot be set, it runs as any thread.
+    // SAFETY: a system call about the calling thread (its id from gettid); no memory passed.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
     let (first, last) = (from.div_ceil(CLUSTER), to / CLUSTER);
     let mut done = vec![false; last.saturating_sub(first) as usize];
     let mut held = 0usize;
@@ -131,37 +169,47 @@ fn run(f: &File, from: u64, to: u64, stop: &AtomicBool, count: &AtomicU64) -> He
     let mut before = Vec::new();
     while !stop.load(Ordering::SeqCst) && held < MAX_HELD {
         std::thread::sleep(SETTLE);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let now = clusters_written(f, first, last);
-        let settled: Vec<u64> = now
-            .iter()
-            .copied()
-            .filter(|c| before.binary_search(c).is_ok() && !done[(c - first) as usize])
-            .collect();
-        for c in settled {
+        for &c in &now {
             if stop.load(Ordering::SeqCst) || held >= MAX_HELD {
-                break;
+                return;
+            }
+            if done[(c - first) as usize] || before.binary_search(&c).is_err() {
+                continue;
             }
             if f.read_exact_at(&mut buf, c * CLUSTER).is_err() {
-                return head;
+                return;
             }
             if super::is_zero(&buf) {
                 continue; // allocated, not written yet (or zeros: nothing to compress)
             }
-            let stored = super::store_cluster(&buf, Compression::Zlib);
-            held += stored.held();
-            head.clusters.insert(c, (blake3::hash(&buf), stored));
+            let mut stored = super::store_cluster(&buf, compression);
+            if let Stored::Compressed(bytes) = &mut stored {
+                // Held for seconds, many thousands of them: only their bytes, not the
+                // cluster's worth each was compressed into.
+                bytes.shrink_to_fit();
+                held += bytes.capacity();
+            }
+            if results.send((c, blake3::hash(&buf), stored)).is_err() {
+                return;
+            }
             done[(c - first) as usize] = true;
             count.fetch_add(1, Ordering::Relaxed);
         }
         before = now;
     }
-    head
 }
 
-/// The guest clusters in `[first, last)` that hold written data, in order.
+/// The guest clusters in `[first, last)` that hold written data, in order, each once (two
+/// ranges may share a cluster).
 fn clusters_written(f: &File, first: u64, last: u64) -> Vec<u64> {
-    crate::fsutil::data_ranges(f, first * CLUSTER, last * CLUSTER)
+    let mut clusters: Vec<u64> = crate::fsutil::data_ranges(f, first * CLUSTER, last * CLUSTER)
         .into_iter()
         .flat_map(|(a, b)| a / CLUSTER..b.div_ceil(CLUSTER))
-        .collect()
+        .collect();
+    clusters.dedup();
+    clusters
 }

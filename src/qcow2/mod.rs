@@ -196,12 +196,14 @@ fn convert(
     Ok(stats)
 }
 
-/// A batch of the raw disk: `len` bytes from `start`, and its bytes (zeros where the file has
-/// holes, up to the next cluster boundary) unless it is all hole.
+/// A batch of the raw disk: `len` bytes from `start` in `buf` (zeros where the file has
+/// holes, up to the next cluster boundary), unless it is all hole (`buf` then unread, kept
+/// only to be used again).
 struct Batch {
     start: u64,
     len: usize,
-    data: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    hole: bool,
 }
 
 /// Reads the batch at `start` of the `size`-byte disk into `buf` (of a batch's size); `None`
@@ -219,13 +221,7 @@ fn read_batch(
     let end = (start + buf.len() as u64).min(size);
     let len = (end - start) as usize;
     let ranges = crate::fsutil::data_ranges(input, start, end);
-    if ranges.is_empty() {
-        return Ok(Some(Batch {
-            start,
-            len,
-            data: None,
-        }));
-    }
+    let hole = ranges.is_empty();
     // Zeros only where no data is read: the holes between ranges and the last cluster's tail.
     let mut at = 0;
     for (a, b) in ranges {
@@ -236,11 +232,14 @@ fn read_batch(
             .map_err(io_err("read", src))?;
         at = b;
     }
-    buf[at..len.next_multiple_of(CLUSTER as usize)].fill(0);
+    if !hole {
+        buf[at..len.next_multiple_of(CLUSTER as usize)].fill(0);
+    }
     Ok(Some(Batch {
         start,
         len,
-        data: Some(buf),
+        buf,
+        hole,
     }))
 }
 
@@ -285,7 +284,7 @@ fn compress_batch(
             if is_zero(cluster) {
                 return Stored::Zero;
             }
-            head.and_then(|h| h.reuse(first + i as u64, cluster))
+            head.and_then(|h| h.reuse(first + i as u64, cluster, compression))
                 .unwrap_or_else(|| store_cluster(cluster, compression))
         })
         .collect()
@@ -313,16 +312,6 @@ enum Stored {
     Zero,
     Raw,
     Compressed(Vec<u8>),
-}
-
-impl Stored {
-    /// The memory it holds.
-    fn held(&self) -> usize {
-        match self {
-            Stored::Compressed(bytes) => bytes.len(),
-            Stored::Zero | Stored::Raw => 0,
-        }
-    }
 }
 
 struct Writer<'a> {
@@ -407,23 +396,24 @@ impl<'a> Writer<'a> {
             let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
             // The digest on a thread of its own, fed in order (holes as zeros): hashed between
             // batches, it left the other core idle for every hole and every batch's hash.
-            let hasher = digest.map(|d| {
-                let (tx, rx) = mpsc::sync_channel::<(Option<Vec<u8>>, usize)>(HASH_QUEUE);
-                let spare = spare_tx.clone();
-                let handle = s.spawn(move || {
-                    let zeros = vec![0u8; batch_bytes];
-                    for (buf, len) in rx {
-                        match buf {
-                            Some(buf) => {
-                                d.update(&buf[..len]);
+            let hasher = match digest {
+                Some(d) => {
+                    let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize, bool)>(HASH_QUEUE);
+                    let spare = spare_tx.clone();
+                    let handle = std::thread::Builder::new()
+                        .name("ccb-qcow2-sha256".into())
+                        .spawn_scoped(s, move || {
+                            let zeros = vec![0u8; batch_bytes];
+                            for (buf, len, hole) in rx {
+                                d.update(if hole { &zeros[..len] } else { &buf[..len] });
                                 let _ = spare.send(buf);
                             }
-                            None => d.update(&zeros[..len]),
-                        }
-                    }
-                });
-                (tx, handle)
-            });
+                        })
+                        .map_err(io_err("start the checksum thread for", src))?;
+                    Some((tx, handle))
+                }
+                None => None,
+            };
             let buffer = || {
                 spare_rx
                     .try_recv()
@@ -437,9 +427,9 @@ impl<'a> Writer<'a> {
                     let (read, stored) = rayon::join(
                         || read_batch(input, src, after, size, into),
                         || {
-                            batch.data.as_ref().map(|buf| {
+                            (!batch.hole).then(|| {
                                 compress_batch(
-                                    &buf[..batch.len.next_multiple_of(CLUSTER as usize)],
+                                    &batch.buf[..batch.len.next_multiple_of(CLUSTER as usize)],
                                     batch.start / CLUSTER,
                                     compression,
                                     head,
@@ -448,19 +438,17 @@ impl<'a> Writer<'a> {
                         },
                     );
                     next = read?;
-                    if let (Some(buf), Some(stored)) = (&batch.data, stored) {
-                        self.store_batch(batch.start, buf, stored)?;
+                    if let Some(stored) = stored {
+                        self.store_batch(batch.start, &batch.buf, stored)?;
                     }
                     match &hasher {
                         Some((tx, _)) => {
                             // Only a hasher that stopped closes its end: its panic is
                             // raised when it is joined below.
-                            let _ = tx.send((batch.data, batch.len));
+                            let _ = tx.send((batch.buf, batch.len, batch.hole));
                         }
                         None => {
-                            if let Some(buf) = batch.data {
-                                let _ = spare_tx.send(buf);
-                            }
+                            let _ = spare_tx.send(batch.buf);
                         }
                     }
                 }
