@@ -24,6 +24,21 @@ fn qemu_img(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The virtual disk of `qcow2` as QEMU reads it (converted to raw in `dir`).
+fn qemu_img_to_raw(qcow2: &Path, dir: &Path) -> Vec<u8> {
+    let back = dir.join("back.raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        qcow2.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    std::fs::read(&back).unwrap()
+}
+
 /// A piece of a raw disk.
 #[derive(Debug, Clone)]
 enum Run {
@@ -105,19 +120,9 @@ fn convert_and_check(dir: &Path, raw: &Path, expected: &[u8], compression: Compr
     assert!(info.contains("compat: 1.1"), "a version 3 image: {info}");
     assert!(info.contains("compression type: zlib"), "{info}");
 
-    let back = dir.join("back.raw");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        qcow2.to_str().unwrap(),
-        back.to_str().unwrap(),
-    ]);
     assert_same(
         "qemu-img convert -O raw",
-        &std::fs::read(&back).unwrap(),
+        &qemu_img_to_raw(&qcow2, dir),
         expected,
     );
 
@@ -406,16 +411,6 @@ fn a_head_start_taken_while_the_disk_was_written_gives_the_same_image_byte_for_b
     // A head start is for the compression it was made for only.
     let plain = convert("plain.qcow2", Compression::None, Some(&head));
     assert!(plain == convert("plain-alone.qcow2", Compression::None, None));
-    let back = dir.path().join("back.raw");
-    let with_path = dir.path().join("with.qcow2");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        with_path.to_str().unwrap(),
-        back.to_str().unwrap(),
-    ]);
-    assert_same("qemu-img", &std::fs::read(&back).unwrap(), &expected);
+    let back = qemu_img_to_raw(&dir.path().join("with.qcow2"), dir.path());
+    assert_same("qemu-img convert -O raw", &back, &expected);
 }
