@@ -198,9 +198,8 @@ impl Runner<'_> {
             .map_err(io("create the disk"))?;
         // The qcow2's compression starts while mkfs writes the root (ext4 only: XFS is
         // written elsewhere and copied in).
-        let ahead = match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref())
-        {
-            Some(compression) if ccb_writes_qcow2(&d) && plan_root.kind == FsKind::Ext4 => {
+        let ahead = match ccb_qcow2(&d) {
+            Some(compression) if plan_root.kind == FsKind::Ext4 => {
                 let range = (root.offset, root.offset + root.length);
                 match crate::qcow2::Ahead::start(&raw, range.0, range.1, compression) {
                     Ok(ahead) => Some(ahead),
@@ -542,7 +541,7 @@ impl Runner<'_> {
         // qcow2; otherwise (no qcow2, or qemu-img's zstd) a thread of its own reads the raw
         // disk again beside the conversion. Alone, afterwards, it was seconds of one core
         // hashing GBs (holes read as zeros) with the other idle.
-        let writer_hashes = keep_raw && ccb_writes_qcow2(d);
+        let writer_hashes = keep_raw && ccb_qcow2(d).is_some();
         let raw_digest = std::thread::scope(|s| -> Result<Option<String>, RunError> {
             let hashing = (keep_raw && !writer_hashes)
                 .then(|| {
@@ -612,7 +611,7 @@ impl Runner<'_> {
     }
 
     /// The qcow2, if the image wants one, named in `made`; with `hash_raw` (only when ccb's
-    /// writer makes it: [`ccb_writes_qcow2`]), the raw disk's SHA-256 as well.
+    /// writer makes it: [`ccb_qcow2`]), the raw disk's SHA-256 as well.
     fn qcow2_output(
         &mut self,
         d: &DiskSpec,
@@ -627,7 +626,7 @@ impl Runner<'_> {
             let name = format!("{}.qcow2", d.name);
             let dst = out.join(&name);
             self.disk_step("qcow2", |r| {
-                match crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()) {
+                match ccb_qcow2(d) {
                     Some(compression) => {
                         // ccb's writer: deflate on every core (benches/qcow2.rs compares it
                         // with qemu-img on this image).
@@ -734,10 +733,13 @@ fn sbom_inventory(file: File, offset: u64, len: u64) -> Result<crate::sbom::OsIn
     })
 }
 
-/// Whether the disk's qcow2 is written by ccb's writer (deflate or none), not `qemu-img`.
-fn ccb_writes_qcow2(d: &DiskSpec) -> bool {
-    d.formats.iter().any(|f| f == "qcow2")
-        && crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref()).is_some()
+/// How ccb's own writer stores the disk's qcow2 (deflate or none); `None` when there is no
+/// qcow2, or `qemu-img` writes it (zstd).
+fn ccb_qcow2(d: &DiskSpec) -> Option<crate::qcow2::Compression> {
+    if !d.formats.iter().any(|f| f == "qcow2") {
+        return None;
+    }
+    crate::qcow2::Compression::from_qemu_name(d.qcow2_compression.as_deref())
 }
 
 /// The raw disk's write-back (when it is an output), started on a thread of its own while the
