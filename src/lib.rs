@@ -135,6 +135,7 @@ pub mod fault;
 pub mod fetch;
 pub mod fsutil;
 pub mod graph;
+pub mod gzip;
 pub mod inspect;
 pub mod interrupt;
 pub mod keydoc;

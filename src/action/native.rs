@@ -34,7 +34,16 @@
 //! image's files: dpkg installs a file by renaming onto it, and a mount point refuses that, so
 //! a package upgrading coreutils would fail. Only PATH lookups are affected: a `#!/bin/sh`
 //! script keeps the image's dash, and mkinitramfs and dracut set their own PATH, so no host
-//! program reaches an initramfs. `CCB_HOST_TOOLS=0` turns every host program off.
+//! program reaches an initramfs.
+//!
+//! **ccb's gzip.** In every build, native or emulated, a host-tools step also finds
+//! `ccb-gzip` over the image's gzip ([`ccb_gzip`]): mkinitramfs's final `gzip -n` over the
+//! whole archive, one core's 5–6 s in every layer with a kernel, runs on every core
+//! ([`crate::gzip`]). Its output depends only on ccb, not on the host, so no gate applies; the
+//! initramfs it makes holds the same archive as the image's gzip would, in other deflate bytes.
+//!
+//! `CCB_HOST_TOOLS=0` turns every host program off, ccb's gzip too. It is no input of a key:
+//! the trees are the same but for the compressed bytes of an initramfs.
 
 use std::path::{Path, PathBuf};
 
@@ -223,6 +232,51 @@ pub fn install(
         source,
     })?;
     make_executable(&path)
+}
+
+/// The image's gzip as the kernel finds it during a host-tools step: `/usr/bin/gzip`.
+pub const GZIP: &str = "/usr/bin/gzip";
+
+/// Prepares `ccb_gzip` (the `ccb-gzip` program beside ccb: src/gzip.rs) to stand in for the
+/// image's gzip during a host-tools step, in native and emulated builds alike: its output
+/// depends on neither the machine nor the host's release, only on ccb. Returns the pair to
+/// bind-mount (a wrapper under `engine_dir`, the image's gzip), or `None` when the image's
+/// gzip is not a program of its own (absent, or a link to busybox). The wrapper starts
+/// `ccb-gzip` through the host's loader (no patchelf needed) and hands it a copy of the
+/// image's gzip under `engine_dir` for what it leaves to gzip, so nothing in the image changes.
+pub fn ccb_gzip(
+    engine_dir: &Path,
+    engine_in: &str,
+    image: &TreeRoot,
+    ccb_gzip: &Path,
+) -> Result<Option<(PathBuf, PathBuf)>, Skip> {
+    let Ok(target) = image.entry(GZIP) else {
+        return Ok(None);
+    };
+    let own_program = std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_file());
+    if !own_program || !is_elf(&target) {
+        return Ok(None);
+    }
+    copy_runtime(engine_dir, ccb_gzip)?;
+    let files = engine_dir.join(FILES_DIR);
+    copy(ccb_gzip, &files.join("ccb-gzip"))?;
+    copy(&target, &files.join("gzip.image"))?;
+    let native = format!("{engine_in}/{FILES_DIR}");
+    let wrapper = files.join("gzip");
+    let text = format!(
+        "#!/bin/sh\n\
+         # ccb: the image's gzip during a host-tools step is ccb-gzip, a parallel deflate that\n\
+         # leaves all but `gzip -n` compression to the image's own (src/gzip.rs).\n\
+         exec {native}/ld.so --library-path {native}/lib --argv0 gzip {native}/ccb-gzip \
+         {native}/gzip.image \"$@\"\n"
+    );
+    std::fs::write(&wrapper, text).map_err(|source| Skip::Io {
+        path: wrapper.clone(),
+        source,
+    })?;
+    make_executable(&wrapper)?;
+    make_executable(&files.join("gzip.image"))?;
+    Ok(Some((wrapper, target)))
 }
 
 fn make_executable(path: &Path) -> Result<(), Skip> {

@@ -773,16 +773,17 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// For a step of an emulated build whose script declares
-    /// [`super::native::HOST_TOOLS_MARK`]: the host's programs prepared to be bind-mounted
-    /// over the image's (patched copy, image file). Empty for any other step, or when the host's
-    /// programs cannot serve this image (logged).
+    /// For a step whose script declares [`super::native::HOST_TOOLS_MARK`]: what is
+    /// bind-mounted over the image's programs for its duration (copy, image file). In every
+    /// build, ccb's parallel gzip ([`crate::gzip`]); in an emulated build, also the host's
+    /// programs ([`super::native::TOOLS`]). Empty for any other step, or when the image
+    /// refuses them or the host's programs cannot serve it (logged).
     fn host_tool_binds(
         &mut self,
         phase: &str,
         name: &str,
     ) -> Result<Vec<(PathBuf, PathBuf)>, RunError> {
-        if super::emulated_cpu(&self.spec.arch).is_none() || self.spec.no_host_tools {
+        if self.spec.no_host_tools {
             return Ok(Vec::new());
         }
         // A script that cannot be read fails as the step it is, with its own message.
@@ -790,22 +791,52 @@ impl Runner<'_> {
         if !super::native::declares_host_tools(&text) {
             return Ok(Vec::new());
         }
-        let Some(image) = self.host_tools_for(phase, name)? else {
+        let image = self.tree()?;
+        if let Some(why) = super::native::refused(&image) {
+            self.logln(&format!(
+                "ccb: {phase}/{name} runs the image's own tools: {why}"
+            ));
             return Ok(Vec::new());
-        };
-        let Some(Ok(tools)) = &mut self.host_tools else {
-            return Err(RunError::Internal("host tools neither ready nor refused"));
-        };
+        }
         let mut binds = Vec::new();
         let mut lines = Vec::new();
-        for r in super::native::select(&image, Path::new("/"), super::native::TOOLS) {
-            let at = r.target.strip_prefix(image.path()).unwrap_or(&r.target);
-            match tools.prepare(&self.engine_dir, ENGINE_IN, &r.host) {
-                Ok(copy) => {
-                    lines.push(format!("/{} <- host {}", at.display(), r.host.display()));
-                    binds.push((copy, r.target));
+        let beside_ccb = std::env::current_exe().map(|exe| exe.with_file_name("ccb-gzip"));
+        match beside_ccb {
+            Ok(program) if program.is_file() => {
+                match super::native::ccb_gzip(&self.engine_dir, ENGINE_IN, &image, &program) {
+                    Ok(Some(pair)) => {
+                        lines.push(format!("{} <- ccb-gzip", super::native::GZIP));
+                        binds.push(pair);
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        lines.push(format!("{} stays the image's: {why}", super::native::GZIP))
+                    }
                 }
-                Err(why) => lines.push(format!("/{} stays the image's: {why}", at.display())),
+            }
+            _ => lines.push(format!(
+                "{} stays the image's: no ccb-gzip beside the ccb program",
+                super::native::GZIP
+            )),
+        }
+        if super::emulated_cpu(&self.spec.arch).is_some()
+            && let Some(image) = self.host_tools_for(phase, name)?
+        {
+            let Some(Ok(tools)) = &mut self.host_tools else {
+                return Err(RunError::Internal("host tools neither ready nor refused"));
+            };
+            for r in super::native::select(&image, Path::new("/"), super::native::TOOLS) {
+                if binds.iter().any(|(_, target)| *target == r.target) {
+                    continue; // gzip: ccb's
+                }
+                let at = r.target.strip_prefix(image.path()).unwrap_or(&r.target);
+                match tools.prepare(&self.engine_dir, ENGINE_IN, &r.host) {
+                    Ok(copy) => {
+                        lines.push(format!("/{} <- host {}", at.display(), r.host.display()));
+                        binds.push((copy, r.target));
+                    }
+                    Err(why) => lines.push(format!("/{} stays the image's: {why}", at.display())),
+                }
             }
         }
         self.logln(&format!(

@@ -199,6 +199,20 @@ fn debian12_is_a_gpt_disk_that_boots() {
         layer["status"], "cached",
         "the killed build had finished the layer"
     );
+    // The layer's initramfs was compressed by ccb-gzip, on every core (src/gzip.rs); the
+    // boots below show that the kernel reads it.
+    let layer_log = std::fs::read_to_string(
+        store
+            .join("logs")
+            .join(format!("{}.log", layer["key"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(
+        layer_log.contains(
+            "post-install.d/01-dpkg-initramfs runs 1 host tools natively: /usr/bin/gzip <- ccb-gzip"
+        ),
+        "{layer_log}"
+    );
 
     // Outputs: the formats the manifest asks for, the manifests, the provenance, SHA256SUMS.
     let raw = out.path().join("CC-Debian12.raw");
