@@ -775,7 +775,8 @@ impl Runner<'_> {
 
     /// For a step whose script declares [`super::native::HOST_TOOLS_MARK`]: what is
     /// bind-mounted over the image's programs for its duration (copy, image file). In every
-    /// build, ccb's parallel gzip ([`crate::gzip`]); in an emulated build, also the host's
+    /// build, ccb's parallel gzip ([`crate::gzip`]) and ccb-canon's readlink and realpath
+    /// ([`super::native::canon_tools`]); in an emulated build, also the host's
     /// programs ([`super::native::TOOLS`]). Empty for any other step, or when the image
     /// refuses them or the host's programs cannot serve it (logged).
     fn host_tool_binds(
@@ -819,6 +820,16 @@ impl Runner<'_> {
                 super::native::GZIP
             )),
         }
+        match super::native::canon_tools(&self.engine_dir, ENGINE_IN, &image) {
+            Ok(pairs) => {
+                for (program, target) in pairs {
+                    let at = target.strip_prefix(image.path()).unwrap_or(&target);
+                    lines.push(format!("/{} <- ccb-canon", at.display()));
+                    binds.push((program, target));
+                }
+            }
+            Err(why) => lines.push(format!("readlink and realpath stay the image's: {why}")),
+        }
         if super::emulated_cpu(&self.spec.arch).is_some()
             && let Some(image) = self.host_tools_for(phase, name)?
         {
@@ -827,7 +838,7 @@ impl Runner<'_> {
             };
             for r in super::native::select(&image, Path::new("/"), super::native::TOOLS) {
                 if binds.iter().any(|(_, target)| *target == r.target) {
-                    continue; // gzip: ccb's
+                    continue; // gzip, readlink, realpath: ccb's
                 }
                 let at = r.target.strip_prefix(image.path()).unwrap_or(&r.target);
                 match tools.prepare(&self.engine_dir, ENGINE_IN, &r.host) {
