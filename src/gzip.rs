@@ -8,9 +8,11 @@
 //! image's gzip: the same gzip format, one member, in the manner of pigz. The input is cut into
 //! [`CHUNK`]s, each deflated on its own on every core, and each chunk but the last ends in a
 //! sync flush, so that the chunks join into one deflate stream. Unlike pigz, a chunk does not
-//! use the previous chunk as a preset dictionary: miniz_oxide (which the crate already has) has
-//! none, and at 1 MiB a chunk loses about 0.1 % of the ratio without one. libdeflate, which is
-//! faster, cannot write a block that is not the last.
+//! take the previous one as a preset dictionary: at 1 MiB that costs little of the ratio.
+//! Deflate is zlib-rs's (flate2's backend here): on Debian 12's 126 MiB initramfs archive it
+//! takes 2.2 s of CPU at gzip's default level 6, against 6.3 s for GNU gzip and 6.4 s for
+//! miniz_oxide, for a file 1.8 % larger than GNU gzip's. libdeflate cannot write a block that
+//! is not the last.
 //!
 //! The bytes differ from GNU gzip's, while what they decompress to is the same: the kernel, gzip
 //! and ccb's own initramfs reader read them as one member. The output depends only on the input
