@@ -256,3 +256,96 @@ fn readlink_and_realpath_answer_as_gnu_coreutils_does_for_every_path() {
     }
     assert!(fast > 200, "only {fast} answers without the fallback");
 }
+
+/// Every entry under `dir` with its type and mode, for comparing two trees.
+fn listing(dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<(String, u32)> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            (rel, std::fs::symlink_metadata(e.path()).unwrap().mode())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn mkdir_p_makes_what_gnu_mkdir_makes_and_fails_where_it_fails() {
+    let fallback = tempfile::tempdir().unwrap();
+    std::fs::copy("/usr/bin/mkdir", fallback.path().join("mkdir.image")).unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let ours = bin.path().join("mkdir");
+    std::fs::write(&ours, native::CANON).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Each case on a fresh copy of the same tree: a directory, a file, a link to the directory.
+    let fresh = || {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("have/sub")).unwrap();
+        std::fs::write(d.path().join("have/file"), "").unwrap();
+        std::os::unix::fs::symlink("have", d.path().join("link")).unwrap();
+        d
+    };
+    for (case, umask) in [
+        ("new", "022"),
+        ("new/deeper/still", "022"),
+        ("have", "022"),
+        ("have/sub", "022"),
+        ("have/sub/new", "022"),
+        ("link/new/x", "022"),
+        ("have/file", "022"),
+        ("have/file/x", "022"),
+        ("//new//double//", "022"),
+        ("new/./dot", "022"),
+        ("new/../up", "022"),
+        ("new/x", "077"),
+        ("new/x", "377"),
+    ] {
+        let (gnu_tree, our_tree) = (fresh(), fresh());
+        let run = |program: &Path, tree: &Path, fb: &Path| {
+            // The umask is the shell's, as mkinitramfs's would be.
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("umask {umask}; exec \"$0\" -p \"$1\""))
+                .arg(program)
+                .arg(format!("{}/{case}", tree.display()))
+                .env("CCB_CANON_FALLBACK", fb)
+                .status()
+                .unwrap()
+                .success()
+        };
+        let gnu = run(
+            Path::new("/usr/bin/mkdir"),
+            gnu_tree.path(),
+            fallback.path(),
+        );
+        let got = run(&ours, our_tree.path(), fallback.path());
+        assert_eq!(got, gnu, "mkdir -p {case} (umask {umask})");
+        assert_eq!(
+            listing(our_tree.path()),
+            listing(gnu_tree.path()),
+            "mkdir -p {case} (umask {umask})"
+        );
+    }
+    // mkinitramfs's own calls are made without the image's mkdir.
+    let tree = fresh();
+    let alone = Command::new(&ours)
+        .arg("-p")
+        .arg(
+            tree.path()
+                .join("var/tmp/mkinitramfs_x//usr/lib/modules/6.1.0/kernel"),
+        )
+        .env("CCB_CANON_FALLBACK", "/nonexistent")
+        .status()
+        .unwrap();
+    assert!(alone.success());
+    assert!(
+        tree.path()
+            .join("var/tmp/mkinitramfs_x/usr/lib/modules/6.1.0/kernel")
+            .is_dir()
+    );
+}

@@ -42,10 +42,10 @@
 //! ([`crate::gzip`]). Its output depends only on ccb, not on the host, so no gate applies; the
 //! initramfs it makes holds the same archive as the image's gzip would, in other deflate bytes.
 //!
-//! Likewise `ccb-canon` ([`canon_tools`]) over the image's readlink and realpath, which
-//! mkinitramfs starts twice per module it copies: a static program without a C library that
-//! answers `readlink -f`, `realpath -s` and `realpath -ms` as GNU coreutils does, and runs the
-//! image's own for anything else.
+//! Likewise `ccb-canon` ([`canon_tools`]) over the image's readlink, realpath and mkdir, which
+//! mkinitramfs starts three times per module it copies: a static program without a C library
+//! that answers `readlink -f`, `realpath -s`, `realpath -ms` and `mkdir -p` as GNU coreutils
+//! does, and runs the image's own for anything else.
 //!
 //! `CCB_HOST_TOOLS=0` turns every host program off, ccb's gzip too. It is no input of a key:
 //! the trees are the same but for the compressed bytes of an initramfs.
@@ -284,8 +284,8 @@ pub fn ccb_gzip(
     Ok(Some((wrapper, target)))
 }
 
-/// ccb-canon (src/action/canon.c, built by build.rs): `readlink -f`, `realpath -s` and
-/// `realpath -ms` for a host-tools step, a static program without a C library, so each of
+/// ccb-canon (src/action/canon.c, built by build.rs): `readlink -f`, `realpath -s`,
+/// `realpath -ms` and `mkdir -p` for a host-tools step, a static program without a C library, so each of
 /// mkinitramfs's ~10,000 starts skips glibc's start-up (its CPUID instructions are hypervisor
 /// exits: 0.75 ms a start against 0.18 ms, measured here). Empty where it was not built (a host
 /// that is not x86-64 Linux).
@@ -293,9 +293,9 @@ pub const CANON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ccb-canon"));
 /// What ccb-canon leaves to the image's programs: `<this>/<name>.image` (its FALLBACK_DIR).
 pub const CANON_FALLBACK_DIR: &str = "/tmp/ccb/native";
 /// The programs ccb-canon stands in for.
-pub const CANON_TOOLS: [&str; 2] = ["/usr/bin/readlink", "/usr/bin/realpath"];
+pub const CANON_TOOLS: [&str; 3] = ["/usr/bin/readlink", "/usr/bin/realpath", "/usr/bin/mkdir"];
 
-/// Prepares ccb-canon to stand in for the image's readlink and realpath during a host-tools
+/// Prepares ccb-canon to stand in for the image's readlink, realpath and mkdir during a host-tools
 /// step: the pairs to bind-mount (ccb-canon under `engine_dir`, the image's program), one per
 /// program the image has of its own (not a link to busybox), each with a copy of the image's
 /// program beside it for every use ccb-canon leaves to it. Its results are those of GNU

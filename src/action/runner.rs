@@ -775,7 +775,7 @@ impl Runner<'_> {
 
     /// For a step whose script declares [`super::native::HOST_TOOLS_MARK`]: what is
     /// bind-mounted over the image's programs for its duration (copy, image file). In every
-    /// build, ccb's parallel gzip ([`crate::gzip`]) and ccb-canon's readlink and realpath
+    /// build, ccb's parallel gzip ([`crate::gzip`]) and ccb-canon's readlink, realpath, mkdir
     /// ([`super::native::canon_tools`]); in an emulated build, also the host's
     /// programs ([`super::native::TOOLS`]). Empty for any other step, or when the image
     /// refuses them or the host's programs cannot serve it (logged).
@@ -828,7 +828,9 @@ impl Runner<'_> {
                     binds.push((program, target));
                 }
             }
-            Err(why) => lines.push(format!("readlink and realpath stay the image's: {why}")),
+            Err(why) => lines.push(format!(
+                "readlink, realpath and mkdir stay the image's: {why}"
+            )),
         }
         if super::emulated_cpu(&self.spec.arch).is_some()
             && let Some(image) = self.host_tools_for(phase, name)?
@@ -838,7 +840,7 @@ impl Runner<'_> {
             };
             for r in super::native::select(&image, Path::new("/"), super::native::TOOLS) {
                 if binds.iter().any(|(_, target)| *target == r.target) {
-                    continue; // gzip, readlink, realpath: ccb's
+                    continue; // ccb's gzip, readlink, realpath, mkdir
                 }
                 let at = r.target.strip_prefix(image.path()).unwrap_or(&r.target);
                 match tools.prepare(&self.engine_dir, ENGINE_IN, &r.host) {
