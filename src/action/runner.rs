@@ -784,12 +784,15 @@ impl Runner<'_> {
         phase: &str,
         name: &str,
     ) -> Result<Vec<(PathBuf, PathBuf)>, RunError> {
-        if self.spec.no_host_tools {
-            return Ok(Vec::new());
-        }
         // A script that cannot be read fails as the step it is, with its own message.
         let text = std::fs::read(self.hooks.join(phase).join(name)).unwrap_or_default();
         if !super::native::declares_host_tools(&text) {
+            return Ok(Vec::new());
+        }
+        if self.spec.no_host_tools {
+            self.logln(&format!(
+                "ccb: {phase}/{name} runs the image's own tools: CCB_HOST_TOOLS=0"
+            ));
             return Ok(Vec::new());
         }
         let image = self.tree()?;

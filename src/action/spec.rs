@@ -137,9 +137,9 @@ pub struct ActionSpec {
     /// the key: it decides whether a result is accepted, never what it holds.
     #[serde(default)]
     pub strict: bool,
-    /// Every program of an emulated build is the image's own, none the host's
-    /// (`CCB_HOST_TOOLS=0`; see [`super::native`]). Not an input of the key: the host's
-    /// programs make the same tree.
+    /// Every program of a build is the image's own: none the host's, no stand-in of ccb's
+    /// (`CCB_HOST_TOOLS=0`; see [`super::native`]). Not an input of the key: they make the same
+    /// tree, but for the deflate bytes of an initramfs.
     #[serde(default)]
     pub no_host_tools: bool,
 }
