@@ -199,8 +199,8 @@ fn debian12_is_a_gpt_disk_that_boots() {
         layer["status"], "cached",
         "the killed build had finished the layer"
     );
-    // The layer's initramfs was compressed by ccb-gzip, on every core (src/gzip.rs); the
-    // boots below show that the kernel reads it.
+    // The layer's initramfs was made with ccb's stand-ins (ccb-gzip compressing on every
+    // core, ccb-canon's readlink, realpath and mkdir); the boots below show that it works.
     let layer_log = std::fs::read_to_string(
         store
             .join("logs")
@@ -208,9 +208,11 @@ fn debian12_is_a_gpt_disk_that_boots() {
     )
     .unwrap();
     assert!(
-        layer_log.contains(
-            "post-install.d/01-dpkg-initramfs runs 1 host tools natively: /usr/bin/gzip <- ccb-gzip"
-        ),
+        layer_log.contains("post-install.d/01-dpkg-initramfs runs 4 host tools natively:")
+            && layer_log.contains("/usr/bin/gzip <- ccb-gzip")
+            && layer_log.contains("/usr/bin/readlink <- ccb-canon")
+            && layer_log.contains("/usr/bin/realpath <- ccb-canon")
+            && layer_log.contains("/usr/bin/mkdir <- ccb-canon"),
         "{layer_log}"
     );
 
