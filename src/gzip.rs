@@ -106,6 +106,7 @@ pub fn compress(mut input: impl Read, mut output: impl Write, level: u32) -> io:
     };
     output.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 3])?;
     let mut crc = Crc::new();
+    let mut total = 0u64;
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
     // One chunk read ahead, so that the last chunk (the one that ends the stream) is known.
     let mut next = read_chunk(&mut input)?;
@@ -116,6 +117,7 @@ pub fn compress(mut input: impl Read, mut output: impl Write, level: u32) -> io:
             let chunk = std::mem::take(&mut next);
             next = read_chunk(&mut input)?;
             crc.update(&chunk);
+            total += chunk.len() as u64;
             batch.push(chunk);
             if next.is_empty() {
                 last = true;
@@ -137,9 +139,9 @@ pub fn compress(mut input: impl Read, mut output: impl Write, level: u32) -> io:
     }
     output.write_all(&crc.sum().to_le_bytes())?;
     // ISIZE is the length modulo 2^32.
-    output.write_all(&crc.amount().to_le_bytes())?;
+    output.write_all(&(total as u32).to_le_bytes())?;
     output.flush()?;
-    Ok(u64::from(crc.amount()))
+    Ok(total)
 }
 
 /// Up to [`CHUNK`] bytes of `input` (fewer only at its end; empty there).

@@ -1,6 +1,6 @@
 //! ccb's stand-ins for the image's programs during a host-tools step (src/action/native.rs):
 //! ccb-gzip (src/gzip.rs) compresses what mkinitramfs asks for on every core, ccb-canon
-//! (src/action/canon.c) answers readlink and realpath as GNU coreutils does, and both hand
+//! (src/action/canon.c) answers readlink, realpath and mkdir as GNU coreutils does, and both hand
 //! every other use to the image's own program.
 
 use std::path::Path;
@@ -91,6 +91,50 @@ fn the_images_gzip_compresses_on_every_core_and_leaves_everything_else_to_the_im
         "FNAME: GNU gzip's header with the file's name"
     );
     assert_eq!(&named[10..15], b"main\0");
+    // Options from $GZIP are gzip's to read: its bytes, not ccb-gzip's.
+    let with_env = Command::new(&wrapper)
+        .args(["-n", "-c", "main"])
+        .env("GZIP", "-1")
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let gnu_fast = Command::new("gzip")
+        .args(["-n", "-c", "main"])
+        .env("GZIP", "-1")
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(
+        with_env.stdout == gnu_fast.stdout,
+        "$GZIP was not left to gzip"
+    );
+    // A directory is refused by gzip itself, with nothing written.
+    std::fs::create_dir(work.path().join("dir")).unwrap();
+    let dir = Command::new(&wrapper)
+        .args(["-n", "-c", "dir"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let gnu_dir = Command::new("gzip")
+        .args(["-n", "-c", "dir"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(
+        dir.stdout.is_empty() && dir.status.code() == gnu_dir.status.code(),
+        "{dir:?}"
+    );
+    // Started by another name (a link such as zcat), it is the image's gzip by that name.
+    std::os::unix::fs::symlink(&wrapper, work.path().join("zcat")).unwrap();
+    let by_other_name = run(
+        &work.path().join("zcat"),
+        &["-n", "-c", "main"],
+        work.path(),
+    );
+    assert!(
+        by_other_name == gnu,
+        "ccb-gzip compressed under another name"
+    );
 }
 
 #[test]

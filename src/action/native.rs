@@ -47,7 +47,7 @@
 //! that answers `readlink -f`, `realpath -s`, `realpath -ms` and `mkdir -p` as GNU coreutils
 //! does, and runs the image's own for anything else.
 //!
-//! `CCB_HOST_TOOLS=0` turns every host program off, ccb's gzip too. It is no input of a key:
+//! `CCB_HOST_TOOLS=0` turns every host program off, ccb's stand-ins too. It is no input of a key:
 //! the trees are the same but for the compressed bytes of an initramfs.
 
 use std::path::{Path, PathBuf};
@@ -239,6 +239,40 @@ pub fn install(
     make_executable(&path)
 }
 
+/// Copies the image's program at `target` (a path in the tree) to `to` when it is a program
+/// of its own, a regular ELF file; `false` otherwise (absent, a link, a script). Opened without
+/// following a final link and checked through the descriptor: a process left in the chroot
+/// cannot swap in a link to a host file between the check and the copy.
+fn copy_image_program(target: &Path, to: &Path) -> Result<bool, Skip> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Skip::Io { path, source }
+    };
+    let mut file = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(target)
+    {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => return Ok(false),
+        Err(e) => return Err(io_err(target)(e)),
+    };
+    if !file.metadata().map_err(io_err(target))?.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
+        return Ok(false);
+    }
+    let mut out = std::fs::File::create(to).map_err(io_err(to))?;
+    std::io::Write::write_all(&mut out, &magic).map_err(io_err(to))?;
+    std::io::copy(&mut file, &mut out).map_err(io_err(to))?;
+    make_executable(to)?;
+    Ok(true)
+}
+
 /// The image's gzip as the kernel finds it during a host-tools step: `/usr/bin/gzip`.
 pub const GZIP: &str = "/usr/bin/gzip";
 
@@ -258,37 +292,36 @@ pub fn ccb_gzip(
     let Ok(target) = image.entry(GZIP) else {
         return Ok(None);
     };
-    let own_program = std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_file());
-    if !own_program || !is_elf(&target) {
+    let files = engine_dir.join(FILES_DIR);
+    create_dir(&files)?;
+    if !copy_image_program(&target, &files.join("gzip.image"))? {
         return Ok(None);
     }
     copy_runtime(engine_dir, ccb_gzip)?;
-    let files = engine_dir.join(FILES_DIR);
     copy(ccb_gzip, &files.join("ccb-gzip"))?;
-    copy(&target, &files.join("gzip.image"))?;
     let native = format!("{engine_in}/{FILES_DIR}");
     let wrapper = files.join("gzip");
     let text = format!(
         "#!/bin/sh\n\
          # ccb: the image's gzip during a host-tools step is ccb-gzip, a parallel deflate that\n\
          # leaves all but `gzip -n` compression to the image's own (src/gzip.rs).\n\
-         exec {native}/ld.so --library-path {native}/lib --argv0 gzip {native}/ccb-gzip \
-         {native}/gzip.image \"$@\"\n"
+         # Started by another name (a link such as zcat), it is that program's.\n\
+         exec {native}/ld.so --library-path {native}/lib --argv0 \"${{0##*/}}\" \
+         {native}/ccb-gzip {native}/gzip.image \"$@\"\n"
     );
     std::fs::write(&wrapper, text).map_err(|source| Skip::Io {
         path: wrapper.clone(),
         source,
     })?;
     make_executable(&wrapper)?;
-    make_executable(&files.join("gzip.image"))?;
     Ok(Some((wrapper, target)))
 }
 
 /// ccb-canon (src/action/canon.c, built by build.rs): `readlink -f`, `realpath -s`,
 /// `realpath -ms` and `mkdir -p` for a host-tools step, a static program without a C library, so each of
 /// mkinitramfs's ~10,000 starts skips glibc's start-up (its CPUID instructions are hypervisor
-/// exits: 0.75 ms a start against 0.18 ms, measured here). Empty where it was not built (a host
-/// that is not x86-64 Linux).
+/// exits: 0.75 ms a start against 0.18 ms, measured here). Empty where it was not built (a
+/// target that is not x86-64 Linux).
 pub const CANON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ccb-canon"));
 /// What ccb-canon leaves to the image's programs: `<this>/<name>.image` (its FALLBACK_DIR).
 pub const CANON_FALLBACK_DIR: &str = "/tmp/ccb/native";
@@ -324,15 +357,11 @@ pub fn canon_tools(
         let Ok(target) = image.entry(tool) else {
             continue;
         };
-        let own = std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_file());
-        if !own || !is_elf(&target) {
-            continue;
-        }
         let name = Path::new(tool).file_name().unwrap_or_default();
         let image_copy = files.join(format!("{}.image", name.to_string_lossy()));
-        copy(&target, &image_copy)?;
-        make_executable(&image_copy)?;
-        pairs.push((program.clone(), target));
+        if copy_image_program(&target, &image_copy)? {
+            pairs.push((program.clone(), target));
+        }
     }
     Ok(pairs)
 }
@@ -364,7 +393,8 @@ pub fn declares_host_tools(script: &[u8]) -> bool {
 /// mkinitramfs and its hooks start, most often first (counted with strace for arm64's
 /// MODULES=most: realpath and readlink 6,216 times each, cp 1,018, mkdir 980, modinfo 926,
 /// sed 78, find and basename 40), whose output is the same on any machine. dash is there
-/// because every hook runs through its `#!/bin/sh`.
+/// because every hook runs through its `#!/bin/sh`. Where ccb's own stand-ins take a program
+/// (gzip: [`ccb_gzip`]; readlink, realpath, mkdir: [`canon_tools`]), they replace it instead.
 pub const TOOLS: &[&str] = &[
     "/usr/bin/dash",
     "/usr/bin/realpath",

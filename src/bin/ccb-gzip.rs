@@ -13,13 +13,38 @@ mod gzip;
 use gzip::{Invocation, compress};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = std::env::args_os();
+    // The name it was started by (the wrapper passes its own): only `gzip` compresses.
+    let name = args.next().unwrap_or_default();
+    let name = std::path::Path::new(&name)
+        .file_name()
+        .map(OsString::from)
+        .unwrap_or_else(|| "gzip".into());
     let Some(fallback) = args.next() else {
         let _ = writeln!(io::stderr(), "usage: ccb-gzip FALLBACK [GZIP ARGUMENTS]");
         return ExitCode::from(2);
     };
     let args: Vec<OsString> = args.collect();
-    match Invocation::parse(&args) {
+    // GNU gzip also reads options from $GZIP, and POSIXLY_CORRECT stops its options at the
+    // first file: with either set, the image's gzip decides.
+    let env_options = ["GZIP", "POSIXLY_CORRECT"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    let invocation = if name != "gzip" || env_options {
+        Invocation::Other
+    } else {
+        Invocation::parse(&args)
+    };
+    // Only a regular file (or standard input) is compressed here: GNU gzip refuses a
+    // directory or a device with its own message, before it writes anything.
+    let invocation = match invocation {
+        Invocation::Compress {
+            input: Some(ref path),
+            ..
+        } if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) => Invocation::Other,
+        other => other,
+    };
+    match invocation {
         Invocation::Compress { level, input } => {
             let stdout = io::stdout().lock();
             let out = io::BufWriter::with_capacity(1 << 20, stdout);
@@ -39,7 +64,7 @@ fn main() -> ExitCode {
         }
         Invocation::Other => {
             let e = std::process::Command::new(&fallback)
-                .arg0("gzip")
+                .arg0(&name)
                 .args(&args)
                 .exec();
             let _ = writeln!(
