@@ -297,8 +297,13 @@ pub fn ccb_gzip(
     if !copy_image_program(&target, &files.join("gzip.image"))? {
         return Ok(None);
     }
-    copy_runtime(engine_dir, ccb_gzip)?;
-    copy(ccb_gzip, &files.join("ccb-gzip"))?;
+    // Once per action: the image's gzip above is copied again for each step (a package step
+    // between two may have upgraded it), ccb-gzip and its libraries are not.
+    let program = files.join("ccb-gzip");
+    if !program.exists() {
+        copy_runtime(engine_dir, ccb_gzip)?;
+        copy(ccb_gzip, &program)?;
+    }
     let native = format!("{engine_in}/{FILES_DIR}");
     let wrapper = files.join("gzip");
     let text = format!(
